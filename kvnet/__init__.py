@@ -1,0 +1,1 @@
+"""ringkv's asyncio layer: server, coordinator, membership, client (later issues)."""
