@@ -29,5 +29,9 @@ class ValueTooLarge(StoreError, ValueError):
     """A value is longer than the store's value limit."""
 
 
+class CorruptRecord(StoreError):
+    """A record read back fails its CRC (counted; anti-entropy repairs it in a cluster)."""
+
+
 class MergeError(StoreError):
     """A merge could not be planned or committed."""

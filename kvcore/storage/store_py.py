@@ -1,0 +1,573 @@
+"""Reference twin of kvcore.storage.store: the same LogStore, in plain Python.
+
+Same files, same API, same merge and recovery rules; a dict is its keydir. It
+is the oracle the tests compare the Cython store with (docs/storage.md).
+"""
+import os
+import threading
+import time
+
+from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
+from kvcore.hashing_py import token
+from kvcore.storage import layout as L
+from kvcore.storage import record_py as R
+from kvcore.storage import syncer
+from kvcore.storage.lock import DirLock
+from kvcore.storage.options import check_options, decompress, maybe_compress
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Segment:
+    __slots__ = ("id", "path", "fd", "size", "hints")
+
+    def __init__(self, seg_id, path, fd, size):
+        self.id, self.path, self.fd, self.size = seg_id, path, fd, size
+        self.hints = []             # (hash, offset, size, flags, key) of every record
+
+
+class MergeJob:
+    """The disk work of a merge: safe to run() in a worker thread while the owner goes on."""
+
+    def __init__(self, store, inputs, live, out_base):
+        self._store = store
+        self.inputs = inputs        # sealed segments, oldest first
+        self.live = live            # seg id -> sorted offsets live at planning time
+        self.out_base = out_base
+        self.outputs = []           # (seg id, data path, hint path, size, hint entries)
+        self.moves = []             # (key, old seg id, old offset, new seg id, new offset)
+        self.corrupt = 0
+        self.done = False
+
+    def run(self):
+        opts = self._store._opts
+        out_id = self.out_base
+        buf, hints = [], []
+        size = L.SEG_HEADER_SIZE
+
+        def flush():
+            data_path = os.path.join(self._store.path, L.segment_name(out_id) + L.MERGING_SUFFIX)
+            hint_path = os.path.join(self._store.path, L.hint_name(out_id) + L.MERGING_SUFFIX)
+            _write_file(data_path, R.encode_segment_header(out_id) + b"".join(buf))
+            _write_file(hint_path, R.encode_hints(out_id, hints))
+            self.outputs.append((out_id, data_path, hint_path, size, list(hints)))
+
+        for seg in self.inputs:
+            for off in self.live.get(seg.id, ()):
+                head = os.pread(seg.fd, L.REC_HEADER_SIZE, off)
+                klen = int.from_bytes(head[18:20], "little")
+                vlen = int.from_bytes(head[20:24], "little")
+                raw = os.pread(seg.fd, L.REC_HEADER_SIZE + klen + vlen, off)
+                rec = R.decode_record(raw, 0, len(raw))
+                if rec is None:
+                    self.corrupt += 1
+                    continue
+                _, flags, key, _, rsize = rec
+                if size + rsize > opts.max_segment_bytes and size > L.SEG_HEADER_SIZE:
+                    flush()
+                    out_id += 1
+                    buf, hints, size = [], [], L.SEG_HEADER_SIZE
+                buf.append(raw)
+                hints.append((token(key), size, rsize, flags, key))
+                self.moves.append((key, seg.id, off, out_id, size))
+                size += rsize
+        if buf:
+            flush()
+        self.done = True
+
+
+class LogStore:
+    """A Bitcask-shaped log store in one directory; see docs/storage.md."""
+
+    def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
+                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512):
+        self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
+                                   max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
+                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes)
+        self.path = os.fspath(path)
+        self._closed = True
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
+        self._io_lock = threading.Lock()
+        self._keydir = {}           # key -> [hash, seg id, offset, size]
+        self._segments = {}         # seg id -> _Segment, oldest first
+        self._live_bytes = 0
+        self._corrupt = 0
+        self._torn_tail_bytes = 0
+        self._scanned = 0
+        self._merges = 0
+        self._dirty_since = None
+        self._synced_offset = 0
+        self._merge_job = None
+        try:
+            self.recovery = self._open()
+        except BaseException:
+            self._release_files()
+            self._lock.release()
+            raise
+        self._closed = False
+        if self._opts.fsync == "interval":
+            syncer.register(self)
+
+    # ---- open and recovery -------------------------------------------------------------
+
+    def _open(self):
+        for name in os.listdir(self.path):
+            if name.endswith(L.MERGING_SUFFIX):
+                os.unlink(os.path.join(self.path, name))
+        clean_path = os.path.join(self.path, L.CLEAN_NAME)
+        clean = os.path.exists(clean_path)
+        if clean:
+            os.unlink(clean_path)
+        ids = L.segment_ids(self.path)
+        for i, seg_id in enumerate(ids):
+            self._load_segment(seg_id, last=(i == len(ids) - 1))
+        next_seq = (ids[-1] >> L.SEQ_SHIFT) + 1 if ids else 1
+        self._new_active(next_seq << L.SEQ_SHIFT)
+        return {"clean": clean, "corrupt_records": self._corrupt,
+                "torn_tail_bytes": self._torn_tail_bytes, "scanned_segments": self._scanned}
+
+    def _load_segment(self, seg_id, last):
+        path = os.path.join(self.path, L.segment_name(seg_id))
+        fd = os.open(path, os.O_RDWR)
+        size = os.fstat(fd).st_size
+        seg = _Segment(seg_id, path, fd, size)
+        self._segments[seg_id] = seg
+        hint_path = os.path.join(self.path, L.hint_name(seg_id))
+        entries = None
+        if os.path.exists(hint_path):
+            with open(hint_path, "rb") as f:
+                entries = R.decode_hints(f.read(), seg_id)
+            if entries is not None and any(off + sz > size for _, off, sz, _, _ in entries):
+                entries = None
+        if entries is None:
+            self._scan_segment(seg, last)
+            self._write_hints(seg)
+        else:
+            seg.hints = entries
+            for h, off, sz, flags, key in entries:
+                self._apply(key, h, seg_id, off, sz, flags)
+
+    def _scan_segment(self, seg, last):
+        self._scanned += 1
+        buf = os.pread(seg.fd, seg.size, 0)
+        off = L.SEG_HEADER_SIZE
+        if not R.check_segment_header(buf, seg.id):
+            if last and seg.size <= L.SEG_HEADER_SIZE:   # died while creating it
+                self._torn_tail_bytes += seg.size
+                os.ftruncate(seg.fd, 0)
+                seg.size = 0
+                return
+            self._corrupt += 1
+        end = len(buf)
+        while off < end:
+            rec = R.decode_record(buf, off, end)
+            if rec is not None:
+                tstamp, flags, key, _, size = rec
+                h = token(key)
+                seg.hints.append((h, off, size, flags, key))
+                self._apply(key, h, seg.id, off, size, flags)
+                off += size
+                continue
+            nxt = R.resync(buf, off, end)
+            if nxt is None:
+                if last:
+                    self._torn_tail_bytes += end - off
+                    os.ftruncate(seg.fd, off)
+                    os.fsync(seg.fd)
+                    seg.size = off
+                else:
+                    self._corrupt += 1
+                break
+            self._corrupt += 1
+            off = nxt
+
+    def _apply(self, key, h, seg_id, off, size, flags):
+        old = self._keydir.get(key)
+        if old is not None:
+            self._live_bytes -= old[3]
+        if flags & L.FLAG_TOMBSTONE:
+            if old is not None:
+                del self._keydir[key]
+        else:
+            self._keydir[key] = [h, seg_id, off, size]
+            self._live_bytes += size
+
+    def _write_hints(self, seg):
+        hint_path = os.path.join(self.path, L.hint_name(seg.id))
+        _write_file(hint_path + L.MERGING_SUFFIX, R.encode_hints(seg.id, seg.hints))
+        os.rename(hint_path + L.MERGING_SUFFIX, hint_path)
+
+    def _new_active(self, seg_id):
+        path = os.path.join(self.path, L.segment_name(seg_id))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, R.encode_segment_header(seg_id))
+        os.fdatasync(fd)
+        _fsync_dir(self.path)
+        self._active = _Segment(seg_id, path, fd, L.SEG_HEADER_SIZE)
+        self._segments[seg_id] = self._active
+        self._synced_offset = L.SEG_HEADER_SIZE
+
+    def _seal_active(self):
+        """Make the active segment sealed (synced, with hints) and start a new one."""
+        seg = self._active
+        with self._io_lock:
+            os.fdatasync(seg.fd)
+        self._write_hints(seg)
+        self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        self._dirty_since = None
+
+    # ---- checks ------------------------------------------------------------------------
+
+    def _check_open(self):
+        if self._closed:
+            raise StoreClosed(f"LogStore {self.path} is closed")
+
+    def _check_key(self, key):
+        if type(key) is not bytes:
+            raise TypeError(f"keys must be bytes, not {type(key).__name__}")
+        if not key:
+            raise KeyTooLarge("keys must not be empty")
+        if len(key) > self._opts.max_key_bytes:
+            raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {self._opts.max_key_bytes}")
+
+    def _check_value(self, value):
+        if type(value) is not bytes:
+            raise TypeError(f"values must be bytes, not {type(value).__name__}")
+        if len(value) > self._opts.max_value_bytes:
+            raise ValueTooLarge(
+                f"value of {len(value)} bytes is over the limit of {self._opts.max_value_bytes}")
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def _encode(self, key, value, tombstone=False):
+        if tombstone:
+            stored, flags = b"", L.FLAG_TOMBSTONE
+        else:
+            stored, packed = maybe_compress(value, self._opts.compress_min_bytes)
+            flags = L.FLAG_COMPRESSED if packed else 0
+        return R.encode_record(key, stored, flags, time.time_ns() // 1000), flags
+
+    def _append(self, records):
+        """Write encoded (key, record, flags) triples; index them only once they are on disk."""
+        i = 0
+        while i < len(records):
+            if (self._active.size + len(records[i][1]) > self._opts.max_segment_bytes
+                    and self._active.size > L.SEG_HEADER_SIZE):
+                self._seal_active()
+            seg = self._active
+            batch, size = [], seg.size
+            while i < len(records):
+                rlen = len(records[i][1])
+                if batch and size + rlen > self._opts.max_segment_bytes:
+                    break
+                batch.append(records[i])
+                size += rlen
+                i += 1
+            data = b"".join(r for _, r, _ in batch)
+            view, pos = memoryview(data), seg.size
+            while view:
+                n = os.pwrite(seg.fd, view, pos)
+                view, pos = view[n:], pos + n
+            off = seg.size
+            for key, rec, flags in batch:
+                h = token(key)
+                seg.hints.append((h, off, len(rec), flags, key))
+                self._apply(key, h, seg.id, off, len(rec), flags)
+                off += len(rec)
+            seg.size = off
+        self._after_write()
+
+    def _after_write(self):
+        policy = self._opts.fsync
+        if policy == "always":
+            os.fdatasync(self._active.fd)
+            self._synced_offset = self._active.size
+        elif self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+            if policy == "interval":
+                syncer.poke()
+
+    def put(self, key, value):
+        self._check_open()
+        self._check_key(key)
+        self._check_value(value)
+        rec, flags = self._encode(key, value)
+        self._append([(key, rec, flags)])
+
+    def put_many(self, items):
+        self._check_open()
+        records = []
+        for item in items:
+            key, value = item
+            self._check_key(key)
+            self._check_value(value)
+            rec, flags = self._encode(key, value)
+            records.append((key, rec, flags))
+        if records:
+            self._append(records)
+
+    def delete(self, key):
+        self._check_open()
+        self._check_key(key)
+        if key not in self._keydir:
+            return False
+        rec, flags = self._encode(key, b"", tombstone=True)
+        self._append([(key, rec, flags)])
+        return True
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def _read(self, key, entry):
+        _, seg_id, off, size = entry
+        seg = self._segments[seg_id]
+        raw = os.pread(seg.fd, size, off)
+        rec = R.decode_record(raw, 0, len(raw))
+        if rec is None or rec[2] != key:
+            self._corrupt += 1
+            raise CorruptRecord(f"record of key {key!r} in {seg.path} at {off} fails its CRC")
+        _, flags, _, stored, _ = rec
+        return decompress(stored) if flags & L.FLAG_COMPRESSED else stored
+
+    def get(self, key):
+        self._check_open()
+        self._check_key(key)
+        entry = self._keydir.get(key)
+        return None if entry is None else self._read(key, entry)
+
+    def get_many(self, keys):
+        return [self.get(k) for k in keys]
+
+    def __contains__(self, key):
+        self._check_open()
+        self._check_key(key)
+        return key in self._keydir
+
+    def __len__(self):
+        self._check_open()
+        return len(self._keydir)
+
+    def scan(self, cursor=0, count=100):
+        """(next cursor, keys): keys in hash order from cursor; 0 when done (docs/storage.md)."""
+        self._check_open()
+        if not isinstance(cursor, int) or not 0 <= cursor < (1 << 64):
+            raise ValueError(f"cursor must be an integer in [0, 2**64), got {cursor!r}")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        ordered = sorted((e[0], k) for k, e in self._keydir.items() if e[0] >= cursor)
+        out = [k for _, k in ordered[:count]]
+        if len(ordered) <= count:
+            return 0, out
+        last = ordered[count - 1][0]
+        out.extend(k for h, k in ordered[count:] if h == last)
+        return (last + 1) & ((1 << 64) - 1), out
+
+    def _iter_keys(self):
+        cursor = 0
+        while True:
+            cursor, keys = self.scan(cursor, 1000)
+            yield from keys
+            if cursor == 0:
+                return
+
+    def keys(self):
+        self._check_open()
+        return self._iter_keys()
+
+    __iter__ = keys
+
+    def items(self):
+        self._check_open()
+        for key in self._iter_keys():
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+    # ---- durability --------------------------------------------------------------------
+
+    def sync(self):
+        """Make every write so far durable (callable from a worker thread)."""
+        self._check_open()
+        with self._io_lock:
+            seg = self._active
+            size = seg.size
+            os.fdatasync(seg.fd)
+        if seg is self._active:
+            self._synced_offset = max(self._synced_offset, size)
+            if size == seg.size:
+                self._dirty_since = None
+
+    def _sync_due(self):
+        if self._closed or self._dirty_since is None:
+            return None
+        return self._dirty_since + self._opts.sync_interval_ms / 1000.0
+
+    def _timer_sync(self):
+        if not self._closed:
+            self.sync()
+
+    # ---- merge -------------------------------------------------------------------------
+
+    def begin_merge(self):
+        """Plan a merge of every sealed segment (the active one is sealed first)."""
+        self._check_open()
+        if self._merge_job is not None:
+            raise MergeError("a merge is already in progress on this store")
+        if self._active.size > L.SEG_HEADER_SIZE:
+            self._seal_active()
+        inputs = [s for sid, s in sorted(self._segments.items()) if s is not self._active]
+        ids = {s.id for s in inputs}
+        live = {}
+        for _, sid, off, _ in self._keydir.values():
+            if sid in ids:
+                live.setdefault(sid, []).append(off)
+        for offs in live.values():
+            offs.sort()
+        out_base = (inputs[-1].id + 1) if inputs else 0
+        self._merge_job = MergeJob(self, inputs, live, out_base)
+        return self._merge_job
+
+    def finish_merge(self, job):
+        """Swap the merged segments in; a key written during the merge keeps its new record."""
+        if job is not self._merge_job:
+            raise MergeError("this merge job does not belong to this store")
+        self._merge_job = None
+        if self._closed:
+            raise StoreClosed(f"LogStore {self.path} is closed")
+        if not job.done:
+            raise MergeError("finish_merge() before the job ran")
+        if not job.inputs:
+            return
+        self._corrupt += job.corrupt
+        new_segments = {}
+        for out_id, data_path, hint_path, size, hints in job.outputs:
+            os.rename(hint_path, os.path.join(self.path, L.hint_name(out_id)))
+            final = os.path.join(self.path, L.segment_name(out_id))
+            os.rename(data_path, final)
+            seg = _Segment(out_id, final, os.open(final, os.O_RDWR), size)
+            seg.hints = hints
+            new_segments[out_id] = seg
+        _fsync_dir(self.path)
+        self._segments.update(new_segments)
+        for key, old_id, old_off, new_id, new_off in job.moves:
+            entry = self._keydir.get(key)
+            if entry is not None and entry[1] == old_id and entry[2] == old_off:
+                entry[1], entry[2] = new_id, new_off
+        for seg in job.inputs:               # oldest first: see docs/storage.md, "Merge"
+            del self._segments[seg.id]
+            os.close(seg.fd)
+            hint_path = os.path.join(self.path, L.hint_name(seg.id))
+            if os.path.exists(hint_path):
+                os.unlink(hint_path)
+            os.unlink(seg.path)
+        self._segments = dict(sorted(self._segments.items()))
+        self._merges += 1
+
+    def merge(self):
+        """Compact every sealed segment now (begin, run, finish on this thread)."""
+        job = self.begin_merge()
+        try:
+            job.run()
+        except BaseException:
+            self._merge_job = None
+            raise
+        self.finish_merge(job)
+
+    # ---- stats and close ---------------------------------------------------------------
+
+    def stats(self):
+        self._check_open()
+        data = sum(s.size for s in self._segments.values())
+        hints = 0
+        for s in self._segments.values():
+            p = os.path.join(self.path, L.hint_name(s.id))
+            if os.path.exists(p):
+                hints += os.path.getsize(p)
+        return {
+            "keys": len(self._keydir),
+            "live_bytes": self._live_bytes,
+            "data_bytes": data,
+            "hint_bytes": hints,
+            "disk_bytes": data + hints,
+            "segments": len(self._segments),
+            "active_segment": self._active.path,
+            "active_offset": self._active.size,
+            "synced_offset": self._synced_offset,
+            "index_bytes": 0,
+            "index_capacity": 0,
+            "corrupt_records": self._corrupt,
+            "torn_tail_bytes": self._torn_tail_bytes,
+            "merges": self._merges,
+            "fsync": self._opts.fsync,
+        }
+
+    def _release_files(self):
+        for seg in self._segments.values():
+            try:
+                os.close(seg.fd)
+            except OSError:
+                pass
+        self._segments = {}
+
+    def close(self):
+        """Sync, write the active segment's hints and a clean-shutdown marker, unlock."""
+        if self._closed:
+            return
+        syncer.unregister(self)
+        with self._io_lock:
+            self._closed = True
+            active = self._active
+            if active.size > L.SEG_HEADER_SIZE:
+                os.fdatasync(active.fd)
+                self._write_hints(active)
+            else:                                   # an empty segment is not worth a file
+                del self._segments[active.id]
+                os.close(active.fd)
+                os.unlink(active.path)
+            _write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+            _fsync_dir(self.path)
+            self._release_files()
+        self._lock.release()
+
+    def _abandon(self):
+        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
+        if self._closed:
+            return
+        syncer.unregister(self)
+        with self._io_lock:
+            self._closed = True
+            self._release_files()
+        self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        return f"<LogStore {self.path!r} {'closed' if self._closed else 'open'}>"
