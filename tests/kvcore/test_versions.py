@@ -1,0 +1,353 @@
+"""DVV sets: the fixed scenarios of ALGORITHMS.md section 1, encodings, and properties over a model."""
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kvcore import versions as dvv
+from kvcore.versions import Clock, Sibling, InvalidClock, InvalidContext
+
+a, b = "a", "b"
+
+
+def clock(*entries, anonymous=()):
+    return Clock(tuple((actor, n, tuple(vals)) for actor, n, vals in entries), tuple(anonymous))
+
+
+# ---- ALGORITHMS.md section 1, fixed scenarios -------------------------------------------------
+
+def test_scenario_1_context_replaces_what_it_saw():
+    c1 = dvv.update(dvv.new("v1"), None, a)
+    assert c1 == clock((a, 1, ["v1"]))
+    ctx = dvv.join(c1)
+    assert ctx == ((a, 1),)
+    c2 = dvv.update(dvv.new("v2"), c1, a)
+    assert c2 == clock((a, 2, ["v2", "v1"]))
+    assert dvv.values(c2) == ["v2", "v1"]
+    c3 = dvv.update(dvv.new(ctx, "v3"), c2, a)
+    assert c3 == clock((a, 3, ["v3", "v2"]))
+
+
+def test_scenario_2_other_actor_and_same_actor():
+    a0 = clock((a, 1, ["v1"]))
+    a1 = clock((a, 2, ["v2"]))
+    assert dvv.update(dvv.new(dvv.join(a0), "v4"), a1, b) == clock((a, 2, ["v2"]), (b, 1, ["v4"]))
+    assert dvv.update(dvv.new(dvv.join(a0), "v5"), a1, a) == clock((a, 3, ["v5", "v2"]))
+
+
+def test_scenario_3_sync_disjoint_actors():
+    ca, cb = clock((a, 1, ["v1"])), clock((b, 1, ["v2"]))
+    want = clock((a, 1, ["v1"]), (b, 1, ["v2"]))
+    assert dvv.sync(ca, cb) == want
+    assert dvv.sync(cb, ca) == want
+
+
+# ---- construction, less, equal ----------------------------------------------------------------
+
+def test_new_forms():
+    assert dvv.new("v") == Clock((), ("v",))
+    assert dvv.new(((b, 2), (a, 1)), "v") == clock((a, 1, []), (b, 2, []), anonymous=["v"])
+    assert dvv.new_with_context({b: 2, a: 0}, "v") == clock((b, 2, []), anonymous=["v"])
+    assert dvv.new((), "v") == dvv.new("v")
+    with pytest.raises(TypeError):
+        dvv.new()
+    with pytest.raises(InvalidContext):
+        dvv.new(((a, 1), (a, 2)), "v")
+    with pytest.raises(InvalidContext):
+        dvv.new(((a, -1),), "v")
+
+
+def test_update_takes_one_client_value():
+    with pytest.raises(InvalidClock):
+        dvv.update(dvv.EMPTY, None, a)
+    with pytest.raises(InvalidClock):
+        dvv.update(clock(anonymous=["x", "y"]), None, a)
+
+
+def test_update_inserts_actor_in_order():
+    c = dvv.update(dvv.new("x"), clock((a, 1, ["v1"]), ("c", 1, ["v3"])), b)
+    assert [e[0] for e in c.entries] == [a, b, "c"]
+
+
+def test_less_and_equal():
+    c1 = clock((a, 1, ["v1"]))
+    c2 = clock((a, 2, ["v2"]))
+    c3 = clock((a, 1, ["v1"]), (b, 1, ["v3"]))
+    assert dvv.less(c1, c2) and not dvv.less(c2, c1)
+    assert dvv.less(c1, c3) and not dvv.less(c3, c1)
+    assert not dvv.less(c2, c3) and not dvv.less(c3, c2)
+    assert not dvv.less(c1, c1)
+    assert dvv.less(dvv.EMPTY, c1)
+    assert dvv.equal(c1, clock((a, 1, ["v1"])))
+    assert not dvv.equal(c1, clock((a, 1, [])))
+    assert not dvv.equal(c1, c3)
+    assert not dvv.equal(dvv.new("x"), dvv.new("y"))
+
+
+def test_actor_ids_are_node_incarnation_epoch():
+    n1 = ("node-1", 0xFEDCBA9876543210, 1)
+    n1e2 = ("node-1", 0xFEDCBA9876543210, 2)
+    n2 = ("node-2", 17, 1)
+    c = dvv.update(dvv.new(dvv.sibling(b"x", 1)), None, n2)
+    c = dvv.update(dvv.new(dvv.join(c), dvv.sibling(b"y", 2)), c, n1e2)
+    c = dvv.sync(c, dvv.update(dvv.new(dvv.sibling(b"z", 3)), None, n1))
+    assert [e[0] for e in c.entries] == [n1, n1e2, n2]
+    assert sorted(s.value for s in dvv.values(c)) == [b"y", b"z"]
+    assert dvv.decode(dvv.encode(c)) == c
+    assert dvv.decode_context(dvv.encode_context(dvv.join(c))) == dvv.join(c)
+
+
+def test_sync_all():
+    assert dvv.sync_all([]) == dvv.EMPTY
+    cs = [clock((a, 1, ["v1"])), clock((b, 1, ["v2"])), clock((a, 2, ["v3"]))]
+    assert dvv.sync_all(cs) == clock((a, 2, ["v3"]), (b, 1, ["v2"]))
+
+
+def test_anonymous_values_follow_riak_rule():
+    x, y = Sibling(b"x", 1), Sibling(b"y", 1)
+    assert dvv.sync(dvv.new(x), dvv.new(y)) == dvv.sync(dvv.new(y), dvv.new(x)) == Clock((), (x, y))
+    stored = dvv.update(dvv.new(y), None, a)
+    assert dvv.sync(dvv.new(x), stored) == stored  # new(x) has seen nothing: strictly older
+
+
+def test_sync_with_anonymous_values_is_not_associative():
+    # Documented limitation (docs/versions.md): anonymous values belong to client clocks, which
+    # only `update` consumes; stored clocks never carry them, and the laws are tested on those.
+    client = dvv.new(((a, 1),), "v")
+    c = clock((a, 1, ["p"]))
+    other = clock((b, 1, ["w"]))
+    left = dvv.sync(dvv.sync(client, c), other)
+    right = dvv.sync(client, dvv.sync(c, other))
+    assert left.anonymous == ("v",) and right.anonymous == ()
+
+
+# ---- tombstones, last-write-wins, sibling count ------------------------------------------------
+
+def test_tombstones_and_lww():
+    assert dvv.is_deleted(dvv.EMPTY) and dvv.lww(dvv.EMPTY) is None
+    c = dvv.update(dvv.new(dvv.sibling(b"old", 10)), None, a)
+    c = dvv.update(dvv.new(dvv.sibling(b"new", 30)), c, b)
+    c = dvv.update(dvv.new(dvv.sibling(b"mid", 20)), c, a)
+    assert dvv.sibling_count(c) == len(dvv.values(c)) == 3
+    assert dvv.lww_value(c) == b"new" and not dvv.is_deleted(c)
+    d = dvv.update(dvv.new(dvv.join(c), dvv.tombstone(40)), c, a)
+    assert dvv.values(d) == [dvv.tombstone(40)] and dvv.is_deleted(d)
+    assert dvv.lww(d).is_tombstone and dvv.lww_value(d) is None
+    # a write concurrent with the delete survives as a sibling; a delete of the same instant wins
+    e = dvv.update(dvv.new(dvv.join(c), dvv.sibling(b"again", 40)), d, b)
+    assert dvv.sibling_count(e) == 2 and not dvv.is_deleted(e)
+    assert dvv.lww_value(e) is None
+    f = dvv.update(dvv.new(dvv.sibling(b"later", 41)), e, b)
+    assert dvv.lww_value(f) == b"later"
+
+
+def test_sibling_helpers():
+    s = dvv.sibling(b"v")
+    assert s.timestamp > 1_600_000_000_000_000 and not s.is_tombstone
+    assert dvv.tombstone().is_tombstone
+    with pytest.raises(TypeError):
+        dvv.sibling("text")
+
+
+# ---- encodings ---------------------------------------------------------------------------------
+
+def test_encode_shape_and_round_trip():
+    c = dvv.update(dvv.new(Sibling(b"x", 5)), None, (1, 2, 3))
+    data = dvv.encode(c)
+    assert msgpack.unpackb(data) == [1, [[[1, 2, 3], 1, [[b"x", 5]]]], []]
+    assert dvv.decode(data) == c
+    assert dvv.decode(dvv.encode(dvv.EMPTY)) == dvv.EMPTY
+    t = dvv.update(dvv.new(dvv.tombstone(9)), None, "n")
+    assert dvv.decode(dvv.encode(t)) == t
+
+
+def test_encode_anonymous_canonical():
+    x, y = Sibling(b"x", 1), Sibling(b"y", 2)
+    assert dvv.encode(Clock((), (y, x))) == dvv.encode(Clock((), (x, y)))
+    assert dvv.decode(dvv.encode(Clock((), (y, x)))) == Clock((), (x, y))
+
+
+def test_encode_rejects_non_siblings():
+    with pytest.raises(InvalidClock):
+        dvv.encode(dvv.update(dvv.new("plain"), None, a))
+    with pytest.raises(InvalidClock):
+        dvv.encode(dvv.new(Sibling("str", 1)))
+
+
+GOOD = dvv.encode(clock((a, 2, [Sibling(b"v", 1)]), (b, 1, [])))
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\xc1", b"garbage", GOOD[:-1], GOOD + b"\x00",
+    msgpack.packb([2, [], []]), msgpack.packb([1, [], []])[:-1], msgpack.packb([1, []]),
+    msgpack.packb([1, [[a, 0, []]], []]),                               # counter 0
+    msgpack.packb([1, [[a, 1, [[b"x", 1], [b"y", 2]]]], []]),           # more values than events
+    msgpack.packb([1, [[b, 1, []], [a, 1, []]], []]),                   # actors out of order
+    msgpack.packb([1, [[a, 1, []], [a, 2, []]], []]),                   # duplicate actor
+    msgpack.packb([1, [[a, 1, [["text", 1]]]], []]),                    # value not bytes
+    msgpack.packb([1, [[a, 1, [[b"x", 1.5]]]], []]),                    # timestamp not int
+    msgpack.packb([1, [], [[b"y", 1], [b"x", 1]]]),                     # anonymous not sorted
+    msgpack.packb([1, [[a, 1, []], [1, 1, []]], []]),                   # actors not comparable
+    msgpack.packb({"entries": []}),
+    dvv.encode_context(((a, 1),)),                                      # a context, not a clock
+])
+def test_decode_rejects_garbage(data):
+    with pytest.raises(InvalidClock) as info:
+        dvv.decode(data)
+    assert isinstance(info.value, ValueError)
+
+
+@given(st.binary(max_size=64))
+def test_decode_arbitrary_bytes_only_raises_value_error(data):
+    try:
+        c = dvv.decode(data)
+    except ValueError:
+        return
+    assert dvv.encode(c) == data
+
+
+def test_context_round_trip_and_garbage():
+    ctx = dvv.join(clock((a, 3, ["x"]), (b, 1, [])))
+    assert dvv.decode_context(dvv.encode_context(ctx)) == ctx
+    assert dvv.decode_context(dvv.encode_context(())) == ()
+    for data in [b"", b"\xff\xff", b"hello", GOOD, msgpack.packb([2, [[a, 0]]]),
+                 msgpack.packb([2, [[b, 1], [a, 1]]]), msgpack.packb([2, [[a, "1"]]]),
+                 dvv.encode_context(ctx) + b"x"]:
+        with pytest.raises(InvalidContext, match="context"):
+            dvv.decode_context(data)
+
+
+# ---- model-based properties --------------------------------------------------------------------
+
+ACTORS = [("n0", 11, 1), ("n1", 7, 1), ("n1", 7, 2), ("n2", 3, 1)]
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["blind", "ctx", "own", "sync", "stale", "read"]),
+        st.integers(0, len(ACTORS) - 1), st.integers(0, len(ACTORS) - 1), st.integers(0, 1000),
+    ),
+    max_size=40,
+)
+
+
+class Model:
+    """Replicas of one key, each an actor with a DVV clock beside the exact causal history.
+
+    `known[r]`: ids of every write replica r has seen; `covered[w]`: what write w's context had
+    seen. The live writes at r are those known there and covered by no write known there.
+    """
+
+    def __init__(self):
+        n = len(ACTORS)
+        self.clocks = [dvv.EMPTY] * n
+        self.known = [frozenset()] * n
+        self.covered = {}
+        self.reads = []            # (context, writes it had seen)
+        self.history = [(dvv.EMPTY, frozenset())]
+
+    def live(self, known):
+        hidden = set().union(*(self.covered[w] for w in known)) if known else set()
+        return known - hidden
+
+    def write(self, r, context, seen):
+        w = len(self.covered)
+        value = Sibling(b"w%d" % w, w)
+        client = dvv.new(value) if context is None else dvv.new(context, value)
+        self.clocks[r] = dvv.update(client, self.clocks[r], ACTORS[r])
+        self.covered[w] = seen
+        self.known[r] = self.known[r] | seen | {w}
+        self.history.append((self.clocks[r], self.known[r]))
+
+    def receive(self, r, other, other_known, flip):
+        mine = self.clocks[r]
+        self.clocks[r] = dvv.sync(other, mine) if flip else dvv.sync(mine, other)
+        self.known[r] = self.known[r] | other_known
+        self.history.append((self.clocks[r], self.known[r]))
+
+    def run(self, ops):
+        for kind, r, s, k in ops:
+            if kind == "blind":
+                self.write(r, None, frozenset())
+            elif kind == "ctx" and self.reads:
+                self.write(r, *self.reads[k % len(self.reads)])
+            elif kind == "own":  # Redis SET: the coordinator's own context
+                self.write(r, dvv.join(self.clocks[r]), self.known[r])
+            elif kind == "sync":
+                self.receive(s, self.clocks[r], self.known[r], k % 2)
+            elif kind == "stale":  # a delayed message, a hint replay, a repair from an old read
+                self.receive(s, *self.history[k % len(self.history)], k % 2)
+            elif kind == "read":
+                self.reads.append((dvv.join(self.clocks[r]), self.known[r]))
+            self.check()
+        return self
+
+    def check(self):
+        for c, known in (self.history[-1],):
+            vals = dvv.values(c)
+            assert len(vals) == len(set(vals))
+            assert {v.value for v in vals} == {b"w%d" % w for w in self.live(known)}
+            assert len(c.entries) <= len(ACTORS)
+            assert all(len(e[2]) <= e[1] for e in c.entries)
+            assert not c.anonymous
+
+
+@settings(deadline=None, max_examples=200)
+@given(OPS)
+def test_kept_values_are_exactly_the_concurrent_ones(ops):
+    m = Model().run(ops)
+    for c, known in zip(m.clocks, m.known):
+        assert {v.value for v in dvv.values(c)} == {b"w%d" % w for w in m.live(known)}
+    everything = dvv.sync_all(m.clocks)
+    all_known = frozenset().union(*m.known)
+    assert {v.value for v in dvv.values(everything)} == {b"w%d" % w for w in m.live(all_known)}
+
+
+@st.composite
+def three_clocks(draw):
+    hist = Model().run(draw(OPS)).history
+    pick = st.sampled_from([c for c, _ in hist])
+    return draw(pick), draw(pick), draw(pick)
+
+
+@settings(deadline=None, max_examples=200)
+@given(three_clocks())
+def test_sync_laws(abc):
+    x, y, z = abc
+    assert dvv.sync(x, y) == dvv.sync(y, x)
+    assert dvv.sync(dvv.sync(x, y), z) == dvv.sync(x, dvv.sync(y, z))
+    assert dvv.sync(x, x) == x
+    xy = dvv.sync(x, y)
+    assert dvv.sync(xy, x) == xy
+    assert dvv.less(x, xy) or dvv.equal(x, xy)
+
+
+@settings(deadline=None, max_examples=200)
+@given(three_clocks())
+def test_less_equal_consistent_with_sync(abc):
+    x, y, _ = abc
+    if dvv.less(x, y):
+        assert dvv.sync(x, y) == y and dvv.sync(y, x) == y
+        assert not dvv.less(y, x) and not dvv.equal(x, y)
+    assert not dvv.less(x, x)
+    if dvv.equal(x, y):
+        assert x == y and dvv.sync(x, y) == x
+    if x == y:
+        assert dvv.equal(x, y)
+
+
+@settings(deadline=None, max_examples=200)
+@given(three_clocks())
+def test_encode_is_canonical(abc):
+    x, y, _ = abc
+    ex, ey = dvv.encode(x), dvv.encode(y)
+    assert dvv.decode(ex) == x
+    assert (ex == ey) == (x == y)
+    assert dvv.decode_context(dvv.encode_context(dvv.join(x))) == dvv.join(x)
+    assert dvv.new(dvv.join(x), "v").entries == tuple((e[0], e[1], ()) for e in x.entries)
+
+
+@given(st.lists(st.tuples(st.sampled_from([None, b"", b"a", b"b"]), st.integers(0, 3)), max_size=5),
+       st.lists(st.tuples(st.sampled_from([None, b"", b"a", b"b"]), st.integers(0, 3)), max_size=5))
+def test_anonymous_sync_commutes_and_encodes_canonically(xs, ys):
+    cx = dvv.sync_all([dvv.new(Sibling(*v)) for v in xs])
+    cy = dvv.sync_all([dvv.new(Sibling(*v)) for v in ys])
+    assert dvv.sync(cx, cy) == dvv.sync(cy, cx)
+    assert dvv.decode(dvv.encode(dvv.sync(cx, cy))) == dvv.sync(cx, cy)
