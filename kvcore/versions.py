@@ -22,6 +22,7 @@ CONTEXT_TAG = 2  # first element of an encoded context: [2, [[actor, counter], .
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
+_new_tuple = tuple.__new__
 
 
 class InvalidClock(KVError, ValueError):
@@ -302,7 +303,7 @@ def lww_value(clock: Clock) -> bytes | None:
 def _check_sibling(v):
     if type(v) is not Sibling:
         raise InvalidClock(f"only Sibling values can be encoded, got {type(v).__name__}")
-    if (v.value is not None and type(v.value) is not bytes) or type(v.timestamp) is not int:
+    if (v[0] is not None and type(v[0]) is not bytes) or type(v[1]) is not int:
         raise InvalidClock(f"malformed sibling {v!r}: want (bytes or None, int)")
 
 
@@ -310,7 +311,8 @@ def encode(clock: Clock) -> bytes:
     """Canonical bytes: msgpack [1, [[actor, counter, [[value, ts], ...]], ...], [[value, ts], ...]]."""
     for e in clock.entries:
         for v in e[2]:
-            _check_sibling(v)
+            if type(v) is not Sibling or type(v[1]) is not int or (v[0] is not None and type(v[0]) is not bytes):
+                _check_sibling(v)
     anonymous = clock.anonymous
     for v in anonymous:
         _check_sibling(v)
@@ -343,21 +345,23 @@ def decode(data: bytes) -> Clock:
             raise InvalidClock(f"values of {actor!r} must be an array of at most {counter} siblings")
         entries.append((actor, counter, tuple([_decode_sibling(v) for v in vals])))
         prev = actor
-    clock = Clock(tuple(entries), tuple([_decode_sibling(v) for v in raw_anon]))
-    # Anything else that decodes (unsorted anonymous values, wider-than-needed ints) is refused,
-    # so accepted bytes are exactly encode()'s and equal clocks never hash differently.
-    if encode(clock) != data:
+    entries = tuple(entries)
+    anonymous = tuple([_decode_sibling(v) for v in raw_anon])
+    for i in range(1, len(anonymous)):
+        if _packb(anonymous[i - 1]) >= _packb(anonymous[i]):
+            raise InvalidClock("clock: anonymous values are not in canonical order")
+    # Anything else that decodes (wider-than-needed ints, say) is refused, so accepted bytes are
+    # exactly encode()'s and equal clocks never hash differently.
+    if _packb((CLOCK_TAG, entries, anonymous)) != data:
         raise InvalidClock("clock bytes are not canonical (as encode() writes them)")
-    return clock
+    return Clock(entries, anonymous)
 
 
 def _decode_sibling(v):
-    if type(v) is not tuple or len(v) != 2:
-        raise InvalidClock(f"malformed sibling {v!r}")
-    value, ts = v
-    if (value is not None and type(value) is not bytes) or type(ts) is not int:
-        raise InvalidClock(f"malformed sibling {v!r}: want (bytes or nil, int)")
-    return Sibling(value, ts)
+    if type(v) is not tuple or len(v) != 2 or type(v[1]) is not int \
+            or (v[0] is not None and type(v[0]) is not bytes):
+        raise InvalidClock(f"malformed sibling {v!r}: want [bytes or nil, int]")
+    return _new_tuple(Sibling, v)
 
 
 def _check_actor(actor, prev, error, what):
