@@ -1,0 +1,71 @@
+# LogStore: one directory of numbered segments, a C keydir, hint files, merge.
+# docs/storage.md explains the design; format.pxi owns the bytes.
+from libc.stdint cimport uint64_t
+from cpython.pythread cimport PyThread_type_lock
+
+from kvcore.storage.keydir cimport Keydir
+
+
+cdef struct Segment:
+    uint64_t id             # sequence << 32 | merge output number (file name)
+    int fd                  # read-write descriptor, -1 when the index slot is free
+    char *map               # MAP_SHARED view for reads (NULL if the file is empty)
+    size_t map_len          # mapped length (the active segment reserves room to grow)
+    uint64_t size           # bytes written so far
+
+
+cdef struct Buffer:
+    char *data
+    size_t len
+    size_t cap
+
+
+cdef class LogStore:
+    cdef readonly object path
+    cdef readonly dict recovery         # what open() found: clean, corrupt, torn tail, scanned
+    cdef object _opts                   # StoreOptions
+    cdef object _lock                   # DirLock
+    cdef PyThread_type_lock _io_lock    # fd lifetime vs. sync() from other threads
+    cdef Keydir kd
+    cdef Segment *segs                  # segment table, indexed by keydir locations
+    cdef Py_ssize_t nsegs               # used length of segs (some slots may be free)
+    cdef Py_ssize_t segs_cap
+    cdef Py_ssize_t active              # index of the active segment
+    cdef Buffer rec                     # scratch for encoding records
+    cdef Buffer hints                   # hint entries of the active segment
+    cdef bint closed
+    cdef int fsync_mode                 # 0 never, 1 interval, 2 always
+    cdef size_t max_segment
+    cdef size_t max_key
+    cdef size_t max_value
+    cdef size_t compress_min
+    cdef size_t active_reserve          # mapped length of an active segment
+    cdef double dirty_since             # monotonic seconds of the first unsynced write, < 0 if none
+    cdef uint64_t synced_offset
+    cdef long long live_bytes
+    cdef long long corrupt
+    cdef long long torn_tail
+    cdef long long scanned
+    cdef long long merges
+    cdef object merge_job
+    cdef object __weakref__             # the interval syncer holds stores weakly
+
+    cdef int _check_open(self) except -1
+    cdef int _check_key(self, object key) except -1
+    cdef int _check_value(self, object value) except -1
+    cdef Py_ssize_t _open_segment(self, uint64_t seg_id, bint create) except -1
+    cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1    # False: bad file, nothing indexed
+    cdef object _stored(self, object value, int *flags)                 # lz4 when it pays
+    cdef int _write_one(self, object key, object stored, int flags) except -1
+    cdef object _key_at(self, uint64_t loc)
+    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
+    cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
+                    size_t size, int flags) except -1
+    cdef object _value_at(self, uint64_t loc, object key)
+    cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1
+    cdef int _after_write(self) except -1
+    cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,
+                          const char *key, size_t klen) except -1
+    cdef Py_ssize_t _new_segment_slot(self) except -1
+    cdef int _map_segment(self, Py_ssize_t i, size_t length) except -1
+    cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

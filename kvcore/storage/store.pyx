@@ -1,0 +1,1048 @@
+"""LogStore: a Bitcask-shaped log store with a C keydir (docs/storage.md).
+
+Writes append records with pwrite and index them once they are on disk; reads
+go through a shared mmap of each segment, so a get is a hash probe, a key
+compare and a CRC check with no system call.
+"""
+import os
+import struct
+import threading
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_release_lock, WAIT_LOCK)
+from libc.errno cimport errno
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
+from posix.unistd cimport close as c_close, fdatasync, pwrite, write as c_write
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+
+from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
+from kvcore.storage import layout as L
+from kvcore.storage import syncer
+from kvcore.storage.lock import DirLock
+from kvcore.storage.options import check_options, decompress, maybe_compress
+
+from kvcore.hashing cimport kv_crc32c, token_of
+from kvcore.storage.keydir cimport Keydir, Slot, loc_off, loc_seg, make_loc
+from kvcore.storage.record cimport (check_record, load16, load32, load64, record_size, resync,
+                                    store16, store32, store64, write_record)
+
+include "format.pxi"
+
+cdef size_t PAGE = 4096
+cdef size_t CHUNK = 1 << 20         # put_many writes at most this much per pwrite
+_SEG_HEAD = struct.Struct("<QHHIQI")
+_HINT_HEAD = struct.Struct("<QHHIQQ")
+
+
+cdef inline uint64_t now_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <uint64_t>ts.tv_sec * 1000000 + <uint64_t>(ts.tv_nsec // 1000)
+
+
+cdef inline double now_mono() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int buf_reserve(Buffer *b, size_t extra) except -1 nogil:
+    cdef size_t need = b.len + extra, cap
+    cdef char *p
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < need:
+        cap *= 2
+    p = <char *>realloc(b.data, cap)
+    if p == NULL:
+        with gil:
+            raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+def _segment_header(uint64_t seg_id):
+    head = _SEG_HEAD.pack(L.SEG_MAGIC, FORMAT_VERSION, SEG_HEADER_SIZE, 0, seg_id, 0)
+    return head + struct.pack("<I", kv_crc32c(0, <const char *>head, 28))
+
+
+cdef bint _segment_header_ok(const char *p, size_t size, uint64_t seg_id) noexcept nogil:
+    return (size >= SEG_HEADER_SIZE and load64(p) == <uint64_t>SEG_MAGIC and load16(p + 8) == FORMAT_VERSION
+            and load16(p + 10) == SEG_HEADER_SIZE and load64(p + 16) == seg_id
+            and load32(p + 28) == kv_crc32c(0, p, 28))
+
+
+def _hint_file(uint64_t seg_id, bytes entries, uint64_t count):
+    body = _HINT_HEAD.pack(L.HINT_MAGIC, FORMAT_VERSION, HINT_HEADER_SIZE, 0, seg_id, count) + entries
+    crc = kv_crc32c(0, <const char *>body, len(body))
+    return body + struct.pack("<II", crc, HINT_TRAILER_MAGIC)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+cdef inline void _put_hint(Buffer *b, uint64_t h, uint64_t off, size_t size, uint8_t flags,
+                           const char *key, size_t klen) noexcept nogil:
+    cdef char *p = b.data + b.len
+    store64(p, h)
+    store64(p + 8, off)
+    store32(p + 16, <uint32_t>size)
+    p[20] = <char>flags
+    p[21] = 0
+    store16(p + 22, <uint16_t>klen)
+    memcpy(p + HINT_ENTRY_SIZE, key, klen)
+    b.len += HINT_ENTRY_SIZE + klen
+
+
+cdef struct Move:
+    uint64_t hash
+    uint64_t old_loc
+    uint64_t out_no         # which output segment of the job
+    uint64_t off
+
+
+cdef class MergeJob:
+    """The disk work of a merge: run() may go in a worker thread while the owner goes on."""
+    cdef LogStore store
+    cdef list inputs                # (segment index, id, size), oldest first
+    cdef object live_locs           # list of sorted location lists, one per input
+    cdef uint64_t out_base
+    cdef readonly list outputs      # (id, data path, hint path, size)
+    cdef Move *moves
+    cdef Py_ssize_t nmoves
+    cdef Py_ssize_t moves_cap
+    cdef readonly long long corrupt
+    cdef readonly bint done
+    cdef object running             # held while run() works, so close() can wait for it
+    cdef char *out                  # the output segment being built (after its header)
+    cdef size_t out_len
+    cdef size_t out_cap
+    cdef Buffer hints
+    cdef uint64_t hint_count
+    cdef uint64_t nflushed          # outputs written so far (len(outputs), readable without the GIL)
+
+    def __cinit__(self):
+        self.moves = NULL
+        self.out = NULL
+        self.hints.data = NULL
+        self.hints.len = self.hints.cap = 0
+
+    def __dealloc__(self):
+        free(self.moves)
+        free(self.out)
+        free(self.hints.data)
+
+    def run(self):
+        """Copy the live records of the inputs into new segments (no index changes)."""
+        cdef Py_ssize_t k, j, n
+        cdef uint64_t idx
+        cdef const char *base
+        cdef size_t seg_size
+        cdef uint64_t[::1] locs
+        with self.running:
+            if self.done:
+                raise MergeError("this merge job already ran")
+            if self.store.closed:
+                raise StoreClosed("the store was closed before the merge ran")
+            self.out_cap = self.store.max_segment + self.store.active_reserve
+            self.out = <char *>malloc(self.out_cap)
+            if self.out == NULL:
+                raise MemoryError()
+            for k, (idx, _, seg_size) in enumerate(self.inputs):
+                arr = self.live_locs[k]
+                n = len(arr)
+                if n == 0:
+                    continue
+                locs = arr
+                base = self.store.segs[idx].map
+                j = 0
+                while j < n:
+                    with nogil:
+                        j = self._copy(base, seg_size, &locs[0], j, n)
+                    if j < n:
+                        self._flush()
+            if self.out_len:
+                self._flush()
+            free(self.out)
+            self.out = NULL
+            self.done = True
+
+    cdef Py_ssize_t _copy(self, const char *base, size_t seg_size, const uint64_t *locs,
+                          Py_ssize_t j, Py_ssize_t n) noexcept nogil:
+        """Copy records from locs[j:] until the output is full; returns where it stopped."""
+        cdef uint64_t off
+        cdef size_t size
+        cdef const char *p
+        cdef Move *m
+        cdef uint64_t h
+        while j < n:
+            off = loc_off(locs[j])
+            p = base + off
+            size = check_record(p, seg_size - off)
+            if size == 0:
+                self.corrupt += 1
+                j += 1
+                continue
+            if self.out_len + size + SEG_HEADER_SIZE > self.store.max_segment and self.out_len > 0:
+                return j
+            memcpy(self.out + self.out_len, p, size)
+            h = token_of(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN))
+            if buf_reserve(&self.hints, HINT_ENTRY_SIZE + load16(p + REC_OFF_KEYLEN)) < 0:
+                return j    # unreachable: buf_reserve raises under the GIL
+            _put_hint(&self.hints, h, SEG_HEADER_SIZE + self.out_len, size,
+                      <uint8_t>p[REC_OFF_FLAGS], p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN))
+            self.hint_count += 1
+            m = &self.moves[self.nmoves]
+            m.hash = h
+            m.old_loc = locs[j]
+            m.out_no = self.nflushed
+            m.off = SEG_HEADER_SIZE + self.out_len
+            self.nmoves += 1
+            self.out_len += size
+            j += 1
+        return j
+
+    cdef int _flush(self) except -1:
+        out_id = self.out_base + len(self.outputs)
+        data_path = os.path.join(self.store.path, L.segment_name(out_id) + L.MERGING_SUFFIX)
+        hint_path = os.path.join(self.store.path, L.hint_name(out_id) + L.MERGING_SUFFIX)
+        header = _segment_header(out_id)
+        fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        cdef int cfd = fd
+        cdef size_t done_n = 0
+        cdef ssize_t w
+        cdef int err = 0
+        try:
+            os.write(fd, header)
+            with nogil:
+                while done_n < self.out_len:
+                    w = c_write(cfd, self.out + done_n, self.out_len - done_n)
+                    if w < 0:
+                        err = errno
+                        break
+                    done_n += w
+                if err == 0 and fdatasync(cfd) != 0:
+                    err = errno
+            if err:
+                raise OSError(err, os.strerror(err), data_path)
+        finally:
+            os.close(fd)
+        entries = PyBytes_FromStringAndSize(self.hints.data, self.hints.len)
+        _write_file(hint_path, _hint_file(out_id, entries, self.hint_count))
+        self.outputs.append((out_id, data_path, hint_path, SEG_HEADER_SIZE + self.out_len))
+        self.out_len = 0
+        self.hints.len = 0
+        self.hint_count = 0
+        self.nflushed += 1
+        return 0
+
+    def _discard(self):
+        for out in self.outputs:
+            for p in out[1:3]:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        self.outputs = []
+
+
+
+
+cdef class LogStore:
+    """A Bitcask-shaped log store in one directory; see docs/storage.md."""
+
+    def __cinit__(self):
+        self.segs = NULL
+        self.nsegs = self.segs_cap = 0
+        self.active = -1
+        self.rec.data = self.hints.data = NULL
+        self.rec.len = self.rec.cap = self.hints.len = self.hints.cap = 0
+        self.closed = True
+        self._io_lock = PyThread_allocate_lock()
+        if self._io_lock == NULL:
+            raise MemoryError()
+
+    def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
+                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512):
+        self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
+                                   max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
+                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes)
+        self.fsync_mode = {"never": 0, "interval": 1, "always": 2}[fsync]
+        self.max_segment = max_segment_bytes
+        self.max_key = max_key_bytes
+        self.max_value = max_value_bytes
+        self.compress_min = compress_min_bytes
+        reserve = max(max_segment_bytes, SEG_HEADER_SIZE + REC_HEADER_SIZE + max_key_bytes + max_value_bytes)
+        self.active_reserve = (reserve + PAGE - 1) // PAGE * PAGE
+        self.path = os.fspath(path)
+        self.dirty_since = -1
+        self.kd = Keydir()
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
+        try:
+            self.recovery = self._open()
+        except BaseException:
+            self._release_files()
+            self._lock.release()
+            raise
+        self.closed = False
+        if self.fsync_mode == 1:
+            syncer.register(self)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.segs != NULL:
+            for i in range(self.nsegs):
+                if self.segs[i].fd >= 0:
+                    if self.segs[i].map != NULL:
+                        munmap(self.segs[i].map, self.segs[i].map_len)
+                    c_close(self.segs[i].fd)
+            free(self.segs)
+        free(self.rec.data)
+        free(self.hints.data)
+        if self._io_lock != NULL:
+            PyThread_free_lock(self._io_lock)
+
+    def __del__(self):
+        if not self.closed:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ---- segment table -----------------------------------------------------------------
+
+    cdef Py_ssize_t _new_segment_slot(self) except -1:
+        cdef Py_ssize_t i
+        cdef Segment *p
+        for i in range(self.nsegs):
+            if self.segs[i].fd < 0:
+                return i
+        if self.nsegs == self.segs_cap:
+            cap = self.segs_cap * 2 if self.segs_cap else 16
+            p = <Segment *>realloc(self.segs, cap * sizeof(Segment))
+            if p == NULL:
+                raise MemoryError()
+            self.segs = p
+            self.segs_cap = cap
+        if self.nsegs >= (1 << 20):
+            raise MergeError("too many segments (over 2**20): run merge()")
+        i = self.nsegs
+        self.nsegs += 1
+        self.segs[i].fd = -1
+        self.segs[i].map = NULL
+        self.segs[i].map_len = 0
+        self.segs[i].size = 0
+        self.segs[i].id = 0
+        return i
+
+    cdef int _map_segment(self, Py_ssize_t i, size_t length) except -1:
+        cdef void *m
+        if length == 0:
+            self.segs[i].map = NULL
+            self.segs[i].map_len = 0
+            return 0
+        m = mmap(NULL, length, PROT_READ, MAP_SHARED, self.segs[i].fd, 0)
+        if m == MAP_FAILED:
+            raise OSError(errno, os.strerror(errno), "mmap of a segment")
+        self.segs[i].map = <char *>m
+        self.segs[i].map_len = length
+        return 0
+
+    cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1:
+        cdef uint64_t seg_id = self.segs[i].id
+        if self.segs[i].map != NULL:
+            munmap(self.segs[i].map, self.segs[i].map_len)
+        if self.segs[i].fd >= 0:
+            c_close(self.segs[i].fd)
+        self.segs[i].fd = -1
+        self.segs[i].map = NULL
+        if unlink:
+            hint = os.path.join(self.path, L.hint_name(seg_id))
+            if os.path.exists(hint):
+                os.unlink(hint)
+            os.unlink(os.path.join(self.path, L.segment_name(seg_id)))
+        return 0
+
+    def _segment_order(self):
+        """Indexes of the open segments, oldest first."""
+        cdef Py_ssize_t i
+        return sorted((i for i in range(self.nsegs) if self.segs[i].fd >= 0), key=lambda i: self.segs[i].id)
+
+    cdef Py_ssize_t _open_segment(self, uint64_t seg_id, bint create) except -1:
+        cdef Py_ssize_t i = self._new_segment_slot()
+        path = os.path.join(self.path, L.segment_name(seg_id))
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        self.segs[i].fd = os.open(path, flags, 0o644)
+        self.segs[i].id = seg_id
+        self.segs[i].size = os.fstat(self.segs[i].fd).st_size
+        return i
+
+    # ---- open and recovery -------------------------------------------------------------
+
+    def _open(self):
+        for name in os.listdir(self.path):
+            if name.endswith(L.MERGING_SUFFIX):
+                os.unlink(os.path.join(self.path, name))
+        clean_path = os.path.join(self.path, L.CLEAN_NAME)
+        clean = os.path.exists(clean_path)
+        if clean:
+            os.unlink(clean_path)
+        ids = L.segment_ids(self.path)
+        for n, seg_id in enumerate(ids):
+            self._load_segment(seg_id, n == len(ids) - 1)
+        next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
+        self._new_active(next_seq << L.SEQ_SHIFT)
+        return {"clean": clean, "corrupt_records": self.corrupt,
+                "torn_tail_bytes": self.torn_tail, "scanned_segments": self.scanned}
+
+    def _load_segment(self, uint64_t seg_id, bint last):
+        cdef Py_ssize_t i = self._open_segment(seg_id, False)
+        self._map_segment(i, self.segs[i].size)
+        hint_path = os.path.join(self.path, L.hint_name(seg_id))
+        if os.path.exists(hint_path):
+            with open(hint_path, "rb") as f:
+                data = f.read()
+            if self._load_hints(i, data):
+                return
+        self._scan_segment(i, last)
+        self._write_hints(seg_id, i)
+
+    cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1:
+        """Index a segment from its hint file; False (nothing indexed) if the file is bad."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef size_t n = PyBytes_GET_SIZE(data), pos, end, klen
+        cdef uint64_t count, k, off, size
+        cdef uint64_t seg_size = self.segs[i].size
+        if n < HINT_HEADER_SIZE + HINT_TRAILER_SIZE:
+            return False
+        end = n - HINT_TRAILER_SIZE
+        if (load32(p + end + 4) != HINT_TRAILER_MAGIC or load32(p + end) != kv_crc32c(0, p, end)
+                or load64(p) != <uint64_t>HINT_MAGIC or load16(p + 8) != FORMAT_VERSION
+                or load16(p + 10) != HINT_HEADER_SIZE or load64(p + 16) != self.segs[i].id):
+            return False
+        count = load64(p + 24)
+        # validate every entry before indexing any
+        pos = HINT_HEADER_SIZE
+        for k in range(count):
+            if pos + HINT_ENTRY_SIZE > end:
+                return False
+            off = load64(p + pos + 8)
+            size = load32(p + pos + 16)
+            klen = load16(p + pos + 22)
+            if off < SEG_HEADER_SIZE or off + size > seg_size or size < REC_HEADER_SIZE + klen:
+                return False
+            pos += HINT_ENTRY_SIZE + klen
+        if pos != end:
+            return False
+        pos = HINT_HEADER_SIZE
+        for k in range(count):
+            klen = load16(p + pos + 22)
+            self._index(load64(p + pos), p + pos + HINT_ENTRY_SIZE, klen, i, load64(p + pos + 8),
+                        load32(p + pos + 16), <uint8_t>p[pos + 20])
+            pos += HINT_ENTRY_SIZE + klen
+        return True
+
+    def _scan_segment(self, Py_ssize_t i, bint last):
+        cdef const char *base = self.segs[i].map
+        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, nxt, klen
+        cdef uint64_t h
+        self.scanned += 1
+        self.hints.len = 0
+        if base == NULL or not _segment_header_ok(base, end, self.segs[i].id):
+            if last and end <= SEG_HEADER_SIZE:          # died while creating it
+                self.torn_tail += end
+                os.ftruncate(self.segs[i].fd, 0)
+                self.segs[i].size = 0
+                return
+            self.corrupt += 1
+        while off < end:
+            size = check_record(base + off, end - off)
+            if size:
+                klen = load16(base + off + REC_OFF_KEYLEN)
+                h = token_of(base + off + REC_HEADER_SIZE, klen)
+                self._hint_append(h, off, size, <uint8_t>base[off + REC_OFF_FLAGS],
+                                  base + off + REC_HEADER_SIZE, klen)
+                self._index(h, base + off + REC_HEADER_SIZE, klen, i, off, size,
+                            <uint8_t>base[off + REC_OFF_FLAGS])
+                off += size
+                continue
+            nxt = resync(base, off, end)
+            if nxt == 0:
+                if last:
+                    self.torn_tail += end - off
+                    os.ftruncate(self.segs[i].fd, off)
+                    os.fsync(self.segs[i].fd)
+                    self.segs[i].size = off
+                else:
+                    self.corrupt += 1
+                return
+            self.corrupt += 1
+            off = nxt
+
+    def _write_hints(self, uint64_t seg_id, Py_ssize_t i):
+        """Write the hint file of segment i from the hint buffer, then empty the buffer."""
+        cdef uint64_t count = 0
+        cdef size_t pos = 0
+        while pos < self.hints.len:
+            pos += HINT_ENTRY_SIZE + load16(self.hints.data + pos + 22)
+            count += 1
+        entries = PyBytes_FromStringAndSize(self.hints.data, self.hints.len)
+        path = os.path.join(self.path, L.hint_name(seg_id))
+        _write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
+        os.rename(path + L.MERGING_SUFFIX, path)
+        self.hints.len = 0
+
+    def _new_active(self, uint64_t seg_id):
+        cdef Py_ssize_t i = self._open_segment(seg_id, True)
+        os.write(self.segs[i].fd, _segment_header(seg_id))
+        os.fdatasync(self.segs[i].fd)
+        _fsync_dir(self.path)
+        self.segs[i].size = SEG_HEADER_SIZE
+        self._map_segment(i, self.active_reserve)
+        self.active = i
+        self.hints.len = 0
+        self.synced_offset = SEG_HEADER_SIZE
+
+    def _seal_active(self):
+        """Sync the active segment, write its hints, and start the next one."""
+        cdef Segment *seg = &self.segs[self.active]
+        cdef int fd = seg.fd, rc
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+            rc = fdatasync(fd)
+            PyThread_release_lock(self._io_lock)
+        if rc != 0:
+            raise OSError(errno, os.strerror(errno), "fdatasync")
+        self._write_hints(seg.id, self.active)
+        self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        self.dirty_since = -1
+
+    # ---- index -------------------------------------------------------------------------
+
+    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil:
+        """The slot of key, or -1: probe by hash, then compare the key stored on disk."""
+        cdef Py_ssize_t i = self.kd.first(h)
+        cdef uint64_t loc
+        cdef const char *p
+        while i >= 0:
+            loc = self.kd.slots[i].loc
+            p = self.segs[loc_seg(loc)].map + loc_off(loc)
+            if load16(p + REC_OFF_KEYLEN) == klen and memcmp(p + REC_HEADER_SIZE, key, klen) == 0:
+                return i
+            i = self.kd.next_same(i, h)
+        return -1
+
+    cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
+                    size_t size, int flags) except -1:
+        cdef Py_ssize_t i = self._lookup(h, key, klen)
+        cdef uint64_t loc
+        if i >= 0:
+            loc = self.kd.slots[i].loc
+            self.live_bytes -= record_size(self.segs[loc_seg(loc)].map + loc_off(loc))
+        if flags & FLAG_TOMBSTONE:
+            if i >= 0:
+                self.kd.remove_at(i)
+            return 0
+        if i >= 0:
+            self.kd.slots[i].loc = make_loc(seg, off)
+        else:
+            self.kd.insert(h, make_loc(seg, off))
+        self.live_bytes += size
+        return 0
+
+    cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,
+                          const char *key, size_t klen) except -1:
+        buf_reserve(&self.hints, HINT_ENTRY_SIZE + klen)
+        _put_hint(&self.hints, h, off, size, <uint8_t>flags, key, klen)
+        return 0
+
+    # ---- checks ------------------------------------------------------------------------
+
+    cdef int _check_open(self) except -1:
+        if self.closed:
+            raise StoreClosed(f"LogStore {self.path} is closed")
+        return 0
+
+    cdef int _check_key(self, object key) except -1:
+        if type(key) is not bytes:
+            raise TypeError(f"keys must be bytes, not {type(key).__name__}")
+        cdef size_t n = PyBytes_GET_SIZE(key)
+        if n == 0:
+            raise KeyTooLarge("keys must not be empty")
+        if n > self.max_key:
+            raise KeyTooLarge(f"key of {n} bytes is over the limit of {self.max_key}")
+        return 0
+
+    cdef int _check_value(self, object value) except -1:
+        if type(value) is not bytes:
+            raise TypeError(f"values must be bytes, not {type(value).__name__}")
+        if <size_t>PyBytes_GET_SIZE(value) > self.max_value:
+            raise ValueTooLarge(
+                f"value of {PyBytes_GET_SIZE(value)} bytes is over the limit of {self.max_value}")
+        return 0
+
+    # ---- writes ------------------------------------------------------------------------
+
+    cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1:
+        cdef ssize_t w
+        while n:
+            w = pwrite(fd, data, n, off)
+            if w < 0:
+                raise OSError(errno, os.strerror(errno), "write to segment")
+            data += w
+            n -= w
+            off += w
+        return 0
+
+    cdef int _after_write(self) except -1:
+        cdef int rc = 0, fd
+        if self.fsync_mode == 2:
+            fd = self.segs[self.active].fd
+            with nogil:
+                rc = fdatasync(fd)
+            if rc != 0:
+                raise OSError(errno, os.strerror(errno), "fdatasync")
+            self.synced_offset = self.segs[self.active].size
+        elif self.dirty_since < 0:
+            self.dirty_since = now_mono()
+            if self.fsync_mode == 1:
+                syncer.poke()
+        return 0
+
+    cdef object _stored(self, object value, int *flags):
+        """The bytes to store for value (lz4 when it pays) and its flags."""
+        flags[0] = 0
+        if <size_t>PyBytes_GET_SIZE(value) < self.compress_min:
+            return value
+        stored, packed = maybe_compress(value, self.compress_min)
+        if packed:
+            flags[0] = FLAG_COMPRESSED
+        return stored
+
+    cdef int _write_one(self, object key, object stored, int flags) except -1:
+        cdef size_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(stored)
+        cdef size_t size = REC_HEADER_SIZE + klen + vlen
+        cdef Segment *seg = &self.segs[self.active]
+        cdef uint64_t off, h
+        if seg.size + size > self.max_segment and seg.size > SEG_HEADER_SIZE:
+            self._seal_active()
+            seg = &self.segs[self.active]
+        self.rec.len = 0
+        buf_reserve(&self.rec, size)
+        write_record(self.rec.data, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
+                     <uint8_t>flags, now_us())
+        off = seg.size
+        self._pwrite_all(seg.fd, self.rec.data, size, off)
+        seg.size = off + size
+        h = token_of(PyBytes_AS_STRING(key), klen)
+        self._hint_append(h, off, size, flags, PyBytes_AS_STRING(key), klen)
+        self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags)
+        return 0
+
+    def put(self, key, value):
+        """Store value under key (replacing any older value)."""
+        cdef int flags
+        self._check_open()
+        self._check_key(key)
+        self._check_value(value)
+        stored = self._stored(value, &flags)
+        self._write_one(key, stored, flags)
+        self._after_write()
+
+    def delete(self, key):
+        """Write a tombstone for key; True if the key was live (nothing is written otherwise)."""
+        self._check_open()
+        self._check_key(key)
+        if self._lookup(token_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)),
+                        PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) < 0:
+            return False
+        self._write_one(key, b"", FLAG_TOMBSTONE)
+        self._after_write()
+        return True
+
+    def put_many(self, items):
+        """Store many (key, value) pairs; all are checked before any is written."""
+        cdef list pairs = []
+        cdef Py_ssize_t n, j, start
+        cdef int flags
+        cdef size_t size, klen, vlen, pos
+        cdef Segment *seg
+        cdef uint64_t base_off, h
+        cdef char *p
+        self._check_open()
+        for item in items:
+            key, value = item
+            self._check_key(key)
+            self._check_value(value)
+            pairs.append((key, value))
+        n = len(pairs)
+        j = 0
+        while j < n:
+            # encode a chunk of records into self.rec, bounded by CHUNK and the segment size
+            seg = &self.segs[self.active]
+            self.rec.len = 0
+            start = j
+            while j < n:
+                key, value = <tuple>pairs[j]
+                stored = self._stored(value, &flags)
+                klen = PyBytes_GET_SIZE(key)
+                vlen = PyBytes_GET_SIZE(stored)
+                size = REC_HEADER_SIZE + klen + vlen
+                if self.rec.len == 0:
+                    if seg.size + size > self.max_segment and seg.size > SEG_HEADER_SIZE:
+                        self._seal_active()
+                        seg = &self.segs[self.active]
+                elif self.rec.len + size > CHUNK or seg.size + self.rec.len + size > self.max_segment:
+                    break
+                buf_reserve(&self.rec, size)
+                write_record(self.rec.data + self.rec.len, PyBytes_AS_STRING(key), klen,
+                             PyBytes_AS_STRING(stored), vlen, <uint8_t>flags, now_us())
+                self.rec.len += size
+                j += 1
+            base_off = seg.size
+            self._pwrite_all(seg.fd, self.rec.data, self.rec.len, base_off)
+            seg.size = base_off + self.rec.len
+            # index the chunk now that it is on disk (a later duplicate wins)
+            pos = 0
+            while pos < self.rec.len:
+                p = self.rec.data + pos
+                klen = load16(p + REC_OFF_KEYLEN)
+                size = record_size(p)
+                h = token_of(p + REC_HEADER_SIZE, klen)
+                self._hint_append(h, base_off + pos, size, <uint8_t>p[REC_OFF_FLAGS],
+                                  p + REC_HEADER_SIZE, klen)
+                self._index(h, p + REC_HEADER_SIZE, klen, self.active, base_off + pos, size,
+                            <uint8_t>p[REC_OFF_FLAGS])
+                pos += size
+        if n:
+            self._after_write()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    cdef object _value_at(self, uint64_t loc, object key):
+        cdef Segment *seg = &self.segs[loc_seg(loc)]
+        cdef uint64_t off = loc_off(loc)
+        cdef const char *p = seg.map + off
+        cdef size_t size = check_record(p, seg.size - off)
+        cdef size_t klen
+        if size == 0:
+            self.corrupt += 1
+            raise CorruptRecord(f"record of key {key!r} in segment {seg.id:016x} at {off} fails its CRC")
+        klen = load16(p + REC_OFF_KEYLEN)
+        value = PyBytes_FromStringAndSize(p + REC_HEADER_SIZE + klen, size - REC_HEADER_SIZE - klen)
+        if (<uint8_t>p[REC_OFF_FLAGS]) & FLAG_COMPRESSED:
+            return decompress(value)
+        return value
+
+    def get(self, key):
+        """The value of key, or None."""
+        self._check_open()
+        self._check_key(key)
+        cdef const char *k = PyBytes_AS_STRING(key)
+        cdef size_t klen = PyBytes_GET_SIZE(key)
+        cdef Py_ssize_t i = self._lookup(token_of(k, klen), k, klen)
+        if i < 0:
+            return None
+        return self._value_at(self.kd.slots[i].loc, key)
+
+    def get_many(self, keys):
+        """[get(k) for k in keys], in one call."""
+        cdef list out = []
+        cdef Py_ssize_t i
+        cdef const char *k
+        cdef size_t klen
+        self._check_open()
+        for key in keys:
+            self._check_key(key)
+            k = PyBytes_AS_STRING(key)
+            klen = PyBytes_GET_SIZE(key)
+            i = self._lookup(token_of(k, klen), k, klen)
+            out.append(None if i < 0 else self._value_at(self.kd.slots[i].loc, key))
+        return out
+
+    def __contains__(self, key):
+        self._check_open()
+        self._check_key(key)
+        return self._lookup(token_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)),
+                            PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) >= 0
+
+    def __len__(self):
+        self._check_open()
+        return self.kd.count
+
+    cdef object _key_at(self, uint64_t loc):
+        cdef const char *p = self.segs[loc_seg(loc)].map + loc_off(loc)
+        return PyBytes_FromStringAndSize(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN))
+
+    def scan(self, cursor=0, count=100):
+        """(next cursor, keys): keys in hash order from cursor; 0 when done (docs/storage.md)."""
+        cdef uint64_t nxt
+        self._check_open()
+        if not isinstance(cursor, int) or not 0 <= cursor < (1 << 64):
+            raise ValueError(f"cursor must be an integer in [0, 2**64), got {cursor!r}")
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        locs = self.kd.scan(cursor, count, &nxt)
+        return nxt, [self._key_at(loc) for loc in locs]
+
+    def _iter_keys(self):
+        cursor = 0
+        while True:
+            cursor, keys = self.scan(cursor, 1000)
+            yield from keys
+            if cursor == 0:
+                return
+
+    def keys(self):
+        """Live keys, in batches that survive writes between them (like SCAN)."""
+        self._check_open()
+        return self._iter_keys()
+
+    def __iter__(self):
+        return self.keys()
+
+    def items(self):
+        """(key, value) pairs, read from disk as they are yielded."""
+        self._check_open()
+        return self._iter_items()
+
+    def _iter_items(self):
+        for key in self._iter_keys():
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+    # ---- durability --------------------------------------------------------------------
+
+    def sync(self):
+        """Make every write so far durable; may be called from a worker thread (GIL released)."""
+        cdef int fd, rc
+        cdef uint64_t size
+        cdef Py_ssize_t act
+        self._check_open()
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+        if self.closed:
+            PyThread_release_lock(self._io_lock)
+            raise StoreClosed(f"LogStore {self.path} is closed")
+        act = self.active
+        fd = self.segs[act].fd
+        size = self.segs[act].size
+        with nogil:
+            rc = fdatasync(fd)
+            PyThread_release_lock(self._io_lock)
+        if rc != 0:
+            raise OSError(errno, os.strerror(errno), "fdatasync")
+        if act == self.active and size > self.synced_offset:
+            self.synced_offset = size
+        if act == self.active and size == self.segs[act].size:
+            self.dirty_since = -1
+
+    def _sync_due(self):
+        if self.closed or self.dirty_since < 0:
+            return None
+        return self.dirty_since + self._opts.sync_interval_ms / 1000.0
+
+    def _timer_sync(self):
+        if not self.closed:
+            self.sync()
+
+    # ---- merge -------------------------------------------------------------------------
+
+    def begin_merge(self):
+        """Plan a merge of every sealed segment (the active one is sealed first)."""
+        cdef Py_ssize_t i, k
+        cdef size_t s
+        cdef uint64_t loc
+        cdef MergeJob job
+        self._check_open()
+        if self.merge_job is not None:
+            raise MergeError("a merge is already in progress on this store")
+        if self.segs[self.active].size > SEG_HEADER_SIZE:
+            self._seal_active()
+        order = [i for i in self._segment_order() if i != self.active]
+        slot_of = {idx: k for k, idx in enumerate(order)}
+        live = [[] for _ in order]
+        for s in range(self.kd.capacity):
+            loc = self.kd.slots[s].loc
+            if loc != 0:
+                k = slot_of.get(loc_seg(loc), -1)
+                if k >= 0:
+                    live[k].append(loc)
+        job = MergeJob()
+        job.store = self
+        job.inputs = [(idx, self.segs[idx].id, self.segs[idx].size) for idx in order]
+        import numpy
+        job.live_locs = [numpy.sort(numpy.array(l, dtype=numpy.uint64)) for l in live]
+        job.out_base = (self.segs[order[len(order) - 1]].id + 1) if order else 0
+        job.outputs = []
+        job.moves_cap = sum(len(l) for l in live)
+        job.moves = <Move *>malloc(max(job.moves_cap, 1) * sizeof(Move))
+        if job.moves == NULL:
+            raise MemoryError()
+        job.running = threading.Lock()
+        self.merge_job = job
+        return job
+
+    def finish_merge(self, MergeJob job):
+        """Swap the merged segments in; a key written during the merge keeps its newer record."""
+        cdef Py_ssize_t i, s
+        cdef Move *m
+        if job is not self.merge_job:
+            raise MergeError("this merge job does not belong to this store")
+        self.merge_job = None
+        if self.closed:
+            job._discard()
+            raise StoreClosed(f"LogStore {self.path} is closed")
+        if not job.done:
+            job._discard()
+            raise MergeError("finish_merge() before the job ran")
+        if not job.inputs:
+            return
+        self.corrupt += job.corrupt
+        out_idx = []
+        for out_id, data_path, hint_path, size in job.outputs:
+            os.rename(hint_path, os.path.join(self.path, L.hint_name(out_id)))
+            os.rename(data_path, os.path.join(self.path, L.segment_name(out_id)))
+        _fsync_dir(self.path)
+        for out_id, data_path, hint_path, size in job.outputs:
+            s = self._open_segment(out_id, False)
+            self._map_segment(s, self.segs[s].size)
+            out_idx.append(s)
+        for i in range(job.nmoves):
+            m = &job.moves[i]
+            s = self.kd.find_loc(m.hash, m.old_loc)
+            if s >= 0:
+                self.kd.slots[s].loc = make_loc(out_idx[m.out_no], m.off)
+        for idx, _, _ in job.inputs:         # oldest first: see docs/storage.md, "Merge"
+            self._drop_segment(idx, True)
+        self.merges += 1
+
+    def merge(self):
+        """Compact every sealed segment now (begin, run and finish on this thread)."""
+        job = self.begin_merge()
+        try:
+            job.run()
+        except BaseException:
+            self.merge_job = None
+            job._discard()
+            raise
+        self.finish_merge(job)
+
+    # ---- stats and close ---------------------------------------------------------------
+
+    def stats(self):
+        """Counters and sizes (docs/storage.md lists them)."""
+        cdef Py_ssize_t i
+        self._check_open()
+        data = hints = nseg = 0
+        for i in range(self.nsegs):
+            if self.segs[i].fd >= 0:
+                nseg += 1
+                data += self.segs[i].size
+                p = os.path.join(self.path, L.hint_name(self.segs[i].id))
+                if os.path.exists(p):
+                    hints += os.path.getsize(p)
+        return {
+            "keys": self.kd.count,
+            "live_bytes": self.live_bytes,
+            "data_bytes": data,
+            "hint_bytes": hints,
+            "disk_bytes": data + hints,
+            "segments": nseg,
+            "active_segment": os.path.join(self.path, L.segment_name(self.segs[self.active].id)),
+            "active_offset": self.segs[self.active].size,
+            "synced_offset": self.synced_offset,
+            "index_bytes": self.kd.nbytes,
+            "index_capacity": self.kd.capacity,
+            "corrupt_records": self.corrupt,
+            "torn_tail_bytes": self.torn_tail,
+            "merges": self.merges,
+            "fsync": self._opts.fsync,
+        }
+
+    def _release_files(self):
+        cdef Py_ssize_t i
+        for i in range(self.nsegs):
+            if self.segs[i].fd >= 0:
+                self._drop_segment(i, False)
+        self.nsegs = 0
+        self.active = -1
+
+    def _wait_merge(self):
+        cdef MergeJob job = self.merge_job
+        if job is not None:
+            running = job.running
+            with running:
+                pass
+            self.merge_job = None
+            job._discard()
+
+    def close(self):
+        """Sync, write the active segment's hints and a clean-shutdown marker, unlock."""
+        cdef Segment *seg
+        if self.closed:
+            return
+        syncer.unregister(self)
+        self._wait_merge()
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+        try:
+            self.closed = True
+            seg = &self.segs[self.active]
+            if seg.size > SEG_HEADER_SIZE:
+                os.fdatasync(seg.fd)
+                self._write_hints(seg.id, self.active)
+            else:                                   # an empty segment is not worth a file
+                self._drop_segment(self.active, True)
+            _write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+            _fsync_dir(self.path)
+            self._release_files()
+        finally:
+            PyThread_release_lock(self._io_lock)
+        self._lock.release()
+
+    def _abandon(self):
+        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
+        if self.closed:
+            return
+        syncer.unregister(self)
+        self._wait_merge()
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+        self.closed = True
+        self._release_files()
+        PyThread_release_lock(self._io_lock)
+        self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<LogStore {self.path!r} {'closed' if self.closed else 'open'}>"
