@@ -278,7 +278,7 @@ cdef class MerkleTree:
         cdef bytes k
         for i in range(n):
             k = _b(ks[i])
-            out.data.as_uints[i] = <unsigned int>(token_of(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)) & self.mask)
+            out.data.as_uints[i] = <unsigned int>self.segment_c(token_of(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)))
         return out
 
     # --- compare ---
@@ -416,7 +416,7 @@ cdef class MerkleTree:
             raise ValueError(f"unsupported merkle tree format version {version}")
         wbits = p[6]
         depth = p[7]
-        if wbits < 1 or wbits > MAX_WIDTH_BITS or depth < 1 or depth > MAX_DEPTH or wbits * depth > MAX_LEAF_BITS:
+        if not (1 <= wbits <= MAX_WIDTH_BITS and 1 <= depth <= MAX_DEPTH and wbits * depth <= MAX_LEAF_BITS):
             raise ValueError(f"bad merkle tree shape: log2(width)={wbits}, depth={depth}")
         body = _HEADER_SIZE + ((<Py_ssize_t>1) << (wbits * depth)) * 8
         if size != body + _TRAILER_SIZE:

@@ -26,6 +26,15 @@ def _b(obj):
     return obj if type(obj) is bytes else memoryview(obj).tobytes()
 
 
+def _u64(*values):
+    # the compiled tree takes C unsigned long long: same errors here
+    for v in values:
+        if not isinstance(v, int):
+            raise TypeError(f"an integer is required, got {type(v).__name__}")
+        if not 0 <= v <= _M:
+            raise OverflowError(f"{v} does not fit in an unsigned 64-bit integer")
+
+
 def entry_hash(key, version):
     """h(key, version) = token(u32le(len(key)) + key + version): what a leaf XORs in."""
     key = _b(key)
@@ -104,7 +113,8 @@ class MerkleTree:
 
     def update_hash(self, token, old_hash, new_hash):
         """XOR precomputed entry hashes into the segment of `token` (0 = nothing)."""
-        self._xor_segment((token & _M) & self._mask, (old_hash ^ new_hash) & _M)
+        _u64(token, old_hash, new_hash)
+        self._xor_segment(token & self._mask, old_hash ^ new_hash)
 
     def clear(self):
         """Forget every key."""
@@ -154,6 +164,7 @@ class MerkleTree:
         return token(_b(key)) & self._mask
 
     def segment_of_token(self, token):
+        _u64(token)
         return token & self._mask
 
     def segments_of(self, keys):

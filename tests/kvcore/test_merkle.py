@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from kvcore import hashing_py
 
@@ -78,6 +78,11 @@ def test_bad_shapes_and_arguments(impl):
         t.diff_level(1, b"\0" * 8)
     with pytest.raises(ValueError):
         t.update_many([b"a", b"b"], None, [b"v"])
+    for bad in (-1, 1 << 64):
+        with pytest.raises(OverflowError):
+            t.segment_of_token(bad)
+        with pytest.raises(OverflowError):
+            t.update_hash(0, bad, 0)
 
 
 def test_buffers_accepted_like_bytes(impl):
