@@ -308,11 +308,13 @@ def _check_sibling(v):
 
 
 def encode(clock: Clock) -> bytes:
-    """Canonical bytes: msgpack [1, [[actor, counter, [[value, ts], ...]], ...], [[value, ts], ...]]."""
+    """Canonical bytes: msgpack [1, [[actor, counter, [[value, ts], ...]], ...], [[value, ts], ...]].
+
+    Only `Sibling` values can be encoded (InvalidClock otherwise); see docs/versions.md.
+    """
     for e in clock.entries:
         for v in e[2]:
-            if type(v) is not Sibling or type(v[1]) is not int or (v[0] is not None and type(v[0]) is not bytes):
-                _check_sibling(v)
+            _check_sibling(v)
     anonymous = clock.anonymous
     for v in anonymous:
         _check_sibling(v)

@@ -155,6 +155,7 @@ def test_encode_shape_and_round_trip():
     data = dvv.encode(c)
     assert msgpack.unpackb(data) == [1, [[[1, 2, 3], 1, [[b"x", 5]]]], []]
     assert dvv.decode(data) == c
+    assert hash(dvv.decode(data)) == hash(c)  # clocks are immutable values
     assert dvv.decode(dvv.encode(dvv.EMPTY)) == dvv.EMPTY
     t = dvv.update(dvv.new(dvv.tombstone(9)), None, "n")
     assert dvv.decode(dvv.encode(t)) == t
