@@ -20,7 +20,7 @@ cdef int entry_hash_of(const char *key, size_t klen, const char *ver, size_t vle
 
 
 cdef class MerkleTree:
-    cdef uint64_t *nodes                     # every level, root first (PyMem_Malloc'd)
+    cdef uint64_t *nodes                     # every level, root first (one calloc, freed in __dealloc__)
     cdef Py_ssize_t offsets[MAX_DEPTH + 2]   # level l is nodes[offsets[l]:offsets[l + 1]]
     cdef Py_ssize_t total                    # number of nodes over all levels
     cdef readonly int width                  # children per inner node (a power of two)
