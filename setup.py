@@ -23,6 +23,7 @@ EXTENSIONS = [
     Extension("kvcore.storage.keydir", ["kvcore/storage/keydir.pyx"]),
     Extension("kvcore.storage.store", ["kvcore/storage/store.pyx"]),
     # issue 4 modules below (one line each)
+    Extension("kvcore.ring", ["kvcore/ring.pyx"]),
     Extension("kvcore.merkle", ["kvcore/merkle.pyx"]),
 ]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).

@@ -35,3 +35,7 @@ class CorruptRecord(StoreError):
 
 class MergeError(StoreError):
     """A merge could not be planned or committed."""
+
+
+class RingError(KVError, ValueError):
+    """A ring cannot be built, changed or decoded as asked (bad members, Q, bytes)."""

@@ -1,0 +1,413 @@
+"""Claim: which node owns which partition after a join or a leave (docs/ring.md).
+
+Pure Python and not hot: it runs once per membership change, on the claimant. It keeps the
+properties of ALGORITHMS.md section 3 (balance, spacing with wrap-around, minimal movement), in
+the spirit of riak_core's claim modules.
+"""
+import itertools
+import random
+from collections import Counter, namedtuple
+
+from kvcore.errors import RingError
+
+#: owners: tuple of node ids, one per partition; fallback: True when the minimal-movement claim
+#: found no valid choice and the ring was re-striped (its extra moves show in claim_sim).
+Claim = namedtuple("Claim", "owners fallback")
+
+_RETRIES = 24
+_DFS_BUDGET = 200_000
+
+
+def balance_bounds(q, s):
+    """(floor, ceil) of Q/S: what each node must own."""
+    return q // s, -(-q // s)
+
+
+def violations(owners, n):
+    """Start indices of the windows of min(n, Q) consecutive partitions, wrap-around included,
+    whose owners are not distinct."""
+    q = len(owners)
+    w = min(n, q)
+    return [i for i in range(q) if len({owners[(i + j) % q] for j in range(w)}) < w]
+
+
+def check(owners, nodes, n):
+    """Property problems of an owner table as readable strings; [] when it is valid.
+
+    Balance: each node floor or ceil of Q/S. Spacing: no window of n repeats an owner when S > n;
+    when S = n only the n - 1 windows that start in the last n - 1 partitions (the wrap) may; when
+    S < n no window can hold n distinct owners and spacing is not asked for.
+    """
+    q, s = len(owners), len(nodes)
+    problems = []
+    if set(owners) - set(nodes):
+        problems.append(f"owners not members: {sorted(set(owners) - set(nodes))}")
+    lo, hi = balance_bounds(q, s)
+    counts = Counter(owners)
+    bad = {x: counts.get(x, 0) for x in nodes if not lo <= counts.get(x, 0) <= hi}
+    if bad:
+        problems.append(f"unbalanced (want {lo}..{hi}): {bad}")
+    if s >= n:
+        bad_windows = violations(owners, n)
+        away = [i for i in bad_windows if s > n or i < q - (n - 1)]
+        if away:
+            problems.append(f"spacing violations at windows {away[:8]}")
+    return problems
+
+
+def diff(old, new):
+    """Ownership transfers from ring old to ring new: [(partition, from_node, to_node)]."""
+    if old.q != new.q:
+        raise RingError(f"cannot diff rings of {old.q} and {new.q} partitions")
+    return [(p, a, b) for p, (a, b) in enumerate(zip(old.owners, new.owners)) if a != b]
+
+
+# -- whole-ring layouts ------------------------------------------------------------------------
+
+def initial(nodes, q, n):
+    """Owner table for a new cluster of `nodes` (sorted ids): a striping with the tail fixed."""
+    return restripe(None, nodes, q, n)
+
+
+def restripe(owners, nodes, q, n):
+    """A valid layout for `nodes`, keeping as many current `owners` as it finds a way to.
+
+    S <= n: the plain stripe p -> nodes[p % S] under the permutation that keeps most owners.
+    S > n: a depth-first fill that prefers the current owner, else the node with most quota left
+    (round-robin among equals); the last n - 1 partitions are checked against the first (the tail
+    fix-up, where Riak's old claim left "tail violations").
+    """
+    nodes = list(nodes)
+    s = len(nodes)
+    if s == 0:
+        raise RingError("a ring needs at least one node")
+    if s > q:
+        raise RingError(f"{s} nodes cannot share {q} partitions (each must own at least one)")
+    if s <= n:
+        return _best_stripe(owners, nodes, q)
+    if owners is not None:
+        got = _fill(owners, nodes, q, n)
+        if got is not None:
+            return got
+    got = _fill(None, nodes, q, n)
+    if got is None:  # not seen for any (Q, S, n) tried; kept as a loud failure
+        raise RingError(f"no valid layout found for Q={q} S={s} n={n}")
+    return got
+
+
+def _best_stripe(owners, nodes, q):
+    s = len(nodes)
+    if owners is None:
+        return tuple(nodes[p % s] for p in range(q))
+    score = {(x, r): 0 for x in nodes for r in range(s)}
+    for p, x in enumerate(owners):
+        if (x, p % s) in score:
+            score[(x, p % s)] += 1
+    if s <= 7:
+        perm = max(itertools.permutations(nodes), key=lambda pm: sum(score[(pm[r], r)] for r in range(s)))
+    else:
+        perm, free = [None] * s, set(nodes)
+        for (x, r), _ in sorted(score.items(), key=lambda kv: -kv[1]):
+            if perm[r] is None and x in free:
+                perm[r] = x
+                free.discard(x)
+    return tuple(perm[p % s] for p in range(q))
+
+
+def _fill(owners, nodes, q, n):
+    s = len(nodes)
+    lo, hi = balance_bounds(q, s)
+    extra = q - lo * s
+    counts = Counter(owners or ())
+    # The nodes that own most today keep the ceil quota: fewer moves.
+    ranked = sorted(nodes, key=lambda x: (-counts.get(x, 0), x))
+    quota = {x: hi if i < extra else lo for i, x in enumerate(ranked)}
+    seq, last, stack, steps = [], {x: -1 for x in nodes}, [], 0
+
+    def candidates(p):
+        recent = set(seq[max(0, p - n + 1):p])
+        if p + n - 1 >= q:  # wrap: the window also covers the first partitions
+            recent.update(seq[:p + n - q])
+        ok = [x for x in nodes if quota[x] > 0 and x not in recent]
+        if owners is None:
+            ok.sort(key=lambda x: (-quota[x], last[x], x))
+            return ok
+        # Keep the current owner; else avoid the owners just ahead, so one move does not force more.
+        ahead = {owners[(p + d) % q] for d in range(1, n)}
+        ok.sort(key=lambda x: (x in ahead, -quota[x], last[x], x))
+        if owners[p] in ok:
+            ok.remove(owners[p])
+            ok.insert(0, owners[p])
+        return ok
+
+    stack.append((candidates(0), 0, -1))
+    while stack:
+        steps += 1
+        if steps > _DFS_BUDGET:
+            return None
+        cands, i, prev_last = stack[-1]
+        if seq and len(seq) == len(stack):  # undo the choice made at this depth
+            x = seq.pop()
+            quota[x] += 1
+            last[x] = prev_last
+        if i >= len(cands):
+            stack.pop()
+            continue
+        x = cands[i]
+        stack[-1] = (cands, i + 1, last[x])
+        seq.append(x)
+        quota[x] -= 1
+        last[x] = len(seq) - 1
+        if len(seq) == q:
+            return tuple(seq)
+        stack.append((candidates(len(seq)), 0, -1))
+    return None
+
+
+# -- join -------------------------------------------------------------------------------------
+
+def join(ring, node_id):
+    """Claim for ring.nodes + [node_id]: the new node takes partitions from the most loaded
+    nodes, never within n-1 of another of its own, fixing any repeat at the wrap first."""
+    owners, n, q = list(ring.owners), ring.n, ring.q
+    nodes = sorted(list(ring.nodes) + [node_id])
+    s1 = len(nodes)
+    if s1 > q:
+        raise RingError(f"{s1} nodes cannot share {q} partitions (each must own at least one)")
+    w = n if s1 >= n else 1
+    rng = random.Random(f"{q}/{n}/{','.join(nodes)}")
+    # With S+1 = n only a striping is valid (but for the wrap): one cheap try, then restripe.
+    for attempt in range(1 if s1 == n else _RETRIES):
+        got = _take(owners, node_id, s1, w, rng if attempt else None)
+        if got is not None and not check(got, nodes, n):
+            return Claim(tuple(got), False)
+    if s1 > n:
+        got = _repair(owners, _take(owners, node_id, s1, 1, None), w, rng)
+        if got is not None and not check(got, nodes, n):
+            return Claim(tuple(got), False)
+    return Claim(restripe(owners, nodes, q, n), True)
+
+
+def _take(owners, new, s1, w, rng):
+    q = len(owners)
+    lo, hi = balance_bounds(q, s1)
+    counts = Counter(owners)
+    where = {x: [] for x in counts}
+    for p, x in enumerate(owners):
+        where[x].append(p)
+    must = {x: max(0, c - hi) for x, c in counts.items()}
+    may = {x: c - lo for x, c in counts.items()}
+    m = max(lo, sum(must.values()))
+    out = list(owners)
+    taken = Counter()
+    blocked = [False] * q
+    chosen = []
+
+    def ok(p):
+        x = owners[p]
+        return not blocked[p] and taken[x] < may[x]
+
+    spread = [q] * q  # distance to the nearest partition already taken (farthest-point choice)
+
+    def take(p):
+        taken[owners[p]] += 1
+        out[p] = new
+        chosen.append(p)
+        for d in range(q // 2 + 1):
+            for r in ((p + d) % q, (p - d) % q):
+                if spread[r] > d:
+                    spread[r] = d
+        for d in range(-(w - 1), w):
+            blocked[(p + d) % q] = True
+
+    # 1. repeats already within a window (the wrap of an S = n ring): the new node takes one.
+    for a, b in _repeats(owners, w):
+        if out[a] == new or out[b] == new:
+            continue
+        pick = [p for p in (a, b) if ok(p)]
+        if not pick:
+            return None
+        take(max(pick, key=lambda p: must[owners[p]] - taken[owners[p]]))
+    # 2. the nodes above ceil(Q/(S+1)) must give; the most constrained node gives first.
+    # 3. then the most loaded give until the new node has floor(Q/(S+1)).
+    while len(chosen) < m:
+        need = [x for x in must if taken[x] < must[x]]
+        pool = need or [x for x in may if taken[x] < may[x]]
+        if not pool:
+            return None
+        cands = {x: [p for p in where[x] if ok(p)] for x in pool}
+        if need:
+            x = min(pool, key=lambda x: (len(cands[x]) - (must[x] - taken[x]), x))
+        else:
+            x = max(pool, key=lambda x: (counts[x] - taken[x], len(cands[x]), x))
+        if not cands[x]:
+            if need:
+                return None
+            may[x] = taken[x]
+            continue
+        if rng is None:
+            p = max(cands[x], key=lambda p: (spread[p], -p))
+        else:
+            p = max(cands[x], key=lambda p: (spread[p] + rng.random() * w, -p))
+        take(p)
+    return out
+
+
+def _repeats(owners, w):
+    q = len(owners)
+    pairs = []
+    for a in range(q):
+        for d in range(1, w):
+            b = (a + d) % q
+            if b != a and owners[a] == owners[b]:
+                pairs.append((a, b))
+    return pairs
+
+
+# -- leave ------------------------------------------------------------------------------------
+
+def leave(ring, node_id):
+    """Claim for ring.nodes - [node_id]: each of the leaver's partitions goes to a node that is
+    not within n-1 of it, the least loaded first, by shortest augmenting paths (a small flow, so
+    it finds an assignment whenever one exists). If none exists, the same search may also move
+    other partitions (each extra hop is an extra move); re-striping is the last resort."""
+    owners, n, q = list(ring.owners), ring.n, ring.q
+    if node_id not in ring.nodes:
+        raise RingError(f"{node_id!r} is not a member")
+    nodes = [x for x in ring.nodes if x != node_id]
+    if not nodes:
+        raise RingError("the last node cannot leave")
+    w = n if len(nodes) >= n else 1
+    got = _give(owners, node_id, nodes, w, False)
+    if got is not None and not check(got, nodes, n):
+        return Claim(tuple(got), False)
+    if len(nodes) > n:
+        got = _repair(owners, _fill_balanced(owners, node_id, nodes), w, random.Random(q + len(nodes)))
+        if got is not None and not check(got, nodes, n):
+            return Claim(tuple(got), False)
+    return Claim(restripe([x if x != node_id else None for x in owners], nodes, q, n), True)
+
+
+def _give(owners, leaver, nodes, w, movable_all):
+    q = len(owners)
+    lo, hi = balance_bounds(q, len(nodes))
+    holder = [None if x == leaver else x for x in owners]
+    load = Counter(x for x in holder if x is not None)
+    held = {x: [] for x in nodes}
+    for p, x in enumerate(holder):
+        if x is not None:
+            held[x].append(p)
+    order = sorted(nodes, key=lambda x: (load[x], x))
+
+    def allowed(p):
+        near = {holder[(p + d) % q] for d in range(-(w - 1), w) if d}
+        return [x for x in order if x not in near and x != holder[p]]
+
+    def augment(p, cap):
+        # BFS over nodes: p -> x (allowed at p); if x is full, move on through one of x's
+        # movable partitions. Shortest path = fewest extra moves.
+        prev = {}
+        frontier = []
+        for x in allowed(p):
+            prev[x] = (p, None)
+            frontier.append(x)
+        while frontier:
+            nxt = []
+            for x in frontier:
+                if load[x] < cap(x):
+                    path = []
+                    while x is not None:
+                        p2, x0 = prev[x]
+                        path.append((p2, x0, x))
+                        x = x0
+                    for p2, x0, x1 in path:
+                        if x0 is not None:
+                            held[x0].remove(p2)
+                            load[x0] -= 1
+                        holder[p2] = x1
+                        held[x1].append(p2)
+                        load[x1] += 1
+                    return True
+                for p2 in held[x]:
+                    if not movable_all and owners[p2] != leaver:
+                        continue
+                    for y in allowed(p2):
+                        if y not in prev:
+                            prev[y] = (p2, x)
+                            nxt.append(y)
+            frontier = nxt
+        return False
+
+    parts = [p for p in range(q) if owners[p] == leaver]
+    for p in parts:
+        augment(p, lambda x: lo)
+    for p in parts:
+        if holder[p] is None and not augment(p, lambda x: hi):
+            return None
+    if any(load[x] < lo for x in nodes):
+        return None
+    return holder
+
+
+def _fill_balanced(owners, leaver, nodes):
+    """The leaver's partitions to the least loaded nodes, spacing ignored (a start for _repair)."""
+    lo, hi = balance_bounds(len(owners), len(nodes))
+    load = Counter(x for x in owners if x != leaver)
+    out = list(owners)
+    for p, x in enumerate(owners):
+        if x == leaver:
+            y = min(nodes, key=lambda y: (load[y], y))
+            out[p] = y
+            load[y] += 1
+    return out
+
+
+def _repair(orig, cur, w, rng, max_iter=3000):
+    """Min-conflicts search by swapping two partitions' owners (swaps keep the balance): remove
+    spacing violations first, then prefer swaps that restore original owners (fewer moves)."""
+    q = len(cur)
+    cur = list(cur)
+
+    def bad(i):
+        return len({cur[(i + k) % q] for k in range(w)}) < w
+
+    def local(i, j):
+        starts = {(i - k) % q for k in range(w)} | {(j - k) % q for k in range(w)}
+        return sum(bad(s) for s in starts)
+
+    def moved(i, x):
+        return x != orig[i]
+
+    violated = {i for i in range(q) if bad(i)}
+    for _ in range(max_iter):
+        if not violated:
+            return cur
+        start = rng.choice(sorted(violated))
+        window = [(start + k) % q for k in range(w)]
+        seen = Counter(cur[p] for p in window)
+        i = rng.choice([p for p in window if seen[cur[p]] > 1])
+        best, best_key = [], None
+        for j in range(q):
+            if cur[j] == cur[i]:
+                continue
+            before = local(i, j)
+            dm = moved(i, cur[j]) + moved(j, cur[i]) - moved(i, cur[i]) - moved(j, cur[j])
+            cur[i], cur[j] = cur[j], cur[i]
+            key = (local(i, j) - before, dm)
+            cur[i], cur[j] = cur[j], cur[i]
+            if best_key is None or key < best_key:
+                best, best_key = [j], key
+            elif key == best_key:
+                best.append(j)
+        if not best:
+            return None
+        if best_key[0] > 0 and rng.random() < 0.7:
+            continue
+        j = rng.choice(best)
+        cur[i], cur[j] = cur[j], cur[i]
+        for s in {(i - k) % q for k in range(w)} | {(j - k) % q for k in range(w)}:
+            if bad(s):
+                violated.add(s)
+            else:
+                violated.discard(s)
+    return None
