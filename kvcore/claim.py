@@ -23,6 +23,12 @@ def balance_bounds(q, s):
     return q // s, -(-q // s)
 
 
+def spacing_possible(q, s, n):
+    """Whether S > n nodes can own Q partitions with no window of n repeating an owner: a node
+    owning ceil(Q/S) partitions needs n partitions of room for each."""
+    return s > n and -(-q // s) * n <= q
+
+
 def violations(owners, n):
     """Start indices of the windows of min(n, Q) consecutive partitions, wrap-around included,
     whose owners are not distinct."""
@@ -36,7 +42,8 @@ def check(owners, nodes, n):
 
     Balance: each node floor or ceil of Q/S. Spacing: no window of n repeats an owner when S > n;
     when S = n only the n - 1 windows that start in the last n - 1 partitions (the wrap) may; when
-    S < n no window can hold n distinct owners and spacing is not asked for.
+    S < n no window can hold n distinct owners and spacing is not asked for (nor when Q is too
+    small for it: see spacing_possible).
     """
     q, s = len(owners), len(nodes)
     problems = []
@@ -47,7 +54,7 @@ def check(owners, nodes, n):
     bad = {x: counts.get(x, 0) for x in nodes if not lo <= counts.get(x, 0) <= hi}
     if bad:
         problems.append(f"unbalanced (want {lo}..{hi}): {bad}")
-    if s >= n:
+    if s == n or spacing_possible(q, s, n):
         bad_windows = violations(owners, n)
         away = [i for i in bad_windows if s > n or i < q - (n - 1)]
         if away:
@@ -84,6 +91,8 @@ def restripe(owners, nodes, q, n):
     if s > q:
         raise RingError(f"{s} nodes cannot share {q} partitions (each must own at least one)")
     if s <= n:
+        return _best_stripe(owners, nodes, q)
+    if not spacing_possible(q, s, n):  # Q too small for the spacing: balanced, best effort
         return _best_stripe(owners, nodes, q)
     if owners is not None:
         got = _fill(owners, nodes, q, n)
