@@ -48,6 +48,7 @@ cdef class LogStore:
     cdef long long scanned
     cdef long long merges
     cdef object merge_job
+    cdef uint64_t hash_mask             # all ones; tests narrow it to force collisions
     cdef object __weakref__             # the interval syncer holds stores weakly
 
     cdef int _check_open(self) except -1
@@ -58,6 +59,7 @@ cdef class LogStore:
     cdef object _stored(self, object value, int *flags)                 # lz4 when it pays
     cdef int _write_one(self, object key, object stored, int flags) except -1
     cdef object _key_at(self, uint64_t loc)
+    cdef uint64_t _hash(self, const char *key, size_t klen) noexcept nogil
     cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
                     size_t size, int flags) except -1

@@ -55,8 +55,26 @@ class MergeJob:
         self.moves = []             # (key, old seg id, old offset, new seg id, new offset)
         self.corrupt = 0
         self.done = False
+        self.running = threading.Lock()     # held by run(), so close() can wait for it
 
     def run(self):
+        with self.running:
+            if self.done:
+                raise MergeError("this merge job already ran")
+            if self._store._closed:
+                raise StoreClosed("the store was closed before the merge ran")
+            self._run()
+
+    def _discard(self):
+        for _, data_path, hint_path, _, _ in self.outputs:
+            for p in (data_path, hint_path):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        self.outputs = []
+
+    def _run(self):
         opts = self._store._opts
         out_id = self.out_base
         buf, hints = [], []
@@ -85,7 +103,7 @@ class MergeJob:
                     out_id += 1
                     buf, hints, size = [], [], L.SEG_HEADER_SIZE
                 buf.append(raw)
-                hints.append((token(key), size, rsize, flags, key))
+                hints.append((token(key) & self._store._mask, size, rsize, flags, key))
                 self.moves.append((key, seg.id, off, out_id, size))
                 size += rsize
         if buf:
@@ -97,7 +115,9 @@ class LogStore:
     """A Bitcask-shaped log store in one directory; see docs/storage.md."""
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
-                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512):
+                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
+                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+        self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes)
@@ -181,7 +201,7 @@ class LogStore:
             rec = R.decode_record(buf, off, end)
             if rec is not None:
                 tstamp, flags, key, _, size = rec
-                h = token(key)
+                h = token(key) & self._mask
                 seg.hints.append((h, off, size, flags, key))
                 self._apply(key, h, seg.id, off, size, flags)
                 off += size
@@ -288,7 +308,7 @@ class LogStore:
                 view, pos = view[n:], pos + n
             off = seg.size
             for key, rec, flags in batch:
-                h = token(key)
+                h = token(key) & self._mask
                 seg.hints.append((h, off, len(rec), flags, key))
                 self._apply(key, h, seg.id, off, len(rec), flags)
                 off += len(rec)
@@ -373,7 +393,7 @@ class LogStore:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         ordered = sorted((e[0], k) for k, e in self._keydir.items() if e[0] >= cursor)
         out = [k for _, k in ordered[:count]]
-        if len(ordered) <= count:
+        if len(ordered) < count:
             return 0, out
         last = ordered[count - 1][0]
         out.extend(k for h, k in ordered[count:] if h == last)
@@ -450,8 +470,10 @@ class LogStore:
             raise MergeError("this merge job does not belong to this store")
         self._merge_job = None
         if self._closed:
+            job._discard()
             raise StoreClosed(f"LogStore {self.path} is closed")
         if not job.done:
+            job._discard()
             raise MergeError("finish_merge() before the job ran")
         if not job.inputs:
             return
@@ -470,6 +492,9 @@ class LogStore:
             entry = self._keydir.get(key)
             if entry is not None and entry[1] == old_id and entry[2] == old_off:
                 entry[1], entry[2] = new_id, new_off
+        gone = {seg.id for seg in job.inputs}
+        for key in [k for k, e in self._keydir.items() if e[1] in gone]:
+            self._live_bytes -= self._keydir.pop(key)[3]     # skipped as corrupt: lost here
         for seg in job.inputs:               # oldest first: see docs/storage.md, "Merge"
             del self._segments[seg.id]
             os.close(seg.fd)
@@ -487,8 +512,17 @@ class LogStore:
             job.run()
         except BaseException:
             self._merge_job = None
+            job._discard()
             raise
         self.finish_merge(job)
+
+    def _wait_merge(self):
+        job = self._merge_job
+        if job is not None:
+            with job.running:
+                pass
+            self._merge_job = None
+            job._discard()
 
     # ---- stats and close ---------------------------------------------------------------
 
@@ -531,6 +565,7 @@ class LogStore:
         if self._closed:
             return
         syncer.unregister(self)
+        self._wait_merge()
         with self._io_lock:
             self._closed = True
             active = self._active
@@ -551,6 +586,7 @@ class LogStore:
         if self._closed:
             return
         syncer.unregister(self)
+        self._wait_merge()
         with self._io_lock:
             self._closed = True
             self._release_files()

@@ -157,3 +157,26 @@ def test_segments_roll_over(open_store):
     assert s.stats()["segments"] >= 4
     for i in range(300):
         assert s.get(b"k%d" % i) == b"x" * 50
+
+
+def test_env_selects_twins_and_missing_build_fails_loudly(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import kvcore.storage as s; print(s.LogStore.__module__)"
+    env = dict(os.environ, RINGKV_NO_EXTENSIONS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "kvcore.storage.store_py", out.stderr
+    env.pop("RINGKV_NO_EXTENSIONS")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "kvcore.storage.store", out.stderr
+    # a copy of the sources without compiled modules: the import names the way to build
+    src = tmp_path / "src"
+    import shutil
+    import kvcore
+
+    shutil.copytree(os.path.dirname(kvcore.__file__), src / "kvcore",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    out = subprocess.run([sys.executable, "-c", "import kvcore.storage"], capture_output=True,
+                         text=True, env=env, cwd=src, timeout=60)
+    assert out.returncode != 0 and "pip install -e ." in out.stderr

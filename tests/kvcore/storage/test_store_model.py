@@ -1,0 +1,154 @@
+"""Model-based test: LogStore against a dict, with merge, reopen and crash (STYLE.md 8).
+
+A crash abandons the store (no sync, no hints, no clean marker) and truncates the
+active segment at a random byte after the last synced offset. Every synced
+write must survive; of the unsynced ones, exactly those whose record ends
+before the cut do.
+"""
+import importlib
+import os
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import settings, strategies as st
+from kvcore.storage.options import maybe_compress
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+KEYS = st.sampled_from([b"a", b"b", b"c", b"key-%d" % 7, b"k" * 300, bytes(range(1, 40))])
+VALUES = st.one_of(st.binary(max_size=64), st.just(b"z" * 700), st.binary(min_size=200, max_size=900))
+OPTS = dict(fsync="never", max_segment_bytes=4096, compress_min_bytes=128)
+
+
+def make_machine(module_name, **extra):
+    class StoreMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.mod = importlib.import_module(module_name)
+            self.dir = tempfile.mkdtemp(prefix="ringkv-model-")
+            self.durable = {}           # what a crash cannot lose
+            self.pending = []           # (segment path, end offset, key, value or None) not yet synced
+            self.store = None
+
+        @initialize()
+        def open(self):
+            self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
+
+        def teardown(self):
+            if self.store is not None:
+                self.store.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+        def model(self):
+            m = dict(self.durable)
+            for _, _, k, v in self.pending:
+                self._apply(m, k, v)
+            return m
+
+        @staticmethod
+        def _apply(m, k, v):
+            if v is None:
+                m.pop(k, None)
+            else:
+                m[k] = v
+
+        def _settle(self):
+            """Move writes that are known synced (sealed segment or below synced_offset) to durable."""
+            st_ = self.store.stats()
+            keep = []
+            for seg, end, k, v in self.pending:
+                if seg != st_["active_segment"] or end <= st_["synced_offset"]:
+                    self._apply(self.durable, k, v)
+                else:
+                    keep.append((seg, end, k, v))
+            self.pending = keep
+
+        def _record(self, k, v):
+            st_ = self.store.stats()
+            self.pending.append((st_["active_segment"], st_["active_offset"], k, v))
+            self._settle()
+
+        @rule(k=KEYS, v=VALUES)
+        def put(self, k, v):
+            self.store.put(k, v)
+            self._record(k, v)
+
+        @rule(items=st.lists(st.tuples(KEYS, VALUES), max_size=6))
+        def put_many(self, items):
+            self.store.put_many(items)
+            if not items:
+                return
+            # Records land in order; walk back from the end offset to place each one.
+            # Those before the active segment's header were sealed (synced) by a roll.
+            st_ = self.store.stats()
+            end = st_["active_offset"]
+            placed = []
+            for k, v in reversed(items):
+                placed.append((end, k, v))
+                stored, _ = maybe_compress(v, OPTS["compress_min_bytes"])
+                end -= 24 + len(k) + len(stored)
+            for end, k, v in reversed(placed):
+                seg = st_["active_segment"] if end > 32 else None
+                self.pending.append((seg, end, k, v))
+            self._settle()
+
+        @rule(k=KEYS)
+        def delete(self, k):
+            expect = k in self.model()
+            assert self.store.delete(k) is expect
+            if expect:
+                self._record(k, None)
+
+        @rule()
+        def sync(self):
+            self.store.sync()
+            self._settle()
+
+        @rule()
+        def merge(self):
+            self.store.merge()
+            self._settle()
+            assert not self.pending
+
+        @rule()
+        def reopen(self):
+            self.store.close()
+            self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
+            assert self.store.recovery["clean"]
+            self.durable = self.model()
+            self.pending = []
+
+        @rule(data=st.data())
+        def crash(self, data):
+            st_ = self.store.stats()
+            self.store._abandon()
+            self.store = None
+            cut = data.draw(st.integers(st_["synced_offset"], st_["active_offset"]), label="cut")
+            with open(st_["active_segment"], "r+b") as f:
+                f.truncate(cut)
+            for seg, end, k, v in self.pending:
+                if end <= cut:
+                    self._apply(self.durable, k, v)
+            self.pending = []
+            self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
+            assert not self.store.recovery["clean"]
+            assert self.store.recovery["corrupt_records"] == 0
+
+        @invariant()
+        def matches_model(self):
+            if self.store is None:
+                return
+            m = self.model()
+            assert len(self.store) == len(m)
+            for k in [b"a", b"b", b"c", b"key-7", b"k" * 300, bytes(range(1, 40))]:
+                assert self.store.get(k) == m.get(k), k
+                assert (k in self.store) == (k in m)
+            assert sorted(self.store.keys()) == sorted(m)
+
+    StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+    return StoreMachine
+
+
+TestCythonStore = make_machine("kvcore.storage.store").TestCase
+TestPythonStore = make_machine("kvcore.storage.store_py").TestCase
+TestCythonStoreCollisions = make_machine("kvcore.storage.store", _hash_mask=0xC000000000000000).TestCase
