@@ -506,6 +506,19 @@ cdef class LogStore:
             self.corrupt += 1
             off = nxt
 
+    def _collect_hints(self, Py_ssize_t i):
+        """Hint entries of a segment this store wrote, read back from its map. Built at
+        seal time rather than kept per put, so the RAM per key is the keydir's alone."""
+        cdef const char *base = self.segs[i].map
+        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
+        self.hints.len = 0
+        while off < end:
+            size = record_size(base + off)
+            klen = load16(base + off + REC_OFF_KEYLEN)
+            self._hint_append(self._hash(base + off + REC_HEADER_SIZE, klen), off, size,
+                              <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
+            off += size
+
     def _write_hints(self, uint64_t seg_id, Py_ssize_t i):
         """Write the hint file of segment i from the hint buffer, then empty the buffer."""
         cdef uint64_t count = 0
@@ -518,6 +531,10 @@ cdef class LogStore:
         _write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
         os.rename(path + L.MERGING_SUFFIX, path)
         self.hints.len = 0
+        if self.hints.cap > (1 << 20):              # give the memory back between seals
+            free(self.hints.data)
+            self.hints.data = NULL
+            self.hints.cap = 0
 
     def _new_active(self, uint64_t seg_id):
         cdef Py_ssize_t i = self._open_segment(seg_id, True)
@@ -540,6 +557,7 @@ cdef class LogStore:
             PyThread_release_lock(self._io_lock)
         if rc != 0:
             raise OSError(errno, os.strerror(errno), "fdatasync")
+        self._collect_hints(self.active)
         self._write_hints(seg.id, self.active)
         self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
         self.dirty_since = -1
@@ -665,7 +683,6 @@ cdef class LogStore:
         self._pwrite_all(seg.fd, self.rec.data, size, off)
         seg.size = off + size
         h = self._hash(PyBytes_AS_STRING(key), klen)
-        self._hint_append(h, off, size, flags, PyBytes_AS_STRING(key), klen)
         self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags)
         return 0
 
@@ -739,8 +756,6 @@ cdef class LogStore:
                 klen = load16(p + REC_OFF_KEYLEN)
                 size = record_size(p)
                 h = self._hash(p + REC_HEADER_SIZE, klen)
-                self._hint_append(h, base_off + pos, size, <uint8_t>p[REC_OFF_FLAGS],
-                                  p + REC_HEADER_SIZE, klen)
                 self._index(h, p + REC_HEADER_SIZE, klen, self.active, base_off + pos, size,
                             <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
@@ -1040,6 +1055,7 @@ cdef class LogStore:
             seg = &self.segs[self.active]
             if seg.size > SEG_HEADER_SIZE:
                 os.fdatasync(seg.fd)
+                self._collect_hints(self.active)
                 self._write_hints(seg.id, self.active)
             else:                                   # an empty segment is not worth a file
                 self._drop_segment(self.active, True)
