@@ -210,6 +210,7 @@ def _take(owners, new, s1, w, rng):
     out = list(owners)
     taken = Counter()
     blocked = [False] * q
+    free = Counter(counts)  # partitions of each node not yet blocked
     chosen = []
 
     def ok(p):
@@ -222,12 +223,16 @@ def _take(owners, new, s1, w, rng):
         taken[owners[p]] += 1
         out[p] = new
         chosen.append(p)
-        for d in range(q // 2 + 1):
-            for r in ((p + d) % q, (p - d) % q):
-                if spread[r] > d:
-                    spread[r] = d
+        for step in (1, -1):  # the distance field only changes out to where it was closer
+            d = 0
+            while d <= q // 2 and spread[(p + step * d) % q] > d:
+                spread[(p + step * d) % q] = d
+                d += 1
         for d in range(-(w - 1), w):
-            blocked[(p + d) % q] = True
+            r = (p + d) % q
+            if not blocked[r]:
+                blocked[r] = True
+                free[owners[r]] -= 1
 
     # 1. repeats already within a window (the wrap of an S = n ring): the new node takes one.
     for a, b in _repeats(owners, w):
@@ -244,20 +249,20 @@ def _take(owners, new, s1, w, rng):
         pool = need or [x for x in may if taken[x] < may[x]]
         if not pool:
             return None
-        cands = {x: [p for p in where[x] if ok(p)] for x in pool}
         if need:
-            x = min(pool, key=lambda x: (len(cands[x]) - (must[x] - taken[x]), x))
+            x = min(pool, key=lambda x: (free[x] - (must[x] - taken[x]), x))
         else:
-            x = max(pool, key=lambda x: (counts[x] - taken[x], len(cands[x]), x))
-        if not cands[x]:
+            x = max(pool, key=lambda x: (counts[x] - taken[x], x))
+        cands = [p for p in where[x] if ok(p)]
+        if not cands:
             if need:
                 return None
             may[x] = taken[x]
             continue
         if rng is None:
-            p = max(cands[x], key=lambda p: (spread[p], -p))
+            p = max(cands, key=lambda p: (spread[p], -p))
         else:
-            p = max(cands[x], key=lambda p: (spread[p] + rng.random() * w, -p))
+            p = max(cands, key=lambda p: (spread[p] + rng.random() * w, -p))
         take(p)
     return out
 
@@ -287,7 +292,7 @@ def leave(ring, node_id):
     if not nodes:
         raise RingError("the last node cannot leave")
     w = n if len(nodes) >= n else 1
-    got = _give(owners, node_id, nodes, w, False)
+    got = _give(owners, node_id, nodes, w)
     if got is not None and not check(got, nodes, n):
         return Claim(tuple(got), False)
     if len(nodes) > n:
@@ -297,15 +302,12 @@ def leave(ring, node_id):
     return Claim(restripe([x if x != node_id else None for x in owners], nodes, q, n), True)
 
 
-def _give(owners, leaver, nodes, w, movable_all):
+def _give(owners, leaver, nodes, w):
     q = len(owners)
     lo, hi = balance_bounds(q, len(nodes))
     holder = [None if x == leaver else x for x in owners]
     load = Counter(x for x in holder if x is not None)
-    held = {x: [] for x in nodes}
-    for p, x in enumerate(holder):
-        if x is not None:
-            held[x].append(p)
+    held = {x: [] for x in nodes}  # the leaver's partitions given to x so far (movable again)
     order = sorted(nodes, key=lambda x: (load[x], x))
 
     def allowed(p):
@@ -313,8 +315,8 @@ def _give(owners, leaver, nodes, w, movable_all):
         return [x for x in order if x not in near and x != holder[p]]
 
     def augment(p, cap):
-        # BFS over nodes: p -> x (allowed at p); if x is full, move on through one of x's
-        # movable partitions. Shortest path = fewest extra moves.
+        # BFS over nodes: p -> x (allowed at p); if x is full, pass on one of the leaver's
+        # partitions x was given earlier (shortest augmenting path of a b-matching).
         prev = {}
         frontier = []
         for x in allowed(p):
@@ -338,8 +340,6 @@ def _give(owners, leaver, nodes, w, movable_all):
                         load[x1] += 1
                     return True
                 for p2 in held[x]:
-                    if not movable_all and owners[p2] != leaver:
-                        continue
                     for y in allowed(p2):
                         if y not in prev:
                             prev[y] = (p2, x)
