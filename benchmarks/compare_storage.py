@@ -192,6 +192,9 @@ def run_engine(name, n, key_size, value_size, workdir):
     drv = DRIVERS[name]()
     a, b = os.path.join(workdir, "each"), os.path.join(workdir, "batch")
     out = {"engine": name}
+    warm = os.path.join(workdir, "warm")        # load the engine's modules before measuring RSS
+    drv.open(warm)
+    drv.close()
     base = rss_anon()
     drv.open(a)
     t = time.perf_counter()
