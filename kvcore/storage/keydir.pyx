@@ -1,6 +1,6 @@
 """Robin Hood keydir in C memory (see keydir.pxd and docs/storage.md)."""
 from libc.stdint cimport uint64_t
-from libc.stdlib cimport calloc, free
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 from kvcore.storage.keydir cimport LOC_SHIFT, MIN_CAPACITY, Slot
 
@@ -13,11 +13,23 @@ cdef extern from *:
     size_t kv_fastrange(uint64_t h, size_t n) nogil
 
 
+cdef Slot *_alloc(size_t n) noexcept nogil:
+    # Tables come straight from mmap so that the ones left behind by growth go back
+    # to the OS at once (malloc's heap would keep them as resident free memory).
+    cdef void *p = mmap(NULL, n * sizeof(Slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    return NULL if p == MAP_FAILED else <Slot *>p
+
+
+cdef void _free(Slot *p, size_t n) noexcept nogil:
+    if p != NULL:
+        munmap(p, n * sizeof(Slot))
+
+
 cdef class Keydir:
     def __cinit__(self, size_t capacity=MIN_CAPACITY):
         if capacity < MIN_CAPACITY:
             capacity = MIN_CAPACITY
-        self.slots = <Slot *>calloc(capacity, sizeof(Slot))
+        self.slots = _alloc(capacity)
         if self.slots == NULL:
             raise MemoryError()
         self.capacity = capacity
@@ -25,7 +37,7 @@ cdef class Keydir:
         self.grow_at = capacity * 9 // 10
 
     def __dealloc__(self):
-        free(self.slots)
+        _free(self.slots, self.capacity)
 
     cdef size_t home(self, uint64_t h) noexcept nogil:
         return kv_fastrange(h, self.capacity)
@@ -113,7 +125,7 @@ cdef class Keydir:
         cdef size_t old_cap = self.capacity, k
         if capacity < self.count + 1:
             capacity = self.count + 1
-        self.slots = <Slot *>calloc(capacity, sizeof(Slot))
+        self.slots = _alloc(capacity)
         if self.slots == NULL:
             self.slots = old
             raise MemoryError()
@@ -123,7 +135,7 @@ cdef class Keydir:
             for k in range(old_cap):
                 if old[k].loc != 0:
                     self._place(old[k].hash, old[k].loc)
-        free(old)
+        _free(old, old_cap)
         return 0
 
     cdef list scan(self, uint64_t cursor, Py_ssize_t count, uint64_t *next_cursor):
