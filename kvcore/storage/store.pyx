@@ -506,18 +506,42 @@ cdef class LogStore:
             self.corrupt += 1
             off = nxt
 
-    def _collect_hints(self, Py_ssize_t i):
-        """Hint entries of a segment this store wrote, read back from its map. Built at
-        seal time rather than kept per put, so the RAM per key is the keydir's alone."""
+    def _seal_hints(self, Py_ssize_t i):
+        """Write the hint file of a segment this store wrote, read back from its map and
+        streamed out 1 MiB at a time: no per-key hint memory, then or between seals."""
         cdef const char *base = self.segs[i].map
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
-        self.hints.len = 0
+        cdef uint64_t count = 0, seg_id = self.segs[i].id
+        cdef uint32_t crc
         while off < end:
-            size = record_size(base + off)
-            klen = load16(base + off + REC_OFF_KEYLEN)
-            self._hint_append(self._hash(base + off + REC_HEADER_SIZE, klen), off, size,
-                              <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
-            off += size
+            count += 1
+            off += record_size(base + off)
+        head = _HINT_HEAD.pack(L.HINT_MAGIC, FORMAT_VERSION, HINT_HEADER_SIZE, 0, seg_id, count)
+        crc = kv_crc32c(0, <const char *>head, len(head))
+        path = os.path.join(self.path, L.hint_name(seg_id))
+        tmp = path + L.MERGING_SUFFIX
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, head)
+            self.hints.len = 0
+            off = SEG_HEADER_SIZE
+            while off < end:
+                size = record_size(base + off)
+                klen = load16(base + off + REC_OFF_KEYLEN)
+                self._hint_append(self._hash(base + off + REC_HEADER_SIZE, klen), off, size,
+                                  <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
+                off += size
+                if self.hints.len >= (1 << 20) or off >= end:
+                    crc = kv_crc32c(crc, self.hints.data, self.hints.len)
+                    self._pwrite_all(fd, self.hints.data, self.hints.len,
+                                     os.lseek(fd, 0, os.SEEK_CUR))
+                    os.lseek(fd, self.hints.len, os.SEEK_CUR)
+                    self.hints.len = 0
+            os.write(fd, struct.pack("<II", crc, HINT_TRAILER_MAGIC))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
 
     def _write_hints(self, uint64_t seg_id, Py_ssize_t i):
         """Write the hint file of segment i from the hint buffer, then empty the buffer."""
@@ -557,8 +581,7 @@ cdef class LogStore:
             PyThread_release_lock(self._io_lock)
         if rc != 0:
             raise OSError(errno, os.strerror(errno), "fdatasync")
-        self._collect_hints(self.active)
-        self._write_hints(seg.id, self.active)
+        self._seal_hints(self.active)
         self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
         self.dirty_since = -1
 
@@ -1055,8 +1078,7 @@ cdef class LogStore:
             seg = &self.segs[self.active]
             if seg.size > SEG_HEADER_SIZE:
                 os.fdatasync(seg.fd)
-                self._collect_hints(self.active)
-                self._write_hints(seg.id, self.active)
+                self._seal_hints(self.active)
             else:                                   # an empty segment is not worth a file
                 self._drop_segment(self.active, True)
             _write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
