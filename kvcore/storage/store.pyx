@@ -22,6 +22,7 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
 from kvcore.storage import layout as L
 from kvcore.storage import syncer
+from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
 from kvcore.storage.options import check_options, decompress, maybe_compress
 
@@ -82,25 +83,6 @@ def _hint_file(uint64_t seg_id, bytes entries, uint64_t count):
     body = _HINT_HEAD.pack(L.HINT_MAGIC, FORMAT_VERSION, HINT_HEADER_SIZE, 0, seg_id, count) + entries
     crc = kv_crc32c(0, <const char *>body, len(body))
     return body + struct.pack("<II", crc, HINT_TRAILER_MAGIC)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 cdef inline void _put_hint(Buffer *b, uint64_t h, uint64_t off, size_t size, uint8_t flags,
@@ -250,7 +232,7 @@ cdef class MergeJob:
         finally:
             os.close(fd)
         entries = PyBytes_FromStringAndSize(self.hints.data, self.hints.len)
-        _write_file(hint_path, _hint_file(out_id, entries, self.hint_count))
+        write_file(hint_path, _hint_file(out_id, entries, self.hint_count))
         self.outputs.append((out_id, data_path, hint_path, SEG_HEADER_SIZE + self.out_len))
         self.out_len = 0
         self.hints.len = 0
@@ -552,7 +534,7 @@ cdef class LogStore:
             count += 1
         entries = PyBytes_FromStringAndSize(self.hints.data, self.hints.len)
         path = os.path.join(self.path, L.hint_name(seg_id))
-        _write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
+        write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
         os.rename(path + L.MERGING_SUFFIX, path)
         self.hints.len = 0
         if self.hints.cap > (1 << 20):              # give the memory back between seals
@@ -564,7 +546,7 @@ cdef class LogStore:
         cdef Py_ssize_t i = self._open_segment(seg_id, True)
         os.write(self.segs[i].fd, _segment_header(seg_id))
         os.fdatasync(self.segs[i].fd)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self.segs[i].size = SEG_HEADER_SIZE
         self._map_segment(i, self.active_reserve)
         self.active = i
@@ -972,7 +954,7 @@ cdef class LogStore:
         for out_id, data_path, hint_path, size in job.outputs:
             os.rename(hint_path, os.path.join(self.path, L.hint_name(out_id)))
             os.rename(data_path, os.path.join(self.path, L.segment_name(out_id)))
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         for out_id, data_path, hint_path, size in job.outputs:
             s = self._open_segment(out_id, False)
             self._map_segment(s, self.segs[s].size)
@@ -1066,6 +1048,13 @@ cdef class LogStore:
 
     def close(self):
         """Sync, write the active segment's hints and a clean-shutdown marker, unlock."""
+        self._shutdown(True)
+
+    def _abandon(self):
+        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
+        self._shutdown(False)
+
+    def _shutdown(self, bint clean):
         cdef Segment *seg
         if self.closed:
             return
@@ -1076,29 +1065,17 @@ cdef class LogStore:
         try:
             self.closed = True
             seg = &self.segs[self.active]
-            if seg.size > SEG_HEADER_SIZE:
+            if clean and seg.size > SEG_HEADER_SIZE:
                 os.fdatasync(seg.fd)
                 self._seal_hints(self.active)
-            else:                                   # an empty segment is not worth a file
+            elif clean:                             # an empty segment is not worth a file
                 self._drop_segment(self.active, True)
-            _write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
-            _fsync_dir(self.path)
+            if clean:
+                write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+                fsync_dir(self.path)
             self._release_files()
         finally:
             PyThread_release_lock(self._io_lock)
-        self._lock.release()
-
-    def _abandon(self):
-        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
-        if self.closed:
-            return
-        syncer.unregister(self)
-        self._wait_merge()
-        with nogil:
-            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
-        self.closed = True
-        self._release_files()
-        PyThread_release_lock(self._io_lock)
         self._lock.release()
 
     def __enter__(self):

@@ -12,27 +12,9 @@ from kvcore.hashing_py import token
 from kvcore.storage import layout as L
 from kvcore.storage import record_py as R
 from kvcore.storage import syncer
+from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
 from kvcore.storage.options import check_options, decompress, maybe_compress
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Segment:
@@ -83,8 +65,8 @@ class MergeJob:
         def flush():
             data_path = os.path.join(self._store.path, L.segment_name(out_id) + L.MERGING_SUFFIX)
             hint_path = os.path.join(self._store.path, L.hint_name(out_id) + L.MERGING_SUFFIX)
-            _write_file(data_path, R.encode_segment_header(out_id) + b"".join(buf))
-            _write_file(hint_path, R.encode_hints(out_id, hints))
+            write_file(data_path, R.encode_segment_header(out_id) + b"".join(buf))
+            write_file(hint_path, R.encode_hints(out_id, hints))
             self.outputs.append((out_id, data_path, hint_path, size, list(hints)))
 
         for seg in self.inputs:
@@ -232,7 +214,7 @@ class LogStore:
 
     def _write_hints(self, seg):
         hint_path = os.path.join(self.path, L.hint_name(seg.id))
-        _write_file(hint_path + L.MERGING_SUFFIX, R.encode_hints(seg.id, seg.hints))
+        write_file(hint_path + L.MERGING_SUFFIX, R.encode_hints(seg.id, seg.hints))
         os.rename(hint_path + L.MERGING_SUFFIX, hint_path)
 
     def _new_active(self, seg_id):
@@ -240,7 +222,7 @@ class LogStore:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         os.write(fd, R.encode_segment_header(seg_id))
         os.fdatasync(fd)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._active = _Segment(seg_id, path, fd, L.SEG_HEADER_SIZE)
         self._segments[seg_id] = self._active
         self._synced_offset = L.SEG_HEADER_SIZE
@@ -486,7 +468,7 @@ class LogStore:
             seg = _Segment(out_id, final, os.open(final, os.O_RDWR), size)
             seg.hints = hints
             new_segments[out_id] = seg
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._segments.update(new_segments)
         for key, old_id, old_off, new_id, new_off in job.moves:
             entry = self._keydir.get(key)
@@ -562,6 +544,13 @@ class LogStore:
 
     def close(self):
         """Sync, write the active segment's hints and a clean-shutdown marker, unlock."""
+        self._shutdown(True)
+
+    def _abandon(self):
+        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
+        self._shutdown(False)
+
+    def _shutdown(self, clean):
         if self._closed:
             return
         syncer.unregister(self)
@@ -569,26 +558,16 @@ class LogStore:
         with self._io_lock:
             self._closed = True
             active = self._active
-            if active.size > L.SEG_HEADER_SIZE:
+            if clean and active.size > L.SEG_HEADER_SIZE:
                 os.fdatasync(active.fd)
                 self._write_hints(active)
-            else:                                   # an empty segment is not worth a file
+            elif clean:                                 # an empty segment is not worth a file
                 del self._segments[active.id]
                 os.close(active.fd)
                 os.unlink(active.path)
-            _write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
-            _fsync_dir(self.path)
-            self._release_files()
-        self._lock.release()
-
-    def _abandon(self):
-        """Stop as a killed process would: no sync, no hints, no marker (for crash tests)."""
-        if self._closed:
-            return
-        syncer.unregister(self)
-        self._wait_merge()
-        with self._io_lock:
-            self._closed = True
+            if clean:
+                write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+                fsync_dir(self.path)
             self._release_files()
         self._lock.release()
 
