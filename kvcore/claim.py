@@ -16,6 +16,7 @@ Claim = namedtuple("Claim", "owners fallback")
 
 _RETRIES = 24
 _DFS_BUDGET = 200_000
+_GREEDY_MAX_Q = 2048
 
 
 def balance_bounds(q, s):
@@ -72,8 +73,26 @@ def diff(old, new):
 # -- whole-ring layouts ------------------------------------------------------------------------
 
 def initial(nodes, q, n):
-    """Owner table for a new cluster of `nodes` (sorted ids): a striping with the tail fixed."""
-    return restripe(None, nodes, q, n)
+    """Owner table for a new cluster of `nodes` (sorted ids): the first n striped, then the rest
+    joined one by one. A plain striping of all S nodes would be valid too, but its regularity
+    makes later leaves expensive (every gap a leaver leaves has the same blocked neighbours)."""
+    nodes = list(nodes)
+    if not nodes:
+        raise RingError("a ring needs at least one node")
+    if len(nodes) > q:
+        raise RingError(f"{len(nodes)} nodes cannot share {q} partitions (each must own at least one)")
+    k = min(len(nodes), n + 1) if spacing_possible(q, min(len(nodes), n + 1), n) else len(nodes)
+    owners = restripe(None, nodes[:k], q, n)
+    for i in range(k, len(nodes)):
+        owners = join(_Table(owners, n, nodes[:i]), nodes[i]).owners
+    return owners
+
+
+class _Table:
+    """The three things claim reads from a ring."""
+
+    def __init__(self, owners, n, nodes):
+        self.owners, self.n, self.q, self.nodes = tuple(owners), n, len(owners), tuple(nodes)
 
 
 def restripe(owners, nodes, q, n):
@@ -186,15 +205,108 @@ def join(ring, node_id):
     w = n if s1 >= n else 1
     rng = random.Random(f"{q}/{n}/{','.join(nodes)}")
     # With S+1 = n only a striping is valid (but for the wrap): one cheap try, then restripe.
-    for attempt in range(1 if s1 == n else _RETRIES):
-        got = _take(owners, node_id, s1, w, rng if attempt else None)
+    tries = [lambda: _take(owners, node_id, s1, w, None)]
+    if s1 > n:
+        step = max(1, q // max(1, q // s1))
+        arcs = [lambda o=o: _take_arcs(owners, node_id, s1, w, o) for o in range(step)]
+        # Large Q: the arcs first (linear time; the greedy is quadratic in Q/S).
+        tries = arcs[:1] + tries + arcs[1:] if q > _GREEDY_MAX_Q else tries + arcs
+        tries += [lambda: _take(owners, node_id, s1, w, rng)] * _RETRIES
+    for attempt in tries:
+        got = attempt()
         if got is not None and not check(got, nodes, n):
             return Claim(tuple(got), False)
+    striped = restripe(owners, nodes, q, n)
     if s1 > n:
         got = _repair(owners, _take(owners, node_id, s1, 1, None), w, rng)
-        if got is not None and not check(got, nodes, n):
+        if got is not None and not check(got, nodes, n) and _moves(owners, got) <= _moves(owners, striped):
             return Claim(tuple(got), False)
-    return Claim(restripe(owners, nodes, q, n), True)
+    return Claim(striped, True)
+
+
+def _take_arcs(owners, new, s1, w, offset):
+    """Second way to join: cut the ring into m equal arcs from `offset`; the new node takes one
+    partition in the first len - (w-1) of each arc (so its partitions are >= w apart, wrap
+    included); which donor gives in which arc is a b-matching (each donor between what balance
+    forces and what it may give)."""
+    q = len(owners)
+    lo, hi = balance_bounds(q, s1)
+    counts = Counter(owners)
+    must = {x: max(0, c - hi) for x, c in counts.items()}
+    may = {x: c - lo for x, c in counts.items()}
+    m = max(lo, sum(must.values()))
+    bounds = [offset + (j * q) // m for j in range(m + 1)]
+    spot, options = {}, {}
+    for j in range(m):
+        here = {}
+        for p in range(bounds[j], bounds[j + 1] - w + 1):
+            here.setdefault(owners[p % q], p % q)
+        spot[j] = here
+        options[j] = sorted(here, key=lambda x: (-counts[x], x))
+    match = _bmatch(range(m), options, must, may)
+    if match is None:
+        return None
+    out = list(owners)
+    for j, x in match.items():
+        out[spot[j][x]] = new
+    return out
+
+
+def _bmatch(items, options, low, high):
+    """Give each item one of its options (groups) so that group g gets between low[g] and
+    high[g] items; shortest augmenting paths. {item: group}, or None when impossible."""
+    holder, held, load = {}, {g: set() for g in high}, Counter()
+    dead = set()  # groups a failed search visited: no path to spare room until the next success
+
+    def augment(item, cap):
+        room = [g for g in options[item] if load[g] < cap[g]]
+        if room:  # direct: to the option with the most room left (keeps later paths short)
+            g = max(room, key=lambda g: cap[g] - load[g])
+            holder[item] = g
+            held[g].add(item)
+            load[g] += 1
+            return True
+        prev, frontier = {}, []
+        for g in options[item]:
+            if g not in prev and g not in dead:
+                prev[g] = (item, None)
+                frontier.append(g)
+        while frontier:
+            nxt = []
+            for g in frontier:
+                if load[g] < cap[g]:
+                    while g is not None:
+                        it, g0 = prev[g]
+                        if g0 is not None:
+                            held[g0].discard(it)
+                            load[g0] -= 1
+                        holder[it] = g
+                        held[g].add(it)
+                        load[g] += 1
+                        g = g0
+                    dead.clear()
+                    return True
+                for it2 in held[g]:
+                    for g2 in options[it2]:
+                        if g2 not in prev and g2 not in dead:
+                            prev[g2] = (it2, g)
+                            nxt.append(g2)
+            frontier = nxt
+        dead.update(prev)
+        return False
+
+    need = sum(low.values())
+    for item in items:
+        if sum(load.values()) >= need:  # every group has its minimum: stop searching
+            break
+        augment(item, low)
+    if any(load[g] < low[g] for g in low):
+        return None
+    dead.clear()
+    for item in items:
+        if item not in holder and not augment(item, high):
+            return None
+    return holder
 
 
 def _take(owners, new, s1, w, rng):
@@ -283,8 +395,8 @@ def _repeats(owners, w):
 def leave(ring, node_id):
     """Claim for ring.nodes - [node_id]: each of the leaver's partitions goes to a node that is
     not within n-1 of it, the least loaded first, by shortest augmenting paths (a small flow, so
-    it finds an assignment whenever one exists). If none exists, the same search may also move
-    other partitions (each extra hop is an extra move); re-striping is the last resort."""
+    it finds an assignment whenever one exists). If none exists (small S), a swap search also
+    moves other partitions, unless re-striping moves fewer."""
     owners, n, q = list(ring.owners), ring.n, ring.q
     if node_id not in ring.nodes:
         raise RingError(f"{node_id!r} is not a member")
@@ -295,14 +407,24 @@ def leave(ring, node_id):
     got = _give(owners, node_id, nodes, w)
     if got is not None and not check(got, nodes, n):
         return Claim(tuple(got), False)
+    striped = restripe([x if x != node_id else None for x in owners], nodes, q, n)
     if len(nodes) > n:
-        got = _repair(owners, _fill_balanced(owners, node_id, nodes), w, random.Random(q + len(nodes)))
-        if got is not None and not check(got, nodes, n):
-            return Claim(tuple(got), False)
-    return Claim(restripe([x if x != node_id else None for x in owners], nodes, q, n), True)
+        start = _fill_balanced(owners, node_id, nodes, w)
+        found = [_give(owners, node_id, nodes, w, extra_moves=True)]
+        found += [_repair(owners, start, w, random.Random(q * seed + len(nodes))) for seed in (1, 2)]
+        found = [got for got in found if got is not None and not check(got, nodes, n)]
+        if found:
+            got = min(found, key=lambda got: _moves(owners, got))
+            if _moves(owners, got) <= _moves(owners, striped):
+                return Claim(tuple(got), False)
+    return Claim(striped, True)
 
 
-def _give(owners, leaver, nodes, w):
+def _moves(a, b):
+    return sum(x != y for x, y in zip(a, b))
+
+
+def _give(owners, leaver, nodes, w, extra_moves=False):
     q = len(owners)
     lo, hi = balance_bounds(q, len(nodes))
     holder = [None if x == leaver else x for x in owners]
@@ -347,25 +469,55 @@ def _give(owners, leaver, nodes, w):
             frontier = nxt
         return False
 
+    def chain(p):
+        # No node fits at p: move a neighbour's owner y from r into p (y keeps its count) and
+        # give r to a node z that fits there: one extra move.
+        best = None
+        for d in range(-(w - 1), w):
+            r = (p + d) % q
+            y = holder[r]
+            if not d or y is None:
+                continue
+            if y in {holder[(p + e) % q] for e in range(-(w - 1), w) if e and (p + e) % q != r}:
+                continue
+            holder[p], holder[r] = y, None
+            near = {holder[(r + e) % q] for e in range(-(w - 1), w) if e}
+            holder[p], holder[r] = None, y
+            for z in order:
+                if z not in near and z != y and load[z] < hi:
+                    key = (load[z] >= lo, load[z], abs(d))
+                    if best is None or key < best[0]:
+                        best = (key, r, y, z)
+        if best is None:
+            return False
+        _, r, y, z = best
+        held[y].append(p)
+        holder[p], holder[r] = y, z
+        load[z] += 1
+        return True
+
     parts = [p for p in range(q) if owners[p] == leaver]
     for p in parts:
         augment(p, lambda x: lo)
     for p in parts:
-        if holder[p] is None and not augment(p, lambda x: hi):
+        if holder[p] is None and not augment(p, lambda x: hi) and not (extra_moves and chain(p)):
             return None
     if any(load[x] < lo for x in nodes):
         return None
     return holder
 
 
-def _fill_balanced(owners, leaver, nodes):
-    """The leaver's partitions to the least loaded nodes, spacing ignored (a start for _repair)."""
-    lo, hi = balance_bounds(len(owners), len(nodes))
+def _fill_balanced(owners, leaver, nodes, w):
+    """The leaver's partitions to nodes below floor(Q/S) first, then to nodes at it, preferring a
+    node not within w-1 (a balanced start for _repair, with few violations)."""
+    q = len(owners)
+    lo, hi = balance_bounds(q, len(nodes))
     load = Counter(x for x in owners if x != leaver)
     out = list(owners)
     for p, x in enumerate(owners):
         if x == leaver:
-            y = min(nodes, key=lambda y: (load[y], y))
+            near = {out[(p + d) % q] for d in range(-(w - 1), w) if d}
+            y = min((y for y in nodes if load[y] < hi), key=lambda y: (load[y] >= lo, y in near, load[y], y))
             out[p] = y
             load[y] += 1
     return out

