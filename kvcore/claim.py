@@ -73,7 +73,7 @@ def diff(old, new):
 # -- whole-ring layouts ------------------------------------------------------------------------
 
 def initial(nodes, q, n):
-    """Owner table for a new cluster of `nodes` (sorted ids): the first n striped, then the rest
+    """Owner table for a new cluster of `nodes` (sorted ids): the first n + 1 striped, the rest
     joined one by one. A plain striping of all S nodes would be valid too, but its regularity
     makes later leaves expensive (every gap a leaver leaves has the same blocked neighbours)."""
     nodes = list(nodes)
