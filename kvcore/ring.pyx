@@ -186,7 +186,8 @@ cdef class Ring:
 
     cdef Py_ssize_t partition_arg(self, object k) except -1:
         cdef const unsigned char[::1] view
-        cdef Py_ssize_t p
+        if self.owner_idx == NULL:
+            raise RingError("Ring.__init__ was not called")
         if PyBytes_CheckExact(k):
             return partition_c(self, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))
         if isinstance(k, int):
@@ -220,6 +221,8 @@ cdef class Ring:
     def preference_list(self, key_or_partition):
         """min(n, S) distinct node ids: the owner, then clockwise (distinct zones first)."""
         cdef Py_ssize_t p
+        if self.owner_idx == NULL:
+            raise RingError("Ring.__init__ was not called")
         if PyBytes_CheckExact(key_or_partition):
             p = partition_c(self, PyBytes_AS_STRING(key_or_partition), PyBytes_GET_SIZE(key_or_partition))
         else:

@@ -154,6 +154,15 @@ def test_rings_are_immutable_values(impl):
     assert pickle.loads(pickle.dumps(a)) == a
 
 
+def test_uninitialised_ring_does_not_crash():
+    import kvcore.ring
+
+    bare = kvcore.ring.Ring.__new__(kvcore.ring.Ring)
+    for call in (bare.preference_list, bare.extended_preference_list, bare.owner):
+        with pytest.raises((RingError, TypeError)):
+            call(0)
+
+
 def test_bad_arguments(impl):
     for bad in ([], ["a", "a"], [""], [3], [("a", 3)], [("a", "z", "w")]):
         with pytest.raises(RingError):
