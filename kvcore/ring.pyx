@@ -1,11 +1,10 @@
 """The partitioned ring: an immutable value with its owner table and preference lists in C
 arrays (docs/ring.md; Dynamo's strategy 3 as in riak_core's chash). Same API as ring_py."""
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_GET_ITEM
-from libc.stdint cimport int64_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.string cimport memset
 
 import struct
@@ -14,12 +13,10 @@ import numpy as np
 
 from kvcore import claim
 from kvcore.errors import RingError
-from kvcore.hashing import crc32c, token
+from kvcore.hashing import crc32c
 
 cdef extern from "Python.h":
     bint PyBytes_CheckExact(object o)
-    bint PyLong_CheckExact(object o)
-    bint PyByteArray_CheckExact(object o)
 
 MAGIC = b"RKVR"
 VERSION = 1
