@@ -1,0 +1,1 @@
+"""kvnet.coordinator (see docs/)."""

@@ -1,0 +1,61 @@
+"""Network and quorum errors, and the one table that maps them to RESP errors.
+
+Every error a client can see is a KVNetError subclass with a RESP prefix, so
+the front door never formats an error by hand (STYLE.md: kvnet/errors.py).
+"""
+
+
+class KVNetError(Exception):
+    """Base of kvnet errors; `resp_prefix` is the first word of the RESP error."""
+
+    resp_prefix = "ERR"
+
+    def resp(self):
+        """The RESP error line (without '-' and CRLF)."""
+        return f"{self.resp_prefix} {self}"
+
+
+class ProtocolError(KVNetError):
+    """Bytes that break the wire protocol (RESP or peer frames)."""
+
+
+class CommandError(KVNetError):
+    """A well-formed command with bad arguments."""
+
+
+class WrongArity(CommandError):
+    pass
+
+
+class NoAuth(KVNetError):
+    resp_prefix = "NOAUTH"
+
+
+class WrongPass(KVNetError):
+    resp_prefix = "WRONGPASS"
+
+
+class QuorumError(KVNetError):
+    """Too few replicas answered in time; the message says how many did."""
+
+    resp_prefix = "QUORUM"
+
+
+class Unavailable(KVNetError):
+    """Not enough healthy nodes to even try (e.g. strict mode with primaries down)."""
+
+    resp_prefix = "UNAVAILABLE"
+
+
+class TooManySiblings(KVNetError):
+    resp_prefix = "SIBLINGS"
+
+
+class PeerError(KVNetError):
+    """A peer connection failed, was refused, or did not authenticate."""
+
+    resp_prefix = "PEER"
+
+
+class ConfigError(KVNetError, ValueError):
+    """A setting is missing, malformed or out of bounds; the message names it."""

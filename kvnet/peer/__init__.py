@@ -1,0 +1,1 @@
+"""kvnet.peer (see docs/)."""

@@ -1,0 +1,1 @@
+"""kvnet.resp (see docs/)."""
