@@ -1,4 +1,5 @@
 """Key hashing for the ring, the keydir and the Merkle trees (docs/ring.md)."""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
 
 from kvcore.hashing cimport partition_of_token, token_of, kv_crc32c
@@ -6,6 +7,8 @@ from kvcore.hashing cimport partition_of_token, token_of, kv_crc32c
 
 def token(key):
     """MurmurHash3 x64-128, first 64 bits, unsigned: mmh3.hash64(key, signed=False)[0]."""
+    if type(key) is bytes:
+        return token_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
     cdef const unsigned char[::1] view = key
     if view.shape[0] == 0:
         return token_of(b"", 0)
