@@ -1,0 +1,260 @@
+"""PeerPool: one multiplexed connection per peer, dialed lazily, redialed with backoff.
+
+A pair of nodes shares one connection whichever side dialed it; see
+docs/peer.md ("Connections per pair") for how simultaneous dials resolve.
+"""
+import asyncio
+import logging
+import random
+
+from kvnet.errors import PeerError
+from kvnet.peer.errors import PeerTimeout, PeerUnavailable
+from kvnet.peer.protocol import _opts, connect, serve_peers
+
+log = logging.getLogger("kvnet.peer")
+
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_BACKOFF_BASE = 0.1  # first retry delay after a failed dial, seconds
+DEFAULT_BACKOFF_MAX = 5.0  # cap of the exponential backoff, seconds
+DEFAULT_REQUEST_TIMEOUT = 5.0
+
+
+class _Peer:
+    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error")
+
+    def __init__(self):
+        self.conns = []  # ready connections, dialed or accepted
+        self.connecting = None  # the dial in progress (a Task), shared by all waiters
+        self.failures = 0  # consecutive failed dials
+        self.next_attempt = 0.0  # loop time before which no dial is tried
+        self.last_error = None
+
+
+def _retrieve(task):
+    if not task.cancelled():
+        task.exception()
+
+
+class PeerPool:
+    """Connections from node ``node_id`` to its peers; ``handler`` serves their requests."""
+
+    def __init__(
+        self,
+        node_id,
+        secret,
+        handler=None,
+        *,
+        connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        backoff_base=DEFAULT_BACKOFF_BASE,
+        backoff_max=DEFAULT_BACKOFF_MAX,
+        **opts,
+    ):
+        if not 0 < backoff_base <= backoff_max:
+            raise ValueError("need 0 < backoff_base <= backoff_max")
+        self.node_id = node_id
+        self._secret = secret
+        self._handler = handler
+        self._connect_timeout = connect_timeout
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._opts = _opts(opts)
+        self._peers = {}
+        self._sleepers = set()
+        self._server = None
+        self._closed = False
+
+    # -- using peers ----------------------------------------------------------
+
+    async def request(self, peer_id, addr, type, payload=None, timeout=DEFAULT_REQUEST_TIMEOUT):
+        """Send ``type``/``payload`` to ``peer_id`` (dialing ``addr`` = (host, port) if needed).
+
+        ``timeout`` bounds connecting and answering together. A request is
+        never resent: on ConnectionLost the caller cannot know if it ran.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        conn = await self.connection(peer_id, addr, timeout)
+        left = None if timeout is None else max(timeout - (loop.time() - start), 0.0)
+        return await conn.request(type, payload, timeout=left)
+
+    async def notify(self, peer_id, addr, type, payload=None, timeout=DEFAULT_REQUEST_TIMEOUT):
+        conn = await self.connection(peer_id, addr, timeout)
+        await conn.notify(type, payload)
+
+    def get(self, peer_id):
+        """The ready connection to ``peer_id`` requests would use now, or None."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else self._best(peer_id, peer)
+
+    async def connection(self, peer_id, addr, timeout=None):
+        """A ready connection to ``peer_id``, dialing ``addr`` if there is none.
+
+        While a previous dial's backoff runs, waits for it if it ends within
+        ``timeout``, else raises PeerUnavailable at once.
+        """
+        if peer_id == self.node_id:
+            raise PeerError(f"node {peer_id} does not send peer requests to itself")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = self._peers[peer_id] = _Peer()
+        while True:
+            if self._closed:
+                raise PeerError("the peer pool is closed")
+            conn = self._best(peer_id, peer)
+            if conn is not None:
+                return conn
+            if peer.connecting is None:
+                wait = peer.next_attempt - loop.time()
+                if wait > 0:
+                    if deadline is not None and loop.time() + wait > deadline:
+                        raise PeerUnavailable(
+                            f"node {peer_id} at {_fmt(addr)} is unreachable ({peer.last_error}); "
+                            f"next attempt in {wait:.2f} s"
+                        )
+                    await self._sleep(wait)
+                    continue
+                peer.connecting = loop.create_task(self._dial(peer_id, addr, peer))
+                peer.connecting.add_done_callback(_retrieve)
+            task = peer.connecting
+            try:
+                if deadline is None:
+                    await asyncio.shield(task)
+                else:
+                    await asyncio.wait_for(asyncio.shield(task), max(deadline - loop.time(), 0.0))
+            except PeerError:
+                raise
+            except TimeoutError:
+                raise PeerTimeout(
+                    f"connecting to node {peer_id} at {_fmt(addr)} not done within {timeout:g} s"
+                ) from None
+            except asyncio.CancelledError:
+                if task.cancelled() and self._closed and not asyncio.current_task().cancelling():
+                    raise PeerError("the peer pool is closed") from None
+                raise
+
+    def adopt(self, conn):
+        """Take a ready connection (accepted by serve_peers) into the pool."""
+        if self._closed:
+            conn.close()
+            return
+        peer = self._peers.get(conn.peer_id)
+        if peer is None:
+            peer = self._peers[conn.peer_id] = _Peer()
+        peer.conns.append(conn)
+        peer.failures, peer.next_attempt, peer.last_error = 0, 0.0, None
+        conn.add_close_callback(self._drop)
+
+    async def serve(self, host, port, **kwargs):
+        """Accept peers on host:port, sharing their connections with this pool; closed with it."""
+        if self._server is not None:
+            raise PeerError("this pool already serves")
+        self._server = await serve_peers(
+            host, port, self.node_id, self._secret, self._handler, pool=self, **{**self._opts, **kwargs}
+        )
+        return self._server
+
+    def status(self):
+        """Per known peer: connections, consecutive failures, seconds to the next dial, last error."""
+        now = asyncio.get_running_loop().time()
+        return {
+            peer_id: {
+                "connections": len(peer.conns),
+                "connecting": peer.connecting is not None,
+                "failures": peer.failures,
+                "retry_in": max(peer.next_attempt - now, 0.0),
+                "last_error": None if peer.last_error is None else str(peer.last_error),
+            }
+            for peer_id, peer in self._peers.items()
+        }
+
+    async def close(self):
+        """Close every connection and the server; pending requests and dials fail."""
+        self._closed = True
+        tasks, conns = [], []
+        if self._server is not None:
+            self._server.close()
+        for peer in self._peers.values():
+            if peer.connecting is not None:
+                peer.connecting.cancel()
+                tasks.append(peer.connecting)
+            conns.extend(peer.conns)
+        for conn in conns:
+            conn.close()
+        for fut in list(self._sleepers):
+            if not fut.done():
+                fut.set_result(None)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(c.wait_closed() for c in conns))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _best(self, peer_id, peer):
+        """A ready connection; with two (both nodes dialed at once), the one the lower id dialed.
+
+        Both ends apply the same rule, so new traffic converges on one connection.
+        """
+        best = None
+        for conn in peer.conns:
+            if conn.is_ready:
+                if conn.initiator == (self.node_id < peer_id):
+                    return conn
+                best = best or conn
+        return best
+
+    def _drop(self, conn, exc):
+        peer = self._peers.get(conn.peer_id)
+        if peer is not None and conn in peer.conns:
+            peer.conns.remove(conn)
+
+    def backoff(self, failures):
+        """Delay before the next dial after ``failures`` consecutive failures: exponential, capped, jittered."""
+        ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(failures - 1, 32))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _dial(self, peer_id, addr, peer):
+        host, port = addr
+        try:
+            conn = await connect(
+                host,
+                port,
+                self.node_id,
+                self._secret,
+                self._handler,
+                expected_peer=peer_id,
+                timeout=self._connect_timeout,
+                **self._opts,
+            )
+        except PeerError as exc:
+            peer.failures += 1
+            peer.next_attempt = asyncio.get_running_loop().time() + self.backoff(peer.failures)
+            peer.last_error = exc
+            log.info("peer %s at %s: dial %d failed: %s", peer_id, _fmt(addr), peer.failures, exc)
+            raise
+        finally:
+            peer.connecting = None
+        self.adopt(conn)
+
+    async def _sleep(self, delay):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._sleepers.add(fut)
+        timer = loop.call_later(delay, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._sleepers.discard(fut)
+
+
+def _fmt(addr):
+    return f"{addr[0]}:{addr[1]}"

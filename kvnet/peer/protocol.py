@@ -1,0 +1,442 @@
+"""PeerConnection: the asyncio driver of PeerProtocolCore (asyncpg's protocol.pyx role).
+
+It adds only futures per request id, timeouts, flow control and handler tasks;
+``connect`` dials a peer and ``serve_peers`` accepts them. See docs/peer.md.
+"""
+import asyncio
+import collections
+import contextvars
+import logging
+
+from kvnet.errors import PeerError
+from kvnet.peer.core import PeerProtocolCore, State
+from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
+from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
+
+log = logging.getLogger("kvnet.peer")
+
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0
+DEFAULT_MAX_INFLIGHT = 256  # inbound requests handled at once per connection
+DEFAULT_MAX_CONNECTIONS = 512  # inbound peer connections per server
+_CLOSE_GRACE = 1.0  # seconds a closing transport may spend flushing before it is aborted
+
+_current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
+
+
+def current_peer():
+    """Inside a request handler: the node id of the peer that sent the request."""
+    return _current_peer.get()
+
+
+class PeerConnection(PeerProtocolCore, asyncio.Protocol):
+    """One authenticated, multiplexed connection to a peer.
+
+    ``handler`` is ``async handler(type, payload) -> payload`` for inbound
+    requests and notifications (None: this end serves nothing).
+    """
+
+    def __init__(
+        self,
+        node_id,
+        secret,
+        handler=None,
+        *,
+        initiator,
+        expected_peer=None,
+        max_frame_size=DEFAULT_MAX_FRAME_SIZE,
+        handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
+        max_inflight=DEFAULT_MAX_INFLIGHT,
+        loop=None,
+    ):
+        super().__init__(
+            node_id, secret, initiator=initiator, expected_peer=expected_peer, max_frame_size=max_frame_size
+        )
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self._loop = loop or asyncio.get_running_loop()
+        self._handler = handler
+        self._handshake_timeout = handshake_timeout
+        self._max_inflight = max_inflight
+        self._transport = None
+        self.peername = None
+        self._waiters = {}  # req_id -> (future, timer handle or None, request type)
+        self._tasks = set()  # running handler tasks
+        self._ready_fut = self._loop.create_future()
+        self._closed_fut = self._loop.create_future()
+        self._timers = []  # handshake / abort timers
+        self._write_paused = False
+        self._drain_waiters = collections.deque()
+        self._read_paused = False
+        self._ready_callbacks = []
+        self._close_callbacks = []
+        self.refuse_reason = None  # set before connection_made to turn the peer away
+
+    def __repr__(self):
+        role = "dialed" if self.initiator else "accepted"
+        return f"<PeerConnection {self.node_id}->{self.peer_id} {role} {self.state.value}>"
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport):
+        self._transport = transport
+        self.peername = transport.get_extra_info("peername")
+        if self.refuse_reason is not None:
+            self.close(ConnectionLost(self.refuse_reason))
+            return
+        self._timers.append(self._loop.call_later(self._handshake_timeout, self._handshake_expired))
+        self.start_handshake()
+
+    def data_received(self, data):
+        self.feed_data(data)
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc):
+        self.connection_closed(exc)
+        for timer in self._timers:
+            timer.cancel()
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    def pause_writing(self):
+        self._write_paused = True
+
+    def resume_writing(self):
+        self._write_paused = False
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- core hooks -----------------------------------------------------------
+
+    def _write(self, data):
+        self._transport.write(data)
+
+    def _on_ready(self):
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if not self._ready_fut.done():
+            self._ready_fut.set_result(self)
+        for cb in self._ready_callbacks:
+            cb(self)
+
+    def _on_response(self, req_id, payload):
+        entry = self._waiters.pop(req_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(payload)
+
+    def _on_error_response(self, req_id, code, message):
+        entry = self._waiters.pop(req_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(
+                RemoteError(
+                    f"node {self.peer_id} failed request {entry[2]!r}: {code}: {message}",
+                    code=code,
+                    remote_message=message,
+                )
+            )
+
+    def _on_request(self, type, req_id, payload):
+        if self._handler is None:
+            self.send_error(req_id, "NoHandler", f"node {self.node_id} serves no peer requests")
+            return
+        self._spawn(self._serve(type, req_id, payload))
+
+    def _on_notify(self, type, payload):
+        if self._handler is not None:
+            self._spawn(self._serve(type, None, payload))
+
+    def _on_close(self, exc):
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        failure = exc if isinstance(exc, PeerError) else ConnectionLost(
+            f"connection to {self.peer_id or 'peer'} closed" + (f": {exc}" if exc else "")
+        )
+        if not self._ready_fut.done():
+            self._ready_fut.set_exception(failure)
+            self._ready_fut.exception()  # retrieved: inbound connections have no awaiter
+        waiters, self._waiters = self._waiters, {}
+        for req_id, (fut, timer, type_) in waiters.items():
+            if timer is not None:
+                timer.cancel()
+            if not fut.done():
+                lost = ConnectionLost(
+                    f"connection to node {self.peer_id} closed before it answered {type_!r} "
+                    f"(request {req_id}): {failure}"
+                )
+                fut.set_exception(lost)
+        while self._drain_waiters:
+            waiter = self._drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionLost(f"connection to {self.peer_id or 'peer'} closed"))
+        if self._transport is None:
+            self._closed_fut.set_result(None)
+        elif not self._transport.is_closing():
+            self._transport.close()  # flushes a last ERROR frame, then connection_lost
+            self._timers.append(self._loop.call_later(_CLOSE_GRACE, self._transport.abort))
+        for cb in self._close_callbacks:
+            try:
+                cb(self, exc)
+            except Exception:
+                log.exception("peer close callback failed")
+        if exc is not None and self.initiator is False and not isinstance(exc, ConnectionLost):
+            log.warning("peer connection from %s refused: %s", self.peername, exc)
+
+    # -- public API -----------------------------------------------------------
+
+    def add_ready_callback(self, cb):
+        """``cb(conn)`` when the handshake succeeds."""
+        self._ready_callbacks.append(cb)
+
+    def add_close_callback(self, cb):
+        """``cb(conn, exc)`` once, when the connection closes for any reason."""
+        self._close_callbacks.append(cb)
+
+    @property
+    def is_ready(self):
+        return self.state is State.READY
+
+    async def wait_ready(self):
+        """Return self once authenticated; raise the PeerError that ended the handshake."""
+        return await asyncio.shield(self._ready_fut)
+
+    async def request(self, type, payload=None, *, timeout=None):
+        """Send a request and return the peer's response payload.
+
+        Raises RemoteError (the handler failed there), PeerTimeout (also a
+        TimeoutError) or ConnectionLost; all are PeerError.
+        """
+        if self._write_paused:
+            timeout = await self._drain(timeout, f"request {type!r}")
+        req_id = self.send_request(type, payload)
+        return await self._wait_answer(req_id, type, timeout)
+
+    async def ping(self, *, timeout=None):
+        """Round-trip time in seconds of a PING answered by the peer's core."""
+        if self._write_paused:
+            timeout = await self._drain(timeout, "ping")
+        start = self._loop.time()
+        await self._wait_answer(self.send_ping(), "ping", timeout)
+        return self._loop.time() - start
+
+    async def notify(self, type, payload=None):
+        """Send a one-way message (after waiting for the write buffer to drain)."""
+        if self._write_paused:
+            await self._drain(None, f"notification {type!r}")
+        self.send_notify(type, payload)
+
+    def close(self, exc=None):
+        """Close now: running handlers are cancelled, waiting requests fail."""
+        for task in list(self._tasks):
+            task.cancel()
+        super().close(exc)
+
+    async def wait_closed(self):
+        await asyncio.shield(self._closed_fut)
+
+    # -- internals ------------------------------------------------------------
+
+    async def _wait_answer(self, req_id, type_, timeout):
+        fut = self._loop.create_future()
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._expire, req_id, timeout)
+        self._waiters[req_id] = (fut, timer, type_)
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self._waiters.pop(req_id, None) is not None:  # cancelled by the caller
+                self.forget(req_id)
+
+    def _expire(self, req_id, timeout):
+        entry = self._waiters.pop(req_id, None)
+        if entry is None:
+            return
+        self.forget(req_id)
+        if not entry[0].done():
+            entry[0].set_exception(
+                PeerTimeout(f"node {self.peer_id} did not answer {entry[2]!r} within {timeout:g} s")
+            )
+
+    async def _drain(self, timeout, what):
+        """Wait while the transport's write buffer is above its high-water mark.
+
+        Returns the part of ``timeout`` left (None stays None).
+        """
+        start = self._loop.time()
+        while self._write_paused:
+            self._check_ready()
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            if timeout is None:
+                await waiter
+                continue
+            left = timeout - (self._loop.time() - start)
+            try:
+                await asyncio.wait_for(waiter, max(left, 0))
+            except TimeoutError:
+                raise PeerTimeout(
+                    f"{what} to node {self.peer_id}: write buffer still full after {timeout:g} s"
+                ) from None
+        if timeout is None:
+            return None
+        return max(timeout - (self._loop.time() - start), 0)
+
+    def _spawn(self, coro):
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        if len(self._tasks) >= self._max_inflight and not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()  # backpressure: the peer's writes now block
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if self._read_paused and len(self._tasks) <= self._max_inflight // 2:
+            self._read_paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    async def _serve(self, type_, req_id, payload):
+        _current_peer.set(self.peer_id)  # this task's own context copy
+        try:
+            result = await self._handler(type_, payload)
+        except Exception as exc:
+            if req_id is None:
+                log.warning("peer %s: notification %r handler failed: %r", self.peer_id, type_, exc)
+                return
+            await self._reply(self.send_error, req_id, type(exc).__name__, str(exc) or type(exc).__name__)
+            return
+        if req_id is None:
+            return
+        try:
+            await self._reply(self.send_response, req_id, result)
+        except (TypeError, ValueError, PeerError) as exc:  # unencodable or oversize response
+            await self._reply(self.send_error, req_id, "EncodeError", f"response to {type_!r} not sent: {exc}")
+
+    async def _reply(self, send, *args):
+        if self.state is not State.READY:
+            return  # the connection went away: nobody to answer
+        if self._write_paused:
+            try:
+                await self._drain(None, "response")
+            except ConnectionLost:
+                return
+            if self.state is not State.READY:
+                return
+        send(*args)
+
+    def _handshake_expired(self):
+        if self.state is not State.READY and self.state is not State.CLOSED:
+            self.close(
+                PeerTimeout(
+                    f"peer handshake with {self.peername} not done within {self._handshake_timeout:g} s"
+                )
+            )
+
+
+def _opts(kwargs):
+    allowed = {"max_frame_size", "handshake_timeout", "max_inflight"}
+    unknown = set(kwargs) - allowed
+    if unknown:
+        raise TypeError(f"unknown peer connection options: {sorted(unknown)}")
+    return kwargs
+
+
+async def connect(host, port, node_id, secret, handler=None, *, expected_peer=None, timeout=5.0, **opts):
+    """Dial a peer and complete the handshake; returns a ready PeerConnection.
+
+    Raises PeerUnavailable (cannot connect), PeerTimeout, AuthenticationError,
+    VersionMismatch or another PeerError naming the cause.
+    """
+    loop = asyncio.get_running_loop()
+    opts = _opts(opts)
+    opts.setdefault("handshake_timeout", timeout)
+    conn = PeerConnection(
+        node_id, secret, handler, initiator=True, expected_peer=expected_peer, loop=loop, **opts
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(lambda: conn, host, port)
+            await conn.wait_ready()
+    except TimeoutError as exc:
+        conn.close()
+        if isinstance(exc, PeerTimeout):
+            raise
+        raise PeerTimeout(f"connecting to peer at {host}:{port} took more than {timeout:g} s") from None
+    except OSError as exc:
+        conn.close()
+        raise PeerUnavailable(f"cannot connect to peer at {host}:{port}: {exc.strerror or exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class PeerServer:
+    """The listening side: accepted connections and the asyncio server."""
+
+    def __init__(self, server, connections):
+        self._server = server
+        self.connections = connections  # live inbound PeerConnections
+
+    @property
+    def sockets(self):
+        return self._server.sockets
+
+    @property
+    def port(self):
+        return self._server.sockets[0].getsockname()[1]
+
+    def close(self):
+        """Stop listening and close every inbound connection."""
+        self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+
+    async def wait_closed(self):
+        conns = list(self.connections)
+        await asyncio.gather(*(c.wait_closed() for c in conns))
+        await self._server.wait_closed()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        self.close()
+        await self.wait_closed()
+
+
+async def serve_peers(
+    host, port, node_id, secret, handler, *, pool=None, max_connections=DEFAULT_MAX_CONNECTIONS, **opts
+):
+    """Accept peer connections on host:port (port 0: any free port, see ``.port``).
+
+    Inbound connections serve ``handler``; with ``pool`` (a PeerPool) they are
+    also offered to it, so this node's requests to that peer reuse them.
+    """
+    loop = asyncio.get_running_loop()
+    opts = _opts(opts)
+    conns = set()
+    PeerConnection(node_id, secret, initiator=False, loop=loop)  # validate arguments now
+
+    def factory():
+        conn = PeerConnection(node_id, secret, handler, initiator=False, loop=loop, **opts)
+        if len(conns) >= max_connections:
+            conn.refuse_reason = f"too many peer connections (limit {max_connections})"
+            log.warning("peer connection refused: %s", conn.refuse_reason)
+            return conn
+        conns.add(conn)
+        conn.add_close_callback(lambda c, exc: conns.discard(c))
+        if pool is not None:
+            conn.add_ready_callback(pool.adopt)
+        return conn
+
+    server = await loop.create_server(factory, host, port)
+    return PeerServer(server, conns)
