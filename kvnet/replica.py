@@ -1,0 +1,227 @@
+"""The node's local replica: one LogStore per partition, and the rules that keep dots unique.
+
+Every read-modify-write of a key's clock here is synchronous (no await inside),
+so on the event loop it is atomic per key, as ALGORITHMS.md section 1 demands.
+Actor ids are (node, incarnation, epoch): the incarnation is drawn when the data
+directory is created, epochs come from a node-wide counter leased in blocks, and
+each partition has a trusted-from epoch raised whenever its store cannot vouch
+for every dot it minted (docs/replica.md).
+"""
+import asyncio
+import os
+import secrets
+
+import msgpack
+
+from kvcore import versions as V
+from kvcore.storage import LogStore
+from kvcore.storage.files import fsync_dir, write_file
+from kvnet.errors import TooManySiblings
+
+EPOCH_BLOCK = 10_000
+
+
+def _read_msgpack(path):
+    try:
+        with open(path, "rb") as f:
+            return msgpack.unpackb(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def _write_msgpack(path, obj):
+    write_file(path + ".tmp", msgpack.packb(obj))
+    os.replace(path + ".tmp", path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+class Identity:
+    """The node's data identity: incarnation and the epoch lease (ALGORITHMS.md section 1)."""
+
+    def __init__(self, data_dir, node):
+        self.node = node
+        os.makedirs(data_dir, exist_ok=True)
+        self._id_path = os.path.join(data_dir, "IDENTITY")
+        self._lease_path = os.path.join(data_dir, "EPOCH")
+        ident = _read_msgpack(self._id_path)
+        if ident is None:
+            ident = {"node": node, "incarnation": secrets.randbits(64)}
+            _write_msgpack(self._id_path, ident)
+        if ident["node"] != node:
+            raise ValueError(f"data directory {data_dir} belongs to node {ident['node']!r}, not {node!r}")
+        self.incarnation = ident["incarnation"]
+        leased = _read_msgpack(self._lease_path) or 0
+        self._next = leased + 1          # continue after every epoch a previous run may have used
+        self._leased = leased
+        self._lease()
+
+    def _lease(self):
+        self._leased = self._next + EPOCH_BLOCK - 1
+        _write_msgpack(self._lease_path, self._leased)
+
+    def new_epoch(self):
+        """A node-wide epoch never handed out before (one fsync per block of 10,000)."""
+        if self._next > self._leased:
+            self._lease()
+        e = self._next
+        self._next += 1
+        return e
+
+    def actor(self, epoch):
+        return (self.node, self.incarnation, epoch)
+
+    def owns(self, actor):
+        return (isinstance(actor, (tuple, list)) and len(actor) == 3
+                and actor[0] == self.node and actor[1] == self.incarnation)
+
+
+class Partition:
+    """One partition's store and its trusted-from epoch."""
+
+    def __init__(self, path, identity, **store_opts):
+        self.path = path
+        self.store = LogStore(path, **store_opts)
+        self._trusted_path = os.path.join(path, "TRUSTED")
+        self.trusted_from = _read_msgpack(self._trusted_path) or 0
+        rec = self.store.recovery
+        if not rec["clean"] or rec["corrupt_records"] or rec["torn_tail_bytes"]:
+            self.distrust(identity.new_epoch())
+
+    def distrust(self, epoch):
+        """Dots of epochs below this one may have been lost here: never extend them."""
+        self.trusted_from = epoch
+        _write_msgpack(self._trusted_path, epoch)
+
+
+class LocalReplica:
+    """The partitions this node holds, with minting, syncing and group commit."""
+
+    def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
+                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100):
+        self.data_dir = data_dir
+        self.identity = Identity(data_dir, node)
+        self.fsync = fsync
+        self.sync_interval = sync_interval_ms / 1000.0
+        self.max_siblings = max_siblings
+        # A stored clock may hold many siblings: the value limit is the coordinator's,
+        # per value; the store takes whatever replication brings.
+        self._store_opts = dict(fsync="never", max_key_bytes=max_key_bytes,
+                                max_value_bytes=(1 << 31) - 1)
+        self.partitions = {}
+        self._dirty = set()
+        self._commit_round = None
+        self._interval_task = None
+
+    # ---- partitions ----------------------------------------------------------------------
+
+    def partition(self, p):
+        part = self.partitions.get(p)
+        if part is None:
+            path = os.path.join(self.data_dir, "partitions", f"{p:05d}")
+            part = self.partitions[p] = Partition(path, self.identity, **self._store_opts)
+        return part
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def read(self, p, key):
+        """The key's clock here, or None."""
+        raw = self.partition(p).store.get(key)
+        return None if raw is None else V.decode(raw)
+
+    # ---- writes (each synchronous: atomic on the loop) -----------------------------------
+
+    def _store(self, p, key, clock):
+        part = self.partition(p)
+        part.store.put(key, V.encode(clock))
+        self._dirty.add(part)
+
+    def _minting_actor(self, part, local, context):
+        """The actor to mint with under the per-key epoch rules (ALGORITHMS.md section 1)."""
+        ident = self.identity
+        if local is not None:
+            mine = [e for e in local.entries if ident.owns(e[0])]
+            if mine:
+                actor, counter, _ = max(mine, key=lambda e: e[0][2])
+                seen = dict((tuple(a) if isinstance(a, list) else a, n) for a, n in (context or ()))
+                if actor[2] >= part.trusted_from and seen.get(actor, 0) <= counter:
+                    return actor
+        return ident.actor(ident.new_epoch())
+
+    def mint(self, p, key, sibling, context=None, overwrite=False):
+        """Coordinate a write: a new event over the local clock. Returns the stored clock.
+
+        context: a decoded client context, or None for a blind write (a new sibling);
+        overwrite=True (Redis SET/DEL) writes with the local clock's own context.
+        """
+        part = self.partition(p)
+        local = self.read(p, key)
+        if overwrite:
+            context = V.join(local) if local is not None else ()
+        client = V.new_with_context(context, sibling) if context is not None else V.new(sibling)
+        actor = self._minting_actor(part, local, context)
+        clock = V.update(client, local, actor)
+        if V.sibling_count(clock) > self.max_siblings:
+            raise TooManySiblings(
+                f"key has {V.sibling_count(clock)} siblings (limit {self.max_siblings}): "
+                "read it with KV.GET and write back with its context to resolve them")
+        self._store(p, key, clock)
+        return clock
+
+    def merge(self, p, key, clock):
+        """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses."""
+        local = self.read(p, key)
+        merged = clock if local is None else V.sync(local, clock)
+        if local is None or merged != local:
+            self._store(p, key, merged)
+        return merged
+
+    # ---- durability ----------------------------------------------------------------------
+
+    async def commit(self):
+        """Group commit: make every write so far durable; concurrent callers share rounds."""
+        while self._commit_round is not None:
+            await asyncio.shield(self._commit_round)
+            if not self._dirty:
+                return
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        loop = asyncio.get_running_loop()
+        self._commit_round = loop.run_in_executor(None, _sync_all, [d.store for d in dirty])
+        try:
+            await asyncio.shield(self._commit_round)
+        finally:
+            self._commit_round = None
+
+    async def after_write(self):
+        """What a write awaits before it is acknowledged, by the fsync policy."""
+        if self.fsync == "always":
+            await self.commit()
+
+    def start(self):
+        if self.fsync == "interval" and self._interval_task is None:
+            self._interval_task = asyncio.get_running_loop().create_task(self._interval_loop())
+
+    async def _interval_loop(self):
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            await self.commit()
+
+    async def close(self):
+        if self._interval_task is not None:
+            self._interval_task.cancel()
+            try:
+                await self._interval_task
+            except asyncio.CancelledError:
+                pass
+            self._interval_task = None
+        if self._commit_round is not None:
+            await asyncio.shield(self._commit_round)
+        for part in self.partitions.values():
+            part.store.close()
+        self.partitions = {}
+
+
+def _sync_all(stores):
+    for s in stores:
+        s.sync()

@@ -1,0 +1,134 @@
+"""LocalReplica: actor epochs, minting rules, syncing, group commit (ALGORITHMS.md section 1)."""
+import asyncio
+import shutil
+
+import pytest
+
+from kvcore import versions as V
+from kvnet.errors import TooManySiblings
+from kvnet.replica import EPOCH_BLOCK, Identity, LocalReplica
+
+
+def vals(clock):
+    return sorted(s.value for s in V.values(clock))
+
+
+def S(v, ts=1):
+    return V.sibling(v, ts)
+
+
+def test_identity_persists_and_epochs_never_repeat(tmp_path):
+    a = Identity(str(tmp_path), "n1")
+    first = [a.new_epoch() for _ in range(3)]
+    b = Identity(str(tmp_path), "n1")             # a restart: continues after the leased block
+    assert b.incarnation == a.incarnation
+    assert b.new_epoch() > max(first) and b.new_epoch() > EPOCH_BLOCK
+    with pytest.raises(ValueError):
+        Identity(str(tmp_path), "other")
+    shutil.rmtree(tmp_path)
+    c = Identity(str(tmp_path), "n1")             # a wiped node is a new incarnation
+    assert c.incarnation != a.incarnation
+
+
+def test_blind_writes_are_siblings_and_overwrite_replaces(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1")
+    c1 = r.mint(0, b"k", S(b"v1"))
+    c2 = r.mint(0, b"k", S(b"v2"))
+    assert vals(c2) == [b"v1", b"v2"]
+    assert len(c2.entries) == 1                   # the same actor, reused: counter 2
+    c3 = r.mint(0, b"k", S(b"v3"), context=V.join(c1))
+    assert vals(c3) == [b"v2", b"v3"]             # v1 was seen by the context, v2 was not
+    c4 = r.mint(0, b"k", S(b"v4"), overwrite=True)
+    assert vals(c4) == [b"v4"]
+    assert r.read(0, b"k") == c4 and r.read(0, b"other") is None
+    asyncio.run(r.close())
+
+
+def test_actor_reused_after_clean_restart_but_not_after_crash(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1")
+    c1 = r.mint(3, b"k", S(b"v1"))
+    asyncio.run(r.close())
+    r = LocalReplica(str(tmp_path), "n1")
+    c2 = r.mint(3, b"k", S(b"v2"), overwrite=True)
+    assert [e[0] for e in c2.entries] == [e[0] for e in c1.entries]
+    # a crash: the store is abandoned without its clean marker
+    r.partition(3).store._abandon()
+    r.partitions.clear()
+    r = LocalReplica(str(tmp_path), "n1")
+    c3 = r.mint(3, b"k", S(b"v3"), overwrite=True)
+    actors = [e[0] for e in c3.entries]
+    assert len(actors) == 2 and actors[1][2] > actors[0][2]   # a fresh epoch
+    asyncio.run(r.close())
+
+
+def test_lost_record_never_reuses_a_dot(tmp_path):
+    """kv679: an acknowledged write must survive the coordinator losing its copy."""
+    r = LocalReplica(str(tmp_path), "n1")
+    acked = r.mint(1, b"k", S(b"acked"))          # replicated elsewhere as `acked`
+    asyncio.run(r.close())
+    shutil.rmtree(tmp_path / "partitions")        # the partition is lost (dropped, wiped)
+    r = LocalReplica(str(tmp_path), "n1")
+    newer = r.mint(1, b"k", S(b"newer"))
+    merged = V.sync(acked, newer)
+    assert vals(merged) == [b"acked", b"newer"]   # both kept: no dot was reused
+    asyncio.run(r.close())
+
+
+def test_context_ahead_of_local_clock_takes_a_new_epoch(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1")
+    c1 = r.mint(0, b"k", S(b"v1"))
+    c2 = r.mint(0, b"k", S(b"v2"), overwrite=True)
+    # the local store goes back to c1 (e.g. restored), but a client saw c2's context
+    r._store(0, b"k", c1)
+    c3 = r.mint(0, b"k", S(b"v3"), context=V.join(c2))
+    assert len(c3.entries) == 2
+    assert vals(V.sync(c2, c3)) == [b"v3"]        # v3 supersedes what the context saw
+    asyncio.run(r.close())
+
+
+def test_merge_syncs_and_keeps_concurrent_values(tmp_path):
+    a = LocalReplica(str(tmp_path / "a"), "a")
+    b = LocalReplica(str(tmp_path / "b"), "b")
+    ca = a.mint(0, b"k", S(b"from-a"))
+    cb = b.mint(0, b"k", S(b"from-b"))
+    m = a.merge(0, b"k", cb)
+    assert vals(m) == [b"from-a", b"from-b"] and a.read(0, b"k") == m
+    assert b.merge(0, b"k", ca) == m              # both replicas converge
+    stale = ca
+    assert a.merge(0, b"k", stale) == m           # an old clock changes nothing
+    asyncio.run(a.close())
+    asyncio.run(b.close())
+
+
+def test_tombstone_reads_as_deleted(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1")
+    r.mint(0, b"k", S(b"v"))
+    c = r.mint(0, b"k", V.tombstone(2), overwrite=True)
+    assert V.is_deleted(c) and V.is_deleted(r.read(0, b"k"))
+    asyncio.run(r.close())
+
+
+def test_sibling_limit_refuses_before_storing(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1", max_siblings=3)
+    for i in range(3):
+        r.mint(0, b"k", S(b"v%d" % i))
+    before = r.read(0, b"k")
+    with pytest.raises(TooManySiblings, match="resolve"):
+        r.mint(0, b"k", S(b"v3"))
+    assert r.read(0, b"k") == before
+    r.mint(0, b"k", S(b"one"), overwrite=True)    # resolving is always allowed
+    asyncio.run(r.close())
+
+
+def test_group_commit_syncs_every_dirty_partition(tmp_path):
+    async def main():
+        r = LocalReplica(str(tmp_path), "n1", fsync="always")
+        for p in range(4):
+            r.mint(p, b"k%d" % p, S(b"v"))
+        await asyncio.gather(*(r.after_write() for _ in range(10)))
+        for p in range(4):
+            st = r.partition(p).store.stats()
+            assert st["synced_offset"] == st["active_offset"]
+        await r.close()
+
+    asyncio.run(main())
