@@ -1,0 +1,402 @@
+"""The RESP command table and dispatch, free of I/O (docs/resp.md lists every command).
+
+`Commands.execute(session, argv)` checks the name, arity and authentication as Redis does
+(in that order), runs the handler against the `Backend`, and returns a reply value for
+kvnet.resp.replies.encode; errors come back as values too (KVNetError or ErrorReply), so a
+bad command never breaks the connection. Server-side commands (INFO, CLIENT, COMMAND,
+CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
+"""
+import itertools
+import logging
+import time
+
+from kvcore.versions import InvalidContext
+from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
+from kvnet.resp import admin
+from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
+
+__all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
+
+log = logging.getLogger("kvnet.resp")
+
+REDIS_VERSION = admin.REDIS_VERSION
+MAX_SCAN_COUNT = 100_000
+_SET_OPTIONS = {"EX", "PX", "EXAT", "PXAT", "NX", "XX", "KEEPTTL", "GET", "IFEQ"}
+_U64 = (1 << 64) - 1
+
+
+class Command:
+    """One table entry, in the shape COMMAND INFO reports (Redis 7)."""
+
+    __slots__ = ("name", "arity", "flags", "first", "last", "step", "handler", "group",
+                 "categories", "subcommands")
+
+    def __init__(self, name, arity, flags, first, last, step, handler, group="generic",
+                 categories=(), subcommands=None):
+        self.name = name
+        self.arity = arity
+        self.flags = frozenset(flags)
+        self.first, self.last, self.step = first, last, step
+        self.handler = handler
+        self.group = group
+        self.categories = tuple(categories)
+        self.subcommands = subcommands  # {b"setname": Command(name="client|setname"), ...}
+
+    def arity_ok(self, argc: int) -> bool:
+        a = self.arity
+        return argc == a if a > 0 else argc >= -a
+
+    def __repr__(self):
+        return f"Command({self.name!r}, {self.arity})"
+
+
+class Session:
+    """Per-connection state: protocol, name, id, authentication, database, closing."""
+
+    __slots__ = ("id", "addr", "laddr", "protocol", "name", "authenticated", "db", "created",
+                 "last_active", "last_command", "closing", "lib_name", "lib_ver")
+
+    def __init__(self, id, addr="", laddr="", authenticated=True):
+        self.id = id
+        self.addr = addr
+        self.laddr = laddr
+        self.protocol = 2
+        self.name = b""
+        self.authenticated = authenticated
+        self.db = 0
+        self.created = self.last_active = time.time()
+        self.last_command = "NULL"
+        self.closing = False   # set by QUIT: the server closes after this reply
+        self.lib_name = b""
+        self.lib_ver = b""
+
+
+def unknown_command(argv) -> ErrorReply:
+    """Redis' exact text: the name and the first arguments, each quoted and followed by a space."""
+    args = ""
+    for a in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'%s' " % _text(a)[:128 - len(args)]
+    return ErrorReply(f"ERR unknown command '{_text(argv[0])[:128]}', with args beginning with: {args}")
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+class Commands:
+    """The command table bound to a backend and this server's settings."""
+
+    def __init__(self, backend, *, password=None, allow_flush=True, tcp_port=0,
+                 max_clients=10000, idle_timeout=0, config=None, node_name="ringkv"):
+        self.backend = backend
+        self.password = password.encode() if isinstance(password, str) else password
+        self.allow_flush = allow_flush
+        self.tcp_port = tcp_port
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout
+        self.node_name = node_name
+        self.extra_config = dict(config or {})
+        self.started = time.time()
+        self.sessions = {}
+        self._ids = itertools.count(1)
+        self.stats = {"total_connections_received": 0, "total_commands_processed": 0,
+                      "rejected_connections": 0, "total_error_replies": 0}
+        self.table = build_table()
+        # Exact-case lookups first: clients send upper or lower case names.
+        self._names = dict(self.table)
+        self._names.update((k.upper(), v) for k, v in self.table.items())
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    def open_session(self, addr="", laddr="") -> Session:
+        s = Session(next(self._ids), addr, laddr, authenticated=self.password is None)
+        self.sessions[s.id] = s
+        self.stats["total_connections_received"] += 1
+        return s
+
+    def close_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    def lookup(self, argv):
+        """(command, None) or (None, error reply) for argv, with Redis' checks and messages."""
+        cmd = self._names.get(argv[0])
+        if cmd is None:
+            cmd = self.table.get(argv[0].lower())
+            if cmd is None:
+                return None, unknown_command(argv)
+        if not cmd.arity_ok(len(argv)):
+            return None, WrongArity(f"wrong number of arguments for '{cmd.name}' command")
+        if cmd.subcommands is not None and len(argv) > 1:
+            sub = cmd.subcommands.get(argv[1].lower())
+            if sub is None:
+                return None, ErrorReply(f"ERR unknown subcommand '{_text(argv[1])[:128]}'. "
+                                        f"Try {cmd.name.upper()} HELP.")
+            if not sub.arity_ok(len(argv)):
+                return None, WrongArity(f"wrong number of arguments for '{sub.name}' command")
+            cmd = sub
+        return cmd, None
+
+    async def execute(self, session: Session, argv: list):
+        """The reply value for one command (errors are returned, not raised)."""
+        self.stats["total_commands_processed"] += 1
+        cmd, err = self.lookup(argv)
+        if cmd is None:
+            self.stats["total_error_replies"] += 1
+            return err
+        if not session.authenticated and "no_auth" not in cmd.flags:
+            self.stats["total_error_replies"] += 1
+            return NoAuth("Authentication required.")
+        session.last_command = cmd.name
+        session.last_active = time.time()
+        try:
+            return await cmd.handler(self, session, argv)
+        except KVNetError as exc:
+            self.stats["total_error_replies"] += 1
+            return exc
+        except InvalidContext as exc:
+            self.stats["total_error_replies"] += 1
+            return CommandError(f"invalid context: {exc}")
+        except Exception as exc:  # a bug must not take the connection down
+            log.exception("command %s failed", cmd.name)
+            self.stats["total_error_replies"] += 1
+            return ErrorReply(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
+
+
+# ---- argument helpers -------------------------------------------------------------------------
+
+def _int(b: bytes, lo=None, hi=None) -> int:
+    try:
+        v = int(b)
+    except ValueError:
+        raise CommandError("value is not an integer or out of range") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi) or not b.strip(b"-").isdigit():
+        raise CommandError("value is not an integer or out of range")
+    return v
+
+
+def _quorum(opt: str, b: bytes):
+    name = b.lower()
+    if name in (b"one", b"quorum", b"all"):
+        return name.decode()
+    if b.isdigit() and 0 < len(b) < 10 and int(b) >= 1:
+        return int(b)
+    raise CommandError(f"{opt} must be a number >= 1 or ONE, QUORUM or ALL, got '{_text(b)}'")
+
+
+def _kv_options(argv, start, allowed):
+    """KEYWORD [value] options of the KV.* commands -> dict; STRICT takes no value."""
+    out = {}
+    i = start
+    while i < len(argv):
+        opt = argv[i].upper().decode("ascii", "replace")
+        if opt not in allowed:
+            raise CommandError(f"syntax error: unknown option '{_text(argv[i])}' "
+                               f"(expected {', '.join(sorted(allowed))})")
+        if opt == "STRICT":
+            out["strict"] = True
+            i += 1
+            continue
+        if i + 1 >= len(argv):
+            raise CommandError(f"syntax error: {opt} needs a value")
+        val = argv[i + 1]
+        if opt in ("R", "W"):
+            out[opt.lower()] = _quorum(opt, val)
+        else:
+            out[opt.lower()] = val
+        i += 2
+    return out
+
+
+# ---- data commands ----------------------------------------------------------------------------
+
+async def cmd_ping(ctx, s, argv):
+    if len(argv) > 2:
+        raise WrongArity("wrong number of arguments for 'ping' command")
+    return PONG if len(argv) == 1 else argv[1]
+
+
+async def cmd_echo(ctx, s, argv):
+    return argv[1]
+
+
+async def cmd_get(ctx, s, argv):
+    return await ctx.backend.get_lww(argv[1])
+
+
+async def cmd_set(ctx, s, argv):
+    for opt in argv[3:]:
+        name = opt.upper().decode("ascii", "replace")
+        if name in _SET_OPTIONS:
+            raise CommandError(f"SET option {name} is not supported by ringkv")
+        raise CommandError("syntax error")
+    await ctx.backend.set_overwrite(argv[1], argv[2])
+    return OK
+
+
+async def cmd_del(ctx, s, argv):
+    n = 0
+    backend = ctx.backend
+    for key in argv[1:]:
+        if await backend.delete_overwrite(key):
+            n += 1
+    return n
+
+
+async def cmd_exists(ctx, s, argv):
+    return await ctx.backend.exists(argv[1:])
+
+
+async def cmd_mget(ctx, s, argv):
+    return await ctx.backend.mget(argv[1:])
+
+
+async def cmd_mset(ctx, s, argv):
+    if len(argv) % 2 == 0:
+        raise WrongArity("wrong number of arguments for 'mset' command")
+    await ctx.backend.mset([(argv[i], argv[i + 1]) for i in range(1, len(argv), 2)])
+    return OK
+
+
+async def cmd_select(ctx, s, argv):
+    db = _int(argv[1])
+    if db != 0:
+        raise CommandError("DB index is out of range (ringkv has one database, 0)")
+    return OK
+
+
+async def cmd_dbsize(ctx, s, argv):
+    return await ctx.backend.dbsize_estimate()
+
+
+async def cmd_scan(ctx, s, argv):
+    raw = argv[1]
+    if not raw.isdigit() or len(raw) > 20 or int(raw) > _U64:
+        raise CommandError("invalid cursor")
+    cursor = int(raw)
+    match, count, type_ok = None, 10, True
+    i = 2
+    while i < len(argv):
+        opt = argv[i].upper()
+        if i + 1 >= len(argv):
+            raise CommandError("syntax error")
+        if opt == b"MATCH":
+            match = argv[i + 1]
+            if match == b"*":
+                match = None
+        elif opt == b"COUNT":
+            count = _int(argv[i + 1])
+            if count < 1:
+                raise CommandError("syntax error")
+            count = min(count, MAX_SCAN_COUNT)
+        elif opt == b"TYPE":
+            type_ok = argv[i + 1].lower() == b"string"  # every ringkv value is a string
+        else:
+            raise CommandError("syntax error")
+        i += 2
+    nxt, keys = await ctx.backend.scan(cursor, match, count)
+    return [b"%d" % nxt, keys if type_ok else []]
+
+
+async def cmd_flush(ctx, s, argv):
+    name = argv[0].upper().decode("ascii", "replace")
+    if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
+        raise CommandError("syntax error")
+    if not ctx.allow_flush:
+        raise CommandError(f"{name} is disabled on this node (allow_flush is off in its config)")
+    await ctx.backend.flush()
+    return OK
+
+
+async def cmd_quit(ctx, s, argv):
+    s.closing = True
+    return OK
+
+
+async def cmd_type(ctx, s, argv):
+    return Simple("string" if await ctx.backend.get_lww(argv[1]) is not None else "none")
+
+
+async def cmd_ttl(ctx, s, argv):
+    return -1 if await ctx.backend.get_lww(argv[1]) is not None else -2
+
+
+# ---- KV.* commands ----------------------------------------------------------------------------
+
+async def cmd_kv_get(ctx, s, argv):
+    opts = _kv_options(argv, 2, {"R", "STRICT"})
+    reply = await ctx.backend.get(argv[1], r=opts.get("r"), strict=opts.get("strict", False))
+    return [reply.context, kv_values(reply.siblings)]
+
+
+def kv_values(siblings) -> list:
+    """KV.GET's values: newest first; tombstones as nulls, and no values at all when every
+    sibling is a tombstone (the key reads as not found)."""
+    if not any(sib.value is not None for sib in siblings):
+        return []
+    ordered = sorted(siblings, key=lambda x: (x.timestamp, x.value is None, x.value or b""),
+                     reverse=True)
+    return [sib.value for sib in ordered]
+
+
+async def cmd_kv_put(ctx, s, argv):
+    opts = _kv_options(argv, 3, {"CONTEXT", "W", "STRICT"})
+    return await ctx.backend.put(argv[1], argv[2], context=opts.get("context") or None,
+                                 w=opts.get("w"), strict=opts.get("strict", False))
+
+
+async def cmd_kv_del(ctx, s, argv):
+    opts = _kv_options(argv, 2, {"CONTEXT", "W", "STRICT"})
+    return await ctx.backend.delete(argv[1], context=opts.get("context") or None,
+                                    w=opts.get("w"), strict=opts.get("strict", False))
+
+
+async def cmd_kv_ring(ctx, s, argv):
+    return await ctx.backend.ring_info()
+
+
+async def cmd_kv_preflist(ctx, s, argv):
+    return await ctx.backend.preflist(argv[1])
+
+
+async def cmd_kv_status(ctx, s, argv):
+    return await ctx.backend.status()
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+def build_table() -> dict:
+    """name (lowercase bytes) -> Command."""
+    C = Command
+    R, W, F = "readonly", "write", "fast"
+    cmds = [
+        C("ping", -1, [F, "stale", "loading"], 0, 0, 0, cmd_ping, "connection", ["@fast", "@connection"]),
+        C("echo", 2, [F, "stale", "loading"], 0, 0, 0, cmd_echo, "connection", ["@fast", "@connection"]),
+        C("get", 2, [R, F], 1, 1, 1, cmd_get, "string", ["@read", "@string", "@fast"]),
+        C("set", -3, [W, "denyoom"], 1, 1, 1, cmd_set, "string", ["@write", "@string", "@slow"]),
+        C("del", -2, [W], 1, -1, 1, cmd_del, "generic", ["@keyspace", "@write", "@slow"]),
+        C("exists", -2, [R, F], 1, -1, 1, cmd_exists, "generic", ["@keyspace", "@read", "@fast"]),
+        C("mget", -2, [R, F], 1, -1, 1, cmd_mget, "string", ["@read", "@string", "@fast"]),
+        C("mset", -3, [W, "denyoom"], 1, -1, 2, cmd_mset, "string", ["@write", "@string", "@slow"]),
+        C("type", 2, [R, F], 1, 1, 1, cmd_type, "generic", ["@keyspace", "@read", "@fast"]),
+        C("ttl", 2, [R, F], 1, 1, 1, cmd_ttl, "generic", ["@keyspace", "@read", "@fast"]),
+        C("pttl", 2, [R, F], 1, 1, 1, cmd_ttl, "generic", ["@keyspace", "@read", "@fast"]),
+        C("select", 2, ["loading", "stale", F], 0, 0, 0, cmd_select, "connection", ["@fast", "@connection"]),
+        C("dbsize", 1, [R, F], 0, 0, 0, cmd_dbsize, "server", ["@keyspace", "@read", "@fast"]),
+        C("scan", -2, [R], 0, 0, 0, cmd_scan, "generic", ["@keyspace", "@read", "@slow"]),
+        C("flushdb", -1, [W], 0, 0, 0, cmd_flush, "server", ["@keyspace", "@write", "@slow", "@dangerous"]),
+        C("flushall", -1, [W], 0, 0, 0, cmd_flush, "server", ["@keyspace", "@write", "@slow", "@dangerous"]),
+        C("quit", -1, ["no_auth", "allow_busy", F, "loading", "stale"], 0, 0, 0, cmd_quit,
+          "connection", ["@fast", "@connection"]),
+        C("kv.get", -2, [R], 1, 1, 1, cmd_kv_get, "ringkv", ["@read", "@slow"]),
+        C("kv.put", -3, [W, "denyoom"], 1, 1, 1, cmd_kv_put, "ringkv", ["@write", "@slow"]),
+        C("kv.del", -2, [W], 1, 1, 1, cmd_kv_del, "ringkv", ["@write", "@slow"]),
+        C("kv.ring", 1, [R, "stale"], 0, 0, 0, cmd_kv_ring, "ringkv", ["@read", "@slow"]),
+        C("kv.preflist", 2, [R, "stale"], 1, 1, 1, cmd_kv_preflist, "ringkv", ["@read", "@slow"]),
+        C("kv.status", 1, [R, "stale"], 0, 0, 0, cmd_kv_status, "ringkv", ["@read", "@slow"]),
+    ]
+    cmds.extend(admin.commands(Command))
+    return {c.name.encode(): c for c in cmds}
