@@ -61,6 +61,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self.peername = None
         self._waiters = {}  # req_id -> (future, timer handle or None, request type)
         self._tasks = set()  # running handler tasks
+        self._backlog = collections.deque()  # handler coroutines waiting for a free slot
         self._ready_fut = self._loop.create_future()
         self._closed_fut = self._loop.create_future()
         self._timers = []  # handshake / abort timers
@@ -150,6 +151,8 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             self._spawn(self._serve(type, None, payload))
 
     def _on_close(self, exc):
+        while self._backlog:  # never started: nobody could get their answers
+            self._backlog.popleft().close()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -289,6 +292,10 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         return max(timeout - (self._loop.time() - start), 0)
 
     def _spawn(self, coro):
+        if len(self._tasks) >= self._max_inflight:
+            # Frames already read in the same chunk wait here; reading is paused.
+            self._backlog.append(coro)
+            return
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -298,7 +305,9 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
 
     def _task_done(self, task):
         self._tasks.discard(task)
-        if self._read_paused and len(self._tasks) <= self._max_inflight // 2:
+        if self._backlog and self.state is not State.CLOSED:
+            self._spawn(self._backlog.popleft())
+        if self._read_paused and not self._backlog and len(self._tasks) <= self._max_inflight // 2:
             self._read_paused = False
             if not self._transport.is_closing():
                 self._transport.resume_reading()

@@ -1,0 +1,375 @@
+"""PeerConnection end to end on 127.0.0.1: multiplexing, timeouts, errors, flow control."""
+import asyncio
+import random
+
+import pytest
+
+from kvnet.errors import PeerError
+from kvnet.peer.core import State
+from kvnet.peer.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    PeerTimeout,
+    PeerUnavailable,
+    RemoteError,
+)
+from kvnet.peer.framing import Kind, encode_frame
+from kvnet.peer.protocol import connect, current_peer, serve_peers
+
+SECRET = "s3cret"
+HOST = "127.0.0.1"
+
+
+def run(coro, limit=10):
+    async def bounded():
+        async with asyncio.timeout(limit):
+            return await coro
+
+    return asyncio.run(bounded(), debug=True)
+
+
+async def echo(type, payload):
+    if type == "sleep":
+        await asyncio.sleep(payload)
+        return payload
+    if type == "boom":
+        raise ValueError(f"cannot do {payload}")
+    if type == "who":
+        return current_peer()
+    return [type, payload]
+
+
+def test_many_concurrent_requests_out_of_order_on_one_connection():
+    async def handler(type, payload):
+        await asyncio.sleep(random.random() * 0.05)  # replies come back shuffled
+        return payload * 2
+
+    async def main():
+        order = []
+
+        async def tracked(type, payload):
+            result = await handler(type, payload)
+            order.append(payload)
+            return result
+
+        async with await serve_peers(HOST, 0, "b", SECRET, tracked) as server:
+            conn = await connect(HOST, server.port, "a", SECRET, expected_peer="b")
+            try:
+                results = await asyncio.gather(*(conn.request("double", i, timeout=5) for i in range(300)))
+                assert results == [i * 2 for i in range(300)]
+                assert order != sorted(order)  # really out of order
+                assert len(server.connections) == 1
+                assert conn.pending == 0
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_handler_sees_the_requesting_peer_and_both_ends_serve():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET, echo)
+            try:
+                assert await conn.request("who", timeout=2) == "a"
+                (inbound,) = server.connections
+                assert inbound.peer_id == "a"
+                assert await inbound.request("who", timeout=2) == "b"  # b asks a over the same socket
+                assert await conn.request("x", {"k": b"v"}, timeout=2) == ["x", {"k": b"v"}]
+                assert await conn.ping(timeout=2) >= 0
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_timeout_then_connection_still_usable():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                with pytest.raises(PeerTimeout, match=r"node b did not answer 'sleep' within 0.05 s"):
+                    await conn.request("sleep", 0.5, timeout=0.05)
+                with pytest.raises(TimeoutError):  # PeerTimeout is also a TimeoutError
+                    await conn.request("sleep", 0.5, timeout=0.01)
+                assert await conn.request("x", 1, timeout=2) == ["x", 1]
+                await asyncio.sleep(0.6)  # the late answers arrive and are dropped
+                assert conn.late_responses == 2 and conn.pending == 0
+                assert conn.state is State.READY
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_handler_exception_becomes_error_response():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                with pytest.raises(RemoteError) as info:
+                    await conn.request("boom", "it", timeout=2)
+                assert info.value.code == "ValueError"
+                assert info.value.remote_message == "cannot do it"
+                assert "node b failed request 'boom': ValueError: cannot do it" in str(info.value)
+                assert isinstance(info.value, PeerError)
+                assert await conn.request("x", 2, timeout=2) == ["x", 2]
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_unencodable_response_becomes_error_response():
+    async def handler(type, payload):
+        return object()
+
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, handler) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                with pytest.raises(RemoteError, match="EncodeError"):
+                    await conn.request("x", timeout=2)
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_no_handler_refuses_requests():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)  # a serves nothing
+            try:
+                (inbound,) = server.connections
+                with pytest.raises(RemoteError, match="NoHandler"):
+                    await inbound.request("x", timeout=2)
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_wrong_secret_refused():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            with pytest.raises(AuthenticationError, match="auth"):
+                await connect(HOST, server.port, "a", "not the secret", timeout=2)
+            await asyncio.sleep(0.05)
+            assert not server.connections  # the refused connection is gone
+            conn = await connect(HOST, server.port, "a", SECRET)  # the server still works
+            conn.close()
+            await conn.wait_closed()
+
+    run(main())
+
+
+def test_wrong_node_refused():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            with pytest.raises(PeerError, match="expected node 'c' but the peer is node 'b'"):
+                await connect(HOST, server.port, "a", SECRET, expected_peer="c", timeout=2)
+
+    run(main())
+
+
+def test_connect_refused_and_silent_server():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            port = server.port
+        with pytest.raises(PeerUnavailable, match=f"cannot connect to peer at {HOST}:{port}"):
+            await connect(HOST, port, "a", SECRET, timeout=2)
+
+        done = asyncio.Event()
+
+        async def silent(reader, writer):
+            try:
+                await reader.read()  # never says HELLO; returns when the dialer gives up
+            finally:
+                writer.close()
+                done.set()
+
+        server = await asyncio.start_server(silent, HOST, 0)
+        try:
+            with pytest.raises(PeerTimeout):
+                await connect(HOST, server.sockets[0].getsockname()[1], "a", SECRET, timeout=0.2)
+            await done.wait()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_frame_before_auth_closes_the_connection():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            reader, writer = await asyncio.open_connection(HOST, server.port)
+            try:
+                writer.write(encode_frame((Kind.REQUEST, 1, "x", None)))
+                data = await asyncio.wait_for(reader.read(), 2)  # server sends HELLO, ERROR, closes
+                assert b"before authentication" in data
+                assert not server.connections
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+    run(main())
+
+
+def test_connection_loss_fails_pending_requests():
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, echo)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        try:
+            pending = asyncio.ensure_future(conn.request("sleep", 5, timeout=5))
+            await asyncio.sleep(0.05)
+            server.close()  # the peer goes away mid-request
+            await server.wait_closed()
+            with pytest.raises(ConnectionLost, match="closed before it answered 'sleep'"):
+                await pending
+            with pytest.raises(ConnectionLost):
+                await conn.request("x", timeout=1)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_inbound_backpressure_pauses_reading():
+    async def main():
+        release = asyncio.Event()
+
+        async def blocked(type, payload):
+            await release.wait()
+            return payload
+
+        async with await serve_peers(HOST, 0, "b", SECRET, blocked, max_inflight=4) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                reqs = [asyncio.ensure_future(conn.request("x", i, timeout=5)) for i in range(10)]
+                await asyncio.sleep(0.1)
+                (inbound,) = server.connections
+                assert inbound._read_paused and len(inbound._tasks) == 4  # the rest wait unread
+                release.set()
+                assert await asyncio.gather(*reqs) == list(range(10))
+                assert not inbound._read_paused
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_requests_wait_while_write_buffer_full():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                conn.pause_writing()  # as the transport does above its high-water mark
+                req = asyncio.ensure_future(conn.request("x", 1, timeout=5))
+                await asyncio.sleep(0.05)
+                assert not req.done() and conn.pending == 0  # not sent yet
+                with pytest.raises(PeerTimeout, match="write buffer still full"):
+                    await conn.request("x", 2, timeout=0.05)
+                conn.resume_writing()
+                assert await req == ["x", 1]
+                # a connection lost while paused wakes the waiters
+                conn.pause_writing()
+                req = asyncio.ensure_future(conn.request("x", 3, timeout=5))
+                await asyncio.sleep(0.01)
+                conn.close()
+                with pytest.raises(ConnectionLost):
+                    await req
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_real_flow_control_with_large_payloads():
+    async def main():
+        big = b"x" * (1 << 20)
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            conn._transport.set_write_buffer_limits(high=64 * 1024)
+            try:
+                results = await asyncio.gather(*(conn.request("x", big, timeout=5) for _ in range(8)))
+                assert all(r == ["x", big] for r in results)
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_close_cancels_running_handlers():
+    async def main():
+        started = asyncio.Event()
+        cancelled = []
+
+        async def hang(type, payload):
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancelled.append(type)
+                raise
+
+        server = await serve_peers(HOST, 0, "b", SECRET, hang)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        req = asyncio.ensure_future(conn.request("hang", timeout=5))
+        await started.wait()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0)
+        assert cancelled == ["hang"]
+        with pytest.raises(ConnectionLost):
+            await req
+        conn.close()
+        await conn.wait_closed()
+
+    run(main())
+
+
+def test_notifications_reach_the_handler():
+    async def main():
+        got = asyncio.Queue()
+
+        async def handler(type, payload):
+            await got.put((type, payload, current_peer()))
+
+        async with await serve_peers(HOST, 0, "b", SECRET, handler) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            try:
+                await conn.notify("gossip", [1, 2])
+                assert await asyncio.wait_for(got.get(), 2) == ("gossip", [1, 2], "a")
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())
+
+
+def test_max_connections():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo, max_connections=1) as server:
+            first = await connect(HOST, server.port, "a", SECRET)
+            try:
+                with pytest.raises(PeerError):
+                    await connect(HOST, server.port, "c", SECRET, timeout=2)
+            finally:
+                first.close()
+                await first.wait_closed()
+
+    run(main())
