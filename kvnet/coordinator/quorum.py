@@ -108,7 +108,7 @@ class _Quorum:
     letter = ""    # "R" / "W"
     allowed = ()
 
-    def __init__(self, n, needed, targets, strict=False):
+    def __init__(self, n, needed, targets, strict=None):
         if type(n) is not int or n < 1:
             raise ValueError(f"N must be an int >= 1, got {n!r}")
         self.n = n
@@ -117,7 +117,8 @@ class _Quorum:
         self._primaries = n if primaries is None else primaries
         if len(self.targets) > n:
             raise ValueError(f"{len(self.targets)} targets for N={n}")
-        self.strict = bool(strict)
+        # A Preflist passes on its own strict flag unless the caller says otherwise.
+        self.strict = bool(getattr(targets, "strict", False) if strict is None else strict)
         self._by_node = {t.node: t for t in self.targets}
         self._replies = {}          # node -> reply, in arrival order
         self.counted = 0            # replies that count toward R/W
@@ -245,7 +246,7 @@ class PutQuorum(_Quorum):
     letter = "W"
     allowed = (Ok, Failed)
 
-    def __init__(self, n, w, targets, strict=False):
+    def __init__(self, n, w, targets, strict=None):
         super().__init__(n, w, targets, strict)
 
     def _counts(self, target, result):
@@ -304,7 +305,7 @@ class GetQuorum(_Quorum):
     letter = "R"
     allowed = (Found, NotFound, Failed)
 
-    def __init__(self, n, r, targets, strict=False):
+    def __init__(self, n, r, targets, strict=None):
         super().__init__(n, r, targets, strict)
 
     def _counts(self, target, result):

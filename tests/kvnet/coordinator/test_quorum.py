@@ -92,12 +92,13 @@ def test_unavailable_up_front():
     ring = ring_native.Ring.create(["n1", "n2", "n3", "n4", "n5"], q=64, n=3)
     prefs = ring.preference_list(0)
     pl = preflist_for(ring, 0, lambda x: x != prefs[0], strict=True)
-    q = PutQuorum(3, "all", pl)
+    q = PutQuorum(3, "all", pl, strict=False)
     assert q.strict is False and q.unavailable and q.enough()
     err = q.response()
     assert isinstance(err, Unavailable)
     assert str(err) == f"write needs W=3 replicas but only 2 are reachable (N=3; down: {prefs[0]})"
-    q = GetQuorum(3, 3, pl, strict=True)
+    assert PutQuorum(3, 2, pl).strict is True          # a Preflist passes its strict flag on
+    q = GetQuorum(3, 3, pl)
     assert str(q.response()) == ("read needs R=3 primaries but only 2 are reachable "
                                  f"(N=3, strict: primaries only; down: {prefs[0]})")
     q = GetQuorum(3, 1, [], strict=False)
