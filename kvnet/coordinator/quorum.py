@@ -203,7 +203,8 @@ class _Quorum:
         msg = (f"{self.kind} quorum not met: {self.counted} of {self.needed} needed "
                f"{self._unit()} ({self.letter}={self.needed}, N={self.n}, {len(self.targets)} targets"
                f"{', strict: primaries only' if self.strict else ''})")
-        failed = [f"{self._who(self._by_node[x])}: {r.reason}"
+        # One line: the message becomes a RESP error line, and reasons come from peers.
+        failed = [f"{self._who(self._by_node[x])}: {' '.join(str(r.reason).split())}"
                   for x, r in self._replies.items() if isinstance(r, Failed)]
         if failed:
             msg += f"; failed: {'; '.join(failed)}"

@@ -73,6 +73,8 @@ def test_put_fails_as_soon_as_w_is_out_of_reach():
     assert str(err).startswith("write quorum not met: 1 of 3 needed acknowledgements (W=3, N=3")
     assert "b: connection refused" in str(err) and "no reply yet: c" in str(err)
     assert err.resp().startswith("QUORUM ")
+    q = feed(PutQuorum(2, 2, ["a", "b"]), [("a", Failed("disk\r\nfull"))])
+    assert "a: disk full" in str(q.response()) and "\n" not in str(q.response())
 
 
 def test_put_fallback_counts_unless_strict():
