@@ -1,0 +1,284 @@
+"""The RESP front door: an asyncio Protocol from bytes to commands to replies (docs/resp.md).
+
+Per connection, commands run one after another in arrival order (a pipelined GET sees the
+SET before it), and a command that completes without suspending is answered without a Task.
+Reading pauses while the transport's write buffer is above its high-water mark or too many
+commands wait, so a client that does not read its replies cannot grow the server's memory.
+"""
+import asyncio
+import collections
+import logging
+import types
+
+from kvnet.errors import ProtocolError
+from kvnet.resp.commands import Commands
+from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
+from kvnet.resp.replies import encode, encode_error
+
+__all__ = ["RespServer", "RespProtocol", "serve"]
+
+log = logging.getLogger("kvnet.resp")
+
+MAX_CLIENTS = 10_000
+IDLE_TIMEOUT = 3600.0        # seconds; 0 or None: never
+MAX_PENDING = 1024           # commands read but not yet answered, per connection
+WRITE_HIGH_WATER = 1 << 20   # bytes buffered for one client before reading pauses
+FLUSH_SIZE = 64 << 10        # write replies out at least this often within one batch
+
+
+@types.coroutine
+def _resume(coro, yielded):
+    """Drive a coroutine that already yielded `yielded` from inside a Task."""
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish(coro, yielded):
+    return await _resume(coro, yielded)
+
+
+class RespProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server):
+        self.server = server
+        self.commands = server.commands
+        self.loop = server.loop
+        self.parser = RequestParser(**server.parser_limits)
+        self.transport = None
+        self.session = None
+        self._queue = collections.deque()   # commands (or a ProtocolError) waiting to run
+        self._task = None                   # the command in flight, when one suspended
+        self._out = []                      # encoded replies not yet written
+        self._out_size = 0
+        self._write_paused = False
+        self._reading = True
+        self._closed = False
+        self._idle_handle = None
+        self._last_read = 0.0
+
+    # ---- transport callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        server = self.server
+        if len(server.connections) >= server.max_clients:
+            self.commands.stats["rejected_connections"] += 1
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            self._closed = True
+            return
+        server.connections.add(self)
+        transport.set_write_buffer_limits(high=server.write_high_water)
+        self.session = self.commands.open_session(_addr(transport.get_extra_info("peername")),
+                                                  _addr(transport.get_extra_info("sockname")))
+        self._last_read = self.loop.time()
+        if server.idle_timeout:
+            self._idle_handle = self.loop.call_later(server.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc):
+        self._closed = True
+        self.server.connections.discard(self)
+        if self.session is not None:
+            self.commands.close_session(self.session)
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        self._queue.clear()
+
+    def pause_writing(self):
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self):
+        self._write_paused = False
+        if self._queue and self._task is None:
+            self.loop.call_soon(self._run)
+        self._update_reading()
+
+    def data_received(self, data):
+        if self._closed:
+            return
+        self._last_read = self.loop.time()
+        try:
+            cmds = self.parser.feed(data)
+        except ProtocolError as exc:
+            cmds = list(exc.commands)
+            cmds.append(exc)
+        if not cmds:
+            return
+        if self._task is not None or self._queue:
+            self._queue.extend(cmds)
+            self._update_reading()
+            return
+        self._queue.extend(cmds)
+        self._run()
+
+    # ---- running commands --------------------------------------------------------------------
+
+    def _run(self):
+        """Run queued commands in order until one suspends, the queue empties, the client
+        stops reading (write buffer above high water) or QUIT."""
+        if self._task is not None or self._closed:
+            return
+        queue = self._queue
+        session = self.session
+        execute = self.commands.execute
+        out = self._out
+        while queue and not self._closed:
+            if self._write_paused:  # resume_writing() continues
+                break
+            argv = queue.popleft()
+            if isinstance(argv, ProtocolError):
+                out.append(encode_error(argv))
+                self._close_after_flush()
+                return
+            coro = execute(session, argv)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                reply = stop.value
+            else:
+                self._task = self.loop.create_task(_finish(coro, yielded))
+                self._task.add_done_callback(self._task_done)
+                self._flush()
+                self._update_reading()
+                return
+            data = encode(reply, session.protocol)
+            out.append(data)
+            self._out_size += len(data)
+            if session.closing:
+                self._close_after_flush()
+                return
+            if self._out_size >= FLUSH_SIZE:
+                self._flush()  # may call pause_writing()
+        self._flush()
+        self._update_reading()
+
+    def _task_done(self, task):
+        self._task = None
+        if self._closed or task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # execute() returns errors; this is a bug, so drop the client
+            log.error("command task failed", exc_info=exc)
+            self.transport.abort()
+            return
+        session = self.session
+        self._out.append(encode(task.result(), session.protocol))
+        if session.closing:
+            self._close_after_flush()
+            return
+        self._run()
+
+    def _flush(self):
+        out = self._out
+        self._out_size = 0
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def _close_after_flush(self):
+        self._flush()
+        self._closed = True
+        self._queue.clear()
+        self.transport.close()  # sends what is buffered, then closes
+
+    def _update_reading(self):
+        if self._closed:
+            return
+        pause = self._write_paused or len(self._queue) >= self.server.max_pending
+        if pause and self._reading:
+            self._reading = False
+            self.transport.pause_reading()
+        elif not pause and not self._reading:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def _check_idle(self):
+        self._idle_handle = None
+        if self._closed:
+            return
+        timeout = self.server.idle_timeout
+        idle = self.loop.time() - self._last_read
+        if idle >= timeout and self._task is None and not self._queue:
+            self.transport.close()
+            return
+        self._idle_handle = self.loop.call_later(max(timeout - idle, 0.1), self._check_idle)
+
+
+def _addr(name):
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name or "")
+
+
+class RespServer:
+    """A listening RESP server bound to one backend; `close()` stops it and its connections."""
+
+    def __init__(self, backend, *, password=None, allow_flush=True, max_clients=MAX_CLIENTS,
+                 idle_timeout=IDLE_TIMEOUT, max_pending=MAX_PENDING,
+                 write_high_water=WRITE_HIGH_WATER, max_bulk=MAX_BULK, max_args=MAX_ARGS,
+                 max_inline=MAX_INLINE, max_command=MAX_COMMAND, config=None, loop=None):
+        self.loop = loop or asyncio.get_running_loop()
+        self.backend = backend
+        self.max_clients = max_clients
+        self.idle_timeout = idle_timeout or 0
+        self.max_pending = max_pending
+        self.write_high_water = write_high_water
+        self.parser_limits = {"max_bulk": max_bulk, "max_args": max_args,
+                              "max_inline": max_inline, "max_command": max_command}
+        self.commands = Commands(backend, password=password, allow_flush=allow_flush,
+                                 max_clients=max_clients, idle_timeout=self.idle_timeout,
+                                 config=config)
+        self.commands.parser_limits = self.parser_limits
+        self.connections = set()
+        self.server = None
+
+    async def start(self, host="127.0.0.1", port=0, **kwargs):
+        self.server = await self.loop.create_server(lambda: RespProtocol(self), host, port,
+                                                    **kwargs)
+        self.commands.tcp_port = self.port
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    @property
+    def sockets(self):
+        return self.server.sockets
+
+    async def close(self):
+        """Stop listening, close every connection, wait until the listener is gone."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+
+async def serve(backend, host="127.0.0.1", port=0, password=None, **options) -> RespServer:
+    """Start a RESP server for `backend` on host:port (port 0: any free port; see `.port`)."""
+    server = RespServer(backend, password=password, **options)
+    return await server.start(host, port)
