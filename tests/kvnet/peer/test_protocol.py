@@ -28,6 +28,12 @@ def run(coro, limit=10):
     return asyncio.run(bounded(), debug=True)
 
 
+async def until(cond):
+    """Poll until cond() holds; run()'s limit bounds the wait."""
+    while not cond():
+        await asyncio.sleep(0.005)
+
+
 async def echo(type, payload):
     if type == "sleep":
         await asyncio.sleep(payload)
@@ -95,8 +101,8 @@ def test_timeout_then_connection_still_usable():
                 with pytest.raises(TimeoutError):  # PeerTimeout is also a TimeoutError
                     await conn.request("sleep", 0.5, timeout=0.01)
                 assert await conn.request("x", 1, timeout=2) == ["x", 1]
-                await asyncio.sleep(0.6)  # the late answers arrive and are dropped
-                assert conn.late_responses == 2 and conn.pending == 0
+                await until(lambda: conn.late_responses == 2)  # late answers arrive, are dropped
+                assert conn.pending == 0
                 assert conn.state is State.READY
             finally:
                 conn.close()
@@ -161,8 +167,7 @@ def test_wrong_secret_refused():
         async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
             with pytest.raises(AuthenticationError, match="auth"):
                 await connect(HOST, server.port, "a", "not the secret", timeout=2)
-            await asyncio.sleep(0.05)
-            assert not server.connections  # the refused connection is gone
+            await until(lambda: not server.connections)  # the refused connection is gone
             conn = await connect(HOST, server.port, "a", SECRET)  # the server still works
             conn.close()
             await conn.wait_closed()
@@ -257,8 +262,9 @@ def test_inbound_backpressure_pauses_reading():
             conn = await connect(HOST, server.port, "a", SECRET)
             try:
                 reqs = [asyncio.ensure_future(conn.request("x", i, timeout=5)) for i in range(10)]
-                await asyncio.sleep(0.1)
+                await until(lambda: server.connections and next(iter(server.connections))._read_paused)
                 (inbound,) = server.connections
+                await asyncio.sleep(0.05)
                 assert inbound._read_paused and len(inbound._tasks) == 4  # the rest wait unread
                 release.set()
                 assert await asyncio.gather(*reqs) == list(range(10))
