@@ -164,3 +164,18 @@ def test_encode_error_and_unknown_type():
     assert encode_error("ERR x\ny") == b"-ERR x y\r\n"
     with pytest.raises(TypeError):
         encode(object())
+
+
+@given(st.lists(st.sampled_from([b"*", b"$", b"\r\n", b"1", b"3", b"-", b"x", b'"', b" ", b":",
+                                 b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"\n", b"0"]), max_size=40),
+       st.integers(min_value=1, max_value=8))
+def test_garbage_gives_commands_or_protocol_errors_only(pieces, chunk):
+    data = b"".join(pieces)
+    p = RequestParser(max_bulk=64, max_args=8, max_inline=32, max_command=256)
+    try:
+        for i in range(0, len(data), chunk):
+            for cmd in p.feed(data[i:i + chunk]):
+                assert cmd and all(type(a) is bytes for a in cmd)
+    except ProtocolError as exc:
+        assert exc.resp().startswith("ERR Protocol error")
+    assert p.buffered() <= 256 + 64
