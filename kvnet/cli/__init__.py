@@ -1,0 +1,1 @@
+"""Console scripts: argument parsing only; the logic lives in kvnet."""

@@ -1,0 +1,190 @@
+"""kvnode: run one ringkv node (`start`) or a local development cluster (`dev`).
+
+    kvnode dev                       # 3 nodes on 127.0.0.1:7379-7381, data in ./ringkv-data
+    kvnode start --config node.toml  # one node from a TOML file and/or flags
+"""
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from kvnet.config import NodeConfig, load
+from kvnet.errors import ConfigError
+
+_FLAGS = [  # (flag, config field, type, help)
+    ("--name", "name", str, "node id (default node1)"),
+    ("--host", "host", str, "client (RESP) address (default 127.0.0.1)"),
+    ("--port", "port", int, "client port (default 7379)"),
+    ("--peer-host", "peer_host", str, "peer address (default 127.0.0.1)"),
+    ("--peer-port", "peer_port", int, "peer port (default: client port + 10000)"),
+    ("--data-dir", "data_dir", str, "data directory"),
+    ("--members", "members", str, "comma-separated name@host:peer_port of every member"),
+    ("--zone", "zone", str, "zone label"),
+    ("--ring-size", "ring_size", int, "partitions Q (power of two, default 256)"),
+    ("--n", "n", int, "replicas per key (default 3)"),
+    ("--r", "r", int, "default read quorum (default 2)"),
+    ("--w", "w", int, "default write quorum (default 2)"),
+    ("--fsync", "fsync", str, "always | interval | never (default interval)"),
+    ("--sync-interval-ms", "sync_interval_ms", int, "interval fsync period"),
+    ("--request-timeout-ms", "request_timeout_ms", int, "replica request timeout"),
+    ("--max-connections", "max_connections", int, "client connection limit"),
+    ("--password", "password", str, "clients must AUTH with this"),
+    ("--cluster-secret", "cluster_secret", str, "shared secret nodes prove to each other"),
+]
+
+
+def _start(args):
+    overrides = {field: getattr(args, field) for _, field, _, _ in _FLAGS}
+    if args.no_flush:
+        overrides["allow_flush"] = False
+    try:
+        cfg = load(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"kvnode: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg.name} %(levelname)s %(message)s")
+    _use_uvloop()
+
+    def ready(node):
+        print(f"{cfg.name}: ready on {cfg.host}:{node.resp.port} (peers {cfg.peer_address[0]}:"
+              f"{cfg.peer_address[1]}, data in {cfg.data_dir})", flush=True)
+
+    try:
+        from kvnet.node import run
+
+        asyncio.run(run(cfg, ready))
+    except OSError as exc:
+        print(f"kvnode: {cfg.name} cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _use_uvloop():
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _port_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ping(port, timeout=0.5):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def dev_commands(nodes, base_port, data_dir, n, fsync, extra=()):
+    """The `kvnode start` command line of each node of a local dev cluster."""
+    names = [f"node{i + 1}" for i in range(nodes)]
+    members = ",".join(f"{nm}@127.0.0.1:{base_port + 10000 + i}" for i, nm in enumerate(names))
+    cmds = []
+    for i, nm in enumerate(names):
+        cmds.append([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
+                     "--port", str(base_port + i), "--peer-port", str(base_port + 10000 + i),
+                     "--data-dir", os.path.join(data_dir, nm), "--members", members,
+                     "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
+                     "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra])
+    return cmds
+
+
+def _dev(args):
+    if not 1 <= args.nodes <= 64:
+        print("kvnode dev: --nodes must be from 1 to 64", file=sys.stderr)
+        return 2
+    ports = [args.base_port + i for i in range(args.nodes)]
+    busy = [p for p in ports + [p + 10000 for p in ports] if not _port_free(p)]
+    if busy:
+        print(f"kvnode dev: port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} in use "
+              "(another cluster running? choose --base-port)", file=sys.stderr)
+        return 1
+    os.makedirs(args.data_dir, exist_ok=True)
+    procs = [subprocess.Popen(cmd) for cmd in
+             dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync)]
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + 60
+    waiting = set(range(args.nodes))
+    while waiting and not stopping and time.monotonic() < deadline:
+        for i in list(waiting):
+            if procs[i].poll() is not None:
+                print(f"kvnode dev: node{i + 1} exited with {procs[i].returncode}", file=sys.stderr)
+                stopping = True
+            elif _ping(ports[i]):
+                waiting.discard(i)
+        time.sleep(0.1)
+    if not stopping and not waiting:
+        for i, p in enumerate(ports):
+            print(f"node{i + 1}: 127.0.0.1:{p}  (redis-cli -p {p})  data in "
+                  f"{os.path.join(args.data_dir, f'node{i + 1}')}", flush=True)
+        print(f"ringkv dev cluster of {args.nodes} nodes is up; Ctrl-C stops it.", flush=True)
+    elif waiting and not stopping:
+        print("kvnode dev: nodes did not become ready in 60 s", file=sys.stderr)
+        stopping = True
+    while not stopping:
+        for i, pr in enumerate(procs):
+            if pr.poll() is not None:
+                print(f"kvnode dev: node{i + 1} exited with {pr.returncode}; stopping the cluster",
+                      file=sys.stderr)
+                stopping = True
+        time.sleep(0.2)
+    return _stop_all(procs)
+
+
+def _stop_all(procs, grace=15.0):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    print("ringkv dev cluster stopped.", flush=True)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="kvnode", description="Run ringkv nodes.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("start", help="run one node")
+    st.add_argument("--config", help="TOML file of settings (docs/config.md)")
+    for flag, field, typ, help_ in _FLAGS:
+        st.add_argument(flag, dest=field, type=typ, default=None, help=help_)
+    st.add_argument("--no-flush", action="store_true", help="refuse FLUSHDB/FLUSHALL")
+    dv = sub.add_parser("dev", help="run a local cluster, one process per node")
+    dv.add_argument("--nodes", type=int, default=3)
+    dv.add_argument("--base-port", type=int, default=NodeConfig.port)
+    dv.add_argument("--data-dir", default="./ringkv-data")
+    dv.add_argument("--n", type=int, default=3)
+    dv.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
+    args = ap.parse_args(argv)
+    return _start(args) if args.cmd == "start" else _dev(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""A ringkv node: builds and starts/stops everything (riak_core_sup's role).
+
+The node holds the ring (static membership from the config until gossip
+arrives), the local replica, the peer pool and the RESP front door, and
+implements the front door's Backend by running the coordinator drivers.
+"""
+import asyncio
+import logging
+import os
+import time
+
+from kvcore import versions as V
+from kvcore.ring import Ring
+from kvnet.config import NodeConfig
+from kvnet.coordinator import driver
+from kvnet.coordinator.quorum import resolve_quorum
+from kvnet.errors import CommandError, Unavailable
+from kvnet.peer.pool import PeerPool
+from kvnet.replica import LocalReplica
+from kvnet.resp.backend import Backend, Reply
+from kvnet.resp.glob import compile_glob
+from kvnet.resp.server import serve
+
+log = logging.getLogger("kvnet.node")
+
+
+class Node(driver.Cluster, Backend):
+    """One node of the cluster; `await start()`, then `await stop()`."""
+
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        members = cfg.all_members()
+        self.addrs = {m.name: (m.host, m.peer_port) for m in members}
+        self.ring = Ring.create([m.name for m in members], q=cfg.ring_size, n=cfg.n)
+        self.qbits = cfg.ring_size.bit_length() - 1
+        self.timeout = cfg.request_timeout_ms / 1000.0
+        self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
+                                    sync_interval_ms=cfg.sync_interval_ms,
+                                    max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
+        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self._handle)
+        self.resp = None
+        self.started = time.time()
+        self._tasks = set()
+        self._client_addrs = {cfg.name: (cfg.host, cfg.port)}
+        self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self):
+        os.makedirs(self.cfg.data_dir, exist_ok=True)
+        host, port = self.cfg.peer_address
+        await self.pool.serve(host, port)
+        self.replica.start()
+        self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
+                                allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
+                                idle_timeout=self.cfg.idle_timeout_s)
+        log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
+                 self.resp.port, host, port)
+        return self
+
+    async def stop(self):
+        """Stop serving, finish background work, sync and close every store."""
+        if self.resp is not None:
+            await self.resp.close()
+            self.resp = None
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pool.close()
+        await self.replica.close()
+
+    # ---- driver.Cluster ------------------------------------------------------------------
+
+    def is_up(self, node):
+        # Static membership: a peer is up unless its last dial failed and it is in backoff.
+        # Gossip and the failure detector replace this in the membership issue.
+        if node == self.name:
+            return True
+        st = self.pool.status().get(node)
+        return st is None or st["failures"] == 0 or st["retry_in"] <= 0
+
+    async def call(self, node, type, payload, timeout):
+        return await self.pool.request(node, self.addrs[node], type, payload, timeout=timeout)
+
+    def spawn(self, coro):
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    # ---- peer requests: one handler per message type ---------------------------------------
+
+    async def _handle(self, type, payload):
+        handler = getattr(self, "_peer_" + str(type), None)
+        if handler is None:
+            raise CommandError(f"unknown peer request {type!r}")
+        return await handler(payload)
+
+    async def _peer_get(self, m):
+        clock = self.replica.read(m["p"], m["k"])
+        return None if clock is None else V.encode(clock)
+
+    async def _peer_put(self, m):
+        self.replica.merge(m["p"], m["k"], V.decode(m["c"]))
+        await self.replica.after_write()
+        return True
+
+    async def _peer_coord_put(self, m):
+        sib = V.Sibling(m["v"], m["ts"])
+        ctx = None if m["ctx"] is None else V.decode_context(m["ctx"])
+        clock = await driver.coordinate_put(self, m["p"], m["k"], sib, ctx, m["ow"], m["w"])
+        return V.encode(clock)
+
+    async def _peer_scan(self, m):
+        return self._local_scan(m["p"], m["c"], m["n"])
+
+    async def _peer_count(self, m):
+        return self._owned_count()
+
+    async def _peer_info(self, m):
+        return {"name": self.name, "host": self.cfg.host, "port": self.resp.port if self.resp else 0}
+
+    async def _peer_flush(self, m):
+        self._flush_local()
+        return True
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _partition(self, key):
+        if type(key) is not bytes or not key:
+            raise CommandError("keys must be non-empty")
+        if len(key) > self.cfg.max_key_bytes:
+            raise CommandError(f"key is {len(key)} bytes, above the limit of {self.cfg.max_key_bytes}")
+        return self.ring.partition_of(key)
+
+    def _check_value(self, value):
+        if len(value) > self.cfg.max_value_bytes:
+            raise CommandError(f"value is {len(value)} bytes, above the limit of {self.cfg.max_value_bytes}")
+
+    def _n(self):
+        return min(self.ring.n, len(self.ring.nodes))
+
+    def _r(self, r):
+        return self.cfg.r if r is None else resolve_quorum(r, self._n(), "R")
+
+    def _w(self, w):
+        return self.cfg.w if w is None else resolve_quorum(w, self._n(), "W")
+
+    @staticmethod
+    def _context(context):
+        if not context:
+            return None
+        try:
+            return V.decode_context(bytes(context))
+        except V.InvalidContext as exc:
+            raise CommandError(f"invalid context: {exc}") from None
+
+    async def _read(self, key, r=None):
+        p = self._partition(key)
+        self.stats["gets"] += 1
+        return await driver.get(self, p, key, min(self._r(r), self._n()))
+
+    async def _write(self, key, sibling, context, overwrite, w=None):
+        p = self._partition(key)
+        return await driver.put(self, p, key, sibling, context, overwrite, min(self._w(w), self._n()))
+
+    # ---- Backend: versioned API ----------------------------------------------------------
+
+    async def get(self, key, r=None, strict=False):
+        res = await self._read(key, r)
+        clock = res.clock
+        return Reply(V.encode_context(V.join(clock)), V.values(clock))
+
+    async def put(self, key, value, context=None, w=None, strict=False):
+        self._check_value(value)
+        ctx = self._context(context)
+        self.stats["puts"] += 1
+        clock = await self._write(key, V.sibling(bytes(value)), ctx, False, w)
+        return V.encode_context(V.join(clock))
+
+    async def delete(self, key, context=None, w=None, strict=False):
+        ctx = self._context(context)
+        self.stats["deletes"] += 1
+        clock = await self._write(key, V.tombstone(), ctx, ctx is None, w)
+        return V.encode_context(V.join(clock))
+
+    # ---- Backend: Redis-compatible API ---------------------------------------------------
+
+    async def get_lww(self, key):
+        res = await self._read(key)
+        return None if res.not_found else V.lww_value(res.clock)
+
+    async def mget(self, keys):
+        return list(await asyncio.gather(*(self.get_lww(k) for k in keys)))
+
+    async def exists(self, keys):
+        vals = await asyncio.gather(*(self.get_lww(k) for k in keys))
+        return sum(1 for v in vals if v is not None)
+
+    async def set_overwrite(self, key, value):
+        self._check_value(value)
+        self.stats["puts"] += 1
+        await self._write(key, V.sibling(bytes(value)), None, True)
+
+    async def mset(self, pairs):
+        for k, v in pairs:
+            self._check_value(v)
+        await asyncio.gather(*(self.set_overwrite(k, v) for k, v in pairs))
+
+    async def delete_overwrite(self, key):
+        if await self.get_lww(key) is None:
+            return False
+        self.stats["deletes"] += 1
+        await self._write(key, V.tombstone(), None, True)
+        return True
+
+    # ---- Backend: whole-keyspace operations ------------------------------------------------
+
+    def _owned_count(self):
+        n = 0
+        for p, part in list(self.replica.partitions.items()):
+            if self.ring.owner(p) == self.name:
+                n += len(part.store)
+        return n
+
+    async def dbsize_estimate(self):
+        """Keys in the stores of each partition's owner (tombstones included): an estimate."""
+        total = 0
+        for node in self.ring.nodes:
+            try:
+                total += self._owned_count() if node == self.name else \
+                    await self.call(node, "count", {}, self.timeout)
+            except Exception as exc:
+                log.info("dbsize: %s did not answer: %s", node, exc)
+        return total
+
+    def _local_scan(self, p, cursor, count):
+        """Live keys of partition p from cursor (a token); next cursor or 0 at its end."""
+        part = self.replica.partitions.get(p)
+        if part is None and os.path.isdir(os.path.join(self.cfg.data_dir, "partitions", f"{p:05d}")):
+            part = self.replica.partition(p)
+        if part is None:
+            return [0, []]
+        nxt, keys = part.store.scan(cursor, count)
+        live = []
+        for k in keys:
+            clock = self.replica.read(p, k)
+            if clock is not None and not V.is_deleted(clock):
+                live.append(k)
+        return [nxt, live]
+
+    async def scan(self, cursor, match=None, count=10):
+        """The cursor is a token: its top bits name the partition (docs/resp.md, SCAN)."""
+        shift = 64 - self.qbits
+        p = cursor >> shift if self.qbits else 0
+        if p >= self.ring.q:
+            return 0, []
+        count = max(1, min(int(count), 10_000))
+        start = cursor if cursor else 0
+        nodes = [n for n in self.ring.preference_list(p) if self.is_up(n)]
+        if not nodes:
+            raise Unavailable(f"no replica of partition {p} is reachable for SCAN")
+        node = self.name if self.name in nodes else nodes[0]
+        if node == self.name:
+            nxt, keys = self._local_scan(p, start, count)
+        else:
+            nxt, keys = await self.call(node, "scan", {"p": p, "c": start, "n": count}, self.timeout)
+        if nxt == 0 or (self.qbits and (nxt >> shift) != p):
+            nxt = (p + 1) << shift if p + 1 < self.ring.q else 0
+        if match is not None:
+            matcher = compile_glob(match)
+            keys = [k for k in keys if matcher(k)]
+        return nxt, keys
+
+    def _flush_local(self):
+        for p, part in list(self.replica.partitions.items()):
+            for k in list(part.store.keys()):
+                part.store.delete(k)
+            part.store.merge()
+            part.distrust(self.replica.identity.new_epoch())
+
+    async def flush(self):
+        """FLUSHDB/FLUSHALL: only with every member up; every node empties every partition."""
+        down = [n for n in self.ring.nodes if not self.is_up(n)]
+        if down:
+            raise Unavailable(f"FLUSHDB needs every member up; down: {', '.join(down)}")
+        results = await asyncio.gather(*(self.call(n, "info", {}, self.timeout)
+                                         for n in self.ring.nodes if n != self.name),
+                                       return_exceptions=True)
+        bad = [str(r) for r in results if isinstance(r, Exception)]
+        if bad:
+            raise Unavailable(f"FLUSHDB needs every member up: {'; '.join(bad)}")
+        self._flush_local()
+        await asyncio.gather(*(self.call(n, "flush", {}, self.timeout)
+                               for n in self.ring.nodes if n != self.name))
+
+    # ---- Backend: introspection ------------------------------------------------------------
+
+    async def _client_addr(self, node):
+        if node not in self._client_addrs:
+            try:
+                info = await self.call(node, "info", {}, self.timeout)
+                self._client_addrs[node] = (info["host"], info["port"])
+            except Exception:
+                return None
+        return self._client_addrs[node]
+
+    async def ring_info(self):
+        nodes = []
+        for n in self.ring.nodes:
+            addr = await self._client_addr(n)
+            nodes.append({"name": n, "host": addr[0] if addr else None,
+                          "port": addr[1] if addr else None, "up": self.is_up(n)})
+        return {"epoch": self.ring.epoch, "q": self.ring.q, "n": self.ring.n,
+                "nodes": nodes, "owners": list(self.ring.owners)}
+
+    async def preflist(self, key):
+        p = self._partition(key)
+        return [{"node": n, "partition": p, "primary": True, "up": self.is_up(n)}
+                for n in self.ring.preference_list(p)]
+
+    async def status(self):
+        counts = {n: 0 for n in self.ring.nodes}
+        for o in self.ring.owners:
+            counts[o] += 1
+        return {"node": self.name, "ring_epoch": self.ring.epoch,
+                "members": [{"name": n, "up": self.is_up(n), "partitions": counts[n]}
+                            for n in self.ring.nodes]}
+
+    async def info_section(self):
+        return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
+                "n_val": self.ring.n, "members": len(self.ring.nodes),
+                "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
+                **{f"coord_{k}": v for k, v in self.stats.items()}}
+
+
+async def run(cfg, ready=None):
+    """Run a node until cancelled or signalled (SIGINT/SIGTERM), then stop it cleanly."""
+    import signal
+
+    node = Node(cfg)
+    await node.start()
+    if ready is not None:
+        ready(node)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()

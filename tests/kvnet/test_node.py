@@ -1,0 +1,159 @@
+"""A 3-node cluster in one event loop: the coordinator, replication and the front door."""
+import asyncio
+
+import pytest
+import redis.asyncio as aredis
+
+from kvnet.config import load
+from kvnet.node import Node
+from kvnet.testing import free_ports
+
+
+async def _cluster(tmp_path, nodes=3, n=3, **kw):
+    ports = free_ports(2 * nodes)
+    members = [f"n{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
+    out = []
+    for i in range(nodes):
+        cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n,
+                   data_dir=str(tmp_path / f"n{i}"), members=members, fsync="never",
+                   request_timeout_ms=3000, **kw)
+        out.append(await Node(cfg).start())
+    return out, ports[:nodes]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_set_on_one_node_get_on_every_node(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        clients = [aredis.Redis(port=p) for p in ports]
+        try:
+            for i in range(30):
+                assert await clients[i % 3].set(f"k{i}", f"v{i}")
+            for c in clients:
+                for i in range(30):
+                    assert await c.get(f"k{i}") == f"v{i}".encode()
+            # every replica holds every key (N=3 on 3 nodes), as a stored clock
+            for node in nodes:
+                assert sum(len(p.store) for p in node.replica.partitions.values()) == 30
+            assert await clients[1].delete("k1", "k2", "nope") == 2
+            assert await clients[2].get("k1") is None
+            assert await clients[0].mget("k0", "k1", "k3") == [b"v0", None, b"v3"]
+            assert await clients[0].exists("k0", "k1") == 1
+        finally:
+            for c in clients:
+                await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_siblings_and_contexts_across_nodes(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        a, b = aredis.Redis(port=ports[0]), aredis.Redis(port=ports[2])
+        try:
+            await a.execute_command("KV.PUT", "cart", "apple")
+            ctx, vals = await b.execute_command("KV.GET", "cart")
+            assert vals == [b"apple"]
+            await b.execute_command("KV.PUT", "cart", "pear")                   # blind: a sibling
+            ctx2, vals = await a.execute_command("KV.GET", "cart")
+            assert sorted(vals) == [b"apple", b"pear"]
+            await a.execute_command("KV.PUT", "cart", "apple+pear", "CONTEXT", ctx2)
+            _, vals = await b.execute_command("KV.GET", "cart", "R", "ALL")
+            assert vals == [b"apple+pear"]
+            # a write with an old context keeps what that context had not seen
+            await b.execute_command("KV.PUT", "cart", "stale", "CONTEXT", ctx)
+            _, vals = await a.execute_command("KV.GET", "cart")
+            assert sorted(vals) == [b"apple+pear", b"stale"]
+        finally:
+            await a.aclose()
+            await b.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_one_node_down_quorum_holds_and_read_repair(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        c0 = aredis.Redis(port=ports[0])
+        try:
+            await c0.set("before", "1")
+            await nodes[2].stop()                       # R=W=2 of N=3: still available
+            assert await c0.set("during", "2")
+            assert await c0.get("during") == b"2"
+            with pytest.raises(Exception, match="quorum|reachable"):
+                await c0.execute_command("KV.PUT", "x", "y", "W", "ALL")
+            # n2 comes back (same data dir) and misses "during" until a read repairs it
+            cfg = nodes[2].cfg
+            nodes[2] = await Node(cfg).start()
+            p = nodes[2].ring.partition_of(b"during")
+            assert nodes[2].replica.read(p, b"during") is None
+            for _ in range(300):                        # n0 redials once its backoff ends
+                if nodes[0].is_up("n2"):
+                    break
+                await asyncio.sleep(0.02)
+            assert await c0.execute_command("KV.GET", "during", "R", "ALL")
+            for _ in range(100):
+                if nodes[2].replica.read(p, b"during") is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert nodes[2].replica.read(p, b"during") is not None
+        finally:
+            await c0.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_scan_dbsize_and_flush(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        c = aredis.Redis(port=ports[1])
+        try:
+            await c.mset({f"key:{i}": i for i in range(200)})
+            await c.set("other", "x")
+            seen, cursor, rounds = set(), 0, 0
+            while True:
+                cursor, keys = await c.scan(cursor, match="key:*", count=25)
+                seen.update(keys)
+                rounds += 1
+                if cursor == 0:
+                    break
+            assert seen == {f"key:{i}".encode() for i in range(200)} and rounds > 1
+            assert await c.dbsize() == 201
+            await c.flushdb()
+            assert await c.dbsize() == 0 and await c.get("key:3") is None
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_writes_survive_restart_of_every_node(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        c = aredis.Redis(port=ports[0])
+        await c.mset({f"k{i}": f"v{i}" for i in range(50)})
+        await c.aclose()
+        cfgs = [n.cfg for n in nodes]
+        for n in nodes:
+            await n.stop()
+        nodes = [await Node(cfg).start() for cfg in cfgs]
+        c = aredis.Redis(port=ports[2])
+        try:
+            assert await c.mget([f"k{i}" for i in range(50)]) == [f"v{i}".encode() for i in range(50)]
+        finally:
+            await c.aclose()
+            for n in nodes:
+                await n.stop()
+
+    run(main())
