@@ -32,7 +32,7 @@ class State(enum.Enum):
 
 # ERROR codes sent on req_id 0 when a connection is refused; mapped back on receipt.
 _REFUSAL_CODES = {AuthenticationError: "auth", VersionMismatch: "version", ProtocolError: "protocol"}
-_REFUSAL_ERRORS = {"auth": AuthenticationError, "version": VersionMismatch}
+_REFUSAL_ERRORS = {"auth": AuthenticationError, "version": VersionMismatch, "closing": ConnectionLost}
 
 
 def auth_proof(secret, version, prover, verifier, prover_nonce, verifier_nonce):
@@ -242,6 +242,8 @@ class PeerProtocolCore:
         """The peer sent ERROR on req_id 0: it refuses or drops the connection."""
         code, message = frame.type, frame.payload
         cls = _REFUSAL_ERRORS.get(code, PeerError)
+        if code == "closing":
+            return self.close(cls(str(message)))
         who = self.peer_id or "the peer"
         self.close(cls(f"{who} closed the connection: {code}: {message}"))
 

@@ -236,6 +236,11 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         """Close now: running handlers are cancelled, waiting requests fail."""
         for task in list(self._tasks):
             task.cancel()
+        if self.state is State.READY and exc is None:
+            try:  # tell the peer it was deliberate: its waiters fail with ConnectionLost
+                self.send_error(0, "closing", f"node {self.node_id} closed the connection")
+            except Exception:
+                pass
         super().close(exc)
 
     async def wait_closed(self):

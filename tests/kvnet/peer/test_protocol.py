@@ -340,7 +340,7 @@ def test_close_cancels_running_handlers():
         await server.wait_closed()
         await asyncio.sleep(0)
         assert cancelled == ["hang"]
-        with pytest.raises(ConnectionLost):
+        with pytest.raises(ConnectionLost, match=r"answered 'hang' \(request 1\): node b closed the connection"):
             await req
         conn.close()
         await conn.wait_closed()
