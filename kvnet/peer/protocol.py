@@ -58,6 +58,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._handshake_timeout = handshake_timeout
         self._max_inflight = max_inflight
         self._transport = None
+        self._wbuf = None  # frames waiting for this iteration's flush
         self.peername = None
         self._waiters = {}  # req_id -> (future, timer handle or None, request type)
         self._tasks = set()  # running handler tasks
@@ -113,7 +114,17 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
     # -- core hooks -----------------------------------------------------------
 
     def _write(self, data):
-        self._transport.write(data)
+        # Frames written in one loop iteration leave in one send() (fewer syscalls under load).
+        if self._wbuf is None:
+            self._wbuf = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._wbuf.append(data)
+
+    def _flush(self):
+        buf, self._wbuf = self._wbuf, None
+        if buf and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def _on_ready(self):
         for timer in self._timers:
@@ -179,6 +190,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         if self._transport is None:
             self._closed_fut.set_result(None)
         elif not self._transport.is_closing():
+            self._flush()
             self._transport.close()  # flushes a last ERROR frame, then connection_lost
             self._timers.append(self._loop.call_later(_CLOSE_GRACE, self._transport.abort))
         for cb in self._close_callbacks:
