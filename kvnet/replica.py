@@ -109,6 +109,8 @@ class LocalReplica:
                                 max_value_bytes=(1 << 31) - 1)
         self.partitions = {}
         self._dirty = set()
+        self._write_gen = 0          # writes stored so far
+        self._synced_gen = 0         # writes known durable
         self._commit_round = None
         self._interval_task = None
 
@@ -134,6 +136,7 @@ class LocalReplica:
         part = self.partition(p)
         part.store.put(key, V.encode(clock))
         self._dirty.add(part)
+        self._write_gen += 1
 
     def _minting_actor(self, part, local, context):
         """The actor to mint with under the per-key epoch rules (ALGORITHMS.md section 1)."""
@@ -179,17 +182,22 @@ class LocalReplica:
 
     async def commit(self):
         """Group commit: make every write so far durable; concurrent callers share rounds."""
-        while self._commit_round is not None:
+        target = self._write_gen
+        while self._synced_gen < target:
+            if self._commit_round is None:
+                self._commit_round = asyncio.ensure_future(self._commit_once())
             await asyncio.shield(self._commit_round)
-            if not self._dirty:
-                return
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        loop = asyncio.get_running_loop()
-        self._commit_round = loop.run_in_executor(None, _sync_all, [d.store for d in dirty])
+
+    async def _commit_once(self):
+        gen, dirty, self._dirty = self._write_gen, self._dirty, set()
         try:
-            await asyncio.shield(self._commit_round)
+            if dirty:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, _sync_all, [d.store for d in dirty])
+            self._synced_gen = max(self._synced_gen, gen)
+        except BaseException:
+            self._dirty |= dirty
+            raise
         finally:
             self._commit_round = None
 
@@ -216,7 +224,10 @@ class LocalReplica:
                 pass
             self._interval_task = None
         if self._commit_round is not None:
-            await asyncio.shield(self._commit_round)
+            try:
+                await asyncio.shield(self._commit_round)
+            except Exception:
+                pass
         for part in self.partitions.values():
             part.store.close()
         self.partitions = {}

@@ -132,3 +132,22 @@ def test_group_commit_syncs_every_dirty_partition(tmp_path):
         await r.close()
 
     asyncio.run(main())
+
+
+def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
+    async def main():
+        r = LocalReplica(str(tmp_path), "n1", fsync="always")
+
+        async def writer(i):
+            r.mint(i % 3, b"k%d" % i, S(b"v"))
+            await r.after_write()
+            return r._synced_gen
+
+        gens = await asyncio.wait_for(asyncio.gather(*(writer(i) for i in range(200))), 30)
+        assert min(gens) >= 1 and r._synced_gen == 200
+        for p in range(3):
+            st = r.partition(p).store.stats()
+            assert st["synced_offset"] == st["active_offset"]
+        await r.close()
+
+    asyncio.run(main())

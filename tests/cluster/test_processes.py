@@ -1,0 +1,96 @@
+"""Real node processes on 127.0.0.1: kvnode dev, SIGKILL of a node under a writer."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from kvnet.testing import LocalCluster, free_ports, ping
+
+pytestmark = pytest.mark.slow
+
+
+def test_kvnode_dev_starts_serves_and_stops_cleanly(tmp_path):
+    base = None
+    for _ in range(20):                      # a block of free client and peer ports
+        p = free_ports(1)[0]
+        if p + 10003 < 65535 and all(_free(q) for q in (p, p + 1, p + 2, p + 10000, p + 10001, p + 10002)):
+            base = p
+            break
+    assert base is not None
+    proc = subprocess.Popen([sys.executable, "-m", "kvnet.cli.kvnode", "dev", "--base-port", str(base),
+                             "--data-dir", str(tmp_path / "data"), "--fsync", "never"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "is up" in line or not line:
+                break
+        assert any(f"redis-cli -p {base}" in ln for ln in lines), lines
+        r = redis.Redis(port=base + 1)
+        assert r.set("hello", "world") and redis.Redis(port=base + 2).get("hello") == b"world"
+        r.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in out
+    assert not any(ping(base + i) for i in range(3))          # no orphan node
+    assert os.path.isdir(tmp_path / "data" / "node1" / "partitions")
+
+
+def _free(port):
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_acknowledged_writes_survive_sigkill_of_a_node(tmp_path):
+    cluster = LocalCluster(str(tmp_path), nodes=3, fsync="always").start()
+    acked = {}
+    stop = threading.Event()
+    errors = []
+
+    def writer():
+        r = redis.Redis(port=cluster.ports[0], socket_timeout=10)
+        i = 0
+        while not stop.is_set() and i < 3000:
+            key, val = f"k{i}", f"v{i}"
+            try:
+                if r.set(key, val):
+                    acked[key] = val
+            except redis.RedisError as e:
+                errors.append(str(e))
+            i += 1
+        r.close()
+
+    t = threading.Thread(target=writer)
+    try:
+        t.start()
+        time.sleep(1.0)
+        cluster.kill(2)                       # SIGKILL mid-stream: W=2 of 3 still answers
+        time.sleep(1.0)
+        stop.set()
+        t.join(60)
+        assert len(acked) > 50
+        cluster.start(2)                      # restart with its data directory
+        for port in cluster.ports:
+            r = redis.Redis(port=port, socket_timeout=10)
+            missing = [k for k, v in acked.items() if r.get(k) != v.encode()]
+            r.close()
+            assert not missing, f"{len(missing)} acknowledged writes missing via {port}: {missing[:5]}"
+    finally:
+        stop.set()
+        t.join(60)
+        cluster.stop()
