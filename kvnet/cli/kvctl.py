@@ -1,0 +1,98 @@
+"""kvctl: look at and use a ringkv cluster from the shell.
+
+    kvctl status                 members, up or down, partitions owned
+    kvctl ring                   ring epoch, Q, N and ownership counts
+    kvctl preflist KEY           the replicas of a key
+    kvctl get KEY                context and every sibling
+    kvctl put KEY VALUE [--context HEX]
+    kvctl del KEY [--context HEX]
+"""
+import argparse
+import sys
+from collections import Counter
+
+import redis
+
+from kvnet.client import Client
+
+
+def _show_value(v):
+    if v is None:
+        return "(deleted)"
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        return repr(v)
+
+
+def main(argv=None, out=sys.stdout):
+    ap = argparse.ArgumentParser(prog="kvctl", description="Inspect and use a ringkv cluster.")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7379)
+    ap.add_argument("--password", default=None)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status", help="members and their state")
+    sub.add_parser("ring", help="ring epoch, Q, N and ownership")
+    p = sub.add_parser("preflist", help="the replicas of a key")
+    p.add_argument("key")
+    g = sub.add_parser("get", help="context and all siblings of a key")
+    g.add_argument("key")
+    g.add_argument("--r", default=None)
+    pt = sub.add_parser("put", help="write a value (a sibling unless --context)")
+    pt.add_argument("key")
+    pt.add_argument("value")
+    pt.add_argument("--context", default=None, help="hex context from `kvctl get`")
+    pt.add_argument("--w", default=None)
+    d = sub.add_parser("del", help="delete a key")
+    d.add_argument("key")
+    d.add_argument("--context", default=None)
+    args = ap.parse_args(argv)
+
+    c = Client(args.host, args.port, password=args.password)
+    try:
+        if args.cmd == "status":
+            st = c.status()
+            print(f"node {st['node']}, ring epoch {st['ring_epoch']}", file=out)
+            print(f"{'member':<16}{'state':<8}{'partitions':>10}", file=out)
+            for m in st["members"]:
+                print(f"{m['name']:<16}{'up' if m['up'] else 'down':<8}{m['partitions']:>10}", file=out)
+        elif args.cmd == "ring":
+            ring = c.ring()
+            owned = Counter(ring["owners"])
+            print(f"epoch {ring['epoch']}, Q={ring['q']}, N={ring['n']}", file=out)
+            for n in ring["nodes"]:
+                where = f"{n['host']}:{n['port']}" if n.get("port") else "?"
+                print(f"{n['name']:<16}{where:<22}{owned[n['name']]:>5} partitions", file=out)
+        elif args.cmd == "preflist":
+            for i, t in enumerate(c.preflist(args.key)):
+                print(f"{i + 1}. {t['node']}  partition {t['partition']}  "
+                      f"{'up' if t['up'] else 'down'}", file=out)
+        elif args.cmd == "get":
+            obj = c.get(args.key, r=args.r)
+            print(f"context {obj.context.hex()}", file=out)
+            if not obj.found:
+                print("(not found)", file=out)
+            for v in obj.values:
+                print(_show_value(v), file=out)
+        elif args.cmd == "put":
+            ctx = bytes.fromhex(args.context) if args.context else None
+            print(f"context {c.put(args.key, args.value, context=ctx, w=args.w).hex()}", file=out)
+        elif args.cmd == "del":
+            ctx = bytes.fromhex(args.context) if args.context else None
+            print(f"context {c.delete(args.key, context=ctx).hex()}", file=out)
+    except redis.ConnectionError as exc:
+        print(f"kvctl: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    except redis.ResponseError as exc:
+        print(f"kvctl: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"kvctl: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        c.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The Python client and kvctl against a 3-node cluster running in a background thread."""
+import asyncio
+import io
+import threading
+
+import pytest
+
+from kvnet.cli import kvctl
+from kvnet.client import Client
+from kvnet.config import load
+from kvnet.node import Node
+from kvnet.testing import free_ports
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    ports = free_ports(6)
+    members = [f"n{i}@127.0.0.1:{ports[3 + i]}" for i in range(3)]
+    loop = asyncio.new_event_loop()
+    nodes = []
+
+    async def start():
+        for i in range(3):
+            cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[3 + i], members=members,
+                       data_dir=str(tmp_path / f"n{i}"), fsync="never")
+            nodes.append(await Node(cfg).start())
+
+    loop.run_until_complete(start())
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    yield ports[:3]
+
+    async def stop():
+        for n in nodes:
+            await n.stop()
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+    loop.close()
+
+
+def test_client_contexts_siblings_and_routing(cluster):
+    with Client("127.0.0.1", cluster[0]) as c:
+        assert not c.get("absent").found
+        ctx1 = c.put("cart", "apple")
+        c.put("cart", "pear")                          # no context: a sibling
+        obj = c.get("cart")
+        assert obj.has_siblings and sorted(obj.values) == [b"apple", b"pear"]
+        c.put("cart", "apple+pear", context=obj.context)
+        assert c.get("cart").values == [b"apple+pear"]
+        c.put("cart", "late", context=ctx1)            # saw only apple: stays beside the merge
+        assert sorted(c.get("cart", r="all").values) == [b"apple+pear", b"late"]
+        c.delete("cart", context=c.get("cart").context)
+        assert not c.get("cart").found
+        # routing: the ring lists every node with its client port
+        ring = c.ring()
+        assert sorted(n["port"] for n in ring["nodes"]) == sorted(cluster)
+        assert len(c.preflist("cart")) == 3
+    with Client("127.0.0.1", cluster[1], route=False) as c:
+        assert c.get("cart").values == []
+
+
+def test_client_rejects_bad_input(cluster):
+    with Client("127.0.0.1", cluster[0]) as c:
+        with pytest.raises(TypeError):
+            c.put(1, "x")
+        import redis
+
+        with pytest.raises(redis.ResponseError, match="context"):
+            c.put("k", "v", context=b"garbage")
+        with pytest.raises(redis.ResponseError):
+            c.put("k", "v", w=7)
+
+
+def test_kvctl_commands(cluster):
+    def run(*args):
+        out = io.StringIO()
+        rc = kvctl.main(["--port", str(cluster[2]), *args], out=out)
+        return rc, out.getvalue()
+
+    rc, text = run("status")
+    assert rc == 0 and "n0" in text and "up" in text
+    rc, text = run("ring")
+    assert rc == 0 and "Q=256, N=3" in text
+    rc, text = run("put", "greeting", "hello")
+    assert rc == 0 and text.startswith("context ")
+    rc, text = run("get", "greeting")
+    assert rc == 0 and "hello" in text
+    ctx = text.split()[1]
+    rc, _ = run("put", "greeting", "bonjour", "--context", ctx)
+    rc, text = run("get", "greeting")
+    assert "bonjour" in text and "hello" not in text
+    rc, text = run("preflist", "greeting")
+    assert rc == 0 and text.count("partition") == 3
+    assert kvctl.main(["--port", str(free_ports(1)[0]), "status"], out=io.StringIO()) == 1
