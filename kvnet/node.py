@@ -50,6 +50,7 @@ class Node(driver.Cluster, Backend):
     async def start(self):
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         host, port = self.cfg.peer_address
+        self.replica.open_existing()
         await self.pool.serve(host, port)
         self.replica.start()
         self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
@@ -238,8 +239,6 @@ class Node(driver.Cluster, Backend):
     def _local_scan(self, p, cursor, count):
         """Live keys of partition p from cursor (a token); next cursor or 0 at its end."""
         part = self.replica.partitions.get(p)
-        if part is None and os.path.isdir(os.path.join(self.cfg.data_dir, "partitions", f"{p:05d}")):
-            part = self.replica.partition(p)
         if part is None:
             return [0, []]
         nxt, keys = part.store.scan(cursor, count)
@@ -274,11 +273,8 @@ class Node(driver.Cluster, Backend):
         return nxt, keys
 
     def _flush_local(self):
-        for p, part in list(self.replica.partitions.items()):
-            for k in list(part.store.keys()):
-                part.store.delete(k)
-            part.store.merge()
-            part.distrust(self.replica.identity.new_epoch())
+        for p in list(self.replica.partitions):
+            self.replica.empty_partition(p)
 
     async def flush(self):
         """FLUSHDB/FLUSHALL: only with every member up; every node empties every partition."""

@@ -13,6 +13,7 @@ import secrets
 
 import msgpack
 
+from kvcore import merkle as M
 from kvcore import versions as V
 from kvcore.storage import LogStore
 from kvcore.storage.files import fsync_dir, write_file
@@ -76,16 +77,44 @@ class Identity:
 
 
 class Partition:
-    """One partition's store and its trusted-from epoch."""
+    """One partition's store, its Merkle tree and its trusted-from epoch."""
 
     def __init__(self, path, identity, **store_opts):
         self.path = path
         self.store = LogStore(path, **store_opts)
         self._trusted_path = os.path.join(path, "TRUSTED")
+        self._tree_path = os.path.join(path, "TREE")
         self.trusted_from = _read_msgpack(self._trusted_path) or 0
         rec = self.store.recovery
-        if not rec["clean"] or rec["corrupt_records"] or rec["torn_tail_bytes"]:
+        clean = rec["clean"] and not rec["corrupt_records"] and not rec["torn_tail_bytes"]
+        if not clean:
             self.distrust(identity.new_epoch())
+        self.tree = self._load_tree(clean)
+
+    def _load_tree(self, clean):
+        """The tree saved by a clean close, used once (the file is deleted on load, so a crash
+        leaves none); otherwise a fold over the store (ALGORITHMS.md section 4)."""
+        tree = None
+        try:
+            with open(self._tree_path, "rb") as f:
+                data = f.read()
+            os.unlink(self._tree_path)
+            fsync_dir(self.path)
+            if clean:
+                tree = M.MerkleTree.from_bytes(data)
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            tree = None
+        if tree is None:
+            tree = M.MerkleTree()
+            tree.rebuild(self.store.items())
+        return tree
+
+    def close(self):
+        """Save the tree for the next clean open, then close the store."""
+        write_file(self._tree_path, self.tree.to_bytes())
+        self.store.close()
 
     def distrust(self, epoch):
         """Dots of epochs below this one may have been lost here: never extend them."""
@@ -123,6 +152,14 @@ class LocalReplica:
             part = self.partitions[p] = Partition(path, self.identity, **self._store_opts)
         return part
 
+    def open_existing(self):
+        """Open every partition this node has on disk (a restart must see all of its data)."""
+        root = os.path.join(self.data_dir, "partitions")
+        if os.path.isdir(root):
+            for name in sorted(os.listdir(root)):
+                if name.isdigit():
+                    self.partition(int(name))
+
     # ---- reads ---------------------------------------------------------------------------
 
     def read(self, p, key):
@@ -132,11 +169,18 @@ class LocalReplica:
 
     # ---- writes (each synchronous: atomic on the loop) -----------------------------------
 
-    def _store(self, p, key, clock):
+    def _store(self, p, key, clock, old_raw):
+        """Store a key's new clock and XOR it into the partition's tree in place of the old."""
         part = self.partition(p)
-        part.store.put(key, V.encode(clock))
+        raw = V.encode(clock)
+        part.store.put(key, raw)
+        part.tree.update(key, old_raw, raw)
         self._dirty.add(part)
         self._write_gen += 1
+
+    def _local(self, p, key):
+        raw = self.partition(p).store.get(key)
+        return raw, (None if raw is None else V.decode(raw))
 
     def _minting_actor(self, part, local, context):
         """The actor to mint with under the per-key epoch rules (ALGORITHMS.md section 1)."""
@@ -157,7 +201,7 @@ class LocalReplica:
         overwrite=True (Redis SET/DEL) writes with the local clock's own context.
         """
         part = self.partition(p)
-        local = self.read(p, key)
+        old_raw, local = self._local(p, key)
         if overwrite:
             context = V.join(local) if local is not None else ()
         client = V.new_with_context(context, sibling) if context is not None else V.new(sibling)
@@ -167,16 +211,28 @@ class LocalReplica:
             raise TooManySiblings(
                 f"key has {V.sibling_count(clock)} siblings (limit {self.max_siblings}): "
                 "read it with KV.GET and write back with its context to resolve them")
-        self._store(p, key, clock)
+        self._store(p, key, clock, old_raw)
         return clock
 
     def merge(self, p, key, clock):
         """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses."""
-        local = self.read(p, key)
+        old_raw, local = self._local(p, key)
         merged = clock if local is None else V.sync(local, clock)
         if local is None or merged != local:
-            self._store(p, key, merged)
+            self._store(p, key, merged, old_raw)
         return merged
+
+    def empty_partition(self, p):
+        """Delete every key of a partition (FLUSHDB) and stop trusting its old dots."""
+        part = self.partition(p)
+        for key in list(part.store.keys()):
+            old_raw = part.store.get(key)
+            part.store.delete(key)
+            part.tree.update(key, old_raw, None)
+        part.store.merge()
+        part.distrust(self.identity.new_epoch())
+        self._dirty.add(part)
+        self._write_gen += 1
 
     # ---- durability ----------------------------------------------------------------------
 
@@ -229,7 +285,7 @@ class LocalReplica:
             except Exception:
                 pass
         for part in self.partitions.values():
-            part.store.close()
+            part.close()
         self.partitions = {}
 
 

@@ -150,7 +150,10 @@ def test_writes_survive_restart_of_every_node(tmp_path):
         nodes = [await Node(cfg).start() for cfg in cfgs]
         c = aredis.Redis(port=ports[2])
         try:
+            assert await c.dbsize() == 50            # every partition on disk is open again
             assert await c.mget([f"k{i}" for i in range(50)]) == [f"v{i}".encode() for i in range(50)]
+            await c.flushdb()
+            assert await c.dbsize() == 0
         finally:
             await c.aclose()
             for n in nodes:

@@ -79,7 +79,7 @@ def test_context_ahead_of_local_clock_takes_a_new_epoch(tmp_path):
     c1 = r.mint(0, b"k", S(b"v1"))
     c2 = r.mint(0, b"k", S(b"v2"), overwrite=True)
     # the local store goes back to c1 (e.g. restored), but a client saw c2's context
-    r._store(0, b"k", c1)
+    r._store(0, b"k", c1, r.partition(0).store.get(b"k"))
     c3 = r.mint(0, b"k", S(b"v3"), context=V.join(c2))
     assert len(c3.entries) == 2
     assert vals(V.sync(c2, c3)) == [b"v3"]        # v3 supersedes what the context saw
@@ -151,3 +151,40 @@ def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
         await r.close()
 
     asyncio.run(main())
+
+
+def _fold(part):
+    from kvcore import merkle
+
+    return merkle.MerkleTree.from_items(part.store.items())
+
+
+def test_merkle_tree_follows_every_write_and_survives_clean_restart_only(tmp_path):
+    import os
+
+    r = LocalReplica(str(tmp_path), "n1")
+    for i in range(50):
+        r.mint(7, b"k%d" % i, S(b"v%d" % i))
+    r.mint(7, b"k1", S(b"again"), overwrite=True)
+    r.mint(7, b"k2", V.tombstone(5), overwrite=True)
+    other = LocalReplica(str(tmp_path / "other"), "n2")
+    r.merge(7, b"k3", other.mint(7, b"k3", S(b"remote")))
+    part = r.partition(7)
+    assert part.tree == _fold(part) and part.tree.root() != _fold(r.partition(8)).root()
+    root = part.tree.root()
+    asyncio.run(r.close())
+    tree_file = tmp_path / "partitions" / "00007" / "TREE"
+    assert tree_file.exists()
+    r = LocalReplica(str(tmp_path), "n1")
+    assert r.partition(7).tree.root() == root
+    assert not tree_file.exists()                 # used once: a crash now leaves no tree
+    r.mint(7, b"k9", S(b"x"), overwrite=True)
+    r.partition(7).store._abandon()               # crash
+    r.partitions.clear()
+    r = LocalReplica(str(tmp_path), "n1")
+    part = r.partition(7)
+    assert part.tree == _fold(part)               # rebuilt by a fold over the store
+    r.empty_partition(7)
+    assert len(part.store) == 0 and part.tree == _fold(part)
+    asyncio.run(r.close())
+    asyncio.run(other.close())
