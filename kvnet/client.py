@@ -10,9 +10,11 @@ request to a node of the key's preference list, saving the forwarding hop.
     obj = c.get(b"k")          # obj.values, obj.context, obj.value (newest)
     c.put(b"k", b"v2", context=obj.context)
 """
+import asyncio
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio as aredis
 
 from kvcore.hashing import partition as _partition
 
@@ -35,6 +37,11 @@ class Object:
         return next((v for v in self.values if v is not None), None)
 
     @property
+    def siblings(self):
+        """The live sibling values (tombstones left out), newest first."""
+        return [v for v in self.values if v is not None]
+
+    @property
     def has_siblings(self):
         return len([v for v in self.values if v is not None]) > 1
 
@@ -47,8 +54,8 @@ def _quorum_args(name, value):
     return [name, value]
 
 
-class Client:
-    """A connection pool per node; requests go to a replica of the key when routing is on."""
+class _Routing:
+    """The ring as a client routes with it: refreshed when a routed node fails."""
 
     def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=True,
                  socket_timeout=10.0):
@@ -58,67 +65,88 @@ class Client:
         self._route = route
         self._ring = None
 
+    def _set_ring(self, info):
+        info = _decode(info)
+        addrs = {n["name"]: (n["host"], n["port"]) for n in info["nodes"] if n.get("port")}
+        self._ring = (info["q"], info["owners"], addrs)
+
+    def _routed_addr(self, key):
+        if self._ring is None:
+            return self._seed
+        q, owners, addrs = self._ring
+        return addrs.get(owners[_partition(key, q)], self._seed)
+
+    @staticmethod
+    def _get_args(key, r, strict):
+        return ["KV.GET", _bytes(key), *_quorum_args("R", r)] + (["STRICT"] if strict else [])
+
+    @staticmethod
+    def _put_args(key, value, context, w, strict):
+        args = ["KV.PUT", _bytes(key), _bytes(value)]
+        if context:
+            args += ["CONTEXT", context]
+        return args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+
+    @staticmethod
+    def _del_args(key, context, w, strict):
+        args = ["KV.DEL", _bytes(key)]
+        if context:
+            args += ["CONTEXT", context]
+        return args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+
+
+class Client(_Routing):
+    """A connection pool per node; requests go to a replica of the key when routing is on."""
+
     def _conn(self, addr):
         c = self._conns.get(addr)
         if c is None:
             c = self._conns[addr] = redis.Redis(host=addr[0], port=addr[1], **self._opts)
         return c
 
-    def _load_ring(self):
-        info = self._conn(self._seed).execute_command("KV.RING")
-        info = _decode(info)
-        nodes = {n["name"]: (n["host"], n["port"]) for n in info["nodes"] if n.get("port")}
-        self._ring = (info["q"], info["n"], info["owners"], [n["name"] for n in info["nodes"]], nodes)
-
     def _addr_for(self, key):
-        if not self._route:
-            return self._seed
-        if self._ring is None:
+        if self._route and self._ring is None:
             try:
-                self._load_ring()
+                self._set_ring(self._conn(self._seed).execute_command("KV.RING"))
+            except redis.ConnectionError:
+                raise
             except redis.RedisError:
                 self._route = False
-                return self._seed
-        q, _, owners, _, addrs = self._ring
-        owner = owners[_partition(key, q)]
-        return addrs.get(owner, self._seed)
+        return self._routed_addr(key) if self._route else self._seed
 
     def _call(self, key, *args):
         addr = self._addr_for(key)
         try:
             return self._conn(addr).execute_command(*args)
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             if addr == self._seed:
                 raise
-            self._ring = None                 # the routed node is gone: go through the seed
+            self._ring = None                 # the routed node failed: refresh the ring later
             return self._conn(self._seed).execute_command(*args)
 
     # ---- versioned operations ----------------------------------------------------------
 
     def get(self, key, r=None, strict=False):
         """Object with the context and all siblings (empty values when not found)."""
-        key = _bytes(key)
-        args = ["KV.GET", key, *_quorum_args("R", r)] + (["STRICT"] if strict else [])
-        context, values = self._call(key, *args)
-        return Object(key, context, list(values))
+        context, values = self._call(_bytes(key), *self._get_args(key, r, strict))
+        return Object(_bytes(key), context, list(values))
 
     def put(self, key, value, context=None, w=None, strict=False):
         """Write value superseding what context saw (a new sibling without one); new context."""
-        key = _bytes(key)
-        args = ["KV.PUT", key, _bytes(value)]
-        if context:
-            args += ["CONTEXT", context]
-        args += _quorum_args("W", w) + (["STRICT"] if strict else [])
-        return self._call(key, *args)
+        return self._call(_bytes(key), *self._put_args(key, value, context, w, strict))
 
     def delete(self, key, context=None, w=None, strict=False):
         """Delete what context saw (without one: what the coordinating replica has seen)."""
-        key = _bytes(key)
-        args = ["KV.DEL", key]
-        if context:
-            args += ["CONTEXT", context]
-        args += _quorum_args("W", w) + (["STRICT"] if strict else [])
-        return self._call(key, *args)
+        return self._call(_bytes(key), *self._del_args(key, context, w, strict))
+
+    def mget(self, keys, r=None):
+        """[get(k) for k in keys]."""
+        return [self.get(k, r=r) for k in keys]
+
+    def mput(self, items, w=None):
+        """put every (key, value) of a dict or pairs, without contexts; the new contexts."""
+        pairs = items.items() if isinstance(items, dict) else items
+        return [self.put(k, v, w=w) for k, v in pairs]
 
     # ---- introspection -----------------------------------------------------------------
 
@@ -141,6 +169,67 @@ class Client:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class AsyncClient(_Routing):
+    """The asyncio twin of Client: the same methods, each a coroutine."""
+
+    def _conn(self, addr):
+        c = self._conns.get(addr)
+        if c is None:
+            c = self._conns[addr] = aredis.Redis(host=addr[0], port=addr[1], **self._opts)
+        return c
+
+    async def _call(self, key, *args):
+        if self._route and self._ring is None:
+            try:
+                self._set_ring(await self._conn(self._seed).execute_command("KV.RING"))
+            except redis.ConnectionError:
+                raise
+            except redis.RedisError:
+                self._route = False
+        addr = self._routed_addr(key) if self._route else self._seed
+        try:
+            return await self._conn(addr).execute_command(*args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            if addr == self._seed:
+                raise
+            self._ring = None
+            return await self._conn(self._seed).execute_command(*args)
+
+    async def get(self, key, r=None, strict=False):
+        context, values = await self._call(_bytes(key), *self._get_args(key, r, strict))
+        return Object(_bytes(key), context, list(values))
+
+    async def put(self, key, value, context=None, w=None, strict=False):
+        return await self._call(_bytes(key), *self._put_args(key, value, context, w, strict))
+
+    async def delete(self, key, context=None, w=None, strict=False):
+        return await self._call(_bytes(key), *self._del_args(key, context, w, strict))
+
+    async def mget(self, keys, r=None):
+        return list(await asyncio.gather(*(self.get(k, r=r) for k in keys)))
+
+    async def mput(self, items, w=None):
+        pairs = items.items() if isinstance(items, dict) else items
+        return list(await asyncio.gather(*(self.put(k, v, w=w) for k, v in pairs)))
+
+    async def ring(self):
+        return _decode(await self._conn(self._seed).execute_command("KV.RING"))
+
+    async def status(self):
+        return _decode(await self._conn(self._seed).execute_command("KV.STATUS"))
+
+    async def close(self):
+        for c in self._conns.values():
+            await c.aclose()
+        self._conns = {}
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
 
 
 def _bytes(x):

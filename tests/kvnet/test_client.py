@@ -94,3 +94,34 @@ def test_kvctl_commands(cluster):
     rc, text = run("preflist", "greeting")
     assert rc == 0 and text.count("partition") == 3
     assert kvctl.main(["--port", str(free_ports(1)[0]), "status"], out=io.StringIO()) == 1
+
+
+def test_async_client_and_batch_calls(cluster):
+    from kvnet import AsyncClient
+
+    async def main():
+        async with AsyncClient("127.0.0.1", cluster[1]) as c:
+            await c.mput({"a": "1", "b": "2", "c": "3"})
+            objs = await c.mget(["a", "b", "c", "zz"])
+            assert [o.value for o in objs] == [b"1", b"2", b"3", None]
+            await c.put("a", "sibling")
+            o = await c.get("a")
+            assert sorted(o.siblings) == [b"1", b"sibling"] and o.has_siblings
+            await c.delete("a", context=o.context)
+            assert not (await c.get("a")).found
+            assert (await c.status())["members"]
+
+    asyncio.run(main())
+
+
+def test_client_survives_a_routed_node_going_away(cluster, tmp_path):
+    from kvnet import Client
+
+    with Client("127.0.0.1", cluster[0]) as c:
+        c.mput([(f"k{i}", f"v{i}") for i in range(20)])
+        # point the ring at a dead address for every node but the seed
+        q, owners, addrs = c._ring
+        dead = free_ports(1)[0]
+        c._ring = (q, owners, {n: (a if a[1] == cluster[0] else ("127.0.0.1", dead)) for n, a in addrs.items()})
+        assert [o.value for o in c.mget([f"k{i}" for i in range(20)])] == [f"v{i}".encode() for i in range(20)]
+        assert c._ring is None or all(a[1] != dead for a in c._ring[2].values())
