@@ -250,27 +250,35 @@ class Node(driver.Cluster, Backend):
         return [nxt, live]
 
     async def scan(self, cursor, match=None, count=10):
-        """The cursor is a token: its top bits name the partition (docs/resp.md, SCAN)."""
+        """The cursor is a token: its top bits name the partition (docs/cluster.md, SCAN).
+        One call walks on into the next partitions until `count` keys are examined or 64
+        partitions are visited, so an empty partition costs no round trip of its own."""
         shift = 64 - self.qbits
-        p = cursor >> shift if self.qbits else 0
-        if p >= self.ring.q:
-            return 0, []
         count = max(1, min(int(count), 10_000))
-        start = cursor if cursor else 0
-        nodes = [n for n in self.ring.preference_list(p) if self.is_up(n)]
-        if not nodes:
-            raise Unavailable(f"no replica of partition {p} is reachable for SCAN")
-        node = self.name if self.name in nodes else nodes[0]
-        if node == self.name:
-            nxt, keys = self._local_scan(p, start, count)
-        else:
-            nxt, keys = await self.call(node, "scan", {"p": p, "c": start, "n": count}, self.timeout)
-        if nxt == 0 or (self.qbits and (nxt >> shift) != p):
-            nxt = (p + 1) << shift if p + 1 < self.ring.q else 0
-        if match is not None:
-            matcher = compile_glob(match)
-            keys = [k for k in keys if matcher(k)]
-        return nxt, keys
+        matcher = compile_glob(match) if match is not None else None
+        out, examined, visited = [], 0, 0
+        while examined < count and visited < 64:
+            p = cursor >> shift if self.qbits else 0
+            if p >= self.ring.q:
+                return 0, out
+            nodes = [n for n in self.ring.preference_list(p) if self.is_up(n)]
+            if not nodes:
+                raise Unavailable(f"no replica of partition {p} is reachable for SCAN")
+            node = self.name if self.name in nodes else nodes[0]
+            want = count - examined
+            if node == self.name:
+                nxt, keys = self._local_scan(p, cursor, want)
+            else:
+                nxt, keys = await self.call(node, "scan", {"p": p, "c": cursor, "n": want}, self.timeout)
+            examined += len(keys)
+            visited += 1
+            out.extend(k for k in keys if matcher is None or matcher(k))
+            if nxt == 0 or (self.qbits and (nxt >> shift) != p):
+                nxt = (p + 1) << shift if p + 1 < self.ring.q else 0
+            cursor = nxt
+            if cursor == 0:
+                break
+        return cursor, out
 
     def _flush_local(self):
         for p in list(self.replica.partitions):

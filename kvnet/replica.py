@@ -87,7 +87,8 @@ class Partition:
         self.trusted_from = _read_msgpack(self._trusted_path) or 0
         rec = self.store.recovery
         clean = rec["clean"] and not rec["corrupt_records"] and not rec["torn_tail_bytes"]
-        if not clean:
+        if not clean and len(self.store):
+            # An empty store vouches for nothing: a key not found here gets a fresh epoch anyway.
             self.distrust(identity.new_epoch())
         self.tree = self._load_tree(clean)
 
@@ -225,11 +226,13 @@ class LocalReplica:
     def empty_partition(self, p):
         """Delete every key of a partition (FLUSHDB) and stop trusting its old dots."""
         part = self.partition(p)
-        for key in list(part.store.keys()):
+        keys = list(part.store.keys())
+        if not keys:
+            return                  # nothing held, nothing minted here can be lost
+        for key in keys:
             old_raw = part.store.get(key)
             part.store.delete(key)
             part.tree.update(key, old_raw, None)
-        part.store.merge()
         part.distrust(self.identity.new_epoch())
         self._dirty.add(part)
         self._write_gen += 1

@@ -16,7 +16,7 @@ async def _cluster(tmp_path, nodes=3, n=3, **kw):
     for i in range(nodes):
         cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n,
                    data_dir=str(tmp_path / f"n{i}"), members=members, fsync="never",
-                   request_timeout_ms=3000, **kw)
+                   request_timeout_ms=10000, **kw)
         out.append(await Node(cfg).start())
     return out, ports[:nodes]
 
@@ -117,7 +117,8 @@ def test_scan_dbsize_and_flush(tmp_path):
         nodes, ports = await _cluster(tmp_path)
         c = aredis.Redis(port=ports[1])
         try:
-            await c.mset({f"key:{i}": i for i in range(200)})
+            for j in range(0, 200, 20):
+                await c.mset({f"key:{i}": i for i in range(j, j + 20)})
             await c.set("other", "x")
             seen, cursor, rounds = set(), 0, 0
             while True:
@@ -158,5 +159,103 @@ def test_writes_survive_restart_of_every_node(tmp_path):
             await c.aclose()
             for n in nodes:
                 await n.stop()
+
+    run(main())
+
+
+def test_writes_through_a_non_replica_are_forwarded(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path, nodes=4, n=3)
+        c = aredis.Redis(port=ports[0])
+        try:
+            keys = [f"key{i}".encode() for i in range(40)]
+            for k in keys:
+                await c.set(k, b"v-" + k)
+            ring = nodes[0].ring
+            forwarded = 0
+            for k in keys:
+                p = ring.partition_of(k)
+                pref = ring.preference_list(p)
+                forwarded += "n0" not in pref
+                for node in nodes:
+                    held = node.replica.read(p, k)
+                    assert (held is not None) == (node.name in pref), (k, node.name, pref)
+                assert await c.get(k) == b"v-" + k
+            assert forwarded > 0
+            # the minting actor is always a replica of the key
+            for k in keys:
+                p = ring.partition_of(k)
+                owner_clock = nodes[int(ring.preference_list(p)[0][1])].replica.read(p, k)
+                assert {e[0][0] for e in owner_clock.entries} <= set(ring.preference_list(p))
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+@pytest.mark.slow
+def test_pipeline_of_10000_commands(tmp_path):
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        c = aredis.Redis(port=ports[1])
+        try:
+            pipe = c.pipeline(transaction=False)
+            for i in range(5000):
+                pipe.set(f"p{i}", i)
+                pipe.get(f"p{i}")
+            out = await pipe.execute()
+            assert len(out) == 10000
+            assert out[1::2] == [str(i).encode() for i in range(5000)]
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_password_required_when_set(tmp_path):
+    import redis
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, password="s3cret-pass")
+        try:
+            bare = aredis.Redis(port=ports[0], retry_on_error=[], retry=None)
+            with pytest.raises(redis.AuthenticationError):
+                await bare.get("k")
+            await bare.aclose()
+            good = aredis.Redis(port=ports[0], password="s3cret-pass")
+            assert await good.set("k", "v") and await good.get("k") == b"v"
+            await good.aclose()
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_node_with_wrong_cluster_secret_is_refused(tmp_path):
+    async def main():
+        ports = free_ports(4)
+        members = [f"n{i}@127.0.0.1:{ports[2 + i]}" for i in range(2)]
+        good = await Node(load(name="n0", port=ports[0], peer_port=ports[2], n=2, r=1, w=1,
+                               data_dir=str(tmp_path / "n0"), members=members, fsync="never",
+                               request_timeout_ms=500)).start()
+        bad = await Node(load(name="n1", port=ports[1], peer_port=ports[3], n=2, r=1, w=1,
+                              data_dir=str(tmp_path / "n1"), members=members, fsync="never",
+                              request_timeout_ms=500, cluster_secret="a-different-secret")).start()
+        c = aredis.Redis(port=ports[0])
+        try:
+            assert await c.set("k", "v")                       # W=1: the local replica
+            with pytest.raises(Exception, match="quorum|reachable|auth"):
+                await c.execute_command("KV.PUT", "k2", "v", "W", "ALL")
+            p = good.ring.partition_of(b"k")
+            assert bad.replica.read(p, b"k") is None           # nothing crossed
+        finally:
+            await c.aclose()
+            await good.stop()
+            await bad.stop()
 
     run(main())
