@@ -15,6 +15,7 @@ import time
 
 from kvnet.config import NodeConfig, load
 from kvnet.errors import ConfigError
+from kvnet.probe import ping
 
 _FLAGS = [  # (flag, config field, type, help)
     ("--name", "name", str, "node id (default node1)"),
@@ -81,15 +82,6 @@ def _port_free(port):
     return True
 
 
-def _ping(port, timeout=0.5):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def dev_commands(nodes, base_port, data_dir, n, fsync, extra=()):
     """The `kvnode start` command line of each node of a local dev cluster."""
     names = [f"node{i + 1}" for i in range(nodes)]
@@ -132,7 +124,7 @@ def _dev(args):
             if procs[i].poll() is not None:
                 print(f"kvnode dev: node{i + 1} exited with {procs[i].returncode}", file=sys.stderr)
                 stopping = True
-            elif _ping(ports[i]):
+            elif ping(ports[i]):
                 waiting.discard(i)
         time.sleep(0.1)
     if not stopping and not waiting:
