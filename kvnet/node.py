@@ -98,23 +98,51 @@ class Node(driver.Cluster, Backend):
             raise CommandError(f"unknown peer request {type!r}")
         return await handler(payload)
 
+    def _checked(self, m, key=True):
+        """(partition, key) of a peer request, refused unless the partition is on the ring
+        and is the key's: a peer must never make a node open or write outside its ring."""
+        if not isinstance(m, dict):
+            raise CommandError("peer request payload must be a map")
+        p = m.get("p")
+        if type(p) is not int or not 0 <= p < self.ring.q:
+            raise CommandError(f"partition {p!r} is not on the ring (Q={self.ring.q})")
+        if not key:
+            return p, None
+        k = m.get("k")
+        if type(k) is not bytes or not k or len(k) > self.cfg.max_key_bytes:
+            raise CommandError("peer request needs a non-empty bytes key within the key limit")
+        if self.ring.partition_of(k) != p:
+            raise CommandError(f"key is in partition {self.ring.partition_of(k)}, not {p}")
+        return p, k
+
     async def _peer_get(self, m):
-        clock = self.replica.read(m["p"], m["k"])
+        p, k = self._checked(m)
+        clock = self.replica.read(p, k)
         return None if clock is None else V.encode(clock)
 
     async def _peer_put(self, m):
-        self.replica.merge(m["p"], m["k"], V.decode(m["c"]))
+        p, k = self._checked(m)
+        self.replica.merge(p, k, _clock(m.get("c")))
         await self.replica.after_write()
         return True
 
     async def _peer_coord_put(self, m):
-        sib = V.Sibling(m["v"], m["ts"])
-        ctx = None if m["ctx"] is None else V.decode_context(m["ctx"])
-        clock = await driver.coordinate_put(self, m["p"], m["k"], sib, ctx, m["ow"], m["w"])
+        p, k = self._checked(m)
+        v, ts, ow, w = m.get("v"), m.get("ts"), m.get("ow"), m.get("w")
+        if (v is not None and type(v) is not bytes) or type(ts) is not int or type(ow) is not bool \
+                or type(w) is not int or not 1 <= w <= self._n():
+            raise CommandError("malformed coord_put request")
+        self._check_value(v or b"")
+        ctx = None if m.get("ctx") is None else self._context(m["ctx"])
+        clock = await driver.coordinate_put(self, p, k, V.Sibling(v, ts), ctx, ow, w)
         return V.encode(clock)
 
     async def _peer_scan(self, m):
-        return self._local_scan(m["p"], m["c"], m["n"])
+        p, _ = self._checked(m, key=False)
+        c, n = m.get("c"), m.get("n")
+        if type(c) is not int or not 0 <= c < (1 << 64) or type(n) is not int or not 1 <= n <= 10_000:
+            raise CommandError("malformed scan request")
+        return self._local_scan(p, c, n)
 
     async def _peer_count(self, m):
         return self._owned_count()
@@ -123,6 +151,8 @@ class Node(driver.Cluster, Backend):
         return {"name": self.name, "host": self.cfg.host, "port": self.resp.port if self.resp else 0}
 
     async def _peer_flush(self, m):
+        if m != {"all": True}:               # never emptied by a stray or malformed message
+            raise CommandError("flush needs {'all': True}")
         self._flush_local()
         return True
 
@@ -296,7 +326,7 @@ class Node(driver.Cluster, Backend):
         if bad:
             raise Unavailable(f"FLUSHDB needs every member up: {'; '.join(bad)}")
         self._flush_local()
-        await asyncio.gather(*(self.call(n, "flush", {}, self.timeout)
+        await asyncio.gather(*(self.call(n, "flush", {"all": True}, self.timeout)
                                for n in self.ring.nodes if n != self.name))
 
     # ---- Backend: introspection ------------------------------------------------------------
@@ -337,6 +367,15 @@ class Node(driver.Cluster, Backend):
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
                 **{f"coord_{k}": v for k, v in self.stats.items()}}
+
+
+def _clock(raw):
+    if type(raw) is not bytes:
+        raise CommandError("peer request needs an encoded clock")
+    try:
+        return V.decode(raw)
+    except V.InvalidClock as exc:
+        raise CommandError(f"bad clock: {exc}") from None
 
 
 async def run(cfg, ready=None):

@@ -259,3 +259,34 @@ def test_node_with_wrong_cluster_secret_is_refused(tmp_path):
             await bad.stop()
 
     run(main())
+
+
+def test_peer_requests_outside_the_ring_are_refused(tmp_path):
+    from kvnet.peer.errors import RemoteError
+    from kvnet.peer.protocol import connect
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path)
+        c = aredis.Redis(port=ports[0])
+        try:
+            await c.mset({f"k{i}": i for i in range(30)})
+            assert await c.dbsize() == 30
+            host, peer_port = nodes[0].cfg.peer_address
+            conn = await connect(host, peer_port, "intruder", nodes[0].cfg.cluster_secret.encode())
+            key = b"k1"
+            right = nodes[0].ring.partition_of(key)
+            for bad in (256, -1, 2 ** 40, (right + 1) % 256):
+                with pytest.raises(RemoteError):
+                    await conn.request("get", {"p": bad, "k": key}, timeout=5)
+            for payload in ({}, {"all": False}, None):
+                with pytest.raises(RemoteError):
+                    await conn.request("flush", payload, timeout=5)
+            conn.close()
+            assert await c.dbsize() == 30
+            assert sorted(nodes[0].replica.partitions) == sorted(set(nodes[0].replica.partitions) & set(range(256)))
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
