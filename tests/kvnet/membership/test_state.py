@@ -12,6 +12,7 @@ from kvnet.membership.state import (
 )
 
 NODES = ["a", "b", "c", "d"]
+fast = settings(max_examples=60)    # the laws fail on small tables if at all; keep the suite quick
 
 
 def member(node="a", gen=100, hb=0, status="joining", epoch=0, host="127.0.0.1", port=17379,
@@ -49,16 +50,19 @@ honest_tables = st.lists(members.map(_honest), max_size=6).map(MemberTable)
 
 # ---- merge is a join ---------------------------------------------------------------------------
 
+@fast
 @given(tables, tables)
 def test_merge_commutative(a, b):
     assert merge(a, b) == merge(b, a)
 
 
+@fast
 @given(tables, tables, tables)
 def test_merge_associative(a, b, c):
     assert merge(merge(a, b), c) == merge(a, merge(b, c))
 
 
+@fast
 @given(tables, tables)
 def test_merge_idempotent_and_absorbing(a, b):
     assert merge(a, a) == a
@@ -66,6 +70,7 @@ def test_merge_idempotent_and_absorbing(a, b):
     assert merge(m, a) == m and merge(m, b) == m
 
 
+@fast
 @given(tables, tables)
 def test_merge_takes_the_higher_parts(a, b):
     m = merge(a, b)
@@ -76,6 +81,7 @@ def test_merge_takes_the_higher_parts(a, b):
         assert e.membership == max(s.membership for s in sides)
 
 
+@fast
 @given(members, st.integers(0, 4), st.integers(0, 100))
 def test_restarted_node_wins_over_its_old_entry(old, bump, old_hb):
     old = old._replace(heartbeat=old_hb)
@@ -150,6 +156,7 @@ def gossip(a, b):
     return a, b, len(send) + len(ack2)
 
 
+@fast
 @given(honest_tables, honest_tables)
 def test_one_exchange_makes_both_sides_the_merge(a, b):
     m = merge(a, b)
@@ -179,6 +186,7 @@ def test_status_change_without_heartbeat_change_still_spreads():
 
 # ---- encoding ---------------------------------------------------------------------------------
 
+@fast
 @given(tables)
 def test_table_round_trips_through_msgpack(t):
     wire = msgpack.packb(encode_table(t))
@@ -234,7 +242,7 @@ def test_decode_digest_garbage(data, message):
         decode_digest(data)
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=3), st.binary(max_size=2),
                           st.booleans(), st.lists(st.integers(), max_size=2)),
                 min_size=10, max_size=10))
