@@ -88,7 +88,9 @@ class PhiDetector:
         self.interval = float(interval)
         self.window = window
         self.threshold = float(threshold)
-        self.initial_interval = float(2.0 * interval if initial_interval is None else initial_interval)
+        if initial_interval is None:
+            initial_interval = 2.0 * interval
+        self.initial_interval = float(initial_interval)
         if not self.initial_interval > 0:
             raise ValueError(f"initial_interval must be > 0, got {initial_interval!r}")
         self.max_interval = max_interval

@@ -128,7 +128,7 @@ def test_window_keeps_the_last_n_intervals():
 
 def test_bad_configuration_is_refused():
     for kw in [dict(interval=0), dict(window=0), dict(window=1.5), dict(threshold=0),
-               dict(initial_interval=-1)]:
+               dict(initial_interval=-1), dict(initial_interval=0)]:
         with pytest.raises(ValueError):
             PhiDetector(**kw)
 
