@@ -43,6 +43,8 @@ class Node(driver.Cluster, Backend):
         self.started = time.time()
         self._tasks = set()
         self._client_addrs = {cfg.name: (cfg.host, cfg.port)}
+        self._preflists = {}
+        self._routes = {}
         self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -76,10 +78,30 @@ class Node(driver.Cluster, Backend):
     def is_up(self, node):
         # Static membership: a peer is up unless its last dial failed and it is in backoff.
         # Gossip and the failure detector replace this in the membership issue.
-        if node == self.name:
-            return True
-        st = self.pool.status().get(node)
-        return st is None or st["failures"] == 0 or st["retry_in"] <= 0
+        return node == self.name or self.pool.reachable(node)
+
+    def _down(self):
+        reachable = self.pool.reachable
+        return frozenset(n for n in self.ring.nodes if n != self.name and not reachable(n))
+
+    def targets(self, p):
+        """Cached per (partition, down nodes): computing it is a good part of a request."""
+        key = (p, self._down())
+        pl = self._preflists.get(key)
+        if pl is None:
+            if len(self._preflists) > 4 * self.ring.q:
+                self._preflists.clear()
+            pl = self._preflists[key] = driver.Cluster.targets(self, p)
+        return pl
+
+    def coordinator_route(self, p):
+        key = (p, self._down())
+        r = self._routes.get(key)
+        if r is None:
+            if len(self._routes) > 4 * self.ring.q:
+                self._routes.clear()
+            r = self._routes[key] = driver.Cluster.coordinator_route(self, p)
+        return r
 
     async def call(self, node, type, payload, timeout):
         return await self.pool.request(node, self.addrs[node], type, payload, timeout=timeout)

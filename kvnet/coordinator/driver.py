@@ -28,6 +28,14 @@ class Cluster:
     def is_up(self, node):
         raise NotImplementedError
 
+    def targets(self, p):
+        """The targets of partition p now (primaries only until sloppy quorum: issue 6)."""
+        return preflist_for(self.ring, p, self.is_up, strict=True)
+
+    def coordinator_route(self, p):
+        """Who coordinates a write to partition p now."""
+        return write_route(self.ring, p, self.is_up, self.name, strict=True)
+
     async def call(self, node, type, payload, timeout):
         raise NotImplementedError
 
@@ -35,11 +43,20 @@ class Cluster:
         raise NotImplementedError
 
 
-async def _ask_all(cluster, nodes, quorum, ask, timeout):
-    """Run ask(node) for every node, feeding replies into quorum until it has enough;
-    returns the tasks still running (their replies go to quorum when they come)."""
-    tasks = {asyncio.ensure_future(ask(n)): n for n in nodes}
+async def _ask_all(cluster, nodes, quorum, ask_local, ask, timeout):
+    """Feed every target's reply into quorum until it has enough; returns the tasks still
+    running (their replies go to quorum when they come). The local replica answers first,
+    with no task: when that is enough (N=1, R=1, W=1) nothing waits on the network."""
+    remote = []
+    for n in nodes:
+        if n == cluster.name and ask_local is not None:
+            quorum.add_result(n, ask_local())
+        else:
+            remote.append(n)
+    tasks = {asyncio.ensure_future(ask(n)): n for n in remote}
     pending = set(tasks)
+    if quorum.enough():
+        return tasks
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while pending and not quorum.enough():
@@ -62,28 +79,42 @@ def _reply_of(exc):
 async def get(cluster, p, key, r, strict=False):
     """(merged clock or None, GetResult) from R replicas; repairs stale ones afterwards."""
     ring = cluster.ring
-    pl = preflist_for(ring, p, cluster.is_up, strict=True)   # sloppy quorum: issue 6
+    pl = cluster.targets(p)
     quorum = GetQuorum(ring.n, r, pl)
     if quorum.enough():
         raise quorum.response()
 
-    async def ask(node):
+    def ask_local():
         try:
-            if node == cluster.name:
-                clock = cluster.replica.read(p, key)
-            else:
-                raw = await cluster.call(node, "get", {"p": p, "k": key}, cluster.timeout)
-                clock = None if raw is None else V.decode(raw)
+            clock = cluster.replica.read(p, key)
         except Exception as exc:          # any failure is a reply that does not count
             return _reply_of(exc)
         return NOT_FOUND if clock is None else Found(clock)
 
-    rest = await _ask_all(cluster, pl.nodes, quorum, ask, cluster.timeout)
+    async def ask(node):
+        try:
+            raw = await cluster.call(node, "get", {"p": p, "k": key}, cluster.timeout)
+            clock = None if raw is None else V.decode(raw)
+        except Exception as exc:
+            return _reply_of(exc)
+        return NOT_FOUND if clock is None else Found(clock)
+
+    rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, cluster.timeout)
     result = quorum.response()
     if isinstance(result, Exception):
         raise result
-    cluster.spawn(_read_repair(cluster, p, key, quorum, rest))
+    if rest:
+        cluster.spawn(_read_repair(cluster, p, key, quorum, rest))
+    else:
+        _repair_now(cluster, p, key, quorum)
     return result
+
+
+def _repair_now(cluster, p, key, quorum):
+    """Every target already answered: repair only when some replica was stale."""
+    repair = quorum.final()
+    if repair is not None and repair.clock is not None and repair.stale:
+        cluster.spawn(_send_repairs(cluster, p, key, repair))
 
 
 async def _read_repair(cluster, p, key, quorum, rest):
@@ -96,6 +127,10 @@ async def _read_repair(cluster, p, key, quorum, rest):
     repair = quorum.final()
     if repair is None or repair.clock is None:
         return
+    await _send_repairs(cluster, p, key, repair)
+
+
+async def _send_repairs(cluster, p, key, repair):
     payload = {"p": p, "k": key, "c": V.encode(repair.clock)}
     for target in repair.stale:
         node = target.node
@@ -111,7 +146,7 @@ async def _read_repair(cluster, p, key, quorum, rest):
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """Write through the coordinating replica; returns the new clock once W replicas have it."""
     ring = cluster.ring
-    route = write_route(ring, p, cluster.is_up, cluster.name, strict=True)   # sloppy: issue 6
+    route = cluster.coordinator_route(p)
     if route.coordinator is None:
         raise Unavailable(f"no replica of partition {p} is reachable to coordinate the write")
     if not route.coordinate_locally:
@@ -126,7 +161,7 @@ async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, stri
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w):
     """Mint the new version here (a replica), store it, replicate it, await W acks."""
     ring = cluster.ring
-    pl = preflist_for(ring, p, cluster.is_up, strict=True)
+    pl = cluster.targets(p)
     quorum = PutQuorum(ring.n, w, pl)
     if quorum.enough():
         raise quorum.response()
@@ -136,14 +171,16 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w):
     async def send(node):
         try:
             if node == cluster.name:
-                await cluster.replica.after_write()
+                await cluster.replica.after_write()       # fsync="always": the group commit
             else:
                 await cluster.call(node, "put", payload, cluster.timeout)
         except Exception as exc:
             return _reply_of(exc)
         return OK
 
-    rest = await _ask_all(cluster, pl.nodes, quorum, send, cluster.timeout)
+    # Stored above; unless every write waits for a sync, the local ack needs no wait.
+    local = None if cluster.replica.fsync == "always" else (lambda: OK)
+    rest = await _ask_all(cluster, pl.nodes, quorum, local, send, cluster.timeout)
     for t in rest:                       # stragglers finish in the background
         cluster.spawn(_quiet(t))
     result = quorum.response()

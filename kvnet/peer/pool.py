@@ -155,6 +155,14 @@ class PeerPool:
         )
         return self._server
 
+    def reachable(self, peer_id):
+        """Cheap liveness hint for request routing: False only while the last dial to the peer
+        failed and its backoff has not run out (a peer never dialed counts as reachable)."""
+        peer = self._peers.get(peer_id)
+        if peer is None or peer.failures == 0:
+            return True
+        return peer.next_attempt <= asyncio.get_running_loop().time()
+
     def status(self):
         """Per known peer: connections, consecutive failures, seconds to the next dial, last error."""
         now = asyncio.get_running_loop().time()
