@@ -10,8 +10,8 @@ from kvcore import versions as V
 from kvnet.handoff import HintLog
 
 TARGETS = st.sampled_from(["n1", "n2", "n3"])
-PARTITIONS = st.integers(0, 3)
-KEYS = st.sampled_from([b"a", b"b", b"c\x00", b"\xff" * 3])
+PARTITIONS = st.integers(0, 1)     # few keys: adds often land on a hint in flight
+KEYS = st.sampled_from([b"a", b"\xff\x00"])
 ACTORS = st.sampled_from(["x", "y", "z"])
 
 
@@ -74,7 +74,7 @@ class HintLogModel(RuleBasedStateMachine):
             self.log.close()
         self.log = HintLog(self.dir, vmerge, fsync="never")
 
-    @rule(gone=TARGETS, owners=st.lists(TARGETS, min_size=4, max_size=4))
+    @rule(gone=TARGETS, owners=st.lists(TARGETS, min_size=2, max_size=2))
     def reassign(self, gone, owners):
         owners = [o if o != gone else "n4" for o in owners]
         self.log.reassign(gone, lambda p: owners[p])
