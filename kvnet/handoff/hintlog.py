@@ -29,6 +29,7 @@ import threading
 from collections import deque
 
 from kvcore.storage import LogStore
+from kvcore.storage.lock import DirLock
 
 PARTITION_BYTES = 2
 MAX_PARTITION = (1 << (8 * PARTITION_BYTES)) - 1       # 65535
@@ -38,6 +39,7 @@ MAX_CLOCK_BYTES = (1 << 31) - 1                         # LogStore's hard bound 
 MAX_TARGET_CHARS = 128
 _TARGET_RE = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % MAX_TARGET_CHARS)
 _DROPPED_PREFIX = "~dropped-"     # '~' is not allowed in a target id, so never mistaken for one
+_LOCK_NAME = "~LOCK"              # one HintLog per directory, even before any target exists
 _SCAN_CHUNK = 1000
 
 
@@ -144,6 +146,7 @@ class HintLog:
         self._targets = {}
         self._closed = False
         os.makedirs(self.directory, exist_ok=True)
+        self._dirlock = DirLock(os.path.join(self.directory, _LOCK_NAME))
         try:
             for name in sorted(os.listdir(self.directory)):
                 path = os.path.join(self.directory, name)
@@ -154,6 +157,7 @@ class HintLog:
         except BaseException:
             for t in self._targets.values():
                 t.store.close()
+            self._dirlock.release()
             raise
 
     # ---- checks ------------------------------------------------------------------------
@@ -416,6 +420,7 @@ class HintLog:
                 except Exception as e:     # close the others anyway; report the first failure
                     error = error or e
             self._targets = {}
+            self._dirlock.release()
             if error is not None:
                 raise error
 

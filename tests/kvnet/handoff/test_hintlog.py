@@ -4,6 +4,7 @@ import os
 import pytest
 
 from kvcore import versions as V
+from kvcore.storage import StoreLocked
 from kvcore.storage import store as store_c
 from kvcore.storage import store_py
 from kvnet.handoff import hintlog as H
@@ -237,7 +238,7 @@ def test_bad_target(open_log, target):
                  lambda: log.reassign(target, lambda p: "n1")):
         with pytest.raises(BadTarget, match="target"):
             call()
-    assert os.listdir(log.directory) == []
+    assert os.listdir(log.directory) == ["~LOCK"]
 
 
 def test_bad_hints(open_log):
@@ -274,8 +275,10 @@ def test_merge_result_must_be_bytes(open_log):
 
 def test_second_open_is_refused(open_log):
     log = open_log()
+    with pytest.raises(StoreLocked):              # even before any target store exists
+        HintLog(log.directory, vmerge)
     log.add("n1", 0, b"k", write(b"v", "a"))
-    with pytest.raises(Exception):
+    with pytest.raises(StoreLocked):
         HintLog(log.directory, vmerge)
     assert log.pending("n1") == 1
 
