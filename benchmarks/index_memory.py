@@ -13,15 +13,8 @@ import sys
 import tempfile
 import shutil
 
+from compare_storage import rss_anon  # noqa: E402  (same folder)
 from kvcore.storage import LogStore
-
-
-def rss_anon():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def main(argv=None):

@@ -87,22 +87,19 @@ class Node(driver.Cluster, Backend):
 
     def targets(self, p):
         """Cached per (partition, down nodes): computing it is a good part of a request."""
-        key = (p, self._down())
-        pl = self._preflists.get(key)
-        if pl is None:
-            if len(self._preflists) > 4 * self.ring.q:
-                self._preflists.clear()
-            pl = self._preflists[key] = driver.Cluster.targets(self, p)
-        return pl
+        return self._cached(self._preflists, p, driver.Cluster.targets)
 
     def coordinator_route(self, p):
+        return self._cached(self._routes, p, driver.Cluster.coordinator_route)
+
+    def _cached(self, cache, p, compute):
         key = (p, self._down())
-        r = self._routes.get(key)
-        if r is None:
-            if len(self._routes) > 4 * self.ring.q:
-                self._routes.clear()
-            r = self._routes[key] = driver.Cluster.coordinator_route(self, p)
-        return r
+        value = cache.get(key)
+        if value is None:
+            if len(cache) > 4 * self.ring.q:
+                cache.clear()
+            value = cache[key] = compute(self, p)
+        return value
 
     async def call(self, node, type, payload, timeout):
         return await self.pool.request(node, self.addrs[node], type, payload, timeout=timeout)

@@ -29,6 +29,7 @@ import threading
 from collections import deque
 
 from kvcore.storage import LogStore
+from kvcore.storage.files import fsync_dir
 from kvcore.storage.lock import DirLock
 
 PARTITION_BYTES = 2
@@ -94,14 +95,6 @@ def dvv_merge(old, new):
 def _check_limit(name, value, lo, hi):
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Target:
@@ -279,7 +272,7 @@ class HintLog:
         if os.path.exists(gone):
             shutil.rmtree(gone)
         os.rename(path, gone)          # atomic: the target's store disappears as a whole
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         shutil.rmtree(gone, ignore_errors=True)
 
     # ---- reads -------------------------------------------------------------------------
