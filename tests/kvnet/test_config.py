@@ -46,3 +46,18 @@ def test_bad_toml_file(tmp_path):
 
 def test_secret_not_in_repr():
     assert "ringkv-dev-secret" not in repr(NodeConfig())
+
+
+def test_kvnode_start_refuses_bad_config_naming_the_setting(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--port", "70000",
+                          "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "port" in out.stderr and "bad configuration" in out.stderr
+    toml = tmp_path / "n.toml"
+    toml.write_text('fsync = "sometimes"\n')
+    out = subprocess.run([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--config", str(toml)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "fsync" in out.stderr
+    assert not (tmp_path / "d").exists()          # nothing created for a refused config
