@@ -504,7 +504,8 @@ cdef class LogStore:
         tmp = path + L.MERGING_SUFFIX
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, head)
+            self._pwrite_all(fd, <const char *>head, len(head), 0)
+            pos = len(head)
             self.hints.len = 0
             off = SEG_HEADER_SIZE
             while off < end:
@@ -515,11 +516,11 @@ cdef class LogStore:
                 off += size
                 if self.hints.len >= (1 << 20) or off >= end:
                     crc = kv_crc32c(crc, self.hints.data, self.hints.len)
-                    self._pwrite_all(fd, self.hints.data, self.hints.len,
-                                     os.lseek(fd, 0, os.SEEK_CUR))
-                    os.lseek(fd, self.hints.len, os.SEEK_CUR)
+                    self._pwrite_all(fd, self.hints.data, self.hints.len, pos)
+                    pos += self.hints.len
                     self.hints.len = 0
-            os.write(fd, struct.pack("<II", crc, HINT_TRAILER_MAGIC))
+            trailer = struct.pack("<II", crc, HINT_TRAILER_MAGIC)
+            self._pwrite_all(fd, <const char *>trailer, len(trailer), pos)
             os.fdatasync(fd)
         finally:
             os.close(fd)
