@@ -5,7 +5,6 @@
 
 docs/versions.md records the figures. Every operation is pure, so each round repeats the same call.
 """
-import pytest
 
 from kvcore import versions as dvv
 

@@ -145,7 +145,6 @@ async def _send_repairs(cluster, p, key, repair):
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """Write through the coordinating replica; returns the new clock once W replicas have it."""
-    ring = cluster.ring
     route = cluster.coordinator_route(p)
     if route.coordinator is None:
         raise Unavailable(f"no replica of partition {p} is reachable to coordinate the write")

@@ -160,7 +160,6 @@ def _fold(part):
 
 
 def test_merkle_tree_follows_every_write_and_survives_clean_restart_only(tmp_path):
-    import os
 
     r = LocalReplica(str(tmp_path), "n1")
     for i in range(50):

@@ -6,14 +6,12 @@ write must survive; of the unsynced ones, exactly those whose record ends
 before the cut do.
 """
 import importlib
-import os
 import shutil
 import tempfile
 
-import pytest
 from hypothesis import settings, strategies as st
 from kvcore.storage.options import maybe_compress
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"key-%d" % 7, b"k" * 300, bytes(range(1, 40))])
 VALUES = st.one_of(st.binary(max_size=64), st.just(b"z" * 700), st.binary(min_size=200, max_size=900))

@@ -99,7 +99,7 @@ def test_kv_get_put_siblings_and_contexts(c):
 
 
 def test_kv_tombstones_read_as_null_beside_live_values(c):
-    ctx1 = c.call("KV.PUT", "k", "v1")
+    c.call("KV.PUT", "k", "v1")
     c.call("KV.DEL", "k", "CONTEXT", versions.encode_context(()))  # concurrent delete
     ctx, values = c.call("KV.GET", "k")
     assert sorted(values, key=lambda v: v or b"") == [None, b"v1"]
