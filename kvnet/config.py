@@ -65,6 +65,15 @@ class NodeConfig:
     password: str | None = None             # clients must AUTH when set
     cluster_secret: str = field(default="ringkv-dev-secret", repr=False)
     allow_flush: bool = True
+    # Failure handling (issue 6): every interval is configurable so tests run at 50-100 ms.
+    gossip_interval_ms: int = 1000          # one gossip round (heartbeat +1) per interval
+    gossip_fanout: int = 2                  # peers gossiped to per round
+    phi_threshold: float = 8.0              # suspect a peer at this phi
+    hint_replay_interval_ms: int = 1000     # how often pending hints are offered to their targets
+    hint_replay_rate: int = 5000            # hints replayed per second, at most, per node
+    ae_enabled: bool = True                 # Merkle anti-entropy exchanges
+    ae_interval_ms: int = 10_000            # pause between two partition exchanges of a node
+    tombstone_grace_s: int = 3600           # confirmed tombstones are reaped after this
 
     @property
     def peer_address(self):
@@ -95,6 +104,16 @@ _INT_BOUNDS = {
     "max_value_bytes": (1, (1 << 31) - 1),
     "warn_siblings": (1, 10_000),
     "max_siblings": (1, 10_000),
+    "gossip_interval_ms": (10, 600_000),
+    "gossip_fanout": (1, 64),
+    "hint_replay_interval_ms": (10, 3_600_000),
+    "hint_replay_rate": (1, 10_000_000),
+    "ae_interval_ms": (10, 86_400_000),
+    "tombstone_grace_s": (0, 86_400 * 365),
+}
+
+_FLOAT_BOUNDS = {
+    "phi_threshold": (0.5, 100.0),
 }
 
 
@@ -127,6 +146,10 @@ def validate(cfg):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ConfigError(f"{name}: {v!r} must be an integer from {lo} to {hi}")
+    for name, (lo, hi) in _FLOAT_BOUNDS.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise ConfigError(f"{name}: {v!r} must be a number from {lo} to {hi}")
     q = cfg.ring_size
     if q & (q - 1):
         raise ConfigError(f"ring_size: {q} must be a power of two")
@@ -144,8 +167,9 @@ def validate(cfg):
         raise ConfigError("password: must be a non-empty string when set")
     if not isinstance(cfg.cluster_secret, str) or len(cfg.cluster_secret) < 8:
         raise ConfigError("cluster_secret: must be a string of at least 8 characters")
-    if not isinstance(cfg.allow_flush, bool):
-        raise ConfigError("allow_flush: must be true or false")
+    for name in ("allow_flush", "ae_enabled"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ConfigError(f"{name}: must be true or false")
     names = [m.name for m in cfg.members]
     if len(set(names)) != len(names):
         raise ConfigError("members: a name appears twice")

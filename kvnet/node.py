@@ -16,6 +16,7 @@ from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
+from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.resp.backend import Backend, Reply
@@ -40,6 +41,9 @@ class Node(driver.Cluster, Backend):
                                     sync_interval_ms=cfg.sync_interval_ms,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self._handle)
+        self.hints = None                 # HintLog, opened at start (kvnet/handoff)
+        self.services = []                # background parts: start(), stop(), handlers()
+        self._handlers = {}
         self.resp = None
         self.started = time.time()
         self._tasks = set()
@@ -54,8 +58,13 @@ class Node(driver.Cluster, Backend):
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         host, port = self.cfg.peer_address
         self.replica.open_existing()
+        self.hints = HintLog(os.path.join(self.cfg.data_dir, "hints"), dvv_merge,
+                             fsync="never" if self.cfg.fsync == "never" else "interval",
+                             sync_interval_ms=self.cfg.sync_interval_ms)
         await self.pool.serve(host, port)
         self.replica.start()
+        for svc in self.services:
+            await svc.start()
         self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
                                 allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
                                 idle_timeout=self.cfg.idle_timeout_s)
@@ -68,11 +77,26 @@ class Node(driver.Cluster, Backend):
         if self.resp is not None:
             await self.resp.close()
             self.resp = None
+        for svc in reversed(self.services):
+            await svc.stop()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pool.close()
+        if self.hints is not None:
+            self.hints.close()
+            self.hints = None
         await self.replica.close()
+
+    def add_service(self, svc):
+        """Register a background part before start(): its peer handlers (message type ->
+        async fn(payload)) join the node's, and it is started and stopped with the node."""
+        for type_, fn in svc.handlers().items():
+            if type_ in self._handlers or hasattr(self, "_peer_" + type_):
+                raise ValueError(f"peer message type {type_!r} is taken")
+            self._handlers[type_] = fn
+        self.services.append(svc)
+        return svc
 
     # ---- driver.Cluster ------------------------------------------------------------------
 
@@ -112,10 +136,12 @@ class Node(driver.Cluster, Backend):
 
     # ---- peer requests: one handler per message type ---------------------------------------
 
-    async def _handle(self, type, payload):
-        handler = getattr(self, "_peer_" + str(type), None)
+    async def _handle(self, mtype, payload):
+        if not isinstance(mtype, str):
+            raise CommandError(f"unknown peer request {mtype!r}")
+        handler = self._handlers.get(mtype) or getattr(self, "_peer_" + mtype, None)
         if handler is None:
-            raise CommandError(f"unknown peer request {type!r}")
+            raise CommandError(f"unknown peer request {mtype!r}")
         return await handler(payload)
 
     def _checked(self, m, key=True):

@@ -36,6 +36,11 @@ _FLAGS = [  # (flag, config field, type, help)
     ("--max-connections", "max_connections", int, "client connection limit"),
     ("--password", "password", str, "clients must AUTH with this"),
     ("--cluster-secret", "cluster_secret", str, "shared secret nodes prove to each other"),
+    ("--gossip-interval-ms", "gossip_interval_ms", int, "gossip round period (default 1000)"),
+    ("--phi-threshold", "phi_threshold", float, "failure detector threshold (default 8)"),
+    ("--hint-replay-interval-ms", "hint_replay_interval_ms", int, "hint replay period"),
+    ("--ae-interval-ms", "ae_interval_ms", int, "pause between anti-entropy exchanges"),
+    ("--tombstone-grace-s", "tombstone_grace_s", int, "grace before confirmed tombstones are reaped"),
 ]
 
 
@@ -43,6 +48,8 @@ def _start(args):
     overrides = {field: getattr(args, field) for _, field, _, _ in _FLAGS}
     if args.no_flush:
         overrides["allow_flush"] = False
+    if args.no_ae:
+        overrides["ae_enabled"] = False
     try:
         cfg = load(args.config, **overrides)
     except ConfigError as exc:
@@ -168,6 +175,7 @@ def main(argv=None):
     for flag, field, typ, help_ in _FLAGS:
         st.add_argument(flag, dest=field, type=typ, default=None, help=help_)
     st.add_argument("--no-flush", action="store_true", help="refuse FLUSHDB/FLUSHALL")
+    st.add_argument("--no-ae", action="store_true", help="run no anti-entropy exchanges")
     dv = sub.add_parser("dev", help="run a local cluster, one process per node")
     dv.add_argument("--nodes", type=int, default=3)
     dv.add_argument("--base-port", type=int, default=NodeConfig.port)
