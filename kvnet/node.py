@@ -17,6 +17,7 @@ from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
 from kvnet.handoff.hintlog import HintLog, dvv_merge
+from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.resp.backend import Backend, Reply
@@ -44,6 +45,7 @@ class Node(driver.Cluster, Backend):
         self.hints = None                 # HintLog, opened at start (kvnet/handoff)
         self.services = []                # background parts: start(), stop(), handlers()
         self._handlers = {}
+        self.gossip = self.add_service(Gossip(self))
         self.resp = None
         self.started = time.time()
         self._tasks = set()
@@ -63,11 +65,11 @@ class Node(driver.Cluster, Backend):
                              sync_interval_ms=self.cfg.sync_interval_ms)
         await self.pool.serve(host, port)
         self.replica.start()
-        for svc in self.services:
-            await svc.start()
         self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
                                 allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
                                 idle_timeout=self.cfg.idle_timeout_s)
+        for svc in self.services:
+            await svc.start()
         log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
                  self.resp.port, host, port)
         return self
@@ -101,13 +103,13 @@ class Node(driver.Cluster, Backend):
     # ---- driver.Cluster ------------------------------------------------------------------
 
     def is_up(self, node):
-        # Static membership: a peer is up unless its last dial failed and it is in backoff.
-        # Gossip and the failure detector replace this in the membership issue.
-        return node == self.name or self.pool.reachable(node)
+        """Routing's view: not marked down by the two-source rule (docs/membership.md), and
+        not in dial backoff (a refused connection needs no second opinion to route around)."""
+        return node == self.name or (not self.gossip.is_down(node) and self.pool.reachable(node))
 
     def _down(self):
-        reachable = self.pool.reachable
-        return frozenset(n for n in self.ring.nodes if n != self.name and not reachable(n))
+        is_up = self.is_up
+        return frozenset(n for n in self.ring.nodes if not is_up(n))
 
     def targets(self, p):
         """Cached per (partition, down nodes): computing it is a good part of a request."""
@@ -126,7 +128,11 @@ class Node(driver.Cluster, Backend):
         return value
 
     async def call(self, node, type, payload, timeout):
-        return await self.pool.request(node, self.addrs[node], type, payload, timeout=timeout)
+        # Configured addresses come first (a test's fault proxy sits there); gossip adds the rest.
+        addr = self.addrs.get(node) or self.gossip.address(node)
+        if addr is None:
+            raise Unavailable(f"no address known for node {node!r}")
+        return await self.pool.request(node, addr, type, payload, timeout=timeout)
 
     def spawn(self, coro):
         t = asyncio.ensure_future(coro)
@@ -378,6 +384,9 @@ class Node(driver.Cluster, Backend):
     # ---- Backend: introspection ------------------------------------------------------------
 
     async def _client_addr(self, node):
+        addr = self.gossip.client_address(node)
+        if addr is not None:
+            return addr
         if node not in self._client_addrs:
             try:
                 info = await self.call(node, "info", {}, self.timeout)
@@ -404,9 +413,19 @@ class Node(driver.Cluster, Backend):
         counts = {n: 0 for n in self.ring.nodes}
         for o in self.ring.owners:
             counts[o] += 1
-        return {"node": self.name, "ring_epoch": self.ring.epoch,
-                "members": [{"name": n, "up": self.is_up(n), "partitions": counts[n]}
-                            for n in self.ring.nodes]}
+        view = self.gossip.view()
+        members = []
+        for n in sorted(set(self.ring.nodes) | set(view)):
+            row = {"name": n, "up": self.is_up(n), "partitions": counts.get(n, 0)}
+            if n == self.name:
+                row.update(state="up", heartbeat_age_s=0.0, suspected_by=[],
+                           generation=self.gossip.generation)
+            else:
+                v = view.get(n, {})
+                row.update(state=v.get("state", "unknown"), heartbeat_age_s=v.get("heartbeat_age_s"),
+                           suspected_by=v.get("suspected_by", []), generation=v.get("generation"))
+            members.append(row)
+        return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members}
 
     async def info_section(self):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,

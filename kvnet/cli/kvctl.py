@@ -1,6 +1,6 @@
 """kvctl: look at and use a ringkv cluster from the shell.
 
-    kvctl status                 members, up or down, partitions owned
+    kvctl status                 members: routing state, liveness, heartbeat age, partitions, suspects
     kvctl ring                   ring epoch, Q, N and ownership counts
     kvctl preflist KEY           the replicas of a key
     kvctl get KEY                context and every sibling
@@ -53,9 +53,14 @@ def main(argv=None, out=sys.stdout):
         if args.cmd == "status":
             st = c.status()
             print(f"node {st['node']}, ring epoch {st['ring_epoch']}", file=out)
-            print(f"{'member':<16}{'state':<8}{'partitions':>10}", file=out)
+            print(f"{'member':<16}{'route':<7}{'liveness':<10}{'heartbeat age':>14}"
+                  f"{'partitions':>12}  suspected by", file=out)
             for m in st["members"]:
-                print(f"{m['name']:<16}{'up' if m['up'] else 'down':<8}{m['partitions']:>10}", file=out)
+                age = m.get("heartbeat_age_s")
+                age = "-" if age is None else f"{float(age):.2f} s"
+                print(f"{m['name']:<16}{'up' if m['up'] else 'down':<7}{m.get('state', '?'):<10}"
+                      f"{age:>14}{m['partitions']:>12}  {', '.join(m.get('suspected_by') or []) or '-'}",
+                      file=out)
         elif args.cmd == "ring":
             ring = c.ring()
             owned = Counter(ring["owners"])

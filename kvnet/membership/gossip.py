@@ -1,0 +1,246 @@
+"""The gossip service: rounds, the syn/ack/ack2 handlers, indirect probes, liveness.
+
+This is the I/O half of membership (Cassandra's `Gossiper`): the member table, its merge and
+the failure detector are pure values (state.py, detector.py); this module owns the clock and the
+peer calls. Every `gossip_interval_ms` a node bumps its own heartbeat and sends its digest to
+`gossip_fanout` random peers (members it knows of and the configured seeds); the two sides then
+trade the entries each lacks. Every newer (generation, heartbeat) of a peer, whoever relayed it,
+is an arrival for the detector. Each syn and ack carries the sender's suspect list, one of the
+two sources of the liveness rule; for a peer this node suspects with no second source yet, it
+asks another member to ping it (an indirect probe), the other source. Rules: ALGORITHMS.md
+section 5; docs/membership.md.
+"""
+import asyncio
+import logging
+import random
+import time
+
+from kvnet.errors import CommandError
+from kvnet.membership import state as S
+from kvnet.membership.detector import DOWN, Liveness, PhiDetector
+
+log = logging.getLogger("kvnet.membership")
+
+__all__ = ["Gossip"]
+
+
+class Gossip:
+    """One node's membership service (see the module docstring)."""
+
+    def __init__(self, node, clock=time.monotonic, rng=None):
+        cfg = node.cfg
+        self.node = node
+        self.me = node.name
+        self.interval = cfg.gossip_interval_ms / 1000.0
+        self.fanout = cfg.gossip_fanout
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.detector = PhiDetector(interval=self.interval, threshold=cfg.phi_threshold)
+        self.liveness = Liveness(self.me, self.detector)
+        self.seeds = tuple(m.name for m in cfg.all_members() if m.name != self.me)
+        self.generation = None
+        self.table = S.MemberTable()
+        self.listeners = []            # fn(Transition): called on every up/down change
+        self.rounds = 0
+        self._task = None
+        self._inflight = set()         # peers with a gossip exchange still running
+        self._probing = set()
+
+    # ---- service -------------------------------------------------------------------------
+
+    def handlers(self):
+        return {"gsyn": self._on_syn, "gack2": self._on_ack2, "gprobe": self._on_probe,
+                "gping": self._on_ping}
+
+    async def start(self):
+        cfg = self.node.cfg
+        self.generation = S.next_generation(cfg.data_dir, time.time())
+        host, peer_port = cfg.peer_address
+        resp = self.node.resp
+        me = S.MemberState(node=self.me, host=host, peer_port=peer_port, client_host=cfg.host,
+                           client_port=resp.port if resp is not None else cfg.port,
+                           generation=self.generation, heartbeat=0, status="valid",
+                           ring_epoch=0, zone=cfg.zone)
+        self.table = S.with_member(self.table, me)
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def is_down(self, peer):
+        return self.liveness.state(peer) == DOWN
+
+    def address(self, peer):
+        """A peer's gossiped (host, peer_port), or None."""
+        m = self.table.get(peer)
+        return None if m is None else (m.host, m.peer_port)
+
+    def client_address(self, peer):
+        m = self.table.get(peer)
+        return None if m is None or not m.client_port else (m.client_host, m.client_port)
+
+    def view(self):
+        """Per peer: liveness state, heartbeat age, phi, who suspects it (kvctl status)."""
+        now = self.clock()
+        peers = (set(self.table) | set(self.seeds)) - {self.me}
+        out = {}
+        for row in self.liveness.view(now, sorted(peers)):
+            m = self.table.get(row.node)
+            out[row.node] = {
+                "state": row.state, "phi": round(row.phi, 2),
+                "heartbeat_age_s": None if row.age is None else round(row.age, 3),
+                "suspected_by": list(row.suspected_by),
+                "failed_probes_via": list(row.failed_probes_via),
+                "generation": None if m is None else m.generation,
+                "heartbeat": None if m is None else m.heartbeat,
+                "status": None if m is None else m.status}
+        return out
+
+    # ---- rounds --------------------------------------------------------------------------
+
+    async def _run(self):
+        while True:
+            # A little jitter keeps the nodes' rounds from falling into step.
+            await asyncio.sleep(self.interval * (0.9 + 0.2 * self.rng.random()))
+            try:
+                self.round()
+            except Exception:
+                log.exception("gossip round failed")
+
+    def round(self):
+        """Beat, gossip to a few peers (in the background), apply the liveness rule."""
+        self.rounds += 1
+        self.table = S.beat(self.table, self.me)
+        peers = sorted((set(self.table) | set(self.seeds)) - {self.me} - self._inflight)
+        for peer in self.rng.sample(peers, min(self.fanout, len(peers))):
+            self._inflight.add(peer)
+            self.node.spawn(self._exchange(peer))
+        now = self.clock()
+        self._changed(self.liveness.update(now))
+        for peer in self.detector.suspects(now):
+            if not self.is_down(peer) and not self.liveness.second_sources(peer, now) \
+                    and peer not in self._probing:
+                self._probe(peer)
+
+    def _timeout(self):
+        return max(2 * self.interval, 0.05)
+
+    async def _exchange(self, peer):
+        try:
+            now = self.clock()
+            syn = {"from": self.me, "digest": S.encode_digest(S.digest(self.table)),
+                   "suspects": self.liveness.my_suspects(now)}
+            ack = await self.node.call(peer, "gsyn", syn, self._timeout())
+            if not isinstance(ack, dict):
+                raise CommandError("gossip ack must be a map")
+            self._absorb(S.decode_entries(ack.get("entries", [])))
+            self._reported(peer, ack.get("suspects"))
+            want = ack.get("want") or []
+            if want:
+                if not isinstance(want, list) or not all(isinstance(n, str) for n in want):
+                    raise CommandError("gossip ack: want must be a list of node ids")
+                await self.node.call(peer, "gack2", {
+                    "from": self.me, "entries": S.encode_entries(S.entries(self.table, want))},
+                    self._timeout())
+        except Exception as exc:
+            log.debug("gossip with %s failed: %s", peer, exc)
+        finally:
+            self._inflight.discard(peer)
+
+    def _probe(self, peer):
+        vias = [n for n in self.table if n not in (self.me, peer) and not self.is_down(n)]
+        if not vias:
+            return
+        via = self.rng.choice(sorted(vias))
+        self._probing.add(peer)
+
+        async def probe():
+            try:
+                ok = await self.node.call(via, "gprobe", {"target": peer}, 3 * self._timeout())
+                self.liveness.probe(peer, via, ok is True, self.clock())
+            except Exception as exc:            # via did not answer: no evidence either way
+                log.debug("indirect probe of %s via %s failed: %s", peer, via, exc)
+            finally:
+                self._probing.discard(peer)
+            self._changed(self.liveness.update(self.clock()))
+
+        self.node.spawn(probe())
+
+    # ---- applying what arrives -----------------------------------------------------------
+
+    def _absorb(self, received):
+        """Merge received entries; every newer heartbeat is an arrival for the detector."""
+        if not received:
+            return
+        self.table = S.apply(self.table, received)
+        now = self.clock()
+        changes = []
+        for m in received:
+            if m.node == self.me:
+                continue
+            cur = self.table[m.node]
+            changes += self.liveness.heartbeat(m.node, now, cur.generation, cur.heartbeat)
+        self._changed(changes)
+
+    def _reported(self, reporter, suspects):
+        if not isinstance(suspects, list) or not all(isinstance(s, str) for s in suspects):
+            return
+        self.liveness.report(reporter, suspects, self.clock())
+
+    def _changed(self, transitions):
+        for t in transitions:
+            log.warning("node %s is %s", t.peer, "up" if t.up else "down")
+            for fn in self.listeners:
+                try:
+                    fn(t)
+                except Exception:
+                    log.exception("membership listener failed")
+
+    # ---- handlers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _sender(m):
+        if not isinstance(m, dict) or not isinstance(m.get("from"), str):
+            raise CommandError("gossip message needs a map with 'from'")
+        return m["from"]
+
+    async def _on_syn(self, m):
+        sender = self._sender(m)
+        try:
+            theirs = S.decode_digest(m.get("digest"))
+        except ValueError as exc:
+            raise CommandError(f"bad gossip digest: {exc}") from None
+        self._reported(sender, m.get("suspects"))
+        send, want = S.diff(self.table, theirs)
+        return {"entries": S.encode_entries(send), "want": list(want),
+                "suspects": self.liveness.my_suspects(self.clock())}
+
+    async def _on_ack2(self, m):
+        self._sender(m)
+        try:
+            received = S.decode_entries(m.get("entries"))
+        except ValueError as exc:
+            raise CommandError(f"bad gossip entries: {exc}") from None
+        self._absorb(received)
+        return True
+
+    async def _on_probe(self, m):
+        if not isinstance(m, dict) or not isinstance(m.get("target"), str):
+            raise CommandError("probe needs {'target': node}")
+        target = m["target"]
+        if target == self.me:
+            return True
+        if target not in self.table and target not in self.seeds:
+            raise CommandError(f"probe of unknown node {target!r}")
+        try:
+            return await self.node.call(target, "gping", {}, 2 * self._timeout()) is True
+        except Exception:
+            return False
+
+    async def _on_ping(self, m):
+        return True

@@ -1,0 +1,129 @@
+"""The gossip service on in-process nodes: tables spread, a stopped node is marked down by two
+sources and up again on restart, and one cut link does not mark a healthy node down."""
+import asyncio
+
+import pytest
+
+from kvnet.config import load
+from kvnet.errors import Unavailable
+from kvnet.membership.detector import DOWN, UP
+from kvnet.node import Node
+from kvnet.testing import free_ports
+
+FAST = dict(gossip_interval_ms=50, phi_threshold=3.0)
+
+
+def _configs(tmp_path, nodes=3, **kw):
+    ports = free_ports(2 * nodes)
+    members = [f"g{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
+    n = min(3, nodes)
+    return [load(name=f"g{i}", port=ports[i], peer_port=ports[nodes + i], n=n, r=min(2, n), w=min(2, n),
+                 data_dir=str(tmp_path / f"g{i}"), members=members, fsync="never",
+                 request_timeout_ms=1000, **{**FAST, **kw}) for i in range(nodes)]
+
+
+async def _wait(pred, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_tables_spread_and_heartbeats_advance(tmp_path):
+    async def main():
+        nodes = [await Node(c).start() for c in _configs(tmp_path)]
+        try:
+            names = {n.name for n in nodes}
+            assert await _wait(lambda: all(set(n.gossip.table) == names for n in nodes))
+            hb = nodes[0].gossip.table["g0"].heartbeat
+            assert await _wait(lambda: nodes[1].gossip.table["g0"].heartbeat > hb)
+            for n in nodes:
+                assert all(n.gossip.liveness.state(p) == UP for p in names - {n.name})
+            st = await nodes[0].status()
+            rows = {m["name"]: m for m in st["members"]}
+            assert rows["g1"]["state"] == "up" and rows["g1"]["heartbeat_age_s"] is not None
+            assert rows["g1"]["generation"] == nodes[1].gossip.generation
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_stopped_node_marked_down_by_two_sources_then_up_after_restart(tmp_path):
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs]
+        try:
+            assert await _wait(lambda: all(len(n.gossip.table) == 3 for n in nodes))
+            await asyncio.sleep(0.5)                    # a few real inter-arrival samples
+            gen = nodes[2].gossip.generation
+            await nodes[2].stop()
+            live = nodes[:2]
+            assert await _wait(lambda: all(n.gossip.liveness.state("g2") == DOWN for n in live))
+            for n in live:
+                # the rule needs a second source: the other live node's report or a probe
+                assert n.gossip.liveness.down() == ["g2"]
+                assert not n.is_up("g2")
+            nodes[2] = await Node(cfgs[2]).start()
+            assert nodes[2].gossip.generation > gen      # a new process is news, not history
+            assert await _wait(lambda: all(n.gossip.liveness.state("g2") == UP for n in live))
+            assert all(n.is_up("g2") for n in live)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_one_cut_link_does_not_mark_a_healthy_node_down(tmp_path):
+    async def main():
+        nodes = [await Node(c).start() for c in _configs(tmp_path)]
+        a, b = nodes[0], nodes[1]
+        cut = {("g0", "g1"), ("g1", "g0")}
+        for n in (a, b):
+            real = n.call
+
+            async def call(peer, type, payload, timeout, _real=real, _me=n.name):
+                if (_me, peer) in cut:
+                    raise Unavailable("link cut by the test")
+                return await _real(peer, type, payload, timeout)
+
+            n.call = call
+        try:
+            assert await _wait(lambda: all(len(n.gossip.table) == 3 for n in nodes))
+            await asyncio.sleep(2.0)              # many detection times at 50 ms rounds
+            # g0 and g1 hear of each other through g2: neither suspects, nobody marks down
+            for n in nodes:
+                assert n.gossip.liveness.down() == []
+            assert a.gossip.liveness.state("g1") == UP
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_malformed_gossip_messages_get_errors(tmp_path):
+    async def main():
+        node = await Node(_configs(tmp_path, nodes=1)[0]).start()
+        try:
+            for mtype, payload in [("gsyn", None), ("gsyn", {"from": "x", "digest": 7}),
+                                   ("gsyn", {"from": "x", "digest": [["x", -1, 0, 0, "valid"]]}),
+                                   ("gack2", {"from": "x", "entries": [[1, 2]]}),
+                                   ("gprobe", {"target": 5}), ("gprobe", {"target": "nobody"})]:
+                with pytest.raises(Exception) as info:
+                    await node._handle(mtype, payload)
+                assert "gossip" in str(info.value) or "probe" in str(info.value) \
+                    or "digest" in str(info.value)
+            assert len(node.gossip.table) == 1           # nothing malformed got in
+        finally:
+            await node.stop()
+
+    run(main())
