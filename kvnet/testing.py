@@ -1,14 +1,33 @@
-"""Cluster harness for tests and benchmarks: nodes on 127.0.0.1, free ports, cleaned up.
+"""Fault-test toolkit: node processes on 127.0.0.1, a fault proxy, recording writers, checkers.
 
-`LocalCluster` runs each node as its own process (`kvnode start`), so a test
-can kill one with SIGKILL; every process it starts is stopped by `stop()`.
+- `LocalCluster` runs each node as its own process (`kvnode start`) on free ports, so a test
+  can kill (SIGKILL), pause (SIGSTOP), restart or wipe one; with `proxied=True` every directed
+  node-to-node link goes through a `FaultProxy`, so a test can cut the network between two nodes.
+  `stop()` (and the context manager) stops every process and closes every proxy, even when a
+  test fails.
+- `SetWriter` and `ContextWriter` are threads that write through the cluster's client ports with
+  redis-py and record what was acknowledged; `check()` reads everything back and returns the
+  violations; `divergent_keys()` opens the stopped nodes' data directories and returns the keys
+  whose primaries hold different clocks.
+
+docs/testing.md explains the rules.
 """
+import asyncio
+import atexit
+import collections
+import itertools
 import os
+import random
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import weakref
+from typing import NamedTuple
 
 from kvnet.probe import ping  # noqa: F401  (re-exported for tests)
 
@@ -28,50 +47,359 @@ def free_ports(count):
     return ports
 
 
-class LocalCluster:
-    """N node processes with N=n replicas; `ports[i]` is node i's client port."""
+# ---- the fault proxy ----------------------------------------------------------------------------
 
-    def __init__(self, data_dir, nodes=3, n=3, r=2, w=2, fsync="never", extra=()):
+class FaultProxy:
+    """A TCP proxy on 127.0.0.1 forwarding to `target_port`, with faults.
+
+    - `cut()` (mode "blackhole"): nothing passes either way. Open connections stop forwarding
+      (bytes wait in the kernel buffers, as TCP retransmits across a real partition), new
+      connections are accepted but not connected onward, so the sender sees timeouts, never a
+      refusal. `heal()` forwards what was held and connects the held connections.
+    - `cut("refuse")`: the listener closes (new connections are refused) and open connections
+      are reset. `heal()` listens again on the same port.
+    - `bytes_up` (client to target), `bytes_down`, `accepted` (connections) count what passed.
+
+    It runs an asyncio loop in a daemon thread; `close()` (idempotent) stops it.
+    """
+
+    def __init__(self, target_port, target_host="127.0.0.1", port=0, name=None):
+        self.target = (target_host, target_port)
+        self.name = name or f"proxy->{target_port}"
+        self.mode = None                    # None (forwarding), "blackhole" or "refuse"
+        self.bytes_up = self.bytes_down = self.accepted = 0
+        self.port = None
+        self._closed = False
+        self._socks = {}                    # every open socket, both sides: its StreamWriter
+        self._tasks = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
+        self._thread.start()
+        try:
+            self._call(self._setup(port))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # -- control (from any thread) --
+
+    def cut(self, mode="blackhole"):
+        if mode not in ("blackhole", "refuse"):
+            raise ValueError(f"mode is 'blackhole' or 'refuse', not {mode!r}")
+        self._call(self._cut(mode))
+        return self
+
+    def heal(self):
+        self._call(self._heal())
+        return self
+
+    def stats(self):
+        return {"mode": self.mode, "accepted": self.accepted, "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down, "sockets": len(self._socks)}
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._shutdown())
+        except Exception:
+            pass
+        self._stop_loop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<FaultProxy {self.name} :{self.port} -> :{self.target[1]} {self.mode or 'open'}>"
+
+    def _call(self, coro, timeout=10):
+        if not self._thread.is_alive():
+            coro.close()
+            raise RuntimeError(f"{self.name} is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self):
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    # -- on the loop --
+
+    async def _setup(self, port):
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server = None
+        await self._listen(port)
+
+    async def _listen(self, port):
+        # Our own accept loop (not start_server): every accepted socket is ours at once, so
+        # close() and cut("refuse") can reset it even before its handler has run.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._server = sock
+        self.port = sock.getsockname()[1]
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(sock))
+
+    async def _unlisten(self):
+        if self._server is not None:
+            self._acceptor.cancel()
+            try:
+                await self._acceptor
+            except (asyncio.CancelledError, OSError):
+                pass
+            self._server.close()
+            self._server = None
+
+    async def _accept_loop(self, sock):
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            self.accepted += 1
+            self._socks[conn] = None
+            t = loop.create_task(self._handle(conn))
+            self._tasks.add(t)
+
+    def _close_sock(self, sock, reset):
+        """Close one of our sockets (through its transport if it has one); reset: send RST."""
+        writer = self._socks.pop(sock, None)
+        if reset:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        if writer is not None:
+            writer.transport.abort() if reset else writer.close()
+        else:
+            sock.close()
+
+    def _reset_all(self):
+        for t in list(self._tasks):
+            t.cancel()
+        for s in list(self._socks):
+            self._close_sock(s, True)
+
+    async def _cut(self, mode):
+        self.mode = mode
+        self._open.clear()
+        if mode == "refuse":
+            await self._unlisten()
+            self._reset_all()                # both sides see a reset
+
+    async def _heal(self):
+        if self.mode == "refuse" and self._server is None:
+            await self._listen(self.port)
+        self.mode = None
+        self._open.set()
+
+    async def _shutdown(self):
+        await self._unlisten()
+        self._reset_all()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+
+    async def _wait_open(self):
+        while not self._open.is_set():
+            await self._open.wait()
+
+    async def _handle(self, conn):
+        uwriter = cwriter = None
+        upstream = None
+        try:
+            if self.mode == "refuse" or self._closed:
+                return
+            await self._wait_open()              # blackholed: accepted, held, not connected on
+            creader, cwriter = await asyncio.open_connection(sock=conn)
+            self._socks[conn] = cwriter
+            upstream = socket.socket()
+            upstream.setblocking(False)
+            self._socks[upstream] = None
+            await asyncio.get_running_loop().sock_connect(upstream, self.target)
+            ureader, uwriter = await asyncio.open_connection(sock=upstream)
+            self._socks[upstream] = uwriter
+            await asyncio.gather(self._pump(creader, uwriter, "up"),
+                                 self._pump(ureader, cwriter, "down"))
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            for s in (conn, upstream):
+                if s is not None and s in self._socks:
+                    self._close_sock(s, self.mode == "refuse" or self._closed)
+            self._tasks.discard(asyncio.current_task())
+
+    async def _pump(self, reader, writer, direction):
+        try:
+            while True:
+                await self._wait_open()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._wait_open()          # cut while reading: hold the chunk
+                if direction == "up":
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()                        # a close ends both directions (no half-close)
+
+
+# ---- the cluster --------------------------------------------------------------------------------
+
+_live_clusters = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers():
+    for c in list(_live_clusters):
+        try:
+            c.stop(grace=5)
+        except Exception:
+            pass
+
+
+class LocalCluster:
+    """`nodes` node processes with N=n replicas; `ports[i]` is node i's client port.
+
+    extra: flags for every node; node_extra: {i: flags} (or a list) for some nodes, after
+    `extra` (argparse: the last occurrence wins). proxied=True: node i reaches node j through
+    `proxies[i, j]` (its --members names the proxy's port for every other member).
+    """
+
+    def __init__(self, data_dir, nodes=3, n=3, r=2, w=2, fsync="never", extra=(),
+                 node_extra=None, proxied=False, request_timeout_ms=1000, ring_size=256):
         self.data_dir = data_dir
+        self.n, self.r, self.w, self.ring_size = n, r, w, ring_size
         ports = free_ports(2 * nodes)
         self.ports, self.peer_ports = ports[:nodes], ports[nodes:]
         self.names = [f"node{i + 1}" for i in range(nodes)]
-        members = ",".join(f"{nm}@127.0.0.1:{pp}" for nm, pp in zip(self.names, self.peer_ports))
-        self.cmds = [[sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
-                      "--port", str(cp), "--peer-port", str(pp),
-                      "--data-dir", os.path.join(data_dir, nm), "--members", members,
-                      "--n", str(n), "--r", str(r), "--w", str(w), "--fsync", fsync,
-                      "--request-timeout-ms", "1000", *extra]
-                     for nm, cp, pp in zip(self.names, self.ports, self.peer_ports)]
+        self.proxies = {}
+        self.paused = set()
         self.procs = [None] * nodes
+        if isinstance(node_extra, dict):
+            node_extra = [node_extra.get(i, ()) for i in range(nodes)]
+        node_extra = list(node_extra or [()] * nodes)
+        try:
+            if proxied:
+                for i, j in itertools.permutations(range(nodes), 2):
+                    self.proxies[i, j] = FaultProxy(self.peer_ports[j],
+                                                    name=f"{self.names[i]}->{self.names[j]}")
+            self.cmds = []
+            for i, (nm, cp) in enumerate(zip(self.names, self.ports)):
+                members = ",".join(f"{other}@127.0.0.1:{self._peer_port_seen_by(i, j)}"
+                                   for j, other in enumerate(self.names))
+                self.cmds.append([
+                    sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
+                    "--port", str(cp), "--peer-port", str(self.peer_ports[i]),
+                    "--data-dir", self.data_dir_of(i), "--members", members,
+                    "--n", str(n), "--r", str(r), "--w", str(w), "--fsync", fsync,
+                    "--ring-size", str(ring_size),
+                    "--request-timeout-ms", str(request_timeout_ms), *extra, *node_extra[i]])
+        except BaseException:
+            self._close_proxies()
+            raise
+        _live_clusters.add(self)
+
+    def _peer_port_seen_by(self, i, j):
+        if i == j or not self.proxies:
+            return self.peer_ports[j]
+        return self.proxies[i, j].port
+
+    def data_dir_of(self, i):
+        return os.path.join(self.data_dir, self.names[i])
+
+    def log_of(self, i):
+        return os.path.join(self.data_dir, f"{self.names[i]}.log")
+
+    # -- processes --
 
     def start(self, i=None, timeout=30):
-        for j in ([i] if i is not None else range(len(self.cmds))):
-            log = open(os.path.join(self.data_dir, f"{self.names[j]}.log"), "ab")
-            self.procs[j] = subprocess.Popen(self.cmds[j], stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-        deadline = time.monotonic() + timeout
-        for j in ([i] if i is not None else range(len(self.cmds))):
-            while not ping(self.ports[j]):
-                if self.procs[j].poll() is not None:
-                    raise RuntimeError(f"{self.names[j]} exited with {self.procs[j].returncode}: "
-                                       f"see {self.data_dir}/{self.names[j]}.log")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.names[j]} not ready in {timeout} s")
-                time.sleep(0.05)
+        which = [i] if i is not None else list(range(len(self.cmds)))
+        try:
+            for j in which:
+                if self.procs[j] is not None and self.procs[j].poll() is None:
+                    continue
+                with open(self.log_of(j), "ab") as log:
+                    self.procs[j] = subprocess.Popen(self.cmds[j], stdout=log,
+                                                     stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            for j in which:
+                while not ping(self.ports[j]):
+                    if self.procs[j].poll() is not None:
+                        raise RuntimeError(f"{self.names[j]} exited with {self.procs[j].returncode}: "
+                                           f"see {self.log_of(j)}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{self.names[j]} not ready in {timeout} s")
+                    time.sleep(0.05)
+        except BaseException:
+            for j in which:
+                self.kill(j)
+            raise
         return self
 
-    def kill(self, i, sig=signal.SIGKILL):
+    def running(self, i):
+        p = self.procs[i]
+        return p is not None and p.poll() is None
+
+    def kill(self, i, sig=signal.SIGKILL, timeout=30):
+        """Send `sig` (SIGKILL by default) and wait for the exit; SIGKILL after `timeout`."""
         p = self.procs[i]
         if p is not None and p.poll() is None:
             p.send_signal(sig)
-            p.wait(30)
+            if i in self.paused and sig != signal.SIGKILL:
+                p.send_signal(signal.SIGCONT)     # a stopped process handles nothing else
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.paused.discard(i)
         self.procs[i] = None
 
-    def stop(self, grace=15):
-        for p in self.procs:
+    def pause(self, i):
+        """SIGSTOP: the process keeps its sockets but answers nothing."""
+        self.procs[i].send_signal(signal.SIGSTOP)
+        self.paused.add(i)
+
+    def resume(self, i):
+        if self.procs[i] is not None:
+            self.procs[i].send_signal(signal.SIGCONT)
+        self.paused.discard(i)
+
+    def restart(self, i, sig=signal.SIGTERM, timeout=30):
+        """Stop node i (SIGTERM: a clean close; SIGKILL: a crash) and start it on its data dir."""
+        self.kill(i, sig)
+        return self.start(i, timeout)
+
+    def wipe(self, i):
+        """Delete a stopped node's data directory (a permanent failure; `start(i)` gets it empty)."""
+        if self.running(i):
+            raise RuntimeError(f"{self.names[i]} is running: kill it before wiping its data")
+        shutil.rmtree(self.data_dir_of(i), ignore_errors=True)
+
+    def stop_nodes(self, grace=15):
+        """SIGTERM every node (SIGCONT first for paused ones); SIGKILL what has not exited in time."""
+        for i, p in enumerate(self.procs):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+                if i in self.paused:
+                    p.send_signal(signal.SIGCONT)
+        self.paused.clear()
         deadline = time.monotonic() + grace
         for i, p in enumerate(self.procs):
             if p is None:
@@ -83,8 +411,402 @@ class LocalCluster:
                 p.wait()
             self.procs[i] = None
 
+    def stop(self, grace=15):
+        """Stop every node and close every proxy (safe to call twice)."""
+        try:
+            self.stop_nodes(grace)
+        finally:
+            self._close_proxies()
+
+    close = stop
+
+    def _close_proxies(self):
+        for px in self.proxies.values():
+            try:
+                px.close()
+            except Exception:
+                pass
+
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc):
         self.stop()
+
+    # -- network faults (proxied=True) --
+
+    def _links(self, a, b):
+        if not self.proxies:
+            raise RuntimeError("network faults need LocalCluster(..., proxied=True)")
+        return [self.proxies[a, b], self.proxies[b, a]]
+
+    def cut(self, a, b, mode="blackhole"):
+        """Cut both directions between nodes a and b."""
+        for px in self._links(a, b):
+            px.cut(mode)
+
+    def heal(self, a, b):
+        for px in self._links(a, b):
+            px.heal()
+
+    def isolate(self, a, mode="blackhole"):
+        for b in range(len(self.names)):
+            if b != a:
+                self.cut(a, b, mode)
+
+    def heal_all(self):
+        for px in self.proxies.values():
+            px.heal()
+
+    # -- clients --
+
+    def client(self, i, timeout=5.0):
+        return redis_client(self.ports[i], timeout)
+
+
+def redis_client(port, timeout=5.0):
+    """A redis-py client that never retries (a retried KV.PUT would be a second write)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
+# ---- recording writers --------------------------------------------------------------------------
+
+class PutRecord(NamedTuple):
+    """One KV.PUT attempt: the context it carried and, when acknowledged, the reply (new context)."""
+
+    key: bytes
+    value: bytes
+    context: bytes          # b"" when the read found nothing
+    reply: bytes | None     # None: not acknowledged (error or timeout; it may still have applied)
+    writer: str
+    error: str | None = None
+
+    @property
+    def acked(self):
+        return self.reply is not None
+
+
+class _Writer(threading.Thread):
+    """Base: a thread writing through `ports` in turn until `count` operations, `duration`
+    seconds or `stop()`; errors are counted by kind, and the writer moves to the next node."""
+
+    def __init__(self, ports, count=None, duration=None, timeout=3.0, pause_s=0.0, name=None,
+                 seed=None):
+        super().__init__(name=name or type(self).__name__, daemon=True)
+        self.ports = list(ports)
+        self.count, self.duration, self.timeout, self.pause_s = count, duration, timeout, pause_s
+        self.errors = collections.Counter()
+        self.error_samples = []
+        self.ops = 0
+        self.rng = random.Random(seed)
+        self._halt = threading.Event()
+        self._clients = {}
+
+    def _client(self, port):
+        c = self._clients.get(port)
+        if c is None:
+            c = self._clients[port] = redis_client(port, self.timeout)
+        return c
+
+    def _drop(self, port):
+        c = self._clients.pop(port, None)
+        if c is not None:
+            try:
+                c.close()
+            except Exception:
+                pass
+
+    def _error(self, port, exc):
+        kind = type(exc).__name__
+        msg = str(exc).split(" ", 1)[0] if kind == "ResponseError" else ""
+        self.errors[f"{kind} {msg}".strip()] += 1
+        if len(self.error_samples) < 20:
+            self.error_samples.append(f"{port}: {kind}: {exc}")
+        self._drop(port)
+        time.sleep(0.02)
+
+    @property
+    def error_count(self):
+        return sum(self.errors.values())
+
+    def run(self):
+        deadline = None if self.duration is None else time.monotonic() + self.duration
+        i = 0
+        try:
+            while not self._halt.is_set():
+                if self.count is not None and self.ops >= self.count:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                self.step(self.ports[i % len(self.ports)])
+                self.ops += 1
+                i += 1
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+        finally:
+            for port in list(self._clients):
+                self._drop(port)
+
+    def step(self, port):
+        raise NotImplementedError
+
+    def stop(self, timeout=30):
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class SetWriter(_Writer):
+    """Plain SET of unique keys; `acked` maps each acknowledged key to its value (bytes)."""
+
+    def __init__(self, ports, prefix="set", **kw):
+        super().__init__(ports, **kw)
+        self.prefix = prefix
+        self.acked = {}
+        self.attempted = 0
+
+    def step(self, port):
+        key = f"{self.prefix}:{self.name}:{self.ops}".encode()
+        value = f"v{self.ops}:{self.rng.getrandbits(32):08x}".encode()
+        self.attempted += 1
+        try:
+            if self._client(port).set(key, value):
+                self.acked[key] = value
+        except Exception as exc:        # redis errors, and OSError from a reset socket
+            self._error(port, exc)
+
+
+class ContextWriter(_Writer):
+    """Rewrites a few shared keys: KV.GET, then KV.PUT of a unique value with the context read.
+
+    `records` lists every PUT attempted (PutRecord), acknowledged or not.
+    """
+
+    def __init__(self, ports, keys, r=None, w=None, **kw):
+        super().__init__(ports, **kw)
+        self.keys = [k.encode() if isinstance(k, str) else k for k in keys]
+        self.r, self.w = r, w
+        self.records = []
+
+    @property
+    def acked(self):
+        return [rec for rec in self.records if rec.acked]
+
+    def step(self, port):
+        key = self.rng.choice(self.keys)
+        c = self._client(port)
+        try:
+            args = ["KV.GET", key] + (["R", self.r] if self.r is not None else [])
+            ctx, _values = c.execute_command(*args)
+        except Exception as exc:
+            self._error(port, exc)
+            return
+        value = f"{self.name}:{self.ops}".encode()
+        ctx = bytes(ctx or b"")
+        try:
+            args = ["KV.PUT", key, value, "CONTEXT", ctx] + (["W", self.w] if self.w is not None else [])
+            reply = c.execute_command(*args)
+        except Exception as exc:
+            self.records.append(PutRecord(key, value, ctx, None, self.name, f"{type(exc).__name__}: {exc}"))
+            self._error(port, exc)
+            return
+        self.records.append(PutRecord(key, value, ctx, bytes(reply), self.name))
+
+
+def run_writers(writers, during, settle=0.0):
+    """Start the writers, call `during()` (the faults), stop the writers (also on error)."""
+    for wr in writers:
+        wr.start()
+    try:
+        return during()
+    finally:
+        time.sleep(settle)
+        for wr in writers:
+            wr.stop()
+
+
+# ---- the checker --------------------------------------------------------------------------------
+
+def context_map(context):
+    """A context's bytes (or decoded pairs) as {actor: counter}."""
+    from kvcore import versions as V
+
+    if isinstance(context, (bytes, bytearray, memoryview)):
+        context = V.decode_context(bytes(context)) if context else ()
+    return {tuple(a) if isinstance(a, list) else a: n for a, n in context}
+
+
+def new_dots(context, reply):
+    """The dots a KV.PUT may have minted: (actor, counter) for each actor whose counter in the
+    reply (the new context) is above the context the write carried. The coordinator minted
+    exactly one of them; the others are events its replica had merged that the writer's read
+    had not seen (all in the new value's causal past)."""
+    before, after = context_map(context), context_map(reply)
+    return sorted((a, n) for a, n in after.items() if n > before.get(a, 0))
+
+
+def covers(context, dots):
+    """True when a context ({actor: counter}) has seen every one of `dots`."""
+    return all(context.get(a, 0) >= n for a, n in dots)
+
+
+class Reader:
+    """`reader(key)` -> the key's siblings (bytes, None for a tombstone) by KV.GET with R=`r`,
+    through the given ports in turn, retrying errors up to `attempts` times."""
+
+    def __init__(self, ports, r="ALL", attempts=6, timeout=5.0):
+        self.ports = list(ports)
+        self.r, self.attempts, self.timeout = r, attempts, timeout
+        self._clients = {}
+        self._i = 0
+        self.errors = 0
+
+    def __call__(self, key):
+        last = None
+        for _ in range(self.attempts):
+            port = self.ports[self._i % len(self.ports)]
+            self._i += 1
+            c = self._clients.get(port) or self._clients.setdefault(port, redis_client(port, self.timeout))
+            try:
+                _ctx, values = c.execute_command("KV.GET", key, "R", self.r)
+                return list(values)
+            except Exception as exc:
+                last = exc
+                self.errors += 1
+                self._clients.pop(port, None)
+                c.close()
+                time.sleep(0.1)
+        raise last
+
+    def close(self):
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+
+def check(read, sets=None, puts=()):
+    """Read back every recorded key with `read(key)` -> list of sibling values; return violations.
+
+    sets: {key: value} of acknowledged plain SETs (unique keys): each value must be readable
+    (one of the key's siblings).
+    puts: PutRecords of every KV.PUT attempted on shared keys. An acknowledged value v, minted
+    with dot d (`new_dots`), must be present unless some attempted write carried a context that
+    covers d (it replaced v); and it must not be present when an acknowledged write's context
+    covers d (a replaced value came back). Every value present must be one some writer wrote.
+    Returns a list of strings (empty: no violation).
+    """
+    violations = []
+
+    def read_key(key):
+        try:
+            return read(key)
+        except Exception as exc:
+            violations.append(f"{key!r}: unreadable: {type(exc).__name__}: {exc}")
+            return None
+
+    for key, value in (sets or {}).items():
+        key = key.encode() if isinstance(key, str) else key
+        value = value.encode() if isinstance(value, str) else value
+        got = read_key(key)
+        if got is not None and value not in got:
+            violations.append(f"{key!r}: acknowledged SET {value!r} lost (read {got[:4]!r})")
+
+    by_key = collections.defaultdict(list)
+    for rec in puts:
+        by_key[rec.key].append(rec)
+    for key, recs in sorted(by_key.items()):
+        got = read_key(key)
+        if got is None:
+            continue
+        present = set(got)
+        contexts = [(rec, context_map(rec.context)) for rec in recs]
+        written = {rec.value for rec in recs}
+        for v in present:
+            if v is not None and v not in written:
+                violations.append(f"{key!r}: value {v!r} was never written")
+        for rec in recs:
+            if not rec.acked:
+                continue
+            dots = new_dots(rec.context, rec.reply)
+            if not dots:
+                violations.append(f"{key!r}: reply to the PUT of {rec.value!r} names no new event "
+                                  f"(context {context_map(rec.context)}, reply {context_map(rec.reply)})")
+                continue
+            by = [x for x, ctx in contexts if x is not rec and covers(ctx, dots)]
+            if rec.value in present:
+                acked_by = [x for x in by if x.acked]
+                if acked_by:
+                    violations.append(f"{key!r}: {rec.value!r} is present, but the acknowledged "
+                                      f"write {acked_by[0].value!r} had seen it (it came back)")
+            elif not by:
+                violations.append(f"{key!r}: acknowledged {rec.value!r} (dots {dots}) lost: "
+                                  f"no write had seen it; present: {sorted(present, key=repr)[:6]!r}")
+    return violations
+
+
+# ---- offline convergence ------------------------------------------------------------------------
+
+def replica_clocks(cluster, which=None):
+    """{node name: {key: raw clock bytes}} read from the data directories of stopped nodes.
+
+    Opens each with `kvnet.replica.LocalReplica` in this process (read only, but opening leases
+    an epoch block and closing saves Merkle trees, as a node would) and closes it.
+    """
+    from kvnet.replica import LocalReplica
+
+    out = {}
+    for i in (range(len(cluster.names)) if which is None else which):
+        if cluster.running(i):
+            raise RuntimeError(f"{cluster.names[i]} is running: stop the cluster first")
+        name, path = cluster.names[i], cluster.data_dir_of(i)
+        held = out[name] = {}
+        if not os.path.isdir(path):
+            continue                               # wiped and never restarted: holds nothing
+        rep = LocalReplica(path, name, fsync="never")
+        try:
+            rep.open_existing()
+            for p, part in sorted(rep.partitions.items()):
+                for key, raw in part.store.items():
+                    held[key] = (p, raw)
+        finally:
+            asyncio.run(rep.close())
+    return out
+
+
+def divergent_keys(cluster, keys=None):
+    """Keys whose N primaries hold different clocks (or some lack the key), after `stop()`.
+
+    Returns {key: {node: decoded Clock or None}} (empty: every replica converged). The ring is
+    the node's: `Ring.create(names, q=ring_size, n=n)`. Keys held only off their preference list
+    (hints, fallbacks) are compared on their primaries too.
+    """
+    from kvcore import versions as V
+    from kvcore.ring import Ring
+
+    ring = Ring.create(sorted(cluster.names), q=cluster.ring_size, n=cluster.n)
+    held = replica_clocks(cluster)
+    all_keys = set(keys) if keys is not None else {k for h in held.values() for k in h}
+    out = {}
+    for key in sorted(all_keys):
+        p = ring.partition_of(key)
+        prim = ring.preference_list(p)
+        raws = {node: held.get(node, {}).get(key, (p, None))[1] for node in prim}
+        if len(set(raws.values())) != 1:
+            out[key] = {node: (None if raw is None else V.decode(raw)) for node, raw in raws.items()}
+    return out

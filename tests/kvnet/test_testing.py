@@ -1,0 +1,215 @@
+"""The fault-test toolkit itself (kvnet/testing.py): FaultProxy against an echo server, and the
+checker on synthetic records. Fast: no node processes."""
+import socket
+import threading
+
+import pytest
+
+from kvcore import versions as V
+from kvnet.testing import FaultProxy, PutRecord, check, covers, new_dots
+
+
+class EchoServer:
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c):
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                c.sendall(data)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.fixture
+def echo():
+    srv = EchoServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def proxy(echo):
+    px = FaultProxy(echo.port)
+    yield px
+    px.close()
+
+
+def _connect(port, timeout=2.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def _recv_exactly(s, n):
+    buf = b""
+    while len(buf) < n:
+        data = s.recv(n - len(buf))
+        if not data:
+            break
+        buf += data
+    return buf
+
+
+def test_proxy_forwards_both_ways_and_counts_bytes(proxy):
+    with _connect(proxy.port) as s:
+        s.sendall(b"hello" * 1000)
+        assert _recv_exactly(s, 5000) == b"hello" * 1000
+    st = proxy.stats()
+    assert st["accepted"] == 1 and st["bytes_up"] == 5000 and st["bytes_down"] == 5000
+
+
+def test_cut_blackholes_open_and_new_connections_and_heal_delivers(proxy):
+    old = _connect(proxy.port)
+    old.sendall(b"a")
+    assert _recv_exactly(old, 1) == b"a"
+    proxy.cut()
+    old.settimeout(0.3)
+    old.sendall(b"held")
+    with pytest.raises(socket.timeout):
+        old.recv(10)
+    new = _connect(proxy.port)               # accepted (no refusal), but nothing passes
+    new.settimeout(0.3)
+    new.sendall(b"new")
+    with pytest.raises(socket.timeout):
+        new.recv(10)
+    up = proxy.bytes_up
+    assert up == 1
+    proxy.heal()
+    old.settimeout(2)
+    new.settimeout(2)
+    assert _recv_exactly(old, 4) == b"held"     # held, not lost: as TCP across a partition
+    assert _recv_exactly(new, 3) == b"new"
+    old.close()
+    new.close()
+
+
+def test_refuse_mode_refuses_and_resets_then_heal_listens_again(proxy):
+    old = _connect(proxy.port)
+    old.sendall(b"x")
+    assert _recv_exactly(old, 1) == b"x"
+    proxy.cut("refuse")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+    with pytest.raises(OSError):                 # reset (or closed) by the proxy
+        old.sendall(b"y")
+        if not old.recv(1):
+            raise ConnectionResetError("closed")
+    old.close()
+    proxy.heal()
+    with _connect(proxy.port) as s:
+        s.sendall(b"back")
+        assert _recv_exactly(s, 4) == b"back"
+
+
+def test_close_is_idempotent_and_ends_connections(echo):
+    px = FaultProxy(echo.port)
+    s = _connect(px.port)
+    px.close()
+    px.close()
+    s.settimeout(2)
+    try:
+        assert s.recv(1) == b""
+    except ConnectionResetError:
+        pass
+    s.close()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", px.port), timeout=1)
+
+
+# ---- the checker on synthetic records ------------------------------------------------------
+
+A, B = ("node1", 7, 1), ("node2", 9, 1)
+
+
+def ctx(**pairs):
+    actors = {"a": A, "b": B}
+    return V.encode_context(tuple(sorted((actors[k], n) for k, n in pairs.items())))
+
+
+def reader(contents):
+    return lambda key: contents[key]
+
+
+def test_new_dots_is_the_reply_minus_the_context():
+    assert new_dots(ctx(a=1), ctx(a=2)) == [(A, 2)]
+    assert new_dots(b"", ctx(a=1, b=3)) == [(A, 1), (B, 3)]
+    assert covers({A: 2, B: 3}, [(A, 2), (B, 3)]) and not covers({A: 2}, [(A, 2), (B, 3)])
+
+
+def test_lost_set_is_reported_and_present_set_is_not():
+    v = check(reader({b"k1": [b"v1"], b"k2": []}), sets={b"k1": b"v1", b"k2": b"v2"})
+    assert len(v) == 1 and "k2" in v[0] and "lost" in v[0]
+    assert check(reader({b"k1": [b"other", b"v1"]}), sets={b"k1": b"v1"}) == []
+
+
+def test_superseded_value_is_not_a_loss():
+    w1 = PutRecord(b"k", b"w1", b"", ctx(a=1), "x")
+    w2 = PutRecord(b"k", b"w2", ctx(a=1), ctx(a=2), "y")       # read w1, replaced it
+    assert check(reader({b"k": [b"w2"]}), puts=[w1, w2]) == []
+
+
+def test_value_replaced_only_by_an_unacknowledged_write_is_not_a_loss():
+    w1 = PutRecord(b"k", b"w1", b"", ctx(a=1), "x")
+    w2 = PutRecord(b"k", b"w2", ctx(a=1), None, "y", "TimeoutError")
+    assert check(reader({b"k": [b"w2"]}), puts=[w1, w2]) == []
+
+
+def test_lost_acknowledged_value_is_reported():
+    w1 = PutRecord(b"k", b"w1", b"", ctx(a=1), "x")
+    w2 = PutRecord(b"k", b"w2", b"", ctx(b=1), "y")             # concurrent: both must stay
+    v = check(reader({b"k": [b"w2"]}), puts=[w1, w2])
+    assert len(v) == 1 and "w1" in v[0] and "lost" in v[0]
+
+
+def test_a_write_that_had_not_seen_the_dot_does_not_excuse_its_loss():
+    w1 = PutRecord(b"k", b"w1", ctx(a=1), ctx(a=2, b=1), "x")   # dots (a,2) or (b,1)
+    w2 = PutRecord(b"k", b"w2", ctx(a=2), ctx(a=3), "y")        # saw (a,2) but not (b,1)
+    v = check(reader({b"k": [b"w2"]}), puts=[w1, w2])
+    assert len(v) == 1 and "w1" in v[0]
+    w3 = PutRecord(b"k", b"w3", ctx(a=2, b=1), ctx(a=3, b=1), "y")
+    assert check(reader({b"k": [b"w3"]}), puts=[w1, w3]) == []
+
+
+def test_replaced_value_that_comes_back_and_unknown_values_are_reported():
+    w1 = PutRecord(b"k", b"w1", b"", ctx(a=1), "x")
+    w2 = PutRecord(b"k", b"w2", ctx(a=1), ctx(a=2), "y")
+    v = check(reader({b"k": [b"w2", b"w1", b"ghost"]}), puts=[w1, w2])
+    assert any("came back" in x and "w1" in x for x in v)
+    assert any("never written" in x and "ghost" in x for x in v)
+    assert len(v) == 2
+
+
+def test_unreadable_key_is_a_violation():
+    def read(key):
+        raise ConnectionError("down")
+
+    v = check(read, sets={b"k": b"v"})
+    assert len(v) == 1 and "unreadable" in v[0]
