@@ -91,6 +91,9 @@ class Partition:
             # An empty store vouches for nothing: a key not found here gets a fresh epoch anyway.
             self.distrust(identity.new_epoch())
         self.tree = self._load_tree(clean)
+        # The tree is built (loaded or folded) before the partition is used; anti-entropy
+        # leaves out a partition whose tree is not built (ALGORITHMS.md section 4).
+        self.tree_built = True
 
     def _load_tree(self, clean):
         """The tree saved by a clean close, used once (the file is deleted on load, so a crash
@@ -152,6 +155,10 @@ class LocalReplica:
             path = os.path.join(self.data_dir, "partitions", f"{p:05d}")
             part = self.partitions[p] = Partition(path, self.identity, **self._store_opts)
         return part
+
+    def opened(self, p):
+        """The partition if it is open here, else None (never opens or creates one)."""
+        return self.partitions.get(p)
 
     def open_existing(self):
         """Open every partition this node has on disk (a restart must see all of its data)."""
@@ -222,6 +229,22 @@ class LocalReplica:
         if local is None or merged != local:
             self._store(p, key, merged, old_raw)
         return merged
+
+    def delete_if(self, p, key, raw):
+        """Compare-and-delete: remove the key for good if its stored clock bytes still equal
+        `raw` (a reaped tombstone, ALGORITHMS.md section 6). True if deleted. Synchronous, so
+        atomic per key; never opens a partition."""
+        part = self.partitions.get(p)
+        if part is None:
+            return False
+        cur = part.store.get(key)
+        if cur is None or cur != raw:
+            return False
+        part.store.delete(key)
+        part.tree.update(key, cur, None)
+        self._dirty.add(part)
+        self._write_gen += 1
+        return True
 
     def empty_partition(self, p):
         """Delete every key of a partition (FLUSHDB) and stop trusting its old dots."""

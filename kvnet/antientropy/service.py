@@ -1,0 +1,519 @@
+"""The anti-entropy service of a node: Merkle exchanges over the peer protocol, one partition at a
+time, and the tombstone reaper (ALGORITHMS.md sections 4 and 6; docs/antientropy.md).
+
+    A -> B  ae_root   {p, w, d}                       -> {root, count}
+    A -> B  ae_diff   {p, sid, level, nodes, hashes}  -> {children, empty}  (per level, chunked)
+    A -> B  ae_keys   {p, sid, segments}              -> {entries, want, reap, done} (chunked)
+    A -> B  ae_repair {p, entries}                    -> {merged, reap}     (batched)
+    A -> B  ae_done   {sid}                           -> True
+    reaper: ae_clocks, ae_hints, ae_mark, ae_cad (reaper.py)
+
+Every message is bounded by `max_bytes` (about; one segment's key list or one key's clock may
+exceed it) and `max_keys`. The responder keeps a small per-exchange cache (the keys of the
+differing segments, found by one walk of its store); losing it costs a walk, never a key.
+"""
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+
+from kvcore import merkle as M
+from kvcore import versions as V
+from kvnet.antientropy import exchange as X
+from kvnet.antientropy.reaper import Reaper, entries, fields, integer, key, primary_of, seq
+from kvnet.errors import CommandError, ProtocolError
+
+log = logging.getLogger("kvnet.antientropy")
+
+MAX_BATCH_KEYS = 2000            # keys per repair message
+MAX_BATCH_BYTES = 1 << 20        # about this many bytes per key-list, clocks or repair message
+MAX_SEGMENTS = 1024              # segments per key-list message
+MAX_SESSIONS = 4                 # responder caches kept at once
+SESSION_TTL = 120.0              # seconds a responder cache lives unused
+WALK_CHUNK = 4096                # keys per step of a store walk (the loop runs between steps)
+
+
+async def segment_keys(part, segments):
+    """{segment: [key]} for the given segments, by one walk over the partition's store."""
+    wanted = {s: [] for s in segments}
+    if not wanted:
+        return wanted
+    store, tree = part.store, part.tree
+    cursor = 0
+    while True:
+        cursor, ks = store.scan(cursor, WALK_CHUNK)
+        if ks:
+            for k, s in zip(ks, tree.segments_of(ks)):
+                lst = wanted.get(s)
+                if lst is not None:
+                    lst.append(k)
+        if cursor == 0:
+            return wanted
+        await asyncio.sleep(0)
+
+
+def _leaf_hashes(tree, segments):
+    """{segment: its leaf hash in tree}."""
+    wbits = tree.width.bit_length() - 1
+    level = tree.depth - 1
+    out, branches = {}, {}
+    for s in segments:
+        j = s >> wbits
+        br = branches.get(j)
+        if br is None:
+            br = branches[j] = tree.branch(level, j)
+        i = (s - (j << wbits)) * 8
+        out[s] = int.from_bytes(br[i:i + 8], "little")
+    return out
+
+
+class _Session:
+    """The responder's cache for one exchange: the differing segments and their keys here."""
+
+    __slots__ = ("p", "frontier", "index", "touched")
+
+    def __init__(self, p):
+        self.p = p
+        self.frontier = None
+        self.index = {}
+        self.touched = time.monotonic()
+
+
+class _Run:
+    """Counters of one exchange started here."""
+
+    def __init__(self, p, peer):
+        self.p, self.peer = p, peer
+        self.equal = False
+        self.segments = 0
+        self.messages = 0
+        self.sent = self.received = 0
+        self.repaired_here = self.repaired_there = 0
+        self.reaped = 0
+        self.duration = 0.0
+
+    def as_dict(self):
+        return dict(partition=self.p, peer=self.peer, equal=self.equal, segments=self.segments,
+                    messages=self.messages, bytes_sent=self.sent, bytes_received=self.received,
+                    repaired_here=self.repaired_here, repaired_there=self.repaired_there,
+                    reaped=self.reaped, duration_s=self.duration)
+
+
+class AntiEntropy:
+    """`node.add_service(AntiEntropy(node))` before `await node.start()`.
+
+    Every `interval_ms` (default cfg.ae_interval_ms) the scheduler takes the next partition this
+    node is a primary of, exchanges it with the next up primary of it, then runs one reaper pass.
+    One exchange at a time. `stats` sums the exchanges this node started.
+    """
+
+    def __init__(self, node, *, interval_ms=None, grace_s=None, max_keys=MAX_BATCH_KEYS,
+                 max_bytes=MAX_BATCH_BYTES, **reaper_opts):
+        self.node = node
+        cfg = node.cfg
+        self.interval = (cfg.ae_interval_ms if interval_ms is None else interval_ms) / 1000.0
+        self.max_keys = max_keys
+        self.max_bytes = max_bytes
+        self.reaper = Reaper(node, cfg.tombstone_grace_s if grace_s is None else grace_s,
+                             **reaper_opts)
+        self.stats = {"exchanges": 0, "exchanges_equal": 0, "exchanges_failed": 0,
+                      "keys_repaired_here": 0, "keys_repaired_there": 0,
+                      "bytes_sent": 0, "bytes_received": 0, "last_duration_s": None,
+                      "last_partition": None, "last_peer": None, "served_repairs": 0}
+        self._empty = M.MerkleTree()     # the tree of a partition not open here
+        self._sessions = {}
+        self._task = None
+        self._ring = None
+        self._mine = []
+        self._turn = 0
+        self._peer_turn = {}
+
+    def handlers(self):
+        h = {"ae_root": self._h_root, "ae_diff": self._h_diff, "ae_keys": self._h_keys,
+             "ae_repair": self._h_repair, "ae_done": self._h_done}
+        h.update(self.reaper.handlers())
+        return h
+
+    async def start(self):
+        if self.node.cfg.ae_enabled and self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self):
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._sessions.clear()
+
+    # ---- scheduler ----------------------------------------------------------------------------
+
+    async def _loop(self):
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("anti-entropy on %s: %r", self.node.name, exc)
+
+    async def tick(self):
+        """One scheduled step: exchange the next partition with its next up primary, then one
+        reaper pass. Returns the exchange's counters (a dict) or None if none ran."""
+        out = None
+        p = self._next_partition()
+        if p is not None:
+            peer = self._next_peer(p)
+            if peer is not None:
+                out = await self.exchange(p, peer)
+        await self.reaper.pass_once()
+        return out
+
+    def _next_partition(self):
+        ring = self.node.ring
+        if ring is not self._ring:
+            self._ring = ring
+            self._mine = [p for p in range(ring.q) if self.node.name in ring.preference_list(p)]
+        if not self._mine:
+            return None
+        p = self._mine[self._turn % len(self._mine)]
+        self._turn += 1
+        return p
+
+    def _next_peer(self, p):
+        node = self.node
+        others = [n for n in node.ring.preference_list(p) if n != node.name]
+        turn = self._peer_turn.get(p, 0)
+        for i in range(len(others)):
+            peer = others[(turn + i) % len(others)]
+            if node.is_up(peer):
+                self._peer_turn[p] = turn + i + 1
+                return peer
+        return None
+
+    # ---- initiator ------------------------------------------------------------------------------
+
+    async def _call(self, run, peer, type_, payload):
+        run.messages += 1
+        run.sent += X.wire_size(payload)
+        reply = await self.node.call(peer, type_, payload, self.node.cfg.request_timeout_ms / 1000.0)
+        run.received += X.wire_size(reply)
+        return reply
+
+    async def exchange(self, p, peer):
+        """Exchange partition p with `peer` (both primaries of it) and repair both sides.
+
+        Returns the counters of this exchange (a dict), or None if p's tree is not built here.
+        Raises on a failed or malformed exchange (the scheduler logs it and goes on)."""
+        prefs = self.node.ring.preference_list(p)
+        if self.node.name not in prefs or peer not in prefs or peer == self.node.name:
+            raise ValueError(f"{self.node.name} and {peer} are not both primaries of partition {p}")
+        part = self.node.replica.opened(p)
+        if part is not None and not part.tree_built:
+            return None
+        tree = self._empty if part is None else part.tree
+        run = _Run(p, peer)
+        t0 = time.perf_counter()
+        sid = random.getrandbits(62)
+        began = False
+        try:
+            r = await self._call(run, peer, "ae_root", {"p": p, "w": tree.width, "d": tree.depth})
+            if type(r) is not dict or type(r.get("root")) is not int:
+                raise ProtocolError("malformed ae_root reply")
+            if r["root"] == tree.root():
+                run.equal = True
+            else:
+                began = True
+                frontier, empty = [0], []
+                per_msg = max(1, self.max_bytes // (8 * tree.width))
+                for level in range(tree.depth):
+                    children, empty = [], []
+                    limit = tree.width ** (level + 1) - 1
+                    for i in range(0, len(frontier), per_msg):
+                        msg = X.branches_msg(tree, level, frontier[i:i + per_msg])
+                        del msg["t"]
+                        msg.update(p=p, sid=sid)
+                        d = await self._call(run, peer, "ae_diff", msg)
+                        if type(d) is not dict:
+                            raise ProtocolError("malformed ae_diff reply")
+                        for c in seq(d.get("children"), "children", error=ProtocolError):
+                            children.append(integer(c, 0, limit, "child", ProtocolError))
+                        empty.extend(seq(d.get("empty", []), "empty", error=ProtocolError))
+                    frontier = children
+                    if not frontier:
+                        break
+                run.segments = len(frontier)
+                if frontier:
+                    await self._keys_and_repair(run, peer, p, sid, tree, frontier, set(empty))
+        except Exception:
+            self.stats["exchanges_failed"] += 1
+            raise
+        finally:
+            if began:
+                try:
+                    await self._call(run, peer, "ae_done", {"sid": sid})
+                except Exception:
+                    pass                 # the peer's cache expires by itself
+            run.duration = time.perf_counter() - t0
+            self._account(run)
+        return run.as_dict()
+
+    def _account(self, run):
+        s = self.stats
+        s["exchanges"] += 1
+        s["exchanges_equal"] += run.equal
+        s["keys_repaired_here"] += run.repaired_here
+        s["keys_repaired_there"] += run.repaired_there
+        s["bytes_sent"] += run.sent
+        s["bytes_received"] += run.received
+        s["last_duration_s"] = run.duration
+        s["last_partition"], s["last_peer"] = run.p, run.peer
+
+    async def _keys_and_repair(self, run, peer, p, sid, tree, frontier, empty_there):
+        """Key lists of the differing segments, the peer's clocks, repairs both ways.
+
+        A segment whose leaf is empty there is not listed: its keys are pushed at once. A
+        segment empty here is listed empty (no walk)."""
+        rep = self.node.replica
+        mine = _leaf_hashes(tree, frontier)
+        part = rep.opened(p)
+        walk = [s for s in frontier if mine[s] != 0]
+        index = await segment_keys(part, walk) if part is not None and walk else {}
+        push = _Pusher(self, run, peer, p)
+        for s in frontier:
+            if s in empty_there and s in index:
+                ks = index[s]
+                for k, raw in zip(ks, part.store.get_many(ks)):
+                    if raw is not None:
+                        await push.offer(k, raw)
+        queue = deque(s for s in frontier if s not in empty_there)
+        while queue:
+            chunk, size = [], 0
+            while queue and len(chunk) < MAX_SEGMENTS:
+                s = queue[0]
+                ks = index.get(s, ())
+                lst = [[k, M.entry_hash(k, raw)] for k, raw in
+                       zip(ks, part.store.get_many(ks) if ks else ()) if raw is not None]
+                n = 4 + sum(len(k) + 12 for k, _ in lst)
+                if chunk and size + n > self.max_bytes:
+                    break
+                queue.popleft()
+                chunk.append([s, lst])
+                size += n
+            r = await self._call(run, peer, "ae_keys", {"p": p, "sid": sid, "segments": chunk})
+            if type(r) is not dict:
+                raise ProtocolError("malformed ae_keys reply")
+            done = integer(r.get("done"), 1, len(chunk), "done", ProtocolError)
+            for s, _ in reversed(chunk[done:]):
+                queue.appendleft(s)
+            got = entries(self.node, r.get("entries"), p, ProtocolError)
+            want = seq(r.get("want"), "want", error=ProtocolError)
+            for k in want:
+                key(self.node, k, p, ProtocolError)
+            await self._absorb(run, p, got, push)
+            for k in want:
+                raw = _raw(rep, p, k)
+                if raw is None:
+                    continue              # gone here since the list was made
+                if self.reaper.is_pending(p, k, raw):
+                    run.reaped += self.reaper.finish(p, k, raw)
+                else:
+                    await push.offer(k, raw)
+            await asyncio.sleep(0)
+        await push.flush()
+        if push.cad:
+            await self._call(run, peer, "ae_cad", {"p": p, "entries": push.cad})
+
+    async def _absorb(self, run, p, got, push):
+        """Merge the peer's clocks here; queue the merged clock for the peer where it differs."""
+        rep = self.node.replica
+        for k, theirs_raw, theirs in got:
+            mine_raw = _raw(rep, p, k)
+            if mine_raw is None:
+                if self.reaper.is_pending(p, k, theirs_raw):
+                    push.cad.append([k, theirs_raw])   # reaped or reaping here: finish there
+                    continue
+                rep.merge(p, k, theirs)
+                run.repaired_here += 1
+                continue
+            merged_raw = V.encode(V.sync(V.decode(mine_raw), theirs))
+            if merged_raw != mine_raw:
+                rep.merge(p, k, theirs)
+                run.repaired_here += 1
+            if merged_raw != theirs_raw:
+                await push.offer(k, merged_raw)
+
+    # ---- responder ------------------------------------------------------------------------------
+
+    def _tree(self, p):
+        """(open partition or None, its tree); refuses a partition whose tree is not built."""
+        part = self.node.replica.opened(p)
+        if part is None:
+            return None, self._empty
+        if not part.tree_built:
+            raise CommandError(f"the tree of partition {p} is not built yet")
+        return part, part.tree
+
+    def _session(self, sid, p):
+        now = time.monotonic()
+        for old in [s for s, v in self._sessions.items() if now - v.touched > SESSION_TTL]:
+            del self._sessions[old]
+        sess = self._sessions.get(sid)
+        if sess is None or sess.p != p:
+            while len(self._sessions) >= MAX_SESSIONS:
+                del self._sessions[min(self._sessions, key=lambda s: self._sessions[s].touched)]
+            sess = self._sessions[sid] = _Session(p)
+        sess.touched = now
+        return sess
+
+    async def _h_root(self, m):
+        p = primary_of(self.node, m)
+        w, d = fields(m, "w", "d")
+        _, tree = self._tree(p)
+        if (w, d) != (tree.width, tree.depth):
+            raise CommandError(f"tree shape {w!r}x{d!r} differs from {tree.width}x{tree.depth}")
+        return {"root": tree.root(), "count": tree.count}
+
+    async def _h_diff(self, m):
+        p = primary_of(self.node, m)
+        sid, level, nodes, hashes = fields(m, "sid", "level", "nodes", "hashes")
+        _, tree = self._tree(p)
+        integer(sid, 0, (1 << 63) - 1, "sid")
+        integer(level, 0, tree.depth - 1, "level")
+        seq(nodes, "nodes", max_len=tree.width ** level)
+        for j in nodes:
+            integer(j, 0, tree.width ** level - 1, "node")
+        step = 8 * tree.width
+        if type(hashes) is not bytes or len(hashes) != step * len(nodes):
+            raise CommandError(f"hashes must be {step} bytes per node")
+        children = []
+        for i, j in enumerate(nodes):
+            children.extend(tree.diff_branch(level, j, hashes[i * step:(i + 1) * step]))
+        empty = []
+        if level == tree.depth - 1:
+            leaves = _leaf_hashes(tree, children)
+            empty = [s for s in children if leaves[s] == 0]
+            sess = self._session(sid, p)
+            sess.frontier = (sess.frontier or set()) | set(children)
+        return {"children": children, "empty": empty}
+
+    async def _h_keys(self, m):
+        p = primary_of(self.node, m)
+        sid, segs = fields(m, "sid", "segments")
+        part, tree = self._tree(p)
+        integer(sid, 0, (1 << 63) - 1, "sid")
+        theirs, total = [], 0
+        for e in seq(segs, "segments", max_len=MAX_SEGMENTS):
+            if type(e) is not list or len(e) != 2:
+                raise CommandError("a segment must be [segment, [[key, hash], ...]]")
+            s, lst = e
+            integer(s, 0, tree.leaves - 1, "segment")
+            total += len(seq(lst, "key list"))
+            if total > 4 * MAX_BATCH_BYTES // 8:
+                raise CommandError("too many keys in one key-list message")
+            hs = {}
+            for kh in lst:
+                if type(kh) is not list or len(kh) != 2:
+                    raise CommandError("a key-list entry must be [key, hash]")
+                hs[key(self.node, kh[0], p)] = integer(kh[1], 0, (1 << 64) - 1, "hash")
+            theirs.append((s, hs))
+        if part is None:
+            want = [k for _, hs in theirs for k in hs]
+            return {"entries": [], "want": want, "reap": [], "done": len(theirs)}
+        sess = self._session(sid, p)
+        missing = [s for s, _ in theirs if s not in sess.index]
+        if missing:
+            wanted = set(missing)
+            if sess.frontier and wanted <= sess.frontier:
+                wanted = sess.frontier - set(sess.index)
+            sess.index.update(await segment_keys(part, wanted))
+            sess.touched = time.monotonic()
+        store = part.store
+        out, want, reap, size, done = [], [], [], 0, 0
+        for s, hs in theirs:
+            ks = sess.index.get(s, ())
+            for k, raw in zip(ks, store.get_many(ks) if ks else ()):
+                if raw is None:
+                    continue
+                h = hs.pop(k, None)
+                if h is None and self.reaper.is_pending(p, k, raw):
+                    self.reaper.finish(p, k, raw)       # never copied back: the reap ends here
+                    reap.append(k)
+                elif h is None or h != M.entry_hash(k, raw):
+                    out.append([k, raw])
+                    size += len(k) + len(raw) + 8
+            for k, h in hs.items():                     # not in the cache: written since?
+                raw = store.get(k)
+                if raw is None:
+                    want.append(k)
+                    size += len(k) + 3
+                elif h != M.entry_hash(k, raw):
+                    out.append([k, raw])
+                    size += len(k) + len(raw) + 8
+            done += 1
+            if size >= self.max_bytes or len(out) >= 8 * self.max_keys:
+                break
+        return {"entries": out, "want": want, "reap": reap, "done": done}
+
+    async def _h_repair(self, m):
+        p = primary_of(self.node, m)
+        es = entries(self.node, fields(m, "entries")[0], p)
+        self._tree(p)
+        rep = self.node.replica
+        merged, refused = 0, []
+        for k, raw, c in es:
+            before = _raw(rep, p, k)
+            if before is None and self.reaper.is_pending(p, k, raw):
+                refused.append(k)                       # reaped here: the sender finishes it
+                continue
+            rep.merge(p, k, c)
+            merged += _raw(rep, p, k) != before
+        self.stats["served_repairs"] += merged
+        await rep.after_write()
+        return {"merged": merged, "reap": refused}
+
+    async def _h_done(self, m):
+        (sid,) = fields(m, "sid")
+        self._sessions.pop(sid, None)
+        return True
+
+
+def _raw(rep, p, k):
+    part = rep.opened(p)
+    return None if part is None else part.store.get(k)
+
+
+class _Pusher:
+    """Batches of merged clocks for the peer (`ae_repair`), sent as they fill."""
+
+    def __init__(self, svc, run, peer, p):
+        self.svc, self.run, self.peer, self.p = svc, run, peer, p
+        self.batch, self.size = [], 0
+        self.cad = []                    # [key, tombstone] the peer should compare-and-delete
+
+    async def offer(self, k, raw):
+        self.batch.append([k, raw])
+        self.size += len(k) + len(raw) + 8
+        if len(self.batch) >= self.svc.max_keys or self.size >= self.svc.max_bytes:
+            await self.flush()
+
+    async def flush(self):
+        if not self.batch:
+            return
+        batch, self.batch, self.size = self.batch, [], 0
+        r = await self.svc._call(self.run, self.peer, "ae_repair", {"p": self.p, "entries": batch})
+        if type(r) is not dict:
+            raise ProtocolError("malformed ae_repair reply")
+        self.run.repaired_there += integer(r.get("merged"), 0, len(batch), "merged", ProtocolError)
+        refused = {bytes(k) for k in seq(r.get("reap", []), "reap", error=ProtocolError)}
+        if refused:
+            # the peer holds a reap-pending mark for exactly this tombstone: finish the reap here
+            rep = self.svc.node.replica
+            for k, raw in batch:
+                if k in refused and rep.delete_if(self.p, k, raw):
+                    self.run.reaped += 1
+                    self.svc.reaper.stats["deleted_here"] += 1

@@ -1,0 +1,348 @@
+"""The anti-entropy service between in-process Nodes: scheduler, peer messages, repairs."""
+import asyncio
+import os
+import random
+
+import msgpack
+import pytest
+
+from kvcore import versions as V
+from kvnet.antientropy.service import AntiEntropy
+from kvnet.config import load
+from kvnet.errors import CommandError, ProtocolError
+from kvnet.node import Node
+from kvnet.peer.errors import RemoteError
+from kvnet.testing import free_ports
+
+
+def put(node, key, value, overwrite=True):
+    """A write minted on one node's replica only (no replication): a divergence."""
+    return node.replica.mint(node.ring.partition_of(key), key, V.sibling(value, 1),
+                             overwrite=overwrite)
+
+
+def converged(c, expected, nodes=None):
+    nodes = range(len(c.nodes)) if nodes is None else nodes
+    return all(c.raw(i, k) == want for k, want in expected.items() for i in nodes)
+
+
+def expected_of(c, keys):
+    """Key -> encoded sync of every node's clock of it (what anti-entropy must reach)."""
+    out = {}
+    for k in keys:
+        clocks = [V.decode(r) for r in (c.raw(i, k) for i in range(len(c.nodes))) if r is not None]
+        out[k] = V.encode(V.sync_all(clocks))
+    return out
+
+
+def roots(node, q):
+    return [None if node.replica.opened(p) is None else node.replica.opened(p).tree.root()
+            for p in range(q)]
+
+
+def test_scheduler_repairs_diverged_replicas(ae):
+    async def main():
+        c = await ae.make(ae_interval_ms=20)
+        try:
+            n0, n1, n2 = c.nodes
+            keys = []
+            for i in range(150):
+                put(n0, b"a%d" % i, b"only-n0")
+                put(n1, b"b%d" % i, b"only-n1")
+                keys += [b"a%d" % i, b"b%d" % i]
+            for i in range(30):
+                k = b"c%d" % i                          # concurrent: siblings after repair
+                put(n0, k, b"x")
+                put(n2, k, b"z")
+                k2 = b"d%d" % i                         # stale on n2
+                old = put(n1, k2, b"old")
+                n2.replica.merge(n2.ring.partition_of(k2), k2, old)
+                put(n1, k2, b"new")
+                keys += [k, k2]
+            want = expected_of(c, keys)
+            assert not converged(c, want)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=8)
+            for i in range(30):
+                vals = sorted(s.value for s in V.values(V.decode(c.raw(1, b"c%d" % i))))
+                assert vals == [b"x", b"z"]
+                assert V.lww_value(V.decode(c.raw(2, b"d%d" % i))) == b"new"
+            assert await ae.wait_for(lambda: roots(n0, 8) == roots(n1, 8) == roots(n2, 8))
+            for s in c.svc:
+                st = s.stats
+                assert st["exchanges"] > 0 and st["bytes_sent"] > 0 and st["bytes_received"] > 0
+                assert st["last_duration_s"] is not None
+            assert sum(s.stats["keys_repaired_here"] for s in c.svc) > 0
+            assert sum(s.stats["keys_repaired_there"] for s in c.svc) > 0
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_wiped_replica_gets_every_key_back(ae):
+    async def main():
+        c = await ae.make(ae_interval_ms=30)
+        try:
+            n0 = c.nodes[0]
+            keys = [b"key:%d" % i for i in range(600)]
+            for k in keys:
+                await n0.set_overwrite(k, b"v-" + k)
+            for k in keys[:60]:
+                await n0.delete_overwrite(k)             # tombstones come back as tombstones
+            want = {k: c.raw(0, k) for k in keys}
+            assert await ae.wait_for(lambda: converged(c, want), timeout=5)
+            old_incarnation = c.nodes[2].replica.identity.incarnation
+            await c.restart(2, wipe=True)
+            assert c.nodes[2].replica.identity.incarnation != old_incarnation
+            assert sum(c.raw(2, k) is not None for k in keys) < len(keys)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=8)
+            assert all(V.is_deleted(V.decode(c.raw(2, k))) for k in keys[:60])
+            assert all(V.lww_value(V.decode(c.raw(2, k))) == b"v-" + k for k in keys[60:])
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_exchange_messages_are_bounded_and_counted(ae):
+    async def main():
+        c = await ae.make(size=2, n=2, q=4, ae_enabled=False,
+                          svc_opts=dict(max_keys=7, max_bytes=3000))
+        n0, n1 = c.nodes
+        sizes = []
+        real_call = n0.call
+
+        async def call(peer, type_, payload, timeout):
+            reply = await real_call(peer, type_, payload, timeout)
+            sizes.append((type_, len(msgpack.packb(payload)), len(msgpack.packb(reply)),
+                          len(payload.get("entries", ())) if type(payload) is dict else 0))
+            return reply
+
+        n0.call = call
+        try:
+            keys = []
+            for i in range(400):
+                put(n0, b"x%d" % i, b"x" * 40)
+                keys.append(b"x%d" % i)
+            for i in range(300):
+                put(n1, b"y%d" % i, b"y" * 40)
+                keys.append(b"y%d" % i)
+            for i in range(50):
+                put(n1, b"x%d" % i, b"n1-too")          # concurrent with n0's value
+            want = expected_of(c, keys)
+            runs = [await c.svc[0].exchange(p, "n1") for p in range(4)]
+            assert converged(c, want)
+            assert sum(r["repaired_here"] for r in runs) == 300 + 50
+            assert sum(r["repaired_there"] for r in runs) == 400
+            assert all(not r["equal"] and r["segments"] > 0 for r in runs)
+            types = {t for t, *_ in sizes}
+            assert {"ae_root", "ae_diff", "ae_keys", "ae_repair", "ae_done"} <= types
+            assert max(n for t, _, _, n in sizes if t == "ae_repair") <= 7
+            assert max(max(a, b) for _, a, b, _ in sizes) <= 3000 + 400
+            st = c.svc[0].stats
+            assert st["exchanges"] == 4 and st["keys_repaired_here"] == 350
+            assert st["bytes_sent"] == sum(a for _, a, _, _ in sizes)
+            assert st["bytes_received"] == sum(b for _, _, b, _ in sizes)
+            sizes.clear()
+            again = [await c.svc[0].exchange(p, "n1") for p in range(4)]
+            assert all(r["equal"] for r in again)
+            assert [t for t, *_ in sizes] == ["ae_root"] * 4
+            assert roots(n0, 4) == roots(n1, 4)
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_handlers_refuse_partitions_not_held_as_primary(ae):
+    async def main():
+        c = await ae.make(size=4, n=2, q=8, ae_enabled=False)
+        n0, n3 = c.nodes[0], c.nodes[3]
+        try:
+            p = next(p for p in range(8) if "n3" not in n3.ring.preference_list(p))
+            k = next(b"k%d" % i for i in range(10_000) if n3.ring.partition_of(b"k%d" % i) == p)
+            raw = V.encode(V.new(V.sibling(b"v", 1)))
+            for type_, payload in [
+                    ("ae_root", {"p": p, "w": 128, "d": 2}),
+                    ("ae_diff", {"p": p, "sid": 1, "level": 0, "nodes": [0], "hashes": bytes(1024)}),
+                    ("ae_keys", {"p": p, "sid": 1, "segments": [[0, []]]}),
+                    ("ae_repair", {"p": p, "entries": [[k, raw]]}),
+                    ("ae_clocks", {"p": p, "keys": [k]}),
+                    ("ae_mark", {"p": p, "entries": [[k, raw]]}),
+                    ("ae_cad", {"p": p, "entries": [[k, raw]]}),
+                    ("ae_root", {"p": 8, "w": 128, "d": 2}),
+                    ("ae_repair", {"p": -1, "entries": []})]:
+                with pytest.raises(RemoteError, match="not a primary|not on the ring|from 0 to"):
+                    await n0.call("n3", type_, payload, 2)
+            assert n3.replica.opened(p) is None
+            assert not os.path.exists(os.path.join(n3.cfg.data_dir, "partitions", f"{p:05d}"))
+            assert await n0.call("n3", "ae_hints", {"p": p, "keys": [k]}, 2) == []
+            with pytest.raises(ValueError):
+                await c.svc[0].exchange(p, "n3")
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+BAD = [None, 0, "x", b"x", [], {}, {"p": None}, {"p": "0"}, {"p": True}, {"p": 1 << 63},
+       {"p": 0}, {"p": 0, "keys": "k"}, {"p": 0, "keys": [1]}, {"p": 0, "keys": [b""]},
+       {"p": 0, "entries": [[b"k"]]}, {"p": 0, "entries": [[b"k", b"\x00junk"]]},
+       {"p": 0, "entries": [[b"k", 5]]}, {"p": 0, "entries": "e"},
+       {"p": 0, "w": 128, "d": 3}, {"p": 0, "w": "128", "d": 2},
+       {"p": 0, "sid": 1, "level": 5, "nodes": [0], "hashes": bytes(1024)},
+       {"p": 0, "sid": 1, "level": 0, "nodes": [0], "hashes": bytes(1000)},
+       {"p": 0, "sid": 1, "level": 0, "nodes": [1], "hashes": bytes(1024)},
+       {"p": 0, "sid": 1, "level": 1, "nodes": [0, 0, 500], "hashes": bytes(3072)},
+       {"p": 0, "sid": -1, "segments": []}, {"p": 0, "sid": 1, "segments": [[1 << 20, []]]},
+       {"p": 0, "sid": 1, "segments": [[0, [[b"k", -1]]]]},
+       {"p": 0, "sid": 1, "segments": [[0, [[b"k", 1, 2]]]]},
+       {"p": 0, "sid": 1, "segments": [[0]]}, {"p": 0, "sid": 1, "segments": [[0, [[1, 1]]]]}]
+
+
+def _junk(rng, depth=0):
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, -1, 0, 1 << 63, 3.5])
+    if kind == 1:
+        return rng.randbytes(rng.randrange(20))
+    if kind == 2:
+        return rng.choice(["p", "sid", "level", "nodes", "hashes", "entries", "keys", "segments"])
+    if kind in (3, 4):
+        return rng.randrange(-2, 20)
+    if kind == 5:
+        return [_junk(rng, depth + 1) for _ in range(rng.randrange(4))]
+    fields = ["p", "sid", "level", "nodes", "hashes", "entries", "keys", "segments", "w", "d"]
+    out = {f: _junk(rng, depth + 1) for f in rng.sample(fields, rng.randrange(len(fields)))}
+    if rng.random() < 0.7:
+        out["p"] = rng.randrange(8)
+    return out
+
+
+def test_bad_payloads_get_errors_never_a_crash(ae):
+    async def main():
+        c = await ae.make(size=2, n=2, q=8, ae_enabled=False)
+        n0, n1 = c.nodes
+        try:
+            for i in range(200):
+                put(n1, b"k%d" % i, b"v")
+            handlers = c.svc[1].handlers()
+            for type_ in handlers:
+                for payload in BAD:
+                    try:
+                        await n0.call("n1", type_, payload, 2)
+                    except RemoteError as exc:
+                        assert exc.code == "CommandError", (type_, payload, exc)
+            rng = random.Random(7)
+            for type_, fn in handlers.items():
+                for _ in range(300):
+                    payload = _junk(rng)
+                    try:
+                        await fn(payload)
+                    except CommandError:
+                        pass
+            # a key in the wrong partition is refused, nothing is stored
+            k = b"k1"
+            wrong = (n1.ring.partition_of(k) + 1) % 8
+            with pytest.raises(RemoteError, match="partition"):
+                await n0.call("n1", "ae_repair", {"p": wrong, "entries": [
+                    [k, V.encode(V.new(V.sibling(b"evil", 9)))]]}, 2)
+            # the node still works: an exchange repairs n0 fully
+            want = {b"k%d" % i: c.raw(1, b"k%d" % i) for i in range(200)}
+            for p in range(8):
+                await c.svc[0].exchange(p, "n1")
+            assert converged(c, want)
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+class _Liar:
+    """A peer service answering every anti-entropy message with nonsense."""
+
+    def __init__(self, replies):
+        self.replies = replies
+
+    def handlers(self):
+        async def answer(m, t=None):
+            return self.replies
+        return {t: answer for t in ("ae_root", "ae_diff", "ae_keys", "ae_repair", "ae_done",
+                                    "ae_clocks", "ae_hints", "ae_mark", "ae_cad")}
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+
+@pytest.mark.parametrize("reply", [None, {"root": "x"}, {"root": 1, "children": [1 << 40]},
+                                   {"root": 1, "children": "all", "empty": []},
+                                   {"root": 1, "children": [0], "empty": [], "done": 0}])
+def test_malformed_replies_abort_the_exchange_not_the_node(tmp_path, reply):
+    async def main():
+        ports = free_ports(4)
+        members = [f"n{i}@127.0.0.1:{ports[2 + i]}" for i in range(2)]
+        cfgs = [load(name=f"n{i}", port=ports[i], peer_port=ports[2 + i], n=2, r=1, w=1,
+                     ring_size=4, data_dir=str(tmp_path / f"n{i}"), members=members,
+                     fsync="never", ae_interval_ms=20, request_timeout_ms=1000)
+                for i in range(2)]
+        good, liar = Node(cfgs[0]), Node(cfgs[1])
+        svc = good.add_service(AntiEntropy(good))
+        liar.add_service(_Liar(reply))
+        await good.start()
+        await liar.start()
+        try:
+            put(good, b"k", b"v")
+            p = good.ring.partition_of(b"k")
+            with pytest.raises((ProtocolError, CommandError)):
+                await svc.exchange(p, "n1")
+            await asyncio.sleep(0.3)                     # the scheduler meets the liar too
+            assert svc._task is not None and not svc._task.done()
+            assert svc.stats["exchanges_failed"] >= 2
+        finally:
+            await good.stop()
+            await liar.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_a_partition_whose_tree_is_not_built_takes_no_part(ae):
+    async def main():
+        c = await ae.make(size=2, n=2, q=4, ae_enabled=False)
+        n0, n1 = c.nodes
+        try:
+            put(n0, b"k", b"v")
+            put(n1, b"k", b"w")
+            p = n0.ring.partition_of(b"k")
+            n1.replica.opened(p).tree_built = False
+            with pytest.raises(RemoteError, match="not built"):
+                await c.svc[0].exchange(p, "n1")
+            assert await c.svc[1].exchange(p, "n0") is None
+            assert V.lww_value(V.decode(c.raw(1, b"k"))) == b"w"
+            n1.replica.opened(p).tree_built = True
+            await c.svc[1].exchange(p, "n0")
+            assert c.raw(0, b"k") == c.raw(1, b"k")
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_stop_returns_promptly_during_an_exchange(ae):
+    async def main():
+        c = await ae.make(size=2, n=2, q=4, ae_interval_ms=10)
+        try:
+            for i in range(3000):
+                put(c.nodes[0], b"k%d" % i, b"v")
+            await asyncio.sleep(0.05)
+            t = asyncio.get_running_loop().time()
+            await c.svc[0].stop()
+            await c.svc[1].stop()
+            assert asyncio.get_running_loop().time() - t < 0.5
+            assert c.svc[0]._task is None
+        finally:
+            await c.stop()
+
+    ae.run(main())
