@@ -15,8 +15,9 @@ from kvcore.ring import Ring
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
-from kvnet.errors import CommandError, Unavailable
+from kvnet.errors import CommandError, TooManySiblings, Unavailable
 from kvnet.handoff.hintlog import HintLog, dvv_merge
+from kvnet.handoff.replay import HintReplay
 from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
@@ -46,6 +47,7 @@ class Node(driver.Cluster, Backend):
         self.services = []                # background parts: start(), stop(), handlers()
         self._handlers = {}
         self.gossip = self.add_service(Gossip(self))
+        self.handoff = self.add_service(HintReplay(self))
         self.resp = None
         self.started = time.time()
         self._tasks = set()
@@ -111,21 +113,50 @@ class Node(driver.Cluster, Backend):
         is_up = self.is_up
         return frozenset(n for n in self.ring.nodes if not is_up(n))
 
-    def targets(self, p):
+    def targets(self, p, strict=False):
         """Cached per (partition, down nodes): computing it is a good part of a request."""
-        return self._cached(self._preflists, p, driver.Cluster.targets)
+        return self._cached(self._preflists, p, strict, driver.Cluster.targets)
 
-    def coordinator_route(self, p):
-        return self._cached(self._routes, p, driver.Cluster.coordinator_route)
+    def coordinator_route(self, p, strict=False):
+        return self._cached(self._routes, p, strict, driver.Cluster.coordinator_route)
 
-    def _cached(self, cache, p, compute):
-        key = (p, self._down())
+    def _cached(self, cache, p, strict, compute):
+        key = (p, strict, self._down())
         value = cache.get(key)
         if value is None:
-            if len(cache) > 4 * self.ring.q:
+            if len(cache) > 8 * self.ring.q:
                 cache.clear()
-            value = cache[key] = compute(self, p)
+            value = cache[key] = compute(self, p, strict)
         return value
+
+    # ---- driver.Cluster: this node as a fallback (hints, kvnet/handoff) --------------------
+
+    def hint_read(self, p, key, hint_for):
+        return self.hints.get(hint_for, p, key)
+
+    def hint_store(self, p, key, hint_for, raw):
+        return self.hints.add(hint_for, p, key, raw)
+
+    def mint_hint(self, p, key, sibling, context, overwrite, hint_for):
+        """Every primary is down: mint from the hint copy under a fresh epoch (a fallback cannot
+        vouch for the dots it may have minted before), keep the result as a hint."""
+        raw = self.hints.get(hint_for, p, key)
+        local = None if raw is None else V.decode(raw)
+        if overwrite:
+            context = V.join(local) if local is not None else ()
+        client = V.new_with_context(context, sibling) if context is not None else V.new(sibling)
+        ident = self.replica.identity
+        clock = V.update(client, local, ident.actor(ident.new_epoch()))
+        if V.sibling_count(clock) > self.cfg.max_siblings:
+            raise TooManySiblings(
+                f"key has {V.sibling_count(clock)} siblings (limit {self.cfg.max_siblings}): "
+                "read it with KV.GET and write back with its context to resolve them")
+        self.hints.add(hint_for, p, key, V.encode(clock))
+        return clock
+
+    async def after_hint(self):
+        if self.cfg.fsync == "always":
+            await asyncio.to_thread(self.hints.sync)
 
     async def call(self, node, type, payload, timeout):
         # Configured addresses come first (a test's fault proxy sits there); gossip adds the rest.
@@ -180,14 +211,34 @@ class Node(driver.Cluster, Backend):
 
     async def _peer_coord_put(self, m):
         p, k = self._checked(m)
-        v, ts, ow, w = m.get("v"), m.get("ts"), m.get("ow"), m.get("w")
+        v, ts, ow, w, st = m.get("v"), m.get("ts"), m.get("ow"), m.get("w"), m.get("st", False)
         if (v is not None and type(v) is not bytes) or type(ts) is not int or type(ow) is not bool \
-                or type(w) is not int or not 1 <= w <= self._n():
+                or type(w) is not int or not 1 <= w <= self._n() or type(st) is not bool:
             raise CommandError("malformed coord_put request")
         self._check_value(v or b"")
         ctx = None if m.get("ctx") is None else self._context(m["ctx"])
-        clock = await driver.coordinate_put(self, p, k, V.Sibling(v, ts), ctx, ow, w)
+        clock = await driver.coordinate_put(self, p, k, V.Sibling(v, ts), ctx, ow, w, st)
         return V.encode(clock)
+
+    def _hint_target(self, m, p):
+        """The primary a hint request names: a primary of p other than this node."""
+        h = m.get("h")
+        if type(h) is not str or h == self.name or h not in self.ring.preference_list(p):
+            raise CommandError(f"hint target {h!r} is not another primary of partition {p}")
+        return h
+
+    async def _peer_hput(self, m):
+        p, k = self._checked(m)
+        h = self._hint_target(m, p)
+        raw = m.get("c")
+        _clock(raw)                        # validated before it is kept
+        self.hints.add(h, p, k, raw)
+        await self.after_hint()
+        return True
+
+    async def _peer_hget(self, m):
+        p, k = self._checked(m)
+        return self.hints.get(self._hint_target(m, p), p, k)
 
     async def _peer_scan(self, m):
         p, _ = self._checked(m, key=False)
@@ -239,19 +290,20 @@ class Node(driver.Cluster, Backend):
         except V.InvalidContext as exc:
             raise CommandError(f"invalid context: {exc}") from None
 
-    async def _read(self, key, r=None):
+    async def _read(self, key, r=None, strict=False):
         p = self._partition(key)
         self.stats["gets"] += 1
-        return await driver.get(self, p, key, min(self._r(r), self._n()))
+        return await driver.get(self, p, key, min(self._r(r), self._n()), strict)
 
-    async def _write(self, key, sibling, context, overwrite, w=None):
+    async def _write(self, key, sibling, context, overwrite, w=None, strict=False):
         p = self._partition(key)
-        return await driver.put(self, p, key, sibling, context, overwrite, min(self._w(w), self._n()))
+        return await driver.put(self, p, key, sibling, context, overwrite, min(self._w(w), self._n()),
+                                strict)
 
     # ---- Backend: versioned API ----------------------------------------------------------
 
     async def get(self, key, r=None, strict=False):
-        res = await self._read(key, r)
+        res = await self._read(key, r, strict)
         clock = res.clock
         return Reply(V.encode_context(V.join(clock)), V.values(clock))
 
@@ -259,13 +311,13 @@ class Node(driver.Cluster, Backend):
         self._check_value(value)
         ctx = self._context(context)
         self.stats["puts"] += 1
-        clock = await self._write(key, V.sibling(bytes(value)), ctx, False, w)
+        clock = await self._write(key, V.sibling(bytes(value)), ctx, False, w, strict)
         return V.encode_context(V.join(clock))
 
     async def delete(self, key, context=None, w=None, strict=False):
         ctx = self._context(context)
         self.stats["deletes"] += 1
-        clock = await self._write(key, V.tombstone(), ctx, ctx is None, w)
+        clock = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict)
         return V.encode_context(V.join(clock))
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------
@@ -431,6 +483,8 @@ class Node(driver.Cluster, Backend):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
+                "hints_pending": sum(self.handoff.pending().values()),
+                **{f"hints_{k}": v for k, v in self.handoff.stats.items()},
                 **{f"coord_{k}": v for k, v in self.stats.items()}}
 
 

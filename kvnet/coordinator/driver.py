@@ -28,13 +28,29 @@ class Cluster:
     def is_up(self, node):
         raise NotImplementedError
 
-    def targets(self, p):
-        """The targets of partition p now (primaries only until sloppy quorum: issue 6)."""
-        return preflist_for(self.ring, p, self.is_up, strict=True)
+    def targets(self, p, strict=False):
+        """The targets of partition p now: up primaries, and fallbacks for the down ones
+        unless strict (sloppy quorum, ALGORITHMS.md section 2)."""
+        return preflist_for(self.ring, p, self.is_up, strict=strict)
 
-    def coordinator_route(self, p):
+    def coordinator_route(self, p, strict=False):
         """Who coordinates a write to partition p now."""
-        return write_route(self.ring, p, self.is_up, self.name, strict=True)
+        return write_route(self.ring, p, self.is_up, self.name, strict=strict)
+
+    def hint_read(self, p, key, hint_for):
+        """This node's hint copy of key for primary `hint_for` (a fallback's read), or None."""
+        raise NotImplementedError
+
+    def hint_store(self, p, key, hint_for, clock):
+        """Keep clock as a hint for `hint_for`, merged with any copy held (a fallback's write)."""
+        raise NotImplementedError
+
+    def mint_hint(self, p, key, sibling, context, overwrite, hint_for):
+        """Coordinate a write as a fallback: mint from the hint copy under a fresh epoch."""
+        raise NotImplementedError
+
+    async def after_hint(self):
+        """Wait until stored hints are as durable as the fsync policy asks."""
 
     async def call(self, node, type, payload, timeout):
         raise NotImplementedError
@@ -79,21 +95,31 @@ def _reply_of(exc):
 async def get(cluster, p, key, r, strict=False):
     """(merged clock or None, GetResult) from R replicas; repairs stale ones afterwards."""
     ring = cluster.ring
-    pl = cluster.targets(p)
+    pl = cluster.targets(p, strict)
     quorum = GetQuorum(ring.n, r, pl)
     if quorum.enough():
         raise quorum.response()
 
     def ask_local():
         try:
-            clock = cluster.replica.read(p, key)
+            hint_for = pl.target(cluster.name).hint_for
+            if hint_for is None:
+                clock = cluster.replica.read(p, key)
+            else:
+                raw = cluster.hint_read(p, key, hint_for)
+                clock = None if raw is None else V.decode(raw)
         except Exception as exc:          # any failure is a reply that does not count
             return _reply_of(exc)
         return NOT_FOUND if clock is None else Found(clock)
 
     async def ask(node):
+        hint_for = pl.target(node).hint_for
         try:
-            raw = await cluster.call(node, "get", {"p": p, "k": key}, cluster.timeout)
+            if hint_for is None:
+                raw = await cluster.call(node, "get", {"p": p, "k": key}, cluster.timeout)
+            else:
+                raw = await cluster.call(node, "hget", {"p": p, "k": key, "h": hint_for},
+                                         cluster.timeout)
             clock = None if raw is None else V.decode(raw)
         except Exception as exc:
             return _reply_of(exc)
@@ -131,48 +157,74 @@ async def _read_repair(cluster, p, key, quorum, rest):
 
 
 async def _send_repairs(cluster, p, key, repair):
-    payload = {"p": p, "k": key, "c": V.encode(repair.clock)}
+    raw = V.encode(repair.clock)
     for target in repair.stale:
-        node = target.node
-        try:
-            if node == cluster.name:
-                cluster.replica.merge(p, key, repair.clock)
+        await _store_on(cluster, target, p, key, repair.clock, raw, "read repair")
+
+
+async def _store_on(cluster, target, p, key, clock, raw, why):
+    """Sync clock onto one target: a primary's replica, or a fallback's hint for its primary."""
+    node, hint_for = target.node, target.hint_for
+    try:
+        if node == cluster.name:
+            if hint_for is None:
+                cluster.replica.merge(p, key, clock)
             else:
-                await cluster.call(node, "put", payload, cluster.timeout)
-        except Exception as exc:
-            log.info("read repair of %r on %s failed: %s", key, node, exc)
+                cluster.hint_store(p, key, hint_for, raw)
+        elif hint_for is None:
+            await cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
+        else:
+            await cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for},
+                               cluster.timeout)
+    except Exception as exc:
+        log.info("%s of %r on %s failed: %s", why, key, node, exc)
 
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """Write through the coordinating replica; returns the new clock once W replicas have it."""
-    route = cluster.coordinator_route(p)
+    route = cluster.coordinator_route(p, strict)
     if route.coordinator is None:
-        raise Unavailable(f"no replica of partition {p} is reachable to coordinate the write")
+        what = "primary" if strict else "replica"
+        raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
     if not route.coordinate_locally:
         raw = await cluster.call(route.coordinator, "coord_put", {
             "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
             "ctx": None if context is None else V.encode_context(context),
-            "ow": overwrite, "w": w}, cluster.timeout)
+            "ow": overwrite, "w": w, "st": strict}, cluster.timeout)
         return V.decode(raw)
-    return await coordinate_put(cluster, p, key, sibling, context, overwrite, w)
+    return await coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict)
 
 
-async def coordinate_put(cluster, p, key, sibling, context, overwrite, w):
-    """Mint the new version here (a replica), store it, replicate it, await W acks."""
+async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):
+    """Mint the new version here (a primary, or the fallback standing in when every primary is
+    down), store it, replicate it, await W acks."""
     ring = cluster.ring
-    pl = cluster.targets(p)
+    pl = cluster.targets(p, strict)
     quorum = PutQuorum(ring.n, w, pl)
     if quorum.enough():
         raise quorum.response()
-    clock = cluster.replica.mint(p, key, sibling, context, overwrite)
-    payload = {"p": p, "k": key, "c": V.encode(clock)}
+    me = pl.target(cluster.name)
+    if me is None:
+        raise Unavailable(f"{cluster.name} is not a target of partition {p} now; retry")
+    if me.hint_for is None:
+        clock = cluster.replica.mint(p, key, sibling, context, overwrite)
+    else:
+        clock = cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for)
+    raw = V.encode(clock)
 
     async def send(node):
+        hint_for = pl.target(node).hint_for
         try:
             if node == cluster.name:
-                await cluster.replica.after_write()       # fsync="always": the group commit
+                if hint_for is None:
+                    await cluster.replica.after_write()   # fsync="always": the group commit
+                else:
+                    await cluster.after_hint()
+            elif hint_for is None:
+                await cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
             else:
-                await cluster.call(node, "put", payload, cluster.timeout)
+                await cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for},
+                                   cluster.timeout)
         except Exception as exc:
             return _reply_of(exc)
         return OK

@@ -156,12 +156,12 @@ class PeerPool:
         return self._server
 
     def reachable(self, peer_id):
-        """Cheap liveness hint for request routing: False only while the last dial to the peer
-        failed and its backoff has not run out (a peer never dialed counts as reachable)."""
+        """Cheap liveness hint for request routing: False from a failed dial to the peer until a
+        connection to it is up again (a later dial, e.g. gossip's, or the peer dialing us). A
+        peer never dialed counts as reachable. Expiring with the backoff instead would send
+        requests back to a dead peer every few seconds until the failure detector marks it."""
         peer = self._peers.get(peer_id)
-        if peer is None or peer.failures == 0:
-            return True
-        return peer.next_attempt <= asyncio.get_running_loop().time()
+        return peer is None or peer.failures == 0 or bool(peer.conns)
 
     def status(self):
         """Per known peer: connections, consecutive failures, seconds to the next dial, last error."""

@@ -10,7 +10,7 @@ from kvnet.membership.detector import DOWN, UP
 from kvnet.node import Node
 from kvnet.testing import free_ports
 
-FAST = dict(gossip_interval_ms=50, phi_threshold=3.0)
+FAST = dict(gossip_interval_ms=50, phi_threshold=5.0)
 
 
 def _configs(tmp_path, nodes=3, **kw):

@@ -198,3 +198,21 @@ def test_close_cancels_everything():
             await silent_server.wait_closed()
 
     run(main())
+
+
+def test_unreachable_from_a_failed_dial_until_a_connection_is_up_again():
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            port = server.port
+        async with PeerPool("a", SECRET, backoff_base=0.05, backoff_max=0.05) as pool:
+            assert pool.reachable("b")                      # never dialed
+            with pytest.raises(PeerUnavailable):
+                await pool.request("b", (HOST, port), "x", timeout=1)
+            assert not pool.reachable("b")
+            await asyncio.sleep(0.2)                        # the backoff ran out: still not
+            assert not pool.reachable("b")
+            async with await serve_peers(HOST, port, "b", SECRET, echo):
+                assert await pool.request("b", (HOST, port), "x", 1, timeout=1) == 1
+                assert pool.reachable("b")
+
+    run(main())
