@@ -20,7 +20,10 @@ __all__ = [
 CLOCK_TAG = 1    # first element of an encoded clock: [1, entries, anonymous]
 CONTEXT_TAG = 2  # first element of an encoded context: [2, [[actor, counter], ...]]
 
-_packb = msgpack.packb
+# One Packer for the module: msgpack.packb builds a new Packer on every call, which costs as
+# much as the packing. Packer.pack holds the GIL throughout (no `default` hook is set) and
+# resets itself on an error, so sharing it is safe.
+_packb = msgpack.Packer().pack
 _unpackb = msgpack.unpackb
 _new_tuple = tuple.__new__
 
@@ -58,12 +61,16 @@ def sibling(value: bytes, timestamp: int | None = None) -> Sibling:
     """A value stamped with `timestamp` (microseconds since the epoch; now if omitted)."""
     if type(value) is not bytes:
         raise TypeError(f"a sibling's value must be bytes, not {type(value).__name__}")
-    return Sibling(value, time.time_ns() // 1000 if timestamp is None else timestamp)
+    return _new_tuple(Sibling, (value, _now_us() if timestamp is None else timestamp))
 
 
 def tombstone(timestamp: int | None = None) -> Sibling:
     """The value a delete writes."""
-    return Sibling(None, time.time_ns() // 1000 if timestamp is None else timestamp)
+    return _new_tuple(Sibling, (None, _now_us() if timestamp is None else timestamp))
+
+
+def _now_us():
+    return time.time_ns() // 1000
 
 
 # ---- construction -----------------------------------------------------------------------------
@@ -71,7 +78,7 @@ def tombstone(timestamp: int | None = None) -> Sibling:
 def new(*args) -> Clock:
     """new(value) -> a clock with one anonymous value; new(context, value) -> the same over a context."""
     if len(args) == 1:
-        return Clock((), (args[0],))
+        return _new_tuple(Clock, ((), (args[0],)))
     if len(args) == 2:
         return new_with_context(args[0], args[1])
     raise TypeError(f"new() takes (value) or (context, value), got {len(args)} arguments")
@@ -87,11 +94,12 @@ def new_with_context(context, value) -> Clock:
             raise InvalidContext(f"context counter for {actor!r} must be an int >= 0, got {counter!r}")
         if counter:  # (actor, 0) says nothing was seen
             entries.append((actor, counter, ()))
-    entries.sort(key=_actor_of)
-    for i in range(1, len(entries)):
-        if entries[i - 1][0] == entries[i][0]:
-            raise InvalidContext(f"actor {entries[i][0]!r} appears twice in the context")
-    return Clock(tuple(entries), (value,))
+    if len(entries) > 1:
+        entries.sort(key=_actor_of)
+        for i in range(1, len(entries)):
+            if entries[i - 1][0] == entries[i][0]:
+                raise InvalidContext(f"actor {entries[i][0]!r} appears twice in the context")
+    return _new_tuple(Clock, (tuple(entries), (value,)))
 
 
 def _actor_of(entry):
@@ -181,7 +189,7 @@ def sync(a: Clock, b: Clock) -> Clock:
         anonymous = a.anonymous
     else:
         anonymous = _union(a.anonymous, b.anonymous)
-    return Clock(_sync_entries(a.entries, b.entries), anonymous)
+    return _new_tuple(Clock, (_sync_entries(a.entries, b.entries), anonymous))
 
 
 def sync_all(clocks) -> Clock:
@@ -252,9 +260,9 @@ def update(client_clock: Clock, local_clock: Clock | None, actor) -> Clock:
     if local_clock is None:
         entries, anonymous = client_clock.entries, ()
     else:
-        merged = sync(Clock(client_clock.entries, ()), local_clock)
-        entries, anonymous = merged.entries, merged.anonymous
-    return Clock(_event(entries, actor, value), anonymous)
+        merged = sync(_new_tuple(Clock, (client_clock.entries, ())), local_clock)
+        entries, anonymous = merged
+    return _new_tuple(Clock, (_event(entries, actor, value), anonymous))
 
 
 def _event(entries, actor, value):
@@ -288,6 +296,9 @@ def is_deleted(clock: Clock) -> bool:
 
 def lww(clock: Clock) -> Sibling | None:
     """The newest sibling by timestamp (possibly a tombstone), None for a clock without values."""
+    entries = clock.entries
+    if not clock.anonymous and len(entries) == 1 and len(entries[0][2]) == 1:
+        return entries[0][2][0]       # one value (the common case): no ordering to do
     vs = values(clock)
     return max(vs, key=_lww_key) if vs else None
 
@@ -314,7 +325,9 @@ def encode(clock: Clock) -> bytes:
     """
     for e in clock.entries:
         for v in e[2]:
-            _check_sibling(v)
+            if type(v) is not Sibling or type(v[1]) is not int \
+                    or (v[0] is not None and type(v[0]) is not bytes):
+                _check_sibling(v)     # raises with the message
     anonymous = clock.anonymous
     for v in anonymous:
         _check_sibling(v)
@@ -345,7 +358,14 @@ def decode(data: bytes) -> Clock:
             raise InvalidClock(f"counter of {actor!r} must be an int >= 1, got {counter!r}")
         if type(vals) is not tuple or len(vals) > counter:
             raise InvalidClock(f"values of {actor!r} must be an array of at most {counter} siblings")
-        entries.append((actor, counter, tuple([_decode_sibling(v) for v in vals])))
+        if len(vals) == 1:
+            v = vals[0]
+            if type(v) is not tuple or len(v) != 2 or type(v[1]) is not int \
+                    or (v[0] is not None and type(v[0]) is not bytes):
+                _decode_sibling(v)    # raises with the message
+            entries.append((actor, counter, (_new_tuple(Sibling, v),)))
+        else:
+            entries.append((actor, counter, tuple([_decode_sibling(v) for v in vals])))
         prev = actor
     entries = tuple(entries)
     anonymous = tuple([_decode_sibling(v) for v in raw_anon])
@@ -356,7 +376,7 @@ def decode(data: bytes) -> Clock:
     # exactly encode()'s and equal clocks never hash differently.
     if _packb((CLOCK_TAG, entries, anonymous)) != data:
         raise InvalidClock("clock bytes are not canonical (as encode() writes them)")
-    return Clock(entries, anonymous)
+    return _new_tuple(Clock, (entries, anonymous))
 
 
 def _decode_sibling(v):
