@@ -668,31 +668,34 @@ def covers(context, dots):
 
 class Reader:
     """`reader(key)` -> the key's siblings (bytes, None for a tombstone) by KV.GET with R=`r`,
-    through the given ports in turn, retrying errors up to `attempts` times."""
+    through the given ports in turn; an error moves to the next port and is retried (backing
+    off) until `patience` seconds have passed for this key, then raised."""
 
-    def __init__(self, ports, r="ALL", attempts=6, timeout=5.0):
+    def __init__(self, ports, r="ALL", patience=10.0, timeout=5.0):
         self.ports = list(ports)
-        self.r, self.attempts, self.timeout = r, attempts, timeout
+        self.r, self.patience, self.timeout = r, patience, timeout
         self._clients = {}
         self._i = 0
         self.errors = 0
 
     def __call__(self, key):
-        last = None
-        for _ in range(self.attempts):
+        deadline = time.monotonic() + self.patience
+        delay = 0.05
+        while True:
             port = self.ports[self._i % len(self.ports)]
             self._i += 1
             c = self._clients.get(port) or self._clients.setdefault(port, redis_client(port, self.timeout))
             try:
                 _ctx, values = c.execute_command("KV.GET", key, "R", self.r)
                 return list(values)
-            except Exception as exc:
-                last = exc
+            except Exception:
                 self.errors += 1
                 self._clients.pop(port, None)
                 c.close()
-                time.sleep(0.1)
-        raise last
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def close(self):
         for c in self._clients.values():
