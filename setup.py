@@ -25,6 +25,8 @@ EXTENSIONS = [
     # issue 4 modules below (one line each)
     Extension("kvcore.ring", ["kvcore/ring.pyx"]),
     Extension("kvcore.merkle", ["kvcore/merkle.pyx"]),
+    # issue 5: the RESP front door's request scan (kvnet/resp/parser.py; twin: fastparse_py)
+    Extension("kvnet.resp.fastparse", ["kvnet/resp/fastparse.pyx"]),
 ]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).
 _only = [n for n in os.environ.get("RINGKV_EXT", "").split(",") if n]

@@ -6,7 +6,12 @@ the bytes arrived, and inline commands (`PING` typed into telnet) are split here
 """
 import hiredis
 
+from kvcore._native import select
 from kvnet.errors import ProtocolError
+
+# Complete well-formed multibulk commands are taken in C; the Python scan below handles the
+# rest (inline commands, incomplete ones, errors) with the same results (fastparse.pyx).
+_take_commands = select("kvnet.resp.fastparse", "kvnet.resp.fastparse_py").take_commands
 
 __all__ = ["RequestParser", "split_inline", "MAX_BULK", "MAX_ARGS", "MAX_INLINE", "MAX_COMMAND"]
 
@@ -62,22 +67,19 @@ class RequestParser:
         try:
             while pos < n:
                 if buf[pos] == _STAR:
+                    if self._scan is None:
+                        end = _take_commands(buf, pos, n, self.max_bulk, self.max_args,
+                                             self.max_inline, self.max_command, commands)
+                        if end != pos:
+                            pos = end
+                            continue
                     end = self._scan_multibulk(buf, pos, n)
                     if end < 0:
                         break
-                    # Hand hiredis every complete multibulk command in a row at once.
-                    start = pos
-                    count = 1
+                    # One command the C scan did not take (an empty or odd one): hiredis
+                    # builds it, then the C scan gets the next.
+                    self._extract(buf, pos, end, 1, commands)
                     pos = end
-                    try:
-                        while pos < n and buf[pos] == _STAR:
-                            end = self._scan_multibulk(buf, pos, n)
-                            if end < 0:
-                                break
-                            count += 1
-                            pos = end
-                    finally:
-                        self._extract(buf, start, pos, count, commands)
                 else:
                     end = buf.find(b"\n", pos)
                     if end < 0:

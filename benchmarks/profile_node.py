@@ -1,0 +1,82 @@
+"""Profile one ringkv node (or node1 of a 3-node cluster) under redis-benchmark with py-spy.
+
+    python benchmarks/profile_node.py --nodes 1 --test set --pipeline 1 --seconds 10
+
+Starts a LocalCluster (fsync=never), sends unmeasured SETs to open the partition stores,
+then runs `py-spy record --native -f raw` on node1 while redis-benchmark runs, and prints
+the on-CPU share of the innermost frames (grouped by function) and of each module.
+"""
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kvnet.testing import LocalCluster  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--test", default="set")
+    ap.add_argument("--pipeline", type=int, default=1)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--out", default=None, help="keep the raw py-spy output here")
+    args = ap.parse_args(argv)
+    n = 1 if args.nodes == 1 else 3
+    r = w = 1 if args.nodes == 1 else 2
+    with tempfile.TemporaryDirectory(prefix="ringkv-prof-") as d:
+        cl = LocalCluster(d, nodes=args.nodes, n=n, r=r, w=w, fsync="never").start()
+        try:
+            port = cl.ports[0]
+            subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-d", "100", "-c", "50",
+                            "-r", "100000", "-n", "20000", "-q"], capture_output=True)
+            bench = subprocess.Popen(["redis-benchmark", "-p", str(port), "-t", args.test, "-d", "100",
+                                      "-c", "50", "-r", "100000", "-n", "100000000", "-P",
+                                      str(args.pipeline), "-q"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            time.sleep(1)
+            out = args.out or os.path.join(d, "prof.txt")
+            subprocess.run(["py-spy", "record", "-p", str(cl.procs[0].pid), "-f", "raw", *(["--native"] if os.environ.get("NATIVE") else []),
+                            "-r", str(args.rate), "-d", str(args.seconds), "-o", out],
+                           stdout=subprocess.DEVNULL)
+            bench.terminate()
+            bench.wait()
+            report(out, args.top)
+        finally:
+            cl.stop()
+
+
+def report(path, top):
+    inner = collections.Counter()
+    total = 0
+    incl = collections.Counter()
+    for line in open(path):
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        count = int(count)
+        frames = stack.split(";")
+        total += count
+        inner[frames[-1]] += count
+        seen = set()
+        for f in frames:
+            name = f.split(" (")[0]
+            if name not in seen:
+                seen.add(name)
+                incl[name] += count
+    print(f"{total} samples")
+    print("-- self (innermost frame) --")
+    for f, c in inner.most_common(top):
+        print(f"{100 * c / total:6.1f}%  {f}")
+    print("-- inclusive (function) --")
+    for f, c in incl.most_common(top):
+        print(f"{100 * c / total:6.1f}%  {f}")
+
+
+if __name__ == "__main__":
+    main()

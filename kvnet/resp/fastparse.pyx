@@ -1,0 +1,88 @@
+# cython: language_level=3
+"""The common case of RESP request parsing in C: complete, well-formed multibulk commands.
+
+`take_commands(buf, pos, n, ...)` walks buf[pos:n] and turns every complete command of the
+canonical shape (`*<count>` then `<count>` bulk strings `$<len>` with CRLF everywhere, within
+the limits) into a list of bytes, appended to `out`. It stops, without raising, at the first
+byte it does not take: an inline command, an incomplete command, an empty or negative count,
+anything malformed or over a limit. The Python parser (kvnet/resp/parser.py) continues from
+there with its own checks and error messages, so this module changes speed, never results.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
+cdef extern from "Python.h":
+    char* PyByteArray_AS_STRING(object)
+    Py_ssize_t PyByteArray_GET_SIZE(object)
+
+
+# Longest digit run parsed here; longer (legal but odd, e.g. leading zeros) goes to Python.
+DEF MAX_DIGITS = 18
+
+
+cdef inline Py_ssize_t _number(const char* p, Py_ssize_t i, Py_ssize_t n, long long* value):
+    """Digits at p[i] up to CRLF -> offset after the CRLF, or -1 (not digits, too long, cut)."""
+    cdef long long v = 0
+    cdef Py_ssize_t start = i
+    cdef char c
+    while i < n:
+        c = p[i]
+        if c >= 48 and c <= 57:
+            if i - start >= MAX_DIGITS:
+                return -1
+            v = v * 10 + (c - 48)
+            i += 1
+        elif c == 13:
+            if i == start or i + 1 >= n or p[i + 1] != 10:
+                return -1
+            value[0] = v
+            return i + 2
+        else:
+            return -1
+    return -1
+
+
+def take_commands(bytearray buf, Py_ssize_t pos, Py_ssize_t n, long long max_bulk,
+                  long long max_args, long long max_inline, long long max_command, list out):
+    """Append the complete canonical commands from buf[pos:n] to `out`; the offset reached."""
+    cdef const char* p = PyByteArray_AS_STRING(buf)
+    cdef Py_ssize_t size = PyByteArray_GET_SIZE(buf)
+    cdef Py_ssize_t off, body, end, limit, k
+    cdef long long count, blen
+    cdef list cmd
+    cdef object arg
+    if n > size:
+        n = size
+    while pos < n:
+        if p[pos] != 42:                       # '*'
+            return pos
+        off = _number(p, pos + 1, n, &count)
+        if off < 0 or count < 1 or count > max_args or off - pos - 2 > max_inline:
+            return pos
+        limit = pos + <Py_ssize_t>max_command if max_command < (<long long>1 << 62) else n + 1
+        # Check the whole command first: nothing is built for one that is cut or odd.
+        end = off
+        k = 0
+        while k < count:
+            if end >= n or p[end] != 36:       # '$'
+                return pos
+            body = _number(p, end + 1, n, &blen)
+            if body < 0 or blen > max_bulk:
+                return pos
+            end = body + <Py_ssize_t>blen + 2
+            if end > limit or end > n or p[end - 2] != 13 or p[end - 1] != 10:
+                return pos
+            k += 1
+        cmd = PyList_New(<Py_ssize_t>count)
+        k = 0
+        while k < count:
+            body = _number(p, off + 1, n, &blen)
+            arg = PyBytes_FromStringAndSize(p + body, <Py_ssize_t>blen)
+            Py_INCREF(arg)
+            PyList_SET_ITEM(cmd, k, arg)
+            off = body + <Py_ssize_t>blen + 2
+            k += 1
+        out.append(cmd)
+        pos = end
+    return pos
