@@ -462,10 +462,67 @@ class LocalCluster:
         for px in self.proxies.values():
             px.heal()
 
-    # -- clients --
+    # -- clients and introspection --
 
     def client(self, i, timeout=5.0):
         return redis_client(self.ports[i], timeout)
+
+    def _ask(self, i, *cmd, timeout=2.0):
+        c = self.client(i, timeout)
+        try:
+            return c.execute_command(*cmd)
+        finally:
+            c.close()
+
+    def status(self, i, timeout=2.0):
+        """Node i's KV.STATUS with str keys and values: {"node", "ring_epoch", "members": [...]}."""
+        return _plain(self._ask(i, "KV.STATUS", timeout=timeout))
+
+    def view(self, i, timeout=2.0):
+        """{member name: its row in node i's KV.STATUS} (state, up, suspected_by, ...)."""
+        return {m["name"]: m for m in self.status(i, timeout)["members"]}
+
+    def info(self, i, timeout=2.0):
+        """Node i's INFO as a dict (the "# Ringkv" fields included: hints_pending, ...)."""
+        c = self.client(i, timeout)
+        try:
+            return c.info("everything")
+        finally:
+            c.close()
+
+    def hints_pending(self, i):
+        return int(self.info(i).get("hints_pending", 0))
+
+
+def _plain(x):
+    """RESP replies with bytes keys/values as str (recursively)."""
+    if isinstance(x, bytes):
+        try:
+            return x.decode()
+        except UnicodeDecodeError:
+            return x
+    if isinstance(x, dict):
+        return {_plain(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll `predicate()` (exceptions count as False) until true; TimeoutError after `timeout`.
+    Returns the seconds it took."""
+    start = time.monotonic()
+    deadline = start + timeout
+    last = None
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - start
+        except Exception as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not reached in {timeout} s" + (f" (last error: {last!r})" if last else ""))
+        time.sleep(interval)
 
 
 def redis_client(port, timeout=5.0):
@@ -506,6 +563,7 @@ class _Writer(threading.Thread):
         self.count, self.duration, self.timeout, self.pause_s = count, duration, timeout, pause_s
         self.errors = collections.Counter()
         self.error_samples = []
+        self.error_times = []               # time.monotonic() of each error
         self.ops = 0
         self.rng = random.Random(seed)
         self._halt = threading.Event()
@@ -529,6 +587,7 @@ class _Writer(threading.Thread):
         kind = type(exc).__name__
         msg = str(exc).split(" ", 1)[0] if kind == "ResponseError" else ""
         self.errors[f"{kind} {msg}".strip()] += 1
+        self.error_times.append(time.monotonic())
         if len(self.error_samples) < 20:
             self.error_samples.append(f"{port}: {kind}: {exc}")
         self._drop(port)

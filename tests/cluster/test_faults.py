@@ -1,14 +1,14 @@
 """Fault tests with real node processes (issue 6, section 5): faults under recording writers,
 then every acknowledged write checked and replicas compared offline. docs/testing.md.
 
-3 nodes, N=3, R=W=2: no fallbacks exist, so these need no sloppy quorum or hinted handoff.
+N=3, R=W=2 throughout: 3 nodes where no fallbacks are needed, 5 where they are.
 """
 import time
 
 import pytest
 
 from kvnet.testing import (ContextWriter, LocalCluster, Reader, SetWriter, check,
-                           divergent_keys)
+                           divergent_keys, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,8 @@ def clusters():
         c.stop()
 
 
-def workload(cluster, duration=None):
-    ports = cluster.ports
+def workload(cluster, ports=None, duration=None):
+    ports = cluster.ports if ports is None else ports
     return [SetWriter(ports, prefix="set", name="set", seed=1, duration=duration),
             ContextWriter(ports, SHARED, name="ctxA", seed=2, duration=duration),
             ContextWriter(ports, SHARED, name="ctxB", seed=3, duration=duration)]
@@ -101,6 +101,90 @@ def test_network_cut_between_two_nodes_loses_nothing(clusters, tmp_path):
     # One connection serves a pair both ways, dialled by whichever side needed it first.
     assert cluster.proxies[0, 1].bytes_up + cluster.proxies[1, 0].bytes_up > 0
     verify(cluster, writers)
+
+
+def _link_bytes(cluster, a, b):
+    return sum(cluster.proxies[x, y].bytes_up + cluster.proxies[x, y].bytes_down
+               for x, y in ((a, b), (b, a)))
+
+
+def test_a_cut_link_does_not_make_either_side_declare_the_other_down(clusters, tmp_path):
+    """node1 and node2 cannot talk, but both hear of each other through node3: neither is marked
+    down (the two-source rule), nothing crosses the cut, and no acknowledged write is lost."""
+    cluster = clusters(str(tmp_path), nodes=3, extra=FAST, proxied=True).start()
+    writers = workload(cluster)
+    seen = []
+
+    def faults():
+        time.sleep(1.0)
+        cluster.cut(0, 1)
+        crossed = _link_bytes(cluster, 0, 1)
+        end = time.monotonic() + 3.0     # 30 gossip intervals: far past detection at phi 4
+        while time.monotonic() < end:
+            seen.append((cluster.view(0)["node2"]["state"], cluster.view(1)["node1"]["state"]))
+            time.sleep(0.2)
+        assert _link_bytes(cluster, 0, 1) == crossed, "bytes crossed a cut link"
+        cluster.heal(0, 1)
+        time.sleep(1.0)
+
+    run(writers, faults)
+    assert len(seen) >= 5 and all(s == ("up", "up") for s in seen), seen
+    verify(cluster, writers)
+
+
+def test_sigstop_marks_a_node_down_by_two_sources_then_up_and_loses_nothing(clusters, tmp_path):
+    cluster = clusters(str(tmp_path), nodes=3, extra=FAST).start()
+    writers = workload(cluster, ports=cluster.ports[:2])     # clients avoid the frozen node
+
+    def down_everywhere():
+        rows = [cluster.view(i)["node3"] for i in (0, 1)]
+        return all(r["state"] == "down" and not r["up"] and len(r["suspected_by"]) >= 2 for r in rows)
+
+    def up_everywhere():
+        return all(cluster.view(i)["node3"]["state"] == "up" for i in (0, 1))
+
+    times = {}
+
+    def faults():
+        time.sleep(1.0)
+        cluster.pause(2)
+        times["detect"] = wait_until(down_everywhere, 10, what="node3 marked down by node1 and node2")
+        time.sleep(1.0)
+        cluster.resume(2)
+        times["back"] = wait_until(up_everywhere, 10, what="node3 up again")
+        time.sleep(1.0)
+
+    run(writers, faults)
+    summary = verify(cluster, writers)
+    print(times, summary)
+
+
+def test_kill_9_with_five_nodes_uses_fallbacks_and_hands_hints_back(clusters, tmp_path):
+    """Sloppy quorum: writes through the live nodes go on without errors once the kill is seen
+    (a request in flight to the killed node at that moment may fail); fallbacks keep hints,
+    replay them when node5 is back; nothing acknowledged is lost; replicas converge."""
+    cluster = clusters(str(tmp_path), nodes=5, extra=FAST + ["--hint-replay-interval-ms", "200"]).start()
+    writers = workload(cluster, ports=cluster.ports[:4])
+    marks = {}
+
+    def faults():
+        time.sleep(1.5)
+        marks["kill"] = time.monotonic()
+        cluster.kill(4)
+        time.sleep(2.5)
+        marks["hints"] = sum(cluster.hints_pending(i) for i in range(4))
+        cluster.start(4)
+        time.sleep(1.5)
+
+    run(writers, faults)
+    late = [(w.name, t - marks["kill"]) for w in writers for t in w.error_times
+            if t > marks["kill"] + 1.0]
+    assert not late, (late, [w.error_samples for w in writers])
+    assert marks["hints"] > 0
+    drain = wait_until(lambda: sum(cluster.hints_pending(i) for i in range(5)) == 0, 20,
+                       what="every hint replayed")
+    summary = verify(cluster, writers)
+    print(marks, f"hints drained {drain:.2f} s after the writers stopped", summary)
 
 
 def test_divergent_keys_sees_a_wiped_replica(clusters, tmp_path):
