@@ -320,5 +320,5 @@ class Reaper:
             if node.replica.delete_if(p, k, raw):
                 self.stats["deleted_here"] += 1
             cand.pop(k, None)
-        await self._ask(others, "ae_cad", {"p": p, "entries": es})
         self.stats["reaped"] += len(es)
+        await self._ask(others, "ae_cad", {"p": p, "entries": es})
