@@ -65,6 +65,7 @@ class NodeConfig:
     password: str | None = None             # clients must AUTH when set
     cluster_secret: str = field(default="ringkv-dev-secret", repr=False)
     allow_flush: bool = True
+    join: bool = False                      # start as a joining member: take the ring from the seeds
     # Failure handling (issue 6): every interval is configurable so tests run at 50-100 ms.
     gossip_interval_ms: int = 1000          # one gossip round (heartbeat +1) per interval
     gossip_fanout: int = 2                  # peers gossiped to per round
@@ -167,7 +168,7 @@ def validate(cfg):
         raise ConfigError("password: must be a non-empty string when set")
     if not isinstance(cfg.cluster_secret, str) or len(cfg.cluster_secret) < 8:
         raise ConfigError("cluster_secret: must be a string of at least 8 characters")
-    for name in ("allow_flush", "ae_enabled"):
+    for name in ("allow_flush", "ae_enabled", "join"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}: must be true or false")
     names = [m.name for m in cfg.members]

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import time
 
 from kvcore import versions as V
@@ -18,6 +19,8 @@ from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, TooManySiblings, Unavailable
 from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.handoff.replay import HintReplay
+from kvnet.membership import ringstate as RS
+from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
@@ -36,7 +39,16 @@ class Node(driver.Cluster, Backend):
         self.name = cfg.name
         members = cfg.all_members()
         self.addrs = {m.name: (m.host, m.peer_port) for m in members}
-        self.ring = Ring.create([m.name for m in members], q=cfg.ring_size, n=cfg.n)
+        # The first ring comes from the configured members; a ring kept in the data directory
+        # (a restart) or a newer one from gossip replaces it. A joining node waits for gossip's.
+        self.ring_state = None
+        self.ring = None
+        self.on_left = None               # called once this node is out of a settled ring
+        self._preflists = {}
+        self._routes = {}
+        if not cfg.join:
+            self.install_ring(RS.RingState(
+                Ring.create([m.name for m in members], q=cfg.ring_size, n=cfg.n)), save=False)
         self.qbits = cfg.ring_size.bit_length() - 1
         self.timeout = cfg.request_timeout_ms / 1000.0
         self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
@@ -48,30 +60,39 @@ class Node(driver.Cluster, Backend):
         self._handlers = {}
         self.gossip = self.add_service(Gossip(self))
         self.handoff = self.add_service(HintReplay(self))
+        self.changes = self.add_service(ClusterChanges(self))
         self.resp = None
         self.started = time.time()
         self._tasks = set()
         self._client_addrs = {cfg.name: (cfg.host, cfg.port)}
-        self._preflists = {}
-        self._routes = {}
         self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def start(self):
+    async def start(self, ring_timeout=60.0):
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         host, port = self.cfg.peer_address
+        kept = RS.load(self.cfg.data_dir)
+        if kept is not None:
+            self.install_ring(kept, save=False)
         self.replica.open_existing()
         self.hints = HintLog(os.path.join(self.cfg.data_dir, "hints"), dvv_merge,
                              fsync="never" if self.cfg.fsync == "never" else "interval",
                              sync_interval_ms=self.cfg.sync_interval_ms)
         await self.pool.serve(host, port)
         self.replica.start()
+        for svc in self.services:
+            await svc.start()
+        if self.ring_state is None:                 # joining: the seeds' gossip brings the ring
+            self._ring_ready = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._ring_ready.wait(), ring_timeout)
+            except asyncio.TimeoutError:
+                await self.stop()
+                raise OSError(f"no ring from the seeds in {ring_timeout:g} s: are they up?") from None
         self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
                                 allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
                                 idle_timeout=self.cfg.idle_timeout_s)
-        for svc in self.services:
-            await svc.start()
         log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
                  self.resp.port, host, port)
         return self
@@ -101,6 +122,81 @@ class Node(driver.Cluster, Backend):
             self._handlers[type_] = fn
         self.services.append(svc)
         return svc
+
+    # ---- the ring ------------------------------------------------------------------------
+
+    def ring_order(self):
+        return (0, "") if self.ring_state is None else self.ring_state.order
+
+    def offer_ring(self, state):
+        """A ring state from gossip or the claimant: installed if newer than ours."""
+        if state.newer_than(self.ring_state):
+            log.info("node %s: ring epoch %d from %s%s", self.name, state.epoch,
+                     state.claimant or "config", " (moving)" if state.moving else "")
+            self.install_ring(state)
+            return True
+        return False
+
+    def install_ring(self, state, save=True):
+        old = self.ring_state
+        self.ring_state = state
+        self.ring = state.current
+        self._preflists.clear()
+        self._routes.clear()
+        if save:
+            RS.save(self.cfg.data_dir, state)
+        ready = getattr(self, "_ring_ready", None)
+        if ready is not None:
+            ready.set()
+        if not state.moving and old is not None:
+            self._drop_unheld()
+            self._reassign_hints()
+            if self.name not in state.current.nodes and self.name in old.members():
+                log.warning("node %s: no longer in the ring; leaving", self.name)
+                if self.on_left is not None:
+                    self.on_left()
+
+    def _drop_unheld(self):
+        """A settled ring: drop the partitions this node no longer replicates (their new
+        replicas confirmed their copies before the ring settled)."""
+        for p in sorted(self.replica.partitions):
+            if not self.ring_state.holds(self.name, p):
+                self._drop_partition(p)
+
+    def _reassign_hints(self):
+        """Hints for nodes no longer in the ring go to their partitions' new replicas: this
+        node's own replica when it is one, else the partition's first primary."""
+        if self.hints is None:
+            return
+        ring = self.ring
+        for target in self.hints.targets():
+            if target in ring.nodes:
+                continue
+            for p, k, raw in self.hints.items(target):
+                if self.name in ring.preference_list(p):
+                    self.replica.merge(p, k, V.decode(raw))
+                    self.hints.ack(target, p, k, raw)
+            self.hints.reassign(target, lambda p: next(
+                x for x in ring.preference_list(p) if x != self.name))
+            log.info("node %s: hints for removed node %s reassigned", self.name, target)
+
+    def _drop_partition(self, p):
+        part = self.replica.partitions.pop(p, None)
+        if part is None:
+            return
+        self.replica._dirty.discard(part)
+        part.store.close()
+        shutil.rmtree(part.path, ignore_errors=True)
+        log.info("node %s: dropped partition %d", self.name, p)
+
+    def holds(self, p):
+        return self.ring_state is not None and self.ring_state.holds(self.name, p)
+
+    def extra_targets(self, p):
+        state = self.ring_state
+        if state is None or state.next is None:
+            return ()
+        return tuple(x for x in state.extra_targets(p) if self.is_up(x))
 
     # ---- driver.Cluster ------------------------------------------------------------------
 
@@ -186,6 +282,8 @@ class Node(driver.Cluster, Backend):
         and is the key's: a peer must never make a node open or write outside its ring."""
         if not isinstance(m, dict):
             raise CommandError("peer request payload must be a map")
+        if self.ring is None:
+            raise CommandError(f"node {self.name} has no ring yet (joining)")
         p = m.get("p")
         if type(p) is not int or not 0 <= p < self.ring.q:
             raise CommandError(f"partition {p!r} is not on the ring (Q={self.ring.q})")
@@ -198,13 +296,22 @@ class Node(driver.Cluster, Backend):
             raise CommandError(f"key is in partition {self.ring.partition_of(k)}, not {p}")
         return p, k
 
+    def _replica_of(self, p):
+        """Refuse replica reads and writes for a partition this node does not hold by its ring
+        (a coordinator with an older ring): an error counts as no reply, never a false one."""
+        if not self.ring_state.holds(self.name, p):
+            raise CommandError(f"node {self.name} is not a replica of partition {p} "
+                               f"at ring epoch {self.ring_state.epoch}")
+
     async def _peer_get(self, m):
         p, k = self._checked(m)
+        self._replica_of(p)
         clock = self.replica.read(p, k)
         return None if clock is None else V.encode(clock)
 
     async def _peer_put(self, m):
         p, k = self._checked(m)
+        self._replica_of(p)
         self.replica.merge(p, k, _clock(m.get("c")))
         await self.replica.after_write()
         return True

@@ -50,6 +50,8 @@ def _start(args):
         overrides["allow_flush"] = False
     if args.no_ae:
         overrides["ae_enabled"] = False
+    if args.join:
+        overrides["join"] = True
     try:
         cfg = load(args.config, **overrides)
     except ConfigError as exc:
@@ -176,6 +178,8 @@ def main(argv=None):
         st.add_argument(flag, dest=field, type=typ, default=None, help=help_)
     st.add_argument("--no-flush", action="store_true", help="refuse FLUSHDB/FLUSHALL")
     st.add_argument("--no-ae", action="store_true", help="run no anti-entropy exchanges")
+    st.add_argument("--join", action="store_true",
+                    help="join a running cluster (seeds in --members); then `kvctl commit`")
     dv = sub.add_parser("dev", help="run a local cluster, one process per node")
     dv.add_argument("--nodes", type=int, default=3)
     dv.add_argument("--base-port", type=int, default=NodeConfig.port)

@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
-from kvnet.coordinator.preflist import preflist_for, write_route
+from kvnet.coordinator.preflist import Target, preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
                                       PutQuorum)
 from kvnet.errors import Unavailable
@@ -51,6 +51,10 @@ class Cluster:
 
     async def after_hint(self):
         """Wait until stored hints are as durable as the fsync policy asks."""
+
+    def extra_targets(self, p):
+        """Nodes a ring change is adding to p's replicas: writes go to them too, uncounted."""
+        return ()
 
     async def call(self, node, type, payload, timeout):
         raise NotImplementedError
@@ -211,6 +215,8 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
     else:
         clock = cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for)
     raw = V.encode(clock)
+    for x in cluster.extra_targets(p):
+        cluster.spawn(_store_on(cluster, Target(x), p, key, clock, raw, "write to a new replica"))
 
     async def send(node):
         hint_for = pl.target(node).hint_for

@@ -16,6 +16,7 @@ import random
 import time
 
 from kvnet.errors import CommandError
+from kvnet.membership import ringstate as RS
 from kvnet.membership import state as S
 from kvnet.membership.detector import DOWN, Liveness, PhiDetector
 
@@ -59,10 +60,15 @@ class Gossip:
         resp = self.node.resp
         me = S.MemberState(node=self.me, host=host, peer_port=peer_port, client_host=cfg.host,
                            client_port=resp.port if resp is not None else cfg.port,
-                           generation=self.generation, heartbeat=0, status="valid",
+                           generation=self.generation, heartbeat=0,
+                           status="joining" if cfg.join and not self._in_ring() else "valid",
                            ring_epoch=0, zone=cfg.zone)
         self.table = S.with_member(self.table, me)
         self._task = asyncio.ensure_future(self._run())
+
+    def _in_ring(self):
+        state = self.node.ring_state
+        return state is not None and self.me in state.members()
 
     async def stop(self):
         if self._task is not None:
@@ -134,19 +140,22 @@ class Gossip:
         try:
             now = self.clock()
             syn = {"from": self.me, "digest": S.encode_digest(S.digest(self.table)),
-                   "suspects": self.liveness.my_suspects(now)}
+                   "suspects": self.liveness.my_suspects(now), "ring": list(self.node.ring_order())}
             ack = await self.node.call(peer, "gsyn", syn, self._timeout())
             if not isinstance(ack, dict):
                 raise CommandError("gossip ack must be a map")
             self._absorb(S.decode_entries(ack.get("entries", [])))
             self._reported(peer, ack.get("suspects"))
+            if ack.get("ring_state") is not None:
+                self._ring_from(peer, ack["ring_state"])
             want = ack.get("want") or []
-            if want:
-                if not isinstance(want, list) or not all(isinstance(n, str) for n in want):
-                    raise CommandError("gossip ack: want must be a list of node ids")
-                await self.node.call(peer, "gack2", {
-                    "from": self.me, "entries": S.encode_entries(S.entries(self.table, want))},
-                    self._timeout())
+            if not isinstance(want, list) or not all(isinstance(n, str) for n in want):
+                raise CommandError("gossip ack: want must be a list of node ids")
+            if want or ack.get("ring_want") is True:
+                ack2 = {"from": self.me, "entries": S.encode_entries(S.entries(self.table, want))}
+                if ack.get("ring_want") is True and self.node.ring_state is not None:
+                    ack2["ring_state"] = RS.encode(self.node.ring_state)
+                await self.node.call(peer, "gack2", ack2, self._timeout())
         except Exception as exc:
             log.debug("gossip with %s failed: %s", peer, exc)
         finally:
@@ -187,6 +196,17 @@ class Gossip:
             changes += self.liveness.heartbeat(m.node, now, cur.generation, cur.heartbeat)
         self._changed(changes)
 
+    def _ring_from(self, sender, raw):
+        """A ring state a peer sent: installed when newer (ordered by (epoch, claimant))."""
+        try:
+            state = RS.decode(raw) if isinstance(raw, bytes) else None
+        except ValueError as exc:
+            state = None
+            log.info("bad ring state from %s: %s", sender, exc)
+        if state is None:
+            raise CommandError("gossip: bad ring state")
+        self.node.offer_ring(state)
+
     def _reported(self, reporter, suspects):
         if not isinstance(suspects, list) or not all(isinstance(s, str) for s in suspects):
             return
@@ -217,8 +237,16 @@ class Gossip:
             raise CommandError(f"bad gossip digest: {exc}") from None
         self._reported(sender, m.get("suspects"))
         send, want = S.diff(self.table, theirs)
-        return {"entries": S.encode_entries(send), "want": list(want),
-                "suspects": self.liveness.my_suspects(self.clock())}
+        reply = {"entries": S.encode_entries(send), "want": list(want),
+                 "suspects": self.liveness.my_suspects(self.clock())}
+        ring = m.get("ring")
+        if isinstance(ring, list) and len(ring) == 2:
+            theirs_ring, mine = tuple(ring), self.node.ring_order()
+            if mine > theirs_ring and self.node.ring_state is not None:
+                reply["ring_state"] = RS.encode(self.node.ring_state)
+            elif theirs_ring > mine:
+                reply["ring_want"] = True
+        return reply
 
     async def _on_ack2(self, m):
         self._sender(m)
@@ -227,6 +255,8 @@ class Gossip:
         except ValueError as exc:
             raise CommandError(f"bad gossip entries: {exc}") from None
         self._absorb(received)
+        if m.get("ring_state") is not None:
+            self._ring_from(m["from"], m["ring_state"])
         return True
 
     async def _on_probe(self, m):

@@ -1,0 +1,344 @@
+"""Changing membership: staged join/leave/remove, plan, commit, partition transfers, settle
+(riak_core's claimant and handoff manager, one node at a time).
+
+The claimant is the lowest-id member of the current ring that this node sees up. Every admin
+request (`kvctl join|leave|remove|plan|commit|transfers`) is forwarded to it. `commit` computes
+the next ring with kvcore's claim, refuses unless every owner it keeps is up, and installs a
+*moving* ring state (ringstate.py) that gossip spreads. While the claimant sees the state moving
+it drives the transfers (`xfer` to a source replica, which streams the partition to the new
+replica in batches with `xfer_recv`), a few at a time, retrying from another source when one
+fails. When all are confirmed it installs the *settled* state: new owners serve, old ones drop
+what they no longer replicate, a leaving node exits. Rules: ALGORITHMS.md sections 3 and 5;
+docs/operations.md.
+"""
+import asyncio
+import logging
+
+from kvcore import versions as V
+from kvnet.errors import CommandError, Unavailable
+from kvnet.membership import ringstate as RS
+from kvnet.membership import state as S
+
+log = logging.getLogger("kvnet.membership")
+
+__all__ = ["ClusterChanges"]
+
+OPS = ("join", "leave", "remove")
+XFER_BATCH_KEYS = 500
+XFER_BATCH_BYTES = 1 << 20
+XFER_CONCURRENCY = 2
+
+
+class ClusterChanges:
+    """One node's part in membership changes (see the module docstring)."""
+
+    def __init__(self, node, interval=None):
+        self.node = node
+        self.interval = interval or max(0.05, node.cfg.gossip_interval_ms / 1000.0)
+        self.staged = {}             # node id -> op (on the claimant)
+        self.progress = {}           # (epoch, partition, to) -> {"state", "keys", "bytes", ...}
+        self.stats = {"sent_keys": 0, "sent_bytes": 0, "received_keys": 0}
+        self._task = None
+        self._running = {}
+
+    def handlers(self):
+        return {"cl_stage": self._on_stage, "cl_plan": self._on_plan,
+                "cl_commit": self._on_commit, "cl_transfers": self._on_transfers,
+                "cl_sizes": self._on_sizes, "xfer": self._on_xfer, "xfer_recv": self._on_xfer_recv}
+
+    async def start(self):
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self):
+        tasks = [t for t in (self._task, *self._running.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+        self._running.clear()
+
+    # ---- who decides ---------------------------------------------------------------------
+
+    def claimant(self):
+        """The lowest-id member of the current ring that this node sees up."""
+        node = self.node
+        if node.ring is None:
+            raise Unavailable(f"node {node.name} has no ring yet")
+        up = [n for n in node.ring.nodes if node.is_up(n)]
+        if not up:
+            raise Unavailable("no member of the ring is up")
+        return min(up)
+
+    async def request(self, op, payload=None):
+        """An admin request (stage/plan/commit/transfers), answered by the claimant."""
+        claimant = self.claimant()
+        handler = self.handlers()["cl_" + op]
+        if claimant == self.node.name:
+            return await handler(payload or {})
+        return await self.node.call(claimant, "cl_" + op, payload or {}, 4 * self.node.timeout)
+
+    def _claimant_only(self):
+        if self.claimant() != self.node.name:
+            raise CommandError(f"{self.node.name} is not the claimant ({self.claimant()} is)")
+
+    # ---- staging, plan, commit (on the claimant) -------------------------------------------
+
+    async def _on_stage(self, m):
+        self._claimant_only()
+        if not isinstance(m, dict) or m.get("op") not in OPS + ("clear",) \
+                or not isinstance(m.get("node"), str):
+            raise CommandError("stage needs {'op': join|leave|remove|clear, 'node': id}")
+        op, who = m["op"], m["node"]
+        node, ring = self.node, self.node.ring
+        if op == "clear":
+            self.staged.pop(who, None)
+            return dict(self.staged)
+        if op == "join":
+            entry = node.gossip.table.get(who)
+            if who in ring.nodes:
+                raise CommandError(f"{who} is already a member of the ring")
+            if entry is None or not node.is_up(who):
+                raise CommandError(f"{who} is not known to gossip or not up: start it with "
+                                   "`kvnode start --join` and a seed in --members")
+        else:
+            if who not in ring.nodes:
+                raise CommandError(f"{who} is not a member of the ring")
+            if op == "leave" and not node.is_up(who):
+                raise CommandError(f"{who} is down: a down node cannot hand off; use remove")
+            if op == "remove" and node.is_up(who):
+                raise CommandError(f"{who} is up: remove is for dead nodes; use leave")
+        self.staged[who] = op
+        return dict(self.staged)
+
+    def _next_ring(self):
+        ring = self.node.ring
+        join = [n for n, op in self.staged.items() if op == "join"]
+        out = [n for n, op in self.staged.items() if op in ("leave", "remove")]
+        try:
+            return RS.plan_ring(ring, join, out)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
+    async def _on_plan(self, m):
+        self._claimant_only()
+        node = self.node
+        if node.ring_state.moving:
+            raise CommandError("a ring change is still moving partitions; see `kvctl transfers`")
+        if not self.staged:
+            return {"staged": {}, "transfers": [], "bytes": 0, "moves": {}}
+        nxt = self._next_ring()
+        xfers = RS.transfers(node.ring, nxt)
+        sizes = await self._sizes({x.partition for x in xfers}, xfers)
+        moves = {}
+        for x in xfers:
+            moves[x.to] = moves.get(x.to, 0) + 1
+        return {"staged": dict(self.staged),
+                "transfers": [[x.partition, x.to, list(x.sources), sizes.get(x.partition)]
+                              for x in xfers],
+                "bytes": sum(sizes.get(x.partition) or 0 for x in xfers),
+                "moves": moves,
+                "owned_after": {n: nxt.owners.count(n) for n in nxt.nodes}}
+
+    async def _sizes(self, partitions, xfers):
+        """Bytes of each partition, from the stores of a replica that has it (an estimate)."""
+        node, asked, out = self.node, {}, {}
+        for x in xfers:
+            src = next((s for s in x.sources if node.is_up(s)), None)
+            if src is not None:
+                asked.setdefault(src, set()).add(x.partition)
+        for src, ps in asked.items():
+            try:
+                got = self._local_sizes(ps) if src == node.name else \
+                    await node.call(src, "cl_sizes", {"partitions": sorted(ps)}, node.timeout)
+                out.update({int(k): v for k, v in got.items()})
+            except Exception as exc:
+                log.info("plan: sizes from %s: %s", src, exc)
+        return out
+
+    def _local_sizes(self, partitions):
+        out = {}
+        for p in partitions:
+            part = self.node.replica.partitions.get(p)
+            out[p] = 0 if part is None else int(part.store.stats().get("live_bytes", 0))
+        return out
+
+    async def _on_sizes(self, m):
+        ps = m.get("partitions") if isinstance(m, dict) else None
+        if not isinstance(ps, list) or not all(type(p) is int for p in ps):
+            raise CommandError("cl_sizes needs {'partitions': [int, ...]}")
+        return self._local_sizes(ps)
+
+    async def _on_commit(self, m):
+        self._claimant_only()
+        node = self.node
+        state = node.ring_state
+        if state.moving:
+            raise CommandError("a ring change is still moving partitions; see `kvctl transfers`")
+        if not self.staged:
+            raise CommandError("nothing staged: use `kvctl join|leave|remove` first")
+        removing = {n for n, op in self.staged.items() if op == "remove"}
+        down = [n for n in node.ring.nodes if n not in removing and not node.is_up(n)]
+        down += [n for n, op in self.staged.items() if op == "join" and not node.is_up(n)]
+        if down:
+            raise Unavailable(f"a ring change needs every owner up; down: {', '.join(sorted(down))}")
+        nxt = self._next_ring()
+        new = RS.RingState(state.current, nxt, state.epoch + 1, node.name)
+        table = node.gossip.table
+        for who, op in self.staged.items():
+            status = {"join": "valid", "leave": "leaving", "remove": "removed"}[op]
+            if who in table:
+                try:
+                    table = S.set_status(table, who, status, new.epoch)
+                except ValueError as exc:
+                    log.info("status of %s: %s", who, exc)
+        node.gossip.table = table
+        self.staged.clear()
+        node.offer_ring(new)
+        log.warning("ring epoch %d committed: %d transfers", new.epoch,
+                    len(RS.transfers(state.current, nxt)))
+        return {"epoch": new.epoch, "transfers": len(RS.transfers(state.current, nxt))}
+
+    async def _on_transfers(self, m):
+        state = self.node.ring_state
+        rows = []
+        if state is not None and state.moving:
+            for x in RS.transfers(state.current, state.next):
+                pr = self.progress.get((state.epoch, x.partition, x.to), {})
+                rows.append({"partition": x.partition, "to": x.to, "state": pr.get("state", "waiting"),
+                             "from": pr.get("from"), "keys": pr.get("keys", 0),
+                             "bytes": pr.get("bytes", 0)})
+        return {"epoch": None if state is None else state.epoch,
+                "moving": bool(state and state.moving), "transfers": rows}
+
+    # ---- driving a moving ring (on the claimant) ---------------------------------------------
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.drive()
+            except Unavailable:
+                pass
+            except Exception:
+                log.exception("ring change driver failed")
+
+    def drive(self):
+        """Start the transfers not yet done; settle the ring once all are confirmed."""
+        node = self.node
+        state = node.ring_state
+        if state is None or not state.moving or self.claimant() != node.name:
+            return
+        pending = []
+        for x in RS.transfers(state.current, state.next):
+            key = (state.epoch, x.partition, x.to)
+            if self.progress.get(key, {}).get("state") != "done":
+                pending.append((key, x))
+        if not pending:
+            settled = RS.RingState(state.next, None, state.epoch + 1, node.name)
+            table = node.gossip.table
+            for who in state.current.nodes:
+                if who not in settled.current.nodes and who in table \
+                        and table[who].status == "leaving":
+                    try:
+                        table = S.set_status(table, who, "exiting", settled.epoch)
+                    except ValueError:
+                        pass
+            node.gossip.table = table
+            node.offer_ring(settled)
+            log.warning("ring epoch %d settled", settled.epoch)
+            return
+        for key, x in pending:
+            if len(self._running) >= XFER_CONCURRENCY:
+                break
+            if key in self._running or not node.is_up(x.to):
+                continue
+            sources = [s for s in x.sources if node.is_up(s)]
+            if not sources:
+                continue
+            tries = self.progress.get(key, {}).get("tries", 0)
+            src = sources[tries % len(sources)]
+            self.progress[key] = {"state": "running", "from": src, "tries": tries + 1}
+            self._running[key] = node.spawn(self._transfer(key, x, src))
+
+    async def _transfer(self, key, x, src):
+        node = self.node
+        try:
+            payload = {"p": x.partition, "to": x.to, "epoch": key[0]}
+            if src == node.name:
+                got = await self._send_partition(x.partition, x.to)
+            else:
+                # a whole partition may take a while: no per-request deadline but a generous one
+                got = await node.call(src, "xfer", payload, 600.0)
+            self.progress[key].update(state="done", keys=got["keys"], bytes=got["bytes"])
+        except Exception as exc:
+            self.progress[key].update(state="failed", error=str(exc))
+            log.info("transfer of partition %d to %s from %s failed: %s", x.partition, x.to, src, exc)
+        finally:
+            self._running.pop(key, None)
+
+    # ---- the transfer itself (on a source and on the new replica) ------------------------
+
+    async def _on_xfer(self, m):
+        node = self.node
+        if not isinstance(m, dict) or type(m.get("p")) is not int or not isinstance(m.get("to"), str):
+            raise CommandError("xfer needs {'p': partition, 'to': node}")
+        p, to = m["p"], m["to"]
+        state = node.ring_state
+        if state is None or not state.moving or to not in state.extra_targets(p) \
+                or node.name not in state.current.preference_list(p):
+            raise CommandError(f"no transfer of partition {p} to {to} from {node.name} "
+                               f"at ring epoch {None if state is None else state.epoch}")
+        return await self._send_partition(p, to)
+
+    async def _send_partition(self, p, to):
+        """Stream every key of partition p to `to`, in bounded batches; -> counts."""
+        node = self.node
+        part = node.replica.partitions.get(p)
+        keys = sent_bytes = 0
+        if part is not None:
+            cursor = 0
+            while True:
+                cursor, ks = part.store.scan(cursor, XFER_BATCH_KEYS)
+                batch, size = [], 0
+                for k in ks:
+                    raw = part.store.get(k)
+                    if raw is None:
+                        continue
+                    batch.append([k, raw])
+                    size += len(k) + len(raw)
+                    if size >= XFER_BATCH_BYTES:
+                        await self._push(to, p, batch)
+                        keys, sent_bytes, batch, size = keys + len(batch), sent_bytes + size, [], 0
+                if batch:
+                    await self._push(to, p, batch)
+                    keys, sent_bytes = keys + len(batch), sent_bytes + size
+                if cursor == 0:
+                    break
+        self.stats["sent_keys"] += keys
+        self.stats["sent_bytes"] += sent_bytes
+        return {"keys": keys, "bytes": sent_bytes}
+
+    async def _push(self, to, p, batch):
+        await self.node.call(to, "xfer_recv", {"p": p, "items": batch}, 4 * self.node.timeout)
+
+    async def _on_xfer_recv(self, m):
+        node = self.node
+        if not isinstance(m, dict) or type(m.get("p")) is not int or not isinstance(m.get("items"), list):
+            raise CommandError("xfer_recv needs {'p': partition, 'items': [[key, clock], ...]}")
+        p, items = m["p"], m["items"]
+        if not node.holds(p):
+            raise CommandError(f"{node.name} is not a replica of partition {p} in the next ring")
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is bytes
+                    and type(item[1]) is bytes):
+                raise CommandError("xfer_recv items must be [key bytes, clock bytes]")
+            node._checked({"p": p, "k": item[0]})
+        try:
+            decoded = [(k, V.decode(raw)) for k, raw in items]
+        except V.InvalidClock as exc:
+            raise CommandError(f"xfer_recv: bad clock: {exc}") from None
+        for k, clock in decoded:
+            node.replica.merge(p, k, clock)
+        self.stats["received_keys"] += len(decoded)
+        await node.replica.after_write()
+        return len(decoded)

@@ -1,0 +1,244 @@
+"""Join, leave and remove on in-process nodes: plan, commit, transfers under writes, settle."""
+import asyncio
+
+import pytest
+import redis.asyncio as aredis
+
+from kvcore import versions as V
+from kvnet.config import load
+from kvnet.errors import CommandError, Unavailable
+from kvnet.membership import ringstate as RS
+from kvnet.node import Node
+from kvnet.testing import free_ports
+
+FAST = dict(gossip_interval_ms=50, phi_threshold=8.0, hint_replay_interval_ms=100,
+            ae_enabled=False)
+
+
+def _configs(tmp_path, nodes=4, q=64):
+    ports = free_ports(2 * nodes)
+    members = [f"c{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
+    out = []
+    for i in range(nodes):
+        joining = i == nodes - 1
+        # the last node joins later, with the first as its seed
+        ms = [members[0], members[i]] if joining else members[:nodes - 1]
+        out.append(load(name=f"c{i}", port=ports[i], peer_port=ports[nodes + i], n=3, r=2, w=2,
+                        ring_size=q, data_dir=str(tmp_path / f"c{i}"), members=ms, fsync="never",
+                        request_timeout_ms=2000, join=joining, **FAST))
+    return out
+
+
+async def _wait(pred, timeout=20.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def _settled(nodes, member, present=True):
+    return all(n.ring_state is not None and not n.ring_state.moving
+               and (member in n.ring.nodes) == present for n in nodes)
+
+
+async def _writer(port, prefix, acked, stop):
+    c = aredis.Redis(port=port)
+    i = 0
+    try:
+        while not stop.is_set():
+            k, v = f"{prefix}{i}", f"v{i}"
+            try:
+                await c.set(k, v)
+                acked[k] = v.encode()
+            except Exception:
+                pass
+            i += 1
+            await asyncio.sleep(0.002)
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.slow
+def test_join_under_writes_then_leave(tmp_path):
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        try:
+            c0 = aredis.Redis(port=cfgs[0].port)
+            for i in range(300):
+                await c0.set(f"before{i}", f"b{i}")
+            joiner = await Node(cfgs[3]).start()           # takes the ring from its seed
+            nodes.append(joiner)
+            assert joiner.ring == nodes[0].ring
+            assert await _wait(lambda: all(n.is_up("c3") and "c3" in n.gossip.table for n in nodes))
+            ch = nodes[1].changes                           # any node: forwarded to the claimant
+            assert ch.claimant() == "c0"
+            staged = await ch.request("stage", {"op": "join", "node": "c3"})
+            assert staged == {"c3": "join"}
+            plan = await ch.request("plan")
+            assert plan["moves"] and set(plan["moves"]) == {"c3"}
+            assert plan["owned_after"] == {"c0": 16, "c1": 16, "c2": 16, "c3": 16}
+            assert plan["bytes"] > 0
+            acked, stop = {}, asyncio.Event()
+            w = asyncio.ensure_future(_writer(cfgs[1].port, "during", acked, stop))
+            await asyncio.sleep(0.2)
+            res = await ch.request("commit")
+            assert res["transfers"] == len(plan["transfers"])
+            assert await _wait(lambda: _settled(nodes, "c3"))
+            await asyncio.sleep(0.2)
+            stop.set()
+            await w
+            assert len(acked) > 20
+            # balanced, every replica in place, nothing lost, old copies dropped
+            ring = nodes[0].ring
+            assert sorted(ring.owners.count(n) for n in ring.nodes) == [16, 16, 16, 16]
+            for n in nodes:
+                held = set(n.replica.partitions)
+                assert held <= {p for p in range(ring.q) if n.name in ring.preference_list(p)}
+            for i in range(300):
+                k = f"before{i}".encode()
+                p = ring.partition_of(k)
+                for name in ring.preference_list(p):
+                    node = nodes[int(name[1:])]
+                    clock = node.replica.read(p, k)
+                    assert clock is not None and V.lww_value(clock) == f"b{i}".encode(), (k, name)
+            c3 = aredis.Redis(port=cfgs[3].port)
+            for k, v in acked.items():
+                assert await c3.get(k) == v
+            t = await ch.request("transfers")
+            assert t["moving"] is False
+
+            # now c3 leaves: it hands everything off and says it is out
+            left = asyncio.Event()
+            joiner.on_left = left.set
+            await ch.request("stage", {"op": "leave", "node": "c3"})
+            await ch.request("commit")
+            assert await _wait(lambda: _settled(nodes[:3], "c3", present=False))
+            assert await _wait(left.is_set)
+            ring = nodes[0].ring
+            assert sorted(ring.owners.count(n) for n in ring.nodes) in ([21, 21, 22], [21, 22, 21])
+            for k, v in list(acked.items())[:50]:
+                assert await c0.get(k) == v
+            for i in range(0, 300, 7):
+                assert await c0.get(f"before{i}") == f"b{i}".encode()
+            await c3.aclose()
+            await c0.aclose()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+@pytest.mark.slow
+def test_remove_a_dead_node_and_refusals(tmp_path):
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        nodes.append(await Node(cfgs[3]).start())
+        try:
+            ch = nodes[0].changes
+            assert await _wait(lambda: all(n.is_up("c3") for n in nodes[:3]))
+            with pytest.raises(CommandError, match="nothing staged"):
+                await ch.request("commit")
+            with pytest.raises(CommandError, match="already a member"):
+                await ch.request("stage", {"op": "join", "node": "c1"})
+            with pytest.raises(CommandError, match="remove is for dead nodes"):
+                await ch.request("stage", {"op": "remove", "node": "c2"})
+            await ch.request("stage", {"op": "join", "node": "c3"})
+            await ch.request("commit")
+            assert await _wait(lambda: _settled(nodes, "c3"))
+            c = aredis.Redis(port=cfgs[0].port)
+            for i in range(200):
+                await c.set(f"k{i}", f"v{i}")
+            await nodes[2].stop()                           # c2 dies for good
+            for n in (nodes[0], nodes[1], nodes[3]):
+                try:
+                    await n.call("c2", "gping", {}, 0.5)
+                except Exception:
+                    pass
+            assert await _wait(lambda: not nodes[0].is_up("c2"))
+            with pytest.raises(CommandError, match="use remove"):
+                await ch.request("stage", {"op": "leave", "node": "c2"})
+            await ch.request("stage", {"op": "remove", "node": "c2"})
+            await ch.request("commit")
+            live = [nodes[0], nodes[1], nodes[3]]
+            assert await _wait(lambda: _settled(live, "c2", present=False))
+            ring = nodes[0].ring
+            for i in range(200):
+                k = f"k{i}".encode()
+                p = ring.partition_of(k)
+                for name in ring.preference_list(p):          # N=3 replicas again
+                    node = {n.name: n for n in live}[name]
+                    assert node.replica.read(p, k) is not None, (k, name)
+                assert await c.get(k) == f"v{i}".encode()
+            await c.aclose()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_ring_state_order_and_encoding():
+    from kvcore.ring import Ring
+    r = Ring.create(["a", "b", "c"], q=16, n=3)
+    nxt = RS.plan_ring(r, join=["d"])
+    s1 = RS.RingState(r)
+    s2 = RS.RingState(r, nxt, 2, "a")
+    assert s2.newer_than(s1) and not s1.newer_than(s2)
+    assert RS.RingState(r, nxt, 2, "b").newer_than(s2)          # same epoch: claimant breaks it
+    assert RS.decode(RS.encode(s2)) == s2
+    xs = RS.transfers(r, nxt)
+    assert xs and all(x.to == "d" and "d" not in x.sources for x in xs)
+    assert {x.partition for x in xs} == {p for p in range(16) if "d" in nxt.preference_list(p)}
+    for bad in (b"", b"\x81\xa3cur\x01", RS.encode(s2)[:-3]):
+        with pytest.raises(ValueError):
+            RS.decode(bad)
+    with pytest.raises(ValueError):
+        RS.plan_ring(r, leave=["zz"])
+
+
+def test_a_joining_node_without_seeds_gives_up(tmp_path):
+    async def main():
+        ports = free_ports(4)
+        cfg = load(name="lonely", port=ports[0], peer_port=ports[1], n=1, r=1, w=1,
+                   data_dir=str(tmp_path / "lonely"), join=True, fsync="never",
+                   members=[f"lonely@127.0.0.1:{ports[1]}", f"gone@127.0.0.1:{ports[3]}"],
+                   gossip_interval_ms=50)
+        with pytest.raises(OSError, match="no ring from the seeds"):
+            await Node(cfg).start(ring_timeout=0.5)
+
+    run(main())
+
+
+def test_unavailable_claimant_refuses_commit_with_an_owner_down(tmp_path):
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        nodes.append(await Node(cfgs[3]).start())
+        try:
+            ch = nodes[0].changes
+            assert await _wait(lambda: nodes[0].is_up("c3"))
+            await ch.request("stage", {"op": "join", "node": "c3"})
+            await nodes[1].stop()
+            try:
+                await nodes[0].call("c1", "gping", {}, 0.5)
+            except Exception:
+                pass
+            assert await _wait(lambda: not nodes[0].is_up("c1"))
+            with pytest.raises(Unavailable, match="every owner up; down: c1"):
+                await ch.request("commit")
+            assert not nodes[0].ring_state.moving
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
