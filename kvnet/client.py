@@ -159,6 +159,11 @@ class Client(_Routing):
     def status(self):
         return _decode(self._conn(self._seed).execute_command("KV.STATUS"))
 
+    def cluster(self, op, node=None):
+        """KV.CLUSTER op [node]: stage join/leave/remove/clear, plan, commit, transfers."""
+        args = ["KV.CLUSTER", op] + ([node] if node is not None else [])
+        return _decode(self._conn(self._seed).execute_command(*args))
+
     def close(self):
         for c in self._conns.values():
             c.close()
@@ -219,6 +224,10 @@ class AsyncClient(_Routing):
 
     async def status(self):
         return _decode(await self._conn(self._seed).execute_command("KV.STATUS"))
+
+    async def cluster(self, op, node=None):
+        args = ["KV.CLUSTER", op] + ([node] if node is not None else [])
+        return _decode(await self._conn(self._seed).execute_command(*args))
 
     async def close(self):
         for c in self._conns.values():

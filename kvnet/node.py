@@ -586,6 +586,19 @@ class Node(driver.Cluster, Backend):
             members.append(row)
         return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members}
 
+    async def cluster_admin(self, op, node=None):
+        """KV.CLUSTER: join/leave/remove/clear NODE stage a change; plan, commit, transfers.
+        Answered by the claimant (kvnet/membership/changes.py, docs/operations.md)."""
+        op = op.lower()
+        if op in ("join", "leave", "remove", "clear"):
+            if not node:
+                raise CommandError(f"KV.CLUSTER {op.upper()} needs a node id")
+            return {"staged": await self.changes.request("stage", {"op": op, "node": node})}
+        if op in ("plan", "commit", "transfers"):
+            return await self.changes.request(op)
+        raise CommandError(f"unknown KV.CLUSTER subcommand {op!r}: "
+                           "JOIN|LEAVE|REMOVE|CLEAR node, PLAN, COMMIT, TRANSFERS")
+
     async def info_section(self):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
@@ -605,10 +618,20 @@ def _clock(raw):
 
 
 async def run(cfg, ready=None):
-    """Run a node until cancelled or signalled (SIGINT/SIGTERM), then stop it cleanly."""
+    """Run a node until cancelled, signalled (SIGINT/SIGTERM) or out of the ring (after a
+    leave), then stop it cleanly; returns "left" in the last case."""
     import signal
 
     node = Node(cfg)
+    stop = asyncio.Event()
+    left = []
+
+    def on_left():
+        left.append(True)
+        # let the settled ring reach the others by gossip before going away
+        asyncio.get_running_loop().call_later(max(1.0, 5 * node.gossip.interval), stop.set)
+
+    node.on_left = on_left
     await node.start()
     # Requests make many short-lived objects: a larger first generation and a frozen
     # start-up heap cut the collector's share of a request (docs/performance.md).
@@ -617,7 +640,6 @@ async def run(cfg, ready=None):
     gc.set_threshold(20_000, 20, 20)
     if ready is not None:
         ready(node)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -628,3 +650,4 @@ async def run(cfg, ready=None):
         await stop.wait()
     finally:
         await node.stop()
+    return "left" if left else None

@@ -6,6 +6,11 @@
     kvctl get KEY                context and every sibling
     kvctl put KEY VALUE [--context HEX]
     kvctl del KEY [--context HEX]
+    kvctl join|leave|remove NODE stage a membership change (docs/operations.md)
+    kvctl clear NODE             unstage it
+    kvctl plan                   staged changes, partitions and bytes that would move
+    kvctl commit                 apply the staged changes (partitions move in the background)
+    kvctl transfers              progress of the partition transfers of a ring change
 """
 import argparse
 import sys
@@ -46,6 +51,14 @@ def main(argv=None, out=sys.stdout):
     d = sub.add_parser("del", help="delete a key")
     d.add_argument("key")
     d.add_argument("--context", default=None)
+    for op, help_ in (("join", "stage the join of a node started with `kvnode start --join`"),
+                      ("leave", "stage a live node's leave (it hands off, then exits)"),
+                      ("remove", "stage the removal of a dead node"),
+                      ("clear", "unstage a node's change")):
+        sub.add_parser(op, help=help_).add_argument("node")
+    sub.add_parser("plan", help="what the staged changes would move")
+    sub.add_parser("commit", help="apply the staged changes")
+    sub.add_parser("transfers", help="partition transfers of the ring change in progress")
     args = ap.parse_args(argv)
 
     c = Client(args.host, args.port, password=args.password)
@@ -82,6 +95,30 @@ def main(argv=None, out=sys.stdout):
         elif args.cmd == "put":
             ctx = bytes.fromhex(args.context) if args.context else None
             print(f"context {c.put(args.key, args.value, context=ctx, w=args.w).hex()}", file=out)
+        elif args.cmd in ("join", "leave", "remove", "clear"):
+            staged = c.cluster(args.cmd, args.node)["staged"]
+            print("staged: " + (", ".join(f"{op} {n}" for n, op in sorted(staged.items())) or "nothing"),
+                  file=out)
+            print("next: `kvctl plan`, then `kvctl commit`", file=out)
+        elif args.cmd == "plan":
+            _print_plan(c.cluster("plan"), out)
+        elif args.cmd == "commit":
+            res = c.cluster("commit")
+            print(f"committed: ring epoch {res['epoch']}, {res['transfers']} partition transfers; "
+                  "follow them with `kvctl transfers`", file=out)
+        elif args.cmd == "transfers":
+            t = c.cluster("transfers")
+            if not t["moving"]:
+                print(f"ring epoch {t['epoch']}: settled, no transfers", file=out)
+            else:
+                done = sum(1 for r in t["transfers"] if r["state"] == "done")
+                print(f"ring epoch {t['epoch']}: {done} of {len(t['transfers'])} transfers done",
+                      file=out)
+                print(f"{'partition':>9}  {'to':<14}{'from':<14}{'state':<9}{'keys':>9}{'bytes':>12}",
+                      file=out)
+                for r in t["transfers"]:
+                    print(f"{r['partition']:>9}  {r['to']:<14}{r['from'] or '-':<14}{r['state']:<9}"
+                          f"{r['keys']:>9}{r['bytes']:>12}", file=out)
         elif args.cmd == "del":
             ctx = bytes.fromhex(args.context) if args.context else None
             print(f"context {c.delete(args.key, context=ctx).hex()}", file=out)
@@ -97,6 +134,19 @@ def main(argv=None, out=sys.stdout):
     finally:
         c.close()
     return 0
+
+
+def _print_plan(plan, out):
+    staged = plan["staged"]
+    if not staged:
+        print("nothing staged", file=out)
+        return
+    print("staged: " + ", ".join(f"{op} {n}" for n, op in sorted(staged.items())), file=out)
+    print(f"{len(plan['transfers'])} partition transfers, about {plan['bytes']:,} bytes", file=out)
+    for node, count in sorted(plan["moves"].items()):
+        print(f"  {node} receives {count} partition replicas", file=out)
+    print("partitions owned after: " + ", ".join(f"{n} {c}" for n, c in sorted(plan["owned_after"].items())),
+          file=out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     kvnode dev                       # 3 nodes on 127.0.0.1:7379-7381, data in ./ringkv-data
     kvnode start --config node.toml  # one node from a TOML file and/or flags
+    kvnode add                       # one more node next to `kvnode dev`, joined to its ring
 """
 import argparse
 import asyncio
@@ -67,11 +68,17 @@ def _start(args):
     try:
         from kvnet.node import run
 
-        asyncio.run(run(cfg, ready))
+        outcome = asyncio.run(run(cfg, ready))
     except OSError as exc:
         print(f"kvnode: {cfg.name} cannot start: {exc}", file=sys.stderr)
         return 1
+    if outcome == "left":
+        print(f"{cfg.name}: handed off its partitions and left the cluster", flush=True)
+        return EXIT_LEFT
     return 0
+
+
+EXIT_LEFT = 3        # `kvnode start` exit code after the node left the ring (kvctl leave)
 
 
 def _use_uvloop():
@@ -144,14 +151,90 @@ def _dev(args):
     elif waiting and not stopping:
         print("kvnode dev: nodes did not become ready in 60 s", file=sys.stderr)
         stopping = True
-    while not stopping:
-        for i, pr in enumerate(procs):
-            if pr.poll() is not None:
-                print(f"kvnode dev: node{i + 1} exited with {pr.returncode}; stopping the cluster",
-                      file=sys.stderr)
-                stopping = True
-        time.sleep(0.2)
+    _supervise(procs, lambda: stopping, "the cluster")
     return _stop_all(procs)
+
+
+def _supervise(procs, stopping, what):
+    """Wait until stopping() or a node exits on its own (which stops `what`); a node that left
+    the ring (exit code EXIT_LEFT) is let go."""
+    gone = set()
+    while not stopping():
+        for i, pr in enumerate(procs):
+            if i in gone or pr.poll() is None:
+                continue
+            if pr.returncode == EXIT_LEFT:
+                print(f"kvnode: node{i + 1} left the cluster", flush=True)
+                gone.add(i)
+                continue
+            print(f"kvnode: node{i + 1} exited with {pr.returncode}; stopping {what}", file=sys.stderr)
+            return
+        if len(gone) == len(procs):
+            return
+        time.sleep(0.2)
+
+
+def _add(args):
+    """Start one more node next to a `kvnode dev` cluster and join it (one command)."""
+    from kvnet.client import Client
+
+    seed_port = args.base_port
+    if not ping(seed_port):
+        print(f"kvnode add: no node answers on 127.0.0.1:{seed_port}; start `kvnode dev` first",
+              file=sys.stderr)
+        return 1
+    c = Client("127.0.0.1", seed_port)
+    try:
+        ring_nodes = [n["name"] for n in c.ring()["nodes"]]
+        index = args.index or 1 + max(int(n[4:]) for n in ring_nodes
+                                      if n.startswith("node") and n[4:].isdigit())
+        name = f"node{index}"
+        port, peer = args.base_port + index - 1, args.base_port + 10000 + index - 1
+        if not (_port_free(port) and _port_free(peer)):
+            print(f"kvnode add: port {port} or {peer} is in use", file=sys.stderr)
+            return 1
+        members = f"node1@127.0.0.1:{seed_port + 10000},{name}@127.0.0.1:{peer}"
+        cmd = [sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name, "--port", str(port),
+               "--peer-port", str(peer), "--data-dir", os.path.join(args.data_dir, name),
+               "--members", members, "--fsync", args.fsync, "--join"]
+        proc = subprocess.Popen(cmd)
+        stopping = False
+
+        def stop(*_):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        deadline = time.monotonic() + 60
+        while not ping(port):
+            if proc.poll() is not None or time.monotonic() > deadline or stopping:
+                print(f"kvnode add: {name} did not start", file=sys.stderr)
+                return _stop_all([proc])
+            time.sleep(0.1)
+        if name not in ring_nodes:
+            deadline = time.monotonic() + 30
+            while True:                   # the claimant must see it up through gossip first
+                try:
+                    c.cluster("join", name)
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        print(f"kvnode add: cannot stage the join: {exc}", file=sys.stderr)
+                        return _stop_all([proc])
+                    time.sleep(0.3)
+            res = c.cluster("commit")
+            print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}); ring epoch "
+                  f"{res['epoch']}, {res['transfers']} partition transfers (`kvctl transfers`)",
+                  flush=True)
+        else:
+            print(f"{name}: restarted on 127.0.0.1:{port} (already a member)", flush=True)
+        print("Ctrl-C stops this node (use `kvctl leave` first to take it out of the ring).",
+              flush=True)
+        _supervise([proc], lambda: stopping, "it")
+        return _stop_all([proc])
+    finally:
+        c.close()
 
 
 def _stop_all(procs, grace=15.0):
@@ -165,7 +248,7 @@ def _stop_all(procs, grace=15.0):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-    print("ringkv dev cluster stopped.", flush=True)
+    print("ringkv nodes stopped.", flush=True)
     return 0
 
 
@@ -186,8 +269,13 @@ def main(argv=None):
     dv.add_argument("--data-dir", default="./ringkv-data")
     dv.add_argument("--n", type=int, default=3)
     dv.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
+    ad = sub.add_parser("add", help="start one more node next to `kvnode dev` and join it")
+    ad.add_argument("--base-port", type=int, default=NodeConfig.port)
+    ad.add_argument("--data-dir", default="./ringkv-data")
+    ad.add_argument("--index", type=int, default=None, help="node number (default: next free)")
+    ad.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
     args = ap.parse_args(argv)
-    return _start(args) if args.cmd == "start" else _dev(args)
+    return {"start": _start, "dev": _dev, "add": _add}[args.cmd](args)
 
 
 if __name__ == "__main__":

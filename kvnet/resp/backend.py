@@ -157,6 +157,10 @@ class Backend(abc.ABC):
     async def status(self) -> dict:
         """Members, their state and partition counts (KV.STATUS)."""
 
+    async def cluster_admin(self, op: str, node: str | None = None) -> dict:
+        """KV.CLUSTER: stage membership changes, plan, commit, transfers (docs/operations.md)."""
+        raise CommandError("KV.CLUSTER needs a ringkv cluster node")
+
     async def info_section(self) -> dict:
         """ringkv's own INFO fields ("# Ringkv"): name -> str or int."""
         return {}

@@ -366,6 +366,13 @@ async def cmd_kv_status(ctx, s, argv):
     return await ctx.backend.status()
 
 
+async def cmd_kv_cluster(ctx, s, argv):
+    if len(argv) > 3:
+        raise CommandError("syntax error: KV.CLUSTER JOIN|LEAVE|REMOVE|CLEAR node, PLAN, COMMIT "
+                           "or TRANSFERS")
+    return await ctx.backend.cluster_admin(_text(argv[1]), _text(argv[2]) if len(argv) > 2 else None)
+
+
 # ---- the table --------------------------------------------------------------------------------
 
 def build_table() -> dict:
@@ -397,6 +404,8 @@ def build_table() -> dict:
         C("kv.ring", 1, [R, "stale"], 0, 0, 0, cmd_kv_ring, "ringkv", ["@read", "@slow"]),
         C("kv.preflist", 2, [R, "stale"], 1, 1, 1, cmd_kv_preflist, "ringkv", ["@read", "@slow"]),
         C("kv.status", 1, [R, "stale"], 0, 0, 0, cmd_kv_status, "ringkv", ["@read", "@slow"]),
+        C("kv.cluster", -2, ["admin", "stale"], 0, 0, 0, cmd_kv_cluster, "ringkv",
+          ["@admin", "@slow", "@dangerous"]),
     ]
     cmds.extend(admin.commands(Command))
     return {c.name.encode(): c for c in cmds}

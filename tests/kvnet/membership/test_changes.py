@@ -242,3 +242,43 @@ def test_unavailable_claimant_refuses_commit_with_an_owner_down(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_kv_cluster_command_and_kvctl(tmp_path):
+    import io
+
+    from kvnet.cli import kvctl
+
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        try:
+            c = aredis.Redis(port=cfgs[2].port, protocol=3)
+            plan = await c.execute_command("KV.CLUSTER", "PLAN")
+            assert plan[b"staged"] == {} and plan[b"transfers"] == []
+            with pytest.raises(Exception, match="unknown KV.CLUSTER subcommand"):
+                await c.execute_command("KV.CLUSTER", "BOGUS")
+            with pytest.raises(Exception, match="not a member of the ring"):
+                await c.execute_command("KV.CLUSTER", "LEAVE", "nobody")
+            with pytest.raises(Exception, match="needs a node id"):
+                await c.execute_command("KV.CLUSTER", "JOIN")
+            await c.aclose()
+
+            def cli(*argv):
+                out = io.StringIO()
+                rc = kvctl.main(["--port", str(cfgs[1].port), *argv], out=out)
+                return rc, out.getvalue()
+
+            rc, text = await asyncio.to_thread(cli, "plan")
+            assert rc == 0 and "nothing staged" in text
+            rc, text = await asyncio.to_thread(cli, "transfers")
+            assert rc == 0 and "settled" in text
+            rc, text = await asyncio.to_thread(cli, "commit")
+            assert rc == 1
+            rc, text = await asyncio.to_thread(cli, "status")
+            assert rc == 0 and "c0" in text and "heartbeat age" in text
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
