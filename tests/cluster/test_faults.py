@@ -195,7 +195,10 @@ def test_divergent_keys_sees_a_wiped_replica(clusters, tmp_path):
     for k in keys:
         assert r.set(k, b"v")
     r.close()
-    time.sleep(0.5)                       # the third replica's copy lands after the W=2 reply
+    reader = Reader(cluster.ports, r="ALL")  # the third copy may still be in flight after W=2:
+    assert all(reader(k) == [b"v"] for k in keys)   # R=ALL reads repair it
+    reader.close()
+    time.sleep(1.0)
     cluster.stop()
     assert divergent_keys(cluster) == {}
     cluster.wipe(2)
