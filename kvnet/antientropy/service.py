@@ -478,7 +478,7 @@ class AntiEntropy:
 
     async def _h_done(self, m):
         (sid,) = fields(m, "sid")
-        self._sessions.pop(sid, None)
+        self._sessions.pop(integer(sid, 0, (1 << 63) - 1, "sid"), None)
         return True
 
 

@@ -233,6 +233,14 @@ def test_bad_payloads_get_errors_never_a_crash(ae):
                         await n0.call("n1", type_, payload, 2)
                     except RemoteError as exc:
                         assert exc.code == "CommandError", (type_, payload, exc)
+            # a live responder cache: ae_done must still refuse an unhashable id
+            p0 = n1.ring.partition_of(b"k0")
+            await n0.call("n1", "ae_diff", {"p": p0, "sid": 5, "level": 1, "nodes": [0],
+                                            "hashes": bytes(1024)}, 2)
+            assert c.svc[1]._sessions
+            for sid in ([1], {"a": 1}, -1, None):
+                with pytest.raises(RemoteError, match="sid"):
+                    await n0.call("n1", "ae_done", {"sid": sid}, 2)
             rng = random.Random(7)
             for type_, fn in handlers.items():
                 for _ in range(300):
