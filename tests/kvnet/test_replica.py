@@ -187,3 +187,34 @@ def test_merkle_tree_follows_every_write_and_survives_clean_restart_only(tmp_pat
     assert len(part.store) == 0 and part.tree == _fold(part)
     asyncio.run(r.close())
     asyncio.run(other.close())
+
+
+def test_delete_if_compares_clock_bytes_and_updates_the_tree(tmp_path):
+    from kvcore import merkle as M
+    r = LocalReplica(str(tmp_path), "n1")
+    r.mint(3, b"keep", S(b"v"))
+    tomb = V.encode(r.mint(3, b"gone", V.tombstone(2)))
+    part = r.partition(3)
+    assert not r.delete_if(3, b"gone", tomb + b"x")        # other bytes: kept
+    assert not r.delete_if(3, b"nothing", tomb)
+    assert not r.delete_if(9, b"gone", tomb)               # a partition not open: never opened
+    assert r.opened(9) is None and 9 not in r.partitions
+    assert r.delete_if(3, b"gone", tomb)
+    assert part.store.get(b"gone") is None and r.read(3, b"gone") is None
+    want = M.MerkleTree()
+    want.rebuild(part.store.items())
+    assert part.tree.root() == want.root() and part.tree_built
+    assert not r.delete_if(3, b"gone", tomb)               # twice: nothing left to delete
+    newer = V.encode(r.mint(3, b"gone", S(b"back")))       # a write after: not the tombstone
+    assert not r.delete_if(3, b"gone", tomb) and part.store.get(b"gone") == newer
+    t2 = V.encode(r.mint(3, b"gone2", V.tombstone(3)))
+    assert r.delete_if(3, b"gone2", t2)
+    asyncio.run(r.close())
+    r2 = LocalReplica(str(tmp_path), "n1")                 # the delete survives a reopen
+    r2.open_existing()
+    p2 = r2.opened(3)
+    assert r2.read(3, b"gone2") is None and p2.store.get(b"gone") == newer
+    want = M.MerkleTree()
+    want.rebuild(p2.store.items())
+    assert p2.tree.root() == want.root()
+    asyncio.run(r2.close())
