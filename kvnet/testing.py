@@ -564,6 +564,7 @@ class _Writer(threading.Thread):
         self.errors = collections.Counter()
         self.error_samples = []
         self.error_times = []               # time.monotonic() of each error
+        self.trace = []                     # (start, seconds, port) of each operation
         self.ops = 0
         self.rng = random.Random(seed)
         self._halt = threading.Event()
@@ -606,7 +607,10 @@ class _Writer(threading.Thread):
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                self.step(self.ports[i % len(self.ports)])
+                port = self.ports[i % len(self.ports)]
+                t0 = time.monotonic()
+                self.step(port)
+                self.trace.append((t0, time.monotonic() - t0, port))
                 self.ops += 1
                 i += 1
                 if self.pause_s:

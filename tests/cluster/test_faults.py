@@ -54,8 +54,8 @@ def verify(cluster, writers, expect_converged=True):
     sets = writers[0].acked
     puts = [rec for w in writers[1:] for rec in w.records]
     summary = {w.name: (w.ops, w.error_count, dict(w.errors)) for w in writers}
-    assert len(sets) > 100, summary
-    assert sum(1 for p in puts if p.acked) > 50, summary
+    assert len(sets) > 50, summary                       # a loaded 2-core VM still does 5x that
+    assert sum(1 for p in puts if p.acked) > 25, summary
     reader = Reader(cluster.ports, r="ALL")
     try:
         violations = check(reader, sets=sets, puts=puts)
@@ -205,3 +205,45 @@ def test_divergent_keys_sees_a_wiped_replica(clusters, tmp_path):
     diverged = divergent_keys(cluster)
     assert sorted(diverged) == sorted(keys)
     assert all(d["node3"] is None and d["node1"] == d["node2"] for d in diverged.values())
+
+
+def test_refused_and_reset_links_lose_nothing(clusters, tmp_path):
+    """cut("refuse"): node1-node2 connections are reset and redials refused (the fast-failure
+    path of the peer pool, unlike the blackhole's timeouts); heal; nothing lost, converged."""
+    cluster = clusters(str(tmp_path), nodes=3, extra=FAST, proxied=True).start()
+    writers = workload(cluster)
+
+    def faults():
+        time.sleep(1.0)
+        cluster.cut(0, 1, mode="refuse")
+        time.sleep(2.5)
+        cluster.heal(0, 1)
+        time.sleep(1.5)
+
+    run(writers, faults)
+    verify(cluster, writers)
+
+
+def test_isolated_node_minority_writes_fail_or_survive_and_nothing_is_lost(clusters, tmp_path):
+    """node3 cut from both others while clients still write through it: it cannot reach W=2
+    (errors; what it stored alone is unacknowledged), node1 and node2 carry on; after the heal
+    every acknowledged write is there and the replicas converge."""
+    cluster = clusters(str(tmp_path), nodes=3, extra=FAST, proxied=True).start()
+    writers = workload(cluster)
+    seen = {}
+
+    def faults():
+        time.sleep(1.0)
+        cluster.isolate(2)
+        seen["down"] = wait_until(lambda: all(cluster.view(i)["node3"]["state"] == "down"
+                                              for i in (0, 1)), 10, what="node3 down at node1 and node2")
+        time.sleep(2.0)
+        cluster.heal_all()
+        seen["up"] = wait_until(lambda: all(cluster.view(i)["node3"]["state"] == "up"
+                                            for i in (0, 1)), 10, what="node3 up again")
+        time.sleep(1.5)
+
+    run(writers, faults)
+    assert sum(w.error_count for w in writers) > 0      # node3 alone could not make W=2
+    summary = verify(cluster, writers)
+    print(seen, summary)
