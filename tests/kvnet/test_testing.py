@@ -213,3 +213,54 @@ def test_unreadable_key_is_a_violation():
 
     v = check(read, sets={b"k": b"v"})
     assert len(v) == 1 and "unreadable" in v[0]
+
+
+# ---- LocalCluster without (or with short-lived) processes -----------------------------------
+
+def _members(cmd):
+    arg = cmd[cmd.index("--members") + 1]
+    return {m.split("@")[0]: int(m.rsplit(":", 1)[1]) for m in arg.split(",")}
+
+
+def test_proxied_members_name_a_proxy_per_directed_link(tmp_path):
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=4, proxied=True, extra=["--phi-threshold", "4"],
+                     node_extra={2: ["--phi-threshold", "6"]})
+    try:
+        assert len(c.proxies) == 12
+        for i, cmd in enumerate(c.cmds):
+            members = _members(cmd)
+            for j, name in enumerate(c.names):
+                want = c.peer_ports[j] if i == j else c.proxies[i, j].port
+                assert members[name] == want
+                if i != j:
+                    assert c.proxies[i, j].target == ("127.0.0.1", c.peer_ports[j])
+            assert cmd[cmd.index("--data-dir") + 1] == c.data_dir_of(i)
+        assert c.cmds[2][-2:] == ["--phi-threshold", "6"] and c.cmds[1][-2:] == ["--phi-threshold", "4"]
+    finally:
+        c.stop()
+    assert all(not px._thread.is_alive() for px in c.proxies.values())
+
+
+def test_unproxied_members_are_the_real_peer_ports_and_network_faults_refuse(tmp_path):
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=3)
+    assert all(_members(cmd) == dict(zip(c.names, c.peer_ports)) for cmd in c.cmds)
+    with pytest.raises(RuntimeError, match="proxied"):
+        c.cut(0, 1)
+    c.stop()
+
+
+@pytest.mark.slow
+def test_a_node_that_cannot_start_leaves_no_process_or_proxy(tmp_path):
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=2, proxied=True, node_extra={1: ["--r", "9"]})
+    with pytest.raises(RuntimeError, match="node2 exited"):
+        with c:
+            pass
+    assert c.procs == [None, None]
+    assert all(not px._thread.is_alive() for px in c.proxies.values())
+    c.stop()                                     # twice is fine
