@@ -275,6 +275,10 @@ class ClusterChanges:
             log.info("transfer of partition %d to %s from %s failed: %s", x.partition, x.to, src, exc)
         finally:
             self._running.pop(key, None)
+        try:
+            self.drive()                   # the next transfer starts now, not at the next tick
+        except Exception as exc:
+            log.info("ring change driver: %s", exc)
 
     # ---- the transfer itself (on a source and on the new replica) ------------------------
 
