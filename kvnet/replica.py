@@ -230,6 +230,15 @@ class LocalReplica:
             self._store(p, key, merged, old_raw)
         return merged
 
+    def repair(self, p, key, clock):
+        """`merge` for anti-entropy: True if the stored clock changed (one lookup, not three)."""
+        old_raw, local = self._local(p, key)
+        merged = clock if local is None else V.sync(local, clock)
+        if local is None or merged != local:
+            self._store(p, key, merged, old_raw)
+            return True
+        return False
+
     def delete_if(self, p, key, raw):
         """Compare-and-delete: remove the key for good if its stored clock bytes still equal
         `raw` (a reaped tombstone, ALGORITHMS.md section 6). True if deleted. Synchronous, so

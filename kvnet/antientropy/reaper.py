@@ -256,12 +256,14 @@ class Reaper:
         cand = self.candidates.get(p, {})
         if part is None or not cand:
             return
-        for k in [k for k, c in cand.items() if part.store.get(k) != c[0]]:
-            del cand[k]                      # written since: no longer this tombstone
         primaries = list(node.ring.preference_list(p))
         others = [n for n in primaries if n != node.name]
         # (a) every primary holds it with an equal clock
         todo = [k for k, c in cand.items() if c[1] is None][:self.reap_batch]
+        for k, raw in zip(todo, part.store.get_many(todo)):
+            if raw != cand[k][0]:
+                del cand[k]                  # written since: no longer this tombstone
+        todo = [k for k in todo if k in cand]
         if todo:
             replies = await self._ask(others, "ae_clocks", {"p": p, "keys": todo})
             if replies is None:

@@ -319,7 +319,7 @@ class AntiEntropy:
                 raw = _raw(rep, p, k)
                 if raw is None:
                     continue              # gone here since the list was made
-                if self.reaper.is_pending(p, k, raw):
+                if self.reaper.pending and self.reaper.is_pending(p, k, raw):
                     run.reaped += self.reaper.finish(p, k, raw)
                 else:
                     await push.offer(k, raw)
@@ -331,19 +331,18 @@ class AntiEntropy:
     async def _absorb(self, run, p, got, push):
         """Merge the peer's clocks here; queue the merged clock for the peer where it differs."""
         rep = self.node.replica
+        pending = self.reaper.pending
         for k, theirs_raw, theirs in got:
             mine_raw = _raw(rep, p, k)
             if mine_raw is None:
-                if self.reaper.is_pending(p, k, theirs_raw):
+                if pending and self.reaper.is_pending(p, k, theirs_raw):
                     push.cad.append([k, theirs_raw])   # reaped or reaping here: finish there
                     continue
-                rep.merge(p, k, theirs)
-                run.repaired_here += 1
+                run.repaired_here += rep.repair(p, k, theirs)
                 continue
             merged_raw = V.encode(V.sync(V.decode(mine_raw), theirs))
             if merged_raw != mine_raw:
-                rep.merge(p, k, theirs)
-                run.repaired_here += 1
+                run.repaired_here += rep.repair(p, k, theirs)
             if merged_raw != theirs_raw:
                 await push.offer(k, merged_raw)
 
@@ -432,7 +431,7 @@ class AntiEntropy:
                 wanted = sess.frontier - set(sess.index)
             sess.index.update(await segment_keys(part, wanted))
             sess.touched = time.monotonic()
-        store = part.store
+        store, pending = part.store, self.reaper.pending
         out, want, reap, size, done = [], [], [], 0, 0
         for s, hs in theirs:
             ks = sess.index.get(s, ())
@@ -440,7 +439,7 @@ class AntiEntropy:
                 if raw is None:
                     continue
                 h = hs.pop(k, None)
-                if h is None and self.reaper.is_pending(p, k, raw):
+                if h is None and pending and self.reaper.is_pending(p, k, raw):
                     self.reaper.finish(p, k, raw)       # never copied back: the reap ends here
                     reap.append(k)
                 elif h is None or h != M.entry_hash(k, raw):
@@ -465,13 +464,12 @@ class AntiEntropy:
         self._tree(p)
         rep = self.node.replica
         merged, refused = 0, []
+        pending = self.reaper.pending
         for k, raw, c in es:
-            before = _raw(rep, p, k)
-            if before is None and self.reaper.is_pending(p, k, raw):
+            if pending and self.reaper.is_pending(p, k, raw) and _raw(rep, p, k) is None:
                 refused.append(k)                       # reaped here: the sender finishes it
                 continue
-            rep.merge(p, k, c)
-            merged += _raw(rep, p, k) != before
+            merged += rep.repair(p, k, c)
         self.stats["served_repairs"] += merged
         await rep.after_write()
         return {"merged": merged, "reap": refused}
