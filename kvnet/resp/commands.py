@@ -107,6 +107,8 @@ class Commands:
         # Exact-case lookups first: clients send upper or lower case names.
         self._names = dict(self.table)
         self._names.update((k.upper(), v) for k, v in self.table.items())
+        self._key_pos = dict(_KEY_POSITION)
+        self._key_pos.update((k.upper(), v) for k, v in _KEY_POSITION.items())
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -120,6 +122,22 @@ class Commands:
         self.sessions.pop(session.id, None)
 
     # ---- dispatch ----------------------------------------------------------------------------
+
+    def key_of(self, argv):
+        """What a pipelined command may run alongside (kvnet/resp/server.py): its one key, ()
+        for a command that touches no key and no connection state, or None for a barrier
+        (several keys, the whole keyspace, connection state, or a name not known here)."""
+        name = argv[0]
+        pos = self._key_pos.get(name)
+        if pos is None:
+            pos = self._key_pos.get(name.lower())
+            if pos is None:
+                return None
+        if pos == 0 or len(argv) < 2:
+            return ()              # no key (or an arity error, answered at once)
+        if pos < 0 and len(argv) != 2:
+            return None            # DEL / EXISTS of several keys
+        return argv[1]
 
     def lookup(self, argv):
         """(command, None) or (None, error reply) for argv, with Redis' checks and messages."""
@@ -164,6 +182,16 @@ class Commands:
             log.exception("command %s failed", cmd.name)
             self.stats["total_error_replies"] += 1
             return ErrorReply(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
+
+
+# Commands that may run concurrently with other commands of the same pipeline: 1 = the key is
+# argv[1], -1 = only when argv[1] is the one key, 0 = no key and no connection state.
+_KEY_POSITION = {
+    b"get": 1, b"set": 1, b"type": 1, b"ttl": 1, b"pttl": 1,
+    b"kv.get": 1, b"kv.put": 1, b"kv.del": 1, b"kv.preflist": 1,
+    b"del": -1, b"exists": -1,
+    b"ping": 0, b"echo": 0,
+}
 
 
 # ---- argument helpers -------------------------------------------------------------------------

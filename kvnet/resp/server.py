@@ -1,9 +1,14 @@
 """The RESP front door: an asyncio Protocol from bytes to commands to replies (docs/resp.md).
 
-Per connection, commands run one after another in arrival order (a pipelined GET sees the
-SET before it), and a command that completes without suspending is answered without a Task.
-Reading pauses while the transport's write buffer is above its high-water mark or too many
-commands wait, so a client that does not read its replies cannot grow the server's memory.
+Per connection, commands start in arrival order and replies leave in that order. A command
+that completes without suspending is answered without a Task. One that suspends (a quorum
+round trip) runs as a Task while the commands behind it start too, as long as each touches
+one key that no command still running touches (GET, SET, KV.GET/PUT/DEL, ...): so a pipelined
+GET still sees the SET of the same key before it. Any other command (multi-key, keyspace-wide,
+connection state) is a barrier: it starts when everything before it is done, and nothing
+starts before it is done. Reading pauses while the transport's write buffer is above its
+high-water mark or too many commands wait, so a client that does not read its replies cannot
+grow the server's memory.
 """
 import asyncio
 import collections
@@ -24,6 +29,7 @@ IDLE_TIMEOUT = 3600.0        # seconds; 0 or None: never
 MAX_PENDING = 1024           # commands read but not yet answered, per connection
 WRITE_HIGH_WATER = 1 << 20   # bytes buffered for one client before reading pauses
 FLUSH_SIZE = 64 << 10        # write replies out at least this often within one batch
+MAX_IN_FLIGHT = 128          # suspended commands running at once, per connection
 
 
 @types.coroutine
@@ -59,7 +65,12 @@ class RespProtocol(asyncio.Protocol):
         self.transport = None
         self.session = None
         self._queue = collections.deque()   # commands (or a ProtocolError) waiting to run
-        self._task = None                   # the command in flight, when one suspended
+        self._slots = collections.deque()   # replies in order from the first command in
+                                            # flight: [bytes] ready, [None] still running
+        self._running = {}                  # Task -> its key (None: a barrier command)
+        self._keys = {}                     # key -> commands in flight on it
+        self._barrier = False               # a barrier command is in flight
+        self._key_of = server.commands.key_of
         self._out = []                      # encoded replies not yet written
         self._out_size = 0
         self._write_paused = False
@@ -94,9 +105,10 @@ class RespProtocol(asyncio.Protocol):
             self.commands.close_session(self.session)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        for task in list(self._running):
+            task.cancel()
         self._queue.clear()
+        self._slots.clear()
 
     def pause_writing(self):
         self._write_paused = True
@@ -104,7 +116,7 @@ class RespProtocol(asyncio.Protocol):
 
     def resume_writing(self):
         self._write_paused = False
-        if self._queue and self._task is None:
+        if self._queue:
             self.loop.call_soon(self._run)
         self._update_reading()
 
@@ -119,44 +131,55 @@ class RespProtocol(asyncio.Protocol):
             cmds.append(exc)
         if not cmds:
             return
-        if self._task is not None or self._queue:
-            self._queue.extend(cmds)
-            self._update_reading()
-            return
         self._queue.extend(cmds)
         self._run()
 
     # ---- running commands --------------------------------------------------------------------
 
     def _run(self):
-        """Run queued commands in order until one suspends, the queue empties, the client
-        stops reading (write buffer above high water) or QUIT."""
-        if self._task is not None or self._closed:
+        """Start queued commands in order until one must wait (see the module docstring), the
+        queue empties, the client stops reading (write buffer above high water) or QUIT."""
+        if self._closed:
             return
         queue = self._queue
         session = self.session
         execute = self.commands.execute
+        slots = self._slots
         out = self._out
         while queue and not self._closed:
             if self._write_paused:  # resume_writing() continues
                 break
-            argv = queue.popleft()
+            argv = queue[0]
             if isinstance(argv, ProtocolError):
+                if self._running:   # the replies before the error go first
+                    break
+                queue.popleft()
                 out.append(encode_error(argv))
                 self._close_after_flush()
                 return
+            if self._running:
+                if self._barrier or len(self._running) >= MAX_IN_FLIGHT:
+                    break
+                key = self._key_of(argv)
+                if key is None or key in self._keys:
+                    break           # a barrier, or the same key as a command in flight
+            else:
+                key = None          # computed only when the command suspends
+            queue.popleft()
             coro = execute(session, argv)
             try:
                 yielded = coro.send(None)
             except StopIteration as stop:
                 reply = stop.value
             else:
-                self._task = self.loop.create_task(_finish(coro, yielded))
-                self._task.add_done_callback(self._task_done)
-                self._flush()
-                self._update_reading()
-                return
+                if not self._running:
+                    key = self._key_of(argv)
+                self._start_task(coro, yielded, key)
+                continue
             data = encode(reply, session.protocol)
+            if slots:               # behind a reply still running
+                slots.append([data])
+                continue
             out.append(data)
             self._out_size += len(data)
             if session.closing:
@@ -167,8 +190,25 @@ class RespProtocol(asyncio.Protocol):
         self._flush()
         self._update_reading()
 
-    def _task_done(self, task):
-        self._task = None
+    def _start_task(self, coro, yielded, key):
+        task = self.loop.create_task(_finish(coro, yielded))
+        slot = [None]
+        self._slots.append(slot)
+        self._running[task] = key
+        if key is None:
+            self._barrier = True
+        else:
+            self._keys[key] = self._keys.get(key, 0) + 1
+        task.add_done_callback(lambda t: self._task_done(t, slot))
+
+    def _task_done(self, task, slot):
+        key = self._running.pop(task, None)
+        if key is None:
+            self._barrier = False
+        else:
+            left = self._keys.pop(key) - 1
+            if left:
+                self._keys[key] = left
         if self._closed or task.cancelled():
             return
         exc = task.exception()
@@ -177,8 +217,14 @@ class RespProtocol(asyncio.Protocol):
             self.transport.abort()
             return
         session = self.session
-        self._out.append(encode(task.result(), session.protocol))
-        if session.closing:
+        slot[0] = encode(task.result(), session.protocol)
+        slots = self._slots
+        out = self._out
+        while slots and slots[0][0] is not None:
+            data = slots.popleft()[0]
+            out.append(data)
+            self._out_size += len(data)
+        if session.closing and not slots:
             self._close_after_flush()
             return
         self._run()
@@ -213,7 +259,7 @@ class RespProtocol(asyncio.Protocol):
             return
         timeout = self.server.idle_timeout
         idle = self.loop.time() - self._last_read
-        if idle >= timeout and self._task is None and not self._queue:
+        if idle >= timeout and not self._running and not self._queue:
             self.transport.close()
             return
         self._idle_handle = self.loop.call_later(max(timeout - idle, 0.1), self._check_idle)

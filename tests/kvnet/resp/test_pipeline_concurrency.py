@@ -1,0 +1,174 @@
+"""Pipelined commands that suspend run side by side when they touch different keys; replies
+stay in order, a command sees earlier commands of its connection on the same key, and
+multi-key or keyspace-wide commands are barriers (kvnet/resp/server.py)."""
+import asyncio
+
+import pytest
+
+from kvnet.resp.backend import MemoryBackend
+from kvnet.resp.commands import Commands
+from kvnet.resp.server import serve
+
+from tests.kvnet.resp.test_server import raw_connection, read_until_eof, run
+
+
+def resp(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+class GatedBackend(MemoryBackend):
+    """SET of a key named gate:<x> waits until a SET of key <x> has started; every read and
+    write suspends once. Records when each operation starts and ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = {}
+        self.log = []
+
+    def _event(self, key):
+        return self.events.setdefault(key, asyncio.Event())
+
+    async def set_overwrite(self, key, value):
+        self.log.append(("set", key))
+        self._event(key).set()
+        if key.startswith(b"gate:"):
+            await self._event(key[5:]).wait()
+        await asyncio.sleep(0)
+        await super().set_overwrite(key, value)
+        self.log.append(("set done", key))
+
+    async def get_lww(self, key):
+        self.log.append(("get", key))
+        await asyncio.sleep(0)
+        return await super().get_lww(key)
+
+    async def mget(self, keys):
+        self.log.append(("mget", tuple(keys)))
+        return await super().mget(keys)
+
+
+def test_different_keys_run_side_by_side():
+    """SET gate:b can only finish once SET b has started: one after the other, this pipeline
+    would never finish."""
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend)
+        try:
+            reader, writer = await raw_connection(server.port)
+            writer.write(resp(b"SET", b"gate:b", b"1") + resp(b"SET", b"b", b"2")
+                         + resp(b"GET", b"gate:b") + resp(b"GET", b"b") + b"QUIT\r\n")
+            data = await asyncio.wait_for(read_until_eof(reader), 5)
+            assert data == b"+OK\r\n+OK\r\n$1\r\n1\r\n$1\r\n2\r\n+OK\r\n"
+            writer.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_same_key_waits_for_the_command_before_it():
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend)
+        try:
+            reader, writer = await raw_connection(server.port)
+            # GET gate:x must see the SET before it, though that SET is still running (it
+            # waits for a SET x that another client sends later); GET y need not wait.
+            writer.write(resp(b"SET", b"gate:x", b"new") + resp(b"GET", b"gate:x")
+                         + b"QUIT\r\n")
+            await asyncio.sleep(0.05)
+            assert backend.log == [("set", b"gate:x")]
+            r2, w2 = await raw_connection(server.port)
+            w2.write(resp(b"SET", b"x", b"1") + b"QUIT\r\n")
+            assert await asyncio.wait_for(read_until_eof(r2), 5) == b"+OK\r\n+OK\r\n"
+            data = await asyncio.wait_for(read_until_eof(reader), 5)
+            assert data == b"+OK\r\n$3\r\nnew\r\n+OK\r\n"
+            log = backend.log
+            assert log.index(("set done", b"gate:x")) < log.index(("get", b"gate:x"))
+            writer.close()
+            w2.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_multi_key_command_is_a_barrier():
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend)
+        try:
+            reader, writer = await raw_connection(server.port)
+            writer.write(resp(b"SET", b"a", b"1") + resp(b"SET", b"b", b"2")
+                         + resp(b"MGET", b"a", b"b") + resp(b"SET", b"a", b"3")
+                         + resp(b"GET", b"a") + b"QUIT\r\n")
+            data = await asyncio.wait_for(read_until_eof(reader), 5)
+            assert data == (b"+OK\r\n+OK\r\n*2\r\n$1\r\n1\r\n$1\r\n2\r\n+OK\r\n$1\r\n3\r\n"
+                            b"+OK\r\n")
+            log = backend.log
+            mget = log.index(("mget", (b"a", b"b")))
+            # MGET started after both SETs before it finished, and the SET after it later.
+            assert log.index(("set done", b"a")) < mget and log.index(("set done", b"b")) < mget
+            assert [e for e in log[mget:] if e[0] == "set"] == [("set", b"a")]
+            writer.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+@pytest.mark.parametrize("n", [2000])
+def test_mixed_pipeline_of_sets_and_gets_in_order(n):
+    """SET/GET of the same key and of different keys, all suspending: every reply in order,
+    every GET the value of the SET before it."""
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend)
+        try:
+            reader, writer = await raw_connection(server.port)
+            data, expected = [], []
+            for i in range(n):
+                k = b"k%d" % (i % 37)
+                data.append(resp(b"SET", k, b"v%d" % i) + resp(b"GET", k)
+                            + resp(b"GET", b"k%d" % ((i + 1) % 37)))
+                nxt = (i + 1) % 37
+                prev = max((j for j in range(i) if j % 37 == nxt), default=None)
+                expected.append(b"+OK\r\n$%d\r\nv%d\r\n" % (len(b"v%d" % i), i))
+                expected.append(b"$-1\r\n" if prev is None else
+                                b"$%d\r\nv%d\r\n" % (len(b"v%d" % prev), prev))
+            writer.write(b"".join(data) + b"QUIT\r\n")
+            got = await asyncio.wait_for(read_until_eof(reader), 30)
+            assert got == b"".join(expected) + b"+OK\r\n"
+            writer.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_fast_reply_waits_behind_a_running_command_and_errors_come_last():
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend, max_bulk=100)
+        try:
+            reader, writer = await raw_connection(server.port)
+            writer.write(resp(b"SET", b"gate:y", b"1") + b"PING\r\n" + resp(b"SET", b"y", b"2")
+                         + b"*1\r\n$101\r\n" + b"x" * 101 + b"\r\n")
+            data = await asyncio.wait_for(read_until_eof(reader), 5)
+            assert data == b"+OK\r\n+PONG\r\n+OK\r\n-ERR Protocol error: invalid bulk length\r\n"
+            writer.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_key_of():
+    c = Commands(MemoryBackend())
+    assert c.key_of([b"GET", b"k"]) == b"k"
+    assert c.key_of([b"set", b"k", b"v"]) == b"k"
+    assert c.key_of([b"KV.PUT", b"k", b"v", b"W", b"1"]) == b"k"
+    assert c.key_of([b"Del", b"k"]) == b"k"
+    assert c.key_of([b"DEL", b"a", b"b"]) is None
+    assert c.key_of([b"MGET", b"a"]) is None
+    assert c.key_of([b"MSET", b"a", b"1"]) is None
+    assert c.key_of([b"PING"]) == ()
+    for barrier in ([b"AUTH", b"x"], [b"HELLO", b"3"], [b"SELECT", b"0"], [b"QUIT"],
+                    [b"FLUSHDB"], [b"SCAN", b"0"], [b"DBSIZE"], [b"CLIENT", b"SETNAME", b"x"],
+                    [b"NOPE", b"k"]):
+        assert c.key_of(barrier) is None, barrier
