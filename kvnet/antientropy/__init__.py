@@ -1,8 +1,13 @@
-"""Anti-entropy: Merkle-tree exchanges that repair replicas of a partition (ALGORITHMS.md 4).
+"""Anti-entropy: Merkle-tree exchanges that repair replicas of a partition, and tombstone reaping
+(ALGORITHMS.md sections 4 and 6; docs/antientropy.md).
 
 `exchange` holds the message functions of one exchange (no I/O) and `run_exchange`, an
-in-process driver between two LocalReplicas.
+in-process driver between two LocalReplicas; `service.AntiEntropy` is the node service that runs
+exchanges over the peer protocol on a schedule; `reaper.Reaper` reaps tombstones.
 """
 from kvnet.antientropy.exchange import ExchangeStats, keys_in_segment, keys_in_segments, run_exchange
+from kvnet.antientropy.reaper import Reaper
+from kvnet.antientropy.service import AntiEntropy
 
-__all__ = ["ExchangeStats", "keys_in_segment", "keys_in_segments", "run_exchange"]
+__all__ = ["AntiEntropy", "ExchangeStats", "Reaper", "keys_in_segment", "keys_in_segments",
+           "run_exchange"]

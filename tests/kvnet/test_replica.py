@@ -218,3 +218,18 @@ def test_delete_if_compares_clock_bytes_and_updates_the_tree(tmp_path):
     want.rebuild(p2.store.items())
     assert p2.tree.root() == want.root()
     asyncio.run(r2.close())
+
+
+def test_repair_is_merge_reporting_a_change(tmp_path):
+    r = LocalReplica(str(tmp_path / "a"), "a")
+    o = LocalReplica(str(tmp_path / "b"), "b")
+    c1 = o.mint(0, b"k", S(b"v1"))
+    assert r.repair(0, b"k", c1) and V.equal(r.read(0, b"k"), c1)
+    assert not r.repair(0, b"k", c1)                       # nothing new: not stored again
+    mine = r.mint(0, b"k", S(b"mine"))                     # concurrent with o's next write
+    c2 = o.mint(0, b"k", S(b"v2"), overwrite=True)
+    assert r.repair(0, b"k", c2)
+    assert V.equal(r.read(0, b"k"), V.sync(mine, c2))
+    assert not r.repair(0, b"k", c1)                       # older: dominated, no change
+    asyncio.run(r.close())
+    asyncio.run(o.close())
