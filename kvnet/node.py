@@ -358,7 +358,8 @@ class Node(driver.Cluster, Backend):
         return self._owned_count()
 
     async def _peer_info(self, m):
-        return {"name": self.name, "host": self.cfg.host, "port": self.resp.port if self.resp else 0}
+        return {"name": self.name, "host": self.cfg.host, "port": self.resp.port if self.resp else 0,
+                "hints_pending": sum(self.handoff.pending().values())}
 
     async def _peer_flush(self, m):
         if m != {"all": True}:               # never emptied by a stray or malformed message
@@ -536,6 +537,11 @@ class Node(driver.Cluster, Backend):
         bad = [str(r) for r in results if isinstance(r, Exception)]
         if bad:
             raise Unavailable(f"FLUSHDB needs every member up: {'; '.join(bad)}")
+        hinted = sum(self.handoff.pending().values()) + sum(
+            r.get("hints_pending", 0) for r in results if isinstance(r, dict))
+        if hinted:
+            raise Unavailable(f"FLUSHDB is refused while {hinted} hints are pending; "
+                              "retry once they are delivered (INFO hints_pending)")
         self._flush_local()
         await asyncio.gather(*(self.call(n, "flush", {"all": True}, self.timeout)
                                for n in self.ring.nodes if n != self.name))

@@ -30,7 +30,7 @@ class HintReplay:
         self.node = node
         self.interval = node.cfg.hint_replay_interval_ms / 1000.0
         self.rate = node.cfg.hint_replay_rate
-        self.stats = {"replayed": 0, "received": 0, "batches": 0, "failures": 0}
+        self.stats = {"replayed": 0, "received": 0, "batches": 0, "failures": 0, "rehomed": 0}
         self._wake = None
         self._task = None
 
@@ -92,6 +92,9 @@ class HintReplay:
                                      max_bytes=BATCH_BYTES)
             if not items:
                 break
+            items = self._rehome(target, items)
+            if not items:
+                continue
             started = loop.time()
             try:
                 stored = await node.call(target, "hreplay",
@@ -113,6 +116,25 @@ class HintReplay:
             if spare > 0:
                 await asyncio.sleep(spare)
         return sent
+
+    def _rehome(self, target, items):
+        """Hints for partitions the target no longer replicates (the ring changed since they
+        were written) go to a current replica: this node's own, or the partition's first other
+        replica's hints. Returns the items still for target."""
+        node = self.node
+        keep = []
+        for p, k, raw in items:
+            prefs = node.ring.preference_list(p)
+            if target in prefs:
+                keep.append((p, k, raw))
+                continue
+            if node.name in prefs:
+                node.replica.merge(p, k, V.decode(raw))
+            else:
+                node.hints.add(next(x for x in prefs if x != node.name), p, k, raw)
+            node.hints.ack(target, p, k, raw)
+            self.stats["rehomed"] += 1
+        return keep
 
     # ---- receiver ------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ class ClusterChanges:
         self.stats = {"sent_keys": 0, "sent_bytes": 0, "received_keys": 0}
         self._task = None
         self._running = {}
+        self._distrusted = set()     # (ring epoch, partition) filled by a transfer here
 
     def handlers(self):
         return {"cl_stage": self._on_stage, "cl_plan": self._on_plan,
@@ -341,6 +342,13 @@ class ClusterChanges:
             decoded = [(k, V.decode(raw)) for k, raw in items]
         except V.InvalidClock as exc:
             raise CommandError(f"xfer_recv: bad clock: {exc}") from None
+        mark = (node.ring_state.epoch, p)
+        if mark not in self._distrusted:
+            # This node may have held p before and dropped it: dots of its own in what arrives
+            # may be older than ones it minted then. Never extend them (ALGORITHMS.md section 1).
+            replica = node.replica
+            replica.partition(p).distrust(replica.identity.new_epoch())
+            self._distrusted.add(mark)
         for k, clock in decoded:
             node.replica.merge(p, k, clock)
         self.stats["received_keys"] += len(decoded)

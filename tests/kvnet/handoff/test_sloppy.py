@@ -197,3 +197,42 @@ def test_bad_hint_requests_are_refused(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_flush_refused_while_hints_pending_and_stray_hints_rehomed(tmp_path):
+    from kvcore import versions as V
+
+    async def main():
+        cfgs = _configs(tmp_path, hint_replay_interval_ms=3_600_000)    # replay only by hand
+        nodes = [await Node(c).start() for c in cfgs]
+        client = aredis.Redis(port=cfgs[0].port)
+        try:
+            n0, ring = nodes[0], nodes[0].ring
+            k = _keys_with_primary(n0, "s1", 1)[0]
+            p = ring.partition_of(k)
+            n0.hints.add("s1", p, k, V.encode(V.new(V.sibling(b"hinted"))))
+            with pytest.raises(Exception, match="hints are pending"):
+                await client.flushdb()
+            await n0.handoff.replay_all()
+            assert n0.hints.pending("s1") == 0
+            assert nodes[1].replica.read(p, k) is not None
+            # a hint for a partition its target does not replicate goes to a current replica
+            stray = next(b"x%d" % i for i in range(10_000)
+                         if "s1" not in ring.preference_list(ring.partition_of(b"x%d" % i)))
+            sp = ring.partition_of(stray)
+            n0.hints.add("s1", sp, stray, V.encode(V.new(V.sibling(b"moved"))))
+            await n0.handoff.replay_all()
+            assert n0.hints.pending("s1") == 0 and n0.handoff.stats["rehomed"] == 1
+            prefs = ring.preference_list(sp)
+            if "s0" in prefs:
+                assert V.lww_value(n0.replica.read(sp, stray)) == b"moved"
+            else:
+                assert n0.hints.get(prefs[0], sp, stray) is not None
+            await n0.handoff.replay_all()
+            assert await client.flushdb() is True
+        finally:
+            await client.aclose()
+            for n in nodes:
+                await n.stop()
+
+    run(main())

@@ -109,6 +109,11 @@ def test_join_under_writes_then_leave(tmp_path):
                     node = nodes[int(name[1:])]
                     clock = node.replica.read(p, k)
                     assert clock is not None and V.lww_value(clock) == f"b{i}".encode(), (k, name)
+            # partitions filled by a transfer never extend dots minted before here
+            for i in range(300):
+                p = ring.partition_of(f"before{i}".encode())
+                if p in joiner.replica.partitions:
+                    assert joiner.replica.partitions[p].trusted_from > 0
             c3 = aredis.Redis(port=cfgs[3].port)
             for k, v in acked.items():
                 assert await c3.get(k) == v
