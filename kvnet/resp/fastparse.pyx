@@ -17,7 +17,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyByteArray_GET_SIZE(object)
 
 
-# Longest digit run parsed here; longer (legal but odd, e.g. leading zeros) goes to Python.
+# Longest digit run parsed here; longer ones, and leading zeros, go to the Python scan.
 DEF MAX_DIGITS = 18
 
 
@@ -29,8 +29,8 @@ cdef inline Py_ssize_t _number(const char* p, Py_ssize_t i, Py_ssize_t n, long l
     while i < n:
         c = p[i]
         if c >= 48 and c <= 57:
-            if i - start >= MAX_DIGITS:
-                return -1
+            if i - start >= MAX_DIGITS or (i > start and p[start] == 48):
+                return -1             # too long, or a leading zero (hiredis refuses those)
             v = v * 10 + (c - 48)
             i += 1
         elif c == 13:

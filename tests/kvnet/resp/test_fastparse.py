@@ -91,6 +91,9 @@ def test_garbage(pieces, cuts, limits):
     b"*000000000000000000000000000001\r\n$1\r\na\r\n",  # header above max_inline
     b"*1\r\n$0000000000000000000001\r\na\r\n",         # long (legal) digit runs: Python's
     b"*1\r\n$1\r\naXY",                                 # not CRLF-terminated
+    b"*1\r\n$01\r\na\r\n",                               # leading zeros: hiredis refuses
+    b"*01\r\n$1\r\na\r\n",
+    b"*1\r\n$00\r\n\r\n",
 ])
 def test_limits_and_odd_headers_agree(data):
     same(data, [], LIMITS)
