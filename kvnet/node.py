@@ -17,6 +17,7 @@ from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, TooManySiblings, Unavailable
+from kvnet.antientropy.service import AntiEntropy
 from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
@@ -61,6 +62,8 @@ class Node(driver.Cluster, Backend):
         self.gossip = self.add_service(Gossip(self))
         self.handoff = self.add_service(HintReplay(self))
         self.changes = self.add_service(ClusterChanges(self))
+        # Handlers always answer; exchanges are scheduled only with cfg.ae_enabled.
+        self.antientropy = self.add_service(AntiEntropy(self))
         self.resp = None
         self.started = time.time()
         self._tasks = set()
@@ -115,13 +118,24 @@ class Node(driver.Cluster, Backend):
 
     def add_service(self, svc):
         """Register a background part before start(): its peer handlers (message type ->
-        async fn(payload)) join the node's, and it is started and stopped with the node."""
+        async fn(payload)) join the node's, and it is started and stopped with the node. A
+        service of the same class replaces the one registered (tests pass other options)."""
+        for old in [x for x in self.services if type(x) is type(svc)]:
+            self.remove_service(old)
         for type_, fn in svc.handlers().items():
             if type_ in self._handlers or hasattr(self, "_peer_" + type_):
                 raise ValueError(f"peer message type {type_!r} is taken")
             self._handlers[type_] = fn
         self.services.append(svc)
+        if type(svc) is AntiEntropy:
+            self.antientropy = svc
         return svc
+
+    def remove_service(self, svc):
+        """Unregister a service and its handlers (before start)."""
+        self.services.remove(svc)
+        for type_ in svc.handlers():
+            self._handlers.pop(type_, None)
 
     # ---- the ring ------------------------------------------------------------------------
 
