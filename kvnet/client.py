@@ -11,6 +11,7 @@ request to a node of the key's preference list, saving the forwarding hop.
     c.put(b"k", b"v2", context=obj.context)
 """
 import asyncio
+import time
 from dataclasses import dataclass
 
 import redis
@@ -55,20 +56,28 @@ def _quorum_args(name, value):
 
 
 class _Routing:
-    """The ring as a client routes with it: refreshed when a routed node fails."""
+    """The ring as a client routes with it: refreshed when a routed node fails, and every
+    `ring_ttl` seconds (membership changes move partitions; a stale ring costs only a
+    forwarding hop, since any node accepts any request)."""
 
     def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=True,
-                 socket_timeout=10.0):
+                 socket_timeout=10.0, ring_ttl=5.0):
         self._opts = dict(password=password, socket_timeout=socket_timeout)
         self._seed = (host, port)
         self._conns = {}
         self._route = route
         self._ring = None
+        self._ring_ttl = ring_ttl
+        self._ring_at = 0.0
+
+    def _stale(self):
+        return self._ring is None or time.monotonic() - self._ring_at > self._ring_ttl
 
     def _set_ring(self, info):
         info = _decode(info)
         addrs = {n["name"]: (n["host"], n["port"]) for n in info["nodes"] if n.get("port")}
         self._ring = (info["q"], info["owners"], addrs)
+        self._ring_at = time.monotonic()
 
     def _routed_addr(self, key):
         if self._ring is None:
@@ -105,7 +114,7 @@ class Client(_Routing):
         return c
 
     def _addr_for(self, key):
-        if self._route and self._ring is None:
+        if self._route and self._stale():
             try:
                 self._set_ring(self._conn(self._seed).execute_command("KV.RING"))
             except redis.ConnectionError:
@@ -186,7 +195,7 @@ class AsyncClient(_Routing):
         return c
 
     async def _call(self, key, *args):
-        if self._route and self._ring is None:
+        if self._route and self._stale():
             try:
                 self._set_ring(await self._conn(self._seed).execute_command("KV.RING"))
             except redis.ConnectionError:

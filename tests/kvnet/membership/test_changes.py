@@ -74,6 +74,10 @@ def test_join_under_writes_then_leave(tmp_path):
             c0 = aredis.Redis(port=cfgs[0].port)
             for i in range(300):
                 await c0.set(f"before{i}", f"b{i}")
+            from kvnet.client import AsyncClient
+            routed = AsyncClient("127.0.0.1", cfgs[0].port, ring_ttl=0.1)
+            assert (await routed.get(b"before1")).value == b"b1"
+            assert "c3" not in routed._ring[1]
             joiner = await Node(cfgs[3]).start()           # takes the ring from its seed
             nodes.append(joiner)
             assert joiner.ring == nodes[0].ring
@@ -119,6 +123,10 @@ def test_join_under_writes_then_leave(tmp_path):
                 assert await c3.get(k) == v
             t = await ch.request("transfers")
             assert t["moving"] is False
+            await asyncio.sleep(0.2)                       # the client's ring is stale: refetched
+            assert (await routed.get(b"before2")).value == b"b2"
+            assert "c3" in routed._ring[1]
+            await routed.close()
 
             # now c3 leaves: it hands everything off and says it is out
             left = asyncio.Event()
