@@ -27,6 +27,8 @@ EXTENSIONS = [
     Extension("kvcore.merkle", ["kvcore/merkle.pyx"]),
     # issue 5: the RESP front door's request scan (kvnet/resp/parser.py; twin: fastparse_py)
     Extension("kvnet.resp.fastparse", ["kvnet/resp/fastparse.pyx"]),
+    # issue 5: the common case of kvcore.versions.decode (twin: clockcodec_py)
+    Extension("kvcore.clockcodec", ["kvcore/clockcodec.pyx"]),
 ]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).
 _only = [n for n in os.environ.get("RINGKV_EXT", "").split(",") if n]

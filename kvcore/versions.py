@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from kvcore._native import select
 from kvcore.errors import KVError
 
 __all__ = [
@@ -338,6 +339,9 @@ def encode(clock: Clock) -> bytes:
 
 def decode(data: bytes) -> Clock:
     """The clock `encode` made these bytes from; InvalidClock (a ValueError) for anything else."""
+    clock = _decode_common(data)      # canonical bytes of the common shapes, in C
+    if clock is not None:
+        return clock
     try:
         obj = _unpackb(data, use_list=False, raw=False, strict_map_key=True)
     except Exception as exc:
@@ -377,6 +381,11 @@ def decode(data: bytes) -> Clock:
     if _packb((CLOCK_TAG, entries, anonymous)) != data:
         raise InvalidClock("clock bytes are not canonical (as encode() writes them)")
     return _new_tuple(Clock, (entries, anonymous))
+
+
+_codec = select("kvcore.clockcodec", "kvcore.clockcodec_py")
+_codec.bind(_unpackb, _packb, Sibling, Clock)
+_decode_common = _codec.decode_common
 
 
 def _decode_sibling(v):

@@ -352,3 +352,70 @@ def test_anonymous_sync_commutes_and_encodes_canonically(xs, ys):
     cy = dvv.sync_all([dvv.new(Sibling(*v)) for v in ys])
     assert dvv.sync(cx, cy) == dvv.sync(cy, cx)
     assert dvv.decode(dvv.encode(dvv.sync(cx, cy))) == dvv.sync(cx, cy)
+
+
+# ---- the C decode (kvcore/clockcodec.pyx) changes speed, never results -------------------------
+
+def _decode_both(data):
+    """(C-first decode, Python-only decode): each the clock or the exception's type and text."""
+    out = []
+    for common in (dvv._decode_common, lambda d: None):
+        saved = dvv._decode_common
+        dvv._decode_common = common
+        try:
+            c = dvv.decode(data)
+            out.append(("ok", c, type(c), [type(v) for v in dvv.values(c)]))
+        except Exception as exc:
+            out.append(("error", type(exc), str(exc)))
+        finally:
+            dvv._decode_common = saved
+    return out
+
+
+_actors = st.one_of(st.text(max_size=3), st.tuples(st.sampled_from(["n1", "n2"]),
+                    st.integers(0, 2 ** 64 - 1), st.integers(0, 2 ** 40)), st.integers(-5, 5))
+_sibs = st.builds(Sibling, st.one_of(st.none(), st.binary(max_size=8)),
+                  st.integers(-2 ** 63, 2 ** 64 - 1))
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(_actors, st.integers(1, 2 ** 64 - 1), st.lists(_sibs, max_size=3)),
+                max_size=4), st.lists(_sibs, max_size=2),
+       st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=2)), max_size=3))
+def test_c_decode_matches_python(entries, anonymous, edits):
+    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
+    try:
+        data = dvv.encode(clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries],
+                                anonymous=anonymous))
+    except InvalidClock:
+        return
+    a_, b_ = _decode_both(data)
+    assert a_ == b_
+    mutated = bytearray(data)
+    for at, piece in edits:            # damaged bytes: the same clock or the same error
+        at = min(at, len(mutated))
+        mutated[at:at + 1] = piece
+    a_, b_ = _decode_both(bytes(mutated))
+    assert a_ == b_
+
+
+@pytest.mark.parametrize("obj", [
+    (1, ((("n", 1, 2), 1, ((b"v", 5),)),), ()),
+    (1, ((("n", 1, 2), 1, ((None, 5),)),), ((b"x", 1),)),
+    (1, ((("n", 1, 2), 1, ((b"v", 5), (b"w", 4))),), ()),     # more values than the counter
+    (1, ((("n", 1, 2), 0, ()),), ()),                         # counter 0
+    (1, (("b", 1, ()), ("a", 1, ())), ()),                    # actors out of order
+    (1, ((["x"], 1, ()),), ()),                               # an unhashable actor (list)
+    (1, (({"x": 1}, 1, ()),), ()),                            # a map actor
+    (1, (("a", 1, ()), (1, 1, ())), ()),                      # actors not comparable
+    (True, (), ()), (1, (), ((b"a", 1), (b"b", 2))), (1, (), ((b"b", 2), (b"a", 1))),
+    (1, (("a", 1, ((b"v", 1.5),)),), ()), (2, (), ()), [1, [], []],
+])
+def test_c_decode_matches_python_on_odd_clocks(obj):
+    data = msgpack.packb(obj)
+    a_, b_ = _decode_both(data)
+    assert a_ == b_
+    a_, b_ = _decode_both(data + b"\x00")          # trailing bytes
+    assert a_ == b_
+    a_, b_ = _decode_both(bytearray(data))         # not bytes
+    assert a_ == b_
