@@ -288,7 +288,11 @@ class AntiEntropy:
             if s in empty_there and s in index:
                 ks = index[s]
                 for k, raw in zip(ks, part.store.get_many(ks)):
-                    if raw is not None:
+                    if raw is None:
+                        continue
+                    if self.reaper.pending and self.reaper.is_pending(p, k, raw):
+                        run.reaped += self.reaper.finish(p, k, raw)
+                    else:
                         await push.offer(k, raw)
         queue = deque(s for s in frontier if s not in empty_there)
         while queue:

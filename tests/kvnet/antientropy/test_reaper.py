@@ -118,7 +118,12 @@ def test_not_reaped_while_a_member_holds_a_hint(ae):
             assert await ae.wait_for(lambda: tomb_everywhere(c, k))
             assert await ae.wait_for(lambda: c.svc[0].reaper.stats["blocked_hints"] > 3)
             assert tomb_everywhere(c, k) and c.svc[0].reaper.stats["reaped"] == 0
+            local = n0.hints.add("n1", p, k, c.raw(0, k))   # the coordinator's own hint log
             assert n1.hints.ack("n2", p, k, hint)
+            blocked = c.svc[0].reaper.stats["blocked_hints"]
+            assert await ae.wait_for(lambda: c.svc[0].reaper.stats["blocked_hints"] > blocked + 3)
+            assert tomb_everywhere(c, k) and c.svc[0].reaper.stats["reaped"] == 0
+            assert n0.hints.ack("n1", p, k, local)
             assert await ae.wait_for(lambda: gone_everywhere(c, k), timeout=5)
             assert c.svc[0].reaper.stats["reaped"] == 1
         finally:
@@ -189,6 +194,27 @@ def test_reap_pending_tombstone_is_never_copied_back(ae):
             assert n2.replica.delete_if(p, k, tomb) and c.raw(1, k) == tomb
             await c.svc[2].exchange(p, "n1")
             assert c.raw(1, k) is None and c.raw(2, k) is None
+            # 5. a marked holder meets a lacking replica that lost its mark (a restart), both
+            #    as initiator and as responder: still never copied
+            seg = n0.replica.opened(p).tree.segment_of(k)
+            twin = next(x for x in (b"twin%d" % i for i in range(1_000_000))
+                        if n0.ring.partition_of(x) == p
+                        and n0.replica.opened(p).tree.segment_of(x) == seg)
+            for neighbour in (False, True):
+                if neighbour:     # a key in k's segment everywhere: k is listed, not pushed whole
+                    tc = n0.replica.mint(p, twin, V.sibling(b"same segment", 1))
+                    for n in (n1, n2):
+                        n.replica.merge(p, twin, tc)
+                for starter in (1, 0):
+                    spread()
+                    n0.replica.delete_if(p, k, tomb)
+                    r0.pending.clear()
+                    assert r1.mark(p, k, tomb)
+                    if starter == 1:
+                        await c.svc[1].exchange(p, "n0")
+                    else:
+                        await c.svc[0].exchange(p, "n1")
+                    assert c.raw(0, k) is None and c.raw(1, k) is None, (neighbour, starter)
             # an unmarked tombstone is still copied, like any object
             for x in live:
                 assert c.raw(2, x) is not None
@@ -200,6 +226,34 @@ def test_reap_pending_tombstone_is_never_copied_back(ae):
             newer = V.encode(n2.replica.mint(p, k, V.sibling(b"back", 5), overwrite=True))
             assert await n0.call("n2", "ae_cad", {"p": p, "entries": [[k, tomb]]}, 2) == []
             assert c.raw(2, k) == newer
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_confirmation_needs_every_primary_up_and_equal(ae):
+    async def main():
+        c = await ae.make(ae_enabled=False, tombstone_grace_s=0)
+        n0, n1, n2 = c.nodes
+        try:
+            k = key_coordinated_by(n0, "n0")
+            p = n0.ring.partition_of(k)
+            value = n2.replica.mint(p, k, V.sibling(b"old", 1))
+            for n in (n0, n1):
+                n.replica.merge(p, k, value)
+            tomb = V.encode(n0.replica.mint(p, k, V.tombstone(2), overwrite=True))
+            n1.replica.merge(p, k, V.decode(tomb))        # n2 still holds the value
+            reaper = c.svc[0].reaper
+            for _ in range(3 * 8):
+                await reaper.pass_once()
+            assert reaper.stats["confirmed"] == 0 and reaper.stats["reaped"] == 0
+            assert c.raw(0, k) == tomb and c.raw(1, k) == tomb
+            await c.stop(2)                                # down: nothing is confirmed either
+            for _ in range(3 * 8):
+                await reaper.pass_once()
+            assert reaper.stats["confirmed"] == 0 and reaper.stats["blocked_down"] > 0
+            assert c.raw(0, k) == tomb and c.raw(1, k) == tomb
         finally:
             await c.stop()
 
