@@ -150,7 +150,7 @@ class RespProtocol(asyncio.Protocol):
             if self._write_paused:  # resume_writing() continues
                 break
             argv = queue[0]
-            if isinstance(argv, ProtocolError):
+            if type(argv) is not list:      # a ProtocolError: framing is lost
                 if self._running:   # the replies before the error go first
                     break
                 queue.popleft()
