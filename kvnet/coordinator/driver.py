@@ -194,7 +194,8 @@ async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, stri
         raw = await cluster.call(route.coordinator, "coord_put", {
             "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
             "ctx": None if context is None else V.encode_context(context),
-            "ow": overwrite, "w": w, "st": strict}, cluster.timeout)
+            "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
+        # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
         return V.decode(raw)
     return await coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict)
 
