@@ -636,12 +636,14 @@ class _Writer(threading.Thread):
 
 
 class SetWriter(_Writer):
-    """Plain SET of unique keys; `acked` maps each acknowledged key to its value (bytes)."""
+    """Plain SET of unique keys; `acked` maps each acknowledged key to its value (bytes),
+    `unacked` each key whose SET failed (it may still exist, on some replicas only)."""
 
     def __init__(self, ports, prefix="set", **kw):
         super().__init__(ports, **kw)
         self.prefix = prefix
         self.acked = {}
+        self.unacked = {}
         self.attempted = 0
 
     def step(self, port):
@@ -651,7 +653,10 @@ class SetWriter(_Writer):
         try:
             if self._client(port).set(key, value):
                 self.acked[key] = value
+            else:
+                self.unacked[key] = value
         except Exception as exc:        # redis errors, and OSError from a reset socket
+            self.unacked[key] = value
             self._error(port, exc)
 
 
