@@ -125,34 +125,47 @@ def _dev(args):
     os.makedirs(args.data_dir, exist_ok=True)
     procs = [subprocess.Popen(cmd) for cmd in
              dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync)]
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stopping = _stop_on_signals()
     deadline = time.monotonic() + 60
     waiting = set(range(args.nodes))
-    while waiting and not stopping and time.monotonic() < deadline:
+    while waiting and not stopping() and time.monotonic() < deadline:
         for i in list(waiting):
             if procs[i].poll() is not None:
                 print(f"kvnode dev: node{i + 1} exited with {procs[i].returncode}", file=sys.stderr)
-                stopping = True
+                stopping.set()
             elif ping(ports[i]):
                 waiting.discard(i)
         time.sleep(0.1)
-    if not stopping and not waiting:
+    if not stopping() and not waiting:
         for i, p in enumerate(ports):
             print(f"node{i + 1}: 127.0.0.1:{p}  (redis-cli -p {p})  data in "
                   f"{os.path.join(args.data_dir, f'node{i + 1}')}", flush=True)
         print(f"ringkv dev cluster of {args.nodes} nodes is up; Ctrl-C stops it.", flush=True)
-    elif waiting and not stopping:
+    elif waiting and not stopping():
         print("kvnode dev: nodes did not become ready in 60 s", file=sys.stderr)
-        stopping = True
-    _supervise(procs, lambda: stopping, "the cluster")
+        stopping.set()
+    _supervise(procs, stopping, "the cluster")
     return _stop_all(procs)
+
+
+class _Flag:
+    """A flag set by SIGINT/SIGTERM (or by the supervisor); call it to read it."""
+
+    def __init__(self):
+        self.value = False
+
+    def set(self, *_):
+        self.value = True
+
+    def __call__(self):
+        return self.value
+
+
+def _stop_on_signals():
+    flag = _Flag()
+    signal.signal(signal.SIGINT, flag.set)
+    signal.signal(signal.SIGTERM, flag.set)
+    return flag
 
 
 def _supervise(procs, stopping, what):
@@ -198,17 +211,10 @@ def _add(args):
                "--peer-port", str(peer), "--data-dir", os.path.join(args.data_dir, name),
                "--members", members, "--fsync", args.fsync, "--join"]
         proc = subprocess.Popen(cmd)
-        stopping = False
-
-        def stop(*_):
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        stopping = _stop_on_signals()
         deadline = time.monotonic() + 60
         while not ping(port):
-            if proc.poll() is not None or time.monotonic() > deadline or stopping:
+            if proc.poll() is not None or time.monotonic() > deadline or stopping():
                 print(f"kvnode add: {name} did not start", file=sys.stderr)
                 return _stop_all([proc])
             time.sleep(0.1)
@@ -231,7 +237,7 @@ def _add(args):
             print(f"{name}: restarted on 127.0.0.1:{port} (already a member)", flush=True)
         print("Ctrl-C stops this node (use `kvctl leave` first to take it out of the ring).",
               flush=True)
-        _supervise([proc], lambda: stopping, "it")
+        _supervise([proc], stopping, "it")
         return _stop_all([proc])
     finally:
         c.close()

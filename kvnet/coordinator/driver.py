@@ -170,18 +170,21 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
     """Sync clock onto one target: a primary's replica, or a fallback's hint for its primary."""
     node, hint_for = target.node, target.hint_for
     try:
-        if node == cluster.name:
-            if hint_for is None:
-                cluster.replica.merge(p, key, clock)
-            else:
-                cluster.hint_store(p, key, hint_for, raw)
+        if node != cluster.name:
+            await _send_remote(cluster, node, hint_for, p, key, raw)
         elif hint_for is None:
-            await cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
+            cluster.replica.merge(p, key, clock)
         else:
-            await cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for},
-                               cluster.timeout)
+            cluster.hint_store(p, key, hint_for, raw)
     except Exception as exc:
         log.info("%s of %r on %s failed: %s", why, key, node, exc)
+
+
+def _send_remote(cluster, node, hint_for, p, key, raw):
+    """A clock to another node: `put` into its replica, or `hput` into its hints for hint_for."""
+    if hint_for is None:
+        return cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
+    return cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for}, cluster.timeout)
 
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
@@ -222,16 +225,12 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
     async def send(node):
         hint_for = pl.target(node).hint_for
         try:
-            if node == cluster.name:
-                if hint_for is None:
-                    await cluster.replica.after_write()   # fsync="always": the group commit
-                else:
-                    await cluster.after_hint()
+            if node != cluster.name:
+                await _send_remote(cluster, node, hint_for, p, key, raw)
             elif hint_for is None:
-                await cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
+                await cluster.replica.after_write()       # fsync="always": the group commit
             else:
-                await cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for},
-                                   cluster.timeout)
+                await cluster.after_hint()
         except Exception as exc:
             return _reply_of(exc)
         return OK
