@@ -93,7 +93,7 @@ class Gossip:
     def view(self):
         """Per peer: liveness state, heartbeat age, phi, who suspects it (kvctl status)."""
         now = self.clock()
-        peers = (set(self.table) | set(self.seeds)) - {self.me}
+        peers = self._peers()
         out = {}
         for row in self.liveness.view(now, sorted(peers)):
             m = self.table.get(row.node)
@@ -122,7 +122,7 @@ class Gossip:
         """Beat, gossip to a few peers (in the background), apply the liveness rule."""
         self.rounds += 1
         self.table = S.beat(self.table, self.me)
-        peers = sorted((set(self.table) | set(self.seeds)) - {self.me} - self._inflight)
+        peers = sorted(self._peers() - self._inflight)
         for peer in self.rng.sample(peers, min(self.fanout, len(peers))):
             self._inflight.add(peer)
             self.node.spawn(self._exchange(peer))
@@ -132,6 +132,11 @@ class Gossip:
             if not self.is_down(peer) and not self.liveness.second_sources(peer, now) \
                     and peer not in self._probing:
                 self._probe(peer)
+
+    def _peers(self):
+        """Members and seeds to gossip with: not this node, not one that left or was removed."""
+        gone = {n for n, m in self.table.items() if m.status in ("exiting", "removed")}
+        return (set(self.table) | set(self.seeds)) - gone - {self.me}
 
     def _timeout(self):
         return max(2 * self.interval, 0.05)
