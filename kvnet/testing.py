@@ -482,16 +482,18 @@ class LocalCluster:
         """{member name: its row in node i's KV.STATUS} (state, up, suspected_by, ...)."""
         return {m["name"]: m for m in self.status(i, timeout)["members"]}
 
-    def info(self, i, timeout=2.0):
-        """Node i's INFO as a dict (the "# Ringkv" fields included: hints_pending, ...)."""
+    def info(self, i, section="everything", timeout=2.0):
+        """Node i's INFO as a dict; section "ringkv" is the node's own fields (hints_pending, ...).
+        Any INFO asks every member for its key count first (DBSIZE's estimate), so with a member
+        frozen it takes the request timeout."""
         c = self.client(i, timeout)
         try:
-            return c.info("everything")
+            return c.info(section)
         finally:
             c.close()
 
     def hints_pending(self, i):
-        return int(self.info(i).get("hints_pending", 0))
+        return int(self.info(i, "ringkv").get("hints_pending", 0))
 
 
 def _plain(x):
@@ -564,11 +566,13 @@ class _Writer(threading.Thread):
         self.errors = collections.Counter()
         self.error_samples = []
         self.error_times = []               # time.monotonic() of each error
+        self.error_starts = []              # when each failed operation started
         self.trace = []                     # (start, seconds, port) of each operation
         self.ops = 0
         self.rng = random.Random(seed)
         self._halt = threading.Event()
         self._clients = {}
+        self._op_start = None
 
     def _client(self, port):
         c = self._clients.get(port)
@@ -589,6 +593,7 @@ class _Writer(threading.Thread):
         msg = str(exc).split(" ", 1)[0] if kind == "ResponseError" else ""
         self.errors[f"{kind} {msg}".strip()] += 1
         self.error_times.append(time.monotonic())
+        self.error_starts.append(self._op_start)
         if len(self.error_samples) < 20:
             self.error_samples.append(f"{port}: {kind}: {exc}")
         self._drop(port)
@@ -608,7 +613,7 @@ class _Writer(threading.Thread):
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 port = self.ports[i % len(self.ports)]
-                t0 = time.monotonic()
+                t0 = self._op_start = time.monotonic()
                 self.step(port)
                 self.trace.append((t0, time.monotonic() - t0, port))
                 self.ops += 1
