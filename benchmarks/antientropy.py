@@ -123,6 +123,7 @@ async def wire_pair(root, timeout_ms):
         stub = SimpleNamespace(name=name, ring=OnePartitionRing(), cfg=cfg, hints=None,
                                replica=LocalReplica(os.path.join(root, name), name, fsync="never"))
         stub.is_up = lambda peer: True
+        stub.spawn = asyncio.ensure_future
         stubs[name] = stub
 
     for stub in stubs.values():

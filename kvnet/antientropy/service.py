@@ -124,6 +124,7 @@ class AntiEntropy:
         self._empty = M.MerkleTree()     # the tree of a partition not open here
         self._sessions = {}
         self._task = None
+        self._stopping = False
         self._ring = None
         self._mine = []
         self._turn = 0
@@ -137,27 +138,28 @@ class AntiEntropy:
 
     async def start(self):
         if self.node.cfg.ae_enabled and self._task is None:
+            self._stopping = False
             self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self):
+        self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
+        # Cancel until it is done: a cancellation swallowed below us (an inner wait_for that
+        # finished at the same moment) must not leave stop() waiting for the next tick forever.
+        # asyncio.wait never raises the task's CancelledError, so our own cancellation still
+        # reaches our caller.
+        while task is not None and not task.done():
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([task], timeout=0.2)
         self._sessions.clear()
 
     # ---- scheduler ----------------------------------------------------------------------------
 
     async def _loop(self):
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval)
             try:
                 await self.tick()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 log.info("anti-entropy on %s: %r", self.node.name, exc)
 
@@ -219,7 +221,7 @@ class AntiEntropy:
         run = _Run(p, peer)
         t0 = time.perf_counter()
         sid = random.getrandbits(62)
-        began = False
+        began = ok = False
         try:
             r = await self._call(run, peer, "ae_root", {"p": p, "w": tree.width, "d": tree.depth})
             if type(r) is not dict or type(r.get("root")) is not int:
@@ -249,18 +251,24 @@ class AntiEntropy:
                 run.segments = len(frontier)
                 if frontier:
                     await self._keys_and_repair(run, peer, p, sid, tree, frontier, set(empty))
+            ok = True
         except Exception:
             self.stats["exchanges_failed"] += 1
             raise
         finally:
-            if began:
-                try:
-                    await self._call(run, peer, "ae_done", {"sid": sid})
-                except Exception:
-                    pass                 # the peer's cache expires by itself
+            if began and ok:
+                await self._done(run, peer, sid)
+            elif began:                  # failing or cancelled: do not wait for the peer
+                self.node.spawn(self._done(run, peer, sid))
             run.duration = time.perf_counter() - t0
             self._account(run)
         return run.as_dict()
+
+    async def _done(self, run, peer, sid):
+        try:
+            await self._call(run, peer, "ae_done", {"sid": sid})
+        except Exception:
+            pass                         # the peer's cache expires by itself
 
     def _account(self, run):
         s = self.stats
