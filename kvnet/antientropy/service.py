@@ -244,7 +244,8 @@ class AntiEntropy:
                             raise ProtocolError("malformed ae_diff reply")
                         for c in seq(d.get("children"), "children", error=ProtocolError):
                             children.append(integer(c, 0, limit, "child", ProtocolError))
-                        empty.extend(seq(d.get("empty", []), "empty", error=ProtocolError))
+                        for c in seq(d.get("empty", []), "empty", error=ProtocolError):
+                            empty.append(integer(c, 0, limit, "empty child", ProtocolError))
                     frontier = children
                     if not frontier:
                         break

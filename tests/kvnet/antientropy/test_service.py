@@ -287,6 +287,7 @@ class _Liar:
 
 @pytest.mark.parametrize("reply", [None, {"root": "x"}, {"root": 1, "children": [1 << 40]},
                                    {"root": 1, "children": "all", "empty": []},
+                                   {"root": 1, "children": [0], "empty": [[0]]},
                                    {"root": 1, "children": [0], "empty": [], "done": 0}])
 def test_malformed_replies_abort_the_exchange_not_the_node(tmp_path, reply):
     async def main():
