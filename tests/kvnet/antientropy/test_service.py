@@ -266,6 +266,13 @@ def test_bad_payloads_get_errors_never_a_crash(ae):
     ae.run(main())
 
 
+def _without_ae(node):
+    """The node without its own AntiEntropy service (the node adds one by itself)."""
+    for svc in [x for x in node.services if isinstance(x, AntiEntropy)]:
+        node.remove_service(svc)
+    return node
+
+
 class _Liar:
     """A peer service answering every anti-entropy message with nonsense."""
 
@@ -300,7 +307,7 @@ def test_malformed_replies_abort_the_exchange_not_the_node(tmp_path, reply):
         good, liar = Node(cfgs[0]), Node(cfgs[1])
         svc = good.add_service(AntiEntropy(good))
         liar.remove_service(liar.antientropy)        # the liar answers ae_* instead
-        liar.add_service(_Liar(reply))
+        _without_ae(liar).add_service(_Liar(reply))
         await good.start()
         await liar.start()
         try:
@@ -356,3 +363,68 @@ def test_stop_returns_promptly_during_an_exchange(ae):
             await c.stop()
 
     ae.run(main())
+
+
+class _RandomLiar(_Liar):
+    """Near-valid replies with random corruption: every field present, some wrong."""
+
+    def __init__(self, rng, keys):
+        self.rng, self.keys = rng, keys
+
+    def handlers(self):
+        rng = self.rng
+
+        def pick(good, bad):
+            return bad if rng.random() < 0.15 else good
+
+        async def answer(m):
+            good_clock = V.encode(V.new(V.sibling(b"x", 1)))
+            return {
+                "root": pick(rng.randrange(1, 1 << 64), _junk(rng)),
+                "children": pick([rng.randrange(16384) for _ in range(rng.randrange(4))],
+                                 _junk(rng)),
+                "empty": pick([], _junk(rng)),
+                "entries": pick([[pick(rng.choice(self.keys), _junk(rng)),
+                                  pick(good_clock, _junk(rng))] for _ in range(rng.randrange(3))],
+                                _junk(rng)),
+                "want": pick([rng.choice(self.keys)], _junk(rng)),
+                "reap": pick([], _junk(rng)),
+                "done": pick(1, _junk(rng)),
+                "merged": pick(0, _junk(rng)),
+            }
+        return {t: answer for t in ("ae_root", "ae_diff", "ae_keys", "ae_repair", "ae_done",
+                                    "ae_clocks", "ae_hints", "ae_mark", "ae_cad")}
+
+
+def test_random_corrupt_replies_only_abort_exchanges(tmp_path):
+    async def main():
+        ports = free_ports(4)
+        members = [f"n{i}@127.0.0.1:{ports[2 + i]}" for i in range(2)]
+        cfgs = [load(name=f"n{i}", port=ports[i], peer_port=ports[2 + i], n=2, r=1, w=1,
+                     ring_size=2, data_dir=str(tmp_path / f"n{i}"), members=members,
+                     fsync="never", ae_enabled=False, request_timeout_ms=1000)
+                for i in range(2)]
+        good, liar = Node(cfgs[0]), Node(cfgs[1])
+        svc = good.add_service(AntiEntropy(good))
+        rng = random.Random(11)
+        keys = [k for k in (b"k%d" % i for i in range(200)) if good.ring.partition_of(k) == 0]
+        _without_ae(liar).add_service(_RandomLiar(rng, keys))
+        await good.start()
+        await liar.start()
+        try:
+            for k in keys[:50]:
+                put(good, k, b"v")
+            outcomes = set()
+            for _ in range(150):
+                try:
+                    await svc.exchange(0, "n1")
+                    outcomes.add("ok")
+                except (ProtocolError, CommandError) as exc:
+                    outcomes.add(type(exc).__name__)
+            assert "ProtocolError" in outcomes
+            assert all(good.replica.read(0, k) is not None for k in keys[:50])
+        finally:
+            await good.stop()
+            await liar.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
