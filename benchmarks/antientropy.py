@@ -10,7 +10,9 @@ hand and timed):
   protocol does, but no socket is used. With Q=1 the keys' tokens do not share top bits, which
   keeps LogStore's keydir out of its slow case (docs/antientropy.md, "Measured").
 
-Bytes are the msgpack sizes of every request and reply payload (the peer frame's 4-byte length and
+Time is wall-clock and the process's CPU time (both replicas run in this one process and
+thread, so on an idle machine the two agree; on a shared one the CPU time is the figure to
+compare). Bytes are the msgpack sizes of every request and reply payload (the peer frame's 4-byte length and
 its [kind, id, type] envelope, about 10 bytes a message, are not counted: see "messages").
 
     python benchmarks/antientropy.py                          # 1,000,000 keys, both drivers
@@ -151,9 +153,10 @@ async def wiped(make, stop, root, items, starter, timeout_ms):
     nodes = await make(root, timeout_ms)
     try:
         fill(nodes[0].replica, items)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         run = await nodes[starter].ae.exchange(0, nodes[1 - starter].name)
         run["duration_s"] = time.perf_counter() - t
+        run["cpu_s"] = time.process_time() - cpu
         run["converged"] = same(*nodes)
         return run
     finally:
@@ -168,9 +171,10 @@ async def few(make, stop, root, items, differ, timeout_ms):
         for j in range(differ):
             k = items[(j * 7919) % len(items)][0]
             nodes[j % 2].replica.mint(0, k, V.sibling(b"changed-%d" % j, 1), overwrite=True)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         run = await nodes[0].ae.exchange(0, "n1")
         run["duration_s"] = time.perf_counter() - t
+        run["cpu_s"] = time.process_time() - cpu
         run["converged"] = same(*nodes)
         return run
     finally:
@@ -191,7 +195,8 @@ def store_puts(root, keys, value):
 
 def row(driver, name, run, target):
     both = run["bytes_sent"] + run["bytes_received"]
-    print(f"| {driver} | {name} | {run['duration_s']:.2f} s | {run['bytes_sent']:,} | "
+    print(f"| {driver} | {name} | {run['duration_s']:.2f} s | {run['cpu_s']:.2f} s | "
+          f"{run['bytes_sent']:,} | "
           f"{run['bytes_received']:,} | {both:,} ({both / 1024:.1f} KiB) | {run['messages']:,} | "
           f"{run['repaired_here']:,} / {run['repaired_there']:,} | "
           f"{'yes' if run['converged'] else 'NO'} | {target} |", flush=True)
@@ -204,9 +209,9 @@ async def main(args):
     try:
         print(f"# {args.keys:,} keys of 16 bytes, clocks of "
               f"{len(clocks([b'k' * 16])[0][1])} bytes\n")
-        print("| driver | scenario | time | bytes A->B | bytes B->A | both | messages | "
-              "keys repaired A / B | converged | target |")
-        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| driver | scenario | wall time | CPU time | bytes A->B | bytes B->A | both | "
+              "messages | keys repaired A / B | converged | target |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for d in chosen:
             make, stop, one = drivers[d]
             items = clocks(make_keys(args.keys, one))
