@@ -95,6 +95,16 @@ def primary_of(node, m):
     return p
 
 
+def _keyset(reply, what):
+    """The set of keys a peer's reply lists; ProtocolError for anything but a list of bytes."""
+    out = set()
+    for k in seq(reply, what, error=ProtocolError):
+        if type(k) is not bytes:
+            raise ProtocolError(f"{what} lists a {type(k).__name__}, not a key")
+        out.add(k)
+    return out
+
+
 def is_tombstone(raw):
     return V.is_deleted(V.decode(raw))
 
@@ -297,7 +307,7 @@ class Reaper:
             return
         held = set(self._held(p, ripe))
         for r in replies:
-            held.update(bytes(k) for k in seq(r, "hints reply", error=ProtocolError))
+            held |= _keyset(r, "hints reply")
         self.stats["blocked_hints"] += len(held)
         ripe = [k for k in ripe if k not in held and k in cand]
         if not ripe:
@@ -310,7 +320,7 @@ class Reaper:
             self.stats["blocked_down"] += 1
             return                           # marks expire; nothing deleted
         for r in replies:
-            marked &= {bytes(k) for k in seq(r, "mark reply", error=ProtocolError)}
+            marked &= _keyset(r, "mark reply")
         for k in ripe:
             if k not in marked:
                 cand.pop(k, None)

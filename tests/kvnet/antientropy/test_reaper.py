@@ -258,3 +258,41 @@ def test_confirmation_needs_every_primary_up_and_equal(ae):
             await c.stop()
 
     ae.run(main())
+
+
+def test_bad_replies_to_the_reaper_never_reap(ae):
+    from kvnet.errors import ProtocolError
+
+    async def main():
+        c = await ae.make(size=2, n=2, q=2, ae_enabled=False, tombstone_grace_s=0)
+        n0, n1 = c.nodes
+        try:
+            k = key_coordinated_by(n0, "n0")
+            p = n0.ring.partition_of(k)
+            tomb = n0.replica.mint(p, k, V.tombstone(1))
+            n1.replica.merge(p, k, tomb)
+            reaper = c.svc[0].reaper
+            real = dict(n1._handlers)
+            for type_ in ("ae_clocks", "ae_hints", "ae_mark"):
+                for junk in ([{"a": 1}], "x", [1], None, {"k": k}):
+                    async def liar(m, junk=junk):
+                        return junk
+                    n1._handlers[type_] = liar
+                    for _ in range(3):
+                        try:
+                            await reaper.pass_once()
+                        except ProtocolError:
+                            pass
+                    assert tomb_everywhere(c, k), (type_, junk)
+                    reaper.candidates.clear()
+                    reaper.pending.clear()
+                    c.svc[1].reaper.pending.clear()
+                n1._handlers.update(real)
+            assert reaper.stats["reaped"] == 0
+            for _ in range(3):
+                await reaper.pass_once()
+            assert gone_everywhere(c, k)
+        finally:
+            await c.stop()
+
+    ae.run(main())
