@@ -865,18 +865,19 @@ def replica_clocks(cluster, which=None):
     return out
 
 
-def divergent_keys(cluster, keys=None):
+def divergent_keys(cluster, keys=None, held=None):
     """Keys whose N primaries hold different clocks (or some lack the key), after `stop()`.
 
     Returns {key: {node: decoded Clock or None}} (empty: every replica converged). The ring is
     the node's: `Ring.create(names, q=ring_size, n=n)`. Keys held only off their preference list
-    (hints, fallbacks) are compared on their primaries too.
+    (hints, fallbacks) are compared on their primaries too. `held`: a `replica_clocks(cluster)`
+    result to reuse (opening every partition of every node takes seconds).
     """
     from kvcore import versions as V
     from kvcore.ring import Ring
 
     ring = Ring.create(sorted(cluster.names), q=cluster.ring_size, n=cluster.n)
-    held = replica_clocks(cluster)
+    held = replica_clocks(cluster) if held is None else held
     all_keys = set(keys) if keys is not None else {k for h in held.values() for k in h}
     out = {}
     for key in sorted(all_keys):
