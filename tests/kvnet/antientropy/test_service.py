@@ -428,3 +428,27 @@ def test_random_corrupt_replies_only_abort_exchanges(tmp_path):
             await liar.stop()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.slow
+def test_wiped_node_of_30000_keys_is_rebuilt_by_the_scheduler(ae):
+    async def main():
+        c = await ae.make(q=16, ae_interval_ms=20)
+        try:
+            n0 = c.nodes[0]
+            keys = [b"bulk:%d" % i for i in range(30_000)]
+            for k in keys:                       # the same clock on every node, no network
+                clock = put(n0, k, b"v-" + k)
+                for n in c.nodes[1:]:
+                    n.replica.merge(n.ring.partition_of(k), k, clock)
+            want = {k: c.raw(0, k) for k in keys}
+            await c.restart(2, wipe=True)
+            assert sum(c.raw(2, k) is not None for k in keys) < len(keys)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=60, step=0.2)
+            st = c.svc[2].stats                  # each key repaired once on the wiped node (the
+            assert await ae.wait_for(            # counters move when an exchange ends)
+                lambda: st["keys_repaired_here"] + st["served_repairs"] == len(keys))
+        finally:
+            await c.stop()
+
+    ae.run(main(), timeout=120)
