@@ -6,9 +6,11 @@ round trip) runs as a Task while the commands behind it start too, as long as ea
 one key that no command still running touches (GET, SET, KV.GET/PUT/DEL, ...): so a pipelined
 GET still sees the SET of the same key before it. Any other command (multi-key, keyspace-wide,
 connection state) is a barrier: it starts when everything before it is done, and nothing
-starts before it is done. Reading pauses while the transport's write buffer is above its
-high-water mark or too many commands wait, so a client that does not read its replies cannot
-grow the server's memory.
+starts before it is done. Commands running beside an earlier one of their connection are
+capped server-wide (MAX_RUN_AHEAD), so a saturated node does not pile up work that would only
+wait (and time out): each connection still always has its first command running.
+Reading pauses while the transport's write buffer is above its high-water mark or too many
+commands wait, so a client that does not read its replies cannot grow the server's memory.
 """
 import asyncio
 import collections
@@ -30,6 +32,8 @@ MAX_PENDING = 1024           # commands read but not yet answered, per connectio
 WRITE_HIGH_WATER = 1 << 20   # bytes buffered for one client before reading pauses
 FLUSH_SIZE = 64 << 10        # write replies out at least this often within one batch
 MAX_IN_FLIGHT = 128          # suspended commands running at once, per connection
+MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their connection,
+                             # server-wide: a saturated node keeps its queue (and latency) short
 
 
 @types.coroutine
@@ -158,7 +162,8 @@ class RespProtocol(asyncio.Protocol):
                 self._close_after_flush()
                 return
             if self._running:
-                if self._barrier or len(self._running) >= MAX_IN_FLIGHT:
+                if self._barrier or len(self._running) >= MAX_IN_FLIGHT \
+                        or self.server.run_ahead >= self.server.max_run_ahead:
                     break
                 key = self._key_of(argv)
                 if key is None or key in self._keys:
@@ -193,15 +198,20 @@ class RespProtocol(asyncio.Protocol):
     def _start_task(self, coro, yielded, key):
         task = self.loop.create_task(_finish(coro, yielded))
         slot = [None]
+        ahead = bool(self._running)     # beside an earlier command of this connection
+        if ahead:
+            self.server.run_ahead += 1
         self._slots.append(slot)
         self._running[task] = key
         if key is None:
             self._barrier = True
         else:
             self._keys[key] = self._keys.get(key, 0) + 1
-        task.add_done_callback(lambda t: self._task_done(t, slot))
+        task.add_done_callback(lambda t: self._task_done(t, slot, ahead))
 
-    def _task_done(self, task, slot):
+    def _task_done(self, task, slot, ahead=False):
+        if ahead:
+            self.server.run_ahead -= 1
         key = self._running.pop(task, None)
         if key is None:
             self._barrier = False
@@ -277,8 +287,11 @@ class RespServer:
     def __init__(self, backend, *, password=None, allow_flush=True, max_clients=MAX_CLIENTS,
                  idle_timeout=IDLE_TIMEOUT, max_pending=MAX_PENDING,
                  write_high_water=WRITE_HIGH_WATER, max_bulk=MAX_BULK, max_args=MAX_ARGS,
-                 max_inline=MAX_INLINE, max_command=MAX_COMMAND, config=None, loop=None):
+                 max_inline=MAX_INLINE, max_command=MAX_COMMAND, max_run_ahead=MAX_RUN_AHEAD,
+                 config=None, loop=None):
         self.loop = loop or asyncio.get_running_loop()
+        self.max_run_ahead = max_run_ahead
+        self.run_ahead = 0          # commands running beside an earlier one of their connection
         self.backend = backend
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout or 0

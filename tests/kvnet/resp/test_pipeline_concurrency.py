@@ -172,3 +172,42 @@ def test_key_of():
                     [b"FLUSHDB"], [b"SCAN", b"0"], [b"DBSIZE"], [b"CLIENT", b"SETNAME", b"x"],
                     [b"NOPE", b"k"]):
         assert c.key_of(barrier) is None, barrier
+
+
+@pytest.mark.parametrize("cap", [0, 1, 64])
+def test_run_ahead_cap_is_server_wide_and_released(cap):
+    """With the cap at 0 a connection runs one suspended command at a time (the order of
+    starts is the order sent); at any cap every reply comes in order and the count of
+    commands running ahead returns to 0."""
+    async def main():
+        backend = GatedBackend()
+        server = await serve(backend, max_run_ahead=cap)
+        seen = []
+        try:
+            conns = [await raw_connection(server.port) for _ in range(3)]
+            for i, (reader, writer) in enumerate(conns):
+                writer.write(b"".join(resp(b"SET", b"c%d-%d" % (i, j), b"%d" % j)
+                                      + resp(b"GET", b"c%d-%d" % (i, j)) for j in range(50))
+                             + b"QUIT\r\n")
+            async def watch():
+                while True:
+                    seen.append(server.run_ahead)
+                    await asyncio.sleep(0)
+            w = asyncio.ensure_future(watch())
+            for i, (reader, writer) in enumerate(conns):
+                data = await asyncio.wait_for(read_until_eof(reader), 10)
+                assert data == b"".join(b"+OK\r\n$%d\r\n%d\r\n" % (len(b"%d" % j), j)
+                                        for j in range(50)) + b"+OK\r\n"
+                writer.close()
+            w.cancel()
+            assert max(seen) <= cap and server.run_ahead == 0
+            if cap:
+                assert max(seen) > 0          # commands did run ahead
+            if cap == 0:
+                sets = [e[1] for e in backend.log if e[0] == "set"]
+                for i in range(3):
+                    mine = [k for k in sets if k.startswith(b"c%d-" % i)]
+                    assert mine == [b"c%d-%d" % (i, j) for j in range(50)]
+        finally:
+            await server.close()
+    run(main())
