@@ -114,6 +114,8 @@ def test_exchange_messages_are_bounded_and_counted(ae):
 
         async def call(peer, type_, payload, timeout):
             reply = await real_call(peer, type_, payload, timeout)
+            if not type_.startswith("ae_"):
+                return reply                    # gossip and the like share n0.call
             sizes.append((type_, len(msgpack.packb(payload)), len(msgpack.packb(reply)),
                           len(payload.get("entries", ())) if type(payload) is dict else 0))
             return reply
