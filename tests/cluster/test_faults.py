@@ -388,3 +388,56 @@ def test_wiped_replica_is_restored_by_anti_entropy_alone(clusters, tmp_path):
     assert divergent_keys(cluster, held=held) == {}
     print(f"restored {len(keys)} keys in about {settle:.1f} s, about {moved} bytes on node3's "
           f"links (baseline {baseline} B/s; per second: {per_s})")
+
+
+def test_tombstones_wait_for_a_down_primary_then_are_reaped(clusters, tmp_path):
+    """Delete keys while node5 (a primary of some of them) is down: with a 1 s grace, nothing is
+    reaped while it is away (checked offline after 3 s); it comes back, gets the tombstones
+    (hints, anti-entropy), and then every deleted key is reaped on every primary while the
+    other keys keep their values."""
+    x = ["--gossip-interval-ms", "100", "--phi-threshold", "4", *HINTS,
+         "--ae-interval-ms", "50", "--tombstone-grace-s", "1"]
+    cluster = clusters(str(tmp_path), nodes=5, ring_size=64, extra=x).start()
+    ring = Ring.create(sorted(cluster.names), q=64, n=3)
+    keys = [f"t{i}".encode() for i in range(60)]
+    deleted, kept = keys[::2], keys[1::2]
+
+    def census(held, ks):
+        out = {"absent": 0, "tombstone": 0, "live": 0}
+        for k in ks:
+            for node in ring.preference_list(ring.partition_of(k)):
+                raw = held[node].get(k, (None, None))[1]
+                out["absent" if raw is None else
+                    "tombstone" if V.is_deleted(V.decode(raw)) else "live"] += 1
+        return out
+
+    r = cluster.client(0)
+    try:
+        for k in keys:
+            assert r.set(k, b"v")
+        reader = Reader(cluster.ports, r="ALL")
+        assert all(reader(k) == [b"v"] for k in keys)
+        reader.close()
+        time.sleep(0.5)
+        cluster.kill(4)
+        wait_until(lambda: all(cluster.view(i)["node5"]["state"] == "down" for i in range(4)), 10,
+                   what="node5 down everywhere")
+        for k in deleted:
+            assert r.delete(k) == 1
+    finally:
+        r.close()
+    time.sleep(3.0)                                   # three grace periods with node5 away
+    cluster.stop_nodes()
+    away = census(replica_clocks(cluster), deleted)
+    with5 = sum(1 for k in deleted if "node5" in ring.preference_list(ring.partition_of(k)))
+    assert away == {"absent": 0, "tombstone": 3 * len(deleted) - with5, "live": with5}, away
+    for i in range(4):
+        cluster.start(i)
+    cluster.start(4)
+    time.sleep(10.0)
+    cluster.stop_nodes()
+    held = replica_clocks(cluster)
+    after = census(held, deleted)
+    assert after == {"absent": 3 * len(deleted), "tombstone": 0, "live": 0}, after
+    assert census(held, kept) == {"absent": 0, "tombstone": 0, "live": 3 * len(kept)}
+    print(f"while away: {away}; after: {after}")
