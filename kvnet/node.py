@@ -163,19 +163,27 @@ class Node(driver.Cluster, Backend):
         if ready is not None:
             ready.set()
         if not state.moving and old is not None:
-            self._drop_unheld()
             self._reassign_hints()
+            self.spawn(self._drop_unheld())
             if self.name not in state.current.nodes and self.name in old.members():
                 log.warning("node %s: no longer in the ring; leaving", self.name)
                 if self.on_left is not None:
                     self.on_left()
 
-    def _drop_unheld(self):
+    async def _drop_unheld(self):
         """A settled ring: drop the partitions this node no longer replicates (their new
-        replicas confirmed their copies before the ring settled)."""
+        replicas confirmed their copies before the ring settled). One at a time, closed and
+        deleted in a worker thread: requests go on meanwhile (none can reopen a dropped
+        partition: replica requests for it are refused by the ring)."""
         for p in sorted(self.replica.partitions):
-            if not self.ring_state.holds(self.name, p):
-                self._drop_partition(p)
+            if self.ring_state.holds(self.name, p):
+                continue
+            part = self.replica.partitions.pop(p, None)
+            if part is None:
+                continue
+            self.replica._dirty.discard(part)
+            await asyncio.to_thread(_close_and_delete, part)
+            log.info("node %s: dropped partition %d", self.name, p)
 
     def _reassign_hints(self):
         """Hints for nodes no longer in the ring go to their partitions' new replicas: this
@@ -193,15 +201,6 @@ class Node(driver.Cluster, Backend):
             self.hints.reassign(target, lambda p: next(
                 x for x in ring.preference_list(p) if x != self.name))
             log.info("node %s: hints for removed node %s reassigned", self.name, target)
-
-    def _drop_partition(self, p):
-        part = self.replica.partitions.pop(p, None)
-        if part is None:
-            return
-        self.replica._dirty.discard(part)
-        part.store.close()
-        shutil.rmtree(part.path, ignore_errors=True)
-        log.info("node %s: dropped partition %d", self.name, p)
 
     def holds(self, p):
         return self.ring_state is not None and self.ring_state.holds(self.name, p)
@@ -268,12 +267,18 @@ class Node(driver.Cluster, Backend):
         if self.cfg.fsync == "always":
             await asyncio.to_thread(self.hints.sync)
 
-    async def call(self, node, type, payload, timeout):
+    def _addr(self, node):
         # Configured addresses come first (a test's fault proxy sits there); gossip adds the rest.
         addr = self.addrs.get(node) or self.gossip.address(node)
         if addr is None:
             raise Unavailable(f"no address known for node {node!r}")
-        return await self.pool.request(node, addr, type, payload, timeout=timeout)
+        return addr
+
+    async def call(self, node, type, payload, timeout):
+        return await self.pool.request(node, self._addr(node), type, payload, timeout=timeout)
+
+    def call_future(self, node, type, payload, timeout):
+        return self.pool.request_future(node, self._addr(node), type, payload, timeout)
 
     def spawn(self, coro):
         t = asyncio.ensure_future(coro)
@@ -626,6 +631,11 @@ class Node(driver.Cluster, Backend):
                 "hints_pending": sum(self.handoff.pending().values()),
                 **{f"hints_{k}": v for k, v in self.handoff.stats.items()},
                 **{f"coord_{k}": v for k, v in self.stats.items()}}
+
+
+def _close_and_delete(part):
+    part.store.close()
+    shutil.rmtree(part.path, ignore_errors=True)
 
 
 def _clock(raw):

@@ -59,41 +59,89 @@ class Cluster:
     async def call(self, node, type, payload, timeout):
         raise NotImplementedError
 
+    def call_future(self, node, type, payload, timeout):
+        """A future of call()'s answer (a node sends at once on a ready connection)."""
+        return asyncio.ensure_future(self.call(node, type, payload, timeout))
+
     def spawn(self, coro):
         raise NotImplementedError
 
 
-async def _ask_all(cluster, nodes, quorum, ask_local, ask, timeout):
-    """Feed every target's reply into quorum until it has enough; returns the tasks still
-    running (their replies go to quorum when they come). The local replica answers first,
-    with no task: when that is enough (N=1, R=1, W=1) nothing waits on the network."""
+async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
+    """Feed every target's reply into quorum until it has enough, or `timeout` passes.
+
+    The local replica answers first, inline: when that is enough (N=1, R=1, W=1) nothing waits
+    on the network. `ask(node)` returns a future of the raw answer (no Task per replica: a
+    callback converts it with `convert(future)` and feeds the quorum, first reply wins).
+    Returns {future: node} of the requests still running; their replies keep going to quorum
+    as they come (read repair waits for them)."""
+    pending = {}
     remote = []
     for n in nodes:
         if n == cluster.name and ask_local is not None:
             quorum.add_result(n, ask_local())
         else:
             remote.append(n)
-    tasks = {asyncio.ensure_future(ask(n)): n for n in remote}
-    pending = set(tasks)
-    if quorum.enough():
-        return tasks
+    if not remote:
+        return pending
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while pending and not quorum.enough():
-        done, pending = await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0),
-                                           return_when=asyncio.FIRST_COMPLETED)
-        if not done:
-            break
-        for t in done:
-            quorum.add_result(tasks[t], t.result())
+    wake = loop.create_future()
+
+    def settled(fut):
+        node = pending.pop(fut, None)
+        if node is None:
+            return
+        quorum.add_result(node, convert(fut))
+        if not wake.done() and (not pending or quorum.enough()):
+            wake.set_result(None)
+
+    for n in remote:
+        try:
+            fut = ask(n)
+        except Exception as exc:
+            quorum.add_result(n, _reply_of(exc))
+            continue
+        pending[fut] = n
+        fut.add_done_callback(settled)
+    if not pending or quorum.enough():
+        return pending
+    timer = loop.call_later(timeout, lambda: wake.done() or wake.set_result(None))
+    try:
+        await wake
+    finally:
+        timer.cancel()
     if not quorum.enough():
-        for t in pending:
-            quorum.add_result(tasks[t], TIMEOUT)
-    return {t: tasks[t] for t in pending}
+        for n in list(pending.values()):
+            quorum.add_result(n, TIMEOUT)
+    return pending
 
 
 def _reply_of(exc):
     return TIMEOUT if isinstance(exc, TimeoutError) else Failed(f"{type(exc).__name__}: {exc}")
+
+
+def _ok(fut):
+    """An acknowledgement future -> OK or the failure it ended with."""
+    if fut.cancelled():
+        return Failed("cancelled")
+    exc = fut.exception()
+    return OK if exc is None else _reply_of(exc)
+
+
+def _found(fut):
+    """A replica read future (encoded clock or None) -> Found / NOT_FOUND / the failure."""
+    if fut.cancelled():
+        return Failed("cancelled")
+    exc = fut.exception()
+    if exc is not None:
+        return _reply_of(exc)
+    raw = fut.result()
+    if raw is None:
+        return NOT_FOUND
+    try:
+        return Found(V.decode(raw))
+    except Exception as exc:
+        return _reply_of(exc)
 
 
 async def get(cluster, p, key, r, strict=False):
@@ -116,25 +164,18 @@ async def get(cluster, p, key, r, strict=False):
             return _reply_of(exc)
         return NOT_FOUND if clock is None else Found(clock)
 
-    async def ask(node):
+    def ask(node):
         hint_for = pl.target(node).hint_for
-        try:
-            if hint_for is None:
-                raw = await cluster.call(node, "get", {"p": p, "k": key}, cluster.timeout)
-            else:
-                raw = await cluster.call(node, "hget", {"p": p, "k": key, "h": hint_for},
-                                         cluster.timeout)
-            clock = None if raw is None else V.decode(raw)
-        except Exception as exc:
-            return _reply_of(exc)
-        return NOT_FOUND if clock is None else Found(clock)
+        if hint_for is None:
+            return cluster.call_future(node, "get", {"p": p, "k": key}, cluster.timeout)
+        return cluster.call_future(node, "hget", {"p": p, "k": key, "h": hint_for}, cluster.timeout)
 
-    rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, cluster.timeout)
+    rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, _found, cluster.timeout)
     result = quorum.response()
     if isinstance(result, Exception):
         raise result
     if rest:
-        cluster.spawn(_read_repair(cluster, p, key, quorum, rest))
+        cluster.spawn(_read_repair(cluster, p, key, quorum, list(rest)))
     else:
         _repair_now(cluster, p, key, quorum)
     return result
@@ -149,11 +190,8 @@ def _repair_now(cluster, p, key, quorum):
 
 async def _read_repair(cluster, p, key, quorum, rest):
     """Wait for the stragglers, then send the merged clock to every replica that lacked it."""
-    for t, node in rest.items():
-        try:
-            quorum.add_result(node, await t)
-        except Exception as exc:
-            quorum.add_result(node, _reply_of(exc))
+    # The callbacks feed quorum; wait until every straggler has answered (or timed out).
+    await asyncio.wait(rest)
     repair = quorum.final()
     if repair is None or repair.clock is None:
         return
@@ -171,7 +209,7 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
     node, hint_for = target.node, target.hint_for
     try:
         if node != cluster.name:
-            await _send_remote(cluster, node, hint_for, p, key, raw)
+            await _send_remote(cluster.call, cluster.timeout, node, hint_for, p, key, raw)
         elif hint_for is None:
             cluster.replica.merge(p, key, clock)
         else:
@@ -180,11 +218,12 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
         log.info("%s of %r on %s failed: %s", why, key, node, exc)
 
 
-def _send_remote(cluster, node, hint_for, p, key, raw):
-    """A clock to another node: `put` into its replica, or `hput` into its hints for hint_for."""
+def _send_remote(call, timeout, node, hint_for, p, key, raw):
+    """A clock to another node through `call` (cluster.call or call_future): `put` into its
+    replica, or `hput` into its hints for hint_for."""
     if hint_for is None:
-        return cluster.call(node, "put", {"p": p, "k": key, "c": raw}, cluster.timeout)
-    return cluster.call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for}, cluster.timeout)
+        return call(node, "put", {"p": p, "k": key, "c": raw}, timeout)
+    return call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for}, timeout)
 
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
@@ -222,32 +261,19 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
     for x in cluster.extra_targets(p):
         cluster.spawn(_store_on(cluster, Target(x), p, key, clock, raw, "write to a new replica"))
 
-    async def send(node):
+    def send(node):
         hint_for = pl.target(node).hint_for
-        try:
-            if node != cluster.name:
-                await _send_remote(cluster, node, hint_for, p, key, raw)
-            elif hint_for is None:
-                await cluster.replica.after_write()       # fsync="always": the group commit
-            else:
-                await cluster.after_hint()
-        except Exception as exc:
-            return _reply_of(exc)
-        return OK
+        if node != cluster.name:
+            return _send_remote(cluster.call_future, cluster.timeout, node, hint_for, p, key, raw)
+        # fsync="always": the group commit (or the hint log's sync)
+        return asyncio.ensure_future(cluster.replica.after_write() if hint_for is None
+                                     else cluster.after_hint())
 
     # Stored above; unless every write waits for a sync, the local ack needs no wait.
     local = None if cluster.replica.fsync == "always" else (lambda: OK)
-    rest = await _ask_all(cluster, pl.nodes, quorum, local, send, cluster.timeout)
-    for t in rest:                       # stragglers finish in the background
-        cluster.spawn(_quiet(t))
+    await _ask_all(cluster, pl.nodes, quorum, local, send, _ok, cluster.timeout)
     result = quorum.response()
     if isinstance(result, Exception):
         raise result
     return clock
 
-
-async def _quiet(task):
-    try:
-        await task
-    except Exception:
-        pass

@@ -77,6 +77,17 @@ class PeerPool:
         left = None if timeout is None else max(timeout - (loop.time() - start), 0.0)
         return await conn.request(type, payload, timeout=left)
 
+    def request_future(self, peer_id, addr, type, payload=None, timeout=DEFAULT_REQUEST_TIMEOUT):
+        """A future of `request`'s answer: sent at once on a ready connection (no Task), else a
+        Task running `request` (dialing, backoff, a full write buffer)."""
+        peer = self._peers.get(peer_id)
+        conn = None if peer is None else self._best(peer_id, peer)
+        if conn is not None:
+            fut = conn.request_future(type, payload, timeout=timeout)
+            if fut is not None:
+                return fut
+        return asyncio.ensure_future(self.request(peer_id, addr, type, payload, timeout))
+
     async def notify(self, peer_id, addr, type, payload=None, timeout=DEFAULT_REQUEST_TIMEOUT):
         conn = await self.connection(peer_id, addr, timeout)
         await conn.notify(type, payload)

@@ -230,6 +230,27 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         req_id = self.send_request(type, payload)
         return await self._wait_answer(req_id, type, timeout)
 
+    def request_future(self, type, payload=None, *, timeout=None):
+        """`request` without a coroutine: send now and return the future of the answer (or
+        None while the write buffer is full: use `request`, which waits for it to drain). The
+        coordinator fans out to replicas through this, with callbacks instead of Tasks."""
+        if self._write_paused:
+            return None
+        req_id = self.send_request(type, payload)
+        fut = self._loop.create_future()
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, self._expire, req_id, timeout)
+        self._waiters[req_id] = (fut, timer, type)
+        fut.add_done_callback(lambda f: self._settled(req_id, timer))
+        return fut
+
+    def _settled(self, req_id, timer):
+        if timer is not None:
+            timer.cancel()
+        if self._waiters.pop(req_id, None) is not None:  # cancelled by the caller
+            self.forget(req_id)
+
     async def ping(self, *, timeout=None):
         """Round-trip time in seconds of a PING answered by the peer's core."""
         if self._write_paused:
