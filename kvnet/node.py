@@ -13,6 +13,7 @@ import time
 
 from kvcore import versions as V
 from kvcore.ring import Ring
+from kvcore.storage.options import rotate_token
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
@@ -53,6 +54,7 @@ class Node(driver.Cluster, Backend):
         self.qbits = cfg.ring_size.bit_length() - 1
         self.timeout = cfg.request_timeout_ms / 1000.0
         self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
+                                    index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self._handle)
@@ -502,7 +504,14 @@ class Node(driver.Cluster, Backend):
         part = self.replica.partitions.get(p)
         if part is None:
             return [0, []]
-        nxt, keys = part.store.scan(cursor, count)
+        # The store orders a partition's keys by the token rotated left by qbits (its index
+        # skips the partition's bits, docs/storage.md): token cursor <-> store cursor.
+        q = self.qbits
+        free = 64 - q
+        nxt, keys = part.store.scan(rotate_token(cursor, q), count)
+        if nxt:
+            after = ((nxt - 1) >> q) + 1                  # the free bits after the last key
+            nxt = 0 if after >> free else (p << free if q else 0) | after
         live = []
         for k in keys:
             clock = self.replica.read(p, k)

@@ -130,7 +130,8 @@ class LocalReplica:
     """The partitions this node holds, with minting, syncing and group commit."""
 
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
-                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100):
+                 max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
+                 index_skip_bits=0):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
@@ -138,8 +139,10 @@ class LocalReplica:
         self.max_siblings = max_siblings
         # A stored clock may hold many siblings: the value limit is the coordinator's,
         # per value; the store takes whatever replication brings.
+        # index_skip_bits: the ring's partition bits, which every key of a partition shares;
+        # the store's index skips them so a partition's keys spread over its whole table.
         self._store_opts = dict(fsync="never", max_key_bytes=max_key_bytes,
-                                max_value_bytes=(1 << 31) - 1)
+                                max_value_bytes=(1 << 31) - 1, index_skip_bits=index_skip_bits)
         self.partitions = {}
         self._dirty = set()
         self._write_gen = 0          # writes stored so far

@@ -27,10 +27,17 @@ cdef class Keydir:
     cdef size_t capacity
     cdef size_t count           # occupied slots
     cdef size_t grow_at         # count that triggers growth (90 % of capacity)
+    cdef int rot                # index order: token rotated left by rot bits (index_skip_bits)
+
+    cdef inline uint64_t order(self, uint64_t h) noexcept nogil:
+        if self.rot == 0:
+            return h
+        return (h << self.rot) | (h >> (64 - self.rot))
 
     cdef size_t home(self, uint64_t h) noexcept nogil
     cdef size_t dist(self, size_t i) noexcept nogil                 # probe distance of slot i
     cdef void _place(self, uint64_t h, uint64_t loc) noexcept nogil # Robin Hood insert, no growth
+    # first, next_same, insert and find_loc take tokens; slots and scan cursors hold order(token)
     cdef Py_ssize_t first(self, uint64_t h) noexcept nogil          # first slot with hash h, or -1
     cdef Py_ssize_t next_same(self, Py_ssize_t i, uint64_t h) noexcept nogil   # next slot with h after i, or -1
     cdef int insert(self, uint64_t h, uint64_t loc) except -1       # a new entry (grows if needed)

@@ -35,6 +35,7 @@ cdef class Keydir:
         self.capacity = capacity
         self.count = 0
         self.grow_at = capacity * 9 // 10
+        self.rot = 0
 
     def __dealloc__(self):
         _free(self.slots, self.capacity)
@@ -47,8 +48,10 @@ cdef class Keydir:
         return i - hm if i >= hm else i + self.capacity - hm
 
     cdef Py_ssize_t first(self, uint64_t h) noexcept nogil:
-        cdef size_t i = kv_fastrange(h, self.capacity)
+        cdef size_t i
         cdef size_t d = 0, sd
+        h = self.order(h)
+        i = kv_fastrange(h, self.capacity)
         while True:
             if self.slots[i].loc == 0:
                 return -1
@@ -63,6 +66,7 @@ cdef class Keydir:
             d += 1
 
     cdef Py_ssize_t next_same(self, Py_ssize_t i, uint64_t h) noexcept nogil:
+        h = self.order(h)
         i += 1
         if <size_t>i == self.capacity:
             i = 0
@@ -81,7 +85,7 @@ cdef class Keydir:
     cdef int insert(self, uint64_t h, uint64_t loc) except -1:
         if self.count + 1 > self.grow_at:
             self.resize(self.capacity + self.capacity // 2)
-        self._place(h, loc)
+        self._place(self.order(h), loc)
         self.count += 1
         return 0
 

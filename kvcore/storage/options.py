@@ -14,6 +14,7 @@ class StoreOptions:
     max_key_bytes: int = 8 << 10
     max_value_bytes: int = 32 << 20
     compress_min_bytes: int = 512
+    index_skip_bits: int = 0
 
 
 _BOUNDS = {
@@ -22,7 +23,16 @@ _BOUNDS = {
     "max_key_bytes": (1, 65535),
     "max_value_bytes": (0, (1 << 31) - 1),
     "compress_min_bytes": (0, 1 << 31),
+    "index_skip_bits": (0, 32),
 }
+
+
+def rotate_token(h, bits):
+    """The index order of a token: rotated left by `bits`, so that keys sharing their top
+    `bits` bits (one ring partition's keys) spread over the whole index (docs/storage.md)."""
+    if not bits:
+        return h
+    return ((h << bits) | (h >> (64 - bits))) & 0xFFFFFFFFFFFFFFFF
 
 
 def check_options(**kw):

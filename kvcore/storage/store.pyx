@@ -268,13 +268,14 @@ cdef class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, _hash_mask=0xFFFFFFFFFFFFFFFF):
         # _hash_mask is for tests only: it forces hash collisions, which get and put
         # must survive by comparing the key stored on disk. Reopen with the same mask.
         self.hash_mask = _hash_mask
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
-                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes)
+                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
+                                   index_skip_bits=index_skip_bits)
         self.fsync_mode = {"never": 0, "interval": 1, "always": 2}[fsync]
         self.max_segment = max_segment_bytes
         self.max_key = max_key_bytes
@@ -285,6 +286,7 @@ cdef class LogStore:
         self.path = os.fspath(path)
         self.dirty_since = -1
         self.kd = Keydir()
+        self.kd.rot = index_skip_bits
         os.makedirs(self.path, exist_ok=True)
         self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
         try:

@@ -14,7 +14,7 @@ from kvcore.storage import record_py as R
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import check_options, decompress, maybe_compress
+from kvcore.storage.options import check_options, decompress, maybe_compress, rotate_token
 
 
 class _Segment:
@@ -98,11 +98,12 @@ class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, _hash_mask=0xFFFFFFFFFFFFFFFF):
         self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
-                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes)
+                                   max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
+                                   index_skip_bits=index_skip_bits)
         self.path = os.fspath(path)
         self._closed = True
         os.makedirs(self.path, exist_ok=True)
@@ -373,7 +374,9 @@ class LogStore:
             raise ValueError(f"cursor must be an integer in [0, 2**64), got {cursor!r}")
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
-        ordered = sorted((e[0], k) for k, e in self._keydir.items() if e[0] >= cursor)
+        rot = self._opts.index_skip_bits
+        ordered = sorted((o, k) for o, k in ((rotate_token(e[0], rot), k)
+                                              for k, e in self._keydir.items()) if o >= cursor)
         out = [k for _, k in ordered[:count]]
         if len(ordered) < count:
             return 0, out

@@ -290,3 +290,32 @@ def test_peer_requests_outside_the_ring_are_refused(tmp_path):
                 await node.stop()
 
     run(main())
+
+
+@pytest.mark.parametrize("q", [1, 4, 256])
+def test_scan_with_small_counts_returns_every_key(tmp_path, q):
+    """The node's token cursor maps onto each partition store's index order (which skips the
+    partition bits) and back, across many small batches."""
+    async def main():
+        ports = free_ports(2)
+        cfg = load(name="solo", port=ports[0], peer_port=ports[1], n=1, r=1, w=1, ring_size=q,
+                   data_dir=str(tmp_path / "solo"), fsync="never")
+        node = await Node(cfg).start()
+        c = aredis.Redis(port=ports[0])
+        try:
+            keys = {f"k{i}".encode() for i in range(600)}
+            for k in keys:
+                await c.set(k, b"v")
+            seen, cursor, calls = [], 0, 0
+            while True:
+                cursor, ks = await c.scan(cursor, count=7)
+                seen.extend(ks)
+                calls += 1
+                if cursor == 0:
+                    break
+            assert set(seen) == keys and calls >= 600 // 7
+        finally:
+            await c.aclose()
+            await node.stop()
+
+    run(main())
