@@ -207,6 +207,9 @@ class Node(driver.Cluster, Backend):
     def holds(self, p):
         return self.ring_state is not None and self.ring_state.holds(self.name, p)
 
+    def reap_pending(self, p, key, raw):
+        return self.antientropy.reaper.is_pending(p, key, raw)
+
     def extra_targets(self, p):
         state = self.ring_state
         if state is None or state.next is None:

@@ -56,6 +56,10 @@ class Cluster:
         """Nodes a ring change is adding to p's replicas: writes go to them too, uncounted."""
         return ()
 
+    def reap_pending(self, p, key, raw):
+        """Is this exact tombstone clock marked for reaping here (ALGORITHMS.md section 6)?"""
+        return False
+
     async def call(self, node, type, payload, timeout):
         raise NotImplementedError
 
@@ -200,6 +204,8 @@ async def _read_repair(cluster, p, key, quorum, rest):
 
 async def _send_repairs(cluster, p, key, repair):
     raw = V.encode(repair.clock)
+    if cluster.reap_pending(p, key, raw):
+        return       # a reap of this tombstone is under way: never copy it back (section 6)
     for target in repair.stale:
         await _store_on(cluster, target, p, key, repair.clock, raw, "read repair")
 

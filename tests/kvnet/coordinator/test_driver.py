@@ -118,3 +118,23 @@ def test_read_with_a_failing_replica_counts_the_others(tmp_path):
         await c.replica.close()
 
     run(main())
+
+
+def test_read_repair_never_copies_a_reap_pending_tombstone(tmp_path):
+    async def main():
+        c = FakeCluster(tmp_path)
+        k = b"gone"
+        tomb = await driver.put(c, _p(c, k), k, V.tombstone(), None, True, w=3)
+        del c.remote["c"][k]                        # c already reaped it
+        raw = V.encode(tomb)
+        c.reap_pending = lambda p, key, r: key == k and r == raw
+        await driver.get(c, _p(c, k), k, r=3)
+        await c.settle()
+        assert k not in c.remote["c"]               # not pushed back onto c
+        c.reap_pending = lambda p, key, r: False
+        await driver.get(c, _p(c, k), k, r=3)
+        await c.settle()
+        assert c.remote["c"][k] == tomb             # an ordinary repair does copy it
+        await c.replica.close()
+
+    run(main())
