@@ -642,6 +642,9 @@ class Node(driver.Cluster, Backend):
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
                 "hints_pending": sum(self.handoff.pending().values()),
                 **{f"hints_{k}": v for k, v in self.handoff.stats.items()},
+                **{f"ae_{k}": v for k, v in self.antientropy.stats.items() if v is not None},
+                **{f"reaper_{k}": v for k, v in self.antientropy.reaper.stats.items()},
+                **{f"transfer_{k}": v for k, v in self.changes.stats.items()},
                 **{f"coord_{k}": v for k, v in self.stats.items()}}
 
 
