@@ -493,13 +493,15 @@ class Node(driver.Cluster, Backend):
 
     async def dbsize_estimate(self):
         """Keys in the stores of each partition's owner (tombstones included): an estimate."""
-        total = 0
-        for node in self.ring.nodes:
-            try:
-                total += self._owned_count() if node == self.name else \
-                    await self.call(node, "count", {}, self.timeout)
-            except Exception as exc:
-                log.info("dbsize: %s did not answer: %s", node, exc)
+        others = [n for n in self.ring.nodes if n != self.name and self.is_up(n)]
+        counts = await asyncio.gather(*(self.call(n, "count", {}, self.timeout) for n in others),
+                                      return_exceptions=True)
+        total = self._owned_count() if self.name in self.ring.nodes else 0
+        for node, c in zip(others, counts):
+            if isinstance(c, int):
+                total += c
+            else:
+                log.info("dbsize: %s did not answer: %s", node, c)
         return total
 
     def _local_scan(self, p, cursor, count):

@@ -32,6 +32,7 @@ MAX_SEGMENTS = 1024              # segments per key-list message
 MAX_SESSIONS = 4                 # responder caches kept at once
 SESSION_TTL = 120.0              # seconds a responder cache lives unused
 WALK_CHUNK = 4096                # keys per step of a store walk (the loop runs between steps)
+EQUAL_PAUSE = 0.02               # seconds between exchanges while roots keep being equal
 
 
 async def segment_keys(part, segments):
@@ -156,23 +157,39 @@ class AntiEntropy:
     # ---- scheduler ----------------------------------------------------------------------------
 
     async def _loop(self):
+        delay, quick, last_reap = self.interval, 0, float("-inf")
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(delay)
+            out = None
+            reap = loop.time() - last_reap >= self.interval      # the reaper: once an interval
+            if reap:
+                last_reap = loop.time()
             try:
-                await self.tick()
+                out = await self.tick(reap=reap)
             except Exception as exc:
                 log.info("anti-entropy on %s: %r", self.node.name, exc)
+            # Equal roots cost one small message each way: go on to the next partition after a
+            # short pause, for at most one round of this node's partitions; an exchange that
+            # found differences (or failed) waits the full interval, so foreground work comes
+            # first. One exchange at a time either way.
+            if out is not None and out["equal"] and quick < len(self._mine):
+                delay, quick = min(self.interval, EQUAL_PAUSE), quick + 1
+            else:
+                delay, quick = self.interval, 0
 
-    async def tick(self):
+    async def tick(self, reap=True):
         """One scheduled step: exchange the next partition with its next up primary, then one
-        reaper pass. Returns the exchange's counters (a dict) or None if none ran."""
+        reaper pass (unless reap is False). Returns the exchange's counters (a dict) or None
+        if none ran."""
         out = None
         p = self._next_partition()
         if p is not None:
             peer = self._next_peer(p)
             if peer is not None:
                 out = await self.exchange(p, peer)
-        await self.reaper.pass_once()
+        if reap:
+            await self.reaper.pass_once()
         return out
 
     def _next_partition(self):

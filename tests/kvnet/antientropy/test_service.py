@@ -453,3 +453,20 @@ def test_wiped_node_of_30000_keys_is_rebuilt_by_the_scheduler(ae):
             await c.stop()
 
     ae.run(main(), timeout=120)
+
+
+def test_equal_partitions_are_checked_without_the_full_pause(ae):
+    """With nothing to repair, a node checks its partitions one after another (a short pause
+    between them), not one per ae_interval_ms: a cycle over 8 partitions takes well under
+    8 intervals. A repairing exchange still waits the full interval."""
+    async def main():
+        c = await ae.make(ae_interval_ms=1000, q=8)
+        try:
+            svc = c.svc[0]
+            # the first tick comes after one interval; then a quick round of equal roots
+            assert await ae.wait_for(lambda: svc.stats["exchanges"] >= 8, timeout=3.5)
+            assert svc.stats["exchanges_equal"] == svc.stats["exchanges"]
+        finally:
+            await c.stop()
+
+    ae.run(main())
