@@ -26,6 +26,7 @@ from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
+from kvnet.payload import clock as _clock
 from kvnet.resp.backend import Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
@@ -654,14 +655,6 @@ def _close_and_delete(part):
     part.store.close()
     shutil.rmtree(part.path, ignore_errors=True)
 
-
-def _clock(raw):
-    if type(raw) is not bytes:
-        raise CommandError("peer request needs an encoded clock")
-    try:
-        return V.decode(raw)
-    except V.InvalidClock as exc:
-        raise CommandError(f"bad clock: {exc}") from None
 
 
 async def run(cfg, ready=None):

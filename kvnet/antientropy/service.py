@@ -21,7 +21,8 @@ from collections import deque
 from kvcore import merkle as M
 from kvcore import versions as V
 from kvnet.antientropy import exchange as X
-from kvnet.antientropy.reaper import Reaper, entries, fields, integer, key, primary_of, seq
+from kvnet.antientropy.reaper import Reaper
+from kvnet.payload import entries, fields, integer, key, primary_of, seq
 from kvnet.errors import CommandError, ProtocolError
 
 log = logging.getLogger("kvnet.antientropy")
