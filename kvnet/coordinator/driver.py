@@ -11,7 +11,7 @@ import logging
 from kvcore import versions as V
 from kvnet.coordinator.preflist import Target, preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
-                                      PutQuorum)
+                                      GetResult, PutQuorum)
 from kvnet.errors import Unavailable
 
 log = logging.getLogger("kvnet.coordinator")
@@ -148,10 +148,29 @@ def _found(fut):
         return _reply_of(exc)
 
 
+def _only_local_primary(cluster, pl, needed):
+    """True when this node, as a primary, is the only target and one reply is the quorum
+    (N=1, or every other primary down with R/W=1): the local replica alone decides, so the
+    quorum value, futures and read repair have nothing to do (same result as the general path)."""
+    if type(needed) is not int or needed != 1:
+        return False
+    targets = pl.targets
+    return len(targets) == 1 and targets[0].node == cluster.name and targets[0].hint_for is None
+
+
 async def get(cluster, p, key, r, strict=False):
     """(merged clock or None, GetResult) from R replicas; repairs stale ones afterwards."""
     ring = cluster.ring
     pl = cluster.targets(p, strict)
+    if _only_local_primary(cluster, pl, r):
+        try:
+            clock = cluster.replica.read(p, key)
+        except Exception:
+            pass                          # the general path below reports the failure
+        else:
+            if clock is None:
+                return GetResult(V.EMPTY, False, 1, 1)
+            return GetResult(clock, True, 1, 1)
     quorum = GetQuorum(ring.n, r, pl)
     if quorum.enough():
         raise quorum.response()
@@ -253,6 +272,9 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
     down), store it, replicate it, await W acks."""
     ring = cluster.ring
     pl = cluster.targets(p, strict)
+    if cluster.replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
+            and not cluster.extra_targets(p):
+        return cluster.replica.mint(p, key, sibling, context, overwrite)
     quorum = PutQuorum(ring.n, w, pl)
     if quorum.enough():
         raise quorum.response()
