@@ -17,9 +17,10 @@ FAST = dict(gossip_interval_ms=50, phi_threshold=8.0, hint_replay_interval_ms=10
 def _configs(tmp_path, nodes=5, **kw):
     ports = free_ports(2 * nodes)
     members = [f"s{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
+    kw = {"fsync": "never", **FAST, **kw}
     return [load(name=f"s{i}", port=ports[i], peer_port=ports[nodes + i], n=3, r=2, w=2,
-                 data_dir=str(tmp_path / f"s{i}"), members=members, fsync="never",
-                 request_timeout_ms=2000, **{**FAST, **kw}) for i in range(nodes)]
+                 data_dir=str(tmp_path / f"s{i}"), members=members,
+                 request_timeout_ms=2000, **kw) for i in range(nodes)]
 
 
 async def _wait(pred, timeout=15.0):
@@ -230,6 +231,38 @@ def test_flush_refused_while_hints_pending_and_stray_hints_rehomed(tmp_path):
                 assert n0.hints.get(prefs[0], sp, stray) is not None
             await n0.handoff.replay_all()
             assert await client.flushdb() is True
+        finally:
+            await client.aclose()
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_hints_survive_a_restart_of_the_fallback(tmp_path):
+    async def main():
+        cfgs = _configs(tmp_path, fsync="interval", sync_interval_ms=50)
+        nodes = [await Node(c).start() for c in cfgs]
+        victim, name = 2, "s2"
+        client = aredis.Redis(port=cfgs[0].port)
+        try:
+            keys = _keys_with_primary(nodes[0], name, 30)
+            live = await _stopped(nodes, victim)
+            for k in keys:
+                await client.execute_command("KV.PUT", k, b"v-" + k, "W", "ALL")
+            holders = [i for i, n in enumerate(nodes) if i != victim and n.hints.pending(name)]
+            assert holders
+            held = {i: nodes[i].hints.pending(name) for i in holders}
+            for i in holders:                          # every fallback holding hints restarts
+                await nodes[i].stop()
+                nodes[i] = await Node(cfgs[i]).start()
+                assert nodes[i].hints.pending(name) == held[i]
+            nodes[victim] = await Node(cfgs[victim]).start()
+            assert await _wait(lambda: all(nodes[i].hints.pending(name) == 0 for i in holders))
+            back = nodes[victim]
+            for k in keys:
+                clock = back.replica.read(back.ring.partition_of(k), k)
+                assert clock is not None and [s.value for s in _values(clock)] == [b"v-" + k]
         finally:
             await client.aclose()
             for n in nodes:
