@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -35,16 +36,28 @@ def _base(nodes):
     raise AssertionError("no block of free ports")
 
 
-def _read_until(proc, needle, timeout=60):
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    raise AssertionError(f"{needle!r} not seen: {lines}")
+class _Output:
+    """Every line a process prints, read by a thread: nobody must stop reading the pipe, or
+    the nodes (whose logs go to it) block on a full pipe."""
+
+    def __init__(self, proc):
+        self.lines = []
+        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def until(self, needle, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(needle in ln for ln in self.lines):
+                return list(self.lines)
+            if not self._t.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not seen: {self.lines[-20:]}")
 
 
 def _wait(pred, timeout=60):
@@ -62,14 +75,14 @@ def test_kvnode_add_joins_a_fourth_node_and_kvctl_leave_takes_it_out(tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     add = None
     try:
-        _read_until(dev, "is up")
+        _Output(dev).until("is up")
         r = redis.Redis(port=base)
         for i in range(500):
             r.set(f"k{i}", f"v{i}")
         add = subprocess.Popen([sys.executable, "-m", "kvnet.cli.kvnode", "add", "--base-port",
                                 str(base), "--data-dir", data, "--fsync", "never"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines = _read_until(add, "joining")
+        lines = _Output(add).until("joining")
         assert f"node4: joining on 127.0.0.1:{base + 3}" in "".join(lines)
         c = Client("127.0.0.1", base)
         try:
@@ -98,8 +111,8 @@ def test_kvnode_add_joins_a_fourth_node_and_kvctl_leave_takes_it_out(tmp_path):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 try:
-                    p.communicate(timeout=60)
+                    p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-                    p.communicate()
+                    p.wait()
     assert not any(ping(base + i) for i in range(4))
