@@ -294,6 +294,9 @@ class LocalCluster:
         if isinstance(node_extra, dict):
             node_extra = [node_extra.get(i, ()) for i in range(nodes)]
         node_extra = list(node_extra or [()] * nodes)
+        self._common = ["--n", str(n), "--r", str(r), "--w", str(w), "--fsync", fsync,
+                        "--ring-size", str(ring_size),
+                        "--request-timeout-ms", str(request_timeout_ms), *extra]
         try:
             if proxied:
                 for i, j in itertools.permutations(range(nodes), 2):
@@ -307,9 +310,7 @@ class LocalCluster:
                     sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
                     "--port", str(cp), "--peer-port", str(self.peer_ports[i]),
                     "--data-dir", self.data_dir_of(i), "--members", members,
-                    "--n", str(n), "--r", str(r), "--w", str(w), "--fsync", fsync,
-                    "--ring-size", str(ring_size),
-                    "--request-timeout-ms", str(request_timeout_ms), *extra, *node_extra[i]])
+                    *self._common, *node_extra[i]])
         except BaseException:
             self._close_proxies()
             raise
@@ -391,6 +392,82 @@ class LocalCluster:
         if self.running(i):
             raise RuntimeError(f"{self.names[i]} is running: kill it before wiping its data")
         shutil.rmtree(self.data_dir_of(i), ignore_errors=True)
+
+    def add_node(self, join=True, seed=None, node_extra=(), start=True, timeout=60):
+        """One more node, `node{k}` on free ports, registered like the others (ports, names,
+        procs, cmds: stop(), kill(), status(), replica_clocks() cover it); returns its index.
+
+        join=True: `kvnode start --join` with `--members` naming one member as the seed (`seed`:
+        an index; default the first running node) and the new node itself; it takes the ring
+        from the seed's gossip and owns nothing until a join is staged and committed
+        (`cluster_admin(i, "join", name)`, `cluster_admin(i, "commit")`). join=False: its
+        `--members` names every member, as the others' do (it is no ring change by itself).
+        start=False only builds and registers the command. Not with proxied=True (a proxy per
+        new directed link is not implemented)."""
+        if self.proxies:
+            raise NotImplementedError("add_node is not implemented for proxied clusters")
+        taken = set(self.ports) | set(self.peer_ports)
+        port = peer = None
+        while port is None or port in taken or peer in taken:
+            port, peer = free_ports(2)
+        i = len(self.names)
+        name = f"node{i + 1}"
+        while name in self.names:
+            name = f"node{int(name[4:]) + 1}"
+        self.names.append(name)
+        self.ports.append(port)
+        self.peer_ports.append(peer)
+        self.procs.append(None)
+        if join:
+            if seed is None:
+                seed = next((j for j in range(i) if self.running(j)), 0)
+            members = f"{self.names[seed]}@127.0.0.1:{self.peer_ports[seed]},{name}@127.0.0.1:{peer}"
+        else:
+            members = ",".join(f"{nm}@127.0.0.1:{pp}" for nm, pp in zip(self.names, self.peer_ports))
+        self.cmds.append([
+            sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name,
+            "--port", str(port), "--peer-port", str(peer), "--data-dir", self.data_dir_of(i),
+            "--members", members, *self._common, *node_extra, *(["--join"] if join else [])])
+        if start:
+            self.start(i, timeout)          # a joining node answers PING once it has the ring
+        return i
+
+    def set_seeds(self, i, seeds):
+        """Rewrite node i's `--members` to name the nodes `seeds` (indexes) and itself, for its
+        next `start(i)`. A node that joined knows the other members' addresses from gossip only
+        (they are not kept across a restart); if its seed has left the ring since, restart it
+        with seeds that are still members."""
+        if self.proxies:
+            raise NotImplementedError("set_seeds is not implemented for proxied clusters")
+        cmd = self.cmds[i]
+        at = cmd.index("--members") + 1
+        cmd[at] = ",".join(f"{self.names[j]}@127.0.0.1:{self.peer_ports[j]}"
+                           for j in sorted(set(seeds) | {i}))
+
+    def running_nodes(self):
+        """Indexes of the nodes whose process is running."""
+        return [i for i in range(len(self.names)) if self.running(i)]
+
+    def live_ports(self):
+        """Client ports of the running nodes (for writers and readers after a node left)."""
+        return [self.ports[i] for i in self.running_nodes()]
+
+    def wait_exit(self, i, timeout=30):
+        """Wait for node i to exit on its own (a node that left the ring exits with code 3);
+        returns the exit code (the process stays registered: running(i) is False)."""
+        p = self.procs[i]
+        if p is None:
+            raise RuntimeError(f"{self.names[i]} is not started")
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.names[i]} still running after {timeout} s: see "
+                               f"{self.log_of(i)}") from None
+
+    def exit_code(self, i):
+        """Node i's exit code, or None while it runs (or was never started / was killed)."""
+        p = self.procs[i]
+        return None if p is None else p.poll()
 
     def stop_nodes(self, grace=15):
         """SIGTERM every node (SIGCONT first for paused ones); SIGKILL what has not exited in time."""
@@ -494,6 +571,73 @@ class LocalCluster:
 
     def hints_pending(self, i):
         return int(self.info(i, "ringkv").get("hints_pending", 0))
+
+    def ring(self, i, timeout=5.0):
+        """Node i's KV.RING: {"epoch", "q", "n", "nodes": [{"name", "host", "port", "up"}], "owners"}."""
+        return _plain(self._ask(i, "KV.RING", timeout=timeout))
+
+    def cluster_admin(self, i, op, node=None, timeout=10.0):
+        """KV.CLUSTER op [node] through node i (answered by the claimant): join/leave/remove/
+        clear stage a change, plan, commit, transfers. No retry (a retried commit would be a
+        second request)."""
+        return _plain(self._ask(i, "KV.CLUSTER", op, *([node] if node is not None else []),
+                                timeout=timeout))
+
+    def stage(self, i, op, node, timeout=30.0):
+        """Stage `op` (join/leave/remove) of `node` through node i, retrying while it is refused
+        (a joiner must first be seen up by the claimant through gossip); returns the staged map."""
+        last = None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.cluster_admin(i, op, node)["staged"]
+            except Exception as exc:
+                last = exc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"KV.CLUSTER {op} {node} refused for {timeout} s: {last}")
+            time.sleep(0.1)
+
+    def wait_settled(self, timeout=60.0, epoch=None, via=None):
+        """Wait until no ring change is moving: KV.CLUSTER TRANSFERS (through `via`, default any
+        running node) reports not moving (at `epoch` or later, when given: a commit's epoch + 1
+        is its settled one) and every running node's KV.RING has the same owners. Returns
+        the seconds it took."""
+        def settled():
+            nodes = self.running_nodes()
+            asked = [via] if via is not None else nodes
+            tr = None
+            for j in asked:
+                try:
+                    tr = self.cluster_admin(j, "transfers", timeout=2.0)
+                    break
+                except Exception:
+                    continue
+            if tr is None or tr["moving"] or (epoch is not None and tr["epoch"] < epoch):
+                return False
+            owners = {tuple(self.ring(j, timeout=2.0)["owners"]) for j in nodes}
+            return len(owners) == 1
+        return wait_until(settled, timeout, interval=0.1, what="ring change settled")
+
+    def kept_ring(self, i):
+        """The ring state node i keeps in `<data_dir>/RING` (kvnet.membership.ringstate), or None
+        (a node that never changed rings keeps none: it uses its configured members)."""
+        from kvnet.membership import ringstate
+
+        if not os.path.isdir(self.data_dir_of(i)):
+            return None
+        return ringstate.load(self.data_dir_of(i))
+
+    def final_ring(self):
+        """The ring to judge replicas by: the current ring of the highest ring state any node
+        keeps, else the configured one (`Ring.create(names of the nodes that did not join,
+        q=ring_size, n=n)`)."""
+        from kvcore.ring import Ring
+
+        states = [s for s in (self.kept_ring(i) for i in range(len(self.names))) if s is not None]
+        if states:
+            return max(states, key=lambda s: s.order).current
+        first = [nm for nm, cmd in zip(self.names, self.cmds) if "--join" not in cmd]
+        return Ring.create(sorted(first), q=self.ring_size, n=self.n)
 
 
 def _plain(x):
@@ -612,7 +756,8 @@ class _Writer(threading.Thread):
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                port = self.ports[i % len(self.ports)]
+                ports = self.ports               # set_ports() may replace the list
+                port = ports[i % len(ports)]
                 t0 = self._op_start = time.monotonic()
                 self.step(port)
                 self.trace.append((t0, time.monotonic() - t0, port))
@@ -623,6 +768,12 @@ class _Writer(threading.Thread):
         finally:
             for port in list(self._clients):
                 self._drop(port)
+
+    def set_ports(self, ports):
+        """Write through `ports` from the next operation on (a node joined or left)."""
+        if not ports:
+            raise ValueError("a writer needs at least one port")
+        self.ports = list(ports)
 
     def step(self, port):
         raise NotImplementedError
@@ -865,18 +1016,19 @@ def replica_clocks(cluster, which=None):
     return out
 
 
-def divergent_keys(cluster, keys=None, held=None):
+def divergent_keys(cluster, keys=None, held=None, ring=None):
     """Keys whose N primaries hold different clocks (or some lack the key), after `stop()`.
 
-    Returns {key: {node: decoded Clock or None}} (empty: every replica converged). The ring is
-    the node's: `Ring.create(names, q=ring_size, n=n)`. Keys held only off their preference list
-    (hints, fallbacks) are compared on their primaries too. `held`: a `replica_clocks(cluster)`
-    result to reuse (opening every partition of every node takes seconds).
+    Returns {key: {node: decoded Clock or None}} (empty: every replica converged). The ring:
+    `ring` (a kvcore Ring) when given, else `cluster.final_ring()` (the ring the nodes keep
+    after a ring change, else the configured one: `Ring.create(names, q=ring_size, n=n)`).
+    Keys held only off their preference list (hints, fallbacks) are compared on their
+    primaries too. `held`: a `replica_clocks(cluster)` result to reuse (opening every partition
+    of every node takes seconds).
     """
     from kvcore import versions as V
-    from kvcore.ring import Ring
 
-    ring = Ring.create(sorted(cluster.names), q=cluster.ring_size, n=cluster.n)
+    ring = cluster.final_ring() if ring is None else ring
     held = replica_clocks(cluster) if held is None else held
     all_keys = set(keys) if keys is not None else {k for h in held.values() for k in h}
     out = {}
@@ -886,4 +1038,22 @@ def divergent_keys(cluster, keys=None, held=None):
         raws = {node: held.get(node, {}).get(key, (p, None))[1] for node in prim}
         if len(set(raws.values())) != 1:
             out[key] = {node: (None if raw is None else V.decode(raw)) for node, raw in raws.items()}
+    return out
+
+
+def missing_replicas(cluster, keys, held=None, ring=None):
+    """{key: [primaries that do not hold it]} for each of `keys` that fewer than N of its
+    primaries hold (any version, a tombstone included), by `ring` (default
+    `cluster.final_ring()`), after `stop()`. Unlike `divergent_keys`, a key that no primary
+    holds (say, held only by a node that left) is reported too. Empty: every key has N copies.
+    """
+    ring = cluster.final_ring() if ring is None else ring
+    held = replica_clocks(cluster) if held is None else held
+    out = {}
+    for key in sorted(keys):
+        key = key.encode() if isinstance(key, str) else key
+        prim = ring.preference_list(ring.partition_of(key))
+        lacking = [node for node in prim if key not in held.get(node, {})]
+        if lacking:
+            out[key] = lacking
     return out

@@ -1,5 +1,6 @@
 """The fault-test toolkit itself (kvnet/testing.py): FaultProxy against an echo server, and the
 checker on synthetic records. Fast: no node processes."""
+import os
 import socket
 import threading
 
@@ -264,3 +265,118 @@ def test_a_node_that_cannot_start_leaves_no_process_or_proxy(tmp_path):
     assert c.procs == [None, None]
     assert all(not px._thread.is_alive() for px in c.proxies.values())
     c.stop()                                     # twice is fine
+
+
+# ---- growing a cluster, the final ring, replicas by that ring (no processes) ----------------
+
+def test_add_node_builds_a_join_command_seeded_by_one_member_and_registers_it(tmp_path):
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=3, ring_size=64, extra=["--gossip-interval-ms", "100"])
+    try:
+        i = c.add_node(join=True, start=False, node_extra=["--phi-threshold", "4"])
+        assert i == 3 and c.names == ["node1", "node2", "node3", "node4"]
+        assert len(c.ports) == len(c.peer_ports) == len(c.procs) == len(c.cmds) == 4
+        assert len(set(c.ports) | set(c.peer_ports)) == 8
+        cmd = c.cmds[3]
+        assert cmd[-1] == "--join" and cmd[-3:-1] == ["--phi-threshold", "4"]
+        assert _members(cmd) == {"node1": c.peer_ports[0], "node4": c.peer_ports[3]}
+        assert cmd[cmd.index("--ring-size") + 1] == "64"
+        assert cmd[cmd.index("--gossip-interval-ms") + 1] == "100"
+        assert cmd[cmd.index("--data-dir") + 1] == c.data_dir_of(3)
+        assert cmd[cmd.index("--port") + 1] == str(c.ports[3])
+        # everything but the name, ports, data dir, members and --join is as the others have it
+        common = c.cmds[0][c.cmds[0].index("--members") + 2:]
+        assert cmd[cmd.index("--members") + 2:-3] == common
+        assert not c.running(3) and c.running_nodes() == [] and c.exit_code(3) is None
+        c.set_seeds(3, [1, 2])
+        assert _members(c.cmds[3]) == {n: c.peer_ports[k] for k, n in enumerate(c.names) if k}
+        j = c.add_node(join=False, start=False)
+        assert "--join" not in c.cmds[j] and _members(c.cmds[j]) == dict(zip(c.names, c.peer_ports))
+        # the configured ring leaves out the nodes that joined
+        assert set(c.final_ring().nodes) == {"node1", "node2", "node3", "node5"}
+    finally:
+        c.stop()
+
+
+def test_add_node_refuses_a_proxied_cluster(tmp_path):
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=2, proxied=True)
+    try:
+        with pytest.raises(NotImplementedError):
+            c.add_node(start=False)
+        assert c.names == ["node1", "node2"]
+    finally:
+        c.stop()
+
+
+def test_final_ring_is_the_highest_kept_ring_state(tmp_path):
+    from kvcore.ring import Ring
+    from kvnet.membership import ringstate as RS
+    from kvnet.testing import LocalCluster
+
+    c = LocalCluster(str(tmp_path), nodes=3, ring_size=64)
+    r0 = Ring.create(c.names, q=64, n=3)
+    assert list(c.final_ring().owners) == list(r0.owners)       # nothing kept: the configured
+    r1 = r0.with_node("node4")
+    r2 = r1.without_node("node1")
+    for i, state in [(0, RS.RingState(r0, r1, 2, "node1")), (1, RS.RingState(r2, None, 5, "node1")),
+                     (2, RS.RingState(r1, None, 3, "node1"))]:
+        os.makedirs(c.data_dir_of(i))
+        RS.save(c.data_dir_of(i), state)
+    assert c.kept_ring(1).epoch == 5
+    assert list(c.final_ring().owners) == list(r2.owners)
+    c.stop()
+
+
+class _Stopped:
+    """Enough of a LocalCluster for the offline checks given `held` and a ring."""
+    n, ring_size = 3, 64
+    names = ["node1", "node2", "node3", "node4"]
+
+
+def test_missing_replicas_and_divergent_keys_judge_by_the_given_ring():
+    from kvcore.ring import Ring
+    from kvnet.testing import divergent_keys, missing_replicas
+
+    ring = Ring.create(["node1", "node2", "node3"], q=64, n=3).with_node("node4")
+    keys = [f"k{i}".encode() for i in range(40)]
+    clock = V.encode(V.update(V.new(V.sibling(b"v", 1)), None, A))
+    held = {n: {} for n in _Stopped.names}
+    for k in keys:
+        p = ring.partition_of(k)
+        for node in ring.preference_list(p):
+            held[node][k] = (p, clock)
+    assert missing_replicas(_Stopped(), keys, held=held, ring=ring) == {}
+    assert divergent_keys(_Stopped(), held=held, ring=ring) == {}
+    a, b = keys[0], keys[1]
+    pa, pb = ring.preference_list(ring.partition_of(a)), ring.preference_list(ring.partition_of(b))
+    del held[pa[1]][a]                           # one primary lacks a
+    for node in pb:                              # b is held only off its preference list
+        del held[node][b]
+    off = next(n for n in _Stopped.names if n not in pb)
+    held[off][b] = (ring.partition_of(b), clock)
+    missing = missing_replicas(_Stopped(), keys + [b"never"], held=held, ring=ring)
+    assert missing[a] == [pa[1]] and missing[b] == list(pb)
+    assert missing[b"never"] == list(ring.preference_list(ring.partition_of(b"never")))
+    assert set(missing) == {a, b, b"never"}
+    # divergent_keys compares primaries only: b, on no primary at all, looks converged to it
+    assert set(divergent_keys(_Stopped(), held=held, ring=ring)) == {a}
+
+
+def test_writer_set_ports_replaces_the_ports_between_operations():
+    from kvnet.testing import _Writer
+
+    class Recorder(_Writer):
+        def step(self, port):
+            if self.ops == 5:
+                self.set_ports([9, 10])
+            self.seen.append(port)
+
+    w = Recorder([1, 2, 3], count=9)
+    w.seen = []
+    w.run()
+    assert w.seen == [1, 2, 3, 1, 2, 3, 9, 10, 9]
+    with pytest.raises(ValueError):
+        w.set_ports([])
