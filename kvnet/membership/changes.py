@@ -5,9 +5,9 @@ The claimant is the lowest-id member of the current ring that this node sees up.
 request (`kvctl join|leave|remove|plan|commit|transfers`) is forwarded to it. `commit` computes
 the next ring with kvcore's claim, refuses unless every owner it keeps is up, and installs a
 *moving* ring state (ringstate.py) that gossip spreads. While the claimant sees the state moving
-it drives the transfers (`xfer` to a source replica, which streams the partition to the new
-replica in batches with `xfer_recv`), a few at a time, retrying from another source when one
-fails. When all are confirmed it installs the *settled* state: new owners serve, old ones drop
+it drives the transfers (`xfer` to each up old replica in turn, which streams the partition
+to the new replica in batches with `xfer_recv`, merged there), a few at a time, retrying the
+transfer when a source fails. When all are confirmed it installs the *settled* state: new owners serve, old ones drop
 what they no longer replicate, a leaving node exits. Rules: ALGORITHMS.md sections 3 and 5;
 docs/operations.md.
 """
@@ -257,20 +257,26 @@ class ClusterChanges:
             if not sources:
                 continue
             tries = self.progress.get(key, {}).get("tries", 0)
-            src = sources[tries % len(sources)]
-            self.progress[key] = {"state": "running", "from": src, "tries": tries + 1}
-            self._running[key] = node.spawn(self._transfer(key, x, src))
+            self.progress[key] = {"state": "running", "from": ",".join(sources), "tries": tries + 1}
+            self._running[key] = node.spawn(self._transfer(key, x, sources))
 
-    async def _transfer(self, key, x, src):
+    async def _transfer(self, key, x, sources):
+        """Copy partition x.partition to x.to from every up old replica in turn: with W < N a
+        single replica may lack acknowledged writes the others hold, and the new replica must
+        end with their union (each copy is merged there with sync)."""
         node = self.node
+        keys = sent = 0
+        src = None
         try:
             payload = {"p": x.partition, "to": x.to, "epoch": key[0]}
-            if src == node.name:
-                got = await self._send_partition(x.partition, x.to)
-            else:
-                # a whole partition may take a while: no per-request deadline but a generous one
-                got = await node.call(src, "xfer", payload, 600.0)
-            self.progress[key].update(state="done", keys=got["keys"], bytes=got["bytes"])
+            for src in sources:
+                if src == node.name:
+                    got = await self._send_partition(x.partition, x.to)
+                else:
+                    # a whole partition may take a while: a generous deadline, not the usual one
+                    got = await node.call(src, "xfer", payload, 600.0)
+                keys, sent = keys + got["keys"], sent + got["bytes"]
+            self.progress[key].update(state="done", keys=keys, bytes=sent)
         except Exception as exc:
             self.progress[key].update(state="failed", error=str(exc))
             log.info("transfer of partition %d to %s from %s failed: %s", x.partition, x.to, src, exc)

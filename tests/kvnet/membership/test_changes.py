@@ -297,3 +297,54 @@ def test_kv_cluster_command_and_kvctl(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+@pytest.mark.slow
+def test_transfers_copy_the_union_of_the_old_replicas(tmp_path):
+    """With W=2 of N=3 one old replica may lack acknowledged writes: a new replica must get
+    them from the others. Writes land while c2 is down (no fallbacks with 3 nodes); c3 joins;
+    then c0 leaves. With anti-entropy off only c2's own old copies may lack keys (it missed
+    them and nothing repaired it); every replica a transfer filled must hold every key."""
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        try:
+            await nodes[2].stop()
+            for n in nodes[:2]:
+                try:
+                    await n.call("c2", "gping", {}, 0.5)
+                except Exception:
+                    pass
+            assert await _wait(lambda: not nodes[0].is_up("c2") and not nodes[1].is_up("c2"))
+            c = aredis.Redis(port=cfgs[0].port)
+            keys = [f"u{i}".encode() for i in range(200)]
+            for k in keys:
+                await c.execute_command("KV.PUT", k, b"v", "W", "2", "STRICT")
+            await c.aclose()
+            nodes[2] = await Node(cfgs[2]).start()
+            nodes.append(await Node(cfgs[3]).start())
+            assert await _wait(lambda: all(n.is_up(x) for n in nodes for x in ("c0", "c1", "c2", "c3")))
+            ch = nodes[1].changes
+            await ch.request("stage", {"op": "join", "node": "c3"})
+            await ch.request("commit")
+            assert await _wait(lambda: _settled(nodes, "c3"))
+            joined = nodes[1].ring
+            await ch.request("stage", {"op": "leave", "node": "c0"})
+            await ch.request("commit")
+            live = nodes[1:]
+            assert await _wait(lambda: _settled(live, "c0", present=False))
+            ring = live[0].ring
+            by_name = {n.name: n for n in live}
+            short = []
+            for k in keys:
+                p = ring.partition_of(k)
+                for x in ring.preference_list(p):
+                    kept_own_copy = x == "c2" and "c2" in joined.preference_list(p)
+                    if not kept_own_copy and by_name[x].replica.read(p, k) is None:
+                        short.append((k, x))
+            assert short == []
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
