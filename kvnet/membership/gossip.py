@@ -12,8 +12,13 @@ section 5; docs/membership.md.
 """
 import asyncio
 import logging
+import os
 import random
 import time
+
+import msgpack
+
+from kvcore.storage.files import fsync_dir, write_file
 
 from kvnet.errors import CommandError
 from kvnet.membership import ringstate as RS
@@ -22,7 +27,9 @@ from kvnet.membership.detector import DOWN, Liveness, PhiDetector
 
 log = logging.getLogger("kvnet.membership")
 
-__all__ = ["Gossip"]
+__all__ = ["Gossip", "PEERS_FILE"]
+
+PEERS_FILE = "PEERS"     # the peer addresses gossip taught this node, for its next start
 
 
 class Gossip:
@@ -39,6 +46,7 @@ class Gossip:
         self.detector = PhiDetector(interval=self.interval, threshold=cfg.phi_threshold)
         self.liveness = Liveness(self.me, self.detector)
         self.seeds = tuple(m.name for m in cfg.all_members() if m.name != self.me)
+        self._known = {}               # node -> (host, peer_port) kept in PEERS_FILE
         self.generation = None
         self.table = S.MemberTable()
         self.listeners = []            # fn(Transition): called on every up/down change
@@ -56,6 +64,10 @@ class Gossip:
     async def start(self):
         cfg = self.node.cfg
         self.generation = S.next_generation(cfg.data_dir, time.time())
+        # Members learned by gossip before a restart are seeds too: the configured ones may
+        # have left the cluster since (a node that joined through one seed, which then left).
+        self._known = _load_peers(cfg.data_dir)
+        self.seeds = tuple(sorted(set(self.seeds) | set(self._known) - {self.me}))
         host, peer_port = cfg.peer_address
         resp = self.node.resp
         me = S.MemberState(node=self.me, host=host, peer_port=peer_port, client_host=cfg.host,
@@ -82,9 +94,9 @@ class Gossip:
         return self.liveness.state(peer) == DOWN
 
     def address(self, peer):
-        """A peer's gossiped (host, peer_port), or None."""
+        """A peer's gossiped (host, peer_port) (or the one kept from an earlier run), or None."""
         m = self.table.get(peer)
-        return None if m is None else (m.host, m.peer_port)
+        return self._known.get(peer) if m is None else (m.host, m.peer_port)
 
     def client_address(self, peer):
         m = self.table.get(peer)
@@ -128,6 +140,7 @@ class Gossip:
             self.node.spawn(self._exchange(peer))
         now = self.clock()
         self._changed(self.liveness.update(now))
+        self._keep_peers()
         for peer in self.detector.suspects(now):
             if not self.is_down(peer) and not self.liveness.second_sources(peer, now) \
                     and peer not in self._probing:
@@ -137,6 +150,21 @@ class Gossip:
         """Members and seeds to gossip with: not this node, not one that left or was removed."""
         gone = {n for n, m in self.table.items() if m.status in ("exiting", "removed")}
         return (set(self.table) | set(self.seeds)) - gone - {self.me}
+
+    def _keep_peers(self):
+        """Write PEERS_FILE when the peers' addresses changed (members that left are dropped)."""
+        known = dict(self._known)
+        for n, m in self.table.items():
+            if n == self.me or m.status in ("exiting", "removed"):
+                known.pop(n, None)
+            else:
+                known[n] = (m.host, m.peer_port)
+        if known != self._known:
+            self._known = known
+            try:
+                _save_peers(self.node.cfg.data_dir, known)
+            except OSError as exc:
+                log.info("cannot keep the peer list: %s", exc)
 
     def _timeout(self):
         return max(2 * self.interval, 0.05)
@@ -279,3 +307,22 @@ class Gossip:
 
     async def _on_ping(self, m):
         return True
+
+
+def _load_peers(data_dir):
+    try:
+        with open(os.path.join(data_dir, PEERS_FILE), "rb") as f:
+            raw = msgpack.unpackb(f.read(), raw=False)
+        return {str(n): (str(a[0]), int(a[1])) for n, a in raw.items()}
+    except FileNotFoundError:
+        return {}
+    except Exception as exc:             # a damaged file only loses hints of where peers are
+        log.warning("ignoring a damaged %s: %s", PEERS_FILE, exc)
+        return {}
+
+
+def _save_peers(data_dir, known):
+    path = os.path.join(data_dir, PEERS_FILE)
+    write_file(path + ".tmp", msgpack.packb({n: list(a) for n, a in known.items()}))
+    os.replace(path + ".tmp", path)
+    fsync_dir(data_dir)

@@ -1,6 +1,7 @@
 """The gossip service on in-process nodes: tables spread, a stopped node is marked down by two
 sources and up again on restart, and one cut link does not mark a healthy node down."""
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -126,5 +127,34 @@ def test_malformed_gossip_messages_get_errors(tmp_path):
             assert len(node.gossip.table) == 1           # nothing malformed got in
         finally:
             await node.stop()
+
+    run(main())
+
+
+def test_peers_learned_by_gossip_are_seeds_after_a_restart(tmp_path):
+    """g1 and g2 each have only g0 in their config and learn each other through it. After all
+    three stop and g0 is gone for good, g1 and g2 restarted alone find each other again."""
+    async def main():
+        cfgs = _configs(tmp_path)
+
+        def only_g0(cfg):
+            return dataclasses.replace(cfg, members=tuple(
+                m for m in cfg.members if m.name in ("g0", cfg.name)))
+
+        c1, c2 = only_g0(cfgs[1]), only_g0(cfgs[2])
+        nodes = [await Node(cfgs[0]).start(), await Node(c1).start(), await Node(c2).start()]
+        try:
+            assert await _wait(lambda: "g2" in nodes[1].gossip.table
+                               and "g1" in nodes[2].gossip.table)
+            await asyncio.sleep(0.2)
+            for n in nodes:
+                await n.stop()
+            nodes = [await Node(c1).start(), await Node(c2).start()]
+            assert "g2" in nodes[0].gossip.seeds and "g1" in nodes[1].gossip.seeds
+            assert await _wait(lambda: nodes[0].gossip.liveness.state("g2") == UP
+                               and nodes[1].gossip.liveness.state("g1") == UP)
+        finally:
+            for n in nodes:
+                await n.stop()
 
     run(main())
