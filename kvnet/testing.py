@@ -654,6 +654,18 @@ def _plain(x):
     return x
 
 
+async def eventually(predicate, timeout=15.0, interval=0.02):
+    """The asyncio twin of wait_until for in-process nodes: poll `predicate()` without blocking
+    the loop; True once it holds, False if it never did within `timeout` (tests assert it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
     """Poll `predicate()` (exceptions count as False) until true; TimeoutError after `timeout`.
     Returns the seconds it took."""

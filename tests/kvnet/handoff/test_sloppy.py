@@ -7,7 +7,7 @@ import redis.asyncio as aredis
 
 from kvnet.config import load
 from kvnet.node import Node
-from kvnet.testing import free_ports
+from kvnet.testing import eventually, free_ports
 
 # Nodes share one event loop here, and stopping one blocks it for its fsyncs: a threshold
 # of 8 (about a second of silence at 50 ms rounds) keeps live nodes from suspecting each other.
@@ -24,13 +24,7 @@ def _configs(tmp_path, nodes=5, **kw):
 
 
 async def _wait(pred, timeout=15.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    return await eventually(pred, timeout)
 
 
 def run(coro):
@@ -247,7 +241,7 @@ def test_hints_survive_a_restart_of_the_fallback(tmp_path):
         client = aredis.Redis(port=cfgs[0].port)
         try:
             keys = _keys_with_primary(nodes[0], name, 30)
-            live = await _stopped(nodes, victim)
+            await _stopped(nodes, victim)
             for k in keys:
                 await client.execute_command("KV.PUT", k, b"v-" + k, "W", "ALL")
             holders = [i for i, n in enumerate(nodes) if i != victim and n.hints.pending(name)]

@@ -9,7 +9,7 @@ from kvnet.config import load
 from kvnet.errors import CommandError, Unavailable
 from kvnet.membership import ringstate as RS
 from kvnet.node import Node
-from kvnet.testing import free_ports
+from kvnet.testing import eventually, free_ports
 
 FAST = dict(gossip_interval_ms=50, phi_threshold=8.0, hint_replay_interval_ms=100,
             ae_enabled=False)
@@ -30,13 +30,7 @@ def _configs(tmp_path, nodes=4, q=64):
 
 
 async def _wait(pred, timeout=20.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    return await eventually(pred, timeout)
 
 
 def run(coro):

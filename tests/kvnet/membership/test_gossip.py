@@ -9,7 +9,7 @@ from kvnet.config import load
 from kvnet.errors import Unavailable
 from kvnet.membership.detector import DOWN, UP
 from kvnet.node import Node
-from kvnet.testing import free_ports
+from kvnet.testing import eventually, free_ports
 
 FAST = dict(gossip_interval_ms=50, phi_threshold=5.0)
 
@@ -24,12 +24,7 @@ def _configs(tmp_path, nodes=3, **kw):
 
 
 async def _wait(pred, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
+    return await eventually(pred, timeout)
 
 
 def run(coro):
