@@ -408,7 +408,7 @@ def bench_detection(args, res, root, label, gossip_ms, phi):
     print(f"| every observer (last of 4) | {fmt_s(min(lv) if lv else None)} | "
           f"{fmt_s(statistics.median(lv) if lv else None)} | {fmt_s(max(lv) if lv else None)} | | | | "
           f"{sum(1 for x in last if x is None)} of {len(runs)} |")
-    print(f"\nper kill, seconds to `down` (node1..node4): " + "; ".join(
+    print("\nper kill, seconds to `down` (node1..node4): " + "; ".join(
         ", ".join("-" if r[o]["down"] is None else f"{r[o]['down']:.2f}" for o in r) for r in runs))
     print(f"model (docs/membership.md): phi {phi} suspects after {phi * 2.302585:.2f} mean "
           f"news intervals = {phi * 2.302585 * interval:.2f} s at one arrival per gossip interval")
