@@ -750,13 +750,12 @@ def bench_join(args, res, root):
                                f"see {cluster.data_dir}/node4.log")
         admin = Client("127.0.0.1", cluster.ports[0], route=False, socket_timeout=30)
         try:
-            t_stage, last_exc = time.monotonic(), None
+            t_stage = time.monotonic()
             while True:
                 try:
                     admin.cluster("join", "node4")
                     break
                 except Exception as exc:
-                    last_exc = exc
                     if time.monotonic() - t_stage > 60:
                         raise RuntimeError(f"join: KV.CLUSTER JOIN node4 refused for 60 s: "
                                            f"{exc}") from None
