@@ -616,6 +616,8 @@ class Node(driver.Cluster, Backend):
         members = []
         for n in sorted(set(self.ring.nodes) | set(view)):
             row = {"name": n, "up": self.is_up(n), "partitions": counts.get(n, 0)}
+            entry = self.gossip.table.get(n)
+            row["status"] = entry.status if entry is not None else None   # joining, valid, ...
             if n == self.name:
                 row.update(state="up", heartbeat_age_s=0.0, suspected_by=[],
                            generation=self.gossip.generation)

@@ -66,14 +66,14 @@ def main(argv=None, out=sys.stdout):
         if args.cmd == "status":
             st = c.status()
             print(f"node {st['node']}, ring epoch {st['ring_epoch']}", file=out)
-            print(f"{'member':<16}{'route':<7}{'liveness':<10}{'heartbeat age':>14}"
+            print(f"{'member':<16}{'status':<9}{'route':<7}{'liveness':<10}{'heartbeat age':>14}"
                   f"{'partitions':>12}  suspected by", file=out)
             for m in st["members"]:
                 age = m.get("heartbeat_age_s")
                 age = "-" if age is None else f"{float(age):.2f} s"
-                print(f"{m['name']:<16}{'up' if m['up'] else 'down':<7}{m.get('state', '?'):<10}"
-                      f"{age:>14}{m['partitions']:>12}  {', '.join(m.get('suspected_by') or []) or '-'}",
-                      file=out)
+                print(f"{m['name']:<16}{m.get('status') or '-':<9}{'up' if m['up'] else 'down':<7}"
+                      f"{m.get('state', '?'):<10}{age:>14}{m['partitions']:>12}  "
+                      f"{', '.join(m.get('suspected_by') or []) or '-'}", file=out)
         elif args.cmd == "ring":
             ring = c.ring()
             owned = Counter(ring["owners"])
@@ -144,7 +144,9 @@ def _print_plan(plan, out):
     print("staged: " + ", ".join(f"{op} {n}" for n, op in sorted(staged.items())), file=out)
     print(f"{len(plan['transfers'])} partition transfers, about {plan['bytes']:,} bytes", file=out)
     for node, count in sorted(plan["moves"].items()):
-        print(f"  {node} receives {count} partition replicas", file=out)
+        parts = sorted({t[0] for t in plan["transfers"] if t[1] == node})
+        print(f"  {node} receives {count} partition replicas: partitions "
+              f"{', '.join(map(str, parts))}", file=out)
     print("partitions owned after: " + ", ".join(f"{n} {c}" for n, c in sorted(plan["owned_after"].items())),
           file=out)
 

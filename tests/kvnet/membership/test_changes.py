@@ -84,6 +84,14 @@ def test_join_under_writes_then_leave(tmp_path):
             assert plan["moves"] and set(plan["moves"]) == {"c3"}
             assert plan["owned_after"] == {"c0": 16, "c1": 16, "c2": 16, "c3": 16}
             assert plan["bytes"] > 0
+            import io
+
+            from kvnet.cli import kvctl
+            out = io.StringIO()
+            rc = await asyncio.to_thread(kvctl.main, ["--port", str(cfgs[2].port), "plan"], out)
+            moved = sorted({t[0] for t in plan["transfers"]})
+            assert rc == 0 and f"partitions {', '.join(map(str, moved))}" in out.getvalue()
+            assert "staged: join c3" in out.getvalue()
             acked, stop = {}, asyncio.Event()
             w = asyncio.ensure_future(_writer(cfgs[1].port, "during", acked, stop))
             await asyncio.sleep(0.2)
@@ -285,7 +293,7 @@ def test_kv_cluster_command_and_kvctl(tmp_path):
             rc, text = await asyncio.to_thread(cli, "commit")
             assert rc == 1
             rc, text = await asyncio.to_thread(cli, "status")
-            assert rc == 0 and "c0" in text and "heartbeat age" in text
+            assert rc == 0 and "c0" in text and "heartbeat age" in text and "valid" in text
         finally:
             for n in nodes:
                 await n.stop()
