@@ -85,6 +85,9 @@ class Node(driver.Cluster, Backend):
         self.hints = HintLog(os.path.join(self.cfg.data_dir, "hints"), dvv_merge,
                              fsync="never" if self.cfg.fsync == "never" else "interval",
                              sync_interval_ms=self.cfg.sync_interval_ms)
+        if self.ring_state is not None and not self.ring_state.moving:
+            # a crash may have come between a settled ring and moving its removed nodes' hints
+            self.spawn(self._reassign_hints())
         await self.pool.serve(host, port)
         self.replica.start()
         for svc in self.services:
@@ -146,7 +149,13 @@ class Node(driver.Cluster, Backend):
         return (0, "") if self.ring_state is None else self.ring_state.order
 
     def offer_ring(self, state):
-        """A ring state from gossip or the claimant: installed if newer than ours."""
+        """A ring state from gossip or the claimant: installed if newer than ours (never one
+        of another shape: Q and N are fixed for the cluster's life)."""
+        mine = self.ring
+        if mine is not None and (state.current.q, state.current.n) != (mine.q, mine.n):
+            log.warning("node %s: refused a ring of Q=%d N=%d from gossip (ours: Q=%d N=%d)",
+                        self.name, state.current.q, state.current.n, mine.q, mine.n)
+            return False
         if state.newer_than(self.ring_state):
             log.info("node %s: ring epoch %d from %s%s", self.name, state.epoch,
                      state.claimant or "config", " (moving)" if state.moving else "")
@@ -166,7 +175,8 @@ class Node(driver.Cluster, Backend):
         if ready is not None:
             ready.set()
         if not state.moving and old is not None:
-            self._reassign_hints()
+            if self.hints is not None:
+                self.spawn(self._reassign_hints())
             self.spawn(self._drop_unheld())
             if self.name not in state.current.nodes and self.name in old.members():
                 log.warning("node %s: no longer in the ring; leaving", self.name)
@@ -175,9 +185,9 @@ class Node(driver.Cluster, Backend):
 
     async def _drop_unheld(self):
         """A settled ring: drop the partitions this node no longer replicates (their new
-        replicas confirmed their copies before the ring settled). One at a time, closed and
-        deleted in a worker thread: requests go on meanwhile (none can reopen a dropped
-        partition: replica requests for it are refused by the ring)."""
+        replicas confirmed their copies before the ring settled). One at a time: the store is
+        closed and its directory renamed at once, on the loop (a later ring may give the
+        partition back: it then starts afresh at its path), and deleted in a worker thread."""
         for p in sorted(self.replica.partitions):
             if self.ring_state.holds(self.name, p):
                 continue
@@ -185,22 +195,28 @@ class Node(driver.Cluster, Backend):
             if part is None:
                 continue
             self.replica._dirty.discard(part)
-            await asyncio.to_thread(_close_and_delete, part)
+            part.store.close()
+            gone = f"{part.path}.dropped-{time.monotonic_ns()}"
+            os.rename(part.path, gone)
+            await asyncio.to_thread(shutil.rmtree, gone, True)
             log.info("node %s: dropped partition %d", self.name, p)
 
-    def _reassign_hints(self):
+    async def _reassign_hints(self):
         """Hints for nodes no longer in the ring go to their partitions' new replicas: this
-        node's own replica when it is one, else the partition's first primary."""
-        if self.hints is None:
-            return
+        node's own replica when it is one (acknowledged only once that write is durable), else
+        the partition's first other primary's hints."""
         ring = self.ring
         for target in self.hints.targets():
-            if target in ring.nodes:
+            if target in self.ring_state.members():
                 continue
-            for p, k, raw in self.hints.items(target):
-                if self.name in ring.preference_list(p):
-                    self.replica.merge(p, k, V.decode(raw))
-                    self.hints.ack(target, p, k, raw)
+            mine = [(p, k, raw) for p, k, raw in self.hints.items(target)
+                    if self.name in ring.preference_list(p)]
+            for p, k, raw in mine:
+                self.replica.merge(p, k, V.decode(raw))
+            if mine:
+                await self.replica.after_write()
+            for p, k, raw in mine:
+                self.hints.ack(target, p, k, raw)
             self.hints.reassign(target, lambda p: next(
                 x for x in ring.preference_list(p) if x != self.name))
             log.info("node %s: hints for removed node %s reassigned", self.name, target)
@@ -215,7 +231,7 @@ class Node(driver.Cluster, Backend):
         state = self.ring_state
         if state is None or state.next is None:
             return ()
-        return tuple(x for x in state.extra_targets(p) if self.is_up(x))
+        return state.extra_targets(p)       # a down one gets a hint (driver._store_extra)
 
     # ---- driver.Cluster ------------------------------------------------------------------
 
@@ -348,6 +364,8 @@ class Node(driver.Cluster, Backend):
                 or type(w) is not int or not 1 <= w <= self._n() or type(st) is not bool:
             raise CommandError("malformed coord_put request")
         self._check_value(v or b"")
+        if m.get("ctx") is not None and type(m["ctx"]) is not bytes:
+            raise CommandError("coord_put: ctx must be encoded context bytes")
         ctx = None if m.get("ctx") is None else self._context(m["ctx"])
         clock = await driver.coordinate_put(self, p, k, V.Sibling(v, ts), ctx, ow, w, st)
         return V.encode(clock)
@@ -651,11 +669,6 @@ class Node(driver.Cluster, Backend):
                 **{f"reaper_{k}": v for k, v in self.antientropy.reaper.stats.items()},
                 **{f"transfer_{k}": v for k, v in self.changes.stats.items()},
                 **{f"coord_{k}": v for k, v in self.stats.items()}}
-
-
-def _close_and_delete(part):
-    part.store.close()
-    shutil.rmtree(part.path, ignore_errors=True)
 
 
 

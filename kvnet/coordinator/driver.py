@@ -9,7 +9,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
-from kvnet.coordinator.preflist import Target, preflist_for, write_route
+from kvnet.coordinator.preflist import preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
                                       GetResult, PutQuorum)
 from kvnet.errors import Unavailable
@@ -243,6 +243,17 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
         log.info("%s of %r on %s failed: %s", why, key, node, exc)
 
 
+async def _store_extra(cluster, node, p, key, raw):
+    """A write to a replica a ring change is adding: uncounted, but never lost on the way (the
+    old replicas that acknowledged it may all drop the partition once the ring settles), so a
+    failure leaves a hint for that node here."""
+    try:
+        await _send_remote(cluster.call, cluster.timeout, node, None, p, key, raw)
+    except Exception as exc:
+        log.info("write of %r to new replica %s failed (%s): kept as a hint", key, node, exc)
+        cluster.hint_store(p, key, node, raw)
+
+
 def _send_remote(call, timeout, node, hint_for, p, key, raw):
     """A clock to another node through `call` (cluster.call or call_future): `put` into its
     replica, or `hput` into its hints for hint_for."""
@@ -287,7 +298,7 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
         clock = cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for)
     raw = V.encode(clock)
     for x in cluster.extra_targets(p):
-        cluster.spawn(_store_on(cluster, Target(x), p, key, clock, raw, "write to a new replica"))
+        cluster.spawn(_store_extra(cluster, x, p, key, raw))
 
     def send(node):
         hint_for = pl.target(node).hint_for

@@ -79,7 +79,8 @@ class HintReplay:
         for target in node.hints.targets():
             if budget <= 0:
                 break
-            if target == node.name or target not in node.ring.nodes or not node.is_up(target):
+            if target == node.name or target not in node.ring_state.members() \
+                    or not node.is_up(target):
                 continue
             budget -= await self.replay(target, budget)
 
@@ -92,7 +93,7 @@ class HintReplay:
                                      max_bytes=BATCH_BYTES)
             if not items:
                 break
-            items = self._rehome(target, items)
+            items = await self._rehome(target, items)
             if not items:
                 continue
             started = loop.time()
@@ -117,21 +118,27 @@ class HintReplay:
                 await asyncio.sleep(spare)
         return sent
 
-    def _rehome(self, target, items):
+    async def _rehome(self, target, items):
         """Hints for partitions the target no longer replicates (the ring changed since they
-        were written) go to a current replica: this node's own, or the partition's first other
-        replica's hints. Returns the items still for target."""
+        were written) go to a current replica: this node's own (the hint is deleted once that
+        write is durable), or the partition's first other replica's hints. Returns the items
+        still for target."""
         node = self.node
-        keep = []
+        keep, moved, merged = [], [], False
         for p, k, raw in items:
-            prefs = node.ring.preference_list(p)
-            if target in prefs:
+            if node.ring_state.holds(target, p):        # now or in the ring being moved to
                 keep.append((p, k, raw))
                 continue
+            prefs = node.ring.preference_list(p)
             if node.name in prefs:
                 node.replica.merge(p, k, V.decode(raw))
+                merged = True
             else:
                 node.hints.add(next(x for x in prefs if x != node.name), p, k, raw)
+            moved.append((p, k, raw))
+        if merged:
+            await node.replica.after_write()
+        for p, k, raw in moved:
             node.hints.ack(target, p, k, raw)
             self.stats["rehomed"] += 1
         return keep
@@ -151,7 +158,7 @@ class HintReplay:
                 p, k, raw = item
                 try:
                     node._checked({"p": p, "k": k})
-                    if node.name in node.ring.preference_list(p):
+                    if node.holds(p):
                         node.replica.merge(p, k, V.decode(raw))
                         ok = True
                 except (CommandError, V.InvalidClock, TypeError, ValueError) as exc:

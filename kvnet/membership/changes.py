@@ -253,8 +253,10 @@ class ClusterChanges:
                 break
             if key in self._running or not node.is_up(x.to):
                 continue
-            sources = [s for s in x.sources if node.is_up(s)]
-            if not sources:
+            # Every old replica but a removed one must be copied from: with W < N the one that
+            # acknowledged a write may be any of them. Wait while one of them is down.
+            sources = [s for s in x.sources if not self._removed(s)]
+            if not sources or not all(node.is_up(s) for s in sources):
                 continue
             tries = self.progress.get(key, {}).get("tries", 0)
             self.progress[key] = {"state": "running", "from": ",".join(sources), "tries": tries + 1}
@@ -282,10 +284,17 @@ class ClusterChanges:
             log.info("transfer of partition %d to %s from %s failed: %s", x.partition, x.to, src, exc)
         finally:
             self._running.pop(key, None)
+        if self.progress[key].get("state") != "done":
+            return                         # retried at the next tick, not at once
         try:
             self.drive()                   # the next transfer starts now, not at the next tick
         except Exception as exc:
             log.info("ring change driver: %s", exc)
+
+    def _removed(self, name):
+        """Staged for removal (a dead node): the one old replica a transfer does without."""
+        entry = self.node.gossip.table.get(name)
+        return entry is not None and entry.status == "removed"
 
     # ---- the transfer itself (on a source and on the new replica) ------------------------
 
@@ -295,6 +304,8 @@ class ClusterChanges:
             raise CommandError("xfer needs {'p': partition, 'to': node}")
         p, to = m["p"], m["to"]
         state = node.ring_state
+        if state is None or not 0 <= p < state.current.q:
+            raise CommandError(f"partition {p} is not on the ring")
         if state is None or not state.moving or to not in state.extra_targets(p) \
                 or node.name not in state.current.preference_list(p):
             raise CommandError(f"no transfer of partition {p} to {to} from {node.name} "
@@ -337,7 +348,7 @@ class ClusterChanges:
         if not isinstance(m, dict) or type(m.get("p")) is not int or not isinstance(m.get("items"), list):
             raise CommandError("xfer_recv needs {'p': partition, 'items': [[key, clock], ...]}")
         p, items = m["p"], m["items"]
-        if not node.holds(p):
+        if node.ring is None or not 0 <= p < node.ring.q or not node.holds(p):
             raise CommandError(f"{node.name} is not a replica of partition {p} in the next ring")
         for item in items:
             if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is bytes

@@ -273,7 +273,8 @@ class Gossip:
         reply = {"entries": S.encode_entries(send), "want": list(want),
                  "suspects": self.liveness.my_suspects(self.clock())}
         ring = m.get("ring")
-        if isinstance(ring, list) and len(ring) == 2:
+        if isinstance(ring, list) and len(ring) == 2 and type(ring[0]) is int \
+                and type(ring[1]) is str:
             theirs_ring, mine = tuple(ring), self.node.ring_order()
             if mine > theirs_ring and self.node.ring_state is not None:
                 reply["ring_state"] = RS.encode(self.node.ring_state)

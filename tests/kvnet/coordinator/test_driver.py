@@ -138,3 +138,18 @@ def test_read_repair_never_copies_a_reap_pending_tombstone(tmp_path):
         await c.replica.close()
 
     run(main())
+
+
+def test_a_failed_write_to_a_replica_being_added_is_kept_as_a_hint(tmp_path):
+    async def main():
+        c = FakeCluster(tmp_path)
+        hints = []
+        c.extra_targets = lambda p: ("d",)              # a ring change adds d; it is not there
+        c.hint_store = lambda p, key, node, raw: hints.append((p, key, node, raw))
+        k = b"moving"
+        clock = await driver.put(c, _p(c, k), k, V.sibling(b"v"), None, True, w=2)
+        await c.settle()
+        assert hints == [(_p(c, k), k, "d", V.encode(clock))]
+        await c.replica.close()
+
+    run(main())

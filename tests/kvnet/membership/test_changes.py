@@ -350,3 +350,30 @@ def test_transfers_copy_the_union_of_the_old_replicas(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_transfers_wait_while_an_old_replica_is_down(tmp_path):
+    """Every old replica but a removed one is a source (the one that acknowledged a write may
+    be any of them): while the claimant sees one down, no transfer runs and the ring stays
+    moving; once it is back, the change settles."""
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs]
+        try:
+            claimant = nodes[0]
+            assert await _wait(lambda: claimant.is_up("c3"))
+            real = claimant.is_up
+            await claimant.changes.request("stage", {"op": "join", "node": "c3"})
+            # the commit runs to its end without suspending: c2 is unseen from right after it
+            await claimant.changes.request("commit")
+            claimant.is_up = lambda n: n != "c2" and real(n)
+            await asyncio.sleep(0.5)
+            assert claimant.ring_state.moving
+            assert not any(pr.get("state") == "done" for pr in claimant.changes.progress.values())
+            claimant.is_up = real
+            assert await _wait(lambda: _settled(nodes, "c3"))
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
