@@ -231,7 +231,7 @@ class Node(driver.Cluster, Backend):
         state = self.ring_state
         if state is None or state.next is None:
             return ()
-        return state.extra_targets(p)       # a down one gets a hint (driver._store_extra)
+        return state.extra_targets(p)       # a down one gets a hint (driver.store_extra)
 
     # ---- driver.Cluster ------------------------------------------------------------------
 
@@ -354,8 +354,19 @@ class Node(driver.Cluster, Backend):
         p, k = self._checked(m)
         self._replica_of(p)
         self.replica.merge(p, k, _clock(m.get("c")))
+        self.forward_to_new(p, k, m["c"])
         await self.replica.after_write()
         return True
+
+    def forward_to_new(self, p, key, raw):
+        """While the ring moves, a write stored here also goes to the replicas being added
+        (a hint when that fails): its coordinator may not know of the move yet, and this
+        replica's transfer may be done or under way (docs/membership.md, "Ring changes")."""
+        state = self.ring_state
+        if state is not None and state.next is not None:
+            for x in state.extra_targets(p):
+                if x != self.name:
+                    self.spawn(driver.store_extra(self, x, p, key, raw))
 
     async def _peer_coord_put(self, m):
         p, k = self._checked(m)

@@ -243,7 +243,7 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
         log.info("%s of %r on %s failed: %s", why, key, node, exc)
 
 
-async def _store_extra(cluster, node, p, key, raw):
+async def store_extra(cluster, node, p, key, raw):
     """A write to a replica a ring change is adding: uncounted, but never lost on the way (the
     old replicas that acknowledged it may all drop the partition once the ring settles), so a
     failure leaves a hint for that node here."""
@@ -298,7 +298,7 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
         clock = cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for)
     raw = V.encode(clock)
     for x in cluster.extra_targets(p):
-        cluster.spawn(_store_extra(cluster, x, p, key, raw))
+        cluster.spawn(store_extra(cluster, x, p, key, raw))
 
     def send(node):
         hint_for = pl.target(node).hint_for

@@ -160,6 +160,7 @@ class HintReplay:
                     node._checked({"p": p, "k": k})
                     if node.holds(p):
                         node.replica.merge(p, k, V.decode(raw))
+                        node.forward_to_new(p, k, raw)
                         ok = True
                 except (CommandError, V.InvalidClock, TypeError, ValueError) as exc:
                     log.info("hint replay: refused one hint: %s", exc)

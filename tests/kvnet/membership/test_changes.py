@@ -377,3 +377,31 @@ def test_transfers_wait_while_an_old_replica_is_down(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_a_replica_that_knows_of_the_move_forwards_writes_to_the_new_replica(tmp_path):
+    """A coordinator that has not learned of a ring change sends a write to the old replicas
+    only; one that knows forwards it to the replica being added (no transfer runs here)."""
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs]
+        try:
+            c0, c1, c3 = nodes[0], nodes[1], nodes[3]
+            assert await _wait(lambda: c0.is_up("c3") and c1.is_up("c3"))
+            c0.changes.drive = lambda: None                        # no transfers at all
+            ring = c0.ring
+            state = RS.RingState(ring, RS.plan_ring(ring, join=["c3"]),
+                                 c0.ring_state.epoch + 1, "c0")
+            for n in nodes:
+                n.offer_ring(state)
+            p = next(p for p in range(ring.q) if "c3" in state.extra_targets(p))
+            k = next(b"f%d" % i for i in range(100_000) if ring.partition_of(b"f%d" % i) == p)
+            raw = V.encode(V.new(V.sibling(b"moved-along")))
+            assert await c1._handle("put", {"p": p, "k": k, "c": raw}) is True
+            assert await _wait(lambda: c3.replica.opened(p) is not None
+                               and c3.replica.read(p, k) is not None)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
