@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from kvcore.ring import Ring                                              # noqa: E402
 from kvnet.client import Client                                           # noqa: E402
-from kvnet.testing import (LocalCluster, SetWriter, free_ports, ping,    # noqa: E402
+from kvnet.testing import (LocalCluster, SetWriter, _plain, free_ports, ping,    # noqa: E402
                            redis_client)
 
 N, R, W = 3, 2, 2
@@ -223,19 +223,6 @@ class Poller:
     def close(self):
         for i in list(self._c):
             self._drop(i)
-
-
-def _plain(x):
-    if isinstance(x, bytes):
-        try:
-            return x.decode()
-        except UnicodeDecodeError:
-            return x
-    if isinstance(x, dict):
-        return {_plain(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 def all_see_all_up(poller, live, names):

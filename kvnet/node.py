@@ -17,7 +17,7 @@ from kvcore.storage.options import rotate_token
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.coordinator.quorum import resolve_quorum
-from kvnet.errors import CommandError, TooManySiblings, Unavailable
+from kvnet.errors import CommandError, Unavailable
 from kvnet.antientropy.service import AntiEntropy
 from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.handoff.replay import HintReplay
@@ -273,15 +273,9 @@ class Node(driver.Cluster, Backend):
         vouch for the dots it may have minted before), keep the result as a hint."""
         raw = self.hints.get(hint_for, p, key)
         local = None if raw is None else V.decode(raw)
-        if overwrite:
-            context = V.join(local) if local is not None else ()
-        client = V.new_with_context(context, sibling) if context is not None else V.new(sibling)
         ident = self.replica.identity
-        clock = V.update(client, local, ident.actor(ident.new_epoch()))
-        if V.sibling_count(clock) > self.cfg.max_siblings:
-            raise TooManySiblings(
-                f"key has {V.sibling_count(clock)} siblings (limit {self.cfg.max_siblings}): "
-                "read it with KV.GET and write back with its context to resolve them")
+        clock = self.replica.next_clock(local, sibling, context, overwrite,
+                                        lambda ctx: ident.actor(ident.new_epoch()))
         self.hints.add(hint_for, p, key, V.encode(clock))
         return clock
 

@@ -213,34 +213,41 @@ class LocalReplica:
         """
         part = self.partition(p)
         old_raw, local = self._local(p, key)
+        clock = self.next_clock(local, sibling, context, overwrite,
+                                lambda ctx: self._minting_actor(part, local, ctx))
+        self._store(p, key, clock, old_raw)
+        return clock
+
+    def next_clock(self, local, sibling, context, overwrite, actor_for):
+        """The clock after writing `sibling` over `local` (None: absent) with `context` (or the
+        local clock's own when overwrite), minted by actor_for(context); refused above the
+        sibling limit. Shared by mint and a fallback's mint from its hint copy."""
         if overwrite:
             context = V.join(local) if local is not None else ()
         client = V.new_with_context(context, sibling) if context is not None else V.new(sibling)
-        actor = self._minting_actor(part, local, context)
-        clock = V.update(client, local, actor)
+        clock = V.update(client, local, actor_for(context))
         if V.sibling_count(clock) > self.max_siblings:
             raise TooManySiblings(
                 f"key has {V.sibling_count(clock)} siblings (limit {self.max_siblings}): "
                 "read it with KV.GET and write back with its context to resolve them")
-        self._store(p, key, clock, old_raw)
         return clock
 
     def merge(self, p, key, clock):
         """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses."""
-        old_raw, local = self._local(p, key)
-        merged = clock if local is None else V.sync(local, clock)
-        if local is None or merged != local:
-            self._store(p, key, merged, old_raw)
-        return merged
+        return self._sync_in(p, key, clock)[0]
 
     def repair(self, p, key, clock):
         """`merge` for anti-entropy: True if the stored clock changed (one lookup, not three)."""
+        return self._sync_in(p, key, clock)[1]
+
+    def _sync_in(self, p, key, clock):
+        """(the stored clock after syncing `clock` in, whether it changed)."""
         old_raw, local = self._local(p, key)
         merged = clock if local is None else V.sync(local, clock)
         if local is None or merged != local:
             self._store(p, key, merged, old_raw)
-            return True
-        return False
+            return merged, True
+        return merged, False
 
     def delete_if(self, p, key, raw):
         """Compare-and-delete: remove the key for good if its stored clock bytes still equal
