@@ -37,6 +37,17 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
+async def _stop_and_route_around(victim, others):
+    """Stop a node; each of `others` dials it once (refused) and then routes around it."""
+    await victim.stop()
+    for n in others:
+        try:
+            await n.call(victim.name, "gping", {}, 0.5)
+        except Exception:
+            pass
+    assert await _wait(lambda: not any(n.is_up(victim.name) for n in others))
+
+
 def _settled(nodes, member, present=True):
     return all(n.ring_state is not None and not n.ring_state.moving
                and (member in n.ring.nodes) == present for n in nodes)
@@ -175,13 +186,7 @@ def test_remove_a_dead_node_and_refusals(tmp_path):
             c = aredis.Redis(port=cfgs[0].port)
             for i in range(200):
                 await c.set(f"k{i}", f"v{i}")
-            await nodes[2].stop()                           # c2 dies for good
-            for n in (nodes[0], nodes[1], nodes[3]):
-                try:
-                    await n.call("c2", "gping", {}, 0.5)
-                except Exception:
-                    pass
-            assert await _wait(lambda: not nodes[0].is_up("c2"))
+            await _stop_and_route_around(nodes[2], (nodes[0], nodes[1], nodes[3]))  # for good
             with pytest.raises(CommandError, match="use remove"):
                 await ch.request("stage", {"op": "leave", "node": "c2"})
             await ch.request("stage", {"op": "remove", "node": "c2"})
@@ -245,12 +250,7 @@ def test_unavailable_claimant_refuses_commit_with_an_owner_down(tmp_path):
             ch = nodes[0].changes
             assert await _wait(lambda: nodes[0].is_up("c3"))
             await ch.request("stage", {"op": "join", "node": "c3"})
-            await nodes[1].stop()
-            try:
-                await nodes[0].call("c1", "gping", {}, 0.5)
-            except Exception:
-                pass
-            assert await _wait(lambda: not nodes[0].is_up("c1"))
+            await _stop_and_route_around(nodes[1], nodes[:1])
             with pytest.raises(Unavailable, match="every owner up; down: c1"):
                 await ch.request("commit")
             assert not nodes[0].ring_state.moving
@@ -311,13 +311,7 @@ def test_transfers_copy_the_union_of_the_old_replicas(tmp_path):
         cfgs = _configs(tmp_path)
         nodes = [await Node(c).start() for c in cfgs[:3]]
         try:
-            await nodes[2].stop()
-            for n in nodes[:2]:
-                try:
-                    await n.call("c2", "gping", {}, 0.5)
-                except Exception:
-                    pass
-            assert await _wait(lambda: not nodes[0].is_up("c2") and not nodes[1].is_up("c2"))
+            await _stop_and_route_around(nodes[2], nodes[:2])
             c = aredis.Redis(port=cfgs[0].port)
             keys = [f"u{i}".encode() for i in range(200)]
             for k in keys:
