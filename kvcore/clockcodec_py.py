@@ -8,3 +8,18 @@ def bind(unpackb, packb, Sibling, Clock):
 
 def decode_common(data):
     return None
+
+
+MISS = object()
+
+
+def fresh(own, epoch, value, ts):
+    return None
+
+
+def bump_own(data, own, trusted_from, value, ts):
+    return None
+
+
+def lww_common(data):
+    return MISS

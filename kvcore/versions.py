@@ -386,6 +386,27 @@ def decode(data: bytes) -> Clock:
 _codec = select("kvcore.clockcodec", "kvcore.clockcodec_py")
 _codec.bind(_unpackb, _packb, Sibling, Clock)
 _decode_common = _codec.decode_common
+_lww_common = _codec.lww_common
+_MISS = _codec.MISS
+
+# Byte-level forms of the commonest writes (kvcore/clockcodec.pyx): each returns the encoded
+# clock the general operations would, or None for any other shape (then the caller takes the
+# general path). `own` is actor_prefix(node, incarnation).
+fresh_raw = _codec.fresh            # (own, epoch, value, ts): one value by a fresh actor
+bump_own_raw = _codec.bump_own      # (data, own, trusted_from, value, ts): see the pyx
+
+
+def actor_prefix(node, incarnation) -> bytes:
+    """The encoded (node, incarnation) part of this node's actor ids, for the *_raw functions."""
+    return _packb(node) + _packb(incarnation)
+
+
+def lww_value_raw(data: bytes) -> bytes | None:
+    """lww_value(decode(data)), without building the clock for a one-value clock."""
+    v = _lww_common(data)
+    if v is _MISS:
+        return lww_value(decode(data))
+    return v
 
 
 def _decode_sibling(v):

@@ -51,6 +51,7 @@ class Identity:
         if ident["node"] != node:
             raise ValueError(f"data directory {data_dir} belongs to node {ident['node']!r}, not {node!r}")
         self.incarnation = ident["incarnation"]
+        self.prefix = V.actor_prefix(node, self.incarnation)   # for the byte-level mint
         leased = _read_msgpack(self._lease_path) or 0
         self._next = leased + 1          # continue after every epoch a previous run may have used
         self._leased = leased
@@ -178,6 +179,10 @@ class LocalReplica:
         raw = self.partition(p).store.get(key)
         return None if raw is None else V.decode(raw)
 
+    def read_raw(self, p, key):
+        """The key's stored clock bytes here, or None."""
+        return self.partition(p).store.get(key)
+
     # ---- writes (each synchronous: atomic on the loop) -----------------------------------
 
     def _store(self, p, key, clock, old_raw):
@@ -188,6 +193,7 @@ class LocalReplica:
         part.tree.update(key, old_raw, raw)
         self._dirty.add(part)
         self._write_gen += 1
+        return raw
 
     def _local(self, p, key):
         raw = self.partition(p).store.get(key)
@@ -211,12 +217,46 @@ class LocalReplica:
         context: a decoded client context, or None for a blind write (a new sibling);
         overwrite=True (Redis SET/DEL) writes with the local clock's own context.
         """
+        raw, clock = self._mint(p, key, sibling, context, overwrite)
+        return V.decode(raw) if clock is None else clock
+
+    def mint_raw(self, p, key, sibling, context=None, overwrite=False):
+        """`mint`, returning the stored clock's bytes (what replication sends)."""
+        return self._mint(p, key, sibling, context, overwrite)[0]
+
+    def _mint(self, p, key, sibling, context, overwrite):
+        """(stored bytes, the clock or None when the byte-level path made the bytes alone)."""
         part = self.partition(p)
-        old_raw, local = self._local(p, key)
-        clock = self.next_clock(local, sibling, context, overwrite,
-                                lambda ctx: self._minting_actor(part, local, ctx))
-        self._store(p, key, clock, old_raw)
-        return clock
+        store = part.store
+        old_raw = store.get(key)
+        ident = self.identity
+        epoch = None
+        if overwrite:
+            # A Redis SET/DEL over nothing, or over a clock this node minted last: the bytes
+            # are made directly (kvcore/clockcodec.pyx), the same the general path makes.
+            if old_raw is None:
+                epoch = ident.new_epoch()       # a key not found here: a fresh actor
+                raw = V.fresh_raw(ident.prefix, epoch, sibling.value, sibling.timestamp)
+            else:
+                raw = V.bump_own_raw(old_raw, ident.prefix, part.trusted_from, sibling.value,
+                                     sibling.timestamp)
+            if raw is not None:
+                store.put(key, raw)
+                part.tree.update(key, old_raw, raw)
+                self._dirty.add(part)
+                self._write_gen += 1
+                return raw, None
+        if old_raw is None:
+            local = None
+            if epoch is None:
+                epoch = ident.new_epoch()
+            actor = ident.actor(epoch)
+            actor_for = lambda ctx: actor               # noqa: E731
+        else:
+            local = V.decode(old_raw)
+            actor_for = lambda ctx: self._minting_actor(part, local, ctx)   # noqa: E731
+        clock = self.next_clock(local, sibling, context, overwrite, actor_for)
+        return self._store(p, key, clock, old_raw), clock
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
         """The clock after writing `sibling` over `local` (None: absent) with `context` (or the

@@ -264,28 +264,39 @@ def _send_remote(call, timeout, node, hint_for, p, key, raw):
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """Write through the coordinating replica; returns the new clock once W replicas have it."""
+    return V.decode(await put_raw(cluster, p, key, sibling, context, overwrite, w, strict))
+
+
+async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
+    """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock)."""
     route = cluster.coordinator_route(p, strict)
     if route.coordinator is None:
         what = "primary" if strict else "replica"
         raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
     if not route.coordinate_locally:
-        raw = await cluster.call(route.coordinator, "coord_put", {
+        return await cluster.call(route.coordinator, "coord_put", {
             "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
             "ctx": None if context is None else V.encode_context(context),
             "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
         # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
-        return V.decode(raw)
-    return await coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict)
+    return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict)
 
 
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):
     """Mint the new version here (a primary, or the fallback standing in when every primary is
-    down), store it, replicate it, await W acks."""
+    down), store it, replicate it, await W acks; the new clock."""
+    return V.decode(await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
+                                             strict))
+
+
+async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict=False):
+    """`coordinate_put`, returning the new clock's bytes (what replication sends)."""
     ring = cluster.ring
     pl = cluster.targets(p, strict)
-    if cluster.replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
+    replica = cluster.replica
+    if replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
             and not cluster.extra_targets(p):
-        return cluster.replica.mint(p, key, sibling, context, overwrite)
+        return replica.mint_raw(p, key, sibling, context, overwrite)
     quorum = PutQuorum(ring.n, w, pl)
     if quorum.enough():
         raise quorum.response()
@@ -293,10 +304,9 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
     if me is None:
         raise Unavailable(f"{cluster.name} is not a target of partition {p} now; retry")
     if me.hint_for is None:
-        clock = cluster.replica.mint(p, key, sibling, context, overwrite)
+        raw = replica.mint_raw(p, key, sibling, context, overwrite)
     else:
-        clock = cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for)
-    raw = V.encode(clock)
+        raw = V.encode(cluster.mint_hint(p, key, sibling, context, overwrite, me.hint_for))
     for x in cluster.extra_targets(p):
         cluster.spawn(store_extra(cluster, x, p, key, raw))
 
@@ -305,14 +315,13 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
         if node != cluster.name:
             return _send_remote(cluster.call_future, cluster.timeout, node, hint_for, p, key, raw)
         # fsync="always": the group commit (or the hint log's sync)
-        return asyncio.ensure_future(cluster.replica.after_write() if hint_for is None
+        return asyncio.ensure_future(replica.after_write() if hint_for is None
                                      else cluster.after_hint())
 
     # Stored above; unless every write waits for a sync, the local ack needs no wait.
-    local = None if cluster.replica.fsync == "always" else (lambda: OK)
+    local = None if replica.fsync == "always" else (lambda: OK)
     await _ask_all(cluster, pl.nodes, quorum, local, send, _ok, cluster.timeout)
     result = quorum.response()
     if isinstance(result, Exception):
         raise result
-    return clock
-
+    return raw

@@ -419,3 +419,115 @@ def test_c_decode_matches_python_on_odd_clocks(obj):
     assert a_ == b_
     a_, b_ = _decode_both(bytearray(data))         # not bytes
     assert a_ == b_
+
+
+# ---- the byte-level overwrite and read (kvcore/clockcodec.pyx) ---------------------------------
+
+from kvcore._native import NO_EXTENSIONS  # noqa: E402
+
+_C = not NO_EXTENSIONS      # the twin's *_raw functions take nothing (None): the general path
+_c_only = pytest.mark.skipif(not _C, reason="the pure-Python twin has no byte-level path")
+_ME = ("n1", 2 ** 63 + 5)
+_OWN = dvv.actor_prefix(*_ME)
+
+
+def _general_overwrite(local, value, actor):
+    """What LocalReplica.mint(..., overwrite=True) computes: the local clock's own context."""
+    client = dvv.new_with_context(dvv.join(local), value)
+    return dvv.update(client, local, actor)
+
+
+_own_actors = st.tuples(st.sampled_from(["n1", "n2", "é"]), st.sampled_from([_ME[1], 7]),
+                        st.integers(0, 2 ** 64 - 1))
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(st.one_of(_own_actors, _actors), st.integers(1, 2 ** 64 - 1),
+                          st.lists(_sibs, max_size=3)), max_size=2),
+       st.lists(_sibs, max_size=1), st.integers(0, 2 ** 64 - 1),
+       st.one_of(st.none(), st.binary(max_size=300)), st.integers(-5, 2 ** 64 + 5))
+def test_bump_own_is_the_general_overwrite(entries, anonymous, trusted_from, value, ts):
+    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
+    try:
+        local = clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries], anonymous=anonymous)
+        data = dvv.encode(local)
+    except (InvalidClock, TypeError):
+        return
+    raw = dvv.bump_own_raw(data, _OWN, trusted_from, value, ts)
+    own = [e for e in local.entries if isinstance(e[0], tuple) and e[0][:2] == _ME]
+    common = (len(local.entries) == 1 and own and not local.anonymous
+              and own[0][0][2] >= trusted_from and own[0][1] < 2 ** 64 - 1 and 0 <= ts < 2 ** 64)
+    if not common or not _C:
+        assert raw is None
+        return
+    expect = _general_overwrite(local, Sibling(value, ts), own[0][0])
+    assert raw == dvv.encode(expect)
+    assert dvv.decode(raw) == expect
+    assert dvv.lww_value_raw(raw) == value
+
+
+@given(st.integers(0, 2 ** 64 - 1), st.one_of(st.none(), st.binary(max_size=70000)),
+       st.integers(-3, 2 ** 64 + 3))
+@settings(max_examples=100)
+def test_fresh_is_the_general_first_write(epoch, value, ts):
+    raw = dvv.fresh_raw(_OWN, epoch, value, ts)
+    if not 0 <= ts < 2 ** 64 or not _C:
+        assert raw is None
+        return
+    expect = dvv.update(dvv.new_with_context((), Sibling(value, ts)), None, (*_ME, epoch))
+    assert raw == dvv.encode(expect)
+
+
+@_c_only
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536])
+def test_fresh_and_bump_at_bin_header_edges(size):
+    v = b"v" * size
+    raw = dvv.fresh_raw(_OWN, 1, v, 127)
+    assert dvv.decode(raw) == clock(((*_ME, 1), 1, [Sibling(v, 127)]))
+    for counter in (127, 128, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32):
+        data = dvv.encode(clock(((*_ME, 1), counter, [Sibling(b"x", 1)])))
+        bumped = dvv.bump_own_raw(data, _OWN, 0, v, 2 ** 40)
+        assert dvv.decode(bumped) == clock(((*_ME, 1), counter + 1, [Sibling(v, 2 ** 40)]))
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(_actors, st.integers(1, 2 ** 64 - 1), st.lists(_sibs, max_size=3)),
+                max_size=3), st.lists(_sibs, max_size=2),
+       st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=2)), max_size=3))
+def test_lww_value_raw_matches_decode(entries, anonymous, edits):
+    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
+    try:
+        data = dvv.encode(clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries],
+                                anonymous=anonymous))
+    except InvalidClock:
+        return
+    mutated = bytearray(data)
+    for at, piece in edits:
+        at = min(at, len(mutated))
+        mutated[at:at + 1] = piece
+    for d in (data, bytes(mutated)):
+        try:
+            expect = ("ok", dvv.lww_value(dvv.decode(d)))
+        except InvalidClock as exc:
+            expect = ("error", str(exc))
+        try:
+            got = ("ok", dvv.lww_value_raw(d))
+        except InvalidClock as exc:
+            got = ("error", str(exc))
+        assert got == expect
+
+
+@_c_only
+def test_bump_own_refuses_damaged_and_foreign_bytes():
+    good = dvv.encode(clock(((*_ME, 3), 2, [Sibling(b"a", 1)])))
+    assert dvv.bump_own_raw(good, _OWN, 3, b"b", 2) is not None
+    assert dvv.bump_own_raw(good, _OWN, 4, b"b", 2) is None          # epoch below trusted_from
+    assert dvv.bump_own_raw(good, dvv.actor_prefix("n1", 1), 0, b"b", 2) is None
+    assert dvv.bump_own_raw(good + b"\x00", _OWN, 0, b"b", 2) is None
+    assert dvv.bump_own_raw(good[:-1], _OWN, 0, b"b", 2) is None
+    assert dvv.bump_own_raw(bytearray(good), _OWN, 0, b"b", 2) is None
+    assert dvv.bump_own_raw(good, _OWN, 0, "text", 2) is None
+    assert dvv.bump_own_raw(good, _OWN, 0, b"b", 1.5) is None
+    # a wider-than-needed counter (0xcd 0x00 0x02): not canonical, so not taken
+    wide = good.replace(b"\x02\x91", b"\xcd\x00\x02\x91")
+    assert wide != good and dvv.bump_own_raw(wide, _OWN, 0, b"b", 2) is None

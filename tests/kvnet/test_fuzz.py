@@ -253,8 +253,9 @@ def resp_exchange(port, data):
     try:
         RequestParser().feed(data)
         refused = False
-    except ProtocolError:
-        refused = True
+    except ProtocolError as exc:
+        # A QUIT before the bad bytes closes the connection first: no error reply then.
+        refused = not any(type(c) is list and c and c[0].lower() == b"quit" for c in exc.commands)
     event("refused by the parser" if refused else "parsed (or cut short)")
     got = exchange(port, data, half_close=not refused)
     reader = hiredis.Reader(notEnoughData=Ellipsis)

@@ -233,3 +233,74 @@ def test_repair_is_merge_reporting_a_change(tmp_path):
     assert not r.repair(0, b"k", c1)                       # older: dominated, no change
     asyncio.run(r.close())
     asyncio.run(o.close())
+
+
+# ---- the byte-level mint (kvcore/clockcodec.pyx) changes speed, never results -----------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_ops = st.lists(st.tuples(
+    st.sampled_from(["set", "del", "put", "put_ctx", "remote", "distrust"]),
+    st.sampled_from([b"a", b"b"]), st.one_of(st.none(), st.binary(max_size=5))), max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ops)
+def test_byte_level_mint_stores_what_the_general_path_does(tmp_path_factory, ops):
+    """Two replicas of one identity take the same operations, one with the byte-level mint and
+    one without it: after every step they store the same bytes and return the same clocks."""
+    base = tmp_path_factory.mktemp("mint")
+    fast = LocalReplica(str(base / "fast"), "n1")
+    slow = LocalReplica(str(base / "slow"), "n1")
+    slow.identity.incarnation = fast.identity.incarnation
+    slow.identity.prefix = fast.identity.prefix
+    other = LocalReplica(str(base / "other"), "n2")
+    real = (V.fresh_raw, V.bump_own_raw)
+    try:
+        for ts, (op, key, value) in enumerate(ops, 1):
+            results = []
+            remote = other.mint(0, key, S(value or b"r", ts)) if op == "remote" else None
+            for r, byte_level in ((fast, True), (slow, False)):
+                if not byte_level:
+                    V.fresh_raw = V.bump_own_raw = lambda *a: None
+                try:
+                    if op == "distrust":
+                        r.partition(0).distrust(100 + ts)
+                        results.append(None)
+                    elif op == "remote":
+                        results.append(r.merge(0, key, remote))
+                    elif op == "put_ctx":
+                        local = r.read(0, key)
+                        ctx = V.join(local) if local is not None else ()
+                        results.append(r.mint(0, key, S(value or b"c", ts), context=ctx))
+                    else:
+                        sib = V.tombstone(ts) if op == "del" else S(value or b"", ts)
+                        results.append(r.mint(0, key, sib, overwrite=op != "put"))
+                finally:
+                    V.fresh_raw, V.bump_own_raw = real
+            assert results[0] == results[1]
+            for key in (b"a", b"b"):
+                assert fast.read_raw(0, key) == slow.read_raw(0, key)
+            assert fast.partition(0).tree.root() == slow.partition(0).tree.root()
+    finally:
+        for r in (fast, slow, other):
+            for part in r.partitions.values():
+                part.close()
+
+
+def test_a_set_over_own_clock_takes_the_byte_level_path(tmp_path, monkeypatch):
+    from kvcore._native import NO_EXTENSIONS
+    if NO_EXTENSIONS:
+        pytest.skip("the pure-Python twin has no byte-level path")
+    r = LocalReplica(str(tmp_path), "n1")
+    r.mint(0, b"k", S(b"v1"), overwrite=True)
+
+    def no_decode(data):
+        raise AssertionError("the general path ran")
+    monkeypatch.setattr(V, "decode", no_decode)
+    for i in range(3):
+        raw = r.mint_raw(0, b"k", S(b"v%d" % i, 10 + i), overwrite=True)
+        assert r.read_raw(0, b"k") == raw
+    monkeypatch.undo()
+    (actor, counter, values), = r.read(0, b"k").entries
+    assert counter == 4 and values == (S(b"v2", 12),) and actor[:2] == ("n1", r.identity.incarnation)
