@@ -27,7 +27,7 @@ from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.payload import clock as _clock
-from kvnet.resp.backend import Backend, Reply
+from kvnet.resp.backend import LATER, Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
 
@@ -490,16 +490,21 @@ class Node(driver.Cluster, Backend):
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------
 
-    async def get_lww(self, key):
+    def get_lww_now(self, key):
         p = self._partition(key)
         if p in self._solo:
             try:
                 raw = self.replica.read_raw(p, key)
             except Exception:
-                pass                  # the driver's path reports the failure
-            else:
-                self.stats["gets"] += 1
-                return None if raw is None else V.lww_value_raw(raw)
+                return LATER          # the driver's path reports the failure
+            self.stats["gets"] += 1
+            return None if raw is None else V.lww_value_raw(raw)
+        return LATER
+
+    async def get_lww(self, key):
+        value = self.get_lww_now(key)
+        if value is not LATER:
+            return value
         res = await self._read(key)
         return None if res.not_found else V.lww_value(res.clock)
 
@@ -510,13 +515,20 @@ class Node(driver.Cluster, Backend):
         vals = await asyncio.gather(*(self.get_lww(k) for k in keys))
         return sum(1 for v in vals if v is not None)
 
-    async def set_overwrite(self, key, value):
-        self._check_value(value)
-        self.stats["puts"] += 1
+    def set_overwrite_now(self, key, value):
         p = self._partition(key)
         if p in self._solo and self.replica.fsync != "always":
+            self._check_value(value)
+            self.stats["puts"] += 1
             self.replica.mint_raw(p, key, V.sibling(bytes(value)), None, True)
+            return None
+        return LATER
+
+    async def set_overwrite(self, key, value):
+        if self.set_overwrite_now(key, value) is None:
             return
+        self._check_value(value)
+        self.stats["puts"] += 1
         await self._write(key, V.sibling(bytes(value)), None, True)
 
     async def mset(self, pairs):

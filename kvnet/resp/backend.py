@@ -27,10 +27,19 @@ from kvcore import versions as dvv
 from kvnet.errors import CommandError, TooManySiblings
 from kvnet.resp.glob import compile_glob
 
-__all__ = ["Backend", "MemoryBackend", "Reply", "Sibling", "Quorum", "parse_quorum"]
+__all__ = ["Backend", "MemoryBackend", "Reply", "Sibling", "Quorum", "parse_quorum", "LATER"]
 
 Sibling = dvv.Sibling
 Quorum = int | str | None
+
+class _Later:
+    """What a backend's *_now method returns when the answer needs the coroutine (a quorum)."""
+
+    def __repr__(self):
+        return "LATER"
+
+
+LATER = _Later()
 
 SIBLINGS_WARN = 25
 SIBLINGS_MAX = 100
@@ -104,6 +113,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def get_lww(self, key: bytes) -> bytes | None:
         """Plain GET: the newest sibling by timestamp; None if absent or a tombstone."""
+
+    def get_lww_now(self, key: bytes):
+        """get_lww's answer when it is known without waiting (a local read), else LATER.
+        Raises as get_lww would. The front door tries it first: no coroutine per GET."""
+        return LATER
+
+    def set_overwrite_now(self, key: bytes, value: bytes):
+        """Do set_overwrite at once and return None when nothing needs waiting for, else LATER
+        (having done nothing). Raises as set_overwrite would."""
+        return LATER
 
     @abc.abstractmethod
     async def set_overwrite(self, key: bytes, value: bytes) -> None:

@@ -9,10 +9,12 @@ CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 import itertools
 import logging
 import time
+from types import CoroutineType
 
 from kvcore.versions import InvalidContext
 from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
+from kvnet.resp.backend import LATER
 from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
 
 __all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
@@ -29,11 +31,14 @@ class Command:
     """One table entry, in the shape COMMAND INFO reports (Redis 7)."""
 
     __slots__ = ("name", "arity", "flags", "first", "last", "step", "handler", "group",
-                 "categories", "subcommands")
+                 "categories", "subcommands", "now")
 
     def __init__(self, name, arity, flags, first, last, step, handler, group="generic",
-                 categories=(), subcommands=None):
+                 categories=(), subcommands=None, now=None):
         self.name = name
+        # now(ctx, session, argv): the reply when it is known without waiting, else LATER;
+        # the coroutine `handler` runs then (Commands.dispatch).
+        self.now = now
         self.arity = arity
         self.flags = frozenset(flags)
         self.first, self.last, self.step = first, last, step
@@ -160,6 +165,14 @@ class Commands:
 
     async def execute(self, session: Session, argv: list):
         """The reply value for one command (errors are returned, not raised)."""
+        reply = self.dispatch(session, argv)
+        if type(reply) is CoroutineType:
+            return await reply
+        return reply
+
+    def dispatch(self, session: Session, argv: list):
+        """execute() without a coroutine where it can: the reply value when the command
+        completes at once (its `now` path), else a coroutine of the reply."""
         self.stats["total_commands_processed"] += 1
         cmd = self._names.get(argv[0])
         # The common case inline (a known name in upper or lower case, no subcommand, the
@@ -175,18 +188,31 @@ class Commands:
             return NoAuth("Authentication required.")
         session.last_command = cmd.name
         session.last_active = time.time()
+        now = cmd.now
+        if now is not None:
+            try:
+                reply = now(self, session, argv)
+            except Exception as exc:
+                return self._error_reply(cmd, exc)
+            if reply is not LATER:
+                return reply
+        return self._handle(cmd, session, argv)
+
+    async def _handle(self, cmd, session, argv):
         try:
             return await cmd.handler(self, session, argv)
-        except KVNetError as exc:
-            self.stats["total_error_replies"] += 1
+        except Exception as exc:
+            return self._error_reply(cmd, exc)
+
+    def _error_reply(self, cmd, exc):
+        self.stats["total_error_replies"] += 1
+        if isinstance(exc, KVNetError):
             return exc
-        except InvalidContext as exc:
-            self.stats["total_error_replies"] += 1
+        if isinstance(exc, InvalidContext):
             return CommandError(f"invalid context: {exc}")
-        except Exception as exc:  # a bug must not take the connection down
-            log.exception("command %s failed", cmd.name)
-            self.stats["total_error_replies"] += 1
-            return ErrorReply(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
+        # a bug must not take the connection down
+        log.error("command %s failed", cmd.name, exc_info=exc)
+        return ErrorReply(f"ERR internal error in '{cmd.name}': {type(exc).__name__}")
 
 
 # Commands that may run concurrently with other commands of the same pipeline: 1 = the key is
@@ -246,14 +272,22 @@ def _kv_options(argv, start, allowed):
 
 # ---- data commands ----------------------------------------------------------------------------
 
-async def cmd_ping(ctx, s, argv):
+def ping_now(ctx, s, argv):
     if len(argv) > 2:
         raise WrongArity("wrong number of arguments for 'ping' command")
     return PONG if len(argv) == 1 else argv[1]
 
 
+async def cmd_ping(ctx, s, argv):
+    return ping_now(ctx, s, argv)
+
+
 async def cmd_echo(ctx, s, argv):
     return argv[1]
+
+
+def get_now(ctx, s, argv):
+    return ctx.backend.get_lww_now(argv[1])
 
 
 def cmd_get(ctx, s, argv):
@@ -261,12 +295,22 @@ def cmd_get(ctx, s, argv):
     return ctx.backend.get_lww(argv[1])
 
 
-async def cmd_set(ctx, s, argv):
+def set_now(ctx, s, argv):
+    if len(argv) > 3:
+        _set_options(argv)
+    return OK if ctx.backend.set_overwrite_now(argv[1], argv[2]) is None else LATER
+
+
+def _set_options(argv):
     for opt in argv[3:]:
         name = opt.upper().decode("ascii", "replace")
         if name in _SET_OPTIONS:
             raise CommandError(f"SET option {name} is not supported by ringkv")
         raise CommandError("syntax error")
+
+
+async def cmd_set(ctx, s, argv):
+    _set_options(argv)
     await ctx.backend.set_overwrite(argv[1], argv[2])
     return OK
 
@@ -414,10 +458,12 @@ def build_table() -> dict:
     C = Command
     R, W, F = "readonly", "write", "fast"
     cmds = [
-        C("ping", -1, [F, "stale", "loading"], 0, 0, 0, cmd_ping, "connection", ["@fast", "@connection"]),
+        C("ping", -1, [F, "stale", "loading"], 0, 0, 0, cmd_ping, "connection", ["@fast", "@connection"],
+          now=ping_now),
         C("echo", 2, [F, "stale", "loading"], 0, 0, 0, cmd_echo, "connection", ["@fast", "@connection"]),
-        C("get", 2, [R, F], 1, 1, 1, cmd_get, "string", ["@read", "@string", "@fast"]),
-        C("set", -3, [W, "denyoom"], 1, 1, 1, cmd_set, "string", ["@write", "@string", "@slow"]),
+        C("get", 2, [R, F], 1, 1, 1, cmd_get, "string", ["@read", "@string", "@fast"], now=get_now),
+        C("set", -3, [W, "denyoom"], 1, 1, 1, cmd_set, "string", ["@write", "@string", "@slow"],
+          now=set_now),
         C("del", -2, [W], 1, -1, 1, cmd_del, "generic", ["@keyspace", "@write", "@slow"]),
         C("exists", -2, [R, F], 1, -1, 1, cmd_exists, "generic", ["@keyspace", "@read", "@fast"]),
         C("mget", -2, [R, F], 1, -1, 1, cmd_mget, "string", ["@read", "@string", "@fast"]),

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import logging
 import types
+from types import CoroutineType
 
 from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
@@ -147,7 +148,7 @@ class RespProtocol(asyncio.Protocol):
             return
         queue = self._queue
         session = self.session
-        execute = self.commands.execute
+        dispatch = self.commands.dispatch
         slots = self._slots
         out = self._out
         while queue and not self._closed:
@@ -171,16 +172,17 @@ class RespProtocol(asyncio.Protocol):
             else:
                 key = None          # computed only when the command suspends
             queue.popleft()
-            coro = execute(session, argv)
-            try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                reply = stop.value
-            else:
-                if not self._running:
-                    key = self._key_of(argv)
-                self._start_task(coro, yielded, key)
-                continue
+            reply = dispatch(session, argv)
+            if type(reply) is CoroutineType:
+                try:
+                    yielded = reply.send(None)
+                except StopIteration as stop:
+                    reply = stop.value
+                else:
+                    if not self._running:
+                        key = self._key_of(argv)
+                    self._start_task(reply, yielded, key)
+                    continue
             data = encode(reply, session.protocol)
             if slots:               # behind a reply still running
                 slots.append([data])

@@ -5,7 +5,9 @@ import pytest
 import redis.asyncio as aredis
 
 from kvnet.config import load
+from kvnet.errors import CommandError
 from kvnet.node import Node
+from kvnet.resp.backend import LATER
 from kvnet.testing import free_ports
 
 
@@ -317,5 +319,28 @@ def test_scan_with_small_counts_returns_every_key(tmp_path, q):
         finally:
             await c.aclose()
             await node.stop()
+
+    run(main())
+
+
+def test_only_partitions_this_node_alone_replicates_take_the_fast_lane(tmp_path):
+    async def main():
+        (solo,), _ = await _cluster(tmp_path / "one", nodes=1, n=1, r=1, w=1)
+        nodes, _ = await _cluster(tmp_path / "three", nodes=3, n=3)
+        try:
+            assert len(solo._solo) == solo.ring.q
+            assert solo.set_overwrite_now(b"k", b"v") is None
+            assert solo.get_lww_now(b"k") == b"v" and solo.get_lww_now(b"nope") is None
+            assert await solo.get_lww(b"k") == b"v"
+            with pytest.raises(CommandError):
+                solo.set_overwrite_now(b"k", b"x" * (solo.cfg.max_value_bytes + 1))
+            assert nodes[0]._solo == frozenset()
+            assert nodes[0].set_overwrite_now(b"k", b"v") is LATER
+            assert nodes[0].get_lww_now(b"k") is LATER
+            await nodes[0].set_overwrite(b"k", b"v")
+            assert [await n.get_lww(b"k") for n in nodes] == [b"v"] * 3
+        finally:
+            for n in [solo, *nodes]:
+                await n.stop()
 
     run(main())

@@ -5,10 +5,10 @@ import hiredis
 import pytest
 
 from kvcore import versions
-from kvnet.resp.backend import MemoryBackend, Reply, parse_quorum
+from kvnet.resp.backend import LATER, MemoryBackend, Reply, parse_quorum
 from kvnet.resp.commands import Commands
 from kvnet.resp.glob import glob_match
-from kvnet.resp.replies import encode
+from kvnet.resp.replies import OK, encode
 from kvnet.errors import CommandError
 
 
@@ -300,3 +300,40 @@ def test_parse_quorum():
         with pytest.raises(CommandError):
             parse_quorum(bad, 3)
     assert Reply(b"", [versions.Sibling(b"a", 1), versions.Sibling(None, 2)]).value is None
+
+
+class _NowBackend(MemoryBackend):
+    """A MemoryBackend with a fast lane that answers for keys starting with b"now"."""
+
+    def __init__(self):
+        super().__init__()
+        self.now_calls = []
+
+    def get_lww_now(self, key):
+        self.now_calls.append(("get", key))
+        if key == b"bad":
+            raise CommandError("bad key")
+        return b"fast:" + key if key.startswith(b"now") else LATER
+
+    def set_overwrite_now(self, key, value):
+        self.now_calls.append(("set", key))
+        return None if key.startswith(b"now") else LATER
+
+
+def test_the_fast_lane_answers_without_a_coroutine_and_defers_with_later():
+    cmds = Commands(_NowBackend())
+    s = cmds.open_session()
+    assert cmds.dispatch(s, [b"GET", b"now1"]) == b"fast:now1"          # a value, no coroutine
+    assert cmds.dispatch(s, [b"SET", b"now1", b"v"]) is OK
+    assert cmds.dispatch(s, [b"PING"]) is not None and not asyncio.iscoroutine(
+        cmds.dispatch(s, [b"PING"]))
+    later = cmds.dispatch(s, [b"SET", b"k", b"v"])                        # LATER: the coroutine
+    assert asyncio.iscoroutine(later) and asyncio.run(later) is OK
+    assert asyncio.run(cmds.execute(s, [b"GET", b"k"])) == b"v"
+    err = cmds.dispatch(s, [b"GET", b"bad"])                              # raised: an error reply
+    assert isinstance(err, CommandError) and "bad key" in str(err)
+    assert cmds.stats["total_error_replies"] == 1
+    opt = cmds.dispatch(s, [b"SET", b"now2", b"v", b"NX"])                # options checked first
+    assert isinstance(opt, CommandError) and "NX" in str(opt)
+    assert ("set", b"now2") not in cmds.backend.now_calls
+    assert MemoryBackend().get_lww_now(b"x") is LATER                     # the default
