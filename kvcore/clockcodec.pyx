@@ -295,7 +295,13 @@ cdef bint _valid_utf8(const unsigned char *s, const unsigned char *end):
     # s: a canonical str (header and bytes, ending at end); decode() reads it with raw=False
     cdef unsigned char c = s[0]
     cdef int h = 0 if 0xa0 <= c <= 0xbf else (1 if c == 0xd9 else (2 if c == 0xda else 4))
+    cdef const unsigned char *q
     s += 1 + h
+    q = s
+    while q < end and q[0] < 0x80:       # ASCII (node names mostly are): valid
+        q += 1
+    if q == end:
+        return True
     try:
         PyUnicode_DecodeUTF8(<const char *>s, end - s, NULL)
     except UnicodeDecodeError:
@@ -459,9 +465,8 @@ def lww_common(data):
     if _array(&r) != 1 or _array(&r) != 3 or _array(&r) != 3:
         return MISS
     name = r.p
-    if _skip_str(&r) != 0 or _uint(&r, &u) != 0 or _uint(&r, &u) != 0:
-        return MISS
-    if not _valid_utf8(name, r.p):
+    if _skip_str(&r) != 0 or not _valid_utf8(name, r.p) or _uint(&r, &u) != 0 \
+            or _uint(&r, &u) != 0:
         return MISS
     if _uint(&r, &counter) != 0 or counter < 1 or _array(&r) != 1 or _array(&r) != 2:
         return MISS

@@ -464,6 +464,7 @@ def test_bump_own_is_the_general_overwrite(entries, anonymous, trusted_from, val
     assert raw == dvv.encode(expect)
     assert dvv.decode(raw) == expect
     assert dvv.lww_value_raw(raw) == value
+    assert dvv._lww_common(raw) == value        # the C read takes it (not MISS)
 
 
 @given(st.integers(0, 2 ** 64 - 1), st.one_of(st.none(), st.binary(max_size=70000)),
@@ -515,6 +516,16 @@ def test_lww_value_raw_matches_decode(entries, anonymous, edits):
         except InvalidClock as exc:
             got = ("error", str(exc))
         assert got == expect
+
+
+@_c_only
+@settings(max_examples=300)
+@given(st.text(min_size=1, max_size=40), st.integers(0, 2 ** 64 - 1), st.integers(0, 2 ** 64 - 1),
+       st.integers(1, 2 ** 64 - 1), st.one_of(st.none(), st.binary(max_size=300)),
+       st.integers(0, 2 ** 64 - 1))
+def test_the_c_read_takes_every_one_value_clock(name, inc, epoch, counter, value, ts):
+    raw = dvv.encode(clock(((name, inc, epoch), counter, [Sibling(value, ts)])))
+    assert dvv._lww_common(raw) == value
 
 
 @_c_only

@@ -301,6 +301,7 @@ def test_a_set_over_own_clock_takes_the_byte_level_path(tmp_path, monkeypatch):
     for i in range(3):
         raw = r.mint_raw(0, b"k", S(b"v%d" % i, 10 + i), overwrite=True)
         assert r.read_raw(0, b"k") == raw
+        assert V.lww_value_raw(raw) == b"v%d" % i         # and a GET reads it without decode
     monkeypatch.undo()
     (actor, counter, values), = r.read(0, b"k").entries
     assert counter == 4 and values == (S(b"v2", 12),) and actor[:2] == ("n1", r.identity.incarnation)
