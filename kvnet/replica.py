@@ -20,6 +20,8 @@ from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import TooManySiblings
 
 EPOCH_BLOCK = 10_000
+_fresh_raw = V.fresh_raw
+_bump_own_raw = V.bump_own_raw
 
 
 def _read_msgpack(path):
@@ -227,24 +229,14 @@ class LocalReplica:
     def _mint(self, p, key, sibling, context, overwrite):
         """(stored bytes, the clock or None when the byte-level path made the bytes alone)."""
         part = self.partition(p)
-        store = part.store
-        old_raw = store.get(key)
+        old_raw = part.store.get(key)
         ident = self.identity
         epoch = None
         if overwrite:
-            # A Redis SET/DEL over nothing, or over a clock this node minted last: the bytes
-            # are made directly (kvcore/clockcodec.pyx), the same the general path makes.
             if old_raw is None:
                 epoch = ident.new_epoch()       # a key not found here: a fresh actor
-                raw = V.fresh_raw(ident.prefix, epoch, sibling.value, sibling.timestamp)
-            else:
-                raw = V.bump_own_raw(old_raw, ident.prefix, part.trusted_from, sibling.value,
-                                     sibling.timestamp)
+            raw = self.overwrite_raw(part, key, old_raw, sibling.value, sibling.timestamp, epoch)
             if raw is not None:
-                store.put(key, raw)
-                part.tree.update(key, old_raw, raw)
-                self._dirty.add(part)
-                self._write_gen += 1
                 return raw, None
         if old_raw is None:
             local = None
@@ -257,6 +249,22 @@ class LocalReplica:
             actor_for = lambda ctx: self._minting_actor(part, local, ctx)   # noqa: E731
         clock = self.next_clock(local, sibling, context, overwrite, actor_for)
         return self._store(p, key, clock, old_raw), clock
+
+    def overwrite_raw(self, part, key, old_raw, value, ts, epoch=None):
+        """A Redis SET/DEL over nothing (old_raw None: minted by the fresh `epoch`) or over a
+        clock this node minted last, made and stored as bytes directly (kvcore/clockcodec.pyx),
+        the same the general path makes. The stored bytes, or None (nothing done: take the
+        general path) for any other clock."""
+        if old_raw is None:
+            raw = _fresh_raw(self.identity.prefix, epoch, value, ts)
+        else:
+            raw = _bump_own_raw(old_raw, self.identity.prefix, part.trusted_from, value, ts)
+        if raw is not None:
+            part.store.put(key, raw)
+            part.tree.update(key, old_raw, raw)
+            self._dirty.add(part)
+            self._write_gen += 1
+        return raw
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
         """The clock after writing `sibling` over `local` (None: absent) with `context` (or the
