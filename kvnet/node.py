@@ -353,8 +353,7 @@ class Node(driver.Cluster, Backend):
     async def _peer_get(self, m):
         p, k = self._checked(m)
         self._replica_of(p)
-        clock = self.replica.read(p, k)
-        return None if clock is None else V.encode(clock)
+        return self.replica.read_raw(p, k)     # stored canonical bytes: what encode() gives
 
     async def _peer_put(self, m):
         p, k = self._checked(m)

@@ -12,6 +12,7 @@ from kvnet.errors import PeerError
 from kvnet.peer.core import PeerProtocolCore, State
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
+from kvnet.stepping import finish
 
 log = logging.getLogger("kvnet.peer")
 
@@ -155,11 +156,30 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         if self._handler is None:
             self.send_error(req_id, "NoHandler", f"node {self.node_id} serves no peer requests")
             return
-        self._spawn(self._serve(type, req_id, payload))
+        self._start(self._serve(type, req_id, payload))
 
     def _on_notify(self, type, payload):
         if self._handler is not None:
-            self._spawn(self._serve(type, None, payload))
+            self._start(self._serve(type, None, payload))
+
+    def _start(self, coro):
+        """Run a handler's first step here: most answer at once (a replica's read or write),
+        and only one that suspends becomes a Task (kvnet/stepping.py)."""
+        if self._backlog or len(self._tasks) >= self._max_inflight:
+            self._spawn(coro)       # in arrival order, behind the ones waiting for a slot
+            return
+        token = _current_peer.set(self.peer_id)
+        try:
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                return
+            except Exception:       # _serve answers handler errors itself: this is a bug
+                log.exception("peer %s: request handling failed", self.peer_id)
+                return
+            self._spawn(finish(coro, yielded))      # the Task copies this context
+        finally:
+            _current_peer.reset(token)
 
     def _on_close(self, exc):
         while self._backlog:  # never started: nobody could get their answers

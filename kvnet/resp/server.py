@@ -15,13 +15,13 @@ commands wait, so a client that does not read its replies cannot grow the server
 import asyncio
 import collections
 import logging
-import types
 from types import CoroutineType
 
 from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
 from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
 from kvnet.resp.replies import encode, encode_error
+from kvnet.stepping import finish
 
 __all__ = ["RespServer", "RespProtocol", "serve"]
 
@@ -35,28 +35,6 @@ FLUSH_SIZE = 64 << 10        # write replies out at least this often within one 
 MAX_IN_FLIGHT = 128          # suspended commands running at once, per connection
 MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their connection,
                              # server-wide: a saturated node keeps its queue (and latency) short
-
-
-@types.coroutine
-def _resume(coro, yielded):
-    """Drive a coroutine that already yielded `yielded` from inside a Task."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _finish(coro, yielded):
-    return await _resume(coro, yielded)
 
 
 class RespProtocol(asyncio.Protocol):
@@ -198,7 +176,7 @@ class RespProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _start_task(self, coro, yielded, key):
-        task = self.loop.create_task(_finish(coro, yielded))
+        task = self.loop.create_task(finish(coro, yielded))
         slot = [None]
         ahead = bool(self._running)     # beside an earlier command of this connection
         if ahead:

@@ -1,0 +1,60 @@
+"""Run a coroutine's first step inline, and only make a Task when it suspends.
+
+Most requests a node serves complete without waiting (a local read or write), and a Task per
+request (creation, a loop round, a done callback) costs more than the request. The front door
+and the peer protocol call `coro.send(None)` themselves; a coroutine that yields is handed to
+`finish(coro, yielded)`, which a Task then drives from where it stopped.
+"""
+import collections.abc
+
+__all__ = ["finish"]
+
+_FIRST = object()
+
+
+class _Rest:
+    """The rest of a coroutine as a coroutine object for create_task(): its first send gives
+    the Task what the coroutine yielded at its first step; every send, throw and close after
+    goes to the coroutine. A Task cancelled before its first step throws CancelledError into
+    the coroutine where it waits, as if the Task had run it from the start."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro, yielded):
+        self._coro = coro
+        self._yielded = yielded
+
+    def send(self, value):
+        yielded = self._yielded
+        if yielded is not _FIRST:
+            self._yielded = _FIRST
+            return yielded
+        return self._coro.send(value)
+
+    def throw(self, exc, *args):
+        self._yielded = _FIRST
+        return self._coro.throw(exc, *args)
+
+    def close(self):
+        self._yielded = _FIRST
+        return self._coro.close()
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def __repr__(self):
+        return f"<rest of {self._coro!r}>"
+
+
+collections.abc.Coroutine.register(_Rest)
+
+
+def finish(coro, yielded):
+    """The rest of `coro`, which yielded `yielded` at its first step, for create_task()."""
+    return _Rest(coro, yielded)

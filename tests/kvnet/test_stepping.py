@@ -1,0 +1,59 @@
+"""finish(): a Task drives a coroutine on from its first step, exactly as if it had started it."""
+import asyncio
+
+import pytest
+
+from kvnet.stepping import finish
+
+
+def _first_step(coro):
+    return coro, coro.send(None)
+
+
+def test_the_task_returns_the_result_and_raises_the_error():
+    async def main():
+        fut = asyncio.get_running_loop().create_future()
+
+        async def work(x):
+            got = await fut
+            if got == "boom":
+                raise ValueError("boom")
+            return (x, got)
+
+        t = asyncio.get_running_loop().create_task(finish(*_first_step(work(1))))
+        await asyncio.sleep(0)
+        fut.set_result("v")
+        assert await t == (1, "v")
+
+        fut = asyncio.get_running_loop().create_future()
+        t = asyncio.get_running_loop().create_task(finish(*_first_step(work(2))))
+        fut.set_result("boom")
+        with pytest.raises(ValueError, match="boom"):
+            await t
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("before_first_step", [True, False])
+def test_cancel_reaches_the_coroutine_where_it_waits(before_first_step):
+    async def main():
+        seen = []
+
+        async def hang():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            finally:
+                seen.append("finally")
+
+        t = asyncio.get_running_loop().create_task(finish(*_first_step(hang())))
+        if not before_first_step:
+            await asyncio.sleep(0)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert seen == ["cancelled", "finally"]
+
+    asyncio.run(main())
