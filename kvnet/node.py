@@ -358,8 +358,9 @@ class Node(driver.Cluster, Backend):
     async def _peer_put(self, m):
         p, k = self._checked(m)
         self._replica_of(p)
-        self.replica.merge(p, k, _clock(m.get("c")))
-        self.forward_to_new(p, k, m["c"])
+        raw = m.get("c")
+        self.replica.merge(p, k, _clock(raw), raw)     # decoded: checked canonical bytes
+        self.forward_to_new(p, k, raw)
         await self.replica.after_write()
         return True
 

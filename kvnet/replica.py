@@ -187,10 +187,12 @@ class LocalReplica:
 
     # ---- writes (each synchronous: atomic on the loop) -----------------------------------
 
-    def _store(self, p, key, clock, old_raw):
-        """Store a key's new clock and XOR it into the partition's tree in place of the old."""
+    def _store(self, p, key, clock, old_raw, raw=None):
+        """Store a key's new clock (raw: its bytes, when known) and XOR it into the partition's
+        tree in place of the old."""
         part = self.partition(p)
-        raw = V.encode(clock)
+        if raw is None:
+            raw = V.encode(clock)
         part.store.put(key, raw)
         part.tree.update(key, old_raw, raw)
         self._dirty.add(part)
@@ -280,20 +282,22 @@ class LocalReplica:
                 "read it with KV.GET and write back with its context to resolve them")
         return clock
 
-    def merge(self, p, key, clock):
-        """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses."""
-        return self._sync_in(p, key, clock)[0]
+    def merge(self, p, key, clock, raw=None):
+        """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses.
+        raw: the clock's canonical bytes when the caller has them (stored as they are when the
+        incoming clock is the result, instead of encoding it again)."""
+        return self._sync_in(p, key, clock, raw)[0]
 
     def repair(self, p, key, clock):
         """`merge` for anti-entropy: True if the stored clock changed (one lookup, not three)."""
         return self._sync_in(p, key, clock)[1]
 
-    def _sync_in(self, p, key, clock):
+    def _sync_in(self, p, key, clock, raw=None):
         """(the stored clock after syncing `clock` in, whether it changed)."""
         old_raw, local = self._local(p, key)
         merged = clock if local is None else V.sync(local, clock)
         if local is None or merged != local:
-            self._store(p, key, merged, old_raw)
+            self._store(p, key, merged, old_raw, raw if raw is not None and merged == clock else None)
             return merged, True
         return merged, False
 

@@ -31,6 +31,12 @@ class Kind(enum.IntEnum):
     PONG = 8
 
 
+_KINDS = {int(k): k for k in Kind}
+# One Packer for the module (msgpack.packb builds one per call, as costly as the packing): pack
+# holds the GIL throughout (no `default` hook) and resets itself after an error.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 class Frame(NamedTuple):
     kind: Kind
     req_id: int
@@ -45,7 +51,7 @@ def encode_frame(msg, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
     TypeError if the payload holds something msgpack cannot encode.
     """
     kind, req_id, type_, payload = msg
-    body = msgpack.packb([int(kind), req_id, type_, payload], use_bin_type=True)
+    body = _pack((int(kind), req_id, type_, payload))
     if len(body) > max_frame_size:
         raise ProtocolError(
             f"peer frame of {len(body)} bytes exceeds the limit of {max_frame_size} bytes"
@@ -64,10 +70,10 @@ def decode_body(body):
     kind, req_id, type_, payload = obj
     if type(kind) is not int:
         raise ProtocolError(f"peer frame kind {kind!r} is not an integer")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown peer frame kind {kind}") from None
+    known = _KINDS.get(kind)
+    if known is None:
+        raise ProtocolError(f"unknown peer frame kind {kind}")
+    kind = known
     if type(req_id) is not int or not 0 <= req_id <= MAX_REQ_ID:
         raise ProtocolError(f"peer frame request id {req_id!r} is not a u32")
     if type_ is not None and type(type_) is not str:
