@@ -9,9 +9,10 @@ from kvcore.storage.keydir cimport Keydir
 cdef struct Segment:
     uint64_t id             # sequence << 32 | merge output number (file name)
     int fd                  # read-write descriptor, -1 when the index slot is free
-    char *map               # MAP_SHARED view for reads (NULL if the file is empty)
-    size_t map_len          # mapped length (the active segment reserves room to grow)
-    uint64_t size           # bytes written so far
+    char *map               # MAP_SHARED view (NULL if the file is empty); writable while active
+    size_t map_len          # mapped length (the active segment's covers its largest possible size)
+    uint64_t size           # bytes written so far (the data end)
+    uint64_t reserved       # file length: size plus zero space allocated ahead (active segment)
 
 
 cdef struct Buffer:
@@ -45,6 +46,7 @@ cdef class LogStore:
     cdef long long live_bytes
     cdef long long corrupt
     cdef long long torn_tail
+    cdef long long zero_tail
     cdef long long scanned
     cdef long long merges
     cdef object merge_job
@@ -69,5 +71,7 @@ cdef class LogStore:
     cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,
                           const char *key, size_t klen) except -1
     cdef Py_ssize_t _new_segment_slot(self) except -1
-    cdef int _map_segment(self, Py_ssize_t i, size_t length) except -1
+    cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1
+    cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1
+    cdef int _end_active(self, Py_ssize_t i, bint locked) except -1
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

@@ -1,8 +1,10 @@
 """LogStore: a Bitcask-shaped log store with a C keydir (docs/storage.md).
 
-Writes append records with pwrite and index them once they are on disk; reads
-go through a shared mmap of each segment, so a get is a hash probe, a key
-compare and a CRC check with no system call.
+Writes copy records into a writable shared mmap of the active segment (the page
+cache itself, so a killed process loses nothing acknowledged), into file space
+reserved ahead with posix_fallocate, and index them once they are there; reads
+go through the same shared mmaps, so neither a put nor a get makes a system
+call in the common case.
 """
 import os
 import struct
@@ -11,12 +13,13 @@ import threading
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock, WAIT_LOCK)
-from libc.errno cimport errno
+from libc.errno cimport ENOSPC, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
-from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, mmap, munmap
-from posix.unistd cimport close as c_close, fdatasync, pwrite, write as c_write
+from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mprotect, munmap
+from posix.types cimport off_t
+from posix.unistd cimport close as c_close, fdatasync, ftruncate, pwrite, write as c_write
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
@@ -33,8 +36,15 @@ from kvcore.storage.record cimport (check_record, load16, load32, load64, record
 
 include "format.pxi"
 
+cdef extern from "fcntl.h" nogil:
+    # Linux/glibc; returns an error number (not -1 and errno). Python.h sets the
+    # feature macros that declare it.
+    int posix_fallocate(int fd, off_t offset, off_t length)
+
 cdef size_t PAGE = 4096
-cdef size_t CHUNK = 1 << 20         # put_many writes at most this much per pwrite
+cdef size_t CHUNK = 1 << 20         # put_many copies at most this much per step
+cdef uint64_t RESERVE_FIRST = 64 << 10     # first reservation of an active segment
+cdef uint64_t RESERVE_DOUBLE_UNTIL = 4 << 20   # then it doubles up to here, then grows by this
 _SEG_HEAD = struct.Struct("<QHHIQI")
 _HINT_HEAD = struct.Struct("<QHHIQQ")
 
@@ -77,6 +87,13 @@ cdef bint _segment_header_ok(const char *p, size_t size, uint64_t seg_id) noexce
     return (size >= SEG_HEADER_SIZE and load64(p) == <uint64_t>SEG_MAGIC and load16(p + 8) == FORMAT_VERSION
             and load16(p + 10) == SEG_HEADER_SIZE and load64(p + 16) == seg_id
             and load32(p + 28) == kv_crc32c(0, p, 28))
+
+
+cdef size_t _nonzero_end(const char *p, size_t start, size_t end) noexcept nogil:
+    """One past the last nonzero byte of p[start:end], or start if they are all zero."""
+    while end > start and p[end - 1] == 0:
+        end -= 1
+    return end
 
 
 def _hint_file(uint64_t seg_id, bytes entries, uint64_t count):
@@ -343,16 +360,18 @@ cdef class LogStore:
         self.segs[i].map = NULL
         self.segs[i].map_len = 0
         self.segs[i].size = 0
+        self.segs[i].reserved = 0
         self.segs[i].id = 0
         return i
 
-    cdef int _map_segment(self, Py_ssize_t i, size_t length) except -1:
+    cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1:
         cdef void *m
         if length == 0:
             self.segs[i].map = NULL
             self.segs[i].map_len = 0
             return 0
-        m = mmap(NULL, length, PROT_READ, MAP_SHARED, self.segs[i].fd, 0)
+        m = mmap(NULL, length, PROT_READ | (PROT_WRITE if writable else 0), MAP_SHARED,
+                 self.segs[i].fd, 0)
         if m == MAP_FAILED:
             raise OSError(errno, os.strerror(errno), "mmap of a segment")
         self.segs[i].map = <char *>m
@@ -386,7 +405,43 @@ cdef class LogStore:
         self.segs[i].fd = os.open(path, flags, 0o644)
         self.segs[i].id = seg_id
         self.segs[i].size = os.fstat(self.segs[i].fd).st_size
+        self.segs[i].reserved = self.segs[i].size
         return i
+
+    cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1:
+        """Make the file of active segment i at least need bytes long, with its blocks
+        allocated (posix_fallocate, never a sparse extension), so that writing through
+        the map below need cannot SIGBUS on a full disk: ENOSPC raises OSError here and
+        nothing is written. Grows 64 KiB, doubling to 4 MiB, then 4 MiB at a time, never
+        past the segment limit (or the one record that needs more); when a step does not
+        fit on the disk, just what this write needs."""
+        cdef Segment *seg = &self.segs[i]
+        cdef uint64_t old = seg.reserved, target, cap
+        cdef int rc
+        if need <= old:
+            return 0
+        if need > seg.map_len:                      # cannot happen: the map covers any segment
+            raise RuntimeError(f"internal: segment write to {need} past its map of {seg.map_len}")
+        target = old * 2 if old < RESERVE_DOUBLE_UNTIL else old + RESERVE_DOUBLE_UNTIL
+        if target < RESERVE_FIRST:
+            target = RESERVE_FIRST
+        if target < need:
+            target = need
+        target = (target + PAGE - 1) // PAGE * PAGE
+        cap = self.max_segment if self.max_segment > need else need
+        if target > cap:
+            target = cap
+        if target > seg.map_len:
+            target = seg.map_len
+        with nogil:
+            rc = posix_fallocate(seg.fd, <off_t>old, <off_t>(target - old))
+            if rc == ENOSPC and target > need:      # no room for a step: try for this write alone
+                target = need
+                rc = posix_fallocate(seg.fd, <off_t>old, <off_t>(target - old))
+        if rc != 0:
+            raise OSError(rc, os.strerror(rc), "reserving segment space")
+        seg.reserved = target
+        return 0
 
     # ---- open and recovery -------------------------------------------------------------
 
@@ -404,11 +459,12 @@ cdef class LogStore:
         next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
-                "torn_tail_bytes": self.torn_tail, "scanned_segments": self.scanned}
+                "torn_tail_bytes": self.torn_tail, "zero_tail_bytes": self.zero_tail,
+                "scanned_segments": self.scanned}
 
     def _load_segment(self, uint64_t seg_id, bint last):
         cdef Py_ssize_t i = self._open_segment(seg_id, False)
-        self._map_segment(i, self.segs[i].size)
+        self._map_segment(i, self.segs[i].size, False)
         hint_path = os.path.join(self.path, L.hint_name(seg_id))
         if os.path.exists(hint_path):
             with open(hint_path, "rb") as f:
@@ -455,7 +511,7 @@ cdef class LogStore:
 
     def _scan_segment(self, Py_ssize_t i, bint last):
         cdef const char *base = self.segs[i].map
-        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, nxt, klen
+        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, nxt, klen, data_end
         cdef uint64_t h
         self.scanned += 1
         self.hints.len = 0
@@ -479,16 +535,25 @@ cdef class LogStore:
                 continue
             nxt = resync(base, off, end)
             if nxt == 0:
-                if last:
-                    self.torn_tail += end - off
-                    os.ftruncate(self.segs[i].fd, off)
-                    os.fsync(self.segs[i].fd)
-                    self.segs[i].size = off
-                else:
+                # No valid record follows. Zeros to the end are space reserved ahead
+                # by a store that did not close cleanly: the end of the data, in any
+                # segment. Other bytes before them are a torn record (of the newest
+                # segment; elsewhere, one corrupt record).
+                data_end = _nonzero_end(base, off, end)
+                if data_end > off and not last:
                     self.corrupt += 1
+                    return
+                self.torn_tail += data_end - off
+                self.zero_tail += end - data_end
+                self._truncate_recovered(i, off)
                 return
             self.corrupt += 1
             off = nxt
+
+    def _truncate_recovered(self, Py_ssize_t i, uint64_t off):
+        os.ftruncate(self.segs[i].fd, off)
+        os.fsync(self.segs[i].fd)
+        self.segs[i].size = self.segs[i].reserved = off
 
     def _seal_hints(self, Py_ssize_t i):
         """Write the hint file of a segment this store wrote, read back from its map and
@@ -550,22 +615,42 @@ cdef class LogStore:
         os.write(self.segs[i].fd, _segment_header(seg_id))
         os.fdatasync(self.segs[i].fd)
         fsync_dir(self.path)
-        self.segs[i].size = SEG_HEADER_SIZE
-        self._map_segment(i, self.active_reserve)
+        self.segs[i].size = self.segs[i].reserved = SEG_HEADER_SIZE
+        # Writable, and long enough for any size the segment can reach, so it is never
+        # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
+        self._map_segment(i, self.active_reserve, True)
         self.active = i
         self.hints.len = 0
         self.synced_offset = SEG_HEADER_SIZE
 
-    def _seal_active(self):
-        """Sync the active segment, write its hints, and start the next one."""
-        cdef Segment *seg = &self.segs[self.active]
-        cdef int fd = seg.fd, rc
+    cdef int _end_active(self, Py_ssize_t i, bint locked) except -1:
+        """Give back the reserved space of active segment i (truncate to the data end),
+        make it durable, and make its map read-only. locked: the caller holds _io_lock."""
+        cdef Segment *seg = &self.segs[i]
+        cdef int fd = seg.fd, rc = 0, err = 0
+        cdef off_t size = seg.size
         with nogil:
-            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
-            rc = fdatasync(fd)
-            PyThread_release_lock(self._io_lock)
+            if not locked:
+                PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+            if seg.reserved > <uint64_t>size:
+                rc = ftruncate(fd, size)
+            if rc == 0:
+                rc = fdatasync(fd)
+            if rc != 0:
+                err = errno
+            if not locked:
+                PyThread_release_lock(self._io_lock)
         if rc != 0:
-            raise OSError(errno, os.strerror(errno), "fdatasync")
+            raise OSError(err, os.strerror(err), "truncate and fdatasync of the active segment")
+        seg.reserved = seg.size
+        if seg.map != NULL:
+            mprotect(seg.map, seg.map_len, PROT_READ)
+        return 0
+
+    def _seal_active(self):
+        """Truncate and sync the active segment, write its hints, and start the next one."""
+        cdef Segment *seg = &self.segs[self.active]
+        self._end_active(self.active, False)
         self._seal_hints(self.active)
         self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
         self.dirty_since = -1
@@ -640,6 +725,7 @@ cdef class LogStore:
     # ---- writes ------------------------------------------------------------------------
 
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1:
+        # hint files; active segments are written through their map (_reserve)
         cdef ssize_t w
         while n:
             w = pwrite(fd, data, n, off)
@@ -683,12 +769,12 @@ cdef class LogStore:
         if seg.size + size > self.max_segment and seg.size > SEG_HEADER_SIZE:
             self._seal_active()
             seg = &self.segs[self.active]
-        self.rec.len = 0
-        buf_reserve(&self.rec, size)
-        write_record(self.rec.data, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
-                     <uint8_t>flags, now_us())
         off = seg.size
-        self._pwrite_all(seg.fd, self.rec.data, size, off)
+        self._reserve(self.active, off + size)
+        # encoded in place: the map is the page cache, so once this returns the record
+        # survives a kill of the process (CRC written last: a kill mid-copy leaves a torn tail)
+        write_record(seg.map + off, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
+                     <uint8_t>flags, now_us())
         seg.size = off + size
         h = self._hash(PyBytes_AS_STRING(key), klen)
         self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags)
@@ -755,7 +841,8 @@ cdef class LogStore:
                 self.rec.len += size
                 j += 1
             base_off = seg.size
-            self._pwrite_all(seg.fd, self.rec.data, self.rec.len, base_off)
+            self._reserve(self.active, base_off + self.rec.len)
+            memcpy(seg.map + base_off, self.rec.data, self.rec.len)
             seg.size = base_off + self.rec.len
             # index the chunk now that it is on disk (a later duplicate wins)
             pos = 0
@@ -960,7 +1047,7 @@ cdef class LogStore:
         fsync_dir(self.path)
         for out_id, data_path, hint_path, size in job.outputs:
             s = self._open_segment(out_id, False)
-            self._map_segment(s, self.segs[s].size)
+            self._map_segment(s, self.segs[s].size, False)
             out_idx.append(s)
         for i in range(job.nmoves):
             m = &job.moves[i]
@@ -1028,6 +1115,8 @@ cdef class LogStore:
             "index_capacity": self.kd.capacity,
             "corrupt_records": self.corrupt,
             "torn_tail_bytes": self.torn_tail,
+            "zero_tail_bytes": self.zero_tail,
+            "reserved_bytes": self.segs[self.active].reserved - self.segs[self.active].size,
             "merges": self.merges,
             "fsync": self._opts.fsync,
         }
@@ -1069,7 +1158,7 @@ cdef class LogStore:
             self.closed = True
             seg = &self.segs[self.active]
             if clean and seg.size > SEG_HEADER_SIZE:
-                os.fdatasync(seg.fd)
+                self._end_active(self.active, True)
                 self._seal_hints(self.active)
             elif clean:                             # an empty segment is not worth a file
                 self._drop_segment(self.active, True)

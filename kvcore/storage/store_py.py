@@ -114,6 +114,7 @@ class LogStore:
         self._live_bytes = 0
         self._corrupt = 0
         self._torn_tail_bytes = 0
+        self._zero_tail_bytes = 0
         self._scanned = 0
         self._merges = 0
         self._dirty_since = None
@@ -145,7 +146,8 @@ class LogStore:
         next_seq = (ids[-1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self._corrupt,
-                "torn_tail_bytes": self._torn_tail_bytes, "scanned_segments": self._scanned}
+                "torn_tail_bytes": self._torn_tail_bytes, "zero_tail_bytes": self._zero_tail_bytes,
+                "scanned_segments": self._scanned}
 
     def _load_segment(self, seg_id, last):
         path = os.path.join(self.path, L.segment_name(seg_id))
@@ -191,13 +193,18 @@ class LogStore:
                 continue
             nxt = R.resync(buf, off, end)
             if nxt is None:
-                if last:
-                    self._torn_tail_bytes += end - off
-                    os.ftruncate(seg.fd, off)
-                    os.fsync(seg.fd)
-                    seg.size = off
-                else:
+                # Zeros to the end: space the compiled store reserved ahead and did not
+                # give back (no clean close), the end of the data in any segment. Bytes
+                # before them: a torn record (newest segment) or one corrupt record.
+                data_end = len(buf[off:end].rstrip(b"\0")) + off
+                if data_end > off and not last:
                     self._corrupt += 1
+                    break
+                self._torn_tail_bytes += data_end - off
+                self._zero_tail_bytes += end - data_end
+                os.ftruncate(seg.fd, off)
+                os.fsync(seg.fd)
+                seg.size = off
                 break
             self._corrupt += 1
             off = nxt
@@ -533,6 +540,8 @@ class LogStore:
             "index_capacity": 0,
             "corrupt_records": self._corrupt,
             "torn_tail_bytes": self._torn_tail_bytes,
+            "zero_tail_bytes": self._zero_tail_bytes,
+            "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
             "fsync": self._opts.fsync,
         }

@@ -1,11 +1,13 @@
 """Model-based test: LogStore against a dict, with merge, reopen and crash (STYLE.md 8).
 
 A crash abandons the store (no sync, no hints, no clean marker) and truncates the
-active segment at a random byte after the last synced offset. Every synced
+active segment at a random byte after the last synced offset, then may append
+zeros (what a killed compiled store leaves: its reserved space). Every synced
 write must survive; of the unsynced ones, exactly those whose record ends
-before the cut do.
+before the cut do, and recovery cuts the file back to the last whole record.
 """
 import importlib
+import os
 import shutil
 import tempfile
 
@@ -121,16 +123,29 @@ def make_machine(module_name, **extra):
             st_ = self.store.stats()
             self.store._abandon()
             self.store = None
+            path = st_["active_segment"]
+            left = os.path.getsize(path)        # the compiled store leaves its reserved zeros
+            assert left == st_["active_offset"] + st_["reserved_bytes"]
             cut = data.draw(st.integers(st_["synced_offset"], st_["active_offset"]), label="cut")
-            with open(st_["active_segment"], "r+b") as f:
+            # Zeros after the cut: the reserved space a kill leaves, or pages a power cut
+            # lost; a cut inside a record then leaves a torn record followed by zeros.
+            zeros = data.draw(st.sampled_from([0, 1, 4096 + 7, max(left - cut, 0)]), label="zeros")
+            with open(path, "r+b") as f:
                 f.truncate(cut)
+                f.truncate(cut + zeros)
+            data_end = max([st_["synced_offset"]] + [end for seg, end, _, _ in self.pending
+                                                     if seg == path and end <= cut])
             for seg, end, k, v in self.pending:
                 if end <= cut:
                     self._apply(self.durable, k, v)
             self.pending = []
             self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
-            assert not self.store.recovery["clean"]
-            assert self.store.recovery["corrupt_records"] == 0
+            rec = self.store.recovery
+            assert not rec["clean"]
+            assert rec["corrupt_records"] == 0
+            assert rec["zero_tail_bytes"] >= zeros
+            assert rec["torn_tail_bytes"] + rec["zero_tail_bytes"] == cut + zeros - data_end
+            assert os.path.getsize(path) == data_end
 
         @invariant()
         def matches_model(self):
