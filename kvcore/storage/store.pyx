@@ -725,7 +725,7 @@ cdef class LogStore:
     # ---- writes ------------------------------------------------------------------------
 
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1:
-        # hint files; active segments are written through their map (_reserve)
+        # hint files, and put_many's chunks into the active segment's reserved space
         cdef ssize_t w
         while n:
             w = pwrite(fd, data, n, off)
@@ -841,8 +841,10 @@ cdef class LogStore:
                 self.rec.len += size
                 j += 1
             base_off = seg.size
+            # one pwrite into reserved space: for a chunk of many pages it is cheaper than
+            # taking a page fault per page through the map (the same page cache either way)
             self._reserve(self.active, base_off + self.rec.len)
-            memcpy(seg.map + base_off, self.rec.data, self.rec.len)
+            self._pwrite_all(seg.fd, self.rec.data, self.rec.len, base_off)
             seg.size = base_off + self.rec.len
             # index the chunk now that it is on disk (a later duplicate wins)
             pos = 0
