@@ -263,8 +263,13 @@ class Node(driver.Cluster, Backend):
     def coordinator_route(self, p, strict=False):
         return self._cached(self._routes, p, strict, driver.Cluster.coordinator_route)
 
-    def _cached(self, cache, p, strict, compute):
-        key = (p, strict, self._down())
+    def route_and_targets(self, p, strict=False):
+        down = self._down()               # once for both: it is most of a cache lookup
+        return (self._cached(self._routes, p, strict, driver.Cluster.coordinator_route, down),
+                self._cached(self._preflists, p, strict, driver.Cluster.targets, down))
+
+    def _cached(self, cache, p, strict, compute, down=None):
+        key = (p, strict, self._down() if down is None else down)
         value = cache.get(key)
         if value is None:
             if len(cache) > 8 * self.ring.q:

@@ -37,6 +37,10 @@ class Cluster:
         """Who coordinates a write to partition p now."""
         return write_route(self.ring, p, self.is_up, self.name, strict=strict)
 
+    def route_and_targets(self, p, strict=False):
+        """(coordinator_route, targets) of p from one look at who is up."""
+        return self.coordinator_route(p, strict), self.targets(p, strict)
+
     def hint_read(self, p, key, hint_for):
         """This node's hint copy of key for primary `hint_for` (a fallback's read), or None."""
         raise NotImplementedError
@@ -269,7 +273,7 @@ async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, stri
 
 async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock)."""
-    route = cluster.coordinator_route(p, strict)
+    route, pl = cluster.route_and_targets(p, strict)
     if route.coordinator is None:
         what = "primary" if strict else "replica"
         raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
@@ -279,7 +283,7 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
             "ctx": None if context is None else V.encode_context(context),
             "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
         # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
-    return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict)
+    return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict, pl)
 
 
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):
@@ -289,10 +293,13 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
                                              strict))
 
 
-async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict=False):
-    """`coordinate_put`, returning the new clock's bytes (what replication sends)."""
+async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict=False,
+                             pl=None):
+    """`coordinate_put`, returning the new clock's bytes (what replication sends). pl: the
+    targets, when the caller has them from the same look at who is up."""
     ring = cluster.ring
-    pl = cluster.targets(p, strict)
+    if pl is None:
+        pl = cluster.targets(p, strict)
     replica = cluster.replica
     if replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
             and not cluster.extra_targets(p):

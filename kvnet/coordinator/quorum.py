@@ -6,7 +6,7 @@ and feeds every reply to `add_result`. Rules: ALGORITHMS.md section 2; examples:
 from typing import NamedTuple
 
 from kvcore import versions
-from kvnet.coordinator.preflist import Target
+from kvnet.coordinator.preflist import Preflist, Target
 from kvnet.errors import CommandError, QuorumError, Unavailable
 
 __all__ = [
@@ -80,6 +80,8 @@ def _reply(result, allowed):
 
 def _targets(targets):
     """Targets from a Preflist, Targets, or plain node ids (primaries)."""
+    if type(targets) is Preflist:     # the driver's case: Targets of distinct nodes already
+        return targets.targets, targets.down, len(targets.primaries)
     down = tuple(getattr(targets, "down", ()))
     primaries = len(targets.primaries) if hasattr(targets, "primaries") else None
     if hasattr(targets, "targets"):
