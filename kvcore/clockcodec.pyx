@@ -154,16 +154,9 @@ cdef inline int _uint(Reader *r, uint64_t *out):
         out[0] = c
         r.p += 1
         return 0
-    if c == 0xcc:
-        n = 1
-    elif c == 0xcd:
-        n = 2
-    elif c == 0xce:
-        n = 4
-    elif c == 0xcf:
-        n = 8
-    else:
+    if not 0xcc <= c <= 0xcf:
         return -1
+    n = 1 << (c - 0xcc)           # uint 8, 16, 32, 64
     if r.end - r.p < 1 + n:
         return -1
     v = _be(r.p + 1, n)
@@ -188,16 +181,9 @@ cdef inline int _skip_int(Reader *r):
     if c >= 0xe0:                 # negative fixint
         r.p += 1
         return 0
-    if c == 0xd0:
-        n = 1
-    elif c == 0xd1:
-        n = 2
-    elif c == 0xd2:
-        n = 4
-    elif c == 0xd3:
-        n = 8
-    else:
+    if not 0xd0 <= c <= 0xd3:
         return _uint(r, &v)
+    n = 1 << (c - 0xd0)           # int 8, 16, 32, 64
     if r.end - r.p < 1 + n:
         return -1
     v = _be(r.p + 1, n)

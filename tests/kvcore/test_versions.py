@@ -376,26 +376,44 @@ _actors = st.one_of(st.text(max_size=3), st.tuples(st.sampled_from(["n1", "n2"])
                     st.integers(0, 2 ** 64 - 1), st.integers(0, 2 ** 40)), st.integers(-5, 5))
 _sibs = st.builds(Sibling, st.one_of(st.none(), st.binary(max_size=8)),
                   st.integers(-2 ** 63, 2 ** 64 - 1))
+_edits = st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=2)), max_size=3)
+
+
+def _entries(actors, max_size):
+    return st.lists(st.tuples(actors, st.integers(1, 2 ** 64 - 1), st.lists(_sibs, max_size=3)),
+                    max_size=max_size)
+
+
+def _clock_of(entries, anonymous):
+    """A clock from drawn entries (one per actor, in order, counters covering their values), or
+    None when it cannot be encoded (actors that do not compare)."""
+    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
+    c = clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries], anonymous=anonymous)
+    try:
+        dvv.encode(c)
+    except (InvalidClock, TypeError):
+        return None
+    return c
+
+
+def _damaged(data, edits):
+    mutated = bytearray(data)
+    for at, piece in edits:
+        at = min(at, len(mutated))
+        mutated[at:at + 1] = piece
+    return bytes(mutated)
 
 
 @settings(max_examples=400)
-@given(st.lists(st.tuples(_actors, st.integers(1, 2 ** 64 - 1), st.lists(_sibs, max_size=3)),
-                max_size=4), st.lists(_sibs, max_size=2),
-       st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=2)), max_size=3))
+@given(_entries(_actors, 4), st.lists(_sibs, max_size=2), _edits)
 def test_c_decode_matches_python(entries, anonymous, edits):
-    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
-    try:
-        data = dvv.encode(clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries],
-                                anonymous=anonymous))
-    except InvalidClock:
+    c = _clock_of(entries, anonymous)
+    if c is None:
         return
+    data = dvv.encode(c)
     a_, b_ = _decode_both(data)
     assert a_ == b_
-    mutated = bytearray(data)
-    for at, piece in edits:            # damaged bytes: the same clock or the same error
-        at = min(at, len(mutated))
-        mutated[at:at + 1] = piece
-    a_, b_ = _decode_both(bytes(mutated))
+    a_, b_ = _decode_both(_damaged(data, edits))   # the same clock or the same error
     assert a_ == b_
 
 
@@ -442,17 +460,14 @@ _own_actors = st.tuples(st.sampled_from(["n1", "n2", "é"]), st.sampled_from([_M
 
 
 @settings(max_examples=400)
-@given(st.lists(st.tuples(st.one_of(_own_actors, _actors), st.integers(1, 2 ** 64 - 1),
-                          st.lists(_sibs, max_size=3)), max_size=2),
-       st.lists(_sibs, max_size=1), st.integers(0, 2 ** 64 - 1),
-       st.one_of(st.none(), st.binary(max_size=300)), st.integers(-5, 2 ** 64 + 5))
+@given(_entries(st.one_of(_own_actors, _actors), 2), st.lists(_sibs, max_size=1),
+       st.integers(0, 2 ** 64 - 1), st.one_of(st.none(), st.binary(max_size=300)),
+       st.integers(-5, 2 ** 64 + 5))
 def test_bump_own_is_the_general_overwrite(entries, anonymous, trusted_from, value, ts):
-    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
-    try:
-        local = clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries], anonymous=anonymous)
-        data = dvv.encode(local)
-    except (InvalidClock, TypeError):
+    local = _clock_of(entries, anonymous)
+    if local is None:
         return
+    data = dvv.encode(local)
     raw = dvv.bump_own_raw(data, _OWN, trusted_from, value, ts)
     own = [e for e in local.entries if isinstance(e[0], tuple) and e[0][:2] == _ME]
     common = (len(local.entries) == 1 and own and not local.anonymous
@@ -492,21 +507,13 @@ def test_fresh_and_bump_at_bin_header_edges(size):
 
 
 @settings(max_examples=400)
-@given(st.lists(st.tuples(_actors, st.integers(1, 2 ** 64 - 1), st.lists(_sibs, max_size=3)),
-                max_size=3), st.lists(_sibs, max_size=2),
-       st.lists(st.tuples(st.integers(0, 400), st.binary(max_size=2)), max_size=3))
+@given(_entries(_actors, 3), st.lists(_sibs, max_size=2), _edits)
 def test_lww_value_raw_matches_decode(entries, anonymous, edits):
-    entries = sorted({repr(e[0]): e for e in entries}.values(), key=lambda e: repr(e[0]))
-    try:
-        data = dvv.encode(clock(*[(a_, max(n, len(v)), v) for a_, n, v in entries],
-                                anonymous=anonymous))
-    except InvalidClock:
+    c = _clock_of(entries, anonymous)
+    if c is None:
         return
-    mutated = bytearray(data)
-    for at, piece in edits:
-        at = min(at, len(mutated))
-        mutated[at:at + 1] = piece
-    for d in (data, bytes(mutated)):
+    data = dvv.encode(c)
+    for d in (data, _damaged(data, edits)):
         try:
             expect = ("ok", dvv.lww_value(dvv.decode(d)))
         except InvalidClock as exc:

@@ -1,8 +1,5 @@
 """Crash safety: torn tails, bit flips in segments and hint files, a real SIGKILL."""
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -124,41 +121,12 @@ def test_files_are_shared_between_twins(tmp_path, impl_name):
     s.close()
 
 
-WRITER = r"""
-import sys
-from kvcore.storage import LogStore
-s = LogStore(sys.argv[1], fsync="always", max_segment_bytes=1 << 16)
-i = 0
-while True:
-    key = b"key-%06d" % i
-    s.put(key, key * 7)
-    sys.stdout.write("%d\n" % i)
-    sys.stdout.flush()
-    i += 1
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("twin", [False, True], ids=["cython", "python"])
-def test_sigkill_mid_stream_loses_no_acknowledged_put(tmp_path, twin):
+def test_sigkill_mid_stream_loses_no_acknowledged_put(tmp_path, twin, killed_writer):
     from kvcore.storage import store, store_py
 
-    env = dict(os.environ)
-    if twin:
-        env["RINGKV_NO_EXTENSIONS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s")],
-                            stdout=subprocess.PIPE, env=env)
-    acked = -1
-    try:
-        for line in proc.stdout:
-            acked = int(line)
-            if acked >= 400:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert acked >= 400
+    acked = killed_writer(tmp_path / "s", 400, twin, fsync="always", max_segment_bytes=1 << 16)
     mod = store_py if twin else store
     s = mod.LogStore(tmp_path / "s", fsync="never")
     try:

@@ -3,9 +3,7 @@ crash, torn records before zeros, a full disk, and a real SIGKILL (docs/storage.
 import errno
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -177,44 +175,14 @@ def test_full_disk_gives_oserror_not_sigbus(small_fs, impl):
         s.close()
 
 
-WRITER = r"""
-import sys
-from kvcore.storage import LogStore
-s = LogStore(sys.argv[1], fsync="never")
-i = 0
-while True:
-    key = b"key-%06d" % i
-    s.put(key, key * 7)
-    sys.stdout.write("%d\n" % i)
-    sys.stdout.flush()
-    i += 1
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("twin", [False, True], ids=["cython", "python"])
-def test_sigkill_with_fsync_never_loses_no_acknowledged_put(tmp_path, twin):
+def test_sigkill_with_fsync_never_loses_no_acknowledged_put(tmp_path, twin, killed_writer):
     """No sync at all: an acknowledged put is in the page cache (through the map, or
     pwrite for the twin), which outlives the process; the reserved zeros are a tail."""
     from kvcore.storage import store, store_py
 
-    env = dict(os.environ)
-    env.pop("RINGKV_NO_EXTENSIONS", None)           # the suite may run with it set
-    if twin:
-        env["RINGKV_NO_EXTENSIONS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "s")],
-                            stdout=subprocess.PIPE, env=env)
-    acked = -1
-    try:
-        for line in proc.stdout:
-            acked = int(line)
-            if acked >= 3000:
-                break
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert acked >= 3000
+    acked = killed_writer(tmp_path / "s", 3000, twin, fsync="never")
     seg = os.path.join(tmp_path / "s", L.segment_name(L.segment_ids(str(tmp_path / "s"))[-1]))
     raw = open(seg, "rb").read()
     if not twin:
