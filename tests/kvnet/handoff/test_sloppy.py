@@ -203,6 +203,10 @@ def test_flush_refused_while_hints_pending_and_stray_hints_rehomed(tmp_path):
         client = aredis.Redis(port=cfgs[0].port)
         try:
             n0, ring = nodes[0], nodes[0].ring
+            # FLUSHDB first checks that every member is up: a dial to a node not started yet
+            # counts as down until gossip connects again
+            all_up = lambda: all(n0.is_up(m) for m in ring.nodes)       # noqa: E731
+            assert await _wait(all_up)
             k = _keys_with_primary(n0, "s1", 1)[0]
             p = ring.partition_of(k)
             n0.hints.add("s1", p, k, V.encode(V.new(V.sibling(b"hinted"))))
@@ -224,6 +228,7 @@ def test_flush_refused_while_hints_pending_and_stray_hints_rehomed(tmp_path):
             else:
                 assert n0.hints.get(prefs[0], sp, stray) is not None
             await n0.handoff.replay_all()
+            assert await _wait(all_up)
             assert await client.flushdb() is True
         finally:
             await client.aclose()
