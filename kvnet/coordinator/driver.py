@@ -202,10 +202,28 @@ async def get(cluster, p, key, r, strict=False):
     if isinstance(result, Exception):
         raise result
     if rest:
-        cluster.spawn(_read_repair(cluster, p, key, quorum, list(rest)))
+        _repair_when_answered(cluster, p, key, quorum, list(rest))
     else:
         _repair_now(cluster, p, key, quorum)
     return result
+
+
+def _repair_when_answered(cluster, p, key, quorum, rest):
+    """Once the stragglers have answered (or timed out: each request has its timeout), repair
+    the replicas that were stale. Callbacks, not a Task per read: the callbacks _ask_all put on
+    each future first feed the quorum, this one then sees every reply."""
+    left = [len(rest)]
+
+    def answered(fut):
+        left[0] -= 1
+        if left[0] == 0:
+            try:
+                _repair_now(cluster, p, key, quorum)
+            except Exception:
+                log.exception("read repair of %r failed", key)
+
+    for fut in rest:
+        fut.add_done_callback(answered)
 
 
 def _repair_now(cluster, p, key, quorum):
@@ -213,16 +231,6 @@ def _repair_now(cluster, p, key, quorum):
     repair = quorum.final()
     if repair is not None and repair.clock is not None and repair.stale:
         cluster.spawn(_send_repairs(cluster, p, key, repair))
-
-
-async def _read_repair(cluster, p, key, quorum, rest):
-    """Wait for the stragglers, then send the merged clock to every replica that lacked it."""
-    # The callbacks feed quorum; wait until every straggler has answered (or timed out).
-    await asyncio.wait(rest)
-    repair = quorum.final()
-    if repair is None or repair.clock is None:
-        return
-    await _send_repairs(cluster, p, key, repair)
 
 
 async def _send_repairs(cluster, p, key, repair):

@@ -42,8 +42,11 @@ class FakeCluster(driver.Cluster):
         raise AssertionError(type)
 
     def call_future(self, node, type, payload, timeout):
-        return asyncio.ensure_future(asyncio.wait_for(self.call(node, type, payload, timeout),
-                                                      timeout))
+        fut = asyncio.ensure_future(asyncio.wait_for(self.call(node, type, payload, timeout),
+                                                     timeout))
+        self.tasks.add(fut)             # settle() waits for the replies too (read repair
+        fut.add_done_callback(self.tasks.discard)   # starts from their callbacks)
+        return fut
 
     def spawn(self, coro):
         t = asyncio.ensure_future(coro)
