@@ -501,10 +501,11 @@ class Node(driver.Cluster, Backend):
             return LATER
         try:
             raw = (self.replica.partitions.get(p) or self.replica.partition(p)).store.get(key)
+            value = None if raw is None else V.lww_value_raw(raw)
         except Exception:
             return LATER              # the driver's path reports the failure
         self.stats["gets"] += 1
-        return None if raw is None else V.lww_value_raw(raw)
+        return value
 
     async def get_lww(self, key):
         value = self.get_lww_now(key)

@@ -297,7 +297,8 @@ class LocalReplica:
         old_raw, local = self._local(p, key)
         merged = clock if local is None else V.sync(local, clock)
         if local is None or merged != local:
-            self._store(p, key, merged, old_raw, raw if raw is not None and merged == clock else None)
+            self._store(p, key, merged, old_raw, raw if raw is not None and _same(merged, clock)
+                        else None)
             return merged, True
         return merged, False
 
@@ -384,6 +385,13 @@ class LocalReplica:
         for part in self.partitions.values():
             part.close()
         self.partitions = {}
+
+
+def _same(a, b):
+    """a is made of b's very entries: its encoding is b's. (== is not enough: 5 == 5.0 == True
+    in an actor, and those encode differently.)"""
+    return a is b or (a.anonymous is b.anonymous and len(a.entries) == len(b.entries)
+                      and all(x is y for x, y in zip(a.entries, b.entries)))
 
 
 def _sync_all(stores):

@@ -4,7 +4,13 @@ Most requests a node serves complete without waiting (a local read or write), an
 request (creation, a loop round, a done callback) costs more than the request. The front door
 and the peer protocol call `coro.send(None)` themselves; a coroutine that yields is handed to
 `finish(coro, yielded)`, which a Task then drives from where it stopped.
+
+The first step runs outside any Task, in the caller's context: a handler must not use
+`asyncio.timeout()` or a TaskGroup before its first suspension (they need a current task),
+nor set a ContextVar other than by a token the caller resets (kvnet/peer/protocol.py does so
+for `current_peer`).
 """
+import asyncio
 import collections.abc
 
 __all__ = ["finish"]
@@ -32,7 +38,11 @@ class _Rest:
         return self._coro.send(value)
 
     def throw(self, exc, *args):
-        self._yielded = _FIRST
+        pending, self._yielded = self._yielded, _FIRST
+        if pending is not _FIRST and _is_cancel(exc) and hasattr(pending, "cancel"):
+            # Cancelled before the Task took over: cancel what the first step waits on (a
+            # child task, a gather), as a Task cancels the future it waits on.
+            pending.cancel()
         return self._coro.throw(exc, *args)
 
     def close(self):
@@ -53,6 +63,11 @@ class _Rest:
 
 
 collections.abc.Coroutine.register(_Rest)
+
+
+def _is_cancel(exc):
+    return isinstance(exc, asyncio.CancelledError) or (
+        isinstance(exc, type) and issubclass(exc, asyncio.CancelledError))
 
 
 def finish(coro, yielded):

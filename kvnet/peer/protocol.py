@@ -174,8 +174,13 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
                 yielded = coro.send(None)
             except StopIteration:
                 return
-            except Exception:       # _serve answers handler errors itself: this is a bug
+            except (Exception, asyncio.CancelledError):
+                # _serve answers handler errors itself: this is a bug (or a cancelled future
+                # awaited); the other frames of this read must still be served
                 log.exception("peer %s: request handling failed", self.peer_id)
+                return
+            if self.state is State.CLOSED:  # the handler closed this connection: nobody
+                coro.close()                # is left to answer, and close() ran already
                 return
             self._spawn(finish(coro, yielded))      # the Task copies this context
         finally:

@@ -305,3 +305,19 @@ def test_a_set_over_own_clock_takes_the_byte_level_path(tmp_path, monkeypatch):
     monkeypatch.undo()
     (actor, counter, values), = r.read(0, b"k").entries
     assert counter == 4 and values == (S(b"v2", 12),) and actor[:2] == ("n1", r.identity.incarnation)
+
+
+def test_merge_stores_the_incoming_bytes_only_when_they_encode_the_result(tmp_path):
+    """5 == 5.0 in an actor: a merge result equal (==) to the incoming clock may still encode
+    differently, and replicas must hold encode(result) for their Merkle trees to agree."""
+    r = LocalReplica(str(tmp_path), "n1")
+    v, w = S(b"v"), S(b"w")
+    local = V.Clock(((("a", 1, 5), 1, (v,)),), ())
+    r.merge(0, b"k", local)
+    incoming = V.Clock(((("a", 1, 5.0), 1, (v,)), (("z", 1, 1), 1, (w,))), ())
+    raw = V.encode(incoming)
+    merged = r.merge(0, b"k", V.decode(raw), raw)
+    assert merged == incoming
+    assert r.read_raw(0, b"k") == V.encode(merged)
+    fresh = r.merge(0, b"new", V.decode(raw), raw)         # nothing local: the bytes as they came
+    assert r.read_raw(0, b"new") == raw and fresh == incoming

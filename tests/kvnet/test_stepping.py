@@ -57,3 +57,27 @@ def test_cancel_reaches_the_coroutine_where_it_waits(before_first_step):
         assert seen == ["cancelled", "finally"]
 
     asyncio.run(main())
+
+
+def test_cancel_before_the_first_step_cancels_what_the_coroutine_waits_on():
+    async def main():
+        child_cancelled = []
+
+        async def child():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                child_cancelled.append(True)
+                raise
+
+        async def parent():
+            await asyncio.get_running_loop().create_task(child())
+
+        t = asyncio.get_running_loop().create_task(finish(*_first_step(parent())))
+        t.cancel()                              # before the Task's first step
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        await asyncio.sleep(0)
+        assert child_cancelled == [True]        # as with a Task that ran parent() itself
+
+    asyncio.run(main())
