@@ -60,6 +60,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._max_inflight = max_inflight
         self._transport = None
         self._wbuf = None  # frames waiting for this iteration's flush
+        self._inline = 0  # handlers answered inline since the last flush (_start)
         self.peername = None
         self._waiters = {}  # req_id -> (future, timer handle or None, request type)
         self._tasks = set()  # running handler tasks
@@ -123,6 +124,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             self._wbuf.append(data)
 
     def _flush(self):
+        self._inline = 0
         buf, self._wbuf = self._wbuf, None
         if buf and self._transport is not None and not self._transport.is_closing():
             self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
@@ -165,9 +167,14 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
     def _start(self, coro):
         """Run a handler's first step here: most answer at once (a replica's read or write),
         and only one that suspends becomes a Task (kvnet/stepping.py)."""
-        if self._backlog or len(self._tasks) >= self._max_inflight:
-            self._spawn(coro)       # in arrival order, behind the ones waiting for a slot
+        if self._backlog or len(self._tasks) >= self._max_inflight \
+                or self._inline >= self._max_inflight:
+            # In arrival order behind the ones waiting for a slot; and at most max_inflight
+            # answers built inline per flush: the rest go through the slots, which pause
+            # reading, so one read full of requests cannot buffer unbounded replies.
+            self._spawn(coro)
             return
+        self._inline += 1
         token = _current_peer.set(self.peer_id)
         try:
             try:

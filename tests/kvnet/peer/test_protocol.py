@@ -276,6 +276,54 @@ def test_inbound_backpressure_pauses_reading():
     run(main())
 
 
+def test_handlers_answered_inline_are_bounded_per_flush():
+    """Handlers that answer at once run inline, but at most max_inflight per flush: the rest of
+    one read's requests go through the slots (tasks, then a backlog), which pause reading."""
+    from kvnet.peer.core import State
+    from kvnet.peer.framing import FrameReader
+    from kvnet.peer.protocol import PeerConnection
+
+    class Transport:
+        def __init__(self):
+            self.out, self.paused = b"", False
+
+        def write(self, data):
+            self.out += data
+
+        def pause_reading(self):
+            self.paused = True
+
+        def resume_reading(self):
+            self.paused = False
+
+        def is_closing(self):
+            return False
+
+    async def main():
+        ran, feeding = [], [False]
+
+        async def quick(type, payload):
+            ran.append("inline" if feeding[0] else "task")      # inside _on_request or not
+            return payload
+
+        conn = PeerConnection("b", SECRET, quick, initiator=False, max_inflight=4)
+        conn._transport = Transport()
+        conn.state, conn.peer_id = State.READY, "a"
+        for i in range(1, 11):              # ten requests of one read, before any flush
+            feeding[0] = True
+            conn._on_request("x", i, i)
+            feeding[0] = False
+        assert ran == ["inline"] * 4        # the budget; the rest wait for slots
+        assert len(conn._tasks) == 4 and len(conn._backlog) == 2 and conn._transport.paused
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert ran == ["inline"] * 4 + ["task"] * 6 and not conn._transport.paused
+        frames = FrameReader(1 << 20).feed(conn._transport.out)
+        assert sorted(f.payload for f in frames) == list(range(1, 11))
+
+    run(main())
+
+
 def test_requests_wait_while_write_buffer_full():
     async def main():
         async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
