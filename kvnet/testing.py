@@ -32,11 +32,41 @@ from typing import NamedTuple
 from kvnet.probe import ping  # noqa: F401  (re-exported for tests)
 
 
-def free_ports(count):
-    """`count` distinct ports free on 127.0.0.1 right now."""
-    socks, ports = [], []
+_PORT_FLOOR = 10_000
+_rng = random.SystemRandom()      # not the global random, which hypothesis seeds per example
+
+
+def _ephemeral_low():
     try:
-        while len(ports) < count:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count):
+    """`count` distinct ports free on 127.0.0.1 right now, taken below the kernel's ephemeral
+    range where there is room: a port of that range can become the local end of an outgoing
+    connection (a peer's dial, a client's) before a node binds it, or before a killed node is
+    restarted on it minutes later."""
+    socks, ports = [], []
+    low = _ephemeral_low()
+    try:
+        tries = 0
+        while len(ports) < count and low - _PORT_FLOOR > 1000 and tries < 20 * count + 100:
+            tries += 1
+            port = _rng.randrange(_PORT_FLOOR, low)
+            if port in ports:
+                continue
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            ports.append(port)
+        while len(ports) < count:             # no room below the range: the kernel's choice
             s = socket.socket()
             s.bind(("127.0.0.1", 0))
             socks.append(s)
