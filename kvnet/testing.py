@@ -106,7 +106,16 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
         self._thread.start()
         try:
-            self._call(self._setup(port))
+            # A port below the ephemeral range (free_ports), not the kernel's choice: heal()
+            # after cut("refuse") binds it again, and meanwhile a node's refused dials take
+            # ephemeral ports as their local ends.
+            for attempt in range(20):
+                try:
+                    self._call(self._setup(port or free_ports(1)[0]))
+                    break
+                except OSError:
+                    if port or attempt == 19:
+                        raise
         except BaseException:
             self._stop_loop()
             raise
