@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import struct
+import tempfile
 import subprocess
 import sys
 import threading
@@ -1065,6 +1066,47 @@ def replica_clocks(cluster, which=None):
         finally:
             asyncio.run(rep.close())
     return out
+
+
+def keep_data(cluster):
+    """Copy a failed test's data directories and logs where pytest's tmp rotation keeps them."""
+    dest = os.path.join(tempfile.gettempdir(), "ringkv-fault-failures",
+                        f"{os.path.basename(cluster.data_dir)}-{int(time.time())}")
+    shutil.copytree(cluster.data_dir, dest, dirs_exist_ok=True)
+    return dest
+
+
+def read_back_and_compare(cluster, ports, sets, puts, unacked, summary, ring=None,
+                          converged=True):
+    """The end of a fault test: check every acknowledged write with R=ALL reads through
+    `ports` (which also read-repair), read every unacknowledged SET key too (a failed SET may sit
+    on some replicas only, and only a read brings them together with anti-entropy off), stop
+    the cluster and, if `converged`, compare the clocks of every key's primaries (of `ring`, by
+    default the configured one). AssertionError naming what went wrong and where the data was
+    kept."""
+    reader = Reader(ports, r="ALL")
+    try:
+        violations = check(reader, sets=sets, puts=puts)
+        for key in unacked:
+            reader(key)
+    finally:
+        reader.close()
+    if violations:
+        cluster.stop()
+        raise AssertionError(f"{len(violations)} violations (data kept in {keep_data(cluster)}):\n"
+                             + "\n".join(violations[:20]) + f"\nwriters: {summary}")
+    time.sleep(1.0)                      # read repair is sent after the R=ALL reply
+    cluster.stop()
+    if not converged:
+        return
+    diverged = divergent_keys(cluster, ring=ring)
+    if diverged:
+        raise AssertionError(
+            f"{len(diverged)} keys differ between their primaries"
+            f"{' of the final ring' if ring is not None else ''} (data kept in "
+            f"{keep_data(cluster)}):\n" + "\n".join(
+                f"{k!r}: " + "; ".join(f"{node}: {clock}" for node, clock in d.items())
+                for k, d in list(diverged.items())[:5]) + f"\nwriters: {summary}")
 
 
 def divergent_keys(cluster, keys=None, held=None, ring=None):

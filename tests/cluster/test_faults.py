@@ -3,18 +3,15 @@ then every acknowledged write checked and replicas compared offline. docs/testin
 
 N=3, R=W=2 throughout: 3 nodes where no fallbacks are needed, 5 where they are.
 """
-import os
 import signal
-import shutil
-import tempfile
 import time
 
 import pytest
 
 from kvcore import versions as V
 from kvcore.ring import Ring
-from kvnet.testing import (ContextWriter, LocalCluster, Reader, SetWriter, check,
-                           divergent_keys, replica_clocks, wait_until)
+from kvnet.testing import (ContextWriter, LocalCluster, Reader, SetWriter, divergent_keys,
+                           read_back_and_compare, replica_clocks, wait_until)
 from kvnet.testing import run_writers as run
 
 pytestmark = pytest.mark.slow
@@ -55,38 +52,10 @@ def verify(cluster, writers, expect_converged=True):
     summary = {w.name: (w.ops, w.error_count, dict(w.errors)) for w in writers}
     assert len(sets) > 50, summary                       # a loaded 2-core VM still does 5x that
     assert sum(1 for p in puts if p.acked) > 25, summary
-    reader = Reader(cluster.ports, r="ALL")
-    try:
-        violations = check(reader, sets=sets, puts=puts)
-        # A SET that failed may exist on some replicas only (say the coordinator stored it and
-        # was killed before sending it on): read those keys too, so read repair sees every key.
-        for key in writers[0].unacked:
-            reader(key)
-    finally:
-        reader.close()
-    if violations:
-        cluster.stop()
-        pytest.fail(f"{len(violations)} violations (data kept in {keep(cluster)}):\n"
-                    + "\n".join(violations[:20]) + f"\nwriters: {summary}")
-    time.sleep(1.0)                      # read repair is sent after the R=ALL reply
-    cluster.stop()
-    if expect_converged:
-        diverged = divergent_keys(cluster)
-        if diverged:
-            pytest.fail(f"{len(diverged)} keys differ between their primaries (data kept in "
-                        f"{keep(cluster)}):\n" + "\n".join(
-                            f"{k!r}: " + "; ".join(f"{node}: {clock}" for node, clock in d.items())
-                            for k, d in list(diverged.items())[:5]) + f"\nwriters: {summary}")
+    read_back_and_compare(cluster, cluster.ports, sets, puts, writers[0].unacked, summary,
+                          converged=expect_converged)
     print(summary)
     return summary
-
-
-def keep(cluster):
-    """Copy a failed test's data directories and logs where pytest's tmp rotation keeps them."""
-    dest = os.path.join(tempfile.gettempdir(), "ringkv-fault-failures",
-                        f"{os.path.basename(cluster.data_dir)}-{int(time.time())}")
-    shutil.copytree(cluster.data_dir, dest, dirs_exist_ok=True)
-    return dest
 
 
 def test_kill_9_under_writers_then_restart_loses_nothing_and_converges(clusters, tmp_path):

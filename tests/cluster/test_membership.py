@@ -8,16 +8,13 @@ repaired behind their back). node4 joins with `kvnode start --join`; then one no
 itself, or node1 (an original member, the claimant: it drives its own hand-off, and the claimant
 role passes to node2 when it exits).
 """
-import os
-import shutil
-import tempfile
 import time
 
 import pytest
 
 from kvcore import versions as V
-from kvnet.testing import (ContextWriter, LocalCluster, Reader, SetWriter, check,
-                           divergent_keys, missing_replicas, replica_clocks, wait_until)
+from kvnet.testing import (ContextWriter, LocalCluster, SetWriter, keep_data, missing_replicas,
+                           read_back_and_compare, replica_clocks, wait_until)
 from kvnet.testing import run_writers as run
 
 pytestmark = pytest.mark.slow
@@ -33,14 +30,6 @@ def cluster(tmp_path):
     c = LocalCluster(str(tmp_path), nodes=3, ring_size=Q, extra=FAST)
     yield c
     c.stop()
-
-
-def keep(cluster):
-    """Copy a failed test's data directories and logs where pytest's tmp rotation keeps them."""
-    dest = os.path.join(tempfile.gettempdir(), "ringkv-fault-failures",
-                        f"{os.path.basename(cluster.data_dir)}-{int(time.time())}")
-    shutil.copytree(cluster.data_dir, dest, dirs_exist_ok=True)
-    return dest
 
 
 def balanced(ring_info):
@@ -126,7 +115,7 @@ def test_join_a_4th_node_then_one_leaves_under_writers(cluster, leaver):
                                held=held, ring=final)
     if missing:
         pytest.fail(f"{len(missing)} acknowledged keys on fewer than N primaries of the final ring "
-                    f"before any read (data kept in {keep(cluster)}):\n" + "\n".join(
+                    f"before any read (data kept in {keep_data(cluster)}):\n" + "\n".join(
                         f"{k!r} partition {final.partition_of(k)}: lacking on {nodes}; held by "
                         + (", ".join(f"{n}: {V.decode(h[k][1])}" for n, h in held.items() if k in h)
                            or "no node")
@@ -146,23 +135,5 @@ def test_join_a_4th_node_then_one_leaves_under_writers(cluster, leaver):
             # it: reads fail "no address known for node 'node4'"). Seed it with the stayers.
             cluster.set_seeds(i, [j for j in stayers if j != i])
         cluster.start(i)
-    reader = Reader(cluster.live_ports(), r="ALL")
-    try:
-        violations = check(reader, sets=sets, puts=puts)
-        for key in unacked:
-            reader(key)
-    finally:
-        reader.close()
-    if violations:
-        cluster.stop()
-        pytest.fail(f"{len(violations)} violations (data kept in {keep(cluster)}):\n"
-                    + "\n".join(violations[:20]) + f"\nwriters: {summary}")
-    time.sleep(1.0)                                   # read repair is sent after the R=ALL reply
-    cluster.stop()
-    diverged = divergent_keys(cluster, ring=final)
-    if diverged:
-        pytest.fail(f"{len(diverged)} keys differ between their primaries of the final ring "
-                    f"(data kept in {keep(cluster)}):\n" + "\n".join(
-                        f"{k!r}: " + "; ".join(f"{node}: {clock}" for node, clock in d.items())
-                        for k, d in list(diverged.items())[:5]) + f"\nwriters: {summary}")
+    read_back_and_compare(cluster, cluster.live_ports(), sets, puts, unacked, summary, ring=final)
     print(log, summary)
