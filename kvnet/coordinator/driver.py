@@ -13,6 +13,7 @@ from kvnet.coordinator.preflist import preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
                                       GetResult, PutQuorum)
 from kvnet.errors import Unavailable
+from kvnet.peer.errors import PeerUnavailable
 
 log = logging.getLogger("kvnet.coordinator")
 
@@ -340,3 +341,55 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
     if isinstance(result, Exception):
         raise result
     return raw
+
+
+# ---- the direct lane: every primary up, this node one of them, the ring still -----------------
+
+class DirectWrite:
+    """A write's replication without a coroutine, a Task or a timer per replica: the caller
+    has stored the new clock `raw` and sent it to the other primaries with
+    PeerConnection.request_callback(..., this object). It counts their acknowledgements as
+    they come and settles `future` with `raw` at W (the local store counts as one), or with
+    the general path's error (a PutQuorum fed the same replies) once W cannot be reached."""
+
+    __slots__ = ("future", "raw", "left", "pending", "replies", "n", "w", "pl", "me")
+
+    def __init__(self, future, raw, n, w, pl, me, remote):
+        self.future = future
+        self.raw = raw
+        self.left = w - 1           # acknowledgements still needed
+        self.pending = remote       # replicas yet to answer
+        self.replies = []
+        self.n, self.w, self.pl, self.me = n, w, pl, me
+        if self.left <= 0:
+            future.set_result(raw)
+
+    def __call__(self, node, exc, payload):
+        self.pending -= 1
+        if exc is None:
+            self.replies.append((node, OK))
+            self.left -= 1
+            if self.left == 0 and not self.future.done():
+                self.future.set_result(self.raw)
+            return
+        self.replies.append((node, _reply_of(exc)))
+        if self.left > self.pending and not self.future.done():
+            quorum = PutQuorum(self.n, self.w, self.pl)
+            quorum.add_result(self.me, OK)
+            for node, reply in self.replies:
+                quorum.add_result(node, reply)
+            self.future.set_exception(quorum.response())
+
+
+def put_direct(cluster, p, key, raw, w, pl, conns):
+    """Replicate `raw` (stored here already) to the connections of p's other primaries; the
+    future of the new clock's bytes at W. The node decides when the lane is open
+    (Node._direct_conns); nothing here waits, so the caller needs no coroutine."""
+    future = asyncio.get_running_loop().create_future()
+    write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
+    payload = {"p": p, "k": key, "c": raw}
+    timeout = cluster.timeout
+    for conn in conns:
+        if not conn.request_callback("put", payload, write, timeout):
+            write(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
+    return future

@@ -6,6 +6,7 @@ It adds only futures per request id, timeouts, flow control and handler tasks;
 import asyncio
 import collections
 import contextvars
+import heapq
 import logging
 
 from kvnet.errors import PeerError
@@ -20,6 +21,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_MAX_INFLIGHT = 256  # inbound requests handled at once per connection
 DEFAULT_MAX_CONNECTIONS = 512  # inbound peer connections per server
 _CLOSE_GRACE = 1.0  # seconds a closing transport may spend flushing before it is aborted
+_DEADLINE_GRAIN = 0.02  # callback requests time out up to this late (one timer for them all)
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
 
@@ -63,6 +65,9 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._inline = 0  # handlers answered inline since the last flush (_start)
         self.peername = None
         self._waiters = {}  # req_id -> (future, timer handle or None, request type)
+        self._callbacks = {}  # req_id -> (callback, request type, timeout): request_callback
+        self._deadlines = []  # heap of (deadline, req_id) of the callbacks' requests
+        self._deadline_timer = None
         self._tasks = set()  # running handler tasks
         self._backlog = collections.deque()  # handler coroutines waiting for a free slot
         self._ready_fut = self._loop.create_future()
@@ -139,20 +144,35 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             cb(self)
 
     def _on_response(self, req_id, payload):
+        entry = self._callbacks.pop(req_id, None)
+        if entry is not None:
+            self._call_back(entry[0], None, payload)
+            return
         entry = self._waiters.pop(req_id, None)
         if entry is not None and not entry[0].done():
             entry[0].set_result(payload)
 
     def _on_error_response(self, req_id, code, message):
-        entry = self._waiters.pop(req_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(
-                RemoteError(
-                    f"node {self.peer_id} failed request {entry[2]!r}: {code}: {message}",
-                    code=code,
-                    remote_message=message,
-                )
-            )
+        callback = self._callbacks.pop(req_id, None)
+        entry = self._waiters.pop(req_id, None) if callback is None else callback
+        if entry is None:
+            return
+        type_ = entry[1] if callback is not None else entry[2]
+        exc = RemoteError(
+            f"node {self.peer_id} failed request {type_!r}: {code}: {message}",
+            code=code,
+            remote_message=message,
+        )
+        if callback is not None:
+            self._call_back(callback[0], exc, None)
+        elif not entry[0].done():
+            entry[0].set_exception(exc)
+
+    def _call_back(self, callback, exc, payload):
+        try:
+            callback(self.peer_id, exc, payload)
+        except Exception:   # the caller's bug: the other frames of this read still count
+            log.exception("peer %s: request callback failed", self.peer_id)
 
     def _on_request(self, type, req_id, payload):
         if self._handler is None:
@@ -215,6 +235,15 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
                     f"(request {req_id}): {failure}"
                 )
                 fut.set_exception(lost)
+        callbacks, self._callbacks = self._callbacks, {}
+        self._deadlines.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        for req_id, (callback, type_, _) in callbacks.items():
+            self._call_back(callback, ConnectionLost(
+                f"connection to node {self.peer_id} closed before it answered {type_!r} "
+                f"(request {req_id}): {failure}"), None)
         while self._drain_waiters:
             waiter = self._drain_waiters.popleft()
             if not waiter.done():
@@ -247,6 +276,11 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
     def is_ready(self):
         return self.state is State.READY
 
+    @property
+    def write_paused(self):
+        """The transport's write buffer is above its high-water mark: requests wait for it."""
+        return self._write_paused
+
     async def wait_ready(self):
         """Return self once authenticated; raise the PeerError that ended the handshake."""
         return await asyncio.shield(self._ready_fut)
@@ -276,6 +310,43 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._waiters[req_id] = (fut, timer, type)
         fut.add_done_callback(lambda f: self._settled(req_id, timer))
         return fut
+
+    def request_callback(self, type, payload, callback, timeout):
+        """`request_future` without a future or a timer of its own, for fan-outs on the hot
+        path (the coordinator's direct lane): sends now and calls ``callback(peer_id, exc,
+        payload)`` once, with exc None and the answer, or with the PeerError that ended it
+        (a RemoteError, a PeerTimeout up to _DEADLINE_GRAIN late, ConnectionLost). Returns
+        False, sending nothing, while the write buffer is full."""
+        if self._write_paused:
+            return False
+        req_id = self.send_request(type, payload)
+        self._callbacks[req_id] = (callback, type, timeout)
+        deadline = self._loop.time() + timeout
+        heapq.heappush(self._deadlines, (deadline, req_id))
+        timer = self._deadline_timer
+        if timer is None or deadline < timer.when():   # the first, or a shorter timeout
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self._loop.call_at(deadline, self._expire_callbacks)
+        return True
+
+    def _expire_callbacks(self):
+        """One timer for every callback request: fails the overdue ones, then sleeps until the
+        next deadline, at least _DEADLINE_GRAIN away (answered requests leave their deadline
+        behind, so a timer per deadline would fire on every loop iteration under load)."""
+        self._deadline_timer = None
+        now = self._loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, req_id = heapq.heappop(heap)
+            entry = self._callbacks.pop(req_id, None)
+            if entry is not None:
+                self.forget(req_id)
+                self._call_back(entry[0], PeerTimeout(
+                    f"node {self.peer_id} did not answer {entry[1]!r} within {entry[2]:g} s"), None)
+        if heap and self.state is not State.CLOSED:
+            self._deadline_timer = self._loop.call_at(max(heap[0][0], now + _DEADLINE_GRAIN),
+                                                      self._expire_callbacks)
 
     def _settled(self, req_id, timer):
         if timer is not None:

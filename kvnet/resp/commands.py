@@ -9,6 +9,7 @@ CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 import itertools
 import logging
 import time
+from asyncio import Future
 from types import CoroutineType
 
 from kvcore.versions import InvalidContext
@@ -31,14 +32,16 @@ class Command:
     """One table entry, in the shape COMMAND INFO reports (Redis 7)."""
 
     __slots__ = ("name", "arity", "flags", "first", "last", "step", "handler", "group",
-                 "categories", "subcommands", "now")
+                 "categories", "subcommands", "now", "then")
 
     def __init__(self, name, arity, flags, first, last, step, handler, group="generic",
-                 categories=(), subcommands=None, now=None):
+                 categories=(), subcommands=None, now=None, then=None):
         self.name = name
-        # now(ctx, session, argv): the reply when it is known without waiting, else LATER;
-        # the coroutine `handler` runs then (Commands.dispatch).
+        # now(ctx, session, argv): the reply when it is known without waiting, LATER (the
+        # coroutine `handler` runs then), or a Future the backend settles: `then` maps its
+        # result to the reply (Commands.dispatch).
         self.now = now
+        self.then = then
         self.arity = arity
         self.flags = frozenset(flags)
         self.first, self.last, self.step = first, last, step
@@ -166,13 +169,14 @@ class Commands:
     async def execute(self, session: Session, argv: list):
         """The reply value for one command (errors are returned, not raised)."""
         reply = self.dispatch(session, argv)
-        if type(reply) is CoroutineType:
+        if type(reply) is CoroutineType or type(reply) is Future:
             return await reply
         return reply
 
     def dispatch(self, session: Session, argv: list):
         """execute() without a coroutine where it can: the reply value when the command
-        completes at once (its `now` path), else a coroutine of the reply."""
+        completes at once (its `now` path), a Future of the reply when the backend settles it
+        from callbacks (which never fails: errors are replies), else a coroutine of the reply."""
         self.stats["total_commands_processed"] += 1
         cmd = self._names.get(argv[0])
         # The common case inline (a known name in upper or lower case, no subcommand, the
@@ -195,8 +199,27 @@ class Commands:
             except Exception as exc:
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
+                if type(reply) is Future:
+                    return self._settled(cmd, reply)
                 return reply
         return self._handle(cmd, session, argv)
+
+    def _settled(self, cmd, fut):
+        """A backend's future -> the future of the reply (`cmd.then` of its result, or the
+        error reply of its exception), which the front door waits on like a command's Task."""
+        reply = fut.get_loop().create_future()
+        then = cmd.then or _same
+
+        def done(f):
+            if reply.cancelled():   # the client went away
+                return
+            if f.cancelled():
+                reply.set_result(ErrorReply("ERR request cancelled"))
+                return
+            exc = f.exception()
+            reply.set_result(then(f.result()) if exc is None else self._error_reply(cmd, exc))
+        fut.add_done_callback(done)
+        return reply
 
     async def _handle(self, cmd, session, argv):
         try:
@@ -298,7 +321,16 @@ def cmd_get(ctx, s, argv):
 def set_now(ctx, s, argv):
     if len(argv) > 3:
         _set_options(argv)
-    return OK if ctx.backend.set_overwrite_now(argv[1], argv[2]) is None else LATER
+    done = ctx.backend.set_overwrite_now(argv[1], argv[2])
+    return OK if done is None else done      # or LATER, or the future of the write
+
+
+def _ok(_):
+    return OK
+
+
+def _same(value):
+    return value
 
 
 def _set_options(argv):
@@ -463,7 +495,7 @@ def build_table() -> dict:
         C("echo", 2, [F, "stale", "loading"], 0, 0, 0, cmd_echo, "connection", ["@fast", "@connection"]),
         C("get", 2, [R, F], 1, 1, 1, cmd_get, "string", ["@read", "@string", "@fast"], now=get_now),
         C("set", -3, [W, "denyoom"], 1, 1, 1, cmd_set, "string", ["@write", "@string", "@slow"],
-          now=set_now),
+          now=set_now, then=_ok),
         C("del", -2, [W], 1, -1, 1, cmd_del, "generic", ["@keyspace", "@write", "@slow"]),
         C("exists", -2, [R, F], 1, -1, 1, cmd_exists, "generic", ["@keyspace", "@read", "@fast"]),
         C("mget", -2, [R, F], 1, -1, 1, cmd_mget, "string", ["@read", "@string", "@fast"]),

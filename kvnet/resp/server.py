@@ -15,6 +15,7 @@ commands wait, so a client that does not read its replies cannot grow the server
 import asyncio
 import collections
 import logging
+from asyncio import Future
 from types import CoroutineType
 
 from kvnet.errors import ProtocolError
@@ -161,6 +162,13 @@ class RespProtocol(asyncio.Protocol):
                         key = self._key_of(argv)
                     self._start_task(reply, yielded, key)
                     continue
+            elif type(reply) is Future:     # settled by callbacks (Commands.dispatch)
+                if not reply.done():
+                    if not self._running:
+                        key = self._key_of(argv)
+                    self._track(reply, key)
+                    continue
+                reply = reply.result()
             data = encode(reply, session.protocol)
             if slots:               # behind a reply still running
                 slots.append([data])
@@ -176,7 +184,11 @@ class RespProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _start_task(self, coro, yielded, key):
-        task = self.loop.create_task(finish(coro, yielded))
+        self._track(self.loop.create_task(finish(coro, yielded)), key)
+
+    def _track(self, task, key):
+        """Hold a slot in reply order for a command still running (a Task, or a Future of
+        its reply); its reply is written when it and every one ahead of it are done."""
         slot = [None]
         ahead = bool(self._running)     # beside an earlier command of this connection
         if ahead:

@@ -1,24 +1,26 @@
 """A 3-node cluster in one event loop: the coordinator, replication and the front door."""
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aredis
 
 from kvnet.config import load
-from kvnet.errors import CommandError
+from kvnet.errors import CommandError, QuorumError
 from kvnet.node import Node
 from kvnet.resp.backend import LATER
 from kvnet.testing import free_ports
 
 
 async def _cluster(tmp_path, nodes=3, n=3, **kw):
+    kw.setdefault("request_timeout_ms", 10000)
     ports = free_ports(2 * nodes)
     members = [f"n{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
     out = []
     for i in range(nodes):
         cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n,
                    data_dir=str(tmp_path / f"n{i}"), members=members, fsync="never",
-                   request_timeout_ms=10000, **kw)
+                   **kw)
         out.append(await Node(cfg).start())
     return out, ports[:nodes]
 
@@ -341,6 +343,61 @@ def test_only_partitions_this_node_alone_replicates_take_the_fast_lane(tmp_path)
             assert [await n.get_lww(b"k") for n in nodes] == [b"v"] * 3
         finally:
             for n in [solo, *nodes]:
+                await n.stop()
+
+    run(main())
+
+
+async def _lane_open(node, key):
+    """Wait until node's connections to the key's other primaries are up (gossip dials them)."""
+    p = node.ring.partition_of(key)
+    while node._direct_lane(p) is None:
+        await asyncio.sleep(0.01)
+    return p
+
+
+def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
+    """With every primary up and connected, a SET returns a future without a coroutine; the
+    value reaches every replica; a down or unconnected primary closes the lane (LATER)."""
+    async def main():
+        nodes, _ = await _cluster(tmp_path, nodes=3, n=3, r=2, w=2, request_timeout_ms=300)
+        a, b, c = nodes
+        try:
+            p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            assert set(a._direct) == set(range(a.ring.q))     # N=3 of 3: a holds every one
+            fut = a.set_overwrite_now(b"k", b"v1")
+            assert isinstance(fut, asyncio.Future)
+            raw = await fut
+            assert a.replica.read_raw(p, b"k") == raw
+            for n in (b, c):
+                while n.replica.read_raw(p, b"k") != raw:    # W=2: the third may come later
+                    await asyncio.sleep(0.01)
+            assert [await n.get_lww(b"k") for n in nodes] == [b"v1"] * 3
+            await a.set_overwrite(b"k", b"v2")                 # the coroutine takes the lane too
+            assert await c.get_lww(b"k") == b"v2"
+            with pytest.raises(CommandError):
+                a.set_overwrite_now(b"k", b"x" * (a.cfg.max_value_bytes + 1))
+
+            # replicas that do not answer in time: the general path's error, named
+            async def stuck(m):
+                await asyncio.sleep(5)
+            b._peer_put = c._peer_put = stuck
+            fut = a.set_overwrite_now(b"k", b"v3")
+            with pytest.raises(QuorumError) as info:
+                await fut
+            assert "timeout" in str(info.value)
+            del b._peer_put, c._peer_put
+
+            # a primary marked down: the lane is closed, the general path writes with a hint
+            a.gossip.is_down = lambda node: node == "n2"
+            assert a.set_overwrite_now(b"k", b"v4") is LATER
+            del a.gossip.is_down
+            await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            # a ring that moves closes it (writes go to the replicas being added too)
+            assert a._direct_partitions(a.ring_state) == a._direct
+            assert a._direct_partitions(SimpleNamespace(next=a.ring, current=a.ring)) == {}
+        finally:
+            for n in nodes:
                 await n.stop()
 
     run(main())

@@ -156,3 +156,75 @@ def test_a_failed_write_to_a_replica_being_added_is_kept_as_a_hint(tmp_path):
         await c.replica.close()
 
     run(main())
+
+
+# ---- the direct lane's write count ------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from kvnet.coordinator.preflist import preflist_for  # noqa: E402
+from kvnet.coordinator.quorum import OK, TIMEOUT, Failed, PutQuorum  # noqa: E402
+from kvnet.peer.errors import ConnectionLost, PeerTimeout, RemoteError  # noqa: E402
+
+_EXC = {"ok": None, "timeout": PeerTimeout("slow"), "lost": ConnectionLost("gone"),
+        "remote": RemoteError("failed", code="CommandError", remote_message="no")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 5).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(1, n),
+    st.permutations(range(1, n)),
+    st.lists(st.sampled_from(sorted(_EXC)), min_size=n - 1, max_size=n - 1))))
+def test_direct_write_decides_as_the_put_quorum_does(case):
+    """Random N, W, reply order and outcomes: DirectWrite settles at the reply where PutQuorum
+    fed the same replies (the local OK first) becomes enough(), with its result or its error."""
+    n, w, order, outcomes = case
+    nodes = [f"n{i}" for i in range(n)]
+    ring = Ring.create(nodes, q=8, n=n)
+    pl = preflist_for(ring, 0, lambda x: True)
+    me = pl.targets[0].node
+    others = [t.node for t in pl.targets[1:]]
+
+    async def main():
+        fut = asyncio.get_running_loop().create_future()
+        write = driver.DirectWrite(fut, b"raw", n, w, pl, me, n - 1)
+        quorum = PutQuorum(n, w, pl)
+        quorum.add_result(me, OK)
+        decided_at = 0 if quorum.enough() else None
+        assert fut.done() == (decided_at == 0)
+        for step, i in enumerate(order, 1):
+            node, exc = others[i - 1], _EXC[outcomes[i - 1]]
+            write(node, exc, None if exc else True)
+            if decided_at is None:
+                quorum.add_result(node, OK if exc is None else driver._reply_of(exc))
+                if quorum.enough():
+                    decided_at = step
+            assert fut.done() == (decided_at is not None)
+            if decided_at == step:
+                expected = quorum.response()
+                if isinstance(expected, Exception):
+                    assert type(fut.exception()) is type(expected)
+                    assert str(fut.exception()) == str(expected)
+                else:
+                    assert fut.result() == b"raw"
+        assert fut.done()
+
+    asyncio.run(main())
+
+
+def test_direct_write_failure_names_the_replies():
+    async def main():
+        ring = Ring.create(["a", "b", "c"], q=8, n=3)
+        pl = preflist_for(ring, 0, lambda x: True)
+        me, b, c = (t.node for t in pl.targets)
+        fut = asyncio.get_running_loop().create_future()
+        write = driver.DirectWrite(fut, b"raw", 3, 3, pl, me, 2)
+        write(b, None, True)
+        assert not fut.done()
+        write(c, PeerTimeout("slow"), None)
+        with pytest.raises(QuorumError, match=r"2 of 3|timeout"):
+            fut.result()
+        assert driver._reply_of(PeerTimeout("x")) == TIMEOUT
+        assert isinstance(driver._reply_of(ConnectionLost("x")), Failed)
+
+    asyncio.run(main())

@@ -427,3 +427,84 @@ def test_max_connections():
                 await first.wait_closed()
 
     run(main())
+
+
+def test_request_callback_answers_errors_timeouts_and_loss():
+    """request_callback: each request's callback runs once, with the answer or the PeerError
+    that ended it, in any order; the late answer of a timed-out one is dropped."""
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, echo)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        calls = {}
+
+        def recorder(name):
+            def callback(peer, exc, payload):
+                assert name not in calls, f"{name} called twice"
+                calls[name] = (peer, exc, payload)
+            return callback
+        try:
+            assert conn.request_callback("sleep", 0.2, recorder("slow"), 5)
+            assert conn.request_callback("x", 1, recorder("x"), 5)
+            assert conn.request_callback("boom", "it", recorder("boom"), 5)
+            assert conn.request_callback("sleep", 0.5, recorder("late"), 0.05)
+            await until(lambda: {"x", "boom", "late"} <= calls.keys())
+            assert calls["x"] == ("b", None, ["x", 1])
+            peer, exc, payload = calls["boom"]
+            assert isinstance(exc, RemoteError) and payload is None
+            assert "node b failed request 'boom': ValueError: cannot do it" in str(exc)
+            peer, exc, _ = calls["late"]
+            assert isinstance(exc, PeerTimeout) and isinstance(exc, TimeoutError)
+            assert "node b did not answer 'sleep' within 0.05 s" in str(exc)
+            assert "slow" not in calls           # the earlier, longer request still runs
+            await until(lambda: "slow" in calls)
+            assert calls["slow"] == ("b", None, 0.2)
+            await until(lambda: conn.late_responses == 1)
+            assert conn.pending == 0 and not conn._callbacks
+            # a full write buffer: nothing is sent, the caller is told
+            conn.pause_writing()
+            assert conn.write_paused
+            assert not conn.request_callback("x", 2, recorder("paused"), 5)
+            conn.resume_writing()
+            # the connection lost: the requests still out fail at once
+            assert conn.request_callback("sleep", 5, recorder("lost"), 5)
+            await asyncio.sleep(0.05)
+            server.close()
+            await server.wait_closed()
+            await until(lambda: "lost" in calls)
+            assert isinstance(calls["lost"][1], ConnectionLost)
+            assert "closed before it answered 'sleep'" in str(calls["lost"][1])
+            assert "paused" not in calls
+        finally:
+            conn.close()
+            await conn.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_request_callback_timer_survives_answered_deadlines():
+    """Many answered requests leave their deadlines behind; a later one that times out still
+    does, within the grain."""
+    async def main():
+        async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
+            conn = await connect(HOST, server.port, "a", SECRET)
+            got = []
+            try:
+                for i in range(200):
+                    assert conn.request_callback("x", i, lambda p, e, v: got.append((e, v)), 0.2)
+                await until(lambda: len(got) == 200)
+                assert all(e is None for e, _ in got)
+                timed = []
+                start = asyncio.get_running_loop().time()
+                assert conn.request_callback("sleep", 2, lambda p, e, v: timed.append(
+                    (e, asyncio.get_running_loop().time() - start)), 0.3)
+                await until(lambda: timed)
+                exc, after = timed[0]
+                assert isinstance(exc, PeerTimeout)
+                assert 0.3 <= after < 1.5
+            finally:
+                conn.close()
+                await conn.wait_closed()
+
+    run(main())

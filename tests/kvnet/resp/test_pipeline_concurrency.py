@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from kvnet.errors import CommandError
 from kvnet.resp.backend import MemoryBackend
 from kvnet.resp.commands import Commands
 from kvnet.resp.server import serve
@@ -211,3 +212,60 @@ def test_run_ahead_cap_is_server_wide_and_released(cap):
         finally:
             await server.close()
     run(main())
+
+
+class FutureBackend(MemoryBackend):
+    """set_overwrite_now answers with a Future (as a node's direct lane does) that settles only
+    when the test says so; keys fail:<x> fail with a CommandError."""
+
+    def __init__(self):
+        super().__init__()
+        self.futures = {}
+
+    def set_overwrite_now(self, key, value):
+        fut = asyncio.get_running_loop().create_future()
+        self.futures[key] = (fut, value)
+        return fut
+
+    def settle(self, key):
+        fut, value = self.futures.pop(key)
+        if key.startswith(b"fail:"):
+            fut.set_exception(CommandError(f"cannot write {key.decode()}"))
+        else:
+            with pytest.raises(StopIteration):     # MemoryBackend's write never suspends
+                super().set_overwrite(key, value).send(None)
+            fut.set_result(b"clock")
+
+
+def test_backend_futures_keep_reply_order_and_same_key_order():
+    """Writes settled in reverse order still answer in order; a failed one answers its error
+    in its place; a GET of a key with a write still out waits for it."""
+    async def main():
+        backend = FutureBackend()
+        server = await serve(backend)
+        try:
+            reader, writer = await raw_connection(server.port)
+            writer.write(resp(b"SET", b"a", b"1") + resp(b"SET", b"fail:b", b"2")
+                         + resp(b"SET", b"c", b"3") + resp(b"GET", b"c") + b"PING\r\n")
+            while len(backend.futures) < 3:
+                await asyncio.sleep(0.005)
+            for key in (b"c", b"fail:b"):
+                backend.settle(key)
+                await asyncio.sleep(0.02)
+            assert not await _ready(reader)      # SET a still out: nothing may be answered
+            backend.settle(b"a")
+            writer.write(b"QUIT\r\n")
+            data = await asyncio.wait_for(read_until_eof(reader), 5)
+            assert data == (b"+OK\r\n-ERR cannot write fail:b\r\n+OK\r\n$1\r\n3\r\n+PONG\r\n"
+                            b"+OK\r\n")
+            writer.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+async def _ready(reader):
+    try:
+        return await asyncio.wait_for(reader.read(1), 0.05)
+    except TimeoutError:
+        return b""
