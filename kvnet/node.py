@@ -533,7 +533,17 @@ class Node(driver.Cluster, Backend):
     def get_lww_now(self, key):
         p = self._partition(key)
         if p not in self._solo:
-            return LATER
+            lane = self._direct_lane(p)
+            if lane is None:
+                return LATER
+            try:
+                raw = self.replica.read_raw(p, key)
+            except Exception:
+                return LATER              # the driver's path reports the failure
+            self.stats["gets"] += 1
+            conns, pl = lane
+            return driver.get_direct(self, p, key, raw, min(self.cfg.r, len(pl.targets)), pl,
+                                     conns)
         try:
             raw = (self.replica.partitions.get(p) or self.replica.partition(p)).store.get(key)
             value = None if raw is None else V.lww_value_raw(raw)
@@ -545,7 +555,7 @@ class Node(driver.Cluster, Backend):
     async def get_lww(self, key):
         value = self.get_lww_now(key)
         if value is not LATER:
-            return value
+            return await value if type(value) is asyncio.Future else value
         res = await self._read(key)
         return None if res.not_found else V.lww_value(res.clock)
 

@@ -144,7 +144,11 @@ def _found(fut):
     exc = fut.exception()
     if exc is not None:
         return _reply_of(exc)
-    raw = fut.result()
+    return _found_raw(fut.result())
+
+
+def _found_raw(raw):
+    """A replica's answer to a read (encoded clock or None) -> Found / NOT_FOUND / Failed."""
     if raw is None:
         return NOT_FOUND
     try:
@@ -392,4 +396,80 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
     for conn in conns:
         if not conn.request_callback("put", payload, write, timeout):
             write(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
+    return future
+
+
+class DirectRead:
+    """A plain GET's replies without a coroutine, a Task or a timer per replica (the direct
+    lane). In the common case every replica answers the same stored bytes: the value is read
+    from them in place at R, and nothing needs repair. At the first reply that differs or
+    fails, every reply so far goes to a GetQuorum, which then decides exactly as the general
+    path does (answer, error) and, once all have answered, drives the same read repair."""
+
+    __slots__ = ("cluster", "future", "p", "key", "replies", "same", "value", "needed",
+                 "pending", "quorum", "n", "pl")
+
+    def __init__(self, cluster, future, p, key, raw, n, r, pl, remote):
+        self.cluster, self.future, self.p, self.key = cluster, future, p, key
+        self.same = 1               # replies equal to the local one, the local one included
+        self.needed = r
+        self.pending = remote
+        self.quorum = None
+        self.n, self.pl = n, pl
+        try:                        # read in place now: a local clock that does not decode
+            self.value = None if raw is None else V.lww_value_raw(raw)
+        except Exception as exc:    # is a failed reply, as the general path's local read
+            self.replies = [(cluster.name, _reply_of(exc))]
+            self._to_quorum()
+            return
+        self.replies = [(cluster.name, raw)]
+        if r == 1:
+            future.set_result(self.value)
+
+    def _to_quorum(self):
+        quorum = self.quorum = GetQuorum(self.n, self.needed, self.pl)
+        for node, raw in self.replies:
+            quorum.add_result(node, raw if type(raw) is Failed else _found_raw(raw))
+        self._decide()
+
+    def _decide(self):
+        quorum = self.quorum
+        if not self.future.done() and quorum.enough():
+            result = quorum.response()
+            if isinstance(result, Exception):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(None if result.not_found else V.lww_value(result.clock))
+        if self.pending == 0:
+            try:
+                _repair_now(self.cluster, self.p, self.key, quorum)
+            except Exception:
+                log.exception("read repair of %r failed", self.key)
+
+    def __call__(self, node, exc, payload):
+        self.pending -= 1
+        reply = payload if exc is None else _reply_of(exc)
+        self.replies.append((node, reply))
+        if self.quorum is None:
+            if exc is None and payload == self.replies[0][1]:
+                self.same += 1
+                if self.same == self.needed and not self.future.done():
+                    self.future.set_result(self.value)
+                return
+            self._to_quorum()
+            return
+        self.quorum.add_result(node, reply if exc is not None else _found_raw(payload))
+        self._decide()
+
+
+def get_direct(cluster, p, key, raw, r, pl, conns):
+    """Ask p's other primaries for key (`raw`: the local replica's answer); the future of the
+    plain GET's value (None: absent or deleted) at R. The node decides when the lane is open."""
+    future = asyncio.get_running_loop().create_future()
+    read = DirectRead(cluster, future, p, key, raw, cluster.ring.n, r, pl, len(conns))
+    payload = {"p": p, "k": key}
+    timeout = cluster.timeout
+    for conn in conns:
+        if not conn.request_callback("get", payload, read, timeout):
+            read(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
     return future

@@ -228,3 +228,82 @@ def test_direct_write_failure_names_the_replies():
         assert isinstance(driver._reply_of(ConnectionLost("x")), Failed)
 
     asyncio.run(main())
+
+
+# ---- the direct lane's read ---------------------------------------------------------------------
+
+from kvnet.coordinator.quorum import GetQuorum  # noqa: E402
+
+
+def _clocks():
+    a = V.update(V.new(V.sibling(b"a", 10)), None, ("x", 1, 1))
+    b = V.update(V.new(V.sibling(b"b", 20)), a, ("x", 1, 1))          # a's successor
+    c = V.update(V.new(V.sibling(b"c", 15)), None, ("y", 1, 1))       # concurrent with both
+    d = V.update(V.new(V.tombstone(30)), b, ("x", 1, 1))              # b deleted
+    return [None, V.encode(a), V.encode(b), V.encode(c), V.encode(d), b"\xc1junk"]
+
+
+_RAWS = _clocks()
+
+
+class _Spawns:
+    def __init__(self, name):
+        self.name = name
+        self.spawned = []
+
+    def spawn(self, coro):
+        self.spawned.append(coro)
+        coro.close()
+
+    def reap_pending(self, p, key, raw):
+        return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(2, 5).flatmap(lambda n: st.tuples(
+    st.just(n), st.integers(1, n), st.integers(0, len(_RAWS) - 1),
+    st.permutations(range(1, n)),
+    st.lists(st.one_of(st.integers(0, len(_RAWS) - 1), st.sampled_from(["timeout", "lost"])),
+             min_size=n - 1, max_size=n - 1))))
+def test_direct_read_answers_and_repairs_as_the_get_quorum_does(case):
+    """Random N, R, stored clocks (equal, older, concurrent, deleted, undecodable), failures
+    and reply order: DirectRead answers at the reply where GetQuorum fed the same replies
+    becomes enough(), with the general path's value (lww of the merge) or error, and spawns a
+    read repair exactly when the quorum's final() has stale replicas."""
+    n, r, local, order, answers = case
+    ring = Ring.create([f"n{i}" for i in range(n)], q=8, n=n)
+    pl = preflist_for(ring, 0, lambda x: True)
+    me = pl.targets[0].node
+    others = [t.node for t in pl.targets[1:]]
+
+    async def main():
+        cluster = _Spawns(me)
+        fut = asyncio.get_running_loop().create_future()
+        read = driver.DirectRead(cluster, fut, 0, b"k", _RAWS[local], n, r, pl, n - 1)
+        quorum = GetQuorum(n, r, pl)
+        quorum.add_result(me, driver._found_raw(_RAWS[local]))
+        decided = quorum.enough()
+        expected = quorum.response() if decided else None
+        for i in order:
+            node, ans = others[i - 1], answers[i - 1]
+            if isinstance(ans, int):
+                read(node, None, _RAWS[ans])
+                quorum.add_result(node, driver._found_raw(_RAWS[ans]))
+            else:
+                exc = PeerTimeout("slow") if ans == "timeout" else ConnectionLost("gone")
+                read(node, exc, None)
+                quorum.add_result(node, driver._reply_of(exc))
+            if not decided and quorum.enough():
+                decided, expected = True, quorum.response()
+            assert fut.done() == decided
+        assert fut.done()
+        if isinstance(expected, Exception):
+            assert type(fut.exception()) is type(expected)
+            assert str(fut.exception()) == str(expected)
+        else:
+            assert fut.result() == (None if expected.not_found else V.lww_value(expected.clock))
+        repair = quorum.final()
+        assert bool(cluster.spawned) == bool(repair is not None and repair.clock is not None
+                                             and repair.stale)
+
+    asyncio.run(main())
