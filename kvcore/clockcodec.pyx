@@ -462,3 +462,65 @@ def lww_common(data):
     if n == -2:
         return None
     return PyBytes_FromStringAndSize(<const char *>d, n)
+
+
+cdef int _one_entry(Reader *r, const unsigned char **actor, Py_ssize_t *actor_len,
+                    uint64_t *counter, Py_ssize_t *nv):
+    """Read canonical bytes of a whole clock with one entry of a (str, int, int) actor and no
+    anonymous values, as decode() would accept them: 0 with the actor's bytes, the counter and
+    the number of values; -1 for anything else."""
+    cdef const unsigned char *name
+    cdef uint64_t u
+    cdef Py_ssize_t i
+    if r.end - r.p < 4 or r.p[0] != 0x93 or r.p[1] != 0x01:
+        return -1
+    r.p += 2
+    if _array(r) != 1 or _array(r) != 3:
+        return -1
+    actor[0] = r.p
+    if _array(r) != 3:
+        return -1
+    name = r.p
+    if _skip_str(r) != 0 or not _valid_utf8(name, r.p) or _uint(r, &u) != 0 \
+            or _uint(r, &u) != 0:
+        return -1
+    actor_len[0] = r.p - actor[0]
+    if _uint(r, counter) != 0 or counter[0] < 1:
+        return -1
+    nv[0] = _array(r)
+    if nv[0] < 0 or <uint64_t>nv[0] > counter[0]:
+        return -1
+    for i in range(nv[0]):
+        if _skip_sibling(r) != 0:
+            return -1
+    if _array(r) != 0 or r.p != r.end:
+        return -1
+    return 0
+
+
+def supersedes(old, new):
+    """True when `new` (bytes) is a clock decode() accepts and sync(decode(old), decode(new))
+    is decode(new) itself, for the shape replication brings: `old` None (nothing stored), or
+    both one-entry clocks of the same (str, int, int) actor with new's counter ahead and its
+    superseded part covering old's (versions._merge). False for anything else, which the
+    general path (decode, sync) then decides: a replica stores new's bytes as they are."""
+    if type(new) is not bytes or (old is not None and type(old) is not bytes):
+        return False
+    cdef Reader r
+    cdef const unsigned char *a2
+    cdef const unsigned char *a1
+    cdef Py_ssize_t l2, l1, nv2, nv1
+    cdef uint64_t c2, c1
+    r.p = <const unsigned char *>PyBytes_AS_STRING(new)
+    r.end = r.p + PyBytes_GET_SIZE(new)
+    if _one_entry(&r, &a2, &l2, &c2, &nv2) != 0:
+        return False
+    if old is None:
+        return True
+    r.p = <const unsigned char *>PyBytes_AS_STRING(old)
+    r.end = r.p + PyBytes_GET_SIZE(old)
+    if _one_entry(&r, &a1, &l1, &c1, &nv1) != 0:
+        return False
+    if l1 != l2 or memcmp(a1, a2, l1) != 0 or c2 <= c1:
+        return False
+    return c2 - <uint64_t>nv2 >= c1 - <uint64_t>nv1

@@ -394,6 +394,9 @@ _MISS = _codec.MISS
 # general path). `own` is actor_prefix(node, incarnation).
 fresh_raw = _codec.fresh            # (own, epoch, value, ts): one value by a fresh actor
 bump_own_raw = _codec.bump_own      # (data, own, trusted_from, value, ts): see the pyx
+# (old bytes or None, new bytes): True when new is valid and sync(old, new) is new (the replica
+# stores new's bytes without decoding either); False: decode and sync
+supersedes_raw = _codec.supersedes
 
 
 def actor_prefix(node, incarnation) -> bytes:

@@ -34,6 +34,20 @@ from kvnet.resp.server import serve
 log = logging.getLogger("kvnet.node")
 
 
+class _PeerHandler:
+    """The node's peer handler: the coroutine for any request, and `now` for the ones that
+    need no wait (kvnet/peer/protocol.py asks it first)."""
+
+    __slots__ = ("node", "now")
+
+    def __init__(self, node):
+        self.node = node
+        self.now = node._handle_now
+
+    def __call__(self, mtype, payload):
+        return self.node._handle(mtype, payload)
+
+
 class Node(driver.Cluster, Backend):
     """One node of the cluster; `await start()`, then `await stop()`."""
 
@@ -60,7 +74,7 @@ class Node(driver.Cluster, Backend):
                                     index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
-        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self._handle)
+        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self))
         self.hints = None                 # HintLog, opened at start (kvnet/handoff)
         self.services = []                # background parts: start(), stop(), handlers()
         self._handlers = {}
@@ -390,17 +404,41 @@ class Node(driver.Cluster, Backend):
             raise CommandError(f"node {self.name} is not a replica of partition {p} "
                                f"at ring epoch {self.ring_state.epoch}")
 
-    async def _peer_get(self, m):
+    def _handle_now(self, mtype, m):
+        """The replica reads and writes, answered without a coroutine (PeerConnection asks
+        here first); LATER for every other request, and for a write that must wait for a
+        sync. Raises as the handlers do."""
+        if mtype == "put":
+            return self._peer_put_now(m)
+        if mtype == "get":
+            return self._peer_get_now(m)
+        return LATER
+
+    def _peer_get_now(self, m):
         p, k = self._checked(m)
         self._replica_of(p)
         return self.replica.read_raw(p, k)     # stored canonical bytes: what encode() gives
 
-    async def _peer_put(self, m):
+    async def _peer_get(self, m):
+        return self._peer_get_now(m)
+
+    def _peer_put_now(self, m):
+        if self.replica.fsync == "always":
+            return LATER                # the acknowledgement waits for the group commit
+        self._store_put(m)
+        return True
+
+    def _store_put(self, m):
         p, k = self._checked(m)
         self._replica_of(p)
         raw = m.get("c")
-        self.replica.merge(p, k, _clock(raw), raw)     # decoded: checked canonical bytes
+        rep = self.replica
+        if type(raw) is not bytes or not rep.merge_superseding(p, k, raw):
+            rep.merge(p, k, _clock(raw), raw)     # decoded: checked canonical bytes
         self.forward_to_new(p, k, raw)
+
+    async def _peer_put(self, m):
+        self._store_put(m)
         await self.replica.after_write()
         return True
 

@@ -190,14 +190,16 @@ class LocalReplica:
     def _store(self, p, key, clock, old_raw, raw=None):
         """Store a key's new clock (raw: its bytes, when known) and XOR it into the partition's
         tree in place of the old."""
-        part = self.partition(p)
         if raw is None:
             raw = V.encode(clock)
+        self._put(self.partition(p), key, old_raw, raw)
+        return raw
+
+    def _put(self, part, key, old_raw, raw):
         part.store.put(key, raw)
         part.tree.update(key, old_raw, raw)
         self._dirty.add(part)
         self._write_gen += 1
-        return raw
 
     def _local(self, p, key):
         raw = self.partition(p).store.get(key)
@@ -287,6 +289,20 @@ class LocalReplica:
         raw: the clock's canonical bytes when the caller has them (stored as they are when the
         incoming clock is the result, instead of encoding it again)."""
         return self._sync_in(p, key, clock, raw)[0]
+
+    def merge_superseding(self, p, key, raw):
+        """`merge` without decoding, for the shape replication brings: True when `raw` is
+        the stored bytes already, or supersedes them (versions.supersedes_raw: it is valid,
+        and the sync would be it), and is stored as it is; False, having done nothing, for
+        anything else (the caller decodes and merges)."""
+        part = self.partition(p)
+        old_raw = part.store.get(key)
+        if old_raw == raw:
+            return True
+        if not V.supersedes_raw(old_raw, raw):
+            return False
+        self._put(part, key, old_raw, raw)
+        return True
 
     def repair(self, p, key, clock):
         """`merge` for anti-entropy: True if the stored clock changed (one lookup, not three)."""

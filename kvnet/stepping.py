@@ -13,7 +13,18 @@ for `current_peer`).
 import asyncio
 import collections.abc
 
-__all__ = ["finish"]
+__all__ = ["finish", "LATER"]
+
+
+class _Later:
+    """What a synchronous fast path returns when the answer needs the coroutine instead: a
+    backend's *_now method (a quorum), a peer handler's `now` (a wait for a sync)."""
+
+    def __repr__(self):
+        return "LATER"
+
+
+LATER = _Later()
 
 _FIRST = object()
 

@@ -13,7 +13,7 @@ from kvnet.errors import PeerError
 from kvnet.peer.core import PeerProtocolCore, State
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
-from kvnet.stepping import finish
+from kvnet.stepping import LATER, finish
 
 log = logging.getLogger("kvnet.peer")
 
@@ -58,6 +58,8 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             raise ValueError("max_inflight must be at least 1")
         self._loop = loop or asyncio.get_running_loop()
         self._handler = handler
+        # handler.now(type, payload): the answer without a coroutine, or LATER (optional)
+        self._handler_now = getattr(handler, "now", None)
         self._handshake_timeout = handshake_timeout
         self._max_inflight = max_inflight
         self._transport = None
@@ -178,6 +180,23 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         if self._handler is None:
             self.send_error(req_id, "NoHandler", f"node {self.node_id} serves no peer requests")
             return
+        now = self._handler_now
+        if now is not None and not self._write_paused and not self._backlog \
+                and self._inline < self._max_inflight:
+            # the handler's synchronous side: no coroutine, no context switch (_start's bounds)
+            try:
+                result = now(type, payload)
+            except Exception as exc:
+                self._inline += 1
+                self.send_error(req_id, exc.__class__.__name__, str(exc) or exc.__class__.__name__)
+                return
+            if result is not LATER:
+                self._inline += 1
+                try:
+                    self.send_response(req_id, result)
+                except (TypeError, ValueError, PeerError) as exc:
+                    self.send_error(req_id, "EncodeError", f"response to {type!r} not sent: {exc}")
+                return
         self._start(self._serve(type, req_id, payload))
 
     def _on_notify(self, type, payload):

@@ -26,20 +26,13 @@ from kvcore import token
 from kvcore import versions as dvv
 from kvnet.errors import CommandError, TooManySiblings
 from kvnet.resp.glob import compile_glob
+from kvnet.stepping import LATER
 
 __all__ = ["Backend", "MemoryBackend", "Reply", "Sibling", "Quorum", "parse_quorum", "LATER"]
 
 Sibling = dvv.Sibling
 Quorum = int | str | None
 
-class _Later:
-    """What a backend's *_now method returns when the answer needs the coroutine (a quorum)."""
-
-    def __repr__(self):
-        return "LATER"
-
-
-LATER = _Later()
 
 SIBLINGS_WARN = 25
 SIBLINGS_MAX = 100

@@ -549,3 +549,68 @@ def test_bump_own_refuses_damaged_and_foreign_bytes():
     # a wider-than-needed counter (0xcd 0x00 0x02): not canonical, so not taken
     wide = good.replace(b"\x02\x91", b"\xcd\x00\x02\x91")
     assert wide != good and dvv.bump_own_raw(wide, _OWN, 0, b"b", 2) is None
+
+
+def _supersedes_general(old, new):
+    """The meaning of supersedes_raw: new decodes, and sync(old, new) is new's own entries."""
+    try:
+        n = dvv.decode(new)
+    except InvalidClock:
+        return False
+    if old is None:
+        return True
+    merged = dvv.sync(dvv.decode(old), n)
+    return merged == n and all(x is y for x, y in zip(merged.entries, n.entries)) \
+        and merged.anonymous == n.anonymous
+
+
+@settings(max_examples=500)
+@given(_entries(st.one_of(_own_actors, _actors), 2), st.lists(_sibs, max_size=1),
+       _entries(st.one_of(_own_actors, _actors), 2), st.lists(_sibs, max_size=1), _edits,
+       st.booleans())
+def test_supersedes_raw_only_says_what_sync_says(e1, a1, e2, a2, edits, none):
+    """For random clocks and damaged bytes: True only when new decodes and sync(old, new) is
+    new itself (so a replica may store new's bytes without decoding either)."""
+    c1, c2 = _clock_of(e1, a1), _clock_of(e2, a2)
+    if c1 is None or c2 is None:
+        return
+    old = None if none else dvv.encode(c1)
+    for new in (dvv.encode(c2), _damaged(dvv.encode(c2), edits)):
+        if dvv.supersedes_raw(old, new):
+            assert _C and _supersedes_general(old, new)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["n1", "n2", "é", "x" * 40]), st.integers(0, 2 ** 64 - 1),
+       st.integers(0, 2 ** 64 - 1), st.integers(1, 2 ** 40), st.integers(1, 3),
+       st.one_of(st.none(), st.binary(max_size=300)), st.integers(0, 2 ** 64 - 1),
+       st.one_of(st.none(), st.binary(max_size=300)))
+def test_supersedes_raw_takes_every_replicated_overwrite(name, inc, epoch, counter, step, v1,
+                                                          ts, v2):
+    """The shape replication brings (a coordinator's overwrite of what the replica holds, or a
+    first write): the byte path takes it (with the extension), and it agrees with sync."""
+    actor = (name, inc, epoch)
+    old = clock((actor, counter, [Sibling(v1, ts)]))
+    new = _general_overwrite(old, Sibling(v2, ts), actor)
+    for _ in range(step - 1):                      # replicas that missed some writes
+        new = _general_overwrite(new, Sibling(v2, ts), actor)
+    o, n = dvv.encode(old), dvv.encode(new)
+    assert dvv.supersedes_raw(o, n) is _C and dvv.supersedes_raw(None, n) is _C
+    assert _supersedes_general(o, n)
+    assert not dvv.supersedes_raw(n, o) and not dvv.supersedes_raw(n, n)   # older, the same
+
+
+@_c_only
+def test_supersedes_raw_refuses_damaged_and_other_actors():
+    a = dvv.encode(clock((("n1", 1, 1), 2, [Sibling(b"a", 1)])))
+    b = dvv.encode(clock((("n1", 1, 1), 3, [Sibling(b"b", 2)])))
+    assert dvv.supersedes_raw(a, b)
+    other = dvv.encode(clock((("n2", 1, 1), 3, [Sibling(b"b", 2)])))
+    assert not dvv.supersedes_raw(a, other)
+    assert not dvv.supersedes_raw(a, b + b"\x00") and not dvv.supersedes_raw(a, b[:-1])
+    assert not dvv.supersedes_raw(a, bytearray(b)) and not dvv.supersedes_raw("a", b)
+    wide = b.replace(b"\x03\x91", b"\xcd\x00\x03\x91")     # a non-canonical counter
+    assert wide != b and not dvv.supersedes_raw(a, wide)
+    bad_utf8 = dvv.encode(clock((("n\u00e9", 1, 1), 3, [Sibling(b"b", 2)]))).replace(
+        "é".encode(), b"\xc3\x28")
+    assert not dvv.supersedes_raw(None, bad_utf8)

@@ -380,11 +380,12 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
             async def stuck(m):
                 await asyncio.sleep(5)
             b._peer_put = c._peer_put = stuck
+            b._peer_put_now = c._peer_put_now = lambda m: LATER
             fut = a.set_overwrite_now(b"k", b"v3")
             with pytest.raises(QuorumError) as info:
                 await fut
             assert "timeout" in str(info.value)
-            del b._peer_put, c._peer_put
+            del b._peer_put, c._peer_put, b._peer_put_now, c._peer_put_now
 
             # reads: the future of the value at R; a stale replica is repaired afterwards
             fut = a.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
