@@ -6,7 +6,6 @@ It adds only futures per request id, timeouts, flow control and handler tasks;
 import asyncio
 import collections
 import contextvars
-import heapq
 import logging
 
 from kvnet.errors import PeerError
@@ -22,6 +21,7 @@ DEFAULT_MAX_INFLIGHT = 256  # inbound requests handled at once per connection
 DEFAULT_MAX_CONNECTIONS = 512  # inbound peer connections per server
 _CLOSE_GRACE = 1.0  # seconds a closing transport may spend flushing before it is aborted
 _DEADLINE_GRAIN = 0.02  # callback requests time out up to this late (one timer for them all)
+_NEVER = float("inf")
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
 
@@ -67,9 +67,9 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._inline = 0  # handlers answered inline since the last flush (_start)
         self.peername = None
         self._waiters = {}  # req_id -> (future, timer handle or None, request type)
-        self._callbacks = {}  # req_id -> (callback, request type, timeout): request_callback
-        self._deadlines = []  # heap of (deadline, req_id) of the callbacks' requests
-        self._deadline_timer = None
+        self._callbacks = {}  # req_id -> (callback, type, timeout, deadline): request_callback
+        self._deadline_timer = None  # when the earliest of them (or later) is due
+        self._deadline_at = _NEVER
         self._tasks = set()  # running handler tasks
         self._backlog = collections.deque()  # handler coroutines waiting for a free slot
         self._ready_fut = self._loop.create_future()
@@ -255,11 +255,10 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
                 )
                 fut.set_exception(lost)
         callbacks, self._callbacks = self._callbacks, {}
-        self._deadlines.clear()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        for req_id, (callback, type_, _) in callbacks.items():
+        for req_id, (callback, type_, _, _) in callbacks.items():
             self._call_back(callback, ConnectionLost(
                 f"connection to node {self.peer_id} closed before it answered {type_!r} "
                 f"(request {req_id}): {failure}"), None)
@@ -339,33 +338,34 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         if self._write_paused:
             return False
         req_id = self.send_request(type, payload)
-        self._callbacks[req_id] = (callback, type, timeout)
         deadline = self._loop.time() + timeout
-        heapq.heappush(self._deadlines, (deadline, req_id))
-        timer = self._deadline_timer
-        if timer is None or deadline < timer.when():   # the first, or a shorter timeout
-            if timer is not None:
-                timer.cancel()
+        self._callbacks[req_id] = (callback, type, timeout, deadline)
+        if deadline < self._deadline_at:    # the first, or a shorter timeout than the rest
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_at = deadline
             self._deadline_timer = self._loop.call_at(deadline, self._expire_callbacks)
         return True
 
     def _expire_callbacks(self):
-        """One timer for every callback request: fails the overdue ones, then sleeps until the
-        next deadline, at least _DEADLINE_GRAIN away (answered requests leave their deadline
-        behind, so a timer per deadline would fire on every loop iteration under load)."""
+        """One timer for every callback request: fails the overdue ones among those still
+        out (answered ones have left _callbacks, so this scans only what is in flight), then
+        sleeps until the next deadline, at least _DEADLINE_GRAIN away."""
         self._deadline_timer = None
+        self._deadline_at = _NEVER
         now = self._loop.time()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, req_id = heapq.heappop(heap)
-            entry = self._callbacks.pop(req_id, None)
+        callbacks = self._callbacks
+        overdue = [req_id for req_id, entry in callbacks.items() if entry[3] <= now]
+        for req_id in overdue:
+            entry = callbacks.pop(req_id, None)
             if entry is not None:
                 self.forget(req_id)
                 self._call_back(entry[0], PeerTimeout(
                     f"node {self.peer_id} did not answer {entry[1]!r} within {entry[2]:g} s"), None)
-        if heap and self.state is not State.CLOSED:
-            self._deadline_timer = self._loop.call_at(max(heap[0][0], now + _DEADLINE_GRAIN),
-                                                      self._expire_callbacks)
+        if callbacks and self.state is not State.CLOSED:
+            self._deadline_at = max(min(entry[3] for entry in callbacks.values()),
+                                    now + _DEADLINE_GRAIN)
+            self._deadline_timer = self._loop.call_at(self._deadline_at, self._expire_callbacks)
 
     def _settled(self, req_id, timer):
         if timer is not None:

@@ -62,7 +62,7 @@ class Session:
     """Per-connection state: protocol, name, id, authentication, database, closing."""
 
     __slots__ = ("id", "addr", "laddr", "protocol", "name", "authenticated", "db", "created",
-                 "last_active", "last_command", "closing", "lib_name", "lib_ver")
+                 "last_active", "last_command", "closing", "lib_name", "lib_ver", "pending")
 
     def __init__(self, id, addr="", laddr="", authenticated=True):
         self.id = id
@@ -77,6 +77,7 @@ class Session:
         self.closing = False   # set by QUIT: the server closes after this reply
         self.lib_name = b""
         self.lib_ver = b""
+        self.pending = None    # the command of the backend future dispatch() returned last
 
 
 def unknown_command(argv) -> ErrorReply:
@@ -169,14 +170,22 @@ class Commands:
     async def execute(self, session: Session, argv: list):
         """The reply value for one command (errors are returned, not raised)."""
         reply = self.dispatch(session, argv)
-        if type(reply) is CoroutineType or type(reply) is Future:
+        if type(reply) is CoroutineType:
             return await reply
+        if type(reply) is Future:
+            cmd = session.pending
+            try:
+                await reply
+            except Exception:
+                pass                # settle() makes it the error reply
+            return self.settle(cmd, reply)
         return reply
 
     def dispatch(self, session: Session, argv: list):
         """execute() without a coroutine where it can: the reply value when the command
-        completes at once (its `now` path), a Future of the reply when the backend settles it
-        from callbacks (which never fails: errors are replies), else a coroutine of the reply."""
+        completes at once (its `now` path); a backend's Future when the backend settles it
+        from callbacks (then `session.pending` is the command, and `settle(cmd, future)` the
+        reply once it is done); else a coroutine of the reply."""
         self.stats["total_commands_processed"] += 1
         cmd = self._names.get(argv[0])
         # The common case inline (a known name in upper or lower case, no subcommand, the
@@ -200,26 +209,19 @@ class Commands:
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
                 if type(reply) is Future:
-                    return self._settled(cmd, reply)
+                    session.pending = cmd
                 return reply
         return self._handle(cmd, session, argv)
 
-    def _settled(self, cmd, fut):
-        """A backend's future -> the future of the reply (`cmd.then` of its result, or the
-        error reply of its exception), which the front door waits on like a command's Task."""
-        reply = fut.get_loop().create_future()
-        then = cmd.then or _same
-
-        def done(f):
-            if reply.cancelled():   # the client went away
-                return
-            if f.cancelled():
-                reply.set_result(ErrorReply("ERR request cancelled"))
-                return
-            exc = f.exception()
-            reply.set_result(then(f.result()) if exc is None else self._error_reply(cmd, exc))
-        fut.add_done_callback(done)
-        return reply
+    def settle(self, cmd, fut):
+        """The reply of a done backend future of `cmd` (dispatch): `cmd.then` of its result,
+        or the error reply of its exception."""
+        if fut.cancelled():
+            return ErrorReply("ERR request cancelled")
+        exc = fut.exception()
+        if exc is not None:
+            return self._error_reply(cmd, exc)
+        return fut.result() if cmd.then is None else cmd.then(fut.result())
 
     async def _handle(self, cmd, session, argv):
         try:
@@ -327,10 +329,6 @@ def set_now(ctx, s, argv):
 
 def _ok(_):
     return OK
-
-
-def _same(value):
-    return value
 
 
 def _set_options(argv):

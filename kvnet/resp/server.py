@@ -162,13 +162,13 @@ class RespProtocol(asyncio.Protocol):
                         key = self._key_of(argv)
                     self._start_task(reply, yielded, key)
                     continue
-            elif type(reply) is Future:     # settled by callbacks (Commands.dispatch)
+            elif type(reply) is Future:     # the backend settles it (Commands.dispatch)
                 if not reply.done():
                     if not self._running:
                         key = self._key_of(argv)
-                    self._track(reply, key)
+                    self._track(reply, key, session.pending)
                     continue
-                reply = reply.result()
+                reply = self.commands.settle(session.pending, reply)
             data = encode(reply, session.protocol)
             if slots:               # behind a reply still running
                 slots.append([data])
@@ -186,9 +186,9 @@ class RespProtocol(asyncio.Protocol):
     def _start_task(self, coro, yielded, key):
         self._track(self.loop.create_task(finish(coro, yielded)), key)
 
-    def _track(self, task, key):
-        """Hold a slot in reply order for a command still running (a Task, or a Future of
-        its reply); its reply is written when it and every one ahead of it are done."""
+    def _track(self, task, key, cmd=None):
+        """Hold a slot in reply order for a command still running (its Task, or the backend
+        future of `cmd`); its reply is written when it and every one ahead of it are done."""
         slot = [None]
         ahead = bool(self._running)     # beside an earlier command of this connection
         if ahead:
@@ -199,9 +199,9 @@ class RespProtocol(asyncio.Protocol):
             self._barrier = True
         else:
             self._keys[key] = self._keys.get(key, 0) + 1
-        task.add_done_callback(lambda t: self._task_done(t, slot, ahead))
+        task.add_done_callback(lambda t: self._task_done(t, slot, ahead, cmd))
 
-    def _task_done(self, task, slot, ahead=False):
+    def _task_done(self, task, slot, ahead=False, cmd=None):
         if ahead:
             self.server.run_ahead -= 1
         key = self._running.pop(task, None)
@@ -213,13 +213,17 @@ class RespProtocol(asyncio.Protocol):
                 self._keys[key] = left
         if self._closed or task.cancelled():
             return
-        exc = task.exception()
-        if exc is not None:  # execute() returns errors; this is a bug, so drop the client
-            log.error("command task failed", exc_info=exc)
-            self.transport.abort()
-            return
         session = self.session
-        slot[0] = encode(task.result(), session.protocol)
+        if cmd is not None:         # a backend's future: its errors are replies
+            reply = self.commands.settle(cmd, task)
+        else:
+            exc = task.exception()
+            if exc is not None:  # execute() returns errors; this is a bug, so drop the client
+                log.error("command task failed", exc_info=exc)
+                self.transport.abort()
+                return
+            reply = task.result()
+        slot[0] = encode(reply, session.protocol)
         slots = self._slots
         out = self._out
         while slots and slots[0][0] is not None:

@@ -9,7 +9,7 @@ from kvnet.resp.backend import LATER, MemoryBackend, Reply, parse_quorum
 from kvnet.resp.commands import Commands
 from kvnet.resp.glob import glob_match
 from kvnet.resp.replies import OK, encode
-from kvnet.errors import CommandError
+from kvnet.errors import CommandError, QuorumError
 
 
 class Client:
@@ -337,3 +337,32 @@ def test_the_fast_lane_answers_without_a_coroutine_and_defers_with_later():
     assert isinstance(opt, CommandError) and "NX" in str(opt)
     assert ("set", b"now2") not in cmds.backend.now_calls
     assert MemoryBackend().get_lww_now(b"x") is LATER                     # the default
+
+
+class _FutureBackend(MemoryBackend):
+    """set_overwrite_now answers with a future: done at once, failed for b"bad"."""
+
+    def set_overwrite_now(self, key, value):
+        fut = asyncio.get_running_loop().create_future()
+        if key == b"bad":
+            fut.set_exception(QuorumError("write quorum not met: 1 of 2"))
+        else:
+            fut.set_result(b"clock bytes")        # what the node's future ends with
+        return fut
+
+
+def test_a_backend_future_is_settled_into_the_reply():
+    async def main():
+        cmds = Commands(_FutureBackend())
+        s = cmds.open_session()
+        fut = cmds.dispatch(s, [b"SET", b"k", b"v"])
+        assert isinstance(fut, asyncio.Future) and s.pending.name == "set"
+        assert cmds.settle(s.pending, fut) is OK              # `then`: the result is unused
+        err = await cmds.execute(s, [b"SET", b"bad", b"v"])
+        assert isinstance(err, QuorumError) and "1 of 2" in str(err)
+        assert await cmds.execute(s, [b"SET", b"k", b"v"]) is OK
+        cancelled = asyncio.get_running_loop().create_future()
+        cancelled.cancel()
+        assert "cancelled" in str(cmds.settle(s.pending, cancelled))
+
+    asyncio.run(main())
