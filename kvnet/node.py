@@ -25,6 +25,7 @@ from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
+from kvnet.peer.protocol import answer_batch
 from kvnet.replica import LocalReplica
 from kvnet.payload import clock as _clock
 from kvnet.resp.backend import LATER, Backend, Reply
@@ -92,6 +93,7 @@ class Node(driver.Cluster, Backend):
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self, ring_timeout=60.0):
+        self.loop = asyncio.get_running_loop()
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         host, port = self.cfg.peer_address
         kept = RS.load(self.cfg.data_dir)
@@ -408,6 +410,10 @@ class Node(driver.Cluster, Backend):
         """The replica reads and writes, answered without a coroutine (PeerConnection asks
         here first); LATER for every other request, and for a write that must wait for a
         sync. Raises as the handlers do."""
+        if mtype == "mput":
+            return self._peer_mput_now(m)
+        if mtype == "mget":
+            return answer_batch(self._peer_get_now, m)
         if mtype == "put":
             return self._peer_put_now(m)
         if mtype == "get":
@@ -441,6 +447,25 @@ class Node(driver.Cluster, Backend):
         self._store_put(m)
         await self.replica.after_write()
         return True
+
+    # batches of the direct lane (PeerConnection.batch_request): each item a put or get payload
+
+    def _peer_mput_now(self, items):
+        if self.replica.fsync == "always":
+            return LATER
+        return answer_batch(self._stored, items)
+
+    def _stored(self, m):
+        self._store_put(m)
+        return True
+
+    async def _peer_mput(self, items):
+        answer = answer_batch(self._stored, items)
+        await self.replica.after_write()     # one sync for the batch
+        return answer
+
+    async def _peer_mget(self, items):
+        return answer_batch(self._peer_get_now, items)
 
     def forward_to_new(self, p, key, raw):
         """While the ring moves, a write stored here also goes to the replicas being added

@@ -25,6 +25,9 @@ class Cluster:
     ring: object
     replica: object
     timeout: float
+    # the running loop, when known: asyncio.get_running_loop() makes a getpid() system call
+    # each time (its fork check), a few percent of a request on the hot path
+    loop = None
 
     def is_up(self, node):
         raise NotImplementedError
@@ -93,7 +96,7 @@ async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
             remote.append(n)
     if not remote:
         return pending
-    loop = asyncio.get_running_loop()
+    loop = cluster.loop or asyncio.get_running_loop()
     wake = loop.create_future()
 
     def settled(fut):
@@ -389,12 +392,12 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
     """Replicate `raw` (stored here already) to the connections of p's other primaries; the
     future of the new clock's bytes at W. The node decides when the lane is open
     (Node._direct_conns); nothing here waits, so the caller needs no coroutine."""
-    future = asyncio.get_running_loop().create_future()
+    future = (cluster.loop or asyncio.get_running_loop()).create_future()
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
     payload = {"p": p, "k": key, "c": raw}
     timeout = cluster.timeout
     for conn in conns:
-        if not conn.request_callback("put", payload, write, timeout):
+        if not conn.batch_request("mput", payload, write, timeout):
             write(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
     return future
 
@@ -465,11 +468,11 @@ class DirectRead:
 def get_direct(cluster, p, key, raw, r, pl, conns):
     """Ask p's other primaries for key (`raw`: the local replica's answer); the future of the
     plain GET's value (None: absent or deleted) at R. The node decides when the lane is open."""
-    future = asyncio.get_running_loop().create_future()
+    future = (cluster.loop or asyncio.get_running_loop()).create_future()
     read = DirectRead(cluster, future, p, key, raw, cluster.ring.n, r, pl, len(conns))
     payload = {"p": p, "k": key}
     timeout = cluster.timeout
     for conn in conns:
-        if not conn.request_callback("get", payload, read, timeout):
+        if not conn.batch_request("mget", payload, read, timeout):
             read(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
     return future

@@ -143,7 +143,11 @@ class PeerProtocolCore:
         try:
             frames = self._reader.feed(data)
             for frame in frames:
-                self._dispatch[self.state](frame)
+                state = self.state
+                if state is State.READY:      # (an enum as a dict key hashes in Python)
+                    self._process__ready(frame)
+                else:
+                    self._dispatch[state](frame)
                 if self.state is State.CLOSED:
                     break
         except KVNetError as exc:

@@ -44,6 +44,9 @@ class Frame(NamedTuple):
     payload: Any
 
 
+_new_tuple = tuple.__new__
+
+
 def encode_frame(msg, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
     """The bytes of one frame for ``msg`` = (kind, req_id, type, payload).
 
@@ -78,7 +81,7 @@ def decode_body(body):
         raise ProtocolError(f"peer frame request id {req_id!r} is not a u32")
     if type_ is not None and type(type_) is not str:
         raise ProtocolError(f"peer frame type {type_!r} is neither a string nor nil")
-    return Frame(kind, req_id, type_, payload)
+    return _new_tuple(Frame, (kind, req_id, type_, payload))     # Frame(...), without its __new__
 
 
 class FrameReader:

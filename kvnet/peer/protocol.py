@@ -22,6 +22,7 @@ DEFAULT_MAX_CONNECTIONS = 512  # inbound peer connections per server
 _CLOSE_GRACE = 1.0  # seconds a closing transport may spend flushing before it is aborted
 _DEADLINE_GRAIN = 0.02  # callback requests time out up to this late (one timer for them all)
 _NEVER = float("inf")
+BATCH_BYTES = 1 << 20  # a batch_request batch leaves early once its items hold this much
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
 
@@ -70,6 +71,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._callbacks = {}  # req_id -> (callback, type, timeout, deadline): request_callback
         self._deadline_timer = None  # when the earliest of them (or later) is due
         self._deadline_at = _NEVER
+        self._batches = {}  # type -> _Batch of this loop iteration (batch_request)
         self._tasks = set()  # running handler tasks
         self._backlog = collections.deque()  # handler coroutines waiting for a free slot
         self._ready_fut = self._loop.create_future()
@@ -347,6 +349,51 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             self._deadline_timer = self._loop.call_at(deadline, self._expire_callbacks)
         return True
 
+    def batch_request(self, rtype, item, callback, timeout):
+        """Join `item` to this loop iteration's batch of `rtype` requests: the batch leaves as
+        one request (rtype, [items]) at the next iteration, or at once when its items hold
+        BATCH_BYTES, and the peer's handler answers [values, {index: [code, message]}]
+        (answer_batch). ``callback(peer_id, exc, value)`` is called once per
+        item, as by request_callback (RemoteError for the item's own error). For the direct
+        lane's replica writes and reads: one frame each way per peer per iteration instead of
+        one per key. Returns False, sending nothing, while the write buffer is full. An item's
+        size is the len() of its "c" (a clock), when it is a dict that has one."""
+        if self._write_paused:
+            return False
+        self._check_ready()
+        batch = self._batches.get(rtype)
+        if batch is None:
+            if not self._batches:
+                self._loop.call_soon(self._send_batches)
+            batch = self._batches[rtype] = _Batch(timeout)
+        batch.items.append(item)
+        batch.callbacks.append(callback)
+        raw = item.get("c") if type(item) is dict else None
+        if raw is not None:
+            batch.size += len(raw)
+            if batch.size >= BATCH_BYTES:
+                del self._batches[rtype]
+                self._send_batch(rtype, batch)
+        return True
+
+    def _send_batches(self):
+        batches, self._batches = self._batches, {}
+        for type_, batch in batches.items():
+            self._send_batch(type_, batch)
+        self._flush()
+
+    def _send_batch(self, type_, batch):
+        fanout = _Fanout(type_, batch.callbacks)
+        try:
+            if self.state is not State.READY:
+                self._check_ready()
+            if self.request_callback(type_, batch.items, fanout, batch.timeout):
+                return
+            exc = PeerUnavailable(f"node {self.peer_id}: write buffer full")
+        except Exception as e:      # closed meanwhile, or a frame above the limit
+            exc = e
+        fanout(self.peer_id, exc, None)
+
     def _expire_callbacks(self):
         """One timer for every callback request: fails the overdue ones among those still
         out (answered ones have left _callbacks, so this scans only what is in flight), then
@@ -609,3 +656,67 @@ async def serve_peers(
 
     server = await loop.create_server(factory, host, port)
     return PeerServer(server, conns)
+
+
+def answer_batch(fn, items, max_items=100_000):
+    """A handler's answer to a batch_request batch: [values, {index: [code, message]}] of
+    fn(item) for each item, an item's exception as its own error (the others still count)."""
+    if type(items) is not list or len(items) > max_items:
+        raise PeerError(f"a batch must be a list of at most {max_items} items")
+    values = []
+    errors = {}
+    for item in items:
+        try:
+            values.append(fn(item))
+        except Exception as exc:
+            errors[len(values)] = [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
+            values.append(None)
+    return [values, errors]
+
+
+class _Batch:
+    __slots__ = ("items", "callbacks", "size", "timeout")
+
+    def __init__(self, timeout):
+        self.items = []
+        self.callbacks = []
+        self.size = 0
+        self.timeout = timeout
+
+
+class _Fanout:
+    """The callback of one batch request: each item's answer (or error) to its own callback."""
+
+    __slots__ = ("type", "callbacks")
+
+    def __init__(self, type_, callbacks):
+        self.type = type_
+        self.callbacks = callbacks
+
+    def __call__(self, peer, exc, payload):
+        callbacks = self.callbacks
+        if exc is None:
+            if type(payload) is not list or len(payload) != 2 or type(payload[0]) is not list \
+                    or len(payload[0]) != len(callbacks) or type(payload[1]) is not dict:
+                exc = RemoteError(f"node {peer} answered batch {self.type!r} with a malformed "
+                                  "answer", code="ProtocolError", remote_message="malformed")
+        if exc is not None:
+            for cb in callbacks:
+                _call(cb, peer, exc, None)
+            return
+        values, errors = payload
+        for i, cb in enumerate(callbacks):
+            err = errors.get(i) if errors else None
+            if err is None:
+                _call(cb, peer, None, values[i])
+                continue
+            code, message = (err + ["", ""])[:2] if type(err) is list else ("Error", repr(err))
+            _call(cb, peer, RemoteError(f"node {peer} failed request {self.type!r}: {code}: "
+                                        f"{message}", code=code, remote_message=message), None)
+
+
+def _call(cb, peer, exc, value):
+    try:
+        cb(peer, exc, value)
+    except Exception:
+        log.exception("peer %s: request callback failed", peer)

@@ -407,15 +407,25 @@ handler_fields = {"get": ["p", "k"], "put": ["p", "k", "c"], "scan": ["p", "c", 
 @st.composite
 def peer_requests(draw):
     """A request whose fields are each good or junk, maybe one missing; or any payload at all."""
-    type_ = draw(st.sampled_from([*handler_fields, "nope", "_handle", ""]))
+    type_ = draw(st.sampled_from([*handler_fields, "mput", "mget", "nope", "_handle", ""]))
+    if type_ in ("mput", "mget"):     # the direct lane's batches: a list of put / get payloads
+        if draw(st.booleans()):
+            return type_, draw(msgpack_values)
+        items = draw(st.lists(st.just(None), max_size=3))
+        return type_, [draw(_request_payload(type_[1:])) for _ in items]
+    return type_, draw(_request_payload(type_))
+
+
+@st.composite
+def _request_payload(draw, type_):
     fields = handler_fields.get(type_, ["p"])
     shape = draw(st.sampled_from(["fields", "fields", "fields", "one missing", "anything"]))
     if shape == "anything":
-        return type_, draw(msgpack_values)
+        return draw(msgpack_values)
     payload = draw(st.fixed_dictionaries({f: request_fields[f] for f in fields}))
     if shape == "one missing" and payload:
         del payload[draw(st.sampled_from(sorted(payload)))]
-    return type_, payload
+    return payload
 
 
 @FUZZ

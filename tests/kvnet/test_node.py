@@ -14,13 +14,13 @@ from kvnet.testing import free_ports
 
 async def _cluster(tmp_path, nodes=3, n=3, **kw):
     kw.setdefault("request_timeout_ms", 10000)
+    kw.setdefault("fsync", "never")
     ports = free_ports(2 * nodes)
     members = [f"n{i}@127.0.0.1:{ports[nodes + i]}" for i in range(nodes)]
     out = []
     for i in range(nodes):
         cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n,
-                   data_dir=str(tmp_path / f"n{i}"), members=members, fsync="never",
-                   **kw)
+                   data_dir=str(tmp_path / f"n{i}"), members=members, **kw)
         out.append(await Node(cfg).start())
     return out, ports[:nodes]
 
@@ -379,13 +379,13 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
             # replicas that do not answer in time: the general path's error, named
             async def stuck(m):
                 await asyncio.sleep(5)
-            b._peer_put = c._peer_put = stuck
-            b._peer_put_now = c._peer_put_now = lambda m: LATER
+            b._peer_mput = c._peer_mput = stuck
+            b._peer_mput_now = c._peer_mput_now = lambda m: LATER
             fut = a.set_overwrite_now(b"k", b"v3")
             with pytest.raises(QuorumError) as info:
                 await fut
             assert "timeout" in str(info.value)
-            del b._peer_put, c._peer_put, b._peer_put_now, c._peer_put_now
+            del b._peer_mput, c._peer_mput, b._peer_mput_now, c._peer_mput_now
 
             # reads: the future of the value at R; a stale replica is repaired afterwards
             fut = a.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
@@ -410,6 +410,43 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
             # a ring that moves closes it (writes go to the replicas being added too)
             assert a._direct_partitions(a.ring_state) == a._direct
             assert a._direct_partitions(SimpleNamespace(next=a.ring, current=a.ring)) == {}
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("fsync", ["never", "always"])
+def test_replica_batches_answer_each_item(tmp_path, fsync):
+    """The direct lane's mput/mget: each item stored or read, a bad one answered with its own
+    error; with fsync="always" the batch waits for one sync (the coroutine), not the inline
+    answer."""
+    from kvcore import versions as V
+
+    async def main():
+        nodes, _ = await _cluster(tmp_path, nodes=3, n=3, fsync=fsync)
+        b = nodes[1]
+        try:
+            p = b.ring.partition_of(b"k")
+            other = next(x for x in range(b.ring.q) if x != p)
+            k2 = next(k for k in (b"k%d" % i for i in range(1000)) if b.ring.partition_of(k) == p
+                      and k != b"k")
+            raw = V.encode(V.update(V.new(V.sibling(b"v", 5)), None, ("n0", 1, 1)))
+            items = [{"p": p, "k": b"k", "c": raw}, {"p": other, "k": b"k", "c": raw},
+                     {"p": p, "k": k2, "c": b"\xc1"}]
+            answer = b._handle_now("mput", items)
+            if fsync == "always":
+                assert answer is LATER
+                answer = await b._handle("mput", items)
+            values, errors = answer
+            assert values == [True, None, None] and sorted(errors) == [1, 2]
+            assert errors[1][0] == "CommandError" and "not" in errors[1][1]
+            assert errors[2][0] == "CommandError" and "bad clock" in errors[2][1]
+            assert b.replica.read_raw(p, b"k") == raw and b.replica.read_raw(p, k2) is None
+            values, errors = b._handle_now("mget", [{"p": p, "k": b"k"}, {"p": p, "k": k2},
+                                                    {"p": -1, "k": b"k"}])
+            assert values == [raw, None, None] and list(errors) == [2]
         finally:
             for n in nodes:
                 await n.stop()

@@ -508,3 +508,81 @@ def test_request_callback_timer_survives_answered_deadlines():
                 await conn.wait_closed()
 
     run(main())
+
+
+def test_batch_request_joins_one_iterations_items_into_one_request():
+    """Items joined in one loop iteration leave as one request; each item's callback gets its
+    own value or its own error; a big batch leaves early; loss and timeouts reach every item."""
+    from kvnet.peer import protocol as P
+
+    seen = []
+
+    async def handler(type, items):
+        seen.append((type, len(items)))
+        if type == "slow":
+            await asyncio.sleep(1)
+        return P.answer_batch(lambda x: 1 // x["n"], items)     # n=0: ZeroDivisionError
+
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, handler)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        got = {}
+
+        def cb(i):
+            return lambda peer, exc, value: got.setdefault(i, (peer, exc, value))
+        try:
+            for i in range(5):
+                assert conn.batch_request("inv", {"n": i}, cb(i), 5)
+            await until(lambda: len(got) == 5)
+            assert seen == [("inv", 5)]                         # one request for the five
+            assert [got[i][2] for i in range(1, 5)] == [1, 0, 0, 0]
+            peer, exc, value = got[0]
+            assert peer == "b" and value is None and isinstance(exc, RemoteError)
+            assert exc.code == "ZeroDivisionError" and "failed request 'inv'" in str(exc)
+            # items above BATCH_BYTES leave at once, in more than one request
+            seen.clear()
+            got.clear()
+            big = b"x" * (P.BATCH_BYTES // 2 + 1)
+            for i in range(4):
+                assert conn.batch_request("inv", {"n": 1, "c": big}, cb(i), 5)
+            await until(lambda: len(got) == 4)
+            assert seen == [("inv", 2), ("inv", 2)]
+            # a timeout reaches every item of the batch
+            got.clear()
+            for i in range(3):
+                assert conn.batch_request("slow", {"n": 1}, cb(i), 0.1)
+            await until(lambda: len(got) == 3)
+            assert all(isinstance(got[i][1], PeerTimeout) for i in range(3))
+            # a malformed answer is an error for each item, not a crash
+            assert conn.request_callback("x", None, lambda *a: None, 1)
+            got.clear()
+            fan = P._Fanout("t", [cb(0), cb(1)])
+            fan("b", None, [[1], {}])
+            assert all(isinstance(got[i][1], RemoteError) for i in range(2))
+            # paused writes: refused; a connection lost before the batch leaves: every item
+            conn.pause_writing()
+            assert not conn.batch_request("inv", {"n": 1}, cb(9), 5)
+            conn.resume_writing()
+            got.clear()
+            assert conn.batch_request("inv", {"n": 1}, cb(0), 5)
+            conn.close()
+            await until(lambda: 0 in got)
+            assert isinstance(got[0][1], ConnectionLost)
+            with pytest.raises(ConnectionLost):
+                conn.batch_request("inv", {"n": 1}, cb(1), 5)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_answer_batch_refuses_what_is_not_a_list():
+    from kvnet.peer.protocol import answer_batch
+    assert answer_batch(lambda x: x * 2, [1, 2]) == [[2, 4], {}]
+    with pytest.raises(PeerError):
+        answer_batch(lambda x: x, {"a": 1})
+    with pytest.raises(PeerError):
+        answer_batch(lambda x: x, [1, 2, 3], max_items=2)
