@@ -66,6 +66,7 @@ class Node(driver.Cluster, Backend):
         self._routes = {}
         self._solo = frozenset()          # partitions whose one replica is this node (install_ring)
         self._direct = {}                 # p -> (other primaries, Preflist): _direct_lane
+        self._lane_conns = {}             # peer -> the ready connection _direct_lane last used
         if not cfg.join:
             self.install_ring(RS.RingState(
                 Ring.create([m.name for m in members], q=cfg.ring_size, n=cfg.n)), save=False)
@@ -237,11 +238,16 @@ class Node(driver.Cluster, Backend):
         if lane is None:
             return None
         conns = []
-        is_down = self.gossip.is_down
-        get = self.pool.get
+        down = self.gossip.down_peers
+        cache = self._lane_conns
         for x in lane[0]:
-            conn = get(x)
-            if conn is None or conn.write_paused or is_down(x):
+            conn = cache.get(x)
+            if conn is None or not conn.is_ready:   # closed: ask the pool for its best now
+                conn = cache[x] = self.pool.get(x)
+                if conn is None:
+                    del cache[x]
+                    return None
+            if conn.write_paused or x in down:
                 return None
             conns.append(conn)
         return conns, lane[1]

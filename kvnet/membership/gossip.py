@@ -93,6 +93,12 @@ class Gossip:
     def is_down(self, peer):
         return self.liveness.state(peer) == DOWN
 
+    @property
+    def down_peers(self):
+        """The set of peers marked DOWN now (live, not a copy: read it, never change it);
+        `peer in down_peers` is is_down(peer) for the hot path."""
+        return self.liveness._down
+
     def address(self, peer):
         """A peer's gossiped (host, peer_port) (or the one kept from an earlier run), or None."""
         m = self.table.get(peer)

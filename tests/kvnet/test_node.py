@@ -402,11 +402,19 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
             assert await a.get_lww_now(b"nope") is None
 
             # a primary marked down: the lane is closed, the general path writes with a hint
-            a.gossip.is_down = lambda node: node == "n2"
+            a.gossip.liveness._down.add("n2")      # as the two-source rule marks it
+            assert a.gossip.is_down("n2")
             assert a.set_overwrite_now(b"k", b"v4") is LATER
             assert a.get_lww_now(b"k") is LATER
-            del a.gossip.is_down
+            a.gossip.liveness._down.discard("n2")
             await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            # a closed connection is never used again: the pool's best, or no lane until redialed
+            closed = a._lane_conns["n1"]
+            closed.close()
+            lane = a._direct_lane(p)
+            assert lane is None or closed not in lane[0]
+            await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            assert closed not in a._direct_lane(p)[0]
             # a ring that moves closes it (writes go to the replicas being added too)
             assert a._direct_partitions(a.ring_state) == a._direct
             assert a._direct_partitions(SimpleNamespace(next=a.ring, current=a.ring)) == {}
