@@ -264,10 +264,7 @@ class LocalReplica:
         else:
             raw = _bump_own_raw(old_raw, self.identity.prefix, part.trusted_from, value, ts)
         if raw is not None:
-            part.store.put(key, raw)
-            part.tree.update(key, old_raw, raw)
-            self._dirty.add(part)
-            self._write_gen += 1
+            self._put(part, key, old_raw, raw)
         return raw
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
