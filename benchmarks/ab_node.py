@@ -1,6 +1,6 @@
 """Several ringkv checkouts side by side under redis-benchmark, with redis-server, in one run.
 
-    python benchmarks/ab_node.py --requests 50000 /tmp/before /work/main /tmp/proposal
+    python benchmarks/ab_node.py --requests 50000 ../before . ../proposal
 
 Each checkout's node runs from its own directory (`python -m kvnet.cli.kvnode` with that
 directory as the working directory, so its kvnet/kvcore are the ones imported; compiled

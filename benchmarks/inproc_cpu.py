@@ -1,7 +1,7 @@
 """CPU per request of the node's own code, in one process, without redis-benchmark's noise.
 
     python benchmarks/inproc_cpu.py                      # this checkout
-    python benchmarks/inproc_cpu.py /tmp/before .        # checkouts side by side, alternating
+    python benchmarks/inproc_cpu.py ../before .        # checkouts side by side, alternating
 
 Two measurements per checkout, each in a fresh child process run from that checkout's
 directory (so its kvnet/kvcore and compiled extensions are the ones imported):
