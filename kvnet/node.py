@@ -389,20 +389,21 @@ class Node(driver.Cluster, Backend):
     def _checked(self, m, key=True):
         """(partition, key) of a peer request, refused unless the partition is on the ring
         and is the key's: a peer must never make a node open or write outside its ring."""
-        if not isinstance(m, dict):
+        if type(m) is not dict:        # (msgpack decodes a map to a plain dict)
             raise CommandError("peer request payload must be a map")
-        if self.ring is None:
+        ring = self.ring
+        if ring is None:
             raise CommandError(f"node {self.name} has no ring yet (joining)")
         p = m.get("p")
-        if type(p) is not int or not 0 <= p < self.ring.q:
-            raise CommandError(f"partition {p!r} is not on the ring (Q={self.ring.q})")
+        if type(p) is not int or not 0 <= p < ring.q:
+            raise CommandError(f"partition {p!r} is not on the ring (Q={ring.q})")
         if not key:
             return p, None
         k = m.get("k")
         if type(k) is not bytes or not k or len(k) > self.cfg.max_key_bytes:
             raise CommandError("peer request needs a non-empty bytes key within the key limit")
-        if self.ring.partition_of(k) != p:
-            raise CommandError(f"key is in partition {self.ring.partition_of(k)}, not {p}")
+        if ring.partition_of(k) != p:
+            raise CommandError(f"key is in partition {ring.partition_of(k)}, not {p}")
         return p, k
 
     def _replica_of(self, p):
@@ -640,24 +641,31 @@ class Node(driver.Cluster, Backend):
         rep = self.replica
         if rep.fsync == "always":
             return LATER              # the ack waits for the group commit
-        if p not in self._solo:
-            lane = self._direct_lane(p)
-            if lane is None:
-                return LATER
+        if p in self._solo:
             self._check_value(value)
-            raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
+            if self._overwrite_local(rep, p, key, value) is None:
+                return LATER          # a clock of another shape: the general path decides
             self.stats["puts"] += 1
-            conns, pl = lane
-            return driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl,
-                                     conns)
-        part = rep.partitions.get(p) or rep.partition(p)
+            return None
+        lane = self._direct_lane(p)
+        if lane is None:
+            return LATER
         self._check_value(value)
-        old_raw = part.store.get(key)
-        if rep.overwrite_raw(part, key, old_raw, bytes(value), time.time_ns() // 1000,
-                             None if old_raw is not None else rep.identity.new_epoch()) is None:
-            return LATER              # a clock of another shape: the general path decides
+        raw = self._overwrite_local(rep, p, key, value)
+        if raw is None:               # a clock of another shape: mint it the general way
+            raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
         self.stats["puts"] += 1
-        return None
+        conns, pl = lane
+        return driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
+
+    @staticmethod
+    def _overwrite_local(rep, p, key, value):
+        """A plain SET's new clock made and stored as bytes here (LocalReplica.overwrite_raw),
+        or None, having done nothing, for a stored clock of another shape."""
+        part = rep.partitions.get(p) or rep.partition(p)
+        old_raw = part.store.get(key)
+        return rep.overwrite_raw(part, key, old_raw, bytes(value), time.time_ns() // 1000,
+                                 None if old_raw is not None else rep.identity.new_epoch())
 
     async def set_overwrite(self, key, value):
         done = self.set_overwrite_now(key, value)

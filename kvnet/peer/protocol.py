@@ -705,8 +705,15 @@ class _Fanout:
                 _call(cb, peer, exc, None)
             return
         values, errors = payload
+        if not errors:              # the common case: every item answered
+            for cb, value in zip(callbacks, values):
+                try:
+                    cb(peer, None, value)
+                except Exception:
+                    log.exception("peer %s: request callback failed", peer)
+            return
         for i, cb in enumerate(callbacks):
-            err = errors.get(i) if errors else None
+            err = errors.get(i)
             if err is None:
                 _call(cb, peer, None, values[i])
                 continue
