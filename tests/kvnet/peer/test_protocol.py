@@ -34,6 +34,14 @@ async def until(cond):
         await asyncio.sleep(0.005)
 
 
+async def close_both(conn, server):
+    """Close a dialed connection and the server it reached, and wait for both."""
+    conn.close()
+    await conn.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
 async def echo(type, payload):
     if type == "sleep":
         await asyncio.sleep(payload)
@@ -242,10 +250,7 @@ def test_connection_loss_fails_pending_requests():
             with pytest.raises(ConnectionLost):
                 await conn.request("x", timeout=1)
         finally:
-            conn.close()
-            await conn.wait_closed()
-            server.close()
-            await server.wait_closed()
+            await close_both(conn, server)
 
     run(main())
 
@@ -475,10 +480,7 @@ def test_request_callback_answers_errors_timeouts_and_loss():
             assert "closed before it answered 'sleep'" in str(calls["lost"][1])
             assert "paused" not in calls
         finally:
-            conn.close()
-            await conn.wait_closed()
-            server.close()
-            await server.wait_closed()
+            await close_both(conn, server)
 
     run(main())
 
@@ -571,10 +573,7 @@ def test_batch_request_joins_one_iterations_items_into_one_request():
             with pytest.raises(ConnectionLost):
                 conn.batch_request("inv", {"n": 1}, cb(1), 5)
         finally:
-            conn.close()
-            await conn.wait_closed()
-            server.close()
-            await server.wait_closed()
+            await close_both(conn, server)
 
     run(main())
 
