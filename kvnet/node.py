@@ -24,6 +24,7 @@ from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
+from kvnet.peer.core import BATCH_VERSION
 from kvnet.peer.pool import PeerPool
 from kvnet.peer.protocol import answer_batch
 from kvnet.replica import LocalReplica
@@ -190,6 +191,7 @@ class Node(driver.Cluster, Backend):
         self._routes.clear()
         self._solo = self._solo_partitions(state)
         self._direct = self._direct_partitions(state)
+        self._lane_conns.clear()          # (no connection kept to a node that left)
         if save:
             RS.save(self.cfg.data_dir, state)
         ready = getattr(self, "_ring_ready", None)
@@ -243,10 +245,11 @@ class Node(driver.Cluster, Backend):
         for x in lane[0]:
             conn = cache.get(x)
             if conn is None or not conn.is_ready:   # closed: ask the pool for its best now
-                conn = cache[x] = self.pool.get(x)
-                if conn is None:
-                    del cache[x]
+                cache.pop(x, None)
+                conn = self.pool.get(x)
+                if conn is None or conn.version < BATCH_VERSION:   # an older node: no mput
                     return None
+                cache[x] = conn
             if conn.write_paused or x in down:
                 return None
             conns.append(conn)

@@ -15,8 +15,9 @@ from kvnet.errors import KVNetError, PeerError, ProtocolError
 from kvnet.peer.errors import AuthenticationError, ConnectionLost, VersionMismatch
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, MAX_REQ_ID, FrameReader, Kind, encode_frame
 
-PROTOCOL_VERSION = 1  # newest version this code speaks
+PROTOCOL_VERSION = 2  # newest version this code speaks (2: batch requests, mput / mget)
 MIN_PROTOCOL_VERSION = 1  # oldest version this code still speaks
+BATCH_VERSION = 2  # the first version whose nodes answer batch requests
 NONCE_SIZE = 32
 MAX_NODE_ID_LEN = 255
 _AUTH_LABEL = b"ringkv-peer-auth"

@@ -8,7 +8,7 @@ import collections
 import contextvars
 import logging
 
-from kvnet.errors import PeerError
+from kvnet.errors import PeerError, ProtocolError
 from kvnet.peer.core import PeerProtocolCore, State
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
@@ -23,6 +23,9 @@ _CLOSE_GRACE = 1.0  # seconds a closing transport may spend flushing before it i
 _DEADLINE_GRAIN = 0.02  # callback requests time out up to this late (one timer for them all)
 _NEVER = float("inf")
 BATCH_BYTES = 1 << 20  # a batch_request batch leaves early once its items hold this much
+BATCH_ITEMS = 1024  # ... or this many items
+ANSWER_BYTES = 16 << 20  # answer_batch defers the items whose answers would go above this
+DEFERRED = "Deferred"  # the error code of a deferred item
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
 
@@ -196,7 +199,8 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
                 self._inline += 1
                 try:
                     self.send_response(req_id, result)
-                except (TypeError, ValueError, PeerError) as exc:
+                except (TypeError, ValueError, PeerError, ProtocolError) as exc:
+                    # unencodable, or above the frame limit: this request fails, not the link
                     self.send_error(req_id, "EncodeError", f"response to {type!r} not sent: {exc}")
                 return
         self._start(self._serve(type, req_id, payload))
@@ -336,44 +340,83 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         path (the coordinator's direct lane): sends now and calls ``callback(peer_id, exc,
         payload)`` once, with exc None and the answer, or with the PeerError that ended it
         (a RemoteError, a PeerTimeout up to _DEADLINE_GRAIN late, ConnectionLost). Returns
-        False, sending nothing, while the write buffer is full."""
+        False, sending nothing, while the write buffer is full. timeout None: no deadline."""
         if self._write_paused:
             return False
-        req_id = self.send_request(type, payload)
-        deadline = self._loop.time() + timeout
-        self._callbacks[req_id] = (callback, type, timeout, deadline)
+        self._send_with_callback(type, payload, callback, timeout)
+        return True
+
+    def _send_with_callback(self, type_, payload, callback, timeout):
+        req_id = self.send_request(type_, payload)
+        deadline = _NEVER if timeout is None else self._loop.time() + timeout
+        self._callbacks[req_id] = (callback, type_, timeout, deadline)
         if deadline < self._deadline_at:    # the first, or a shorter timeout than the rest
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
             self._deadline_at = deadline
             self._deadline_timer = self._loop.call_at(deadline, self._expire_callbacks)
-        return True
+
+    def _expire_callbacks(self):
+        """One timer for every callback request: fails the overdue ones among those still
+        out (answered ones have left _callbacks, so this scans only what is in flight), then
+        sleeps until the next deadline, at least _DEADLINE_GRAIN away."""
+        self._deadline_timer = None
+        self._deadline_at = _NEVER
+        now = self._loop.time()
+        overdue = [req_id for req_id, entry in self._callbacks.items() if entry[3] <= now]
+        for req_id in overdue:
+            if self.state is State.CLOSED:   # a callback closed it: _on_close called the rest
+                return
+            entry = self._callbacks.pop(req_id, None)
+            if entry is not None:
+                self.forget(req_id)
+                self._call_back(entry[0], PeerTimeout(
+                    f"node {self.peer_id} did not answer {entry[1]!r} within {entry[2]:g} s"), None)
+        callbacks = self._callbacks
+        if not callbacks or self.state is State.CLOSED:
+            return
+        soonest = min(entry[3] for entry in callbacks.values())
+        if soonest == _NEVER:
+            return
+        at = max(soonest, now + _DEADLINE_GRAIN)
+        if at < self._deadline_at:      # (a callback's new request may have set one already)
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_at = at
+            self._deadline_timer = self._loop.call_at(at, self._expire_callbacks)
 
     def batch_request(self, rtype, item, callback, timeout):
         """Join `item` to this loop iteration's batch of `rtype` requests: the batch leaves as
         one request (rtype, [items]) at the next iteration, or at once when its items hold
-        BATCH_BYTES, and the peer's handler answers [values, {index: [code, message]}]
-        (answer_batch). ``callback(peer_id, exc, value)`` is called once per
-        item, as by request_callback (RemoteError for the item's own error). For the direct
-        lane's replica writes and reads: one frame each way per peer per iteration instead of
-        one per key. Returns False, sending nothing, while the write buffer is full. An item's
-        size is the len() of its "c" (a clock), when it is a dict that has one."""
+        BATCH_BYTES or BATCH_ITEMS, and the peer's handler answers [values, {index: [code,
+        message]}] (answer_batch). ``callback(peer_id, exc, value)`` is called once per item,
+        as by request_callback (RemoteError for the item's own error; an item the peer
+        deferred, its answer being too big to join the others, is asked again on its own
+        as rtype without its first letter: "mget" -> "get"). For the direct lane's replica
+        writes and reads: one frame each way per peer per iteration instead of one per key.
+        Returns False, sending nothing, while the write buffer is full. An item's size is
+        the len() of its "c" (a clock), when it is a dict that has one; an item of
+        BATCH_BYTES or more goes alone."""
         if self._write_paused:
             return False
         self._check_ready()
+        raw = item.get("c") if type(item) is dict else None
+        size = 0 if raw is None else len(raw)
         batch = self._batches.get(rtype)
+        if batch is not None and batch.size + size >= BATCH_BYTES:
+            del self._batches[rtype]          # the batch so far first, this item after it
+            self._send_batch(rtype, batch)
+            batch = None
         if batch is None:
             if not self._batches:
                 self._loop.call_soon(self._send_batches)
             batch = self._batches[rtype] = _Batch(timeout)
         batch.items.append(item)
         batch.callbacks.append(callback)
-        raw = item.get("c") if type(item) is dict else None
-        if raw is not None:
-            batch.size += len(raw)
-            if batch.size >= BATCH_BYTES:
-                del self._batches[rtype]
-                self._send_batch(rtype, batch)
+        batch.size += size
+        if batch.size >= BATCH_BYTES or len(batch.items) >= BATCH_ITEMS:
+            del self._batches[rtype]
+            self._send_batch(rtype, batch)
         return True
 
     def _send_batches(self):
@@ -383,36 +426,13 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         self._flush()
 
     def _send_batch(self, type_, batch):
-        fanout = _Fanout(type_, batch.callbacks)
+        """Send a batch accepted earlier, even above the write high-water mark (a soft limit:
+        its items were taken while writes flowed, as a request() would have waited)."""
+        fanout = _Fanout(self, type_, batch)
         try:
-            if self.state is not State.READY:
-                self._check_ready()
-            if self.request_callback(type_, batch.items, fanout, batch.timeout):
-                return
-            exc = PeerUnavailable(f"node {self.peer_id}: write buffer full")
-        except Exception as e:      # closed meanwhile, or a frame above the limit
-            exc = e
-        fanout(self.peer_id, exc, None)
-
-    def _expire_callbacks(self):
-        """One timer for every callback request: fails the overdue ones among those still
-        out (answered ones have left _callbacks, so this scans only what is in flight), then
-        sleeps until the next deadline, at least _DEADLINE_GRAIN away."""
-        self._deadline_timer = None
-        self._deadline_at = _NEVER
-        now = self._loop.time()
-        callbacks = self._callbacks
-        overdue = [req_id for req_id, entry in callbacks.items() if entry[3] <= now]
-        for req_id in overdue:
-            entry = callbacks.pop(req_id, None)
-            if entry is not None:
-                self.forget(req_id)
-                self._call_back(entry[0], PeerTimeout(
-                    f"node {self.peer_id} did not answer {entry[1]!r} within {entry[2]:g} s"), None)
-        if callbacks and self.state is not State.CLOSED:
-            self._deadline_at = max(min(entry[3] for entry in callbacks.values()),
-                                    now + _DEADLINE_GRAIN)
-            self._deadline_timer = self._loop.call_at(self._deadline_at, self._expire_callbacks)
+            self._send_with_callback(type_, batch.items, fanout, batch.timeout)
+        except Exception as exc:      # closed meanwhile, or a frame above the limit
+            fanout(self.peer_id, exc, None)
 
     def _settled(self, req_id, timer):
         if timer is not None:
@@ -533,7 +553,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             return
         try:
             await self._reply(self.send_response, req_id, result)
-        except (TypeError, ValueError, PeerError) as exc:  # unencodable or oversize response
+        except (TypeError, ValueError, PeerError, ProtocolError) as exc:  # unencodable or oversize
             await self._reply(self.send_error, req_id, "EncodeError", f"response to {type_!r} not sent: {exc}")
 
     async def _reply(self, send, *args):
@@ -658,19 +678,31 @@ async def serve_peers(
     return PeerServer(server, conns)
 
 
-def answer_batch(fn, items, max_items=100_000):
+def answer_batch(fn, items, max_items=100_000, budget=ANSWER_BYTES):
     """A handler's answer to a batch_request batch: [values, {index: [code, message]}] of
-    fn(item) for each item, an item's exception as its own error (the others still count)."""
+    fn(item) for each item, an item's exception as its own error (the others still count).
+    Once the bytes values so far pass `budget`, each further item with a bytes value is
+    answered "Deferred" instead (the first is always answered): the asker sends it again
+    alone, so one answer frame stays far below the frame limit."""
     if type(items) is not list or len(items) > max_items:
         raise PeerError(f"a batch must be a list of at most {max_items} items")
     values = []
     errors = {}
+    size = 0
     for item in items:
         try:
-            values.append(fn(item))
+            value = fn(item)
         except Exception as exc:
             errors[len(values)] = [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
             values.append(None)
+            continue
+        if type(value) is bytes:
+            size += len(value)
+            if size > budget and values:
+                errors[len(values)] = [DEFERRED, "answer too big to join the batch's"]
+                values.append(None)
+                continue
+        values.append(value)
     return [values, errors]
 
 
@@ -685,13 +717,17 @@ class _Batch:
 
 
 class _Fanout:
-    """The callback of one batch request: each item's answer (or error) to its own callback."""
+    """The callback of one batch request: each item's answer (or error) to its own callback;
+    an item the peer deferred is asked again alone."""
 
-    __slots__ = ("type", "callbacks")
+    __slots__ = ("conn", "type", "items", "callbacks", "timeout")
 
-    def __init__(self, type_, callbacks):
+    def __init__(self, conn, type_, batch):
+        self.conn = conn
         self.type = type_
-        self.callbacks = callbacks
+        self.items = batch.items
+        self.callbacks = batch.callbacks
+        self.timeout = batch.timeout
 
     def __call__(self, peer, exc, payload):
         callbacks = self.callbacks
@@ -718,8 +754,18 @@ class _Fanout:
                 _call(cb, peer, None, values[i])
                 continue
             code, message = (err + ["", ""])[:2] if type(err) is list else ("Error", repr(err))
+            if code == DEFERRED:
+                self._alone(i, cb)
+                continue
             _call(cb, peer, RemoteError(f"node {peer} failed request {self.type!r}: {code}: "
                                         f"{message}", code=code, remote_message=message), None)
+
+    def _alone(self, i, cb):
+        conn = self.conn
+        try:
+            conn._send_with_callback(self.type[1:], self.items[i], cb, self.timeout)
+        except Exception as exc:
+            _call(cb, conn.peer_id, exc, None)
 
 
 def _call(cb, peer, exc, value):

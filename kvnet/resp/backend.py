@@ -108,13 +108,15 @@ class Backend(abc.ABC):
         """Plain GET: the newest sibling by timestamp; None if absent or a tombstone."""
 
     def get_lww_now(self, key: bytes):
-        """get_lww's answer when it is known without waiting (a local read), else LATER.
+        """get_lww's answer when it is known without waiting (a local read); an asyncio
+        Future of it when the read is under way and settles from callbacks; else LATER.
         Raises as get_lww would. The front door tries it first: no coroutine per GET."""
         return LATER
 
     def set_overwrite_now(self, key: bytes, value: bytes):
-        """Do set_overwrite at once and return None when nothing needs waiting for, else LATER
-        (having done nothing). Raises as set_overwrite would."""
+        """Do set_overwrite at once and return None when nothing needs waiting for; or start
+        it and return an asyncio Future that ends when it is done (its result unused) or
+        with its error; else LATER, having done nothing. Raises as set_overwrite would."""
         return LATER
 
     @abc.abstractmethod

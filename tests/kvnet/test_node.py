@@ -460,3 +460,40 @@ def test_replica_batches_answer_each_item(tmp_path, fsync):
                 await n.stop()
 
     run(main())
+
+
+def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
+    """No lane when N is above the node count (shorter preference lists), nor to a peer whose
+    connection agreed on protocol version 1 (it has no mput/mget); fsync="interval" keeps
+    it (the timer syncs what the lane stored)."""
+    async def main():
+        two, _ = await _cluster(tmp_path / "two", nodes=2, n=3, r=2, w=2)
+        try:
+            assert two[0]._direct == {}
+            await two[0].set_overwrite(b"k", b"v")            # the general path
+            assert await two[1].get_lww(b"k") == b"v"
+        finally:
+            for n in two:
+                await n.stop()
+        nodes, _ = await _cluster(tmp_path / "three", nodes=3, n=3, r=2, w=2, fsync="interval")
+        a = nodes[0]
+        try:
+            p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            fut = a.set_overwrite_now(b"k", b"v1")
+            assert isinstance(fut, asyncio.Future)
+            await fut
+            assert await nodes[2].get_lww(b"k") == b"v1"
+            old = a.pool.get("n1")
+            a._lane_conns.clear()
+            old.version = 1                                  # as an older node agrees
+            assert a._direct_lane(p) is None
+            assert a.set_overwrite_now(b"k", b"v2") is LATER
+            await a.set_overwrite(b"k", b"v2")
+            assert await nodes[1].get_lww(b"k") == b"v2"
+            old.version = 2
+            assert a._direct_lane(p) is not None
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())

@@ -544,11 +544,19 @@ def test_batch_request_joins_one_iterations_items_into_one_request():
             # items above BATCH_BYTES leave at once, in more than one request
             seen.clear()
             got.clear()
-            big = b"x" * (P.BATCH_BYTES // 2 + 1)
+            third = b"x" * (P.BATCH_BYTES // 3)
             for i in range(4):
-                assert conn.batch_request("inv", {"n": 1, "c": big}, cb(i), 5)
+                assert conn.batch_request("inv", {"n": 1, "c": third}, cb(i), 5)
             await until(lambda: len(got) == 4)
-            assert seen == [("inv", 2), ("inv", 2)]
+            assert seen == [("inv", 3), ("inv", 1)]
+            # an item of BATCH_BYTES goes alone, the batch before it first
+            seen.clear()
+            got.clear()
+            assert conn.batch_request("inv", {"n": 1}, cb(0), 5)
+            assert conn.batch_request("inv", {"n": 1, "c": b"x" * P.BATCH_BYTES}, cb(1), 5)
+            assert conn.batch_request("inv", {"n": 1}, cb(2), 5)
+            await until(lambda: len(got) == 3)
+            assert seen == [("inv", 1), ("inv", 1), ("inv", 1)]
             # a timeout reaches every item of the batch
             got.clear()
             for i in range(3):
@@ -558,13 +566,22 @@ def test_batch_request_joins_one_iterations_items_into_one_request():
             # a malformed answer is an error for each item, not a crash
             assert conn.request_callback("x", None, lambda *a: None, 1)
             got.clear()
-            fan = P._Fanout("t", [cb(0), cb(1)])
-            fan("b", None, [[1], {}])
+            batch = P._Batch(1)
+            batch.callbacks += [cb(0), cb(1)]
+            batch.items += [{}, {}]
+            P._Fanout(conn, "t", batch)("b", None, [[1], {}])
             assert all(isinstance(got[i][1], RemoteError) for i in range(2))
-            # paused writes: refused; a connection lost before the batch leaves: every item
+            # paused writes: refused; but a batch accepted before the pause still leaves
             conn.pause_writing()
             assert not conn.batch_request("inv", {"n": 1}, cb(9), 5)
             conn.resume_writing()
+            got.clear()
+            assert conn.batch_request("inv", {"n": 2}, cb(0), 5)
+            conn.pause_writing()
+            await until(lambda: 0 in got)
+            assert got[0] == ("b", None, 0)
+            conn.resume_writing()
+            # a connection lost before the batch leaves: every item
             got.clear()
             assert conn.batch_request("inv", {"n": 1}, cb(0), 5)
             conn.close()
@@ -585,3 +602,80 @@ def test_answer_batch_refuses_what_is_not_a_list():
         answer_batch(lambda x: x, {"a": 1})
     with pytest.raises(PeerError):
         answer_batch(lambda x: x, [1, 2, 3], max_items=2)
+
+
+def test_batch_answers_above_the_budget_are_deferred_and_asked_again_alone():
+    from kvnet.peer import protocol as P
+
+    seen = []
+
+    async def handler(type, payload):
+        seen.append(type)
+        if type == "mbig":
+            return P.answer_batch(lambda it: b"x" * it["n"], payload, budget=1000)
+        return b"x" * payload["n"]          # "big": one item, alone
+
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, handler)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        got = {}
+        try:
+            for i in range(4):
+                assert conn.batch_request("mbig", {"n": 600}, lambda p, e, v, i=i: got.setdefault(
+                    i, (e, v)), 5)
+            await until(lambda: len(got) == 4)
+            assert all(e is None and v == b"x" * 600 for e, v in got.values())
+            assert seen == ["mbig", "big", "big", "big"]     # the first fits, the rest alone
+        finally:
+            await close_both(conn, server)
+
+    run(main())
+    assert P.answer_batch(lambda n: b"y" * n, [5, 5, 5], budget=6) == [
+        [b"yyyyy", None, None], {1: [P.DEFERRED, "answer too big to join the batch's"],
+                                  2: [P.DEFERRED, "answer too big to join the batch's"]}]
+
+
+def test_an_answer_above_the_frame_limit_fails_the_request_not_the_connection():
+    async def handler(type, payload):
+        return b"z" * payload
+
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, handler, max_frame_size=4096)
+        conn = await connect(HOST, server.port, "a", SECRET, max_frame_size=4096)
+        try:
+            with pytest.raises(RemoteError) as info:
+                await conn.request("big", 10_000, timeout=5)
+            assert info.value.code == "EncodeError" and "exceeds the limit" in str(info.value)
+            assert await conn.request("small", 10, timeout=5) == b"z" * 10
+            assert conn.is_ready
+        finally:
+            await close_both(conn, server)
+
+    run(main())
+
+
+def test_a_callback_that_closes_the_connection_is_not_called_again():
+    """Timeouts call each callback once, even when one of them closes the connection (which
+    fails the others with ConnectionLost)."""
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, echo)
+        conn = await connect(HOST, server.port, "a", SECRET)
+        calls = []
+
+        def first(peer, exc, value):
+            calls.append(("first", type(exc).__name__))
+            conn.close()
+
+        def second(peer, exc, value):
+            calls.append(("second", type(exc).__name__))
+        try:
+            assert conn.request_callback("sleep", 1, first, 0.05)
+            assert conn.request_callback("sleep", 1, second, 0.05)
+            await until(lambda: len(calls) >= 2)
+            await asyncio.sleep(0.1)
+            assert calls == [("first", "PeerTimeout"), ("second", "ConnectionLost")]
+            assert not conn._callbacks
+        finally:
+            await close_both(conn, server)
+
+    run(main())
