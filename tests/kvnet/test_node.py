@@ -8,6 +8,7 @@ import redis.asyncio as aredis
 from kvnet.config import load
 from kvnet.errors import CommandError, QuorumError
 from kvnet.node import Node
+from kvnet.peer.protocol import answer_batch
 from kvnet.resp.backend import LATER
 from kvnet.testing import free_ports
 
@@ -497,3 +498,43 @@ def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_a_client_that_leaves_while_its_set_is_in_flight(tmp_path, caplog):
+    """The front door cancels the write's future when its client goes; the replicas' late
+    answers (or the timeout) then settle nothing, raise nothing, and the node serves on."""
+    async def main():
+        nodes, ports = await _cluster(tmp_path, nodes=3, n=3, r=2, w=2, request_timeout_ms=300)
+        a, b, c = nodes
+        try:
+            await asyncio.wait_for(_lane_open(a, b"k"), 10)
+            release = asyncio.Event()
+
+            async def held(items):
+                await release.wait()
+                return answer_batch(b._stored, items)
+            for n in (b, c):
+                n._peer_mput_now = lambda m: LATER
+                n._peer_mput = held
+            reader, writer = await asyncio.open_connection("127.0.0.1", ports[0])
+            writer.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n")
+            await writer.drain()
+            p = a.ring.partition_of(b"k")
+            while a.replica.read_raw(p, b"k") is None:       # stored here, replicas held
+                await asyncio.sleep(0.01)
+            writer.close()
+            await asyncio.sleep(0.1)
+            release.set()                                    # late answers, after the close
+            await asyncio.sleep(0.5)                         # and past the timeout
+            for n in (b, c):
+                del n._peer_mput_now, n._peer_mput
+            client = aredis.Redis(port=ports[0])
+            assert await client.set(b"k", b"v2") and await client.get(b"k") == b"v2"
+            await client.aclose()
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    with caplog.at_level("ERROR"):
+        run(main())
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
