@@ -355,7 +355,7 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
 class DirectWrite:
     """A write's replication without a coroutine, a Task or a timer per replica: the caller
     has stored the new clock `raw` and sent it to the other primaries with
-    PeerConnection.request_callback(..., this object). It counts their acknowledgements as
+    PeerConnection.batch_request(..., this object). It counts their acknowledgements as
     they come and settles `future` with `raw` at W (the local store counts as one), or with
     the general path's error (a PutQuorum fed the same replies) once W cannot be reached."""
 
@@ -391,7 +391,7 @@ class DirectWrite:
 def put_direct(cluster, p, key, raw, w, pl, conns):
     """Replicate `raw` (stored here already) to the connections of p's other primaries; the
     future of the new clock's bytes at W. The node decides when the lane is open
-    (Node._direct_conns); nothing here waits, so the caller needs no coroutine."""
+    (Node._direct_lane); nothing here waits, so the caller needs no coroutine."""
     future = (cluster.loop or asyncio.get_running_loop()).create_future()
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
     payload = {"p": p, "k": key, "c": raw}
