@@ -219,7 +219,7 @@ class Node(driver.Cluster, Backend):
     def _direct_partitions(self, state):
         """{p: (p's other primaries, p's Preflist with every primary up)} for the partitions of
         which this node is one of N distinct primaries, while the ring is not moving: a plain
-        SET there goes straight to the other primaries when all are up (_direct_lane)."""
+        GET or SET there goes straight to the other primaries when all are up (_direct_lane)."""
         if state.next is not None:
             return {}
         ring = state.current
@@ -441,8 +441,7 @@ class Node(driver.Cluster, Backend):
     def _peer_put_now(self, m):
         if self.replica.fsync == "always":
             return LATER                # the acknowledgement waits for the group commit
-        self._store_put(m)
-        return True
+        return self._stored(m)
 
     def _store_put(self, m):
         p, k = self._checked(m)
@@ -466,6 +465,7 @@ class Node(driver.Cluster, Backend):
         return answer_batch(self._stored, items)
 
     def _stored(self, m):
+        """Store one replicated write; its acknowledgement (no wait for a sync)."""
         self._store_put(m)
         return True
 

@@ -394,12 +394,17 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
     (Node._direct_lane); nothing here waits, so the caller needs no coroutine."""
     future = (cluster.loop or asyncio.get_running_loop()).create_future()
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
-    payload = {"p": p, "k": key, "c": raw}
-    timeout = cluster.timeout
-    for conn in conns:
-        if not conn.batch_request("mput", payload, write, timeout):
-            write(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
+    _batch_to(conns, "mput", {"p": p, "k": key, "c": raw}, write, cluster.timeout)
     return future
+
+
+def _batch_to(conns, rtype, item, callback, timeout):
+    """Join `item` to each connection's batch of rtype (a full write buffer is that
+    replica's failed reply)."""
+    for conn in conns:
+        if not conn.batch_request(rtype, item, callback, timeout):
+            callback(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"),
+                     None)
 
 
 class DirectRead:
@@ -470,9 +475,5 @@ def get_direct(cluster, p, key, raw, r, pl, conns):
     plain GET's value (None: absent or deleted) at R. The node decides when the lane is open."""
     future = (cluster.loop or asyncio.get_running_loop()).create_future()
     read = DirectRead(cluster, future, p, key, raw, cluster.ring.n, r, pl, len(conns))
-    payload = {"p": p, "k": key}
-    timeout = cluster.timeout
-    for conn in conns:
-        if not conn.batch_request("mget", payload, read, timeout):
-            read(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"), None)
+    _batch_to(conns, "mget", {"p": p, "k": key}, read, cluster.timeout)
     return future

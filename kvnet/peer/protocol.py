@@ -176,10 +176,7 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
             entry[0].set_exception(exc)
 
     def _call_back(self, callback, exc, payload):
-        try:
-            callback(self.peer_id, exc, payload)
-        except Exception:   # the caller's bug: the other frames of this read still count
-            log.exception("peer %s: request callback failed", self.peer_id)
+        _call(callback, self.peer_id, exc, payload)
 
     def _on_request(self, type, req_id, payload):
         if self._handler is None:
@@ -743,10 +740,7 @@ class _Fanout:
         values, errors = payload
         if not errors:              # the common case: every item answered
             for cb, value in zip(callbacks, values):
-                try:
-                    cb(peer, None, value)
-                except Exception:
-                    log.exception("peer %s: request callback failed", peer)
+                _call(cb, peer, None, value)
             return
         for i, cb in enumerate(callbacks):
             err = errors.get(i)
@@ -771,5 +765,5 @@ class _Fanout:
 def _call(cb, peer, exc, value):
     try:
         cb(peer, exc, value)
-    except Exception:
+    except Exception:   # the caller's bug: the other answers of this read still count
         log.exception("peer %s: request callback failed", peer)
