@@ -605,25 +605,22 @@ class Node(driver.Cluster, Backend):
 
     def get_lww_now(self, key):
         p = self._partition(key)
+        lane = None
         if p not in self._solo:
             lane = self._direct_lane(p)
             if lane is None:
                 return LATER
-            try:
-                raw = self.replica.read_raw(p, key)
-            except Exception:
-                return LATER              # the driver's path reports the failure
-            self.stats["gets"] += 1
-            conns, pl = lane
-            return driver.get_direct(self, p, key, raw, min(self.cfg.r, len(pl.targets)), pl,
-                                     conns)
         try:
-            raw = (self.replica.partitions.get(p) or self.replica.partition(p)).store.get(key)
-            value = None if raw is None else V.lww_value_raw(raw)
+            raw = self.replica.read_raw(p, key)
+            if lane is None:          # this node alone replicates p: its copy is the answer
+                value = None if raw is None else V.lww_value_raw(raw)
         except Exception:
             return LATER              # the driver's path reports the failure
         self.stats["gets"] += 1
-        return value
+        if lane is None:
+            return value
+        conns, pl = lane
+        return driver.get_direct(self, p, key, raw, min(self.cfg.r, len(pl.targets)), pl, conns)
 
     async def get_lww(self, key):
         value = self.get_lww_now(key)
@@ -665,7 +662,7 @@ class Node(driver.Cluster, Backend):
     def _overwrite_local(rep, p, key, value):
         """A plain SET's new clock made and stored as bytes here (LocalReplica.overwrite_raw),
         or None, having done nothing, for a stored clock of another shape."""
-        part = rep.partitions.get(p) or rep.partition(p)
+        part = rep.partition(p)
         old_raw = part.store.get(key)
         return rep.overwrite_raw(part, key, old_raw, bytes(value), time.time_ns() // 1000,
                                  None if old_raw is not None else rep.identity.new_epoch())
