@@ -11,6 +11,11 @@ capped server-wide (MAX_RUN_AHEAD), so a saturated node does not pile up work th
 wait (and time out): each connection still always has its first command running.
 Reading pauses while the transport's write buffer is above its high-water mark or too many
 commands wait, so a client that does not read its replies cannot grow the server's memory.
+
+Replies are written once per loop iteration, after every connection that became readable in it
+has run its commands (as Redis writes in `beforeSleep`): a client such as redis-benchmark,
+waiting on many connections, is then woken once per burst of replies instead of once per reply,
+and on a virtual machine each wake-up is an inter-processor interrupt.
 """
 import asyncio
 import collections
@@ -57,6 +62,7 @@ class RespProtocol(asyncio.Protocol):
         self._key_of = server.commands.key_of
         self._out = []                      # encoded replies not yet written
         self._out_size = 0
+        self._flush_queued = False          # in server.unflushed, written at the iteration's end
         self._write_paused = False
         self._reading = True
         self._closed = False
@@ -180,7 +186,9 @@ class RespProtocol(asyncio.Protocol):
                 return
             if self._out_size >= FLUSH_SIZE:
                 self._flush()  # may call pause_writing()
-        self._flush()
+        if out and not self._flush_queued:
+            self._flush_queued = True
+            self.server.flush_later(self)
         self._update_reading()
 
     def _start_task(self, coro, yielded, key):
@@ -234,6 +242,12 @@ class RespProtocol(asyncio.Protocol):
             self._close_after_flush()
             return
         self._run()
+
+    def flush_queued(self):
+        """Called once per loop iteration by the server for connections with replies waiting."""
+        self._flush_queued = False
+        if not self._closed:
+            self._flush()
 
     def _flush(self):
         out = self._out
@@ -300,7 +314,22 @@ class RespServer:
                                  config=config)
         self.commands.parser_limits = self.parser_limits
         self.connections = set()
+        self.unflushed = []         # connections whose replies wait for the iteration's end
         self.server = None
+
+    def flush_later(self, conn):
+        """Queue `conn`'s replies for one write after this iteration's callbacks (call_soon runs
+        after the I/O callbacks the loop is still dispatching)."""
+        unflushed = self.unflushed
+        if not unflushed:
+            self.loop.call_soon(self._flush_unflushed)
+        unflushed.append(conn)
+
+    def _flush_unflushed(self):
+        conns = self.unflushed
+        self.unflushed = []
+        for conn in conns:
+            conn.flush_queued()
 
     async def start(self, host="127.0.0.1", port=0, **kwargs):
         self.server = await self.loop.create_server(lambda: RespProtocol(self), host, port,

@@ -8,7 +8,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from kvnet.resp.backend import MemoryBackend
-from kvnet.resp.server import FLUSH_SIZE, serve
+from kvnet.resp.server import FLUSH_SIZE, RespProtocol, RespServer, serve
 
 try:
     import uvloop
@@ -224,3 +224,47 @@ def test_close_stops_connections():
         writer.close()
         assert not server.connections
     run(main())
+
+
+class RecordingTransport(asyncio.Transport):
+    """Records writes with the order they happened in, across connections."""
+
+    def __init__(self, log, name):
+        super().__init__()
+        self.log, self.name = log, name
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1) if name in ("peername", "sockname") else default
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        pass
+
+    def write(self, data):
+        self.log.append((self.name, bytes(data)))
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_replies_leave_once_per_loop_iteration(loop_factory):
+    """Connections readable in one iteration all run their commands before any reply is
+    written, then each connection's replies leave in one write (docs/resp.md)."""
+    async def main():
+        server = RespServer(MemoryBackend(), idle_timeout=0)
+        log = []
+        conns = []
+        for name in ("a", "b"):
+            conn = RespProtocol(server)
+            conn.connection_made(RecordingTransport(log, name))
+            conns.append(conn)
+        conns[0].data_received(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n")
+        conns[1].data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n")
+        conns[0].data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+        assert log == []            # nothing written while the iteration's callbacks run
+        await asyncio.sleep(0)
+        assert log == [("a", b"+OK\r\n$1\r\n1\r\n"), ("b", b"$1\r\n1\r\n+PONG\r\n")]
+        conns[1].connection_lost(None)
+        conns[1].data_received(b"*1\r\n$4\r\nPING\r\n")
+        conns[0].data_received(b"*1\r\n$4\r\nPING\r\n")
+        await asyncio.sleep(0)
+        assert log[2:] == [("a", b"+PONG\r\n")]     # a closed connection writes nothing
+        conns[0].connection_lost(None)
+    run(main(), loop_factory)
