@@ -29,6 +29,8 @@ EXTENSIONS = [
     Extension("kvnet.resp.fastparse", ["kvnet/resp/fastparse.pyx"]),
     # issue 5: the common case of kvcore.versions.decode (twin: clockcodec_py)
     Extension("kvcore.clockcodec", ["kvcore/clockcodec.pyx"]),
+    # a replica's SET and superseding merge in one store lookup (twin: replicawrite_py)
+    Extension("kvcore.replicawrite", ["kvcore/replicawrite.pyx"]),
 ]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).
 _only = [n for n in os.environ.get("RINGKV_EXT", "").split(",") if n]

@@ -662,10 +662,7 @@ class Node(driver.Cluster, Backend):
     def _overwrite_local(rep, p, key, value):
         """A plain SET's new clock made and stored as bytes here (LocalReplica.overwrite_raw),
         or None, having done nothing, for a stored clock of another shape."""
-        part = rep.partition(p)
-        old_raw = part.store.get(key)
-        return rep.overwrite_raw(part, key, old_raw, bytes(value), time.time_ns() // 1000,
-                                 None if old_raw is not None else rep.identity.new_epoch())
+        return rep.overwrite_raw(rep.partition(p), key, bytes(value), time.time_ns() // 1000)
 
     async def set_overwrite(self, key, value):
         done = self.set_overwrite_now(key, value)

@@ -15,13 +15,13 @@ import msgpack
 
 from kvcore import merkle as M
 from kvcore import versions as V
+from kvcore._native import select
 from kvcore.storage import LogStore
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import TooManySiblings
 
 EPOCH_BLOCK = 10_000
-_fresh_raw = V.fresh_raw
-_bump_own_raw = V.bump_own_raw
+RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
 
 def _read_msgpack(path):
@@ -198,6 +198,10 @@ class LocalReplica:
     def _put(self, part, key, old_raw, raw):
         part.store.put(key, raw)
         part.tree.update(key, old_raw, raw)
+        self._written(part)
+
+    def _written(self, part):
+        """A write stored in part: the next sync covers it."""
         self._dirty.add(part)
         self._write_gen += 1
 
@@ -233,20 +237,15 @@ class LocalReplica:
     def _mint(self, p, key, sibling, context, overwrite):
         """(stored bytes, the clock or None when the byte-level path made the bytes alone)."""
         part = self.partition(p)
-        old_raw = part.store.get(key)
-        ident = self.identity
-        epoch = None
         if overwrite:
-            if old_raw is None:
-                epoch = ident.new_epoch()       # a key not found here: a fresh actor
-            raw = self.overwrite_raw(part, key, old_raw, sibling.value, sibling.timestamp, epoch)
+            raw = self.overwrite_raw(part, key, sibling.value, sibling.timestamp)
             if raw is not None:
                 return raw, None
+        old_raw = part.store.get(key)
+        ident = self.identity
         if old_raw is None:
             local = None
-            if epoch is None:
-                epoch = ident.new_epoch()
-            actor = ident.actor(epoch)
+            actor = ident.actor(ident.new_epoch())
             actor_for = lambda ctx: actor               # noqa: E731
         else:
             local = V.decode(old_raw)
@@ -254,17 +253,16 @@ class LocalReplica:
         clock = self.next_clock(local, sibling, context, overwrite, actor_for)
         return self._store(p, key, clock, old_raw), clock
 
-    def overwrite_raw(self, part, key, old_raw, value, ts, epoch=None):
-        """A Redis SET/DEL over nothing (old_raw None: minted by the fresh `epoch`) or over a
-        clock this node minted last, made and stored as bytes directly (kvcore/clockcodec.pyx),
-        the same the general path makes. The stored bytes, or None (nothing done: take the
-        general path) for any other clock."""
-        if old_raw is None:
-            raw = _fresh_raw(self.identity.prefix, epoch, value, ts)
-        else:
-            raw = _bump_own_raw(old_raw, self.identity.prefix, part.trusted_from, value, ts)
+    def overwrite_raw(self, part, key, value, ts):
+        """A Redis SET/DEL over nothing (minted by a fresh epoch) or over a clock this node
+        minted last, made and stored as bytes directly with one store lookup
+        (kvcore/replicawrite.pyx), the same the general path makes. The stored bytes, or None
+        (nothing done: take the general path) for any other clock."""
+        ident = self.identity
+        raw = RW.overwrite(part.store, part.tree, key, value, ident.prefix, part.trusted_from, ts,
+                           ident.new_epoch)
         if raw is not None:
-            self._put(part, key, old_raw, raw)
+            self._written(part)
         return raw
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
@@ -293,13 +291,10 @@ class LocalReplica:
         and the sync would be it), and is stored as it is; False, having done nothing, for
         anything else (the caller decodes and merges)."""
         part = self.partition(p)
-        old_raw = part.store.get(key)
-        if old_raw == raw:
-            return True
-        if not V.supersedes_raw(old_raw, raw):
-            return False
-        self._put(part, key, old_raw, raw)
-        return True
+        done = RW.merge_superseding(part.store, part.tree, key, raw)
+        if done == RW.STORED:
+            self._written(part)
+        return done != RW.MISS
 
     def repair(self, p, key, clock):
         """`merge` for anti-entropy: True if the stored clock changed (one lookup, not three)."""

@@ -59,12 +59,17 @@ cdef class LogStore:
     cdef Py_ssize_t _open_segment(self, uint64_t seg_id, bint create) except -1
     cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1    # False: bad file, nothing indexed
     cdef object _stored(self, object value, int *flags)                 # lz4 when it pays
-    cdef int _write_one(self, object key, object stored, int flags) except -1
+    cdef int _write_one(self, object key, object stored, int flags, Py_ssize_t slot=*) except -1
+    # a read-modify-write with one lookup: slot_of (-1: absent), value_in, then put_in with
+    # that slot and no other write between (kvcore/replicawrite.pyx)
+    cdef Py_ssize_t slot_of(self, object key) except -2
+    cdef object value_in(self, Py_ssize_t slot, object key)
+    cdef int put_in(self, Py_ssize_t slot, object key, object value) except -1
     cdef object _key_at(self, uint64_t loc)
     cdef uint64_t _hash(self, const char *key, size_t klen) noexcept nogil
     cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
-                    size_t size, int flags) except -1
+                    size_t size, int flags, Py_ssize_t i=*) except -1
     cdef object _value_at(self, uint64_t loc, object key)
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1
     cdef int _after_write(self) except -1

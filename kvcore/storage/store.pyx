@@ -674,9 +674,12 @@ cdef class LogStore:
         return -1
 
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
-                    size_t size, int flags) except -1:
-        cdef Py_ssize_t i = self._lookup(h, key, klen)
+                    size_t size, int flags, Py_ssize_t i=-2) except -1:
+        """Point key's slot at the record just written. i: its slot from slot_of() (-1:
+        absent), or -2 to look it up."""
         cdef uint64_t loc
+        if i == -2:
+            i = self._lookup(h, key, klen)
         if i >= 0:
             loc = self.kd.slots[i].loc
             self.live_bytes -= record_size(self.segs[loc_seg(loc)].map + loc_off(loc))
@@ -761,7 +764,7 @@ cdef class LogStore:
             flags[0] = FLAG_COMPRESSED
         return stored
 
-    cdef int _write_one(self, object key, object stored, int flags) except -1:
+    cdef int _write_one(self, object key, object stored, int flags, Py_ssize_t slot=-2) except -1:
         cdef size_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(stored)
         cdef size_t size = REC_HEADER_SIZE + klen + vlen
         cdef Segment *seg = &self.segs[self.active]
@@ -777,7 +780,28 @@ cdef class LogStore:
                      <uint8_t>flags, now_us())
         seg.size = off + size
         h = self._hash(PyBytes_AS_STRING(key), klen)
-        self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags)
+        self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags, slot)
+        return 0
+
+    # ---- one lookup for a read-modify-write (kvcore/replicawrite.pyx) --------------------
+    # A slot from slot_of() stays the key's until the next write to this store: the keydir
+    # changes only in writes and finish_merge(), all on the owner's thread.
+
+    cdef Py_ssize_t slot_of(self, object key) except -2:
+        self._check_open()
+        self._check_key(key)
+        return self._lookup(self._hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)),
+                            PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+    cdef object value_in(self, Py_ssize_t slot, object key):
+        return self._value_at(self.kd.slots[slot].loc, key)
+
+    cdef int put_in(self, Py_ssize_t slot, object key, object value) except -1:
+        cdef int flags
+        self._check_value(value)
+        stored = self._stored(value, &flags)
+        self._write_one(key, stored, flags, slot)
+        self._after_write()
         return 0
 
     def put(self, key, value):
