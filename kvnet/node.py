@@ -625,7 +625,7 @@ class Node(driver.Cluster, Backend):
     async def get_lww(self, key):
         value = self.get_lww_now(key)
         if value is not LATER:
-            return await value if type(value) is asyncio.Future else value
+            return await value if isinstance(value, asyncio.Future) else value
         res = await self._read(key)
         return None if res.not_found else V.lww_value(res.clock)
 

@@ -13,7 +13,7 @@ for `current_peer`).
 import asyncio
 import collections.abc
 
-__all__ = ["finish", "LATER"]
+__all__ = ["finish", "LATER", "ReplyFuture", "resolve", "reject"]
 
 
 class _Later:
@@ -25,6 +25,31 @@ class _Later:
 
 
 LATER = _Later()
+
+
+class ReplyFuture(asyncio.Future):
+    """A backend's future (a *_now method's answer that replicas settle) that also calls
+    `on_settled(self)` at once when `resolve` or `reject` settles it, if one is set. asyncio
+    runs done callbacks one loop round later, and under load a round is the whole next batch
+    of requests: the front door sets `on_settled` so a reply joins this round's writes."""
+
+    __slots__ = ("on_settled",)
+
+    def __init__(self, *, loop=None):
+        super().__init__(loop=loop)
+        self.on_settled = None
+
+
+def resolve(fut, value):
+    fut.set_result(value)
+    if type(fut) is ReplyFuture and fut.on_settled is not None:
+        fut.on_settled(fut)
+
+
+def reject(fut, exc):
+    fut.set_exception(exc)
+    if type(fut) is ReplyFuture and fut.on_settled is not None:
+        fut.on_settled(fut)
 
 _FIRST = object()
 

@@ -14,6 +14,7 @@ from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, Get
                                       GetResult, PutQuorum)
 from kvnet.errors import Unavailable
 from kvnet.peer.errors import PeerUnavailable
+from kvnet.stepping import ReplyFuture, reject, resolve
 
 log = logging.getLogger("kvnet.coordinator")
 
@@ -369,7 +370,7 @@ class DirectWrite:
         self.replies = []
         self.n, self.w, self.pl, self.me = n, w, pl, me
         if self.left <= 0:
-            future.set_result(raw)
+            resolve(future, raw)
 
     def __call__(self, node, exc, payload):
         self.pending -= 1
@@ -377,7 +378,7 @@ class DirectWrite:
             self.replies.append((node, OK))
             self.left -= 1
             if self.left == 0 and not self.future.done():
-                self.future.set_result(self.raw)
+                resolve(self.future, self.raw)
             return
         self.replies.append((node, _reply_of(exc)))
         if self.left > self.pending and not self.future.done():
@@ -385,14 +386,14 @@ class DirectWrite:
             quorum.add_result(self.me, OK)
             for node, reply in self.replies:
                 quorum.add_result(node, reply)
-            self.future.set_exception(quorum.response())
+            reject(self.future, quorum.response())
 
 
 def put_direct(cluster, p, key, raw, w, pl, conns):
     """Replicate `raw` (stored here already) to the connections of p's other primaries; the
     future of the new clock's bytes at W. The node decides when the lane is open
     (Node._direct_lane); nothing here waits, so the caller needs no coroutine."""
-    future = (cluster.loop or asyncio.get_running_loop()).create_future()
+    future = ReplyFuture(loop=cluster.loop or asyncio.get_running_loop())
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
     _batch_to(conns, "mput", {"p": p, "k": key, "c": raw}, write, cluster.timeout)
     return future
@@ -432,7 +433,7 @@ class DirectRead:
             return
         self.replies = [(cluster.name, raw)]
         if r == 1:
-            future.set_result(self.value)
+            resolve(future, self.value)
 
     def _to_quorum(self):
         quorum = self.quorum = GetQuorum(self.n, self.needed, self.pl)
@@ -445,9 +446,9 @@ class DirectRead:
         if not self.future.done() and quorum.enough():
             result = quorum.response()
             if isinstance(result, Exception):
-                self.future.set_exception(result)
+                reject(self.future, result)
             else:
-                self.future.set_result(None if result.not_found else V.lww_value(result.clock))
+                resolve(self.future, None if result.not_found else V.lww_value(result.clock))
         if self.pending == 0:
             try:
                 _repair_now(self.cluster, self.p, self.key, quorum)
@@ -462,7 +463,7 @@ class DirectRead:
             if exc is None and payload == self.replies[0][1]:
                 self.same += 1
                 if self.same == self.needed and not self.future.done():
-                    self.future.set_result(self.value)
+                    resolve(self.future, self.value)
                 return
             self._to_quorum()
             return
@@ -473,7 +474,7 @@ class DirectRead:
 def get_direct(cluster, p, key, raw, r, pl, conns):
     """Ask p's other primaries for key (`raw`: the local replica's answer); the future of the
     plain GET's value (None: absent or deleted) at R. The node decides when the lane is open."""
-    future = (cluster.loop or asyncio.get_running_loop()).create_future()
+    future = ReplyFuture(loop=cluster.loop or asyncio.get_running_loop())
     read = DirectRead(cluster, future, p, key, raw, cluster.ring.n, r, pl, len(conns))
     _batch_to(conns, "mget", {"p": p, "k": key}, read, cluster.timeout)
     return future

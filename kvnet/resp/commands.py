@@ -17,6 +17,7 @@ from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
 from kvnet.resp.backend import LATER
 from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
+from kvnet.stepping import ReplyFuture
 
 __all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
 
@@ -172,7 +173,7 @@ class Commands:
         reply = self.dispatch(session, argv)
         if type(reply) is CoroutineType:
             return await reply
-        if type(reply) is Future:
+        if type(reply) is Future or type(reply) is ReplyFuture:
             cmd = session.pending
             try:
                 await reply
@@ -208,7 +209,7 @@ class Commands:
             except Exception as exc:
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
-                if type(reply) is Future:
+                if type(reply) is Future or type(reply) is ReplyFuture:
                     session.pending = cmd
                 return reply
         return self._handle(cmd, session, argv)

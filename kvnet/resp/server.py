@@ -27,7 +27,7 @@ from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
 from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
 from kvnet.resp.replies import encode, encode_error
-from kvnet.stepping import finish
+from kvnet.stepping import ReplyFuture, finish
 
 __all__ = ["RespServer", "RespProtocol", "serve"]
 
@@ -97,6 +97,8 @@ class RespProtocol(asyncio.Protocol):
             self._idle_handle.cancel()
         for task in list(self._running):
             task.cancel()
+            if type(task) is ReplyFuture:   # no done callback: its bookkeeping now
+                task.on_settled(task)
         self._queue.clear()
         self._slots.clear()
 
@@ -168,7 +170,7 @@ class RespProtocol(asyncio.Protocol):
                         key = self._key_of(argv)
                     self._start_task(reply, yielded, key)
                     continue
-            elif type(reply) is Future:     # the backend settles it (Commands.dispatch)
+            elif type(reply) is Future or type(reply) is ReplyFuture:  # Commands.dispatch
                 if not reply.done():
                     if not self._running:
                         key = self._key_of(argv)
@@ -207,7 +209,10 @@ class RespProtocol(asyncio.Protocol):
             self._barrier = True
         else:
             self._keys[key] = self._keys.get(key, 0) + 1
-        task.add_done_callback(lambda t: self._task_done(t, slot, ahead, cmd))
+        if type(task) is ReplyFuture:   # answered as soon as it is settled, not a round later
+            task.on_settled = lambda t: self._task_done(t, slot, ahead, cmd)
+        else:
+            task.add_done_callback(lambda t: self._task_done(t, slot, ahead, cmd))
 
     def _task_done(self, task, slot, ahead=False, cmd=None):
         if ahead:

@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from kvnet.stepping import finish
+from kvnet.stepping import ReplyFuture, finish, reject, resolve
 
 
 def _first_step(coro):
@@ -80,4 +80,30 @@ def test_cancel_before_the_first_step_cancels_what_the_coroutine_waits_on():
         await asyncio.sleep(0)
         assert child_cancelled == [True]        # as with a Task that ran parent() itself
 
+    asyncio.run(main())
+
+
+def test_resolve_and_reject_call_on_settled_at_once():
+    """on_settled runs inside resolve()/reject(), before any done callback; a plain Future
+    is settled the same way, and a ReplyFuture is awaited like any Future."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        order = []
+        ok, bad, plain = ReplyFuture(loop=loop), ReplyFuture(loop=loop), loop.create_future()
+        for fut in (ok, bad):
+            fut.on_settled = lambda f: order.append(("settled", f.done()))
+            fut.add_done_callback(lambda f: order.append(("done callback",)))
+        resolve(ok, 1)
+        assert order == [("settled", True)]
+        reject(bad, ValueError("x"))
+        resolve(plain, 2)
+        assert order == [("settled", True)] * 2
+        assert await ok == 1 and await plain == 2
+        with pytest.raises(ValueError):
+            await bad
+        await asyncio.sleep(0)
+        assert order[2:] == [("done callback",)] * 2
+        quiet = ReplyFuture(loop=loop)      # no on_settled: a Future as any other
+        resolve(quiet, 3)
+        assert quiet.result() == 3
     asyncio.run(main())

@@ -8,9 +8,10 @@ import pytest
 from kvnet.errors import CommandError
 from kvnet.resp.backend import MemoryBackend
 from kvnet.resp.commands import Commands
-from kvnet.resp.server import serve
+from kvnet.resp.server import RespProtocol, RespServer, serve
+from kvnet.stepping import ReplyFuture, reject, resolve
 
-from tests.kvnet.resp.test_server import raw_connection, read_until_eof, run
+from tests.kvnet.resp.test_server import RecordingTransport, raw_connection, read_until_eof, run
 
 
 def resp(*args):
@@ -215,33 +216,37 @@ def test_run_ahead_cap_is_server_wide_and_released(cap):
 
 
 class FutureBackend(MemoryBackend):
-    """set_overwrite_now answers with a Future (as a node's direct lane does) that settles only
-    when the test says so; keys fail:<x> fail with a CommandError."""
+    """set_overwrite_now answers with a Future (as a node's direct lane does: a ReplyFuture
+    when reply=True) that settles only when the test says so; keys fail:<x> fail with a
+    CommandError."""
 
-    def __init__(self):
+    def __init__(self, reply=False):
         super().__init__()
         self.futures = {}
+        self.reply = reply
 
     def set_overwrite_now(self, key, value):
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = ReplyFuture(loop=loop) if self.reply else loop.create_future()
         self.futures[key] = (fut, value)
         return fut
 
     def settle(self, key):
         fut, value = self.futures.pop(key)
         if key.startswith(b"fail:"):
-            fut.set_exception(CommandError(f"cannot write {key.decode()}"))
+            reject(fut, CommandError(f"cannot write {key.decode()}"))
         else:
             with pytest.raises(StopIteration):     # MemoryBackend's write never suspends
                 super().set_overwrite(key, value).send(None)
-            fut.set_result(b"clock")
+            resolve(fut, b"clock")
 
 
-def test_backend_futures_keep_reply_order_and_same_key_order():
+@pytest.mark.parametrize("reply", [False, True], ids=["Future", "ReplyFuture"])
+def test_backend_futures_keep_reply_order_and_same_key_order(reply):
     """Writes settled in reverse order still answer in order; a failed one answers its error
     in its place; a GET of a key with a write still out waits for it."""
     async def main():
-        backend = FutureBackend()
+        backend = FutureBackend(reply)
         server = await serve(backend)
         try:
             reader, writer = await raw_connection(server.port)
@@ -269,3 +274,41 @@ async def _ready(reader):
         return await asyncio.wait_for(reader.read(1), 0.05)
     except TimeoutError:
         return b""
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["Future", "ReplyFuture"])
+def test_reply_future_answers_in_the_round_it_is_settled(reply):
+    """A ReplyFuture's reply is written with the writes of the round that settles it; an
+    asyncio Future's a round later (its done callbacks run a round after set_result)."""
+    async def main():
+        backend = FutureBackend(reply)
+        server = RespServer(backend, idle_timeout=0)
+        log = []
+        conn = RespProtocol(server)
+        conn.connection_made(RecordingTransport(log, "a"))
+        conn.data_received(resp(b"SET", b"k", b"v"))
+        await asyncio.sleep(0)
+        assert log == []
+        backend.settle(b"k")
+        await asyncio.sleep(0)
+        assert log == ([("a", b"+OK\r\n")] if reply else [])
+        await asyncio.sleep(0)
+        assert log == [("a", b"+OK\r\n")]
+        conn.connection_lost(None)
+    run(main())
+
+
+def test_reply_futures_of_a_lost_connection_release_their_bookkeeping():
+    """A connection lost with ReplyFutures out cancels them and counts them done at once:
+    the server-wide run-ahead count returns to 0 and the per-key table empties."""
+    async def main():
+        backend = FutureBackend(reply=True)
+        server = RespServer(backend, idle_timeout=0)
+        conn = RespProtocol(server)
+        conn.connection_made(RecordingTransport([], "a"))
+        conn.data_received(resp(b"SET", b"a", b"1") + resp(b"SET", b"b", b"2"))
+        assert len(backend.futures) == 2 and server.run_ahead == 1
+        conn.connection_lost(None)
+        assert server.run_ahead == 0 and not conn._running and not conn._keys
+        assert all(fut.cancelled() for fut, _ in backend.futures.values())
+    run(main())
