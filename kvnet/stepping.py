@@ -33,11 +33,7 @@ class ReplyFuture(asyncio.Future):
     runs done callbacks one loop round later, and under load a round is the whole next batch
     of requests: the front door sets `on_settled` so a reply joins this round's writes."""
 
-    __slots__ = ("on_settled",)
-
-    def __init__(self, *, loop=None):
-        super().__init__(loop=loop)
-        self.on_settled = None
+    on_settled = None       # a class default: no Python __init__ (a third of the cost)
 
 
 def resolve(fut, value):
