@@ -7,12 +7,15 @@ directory as the working directory, so its kvnet/kvcore are the ones imported; c
 extensions must be built there). Rounds alternate between the checkouts, so load on a shared
 machine hits them alike. Besides rps, p50 and p99, it prints the CPU time (user + system,
 summed over the node processes) per request, which moves far less with the machine's load
-than rps does.
+than rps does, and how many times per request redis-benchmark went to sleep waiting for a
+reply (its voluntary context switches, from getrusage): each is a wake-up the server paid for,
+an inter-processor interrupt on a virtual machine.
 """
 import argparse
 import csv
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,17 +38,20 @@ def cpu_seconds(pids):
 
 
 def bench(port, requests, pipeline, pids=()):
-    """{'SET': (rps, p50, p99, cpu us per request), 'GET': ...}, one test at a time."""
+    """{'SET': (rps, p50, p99, cpu us per request, benchmark sleeps per request), 'GET': ...},
+    one test at a time."""
     out = {}
     for test in ("set", "get"):
         before = cpu_seconds(pids)
+        sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
         res = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test,
                               "-d", "100", "-c", "50", "-r", "100000", "-n", str(requests),
                               "-P", str(pipeline), "--csv"], capture_output=True, text=True)
         cpu = (cpu_seconds(pids) - before) * 1e6 / requests if pids else float("nan")
+        sleeps = (resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - sleeps) / requests
         for r in csv.DictReader(io.StringIO(res.stdout)):
             out[r["test"]] = (float(r["rps"]), float(r["p50_latency_ms"]),
-                              float(r["p99_latency_ms"]), cpu)
+                              float(r["p99_latency_ms"]), cpu, sleeps)
     return out
 
 
@@ -53,10 +59,11 @@ def row(label, res, ref):
     cells = []
     for p in sorted(res):
         for op in ("SET", "GET"):
-            rps, p50, p99, cpu = res[p][op]
+            rps, p50, p99, cpu, sleeps = res[p][op]
             ratio = rps / ref[p][op][0] if ref else 1.0
             cpu_txt = "" if cpu != cpu else f" cpu {cpu:5.0f}us"
-            cells.append(f"-P{p:<2} {op} {rps:>8,.0f} {ratio:4.2f}x p50 {p50:6.2f} p99 {p99:7.2f}{cpu_txt}")
+            cells.append(f"-P{p:<2} {op} {rps:>8,.0f} {ratio:4.2f}x p50 {p50:6.2f} p99 {p99:7.2f}"
+                         f"{cpu_txt} zz {sleeps:4.2f}")
     print(f"{label:<34}" + " | ".join(cells), flush=True)
 
 
@@ -85,7 +92,8 @@ def main(argv=None):
             rs.terminate()
             rs.wait()
         print(f"ringkv: {args.nodes} node(s), N={n} R=W={rw}, fsync=never; benchmark on node1; "
-              f"cpu = node CPU per request, all node processes", flush=True)
+              f"cpu = node CPU per request, all node processes; zz = redis-benchmark's sleeps "
+              f"per request", flush=True)
         here = os.getcwd()
         for _ in range(args.rounds):
             for co in args.checkouts:
