@@ -28,31 +28,45 @@ from kvnet.testing import LocalCluster, free_ports, ping  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids):
-    total = 0.0
+def cpu_split(pids):
+    """[(user seconds, system seconds)] of each process."""
+    out = []
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+        out.append((int(fields[11]) / TICK, int(fields[12]) / TICK))
+    return out
 
 
-def bench(port, requests, pipeline, pids=()):
+def bench(port, requests, pipeline, pids=(), prefix=(), split=None):
     """{'SET': (rps, p50, p99, cpu us per request, benchmark sleeps per request), 'GET': ...},
-    one test at a time."""
+    one test at a time; split[op]: each process's (user, system) us per request."""
     out = {}
     for test in ("set", "get"):
-        before = cpu_seconds(pids)
+        before = cpu_split(pids)
         sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
-        res = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test,
-                              "-d", "100", "-c", "50", "-r", "100000", "-n", str(requests),
-                              "-P", str(pipeline), "--csv"], capture_output=True, text=True)
-        cpu = (cpu_seconds(pids) - before) * 1e6 / requests if pids else float("nan")
+        res = subprocess.run([*prefix, "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
+                              "-t", test, "-d", "100", "-c", "50", "-r", "100000", "-n",
+                              str(requests), "-P", str(pipeline), "--csv"],
+                             capture_output=True, text=True)
+        used = [((u1 - u0) * 1e6 / requests, (s1 - s0) * 1e6 / requests)
+                for (u0, s0), (u1, s1) in zip(before, cpu_split(pids))]
+        cpu = sum(u + s for u, s in used) if pids else float("nan")
         sleeps = (resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - sleeps) / requests
         for r in csv.DictReader(io.StringIO(res.stdout)):
             out[r["test"]] = (float(r["rps"]), float(r["p50_latency_ms"]),
                               float(r["p99_latency_ms"]), cpu, sleeps)
+            if split is not None:
+                split[r["test"]] = used
     return out
+
+
+def pin(pids, bench_prefix):
+    """node1 alone on CPU 0; the other nodes and redis-benchmark on CPU 1."""
+    for i, pid in enumerate(pids):
+        subprocess.run(["taskset", "-a", "-p", "-c", "0" if i == 0 else "1", str(pid)],
+                       capture_output=True, check=True)
+    bench_prefix.extend(["taskset", "-c", "1"])
 
 
 def row(label, res, ref):
@@ -75,6 +89,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--nodes", type=int, default=1, choices=(1, 3))
     ap.add_argument("--pipelines", default="1,16")
+    ap.add_argument("--split", action="store_true",
+                    help="also print each node's user + system CPU per request")
+    ap.add_argument("--pin", action="store_true",
+                    help="node1 alone on CPU 0, the rest (and redis-benchmark) on CPU 1")
     args = ap.parse_args(argv)
     pipelines = [int(p) for p in args.pipelines.split(",")]
     n, rw = (1, 1) if args.nodes == 1 else (3, 2)
@@ -105,8 +123,19 @@ def main(argv=None):
                     os.chdir(here)
                 try:
                     pids = [p.pid for p in cl.procs]
-                    bench(cl.ports[0], args.warmup, 1)
-                    row(co, {p: bench(cl.ports[0], args.requests, p, pids) for p in pipelines}, ref)
+                    prefix = []
+                    if args.pin:
+                        pin(pids, prefix)
+                    bench(cl.ports[0], args.warmup, 1, prefix=prefix)
+                    splits = {p: {} for p in pipelines}
+                    row(co, {p: bench(cl.ports[0], args.requests, p, pids, prefix, splits[p])
+                             for p in pipelines}, ref)
+                    if args.split:
+                        for p in pipelines:
+                            print("    -P%-2d " % p + " | ".join(
+                                f"{op} " + " ".join(f"n{i + 1} {u:.0f}+{s_:.0f}us"
+                                                    for i, (u, s_) in enumerate(used))
+                                for op, used in splits[p].items()), flush=True)
                 finally:
                     cl.stop()
 

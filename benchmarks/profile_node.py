@@ -1,10 +1,14 @@
 """Profile one ringkv node (or node1 of a 3-node cluster) under redis-benchmark with py-spy.
 
     python benchmarks/profile_node.py --nodes 1 --test set --pipeline 1 --seconds 10
+    NATIVE=1 python benchmarks/profile_node.py --nodes 3 --node 2 --pin   # node2, own core
 
 Starts a LocalCluster (fsync=never), sends unmeasured SETs to open the partition stores,
-then runs `py-spy record --native -f raw` on node1 while redis-benchmark runs, and prints
-the on-CPU share of the innermost frames (grouped by function) and of each module.
+then runs `py-spy record -f raw` (NATIVE=1: with --native) on node1 (or --node K) while
+redis-benchmark runs, and prints the share of samples of the innermost frames and of each
+function with its callees. --pin puts the profiled node alone on CPU 0 and every other
+process on CPU 1 (taskset), so its samples are its own time on a core, not time spent
+preempted by the others; `epoll_pwait` then shows how long it waited for work.
 """
 import argparse
 import collections
@@ -28,6 +32,8 @@ def main(argv=None):
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--out", default=None, help="keep the raw py-spy output here")
+    ap.add_argument("--node", type=int, default=1, help="which node to profile (1-based)")
+    ap.add_argument("--pin", action="store_true", help="profiled node alone on CPU 0")
     args = ap.parse_args(argv)
     n = 1 if args.nodes == 1 else 3
     r = w = 1 if args.nodes == 1 else 2
@@ -41,9 +47,15 @@ def main(argv=None):
                                       "-c", "50", "-r", "100000", "-n", "100000000", "-P",
                                       str(args.pipeline), "-q"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+            target = cl.procs[args.node - 1]
+            if args.pin:
+                _pin(target.pid, 0)
+                for p in cl.procs + [bench]:
+                    if p is not target:
+                        _pin(p.pid, 1)
             time.sleep(1)
             out = args.out or os.path.join(d, "prof.txt")
-            subprocess.run(["py-spy", "record", "-p", str(cl.procs[0].pid), "-f", "raw", *(["--native"] if os.environ.get("NATIVE") else []),
+            subprocess.run(["py-spy", "record", "-p", str(target.pid), "-f", "raw", *(["--native"] if os.environ.get("NATIVE") else []),
                             "-r", str(args.rate), "-d", str(args.seconds), "-o", out],
                            stdout=subprocess.DEVNULL)
             bench.terminate()
@@ -51,6 +63,12 @@ def main(argv=None):
             report(out, args.top)
         finally:
             cl.stop()
+
+
+def _pin(pid, cpu):
+    """Every thread of pid onto one CPU."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True,
+                   check=True)
 
 
 def report(path, top):
