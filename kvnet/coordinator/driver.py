@@ -443,17 +443,20 @@ class DirectRead:
 
     def _decide(self):
         quorum = self.quorum
+        result = None
         if not self.future.done() and quorum.enough():
             result = quorum.response()
-            if isinstance(result, Exception):
-                reject(self.future, result)
-            else:
-                resolve(self.future, None if result.not_found else V.lww_value(result.clock))
-        if self.pending == 0:
+        if self.pending == 0:   # spawned first: the answer's completion cannot skip it
             try:
                 _repair_now(self.cluster, self.p, self.key, quorum)
             except Exception:
                 log.exception("read repair of %r failed", self.key)
+        if result is None:
+            return
+        if isinstance(result, Exception):
+            reject(self.future, result)
+        else:
+            resolve(self.future, None if result.not_found else V.lww_value(result.clock))
 
     def __call__(self, node, exc, payload):
         self.pending -= 1

@@ -63,6 +63,7 @@ class RespProtocol(asyncio.Protocol):
         self._out = []                      # encoded replies not yet written
         self._out_size = 0
         self._flush_queued = False          # in server.unflushed, written at the iteration's end
+        self._in_run = False                # _run is on the stack
         self._write_paused = False
         self._reading = True
         self._closed = False
@@ -130,9 +131,18 @@ class RespProtocol(asyncio.Protocol):
 
     def _run(self):
         """Start queued commands in order until one must wait (see the module docstring), the
-        queue empties, the client stops reading (write buffer above high water) or QUIT."""
-        if self._closed:
+        queue empties, the client stops reading (write buffer above high water) or QUIT.
+        Not re-entered: a command of this connection that settles another one's ReplyFuture
+        while it runs only fills that reply's slot, and this loop goes on in order."""
+        if self._closed or self._in_run:
             return
+        self._in_run = True
+        try:
+            self._run_queued()
+        finally:
+            self._in_run = False
+
+    def _run_queued(self):
         queue = self._queue
         session = self.session
         dispatch = self.commands.dispatch
@@ -284,7 +294,7 @@ class RespProtocol(asyncio.Protocol):
             return
         timeout = self.server.idle_timeout
         idle = self.loop.time() - self._last_read
-        if idle >= timeout and not self._running and not self._queue:
+        if idle >= timeout and not self._running and not self._queue and not self._out:
             self.transport.close()
             return
         self._idle_handle = self.loop.call_later(max(timeout - idle, 0.1), self._check_idle)
@@ -334,7 +344,11 @@ class RespServer:
         conns = self.unflushed
         self.unflushed = []
         for conn in conns:
-            conn.flush_queued()
+            try:
+                conn.flush_queued()
+            except Exception:   # one broken transport must not hold the others' replies
+                log.exception("writing replies failed")
+                conn.transport.abort()
 
     async def start(self, host="127.0.0.1", port=0, **kwargs):
         self.server = await self.loop.create_server(lambda: RespProtocol(self), host, port,

@@ -312,3 +312,71 @@ def test_reply_futures_of_a_lost_connection_release_their_bookkeeping():
         assert server.run_ahead == 0 and not conn._running and not conn._keys
         assert all(fut.cancelled() for fut, _ in backend.futures.values())
     run(main())
+
+
+class TriggerBackend(FutureBackend):
+    """SET trigger:<x> settles the write of <x> still out, inside its own dispatch."""
+
+    def set_overwrite_now(self, key, value):
+        if key.startswith(b"trigger:"):
+            self.settle(key[8:])
+            return None
+        return super().set_overwrite_now(key, value)
+
+
+def test_a_command_settling_another_ones_future_keeps_reply_order():
+    """The settled command's completion runs inside the dispatch of a later command of the
+    same connection: it fills its slot, and the commands after both still answer in order."""
+    async def main():
+        backend = TriggerBackend(reply=True)
+        server = RespServer(backend, idle_timeout=0)
+        log = []
+        conn = RespProtocol(server)
+        conn.connection_made(RecordingTransport(log, "a"))
+        conn.data_received(resp(b"SET", b"a", b"1") + resp(b"SET", b"trigger:a", b"x")
+                           + b"PING\r\n" + resp(b"GET", b"a"))
+        await asyncio.sleep(0)
+        assert log == [("a", b"+OK\r\n+OK\r\n+PONG\r\n$1\r\n1\r\n")]
+        conn.connection_lost(None)
+    run(main())
+
+
+def test_idle_timeout_never_drops_a_reply_not_yet_written():
+    """A reply settled in the round the idle timer fires is written before the close."""
+    async def main():
+        backend = FutureBackend(reply=True)
+        server = RespServer(backend, idle_timeout=1)
+        log = []
+        conn = RespProtocol(server)
+        conn.connection_made(RecordingTransport(log, "a"))
+        conn.data_received(resp(b"SET", b"k", b"v"))
+        backend.settle(b"k")
+        conn._last_read -= 10           # idle for longer than the timeout
+        conn._check_idle()
+        await asyncio.sleep(0)
+        assert log == [("a", b"+OK\r\n")]
+        conn._check_idle()              # nothing left to write: now it closes
+        assert log[-1] == ("a", "closed")
+        conn.connection_lost(None)
+    run(main())
+
+
+class BrokenTransport(RecordingTransport):
+    def write(self, data):
+        raise RuntimeError("broken transport")
+
+
+def test_one_failing_write_does_not_hold_the_other_connections_replies():
+    async def main():
+        server = RespServer(MemoryBackend(), idle_timeout=0)
+        log = []
+        broken, fine = RespProtocol(server), RespProtocol(server)
+        broken.connection_made(BrokenTransport(log, "broken"))
+        fine.connection_made(RecordingTransport(log, "fine"))
+        broken.data_received(b"PING\r\n")
+        fine.data_received(b"PING\r\n")
+        await asyncio.sleep(0)
+        assert log == [("broken", "aborted"), ("fine", b"+PONG\r\n")]
+        for c in (broken, fine):
+            c.connection_lost(None)
+    run(main())

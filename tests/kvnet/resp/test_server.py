@@ -242,6 +242,12 @@ class RecordingTransport(asyncio.Transport):
     def write(self, data):
         self.log.append((self.name, bytes(data)))
 
+    def close(self):
+        self.log.append((self.name, "closed"))
+
+    def abort(self):
+        self.log.append((self.name, "aborted"))
+
 
 @pytest.mark.parametrize("loop_factory", LOOPS)
 def test_replies_leave_once_per_loop_iteration(loop_factory):
