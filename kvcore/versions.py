@@ -412,6 +412,14 @@ def lww_value_raw(data: bytes) -> bytes | None:
     return v
 
 
+def is_deleted_raw(data: bytes) -> bool:
+    """is_deleted(decode(data)), without building the clock for a one-value clock."""
+    v = _lww_common(data)
+    if v is _MISS:
+        return is_deleted(decode(data))
+    return v is None
+
+
 def _decode_sibling(v):
     if type(v) is not tuple or len(v) != 2 or type(v[1]) is not int \
             or (v[0] is not None and type(v[0]) is not bytes):

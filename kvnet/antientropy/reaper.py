@@ -26,8 +26,11 @@ def _keyset(reply, what):
     return out
 
 
+SCAN_CHUNK = 100        # keys read between two yields to the loop in one scan
+
+
 def is_tombstone(raw):
-    return V.is_deleted(V.decode(raw))
+    return V.is_deleted_raw(raw)
 
 
 # ---- the reaper --------------------------------------------------------------------------------
@@ -148,10 +151,12 @@ class Reaper:
         p = mine[self._turn % len(mine)]
         self._turn += 1
         self.stats["passes"] += 1
-        self._scan(p)
+        await self._scan(p)
         await self._advance(p)
 
-    def _scan(self, p):
+    async def _scan(self, p):
+        """Read the next scan_batch keys of p for tombstones, SCAN_CHUNK at a time with a
+        yield to the loop between: requests wait at most one chunk, not the whole batch."""
         part = self.node.replica.opened(p)
         if part is None:
             return
@@ -160,12 +165,18 @@ class Reaper:
         self._cursor[p] = cursor
         self.stats["scanned"] += len(ks)
         total = sum(len(c) for c in self.candidates.values())
-        for k, raw in zip(ks, part.store.get_many(ks)):
-            if raw is None or k in cand or total >= self.max_candidates:
-                continue
-            if is_tombstone(raw):
-                cand[k] = [raw, None]
-                total += 1
+        for i in range(0, len(ks), SCAN_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+                if self.node.replica.opened(p) is not part:    # dropped meanwhile
+                    return
+            chunk = ks[i:i + SCAN_CHUNK]
+            for k, raw in zip(chunk, part.store.get_many(chunk)):
+                if raw is None or k in cand or total >= self.max_candidates:
+                    continue
+                if is_tombstone(raw):
+                    cand[k] = [raw, None]
+                    total += 1
 
     async def _ask(self, peers, type_, payload):
         """Replies of every peer, or None if one cannot be asked (down or failing)."""

@@ -508,21 +508,23 @@ def test_fresh_and_bump_at_bin_header_edges(size):
 
 @settings(max_examples=400)
 @given(_entries(_actors, 3), st.lists(_sibs, max_size=2), _edits)
-def test_lww_value_raw_matches_decode(entries, anonymous, edits):
+def test_lww_value_raw_and_is_deleted_raw_match_decode(entries, anonymous, edits):
     c = _clock_of(entries, anonymous)
     if c is None:
         return
     data = dvv.encode(c)
     for d in (data, _damaged(data, edits)):
-        try:
-            expect = ("ok", dvv.lww_value(dvv.decode(d)))
-        except InvalidClock as exc:
-            expect = ("error", str(exc))
-        try:
-            got = ("ok", dvv.lww_value_raw(d))
-        except InvalidClock as exc:
-            got = ("error", str(exc))
-        assert got == expect
+        for raw_form, general in ((dvv.lww_value_raw, dvv.lww_value),
+                                  (dvv.is_deleted_raw, dvv.is_deleted)):
+            try:
+                expect = ("ok", general(dvv.decode(d)))
+            except InvalidClock as exc:
+                expect = ("error", str(exc))
+            try:
+                got = ("ok", raw_form(d))
+            except InvalidClock as exc:
+                got = ("error", str(exc))
+            assert got == expect
 
 
 @_c_only

@@ -296,3 +296,44 @@ def test_bad_replies_to_the_reaper_never_reap(ae):
             await c.stop()
 
     ae.run(main())
+
+
+def test_scan_finds_every_tombstone_and_yields_between_chunks(ae):
+    """A scan of more than SCAN_CHUNK keys takes every tombstone of the batch as a candidate
+    and lets the loop run between chunks (a request waits one chunk, not the batch)."""
+    from kvnet.antientropy.reaper import SCAN_CHUNK
+
+    async def main():
+        c = await ae.make(ae_interval_ms=600_000, tombstone_grace_s=600)
+        n0 = c.nodes[0]
+        try:
+            ring = n0.ring
+            p = ring.partition_of(key_coordinated_by(n0, n0.name, b"x"))
+            keys = [k for k in (b"x%d" % i for i in range(20 * SCAN_CHUNK))
+                    if ring.partition_of(k) == p][:int(2.5 * SCAN_CHUNK)]
+            assert len(keys) > 2 * SCAN_CHUNK
+            for k in keys:
+                await n0.set_overwrite(k, b"v")
+            dead = set(keys[::3])
+            for k in dead:
+                assert await n0.delete_overwrite(k)
+            svc = c.svc[0]          # n0's: the key's first primary, holding every delete
+            ticks = 0
+
+            async def ticker():
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            t = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0)
+            before = ticks
+            await svc.reaper._scan(p)
+            t.cancel()
+            assert set(svc.reaper.candidates[p]) == dead
+            assert ticks - before >= 2
+        finally:
+            await c.stop()
+
+    ae.run(main())
