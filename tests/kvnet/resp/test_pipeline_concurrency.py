@@ -215,6 +215,15 @@ def test_run_ahead_cap_is_server_wide_and_released(cap):
     run(main())
 
 
+def _connected(backend, idle_timeout=0):
+    """(server, one connection to it, the log of its writes): no sockets."""
+    server = RespServer(backend, idle_timeout=idle_timeout)
+    log = []
+    conn = RespProtocol(server)
+    conn.connection_made(RecordingTransport(log, "a"))
+    return server, conn, log
+
+
 class FutureBackend(MemoryBackend):
     """set_overwrite_now answers with a Future (as a node's direct lane does: a ReplyFuture
     when reply=True) that settles only when the test says so; keys fail:<x> fail with a
@@ -282,10 +291,7 @@ def test_reply_future_answers_in_the_round_it_is_settled(reply):
     asyncio Future's a round later (its done callbacks run a round after set_result)."""
     async def main():
         backend = FutureBackend(reply)
-        server = RespServer(backend, idle_timeout=0)
-        log = []
-        conn = RespProtocol(server)
-        conn.connection_made(RecordingTransport(log, "a"))
+        server, conn, log = _connected(backend, idle_timeout=0)
         conn.data_received(resp(b"SET", b"k", b"v"))
         await asyncio.sleep(0)
         assert log == []
@@ -303,9 +309,7 @@ def test_reply_futures_of_a_lost_connection_release_their_bookkeeping():
     the server-wide run-ahead count returns to 0 and the per-key table empties."""
     async def main():
         backend = FutureBackend(reply=True)
-        server = RespServer(backend, idle_timeout=0)
-        conn = RespProtocol(server)
-        conn.connection_made(RecordingTransport([], "a"))
+        server, conn, _ = _connected(backend)
         conn.data_received(resp(b"SET", b"a", b"1") + resp(b"SET", b"b", b"2"))
         assert len(backend.futures) == 2 and server.run_ahead == 1
         conn.connection_lost(None)
@@ -329,10 +333,7 @@ def test_a_command_settling_another_ones_future_keeps_reply_order():
     same connection: it fills its slot, and the commands after both still answer in order."""
     async def main():
         backend = TriggerBackend(reply=True)
-        server = RespServer(backend, idle_timeout=0)
-        log = []
-        conn = RespProtocol(server)
-        conn.connection_made(RecordingTransport(log, "a"))
+        server, conn, log = _connected(backend, idle_timeout=0)
         conn.data_received(resp(b"SET", b"a", b"1") + resp(b"SET", b"trigger:a", b"x")
                            + b"PING\r\n" + resp(b"GET", b"a"))
         await asyncio.sleep(0)
@@ -345,10 +346,7 @@ def test_idle_timeout_never_drops_a_reply_not_yet_written():
     """A reply settled in the round the idle timer fires is written before the close."""
     async def main():
         backend = FutureBackend(reply=True)
-        server = RespServer(backend, idle_timeout=1)
-        log = []
-        conn = RespProtocol(server)
-        conn.connection_made(RecordingTransport(log, "a"))
+        server, conn, log = _connected(backend, idle_timeout=1)
         conn.data_received(resp(b"SET", b"k", b"v"))
         backend.settle(b"k")
         conn._last_read -= 10           # idle for longer than the timeout
