@@ -79,6 +79,19 @@ def test_join_under_writes_then_leave(tmp_path):
             c0 = aredis.Redis(port=cfgs[0].port)
             for i in range(300):
                 await c0.set(f"before{i}", f"b{i}")
+            # The precondition of the checks below: every replica holds every key written before
+            # the join. A SET is acknowledged at W=2, and a copy the third replica missed (the
+            # first writes can go out before every peer connection is up) is repaired only by a
+            # read or by anti-entropy, which is off here: read each key at R=ALL, which repairs.
+            for i in range(300):
+                assert (await c0.execute_command("KV.GET", f"before{i}", "R", "ALL"))[1] \
+                    == [f"b{i}".encode()]
+
+            def before_everywhere():
+                ring = nodes[0].ring
+                return all(n.replica.read(ring.partition_of(k), k) is not None
+                           for k in (f"before{i}".encode() for i in range(300)) for n in nodes)
+            assert await _wait(before_everywhere)
             from kvnet.client import AsyncClient
             routed = AsyncClient("127.0.0.1", cfgs[0].port, ring_ttl=0.1)
             assert (await routed.get(b"before1")).value == b"b1"
