@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kvnet.testing import LocalCluster, free_ports, ping  # noqa: E402
+from kvnet.testing import LocalCluster, free_ports, pin_cpu, ping  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -64,8 +64,7 @@ def bench(port, requests, pipeline, pids=(), prefix=(), split=None):
 def pin(pids, bench_prefix):
     """node1 alone on CPU 0; the other nodes and redis-benchmark on CPU 1."""
     for i, pid in enumerate(pids):
-        subprocess.run(["taskset", "-a", "-p", "-c", "0" if i == 0 else "1", str(pid)],
-                       capture_output=True, check=True)
+        pin_cpu(pid, 0 if i == 0 else 1)
     bench_prefix.extend(["taskset", "-c", "1"])
 
 

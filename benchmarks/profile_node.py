@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kvnet.testing import LocalCluster  # noqa: E402
+from kvnet.testing import LocalCluster, pin_cpu  # noqa: E402
 
 
 def main(argv=None):
@@ -49,10 +49,10 @@ def main(argv=None):
                                      stderr=subprocess.DEVNULL)
             target = cl.procs[args.node - 1]
             if args.pin:
-                _pin(target.pid, 0)
+                pin_cpu(target.pid, 0)
                 for p in cl.procs + [bench]:
                     if p is not target:
-                        _pin(p.pid, 1)
+                        pin_cpu(p.pid, 1)
             time.sleep(1)
             out = args.out or os.path.join(d, "prof.txt")
             subprocess.run(["py-spy", "record", "-p", str(target.pid), "-f", "raw", *(["--native"] if os.environ.get("NATIVE") else []),
@@ -63,12 +63,6 @@ def main(argv=None):
             report(out, args.top)
         finally:
             cl.stop()
-
-
-def _pin(pid, cpu):
-    """Every thread of pid onto one CPU."""
-    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True,
-                   check=True)
 
 
 def report(path, top):

@@ -45,6 +45,12 @@ def _ephemeral_low():
         return 32768
 
 
+def pin_cpu(pid, cpu):
+    """Every thread of process `pid` onto one CPU (taskset): benchmarks' --pin."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True,
+                   check=True)
+
+
 def free_ports(count):
     """`count` distinct ports free on 127.0.0.1 right now, taken below the kernel's ephemeral
     range where there is room: a port of that range can become the local end of an outgoing

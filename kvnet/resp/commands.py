@@ -9,7 +9,6 @@ CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 import itertools
 import logging
 import time
-from asyncio import Future
 from types import CoroutineType
 
 from kvcore.versions import InvalidContext
@@ -17,7 +16,7 @@ from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
 from kvnet.resp.backend import LATER
 from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
-from kvnet.stepping import ReplyFuture
+from kvnet.stepping import FUTURE_TYPES
 
 __all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
 
@@ -173,7 +172,7 @@ class Commands:
         reply = self.dispatch(session, argv)
         if type(reply) is CoroutineType:
             return await reply
-        if type(reply) is Future or type(reply) is ReplyFuture:
+        if type(reply) in FUTURE_TYPES:
             cmd = session.pending
             try:
                 await reply
@@ -209,7 +208,7 @@ class Commands:
             except Exception as exc:
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
-                if type(reply) is Future or type(reply) is ReplyFuture:
+                if type(reply) in FUTURE_TYPES:
                     session.pending = cmd
                 return reply
         return self._handle(cmd, session, argv)

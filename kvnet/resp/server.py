@@ -20,14 +20,13 @@ and on a virtual machine each wake-up is an inter-processor interrupt.
 import asyncio
 import collections
 import logging
-from asyncio import Future
 from types import CoroutineType
 
 from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
 from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
 from kvnet.resp.replies import encode, encode_error
-from kvnet.stepping import ReplyFuture, finish
+from kvnet.stepping import FUTURE_TYPES, ReplyFuture, finish
 
 __all__ = ["RespServer", "RespProtocol", "serve"]
 
@@ -180,7 +179,7 @@ class RespProtocol(asyncio.Protocol):
                         key = self._key_of(argv)
                     self._start_task(reply, yielded, key)
                     continue
-            elif type(reply) is Future or type(reply) is ReplyFuture:  # Commands.dispatch
+            elif type(reply) in FUTURE_TYPES:  # Commands.dispatch
                 if not reply.done():
                     if not self._running:
                         key = self._key_of(argv)
