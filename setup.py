@@ -31,6 +31,8 @@ EXTENSIONS = [
     Extension("kvcore.clockcodec", ["kvcore/clockcodec.pyx"]),
     # a replica's SET and superseding merge in one store lookup (twin: replicawrite_py)
     Extension("kvcore.replicawrite", ["kvcore/replicawrite.pyx"]),
+    # a node's plain GET/SET of keys it alone replicates, in C (twin: kvnet/localdoor_py)
+    Extension("kvnet.localdoor", ["kvnet/localdoor.pyx"]),
 ]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).
 _only = [n for n in os.environ.get("RINGKV_EXT", "").split(",") if n]

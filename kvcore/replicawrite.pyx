@@ -41,6 +41,11 @@ def overwrite(LogStore store, MerkleTree tree, bytes key not None, value, bytes 
     mints (clockcodec.fresh over nothing, with the epoch new_epoch() gives; bump_own over
     this node's own one-entry clock), stored and XORed into the tree. The stored bytes, or
     None, having done nothing, for a stored clock of another shape."""
+    return overwrite_c(store, tree, key, value, own, trusted_from, ts, new_epoch)
+
+
+cdef object overwrite_c(LogStore store, MerkleTree tree, bytes key, object value, bytes own,
+                        object trusted_from, object ts, object new_epoch):
     cdef Py_ssize_t slot = store.slot_of(key)
     cdef object old = None
     if slot >= 0:

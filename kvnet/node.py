@@ -12,6 +12,7 @@ import shutil
 import time
 
 from kvcore import versions as V
+from kvcore._native import select
 from kvcore.ring import Ring
 from kvcore.storage.options import rotate_token
 from kvnet.config import NodeConfig
@@ -33,6 +34,7 @@ from kvnet.resp.backend import LATER, Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
 
+_LocalDoor = select("kvnet.localdoor", "kvnet.localdoor_py").LocalDoor
 log = logging.getLogger("kvnet.node")
 
 
@@ -602,6 +604,11 @@ class Node(driver.Cluster, Backend):
         return V.encode_context(V.join(V.decode(raw)))
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------
+
+    def local_door(self, command_stats):
+        """The compiled door for plain GETs and SETs of the partitions in _solo (their
+        get_lww_now / set_overwrite_now path, without the Python calls); None without it."""
+        return None if _LocalDoor is None else _LocalDoor(self, command_stats)
 
     def get_lww_now(self, key):
         p = self._partition(key)

@@ -113,6 +113,13 @@ class Backend(abc.ABC):
         Raises as get_lww would. The front door tries it first: no coroutine per GET."""
         return LATER
 
+    def local_door(self, command_stats):
+        """None, or an object whose `take(session, queue, out, budget)` runs the leading
+        commands of a connection's queue that it answers exactly as the general path would,
+        appending their replies to `out`, and returns the bytes appended (kvnet/localdoor.pyx;
+        `command_stats` is the front door's INFO counters)."""
+        return None
+
     def set_overwrite_now(self, key: bytes, value: bytes):
         """Do set_overwrite at once and return None when nothing needs waiting for; or start
         it and return an asyncio Future that ends when it is done (its result unused) or

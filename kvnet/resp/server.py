@@ -147,9 +147,19 @@ class RespProtocol(asyncio.Protocol):
         dispatch = self.commands.dispatch
         slots = self._slots
         out = self._out
+        door = self.server.door
         while queue and not self._closed:
             if self._write_paused:  # resume_writing() continues
                 break
+            if door is not None and not self._running:
+                added = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
+                if added:
+                    self._out_size += added
+                    if self._out_size >= FLUSH_SIZE:
+                        self._flush()  # may call pause_writing()
+                        continue
+                    if not queue:
+                        break
             argv = queue[0]
             if type(argv) is not list:      # a ProtocolError: framing is lost
                 if self._running:   # the replies before the error go first
@@ -327,6 +337,7 @@ class RespServer:
                                  max_clients=max_clients, idle_timeout=self.idle_timeout,
                                  config=config)
         self.commands.parser_limits = self.parser_limits
+        self.door = backend.local_door(self.commands.stats)
         self.connections = set()
         self.unflushed = []         # connections whose replies wait for the iteration's end
         self.server = None

@@ -1,0 +1,167 @@
+# cython: language_level=3
+"""A node's plain GET and SET of the keys it alone replicates, answered in C (docs/resp.md).
+
+With N=1 (or a one-node ring), a plain GET or SET of a key needs no quorum, peer or route: the
+node's own store answers. The general path still passes through five layers of Python calls
+for it (dispatch, the command's `now`, the node, the replica, the store), about 3 us of a 5 us
+SET. `LocalDoor.take` runs the leading commands of a connection's queue that are exactly such
+a GET or SET, straight against the partition's store, and appends their replies; it stops,
+having left the command in the queue, at the first one it does not take, and the general path
+runs that one with every check and error message. So the door changes speed, never results:
+it takes a command only when the general path would answer it at once from the same store
+call (Node.get_lww_now / set_overwrite_now for a partition in Node._solo), and gives it the
+same reply, statistics and session bookkeeping (tests/kvnet/test_localdoor.py).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+from libc.stdio cimport snprintf
+from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
+
+from kvcore.ring cimport Ring, partition_c
+from kvcore.replicawrite cimport overwrite_c
+from kvcore.storage.store cimport LogStore
+
+from kvcore import clockcodec as _codec
+
+cdef object _lww_common = _codec.lww_common
+cdef object _MISS = _codec.MISS
+
+cdef bytes _OK = b"+OK\r\n"
+cdef dict _NULL = {2: b"$-1\r\n", 3: b"_\r\n"}
+
+# what take() runs
+DEF OTHER = 0
+DEF GET = 1
+DEF SET = 2
+
+
+cdef inline int _kind(list argv):
+    cdef Py_ssize_t n = len(argv)
+    cdef object name
+    if n == 2 or n == 3:
+        name = argv[0]
+        if type(name) is bytes and PyBytes_GET_SIZE(name) == 3:
+            if n == 2 and (name == b"GET" or name == b"get"):
+                return GET
+            if n == 3 and (name == b"SET" or name == b"set"):
+                return SET
+    return OTHER
+
+
+cdef bytes _bulk(bytes value):
+    """`$<len>\r\n<value>\r\n`."""
+    cdef char head[24]
+    cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
+    cdef int hlen = snprintf(head, sizeof(head), b"$%zd\r\n", vlen)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, hlen + vlen + 2)
+    cdef char *o = PyBytes_AS_STRING(out)
+    memcpy(o, head, hlen)
+    memcpy(o + hlen, PyBytes_AS_STRING(value), vlen)
+    o[hlen + vlen] = 13
+    o[hlen + vlen + 1] = 10
+    return out
+
+
+cdef class LocalDoor:
+    """The fast path of one node's front door (kvnet/resp/server.py calls `take`)."""
+
+    cdef object node
+    cdef object replica
+    cdef object identity
+    cdef dict node_stats
+    cdef object command_stats
+    cdef Py_ssize_t max_key
+    cdef Py_ssize_t max_value
+    cdef bint sets              # False under fsync=always: a SET's ack waits for the commit
+
+    def __init__(self, node, command_stats):
+        self.node = node
+        self.replica = node.replica
+        self.identity = node.replica.identity
+        self.node_stats = node.stats
+        self.command_stats = command_stats
+        self.max_key = node.cfg.max_key_bytes
+        self.max_value = node.cfg.max_value_bytes
+        self.sets = node.replica.fsync != "always"
+
+    def take(self, session, queue, list out, Py_ssize_t budget):
+        """Run the leading GETs and SETs of `queue` (a deque of argv lists) that the node
+        answers from a partition it alone replicates, appending each reply to `out`, until
+        `budget` bytes are appended or a command is not one of those; the bytes appended."""
+        if not queue or not session.authenticated:
+            return 0
+        node = self.node
+        if type(node.ring) is not Ring:
+            return 0
+        cdef Ring ring = node.ring
+        cdef frozenset solo = node._solo
+        cdef dict parts = self.replica.partitions
+        cdef bytes null = _NULL[session.protocol]
+        cdef bytes own = self.identity.prefix
+        new_epoch = self.identity.new_epoch
+        cdef Py_ssize_t added = 0, gets = 0, sets = 0, slot, p
+        cdef int kind = OTHER, last = OTHER
+        cdef list argv
+        cdef bytes key, reply
+        cdef object value, raw, part
+        cdef LogStore store
+        cdef timespec now
+        while queue and added < budget:
+            argv = queue[0] if type(queue[0]) is list else None
+            if argv is None:
+                break
+            kind = _kind(argv)
+            if kind == OTHER:
+                break
+            if type(argv[1]) is not bytes:
+                break
+            key = <bytes>argv[1]
+            if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
+                break
+            p = partition_c(ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            if p not in solo:
+                break
+            part = parts.get(p)
+            if part is None:            # not open yet: the general path opens it
+                break
+            store = part.store
+            try:
+                if kind == GET:
+                    slot = store.slot_of(key)
+                    if slot < 0:
+                        reply = null
+                    else:
+                        value = _lww_common(store.value_in(slot, key))
+                        if value is _MISS:  # a clock of another shape: decoded there
+                            break
+                        reply = null if value is None else _bulk(<bytes>value)
+                    gets += 1
+                else:
+                    value = argv[2]
+                    if not self.sets or type(value) is not bytes \
+                            or PyBytes_GET_SIZE(value) > self.max_value:
+                        break
+                    clock_gettime(CLOCK_REALTIME, &now)
+                    raw = overwrite_c(store, part.tree, key, value, own, part.trusted_from,
+                                      now.tv_sec * 1000000 + now.tv_nsec // 1000, new_epoch)
+                    if raw is None:     # a clock of another shape: minted there
+                        break
+                    self.replica._written(part)
+                    reply = _OK
+                    sets += 1
+            except Exception:           # the general path answers it, with its error reply
+                break
+            queue.popleft()
+            out.append(reply)
+            added += PyBytes_GET_SIZE(reply)
+            last = kind
+        if last != OTHER:
+            self.command_stats["total_commands_processed"] += gets + sets
+            if gets:
+                self.node_stats["gets"] += gets
+            if sets:
+                self.node_stats["puts"] += sets
+            session.last_command = "get" if last == GET else "set"
+            clock_gettime(CLOCK_REALTIME, &now)
+            session.last_active = now.tv_sec + now.tv_nsec * 1e-9
+        return added

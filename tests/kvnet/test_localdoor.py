@@ -1,0 +1,257 @@
+"""The compiled door (kvnet/localdoor.pyx) changes speed, never results: any sequence of
+commands gets the same replies, counters and stored values with the door as without it, and
+it takes only plain GETs and SETs of the partitions the node alone replicates."""
+import asyncio
+import collections
+
+import hiredis
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from kvcore import versions as V
+from kvnet.config import load
+from kvnet.node import Node, _LocalDoor
+from kvnet.resp.server import RespProtocol
+from kvnet.testing import free_ports
+
+pytestmark = pytest.mark.skipif(_LocalDoor is None, reason="the door is compiled only "
+                                "(RINGKV_NO_EXTENSIONS=1 runs every command the general way)")
+
+
+def resp(*args):
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+class Transport:
+    """What RespProtocol writes, kept."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, data):
+        self.data += data
+
+    def get_extra_info(self, name):
+        return ("127.0.0.1", 1)
+
+    def set_write_buffer_limits(self, high=None):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def is_closing(self):
+        return False
+
+    def abort(self):
+        pass
+
+    def close(self):
+        pass
+
+
+async def _nodes(base, count=1, n=1, **kw):
+    kw.setdefault("fsync", "never")
+    ports = free_ports(2 * count)
+    members = [f"n{i}@127.0.0.1:{ports[count + i]}" for i in range(count)]
+    return [await Node(load(name=f"n{i}", port=ports[i], peer_port=ports[count + i], n=n, r=1,
+                            w=1, data_dir=str(base / f"n{i}"), members=members,
+                            **kw)).start()
+            for i in range(count)]
+
+
+class Counting:
+    """The node's door, counting the commands it took."""
+
+    def __init__(self, door):
+        self.door, self.taken = door, 0
+
+    def take(self, session, queue, out, budget):
+        before = len(queue)
+        added = self.door.take(session, queue, out, budget)
+        self.taken += before - len(queue)
+        return added
+
+
+async def _feed(node, chunks, door):
+    """The replies to `chunks` (one data_received each) through a new connection of `node`,
+    with its door on or off; settles every command before returning."""
+    node.resp.door = door
+    proto = RespProtocol(node.resp)
+    t = Transport()
+    proto.connection_made(t)
+    for chunk in chunks:
+        proto.data_received(chunk)
+        for _ in range(5000):       # a command that suspends: let it finish
+            if not proto._running and not proto._queue:
+                break
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0)      # the round's flush
+    proto.connection_lost(None)
+    return bytes(t.data)
+
+
+def _replies(data):
+    reader = hiredis.Reader(notEnoughData=_END)
+    reader.feed(data)
+    out = []
+    while (reply := reader.gets()) is not _END:
+        out.append(reply if not isinstance(reply, hiredis.ReplyError) else ("error", str(reply)))
+    return out
+
+
+_END = object()
+
+
+def _values(raw):
+    """A stored clock's sibling values (None: a tombstone), sorted."""
+    return sorted((s.value is not None, s.value or b"") for s in V.values(V.decode(raw)))
+
+KEYS = [b"k%d" % i for i in range(6)] + [b"K" * 40]       # the last: over max_key_bytes
+VALUES = [b"", b"v", b"x" * 100, b"y" * 70]                 # the last: over max_value_bytes
+
+command = st.one_of(
+    st.tuples(st.sampled_from([b"SET", b"set", b"Set"]), st.sampled_from(KEYS),
+              st.sampled_from(VALUES)),
+    st.tuples(st.sampled_from([b"GET", b"get", b"gEt"]), st.sampled_from(KEYS)),
+    st.tuples(st.just(b"GET"), st.sampled_from(KEYS), st.just(b"extra")),
+    st.tuples(st.just(b"SET"), st.sampled_from(KEYS), st.just(b"v"), st.just(b"NX")),
+    st.tuples(st.just(b"DEL"), st.sampled_from(KEYS)),
+    st.tuples(st.just(b"KV.PUT"), st.sampled_from(KEYS), st.just(b"sib")),   # siblings
+    st.tuples(st.just(b"PING")),
+    st.tuples(st.just(b"HELLO"), st.sampled_from([b"2", b"3"])),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batches=st.lists(st.lists(command, min_size=1, max_size=12), min_size=1, max_size=8))
+def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factory, batches):
+    base = tmp_path_factory.mktemp("door")
+
+    async def main():
+        fast, slow = await _nodes(base / "fast", max_key_bytes=32, max_value_bytes=64) + \
+            await _nodes(base / "slow", max_key_bytes=32, max_value_bytes=64)
+        try:
+            chunks = [b"".join(resp(*c) for c in batch) for batch in batches]
+            door = Counting(fast.resp.door)
+            got = _replies(await _feed(fast, chunks, door))
+            want = _replies(await _feed(slow, chunks, None))
+            assert len(got) == len(want) == sum(map(len, batches))
+            # KV.PUT answers a context, which names each node's own actor
+            cmds = [c for batch in batches for c in batch]
+            assert [g for g, c in zip(got, cmds) if c[0] != b"KV.PUT"] == \
+                [w for w, c in zip(want, cmds) if c[0] != b"KV.PUT"]
+            for k in ("total_commands_processed", "total_error_replies"):
+                assert fast.resp.commands.stats[k] == slow.resp.commands.stats[k], k
+            assert fast.stats == slow.stats
+            for key in KEYS:
+                a, b = (n.replica.read_raw(n._partition(key), key) if len(key) <= 32 else None
+                        for n in (fast, slow))
+                assert (a is None) == (b is None), key
+                if a is not None:
+                    assert _values(a) == _values(b), key
+            return door.taken
+        finally:
+            await fast.stop()
+            await slow.stop()
+
+    taken = asyncio.run(main())
+    plain = sum(1 for b in batches for c in b
+                if c[0] in (b"GET", b"get", b"SET", b"set") and len(c) == (2 if c[0] in
+                    (b"GET", b"get") else 3) and len(c[1]) <= 32
+                and (len(c) == 2 or len(c[2]) <= 64))
+    assert taken <= plain
+
+
+def test_it_takes_plain_gets_and_sets_and_stops_at_anything_else(tmp_path):
+    async def main():
+        (node,) = await _nodes(tmp_path)
+        door = Counting(node.resp.door)
+        try:   # the general path opens the partitions; the door takes open ones only
+            await _feed(node, [resp(b"GET", b"a") + resp(b"GET", b"none") + resp(b"GET", b"b")],
+                        None)
+            pipeline = [resp(b"SET", b"a", b"1"), resp(b"get", b"a"), resp(b"GET", b"none"),
+                        resp(b"PING"), resp(b"SET", b"b", b"2"), resp(b"GET", b"b")]
+            out = await _feed(node, [b"".join(pipeline)], door)
+            assert out == b"+OK\r\n$1\r\n1\r\n$-1\r\n+PONG\r\n+OK\r\n$1\r\n2\r\n"
+            assert door.taken == 5          # all but PING
+            assert node.stats["puts"] == 2 and node.stats["gets"] == 3 + 3   # and the warm-up
+            # RESP3's null, and a tombstone reads as absent
+            out = await _feed(node, [resp(b"HELLO", b"3") + resp(b"DEL", b"a") +
+                                     resp(b"GET", b"a")], door)
+            assert out.endswith(b":1\r\n_\r\n")
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_a_key_with_siblings_is_read_and_written_by_the_general_path(tmp_path):
+    async def main():
+        (node,) = await _nodes(tmp_path)
+        door = Counting(node.resp.door)
+        try:
+            await _feed(node, [resp(b"KV.PUT", b"s", b"one") + resp(b"KV.PUT", b"s", b"two")],
+                        None)
+            out = await _feed(node, [resp(b"GET", b"s"), resp(b"SET", b"s", b"three"),
+                                     resp(b"GET", b"s")], door)
+            # GET of two siblings: the newer, read by the general path; SET writes over both
+            # (this node's own one-entry clock, the shape the byte-level SET takes), and the
+            # one-value clock it leaves is read by the door
+            assert out == b"$3\r\ntwo\r\n+OK\r\n$5\r\nthree\r\n"
+            assert door.taken == 2
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_sets_wait_for_the_group_commit_under_fsync_always(tmp_path):
+    async def main():
+        (node,) = await _nodes(tmp_path, fsync="always")
+        door = node.resp.door
+        try:
+            session = node.resp.commands.open_session("t", "t")
+            queue = collections.deque([[b"SET", b"a", b"1"]])
+            out = []
+            assert door.take(session, queue, out, 1 << 16) == 0 and len(queue) == 1
+            assert await _feed(node, [resp(b"SET", b"a", b"1"), resp(b"GET", b"a")],
+                               Counting(door)) == b"+OK\r\n$1\r\n1\r\n"
+        finally:
+            await node.stop()
+
+    asyncio.run(main())
+
+
+def test_nothing_is_taken_before_auth_or_for_another_nodes_partition(tmp_path):
+    async def main():
+        nodes = await _nodes(tmp_path, count=2, n=1, password="pw")
+        try:
+            door = Counting(nodes[0].resp.door)
+            out = await _feed(nodes[0], [resp(b"SET", b"a", b"1")], door)
+            assert out.startswith(b"-NOAUTH") and door.taken == 0
+            ring = nodes[0].ring
+            mine = [b"m%d" % i for i in range(200) if ring.preference_list(
+                ring.partition_of(b"m%d" % i))[0] == "n0"][:5]
+            theirs = [b"m%d" % i for i in range(200) if ring.preference_list(
+                ring.partition_of(b"m%d" % i))[0] == "n1"][:5]
+            await _feed(nodes[0], [resp(b"AUTH", b"pw") + b"".join(resp(b"GET", k) for k in mine)],
+                        None)
+            # the first command routed to n1 suspends, and the door runs only while nothing of
+            # the connection is in flight: this node's keys first
+            cmds = [resp(b"AUTH", b"pw")] + [resp(b"SET", k, k) for k in mine + theirs] + \
+                [resp(b"GET", k) for k in mine + theirs]
+            out = await _feed(nodes[0], [b"".join(cmds)], door)
+            assert out == b"+OK\r\n" + b"+OK\r\n" * 10 + \
+                b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in mine + theirs)
+            assert door.taken == 5          # this node's five SETs
+            for k in theirs:                # the others were routed to n1, which holds them
+                assert nodes[1].replica.read_raw(nodes[1]._partition(k), k) is not None
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(main())
