@@ -98,6 +98,7 @@ cdef class LocalDoor:
         cdef dict parts = self.replica.partitions
         cdef bytes null = _NULL[session.protocol]
         cdef bytes own = self.identity.prefix
+        cdef set dirty = self.replica._dirty      # LocalReplica._written, inlined
         new_epoch = self.identity.new_epoch
         cdef Py_ssize_t added = 0, gets = 0, sets = 0, slot, p
         cdef int kind = OTHER, last = OTHER
@@ -146,7 +147,7 @@ cdef class LocalDoor:
                                       now.tv_sec * 1000000 + now.tv_nsec // 1000, new_epoch)
                     if raw is None:     # a clock of another shape: minted there
                         break
-                    self.replica._written(part)
+                    dirty.add(part)
                     reply = _OK
                     sets += 1
             except Exception:           # the general path answers it, with its error reply
@@ -155,6 +156,8 @@ cdef class LocalDoor:
             out.append(reply)
             added += PyBytes_GET_SIZE(reply)
             last = kind
+        if sets:
+            self.replica._write_gen += sets
         if last != OTHER:
             self.command_stats["total_commands_processed"] += gets + sets
             if gets:

@@ -201,7 +201,8 @@ class LocalReplica:
         self._written(part)
 
     def _written(self, part):
-        """A write stored in part: the next sync covers it."""
+        """A write stored in part: the next sync covers it (kvnet/localdoor.pyx does the same
+        for the SETs it takes)."""
         self._dirty.add(part)
         self._write_gen += 1
 

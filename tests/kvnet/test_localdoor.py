@@ -3,6 +3,7 @@ commands gets the same replies, counters and stored values with the door as with
 it takes only plain GETs and SETs of the partitions the node alone replicates."""
 import asyncio
 import collections
+import os
 
 import hiredis
 import pytest
@@ -147,6 +148,10 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
             for k in ("total_commands_processed", "total_error_replies"):
                 assert fast.resp.commands.stats[k] == slow.resp.commands.stats[k], k
             assert fast.stats == slow.stats
+            # the next sync covers every write the door stored
+            assert fast.replica._write_gen == slow.replica._write_gen
+            assert sorted(os.path.basename(p.path) for p in fast.replica._dirty) == \
+                sorted(os.path.basename(p.path) for p in slow.replica._dirty)
             for key in KEYS:
                 a, b = (n.replica.read_raw(n._partition(key), key) if len(key) <= 32 else None
                         for n in (fast, slow))
