@@ -22,6 +22,7 @@ from kvcore.replicawrite cimport overwrite_c
 from kvcore.storage.store cimport LogStore
 
 from kvcore import clockcodec as _codec
+from kvnet.coordinator.driver import get_direct as _get_direct, put_direct as _put_direct
 
 cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
@@ -69,25 +70,34 @@ cdef class LocalDoor:
     cdef object replica
     cdef object identity
     cdef dict node_stats
-    cdef object command_stats
+    cdef dict command_stats
+    cdef object get_cmd, set_cmd
     cdef Py_ssize_t max_key
     cdef Py_ssize_t max_value
     cdef bint sets              # False under fsync=always: a SET's ack waits for the commit
+    cdef public object started  # (future, key) of the command take() left in flight, or None
 
-    def __init__(self, node, command_stats):
+    def __init__(self, node, commands):
         self.node = node
         self.replica = node.replica
         self.identity = node.replica.identity
         self.node_stats = node.stats
-        self.command_stats = command_stats
+        self.command_stats = commands.stats
+        self.get_cmd = commands.table[b"get"]
+        self.set_cmd = commands.table[b"set"]
         self.max_key = node.cfg.max_key_bytes
         self.max_value = node.cfg.max_value_bytes
         self.sets = node.replica.fsync != "always"
+        self.started = None
 
     def take(self, session, queue, list out, Py_ssize_t budget):
         """Run the leading GETs and SETs of `queue` (a deque of argv lists) that the node
-        answers from a partition it alone replicates, appending each reply to `out`, until
-        `budget` bytes are appended or a command is not one of those; the bytes appended."""
+        answers from its own store, appending each reply to `out`, until `budget` bytes are
+        appended or a command is not one of those; the bytes appended. A GET or SET of a
+        partition on the direct lane (Node._direct_lane: this node one of N primaries, all up
+        and connected) is stored or read here and sent to the other primaries: take() stops
+        after it, with `started` = (its ReplyFuture, its key) and `session.pending` = its
+        command, for the caller to wait on as on Commands.dispatch's future."""
         if not queue or not session.authenticated:
             return 0
         node = self.node
@@ -95,6 +105,7 @@ cdef class LocalDoor:
             return 0
         cdef Ring ring = node.ring
         cdef frozenset solo = node._solo
+        cdef dict direct = node._direct
         cdef dict parts = self.replica.partitions
         cdef bytes null = _NULL[session.protocol]
         cdef bytes own = self.identity.prefix
@@ -104,7 +115,7 @@ cdef class LocalDoor:
         cdef int kind = OTHER, last = OTHER
         cdef list argv
         cdef bytes key, reply
-        cdef object value, raw, part
+        cdef object value, raw, part, lane = None
         cdef LogStore store
         cdef timespec now
         while queue and added < budget:
@@ -119,9 +130,21 @@ cdef class LocalDoor:
             key = <bytes>argv[1]
             if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
                 break
+            if kind == SET:
+                value = argv[2]
+                if not self.sets or type(value) is not bytes \
+                        or PyBytes_GET_SIZE(value) > self.max_value:
+                    break
             p = partition_c(ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
             if p not in solo:
-                break
+                if p not in direct:
+                    break
+                try:
+                    lane = node._direct_lane(p)
+                except Exception:
+                    break
+                if lane is None:
+                    break
             part = parts.get(p)
             if part is None:            # not open yet: the general path opens it
                 break
@@ -129,33 +152,41 @@ cdef class LocalDoor:
             try:
                 if kind == GET:
                     slot = store.slot_of(key)
-                    if slot < 0:
+                    raw = None if slot < 0 else store.value_in(slot, key)
+                    if lane is not None:
+                        self._start_get(session, p, key, raw, lane)
+                        reply = None
+                    elif raw is None:
                         reply = null
                     else:
-                        value = _lww_common(store.value_in(slot, key))
+                        value = _lww_common(raw)
                         if value is _MISS:  # a clock of another shape: decoded there
                             break
                         reply = null if value is None else _bulk(<bytes>value)
                     gets += 1
                 else:
-                    value = argv[2]
-                    if not self.sets or type(value) is not bytes \
-                            or PyBytes_GET_SIZE(value) > self.max_value:
-                        break
                     clock_gettime(CLOCK_REALTIME, &now)
                     raw = overwrite_c(store, part.tree, key, value, own, part.trusted_from,
                                       now.tv_sec * 1000000 + now.tv_nsec // 1000, new_epoch)
                     if raw is None:     # a clock of another shape: minted there
                         break
                     dirty.add(part)
-                    reply = _OK
                     sets += 1
+                    # (were the sending below to raise, the general path would write it again:
+                    # one more event of the same value, as a client's retry makes)
+                    if lane is not None:
+                        self._start_set(session, p, key, raw, lane)
+                        reply = None
+                    else:
+                        reply = _OK
             except Exception:           # the general path answers it, with its error reply
                 break
             queue.popleft()
+            last = kind
+            if reply is None:           # in flight: the caller waits for it
+                break
             out.append(reply)
             added += PyBytes_GET_SIZE(reply)
-            last = kind
         if sets:
             self.replica._write_gen += sets
         if last != OTHER:
@@ -168,3 +199,17 @@ cdef class LocalDoor:
             clock_gettime(CLOCK_REALTIME, &now)
             session.last_active = now.tv_sec + now.tv_nsec * 1e-9
         return added
+
+    cdef _start_get(self, session, Py_ssize_t p, bytes key, object raw, tuple lane):
+        conns, pl = lane
+        fut = _get_direct(self.node, p, key, raw, min(self.node.cfg.r, len(pl.targets)), pl,
+                          conns)
+        session.pending = self.get_cmd
+        self.started = (fut, key)
+
+    cdef _start_set(self, session, Py_ssize_t p, bytes key, object raw, tuple lane):
+        conns, pl = lane
+        fut = _put_direct(self.node, p, key, raw, min(self.node.cfg.w, len(pl.targets)), pl,
+                          conns)
+        session.pending = self.set_cmd
+        self.started = (fut, key)

@@ -605,10 +605,11 @@ class Node(driver.Cluster, Backend):
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------
 
-    def local_door(self, command_stats):
-        """The compiled door for plain GETs and SETs of the partitions in _solo (their
-        get_lww_now / set_overwrite_now path, without the Python calls); None without it."""
-        return None if _LocalDoor is None else _LocalDoor(self, command_stats)
+    def local_door(self, commands):
+        """The compiled door for plain GETs and SETs of the partitions in _solo or on the
+        direct lane (their get_lww_now / set_overwrite_now path, without the Python calls);
+        None without it."""
+        return None if _LocalDoor is None else _LocalDoor(self, commands)
 
     def get_lww_now(self, key):
         p = self._partition(key)

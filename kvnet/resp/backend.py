@@ -113,11 +113,13 @@ class Backend(abc.ABC):
         Raises as get_lww would. The front door tries it first: no coroutine per GET."""
         return LATER
 
-    def local_door(self, command_stats):
+    def local_door(self, commands):
         """None, or an object whose `take(session, queue, out, budget)` runs the leading
         commands of a connection's queue that it answers exactly as the general path would,
-        appending their replies to `out`, and returns the bytes appended (kvnet/localdoor.pyx;
-        `command_stats` is the front door's INFO counters)."""
+        appending their replies to `out`, and returns the bytes appended; when it leaves one
+        in flight instead, its `started` is (the future, the key) and `session.pending` the
+        command, as Commands.dispatch leaves them (kvnet/localdoor.pyx; `commands` is the
+        front door's Commands)."""
         return None
 
     def set_overwrite_now(self, key: bytes, value: bytes):

@@ -151,34 +151,41 @@ class RespProtocol(asyncio.Protocol):
         while queue and not self._closed:
             if self._write_paused:  # resume_writing() continues
                 break
+            started = None
             if door is not None and not self._running:
                 added = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
+                started = door.started
                 if added:
                     self._out_size += added
-                    if self._out_size >= FLUSH_SIZE:
+                    if self._out_size >= FLUSH_SIZE and started is None:
                         self._flush()  # may call pause_writing()
                         continue
-                    if not queue:
-                        break
-            argv = queue[0]
-            if type(argv) is not list:      # a ProtocolError: framing is lost
-                if self._running:   # the replies before the error go first
+                if started is None and not queue:
                     break
-                queue.popleft()
-                out.append(encode_error(argv))
-                self._close_after_flush()
-                return
-            if self._running:
-                if self._barrier or len(self._running) >= MAX_IN_FLIGHT \
-                        or self.server.run_ahead >= self.server.max_run_ahead:
-                    break
-                key = self._key_of(argv)
-                if key is None or key in self._keys:
-                    break           # a barrier, or the same key as a command in flight
+            if started is not None:  # the door popped a command and left it in flight
+                door.started = None
+                reply, key = started
+                argv = None
             else:
-                key = None          # computed only when the command suspends
-            queue.popleft()
-            reply = dispatch(session, argv)
+                argv = queue[0]
+                if type(argv) is not list:      # a ProtocolError: framing is lost
+                    if self._running:   # the replies before the error go first
+                        break
+                    queue.popleft()
+                    out.append(encode_error(argv))
+                    self._close_after_flush()
+                    return
+                if self._running:
+                    if self._barrier or len(self._running) >= MAX_IN_FLIGHT \
+                            or self.server.run_ahead >= self.server.max_run_ahead:
+                        break
+                    key = self._key_of(argv)
+                    if key is None or key in self._keys:
+                        break           # a barrier, or the same key as a command in flight
+                else:
+                    key = None          # computed only when the command suspends
+                queue.popleft()
+                reply = dispatch(session, argv)
             if type(reply) is CoroutineType:
                 try:
                     yielded = reply.send(None)
@@ -189,9 +196,9 @@ class RespProtocol(asyncio.Protocol):
                         key = self._key_of(argv)
                     self._start_task(reply, yielded, key)
                     continue
-            elif type(reply) in FUTURE_TYPES:  # Commands.dispatch
+            elif type(reply) in FUTURE_TYPES:  # Commands.dispatch, or the door
                 if not reply.done():
-                    if not self._running:
+                    if key is None and argv is not None:
                         key = self._key_of(argv)
                     self._track(reply, key, session.pending)
                     continue
@@ -337,7 +344,7 @@ class RespServer:
                                  max_clients=max_clients, idle_timeout=self.idle_timeout,
                                  config=config)
         self.commands.parser_limits = self.parser_limits
-        self.door = backend.local_door(self.commands.stats)
+        self.door = backend.local_door(self.commands)
         self.connections = set()
         self.unflushed = []         # connections whose replies wait for the iteration's end
         self.server = None

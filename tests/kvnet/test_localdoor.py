@@ -54,14 +54,25 @@ class Transport:
         pass
 
 
-async def _nodes(base, count=1, n=1, **kw):
+async def _nodes(base, count=1, n=1, rw=1, **kw):
     kw.setdefault("fsync", "never")
+    kw.setdefault("request_timeout_ms", 10000)
     ports = free_ports(2 * count)
     members = [f"n{i}@127.0.0.1:{ports[count + i]}" for i in range(count)]
-    return [await Node(load(name=f"n{i}", port=ports[i], peer_port=ports[count + i], n=n, r=1,
-                            w=1, data_dir=str(base / f"n{i}"), members=members,
+    return [await Node(load(name=f"n{i}", port=ports[i], peer_port=ports[count + i], n=n, r=rw,
+                            w=rw, data_dir=str(base / f"n{i}"), members=members,
                             **kw)).start()
             for i in range(count)]
+
+
+async def _lanes_open(nodes):
+    """Until node0's direct lane is open for every partition (peer connections up)."""
+    ring = nodes[0].ring
+    for _ in range(500):
+        if all(nodes[0]._direct_lane(p) is not None for p in range(ring.q)):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the direct lane did not open")
 
 
 class Counting:
@@ -76,22 +87,33 @@ class Counting:
         self.taken += before - len(queue)
         return added
 
+    @property
+    def started(self):
+        return self.door.started
+
+    @started.setter
+    def started(self, value):
+        self.door.started = value
+
 
 async def _feed(node, chunks, door):
     """The replies to `chunks` (one data_received each) through a new connection of `node`,
     with its door on or off; settles every command before returning."""
-    node.resp.door = door
-    proto = RespProtocol(node.resp)
-    t = Transport()
-    proto.connection_made(t)
-    for chunk in chunks:
-        proto.data_received(chunk)
-        for _ in range(5000):       # a command that suspends: let it finish
-            if not proto._running and not proto._queue:
-                break
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0)      # the round's flush
-    proto.connection_lost(None)
+    saved, node.resp.door = node.resp.door, door
+    try:
+        proto = RespProtocol(node.resp)
+        t = Transport()
+        proto.connection_made(t)
+        for chunk in chunks:
+            proto.data_received(chunk)
+            for _ in range(5000):       # a command that suspends: let it finish
+                if not proto._running and not proto._queue:
+                    break
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0)      # the round's flush
+        proto.connection_lost(None)
+    finally:
+        node.resp.door = saved
     return bytes(t.data)
 
 
@@ -255,6 +277,94 @@ def test_nothing_is_taken_before_auth_or_for_another_nodes_partition(tmp_path):
             assert door.taken == 5          # this node's five SETs
             for k in theirs:                # the others were routed to n1, which holds them
                 assert nodes[1].replica.read_raw(nodes[1]._partition(k), k) is not None
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(main())
+
+
+# ---- the direct lane: a 3-node cluster, N=3, R=W=2 ------------------------------------------
+
+def _held(nodes, key):
+    """Each node's sibling values of key (None: not held)."""
+    out = []
+    for node in nodes:
+        raw = node.replica.read_raw(node._partition(key), key)
+        out.append(None if raw is None else _values(raw))
+    return out
+
+
+async def _settled(nodes, keys):
+    """Every node holds what the others hold of `keys` (the third replica's copy arrives after
+    the W=2 answer), or 2 s have passed."""
+    for _ in range(200):
+        if all(len({repr(v) for v in _held(nodes, k)}) == 1 for k in keys):
+            return
+        await asyncio.sleep(0.01)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batches=st.lists(st.lists(command, min_size=1, max_size=8), min_size=1, max_size=5))
+def test_the_lane_agrees_with_the_general_path(tmp_path_factory, batches):
+    base = tmp_path_factory.mktemp("lane")
+
+    async def main():
+        fast = await _nodes(base / "fast", count=3, n=3, rw=2, max_key_bytes=32,
+                            max_value_bytes=64)
+        slow = await _nodes(base / "slow", count=3, n=3, rw=2, max_key_bytes=32,
+                            max_value_bytes=64)
+        try:
+            await _lanes_open(fast)
+            await _lanes_open(slow)
+            chunks = [b"".join(resp(*c) for c in batch) for batch in batches]
+            door = Counting(fast[0].resp.door)
+            got = _replies(await _feed(fast[0], chunks, door))
+            want = _replies(await _feed(slow[0], chunks, None))
+            cmds = [c for batch in batches for c in batch]
+            assert len(got) == len(want) == len(cmds)
+            assert [g for g, c in zip(got, cmds) if c[0] != b"KV.PUT"] == \
+                [w for w, c in zip(want, cmds) if c[0] != b"KV.PUT"]
+            for k in ("total_commands_processed", "total_error_replies"):
+                assert fast[0].resp.commands.stats[k] == slow[0].resp.commands.stats[k], k
+            assert fast[0].stats == slow[0].stats
+            keys = [k for k in KEYS if len(k) <= 32]
+            await _settled(fast, keys)
+            await _settled(slow, keys)
+            for key in keys:
+                assert _held(fast, key) == _held(slow, key), key
+        finally:
+            for node in fast + slow:
+                await node.stop()
+
+    asyncio.run(main())
+
+
+def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
+    async def main():
+        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
+        try:
+            await _lanes_open(nodes)
+            await _feed(nodes[0], [resp(b"GET", b"a")], None)      # opens the partition
+            door = Counting(nodes[0].resp.door)
+            out = await _feed(nodes[0], [resp(b"SET", b"a", b"1"), resp(b"GET", b"a"),
+                                         resp(b"GET", b"nothing")], door)
+            assert out == b"+OK\r\n$1\r\n1\r\n$-1\r\n"
+            assert door.taken == 2          # the partition of "nothing" was not open yet
+            await _settled(nodes, [b"a"])
+            assert _held(nodes, b"a") == [[(True, b"1")]] * 3
+            assert nodes[0].stats["puts"] == 1
+            # pipelined: the door takes the first; while it is in flight the general path
+            # runs the others (GET a after it: the same key); replies stay in order
+            door.taken = 0
+            out = await _feed(nodes[0], [resp(b"SET", b"a", b"2") + resp(b"GET", b"a") +
+                                         resp(b"SET", b"b", b"3")], door)
+            assert out == b"+OK\r\n$1\r\n2\r\n+OK\r\n" and 1 <= door.taken <= 2
+            # a lane that is not open (a primary down, say): the general path
+            nodes[0]._direct_lane = lambda p: None
+            door.taken = 0
+            out = await _feed(nodes[0], [resp(b"SET", b"a", b"4"), resp(b"GET", b"a")], door)
+            assert out == b"+OK\r\n$1\r\n4\r\n" and door.taken == 0
         finally:
             for node in nodes:
                 await node.stop()
