@@ -331,8 +331,12 @@ class LocalCluster:
                  node_extra=None, proxied=False, request_timeout_ms=1000, ring_size=256):
         self.data_dir = data_dir
         self.n, self.r, self.w, self.ring_size = n, r, w, ring_size
-        ports = free_ports(2 * nodes)
-        self.ports, self.peer_ports = ports[:nodes], ports[nodes:]
+        # every port of the cluster from one call, the proxies' too: a later call could hand a
+        # proxy a port chosen here for a node that has not bound it yet
+        links = list(itertools.permutations(range(nodes), 2)) if proxied else []
+        ports = free_ports(2 * nodes + len(links))
+        self.ports, self.peer_ports = ports[:nodes], ports[nodes:2 * nodes]
+        proxy_ports = dict(zip(links, ports[2 * nodes:]))
         self.names = [f"node{i + 1}" for i in range(nodes)]
         self.proxies = {}
         self.paused = set()
@@ -345,8 +349,8 @@ class LocalCluster:
                         "--request-timeout-ms", str(request_timeout_ms), *extra]
         try:
             if proxied:
-                for i, j in itertools.permutations(range(nodes), 2):
-                    self.proxies[i, j] = FaultProxy(self.peer_ports[j],
+                for i, j in links:
+                    self.proxies[i, j] = FaultProxy(self.peer_ports[j], port=proxy_ports[i, j],
                                                     name=f"{self.names[i]}->{self.names[j]}")
             self.cmds = []
             for i, (nm, cp) in enumerate(zip(self.names, self.ports)):

@@ -394,3 +394,18 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_a_proxied_cluster_takes_every_port_it_will_bind_at_once(tmp_path, monkeypatch):
+    """A proxy's port chosen after the nodes' could be one a node has not bound yet: all of them
+    come from one free_ports call, so they are distinct."""
+    import kvnet.testing as T
+    calls = []
+    real = T.free_ports
+    monkeypatch.setattr(T, "free_ports", lambda n: calls.append(n) or real(n))
+    cl = T.LocalCluster(str(tmp_path), nodes=3, proxied=True)
+    try:
+        ports = cl.ports + cl.peer_ports + [px.port for px in cl.proxies.values()]
+        assert calls == [12] and len(set(ports)) == 12
+    finally:
+        cl.stop()
