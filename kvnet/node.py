@@ -25,7 +25,7 @@ from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
-from kvnet.peer.core import BATCH_VERSION
+from kvnet.peer.core import BATCH_VERSION, State
 from kvnet.peer.pool import PeerPool
 from kvnet.peer.protocol import answer_batch
 from kvnet.replica import LocalReplica
@@ -34,6 +34,7 @@ from kvnet.resp.backend import LATER, Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
 
+_READY = State.READY
 _LocalDoor = select("kvnet.localdoor", "kvnet.localdoor_py").LocalDoor
 log = logging.getLogger("kvnet.node")
 
@@ -244,15 +245,17 @@ class Node(driver.Cluster, Backend):
         conns = []
         down = self.gossip.down_peers
         cache = self._lane_conns
+        # (the attributes behind PeerConnection.is_ready and .write_paused: this runs once per
+        # GET and SET, and a property is a Python call each)
         for x in lane[0]:
             conn = cache.get(x)
-            if conn is None or not conn.is_ready:   # closed: ask the pool for its best now
+            if conn is None or conn.state is not _READY:   # closed: ask the pool for its best
                 cache.pop(x, None)
                 conn = self.pool.get(x)
                 if conn is None or conn.version < BATCH_VERSION:   # an older node: no mput
                     return None
                 cache[x] = conn
-            if conn.write_paused or x in down:
+            if conn._write_paused or x in down:
                 return None
             conns.append(conn)
         return conns, lane[1]

@@ -396,7 +396,8 @@ class PeerConnection(PeerProtocolCore, asyncio.Protocol):
         BATCH_BYTES or more goes alone."""
         if self._write_paused:
             return False
-        self._check_ready()
+        if self.state is not State.READY:
+            self._check_ready()               # raises
         raw = item.get("c") if type(item) is dict else None
         size = 0 if raw is None else len(raw)
         batch = self._batches.get(rtype)
