@@ -437,7 +437,8 @@ class Node(driver.Cluster, Backend):
 
     def _peer_get_now(self, m):
         p, k = self._checked(m)
-        self._replica_of(p)
+        if self.name not in self.ring.preference_list(p):   # (the common case without a call)
+            self._replica_of(p)
         return self.replica.read_raw(p, k)     # stored canonical bytes: what encode() gives
 
     async def _peer_get(self, m):
@@ -448,17 +449,22 @@ class Node(driver.Cluster, Backend):
             return LATER                # the acknowledgement waits for the group commit
         return self._stored(m)
 
-    def _store_put(self, m):
+    def _stored(self, m):
+        """Store one replicated write; its acknowledgement (no wait for a sync). Once per
+        replica per replicated write: the common case makes no call it can skip."""
         p, k = self._checked(m)
-        self._replica_of(p)
+        if self.name not in self.ring.preference_list(p):
+            self._replica_of(p)                 # held only in the next ring, or refused
         raw = m.get("c")
         rep = self.replica
         if type(raw) is not bytes or not rep.merge_superseding(p, k, raw):
             rep.merge(p, k, _clock(raw), raw)     # decoded: checked canonical bytes
-        self.forward_to_new(p, k, raw)
+        if self.ring_state.next is not None:
+            self.forward_to_new(p, k, raw)
+        return True
 
     async def _peer_put(self, m):
-        self._store_put(m)
+        self._stored(m)
         await self.replica.after_write()
         return True
 
@@ -468,11 +474,6 @@ class Node(driver.Cluster, Backend):
         if self.replica.fsync == "always":
             return LATER
         return answer_batch(self._stored, items)
-
-    def _stored(self, m):
-        """Store one replicated write; its acknowledgement (no wait for a sync)."""
-        self._store_put(m)
-        return True
 
     async def _peer_mput(self, items):
         answer = answer_batch(self._stored, items)

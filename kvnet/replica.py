@@ -291,7 +291,7 @@ class LocalReplica:
         the stored bytes already, or supersedes them (versions.supersedes_raw: it is valid,
         and the sync would be it), and is stored as it is; False, having done nothing, for
         anything else (the caller decodes and merges)."""
-        part = self.partition(p)
+        part = self.partitions.get(p) or self.partition(p)
         done = RW.merge_superseding(part.store, part.tree, key, raw)
         if done == RW.STORED:
             self._written(part)

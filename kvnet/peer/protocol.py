@@ -739,9 +739,12 @@ class _Fanout:
                 _call(cb, peer, exc, None)
             return
         values, errors = payload
-        if not errors:              # the common case: every item answered
+        if not errors:              # the common case: every item answered (_call, inlined)
             for cb, value in zip(callbacks, values):
-                _call(cb, peer, None, value)
+                try:
+                    cb(peer, None, value)
+                except Exception:   # the caller's bug: the other answers still count
+                    log.exception("peer %s: request callback failed", peer)
             return
         for i, cb in enumerate(callbacks):
             err = errors.get(i)

@@ -217,7 +217,8 @@ class RespProtocol(asyncio.Protocol):
         if out and not self._flush_queued:
             self._flush_queued = True
             self.server.flush_later(self)
-        self._update_reading()
+        if not self._reading or self._write_paused or len(queue) >= self.server.max_pending:
+            self._update_reading()      # (only when it may change something: a call less)
 
     def _start_task(self, coro, yielded, key):
         self._track(self.loop.create_task(finish(coro, yielded)), key)
