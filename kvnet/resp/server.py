@@ -55,7 +55,8 @@ class RespProtocol(asyncio.Protocol):
         self._queue = collections.deque()   # commands (or a ProtocolError) waiting to run
         self._slots = collections.deque()   # replies in order from the first command in
                                             # flight: [bytes] ready, [None] still running
-        self._running = {}                  # Task -> its key (None: a barrier command)
+        self._running = {}                  # Task or future -> (its key (None: a barrier
+                                            # command), its slot, ahead, its Command or None)
         self._keys = {}                     # key -> commands in flight on it
         self._barrier = False               # a barrier command is in flight
         self._key_of = server.commands.key_of
@@ -231,20 +232,23 @@ class RespProtocol(asyncio.Protocol):
         if ahead:
             self.server.run_ahead += 1
         self._slots.append(slot)
-        self._running[task] = key
+        self._running[task] = (key, slot, ahead, cmd)
         if key is None:
             self._barrier = True
         else:
             self._keys[key] = self._keys.get(key, 0) + 1
         if type(task) is ReplyFuture:   # answered as soon as it is settled, not a round later
-            task.on_settled = lambda t: self._task_done(t, slot, ahead, cmd)
+            task.on_settled = self._task_done
         else:
-            task.add_done_callback(lambda t: self._task_done(t, slot, ahead, cmd))
+            task.add_done_callback(self._task_done)
 
-    def _task_done(self, task, slot, ahead=False, cmd=None):
+    def _task_done(self, task):
+        entry = self._running.pop(task, None)
+        if entry is None:               # released already
+            return
+        key, slot, ahead, cmd = entry
         if ahead:
             self.server.run_ahead -= 1
-        key = self._running.pop(task, None)
         if key is None:
             self._barrier = False
         else:
@@ -274,12 +278,6 @@ class RespProtocol(asyncio.Protocol):
             self._close_after_flush()
             return
         self._run()
-
-    def flush_queued(self):
-        """Called once per loop iteration by the server for connections with replies waiting."""
-        self._flush_queued = False
-        if not self._closed:
-            self._flush()
 
     def _flush(self):
         out = self._out
@@ -362,8 +360,11 @@ class RespServer:
         conns = self.unflushed
         self.unflushed = []
         for conn in conns:
+            conn._flush_queued = False
+            if conn._closed:
+                continue
             try:
-                conn.flush_queued()
+                conn._flush()
             except Exception:   # one broken transport must not hold the others' replies
                 log.exception("writing replies failed")
                 conn.transport.abort()
