@@ -1,16 +1,18 @@
 # cython: language_level=3
-"""A node's plain GET and SET of the keys it alone replicates, answered in C (docs/resp.md).
+"""A node's plain GET and SET, answered in C from its own store where the general path would
+answer from it at once (docs/resp.md).
 
 With N=1 (or a one-node ring), a plain GET or SET of a key needs no quorum, peer or route: the
-node's own store answers. The general path still passes through five layers of Python calls
-for it (dispatch, the command's `now`, the node, the replica, the store), about 3 us of a 5 us
-SET. `LocalDoor.take` runs the leading commands of a connection's queue that are exactly such
-a GET or SET, straight against the partition's store, and appends their replies; it stops,
-having left the command in the queue, at the first one it does not take, and the general path
-runs that one with every check and error message. So the door changes speed, never results:
-it takes a command only when the general path would answer it at once from the same store
-call (Node.get_lww_now / set_overwrite_now for a partition in Node._solo), and gives it the
-same reply, statistics and session bookkeeping (tests/kvnet/test_localdoor.py).
+node's own store answers. On the direct lane (this node one of a partition's N primaries, every
+one up and connected) the local copy is read or written and the request goes straight to the
+other primaries (kvnet/coordinator/driver.py put_direct / get_direct). The general path passes
+through five layers of Python calls for either (dispatch, the command's `now`, the node, the
+replica, the store). `LocalDoor.take` runs the leading commands of a connection's queue that are
+exactly such a GET or SET; it stops, having left the command in the queue, at the first one it
+does not take, and the general path runs that one with every check and error message. So the
+door changes speed, never results: it takes a command only when the general path would take the
+same fast path (Node.get_lww_now / set_overwrite_now), with the same store calls, reply,
+statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
@@ -148,8 +150,8 @@ cdef class LocalDoor:
             part = parts.get(p)
             if part is None:            # not open yet: the general path opens it
                 break
-            store = part.store
             try:
+                store = part.store
                 if kind == GET:
                     slot = store.slot_of(key)
                     raw = None if slot < 0 else store.value_in(slot, key)

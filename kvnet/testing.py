@@ -350,8 +350,7 @@ class LocalCluster:
         try:
             if proxied:
                 for i, j in links:
-                    self.proxies[i, j] = FaultProxy(self.peer_ports[j], port=proxy_ports[i, j],
-                                                    name=f"{self.names[i]}->{self.names[j]}")
+                    self.proxies[i, j] = self._proxy(i, j, proxy_ports[i, j], set(ports))
             self.cmds = []
             for i, (nm, cp) in enumerate(zip(self.names, self.ports)):
                 members = ",".join(f"{other}@127.0.0.1:{self._peer_port_seen_by(i, j)}"
@@ -365,6 +364,19 @@ class LocalCluster:
             self._close_proxies()
             raise
         _live_clusters.add(self)
+
+    def _proxy(self, i, j, port, taken, attempts=20):
+        """The proxy of link i -> j on `port`, or, when another process bound that port since
+        it was chosen, on a fresh one that is none of the cluster's (`taken`)."""
+        for attempt in range(attempts):
+            try:
+                return FaultProxy(self.peer_ports[j], port=port,
+                                  name=f"{self.names[i]}->{self.names[j]}")
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                port = next(p for p in free_ports(len(taken) + 1) if p not in taken)
+                taken.add(port)
 
     def _peer_port_seen_by(self, i, j):
         if i == j or not self.proxies:

@@ -409,3 +409,21 @@ def test_a_proxied_cluster_takes_every_port_it_will_bind_at_once(tmp_path, monke
         assert calls == [12] and len(set(ports)) == 12
     finally:
         cl.stop()
+
+
+def test_a_proxy_port_taken_meanwhile_is_chosen_again(tmp_path, monkeypatch):
+    import kvnet.testing as T
+    real, refused = T.FaultProxy, []
+
+    def first_bind_fails(target, port=0, name=None):
+        if not refused:
+            refused.append(port)
+            raise OSError(98, "address already in use")
+        return real(target, port=port, name=name)
+    monkeypatch.setattr(T, "FaultProxy", first_bind_fails)
+    cl = T.LocalCluster(str(tmp_path), nodes=3, proxied=True)
+    try:
+        ports = cl.ports + cl.peer_ports + [px.port for px in cl.proxies.values()]
+        assert len(cl.proxies) == 6 and len(set(ports)) == 12 and refused[0] not in ports
+    finally:
+        cl.stop()
