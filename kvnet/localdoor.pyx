@@ -15,7 +15,7 @@ same fast path (Node.get_lww_now / set_overwrite_now), with the same store calls
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from libc.stdio cimport snprintf
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
@@ -30,6 +30,7 @@ cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
 
 cdef bytes _OK = b"+OK\r\n"
+cdef object STARTED = object()    # _one: the command is in flight (LocalDoor.started)
 cdef dict _NULL = {2: b"$-1\r\n", 3: b"_\r\n"}
 
 # what take() runs
@@ -65,8 +66,51 @@ cdef bytes _bulk(bytes value):
     return out
 
 
+cdef inline Py_ssize_t _number(const char *p, Py_ssize_t i, Py_ssize_t n, long long *value):
+    """Digits at p[i] up to CRLF -> offset after the CRLF, or -1; as strict as fastparse's
+    (no sign, no leading zero, at most 18 digits)."""
+    cdef long long v = 0
+    cdef Py_ssize_t start = i
+    cdef char c
+    while i < n:
+        c = p[i]
+        if c >= 48 and c <= 57:
+            if i - start >= 18 or (i > start and p[start] == 48):
+                return -1
+            v = v * 10 + (c - 48)
+            i += 1
+        elif c == 13:
+            if i == start or i + 1 >= n or p[i + 1] != 10:
+                return -1
+            value[0] = v
+            return i + 2
+        else:
+            return -1
+    return -1
+
+
+cdef inline Py_ssize_t _bulk_at(const char *p, Py_ssize_t i, Py_ssize_t n, long long max_bulk,
+                                Py_ssize_t *body, Py_ssize_t *length):
+    """A complete `$<len>\r\n<bytes>\r\n` at p[i]: the offset after it, with the bytes' offset
+    and length; -1 for anything else (cut, malformed, above max_bulk)."""
+    cdef long long blen
+    cdef Py_ssize_t b, end
+    if i >= n or p[i] != 36:           # '$'
+        return -1
+    b = _number(p, i + 1, n, &blen)
+    if b < 0 or blen > max_bulk:
+        return -1
+    end = b + <Py_ssize_t>blen + 2
+    if end > n or p[end - 2] != 13 or p[end - 1] != 10:
+        return -1
+    body[0] = b
+    length[0] = <Py_ssize_t>blen
+    return end
+
+
 cdef class LocalDoor:
-    """The fast path of one node's front door (kvnet/resp/server.py calls `take`)."""
+    """The fast path of one node's front door (kvnet/resp/server.py calls `take` and
+    `receive`)."""
 
     cdef object node
     cdef object replica
@@ -78,6 +122,17 @@ cdef class LocalDoor:
     cdef Py_ssize_t max_value
     cdef bint sets              # False under fsync=always: a SET's ack waits for the commit
     cdef public object started  # (future, key) of the command take() left in flight, or None
+    # what one call of take() or receive() reads once (_begin) and counts (_end)
+    cdef Ring ring
+    cdef frozenset solo
+    cdef dict direct
+    cdef dict parts
+    cdef bytes null
+    cdef bytes own
+    cdef set dirty
+    cdef object new_epoch
+    cdef Py_ssize_t gets, set_count
+    cdef int last
 
     def __init__(self, node, commands):
         self.node = node
@@ -92,6 +147,101 @@ cdef class LocalDoor:
         self.sets = node.replica.fsync != "always"
         self.started = None
 
+    cdef bint _begin(self, session) except -1:
+        """Read what the commands of one call share; False when the door takes nothing."""
+        if not session.authenticated:
+            return False
+        node = self.node
+        if type(node.ring) is not Ring:
+            return False
+        self.ring = node.ring
+        self.solo = node._solo
+        self.direct = node._direct
+        self.parts = self.replica.partitions
+        self.null = _NULL[session.protocol]
+        self.own = self.identity.prefix
+        self.dirty = self.replica._dirty      # LocalReplica._written, inlined
+        self.new_epoch = self.identity.new_epoch
+        self.gets = self.set_count = 0
+        self.last = OTHER
+        return True
+
+    cdef int _end(self, session) except -1:
+        cdef timespec now
+        if self.set_count:
+            self.replica._write_gen += self.set_count
+        if self.last != OTHER:
+            self.command_stats["total_commands_processed"] += self.gets + self.set_count
+            if self.gets:
+                self.node_stats["gets"] += self.gets
+            if self.set_count:
+                self.node_stats["puts"] += self.set_count
+            session.last_command = "get" if self.last == GET else "set"
+            clock_gettime(CLOCK_REALTIME, &now)
+            session.last_active = now.tv_sec + now.tv_nsec * 1e-9
+        self.dirty = None
+        self.parts = None
+        return 0
+
+    cdef object _one(self, session, int kind, bytes key, object value):
+        """One GET (value None) or SET: its reply; None, having done nothing, when the door
+        does not take it; STARTED when it is in flight on the direct lane (self.started)."""
+        cdef Py_ssize_t slot, p
+        cdef object raw, part, lane = None
+        cdef LogStore store
+        cdef timespec now
+        if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
+            return None
+        if kind == SET:
+            if not self.sets or type(value) is not bytes \
+                    or PyBytes_GET_SIZE(value) > self.max_value:
+                return None
+        p = partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        if p not in self.solo:
+            if p not in self.direct:
+                return None
+            try:
+                lane = self.node._direct_lane(p)
+            except Exception:
+                return None
+            if lane is None:
+                return None
+        part = self.parts.get(p)
+        if part is None:                # not open yet: the general path opens it
+            return None
+        try:
+            store = part.store
+            if kind == GET:
+                slot = store.slot_of(key)
+                raw = None if slot < 0 else store.value_in(slot, key)
+                if lane is not None:
+                    self._start_get(session, p, key, raw, lane)
+                    self.gets += 1
+                    return STARTED
+                if raw is None:
+                    self.gets += 1
+                    return self.null
+                value = _lww_common(raw)
+                if value is _MISS:      # a clock of another shape: decoded there
+                    return None
+                self.gets += 1
+                return self.null if value is None else _bulk(<bytes>value)
+            clock_gettime(CLOCK_REALTIME, &now)
+            raw = overwrite_c(store, part.tree, key, value, self.own, part.trusted_from,
+                              now.tv_sec * 1000000 + now.tv_nsec // 1000, self.new_epoch)
+            if raw is None:             # a clock of another shape: minted there
+                return None
+            self.dirty.add(part)
+            self.set_count += 1
+            # (were the sending below to raise, the general path would write it again: one
+            # more event of the same value, as a client's retry makes)
+            if lane is not None:
+                self._start_set(session, p, key, raw, lane)
+                return STARTED
+            return _OK
+        except Exception:               # the general path answers it, with its error reply
+            return None
+
     def take(self, session, queue, list out, Py_ssize_t budget):
         """Run the leading GETs and SETs of `queue` (a deque of argv lists) that the node
         answers from its own store, appending each reply to `out`, until `budget` bytes are
@@ -100,107 +250,102 @@ cdef class LocalDoor:
         and connected) is stored or read here and sent to the other primaries: take() stops
         after it, with `started` = (its ReplyFuture, its key) and `session.pending` = its
         command, for the caller to wait on as on Commands.dispatch's future."""
-        if not queue or not session.authenticated:
+        if not queue or not self._begin(session):
             return 0
-        node = self.node
-        if type(node.ring) is not Ring:
-            return 0
-        cdef Ring ring = node.ring
-        cdef frozenset solo = node._solo
-        cdef dict direct = node._direct
-        cdef dict parts = self.replica.partitions
-        cdef bytes null = _NULL[session.protocol]
-        cdef bytes own = self.identity.prefix
-        cdef set dirty = self.replica._dirty      # LocalReplica._written, inlined
-        new_epoch = self.identity.new_epoch
-        cdef Py_ssize_t added = 0, gets = 0, sets = 0, slot, p
-        cdef int kind = OTHER, last = OTHER
+        cdef Py_ssize_t added = 0
+        cdef int kind
         cdef list argv
-        cdef bytes key, reply
-        cdef object value, raw, part, lane = None
-        cdef LogStore store
-        cdef timespec now
-        while queue and added < budget:
-            argv = queue[0] if type(queue[0]) is list else None
-            if argv is None:
-                break
-            kind = _kind(argv)
-            if kind == OTHER:
-                break
-            if type(argv[1]) is not bytes:
-                break
-            key = <bytes>argv[1]
-            if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
-                break
-            if kind == SET:
-                value = argv[2]
-                if not self.sets or type(value) is not bytes \
-                        or PyBytes_GET_SIZE(value) > self.max_value:
+        cdef object reply
+        try:
+            while queue and added < budget:
+                argv = queue[0] if type(queue[0]) is list else None
+                if argv is None:
                     break
-            p = partition_c(ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-            if p not in solo:
-                if p not in direct:
+                kind = _kind(argv)
+                if kind == OTHER or type(argv[1]) is not bytes:
                     break
-                try:
-                    lane = node._direct_lane(p)
-                except Exception:
+                reply = self._one(session, kind, <bytes>argv[1], argv[2] if kind == SET else None)
+                if reply is None:
                     break
-                if lane is None:
+                queue.popleft()
+                self.last = kind
+                if reply is STARTED:    # in flight: the caller waits for it
                     break
-            part = parts.get(p)
-            if part is None:            # not open yet: the general path opens it
-                break
-            try:
-                store = part.store
-                if kind == GET:
-                    slot = store.slot_of(key)
-                    raw = None if slot < 0 else store.value_in(slot, key)
-                    if lane is not None:
-                        self._start_get(session, p, key, raw, lane)
-                        reply = None
-                    elif raw is None:
-                        reply = null
-                    else:
-                        value = _lww_common(raw)
-                        if value is _MISS:  # a clock of another shape: decoded there
-                            break
-                        reply = null if value is None else _bulk(<bytes>value)
-                    gets += 1
-                else:
-                    clock_gettime(CLOCK_REALTIME, &now)
-                    raw = overwrite_c(store, part.tree, key, value, own, part.trusted_from,
-                                      now.tv_sec * 1000000 + now.tv_nsec // 1000, new_epoch)
-                    if raw is None:     # a clock of another shape: minted there
-                        break
-                    dirty.add(part)
-                    sets += 1
-                    # (were the sending below to raise, the general path would write it again:
-                    # one more event of the same value, as a client's retry makes)
-                    if lane is not None:
-                        self._start_set(session, p, key, raw, lane)
-                        reply = None
-                    else:
-                        reply = _OK
-            except Exception:           # the general path answers it, with its error reply
-                break
-            queue.popleft()
-            last = kind
-            if reply is None:           # in flight: the caller waits for it
-                break
-            out.append(reply)
-            added += PyBytes_GET_SIZE(reply)
-        if sets:
-            self.replica._write_gen += sets
-        if last != OTHER:
-            self.command_stats["total_commands_processed"] += gets + sets
-            if gets:
-                self.node_stats["gets"] += gets
-            if sets:
-                self.node_stats["puts"] += sets
-            session.last_command = "get" if last == GET else "set"
-            clock_gettime(CLOCK_REALTIME, &now)
-            session.last_active = now.tv_sec + now.tv_nsec * 1e-9
+                out.append(reply)
+                added += PyBytes_GET_SIZE(reply)
+        finally:
+            self._end(session)
         return added
+
+    def receive(self, session, bytes data, list out, Py_ssize_t budget, long long max_bulk,
+                long long max_args, long long max_command):
+        """take() straight from a connection's bytes, before the parser makes argument lists:
+        run the complete plain GETs and SETs of the node's own partitions at the start of
+        `data`, appending their replies to `out`, until `budget` bytes are appended or the next
+        command is anything else (cut short, another command, on the direct lane, over a
+        parser limit). Returns (the offset reached, where the parser takes over, the bytes
+        appended). A command of the direct lane is left to the parser and take(), which hands
+        its future over."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, off, name_at, name_len, key_at, key_len, end
+        cdef Py_ssize_t val_at = 0, val_len = 0
+        cdef Py_ssize_t added = 0
+        cdef long long count
+        cdef int kind
+        cdef bytes key
+        cdef object value, reply
+        if n == 0 or p[0] != 42 or max_args < 2 or not self._begin(session):
+            return 0, 0
+        try:
+            while pos < n and added < budget:
+                if p[pos] != 42:       # '*'
+                    break
+                off = _number(p, pos + 1, n, &count)
+                if off < 0 or count < 2 or count > 3 or count > max_args:
+                    break
+                off = _bulk_at(p, off, n, max_bulk, &name_at, &name_len)
+                if off < 0 or name_len != 3:
+                    break
+                if count == 2 and (memcmp(p + name_at, b"GET", 3) == 0
+                                   or memcmp(p + name_at, b"get", 3) == 0):
+                    kind = GET
+                elif count == 3 and (memcmp(p + name_at, b"SET", 3) == 0
+                                     or memcmp(p + name_at, b"set", 3) == 0):
+                    kind = SET
+                else:
+                    break
+                end = _bulk_at(p, off, n, max_bulk, &key_at, &key_len)
+                if end < 0:
+                    break
+                value = None
+                if kind == SET:
+                    end = _bulk_at(p, end, n, max_bulk, &val_at, &val_len)
+                    if end < 0:
+                        break
+                if end - pos > max_command:
+                    break
+                key = PyBytes_FromStringAndSize(p + key_at, key_len)
+                if kind == SET:
+                    value = PyBytes_FromStringAndSize(p + val_at, val_len)
+                reply = self._one_local(session, kind, key, value)
+                if reply is None:
+                    break
+                pos = end
+                self.last = kind
+                out.append(reply)
+                added += PyBytes_GET_SIZE(reply)
+        finally:
+            self._end(session)
+        return pos, added
+
+    cdef object _one_local(self, session, int kind, bytes key, object value):
+        """_one for a partition this node alone replicates; None for any other."""
+        if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
+            return None
+        if partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) not in self.solo:
+            return None
+        return self._one(session, kind, key, value)
 
     cdef _start_get(self, session, Py_ssize_t p, bytes key, object raw, tuple lane):
         conns, pl = lane

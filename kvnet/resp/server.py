@@ -117,6 +117,24 @@ class RespProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._last_read = self.loop.time()
+        door = self.server.door
+        if door is not None and not self._queue and not self._running \
+                and not self._write_paused and not self.parser._buf and type(data) is bytes:
+            # the node's own GETs and SETs straight from the bytes (LocalDoor.receive)
+            limits = self.server.parser_limits
+            pos, added = door.receive(self.session, data, self._out,
+                                      FLUSH_SIZE - self._out_size, limits["max_bulk"],
+                                      limits["max_args"], limits["max_command"])
+            if pos:
+                self._out_size += added
+                if not self._flush_queued:
+                    self._flush_queued = True
+                    self.server.flush_later(self)
+                if self._out_size >= FLUSH_SIZE:
+                    self._flush()  # may call pause_writing()
+                if pos == len(data):
+                    return
+                data = data[pos:]
         try:
             cmds = self.parser.feed(data)
         except ProtocolError as exc:

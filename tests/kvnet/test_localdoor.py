@@ -87,6 +87,12 @@ class Counting:
         self.taken += before - len(queue)
         return added
 
+    def receive(self, session, data, out, budget, *limits):
+        before = len(out)
+        pos, added = self.door.receive(session, data, out, budget, *limits)
+        self.taken += len(out) - before
+        return pos, added
+
     @property
     def started(self):
         return self.door.started
@@ -149,16 +155,28 @@ command = st.one_of(
 )
 
 
+def _cut(chunks, cuts):
+    """The same bytes in other pieces: each chunk split at the fractions in `cuts`, so commands
+    arrive cut short and joined (the door then leaves them to the parser)."""
+    out = []
+    for i, chunk in enumerate(chunks):
+        points = sorted({int(f * len(chunk)) for f in cuts[i % len(cuts)]} | {0, len(chunk)})
+        out += [chunk[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return out
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(batches=st.lists(st.lists(command, min_size=1, max_size=12), min_size=1, max_size=8))
-def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factory, batches):
+@given(batches=st.lists(st.lists(command, min_size=1, max_size=12), min_size=1, max_size=8),
+       cuts=st.lists(st.lists(st.floats(0, 1), max_size=3), min_size=1, max_size=4))
+def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factory, batches,
+                                                                 cuts):
     base = tmp_path_factory.mktemp("door")
 
     async def main():
         fast, slow = await _nodes(base / "fast", max_key_bytes=32, max_value_bytes=64) + \
             await _nodes(base / "slow", max_key_bytes=32, max_value_bytes=64)
         try:
-            chunks = [b"".join(resp(*c) for c in batch) for batch in batches]
+            chunks = _cut([b"".join(resp(*c) for c in batch) for batch in batches], cuts)
             door = Counting(fast.resp.door)
             got = _replies(await _feed(fast, chunks, door))
             want = _replies(await _feed(slow, chunks, None))
@@ -368,5 +386,42 @@ def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
         finally:
             for node in nodes:
                 await node.stop()
+
+    asyncio.run(main())
+
+
+def test_receive_takes_complete_commands_from_the_bytes_and_stops_where_the_parser_must(
+        tmp_path):
+    async def main():
+        (node,) = await _nodes(tmp_path)
+        door = node.resp.door
+        try:
+            await _feed(node, [resp(b"GET", b"a") + resp(b"GET", b"b")], None)   # open them
+            session = node.resp.commands.open_session("t", "t")
+            limits = (1 << 20, 1024, 1 << 30)           # max_bulk, max_args, max_command
+
+            def receive(data, limits=limits):
+                out = []
+                pos, added = door.receive(session, data, out, 1 << 16, *limits)
+                assert added == sum(map(len, out))
+                return pos, b"".join(out)
+
+            two = resp(b"SET", b"a", b"1") + resp(b"get", b"a")
+            assert receive(two) == (len(two), b"+OK\r\n$1\r\n1\r\n")
+            # cut short: the complete ones, then the parser's turn at the cut command's start
+            assert receive(two + resp(b"GET", b"b")[:-3]) == (len(two), b"+OK\r\n$1\r\n1\r\n")
+            for other in (resp(b"PING"), b"GET a\r\n", resp(b"GET", b"a", b"x"),
+                          resp(b"Get", b"a"), b"*2\r\n$3\r\nGET\r\n$01\r\na\r\n",
+                          resp(b"SET", b"a", b"1", b"NX")):
+                assert receive(other + two) == (0, b""), other
+            # over a parser limit: the parser answers with its error
+            assert receive(resp(b"SET", b"a", b"x" * 10), (5, 1024, 1 << 30)) == (0, b"")
+            assert receive(resp(b"SET", b"a", b"x" * 10), (1 << 20, 2, 1 << 30)) == (0, b"")
+            assert receive(resp(b"SET", b"a", b"x" * 10), (1 << 20, 1024, 20)) == (0, b"")
+            assert node.stats["puts"] == 2 and node.stats["gets"] == 2 + 2
+            session.authenticated = False
+            assert receive(two) == (0, b"")
+        finally:
+            await node.stop()
 
     asyncio.run(main())
