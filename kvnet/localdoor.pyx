@@ -295,8 +295,9 @@ cdef class LocalDoor:
         cdef int kind
         cdef bytes key
         cdef object value, reply
-        if n == 0 or p[0] != 42 or max_args < 2 or not self._begin(session):
-            return 0, 0
+        if n == 0 or p[0] != 42 or max_args < 2 or not self.node._solo \
+                or not self._begin(session):
+            return 0, 0                 # (a cluster with N > 1 has no partition of its own)
         try:
             while pos < n and added < budget:
                 if p[pos] != 42:       # '*'
