@@ -18,12 +18,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.inproc_cpu import FakeTransport, _cmd, _nodes  # noqa: E402
+from benchmarks.inproc_cpu import _nodes, fake_clients  # noqa: E402
 
 
 async def count(op, nodes_n, clients, per, top):
-    from kvnet.resp.server import RespProtocol
-    loop = asyncio.get_running_loop()
     counts = collections.Counter()
 
     def prof(frame, event, arg):
@@ -34,35 +32,12 @@ async def count(op, nodes_n, clients, per, top):
     with tempfile.TemporaryDirectory(prefix="ringkv-calls-") as base:
         n = 3 if nodes_n > 1 else 1
         nodes = await _nodes(base, nodes_n, n, 2 if n > 1 else 1)
-
-        async def run(op, measured):
-            done = []
-            for c in range(clients):
-                cmds = [_cmd(op, b"key:%012d" % (c * per + j)) for j in range(per)]
-                fut = loop.create_future()
-                proto = RespProtocol(nodes[0].resp)
-                state = [0]
-
-                def on_write(data, proto=proto, cmds=cmds, fut=fut, state=state):
-                    state[0] += 1
-                    if state[0] < len(cmds):
-                        loop.call_soon(proto.data_received, cmds[state[0]])
-                    elif not fut.done():
-                        fut.set_result(None)
-                proto.connection_made(FakeTransport(on_write))
-                done.append((proto, cmds[0], fut))
-            if measured:
-                sys.setprofile(prof)
+        try:
+            await fake_clients(nodes[0], "SET", clients, per)   # the keys and partitions exist
             try:
-                for proto, first, _ in done:
-                    proto.data_received(first)
-                await asyncio.gather(*(f for _, _, f in done))
+                await fake_clients(nodes[0], op, clients, per, lambda: sys.setprofile(prof))
             finally:
                 sys.setprofile(None)
-
-        try:
-            await run("SET", False)              # the keys exist, the partitions are open
-            await run(op, True)
         finally:
             for node in nodes:
                 await node.stop()

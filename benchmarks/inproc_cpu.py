@@ -104,36 +104,47 @@ async def single(keys, rounds):
     return out
 
 
-async def cluster(requests, clients=50):
+async def fake_clients(node, op, clients, per, before=None):
+    """`clients` fake clients on node's front door, each sending its next of `per` commands
+    when the previous is answered, until all are answered; before() runs just before the
+    first commands go."""
     from kvnet.resp.server import RespProtocol
     loop = asyncio.get_running_loop()
+    done = []
+    for c in range(clients):
+        cmds = [_cmd(op, b"key:%012d" % (c * per + j)) for j in range(per)]
+        fut = loop.create_future()
+        proto = RespProtocol(node.resp)
+        sent = [0]
+
+        def on_write(data, proto=proto, cmds=cmds, fut=fut, sent=sent):
+            sent[0] += 1
+            if sent[0] < len(cmds):
+                loop.call_soon(proto.data_received, cmds[sent[0]])
+            elif not fut.done():
+                fut.set_result(None)
+        proto.connection_made(FakeTransport(on_write))
+        done.append((proto, cmds[0], fut))
+    if before is not None:
+        before()
+    for proto, first, _ in done:
+        proto.data_received(first)
+    await asyncio.gather(*(f for _, _, f in done))
+
+
+async def cluster(requests, clients=50):
     with tempfile.TemporaryDirectory(prefix="ringkv-inproc-") as base:
         nodes = await _nodes(base, 3, 3, 2)
 
         async def run(op, per):
-            done = []
-            for c in range(clients):
-                cmds = [_cmd(op, b"key:%012d" % (c * per + j)) for j in range(per)]
-                fut = loop.create_future()
-                proto = RespProtocol(nodes[0].resp)
-                state = {"i": 0}
-
-                def on_write(data, proto=proto, cmds=cmds, fut=fut, state=state):
-                    state["i"] += 1
-                    if state["i"] < len(cmds):
-                        loop.call_soon(proto.data_received, cmds[state["i"]])
-                    elif not fut.done():
-                        fut.set_result(None)
-                proto.connection_made(FakeTransport(on_write))
-                done.append((proto, cmds[0], fut))
-            t0, c0 = time.perf_counter(), os.times()
-            for proto, first, _ in done:
-                proto.data_received(first)
-            await asyncio.gather(*(f for _, _, f in done))
+            start = {}
+            await fake_clients(nodes[0], op, clients, per,
+                               lambda: start.update(t=time.perf_counter(), c=os.times()))
             c1, total = os.times(), clients * per
+            c0 = start["c"]
             return {"user_us": (c1.user - c0.user) / total * 1e6,
                     "sys_us": (c1.system - c0.system) / total * 1e6,
-                    "rps": total / (time.perf_counter() - t0)}
+                    "rps": total / (time.perf_counter() - start["t"])}
 
         await run("SET", 40)                    # open the partitions
         out = {op: await run(op, requests // clients) for op in ("SET", "GET")}

@@ -22,6 +22,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 from kvcore.ring cimport Ring, partition_c
 from kvcore.replicawrite cimport overwrite_c
 from kvcore.storage.store cimport LogStore
+from kvnet.resp.respscan cimport resp_number as _number
 
 from kvcore import clockcodec as _codec
 from kvnet.coordinator.driver import get_direct as _get_direct, put_direct as _put_direct
@@ -64,29 +65,6 @@ cdef bytes _bulk(bytes value):
     o[hlen + vlen] = 13
     o[hlen + vlen + 1] = 10
     return out
-
-
-cdef inline Py_ssize_t _number(const char *p, Py_ssize_t i, Py_ssize_t n, long long *value):
-    """Digits at p[i] up to CRLF -> offset after the CRLF, or -1; as strict as fastparse's
-    (no sign, no leading zero, at most 18 digits)."""
-    cdef long long v = 0
-    cdef Py_ssize_t start = i
-    cdef char c
-    while i < n:
-        c = p[i]
-        if c >= 48 and c <= 57:
-            if i - start >= 18 or (i > start and p[start] == 48):
-                return -1
-            v = v * 10 + (c - 48)
-            i += 1
-        elif c == 13:
-            if i == start or i + 1 >= n or p[i + 1] != 10:
-                return -1
-            value[0] = v
-            return i + 2
-        else:
-            return -1
-    return -1
 
 
 cdef inline Py_ssize_t _bulk_at(const char *p, Py_ssize_t i, Py_ssize_t n, long long max_bulk,
@@ -215,9 +193,9 @@ cdef class LocalDoor:
                 slot = store.slot_of(key)
                 raw = None if slot < 0 else store.value_in(slot, key)
                 if lane is not None:
-                    self._start_get(session, p, key, raw, lane)
+                    value = self._start(session, GET, p, key, raw, lane)
                     self.gets += 1
-                    return STARTED
+                    return value
                 if raw is None:
                     self.gets += 1
                     return self.null
@@ -236,8 +214,7 @@ cdef class LocalDoor:
             # (were the sending below to raise, the general path would write it again: one
             # more event of the same value, as a client's retry makes)
             if lane is not None:
-                self._start_set(session, p, key, raw, lane)
-                return STARTED
+                return self._start(session, SET, p, key, raw, lane)
             return _OK
         except Exception:               # the general path answers it, with its error reply
             return None
@@ -348,16 +325,17 @@ cdef class LocalDoor:
             return None
         return self._one(session, kind, key, value)
 
-    cdef _start_get(self, session, Py_ssize_t p, bytes key, object raw, tuple lane):
+    cdef object _start(self, session, int kind, Py_ssize_t p, bytes key, object raw,
+                       tuple lane):
+        """Send a lane GET or SET (its local copy read or stored) to the other primaries; the
+        caller waits on its future (self.started) as on Commands.dispatch's."""
         conns, pl = lane
-        fut = _get_direct(self.node, p, key, raw, min(self.node.cfg.r, len(pl.targets)), pl,
-                          conns)
-        session.pending = self.get_cmd
+        cfg = self.node.cfg
+        if kind == GET:
+            fut = _get_direct(self.node, p, key, raw, min(cfg.r, len(pl.targets)), pl, conns)
+            session.pending = self.get_cmd
+        else:
+            fut = _put_direct(self.node, p, key, raw, min(cfg.w, len(pl.targets)), pl, conns)
+            session.pending = self.set_cmd
         self.started = (fut, key)
-
-    cdef _start_set(self, session, Py_ssize_t p, bytes key, object raw, tuple lane):
-        conns, pl = lane
-        fut = _put_direct(self.node, p, key, raw, min(self.node.cfg.w, len(pl.targets)), pl,
-                          conns)
-        session.pending = self.set_cmd
-        self.started = (fut, key)
+        return STARTED

@@ -12,35 +12,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 
+from kvnet.resp.respscan cimport resp_number as _number
+
 cdef extern from "Python.h":
     char* PyByteArray_AS_STRING(object)
     Py_ssize_t PyByteArray_GET_SIZE(object)
 
-
-# Longest digit run parsed here; longer ones, and leading zeros, go to the Python scan.
-DEF MAX_DIGITS = 18
-
-
-cdef inline Py_ssize_t _number(const char* p, Py_ssize_t i, Py_ssize_t n, long long* value):
-    """Digits at p[i] up to CRLF -> offset after the CRLF, or -1 (not digits, too long, cut)."""
-    cdef long long v = 0
-    cdef Py_ssize_t start = i
-    cdef char c
-    while i < n:
-        c = p[i]
-        if c >= 48 and c <= 57:
-            if i - start >= MAX_DIGITS or (i > start and p[start] == 48):
-                return -1             # too long, or a leading zero (hiredis refuses those)
-            v = v * 10 + (c - 48)
-            i += 1
-        elif c == 13:
-            if i == start or i + 1 >= n or p[i + 1] != 10:
-                return -1
-            value[0] = v
-            return i + 2
-        else:
-            return -1
-    return -1
 
 
 def take_commands(bytearray buf, Py_ssize_t pos, Py_ssize_t n, long long max_bulk,

@@ -15,43 +15,14 @@ from kvnet.node import Node, _LocalDoor
 from kvnet.resp.server import RespProtocol
 from kvnet.testing import free_ports
 
+from tests.kvnet.resp.test_server import RecordingTransport
+
 pytestmark = pytest.mark.skipif(_LocalDoor is None, reason="the door is compiled only "
                                 "(RINGKV_NO_EXTENSIONS=1 runs every command the general way)")
 
 
 def resp(*args):
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
-
-
-class Transport:
-    """What RespProtocol writes, kept."""
-
-    def __init__(self):
-        self.data = bytearray()
-
-    def write(self, data):
-        self.data += data
-
-    def get_extra_info(self, name):
-        return ("127.0.0.1", 1)
-
-    def set_write_buffer_limits(self, high=None):
-        pass
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def is_closing(self):
-        return False
-
-    def abort(self):
-        pass
-
-    def close(self):
-        pass
 
 
 async def _nodes(base, count=1, n=1, rw=1, **kw):
@@ -108,8 +79,8 @@ async def _feed(node, chunks, door):
     saved, node.resp.door = node.resp.door, door
     try:
         proto = RespProtocol(node.resp)
-        t = Transport()
-        proto.connection_made(t)
+        log = []
+        proto.connection_made(RecordingTransport(log, "c"))
         for chunk in chunks:
             proto.data_received(chunk)
             for _ in range(5000):       # a command that suspends: let it finish
@@ -120,7 +91,7 @@ async def _feed(node, chunks, door):
         proto.connection_lost(None)
     finally:
         node.resp.door = saved
-    return bytes(t.data)
+    return b"".join(data for _, data in log if type(data) is bytes)
 
 
 def _replies(data):
