@@ -62,6 +62,10 @@ class _Routing:
 
     def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=True,
                  socket_timeout=10.0, ring_ttl=5.0):
+        if not isinstance(host, str) or not host:
+            raise TypeError(f"host must be a host name or address (str), not {host!r}")
+        if type(port) is not int or not 0 < port < 65536:
+            raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
         self._opts = dict(password=password, socket_timeout=socket_timeout)
         self._seed = (host, port)
         self._conns = {}

@@ -125,3 +125,14 @@ def test_client_survives_a_routed_node_going_away(cluster, tmp_path):
         c._ring = (q, owners, {n: (a if a[1] == cluster[0] else ("127.0.0.1", dead)) for n, a in addrs.items()})
         assert [o.value for o in c.mget([f"k{i}" for i in range(20)])] == [f"v{i}".encode() for i in range(20)]
         assert c._ring is None or all(a[1] != dead for a in c._ring[2].values())
+
+
+@pytest.mark.parametrize("host, port, error", [
+    ([("127.0.0.1", 7379)], 7379, TypeError), ("", 7379, TypeError), (None, 7379, TypeError),
+    ("127.0.0.1", "7379", ValueError), ("127.0.0.1", 0, ValueError),
+    ("127.0.0.1", 70000, ValueError)])
+def test_a_bad_address_is_refused_when_the_client_is_made(host, port, error):
+    from kvnet.client import AsyncClient
+    for cls in (Client, AsyncClient):
+        with pytest.raises(error, match="host|port"):
+            cls(host, port)
