@@ -8,8 +8,10 @@ each partition has a trusted-from epoch raised whenever its store cannot vouch
 for every dot it minted (docs/replica.md).
 """
 import asyncio
+import logging
 import os
 import secrets
+import threading
 
 import msgpack
 
@@ -21,6 +23,7 @@ from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import TooManySiblings
 
 EPOCH_BLOCK = 10_000
+log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
 
@@ -56,20 +59,44 @@ class Identity:
         self.prefix = V.actor_prefix(node, self.incarnation)   # for the byte-level mint
         leased = _read_msgpack(self._lease_path) or 0
         self._next = leased + 1          # continue after every epoch a previous run may have used
-        self._leased = leased
-        self._lease()
+        self._leased = leased            # durable: the file holds this or more
+        self._lease_lock = threading.Lock()   # the file only grows, whoever writes it
+        self._extending = None           # the thread leasing the next block, or None
+        self._ahead_failed = None        # the lease end at which a thread's write failed
+        self._lease_to(self._next + EPOCH_BLOCK - 1)
 
-    def _lease(self):
-        self._leased = self._next + EPOCH_BLOCK - 1
-        _write_msgpack(self._lease_path, self._leased)
+    def _lease_to(self, end):
+        """Make `end` the durable lease unless one as large is already (then nothing)."""
+        with self._lease_lock:
+            if end > self._leased:
+                _write_msgpack(self._lease_path, end)
+                self._leased = end       # only once it is durable
 
     def new_epoch(self):
-        """A node-wide epoch never handed out before (one fsync per block of 10,000)."""
+        """A node-wide epoch never handed out before. Once half of the leased block is used,
+        a thread leases the next one, so the caller (the event loop) does not wait for its
+        fsync; only when that thread has not finished by the block's end does the caller
+        write the lease itself (after the thread's write, under the same lock)."""
         if self._next > self._leased:
-            self._lease()
+            self._lease_to(self._next + EPOCH_BLOCK - 1)
         e = self._next
         self._next += 1
+        if self._leased - e < EPOCH_BLOCK // 2 and self._extending is None \
+                and self._ahead_failed != self._leased:
+            self._extending = threading.Thread(target=self._extend,
+                                               args=(self._leased + EPOCH_BLOCK,),
+                                               name="ringkv-epoch-lease", daemon=True)
+            self._extending.start()
         return e
+
+    def _extend(self, end):
+        try:
+            self._lease_to(end)
+        except Exception:   # the caller leases it itself at the block's end, and fails there
+            log.exception("leasing epochs ahead failed")
+            self._ahead_failed = self._leased
+        finally:
+            self._extending = None
 
     def actor(self, epoch):
         return (self.node, self.incarnation, epoch)

@@ -3,6 +3,7 @@ import asyncio
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kvcore import versions as V
 from kvnet.errors import TooManySiblings
@@ -28,6 +29,84 @@ def test_identity_persists_and_epochs_never_repeat(tmp_path):
     shutil.rmtree(tmp_path)
     c = Identity(str(tmp_path), "n1")             # a wiped node is a new incarnation
     assert c.incarnation != a.incarnation
+
+
+def _lease_file(path):
+    from kvnet.replica import _read_msgpack
+    return _read_msgpack(str(path / "EPOCH"))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps=st.lists(st.tuples(st.integers(1, 12), st.booleans()), min_size=1, max_size=30))
+def test_the_lease_on_disk_covers_every_epoch_handed_out(tmp_path_factory, steps):
+    """Whatever the timing of the thread that leases ahead: the file holds at least every
+    epoch handed out, so a crash at any moment loses none; a restart continues above them."""
+    import kvnet.replica as R
+    path = tmp_path_factory.mktemp("lease")
+    saved, R.EPOCH_BLOCK = R.EPOCH_BLOCK, 8
+    try:
+        ident = Identity(str(path), "n1")
+        handed = []
+        for count, wait in steps:
+            for _ in range(count):
+                handed.append(ident.new_epoch())
+                assert _lease_file(path) >= handed[-1]
+            t = ident._extending
+            if wait and t is not None:
+                t.join()
+        assert handed == sorted(set(handed))
+        if ident._extending is not None:
+            ident._extending.join()
+        assert Identity(str(path), "n1").new_epoch() > max(handed)
+    finally:
+        R.EPOCH_BLOCK = saved
+
+
+def test_the_lease_is_extended_off_the_caller_thread(tmp_path, monkeypatch):
+    """Half-way through a block a thread leases the next: a caller that does not outrun it
+    never writes the file (an fsync on the event loop, once per block, before)."""
+    import threading
+
+    import kvnet.replica as R
+    monkeypatch.setattr(R, "EPOCH_BLOCK", 100)
+    writers = []
+    real = R._write_msgpack
+    monkeypatch.setattr(R, "_write_msgpack", lambda p, o: (
+        p.endswith("EPOCH") and writers.append(threading.current_thread())) or real(p, o))
+    ident = Identity(str(tmp_path), "n1")
+    assert writers == [threading.current_thread()]       # the first lease, at start
+    for _ in range(5):
+        for _ in range(60):                                # past half of the block
+            ident.new_epoch()
+        ident._extending.join()
+        for _ in range(40):
+            ident.new_epoch()                              # the rest of the block
+    assert len(writers) == 6 and threading.current_thread() not in writers[1:]
+    assert _lease_file(tmp_path) >= ident._next - 1
+
+
+def test_a_failed_lease_ahead_falls_back_to_the_caller(tmp_path, monkeypatch, caplog):
+    import kvnet.replica as R
+    monkeypatch.setattr(R, "EPOCH_BLOCK", 10)
+    ident = Identity(str(tmp_path), "n1")
+    real = R._write_msgpack
+    fail = [True]
+
+    def flaky(p, o):
+        if fail[0]:
+            raise OSError(28, "No space left on device")
+        return real(p, o)
+    monkeypatch.setattr(R, "_write_msgpack", flaky)
+    for _ in range(6):
+        ident.new_epoch()
+    ident._extending.join()
+    assert "leasing epochs ahead failed" in caplog.text
+    with pytest.raises(OSError):                          # the block is used up: the caller
+        for _ in range(10):                               # writes, and its error is raised
+            ident.new_epoch()
+    fail[0] = False
+    e = ident.new_epoch()
+    assert _lease_file(tmp_path) >= e
 
 
 def test_blind_writes_are_siblings_and_overwrite_replaces(tmp_path):
