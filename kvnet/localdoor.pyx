@@ -161,9 +161,10 @@ cdef class LocalDoor:
         self.parts = None
         return 0
 
-    cdef object _one(self, session, int kind, bytes key, object value):
+    cdef object _one(self, session, int kind, bytes key, object value, bint lane_ok):
         """One GET (value None) or SET: its reply; None, having done nothing, when the door
-        does not take it; STARTED when it is in flight on the direct lane (self.started)."""
+        does not take it (nor a partition of the direct lane unless lane_ok); STARTED when it
+        is in flight on the lane (self.started)."""
         cdef Py_ssize_t slot, p
         cdef object raw, part, lane = None
         cdef LogStore store
@@ -176,7 +177,7 @@ cdef class LocalDoor:
                 return None
         p = partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
         if p not in self.solo:
-            if p not in self.direct:
+            if not lane_ok or p not in self.direct:
                 return None
             try:
                 lane = self.node._direct_lane(p)
@@ -241,7 +242,8 @@ cdef class LocalDoor:
                 kind = _kind(argv)
                 if kind == OTHER or type(argv[1]) is not bytes:
                     break
-                reply = self._one(session, kind, <bytes>argv[1], argv[2] if kind == SET else None)
+                reply = self._one(session, kind, <bytes>argv[1],
+                                  argv[2] if kind == SET else None, True)
                 if reply is None:
                     break
                 queue.popleft()
@@ -306,7 +308,7 @@ cdef class LocalDoor:
                 key = PyBytes_FromStringAndSize(p + key_at, key_len)
                 if kind == SET:
                     value = PyBytes_FromStringAndSize(p + val_at, val_len)
-                reply = self._one_local(session, kind, key, value)
+                reply = self._one(session, kind, key, value, False)
                 if reply is None:
                     break
                 pos = end
@@ -316,14 +318,6 @@ cdef class LocalDoor:
         finally:
             self._end(session)
         return pos, added
-
-    cdef object _one_local(self, session, int kind, bytes key, object value):
-        """_one for a partition this node alone replicates; None for any other."""
-        if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
-            return None
-        if partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) not in self.solo:
-            return None
-        return self._one(session, kind, key, value)
 
     cdef object _start(self, session, int kind, Py_ssize_t p, bytes key, object raw,
                        tuple lane):

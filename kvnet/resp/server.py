@@ -121,10 +121,8 @@ class RespProtocol(asyncio.Protocol):
         if door is not None and not self._queue and not self._running \
                 and not self._write_paused and not self.parser._buf and type(data) is bytes:
             # the node's own GETs and SETs straight from the bytes (LocalDoor.receive)
-            limits = self.server.parser_limits
             pos, added = door.receive(self.session, data, self._out,
-                                      FLUSH_SIZE - self._out_size, limits["max_bulk"],
-                                      limits["max_args"], limits["max_command"])
+                                      FLUSH_SIZE - self._out_size, *self.server.door_limits)
             if pos:
                 self._out_size += added
                 if not self._flush_queued:
@@ -361,6 +359,7 @@ class RespServer:
                                  max_clients=max_clients, idle_timeout=self.idle_timeout,
                                  config=config)
         self.commands.parser_limits = self.parser_limits
+        self.door_limits = (max_bulk, max_args, max_command)    # LocalDoor.receive's
         self.door = backend.local_door(self.commands)
         self.connections = set()
         self.unflushed = []         # connections whose replies wait for the iteration's end
