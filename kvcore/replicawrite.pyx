@@ -21,9 +21,9 @@ _bump_own = _codec.bump_own
 _supersedes = _codec.supersedes
 
 # merge_superseding's answers
-MISS = 0        # nothing done: the caller decodes and merges
-SAME = 1        # the store holds these bytes already: nothing written
-STORED = 2
+MISS = MISS_C      # nothing done: the caller decodes and merges
+SAME = SAME_C      # the store holds these bytes already: nothing written
+STORED = STORED_C
 
 
 cdef inline int _tree_update(MerkleTree tree, bytes key, object old, bytes new) except -1:
@@ -64,14 +64,18 @@ def merge_superseding(LogStore store, MerkleTree tree, bytes key not None, bytes
     """A replicated clock `raw` stored as it is when it supersedes what the store holds
     (clockcodec.supersedes): STORED; SAME when the store holds these bytes; else MISS,
     having done nothing."""
+    return merge_superseding_c(store, tree, key, raw)
+
+
+cdef int merge_superseding_c(LogStore store, MerkleTree tree, bytes key, bytes raw) except -1:
     cdef Py_ssize_t slot = store.slot_of(key)
     cdef object old = None
     if slot >= 0:
         old = store.value_in(slot, key)
         if old == raw:
-            return SAME
+            return SAME_C
     if not _supersedes(old, raw):
-        return MISS
+        return MISS_C
     store.put_in(slot, key, raw)
     _tree_update(tree, key, old, raw)
-    return STORED
+    return STORED_C

@@ -15,17 +15,19 @@ same fast path (Node.get_lww_now / set_overwrite_now), with the same store calls
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint16_t
 from libc.string cimport memcmp, memcpy
 from libc.stdio cimport snprintf
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
-from kvcore.ring cimport Ring, partition_c
-from kvcore.replicawrite cimport overwrite_c
+from kvcore.ring cimport Ring, partition_c, pref_c
+from kvcore.replicawrite cimport MISS_C, STORED_C, merge_superseding_c, overwrite_c
 from kvcore.storage.store cimport LogStore
 from kvnet.resp.respscan cimport resp_number as _number
 
 from kvcore import clockcodec as _codec
 from kvnet.coordinator.driver import get_direct as _get_direct, put_direct as _put_direct
+from kvnet.peer.protocol import DEFERRED as _DEFERRED, answer_batch as _answer_batch
 
 cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
@@ -333,3 +335,146 @@ cdef class LocalDoor:
             session.pending = self.set_cmd
         self.started = (fut, key)
         return STARTED
+
+
+cdef inline list _item_error(exc):
+    return [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
+
+
+cdef class LaneReplica:
+    """The other end of the direct lane: a replica's answer to a batch of replicated writes
+    ("mput") or reads ("mget"), as answer_batch(node._stored or node._peer_get_now, items)
+    gives it (kvnet/node.py), with the common item checked and stored or read here in C: a
+    map of an int partition on the ring that this node is a primary of and already holds,
+    a key of that partition within the key limit, and (a write) clock bytes that are the
+    stored ones or supersede them (kvcore/replicawrite.pyx merge_superseding). Any other
+    item, and every item while the ring moves (its writes also go to the replicas being
+    added), goes to the node's own function, errors and all."""
+
+    cdef object node
+    cdef object replica
+    cdef Py_ssize_t max_key
+    cdef Py_ssize_t max_items
+    cdef Py_ssize_t budget
+
+    def __init__(self, node, max_items, budget):
+        self.node = node
+        self.replica = node.replica
+        self.max_key = node.cfg.max_key_bytes
+        self.max_items = max_items
+        self.budget = budget
+
+    cdef int _me(self, Ring ring) except -2:
+        """This node's member index in ring, or -1."""
+        cdef Py_ssize_t i
+        name = self.node.name
+        for i in range(len(ring.nodes)):
+            if ring.nodes[i] == name:
+                return <int>i
+        return -1
+
+    cdef object _part(self, Ring ring, int me, dict parts, object item):
+        """The open partition of a common item (its key is item["k"]), or None."""
+        cdef Py_ssize_t p, i
+        cdef const uint16_t *pref
+        if type(item) is not dict:
+            return None
+        p_obj = (<dict>item).get("p")
+        k = (<dict>item).get("k")
+        if type(p_obj) is not int or type(k) is not bytes or not 0 <= p_obj < ring.q:
+            return None
+        p = p_obj
+        if PyBytes_GET_SIZE(k) == 0 or PyBytes_GET_SIZE(k) > self.max_key \
+                or partition_c(ring, PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)) != p:
+            return None
+        pref = pref_c(ring, p)
+        for i in range(ring.nr):
+            if pref[i] == me:
+                break
+        else:
+            return None
+        return parts.get(p)
+
+    def mput(self, items):
+        """[values, {index: [code, message]}] of the replicated writes `items`."""
+        node = self.node
+        ring = node.ring
+        if type(items) is not list or len(items) > self.max_items or type(ring) is not Ring \
+                or node.ring_state.next is not None:
+            return _answer_batch(node._stored, items, self.max_items, self.budget)
+        cdef int me = self._me(<Ring>ring)
+        cdef dict parts = self.replica.partitions
+        cdef set dirty = self.replica._dirty
+        cdef list values = []
+        cdef dict errors = {}
+        cdef Py_ssize_t stored = 0
+        cdef bytes key = None
+        cdef int done
+        cdef object part, raw
+        for item in <list>items:
+            part = None if me < 0 else self._part(<Ring>ring, me, parts, item)
+            if part is not None:
+                key = (<dict>item)["k"]
+                raw = (<dict>item).get("c")
+                if type(raw) is bytes:
+                    try:
+                        done = merge_superseding_c(part.store, part.tree, key, <bytes>raw)
+                    except Exception as exc:    # as node._stored would raise it
+                        errors[len(values)] = _item_error(exc)
+                        values.append(None)
+                        continue
+                    if done != MISS_C:
+                        if done == STORED_C:
+                            dirty.add(part)     # LocalReplica._written, inlined
+                            stored += 1
+                        values.append(True)
+                        continue
+            if stored:                          # the general path's writes count in order
+                self.replica._write_gen += stored
+                stored = 0
+            try:
+                values.append(node._stored(item))
+            except Exception as exc:
+                errors[len(values)] = _item_error(exc)
+                values.append(None)
+        if stored:
+            self.replica._write_gen += stored
+        return [values, errors]
+
+    def mget(self, items):
+        """[values, {index: [code, message]}] of the replica reads `items` (stored clock
+        bytes or None each; past `budget` bytes, an item with bytes is deferred)."""
+        node = self.node
+        ring = node.ring
+        if type(items) is not list or len(items) > self.max_items or type(ring) is not Ring:
+            return _answer_batch(node._peer_get_now, items, self.max_items, self.budget)
+        cdef int me = self._me(<Ring>ring)
+        cdef dict parts = self.replica.partitions
+        cdef list values = []
+        cdef dict errors = {}
+        cdef Py_ssize_t size = 0, slot
+        cdef bytes key = None
+        cdef object part, value
+        cdef LogStore store
+        for item in <list>items:
+            part = None if me < 0 else self._part(<Ring>ring, me, parts, item)
+            try:
+                if part is not None:
+                    key = (<dict>item)["k"]
+                    store = part.store
+                    slot = store.slot_of(key)
+                    value = None if slot < 0 else store.value_in(slot, key)
+                else:
+                    value = node._peer_get_now(item)
+            except Exception as exc:
+                errors[len(values)] = _item_error(exc)
+                values.append(None)
+                continue
+            if type(value) is bytes:
+                size += PyBytes_GET_SIZE(value)
+                if size > self.budget and values:
+                    errors[len(values)] = [_DEFERRED, "answer too big to join the batch's"]
+                    values.append(None)
+                    continue
+            values.append(value)
+        return [values, errors]

@@ -4,4 +4,4 @@ The compiled door only speeds up commands the front door's general path answers 
 so without it the general path runs every command.
 """
 
-LocalDoor = None
+LocalDoor = LaneReplica = None

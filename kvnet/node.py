@@ -27,7 +27,7 @@ from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
 from kvnet.peer.core import BATCH_VERSION, State
 from kvnet.peer.pool import PeerPool
-from kvnet.peer.protocol import answer_batch
+from kvnet.peer.protocol import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.replica import LocalReplica
 from kvnet.payload import clock as _clock
 from kvnet.resp.backend import LATER, Backend, Reply
@@ -35,7 +35,8 @@ from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
 
 _READY = State.READY
-_LocalDoor = select("kvnet.localdoor", "kvnet.localdoor_py").LocalDoor
+_doors = select("kvnet.localdoor", "kvnet.localdoor_py")
+_LocalDoor, _LaneReplica = _doors.LocalDoor, _doors.LaneReplica
 log = logging.getLogger("kvnet.node")
 
 
@@ -81,6 +82,8 @@ class Node(driver.Cluster, Backend):
                                     sync_interval_ms=cfg.sync_interval_ms,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self))
+        # the replica's side of the direct lane, its common items in C (kvnet/localdoor.pyx)
+        self._lane = None if _LaneReplica is None else _LaneReplica(self, MAX_BATCH, ANSWER_BYTES)
         self.hints = None                 # HintLog, opened at start (kvnet/handoff)
         self.services = []                # background parts: start(), stop(), handlers()
         self._handlers = {}
@@ -428,7 +431,7 @@ class Node(driver.Cluster, Backend):
         if mtype == "mput":
             return self._peer_mput_now(m)
         if mtype == "mget":
-            return answer_batch(self._peer_get_now, m)
+            return self._answer_mget(m)
         if mtype == "put":
             return self._peer_put_now(m)
         if mtype == "get":
@@ -470,18 +473,26 @@ class Node(driver.Cluster, Backend):
 
     # batches of the direct lane (PeerConnection.batch_request): each item a put or get payload
 
+    def _answer_mput(self, items):
+        lane = self._lane
+        return answer_batch(self._stored, items) if lane is None else lane.mput(items)
+
+    def _answer_mget(self, items):
+        lane = self._lane
+        return answer_batch(self._peer_get_now, items) if lane is None else lane.mget(items)
+
     def _peer_mput_now(self, items):
         if self.replica.fsync == "always":
             return LATER
-        return answer_batch(self._stored, items)
+        return self._answer_mput(items)
 
     async def _peer_mput(self, items):
-        answer = answer_batch(self._stored, items)
+        answer = self._answer_mput(items)
         await self.replica.after_write()     # one sync for the batch
         return answer
 
     async def _peer_mget(self, items):
-        return answer_batch(self._peer_get_now, items)
+        return self._answer_mget(items)
 
     def forward_to_new(self, p, key, raw):
         """While the ring moves, a write stored here also goes to the replicas being added

@@ -26,6 +26,7 @@ BATCH_BYTES = 1 << 20  # a batch_request batch leaves early once its items hold 
 BATCH_ITEMS = 1024  # ... or this many items
 ANSWER_BYTES = 16 << 20  # answer_batch defers the items whose answers would go above this
 DEFERRED = "Deferred"  # the error code of a deferred item
+MAX_BATCH = 100_000  # answer_batch refuses a batch of more items
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
 
@@ -676,7 +677,7 @@ async def serve_peers(
     return PeerServer(server, conns)
 
 
-def answer_batch(fn, items, max_items=100_000, budget=ANSWER_BYTES):
+def answer_batch(fn, items, max_items=MAX_BATCH, budget=ANSWER_BYTES):
     """A handler's answer to a batch_request batch: [values, {index: [code, message]}] of
     fn(item) for each item, an item's exception as its own error (the others still count).
     Once the bytes values so far pass `budget`, each further item with a bytes value is

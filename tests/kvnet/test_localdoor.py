@@ -396,3 +396,109 @@ def test_receive_takes_complete_commands_from_the_bytes_and_stops_where_the_pars
             await node.stop()
 
     asyncio.run(main())
+
+
+# ---- the replica's side of the lane (LaneReplica) --------------------------------------------
+
+LANE_KEYS = [b"a", b"b", b"key-c", b"d" * 40]     # the last one above the key limit
+OTHER_ACTOR = V.actor_prefix("n9", 3)
+
+lane_item = st.one_of(
+    # a replicated write: another node's fresh or bumped clock, an earlier one, the stored
+    # bytes, damaged bytes, or a clock that is not bytes / missing
+    st.tuples(st.just("put"), st.sampled_from(LANE_KEYS),
+              st.sampled_from(["right", "right", "right", "wrong", "off-ring", "not-int"]),
+              st.sampled_from(["fresh", "bump", "earlier", "same", "damaged", "int", "none"]),
+              st.integers(0, 2**40)),
+    st.tuples(st.just("odd"), st.sampled_from([[1, 2], b"k", None, {"p": True, "k": b"a"}])),
+)
+
+
+def _lane_item(node, spec, seen, n):
+    """A replicated-write payload as a coordinator (or a broken or hostile peer) sends it."""
+    if spec[0] == "odd":
+        return spec[1]
+    _, key, where, clock, ts = spec
+    right = node.ring.partition_of(key)
+    p = {"right": right, "wrong": (right + 1) % node.ring.q, "off-ring": node.ring.q,
+         "not-int": str(right)}[where]
+    old = node.replica.read_raw(right, key) if node.replica.partitions.get(right) else None
+    if clock == "fresh":
+        c = V.fresh_raw(OTHER_ACTOR, n + 1, b"v%d" % n, ts)
+    elif clock == "bump" and old is not None:
+        c = V.bump_own_raw(old, OTHER_ACTOR, 0, b"w%d" % n, ts) or V.fresh_raw(
+            OTHER_ACTOR, n + 1, b"x%d" % n, ts)
+    elif clock == "earlier" and seen:
+        c = seen[n % len(seen)]
+    elif clock == "same" and old is not None:
+        c = old
+    elif clock == "int":
+        c = 12
+    elif clock == "none":
+        return {"p": p, "k": key}
+    else:
+        c = (old or b"\x93\x01\x91") + b"\xc1"
+    if type(c) is bytes:
+        seen.append(c)
+    return {"p": p, "k": key, "c": c}
+
+
+async def _replica_node(base, ports, **kw):
+    """Node n1 of a 4-member ring with N=3 (so it is not a primary of every partition); the
+    other members are never started."""
+    members = [f"n{i}@127.0.0.1:{ports[4 + i]}" for i in range(4)]
+    return await Node(load(name="n1", port=ports[0], peer_port=ports[5], n=3, r=2, w=2,
+                           data_dir=str(base), members=members, fsync="never",
+                           max_key_bytes=32, request_timeout_ms=10000, **kw)).start()
+
+
+def _replica_state(node):
+    rep = node.replica
+    held = {}
+    for p, part in rep.partitions.items():
+        held[p] = (sorted(part.store.items()), part.tree.to_bytes())
+    dirty = sorted(p for p, part in rep.partitions.items() if part in rep._dirty)
+    return held, rep._write_gen, dirty
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batches=st.lists(st.lists(lane_item, max_size=10), min_size=1, max_size=6),
+       budget=st.sampled_from([1, 40, 1 << 20]))
+def test_lane_replica_answers_as_answer_batch_does(tmp_path_factory, batches, budget):
+    from kvnet.node import _LaneReplica
+    from kvnet.peer.protocol import answer_batch
+    base = tmp_path_factory.mktemp("lanereplica")
+
+    async def main():
+        fast = await _replica_node(base / "fast", free_ports(9))
+        slow = await _replica_node(base / "slow", free_ports(9))
+        try:
+            lane = _LaneReplica(fast, 10, budget)
+            for node in (fast, slow):   # held, but not by the ring: the writes are refused
+                node.replica.partition(node.ring.partition_of(b"b"))
+            assert "n1" not in fast.ring.preference_list(fast.ring.partition_of(b"b"))
+            seen = []
+            n = 0
+            for batch in batches:
+                items = []
+                for spec in batch:
+                    items.append(_lane_item(slow, spec, seen, n))
+                    n += 1
+                got = lane.mput(items)
+                want = answer_batch(slow._stored, items, 10, budget)
+                assert got == want
+                assert _replica_state(fast) == _replica_state(slow)
+                reads = [{"p": it["p"], "k": it["k"]} if type(it) is dict and "k" in it else it
+                         for it in items]
+                assert lane.mget(reads) == answer_batch(slow._peer_get_now, reads, 10, budget)
+            # over max_items: refused whole, the same way
+            with pytest.raises(Exception) as fast_err:
+                lane.mput([{}] * 11)
+            with pytest.raises(Exception) as slow_err:
+                answer_batch(slow._stored, [{}] * 11, 10, budget)
+            assert str(fast_err.value) == str(slow_err.value)
+        finally:
+            await fast.stop()
+            await slow.stop()
+
+    asyncio.run(main())
