@@ -5,6 +5,7 @@ RINGKV_CYTHON_ALWAYS=1  re-run cythonize even when the .c files exist
 RINGKV_DEBUG=1          KV_DEBUG invariant checks, linetrace and annotated HTML
 """
 import os
+import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -34,20 +35,31 @@ EXTENSIONS = [
     # a node's plain GET/SET of keys it alone replicates, in C (twin: kvnet/localdoor_py)
     Extension("kvnet.localdoor", ["kvnet/localdoor.pyx"]),
 ]
+# Plain Python modules of the request path, compiled as they are (Cython's pure-Python mode):
+# the same source, run without the interpreter's bytecode loop (docs/performance.md). Their
+# list is kvnet/compiled.py's; kvnet/__init__.py refuses a build older than its source.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "kvnet"))
+from compiled import PY_MODULES  # noqa: E402  (kvnet/compiled.py: no imports of its own)
+
+PY_EXTENSIONS = [Extension(m, [m.replace(".", "/") + ".py"]) for m in PY_MODULES]
 # RINGKV_EXT=a,b builds only those (for iterating on one module).
 _only = [n for n in os.environ.get("RINGKV_EXT", "").split(",") if n]
 if _only:
     EXTENSIONS = [e for e in EXTENSIONS if e.name in _only]
+    PY_EXTENSIONS = [e for e in PY_EXTENSIONS if e.name in _only]
 for ext in EXTENSIONS:
     ext.include_dirs = INCLUDE
     ext.define_macros = MACROS
     ext.extra_compile_args = CFLAGS
 
 
-def _cythonized(extensions):
+def _cythonized(extensions, py_extensions):
     from Cython.Build import cythonize
 
     force = os.environ.get("RINGKV_CYTHON_ALWAYS") == "1"
+    # Python semantics kept whole: negative indexes, and annotations as hints only (a str
+    # annotation must still take a str subclass)
+    py_directives = {"language_level": "3", "binding": True, "annotation_typing": False}
     directives = {
         "language_level": "3",
         "boundscheck": DEBUG,
@@ -62,7 +74,8 @@ def _cythonized(extensions):
         annotate=DEBUG,
         force=force,
         include_path=["."],
-    )
+    ) + (cythonize(py_extensions, compiler_directives=py_directives, annotate=DEBUG,
+                   force=force) if py_extensions else [])
 
 
 class BuildExt(build_ext):
@@ -72,4 +85,4 @@ class BuildExt(build_ext):
             self.parallel = os.cpu_count() or 1
 
 
-setup(ext_modules=_cythonized(EXTENSIONS), cmdclass={"build_ext": BuildExt})
+setup(ext_modules=_cythonized(EXTENSIONS, PY_EXTENSIONS), cmdclass={"build_ext": BuildExt})

@@ -9,14 +9,13 @@ CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 import itertools
 import logging
 import time
-from types import CoroutineType
 
 from kvcore.versions import InvalidContext
 from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
 from kvnet.resp.backend import LATER
 from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
-from kvnet.stepping import FUTURE_TYPES
+from kvnet.stepping import COROUTINE_TYPES, FUTURE_TYPES
 
 __all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
 
@@ -170,7 +169,7 @@ class Commands:
     async def execute(self, session: Session, argv: list):
         """The reply value for one command (errors are returned, not raised)."""
         reply = self.dispatch(session, argv)
-        if type(reply) is CoroutineType:
+        if type(reply) in COROUTINE_TYPES:
             return await reply
         if type(reply) in FUTURE_TYPES:
             cmd = session.pending

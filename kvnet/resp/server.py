@@ -20,13 +20,12 @@ and on a virtual machine each wake-up is an inter-processor interrupt.
 import asyncio
 import collections
 import logging
-from types import CoroutineType
 
 from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
 from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
 from kvnet.resp.replies import encode, encode_error
-from kvnet.stepping import FUTURE_TYPES, ReplyFuture, finish
+from kvnet.stepping import COROUTINE_TYPES, FUTURE_TYPES, ReplyFuture, finish
 
 __all__ = ["RespServer", "RespProtocol", "serve"]
 
@@ -203,7 +202,7 @@ class RespProtocol(asyncio.Protocol):
                     key = None          # computed only when the command suspends
                 queue.popleft()
                 reply = dispatch(session, argv)
-            if type(reply) is CoroutineType:
+            if type(reply) in COROUTINE_TYPES:
                 try:
                     yielded = reply.send(None)
                 except StopIteration as stop:

@@ -1,0 +1,57 @@
+"""kvnet/compiled.py: the plain Python modules the build compiles are the ones imported, and
+a compiled copy older than its source is refused rather than run."""
+import importlib
+import importlib.machinery
+import os
+
+import pytest
+
+from kvcore._native import NO_EXTENSIONS
+from kvnet import compiled
+
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="checks the compiled build")
+def test_every_listed_module_runs_compiled():
+    for name in compiled.PY_MODULES:
+        assert importlib.import_module(name).__file__.endswith(".so"), name
+
+
+def _tree(tmp_path, modules, with_setup=True):
+    for name in modules:
+        path = tmp_path.joinpath(*name.split("."))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".py").write_text("")
+    if with_setup:
+        (tmp_path / "setup.py").write_text("")
+    return tmp_path
+
+
+def _touch(path, mtime):
+    path.write_text("")
+    os.utime(path, (mtime, mtime))
+
+
+def test_a_compiled_copy_older_than_its_source_is_refused(tmp_path):
+    server, driver = "kvnet.resp.server", "kvnet.coordinator.driver"
+    root = _tree(tmp_path, [server, driver])
+    src = root / "kvnet" / "resp" / "server.py"
+    os.utime(src, (1000, 1000))
+    _touch(src.with_name("server" + SUFFIX), 2000)          # built after the edit: fine
+    os.utime(root / "kvnet" / "coordinator" / "driver.py", (3000, 3000))
+    _touch(root / "kvnet" / "coordinator" / ("driver" + SUFFIX), 2000)  # edited since
+    assert compiled.stale(str(root)) == [driver]
+    with pytest.raises(ImportError, match="kvnet.coordinator.driver.*rebuild"):
+        compiled.check(str(root))
+    os.utime(root / "kvnet" / "coordinator" / ("driver" + SUFFIX), (4000, 4000))
+    compiled.check(str(root))
+
+
+def test_an_installed_copy_is_not_checked(tmp_path):
+    # (a wheel's files are written in any order: there, mtimes say nothing)
+    root = _tree(tmp_path, ["kvnet.stepping"], with_setup=False)
+    os.utime(root / "kvnet" / "stepping.py", (3000, 3000))
+    _touch(root / "kvnet" / ("stepping" + SUFFIX), 2000)
+    assert compiled.stale(str(root)) == ["kvnet.stepping"]
+    compiled.check(str(root))                               # no error
