@@ -1,7 +1,8 @@
 """Which plain Python modules the build also compiles with Cython (setup.py), and the check
 that their compiled copies are not older than their source.
 
-They are the request path's glue: the front door, the peer protocol, the coordinator's lane.
+They are the request path's glue: the front door, the peer protocol, the coordinator's lane,
+the node and its replica.
 Compiled, the same code runs without the bytecode loop, about a fifth of a node's CPU under
 load (docs/performance.md). Python imports a module's compiled copy before its .py, so an
 edited .py whose build was not redone would silently run the old code: `check()` (called by
@@ -20,6 +21,11 @@ PY_MODULES = (
     "kvnet.peer.core",
     "kvnet.peer.protocol",
     "kvnet.coordinator.driver",
+    "kvnet.resp.backend",
+    "kvnet.resp.commands",
+    "kvnet.replica",
+    "kvnet.membership.gossip",
+    "kvnet.node",
 )
 
 REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
