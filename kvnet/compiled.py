@@ -33,7 +33,7 @@ REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
 
 def stale(root):
     """The modules of PY_MODULES whose compiled copy under `root` (the directory holding the
-    kvnet package) is older than its .py."""
+    kvnet package) is older than its .py or .pxd."""
     out = []
     for name in PY_MODULES:
         base = os.path.join(root, *name.split("."))
@@ -41,6 +41,10 @@ def stale(root):
             source = os.stat(base + ".py").st_mtime
         except OSError:
             continue
+        try:        # an augmenting .pxd (its classes as extension types) is source too
+            source = max(source, os.stat(base + ".pxd").st_mtime)
+        except OSError:
+            pass
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             try:
                 if os.stat(base + suffix).st_mtime < source:

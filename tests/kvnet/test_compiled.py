@@ -16,6 +16,13 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 def test_every_listed_module_runs_compiled():
     for name in compiled.PY_MODULES:
         assert importlib.import_module(name).__file__.endswith(".so"), name
+    # the classes an augmenting .pxd declares are extension types: fields, no instance dict
+    from kvnet.coordinator.driver import DirectWrite
+    from kvnet.peer.protocol import _Batch
+    batch = _Batch(1.0)
+    with pytest.raises(AttributeError):
+        batch.other = 1
+    assert type(DirectWrite.__dict__["future"]).__name__ == "getset_descriptor"
 
 
 def _tree(tmp_path, modules, with_setup=True):
@@ -46,6 +53,8 @@ def test_a_compiled_copy_older_than_its_source_is_refused(tmp_path):
         compiled.check(str(root))
     os.utime(root / "kvnet" / "coordinator" / ("driver" + SUFFIX), (4000, 4000))
     compiled.check(str(root))
+    _touch(root / "kvnet" / "coordinator" / "driver.pxd", 5000)    # its classes' layout
+    assert compiled.stale(str(root)) == [driver]
 
 
 def test_an_installed_copy_is_not_checked(tmp_path):
