@@ -133,9 +133,13 @@ def test_every_primary_down_a_fallback_coordinates(tmp_path):
                          nodes[0].ring.partition_of(b"k%d" % i))))
             prefs = nodes[0].ring.preference_list(nodes[0].ring.partition_of(k))
             idx = [int(n[1:]) for n in prefs]
+            live = [nodes[0], nodes[1]]
+            # the failure detector marks down only a peer it has heard from: a primary
+            # stopped before its first heartbeat reached a live node would stay up there
+            assert await _wait(lambda: all(n.gossip.detector.version(x) is not None
+                                           for n in live for x in prefs))
             for i in idx:
                 await nodes[i].stop()
-            live = [nodes[0], nodes[1]]
             for n in live:
                 for name in prefs:
                     try:
