@@ -6,6 +6,14 @@ workloads against it, stops it, and prints rps, p50, p99 and the ratios to redis
 then each client's one-request-at-a-time latency and throughput (docs/performance.md).
 
     python benchmarks/compare_node.py --requests 200000
+    python benchmarks/compare_node.py --requests 100000 --rounds 3    # interleaved
+
+With --rounds K > 1 every server is started first and stays up (idle while the others are
+measured); each round runs each workload against redis-server, the node and the cluster one
+after the other, so a minute of load on this shared machine falls on all of them alike. The
+tables then show each figure's median over the rounds, and each ratio is the median of the
+rounds' own ratios (each round's ringkv figure over the same round's redis-server one), with
+every round's ratio listed after the targets.
 """
 import argparse
 import csv
@@ -182,7 +190,8 @@ def print_tables(results, clients, args):
             for op in ("SET", "GET"):
                 x = r[op]
                 base = ref.get(label, {}).get(op) if isinstance(ref.get(label), dict) else None
-                ratio = f"{x['rps'] / base['rps']:.2f}x" if base and "rps" in base else "-"
+                value = _ratio(x, base)
+                ratio = "-" if value is None else f"{value:.2f}x"
                 print(f"{name:<22}{op:<5}{x['rps']:>11,.0f}{x['p50_ms']:>9.3f}{x['p99_ms']:>9.3f}"
                       f"{x['p99_ms'] / x['p50_ms'] if x['p50_ms'] else 0:>8.1f}x{ratio:>9}")
     if clients:
@@ -209,7 +218,7 @@ def print_targets(results):
         a, b = per.get(label, {}), ref.get(label, {})
         if op not in a or op not in b:
             return None
-        return a[op]["rps"] / b[op]["rps"]
+        return _ratio(a[op], b[op])
 
     for op in ("SET", "GET"):
         x = three.get("no pipelining", {}).get(op)
@@ -228,6 +237,70 @@ def print_targets(results):
             ok = value <= -bound if bound < 0 else value >= bound
             verdict = f"{value:.2f}x  {'met' if ok else 'MISSED'}"
         print(f"  {label:<56}{verdict}")
+    for name, per in results.items():
+        for label, ops in per.items():
+            for op, x in ops.items():
+                if isinstance(x, dict) and "ratios" in x:
+                    print(f"  rounds: {name}, {label}, {op}: "
+                          + " ".join(f"{r:.2f}x" for r in x["ratios"]))
+
+
+def _started(srv, per, args, timeout):
+    """srv started and warmed up: its port; None (its rows an error) if it did not start."""
+    try:
+        port = srv.start()
+    except Exception as exc:      # report it and go on with the other servers
+        for label, _ in WORKLOADS:
+            per[label] = {"error": f"did not start: {exc}"}
+        return None
+    if args.warmup > 0:           # not measured: opens ringkv's partition stores
+        redis_benchmark(port, args.warmup, ["-t", "set"], timeout)
+    return port
+
+
+def rounds(servers, results, clients, args, timeout):
+    """--rounds: every server up at once, the workloads interleaved round by round; results
+    become each figure's median, with the rounds' own ratios to redis-server kept."""
+    ports = {srv.name: _started(srv, results[srv.name], args, timeout) for srv in servers}
+    runs = {name: {label: [] for label, _ in WORKLOADS} for name in ports}
+    for k in range(args.rounds):
+        for label, extra in WORKLOADS:
+            for srv in servers:
+                if ports[srv.name] is None:
+                    continue
+                print(f"round {k + 1}: {srv.name}: redis-benchmark {label} ...",
+                      file=sys.stderr, flush=True)
+                runs[srv.name][label].append(
+                    redis_benchmark(ports[srv.name], args.requests, extra, timeout))
+    ref = runs.get("redis-server")
+    for name, per in runs.items():
+        for label, got in per.items():
+            if not got:
+                continue
+            bad = next((r for r in got if "error" in r), None)
+            if bad is not None:
+                results[name][label] = bad
+                continue
+            agg = {}
+            for op in ("SET", "GET"):
+                agg[op] = {f: statistics.median(r[op][f] for r in got)
+                           for f in ("rps", "p50_ms", "p99_ms")}
+                if ref and name != "redis-server" and all("error" not in r for r in ref[label]):
+                    agg[op]["ratios"] = [r[op]["rps"] / b[op]["rps"]
+                                         for r, b in zip(got, ref[label])]
+            results[name][label] = agg
+    if args.client_ops > 0:
+        for srv in servers:
+            if ports[srv.name] is not None:
+                print(f"{srv.name}: Python client ...", file=sys.stderr, flush=True)
+                clients.extend(srv.client_rows(args.client_ops))
+
+
+def _ratio(x, base):
+    """x's ratio to redis-server: the median of the rounds' own ratios when there were rounds."""
+    if "ratios" in x:
+        return statistics.median(x["ratios"])
+    return x["rps"] / base["rps"] if base and "rps" in base else None
 
 
 def main(argv=None):
@@ -241,6 +314,8 @@ def main(argv=None):
                     help="comma-separated subset of redis,single,cluster")
     ap.add_argument("--dir", default=None, help="where node data and logs go (default: a temp dir)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="K > 1: all servers up at once, workloads interleaved K times, medians")
     args = ap.parse_args(argv)
 
     if shutil.which("redis-benchmark") is None:
@@ -251,6 +326,7 @@ def main(argv=None):
     top = tempfile.mkdtemp(prefix="ringkv-cmpnode-", dir=args.dir)
     timeout = 120 + args.requests / 1000     # a stalled server must not hang the run
     results, clients = {}, []
+    servers = []
     try:
         for key in wanted:
             wd = os.path.join(top, key)
@@ -268,25 +344,29 @@ def main(argv=None):
                 srv = RingkvCluster(wd, 3, 3, 2, 2, "ringkv 3 nodes R=W=2")
             else:
                 ap.error(f"unknown server {key!r}")
-            per = results[srv.name] = {}
-            try:
+            results[srv.name] = {}
+            servers.append(srv)
+        if args.rounds > 1:
+            rounds(servers, results, clients, args, timeout)
+        else:
+            for srv in servers:
                 try:
-                    port = srv.start()
-                except Exception as exc:      # report it and go on with the other servers
-                    for label, _ in WORKLOADS:
-                        per[label] = {"error": f"did not start: {exc}"}
-                    continue
-                if args.warmup > 0:           # not measured: opens ringkv's partition stores
-                    redis_benchmark(port, args.warmup, ["-t", "set"], timeout)
-                for label, extra in WORKLOADS:
-                    print(f"{srv.name}: redis-benchmark {label} ...", file=sys.stderr, flush=True)
-                    per[label] = redis_benchmark(port, args.requests, extra, timeout)
-                if args.client_ops > 0:
-                    print(f"{srv.name}: Python client ...", file=sys.stderr, flush=True)
-                    clients.extend(srv.client_rows(args.client_ops))
-            finally:
-                srv.stop()
+                    port = _started(srv, results[srv.name], args, timeout)
+                    if port is None:
+                        continue
+                    for label, extra in WORKLOADS:
+                        print(f"{srv.name}: redis-benchmark {label} ...", file=sys.stderr,
+                              flush=True)
+                        results[srv.name][label] = redis_benchmark(port, args.requests, extra,
+                                                                   timeout)
+                    if args.client_ops > 0:
+                        print(f"{srv.name}: Python client ...", file=sys.stderr, flush=True)
+                        clients.extend(srv.client_rows(args.client_ops))
+                finally:
+                    srv.stop()
     finally:
+        for srv in servers:
+            srv.stop()
         shutil.rmtree(top, ignore_errors=True)
     print_tables(results, clients, args)
     if args.json:

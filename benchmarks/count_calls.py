@@ -8,6 +8,11 @@ sending its next command when the previous is answered, and counts with sys.setp
 Python function called while the measured commands run (all nodes together), per request.
 On this shared machine timings of a few percent drown in noise; a call count does not move,
 and each Python call costs a frame. The top functions say where the calls are.
+
+sys.setprofile sees only interpreted functions: the modules the build compiles from their .py
+(kvnet/compiled.py) make no profile events, so this counts what runs interpreted. To count
+them all, run it in a checkout whose compiled copies of those modules are removed (their .py
+then load).
 """
 import argparse
 import asyncio
