@@ -36,8 +36,10 @@ def current_peer():
     return _current_peer.get()
 
 
-class PeerConnection(PeerProtocolCore, asyncio.Protocol):
-    """One authenticated, multiplexed connection to a peer.
+class PeerConnection(PeerProtocolCore):
+    """One authenticated, multiplexed connection to a peer (an asyncio protocol by its methods:
+    compiled, kvnet/compiled.py, it is an extension type, which cannot derive from a Python
+    class such as asyncio.Protocol).
 
     ``handler`` is ``async handler(type, payload) -> payload`` for inbound
     requests and notifications (None: this end serves nothing).

@@ -41,8 +41,9 @@ MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their c
                              # server-wide: a saturated node keeps its queue (and latency) short
 
 
-class RespProtocol(asyncio.Protocol):
-    """One client connection."""
+class RespProtocol:
+    """One client connection (an asyncio protocol by its methods: compiled, kvnet/compiled.py,
+    it is an extension type, which cannot derive from a Python class)."""
 
     def __init__(self, server):
         self.server = server
@@ -101,6 +102,9 @@ class RespProtocol(asyncio.Protocol):
                 task.on_settled(task)
         self._queue.clear()
         self._slots.clear()
+
+    def eof_received(self):
+        return None     # close the transport (asyncio.Protocol's default)
 
     def pause_writing(self):
         self._write_paused = True

@@ -1,0 +1,12 @@
+# Cython's view of commands.py when the build compiles it (kvnet/compiled.py): a table entry
+# and a connection's session as extension types, their fields in C (untyped: Python's
+# semantics kept).
+
+cdef class Command:
+    cdef public object name, arity, flags, first, last, step, handler, group, categories
+    cdef public object subcommands, now, then
+
+
+cdef class Session:
+    cdef public object id, addr, laddr, protocol, name, authenticated, db, created
+    cdef public object last_active, last_command, closing, lib_name, lib_ver, pending
