@@ -15,8 +15,11 @@ from kvnet.peer.core cimport PeerProtocolCore
 
 
 cdef class PeerConnection(PeerProtocolCore):
-    cdef public object _loop, _handler, _handler_now, _handshake_timeout, _max_inflight
-    cdef public object _transport, _wbuf, _inline, peername, _waiters, _callbacks
-    cdef public object _deadline_timer, _deadline_at, _batches, _tasks, _backlog, _ready_fut
-    cdef public object _closed_fut, _timers, _write_paused, _drain_waiters, _read_paused
-    cdef public object _ready_callbacks, _close_callbacks, refuse_reason
+    cdef public object _loop, _handler, _handler_now, _handshake_timeout
+    cdef public object _transport, _wbuf, peername, _deadline_timer, _deadline_at
+    cdef public object _backlog, _ready_fut, _closed_fut, _drain_waiters, refuse_reason
+    cdef public Py_ssize_t _inline, _max_inflight
+    cdef public bint _write_paused, _read_paused
+    cdef public dict _waiters, _callbacks, _batches
+    cdef public set _tasks
+    cdef public list _timers, _ready_callbacks, _close_callbacks

@@ -1,14 +1,22 @@
 # Cython's view of server.py when the build compiles it (kvnet/compiled.py): a connection and
-# the server as extension types, their fields in C (untyped: Python's semantics kept).
+# the server as extension types, their fields in C. The counters, flags and containers the
+# request path touches are typed (C integers and booleans, list and dict: direct calls, no
+# attribute lookup); the rest stay Python objects.
 
 cdef class RespProtocol:
     cdef public object server, commands, loop, parser, transport, session
-    cdef public object _queue, _slots, _running, _keys, _barrier, _key_of, _out, _out_size
-    cdef public object _flush_queued, _in_run, _write_paused, _reading, _closed
-    cdef public object _idle_handle, _last_read
+    cdef public object _queue, _slots, _key_of, _idle_handle
+    cdef public dict _running, _keys
+    cdef public list _out
+    cdef public Py_ssize_t _out_size
+    cdef public bint _barrier, _flush_queued, _in_run, _write_paused, _reading, _closed
+    cdef public double _last_read
 
 
 cdef class RespServer:
-    cdef public object loop, max_run_ahead, run_ahead, backend, max_clients, idle_timeout
-    cdef public object max_pending, write_high_water, parser_limits, commands, door_limits
-    cdef public object door, connections, unflushed, server
+    cdef public object loop, backend, idle_timeout, write_high_water, parser_limits, commands
+    cdef public object door, server
+    cdef public Py_ssize_t max_run_ahead, run_ahead, max_clients, max_pending
+    cdef public tuple door_limits
+    cdef public set connections
+    cdef public list unflushed

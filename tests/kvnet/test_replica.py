@@ -31,6 +31,14 @@ def test_identity_persists_and_epochs_never_repeat(tmp_path):
     assert c.incarnation != a.incarnation
 
 
+def _join_lease(ident):
+    """Wait for the lease-ahead thread, if one runs (it clears `_extending` as it ends, so
+    read the attribute once)."""
+    thread = ident._extending
+    if thread is not None:
+        thread.join()
+
+
 def _lease_file(path):
     from kvnet.replica import _read_msgpack
     return _read_msgpack(str(path / "EPOCH"))
@@ -51,12 +59,10 @@ def test_the_lease_on_disk_covers_every_epoch_handed_out(tmp_path_factory, steps
             for _ in range(count):
                 handed.append(ident.new_epoch())
                 assert _lease_file(path) >= handed[-1]
-            t = ident._extending
-            if wait and t is not None:
-                t.join()
+            if wait:
+                _join_lease(ident)
         assert handed == sorted(set(handed))
-        if ident._extending is not None:
-            ident._extending.join()
+        _join_lease(ident)
         assert Identity(str(path), "n1").new_epoch() > max(handed)
     finally:
         R.EPOCH_BLOCK = saved
@@ -78,7 +84,7 @@ def test_the_lease_is_extended_off_the_caller_thread(tmp_path, monkeypatch):
     for _ in range(5):
         for _ in range(60):                                # past half of the block
             ident.new_epoch()
-        ident._extending.join()
+        _join_lease(ident)
         for _ in range(40):
             ident.new_epoch()                              # the rest of the block
     assert len(writers) == 6 and threading.current_thread() not in writers[1:]
@@ -99,7 +105,7 @@ def test_a_failed_lease_ahead_falls_back_to_the_caller(tmp_path, monkeypatch, ca
     monkeypatch.setattr(R, "_write_msgpack", flaky)
     for _ in range(6):
         ident.new_epoch()
-    ident._extending.join()
+    _join_lease(ident)
     assert "leasing epochs ahead failed" in caplog.text
     with pytest.raises(OSError):                          # the block is used up: the caller
         for _ in range(10):                               # writes, and its error is raised
