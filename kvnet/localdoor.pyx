@@ -27,7 +27,8 @@ from kvnet.resp.respscan cimport resp_number as _number
 
 from kvcore import clockcodec as _codec
 from kvnet.coordinator.driver import get_direct as _get_direct, put_direct as _put_direct
-from kvnet.peer.protocol import DEFERRED as _DEFERRED, answer_batch as _answer_batch
+from kvnet.peer.protocol import DEFERRED as _DEFERRED, DEFERRED_MESSAGE as _DEFERRED_MESSAGE, \
+    answer_batch as _answer_batch, item_error as _item_error
 
 cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
@@ -337,10 +338,6 @@ cdef class LocalDoor:
         return STARTED
 
 
-cdef inline list _item_error(exc):
-    return [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
-
-
 cdef class LaneReplica:
     """The other end of the direct lane: a replica's answer to a batch of replicated writes
     ("mput") or reads ("mget"), as answer_batch(node._stored or node._peer_get_now, items)
@@ -473,7 +470,7 @@ cdef class LaneReplica:
             if type(value) is bytes:
                 size += PyBytes_GET_SIZE(value)
                 if size > self.budget and values:
-                    errors[len(values)] = [_DEFERRED, "answer too big to join the batch's"]
+                    errors[len(values)] = [_DEFERRED, _DEFERRED_MESSAGE]
                     values.append(None)
                     continue
             values.append(value)

@@ -43,8 +43,6 @@ class ReplyFuture(asyncio.Future):
 FUTURE_TYPES = (asyncio.Future, ReplyFuture)
 
 
-
-
 async def _probe():
     pass
 

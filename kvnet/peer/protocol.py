@@ -26,6 +26,7 @@ BATCH_BYTES = 1 << 20  # a batch_request batch leaves early once its items hold 
 BATCH_ITEMS = 1024  # ... or this many items
 ANSWER_BYTES = 16 << 20  # answer_batch defers the items whose answers would go above this
 DEFERRED = "Deferred"  # the error code of a deferred item
+DEFERRED_MESSAGE = "answer too big to join the batch's"
 MAX_BATCH = 100_000  # answer_batch refuses a batch of more items
 
 _current_peer = contextvars.ContextVar("ringkv_current_peer", default=None)
@@ -679,6 +680,11 @@ async def serve_peers(
     return PeerServer(server, conns)
 
 
+def item_error(exc):
+    """A batch item's error as its answer carries it: [code, message]."""
+    return [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
+
+
 def answer_batch(fn, items, max_items=MAX_BATCH, budget=ANSWER_BYTES):
     """A handler's answer to a batch_request batch: [values, {index: [code, message]}] of
     fn(item) for each item, an item's exception as its own error (the others still count).
@@ -694,13 +700,13 @@ def answer_batch(fn, items, max_items=MAX_BATCH, budget=ANSWER_BYTES):
         try:
             value = fn(item)
         except Exception as exc:
-            errors[len(values)] = [exc.__class__.__name__, str(exc) or exc.__class__.__name__]
+            errors[len(values)] = item_error(exc)
             values.append(None)
             continue
         if type(value) is bytes:
             size += len(value)
             if size > budget and values:
-                errors[len(values)] = [DEFERRED, "answer too big to join the batch's"]
+                errors[len(values)] = [DEFERRED, DEFERRED_MESSAGE]
                 values.append(None)
                 continue
         values.append(value)
