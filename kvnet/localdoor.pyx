@@ -25,13 +25,17 @@ from kvcore.replicawrite cimport MISS_C, STORED_C, merge_superseding_c, overwrit
 from kvcore.storage.store cimport LogStore
 from kvnet.resp.respscan cimport resp_number as _number
 
+from kvnet.coordinator.driver cimport get_direct, put_direct
+from kvnet.peer.protocol cimport PeerConnection
+
 from kvcore import clockcodec as _codec
-from kvnet.coordinator.driver import get_direct as _get_direct, put_direct as _put_direct
+from kvnet.peer.core import State as _State
 from kvnet.peer.protocol import DEFERRED as _DEFERRED, DEFERRED_MESSAGE as _DEFERRED_MESSAGE, \
     answer_batch as _answer_batch, item_error as _item_error
 
 cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
+cdef object _READY = _State.READY
 
 cdef bytes _OK = b"+OK\r\n"
 cdef object STARTED = object()    # _one: the command is in flight (LocalDoor.started)
@@ -102,6 +106,9 @@ cdef class LocalDoor:
     cdef Py_ssize_t max_key
     cdef Py_ssize_t max_value
     cdef bint sets              # False under fsync=always: a SET's ack waits for the commit
+    cdef Py_ssize_t r, w        # the node's default R and W
+    cdef dict lane_conns        # Node._lane_conns: peer -> its connection
+    cdef set down               # the peers marked down (Gossip.down_peers)
     cdef public object started  # (future, key) of the command take() left in flight, or None
     # what one call of take() or receive() reads once (_begin) and counts (_end)
     cdef Ring ring
@@ -126,6 +133,10 @@ cdef class LocalDoor:
         self.max_key = node.cfg.max_key_bytes
         self.max_value = node.cfg.max_value_bytes
         self.sets = node.replica.fsync != "always"
+        self.r = node.cfg.r
+        self.w = node.cfg.w
+        self.lane_conns = node._lane_conns      # (both live for the node's life, never replaced)
+        self.down = node.gossip.down_peers
         self.started = None
 
     cdef bint _begin(self, session) except -1:
@@ -164,6 +175,25 @@ cdef class LocalDoor:
         self.parts = None
         return 0
 
+    cdef object _lane(self, Py_ssize_t p):
+        """Node._direct_lane(p) read in C while its cache of connections holds: (the ready
+        connections to p's other primaries, p's Preflist), or None. A cached connection that
+        is not ready (or not a PeerConnection) is left to Node._direct_lane, which asks the
+        pool again."""
+        cdef tuple lane = self.direct.get(p)
+        cdef list conns = []
+        cdef object conn
+        if lane is None:
+            return None
+        for x in <tuple>lane[0]:
+            conn = self.lane_conns.get(x)
+            if type(conn) is not PeerConnection or (<PeerConnection>conn).state is not _READY:
+                return self.node._direct_lane(p)
+            if (<PeerConnection>conn)._write_paused or x in self.down:
+                return None
+            conns.append(conn)
+        return conns, lane[1]
+
     cdef object _one(self, session, int kind, bytes key, object value, bint lane_ok):
         """One GET (value None) or SET: its reply; None, having done nothing, when the door
         does not take it (nor a partition of the direct lane unless lane_ok); STARTED when it
@@ -183,7 +213,7 @@ cdef class LocalDoor:
             if not lane_ok or p not in self.direct:
                 return None
             try:
-                lane = self.node._direct_lane(p)
+                lane = self._lane(p)
             except Exception:
                 return None
             if lane is None:
@@ -326,13 +356,14 @@ cdef class LocalDoor:
                        tuple lane):
         """Send a lane GET or SET (its local copy read or stored) to the other primaries; the
         caller waits on its future (self.started) as on Commands.dispatch's."""
-        conns, pl = lane
-        cfg = self.node.cfg
+        cdef list conns = lane[0]
+        pl = lane[1]
+        cdef Py_ssize_t targets = len(pl.targets)
         if kind == GET:
-            fut = _get_direct(self.node, p, key, raw, min(cfg.r, len(pl.targets)), pl, conns)
+            fut = get_direct(self.node, p, key, raw, min(self.r, targets), pl, conns)
             session.pending = self.get_cmd
         else:
-            fut = _put_direct(self.node, p, key, raw, min(cfg.w, len(pl.targets)), pl, conns)
+            fut = put_direct(self.node, p, key, raw, min(self.w, targets), pl, conns)
             session.pending = self.set_cmd
         self.started = (fut, key)
         return STARTED

@@ -1,5 +1,8 @@
 # Cython's view of protocol.py when the build compiles it (kvnet/compiled.py): a batch and its
-# answer's fan-out as extension types, their fields in C (no instance dict to probe).
+# answer's fan-out as extension types, their fields in C (no instance dict to probe), and
+# batch_request a C method that kvnet/coordinator/driver.py and kvnet/localdoor.pyx call directly.
+
+cimport cython
 
 cdef class _Batch:
     cdef public list items, callbacks
@@ -23,3 +26,6 @@ cdef class PeerConnection(PeerProtocolCore):
     cdef public dict _waiters, _callbacks, _batches
     cdef public set _tasks
     cdef public list _timers, _ready_callbacks, _close_callbacks
+
+    @cython.locals(batch=_Batch, size=Py_ssize_t)
+    cpdef bint batch_request(self, rtype, item, callback, timeout) except -1

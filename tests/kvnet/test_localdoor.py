@@ -350,7 +350,7 @@ def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
                                          resp(b"SET", b"b", b"3")], door)
             assert out == b"+OK\r\n$1\r\n2\r\n+OK\r\n" and 1 <= door.taken <= 2
             # a lane that is not open (a primary down, say): the general path
-            nodes[0]._direct_lane = lambda p: None
+            nodes[0]._direct = {}
             door.taken = 0
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"4"), resp(b"GET", b"a")], door)
             assert out == b"+OK\r\n$1\r\n4\r\n" and door.taken == 0
