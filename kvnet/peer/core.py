@@ -31,6 +31,13 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+# The states and frame kinds the request path compares, as module constants: an Enum member
+# read through its class is a property call (about 160 ns), and these are read for every frame.
+READY, CLOSED = State.READY, State.CLOSED
+_REQUEST, _RESPONSE, _ERROR, _NOTIFY, _PING, _PONG = (
+    Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFY, Kind.PING, Kind.PONG)
+
+
 # ERROR codes sent on req_id 0 when a connection is refused; mapped back on receipt.
 _REFUSAL_CODES = {AuthenticationError: "auth", VersionMismatch: "version", ProtocolError: "protocol"}
 _REFUSAL_ERRORS = {"auth": AuthenticationError, "version": VersionMismatch, "closing": ConnectionLost}
@@ -102,8 +109,8 @@ class PeerProtocolCore:
             State.CONNECTING: self._process__connecting,
             State.HELLO: self._process__hello,
             State.AUTH: self._process__auth,
-            State.READY: self._process__ready,
-            State.CLOSED: self._process__closed,
+            READY: self._process__ready,
+            CLOSED: self._process__closed,
         }
 
     # -- hooks for the driver -------------------------------------------------
@@ -139,26 +146,26 @@ class PeerProtocolCore:
         self._send(Kind.HELLO, 0, None, {"versions": [lo, hi], "node": self.node_id, "nonce": self._nonce})
 
     def feed_data(self, data):
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
         try:
             frames = self._reader.feed(data)
             for frame in frames:
                 state = self.state
-                if state is State.READY:      # (an enum as a dict key hashes in Python)
+                if state is READY:      # (an enum as a dict key hashes in Python)
                     self._process__ready(frame)
                 else:
                     self._dispatch[state](frame)
-                if self.state is State.CLOSED:
+                if self.state is CLOSED:
                     break
         except KVNetError as exc:
             self._fail(exc)
 
     def connection_closed(self, exc=None):
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
         peer = self.peer_id or "peer"
-        if self.state is not State.READY:
+        if self.state is not READY:
             msg = f"connection to {peer} closed during the handshake (state {self.state.value})"
         else:
             msg = f"connection to {peer} lost"
@@ -168,9 +175,9 @@ class PeerProtocolCore:
 
     def close(self, exc=None):
         """Enter CLOSED (once) and tell the driver through ``_on_close(exc)``."""
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
-        self.state = State.CLOSED
+        self.state = CLOSED
         self.close_exc = exc
         self._pending.clear()
         self._on_close(exc)
@@ -181,8 +188,8 @@ class PeerProtocolCore:
         self._write(encode_frame((kind, req_id, type_, payload), self.max_frame_size))
 
     def _check_ready(self):
-        if self.state is not State.READY:
-            if self.state is State.CLOSED:
+        if self.state is not READY:
+            if self.state is CLOSED:
                 raise ConnectionLost(f"connection to {self.peer_id or 'peer'} is closed") from self.close_exc
             raise PeerError(f"connection to {self.peer_id or 'peer'} is not ready (state {self.state.value})")
 
@@ -198,7 +205,7 @@ class PeerProtocolCore:
         if not isinstance(type, str):
             raise TypeError("request type must be a str")
         req_id = self._new_req_id()
-        self._send(Kind.REQUEST, req_id, type, payload)
+        self._send(_REQUEST, req_id, type, payload)
         self._pending.add(req_id)
         return req_id
 
@@ -206,7 +213,7 @@ class PeerProtocolCore:
         """Send a PING; its PONG comes to ``_on_response(req_id, None)``."""
         self._check_ready()
         req_id = self._new_req_id()
-        self._send(Kind.PING, req_id, None, None)
+        self._send(_PING, req_id, None, None)
         self._pending.add(req_id)
         return req_id
 
@@ -220,25 +227,25 @@ class PeerProtocolCore:
 
     def send_response(self, req_id, payload):
         self._check_ready()
-        self._send(Kind.RESPONSE, req_id, None, payload)
+        self._send(_RESPONSE, req_id, None, payload)
 
     def send_error(self, req_id, code, message):
         self._check_ready()
-        self._send(Kind.ERROR, req_id, str(code), str(message))
+        self._send(_ERROR, req_id, str(code), str(message))
 
     def send_notify(self, type, payload=None):
         self._check_ready()
         if not isinstance(type, str):
             raise TypeError("notification type must be a str")
-        self._send(Kind.NOTIFY, 0, type, payload)
+        self._send(_NOTIFY, 0, type, payload)
 
     # -- failure --------------------------------------------------------------
 
     def _fail(self, exc):
         """Tell the peer why (best effort, on req_id 0), then close."""
-        if self.state is not State.CONNECTING and self.state is not State.CLOSED:
+        if self.state is not State.CONNECTING and self.state is not CLOSED:
             try:
-                self._send(Kind.ERROR, 0, _refusal_code(exc), str(exc))
+                self._send(_ERROR, 0, _refusal_code(exc), str(exc))
             except Exception:
                 pass
         self.close(exc)
@@ -261,7 +268,7 @@ class PeerProtocolCore:
         pass
 
     def _process__hello(self, frame):
-        if frame.kind is Kind.ERROR:
+        if frame.kind is _ERROR:
             return self._refused(frame)
         if frame.kind is not Kind.HELLO:
             raise ProtocolError(f"{frame.kind.name} frame before authentication (expected HELLO)")
@@ -301,7 +308,7 @@ class PeerProtocolCore:
             self._send(Kind.AUTH, 0, None, self._proof(mine=True))
 
     def _process__auth(self, frame):
-        if frame.kind is Kind.ERROR:
+        if frame.kind is _ERROR:
             return self._refused(frame)
         if frame.kind is not Kind.AUTH:
             raise ProtocolError(f"{frame.kind.name} frame before authentication (expected AUTH)")
@@ -312,7 +319,7 @@ class PeerProtocolCore:
             )
         if not self.initiator:
             self._send(Kind.AUTH, 0, None, self._proof(mine=True))
-        self.state = State.READY
+        self.state = READY
         self._on_ready()
 
     def _proof(self, mine):
@@ -326,17 +333,17 @@ class PeerProtocolCore:
 
     def _process__ready(self, frame):
         kind = frame.kind
-        if kind is Kind.REQUEST:
+        if kind is _REQUEST:
             if frame.type is None or frame.req_id == 0:
                 raise ProtocolError("REQUEST without a type or request id")
             self._on_request(frame.type, frame.req_id, frame.payload)
-        elif kind is Kind.RESPONSE or kind is Kind.PONG:
+        elif kind is _RESPONSE or kind is _PONG:
             if frame.req_id in self._pending:
                 self._pending.discard(frame.req_id)
                 self._on_response(frame.req_id, frame.payload)
             else:
                 self.late_responses += 1
-        elif kind is Kind.ERROR:
+        elif kind is _ERROR:
             if frame.req_id == 0:
                 return self._refused(frame)
             if frame.req_id in self._pending:
@@ -344,11 +351,11 @@ class PeerProtocolCore:
                 self._on_error_response(frame.req_id, frame.type or "Error", frame.payload)
             else:
                 self.late_responses += 1
-        elif kind is Kind.NOTIFY:
+        elif kind is _NOTIFY:
             if frame.type is None:
                 raise ProtocolError("NOTIFY without a type")
             self._on_notify(frame.type, frame.payload)
-        elif kind is Kind.PING:
-            self._send(Kind.PONG, frame.req_id, None, None)
+        elif kind is _PING:
+            self._send(_PONG, frame.req_id, None, None)
         else:
             raise ProtocolError(f"unexpected {kind.name} frame after authentication")

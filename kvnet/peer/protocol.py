@@ -9,7 +9,7 @@ import contextvars
 import logging
 
 from kvnet.errors import PeerError, ProtocolError
-from kvnet.peer.core import PeerProtocolCore, State
+from kvnet.peer.core import CLOSED, READY, PeerProtocolCore
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
 from kvnet.stepping import LATER, finish
@@ -232,7 +232,7 @@ class PeerConnection(PeerProtocolCore):
                 # awaited); the other frames of this read must still be served
                 log.exception("peer %s: request handling failed", self.peer_id)
                 return
-            if self.state is State.CLOSED:  # the handler closed this connection: nobody
+            if self.state is CLOSED:  # the handler closed this connection: nobody
                 coro.close()                # is left to answer, and close() ran already
                 return
             self._spawn(finish(coro, yielded))      # the Task copies this context
@@ -299,7 +299,7 @@ class PeerConnection(PeerProtocolCore):
 
     @property
     def is_ready(self):
-        return self.state is State.READY
+        return self.state is READY
 
     @property
     def write_paused(self):
@@ -366,7 +366,7 @@ class PeerConnection(PeerProtocolCore):
         now = self._loop.time()
         overdue = [req_id for req_id, entry in self._callbacks.items() if entry[3] <= now]
         for req_id in overdue:
-            if self.state is State.CLOSED:   # a callback closed it: _on_close called the rest
+            if self.state is CLOSED:   # a callback closed it: _on_close called the rest
                 return
             entry = self._callbacks.pop(req_id, None)
             if entry is not None:
@@ -374,7 +374,7 @@ class PeerConnection(PeerProtocolCore):
                 self._call_back(entry[0], PeerTimeout(
                     f"node {self.peer_id} did not answer {entry[1]!r} within {entry[2]:g} s"), None)
         callbacks = self._callbacks
-        if not callbacks or self.state is State.CLOSED:
+        if not callbacks or self.state is CLOSED:
             return
         soonest = min(entry[3] for entry in callbacks.values())
         if soonest == _NEVER:
@@ -400,7 +400,7 @@ class PeerConnection(PeerProtocolCore):
         BATCH_BYTES or more goes alone."""
         if self._write_paused:
             return False
-        if self.state is not State.READY:
+        if self.state is not READY:
             self._check_ready()               # raises
         raw = item.get("c") if type(item) is dict else None
         size = 0 if raw is None else len(raw)
@@ -460,7 +460,7 @@ class PeerConnection(PeerProtocolCore):
         """Close now: running handlers are cancelled, waiting requests fail."""
         for task in list(self._tasks):
             task.cancel()
-        if self.state is State.READY and exc is None:
+        if self.state is READY and exc is None:
             try:  # tell the peer it was deliberate: its waiters fail with ConnectionLost
                 self.send_error(0, "closing", f"node {self.node_id} closed the connection")
             except Exception:
@@ -534,7 +534,7 @@ class PeerConnection(PeerProtocolCore):
 
     def _task_done(self, task):
         self._tasks.discard(task)
-        if self._backlog and self.state is not State.CLOSED:
+        if self._backlog and self.state is not CLOSED:
             self._spawn(self._backlog.popleft())
         if self._read_paused and not self._backlog and len(self._tasks) <= self._max_inflight // 2:
             self._read_paused = False
@@ -559,19 +559,19 @@ class PeerConnection(PeerProtocolCore):
             await self._reply(self.send_error, req_id, "EncodeError", f"response to {type_!r} not sent: {exc}")
 
     async def _reply(self, send, *args):
-        if self.state is not State.READY:
+        if self.state is not READY:
             return  # the connection went away: nobody to answer
         if self._write_paused:
             try:
                 await self._drain(None, "response")
             except ConnectionLost:
                 return
-            if self.state is not State.READY:
+            if self.state is not READY:
                 return
         send(*args)
 
     def _handshake_expired(self):
-        if self.state is not State.READY and self.state is not State.CLOSED:
+        if self.state is not READY and self.state is not CLOSED:
             self.close(
                 PeerTimeout(
                     f"peer handshake with {self.peername} not done within {self._handshake_timeout:g} s"
