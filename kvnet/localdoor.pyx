@@ -289,27 +289,29 @@ cdef class LocalDoor:
             self._end(session)
         return added
 
-    def receive(self, session, bytes data, list out, Py_ssize_t budget, long long max_bulk,
-                long long max_args, long long max_command):
+    def receive(self, session, bytes data, list out, Py_ssize_t budget, tuple limits):
         """take() straight from a connection's bytes, before the parser makes argument lists:
         run the complete plain GETs and SETs of the node's own partitions at the start of
         `data`, appending their replies to `out`, until `budget` bytes are appended or the next
         command is anything else (cut short, another command, on the direct lane, over a
-        parser limit). Returns (the offset reached, where the parser takes over, the bytes
-        appended). A command of the direct lane is left to the parser and take(), which hands
-        its future over."""
+        parser limit: `limits` = (max_bulk, max_args, max_command), RespServer.door_limits).
+        Returns (the offset reached, where the parser takes over, the bytes appended). A
+        command of the direct lane is left to the parser and take(), which hands its future
+        over."""
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0, off, name_at, name_len, key_at, key_len, end
         cdef Py_ssize_t val_at = 0, val_len = 0
         cdef Py_ssize_t added = 0
-        cdef long long count
+        cdef long long count, max_bulk, max_args, max_command
         cdef int kind
         cdef bytes key
         cdef object value, reply
-        if n == 0 or p[0] != 42 or max_args < 2 or not self.node._solo \
-                or not self._begin(session):
+        if n == 0 or p[0] != 42 or not self.node._solo:
             return 0, 0                 # (a cluster with N > 1 has no partition of its own)
+        max_bulk, max_args, max_command = limits
+        if max_args < 2 or not self._begin(session):
+            return 0, 0
         try:
             while pos < n and added < budget:
                 if p[pos] != 42:       # '*'

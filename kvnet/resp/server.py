@@ -125,7 +125,7 @@ class RespProtocol:
                 and not self._write_paused and not self.parser._buf and type(data) is bytes:
             # the node's own GETs and SETs straight from the bytes (LocalDoor.receive)
             pos, added = door.receive(self.session, data, self._out,
-                                      FLUSH_SIZE - self._out_size, *self.server.door_limits)
+                                      FLUSH_SIZE - self._out_size, self.server.door_limits)
             if pos:
                 self._out_size += added
                 if not self._flush_queued:

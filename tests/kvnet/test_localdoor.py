@@ -58,9 +58,9 @@ class Counting:
         self.taken += before - len(queue)
         return added
 
-    def receive(self, session, data, out, budget, *limits):
+    def receive(self, session, data, out, budget, limits):
         before = len(out)
-        pos, added = self.door.receive(session, data, out, budget, *limits)
+        pos, added = self.door.receive(session, data, out, budget, limits)
         self.taken += len(out) - before
         return pos, added
 
@@ -373,7 +373,7 @@ def test_receive_takes_complete_commands_from_the_bytes_and_stops_where_the_pars
 
             def receive(data, limits=limits):
                 out = []
-                pos, added = door.receive(session, data, out, 1 << 16, *limits)
+                pos, added = door.receive(session, data, out, 1 << 16, limits)
                 assert added == sum(map(len, out))
                 return pos, b"".join(out)
 
