@@ -27,6 +27,7 @@ from kvnet.resp.respscan cimport resp_number as _number
 
 from kvnet.coordinator.driver cimport get_direct, put_direct
 from kvnet.peer.protocol cimport PeerConnection
+from kvnet.resp.commands cimport Session
 
 from kvcore import clockcodec as _codec
 from kvnet.peer.core import State as _State
@@ -109,6 +110,8 @@ cdef class LocalDoor:
     cdef Py_ssize_t r, w        # the node's default R and W
     cdef dict lane_conns        # Node._lane_conns: peer -> its connection
     cdef set down               # the peers marked down (Gossip.down_peers)
+    cdef bytes own              # this node's actor prefix, and the minting of new epochs
+    cdef object new_epoch
     cdef public object started  # (future, key) of the command take() left in flight, or None
     # what one call of take() or receive() reads once (_begin) and counts (_end)
     cdef Ring ring
@@ -116,9 +119,7 @@ cdef class LocalDoor:
     cdef dict direct
     cdef dict parts
     cdef bytes null
-    cdef bytes own
     cdef set dirty
-    cdef object new_epoch
     cdef Py_ssize_t gets, set_count
     cdef int last
 
@@ -137,9 +138,11 @@ cdef class LocalDoor:
         self.w = node.cfg.w
         self.lane_conns = node._lane_conns      # (both live for the node's life, never replaced)
         self.down = node.gossip.down_peers
+        self.own = self.identity.prefix         # (the identity's, fixed at its start)
+        self.new_epoch = self.identity.new_epoch
         self.started = None
 
-    cdef bint _begin(self, session) except -1:
+    cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing."""
         if not session.authenticated:
             return False
@@ -151,14 +154,12 @@ cdef class LocalDoor:
         self.direct = node._direct
         self.parts = self.replica.partitions
         self.null = _NULL[session.protocol]
-        self.own = self.identity.prefix
         self.dirty = self.replica._dirty      # LocalReplica._written, inlined
-        self.new_epoch = self.identity.new_epoch
         self.gets = self.set_count = 0
         self.last = OTHER
         return True
 
-    cdef int _end(self, session) except -1:
+    cdef int _end(self, Session session) except -1:
         cdef timespec now
         if self.set_count:
             self.replica._write_gen += self.set_count
@@ -194,7 +195,7 @@ cdef class LocalDoor:
             conns.append(conn)
         return conns, lane[1]
 
-    cdef object _one(self, session, int kind, bytes key, object value, bint lane_ok):
+    cdef object _one(self, Session session, int kind, bytes key, object value, bint lane_ok):
         """One GET (value None) or SET: its reply; None, having done nothing, when the door
         does not take it (nor a partition of the direct lane unless lane_ok); STARTED when it
         is in flight on the lane (self.started)."""
@@ -253,7 +254,7 @@ cdef class LocalDoor:
         except Exception:               # the general path answers it, with its error reply
             return None
 
-    def take(self, session, queue, list out, Py_ssize_t budget):
+    def take(self, Session session, queue, list out, Py_ssize_t budget):
         """Run the leading GETs and SETs of `queue` (a deque of argv lists) that the node
         answers from its own store, appending each reply to `out`, until `budget` bytes are
         appended or a command is not one of those; the bytes appended. A GET or SET of a
@@ -289,7 +290,30 @@ cdef class LocalDoor:
             self._end(session)
         return added
 
-    def receive(self, session, bytes data, list out, Py_ssize_t budget, tuple limits):
+    def one(self, Session session, list argv):
+        """take() for one command that runs beside earlier ones of its connection still in
+        flight (a pipeline behind a lane command; the caller has checked that it may start):
+        its reply, already encoded (bytes), for the caller to hold in reply order; its
+        ReplyFuture on the direct lane (`session.pending` = its command); or None, having done
+        nothing, when the general path must run it."""
+        cdef int kind = _kind(argv)
+        cdef object reply
+        if kind == OTHER or type(argv[1]) is not bytes or not self._begin(session):
+            return None
+        try:
+            reply = self._one(session, kind, <bytes>argv[1], argv[2] if kind == SET else None,
+                              True)
+            if reply is None:
+                return None
+            self.last = kind
+            if reply is STARTED:
+                reply = self.started[0]
+                self.started = None
+            return reply
+        finally:
+            self._end(session)
+
+    def receive(self, Session session, bytes data, list out, Py_ssize_t budget, tuple limits):
         """take() straight from a connection's bytes, before the parser makes argument lists:
         run the complete plain GETs and SETs of the node's own partitions at the start of
         `data`, appending their replies to `out`, until `budget` bytes are appended or the next
@@ -354,7 +378,7 @@ cdef class LocalDoor:
             self._end(session)
         return pos, added
 
-    cdef object _start(self, session, int kind, Py_ssize_t p, bytes key, object raw,
+    cdef object _start(self, Session session, int kind, Py_ssize_t p, bytes key, object raw,
                        tuple lane):
         """Send a lane GET or SET (its local copy read or stored) to the other primaries; the
         caller waits on its future (self.started) as on Commands.dispatch's."""

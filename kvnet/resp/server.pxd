@@ -3,8 +3,16 @@
 # request path touches are typed (C integers and booleans, list and dict: direct calls, no
 # attribute lookup); the rest stay Python objects.
 
+from kvnet.resp.commands cimport Session
+
+
+cdef class RespServer
+
+
 cdef class RespProtocol:
-    cdef public object server, commands, loop, parser, transport, session
+    cdef public RespServer server       # their fields read in C on every command
+    cdef public Session session
+    cdef public object commands, loop, parser, transport
     cdef public object _queue, _slots, _key_of, _idle_handle
     cdef public dict _running, _keys
     cdef public list _out

@@ -202,10 +202,19 @@ class RespProtocol:
                     key = self._key_of(argv)
                     if key is None or key in self._keys:
                         break           # a barrier, or the same key as a command in flight
+                    queue.popleft()
+                    # beside a command in flight (a pipeline behind a lane command): the
+                    # door's plain GET or SET, else the general path
+                    reply = None if door is None else door.one(session, argv)
+                    if type(reply) is bytes:    # encoded already
+                        slots.append([reply])
+                        continue
+                    if reply is None:
+                        reply = dispatch(session, argv)
                 else:
                     key = None          # computed only when the command suspends
-                queue.popleft()
-                reply = dispatch(session, argv)
+                    queue.popleft()
+                    reply = dispatch(session, argv)
             if type(reply) in COROUTINE_TYPES:
                 try:
                     yielded = reply.send(None)
