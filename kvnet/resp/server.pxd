@@ -1,12 +1,13 @@
-# Cython's view of server.py when the build compiles it (kvnet/compiled.py): a connection and
-# the server as extension types, their fields in C. The counters, flags and containers the
-# request path touches are typed (C integers and booleans, list and dict: direct calls, no
-# attribute lookup); the rest stay Python objects.
+# Cython's view of server.py when the build compiles it (kvnet/compiled.py): a connection, a
+# command still running and the server as extension types, their fields in C. The counters,
+# flags and containers the request path touches are typed (C integers and booleans, list and
+# dict: direct calls, no attribute lookup); the rest stay Python objects.
 
 from kvnet.resp.commands cimport Session
 
 
 cdef class RespServer
+cdef class _Waiting
 
 
 cdef class RespProtocol:
@@ -19,6 +20,14 @@ cdef class RespProtocol:
     cdef public Py_ssize_t _out_size
     cdef public bint _barrier, _flush_queued, _in_run, _write_paused, _reading, _closed
     cdef public double _last_read
+
+    cpdef _task_done(self, task, _Waiting waiting)
+
+
+cdef class _Waiting:
+    cdef public RespProtocol conn
+    cdef public object key, cmd, data
+    cdef public bint ahead
 
 
 cdef class RespServer:

@@ -54,9 +54,8 @@ class RespProtocol:
         self.session = None
         self._queue = collections.deque()   # commands (or a ProtocolError) waiting to run
         self._slots = collections.deque()   # replies in order from the first command in
-                                            # flight: [bytes] ready, [None] still running
-        self._running = {}                  # Task or future -> (its key (None: a barrier
-                                            # command), its slot, ahead, its Command or None)
+                                            # flight: bytes, or a _Waiting (its .data once done)
+        self._running = {}                  # Task or future -> its _Waiting
         self._keys = {}                     # key -> commands in flight on it
         self._barrier = False               # a barrier command is in flight
         self._key_of = server.commands.key_of
@@ -207,7 +206,7 @@ class RespProtocol:
                     # door's plain GET or SET, else the general path
                     reply = None if door is None else door.one(session, argv)
                     if type(reply) is bytes:    # encoded already
-                        slots.append([reply])
+                        slots.append(reply)
                         continue
                     if reply is None:
                         reply = dispatch(session, argv)
@@ -234,7 +233,7 @@ class RespProtocol:
                 reply = self.commands.settle(session.pending, reply)
             data = encode(reply, session.protocol)
             if slots:               # behind a reply still running
-                slots.append([data])
+                slots.append(data)
                 continue
             out.append(data)
             self._out_size += len(data)
@@ -253,30 +252,29 @@ class RespProtocol:
         self._track(self.loop.create_task(finish(coro, yielded)), key)
 
     def _track(self, task, key, cmd=None):
-        """Hold a slot in reply order for a command still running (its Task, or the backend
+        """Hold a place in reply order for a command still running (its Task, or the backend
         future of `cmd`); its reply is written when it and every one ahead of it are done."""
-        slot = [None]
         ahead = bool(self._running)     # beside an earlier command of this connection
         if ahead:
             self.server.run_ahead += 1
-        self._slots.append(slot)
-        self._running[task] = (key, slot, ahead, cmd)
+        waiting = _Waiting(self, key, ahead, cmd)
+        self._slots.append(waiting)
+        self._running[task] = waiting
         if key is None:
             self._barrier = True
         else:
             self._keys[key] = self._keys.get(key, 0) + 1
         if type(task) is ReplyFuture:   # answered as soon as it is settled, not a round later
-            task.on_settled = self._task_done
+            task.on_settled = waiting
         else:
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(waiting)
 
-    def _task_done(self, task):
-        entry = self._running.pop(task, None)
-        if entry is None:               # released already
+    def _task_done(self, task, waiting):
+        if self._running.pop(task, None) is None:   # released already
             return
-        key, slot, ahead, cmd = entry
-        if ahead:
+        if waiting.ahead:
             self.server.run_ahead -= 1
+        key = waiting.key
         if key is None:
             self._barrier = False
         else:
@@ -286,8 +284,8 @@ class RespProtocol:
         if self._closed or task.cancelled():
             return
         session = self.session
-        if cmd is not None:         # a backend's future: its errors are replies
-            reply = self.commands.settle(cmd, task)
+        if waiting.cmd is not None:     # a backend's future: its errors are replies
+            reply = self.commands.settle(waiting.cmd, task)
         else:
             exc = task.exception()
             if exc is not None:  # execute() returns errors; this is a bug, so drop the client
@@ -295,11 +293,16 @@ class RespProtocol:
                 self.transport.abort()
                 return
             reply = task.result()
-        slot[0] = encode(reply, session.protocol)
+        waiting.data = encode(reply, session.protocol)
         slots = self._slots
         out = self._out
-        while slots and slots[0][0] is not None:
-            data = slots.popleft()[0]
+        while slots:
+            data = slots[0]
+            if type(data) is not bytes:
+                data = data.data
+                if data is None:        # still running
+                    break
+            slots.popleft()
             out.append(data)
             self._out_size += len(data)
         if session.closing and not slots:
@@ -347,6 +350,27 @@ def _addr(name):
     if isinstance(name, tuple) and len(name) >= 2:
         return f"{name[0]}:{name[1]}"
     return str(name or "")
+
+
+class _Waiting:
+    """A command of a connection still running: its place in reply order (`data`, its
+    encoded reply once it is done), the key it holds (None: a barrier), whether it runs
+    beside an earlier command (the server's run_ahead counts it) and, when it is a backend's
+    future, its Command. Called with its Task or future once that is done (a done callback,
+    or ReplyFuture.on_settled): one object per command instead of a slot list, an entry tuple
+    and a bound method."""
+
+    __slots__ = ("conn", "key", "ahead", "cmd", "data")
+
+    def __init__(self, conn, key, ahead, cmd):
+        self.conn = conn
+        self.key = key
+        self.ahead = ahead
+        self.cmd = cmd
+        self.data = None
+
+    def __call__(self, task):
+        self.conn._task_done(task, self)
 
 
 class RespServer:
