@@ -50,7 +50,7 @@ class Counting:
     """The node's door, counting the commands it took."""
 
     def __init__(self, door):
-        self.door, self.taken = door, 0
+        self.door, self.taken, self.beside = door, 0, 0
 
     def take(self, session, queue, out, budget):
         before = len(queue)
@@ -67,6 +67,7 @@ class Counting:
     def one(self, session, argv):
         reply = self.door.one(session, argv)
         self.taken += reply is not None
+        self.beside += reply is not None
         return reply
 
     @property
@@ -360,6 +361,32 @@ def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
             door.taken = 0
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"4"), resp(b"GET", b"a")], door)
             assert out == b"+OK\r\n$1\r\n4\r\n" and door.taken == 0
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(main())
+
+
+def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
+    async def main():
+        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
+        try:
+            await _lanes_open(nodes)
+            keys = [b"p%d" % i for i in range(16)]
+            await _feed(nodes[0], [b"".join(resp(b"GET", k) for k in keys)], None)   # open
+            door = Counting(nodes[0].resp.door)
+            out = await _feed(nodes[0], [b"".join(resp(b"SET", k, k) for k in keys) +
+                                         b"".join(resp(b"GET", k) for k in keys)], door)
+            assert out == b"+OK\r\n" * 16 + b"".join(b"$%d\r\n%b\r\n" % (len(k), k)
+                                                   for k in keys)
+            # the first SET by take(), the fifteen behind it while it is in flight (before
+            # any replica could answer), each GET once its key's SET is done
+            assert door.taken == 32 and door.beside >= 15
+            await _settled(nodes, keys)
+            for k in keys:
+                assert _held(nodes, k) == [[(True, k)]] * 3
+            assert nodes[0].stats["puts"] == 16
         finally:
             for node in nodes:
                 await node.stop()
