@@ -11,6 +11,7 @@ the project: setup.py reads PY_MODULES before anything is built.
 """
 import importlib.machinery
 import os
+import re
 
 PY_MODULES = (
     "kvnet.stepping",
@@ -28,20 +29,48 @@ PY_MODULES = (
 REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
 
 
-def stale(root):
-    """The modules of PY_MODULES whose compiled copy under `root` (the directory holding the
-    kvnet package) is older than its .py or .pxd."""
-    out = []
-    for name in PY_MODULES:
-        base = os.path.join(root, *name.split("."))
-        try:
-            source = os.stat(base + ".py").st_mtime
-        except OSError:
+# Compiled modules whose .py/.pyx source the check reads besides PY_MODULES: Cython sources
+# that cimport the PY_MODULES' declarations (their structures' layout is compiled in).
+CIMPORTING = ("kvnet.localdoor",)
+
+_CIMPORT = re.compile(r"^\s*(?:from\s+((?:kvnet|kvcore)\.[\w.]+)\s+cimport|cimport\s+((?:kvnet|kvcore)\.[\w.]+))",
+                      re.M)
+
+
+def _sources(root, name):
+    """The files a module's compiled copy is built from: its .py or .pyx, its .pxd, and every
+    project .pxd these cimport, transitively (a changed declaration changes the layout that
+    the importing module compiled in)."""
+    seen, todo, files = set(), [name], []
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
             continue
-        try:        # an augmenting .pxd (its classes as extension types) is source too
-            source = max(source, os.stat(base + ".pxd").st_mtime)
-        except OSError:
-            pass
+        seen.add(mod)
+        base = os.path.join(root, *mod.split("."))
+        for suffix in ((".py", ".pyx", ".pxd") if mod == name else (".pxd",)):
+            path = base + suffix
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            files.append(path)
+            if suffix != ".py":
+                todo.extend(a or b for a, b in _CIMPORT.findall(text))
+    return files
+
+
+def stale(root):
+    """The modules of PY_MODULES and CIMPORTING whose compiled copy under `root` (the
+    directory holding the kvnet package) is older than a file it is built from."""
+    out = []
+    for name in PY_MODULES + CIMPORTING:
+        files = _sources(root, name)
+        if not files:
+            continue
+        source = max(os.stat(path).st_mtime for path in files)
+        base = os.path.join(root, *name.split("."))
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             try:
                 if os.stat(base + suffix).st_mtime < source:

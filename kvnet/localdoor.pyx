@@ -122,6 +122,7 @@ cdef class LocalDoor:
     cdef set dirty
     cdef Py_ssize_t gets, set_count
     cdef int last
+    cdef bint busy              # within take(), one() or receive(): a nested call takes nothing
 
     def __init__(self, node, commands):
         self.node = node
@@ -143,8 +144,11 @@ cdef class LocalDoor:
         self.started = None
 
     cdef bint _begin(self, Session session) except -1:
-        """Read what the commands of one call share; False when the door takes nothing."""
-        if not session.authenticated:
+        """Read what the commands of one call share; False when the door takes nothing. A
+        call made while another runs (a send failing at once settles other connections'
+        futures, whose completion runs their commands) takes nothing: the call it is nested
+        in holds the counts."""
+        if self.busy or not session.authenticated:
             return False
         node = self.node
         if type(node.ring) is not Ring:
@@ -157,6 +161,7 @@ cdef class LocalDoor:
         self.dirty = self.replica._dirty      # LocalReplica._written, inlined
         self.gets = self.set_count = 0
         self.last = OTHER
+        self.busy = True
         return True
 
     cdef int _end(self, Session session) except -1:
@@ -174,6 +179,7 @@ cdef class LocalDoor:
             session.last_active = now.tv_sec + now.tv_nsec * 1e-9
         self.dirty = None
         self.parts = None
+        self.busy = False
         return 0
 
     cdef object _lane(self, Py_ssize_t p):

@@ -119,7 +119,11 @@ class Backend(abc.ABC):
         appending their replies to `out`, and returns the bytes appended; when it leaves one
         in flight instead, its `started` is (the future, the key) and `session.pending` the
         command, as Commands.dispatch leaves them (kvnet/localdoor.pyx; `commands` is the
-        front door's Commands)."""
+        front door's Commands). Its `one(session, argv)` takes one command that may run
+        beside others of its connection still in flight: the encoded reply (bytes), the
+        future (`session.pending` the command), or None, having done nothing. Its
+        `receive(session, data, out, budget, limits)` takes complete commands from a
+        connection's bytes (docs/resp.md)."""
         return None
 
     def set_overwrite_now(self, key: bytes, value: bytes):

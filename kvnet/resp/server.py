@@ -206,7 +206,13 @@ class RespProtocol:
                     # door's plain GET or SET, else the general path
                     reply = None if door is None else door.one(session, argv)
                     if type(reply) is bytes:    # encoded already
-                        slots.append(reply)
+                        if slots:
+                            slots.append(reply)
+                        else:           # (running ones all done meanwhile)
+                            out.append(reply)
+                            self._out_size += len(reply)
+                            if self._out_size >= FLUSH_SIZE:
+                                self._flush()  # may call pause_writing()
                         continue
                     if reply is None:
                         reply = dispatch(session, argv)

@@ -72,6 +72,26 @@ def test_a_compiled_copy_older_than_its_source_is_refused(tmp_path):
     assert compiled.stale(str(root)) == [driver]
 
 
+def test_a_changed_declaration_makes_its_cimporters_stale(tmp_path):
+    # a module compiles in the layout of what it cimports: a .pxd edited and rebuilt alone
+    # (RINGKV_EXT) leaves every module that cimports it, directly or not, to rebuild
+    driver = "kvnet.coordinator.driver"
+    root = _tree(tmp_path, [driver])
+    kv = root / "kvnet"
+    (kv / "peer").mkdir()
+    (kv / "coordinator" / "driver.pxd").write_text(
+        "from kvnet.peer.protocol cimport PeerConnection\n")
+    (kv / "peer" / "protocol.pxd").write_text("from kvnet.peer.core cimport PeerProtocolCore\n")
+    (kv / "localdoor.pyx").write_text("from kvnet.coordinator.driver cimport put_direct\n")
+    for path in kv.rglob("*.p*"):
+        os.utime(path, (1000, 1000))
+    _touch(kv / "coordinator" / ("driver" + SUFFIX), 2000)
+    _touch(kv / ("localdoor" + SUFFIX), 2000)
+    assert compiled.stale(str(root)) == []
+    _touch(kv / "peer" / "core.pxd", 3000)                  # two cimports away
+    assert compiled.stale(str(root)) == [driver, "kvnet.localdoor"]
+
+
 def test_an_installed_copy_is_not_checked(tmp_path):
     # (a wheel's files are written in any order: there, mtimes say nothing)
     root = _tree(tmp_path, ["kvnet.stepping"], with_setup=False)

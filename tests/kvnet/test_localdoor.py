@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kvcore import versions as V
 from kvnet.config import load
 from kvnet.node import Node, _LocalDoor
+from kvnet.peer.protocol import PeerConnection
 from kvnet.resp.server import RespProtocol
 from kvnet.testing import free_ports
 
@@ -387,9 +388,79 @@ def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
             for k in keys:
                 assert _held(nodes, k) == [[(True, k)]] * 3
             assert nodes[0].stats["puts"] == 16
+            assert nodes[0].resp.run_ahead == 0     # every one ahead released
+            # the connection lost with a pipeline in flight: its bookkeeping released too
+            saved, nodes[0].resp.door = nodes[0].resp.door, door
+            try:
+                proto = RespProtocol(nodes[0].resp)
+                proto.connection_made(RecordingTransport([], "c"))
+                proto.data_received(b"".join(resp(b"SET", k, b"x") for k in keys))
+                assert len(proto._running) == 16 and nodes[0].resp.run_ahead == 15
+                proto.connection_lost(None)
+                assert not proto._running and not proto._keys and not proto._slots
+                assert nodes[0].resp.run_ahead == 0
+            finally:
+                nodes[0].resp.door = saved
         finally:
             for node in nodes:
                 await node.stop()
+
+    asyncio.run(main())
+
+
+def test_the_door_reads_the_lane_as_node_direct_lane_decides_it(tmp_path):
+    async def main():
+        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
+        node, door = nodes[0], nodes[0].resp.door
+        try:
+            await _lanes_open(nodes)
+            await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
+            p = node._partition(b"a")
+            peer = node._direct[p][0][0]
+            session = node.resp.commands.open_session("t", "t")
+
+            def taken():
+                queue, out = collections.deque([[b"SET", b"a", b"1"]]), []
+                door.take(session, queue, out, 1 << 16)
+                started, door.started = door.started, None
+                return started
+
+            # a primary marked down, or its connection's write buffer full: neither the
+            # door nor the node's own decision takes the lane
+            node.gossip.down_peers.add(peer)
+            assert taken() is None and node._direct_lane(p) is None
+            node.gossip.down_peers.discard(peer)
+            conn = node._lane_conns[peer]
+            conn._write_paused = True
+            assert taken() is None and node._direct_lane(p) is None
+            conn._write_paused = False
+            # a cached connection that is not ready (one never connected, here): the door
+            # asks the node, which asks the pool again, and the lane is taken
+            node._lane_conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
+            started = taken()
+            assert started is not None and started[1] == b"a"
+            assert node._lane_conns[peer] is conn
+            assert await asyncio.wait_for(started[0], 10) is not None
+            # a call of the door made while one runs (a completion it caused, running the
+            # next command of another connection) takes nothing: the outer call's counts hold
+            nested = []
+            real = node._direct_lane
+
+            def reentering(p):
+                queue, out = collections.deque([[b"GET", b"a"]]), []
+                nested.append((door.take(session, queue, out, 1 << 16), len(queue)))
+                return real(p)
+
+            node._direct_lane = reentering
+            node._lane_conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
+            puts = node.stats["puts"]
+            started = taken()
+            assert nested == [(0, 1)] and started is not None
+            assert node.stats["puts"] == puts + 1
+            await asyncio.wait_for(started[0], 10)
+        finally:
+            for n in nodes:
+                await n.stop()
 
     asyncio.run(main())
 
