@@ -3,6 +3,7 @@ commands gets the same replies, counters and stored values with the door as with
 it takes only plain GETs and SETs of the partitions the node alone replicates."""
 import asyncio
 import collections
+import contextlib
 import os
 
 import hiredis
@@ -35,6 +36,18 @@ async def _nodes(base, count=1, n=1, rw=1, **kw):
                             w=rw, data_dir=str(base / f"n{i}"), members=members,
                             **kw)).start()
             for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def _lane_cluster(base):
+    """Three nodes (N=3, R=W=2) whose node0 has its direct lane open; stopped after."""
+    nodes = await _nodes(base, count=3, n=3, rw=2)
+    try:
+        await _lanes_open(nodes)
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop()
 
 
 async def _lanes_open(nodes):
@@ -338,9 +351,7 @@ def test_the_lane_agrees_with_the_general_path(tmp_path_factory, batches):
 
 def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
     async def main():
-        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
-        try:
-            await _lanes_open(nodes)
+        async with _lane_cluster(tmp_path) as nodes:
             await _feed(nodes[0], [resp(b"GET", b"a")], None)      # opens the partition
             door = Counting(nodes[0].resp.door)
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"1"), resp(b"GET", b"a"),
@@ -362,18 +373,13 @@ def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
             door.taken = 0
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"4"), resp(b"GET", b"a")], door)
             assert out == b"+OK\r\n$1\r\n4\r\n" and door.taken == 0
-        finally:
-            for node in nodes:
-                await node.stop()
 
     asyncio.run(main())
 
 
 def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
     async def main():
-        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
-        try:
-            await _lanes_open(nodes)
+        async with _lane_cluster(tmp_path) as nodes:
             keys = [b"p%d" % i for i in range(16)]
             await _feed(nodes[0], [b"".join(resp(b"GET", k) for k in keys)], None)   # open
             door = Counting(nodes[0].resp.door)
@@ -401,19 +407,14 @@ def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
                 assert nodes[0].resp.run_ahead == 0
             finally:
                 nodes[0].resp.door = saved
-        finally:
-            for node in nodes:
-                await node.stop()
 
     asyncio.run(main())
 
 
 def test_the_door_reads_the_lane_as_node_direct_lane_decides_it(tmp_path):
     async def main():
-        nodes = await _nodes(tmp_path, count=3, n=3, rw=2)
-        node, door = nodes[0], nodes[0].resp.door
-        try:
-            await _lanes_open(nodes)
+        async with _lane_cluster(tmp_path) as nodes:
+            node, door = nodes[0], nodes[0].resp.door
             await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
             p = node._partition(b"a")
             peer = node._direct[p][0][0]
@@ -458,9 +459,6 @@ def test_the_door_reads_the_lane_as_node_direct_lane_decides_it(tmp_path):
             assert nested == [(0, 1)] and started is not None
             assert node.stats["puts"] == puts + 1
             await asyncio.wait_for(started[0], 10)
-        finally:
-            for n in nodes:
-                await n.stop()
 
     asyncio.run(main())
 
