@@ -184,9 +184,8 @@ cdef class LocalDoor:
 
     cdef object _lane(self, Py_ssize_t p):
         """Node._direct_lane(p) read in C while its cache of connections holds: (the ready
-        connections to p's other primaries, p's Preflist), or None. A cached connection that
-        is not ready (or not a PeerConnection) is left to Node._direct_lane, which asks the
-        pool again."""
+        connections to p's other primaries, p's Preflist), or None. When a cached entry is
+        not a ready PeerConnection, Node._direct_lane decides (it asks the pool again)."""
         cdef tuple lane = self.direct.get(p)
         cdef list conns = []
         cdef object conn
