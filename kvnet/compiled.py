@@ -33,8 +33,8 @@ REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
 # that cimport the PY_MODULES' declarations (their structures' layout is compiled in).
 CIMPORTING = ("kvnet.localdoor",)
 
-_CIMPORT = re.compile(r"^\s*(?:from\s+((?:kvnet|kvcore)\.[\w.]+)\s+cimport|cimport\s+((?:kvnet|kvcore)\.[\w.]+))",
-                      re.M)
+_CIMPORT = re.compile(r"^\s*(?:from\s+((?:kvnet|kvcore)\.[\w.]+)\s+cimport"
+                      r"|cimport\s+((?:kvnet|kvcore)\.[\w.]+))", re.M)
 
 
 def _sources(root, name):

@@ -30,13 +30,13 @@ from kvnet.peer.protocol cimport PeerConnection
 from kvnet.resp.commands cimport Session
 
 from kvcore import clockcodec as _codec
-from kvnet.peer.core import State as _State
+from kvnet.peer.core import READY as _PEER_READY
 from kvnet.peer.protocol import DEFERRED as _DEFERRED, DEFERRED_MESSAGE as _DEFERRED_MESSAGE, \
     answer_batch as _answer_batch, item_error as _item_error
 
 cdef object _lww_common = _codec.lww_common
 cdef object _MISS = _codec.MISS
-cdef object _READY = _State.READY
+cdef object _READY = _PEER_READY
 
 cdef bytes _OK = b"+OK\r\n"
 cdef object STARTED = object()    # _one: the command is in flight (LocalDoor.started)

@@ -25,7 +25,7 @@ from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
-from kvnet.peer.core import BATCH_VERSION, State
+from kvnet.peer.core import BATCH_VERSION, READY
 from kvnet.peer.pool import PeerPool
 from kvnet.peer.protocol import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.replica import LocalReplica
@@ -34,7 +34,6 @@ from kvnet.resp.backend import LATER, Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
 
-_READY = State.READY
 _doors = select("kvnet.localdoor", "kvnet.localdoor_py")
 _LocalDoor, _LaneReplica = _doors.LocalDoor, _doors.LaneReplica
 log = logging.getLogger("kvnet.node")
@@ -252,7 +251,7 @@ class Node(driver.Cluster, Backend):
         # GET and SET, and a property is a Python call each)
         for x in lane[0]:
             conn = cache.get(x)
-            if conn is None or conn.state is not _READY:   # closed: ask the pool for its best
+            if conn is None or conn.state is not READY:   # closed: ask the pool for its best
                 cache.pop(x, None)
                 conn = self.pool.get(x)
                 if conn is None or conn.version < BATCH_VERSION:   # an older node: no mput
