@@ -374,6 +374,14 @@ class Node(driver.Cluster, Backend):
             raise Unavailable(f"no address known for node {node!r}")
         return addr
 
+    def heard_from(self, node):
+        """Gossip brought a newer heartbeat of node: if a failed dial keeps routing away from
+        it, dial it again now (PeerPool.redial) instead of when the backoff ends."""
+        if not self.pool.reachable(node):
+            addr = self.addrs.get(node) or self.gossip.address(node)
+            if addr is not None:
+                self.pool.redial(node, addr)
+
     async def call(self, node, type, payload, timeout):
         return await self.pool.request(node, self._addr(node), type, payload, timeout=timeout)
 

@@ -232,7 +232,10 @@ class Gossip:
             if m.node == self.me:
                 continue
             cur = self.table[m.node]
+            seen = self.detector.version(m.node)
             changes += self.liveness.heartbeat(m.node, now, cur.generation, cur.heartbeat)
+            if self.detector.version(m.node) != seen:
+                self.node.heard_from(m.node)
         self._changed(changes)
 
     def _ring_from(self, sender, raw):

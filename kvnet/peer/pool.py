@@ -16,11 +16,12 @@ log = logging.getLogger("kvnet.peer")
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_BACKOFF_BASE = 0.1  # first retry delay after a failed dial, seconds
 DEFAULT_BACKOFF_MAX = 5.0  # cap of the exponential backoff, seconds
+DEFAULT_REDIAL_GAP = 1.0  # seconds between dials `redial` starts on news of a peer
 DEFAULT_REQUEST_TIMEOUT = 5.0
 
 
 class _Peer:
-    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error")
+    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error", "news_dial")
 
     def __init__(self):
         self.conns = []  # ready connections, dialed or accepted
@@ -28,6 +29,7 @@ class _Peer:
         self.failures = 0  # consecutive failed dials
         self.next_attempt = 0.0  # loop time before which no dial is tried
         self.last_error = None
+        self.news_dial = float("-inf")  # loop time of the last dial `redial` started
 
 
 def _retrieve(task):
@@ -165,6 +167,25 @@ class PeerPool:
             host, port, self.node_id, self._secret, self._handler, pool=self, **{**self._opts, **kwargs}
         )
         return self._server
+
+    def redial(self, peer_id, addr, min_gap=DEFAULT_REDIAL_GAP):
+        """News that a peer in dial backoff is alive (a newer heartbeat through another member):
+        dial it now rather than when the backoff ends, so routing, which avoids a peer after a
+        failed dial (`reachable`), takes it back a round trip after it is up again (a restarted
+        peer, or a cluster whose members started one after another). At most one such dial per
+        `min_gap` seconds: a peer alive to others but refusing us keeps its backoff otherwise."""
+        peer = self._peers.get(peer_id)
+        if self._closed or peer is None or peer.failures == 0 or peer.conns \
+                or peer.connecting is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - peer.news_dial < min_gap:
+            return False
+        peer.news_dial, peer.next_attempt = now, now
+        peer.connecting = loop.create_task(self._dial(peer_id, addr, peer))
+        peer.connecting.add_done_callback(_retrieve)
+        return True
 
     def reachable(self, peer_id):
         """Cheap liveness hint for request routing: False from a failed dial to the peer until a

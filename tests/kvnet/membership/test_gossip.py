@@ -9,6 +9,7 @@ from kvnet.config import load
 from kvnet.errors import Unavailable
 from kvnet.membership.detector import DOWN, UP
 from kvnet.node import Node
+from kvnet.peer.errors import PeerUnavailable
 from kvnet.testing import eventually, free_ports
 
 FAST = dict(gossip_interval_ms=50, phi_threshold=5.0)
@@ -72,6 +73,41 @@ def test_stopped_node_marked_down_by_two_sources_then_up_after_restart(tmp_path)
             assert await _wait(lambda: all(n.gossip.liveness.state("g2") == UP for n in live))
             # routable again once a connection to it is up (its own gossip dials us)
             assert await _wait(lambda: all(n.is_up("g2") for n in live))
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+def test_news_of_a_restarted_peer_ends_its_dial_backoff(tmp_path):
+    """g0's dial to a stopped g2 failed, and its backoff is long; g2 comes back but never dials
+    g0. A newer g2 heartbeat through g1 makes g0 dial g2 at once, so routing takes it back."""
+    async def main():
+        cfgs = _configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs]
+        g0 = nodes[0]
+        try:
+            assert await _wait(lambda: all(len(n.gossip.table) == 3 for n in nodes))
+            await nodes[2].stop()
+            g0.pool._backoff_base = g0.pool._backoff_max = 60.0
+            for conn in list(g0.pool._peers["g2"].conns):
+                conn.close()
+            with pytest.raises(PeerUnavailable):
+                await g0.call("g2", "ping", None, 1.0)
+            assert not g0.is_up("g2")
+            g2 = Node(cfgs[2])
+            real = g2.call
+
+            async def call(peer, type, payload, timeout):
+                if peer == "g0":
+                    raise Unavailable("g2 does not dial g0 in this test")
+                return await real(peer, type, payload, timeout)
+
+            g2.call = call
+            nodes[2] = await g2.start()
+            assert await _wait(lambda: g0.is_up("g2"), timeout=5.0)
+            assert g0.pool.status()["g2"]["connections"] >= 1
         finally:
             for n in nodes:
                 await n.stop()
