@@ -38,6 +38,8 @@ _doors = select("kvnet.localdoor", "kvnet.localdoor_py")
 _LocalDoor, _LaneReplica = _doors.LocalDoor, _doors.LaneReplica
 log = logging.getLogger("kvnet.node")
 
+GREET_TIMEOUT = 1.0     # seconds a starting node waits for its members' connections (_greet_peers)
+
 
 class _PeerHandler:
     """The node's peer handler: the coroutine for any request, and `now` for the ones that
@@ -117,6 +119,7 @@ class Node(driver.Cluster, Backend):
         self.replica.start()
         for svc in self.services:
             await svc.start()
+        await self._greet_peers()
         if self.ring_state is None:                 # joining: the seeds' gossip brings the ring
             self._ring_ready = asyncio.Event()
             try:
@@ -130,6 +133,23 @@ class Node(driver.Cluster, Backend):
         log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
                  self.resp.port, host, port)
         return self
+
+    async def _greet_peers(self, timeout=GREET_TIMEOUT):
+        """Dial every member before the client port opens. A member that dialed this node while
+        it was not listening routes around it until a connection is up (PeerPool.reachable);
+        this connection, adopted there, is that one. Without it a cluster whose nodes start
+        together refuses writes for a while after every node answers PING. Members that do not
+        answer within `timeout` are left to gossip."""
+        if self.ring is None:                       # joining: the members come with the ring
+            return
+
+        async def greet(peer):
+            try:
+                await self.pool.connection(peer, self._addr(peer), timeout)
+            except Exception as exc:
+                log.debug("greeting %s at start failed: %s", peer, exc)
+
+        await asyncio.gather(*(greet(n) for n in self.ring.nodes if n != self.name))
 
     async def stop(self):
         """Stop serving, finish background work, sync and close every store."""

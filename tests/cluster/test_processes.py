@@ -94,3 +94,23 @@ def test_acknowledged_writes_survive_sigkill_of_a_node(tmp_path):
         stop.set()
         t.join(60)
         cluster.stop()
+
+
+def test_nodes_started_after_a_failed_dial_take_writes_once_they_answer_ping(tmp_path):
+    """node1 runs alone first, so its gossip dials to node2 and node3 fail and back off; then
+    both start together. Once both answer PING, a write through node1 meets W=2 at once (each
+    starting node greets its members before its client port opens). Twice: the order in which
+    node2 and node3 come up varies."""
+    for trial in range(2):
+        (tmp_path / f"t{trial}").mkdir()
+        cluster = LocalCluster(str(tmp_path / f"t{trial}"), nodes=3,
+                               extra=["--gossip-interval-ms", "100"])
+        try:
+            cluster.start(0)
+            time.sleep(1.0)                          # several failed dials to each
+            cluster.start()
+            r = cluster.client(0)
+            assert r.set("first", b"write") and r.get("first") == b"write"
+            r.close()
+        finally:
+            cluster.stop()

@@ -115,6 +115,28 @@ def test_news_of_a_restarted_peer_ends_its_dial_backoff(tmp_path):
     run(main())
 
 
+def test_a_node_answers_clients_only_after_dialing_its_members(tmp_path):
+    """g0's gossip dialed g1 before g1 listened, so g0 routes around g1. g1 greets its members
+    before its client port opens: when g1.start() returns, g0 routes to it again, long before
+    any gossip round (10 s here) could have told it."""
+    async def main():
+        cfgs = _configs(tmp_path, nodes=2, gossip_interval_ms=10_000)
+        g0 = await Node(cfgs[0]).start()
+        nodes = [g0]
+        try:
+            with pytest.raises(PeerUnavailable):
+                await g0.call("g1", "ping", None, 1.0)
+            assert not g0.is_up("g1")
+            nodes.append(await Node(cfgs[1]).start())
+            assert g0.is_up("g1") and nodes[1].is_up("g0")
+            assert g0.pool.status()["g1"]["connections"] == 1
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
 def test_one_cut_link_does_not_mark_a_healthy_node_down(tmp_path):
     async def main():
         nodes = [await Node(c).start() for c in _configs(tmp_path)]
