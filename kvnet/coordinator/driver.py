@@ -400,10 +400,17 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
 
 
 def _batch_to(conns, rtype, item, callback, timeout):
-    """Join `item` to each connection's batch of rtype (a full write buffer is that
-    replica's failed reply)."""
+    """Join `item` to each connection's batch of rtype. A full write buffer, or a send that
+    raises (a connection that stopped being ready after the lane chose it), is that replica's
+    failed reply: the caller has stored or read the local copy already, so raising would make
+    it run the command again by the general path, a second write of the same SET."""
     for conn in conns:
-        if not conn.batch_request(rtype, item, callback, timeout):
+        try:
+            sent = conn.batch_request(rtype, item, callback, timeout)
+        except Exception as exc:
+            callback(conn.peer_id, exc, None)
+            continue
+        if not sent:
             callback(conn.peer_id, PeerUnavailable(f"node {conn.peer_id}: write buffer full"),
                      None)
 

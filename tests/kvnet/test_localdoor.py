@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kvcore import versions as V
 from kvnet.config import load
+from kvnet.coordinator import driver
 from kvnet.node import Node, _LocalDoor
 from kvnet.peer.protocol import PeerConnection
 from kvnet.resp.server import RespProtocol
@@ -459,6 +460,39 @@ def test_the_door_reads_the_lane_as_node_direct_lane_decides_it(tmp_path):
             assert nested == [(0, 1)] and started is not None
             assert node.stats["puts"] == puts + 1
             await asyncio.wait_for(started[0], 10)
+
+    asyncio.run(main())
+
+
+def test_a_lane_send_that_raises_is_that_replicas_failed_reply(tmp_path):
+    """A connection can stop being ready between the lane's choice and the send. The SET is
+    stored here already, so the send's error is that replica's failed reply: the write meets
+    W with the others or fails by quorum rules, and is never raised to run it again."""
+    async def main():
+        async with _lane_cluster(tmp_path) as nodes:
+            node = nodes[0]
+            await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
+            p = node._partition(b"a")
+            conns, pl = node._direct_lane(p)
+
+            def not_ready(peer):
+                conn = PeerConnection(node.name, b"secret", initiator=True)   # never connected
+                conn.peer_id = peer
+                return conn
+
+            raw = node._overwrite_local(node.replica, p, b"a", b"1")
+            fut = driver.put_direct(node, p, b"a", raw, 2, pl, [not_ready(conns[0].peer_id),
+                                                                conns[1]])
+            assert await asyncio.wait_for(fut, 10) == raw          # W=2: here and conns[1]
+            await asyncio.sleep(0.2)
+            held = [h for h in _held(nodes, b"a") if h]
+            assert held == [[(True, b"1")]] * 2                      # one write, two copies
+            raw = node._overwrite_local(node.replica, p, b"a", b"2")
+            fut = driver.put_direct(node, p, b"a", raw, 2, pl,
+                                    [not_ready(c.peer_id) for c in conns])
+            with pytest.raises(Exception, match="quorum not met: 1 of 2") as err:
+                await asyncio.wait_for(fut, 10)
+            assert conns[0].peer_id in str(err.value) and "ready" in str(err.value)
 
     asyncio.run(main())
 
