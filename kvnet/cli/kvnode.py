@@ -90,7 +90,11 @@ def _use_uvloop():
 
 
 def _port_free(port):
+    """Whether a node could listen on port now. SO_REUSEADDR as the nodes' servers bind
+    (asyncio sets it): a stopped cluster's connections lingering in TIME_WAIT leave the port
+    free for them, so only a listener makes it busy."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
