@@ -278,7 +278,10 @@ class PeerPool:
             peer.failures += 1
             peer.next_attempt = asyncio.get_running_loop().time() + self.backoff(peer.failures)
             peer.last_error = exc
-            log.info("peer %s at %s: dial %d failed: %s", peer_id, _fmt(addr), peer.failures, exc)
+            # one refused dial is routine while a cluster starts (members greet each other
+            # before all listen); a second in a row is worth an operator's eye
+            log.log(logging.INFO if peer.failures > 1 else logging.DEBUG,
+                    "peer %s at %s: dial %d failed: %s", peer_id, _fmt(addr), peer.failures, exc)
             raise
         finally:
             peer.connecting = None
