@@ -16,12 +16,11 @@ log = logging.getLogger("kvnet.peer")
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_BACKOFF_BASE = 0.1  # first retry delay after a failed dial, seconds
 DEFAULT_BACKOFF_MAX = 5.0  # cap of the exponential backoff, seconds
-DEFAULT_REDIAL_GAP = 1.0  # seconds between dials `redial` starts on news of a peer
 DEFAULT_REQUEST_TIMEOUT = 5.0
 
 
 class _Peer:
-    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error", "news_dial")
+    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error", "news_mark")
 
     def __init__(self):
         self.conns = []  # ready connections, dialed or accepted
@@ -29,7 +28,7 @@ class _Peer:
         self.failures = 0  # consecutive failed dials
         self.next_attempt = 0.0  # loop time before which no dial is tried
         self.last_error = None
-        self.news_dial = float("-inf")  # loop time of the last dial `redial` started
+        self.news_mark = None  # `failures` when `redial` last dialed (None: not since a success)
 
 
 def _retrieve(task):
@@ -157,6 +156,7 @@ class PeerPool:
             peer = self._peers[conn.peer_id] = _Peer()
         peer.conns.append(conn)
         peer.failures, peer.next_attempt, peer.last_error = 0, 0.0, None
+        peer.news_mark = None
         conn.add_close_callback(self._drop)
 
     async def serve(self, host, port, **kwargs):
@@ -168,21 +168,21 @@ class PeerPool:
         )
         return self._server
 
-    def redial(self, peer_id, addr, min_gap=DEFAULT_REDIAL_GAP):
+    def redial(self, peer_id, addr):
         """News that a peer in dial backoff is alive (a newer heartbeat through another member):
         dial it now rather than when the backoff ends, so routing, which avoids a peer after a
         failed dial (`reachable`), takes it back a round trip after it is up again (a restarted
-        peer, or a cluster whose members started one after another). At most one such dial per
-        `min_gap` seconds: a peer alive to others but refusing us keeps its backoff otherwise."""
+        peer, or a cluster whose members started one after another). If that dial fails too
+        (the peer is alive to others but refuses this node), no other starts on news until a
+        dial of the backoff has failed as well: the dials stay at most twice the backoff's."""
         peer = self._peers.get(peer_id)
         if self._closed or peer is None or peer.failures == 0 or peer.conns \
                 or peer.connecting is not None:
             return False
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now - peer.news_dial < min_gap:
+        if peer.news_mark is not None and peer.failures < peer.news_mark + 2:
             return False
-        peer.news_dial, peer.next_attempt = now, now
+        loop = asyncio.get_running_loop()
+        peer.news_mark, peer.next_attempt = peer.failures, loop.time()
         peer.connecting = loop.create_task(self._dial(peer_id, addr, peer))
         peer.connecting.add_done_callback(_retrieve)
         return True

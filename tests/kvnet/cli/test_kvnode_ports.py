@@ -1,7 +1,9 @@
 """kvnode's port check: a port is in use only while something listens on it. A port whose
 connections of a stopped cluster linger in TIME_WAIT is free: the nodes' servers bind it
 with SO_REUSEADDR, as asyncio's do, so `kvnode dev` must not refuse to start again."""
+import re
 import socket
+import time
 
 from kvnet.cli.kvnode import _port_free
 
@@ -21,6 +23,12 @@ def test_a_listening_port_is_in_use_and_a_time_wait_one_is_free():
         client.close()
     finally:
         listener.close()
-    states = open("/proc/net/tcp").read().lower()
-    assert f"0100007f:{port:04x} 0100007f:" in states      # a connection of `port` lingers
+    time_wait = re.compile(rf"0100007f:{port:04x} 0100007f:[0-9a-f]{{4}} 06 ")   # st 06
+    for _ in range(100):                 # the last ACK crosses loopback in a moment
+        with open("/proc/net/tcp") as f:
+            if time_wait.search(f.read().lower()):
+                break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(f"no connection of port {port} in TIME_WAIT")
     assert _port_free(port)

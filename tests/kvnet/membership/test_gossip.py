@@ -82,7 +82,8 @@ def test_stopped_node_marked_down_by_two_sources_then_up_after_restart(tmp_path)
 
 def test_news_of_a_restarted_peer_ends_its_dial_backoff(tmp_path):
     """g0's dial to a stopped g2 failed, and its backoff is long; g2 comes back but never dials
-    g0. A newer g2 heartbeat through g1 makes g0 dial g2 at once, so routing takes it back."""
+    g0 (neither its gossip nor its start-up greeting). A newer g2 heartbeat through g1 makes g0
+    dial g2 at once, so routing takes it back."""
     async def main():
         cfgs = _configs(tmp_path)
         nodes = [await Node(c).start() for c in cfgs]
@@ -104,10 +105,15 @@ def test_news_of_a_restarted_peer_ends_its_dial_backoff(tmp_path):
                     raise Unavailable("g2 does not dial g0 in this test")
                 return await real(peer, type, payload, timeout)
 
+            async def no_greeting():
+                pass
+
             g2.call = call
+            g2._greet_peers = no_greeting
             nodes[2] = await g2.start()
             assert await _wait(lambda: g0.is_up("g2"), timeout=5.0)
-            assert g0.pool.status()["g2"]["connections"] >= 1
+            conns = g0.pool._peers["g2"].conns
+            assert conns and all(c.initiator for c in conns)     # g0 dialed it
         finally:
             for n in nodes:
                 await n.stop()

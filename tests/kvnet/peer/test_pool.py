@@ -218,28 +218,31 @@ def test_unreachable_from_a_failed_dial_until_a_connection_is_up_again():
     run(main())
 
 
-def test_redial_on_news_skips_the_backoff_at_most_once_per_gap():
-    """News that a peer in backoff is alive dials it at once (routing takes it back), but not
-    more often than min_gap: a peer that still refuses us keeps its backoff."""
+def test_redial_on_news_skips_the_backoff_but_not_twice_in_a_row():
+    """News that a peer in backoff is alive dials it at once (routing takes it back). A peer
+    that still refuses us gets no second dial on news until a dial of the backoff failed too."""
     async def main():
         async with await serve_peers(HOST, 0, "b", SECRET, echo) as server:
             port = server.port
-        async with PeerPool("a", SECRET, backoff_base=5.0, backoff_max=5.0) as pool:
+        async with PeerPool("a", SECRET, backoff_base=0.2, backoff_max=0.2) as pool:
             assert not pool.redial("b", (HOST, port))       # never dialed: nothing to do
             with pytest.raises(PeerUnavailable):
                 await pool.request("b", (HOST, port), "x", timeout=1)
-            assert pool.status()["b"]["retry_in"] > 2.0
-            assert pool.redial("b", (HOST, port), min_gap=0.3)    # still refused: fails again
+            assert pool.status()["b"]["retry_in"] > 0.05    # in backoff, yet dialed at once:
+            assert pool.redial("b", (HOST, port))
             await asyncio.gather(pool._peers["b"].connecting, return_exceptions=True)
             assert pool.status()["b"]["failures"] == 2 and not pool.reachable("b")
-            assert not pool.redial("b", (HOST, port), min_gap=0.3)   # within the gap
-            await asyncio.sleep(0.35)
+            assert not pool.redial("b", (HOST, port))       # refused on news: backoff's turn
+            await asyncio.sleep(0.25)
+            with pytest.raises(PeerUnavailable):            # the backoff's dial, refused
+                await pool.request("b", (HOST, port), "x", timeout=1)
+            assert pool.status()["b"]["failures"] == 3
             async with await serve_peers(HOST, port, "b", SECRET, echo):
-                assert pool.redial("b", (HOST, port), min_gap=0.3)
-                assert not pool.redial("b", (HOST, port), min_gap=0.3)   # a dial is running
+                assert pool.redial("b", (HOST, port))
+                assert not pool.redial("b", (HOST, port))   # a dial is running
                 await asyncio.wait_for(pool._peers["b"].connecting, 2)
                 assert pool.reachable("b") and pool.status()["b"]["failures"] == 0
-                assert not pool.redial("b", (HOST, port))    # connected: nothing to do
+                assert not pool.redial("b", (HOST, port))   # connected: nothing to do
                 assert await pool.request("b", (HOST, port), "x", 2, timeout=1) == 2
 
     run(main())
