@@ -398,9 +398,10 @@ class Node(driver.Cluster, Backend):
         """Gossip brought a newer heartbeat of node: if a failed dial keeps routing away from
         it, dial it again now (PeerPool.redial) instead of when the backoff ends."""
         if not self.pool.reachable(node):
-            addr = self.addrs.get(node) or self.gossip.address(node)
-            if addr is not None:
-                self.pool.redial(node, addr)
+            try:
+                self.pool.redial(node, self._addr(node))
+            except Unavailable:               # no address known yet
+                pass
 
     async def call(self, node, type, payload, timeout):
         return await self.pool.request(node, self._addr(node), type, payload, timeout=timeout)

@@ -127,8 +127,7 @@ class PeerPool:
                         )
                     await self._sleep(wait)
                     continue
-                peer.connecting = loop.create_task(self._dial(peer_id, addr, peer))
-                peer.connecting.add_done_callback(_retrieve)
+                self._start_dial(peer_id, addr, peer)
             task = peer.connecting
             try:
                 if deadline is None:
@@ -181,11 +180,14 @@ class PeerPool:
             return False
         if peer.news_mark is not None and peer.failures < peer.news_mark + 2:
             return False
-        loop = asyncio.get_running_loop()
-        peer.news_mark, peer.next_attempt = peer.failures, loop.time()
-        peer.connecting = loop.create_task(self._dial(peer_id, addr, peer))
-        peer.connecting.add_done_callback(_retrieve)
+        peer.news_mark, peer.next_attempt = peer.failures, asyncio.get_running_loop().time()
+        self._start_dial(peer_id, addr, peer)
         return True
+
+    def _start_dial(self, peer_id, addr, peer):
+        """The one dial of peer (peer.connecting) that every waiter shares."""
+        peer.connecting = asyncio.get_running_loop().create_task(self._dial(peer_id, addr, peer))
+        peer.connecting.add_done_callback(_retrieve)
 
     def reachable(self, peer_id):
         """Cheap liveness hint for request routing: False from a failed dial to the peer until a
