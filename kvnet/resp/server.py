@@ -170,7 +170,7 @@ class RespProtocol:
         while queue and not self._closed:
             if self._write_paused:  # resume_writing() continues
                 break
-            started = None
+            started = data = None
             if door is not None and not self._running:
                 added = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
                 started = door.started
@@ -205,16 +205,9 @@ class RespProtocol:
                     # beside a command in flight (a pipeline behind a lane command): the
                     # door's plain GET or SET, else the general path
                     reply = None if door is None else door.one(session, argv)
-                    if type(reply) is bytes:    # encoded already
-                        if slots:
-                            slots.append(reply)
-                        else:           # (running ones all done meanwhile)
-                            out.append(reply)
-                            self._out_size += len(reply)
-                            if self._out_size >= FLUSH_SIZE:
-                                self._flush()  # may call pause_writing()
-                        continue
-                    if reply is None:
+                    if type(reply) is bytes:    # encoded already: in order below
+                        data = reply
+                    elif reply is None:
                         reply = dispatch(session, argv)
                 else:
                     key = None          # computed only when the command suspends
@@ -237,7 +230,8 @@ class RespProtocol:
                     self._track(reply, key, session.pending)
                     continue
                 reply = self.commands.settle(session.pending, reply)
-            data = encode(reply, session.protocol)
+            if data is None:
+                data = encode(reply, session.protocol)
             if slots:               # behind a reply still running
                 slots.append(data)
                 continue
