@@ -1,7 +1,7 @@
 """Build the Cython extensions of kvcore.
 
 RINGKV_EXT=kvcore.x,kvcore.y  build only these extensions
-RINGKV_CYTHON_ALWAYS=1  re-run cythonize even when the .c files exist
+RINGKV_CYTHON_ALWAYS=1  re-run cythonize even when the .c files are newer than their source
 RINGKV_DEBUG=1          KV_DEBUG invariant checks, linetrace and annotated HTML
 """
 import os
@@ -82,10 +82,25 @@ def _cythonized(extensions, py_extensions):
 
 
 class BuildExt(build_ext):
+    """Cythonize when extensions are built, not when setup.py is read: an sdist then carries
+    the .pyx/.py sources (and the .pxd/.pxi/.h package data) and no generated C, and the wheel
+    built from it compiles once."""
+
     def finalize_options(self):
         super().finalize_options()
         if self.parallel is None:
             self.parallel = os.cpu_count() or 1
 
+    def run(self):
+        # here, not in finalize_options: sdist finalizes build_ext to list the sources
+        # (the C sources go into the finalized Extension objects, which carry setuptools' state)
+        names = {e.name for e in self.extensions}
+        done = _cythonized([e for e in EXTENSIONS if e.name in names],
+                           [e for e in PY_EXTENSIONS if e.name in names])
+        sources = {e.name: e.sources for e in done}
+        for ext in self.extensions:
+            ext.sources = sources[ext.name]
+        super().run()
 
-setup(ext_modules=_cythonized(EXTENSIONS, PY_EXTENSIONS), cmdclass={"build_ext": BuildExt})
+
+setup(ext_modules=EXTENSIONS + PY_EXTENSIONS, cmdclass={"build_ext": BuildExt})
