@@ -283,6 +283,9 @@ def _send_remote(call, timeout, node, hint_for, p, key, raw):
     return call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for}, timeout)
 
 
+FORWARD_ATTEMPTS = 3     # coordinators tried for one write whose forward finds no connection
+
+
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """Write through the coordinating replica; returns the new clock once W replicas have it."""
     return V.decode(await put_raw(cluster, p, key, sibling, context, overwrite, w, strict))
@@ -290,17 +293,26 @@ async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, stri
 
 async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
     """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock)."""
-    route, pl = cluster.route_and_targets(p, strict)
-    if route.coordinator is None:
-        what = "primary" if strict else "replica"
-        raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
-    if not route.coordinate_locally:
-        return await cluster.call(route.coordinator, "coord_put", {
-            "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
-            "ctx": None if context is None else V.encode_context(context),
-            "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
-        # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
-    return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict, pl)
+    for attempt in range(FORWARD_ATTEMPTS):
+        route, pl = cluster.route_and_targets(p, strict)
+        if route.coordinator is None:
+            what = "primary" if strict else "replica"
+            raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
+        if route.coordinate_locally:
+            return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
+                                            strict, pl)
+        try:
+            return await cluster.call(route.coordinator, "coord_put", {
+                "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
+                "ctx": None if context is None else V.encode_context(context),
+                "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
+            # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
+        except PeerUnavailable:
+            # No connection could be made, so nothing was sent: the failed dial now routes
+            # around that node (a node killed a moment ago), and the next reachable one of the
+            # extended list coordinates instead.
+            if attempt == FORWARD_ATTEMPTS - 1:
+                raise
 
 
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):

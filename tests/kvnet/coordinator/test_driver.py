@@ -307,3 +307,46 @@ def test_direct_read_answers_and_repairs_as_the_get_quorum_does(case):
                                              and repair.stale)
 
     asyncio.run(main())
+
+
+class _ForwardingCluster(FakeCluster):
+    """Node a is no replica of the partition: a write is forwarded. `refuse` nodes cannot be
+    connected to; the failed dial marks them down, as the peer pool does."""
+
+    def __init__(self, tmp_path, refuse):
+        super().__init__(tmp_path)
+        self.ring = Ring.create(["a", "b", "c", "d"], q=8, n=2)
+        self.refuse, self.down = set(refuse), set()
+
+    def is_up(self, node):
+        return node not in self.down
+
+    async def call(self, node, type, payload, timeout):
+        from kvnet.peer.errors import PeerUnavailable
+
+        self.calls.append((node, type))
+        if node in self.refuse:
+            self.down.add(node)
+            raise PeerUnavailable(f"cannot connect to peer {node}: Connection refused")
+        assert type == "coord_put"
+        return V.encode(V.new(V.sibling(payload["v"])))
+
+
+def test_a_forward_that_cannot_connect_goes_to_the_next_reachable_node(tmp_path):
+    c = _ForwardingCluster(tmp_path, refuse=())
+    p = next(p for p in range(c.ring.q) if "a" not in c.ring.preference_list(p))
+    first, second = c.ring.preference_list(p)[:2]
+    c.refuse = {first}
+    got = run(driver.put(c, p, b"k", V.sibling(b"v"), None, True, w=1))
+    assert V.lww_value(got) == b"v"
+    assert c.calls == [(first, "coord_put"), (second, "coord_put")]
+
+
+def test_a_forward_gives_up_after_a_bounded_number_of_refusals(tmp_path):
+    from kvnet.peer.errors import PeerUnavailable
+
+    c = _ForwardingCluster(tmp_path, refuse=("b", "c", "d"))
+    p = next(p for p in range(c.ring.q) if "a" not in c.ring.preference_list(p))
+    with pytest.raises(PeerUnavailable):
+        run(driver.put(c, p, b"k", V.sibling(b"v"), None, True, w=1))
+    assert len(c.calls) == driver.FORWARD_ATTEMPTS
