@@ -74,9 +74,9 @@ class Resources:
         self.clusters.append(c)
         return c
 
-    def popen(self, cmd, log_path):
+    def popen(self, cmd, log_path, env=None):
         with open(log_path, "ab") as log:
-            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(p)
         return p
 
@@ -730,7 +730,7 @@ def bench_join(args, res, root):
                "--n", str(N), "--r", str(R), "--w", str(W), "--fsync", FSYNC,
                "--ring-size", str(Q), "--request-timeout-ms", str(REQUEST_TIMEOUT_MS), "--join"]
         out["node4_cmd"] = " ".join(shlex.quote(x) for x in cmd[1:])
-        node4 = res.popen(cmd, os.path.join(cluster.data_dir, "node4.log"))
+        node4 = res.popen(cmd, os.path.join(cluster.data_dir, "node4.log"), cluster.env)
         t_ready = wait_for(lambda: node4.poll() is None and ping(port4), 90, 0.1)
         if t_ready is None:
             raise RuntimeError(f"join: node4 did not answer PING in 90 s (exit {node4.poll()}); "

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field
 
 from kvnet.errors import ConfigError
@@ -39,42 +40,61 @@ class Member:
         return f"{self.name}@{self.host}:{self.peer_port}"
 
 
+def _s(default, help, **kw):
+    """A setting: its default and the one line of help that `kvnode start --help` and
+    docs/config.md show (the flag and RINGKV_* variable are derived from its name)."""
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+DEV_SECRET = "ringkv-dev-secret"     # the built-in cluster secret: kvnode start refuses it alone
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True)
 class NodeConfig:
-    name: str = "node1"
-    host: str = "127.0.0.1"                 # client (RESP) address
-    port: int = 7379
-    peer_host: str = "127.0.0.1"
-    peer_port: int = 0                      # 0: port + 10000
-    data_dir: str = "./ringkv-data/node1"
-    members: tuple = ()                     # Member values; empty: a cluster of this node alone
-    zone: str | None = None
-    ring_size: int = 256                    # Q, fixed when the cluster is created
-    n: int = 3
-    r: int = 2
-    w: int = 2
-    fsync: str = "interval"                 # always: group commit before each ack
-    sync_interval_ms: int = 1000
-    request_timeout_ms: int = 2000
-    max_connections: int = 10_000
-    idle_timeout_s: int = 0                 # 0: never close idle clients
-    max_key_bytes: int = 8 << 10
-    max_value_bytes: int = 32 << 20
-    warn_siblings: int = 25
-    max_siblings: int = 100
-    password: str | None = None             # clients must AUTH when set
-    cluster_secret: str = field(default="ringkv-dev-secret", repr=False)
-    allow_flush: bool = True
-    join: bool = False                      # start as a joining member: take the ring from the seeds
+    name: str = _s("node1", "node id on the ring: 1-64 letters, digits, '_', '.' or '-'")
+    host: str = _s("127.0.0.1", "client (RESP) address")
+    port: int = _s(7379, "client (RESP) port")
+    peer_host: str = _s("127.0.0.1", "node-to-node address")
+    peer_port: int = _s(0, "node-to-node port (0: port + 10000)")
+    data_dir: str = _s("./ringkv-data/node1", "data directory (IDENTITY, EPOCH, partitions/)")
+    members: tuple = _s((), "every member as name@host:peer_port, comma-separated (the same "
+                            "list on every node); empty: a cluster of this node alone")
+    zone: str | None = _s(None, "zone label")
+    ring_size: int = _s(256, "partitions Q, a power of two, fixed for the cluster's life")
+    n: int = _s(3, "replicas per key")
+    r: int = _s(2, "default read quorum (<= n)")
+    w: int = _s(2, "default write quorum (<= n)")
+    fsync: str = _s("interval", "always (group commit before each ack) | interval | never")
+    sync_interval_ms: int = _s(1000, "period of fsync=interval")
+    request_timeout_ms: int = _s(2000, "how long a coordinator waits for replicas")
+    max_connections: int = _s(10_000, "client connections at most")
+    idle_timeout_s: int = _s(0, "close clients idle this long (0: never)")
+    max_key_bytes: int = _s(8 << 10, "bigger keys get an error")
+    max_value_bytes: int = _s(32 << 20, "bigger values get an error")
+    warn_siblings: int = _s(25, "log a warning for a write leaving more siblings")
+    max_siblings: int = _s(100, "refuse a write that would leave more siblings")
+    password: str | None = _s(None, "clients must AUTH with this", repr=False)
+    cluster_secret: str = _s(DEV_SECRET, "shared secret nodes prove to each other (HMAC "
+                                         "challenge-response); the built-in one needs "
+                                         "--insecure-dev-secret", repr=False)
+    allow_flush: bool = _s(True, "accept FLUSHDB/FLUSHALL (--no-flush refuses them)")
+    join: bool = _s(False, "start as a joining member: take the ring from the seeds in members")
     # Failure handling (issue 6): every interval is configurable so tests run at 50-100 ms.
-    gossip_interval_ms: int = 1000          # one gossip round (heartbeat +1) per interval
-    gossip_fanout: int = 2                  # peers gossiped to per round
-    phi_threshold: float = 8.0              # suspect a peer at this phi
-    hint_replay_interval_ms: int = 1000     # how often pending hints are offered to their targets
-    hint_replay_rate: int = 5000            # hints replayed per second, at most, per node
-    ae_enabled: bool = True                 # Merkle anti-entropy exchanges
-    ae_interval_ms: int = 10_000            # pause between two partition exchanges of a node
-    tombstone_grace_s: int = 3600           # confirmed tombstones are reaped after this
+    gossip_interval_ms: int = _s(1000, "one gossip round (heartbeat + 1) per interval")
+    gossip_fanout: int = _s(2, "peers gossiped to per round")
+    phi_threshold: float = _s(8.0, "a peer is suspected at this phi")
+    hint_replay_interval_ms: int = _s(1000, "how often pending hints are offered to their targets")
+    hint_replay_rate: int = _s(5000, "hints replayed per second at most, per node")
+    ae_enabled: bool = _s(True, "run Merkle anti-entropy exchanges (--no-ae turns them off)")
+    ae_interval_ms: int = _s(10_000, "pause between two anti-entropy exchanges of a node")
+    tombstone_grace_s: int = _s(3600, "confirmed tombstones are reaped after this")
+    insecure_dev_secret: bool = _s(False, "allow the built-in cluster secret (a dev cluster on "
+                                          "one machine only)")
+    log_level: str = _s("info", "debug | info | warning | error")
+    log_format: str = _s("text", "text | json (JSON lines: time, level, node, logger, message, "
+                                 "fields)")
 
     @property
     def peer_address(self):
@@ -168,7 +188,11 @@ def validate(cfg):
         raise ConfigError("password: must be a non-empty string when set")
     if not isinstance(cfg.cluster_secret, str) or len(cfg.cluster_secret) < 8:
         raise ConfigError("cluster_secret: must be a string of at least 8 characters")
-    for name in ("allow_flush", "ae_enabled", "join"):
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {cfg.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format: {cfg.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
+    for name in ("allow_flush", "ae_enabled", "join", "insecure_dev_secret"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}: must be true or false")
     names = [m.name for m in cfg.members]
@@ -177,11 +201,59 @@ def validate(cfg):
     return cfg
 
 
-_FIELDS = {f.name for f in dataclasses.fields(NodeConfig)}
+SETTINGS = dataclasses.fields(NodeConfig)
+_FIELDS = {f.name for f in SETTINGS}
+ENV_PREFIX = "RINGKV_"
 
 
-def load(path=None, **overrides):
-    """NodeConfig from a TOML file (optional) with overrides on top (None = not given)."""
+def env_name(setting):
+    return ENV_PREFIX + setting.upper()
+
+
+def flag_name(setting):
+    return "--" + setting.replace("_", "-")
+
+
+def setting_type(f):
+    """The type a setting's text (a flag or an environment variable) converts to."""
+    if f.name == "members":
+        return str                            # comma-separated name@host:port
+    t = f.type
+    if isinstance(t, types.UnionType):        # str | None
+        t = next(a for a in t.__args__ if a is not type(None))
+    return t
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text, where):
+    v = text.strip().lower()
+    if v in _TRUE or v in _FALSE:
+        return v in _TRUE
+    raise ConfigError(f"{where}: {text!r} must be true or false")
+
+
+def from_environ(environ):
+    """The settings given as RINGKV_<SETTING> variables (others with the prefix, such as
+    RINGKV_NO_EXTENSIONS, are not settings and are left alone)."""
+    out = {}
+    for f in SETTINGS:
+        text = environ.get(env_name(f.name))
+        if text is None:
+            continue
+        typ, where = setting_type(f), env_name(f.name)
+        try:
+            out[f.name] = (parse_bool(text, where) if typ is bool else typ(text))
+        except ValueError:
+            raise ConfigError(f"{where}: {text!r} is not a{'n' if typ is int else ''} "
+                              f"{typ.__name__}") from None
+    return out
+
+
+def load(path=None, environ=None, **overrides):
+    """NodeConfig from defaults, then a TOML file (optional), then RINGKV_* variables of
+    `environ` (optional), then overrides (the CLI's flags; None = not given)."""
     values = {}
     if path is not None:
         try:
@@ -191,6 +263,8 @@ def load(path=None, **overrides):
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
+    if environ is not None:
+        values.update(from_environ(environ))
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - _FIELDS)
     if unknown:

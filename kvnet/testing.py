@@ -30,6 +30,7 @@ import time
 import weakref
 from typing import NamedTuple
 
+from kvnet.cli.devcluster import dev_env, dev_secret
 from kvnet.probe import ping  # noqa: F401  (re-exported for tests)
 
 
@@ -85,6 +86,52 @@ def free_ports(count):
 
 
 # ---- the fault proxy ----------------------------------------------------------------------------
+
+def _bindable(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def dev_base_port(nodes):
+    """A base port for `kvnode dev --nodes nodes`: its client ports base..base+nodes-1 and
+    peer ports base+10000.. all free now."""
+    for _ in range(50):
+        p = free_ports(1)[0]
+        ports = [p + i for i in range(nodes)] + [p + 10000 + i for i in range(nodes)]
+        if p + 10000 + nodes < 65535 and all(_bindable(q) for q in ports):
+            return p
+    raise AssertionError("no block of free ports")
+
+
+class OutputReader:
+    """Every line a process prints, read by a thread: nobody must stop reading the pipe, or
+    the nodes (whose logs go to it) block on a full pipe."""
+
+    def __init__(self, proc):
+        self.lines = []
+        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._t.start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def until(self, needle, timeout=60, after=0):
+        """The lines so far once one (from line `after` on) holds needle; AssertionError with
+        the last lines after timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(needle in ln for ln in self.lines[after:]):
+                return list(self.lines)
+            if not self._t.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not seen: {self.lines[-30:]}")
+
 
 class FaultProxy:
     """A TCP proxy on 127.0.0.1 forwarding to `target_port`, with faults.
@@ -344,6 +391,9 @@ class LocalCluster:
         if isinstance(node_extra, dict):
             node_extra = [node_extra.get(i, ()) for i in range(nodes)]
         node_extra = list(node_extra or [()] * nodes)
+        # a random cluster secret per data directory, as `kvnode dev` keeps one (in the
+        # environment, never on the command line)
+        self.env = dev_env(dev_secret(data_dir))
         self._common = ["--n", str(n), "--r", str(r), "--w", str(w), "--fsync", fsync,
                         "--ring-size", str(ring_size),
                         "--request-timeout-ms", str(request_timeout_ms), *extra]
@@ -398,7 +448,7 @@ class LocalCluster:
                 if self.procs[j] is not None and self.procs[j].poll() is None:
                     continue
                 with open(self.log_of(j), "ab") as log:
-                    self.procs[j] = subprocess.Popen(self.cmds[j], stdout=log,
+                    self.procs[j] = subprocess.Popen(self.cmds[j], stdout=log, env=self.env,
                                                      stderr=subprocess.STDOUT)
             deadline = time.monotonic() + timeout
             for j in which:

@@ -6,59 +6,49 @@
 """
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
-from kvnet.config import NodeConfig, load
+from kvnet import logsetup
+from kvnet.cli.devcluster import EXIT_LEFT, DevSupervisor, dev_env, dev_secret
+from kvnet.config import DEV_SECRET, SETTINGS, NodeConfig, env_name, flag_name, load, setting_type
 from kvnet.errors import ConfigError
 from kvnet.probe import ping
 
-_FLAGS = [  # (flag, config field, type, help)
-    ("--name", "name", str, "node id (default node1)"),
-    ("--host", "host", str, "client (RESP) address (default 127.0.0.1)"),
-    ("--port", "port", int, "client port (default 7379)"),
-    ("--peer-host", "peer_host", str, "peer address (default 127.0.0.1)"),
-    ("--peer-port", "peer_port", int, "peer port (default: client port + 10000)"),
-    ("--data-dir", "data_dir", str, "data directory"),
-    ("--members", "members", str, "comma-separated name@host:peer_port of every member"),
-    ("--zone", "zone", str, "zone label"),
-    ("--ring-size", "ring_size", int, "partitions Q (power of two, default 256)"),
-    ("--n", "n", int, "replicas per key (default 3)"),
-    ("--r", "r", int, "default read quorum (default 2)"),
-    ("--w", "w", int, "default write quorum (default 2)"),
-    ("--fsync", "fsync", str, "always | interval | never (default interval)"),
-    ("--sync-interval-ms", "sync_interval_ms", int, "interval fsync period"),
-    ("--request-timeout-ms", "request_timeout_ms", int, "replica request timeout"),
-    ("--max-connections", "max_connections", int, "client connection limit"),
-    ("--password", "password", str, "clients must AUTH with this"),
-    ("--cluster-secret", "cluster_secret", str, "shared secret nodes prove to each other"),
-    ("--gossip-interval-ms", "gossip_interval_ms", int, "gossip round period (default 1000)"),
-    ("--phi-threshold", "phi_threshold", float, "failure detector threshold (default 8)"),
-    ("--hint-replay-interval-ms", "hint_replay_interval_ms", int, "hint replay period"),
-    ("--ae-interval-ms", "ae_interval_ms", int, "pause between anti-entropy exchanges"),
-    ("--tombstone-grace-s", "tombstone_grace_s", int, "grace before confirmed tombstones are reaped"),
-]
+def _add_setting_flags(ap):
+    """One flag per setting of NodeConfig (docs/config.md): `--ring-size` for `ring_size`.
+    A flag not given is None, so the file and RINGKV_* variables below it still count."""
+    for f in SETTINGS:
+        kw = {"dest": f.name, "default": None, "help": f.metadata["help"]}
+        if setting_type(f) is bool:
+            ap.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            ap.add_argument(flag_name(f.name), type=setting_type(f), **kw)
+    # older spellings, kept for scripts that use them
+    ap.add_argument("--no-flush", dest="allow_flush", action="store_false", default=None,
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--no-ae", dest="ae_enabled", action="store_false", default=None,
+                    help=argparse.SUPPRESS)
 
 
 def _start(args):
-    overrides = {field: getattr(args, field) for _, field, _, _ in _FLAGS}
-    if args.no_flush:
-        overrides["allow_flush"] = False
-    if args.no_ae:
-        overrides["ae_enabled"] = False
-    if args.join:
-        overrides["join"] = True
+    overrides = {f.name: getattr(args, f.name) for f in SETTINGS}
     try:
-        cfg = load(args.config, **overrides)
+        cfg = load(args.config, environ=os.environ, **overrides)
     except ConfigError as exc:
         print(f"kvnode: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {cfg.name} %(levelname)s %(message)s")
+    if cfg.cluster_secret == DEV_SECRET and not cfg.insecure_dev_secret:
+        print(f"kvnode: {cfg.name} refuses to start with the built-in cluster secret: anyone who "
+              "can reach its peer port could join the cluster. Set cluster_secret (TOML), "
+              f"--cluster-secret or {env_name('cluster_secret')} to the same secret on every "
+              "node, or give --insecure-dev-secret for a throwaway cluster on one machine.",
+              file=sys.stderr)
+        return 2
+    logsetup.configure(cfg)
     _use_uvloop()
 
     def ready(node):
@@ -76,9 +66,6 @@ def _start(args):
         print(f"{cfg.name}: handed off its partitions and left the cluster", flush=True)
         return EXIT_LEFT
     return 0
-
-
-EXIT_LEFT = 3        # `kvnode start` exit code after the node left the ring (kvctl leave)
 
 
 def _use_uvloop():
@@ -102,8 +89,14 @@ def _port_free(port):
     return True
 
 
+# `kvnode dev` settings passed through to every node as they are given (flag, dest)
+_DEV_PASS = ("password", "ring_size", "ae_interval_ms", "gossip_interval_ms", "log_level",
+             "log_format")
+
+
 def dev_commands(nodes, base_port, data_dir, n, fsync, extra=()):
-    """The `kvnode start` command line of each node of a local dev cluster."""
+    """The `kvnode start` command line of each node of a local dev cluster (the cluster secret
+    comes in the environment: dev_env)."""
     names = [f"node{i + 1}" for i in range(nodes)]
     members = ",".join(f"{nm}@127.0.0.1:{base_port + 10000 + i}" for i, nm in enumerate(names))
     cmds = []
@@ -113,7 +106,16 @@ def dev_commands(nodes, base_port, data_dir, n, fsync, extra=()):
                      "--data-dir", os.path.join(data_dir, nm), "--members", members,
                      "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
                      "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra])
-    return cmds
+    return names, cmds
+
+
+def _passed_through(args):
+    out = []
+    for dest in _DEV_PASS:
+        v = getattr(args, dest)
+        if v is not None:
+            out += [flag_name(dest), str(v)]
+    return out
 
 
 def _dev(args):
@@ -127,29 +129,25 @@ def _dev(args):
               "(another cluster running? choose --base-port)", file=sys.stderr)
         return 1
     os.makedirs(args.data_dir, exist_ok=True)
-    procs = [subprocess.Popen(cmd) for cmd in
-             dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync)]
+    names, cmds = dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync,
+                               _passed_through(args))
+    sup = DevSupervisor(names, cmds, ports, dev_env(dev_secret(args.data_dir)),
+                        restart=not args.no_restart)
     stopping = _stop_on_signals()
-    deadline = time.monotonic() + 60
-    waiting = set(range(args.nodes))
-    while waiting and not stopping() and time.monotonic() < deadline:
-        for i in list(waiting):
-            if procs[i].poll() is not None:
-                print(f"kvnode dev: node{i + 1} exited with {procs[i].returncode}", file=sys.stderr)
-                stopping.set()
-            elif ping(ports[i]):
-                waiting.discard(i)
-        time.sleep(0.1)
-    if not stopping() and not waiting:
+    if sup.start(stopping):
+        pids = sup.pids()
+        auth = f" -a {args.password}" if args.password else ""
         for i, p in enumerate(ports):
-            print(f"node{i + 1}: 127.0.0.1:{p}  (redis-cli -p {p})  data in "
-                  f"{os.path.join(args.data_dir, f'node{i + 1}')}", flush=True)
+            print(f"{names[i]}: 127.0.0.1:{p}  pid {pids[names[i]]}  (redis-cli -p {p}{auth})  "
+                  f"data in {os.path.join(args.data_dir, names[i])}", flush=True)
         print(f"ringkv dev cluster of {args.nodes} nodes is up; Ctrl-C stops it.", flush=True)
-    elif waiting and not stopping():
-        print("kvnode dev: nodes did not become ready in 60 s", file=sys.stderr)
-        stopping.set()
-    _supervise(procs, stopping, "the cluster")
-    return _stop_all(procs)
+        some = pids[names[-1]]
+        print(f"Try: kill -9 {some} (a node dies; the others keep serving and it is restarted"
+              f"{'' if sup.restart else ' unless --no-restart'}), and watch `kvctl status"
+              f"{'' if args.base_port == NodeConfig.port else f' --port {args.base_port}'}`.",
+              flush=True)
+        sup.supervise(stopping)
+    return sup.stop()
 
 
 class _Flag:
@@ -172,35 +170,21 @@ def _stop_on_signals():
     return flag
 
 
-def _supervise(procs, stopping, what):
-    """Wait until stopping() or a node exits on its own (which stops `what`); a node that left
-    the ring (exit code EXIT_LEFT) is let go."""
-    gone = set()
-    while not stopping():
-        for i, pr in enumerate(procs):
-            if i in gone or pr.poll() is None:
-                continue
-            if pr.returncode == EXIT_LEFT:
-                print(f"kvnode: node{i + 1} left the cluster", flush=True)
-                gone.add(i)
-                continue
-            print(f"kvnode: node{i + 1} exited with {pr.returncode}; stopping {what}", file=sys.stderr)
-            return
-        if len(gone) == len(procs):
-            return
-        time.sleep(0.2)
-
-
 def _add(args):
     """Start one more node next to a `kvnode dev` cluster and join it (one command)."""
     from kvnet.client import Client
 
     seed_port = args.base_port
+    secret = dev_secret(args.data_dir, create=False)
+    if secret is None:
+        print(f"kvnode add: no dev cluster secret in {args.data_dir}; start `kvnode dev` with "
+              "this --data-dir first", file=sys.stderr)
+        return 1
     if not ping(seed_port):
         print(f"kvnode add: no node answers on 127.0.0.1:{seed_port}; start `kvnode dev` first",
               file=sys.stderr)
         return 1
-    c = Client("127.0.0.1", seed_port)
+    c = Client("127.0.0.1", seed_port, password=args.password)
     try:
         ring_nodes = [n["name"] for n in c.ring()["nodes"]]
         index = args.index or 1 + max(int(n[4:]) for n in ring_nodes
@@ -213,15 +197,12 @@ def _add(args):
         members = f"node1@127.0.0.1:{seed_port + 10000},{name}@127.0.0.1:{peer}"
         cmd = [sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name, "--port", str(port),
                "--peer-port", str(peer), "--data-dir", os.path.join(args.data_dir, name),
-               "--members", members, "--fsync", args.fsync, "--join"]
-        proc = subprocess.Popen(cmd)
+               "--members", members, "--fsync", args.fsync, "--join", *_passed_through(args)]
+        sup = DevSupervisor([name], [cmd], [port], dev_env(secret), restart=not args.no_restart)
         stopping = _stop_on_signals()
-        deadline = time.monotonic() + 60
-        while not ping(port):
-            if proc.poll() is not None or time.monotonic() > deadline or stopping():
-                print(f"kvnode add: {name} did not start", file=sys.stderr)
-                return _stop_all([proc])
-            time.sleep(0.1)
+        if not sup.start(stopping):
+            print(f"kvnode add: {name} did not start", file=sys.stderr)
+            return sup.stop()
         if name not in ring_nodes:
             deadline = time.monotonic() + 30
             while True:                   # the claimant must see it up through gossip first
@@ -231,60 +212,57 @@ def _add(args):
                 except Exception as exc:
                     if time.monotonic() > deadline:
                         print(f"kvnode add: cannot stage the join: {exc}", file=sys.stderr)
-                        return _stop_all([proc])
+                        return sup.stop()
                     time.sleep(0.3)
             res = c.cluster("commit")
-            print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}); ring epoch "
-                  f"{res['epoch']}, {res['transfers']} partition transfers (`kvctl transfers`)",
-                  flush=True)
+            print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}), pid "
+                  f"{sup.pids()[name]}; ring epoch {res['epoch']}, {res['transfers']} partition "
+                  "transfers (`kvctl transfers --watch`)", flush=True)
         else:
             print(f"{name}: restarted on 127.0.0.1:{port} (already a member)", flush=True)
         print("Ctrl-C stops this node (use `kvctl leave` first to take it out of the ring).",
               flush=True)
-        _supervise([proc], stopping, "it")
-        return _stop_all([proc])
+        sup.supervise(stopping)
+        return sup.stop()
     finally:
         c.close()
 
 
-def _stop_all(procs, grace=15.0):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    print("ringkv nodes stopped.", flush=True)
-    return 0
+def _dev_flags(ap):
+    """The settings `kvnode dev` and `kvnode add` pass through to their nodes."""
+    ap.add_argument("--base-port", type=int, default=NodeConfig.port)
+    ap.add_argument("--data-dir", default="./ringkv-data")
+    ap.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
+    ap.add_argument("--no-restart", action="store_true",
+                    help="leave a node that exits down (default: restart it after a backoff)")
+    helps = {f.name: f.metadata["help"] for f in SETTINGS}
+    for dest in _DEV_PASS:
+        ap.add_argument(flag_name(dest), dest=dest, default=None,
+                        type=setting_type(next(f for f in SETTINGS if f.name == dest)),
+                        help=helps[dest])
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="kvnode", description="Run ringkv nodes.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    st = sub.add_parser("start", help="run one node",
+                        description="Run one node. Every setting is a flag here, a key of the "
+                        "--config TOML file and a RINGKV_<SETTING> environment variable "
+                        "(flags win over variables, variables over the file; docs/config.md).")
+    st.add_argument("--config", help="TOML file of settings (docs/config.md)")
+    _add_setting_flags(st)
+    dv = sub.add_parser("dev", help="run a local cluster, one process per node")
+    dv.add_argument("--nodes", type=int, default=3)
+    dv.add_argument("--n", type=int, default=3)
+    _dev_flags(dv)
+    ad = sub.add_parser("add", help="start one more node next to `kvnode dev` and join it")
+    ad.add_argument("--index", type=int, default=None, help="node number (default: next free)")
+    _dev_flags(ad)
+    return ap
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="kvnode", description="Run ringkv nodes.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("start", help="run one node")
-    st.add_argument("--config", help="TOML file of settings (docs/config.md)")
-    for flag, field, typ, help_ in _FLAGS:
-        st.add_argument(flag, dest=field, type=typ, default=None, help=help_)
-    st.add_argument("--no-flush", action="store_true", help="refuse FLUSHDB/FLUSHALL")
-    st.add_argument("--no-ae", action="store_true", help="run no anti-entropy exchanges")
-    st.add_argument("--join", action="store_true",
-                    help="join a running cluster (seeds in --members); then `kvctl commit`")
-    dv = sub.add_parser("dev", help="run a local cluster, one process per node")
-    dv.add_argument("--nodes", type=int, default=3)
-    dv.add_argument("--base-port", type=int, default=NodeConfig.port)
-    dv.add_argument("--data-dir", default="./ringkv-data")
-    dv.add_argument("--n", type=int, default=3)
-    dv.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
-    ad = sub.add_parser("add", help="start one more node next to `kvnode dev` and join it")
-    ad.add_argument("--base-port", type=int, default=NodeConfig.port)
-    ad.add_argument("--data-dir", default="./ringkv-data")
-    ad.add_argument("--index", type=int, default=None, help="node number (default: next free)")
-    ad.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
-    args = ap.parse_args(argv)
+    args = parser().parse_args(argv)
     return {"start": _start, "dev": _dev, "add": _add}[args.cmd](args)
 
 

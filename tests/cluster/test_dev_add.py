@@ -2,10 +2,8 @@
 `kvctl leave` takes it out again and it exits on its own."""
 import io
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -13,51 +11,11 @@ import redis
 
 from kvnet.cli import kvctl
 from kvnet.client import Client
-from kvnet.testing import free_ports, ping
+from kvnet.testing import OutputReader as _Output
+from kvnet.testing import dev_base_port as _base
+from kvnet.testing import ping
 
 pytestmark = pytest.mark.slow
-
-
-def _free(port):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _base(nodes):
-    for _ in range(50):
-        p = free_ports(1)[0]
-        ports = [p + i for i in range(nodes)] + [p + 10000 + i for i in range(nodes)]
-        if p + 10000 + nodes < 65535 and all(_free(q) for q in ports):
-            return p
-    raise AssertionError("no block of free ports")
-
-
-class _Output:
-    """Every line a process prints, read by a thread: nobody must stop reading the pipe, or
-    the nodes (whose logs go to it) block on a full pipe."""
-
-    def __init__(self, proc):
-        self.lines = []
-        self._t = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._t.start()
-
-    def _read(self, proc):
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    def until(self, needle, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(needle in ln for ln in self.lines):
-                return list(self.lines)
-            if not self._t.is_alive():
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not seen: {self.lines[-20:]}")
 
 
 def _wait(pred, timeout=60):

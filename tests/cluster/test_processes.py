@@ -9,19 +9,13 @@ import time
 import pytest
 import redis
 
-from kvnet.testing import LocalCluster, free_ports, ping
+from kvnet.testing import LocalCluster, dev_base_port, ping
 
 pytestmark = pytest.mark.slow
 
 
 def test_kvnode_dev_starts_serves_and_stops_cleanly(tmp_path):
-    base = None
-    for _ in range(20):                      # a block of free client and peer ports
-        p = free_ports(1)[0]
-        if p + 10003 < 65535 and all(_free(q) for q in (p, p + 1, p + 2, p + 10000, p + 10001, p + 10002)):
-            base = p
-            break
-    assert base is not None
+    base = dev_base_port(3)
     proc = subprocess.Popen([sys.executable, "-m", "kvnet.cli.kvnode", "dev", "--base-port", str(base),
                              "--data-dir", str(tmp_path / "data"), "--fsync", "never"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -43,17 +37,6 @@ def test_kvnode_dev_starts_serves_and_stops_cleanly(tmp_path):
     assert proc.returncode == 0 and "stopped" in out
     assert not any(ping(base + i) for i in range(3))          # no orphan node
     assert os.path.isdir(tmp_path / "data" / "node1" / "partitions")
-
-
-def _free(port):
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def test_acknowledged_writes_survive_sigkill_of_a_node(tmp_path):

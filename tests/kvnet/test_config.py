@@ -61,3 +61,90 @@ def test_kvnode_start_refuses_bad_config_naming_the_setting(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "fsync" in out.stderr
     assert not (tmp_path / "d").exists()          # nothing created for a refused config
+
+
+# ---- one source of truth: every setting is a TOML key, a flag and a RINGKV_* variable ----
+
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+
+from kvnet.cli import kvnode  # noqa: E402
+from kvnet.config import SETTINGS, env_name, flag_name, from_environ  # noqa: E402
+
+# a valid value other than the default for every setting, as its text (flag / variable) and
+# as the value it must load as; a new setting without an entry fails the coverage test
+SAMPLES = {
+    "name": ("n7", "n7"), "host": ("127.0.0.2", "127.0.0.2"), "port": ("7400", 7400),
+    "peer_host": ("127.0.0.3", "127.0.0.3"), "peer_port": ("17400", 17400),
+    "data_dir": ("/srv/kv", "/srv/kv"),
+    "members": ("a@h:1,b@h:2", (Member("a", "h", 1), Member("b", "h", 2))),
+    "zone": ("z1", "z1"), "ring_size": ("64", 64), "n": ("5", 5), "r": ("3", 3), "w": ("1", 1),
+    "fsync": ("always", "always"), "sync_interval_ms": ("50", 50),
+    "request_timeout_ms": ("900", 900), "max_connections": ("77", 77),
+    "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
+    "max_value_bytes": ("4096", 4096), "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
+    "password": ("hunter22", "hunter22"), "cluster_secret": ("s3cret-s3cret", "s3cret-s3cret"),
+    "allow_flush": ("false", False), "join": ("true", True),
+    "gossip_interval_ms": ("100", 100), "gossip_fanout": ("3", 3), "phi_threshold": ("4.5", 4.5),
+    "hint_replay_interval_ms": ("200", 200), "hint_replay_rate": ("10", 10),
+    "ae_enabled": ("no", False), "ae_interval_ms": ("50", 50), "tombstone_grace_s": ("5", 5),
+    "insecure_dev_secret": ("yes", True), "log_level": ("debug", "debug"),
+    "log_format": ("json", "json"),
+}
+
+
+def test_the_samples_cover_every_setting_with_a_non_default_value():
+    assert sorted(SAMPLES) == sorted(f.name for f in SETTINGS)
+    defaults = NodeConfig()
+    for f in SETTINGS:
+        assert getattr(defaults, f.name) != SAMPLES[f.name][1], f.name
+
+
+def test_every_setting_is_listed_in_docs_config_md():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "config.md"), encoding="utf-8") as f:
+        doc = f.read()
+    rows = {m.group(1) for m in re.finditer(r"^\| `(\w+)` \|", doc, re.M)}
+    missing = sorted({f.name for f in SETTINGS} - rows)
+    assert not missing, f"settings missing from docs/config.md's table: {missing}"
+    assert not rows - {f.name for f in SETTINGS}, "docs/config.md lists settings that do not exist"
+    for f in SETTINGS:
+        assert f"`{flag_name(f.name)}`" in doc and f"`{env_name(f.name)}`" in doc, f.name
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_every_setting_loads_from_its_flag_and_its_variable(name):
+    text, want = SAMPLES[name]
+    # r and w must not exceed n; max_siblings at least warn_siblings: give the others room
+    base = {"n": 5} if name in ("r", "w") else {"warn_siblings": 1} if name == "max_siblings" else {}
+    assert getattr(load(environ={env_name(name): text}, **base), name) == want
+    f = next(f for f in SETTINGS if f.name == name)
+    argv = ["start", f"{flag_name(name)}={text}" if f.type is not bool else flag_name(name)
+            if want else "--no-" + flag_name(name)[2:]]
+    args = kvnode.parser().parse_args(argv)
+    assert getattr(load(**{name: getattr(args, name)}, **base), name) == want
+
+
+def test_flags_win_over_variables_and_variables_over_the_file(tmp_path):
+    toml = tmp_path / "n.toml"
+    toml.write_text("port = 7001\nn = 3\nring_size = 32\n")
+    env = {"RINGKV_PORT": "7002", "RINGKV_RING_SIZE": "64", "RINGKV_NO_EXTENSIONS": "1"}
+    cfg = load(toml, environ=env, port=7003)
+    assert (cfg.port, cfg.ring_size, cfg.n) == (7003, 64, 3)
+    assert from_environ({"RINGKV_DEBUG": "1", "RINGKV_CI": "1"}) == {}   # not settings
+
+
+@pytest.mark.parametrize("env, word", [
+    ({"RINGKV_PORT": "seven"}, "RINGKV_PORT"), ({"RINGKV_AE_ENABLED": "maybe"}, "RINGKV_AE_ENABLED"),
+    ({"RINGKV_PHI_THRESHOLD": "x"}, "RINGKV_PHI_THRESHOLD"), ({"RINGKV_LOG_LEVEL": "loud"}, "log_level"),
+])
+def test_a_bad_variable_is_refused_naming_it(env, word):
+    with pytest.raises(ConfigError, match=word):
+        load(environ=env)
+
+
+def test_no_setting_value_in_repr_that_must_stay_secret():
+    text = repr(load(password="hunter22", cluster_secret="s3cret-s3cret"))
+    assert "hunter22" not in text and "s3cret" not in text
+    assert all(f.metadata.get("help") for f in dataclasses.fields(NodeConfig))
