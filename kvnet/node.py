@@ -881,7 +881,13 @@ class Node(driver.Cluster, Backend):
                 row.update(state=v.get("state", "unknown"), heartbeat_age_s=v.get("heartbeat_age_s"),
                            suspected_by=v.get("suspected_by", []), generation=v.get("generation"))
             members.append(row)
-        return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members}
+        ae = self.antientropy
+        st = ae.stats
+        return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members,
+                "antientropy": {"catchup_pending": ae.catchup_pending(),
+                                "exchanges": st["exchanges"],
+                                # keys this node's store took from a peer, in either's exchange
+                                "keys_repaired": st["keys_repaired_here"] + st["served_repairs"]}}
 
     async def cluster_admin(self, op, node=None):
         """KV.CLUSTER: join/leave/remove/clear NODE stage a change; plan, commit, transfers.

@@ -34,6 +34,10 @@ MAX_SESSIONS = 4                 # responder caches kept at once
 SESSION_TTL = 120.0              # seconds a responder cache lives unused
 WALK_CHUNK = 4096                # keys per step of a store walk (the loop runs between steps)
 EQUAL_PAUSE = 0.02               # seconds between exchanges while roots keep being equal
+CATCHUP_PAUSE = 0.02             # seconds between the exchanges of a catch-up
+WATCH_PERIOD = 0.5               # seconds between two looks at the peers' restarts
+START_DELAY = 1.0                # seconds before a starting node's first exchange, at most
+CATCHUP_TRIES = 3                # a catch-up exchange that fails is tried this often
 
 
 async def segment_keys(part, segments):
@@ -108,6 +112,11 @@ class AntiEntropy:
     Every `interval_ms` (default cfg.ae_interval_ms) the scheduler takes the next partition this
     node is a primary of, exchanges it with the next up primary of it, then runs one reaper pass.
     One exchange at a time. `stats` sums the exchanges this node started.
+
+    Catch-up comes first: a node that starts, and every node that sees a peer restart (a new
+    generation) or come back up, queues the partitions it shares with that peer and exchanges
+    them back to back (CATCHUP_PAUSE apart) before the paced round goes on, so a node that
+    missed writes while it was down is repaired in seconds, not in a round of Q intervals.
     """
 
     def __init__(self, node, *, interval_ms=None, grace_s=None, max_keys=MAX_BATCH_KEYS,
@@ -131,6 +140,9 @@ class AntiEntropy:
         self._mine = []
         self._turn = 0
         self._peer_turn = {}
+        self._urgent = deque()           # (partition, peer or None, tries left): catch-up first
+        self._queued = set()             # (partition, peer) in _urgent
+        self._seen = {}                  # peer -> (generation, up) at the last look
 
     def handlers(self):
         h = {"ae_root": self._h_root, "ae_diff": self._h_diff, "ae_keys": self._h_keys,
@@ -141,6 +153,10 @@ class AntiEntropy:
     async def start(self):
         if self.node.cfg.ae_enabled and self._task is None:
             self._stopping = False
+            self._seen = {}
+            self._next_partition()                  # (fills _mine)
+            for p in self._mine:                    # this node may have missed writes while down
+                self._queue(p, None)
             self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self):
@@ -160,12 +176,16 @@ class AntiEntropy:
     async def _loop(self):
         delay, quick, last_reap = self.interval, 0, float("-inf")
         loop = asyncio.get_running_loop()
+        # the first exchanges wait a moment (at most a second): the members this node just
+        # greeted are still connecting, and their own catch-up with it starts as they see it
+        await asyncio.sleep(min(self.interval, START_DELAY))
         while not self._stopping:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             out = None
             reap = loop.time() - last_reap >= self.interval      # the reaper: once an interval
             if reap:
                 last_reap = loop.time()
+            urgent = bool(self._urgent)
             try:
                 out = await self.tick(reap=reap)
             except Exception as exc:
@@ -173,22 +193,98 @@ class AntiEntropy:
             # Equal roots cost one small message each way: go on to the next partition after a
             # short pause, for at most one round of this node's partitions; an exchange that
             # found differences (or failed) waits the full interval, so foreground work comes
-            # first. One exchange at a time either way.
-            if out is not None and out["equal"] and quick < len(self._mine):
+            # first. A catch-up goes on at once. One exchange at a time either way.
+            if urgent or self._urgent:
+                delay, quick = CATCHUP_PAUSE, 0
+            elif out is not None and out["equal"] and quick < len(self._mine):
                 delay, quick = min(self.interval, EQUAL_PAUSE), quick + 1
             else:
                 delay, quick = self.interval, 0
+
+    async def _sleep(self, delay):
+        """Sleep up to `delay`, looking at the peers every WATCH_PERIOD: a catch-up to run
+        ends the sleep."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        while not self._stopping:
+            self._watch_peers()
+            left = end - loop.time()
+            if left <= 0 or (self._urgent and delay > CATCHUP_PAUSE):
+                return
+            await asyncio.sleep(min(left, WATCH_PERIOD))
+
+    def _watch_peers(self):
+        """Queue a catch-up with every peer that restarted (a newer generation) or came back
+        up since the last look."""
+        node = self.node
+        gossip = getattr(node, "gossip", None)
+        for peer in node.ring.nodes:
+            if peer == node.name:
+                continue
+            m = None if gossip is None else gossip.table.get(peer)
+            now = (None if m is None else m.generation, node.is_up(peer))
+            before = self._seen.get(peer)
+            self._seen[peer] = now
+            if before is None or not now[1]:
+                continue
+            if not before[1] or (before[0] is not None and now[0] is not None and now[0] > before[0]):
+                self.catch_up(peer)
+
+    def catch_up(self, peer):
+        """Queue an exchange with `peer` of every partition both hold (primaries of it)."""
+        self._next_partition()
+        ring = self.node.ring
+        n = 0
+        for p in self._mine:
+            if peer in ring.preference_list(p) and self._queue(p, peer):
+                n += 1
+        if n:
+            log.info("anti-entropy on %s: catching up %d partitions with %s",
+                     self.node.name, n, peer)
+
+    def _queue(self, p, peer, tries=CATCHUP_TRIES):
+        if (p, peer) in self._queued:
+            return False
+        self._queued.add((p, peer))
+        self._urgent.append((p, peer, tries))
+        return True
+
+    def catchup_pending(self):
+        """Catch-up exchanges still queued (kvctl status)."""
+        return len(self._urgent)
 
     async def tick(self, reap=True):
         """One scheduled step: exchange the next partition with its next up primary, then one
         reaper pass (unless reap is False). Returns the exchange's counters (a dict) or None
         if none ran."""
         out = None
+        if self._urgent:
+            return await self._catch_up_one(reap)
         p = self._next_partition()
         if p is not None:
             peer = self._next_peer(p)
             if peer is not None:
                 out = await self.exchange(p, peer)
+        if reap:
+            await self.reaper.pass_once()
+        return out
+
+    async def _catch_up_one(self, reap):
+        p, peer, tries = self._urgent.popleft()
+        self._queued.discard((p, peer))
+        ring = self.node.ring
+        out = None
+        if self.node.name in ring.preference_list(p):          # (the ring may have changed)
+            target = self._next_peer(p) if peer is None else peer
+            if target is not None and target in ring.preference_list(p) and self.node.is_up(target):
+                try:
+                    out = await self.exchange(p, target)
+                except Exception:
+                    if tries > 1:
+                        self._queue(p, peer, tries - 1)
+                    raise
+                if out is None and tries > 1:                   # its tree is not built yet
+                    self._queue(p, peer, tries - 1)
         if reap:
             await self.reaper.pass_once()
         return out

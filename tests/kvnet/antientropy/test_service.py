@@ -470,3 +470,45 @@ def test_equal_partitions_are_checked_without_the_full_pause(ae):
             await c.stop()
 
     ae.run(main())
+
+
+def test_a_restarted_node_is_caught_up_first_not_after_a_round_of_intervals(ae):
+    """With an exchange a minute, a node that comes back from a stop during which it missed
+    writes (here: wiped) is repaired within seconds: it exchanges every partition it holds
+    as it starts, and its peers, seeing its new generation, do the same with it."""
+    async def main():
+        c = await ae.make(q=16, ae_interval_ms=60_000)
+        try:
+            n0 = c.nodes[0]
+            keys = [b"k%d" % i for i in range(400)]
+            for k in keys:
+                await n0.set_overwrite(k, b"v-" + k)
+            want = {k: c.raw(0, k) for k in keys}
+            assert converged(c, want)                  # replicated by the writes themselves
+            await c.restart(2, wipe=True)
+            assert sum(c.raw(2, k) is not None for k in keys) == 0
+            assert await ae.wait_for(lambda: converged(c, want), timeout=15, step=0.1)
+            st = (await c.nodes[2].status())["antientropy"]      # what kvctl status shows
+            assert st["keys_repaired"] == len(keys) and st["exchanges"] > 0
+        finally:
+            await c.stop()
+
+    ae.run(main(), timeout=60)
+
+
+def test_peers_queue_a_catch_up_when_a_member_restarts(ae):
+    async def main():
+        c = await ae.make(q=8, ae_interval_ms=60_000, gossip_interval_ms=50)
+        try:
+            seen = []
+            svc0 = c.svc[0]
+            real = svc0.catch_up
+            svc0.catch_up = lambda peer: (seen.append(peer), real(peer))
+            await ae.wait_for(lambda: len(svc0._seen) == 2, timeout=5)   # it has looked once
+            await c.restart(2)
+            assert await ae.wait_for(lambda: "n2" in seen, timeout=10)
+            assert seen.count("n1") == 0                # n1 did not restart
+        finally:
+            await c.stop()
+
+    ae.run(main(), timeout=60)
