@@ -109,6 +109,11 @@ class Node(driver.Cluster, Backend):
         if kept is not None:
             self.install_ring(kept, save=False)
         self.replica.open_existing()
+        if self.ring is not None:
+            # every partition this node is a primary of, created now rather than by its first
+            # write: "ready" means writable at full speed (docs/cluster.md)
+            self.replica.open_all(p for p in range(self.ring.q)
+                                  if self.name in self.ring.preference_list(p))
         self.hints = HintLog(os.path.join(self.cfg.data_dir, "hints"), dvv_merge,
                              fsync="never" if self.cfg.fsync == "never" else "interval",
                              sync_interval_ms=self.cfg.sync_interval_ms)

@@ -538,3 +538,19 @@ def test_a_client_that_leaves_while_its_set_is_in_flight(tmp_path, caplog):
     with caplog.at_level("ERROR"):
         run(main())
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_a_started_node_holds_every_partition_it_is_a_primary_of_open(tmp_path):
+    """Ready means writable at full speed: no partition waits for its first write to be
+    created (that cost the first seconds of a fresh cluster; benchmarks/first_second.py)."""
+    async def main():
+        nodes, _ = await _cluster(tmp_path, nodes=4, n=2, ring_size=32)
+        try:
+            for node in nodes:
+                mine = {p for p in range(32) if node.name in node.ring.preference_list(p)}
+                assert set(node.replica.partitions) == mine and len(mine) == 16
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    run(main())

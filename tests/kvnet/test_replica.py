@@ -406,3 +406,22 @@ def test_merge_stores_the_incoming_bytes_only_when_they_encode_the_result(tmp_pa
     assert r.read_raw(0, b"k") == V.encode(merged)
     fresh = r.merge(0, b"new", V.decode(raw), raw)         # nothing local: the bytes as they came
     assert r.read_raw(0, b"new") == raw and fresh == incoming
+
+
+def test_open_all_opens_partitions_in_threads_and_unclean_ones_get_distinct_epochs(tmp_path):
+    r = LocalReplica(str(tmp_path), "n1", fsync="never")
+    r.open_all(range(40), workers=8)
+    assert sorted(r.partitions) == list(range(40))
+    for p in range(40):
+        r.merge(p, b"k%d" % p, V.new(S(b"v")))
+    asyncio.run(r.commit())
+    r2_dir = tmp_path / "copy"                   # a crash: the files of stores still open (no
+    shutil.copytree(tmp_path, r2_dir, ignore=shutil.ignore_patterns("copy"))   # clean marker)
+    r2 = LocalReplica(str(r2_dir), "n1", fsync="never")
+    r2.open_existing()
+    assert sorted(r2.partitions) == list(range(40))
+    epochs = [r2.partitions[p].trusted_from for p in range(40)]
+    assert len(set(epochs)) == 40 and min(epochs) > 0       # each distrusted with its own epoch
+    assert all(r2.read(p, b"k%d" % p) is not None for p in range(40))
+    asyncio.run(r2.close())
+    asyncio.run(r.close())
