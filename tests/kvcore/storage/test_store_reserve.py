@@ -194,7 +194,7 @@ def test_sigkill_with_fsync_never_loses_no_acknowledged_put(tmp_path, twin, kill
         assert not rec["clean"] and rec["corrupt_records"] == 0
         assert rec["zero_tail_bytes"] > 0 or twin
         # a kill in the middle of a put may leave that (unacknowledged) record torn
-        assert rec["torn_tail_bytes"] < 24 + 10 + 70
+        assert rec["torn_tail_bytes"] <= 24 + 10 + 70   # at most that one whole record
         for i in range(acked + 1):
             key = b"key-%06d" % i
             assert s.get(key) == key * 7, i
