@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
 
 from kvcore.hashing import partition as _partition
 
@@ -61,12 +64,15 @@ class _Routing:
     forwarding hop, since any node accepts any request)."""
 
     def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=True,
-                 socket_timeout=10.0, ring_ttl=5.0):
+                 socket_timeout=10.0, ring_ttl=5.0, retries=None):
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a host name or address (str), not {host!r}")
         if type(port) is not int or not 0 < port < 65536:
             raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
+        if retries is not None and (type(retries) is not int or retries < 0):
+            raise ValueError(f"retries must be an int >= 0 or None, not {retries!r}")
         self._opts = dict(password=password, socket_timeout=socket_timeout)
+        self._retries = retries      # None: redis-py's own retry policy (a few, with backoff)
         self._seed = (host, port)
         self._conns = {}
         self._route = route
@@ -114,15 +120,18 @@ class Client(_Routing):
     def _conn(self, addr):
         c = self._conns.get(addr)
         if c is None:
-            c = self._conns[addr] = redis.Redis(host=addr[0], port=addr[1], **self._opts)
+            opts = dict(self._opts)
+            if self._retries is not None:
+                opts["retry"] = redis.retry.Retry(NoBackoff(), self._retries)
+            c = self._conns[addr] = redis.Redis(host=addr[0], port=addr[1], **opts)
         return c
 
     def _addr_for(self, key):
         if self._route and self._stale():
             try:
                 self._set_ring(self._conn(self._seed).execute_command("KV.RING"))
-            except redis.ConnectionError:
-                raise
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise                     # the seed is unreachable: no point asking it again
             except redis.RedisError:
                 self._route = False
         return self._routed_addr(key) if self._route else self._seed
@@ -195,15 +204,18 @@ class AsyncClient(_Routing):
     def _conn(self, addr):
         c = self._conns.get(addr)
         if c is None:
-            c = self._conns[addr] = aredis.Redis(host=addr[0], port=addr[1], **self._opts)
+            opts = dict(self._opts)
+            if self._retries is not None:
+                opts["retry"] = redis.asyncio.retry.Retry(NoBackoff(), self._retries)
+            c = self._conns[addr] = aredis.Redis(host=addr[0], port=addr[1], **opts)
         return c
 
     async def _call(self, key, *args):
         if self._route and self._stale():
             try:
                 self._set_ring(await self._conn(self._seed).execute_command("KV.RING"))
-            except redis.ConnectionError:
-                raise
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise                     # the seed is unreachable: no point asking it again
             except redis.RedisError:
                 self._route = False
         addr = self._routed_addr(key) if self._route else self._seed

@@ -10,15 +10,170 @@
     kvctl clear NODE             unstage it
     kvctl plan                   staged changes, partitions and bytes that would move
     kvctl commit                 apply the staged changes (partitions move in the background)
-    kvctl transfers              progress of the partition transfers of a ring change
+    kvctl transfers [--watch]    progress of the partition transfers of a ring change
+
+Tables are drawn with rich; `--json` (before or after the subcommand) prints the data the
+command fetched as one JSON document instead (docs/cluster.md has the shape). Errors (no
+answer in time, a refused connection, a missing or wrong password, the node's own error
+replies) are one line on stderr, `kvctl: ...`, with exit status 1; bad arguments exit 2.
 """
 import argparse
+import json
+import os
+import re
 import sys
+import time
 from collections import Counter
 
 import redis
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
 
 from kvnet.client import Client
+
+OK, FAILED, USAGE = 0, 1, 2
+NOT_A_TERMINAL_WIDTH = 500     # piped or captured output: rows are never wrapped (greppable)
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+
+def _host(text):
+    if not text or any(ch.isspace() for ch in text):
+        raise argparse.ArgumentTypeError(f"not a host name or address: {text!r}")
+    return text
+
+
+def _port(text):
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a port is 1 to 65535, not {port}")
+    return port
+
+
+def _seconds(text):
+    try:
+        s = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < s <= 3600:
+        raise argparse.ArgumentTypeError(f"seconds must be more than 0 and at most 3600, not {text}")
+    return s
+
+
+def _hex(text):
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a context is the hex string `kvctl get` prints, not {text!r}") from None
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="kvctl", description="Inspect and use a ringkv cluster.")
+    ap.add_argument("--host", type=_host, default="127.0.0.1", help="a node's client address (default 127.0.0.1)")
+    ap.add_argument("--port", type=_port, default=7379, help="its client port (default 7379)")
+    ap.add_argument("--password", default=None, help="the nodes' client password (AUTH)")
+    ap.add_argument("--timeout", type=_seconds, default=10.0,
+                    help="seconds to wait for a connection or an answer (default 10)")
+    ap.add_argument("--json", action="store_true", help="print the data as JSON, no table")
+    # --json after the subcommand too: SUPPRESS keeps the global value when it is not given
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the data as JSON, no table")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name, help_):
+        return sub.add_parser(name, help=help_, parents=[common], description=help_)
+
+    add("status", "members and their state")
+    add("ring", "ring epoch, Q, N and ownership")
+    add("preflist", "the replicas of a key").add_argument("key")
+    g = add("get", "context and all siblings of a key")
+    g.add_argument("key")
+    g.add_argument("--r", default=None, help="read quorum: a number, one, quorum or all")
+    pt = add("put", "write a value (a sibling unless --context)")
+    pt.add_argument("key")
+    pt.add_argument("value")
+    pt.add_argument("--context", type=_hex, default=None, help="hex context from `kvctl get`")
+    pt.add_argument("--w", default=None, help="write quorum: a number, one, quorum or all")
+    d = add("del", "delete a key")
+    d.add_argument("key")
+    d.add_argument("--context", type=_hex, default=None, help="hex context from `kvctl get`")
+    for op, help_ in (("join", "stage the join of a node started with `kvnode start --join`"),
+                      ("leave", "stage a live node's leave (it hands off, then exits)"),
+                      ("remove", "stage the removal of a dead node"),
+                      ("clear", "unstage a node's change")):
+        add(op, help_).add_argument("node")
+    add("plan", "what the staged changes would move")
+    add("commit", "apply the staged changes")
+    t = add("transfers", "partition transfers of the ring change in progress")
+    t.add_argument("--watch", action="store_true",
+                   help="follow them, a progress bar per moving partition, until the ring settles")
+    t.add_argument("--interval", type=_seconds, default=1.0,
+                   help="seconds between two looks with --watch (default 1)")
+    return ap
+
+
+# ---- output helpers ------------------------------------------------------------------------------
+
+def _console(out):
+    con = Console(file=out, highlight=False, markup=False, emoji=False)
+    if not con.is_terminal:
+        con.width = NOT_A_TERMINAL_WIDTH
+    return con
+
+
+def _show(con, renderable):
+    """Print a table; in a pipe or a file without the cells' trailing padding."""
+    if con.is_terminal:
+        con.print(renderable)
+        return
+    with con.capture() as cap:
+        con.print(renderable)
+    con.file.write("".join(line.rstrip() + "\n" for line in cap.get().splitlines()))
+
+
+def _table(*columns):
+    """A plain table; columns named "name>" are right-aligned (numbers)."""
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for c in columns:
+        right = c.endswith(">")
+        t.add_column(c.rstrip(">"), justify="right" if right else "left", no_wrap=right)
+    return t
+
+
+def _jsonable(x):
+    """Bytes as UTF-8 text when they decode, else {"hex": ...}; containers recursively."""
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(x).decode()
+        except UnicodeDecodeError:
+            return {"hex": bytes(x).hex()}
+    if isinstance(x, dict):
+        return {_key(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _key(k):
+    if isinstance(k, (bytes, bytearray)):
+        try:
+            return bytes(k).decode()
+        except UnicodeDecodeError:
+            return bytes(k).hex()
+    return k if isinstance(k, str) else str(k)
+
+
+def _print_json(data, out, compact=False):
+    sep = (",", ":") if compact else None
+    print(json.dumps(_jsonable(data), separators=sep, indent=None if compact else 2), file=out)
+    out.flush()
 
 
 def _show_value(v):
@@ -30,125 +185,357 @@ def _show_value(v):
         return repr(v)
 
 
-def main(argv=None, out=sys.stdout):
-    ap = argparse.ArgumentParser(prog="kvctl", description="Inspect and use a ringkv cluster.")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=7379)
-    ap.add_argument("--password", default=None)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status", help="members and their state")
-    sub.add_parser("ring", help="ring epoch, Q, N and ownership")
-    p = sub.add_parser("preflist", help="the replicas of a key")
-    p.add_argument("key")
-    g = sub.add_parser("get", help="context and all siblings of a key")
-    g.add_argument("key")
-    g.add_argument("--r", default=None)
-    pt = sub.add_parser("put", help="write a value (a sibling unless --context)")
-    pt.add_argument("key")
-    pt.add_argument("value")
-    pt.add_argument("--context", default=None, help="hex context from `kvctl get`")
-    pt.add_argument("--w", default=None)
-    d = sub.add_parser("del", help="delete a key")
-    d.add_argument("key")
-    d.add_argument("--context", default=None)
-    for op, help_ in (("join", "stage the join of a node started with `kvnode start --join`"),
-                      ("leave", "stage a live node's leave (it hands off, then exits)"),
-                      ("remove", "stage the removal of a dead node"),
-                      ("clear", "unstage a node's change")):
-        sub.add_parser(op, help=help_).add_argument("node")
-    sub.add_parser("plan", help="what the staged changes would move")
-    sub.add_parser("commit", help="apply the staged changes")
-    sub.add_parser("transfers", help="partition transfers of the ring change in progress")
-    args = ap.parse_args(argv)
+def _size(n):
+    if n is None:
+        return "?"
+    if n < 1000:
+        return f"{n} B"
+    n = float(n)
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if round(n, 1) < 1000 or unit == "TB":
+            break
+    return f"{n:.1f} {unit}"
 
-    c = Client(args.host, args.port, password=args.password)
+
+def _of(done, est, fmt=str):
+    return fmt(done) if est is None else f"{fmt(done)}/{fmt(est)}"
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+_CONNECTING = re.compile(r"^Error -?\d+ connecting to \S+:\d+\.\s*(.*)$", re.S)
+
+
+def _one_line(text):
+    return " ".join(str(text).split()).rstrip(".") or "no message"
+
+
+def error_line(exc, where, password=None, timeout=None):
+    """The one line kvctl prints for an error talking to `where` (host:port)."""
+    msg = _one_line(exc)
+    if isinstance(exc, redis.AuthenticationError) or (
+            isinstance(exc, redis.ResponseError) and msg.startswith(("NOAUTH", "WRONGPASS"))):
+        if "without any password configured" in msg or "no password is set" in msg:
+            return f"{where} has no password set; leave out --password ({msg})"
+        if password is None:
+            return f"{where} needs a password (NOAUTH: {msg}); give it with --password"
+        return f"{where} refused the password (WRONGPASS: {msg})"
+    if isinstance(exc, redis.TimeoutError):
+        after = f" within {timeout:g} s" if timeout else ""
+        return f"{where} did not answer{after} (timed out: {msg})"
+    if isinstance(exc, redis.ConnectionError):
+        m = _CONNECTING.match(str(exc).strip())
+        if m:
+            return f"cannot connect to {where}: {_one_line(m.group(1))}"
+        return f"{where}: connection failed: {msg}"
+    if isinstance(exc, redis.ResponseError):
+        return f"{where}: {msg}"
+    if isinstance(exc, redis.RedisError):
+        return f"{where}: {type(exc).__name__}: {msg}"
+    if isinstance(exc, OSError):
+        return f"{where}: {exc.strerror or msg}"
+    return f"{where}: unexpected {type(exc).__name__}: {msg}"
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+def main(argv=None, out=None, err=None):
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    args = _parser().parse_args(argv)         # bad arguments: usage on stderr, SystemExit(2)
+    where = f"{args.host}:{args.port}"
+    c = Client(args.host, args.port, password=args.password, socket_timeout=args.timeout,
+               retries=0)                     # a command line answers now: no retry, no backoff
     try:
-        if args.cmd == "status":
-            st = c.status()
-            print(f"node {st['node']}, ring epoch {st['ring_epoch']}", file=out)
-            print(f"{'member':<16}{'status':<9}{'route':<7}{'liveness':<10}{'heartbeat age':>14}"
-                  f"{'partitions':>12}  suspected by", file=out)
-            for m in st["members"]:
-                age = m.get("heartbeat_age_s")
-                age = "-" if age is None else f"{float(age):.2f} s"
-                print(f"{m['name']:<16}{m.get('status') or '-':<9}{'up' if m['up'] else 'down':<7}"
-                      f"{m.get('state', '?'):<10}{age:>14}{m['partitions']:>12}  "
-                      f"{', '.join(m.get('suspected_by') or []) or '-'}", file=out)
-        elif args.cmd == "ring":
-            ring = c.ring()
-            owned = Counter(ring["owners"])
-            print(f"epoch {ring['epoch']}, Q={ring['q']}, N={ring['n']}", file=out)
-            for n in ring["nodes"]:
-                where = f"{n['host']}:{n['port']}" if n.get("port") else "?"
-                print(f"{n['name']:<16}{where:<22}{owned[n['name']]:>5} partitions", file=out)
-        elif args.cmd == "preflist":
-            for i, t in enumerate(c.preflist(args.key)):
-                print(f"{i + 1}. {t['node']}  partition {t['partition']}  "
-                      f"{'up' if t['up'] else 'down'}", file=out)
-        elif args.cmd == "get":
-            obj = c.get(args.key, r=args.r)
-            print(f"context {obj.context.hex()}", file=out)
-            if not obj.found:
-                print("(not found)", file=out)
-            for v in obj.values:
-                print(_show_value(v), file=out)
-        elif args.cmd == "put":
-            ctx = bytes.fromhex(args.context) if args.context else None
-            print(f"context {c.put(args.key, args.value, context=ctx, w=args.w).hex()}", file=out)
-        elif args.cmd in ("join", "leave", "remove", "clear"):
-            staged = c.cluster(args.cmd, args.node)["staged"]
-            print("staged: " + (", ".join(f"{op} {n}" for n, op in sorted(staged.items())) or "nothing"),
-                  file=out)
-            print("next: `kvctl plan`, then `kvctl commit`", file=out)
-        elif args.cmd == "plan":
-            _print_plan(c.cluster("plan"), out)
-        elif args.cmd == "commit":
-            res = c.cluster("commit")
-            print(f"committed: ring epoch {res['epoch']}, {res['transfers']} partition transfers; "
-                  "follow them with `kvctl transfers`", file=out)
-        elif args.cmd == "transfers":
-            t = c.cluster("transfers")
-            if not t["moving"]:
-                print(f"ring epoch {t['epoch']}: settled, no transfers", file=out)
-            else:
-                done = sum(1 for r in t["transfers"] if r["state"] == "done")
-                print(f"ring epoch {t['epoch']}: {done} of {len(t['transfers'])} transfers done",
-                      file=out)
-                print(f"{'partition':>9}  {'to':<14}{'from':<14}{'state':<9}{'keys':>9}{'bytes':>12}",
-                      file=out)
-                for r in t["transfers"]:
-                    print(f"{r['partition']:>9}  {r['to']:<14}{r['from'] or '-':<14}{r['state']:<9}"
-                          f"{r['keys']:>9}{r['bytes']:>12}", file=out)
-        elif args.cmd == "del":
-            ctx = bytes.fromhex(args.context) if args.context else None
-            print(f"context {c.delete(args.key, context=ctx).hex()}", file=out)
-    except redis.ConnectionError as exc:
-        print(f"kvctl: cannot reach {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    except redis.ResponseError as exc:
-        print(f"kvctl: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"kvctl: {exc}", file=sys.stderr)
-        return 2
+        if args.cmd == "transfers" and args.watch:
+            return watch_transfers(c, out, interval=args.interval, as_json=args.json)
+        _run(c, args, out)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:                   # `kvctl ... | head`: the reader has gone
+        if out is sys.stdout:                 # and no second error when Python flushes it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
+    except Exception as exc:
+        print(f"kvctl: {error_line(exc, where, args.password, args.timeout)}", file=err)
+        return FAILED
     finally:
-        c.close()
-    return 0
+        try:
+            c.close()
+        except Exception:
+            pass
+    return OK
 
 
-def _print_plan(plan, out):
+def _run(c, args, out):
+    as_json = args.json
+    con = None if as_json else _console(out)
+    shown = {"status": (c.status, _show_status), "ring": (c.ring, _show_ring),
+             "preflist": (lambda: c.preflist(args.key),
+                          lambda pl, con: _show_preflist(args.key, pl, con)),
+             "plan": (lambda: c.cluster("plan"), _show_plan),
+             "transfers": (lambda: c.cluster("transfers"), _show_transfers)}
+    if args.cmd in shown:
+        fetch, show = shown[args.cmd]
+        data = fetch()
+        if as_json:
+            _print_json(data, out)
+        else:
+            show(data, con)
+    elif args.cmd == "get":
+        obj = c.get(args.key, r=args.r)
+        if as_json:
+            _print_json({"key": obj.key, "context": obj.context.hex(), "found": obj.found,
+                         "values": obj.values}, out)
+        else:
+            con.print(f"context {obj.context.hex()}", soft_wrap=True)
+            if not obj.found:
+                con.print("(not found)")
+            for v in obj.values:
+                con.print(_show_value(v), soft_wrap=True)
+    elif args.cmd in ("put", "del"):
+        if args.cmd == "put":
+            ctx = c.put(args.key, args.value, context=args.context, w=args.w)
+        else:
+            ctx = c.delete(args.key, context=args.context)
+        if as_json:
+            _print_json({"key": args.key, "context": ctx.hex()}, out)
+        else:
+            con.print(f"context {ctx.hex()}", soft_wrap=True)
+    elif args.cmd in ("join", "leave", "remove", "clear"):
+        res = c.cluster(args.cmd, args.node)
+        if as_json:
+            _print_json(res, out)
+        else:
+            staged = res["staged"]
+            con.print("staged: " + (", ".join(f"{op} {n}" for n, op in sorted(staged.items()))
+                                    or "nothing"), soft_wrap=True)
+            con.print("next: `kvctl plan`, then `kvctl commit`")
+    elif args.cmd == "commit":
+        res = c.cluster("commit")
+        if as_json:
+            _print_json(res, out)
+        else:
+            con.print(f"committed: ring epoch {res['epoch']}, {res['transfers']} partition "
+                      "transfers; follow them with `kvctl transfers --watch`", soft_wrap=True)
+
+
+# ---- the tables ----------------------------------------------------------------------------------
+
+def _show_status(st, con):
+    con.print(f"node {st['node']}, ring epoch {st['ring_epoch']}")
+    t = _table("member", "status", "route", "liveness", "heartbeat age>", "partitions>",
+               "suspected by")
+    for m in st["members"]:
+        age = m.get("heartbeat_age_s")
+        age = "-" if age is None else f"{float(age):.2f} s"
+        t.add_row(m["name"], m.get("status") or "-", "up" if m["up"] else "down",
+                  m.get("state") or "?", age, str(m["partitions"]),
+                  ", ".join(m.get("suspected_by") or []) or "-")
+    _show(con, t)
+    ae = st.get("antientropy")
+    if ae:                  # what a node that was down is catching up (docs/operations.md)
+        con.print(f"anti-entropy on {st['node']}: {ae['catchup_pending']} catch-up exchanges "
+                  f"queued, {ae['exchanges']} exchanges run, {ae['keys_repaired']:,} keys "
+                  "repaired into it", soft_wrap=True)
+
+
+def _show_ring(ring, con):
+    owned = Counter(ring["owners"])
+    con.print(f"epoch {ring['epoch']}, Q={ring['q']}, N={ring['n']}")
+    t = _table("node", "address", "route", "partitions>", "share>")
+    for n in ring["nodes"]:
+        where = f"{n['host']}:{n['port']}" if n.get("port") else "?"
+        up = n.get("up")
+        t.add_row(n["name"], where, "-" if up is None else ("up" if up else "down"),
+                  str(owned[n["name"]]), f"{100.0 * owned[n['name']] / max(1, ring['q']):.1f}%")
+    _show(con, t)
+
+
+def _show_preflist(key, pl, con):
+    con.print(f"key {key}: partition {pl[0]['partition'] if pl else '?'}", soft_wrap=True)
+    t = _table("#>", "node", "role", "route")
+    for i, r in enumerate(pl):
+        t.add_row(str(i + 1), r["node"], "primary" if r.get("primary", True) else "fallback",
+                  "up" if r["up"] else "down")
+    _show(con, t)
+
+
+def _show_plan(plan, con):
     staged = plan["staged"]
     if not staged:
-        print("nothing staged", file=out)
+        con.print("nothing staged")
         return
-    print("staged: " + ", ".join(f"{op} {n}" for n, op in sorted(staged.items())), file=out)
-    print(f"{len(plan['transfers'])} partition transfers, about {plan['bytes']:,} bytes", file=out)
+    con.print("staged: " + ", ".join(f"{op} {n}" for n, op in sorted(staged.items())),
+              soft_wrap=True)
+    con.print(f"{len(plan['transfers'])} partition transfers, about {plan['bytes']:,} bytes")
+    received = Counter()
+    for tr in plan["transfers"]:
+        received[tr[1]] += tr[3] or 0
+    t = _table("node", "receives>", "about bytes>", "owns after>")
+    after = plan.get("owned_after") or {}
+    for node in sorted(set(after) | set(plan["moves"])):
+        t.add_row(node, str(plan["moves"].get(node, 0)), f"{received[node]:,}",
+                  str(after.get(node, 0)))
+    _show(con, t)
     for node, count in sorted(plan["moves"].items()):
-        parts = sorted({t[0] for t in plan["transfers"] if t[1] == node})
-        print(f"  {node} receives {count} partition replicas: partitions "
-              f"{', '.join(map(str, parts))}", file=out)
-    print("partitions owned after: " + ", ".join(f"{n} {c}" for n, c in sorted(plan["owned_after"].items())),
-          file=out)
+        parts = sorted({tr[0] for tr in plan["transfers"] if tr[1] == node})
+        con.print(f"  {node} receives {count} partition replicas: partitions "
+                  f"{', '.join(map(str, parts))}", soft_wrap=True)
+
+
+def _transfer_cells(r):
+    return (str(r["partition"]), r["to"], r.get("source") or r.get("from") or "-", r["state"],
+            _of(r.get("keys", 0), r.get("est_keys"), lambda n: f"{n:,}"),
+            _of(r.get("bytes", 0), r.get("est_bytes"), lambda n: f"{n:,}"))
+
+
+def _show_transfers(t, con):
+    if not t["moving"]:
+        con.print(f"ring epoch {t['epoch']}: settled, no transfers")
+        return
+    rows = t["transfers"]
+    done = sum(1 for r in rows if r["state"] == "done")
+    con.print(f"ring epoch {t['epoch']}: {done} of {len(rows)} transfers done")
+    tab = _table("partition>", "to", "from", "state", "keys>", "bytes>")
+    for r in rows:
+        tab.add_row(*_transfer_cells(r))
+    _show(con, tab)
+    failed = [r for r in rows if r["state"] == "failed" and r.get("error")]
+    for r in failed:
+        con.print(f"partition {r['partition']} to {r['to']} failed (retried): {r['error']}",
+                  soft_wrap=True)
+
+
+# ---- transfers --watch ---------------------------------------------------------------------------
+
+def watch_transfers(c, out, interval=1.0, as_json=False, console=None):
+    """Follow the transfers until the ring settles (exit status 0; Ctrl-C: 0 too). On a
+    terminal: a bar for the whole change and one per running transfer, redrawn in place; in a
+    pipe or a file: a line per transfer that starts, ends or fails; with as_json: the
+    transfers answer as one JSON line per look."""
+    try:
+        if as_json:
+            while True:
+                t = c.cluster("transfers")
+                _print_json(t, out, compact=True)
+                if not t["moving"]:
+                    return OK
+                time.sleep(interval)
+        con = console or _console(out)
+        if con.is_terminal:
+            return _watch_live(c, con, interval)
+        return _watch_lines(c, con, interval)
+    except KeyboardInterrupt:
+        return OK
+
+
+def _watch_lines(c, con, interval):
+    seen = {}
+    epoch = None
+    while True:
+        t = c.cluster("transfers")
+        if not t["moving"]:
+            con.print(f"ring epoch {t['epoch']}: settled" + ("" if epoch is None else
+                      f" (the change of epoch {epoch} is done)"))
+            return OK
+        if epoch != t["epoch"]:
+            epoch = t["epoch"]
+            done = sum(1 for r in t["transfers"] if r["state"] == "done")
+            con.print(f"ring epoch {epoch}: {len(t['transfers'])} transfers, {done} done")
+        for r in t["transfers"]:
+            k = (r["partition"], r["to"])
+            state = (r["state"], r.get("tries", 0))
+            if seen.get(k) == state:
+                continue
+            seen[k] = state
+            what = f"partition {r['partition']} -> {r['to']}"
+            if r["state"] == "running":
+                con.print(f"{what}: running (from {r.get('from') or '?'}; about "
+                          f"{_of_est(r.get('est_keys'))} keys, {_size(r.get('est_bytes'))})")
+            elif r["state"] == "done":
+                con.print(f"{what}: done, {r['keys']:,} keys, {r['bytes']:,} bytes")
+            elif r["state"] == "failed":
+                con.print(f"{what}: failed ({r.get('error') or 'no reason given'}); it is retried",
+                          soft_wrap=True)
+        time.sleep(interval)
+
+
+def _of_est(n):
+    return "?" if n is None else f"{n:,}"
+
+
+class _Bars:
+    """The live view: one bar for the change (transfers done of all), one per running or
+    failed transfer (keys sent of the estimate; bytes beside)."""
+
+    def __init__(self, con):
+        cols = (TextColumn("{task.description}"), BarColumn(bar_width=30), TaskProgressColumn(),
+                TextColumn("{task.fields[keys]}"), TextColumn("{task.fields[size]}"),
+                TextColumn("{task.fields[note]}"))
+        self.progress = Progress(*cols, console=con, auto_refresh=False, expand=False)
+        self.total = self.progress.add_task("all transfers", total=None, keys="", size="", note="")
+        self.tasks = {}
+
+    def update(self, t):
+        rows = t["transfers"]
+        done = sum(1 for r in rows if r["state"] == "done")
+        self.progress.update(self.total, completed=done, total=max(1, len(rows)),
+                             description=f"ring epoch {t['epoch']}: transfers",
+                             keys=f"{done} of {len(rows)} done", size="", note="")
+        shown = set()
+        for r in rows:
+            if r["state"] not in ("running", "failed"):
+                continue
+            k = (r["partition"], r["to"])
+            shown.add(k)
+            keys, est_k = r.get("keys", 0), r.get("est_keys")
+            sent, est_b = r.get("bytes", 0), r.get("est_bytes")
+            if est_k:
+                completed, total = min(keys, est_k), est_k
+            elif est_b:
+                completed, total = min(sent, est_b), est_b
+            else:
+                completed, total = keys, None
+            fields = dict(description=f"partition {r['partition']} -> {r['to']}",
+                          keys=f"{_of(keys, est_k, lambda n: f'{n:,}')} keys",
+                          size=f"{_size(sent)} of ~{_size(est_b)}" if est_b is not None else _size(sent),
+                          note=(f"from {r.get('source') or r.get('from') or '?'}"
+                                if r["state"] == "running" else f"failed: {r.get('error') or '?'}"))
+            if k not in self.tasks:
+                self.tasks[k] = self.progress.add_task(total=total, completed=completed, **fields)
+            else:
+                self.progress.update(self.tasks[k], total=total, completed=completed, **fields)
+        for k in list(self.tasks):
+            if k not in shown:
+                self.progress.remove_task(self.tasks.pop(k))
+
+    def settle(self, t):
+        for k in list(self.tasks):
+            self.progress.remove_task(self.tasks.pop(k))
+        total = self.progress.tasks[0].total or 1
+        self.progress.update(self.total, completed=total, total=total,
+                             description=f"ring epoch {t['epoch']}: settled",
+                             keys="every transfer done", size="", note="")
+
+
+def _watch_live(c, con, interval):
+    bars = _Bars(con)
+    t = c.cluster("transfers")
+    if not t["moving"]:
+        con.print(f"ring epoch {t['epoch']}: settled, no transfers")
+        return OK
+    with bars.progress as live:              # redrawn in place by refresh()
+        while True:
+            if not t["moving"]:
+                bars.settle(t)
+                live.refresh()
+                return OK
+            bars.update(t)
+            live.refresh()
+            time.sleep(interval)
+            t = c.cluster("transfers")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@ the next ring with kvcore's claim, refuses unless every owner it keeps is up, an
 *moving* ring state (ringstate.py) that gossip spreads. While the claimant sees the state moving
 it drives the transfers (`xfer` to each up old replica in turn, which streams the partition
 to the new replica in batches with `xfer_recv`, merged there), a few at a time, retrying the
-transfer when a source fails. When all are confirmed it installs the *settled* state: new owners serve, old ones drop
-what they no longer replicate, a leaving node exits. Rules: ALGORITHMS.md sections 3 and 5;
-docs/operations.md.
+transfer when a source fails. When all are confirmed it installs the *settled* state: new
+owners serve, old ones drop what they no longer replicate, a leaving node exits. Rules:
+ALGORITHMS.md sections 3 and 5; docs/operations.md.
+
+Progress: the node that streams a partition counts its keys and bytes batch by batch
+(`sending`); the claimant's `transfers` answer adds the count of the copy in flight (asked of
+its source with `xfer_progress`) to the totals of the copies already done, beside an estimate
+of the whole transfer taken from the sources' stores when it starts (`cl_sizes` with keys).
 """
 import asyncio
 import logging
@@ -37,6 +42,7 @@ class ClusterChanges:
         self.interval = interval or max(0.05, node.cfg.gossip_interval_ms / 1000.0)
         self.staged = {}             # node id -> op (on the claimant)
         self.progress = {}           # (epoch, partition, to) -> {"state", "keys", "bytes", ...}
+        self.sending = {}            # (partition, to) -> {"epoch", "keys", "bytes"}: streams from here
         self.stats = {"sent_keys": 0, "sent_bytes": 0, "received_keys": 0}
         self._task = None
         self._running = {}
@@ -45,7 +51,8 @@ class ClusterChanges:
     def handlers(self):
         return {"cl_stage": self._on_stage, "cl_plan": self._on_plan,
                 "cl_commit": self._on_commit, "cl_transfers": self._on_transfers,
-                "cl_sizes": self._on_sizes, "xfer": self._on_xfer, "xfer_recv": self._on_xfer_recv}
+                "cl_sizes": self._on_sizes, "xfer": self._on_xfer, "xfer_recv": self._on_xfer_recv,
+                "xfer_progress": self._on_xfer_progress}
 
     async def start(self):
         self._task = asyncio.ensure_future(self._run())
@@ -156,18 +163,47 @@ class ClusterChanges:
                 log.info("plan: sizes from %s: %s", src, exc)
         return out
 
-    def _local_sizes(self, partitions):
+    def _local_sizes(self, partitions, keys=False):
+        """{partition: live bytes} of this node's stores; with keys, {partition: {"bytes",
+        "keys"}}."""
         out = {}
         for p in partitions:
             part = self.node.replica.partitions.get(p)
-            out[p] = 0 if part is None else int(part.store.stats().get("live_bytes", 0))
+            st = {} if part is None else part.store.stats()
+            size = int(st.get("live_bytes", 0))
+            out[p] = {"bytes": size, "keys": int(st.get("keys", 0))} if keys else size
         return out
 
     async def _on_sizes(self, m):
         ps = m.get("partitions") if isinstance(m, dict) else None
         if not isinstance(ps, list) or not all(type(p) is int for p in ps):
             raise CommandError("cl_sizes needs {'partitions': [int, ...]}")
-        return self._local_sizes(ps)
+        if type(m.get("keys", False)) is not bool:
+            raise CommandError("cl_sizes: 'keys' is true or false")
+        return self._local_sizes(ps, m.get("keys", False))
+
+    async def _estimate(self, p, sources):
+        """{"keys", "bytes"}: about what a transfer of p from every one of `sources` sends
+        (the sum of their stores' counts; a source that does not answer counts as the mean of
+        the others), or None when none answers."""
+        node = self.node
+
+        async def one(src):
+            if src == node.name:
+                return self._local_sizes([p], keys=True)[p]
+            got = await node.call(src, "cl_sizes", {"partitions": [p], "keys": True}, node.timeout)
+            got = got.get(p, got.get(str(p))) if isinstance(got, dict) else None
+            if isinstance(got, int):                   # a node that counts bytes only
+                return {"bytes": got, "keys": None}
+            return got if isinstance(got, dict) else None
+
+        res = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
+        out = {}
+        for field in ("keys", "bytes"):
+            known = [r[field] for r in res if isinstance(r, dict) and type(r.get(field)) is int]
+            if known:
+                out[field] = round(sum(known) * len(sources) / len(known))
+        return out or None
 
     async def _on_commit(self, m):
         self._claimant_only()
@@ -200,16 +236,66 @@ class ClusterChanges:
         return {"epoch": new.epoch, "transfers": len(RS.transfers(state.current, nxt))}
 
     async def _on_transfers(self, m):
+        """Every transfer of the moving ring: its state, sources, keys and bytes sent so far
+        (running totals while it runs) and the estimate of what it sends in all."""
         state = self.node.ring_state
-        rows = []
+        rows, asks = [], []
         if state is not None and state.moving:
             for x in RS.transfers(state.current, state.next):
-                pr = self.progress.get((state.epoch, x.partition, x.to), {})
-                rows.append({"partition": x.partition, "to": x.to, "state": pr.get("state", "waiting"),
-                             "from": pr.get("from"), "keys": pr.get("keys", 0),
-                             "bytes": pr.get("bytes", 0)})
+                key = (state.epoch, x.partition, x.to)
+                pr = self.progress.get(key, {})
+                est = pr.get("estimate") or {}
+                row = {"partition": x.partition, "to": x.to, "state": pr.get("state", "waiting"),
+                       "from": pr.get("from"), "source": pr.get("source"),
+                       "keys": pr.get("keys", 0), "bytes": pr.get("bytes", 0),
+                       "est_keys": est.get("keys"), "est_bytes": est.get("bytes"),
+                       "tries": pr.get("tries", 0), "error": pr.get("error")}
+                rows.append(row)
+                if row["state"] == "running" and row["source"]:
+                    asks.append((row, key, row["source"]))
+        if asks:
+            got = await asyncio.gather(*(self._copy_count(key, src) for _, key, src in asks))
+            for (row, _, _), count in zip(asks, got):
+                row["keys"] += count[0]
+                row["bytes"] += count[1]
         return {"epoch": None if state is None else state.epoch,
                 "moving": bool(state and state.moving), "transfers": rows}
+
+    async def _copy_count(self, key, src):
+        """(keys, bytes) the copy of transfer `key` from `src` in flight has sent so far: asked
+        of the source (it counts per batch), else the last count it gave."""
+        epoch, p, to = key
+        try:
+            if src == self.node.name:
+                got = self._sent_so_far(p, to, epoch)
+            else:
+                got = await self.node.call(src, "xfer_progress", {"p": p, "to": to, "epoch": epoch},
+                                           self.node.timeout)
+        except Exception as exc:
+            log.debug("transfer progress of partition %d from %s: %s", p, src, exc)
+            got = None
+        pr = self.progress.get(key)
+        last = pr.get("seen") if pr is not None else None
+        last = last[1:] if last is not None and last[0] == src else (0, 0)
+        if isinstance(got, dict) and type(got.get("keys")) is int and type(got.get("bytes")) is int:
+            count = max(last[0], got["keys"]), max(last[1], got["bytes"])
+        else:
+            count = last                   # the copy just ended, or its source did not answer
+        if pr is not None and pr.get("source") == src:
+            pr["seen"] = (src, *count)
+        return count
+
+    def _sent_so_far(self, p, to, epoch=None):
+        entry = self.sending.get((p, to))
+        if entry is None or (epoch is not None and entry["epoch"] not in (None, epoch)):
+            return {}
+        return {"keys": entry["keys"], "bytes": entry["bytes"]}
+
+    async def _on_xfer_progress(self, m):
+        if not isinstance(m, dict) or type(m.get("p")) is not int or not isinstance(m.get("to"), str) \
+                or not (m.get("epoch") is None or type(m.get("epoch")) is int):
+            raise CommandError("xfer_progress needs {'p': partition, 'to': node, 'epoch': int}")
+        return self._sent_so_far(m["p"], m["to"], m.get("epoch"))
 
     # ---- driving a moving ring (on the claimant) ---------------------------------------------
 
@@ -269,18 +355,25 @@ class ClusterChanges:
         node = self.node
         keys = sent = 0
         src = None
+        pr = self.progress[key]
         try:
+            try:
+                pr["estimate"] = await self._estimate(x.partition, sources)
+            except Exception as exc:       # only the progress display misses it
+                log.info("size of partition %d: %s", x.partition, exc)
             payload = {"p": x.partition, "to": x.to, "epoch": key[0]}
             for src in sources:
+                pr["source"] = src
                 if src == node.name:
-                    got = await self._send_partition(x.partition, x.to)
+                    got = await self._send_partition(x.partition, x.to, key[0])
                 else:
                     # a whole partition may take a while: a generous deadline, not the usual one
                     got = await node.call(src, "xfer", payload, 600.0)
                 keys, sent = keys + got["keys"], sent + got["bytes"]
-            self.progress[key].update(state="done", keys=keys, bytes=sent)
+                pr.update(keys=keys, bytes=sent)          # the copies done so far
+            pr.update(state="done", source=None)
         except Exception as exc:
-            self.progress[key].update(state="failed", error=str(exc))
+            pr.update(state="failed", error=str(exc))
             log.info("transfer of partition %d to %s from %s failed: %s", x.partition, x.to, src, exc)
         finally:
             self._running.pop(key, None)
@@ -310,38 +403,47 @@ class ClusterChanges:
                 or node.name not in state.current.preference_list(p):
             raise CommandError(f"no transfer of partition {p} to {to} from {node.name} "
                                f"at ring epoch {None if state is None else state.epoch}")
-        return await self._send_partition(p, to)
+        epoch = m.get("epoch") if type(m.get("epoch")) is int else None
+        return await self._send_partition(p, to, epoch)
 
-    async def _send_partition(self, p, to):
-        """Stream every key of partition p to `to`, in bounded batches; -> counts."""
+    async def _send_partition(self, p, to, epoch=None):
+        """Stream every key of partition p to `to`, in bounded batches; -> counts. The counts
+        so far are in `sending` while it runs (xfer_progress)."""
         node = self.node
         part = node.replica.partitions.get(p)
-        keys = sent_bytes = 0
-        if part is not None:
-            cursor = 0
-            while True:
-                cursor, ks = part.store.scan(cursor, XFER_BATCH_KEYS)
-                batch, size = [], 0
-                for k in ks:
-                    raw = part.store.get(k)
-                    if raw is None:
-                        continue
-                    batch.append([k, raw])
-                    size += len(k) + len(raw)
-                    if size >= XFER_BATCH_BYTES:
-                        await self._push(to, p, batch)
-                        keys, sent_bytes, batch, size = keys + len(batch), sent_bytes + size, [], 0
-                if batch:
-                    await self._push(to, p, batch)
-                    keys, sent_bytes = keys + len(batch), sent_bytes + size
-                if cursor == 0:
-                    break
-        self.stats["sent_keys"] += keys
-        self.stats["sent_bytes"] += sent_bytes
-        return {"keys": keys, "bytes": sent_bytes}
+        entry = {"epoch": epoch, "keys": 0, "bytes": 0}
+        self.sending[(p, to)] = entry
+        try:
+            if part is not None:
+                cursor = 0
+                while True:
+                    cursor, ks = part.store.scan(cursor, XFER_BATCH_KEYS)
+                    batch, size = [], 0
+                    for k in ks:
+                        raw = part.store.get(k)
+                        if raw is None:
+                            continue
+                        batch.append([k, raw])
+                        size += len(k) + len(raw)
+                        if size >= XFER_BATCH_BYTES:
+                            await self._push(to, p, batch, entry, size)
+                            batch, size = [], 0
+                    if batch:
+                        await self._push(to, p, batch, entry, size)
+                    if cursor == 0:
+                        break
+        finally:
+            if self.sending.get((p, to)) is entry:
+                del self.sending[(p, to)]
+        return {"keys": entry["keys"], "bytes": entry["bytes"]}
 
-    async def _push(self, to, p, batch):
+    async def _push(self, to, p, batch, entry, size):
+        """Send one batch; once it is acknowledged, count it (entry: the copy's counts)."""
         await self.node.call(to, "xfer_recv", {"p": p, "items": batch}, 4 * self.node.timeout)
+        entry["keys"] += len(batch)
+        entry["bytes"] += size
+        self.stats["sent_keys"] += len(batch)
+        self.stats["sent_bytes"] += size
 
     async def _on_xfer_recv(self, m):
         node = self.node
