@@ -17,6 +17,7 @@ from kvcore.ring import Ring
 from kvcore.storage.options import rotate_token
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
+from kvnet.coordinator import scan as S
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
 from kvnet.antientropy.service import AntiEntropy
@@ -569,12 +570,40 @@ class Node(driver.Cluster, Backend):
         p, k = self._checked(m)
         return self.hints.get(self._hint_target(m, p), p, k)
 
+    async def _peer_mscan(self, m):
+        """SCAN: scan a coordinator's list of partitions (Node.scan, kvnet/coordinator/scan.py).
+        {"ps": rising partitions, "c": the cursor in the first, "n": COUNT, "m": MATCH or None}
+        -> [[p, live keys, examined, next cursor or 0], ...], refused for a partition this node
+        does not hold by its ring."""
+        if type(m) is not dict:
+            raise CommandError("peer request payload must be a map")
+        ring = self.ring
+        if ring is None:
+            raise CommandError(f"node {self.name} has no ring yet (joining)")
+        ps, c, n, pattern = m.get("ps"), m.get("c"), m.get("n"), m.get("m")
+        if type(ps) is not list or not 1 <= len(ps) <= ring.q \
+                or not all(type(p) is int and 0 <= p < ring.q for p in ps) \
+                or not all(a < b for a, b in zip(ps, ps[1:])):
+            raise CommandError(f"mscan: 'ps' must be a rising list of partitions (Q={ring.q})")
+        if type(c) is not int or not 0 <= c < (1 << 64) or S.partition_of(c, self.qbits) != ps[0]:
+            raise CommandError("mscan: 'c' must be a cursor in the first partition of 'ps'")
+        if type(n) is not int or not 1 <= n <= S.MAX_COUNT:
+            raise CommandError(f"mscan: 'n' must be a count in [1, {S.MAX_COUNT}]")
+        if pattern is not None and (type(pattern) is not bytes or len(pattern) > S.MAX_MATCH):
+            raise CommandError(f"mscan: 'm' must be a pattern of at most {S.MAX_MATCH} bytes")
+        return self._scan_partitions(ps, c, n, pattern)
+
     async def _peer_scan(self, m):
+        """One partition from a cursor: the request of coordinators from before `mscan`,
+        answered for them during a rolling upgrade."""
         p, _ = self._checked(m, key=False)
         c, n = m.get("c"), m.get("n")
-        if type(c) is not int or not 0 <= c < (1 << 64) or type(n) is not int or not 1 <= n <= 10_000:
+        if type(c) is not int or not 0 <= c < (1 << 64) or S.partition_of(c, self.qbits) != p \
+                or type(n) is not int or not 1 <= n <= 10_000:
             raise CommandError("malformed scan request")
-        return self._local_scan(p, c, n)
+        self._replica_of(p)
+        keys, _, nxt = self._scan_one(p, c, n, S.REPLY_BYTES, None)
+        return [nxt, keys]
 
     async def _peer_count(self, m):
         return self._owned_count()
@@ -765,56 +794,115 @@ class Node(driver.Cluster, Backend):
                 log.info("dbsize: %s did not answer: %s", node, c)
         return total
 
-    def _local_scan(self, p, cursor, count):
-        """Live keys of partition p from cursor (a token); next cursor or 0 at its end."""
-        part = self.replica.partitions.get(p)
+    def _scan_partitions(self, ps, cursor, count, pattern):
+        """This node's answer to scanning partitions `ps` (kvnet/coordinator/scan.py,
+        scan_partitions), refused unless it holds each of them by its ring: a partition it
+        does not have here must never read as empty. Synchronous: no ring change comes
+        between the check and the reads."""
+        for p in ps:
+            self._replica_of(p)
+        matcher = None if pattern is None else compile_glob(pattern)
+        return S.scan_partitions(
+            ps, cursor, count,
+            lambda p, c, budget, room: self._scan_one(p, c, budget, room, matcher), self.qbits)
+
+    def _scan_one(self, p, cursor, budget, room, matcher):
+        """(live keys matching, keys examined, next cursor or 0 at its end) of partition p
+        from cursor (a token), stopping once `budget` keys are examined (tombstones
+        included) or the keys' bytes reach `room`."""
+        part = self.replica.opened(p)
         if part is None:
-            return [0, []]
+            return [], 0, 0
         # The store orders a partition's keys by the token rotated left by qbits (its index
         # skips the partition's bits, docs/storage.md): token cursor <-> store cursor.
         q = self.qbits
-        free = 64 - q
-        nxt, keys = part.store.scan(rotate_token(cursor, q), count)
-        if nxt:
-            after = ((nxt - 1) >> q) + 1                  # the free bits after the last key
-            nxt = 0 if after >> free else (p << free if q else 0) | after
-        live = []
-        for k in keys:
-            clock = self.replica.read(p, k)
-            if clock is not None and not V.is_deleted(clock):
-                live.append(k)
-        return [nxt, live]
+        store = part.store
+        at = rotate_token(cursor, q)
+        chunk = max(1, min(1024, (4 << 20) // self.cfg.max_key_bytes))   # room passed by <= 4 MiB
+        live, examined, size = [], 0, 0
+        get, deleted = store.get, V.is_deleted_raw
+        while True:
+            nxt, keys = store.scan(at, min(budget - examined, chunk))
+            examined += len(keys)
+            for k in keys:
+                raw = get(k)
+                if raw is not None and not deleted(raw) and (matcher is None or matcher(k)):
+                    live.append(k)
+                    size += len(k)
+            if not nxt:
+                return live, examined, 0
+            at = nxt
+            if examined >= budget or size >= room:
+                break
+        after = ((nxt - 1) >> q) + 1                      # the free bits after the last key
+        return live, examined, 0 if after >> (64 - q) else S.first_token(p, q) | after
+
+    def _scan_choices(self, p):
+        """The nodes that may scan partition p for SCAN, best first: this node when it is one
+        of p's replicas in the current ring; else p's reachable replicas in the current ring,
+        those a ring change keeps first. A current replica holds all of p and keeps it until
+        the next ring is settled (which waits for every transfer); a replica the change adds
+        may still be receiving p, so it is never asked before it is in the current ring."""
+        state = self.ring_state
+        prefs = state.current.preference_list(p)
+        if self.name in prefs:
+            return (self.name,)
+        up = [n for n in prefs if self.is_up(n)]
+        if state.next is not None and len(up) > 1:
+            keep = state.next.preference_list(p)
+            up.sort(key=lambda n: n not in keep)
+        return up
+
+    def _ask_scan(self, node, payload):
+        try:
+            return self.call_future(node, "mscan", payload, self.timeout)
+        except Exception as exc:              # (no address known)
+            fut = self.loop.create_future()
+            fut.set_exception(exc)
+            return fut
 
     async def scan(self, cursor, match=None, count=10):
-        """The cursor is a token: its top bits name the partition (docs/cluster.md, SCAN).
-        One call walks on into the next partitions until `count` keys are examined or 64
-        partitions are visited, so an empty partition costs no round trip of its own."""
-        shift = 64 - self.qbits
-        count = max(1, min(int(count), 10_000))
-        matcher = compile_glob(match) if match is not None else None
-        out, examined, visited = [], 0, 0
-        while examined < count and visited < 64:
-            p = cursor >> shift if self.qbits else 0
-            if p >= self.ring.q:
-                return 0, out
-            nodes = [n for n in self.ring.preference_list(p) if self.is_up(n)]
-            if not nodes:
-                raise Unavailable(f"no replica of partition {p} is reachable for SCAN")
-            node = self.name if self.name in nodes else nodes[0]
-            want = count - examined
-            if node == self.name:
-                nxt, keys = self._local_scan(p, cursor, want)
-            else:
-                nxt, keys = await self.call(node, "scan", {"p": p, "c": cursor, "n": want}, self.timeout)
-            examined += len(keys)
-            visited += 1
-            out.extend(k for k in keys if matcher is None or matcher(k))
-            if nxt == 0 or (self.qbits and (nxt >> shift) != p):
-                nxt = (p + 1) << shift if p + 1 < self.ring.q else 0
-            cursor = nxt
-            if cursor == 0:
-                break
-        return cursor, out
+        """SCAN (docs/cluster.md): the partitions from the cursor's to the ring's end are
+        divided among reachable replicas, each node asked once for its list (this one scans
+        its own), and the answers merged in ring order until COUNT keys were examined
+        (kvnet/coordinator/scan.py, which argues why no key is skipped)."""
+        ring, qbits = self.ring, self.qbits
+        count = max(1, min(int(count), S.MAX_COUNT))
+        p0 = S.partition_of(cursor, qbits)
+        if p0 >= ring.q:
+            return 0, []
+        walk = range(p0, ring.q)
+        plan, _ = S.assign(walk, self._scan_choices)
+        here = match is not None and len(match) > S.MAX_MATCH     # applied below, not sent
+        pattern = None if here else match
+
+        def start(ps):
+            return cursor if ps[0] == p0 else S.first_token(ps[0], qbits)
+
+        others = [n for n in plan if n != self.name]
+        futures = [self._ask_scan(n, {"ps": plan[n], "c": start(plan[n]), "n": count,
+                                      "m": pattern}) for n in others]
+        answers = {}
+        mine = plan.get(self.name)
+        if mine is not None:
+            try:
+                answers[self.name] = S.check_answer(
+                    self._scan_partitions(mine, start(mine), count, pattern), mine,
+                    start(mine), qbits)
+            except Exception as exc:          # raised if the walk gets there
+                answers[self.name] = exc
+        for n, got in zip(others, await asyncio.gather(*futures, return_exceptions=True)):
+            if not isinstance(got, BaseException):
+                try:
+                    got = S.check_answer(got, plan[n], start(plan[n]), qbits)
+                except CommandError as exc:
+                    got = CommandError(f"{exc} (from {n})")
+            answers[n] = got
+        nxt, keys = S.merge(walk, plan, answers, count, ring.q, qbits)
+        if here:
+            matcher = compile_glob(match)
+            keys = [k for k in keys if matcher(k)]
+        return nxt, keys
 
     def _flush_local(self):
         for p in list(self.replica.partitions):

@@ -163,8 +163,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def scan(self, cursor: int, match: bytes | None = None, count: int = 10) -> tuple:
-        """(next cursor, keys): about `count` keys examined, only those matching the Redis glob
-        `match` returned; every key live for the whole scan is returned at least once."""
+        """(next cursor, keys), as Redis: a call examines at least `count` keys (tombstones
+        and keys `match` drops included) unless the keyspace ends there (cursor 0), and not
+        many more; only live keys matching the Redis glob `match` are returned. Every key live
+        for the whole scan is returned at least once."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -337,7 +339,9 @@ class MemoryBackend(Backend):
 
     async def scan(self, cursor, match=None, count=10):
         # Keys in token order; the cursor is the token to resume from, so keys added or
-        # removed meanwhile do not make the walk skip or repeat the others.
+        # removed meanwhile do not make the walk skip or repeat the others. A call examines
+        # `count` stored keys (deleted ones too: their tombstones stay), more only for keys
+        # sharing the last one's token, and ends at 0 with the keyspace.
         if self._order is None:
             self._order = sorted((token(k), k) for k in self._data)
             self._tokens = [t for t, _ in self._order]

@@ -304,7 +304,7 @@ msgpack_values = st.recursive(
 envelopes = st.tuples(
     st.sampled_from(list(Kind)) | st.integers(-3, 12),
     st.sampled_from([0, 1, 2**32 - 1, 2**32, -1]) | st.integers(0, 10),
-    st.none() | st.sampled_from(["get", "put", "coord_put", "scan", "count", "info", "flush"])
+    st.none() | st.sampled_from(["get", "put", "coord_put", "scan", "mscan", "count", "info", "flush"])
     | st.text(max_size=8) | st.integers(-2**63, 2**64 - 1),
     msgpack_values,
 )
@@ -396,12 +396,17 @@ request_fields = {
     "ctx": st.none() | blobs,
     "ow": st.booleans() | msgpack_values,
     "w": st.sampled_from([0, 1, 2, 3, 4, -1, "all"]) | msgpack_values,
+    "ps": st.lists(st.integers(0, 255), max_size=4) | st.lists(partitions, max_size=3)
+    | st.just(list(range(256))) | st.just(list(range(257))) | msgpack_values,
+    "m": st.none() | st.binary(max_size=12) | st.sampled_from([b"*", b"[", b"\\", b"x" * 70_000])
+    | msgpack_values,
 }
 
 
 # The fields each handler reads; `flush` is left out: it ignores its payload and empties the store.
 handler_fields = {"get": ["p", "k"], "put": ["p", "k", "c"], "scan": ["p", "c", "n"], "count": [],
-                  "info": [], "coord_put": ["p", "k", "v", "ts", "ctx", "ow", "w"]}
+                  "info": [], "coord_put": ["p", "k", "v", "ts", "ctx", "ow", "w"],
+                  "mscan": ["ps", "c", "n", "m"]}
 
 
 @st.composite

@@ -554,3 +554,249 @@ def test_a_started_node_holds_every_partition_it_is_a_primary_of_open(tmp_path):
                 await node.stop()
 
     run(main())
+
+
+# ---- SCAN across nodes (kvnet/coordinator/scan.py) ---------------------------------------------
+
+def _count_scan_requests(node):
+    """Wrap node.call_future (what Node.scan sends with): a list of the nodes asked per call."""
+    asked = []
+    real = node.call_future
+
+    def call_future(peer, type_, payload, timeout):
+        if type_ == "mscan":
+            asked.append(peer)
+        return real(peer, type_, payload, timeout)
+
+    node.call_future = call_future
+    return asked
+
+
+@pytest.mark.parametrize("n", [3, 1])
+def test_scan_of_a_few_keys_is_one_call(tmp_path, n):
+    """Three keys on three nodes with the default ring (Q=256): SCAN 0 returns them all and
+    cursor 0 in one call (N=1: the keys are on different nodes; each is asked once)."""
+    async def main():
+        nodes, ports = await _cluster(tmp_path, n=n, r=1, w=1)
+        asked = _count_scan_requests(nodes[0])
+        c = aredis.Redis(port=ports[0])
+        try:
+            assert nodes[0].ring.q == 256
+            await c.mset({"a": 1, "b": 2, "c": 3})
+            if n == 1:
+                assert len({nodes[0].ring.owner(nodes[0].ring.partition_of(k))
+                            for k in (b"a", b"b", b"c")}) > 1
+            cursor, keys = await c.scan(0)
+            assert cursor == 0 and sorted(keys) == [b"a", b"b", b"c"]
+            assert sorted(asked) == ([] if n == 3 else ["n1", "n2"])
+            assert await c.scan(0, match="b") == (0, [b"b"])
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_redis_py_scan_tests(tmp_path, proto):
+    """redis-py's own SCAN tests (tests/test_commands.py: test_scan, test_scan_iter,
+    test_scan_type), against a ringkv cluster through redis-py; test_scan_type with strings,
+    the one type ringkv has, and with COUNT and MATCH variants."""
+    async def main():
+        nodes, ports = await _cluster(tmp_path, n=1, r=1, w=1)
+        r = aredis.Redis(port=ports[1], protocol=proto)
+        try:
+            # test_scan
+            await r.set("a", 1)
+            await r.set("b", 2)
+            await r.set("c", 3)
+            cursor, keys = await r.scan()
+            assert cursor == 0
+            assert set(keys) == {b"a", b"b", b"c"}
+            _, keys = await r.scan(match="a")
+            assert set(keys) == {b"a"}
+            # test_scan_iter
+            keys = [k async for k in r.scan_iter()]
+            assert set(keys) == {b"a", b"b", b"c"}
+            keys = [k async for k in r.scan_iter(match="a")]
+            assert set(keys) == {b"a"}
+            # test_scan_type, for strings: TYPE string keeps them, another type returns none
+            await r.set("a-string", 4)
+            _, keys = await r.scan(match="a*", _type="STRING")
+            assert set(keys) == {b"a", b"a-string"}
+            cursor, keys = await r.scan(match="a*", _type="SET")
+            assert cursor == 0 and keys == []
+            assert [k async for k in r.scan_iter(_type="hash")] == []
+            keys = [k async for k in r.scan_iter(match="a*", _type="string")]
+            assert sorted(keys) == [b"a", b"a-string"]
+            # COUNT: any count walks everything; a small one may take several calls
+            for count in (1, 2, 10, 1000):
+                keys = [k async for k in r.scan_iter(count=count)]
+                assert sorted(keys) == [b"a", b"a-string", b"b", b"c"]
+                keys = [k async for k in r.scan_iter(match="[ab]", count=count)]
+                assert sorted(keys) == [b"a", b"b"]
+            cursor, keys = await r.scan(count=1)
+            assert cursor != 0 and 1 <= len(keys) <= 2
+        finally:
+            await r.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_scan_count_counts_keys_examined(tmp_path):
+    """COUNT counts the keys a call examines (tombstones included, before MATCH): a call
+    examines at least COUNT unless the ring ends there and at most 2 x COUNT, returns exactly
+    the live keys from its cursor to the next, asks each node at most once, and with COUNT 1
+    every call moves on. N=1: each key is stored on one node."""
+    from kvcore.hashing import token
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, n=1, r=1, w=1, ring_size=64)
+        asked = _count_scan_requests(nodes[2])
+        c = aredis.Redis(port=ports[2])
+        try:
+            keys = [b"key:%d" % i for i in range(400)]
+            await c.mset({k: b"v" for k in keys})
+            await c.delete(*keys[::7])
+            live = sorted(set(keys) - set(keys[::7]))
+            stored = sorted(token(k) for k in keys)          # the tombstones are still stored
+            assert sum(len(p.store) for nd in nodes for p in nd.replica.partitions.values()) == 400
+
+            def between(lo, hi):
+                return [t for t in stored if t >= lo and (hi == 0 or t < hi)]
+
+            for count, match in ((1, None), (7, None), (50, b"key:1*"), (1000, None)):
+                seen, cursor, calls = [], 0, 0
+                while True:
+                    del asked[:]
+                    nxt, got = await nodes[2].scan(cursor, match, count)
+                    examined = len(between(cursor, nxt))
+                    assert examined >= count or nxt == 0
+                    assert examined <= 2 * count
+                    assert nxt == 0 or nxt > cursor
+                    want = sorted(k for k in live if token(k) >= cursor and (nxt == 0 or token(k) < nxt))
+                    if match is None:
+                        assert sorted(got) == want
+                    else:
+                        assert sorted(got) == [k for k in want if k.startswith(b"key:1")]
+                    assert len(asked) == len(set(asked)) and set(asked) <= {"n0", "n1"}
+                    seen += got
+                    calls += 1
+                    if nxt == 0:
+                        break
+                    cursor = nxt
+                expected = live if match is None else [k for k in live if k.startswith(b"key:1")]
+                assert sorted(seen) == expected                   # each key once
+                if count == 1:
+                    assert calls >= 400
+            # through the front door as well
+            cursor, got = await c.scan(0, count=1000)
+            assert cursor == 0 and sorted(got) == live
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_scan_reaching_a_partition_without_a_reachable_replica(tmp_path):
+    """N=1 and one node stopped: a call whose walk reaches one of its partitions fails with
+    UNAVAILABLE (as a GET would); one that stops before it answers."""
+    from kvcore.hashing import token
+    from kvnet.coordinator import scan as S
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, n=1, r=1, w=1, ring_size=16)
+        c = aredis.Redis(port=ports[0])
+        try:
+            ring = nodes[0].ring
+            keys = [b"k%d" % i for i in range(200)]
+            await c.mset({k: b"v" for k in keys})
+            await nodes[2].stop()
+            for _ in range(300):
+                try:
+                    await nodes[0].call("n2", "count", {}, 0.5)
+                except Exception:
+                    pass
+                if not nodes[0].is_up("n2"):
+                    break
+                await asyncio.sleep(0.02)
+            assert not nodes[0].is_up("n2")
+            with pytest.raises(Exception, match="UNAVAILABLE no replica of partition .* SCAN"):
+                await c.scan(0, count=1000)
+            # a partition of a live node whose next partition is n2's: COUNT 1 stops in it
+            p = next(p for p in range(ring.q - 1)
+                     if ring.owner(p) != "n2" and ring.owner(p + 1) == "n2"
+                     and any(ring.partition_of(k) == p for k in keys))
+            first = min(token(k) for k in keys if ring.partition_of(k) == p)
+            cursor, got = await c.scan(first, count=1)
+            assert got and S.partition_of(cursor, 4) == p
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                await c.scan(S.first_token(p + 1, 4), count=1)
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())
+
+
+def test_scan_requests_are_checked(tmp_path):
+    """A node's mscan handler refuses malformed payloads and partitions it does not hold with
+    a clear error (never a crash, never an empty answer for data held elsewhere)."""
+    from kvnet.coordinator import scan as S
+    from kvnet.peer.errors import RemoteError
+    from kvnet.peer.protocol import connect
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, n=1, r=1, w=1, ring_size=16)
+        c = aredis.Redis(port=ports[0])
+        try:
+            node = nodes[0]
+            ring = node.ring
+            mine = [p for p in range(16) if ring.owner(p) == "n0"]
+            other = next(p for p in range(16) if ring.owner(p) != "n0")
+            await c.mset({b"k%d" % i: b"v" for i in range(100)})
+            good = {"ps": mine, "c": S.first_token(mine[0], 4), "n": 1000, "m": None}
+            answer = await node._peer_mscan(good)
+            held = sum(len(node.replica.partitions[p].store) for p in mine
+                       if p in node.replica.partitions)
+            assert [e[0] for e in answer] == mine and sum(e[2] for e in answer) == held
+            # MATCH filters on the node, after counting: the same keys examined, none returned
+            assert await node._peer_mscan(dict(good, m=b"nothing*")) == \
+                [[p, [], examined, nxt] for p, _, examined, nxt in answer]
+            bad = [None, [], {}, dict(good, ps=[]), dict(good, ps=mine[::-1]),
+                   dict(good, ps=[mine[0], mine[0]]), dict(good, ps=[16]), dict(good, ps=[-1]),
+                   dict(good, ps=[True]), dict(good, ps="0"), dict(good, ps=list(range(17))),
+                   dict(good, c=-1), dict(good, c=1 << 64), dict(good, c="0"),
+                   dict(good, c=S.first_token(mine[0] + 1, 4)), dict(good, n=0),
+                   dict(good, n=S.MAX_COUNT + 1), dict(good, n=1.5), dict(good, n=None),
+                   dict(good, m="*"), dict(good, m=b"x" * (S.MAX_MATCH + 1)),
+                   dict(good, ps=[other], c=S.first_token(other, 4))]
+            for payload in bad:
+                with pytest.raises(CommandError):
+                    await node._peer_mscan(payload)
+            with pytest.raises(CommandError, match="not a replica of partition"):
+                await node._peer_mscan({"ps": [other], "c": S.first_token(other, 4), "n": 5})
+            # the same through the peer protocol: errors, and the node goes on answering
+            host, peer_port = node.cfg.peer_address
+            conn = await connect(host, peer_port, "n1", node.cfg.cluster_secret.encode())
+            for payload in bad:
+                if isinstance(payload, dict) and payload.get("c") == 1 << 64:
+                    continue                                    # (msgpack has no such int)
+                with pytest.raises(RemoteError):
+                    await conn.request("mscan", payload, timeout=5)
+            assert len(await conn.request("mscan", good, timeout=5)) == len(mine)
+            conn.close()
+            cursor, keys = await c.scan(0, count=1000)
+            assert cursor == 0 and len(keys) == 100
+        finally:
+            await c.aclose()
+            for node in nodes:
+                await node.stop()
+
+    run(main())

@@ -1,5 +1,6 @@
 """Join, leave and remove on in-process nodes: plan, commit, transfers under writes, settle."""
 import asyncio
+import dataclasses
 
 import pytest
 import redis.asyncio as aredis
@@ -408,6 +409,143 @@ def test_a_replica_that_knows_of_the_move_forwards_writes_to_the_new_replica(tmp
             assert await _wait(lambda: c3.replica.opened(p) is not None
                                and c3.replica.read(p, k) is not None)
         finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+# ---- SCAN across a ring change (kvnet/coordinator/scan.py) -------------------------------------
+
+def _scan_configs(tmp_path, q=64):
+    """Four nodes of N=2 (so a coordinator asks other nodes), the last joining later."""
+    return [dataclasses.replace(c, n=2, r=1, w=2) for c in _configs(tmp_path, q=q)]
+
+
+def _record_scan_requests(nodes):
+    """[(coordinator, asked node, partitions)] of every mscan request the nodes send."""
+    sent = []
+    for n in nodes:
+        real = n.call_future
+
+        def call_future(peer, type_, payload, timeout, real=real, me=n.name):
+            if type_ == "mscan":
+                sent.append((me, peer, list(payload["ps"])))
+            return real(peer, type_, payload, timeout)
+
+        n.call_future = call_future
+    return sent
+
+
+async def _scan_calls(node, cursor, count, calls):
+    """Up to `calls` SCAN calls from cursor on node: (cursor, keys)."""
+    keys = []
+    for _ in range(calls):
+        cursor, got = await node.scan(cursor, None, count)
+        keys += got
+        if cursor == 0:
+            break
+    return cursor, keys
+
+
+def test_scan_while_partitions_move_and_after_the_ring_settles(tmp_path):
+    """A join committed with its transfers held back: the ring is moving and the joiner has
+    none of its new partitions yet. A SCAN from every node, the joiner too, returns every key
+    and never asks the joiner (a replica still receiving). Then the transfers run and the ring
+    settles (old copies dropped) in the middle of scans: their cursors go on, on other nodes,
+    and every key comes back."""
+    async def main():
+        cfgs = _scan_configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs]
+        try:
+            c0 = nodes[0]
+            assert await _wait(lambda: all(n.is_up(x) for n in nodes for x in ("c0", "c1", "c2", "c3")))
+            c = aredis.Redis(port=cfgs[1].port)
+            keys = {b"s%d" % i for i in range(300)}
+            await c.mset({k: b"v" for k in keys})                 # W=2 of N=2: on both replicas
+            await c.aclose()
+            sent = _record_scan_requests(nodes)
+            await c0.changes.request("stage", {"op": "join", "node": "c3"})
+            c0.changes.drive = lambda: None                        # transfers held back
+            await c0.changes.request("commit")
+            assert await _wait(lambda: all(n.ring_state.moving for n in nodes))
+            state = c0.ring_state
+            assert any("c3" in state.extra_targets(p) for p in range(state.current.q))
+            for n in nodes:
+                for count in (1, 7, 1000):
+                    cursor, got = await _scan_calls(n, 0, count, 10_000)
+                    assert cursor == 0 and sorted(got) == sorted(keys), (n.name, count)
+            assert sent and all(peer in state.current.preference_list(p)
+                                for _, peer, ps in sent for p in ps)
+            assert not any(peer == "c3" for _, peer, _ in sent)
+
+            # scans under way when the transfers run and the ring settles
+            scans = [(n, *await _scan_calls(n, 0, 5, 8)) for n in nodes]
+            del c0.changes.drive                                   # the class's again
+            assert await _wait(lambda: _settled(nodes, "c3"))
+            ring = c0.ring
+            assert await _wait(lambda: all(set(n.replica.partitions) <= {
+                p for p in range(ring.q) if n.name in ring.preference_list(p)} for n in nodes))
+            del sent[:]
+            for i, (n, cursor, got) in enumerate(scans):
+                assert cursor != 0
+                other = nodes[(i + 1) % len(nodes)]
+                cursor, rest = await _scan_calls(other, cursor, 5, 10_000)
+                assert cursor == 0 and keys <= set(got + rest) <= keys, n.name
+            assert any(peer == "c3" for _, peer, _ in sent)         # now a replica like any other
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
+
+
+@pytest.mark.slow
+def test_scan_iterated_through_redis_py_while_a_node_joins(tmp_path):
+    """SCAN iterated call by call through redis-py, each call on another node (the joiner's
+    too), while a join moves partitions and settles, with writes and deletes of other keys
+    going on: every key present for the whole scan is returned."""
+    async def main():
+        cfgs = _scan_configs(tmp_path)
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        clients = []
+        try:
+            c0 = nodes[0]
+            keys = {b"k%d" % i for i in range(400)}
+            clients = [aredis.Redis(port=c.port) for c in cfgs]
+            await clients[0].mset({k: b"v" for k in keys})
+            nodes.append(await Node(cfgs[3]).start())
+            assert await _wait(lambda: all(n.is_up("c3") and "c3" in n.gossip.table for n in nodes))
+            acked, stop = {}, asyncio.Event()
+            churn = asyncio.ensure_future(_writer(cfgs[2].port, "churn", acked, stop))
+            await c0.changes.request("stage", {"op": "join", "node": "c3"})
+            seen, cursor, calls, epochs, retries = [], 0, 0, set(), 0
+            while True:
+                if calls == 10:
+                    await c0.changes.request("commit")
+                client = clients[calls % 4]
+                try:
+                    cursor, got = await client.scan(cursor, count=2)
+                except Exception:                    # a client retries the same cursor
+                    retries += 1
+                    assert retries <= 5
+                    await asyncio.sleep(0.05)
+                    continue
+                seen += got
+                calls += 1
+                epochs.add((c0.ring_state.epoch, c0.ring_state.moving))
+                if cursor == 0:
+                    break
+                await asyncio.sleep(0.01)
+            stop.set()
+            await churn
+            assert keys <= set(seen)
+            assert all(k in keys or k.startswith(b"churn") for k in seen)   # (a failed SET may land)
+            assert len(epochs) >= 2 and calls >= 100, (epochs, calls)
+            assert await _wait(lambda: _settled(nodes, "c3"))
+        finally:
+            for c in clients:
+                await c.aclose()
             for n in nodes:
                 await n.stop()
 

@@ -175,6 +175,36 @@ def test_scan_walks_everything_once_with_match_and_count(c):
     assert c.raw("SCAN", "0", "MATCH") == b"-ERR syntax error\r\n"
 
 
+def test_scan_count_counts_keys_examined(c):
+    """As in Redis, COUNT counts keys examined before MATCH and TYPE filter them (and here
+    deleted keys, whose tombstones stay): a few keys take one call with the default COUNT, and
+    a call returns once COUNT keys were examined or the keyspace is done."""
+    for k in (b"a", b"b", b"c"):
+        c.call("SET", k, "1")
+    cursor, keys = c.call("SCAN", 0)
+    assert cursor == b"0" and sorted(keys) == [b"a", b"b", b"c"]
+    assert c.call("SCAN", 0, "MATCH", "b") == [b"0", [b"b"]]
+    assert c.call("SCAN", 0, "TYPE", "set") == [b"0", []]
+    for i in range(97):
+        c.call("SET", b"k%d" % i, "1")
+    c.call("DEL", *[b"k%d" % i for i in range(0, 97, 2)])
+    live = {b"a", b"b", b"c"} | {b"k%d" % i for i in range(1, 97, 2)}
+    for count in (1, 10, 33):
+        seen, cursor, calls = [], b"0", 0
+        while True:
+            cursor, keys = c.call("SCAN", cursor, "COUNT", count)
+            seen += keys
+            calls += 1
+            if cursor == b"0":
+                break
+        assert sorted(seen) == sorted(live)
+        assert calls == -(-100 // count)                 # 100 stored keys, count a call
+    cursor, keys = c.call("SCAN", 0, "MATCH", "nothing*", "COUNT", 10)
+    assert cursor != b"0" and keys == []
+    cursor, keys = c.call("SCAN", 0, "TYPE", "hash", "COUNT", 10)
+    assert cursor != b"0" and keys == []
+
+
 def test_scan_while_keys_change():
     c = Client(Commands(MemoryBackend()))
     for i in range(100):
