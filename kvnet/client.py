@@ -186,6 +186,11 @@ class Client(_Routing):
         args = ["KV.CLUSTER", op] + ([node] if node is not None else [])
         return _decode(self._conn(self._seed).execute_command(*args))
 
+    def compact(self, partition=None):
+        """KV.COMPACT [partition] on the seed node: merge its partitions now."""
+        args = ["KV.COMPACT"] + ([str(partition)] if partition is not None else [])
+        return _decode(self._conn(self._seed).execute_command(*args))
+
     def close(self):
         for c in self._conns.values():
             c.close()

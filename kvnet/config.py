@@ -90,6 +90,14 @@ class NodeConfig:
     ae_enabled: bool = _s(True, "run Merkle anti-entropy exchanges (--no-ae turns them off)")
     ae_interval_ms: int = _s(10_000, "pause between two anti-entropy exchanges of a node")
     tombstone_grace_s: int = _s(3600, "confirmed tombstones are reaped after this")
+    # Compaction (docs/storage.md, "Merge policy"): a partition is merged once its dead bytes
+    # are at least this fraction of its data and at least merge_min_dead_bytes.
+    merge_dead_fraction: float = _s(0.4, "merge a partition once this fraction of its bytes "
+                                         "is dead (overwritten or deleted)")
+    merge_min_dead_bytes: int = _s(128 << 10, "... and at least this many bytes are dead")
+    merge_concurrency: int = _s(1, "merges running at once, in worker threads (0: none run "
+                                   "by themselves; kvctl compact still does)")
+    merge_max_mb_s: int = _s(64, "a merge copies at most this many MB a second")
     insecure_dev_secret: bool = _s(False, "allow the built-in cluster secret (a dev cluster on "
                                           "one machine only)")
     log_level: str = _s("info", "debug | info | warning | error")
@@ -131,10 +139,14 @@ _INT_BOUNDS = {
     "hint_replay_rate": (1, 10_000_000),
     "ae_interval_ms": (10, 86_400_000),
     "tombstone_grace_s": (0, 86_400 * 365),
+    "merge_min_dead_bytes": (0, 1 << 40),
+    "merge_concurrency": (0, 64),
+    "merge_max_mb_s": (1, 100_000),
 }
 
 _FLOAT_BOUNDS = {
     "phi_threshold": (0.5, 100.0),
+    "merge_dead_fraction": (0.05, 0.95),
 }
 
 

@@ -21,6 +21,7 @@ from kvnet.coordinator import scan as S
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
 from kvnet.antientropy.service import AntiEntropy
+from kvnet.compaction import Compactor
 from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
@@ -94,6 +95,7 @@ class Node(driver.Cluster, Backend):
         self.changes = self.add_service(ClusterChanges(self))
         # Handlers always answer; exchanges are scheduled only with cfg.ae_enabled.
         self.antientropy = self.add_service(AntiEntropy(self))
+        self.compactor = self.add_service(Compactor(self))
         self.resp = None
         self.started = time.time()
         self._tasks = set()
@@ -186,6 +188,8 @@ class Node(driver.Cluster, Backend):
         self.services.append(svc)
         if type(svc) is AntiEntropy:
             self.antientropy = svc
+        elif type(svc) is Compactor:
+            self.compactor = svc
         return svc
 
     def remove_service(self, svc):
@@ -296,6 +300,7 @@ class Node(driver.Cluster, Backend):
         for p in sorted(self.replica.partitions):
             if self.ring_state.holds(self.name, p):
                 continue
+            await self.compactor.release(p)           # a merge of it stops first
             part = self.replica.partitions.pop(p, None)
             if part is None:
                 continue
@@ -995,6 +1000,13 @@ class Node(driver.Cluster, Backend):
         raise CommandError(f"unknown KV.CLUSTER subcommand {op!r}: "
                            "JOIN|LEAVE|REMOVE|CLEAR node, PLAN, COMMIT, TRANSFERS")
 
+    async def compact(self, partition=None):
+        """KV.COMPACT [P]: merge every partition this node holds (or P) now."""
+        if partition is not None and partition not in self.replica.partitions:
+            raise CommandError(f"{self.name} holds no partition {partition}")
+        out = await self.compactor.compact(None if partition is None else [partition])
+        return {"node": self.name, **out}
+
     async def info_section(self):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
@@ -1004,7 +1016,26 @@ class Node(driver.Cluster, Backend):
                 **{f"ae_{k}": v for k, v in self.antientropy.stats.items() if v is not None},
                 **{f"reaper_{k}": v for k, v in self.antientropy.reaper.stats.items()},
                 **{f"transfer_{k}": v for k, v in self.changes.stats.items()},
-                **{f"coord_{k}": v for k, v in self.stats.items()}}
+                **{f"coord_{k}": v for k, v in self.stats.items()},
+                **self._storage_info()}
+
+    def _storage_info(self):
+        """Live and dead bytes over the partitions held, and the compactor's counters."""
+        data = live = 0
+        for part in list(self.replica.partitions.values()):
+            try:
+                d, lv = part.store.sizes()
+            except Exception:                 # closed under us
+                continue
+            data, live = data + d, live + lv
+        out = {"storage_data_bytes": data, "storage_live_bytes": live,
+               "storage_dead_bytes": max(0, data - live)}
+        st = self.compactor.stats
+        out.update(merges=st["merges"], merge_failures=st["merge_failures"],
+                   merge_bytes_reclaimed=st["bytes_reclaimed"],
+                   merge_seconds=round(st["merge_seconds"], 3),
+                   hint_compactions=st["hint_compactions"])
+        return out
 
 
 

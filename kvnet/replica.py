@@ -22,8 +22,10 @@ from kvcore._native import select
 from kvcore.storage import LogStore
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import TooManySiblings
+from kvnet.executor import ThreadExecutor
 
 EPOCH_BLOCK = 10_000
+EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
 OPEN_WORKERS = 16              # threads opening partitions at start (open_all)
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
@@ -165,11 +167,13 @@ class LocalReplica:
 
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
-                 index_skip_bits=0):
+                 index_skip_bits=0, executor=None):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
         self.sync_interval = sync_interval_ms / 1000.0
+        # group commits' fsyncs, off the loop (one at a time: a round covers every dirty store)
+        self.executor = executor or ThreadExecutor(1, "ringkv-sync")
         self.max_siblings = max_siblings
         # A stored clock may hold many siblings: the value limit is the coordinator's,
         # per value; the store takes whatever replication brings.
@@ -378,13 +382,19 @@ class LocalReplica:
     def empty_partition(self, p):
         """Delete every key of a partition (FLUSHDB) and stop trusting its old dots."""
         part = self.partition(p)
-        keys = list(part.store.keys())
-        if not keys:
+        if not len(part.store):
             return                  # nothing held, nothing minted here can be lost
-        for key in keys:
-            old_raw = part.store.get(key)
-            part.store.delete(key)
-            part.tree.update(key, old_raw, None)
+        # in chunks of the store's scan order, never the whole key list in memory (a scan
+        # cursor is a position in that order: deleting keys behind it moves nothing ahead)
+        cursor = 0
+        while True:
+            cursor, keys = part.store.scan(cursor, EMPTY_CHUNK)
+            for key in keys:
+                old_raw = part.store.get(key)
+                part.store.delete(key)
+                part.tree.update(key, old_raw, None)
+            if cursor == 0:
+                break
         part.distrust(self.identity.new_epoch())
         self._dirty.add(part)
         self._write_gen += 1
@@ -403,8 +413,7 @@ class LocalReplica:
         gen, dirty, self._dirty = self._write_gen, self._dirty, set()
         try:
             if dirty:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, _sync_all, [d.store for d in dirty])
+                await self.executor.run(_sync_all, [d.store for d in dirty])
             self._synced_gen = max(self._synced_gen, gen)
         except BaseException:
             self._dirty |= dirty
@@ -442,6 +451,7 @@ class LocalReplica:
         for part in self.partitions.values():
             part.close()
         self.partitions = {}
+        self.executor.shutdown()
 
 
 def _same(a, b):

@@ -9,6 +9,7 @@ call in the common case.
 import os
 import struct
 import threading
+import time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
@@ -43,6 +44,7 @@ cdef extern from "fcntl.h" nogil:
 
 cdef size_t PAGE = 4096
 cdef size_t CHUNK = 1 << 20         # put_many copies at most this much per step
+cdef size_t MERGE_STEP = 1 << 20    # a throttled merge copies this much between its sleeps
 cdef uint64_t RESERVE_FIRST = 64 << 10     # first reservation of an active segment
 cdef uint64_t RESERVE_DOUBLE_UNTIL = 4 << 20   # then it doubles up to here, then grows by this
 _SEG_HEAD = struct.Struct("<QHHIQI")
@@ -141,6 +143,8 @@ cdef class MergeJob:
     cdef Buffer hints
     cdef uint64_t hint_count
     cdef uint64_t nflushed          # outputs written so far (len(outputs), readable without the GIL)
+    cdef size_t copied              # bytes copied by the current step (run's throttle)
+    cdef readonly bint cancelled    # set by cancel(): run() stops at its next step
 
     def __cinit__(self):
         self.moves = NULL
@@ -153,13 +157,21 @@ cdef class MergeJob:
         free(self.out)
         free(self.hints.data)
 
-    def run(self):
-        """Copy the live records of the inputs into new segments (no index changes)."""
+    def cancel(self):
+        """Stop a run() in progress (any thread) at its next step: it raises MergeError, and
+        the owner discards the job (finish_merge refuses it). A store closing cancels too."""
+        self.cancelled = True
+
+    def run(self, double max_bytes_per_s=0):
+        """Copy the live records of the inputs into new segments (no index changes).
+        max_bytes_per_s > 0: copy in steps of MERGE_STEP bytes and sleep between them so the
+        copy averages at most that rate (the sleeps release the GIL)."""
         cdef Py_ssize_t k, j, n
         cdef uint64_t idx
         cdef const char *base
-        cdef size_t seg_size
+        cdef size_t seg_size, step = MERGE_STEP if max_bytes_per_s > 0 else <size_t>-1
         cdef uint64_t[::1] locs
+        cdef double t0 = now_mono(), total = 0, ahead
         with self.running:
             if self.done:
                 raise MergeError("this merge job already ran")
@@ -178,10 +190,18 @@ cdef class MergeJob:
                 base = self.store.segs[idx].map
                 j = 0
                 while j < n:
+                    if self.cancelled:
+                        raise MergeError("the merge was cancelled")
+                    self.copied = 0
                     with nogil:
-                        j = self._copy(base, seg_size, &locs[0], j, n)
-                    if j < n:
+                        j = self._copy(base, seg_size, &locs[0], j, n, step)
+                    total += self.copied
+                    if j < n and self.copied < step:
                         self._flush()
+                    if max_bytes_per_s > 0:
+                        ahead = total / max_bytes_per_s - (now_mono() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
             if self.out_len:
                 self._flush()
             free(self.out)
@@ -189,8 +209,9 @@ cdef class MergeJob:
             self.done = True
 
     cdef Py_ssize_t _copy(self, const char *base, size_t seg_size, const uint64_t *locs,
-                          Py_ssize_t j, Py_ssize_t n) noexcept nogil:
-        """Copy records from locs[j:] until the output is full; returns where it stopped."""
+                          Py_ssize_t j, Py_ssize_t n, size_t step) noexcept nogil:
+        """Copy records from locs[j:] until the output is full or `step` bytes were copied;
+        returns where it stopped."""
         cdef uint64_t off
         cdef size_t size
         cdef const char *p
@@ -206,7 +227,10 @@ cdef class MergeJob:
                 continue
             if self.out_len + size + SEG_HEADER_SIZE > self.store.max_segment and self.out_len > 0:
                 return j
+            if self.copied >= step:
+                return j
             memcpy(self.out + self.out_len, p, size)
+            self.copied += size
             h = token_of(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN)) & self.store.hash_mask
             if buf_reserve(&self.hints, HINT_ENTRY_SIZE + load16(p + REC_OFF_KEYLEN)) < 0:
                 return j    # unreachable: buf_reserve raises under the GIL
@@ -1115,6 +1139,17 @@ cdef class LogStore:
 
     # ---- stats and close ---------------------------------------------------------------
 
+    def sizes(self):
+        """(data_bytes, live_bytes): the segments' bytes and the live records' bytes, cheaply
+        (no file system calls), for a merge policy to look at often."""
+        cdef Py_ssize_t i
+        cdef uint64_t data = 0
+        self._check_open()
+        for i in range(self.nsegs):
+            if self.segs[i].fd >= 0:
+                data += self.segs[i].size
+        return data, self.live_bytes
+
     def stats(self):
         """Counters and sizes (docs/storage.md lists them)."""
         cdef Py_ssize_t i
@@ -1158,6 +1193,7 @@ cdef class LogStore:
     def _wait_merge(self):
         cdef MergeJob job = self.merge_job
         if job is not None:
+            job.cancelled = True            # a throttled run stops at its next step
             running = job.running
             with running:
                 pass

@@ -16,6 +16,8 @@ from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
 from kvcore.storage.options import check_options, decompress, maybe_compress, rotate_token
 
+MERGE_STEP = 1 << 20        # a throttled merge copies this much between its sleeps
+
 
 class _Segment:
     __slots__ = ("id", "path", "fd", "size", "hints")
@@ -37,15 +39,19 @@ class MergeJob:
         self.moves = []             # (key, old seg id, old offset, new seg id, new offset)
         self.corrupt = 0
         self.done = False
+        self.cancelled = False
         self.running = threading.Lock()     # held by run(), so close() can wait for it
 
-    def run(self):
+    def cancel(self):
+        self.cancelled = True
+
+    def run(self, max_bytes_per_s=0):
         with self.running:
             if self.done:
                 raise MergeError("this merge job already ran")
             if self._store._closed:
                 raise StoreClosed("the store was closed before the merge ran")
-            self._run()
+            self._run(max_bytes_per_s)
 
     def _discard(self):
         for _, data_path, hint_path, _, _ in self.outputs:
@@ -56,11 +62,12 @@ class MergeJob:
                     pass
         self.outputs = []
 
-    def _run(self):
+    def _run(self, max_bytes_per_s):
         opts = self._store._opts
         out_id = self.out_base
         buf, hints = [], []
         size = L.SEG_HEADER_SIZE
+        t0, total, step_end = time.monotonic(), 0, MERGE_STEP
 
         def flush():
             data_path = os.path.join(self._store.path, L.segment_name(out_id) + L.MERGING_SUFFIX)
@@ -71,6 +78,13 @@ class MergeJob:
 
         for seg in self.inputs:
             for off in self.live.get(seg.id, ()):
+                if self.cancelled:
+                    raise MergeError("the merge was cancelled")
+                if max_bytes_per_s > 0 and total >= step_end:
+                    step_end = total + MERGE_STEP
+                    ahead = total / max_bytes_per_s - (time.monotonic() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
                 head = os.pread(seg.fd, L.REC_HEADER_SIZE, off)
                 klen = int.from_bytes(head[18:20], "little")
                 vlen = int.from_bytes(head[20:24], "little")
@@ -85,6 +99,7 @@ class MergeJob:
                     out_id += 1
                     buf, hints, size = [], [], L.SEG_HEADER_SIZE
                 buf.append(raw)
+                total += rsize
                 hints.append((token(key) & self._store._mask, size, rsize, flags, key))
                 self.moves.append((key, seg.id, off, out_id, size))
                 size += rsize
@@ -511,12 +526,17 @@ class LogStore:
     def _wait_merge(self):
         job = self._merge_job
         if job is not None:
+            job.cancelled = True            # a throttled run stops at its next step
             with job.running:
                 pass
             self._merge_job = None
             job._discard()
 
     # ---- stats and close ---------------------------------------------------------------
+
+    def sizes(self):
+        self._check_open()
+        return sum(s.size for s in self._segments.values()), self._live_bytes
 
     def stats(self):
         self._check_open()

@@ -111,6 +111,9 @@ def _parser():
         add(op, help_).add_argument("node")
     add("plan", "what the staged changes would move")
     add("commit", "apply the staged changes")
+    cp = add("compact", "merge the node's partitions now (the node at --port; see --all)")
+    cp.add_argument("--partition", type=int, default=None, help="only this partition")
+    cp.add_argument("--all", action="store_true", help="every member of the ring, in turn")
     t = add("transfers", "partition transfers of the ring change in progress")
     t.add_argument("--watch", action="store_true",
                    help="follow them, a progress bar per moving partition, until the ring settles")
@@ -312,6 +315,14 @@ def _run(c, args, out):
             con.print("staged: " + (", ".join(f"{op} {n}" for n, op in sorted(staged.items()))
                                     or "nothing"), soft_wrap=True)
             con.print("next: `kvctl plan`, then `kvctl commit`")
+    elif args.cmd == "compact":
+        res = _compact(c, args)
+        if as_json:
+            _print_json(res, out)
+        else:
+            for r in res:
+                con.print(f"{r['node']}: {r['partitions']} partitions merged, "
+                          f"{r['bytes_reclaimed']:,} bytes reclaimed", soft_wrap=True)
     elif args.cmd == "commit":
         res = c.cluster("commit")
         if as_json:
@@ -319,6 +330,25 @@ def _run(c, args, out):
         else:
             con.print(f"committed: ring epoch {res['epoch']}, {res['transfers']} partition "
                       "transfers; follow them with `kvctl transfers --watch`", soft_wrap=True)
+
+
+COMPACT_TIMEOUT = 3600.0     # seconds `kvctl compact` waits for a node's merges
+
+
+def _compact(c, args):
+    """KV.COMPACT on the node at --port, or (--all) on every ring member through its client
+    address, one after another."""
+    nodes = ([(n["host"], n["port"]) for n in c.ring()["nodes"]] if args.all
+             else [(args.host, args.port)])
+    out = []
+    for host, port in nodes:          # a merge of a big node takes a while: wait for it
+        one = Client(host, port, password=args.password, route=False,
+                     socket_timeout=max(args.timeout, COMPACT_TIMEOUT), retries=0)
+        try:
+            out.append(one.compact(args.partition))
+        finally:
+            one.close()
+    return out
 
 
 # ---- the tables ----------------------------------------------------------------------------------

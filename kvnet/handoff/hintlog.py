@@ -372,12 +372,18 @@ class HintLog:
 
     # ---- maintenance and durability ----------------------------------------------------
 
-    def compact(self):
-        """Compact every target store (drop the records of acknowledged hints)."""
+    def compact(self, due=None):
+        """Compact every target store (drop the records of acknowledged hints), or only those
+        whose (data_bytes, live_bytes) make due(...) true. Runs on the caller's thread: a
+        target store is mostly acknowledged hints (deleted records), so little is copied."""
         with self._lock:
             self._check_open()
+            n = 0
             for t in self._targets.values():
-                t.store.merge()
+                if due is None or due(*t.store.sizes()):
+                    t.store.merge()
+                    n += 1
+            return n
 
     def stats(self):
         """{target: {"pending": n, "store": LogStore.stats()}} for every open target store."""

@@ -190,6 +190,10 @@ class Backend(abc.ABC):
         """KV.CLUSTER: stage membership changes, plan, commit, transfers (docs/operations.md)."""
         raise CommandError("KV.CLUSTER needs a ringkv cluster node")
 
+    async def compact(self, partition: int | None = None) -> dict:
+        """KV.COMPACT: merge this node's partitions (or one) now (docs/storage.md)."""
+        raise CommandError("KV.COMPACT needs a ringkv cluster node")
+
     async def info_section(self) -> dict:
         """ringkv's own INFO fields ("# Ringkv"): name -> str or int."""
         return {}

@@ -480,6 +480,17 @@ async def cmd_kv_cluster(ctx, s, argv):
     return await ctx.backend.cluster_admin(_text(argv[1]), _text(argv[2]) if len(argv) > 2 else None)
 
 
+async def cmd_kv_compact(ctx, s, argv):
+    if len(argv) > 2:
+        raise CommandError("syntax error: KV.COMPACT [partition]")
+    part = None
+    if len(argv) == 2:
+        part = _int(argv[1])
+        if part < 0:
+            raise CommandError("partition must be a non-negative integer")
+    return await ctx.backend.compact(part)
+
+
 # ---- the table --------------------------------------------------------------------------------
 
 def build_table() -> dict:
@@ -515,6 +526,7 @@ def build_table() -> dict:
         C("kv.status", 1, [R, "stale"], 0, 0, 0, cmd_kv_status, "ringkv", ["@read", "@slow"]),
         C("kv.cluster", -2, ["admin", "stale"], 0, 0, 0, cmd_kv_cluster, "ringkv",
           ["@admin", "@slow", "@dangerous"]),
+        C("kv.compact", -1, ["admin"], 0, 0, 0, cmd_kv_compact, "ringkv", ["@admin", "@slow"]),
     ]
     cmds.extend(admin.commands(Command))
     return {c.name.encode(): c for c in cmds}

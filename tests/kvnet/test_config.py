@@ -89,6 +89,8 @@ SAMPLES = {
     "gossip_interval_ms": ("100", 100), "gossip_fanout": ("3", 3), "phi_threshold": ("4.5", 4.5),
     "hint_replay_interval_ms": ("200", 200), "hint_replay_rate": ("10", 10),
     "ae_enabled": ("no", False), "ae_interval_ms": ("50", 50), "tombstone_grace_s": ("5", 5),
+    "merge_dead_fraction": ("0.6", 0.6), "merge_min_dead_bytes": ("1024", 1024),
+    "merge_concurrency": ("2", 2), "merge_max_mb_s": ("10", 10),
     "insecure_dev_secret": ("yes", True), "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),
 }

@@ -425,3 +425,17 @@ def test_open_all_opens_partitions_in_threads_and_unclean_ones_get_distinct_epoc
     assert all(r2.read(p, b"k%d" % p) is not None for p in range(40))
     asyncio.run(r2.close())
     asyncio.run(r.close())
+
+
+def test_empty_partition_streams_over_more_keys_than_one_chunk(tmp_path):
+    from kvnet import replica as RP
+
+    r = LocalReplica(str(tmp_path), "n1", fsync="never")
+    n = 3 * RP.EMPTY_CHUNK + 17
+    part = r.partition(2)
+    for i in range(n):
+        part.store.put(b"key%06d" % i, V.encode(V.new(S(b"v"))))
+    trusted = part.trusted_from
+    r.empty_partition(2)
+    assert len(part.store) == 0 and part.trusted_from > trusted
+    asyncio.run(r.close())

@@ -125,3 +125,69 @@ def test_close_waits_for_running_merge(open_store):
     t.join(60)
     s = open_store(max_segment_bytes=1 << 14)
     assert len(s) == 2000 and s.get(b"k1999") == b"v" * 50
+
+
+def test_sizes_are_the_data_and_live_bytes_of_stats(open_store):
+    s = open_store(max_segment_bytes=1 << 14)
+    for i in range(500):
+        s.put(b"k%d" % (i % 50), b"v" * 100)
+    st = s.stats()
+    assert s.sizes() == (st["data_bytes"], st["live_bytes"])
+    assert st["data_bytes"] > 5 * st["live_bytes"]                 # mostly dead: overwrites
+    s.merge()
+    data, live = s.sizes()
+    assert data <= 1.1 * live + 64 and live == st["live_bytes"]
+
+
+def test_a_throttled_merge_keeps_to_its_rate(open_store):
+    import time
+
+    s = open_store(max_segment_bytes=1 << 20, compress_min_bytes=1 << 30)
+    for i in range(3000):
+        s.put(b"k%05d" % i, os.urandom(1000))                       # ~3 MB live, sealed below
+    job = s.begin_merge()
+    t0 = time.monotonic()
+    job.run(max_bytes_per_s=2 << 20)                                # 2 MiB/s
+    took = time.monotonic() - t0
+    s.finish_merge(job)
+    # about 3 MB at 2 MiB/s: the last step's sleep is not owed, so at least ~1 s
+    assert took >= 0.9, took
+    assert len(s) == 3000 and s.get(b"k00007") is not None
+
+
+def test_cancel_stops_a_run_and_close_cancels_it(open_store, impl):
+    import pytest
+
+    from kvcore.errors import MergeError
+
+    s = open_store(max_segment_bytes=1 << 20, compress_min_bytes=1 << 30)
+    for i in range(3000):
+        s.put(b"k%05d" % i, os.urandom(1000))
+    job = s.begin_merge()
+    job.cancel()
+    with pytest.raises(MergeError, match="cancelled"):
+        job.run()
+    with pytest.raises(MergeError):
+        s.finish_merge(job)
+    assert len(s) == 3000                                           # nothing lost
+    job = s.begin_merge()                                           # (a new one may start)
+    t = threading.Thread(target=lambda: _swallow(job.run, 1 << 20))  # ~3 s at 1 MiB/s
+    t.start()
+    import time
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.close()                                                       # cancels, then waits
+    assert time.monotonic() - t0 < 2.0
+    t.join(5)
+    s2 = impl.LogStore(s.path, fsync="never")
+    try:
+        assert len(s2) == 3000 and not [n for n in os.listdir(s.path) if n.endswith(L.MERGING_SUFFIX)]
+    finally:
+        s2.close()
+
+
+def _swallow(fn, *args):
+    try:
+        fn(*args)
+    except Exception:
+        pass

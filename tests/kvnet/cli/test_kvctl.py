@@ -331,3 +331,19 @@ def test_the_nodes_error_replies_are_one_line(cluster):
 def test_bad_arguments_exit_2(argv):
     p = _cli(*argv, *(["ring"] if argv[:1] == ["--port"] else []))
     assert p.returncode == 2 and "Traceback" not in p.stderr and "usage: kvctl" in p.stderr
+
+
+def test_compact_merges_one_node_or_every_member(cluster):
+    for i in range(300):
+        assert _run(cluster, "put", f"compact{i % 30}", "x" * 200)[0] == 0
+    one = _json(cluster, "compact")
+    c1 = next(n for n in cluster.nodes if n.name == "c1")
+    assert [r["node"] for r in one] == ["c1"] and one[0]["partitions"] == len(c1.replica.partitions)
+    every = _json(cluster, "compact", "--all")
+    ring = _json(cluster, "ring")
+    assert sorted(r["node"] for r in every) == sorted(n["name"] for n in ring["nodes"])
+    assert sum(r["bytes_reclaimed"] for r in every) > 0          # c0, c2 still had dead bytes
+    rc, text, _ = _run(cluster, "compact", "--partition", "3")
+    assert rc == 0 and "c1: 1 partitions merged" in text
+    rc, _, err = _run(cluster, "compact", "--partition", "999")
+    assert rc == 1 and "holds no partition 999" in err and "Traceback" not in err
