@@ -104,8 +104,18 @@ class Compactor:
     def _start(self, p):
         t = asyncio.ensure_future(self.merge(p))
         self._running[p] = t
-        t.add_done_callback(lambda _t, p=p: self._running.pop(p, None))
+        t.add_done_callback(lambda _t, p=p: self._merged(p))
         return t
+
+    def _merged(self, p):
+        """A policy merge ended: start the next partition due at once (many small partitions
+        due together would otherwise get one merge per check interval)."""
+        self._running.pop(p, None)
+        if self._task is not None and not self._task.done():
+            try:
+                self.check()
+            except Exception as exc:
+                log.warning("node %s: merge policy check failed: %r", self.node.name, exc)
 
     async def merge(self, p):
         """Merge partition p now (whatever the policy says); bytes reclaimed, or None if it
