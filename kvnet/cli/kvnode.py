@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 
-from kvnet import logsetup
+from kvnet import limits, logsetup
 from kvnet.cli.devcluster import EXIT_LEFT, DevSupervisor, dev_env, dev_secret
 from kvnet.config import DEV_SECRET, SETTINGS, NodeConfig, env_name, flag_name, load, setting_type
 from kvnet.errors import ConfigError
@@ -56,6 +56,8 @@ def _start(args):
               f"{cfg.peer_address[1]}, data in {cfg.data_dir})", flush=True)
 
     try:
+        # a node may hold every partition (S <= N): leave room for all of them
+        limits.raise_nofile(cfg.ring_size)
         from kvnet.node import run
 
         outcome = asyncio.run(run(cfg, ready))
