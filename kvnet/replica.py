@@ -152,8 +152,10 @@ class Partition:
         return tree
 
     def close(self):
-        """Save the tree for the next clean open, then close the store."""
-        write_file(self._tree_path, self.tree.to_bytes())
+        """Save the tree for the next clean open, then close the store. An empty partition
+        saves none: its tree is the empty one, which the open's fold rebuilds for nothing."""
+        if len(self.store):
+            write_file(self._tree_path, self.tree.to_bytes())
         self.store.close()
 
     def distrust(self, epoch):
@@ -448,10 +450,20 @@ class LocalReplica:
                 await asyncio.shield(self._commit_round)
             except Exception:
                 pass
-        for part in self.partitions.values():
-            part.close()
-        self.partitions = {}
+        parts, self.partitions = list(self.partitions.values()), {}
+        if parts:
+            # each close syncs a file or two: in threads, as open_all opens them
+            await asyncio.to_thread(_close_all, parts)
         self.executor.shutdown()
+
+
+def _close_all(parts, workers=OPEN_WORKERS):
+    if len(parts) == 1:
+        parts[0].close()
+        return
+    with ThreadPoolExecutor(min(workers, len(parts)), thread_name_prefix="ringkv-close") as ex:
+        for _ in ex.map(Partition.close, parts):     # (re-raises the first failure)
+            pass
 
 
 def _same(a, b):
