@@ -8,39 +8,23 @@ imports the installed package). Usage: python package_smoke.py BIN_DIR WORK_DIR
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+# the installed package's own helpers (this script runs with the venv's python)
+from kvnet.cli.kvnode import _port_free as port_free
+from kvnet.probe import ping
+
 NODES = 3
-
-
-def _free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _base_port():
     for _ in range(200):
         base = random.randrange(20000, 29000)
-        if all(_free(base + i) and _free(base + 10000 + i) for i in range(NODES)):
+        if all(port_free(base + i) and port_free(base + 10000 + i) for i in range(NODES)):
             return base
     raise SystemExit("smoke: no free ports")
-
-
-def _ping(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _children(pid):
@@ -78,7 +62,7 @@ def main(bin_dir, work):
     try:
         ports = [base + i for i in range(NODES)]
         deadline = time.monotonic() + 90
-        while not all(_ping(p) for p in ports):
+        while not all(ping(p) for p in ports):
             if dev.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"smoke: the nodes did not answer PING (kvnode dev: {dev.poll()})")
             time.sleep(0.2)
