@@ -207,7 +207,10 @@ class AntiEntropy:
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
         while not self._stopping:
-            self._watch_peers()
+            try:
+                self._watch_peers()
+            except Exception as exc:                 # never let the scheduler die of it
+                log.info("anti-entropy on %s: watching peers: %r", self.node.name, exc)
             left = end - loop.time()
             if left <= 0 or (self._urgent and delay > CATCHUP_PAUSE):
                 return
@@ -218,6 +221,8 @@ class AntiEntropy:
         up since the last look."""
         node = self.node
         gossip = getattr(node, "gossip", None)
+        if node.ring is None:                        # out of the ring (left): nothing to do
+            return
         for peer in node.ring.nodes:
             if peer == node.name:
                 continue
@@ -291,6 +296,9 @@ class AntiEntropy:
 
     def _next_partition(self):
         ring = self.node.ring
+        if ring is None:
+            self._ring, self._mine = None, []
+            return None
         if ring is not self._ring:
             self._ring = ring
             self._mine = [p for p in range(ring.q) if self.node.name in ring.preference_list(p)]

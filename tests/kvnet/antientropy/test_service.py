@@ -512,3 +512,23 @@ def test_peers_queue_a_catch_up_when_a_member_restarts(ae):
             await c.stop()
 
     ae.run(main(), timeout=60)
+
+
+def test_a_node_out_of_the_ring_keeps_its_scheduler_alive(ae):
+    """After a leave a node's ring is None until it exits: the scheduler's look at its peers
+    must not end the scheduler task (it did, with an AttributeError, on every leave)."""
+    async def main():
+        c = await ae.make(q=8, ae_interval_ms=50)
+        try:
+            svc = c.svc[0]
+            ring, c.nodes[0].ring = c.nodes[0].ring, None
+            try:
+                await asyncio.sleep(0.8)                 # several looks at the peers
+                assert svc._task is not None and not svc._task.done()
+                assert svc._next_partition() is None
+            finally:
+                c.nodes[0].ring = ring
+        finally:
+            await c.stop()
+
+    ae.run(main())
