@@ -119,10 +119,20 @@ def test_close_waits_for_running_merge(open_store):
     for i in range(2000):
         s.put(b"k%d" % i, b"v" * 50)
     job = s.begin_merge()
-    t = threading.Thread(target=job.run)
+    ended = []                  # the run finished before close(), or close() cancelled it
+
+    def run():
+        try:
+            job.run()
+            ended.append("ran")
+        except Exception as exc:
+            ended.append(type(exc).__name__)
+
+    t = threading.Thread(target=run)
     t.start()
     s.close()
     t.join(60)
+    assert ended in (["ran"], ["MergeError"])
     s = open_store(max_segment_bytes=1 << 14)
     assert len(s) == 2000 and s.get(b"k1999") == b"v" * 50
 
