@@ -53,6 +53,7 @@ cdef class LogStore:
     cdef uint64_t hash_mask             # all ones; tests narrow it to force collisions
     cdef public object on_corrupt       # called (segment id, offset) per record dropped as corrupt
     cdef object failed_info             # None, or (errno, what): a failed fdatasync, read-only
+    cdef list corrupt_at                # (segment id, offset) of records the open's scan skipped
     cdef double min_free                # free-space watermark in percent (0: off)
     cdef int fault_op                   # _fail_next(): op number (0: none), errno, times left
     cdef int fault_errno

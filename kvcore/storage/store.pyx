@@ -330,6 +330,7 @@ cdef class LogStore:
         self.min_free = min_free_percent
         self.on_corrupt = None
         self.failed_info = None
+        self.corrupt_at = []
         self.fsync_mode = {"never": 0, "interval": 1, "always": 2}[fsync]
         self.max_segment = max_segment_bytes
         self.max_key = max_key_bytes
@@ -511,7 +512,7 @@ cdef class LogStore:
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
                 "torn_tail_bytes": self.torn_tail, "zero_tail_bytes": self.zero_tail,
-                "scanned_segments": self.scanned}
+                "scanned_segments": self.scanned, "corrupt_at": self.corrupt_at}
 
     def _load_segment(self, uint64_t seg_id, bint last):
         cdef Py_ssize_t i = self._open_segment(seg_id, False)
@@ -572,7 +573,7 @@ cdef class LogStore:
                 os.ftruncate(self.segs[i].fd, 0)
                 self.segs[i].size = 0
                 return
-            self.corrupt += 1
+            self._scan_corrupt(i, 0)
         while off < end:
             size = check_record(base + off, end - off)
             if size:
@@ -592,14 +593,20 @@ cdef class LogStore:
                 # segment; elsewhere, one corrupt record).
                 data_end = _nonzero_end(base, off, end)
                 if data_end > off and not last:
-                    self.corrupt += 1
+                    self._scan_corrupt(i, off)
                     return
                 self.torn_tail += data_end - off
                 self.zero_tail += end - data_end
                 self._truncate_recovered(i, off)
                 return
-            self.corrupt += 1
+            self._scan_corrupt(i, off)
             off = nxt
+
+    def _scan_corrupt(self, Py_ssize_t i, uint64_t off):
+        """A bad record the open's scan skips: counted, and listed in recovery["corrupt_at"]."""
+        self.corrupt += 1
+        if len(self.corrupt_at) < 10_000:
+            self.corrupt_at.append((self.segs[i].id, off))
 
     def _truncate_recovered(self, Py_ssize_t i, uint64_t off):
         os.ftruncate(self.segs[i].fd, off)

@@ -135,6 +135,7 @@ class LogStore:
         self._segments = {}         # seg id -> _Segment, oldest first
         self._live_bytes = 0
         self._corrupt = 0
+        self._corrupt_at = []       # (segment id, offset) of records the open's scan skipped
         self._torn_tail_bytes = 0
         self._zero_tail_bytes = 0
         self._scanned = 0
@@ -170,7 +171,7 @@ class LogStore:
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self._corrupt,
                 "torn_tail_bytes": self._torn_tail_bytes, "zero_tail_bytes": self._zero_tail_bytes,
-                "scanned_segments": self._scanned}
+                "scanned_segments": self._scanned, "corrupt_at": self._corrupt_at}
 
     def _load_segment(self, seg_id, last):
         path = os.path.join(self.path, L.segment_name(seg_id))
@@ -203,7 +204,7 @@ class LogStore:
                 os.ftruncate(seg.fd, 0)
                 seg.size = 0
                 return
-            self._corrupt += 1
+            self._scan_corrupt(seg, 0)
         end = len(buf)
         while off < end:
             rec = R.decode_record(buf, off, end)
@@ -221,7 +222,7 @@ class LogStore:
                 # before them: a torn record (newest segment) or one corrupt record.
                 data_end = len(buf[off:end].rstrip(b"\0")) + off
                 if data_end > off and not last:
-                    self._corrupt += 1
+                    self._scan_corrupt(seg, off)
                     break
                 self._torn_tail_bytes += data_end - off
                 self._zero_tail_bytes += end - data_end
@@ -229,8 +230,14 @@ class LogStore:
                 os.fsync(seg.fd)
                 seg.size = off
                 break
-            self._corrupt += 1
+            self._scan_corrupt(seg, off)
             off = nxt
+
+    def _scan_corrupt(self, seg, off):
+        """A bad record the open's scan skips: counted, and listed in recovery["corrupt_at"]."""
+        self._corrupt += 1
+        if len(self._corrupt_at) < 10_000:
+            self._corrupt_at.append((seg.id, off))
 
     def _apply(self, key, h, seg_id, off, size, flags):
         old = self._keydir.get(key)

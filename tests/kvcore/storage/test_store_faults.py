@@ -394,3 +394,20 @@ def test_a_corrupt_record_found_through_a_snapshot_is_dropped_once(open_store, t
     assert s.get(keys[5]) is None and len(seen) == 2
     assert s.get(keys[9]) is None and keys[9] not in s
     assert all(k is not None for k in s.keys())
+
+
+def test_records_the_open_scan_skips_are_listed_with_their_segment_and_offset(open_store, tmp_path):
+    s = open_store()
+    for i in range(30):
+        s.put(b"k%04d" % i, _value(i))
+    st = s.stats()
+    s._abandon()                                    # no hint file: the open scans
+    data = bytearray(open(st["active_segment"], "rb").read())
+    for i in (4, 11):
+        data[32 + i * (24 + 5 + 30) + 30] ^= 0x40
+    open(st["active_segment"], "wb").write(data)
+    seg_id = L.segment_ids(str(tmp_path / "store"))[-1]
+    s = open_store()
+    assert s.recovery["corrupt_at"] == [(seg_id, 32 + 4 * (24 + 5 + 30)),
+                                        (seg_id, 32 + 11 * (24 + 5 + 30))]
+    assert s.recovery["corrupt_records"] == 2 and len(s) == 28
