@@ -719,12 +719,14 @@ cdef class LogStore:
             # Writable, and long enough for any size the segment can reach, so it is never
             # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
             self._map_segment(i, self.active_reserve, True)
-        except BaseException:
+        except BaseException as exc:
             self._drop_segment(i, False)
             try:
                 os.unlink(path)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, f"starting segment {seg_id:016x}") from exc
             raise
         return i
 

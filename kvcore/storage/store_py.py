@@ -345,12 +345,14 @@ class LogStore:
             self._inject("fdatasync", "fdatasync of a new segment")
             os.fdatasync(fd)
             fsync_dir(self.path)
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
             try:
                 os.unlink(path)
             except OSError:
                 pass
+            if isinstance(exc, OSError) and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, f"starting segment {seg_id:016x}") from exc
             raise
         return _Segment(seg_id, path, fd, L.SEG_HEADER_SIZE)
 
@@ -684,10 +686,14 @@ class LogStore:
             if entry is not None and entry[1] == old_id and entry[2] == old_off:
                 entry[1], entry[2] = new_id, new_off
         gone = {seg.id for seg in job.inputs}
-        for key in [k for k, e in self._keydir.items() if e[1] in gone]:
-            entry = self._keydir[key]                        # skipped as corrupt: lost here
-            self._drop_corrupt(key, entry)
-            self._corrupt -= 1                               # (counted by the job already)
+        dropped = [(k, e) for k, e in self._keydir.items() if e[1] in gone]
+        for key, entry in dropped:                           # skipped as corrupt: lost here
+            del self._keydir[key]
+            self._live_bytes -= entry[3]
+        cb = self.on_corrupt                                 # (counted by the job already)
+        if cb is not None:
+            for _, entry in dropped:
+                cb(entry[1], entry[2])
         for seg in job.inputs:               # oldest first: see docs/storage.md, "Merge"
             del self._segments[seg.id]
             os.close(seg.fd)

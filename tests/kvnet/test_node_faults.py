@@ -3,6 +3,7 @@ an IOERR reply naming the node, the partition and the cause; reads and the other
 on; a replica's refusal reaches the coordinator's QUORUM error with its cause."""
 import asyncio
 import errno
+import os
 
 import pytest
 import redis.asyncio as aredis
@@ -12,7 +13,7 @@ from kvnet.node import Node
 from kvnet.testing import free_ports
 
 
-async def _cluster(tmp_path, nodes=1, n=1, **kw):
+async def _cluster(tmp_path, nodes=1, n=1, root=None, **kw):
     kw.setdefault("request_timeout_ms", 5000)
     kw.setdefault("fsync", "never")
     kw.setdefault("ring_size", 16)
@@ -21,7 +22,8 @@ async def _cluster(tmp_path, nodes=1, n=1, **kw):
     out = []
     for i in range(nodes):
         cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n, r=min(2, n),
-                   w=min(2, n), data_dir=str(tmp_path / f"n{i}"), members=members,
+                   w=min(2, n), data_dir=os.path.join(str(root or tmp_path), f"n{i}"),
+                   members=members,
                    ae_enabled=False, **kw)
         out.append(await Node(cfg).start())
     return out, ports[:nodes]
@@ -110,5 +112,85 @@ def test_a_replica_refusing_writes_costs_its_ack_and_names_its_cause(tmp_path):
             await c.aclose()
             for node in nodes:
                 await node.stop()
+
+    run(main())
+
+
+def _fill_up(path):
+    """Write a ballast file until the file system is full; its path."""
+    ballast = os.path.join(path, "ballast")
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 65536)
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(fd, b"x" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def test_a_full_disk_is_an_ioerr_reads_go_on_and_writes_resume(sized_fs, tmp_path):
+    """A real ENOSPC (a tmpfs the test mounts as root; skipped, saying why, where it may not):
+    every SET it refuses is an IOERR naming the node, a partition and ENOSPC, never a crash;
+    GETs go on; once space is freed every SET works again."""
+    root = sized_fs("8m")
+
+    async def main():
+        (node,), (port,) = await _cluster(tmp_path, root=root, min_free_percent=0,
+                                          max_segment_bytes=65536)
+        c = aredis.Redis(port=port)
+        try:
+            for i in range(50):
+                assert await c.set(f"before{i}", "v" * 500)
+            ballast = _fill_up(root)
+            errors = []
+            for i in range(2000):               # (space reserved ahead takes some first)
+                try:
+                    await c.set(f"k{i}", os.urandom(2000))
+                except aredis.ResponseError as exc:
+                    errors.append(str(exc))
+            assert len(errors) > 1000, len(errors)
+            assert all(e.startswith("IOERR node n0: partition ") and "ENOSPC" in e
+                       for e in errors), errors[:3]
+            assert all([await c.get(f"before{i}") == b"v" * 500 for i in range(50)])
+            os.unlink(ballast)
+            for i in range(1000):
+                assert await c.set(f"k{i}", b"w" * 2000)
+            assert await c.get("k999") == b"w" * 2000
+            assert node.replica.fault_stats()["read_only_partitions"] == 0
+        finally:
+            await c.aclose()
+            await node.stop()
+
+    run(main())
+
+
+def test_the_free_space_watermark_refuses_writes_before_the_disk_is_full(sized_fs, tmp_path):
+    root = sized_fs("8m")
+
+    async def main():
+        (node,), (port,) = await _cluster(tmp_path, root=root, min_free_percent=40)
+        c = aredis.Redis(port=port)
+        try:
+            refused = None
+            for i in range(3000):
+                try:
+                    await c.set(f"k{i}", os.urandom(2000))
+                except aredis.ResponseError as exc:
+                    refused = str(exc)
+                    break
+            assert refused is not None and "below min_free_percent=40" in refused, refused
+            assert refused.startswith("IOERR node n0: partition ")
+            st = os.statvfs(root)
+            assert st.f_bavail * 100 > 30 * st.f_blocks     # refused with space to spare
+        finally:
+            await c.aclose()
+            await node.stop()
 
     run(main())

@@ -20,6 +20,11 @@ def S(v, ts=1):
     return V.sibling(v, ts)
 
 
+def _theirs():
+    """A clock another node minted (what replication brings)."""
+    return V.update(V.new(S(b"x")), None, ("n2", 9, 1))
+
+
 def _rep(path, **kw):
     kw.setdefault("fsync", "never")
     return LocalReplica(str(path), "n1", **kw)
@@ -198,7 +203,7 @@ def test_a_refused_write_names_node_partition_and_cause_and_writes_resume(tmp_pa
     for op, err, name in [("write", errno.ENOSPC, "ENOSPC"), ("write", errno.EIO, "EIO")]:
         part.store._fail_next(op, err)
         for write in (lambda: rep.mint(7, b"b", S(b"2"), overwrite=True),
-                      lambda: rep.merge(7, b"b", V.decode(V.fresh_raw(V.actor_prefix("n2", 1), 1, b"x", 1)))):
+                      lambda: rep.merge(7, b"b", _theirs())):
             part.store._fail_next(op, err)
             with pytest.raises(DiskError) as info:
                 write()
@@ -232,7 +237,7 @@ def test_a_failed_fdatasync_makes_the_partition_read_only_and_distrusted(tmp_pat
         msg = info.value.resp()
         assert msg.startswith("IOERR node n1: partition 1 is read-only") and "EIO" in msg
         with pytest.raises(DiskError):
-            rep.merge(1, b"c", V.decode(V.fresh_raw(V.actor_prefix("n2", 1), 1, b"x", 1)))
+            rep.merge(1, b"c", _theirs())
         assert V.values(rep.read(1, b"b"))[0].value == b"2"     # reads go on
         rep.mint(2, b"c", S(b"3"), overwrite=True)  # other partitions too
         await rep.commit()
@@ -285,3 +290,32 @@ def test_the_free_space_watermark_reaches_the_replica_as_a_disk_error(tmp_path, 
     monkeypatch.setattr(os, "statvfs", real)
     rep.mint(4, b"a", S(b"1"), overwrite=True)
     asyncio.run(rep.close())
+
+
+@pytest.mark.parametrize("in_loop", [False, True], ids=["no-loop", "loop"])
+def test_a_corrupt_record_found_by_a_merge_is_folded_out_too(tmp_path, in_loop):
+    rep = _rep(tmp_path, max_segment_bytes=4096)
+    _fill(rep, 6, 150)
+    asyncio.run(rep.close())
+    hit = sorted(corrupt_records(_pdir(tmp_path, 6), per_segment=1))
+
+    async def main():
+        rep = _rep(tmp_path, max_segment_bytes=4096)
+        part = rep.partition(6)
+        trusted = part.trusted_from
+        part.store.merge()                          # the copy finds them: dropped, reported
+        assert part.corrupt_records == len(hit) and part.trusted_from > trusted
+        while not part.tree_built:
+            await asyncio.sleep(0)
+        assert part.tree == _fold(part) and all(rep.read(6, k) is None for k in hit)
+        assert len(part.store) == 150 - len(hit)
+        await rep.close()
+
+    if in_loop:
+        asyncio.run(main())
+    else:
+        rep = _rep(tmp_path, max_segment_bytes=4096)
+        part = rep.partition(6)
+        part.store.merge()
+        assert part.tree_built and part.tree == _fold(part) and part.corrupt_records == len(hit)
+        asyncio.run(rep.close())
