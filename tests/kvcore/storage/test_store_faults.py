@@ -371,8 +371,9 @@ def test_a_snapshot_reads_back_the_store_as_it_was(open_store):
     assert len(s.snapshot()) == 300
 
 
-def test_a_corrupt_record_found_through_a_snapshot_is_dropped_once(open_store, tmp_path):
-    s = open_store(max_segment_bytes=SEG)
+@pytest.mark.parametrize("skip", [0, 8])
+def test_a_corrupt_record_found_through_a_snapshot_is_dropped_once(open_store, tmp_path, skip):
+    s = open_store(max_segment_bytes=SEG, index_skip_bits=skip)
     keys = _fill_to_roll(s)
     s.put(b"roll0000", _value(0))
     s.close()
@@ -382,7 +383,7 @@ def test_a_corrupt_record_found_through_a_snapshot_is_dropped_once(open_store, t
         f.write(b"\xff")
         f.seek(32 + 9 * (24 + 5 + 30) + 26)
         f.write(b"\xff")
-    s = open_store(max_segment_bytes=SEG)
+    s = open_store(max_segment_bytes=SEG, index_skip_bits=skip)
     seen = []
     s.on_corrupt = lambda seg_id, off: seen.append(off)
     snap = s.snapshot()
