@@ -250,6 +250,20 @@ cdef class MerkleTree:
         t.count = self.count
         return t
 
+    def rebase(self, MerkleTree built not None, MerkleTree base not None):
+        """Make this tree `built` plus the changes made to it since it equalled `base`: every
+        node becomes built ^ base ^ self, count built + self - base (a rebuild folded from
+        the store as it was when `base` was copied, while writes went on updating this tree:
+        kvnet/replica.py). Same shape required; in place, so holders of this tree see it."""
+        cdef Py_ssize_t i
+        for t in (built, base):
+            if t.width != self.width or t.depth != self.depth:
+                raise ValueError("rebase needs trees of the same shape")
+        for i in range(self.total):
+            self.nodes[i] ^= built.nodes[i] ^ base.nodes[i]
+        self.count = built.count + self.count - base.count
+        return self
+
     # --- shape and mapping ---
 
     @property

@@ -140,6 +140,20 @@ class MerkleTree:
         t.count = self.count
         return t
 
+    def rebase(self, built, base):
+        """Make this tree `built` plus the changes made to it since it equalled `base`: every
+        node becomes built ^ base ^ self, count built + self - base (a rebuild folded from
+        the store as it was when `base` was copied, while writes went on updating this tree:
+        kvnet/replica.py). Same shape required; in place, so holders of this tree see it."""
+        for t in (built, base):
+            if (t.width, t.depth) != (self.width, self.depth):
+                raise ValueError("rebase needs trees of the same shape")
+        for mine, b, o in zip(self._levels, built._levels, base._levels):
+            for i in range(len(mine)):
+                mine[i] ^= b[i] ^ o[i]
+        self.count = built.count + self.count - base.count
+        return self
+
     def _recompute_inner(self):
         for l in range(self.depth - 1, -1, -1):
             parent = array("Q", bytes(8 * len(self._levels[l])))

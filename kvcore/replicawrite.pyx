@@ -50,6 +50,9 @@ cdef object overwrite_c(LogStore store, MerkleTree tree, bytes key, object value
     cdef object old = None
     if slot >= 0:
         old = store.value_in(slot, key)
+        if old is None:         # its record failed its CRC and was dropped: absent now
+            slot = -1
+    if slot >= 0:
         raw = _bump_own(old, own, trusted_from, value, ts)
     else:
         raw = _fresh(own, new_epoch(), value, ts)
@@ -72,7 +75,9 @@ cdef int merge_superseding_c(LogStore store, MerkleTree tree, bytes key, bytes r
     cdef object old = None
     if slot >= 0:
         old = store.value_in(slot, key)
-        if old == raw:
+        if old is None:         # its record failed its CRC and was dropped: absent now
+            slot = -1
+        elif old == raw:
             return SAME_C
     if not _supersedes(old, raw):
         return MISS_C

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from kvcore.errors import MergeError, StoreClosed
+from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvnet.executor import ThreadExecutor
 
 log = logging.getLogger("kvnet.compaction")
@@ -87,8 +87,8 @@ class Compactor:
             return
         candidates = []
         for p, part in list(self.node.replica.partitions.items()):
-            if p in self._running:
-                continue
+            if p in self._running or part.read_only is not None:
+                continue                    # (a read-only partition writes no merge output)
             try:
                 data, live = part.store.sizes()
             except StoreClosed:
@@ -125,10 +125,16 @@ class Compactor:
             return None
         store = part.store
         t0 = time.perf_counter()
+        if part.read_only is not None:
+            return None
         try:
             before, _ = store.sizes()
             job = store.begin_merge()
-        except (MergeError, StoreClosed):
+        except (MergeError, StoreClosed, StoreReadOnly):
+            return None
+        except OSError as exc:          # sealing the active segment failed: nothing changed
+            self.stats["merge_failures"] += 1
+            log.warning("node %s: merge of partition %d not begun: %r", self.node.name, p, exc)
             return None
         self._jobs[p] = job
         try:

@@ -68,6 +68,10 @@ class NodeConfig:
     w: int = _s(2, "default write quorum (<= n)")
     fsync: str = _s("interval", "always (group commit before each ack) | interval | never")
     sync_interval_ms: int = _s(1000, "period of fsync=interval")
+    min_free_percent: float = _s(5.0, "refuse writes that would leave less free disk space "
+                                      "than this (percent of the data directory's file system)")
+    max_segment_bytes: int = _s(64 << 20, "a partition store starts a new segment file past "
+                                          "this size")
     request_timeout_ms: int = _s(2000, "how long a coordinator waits for replicas")
     max_connections: int = _s(10_000, "client connections at most")
     idle_timeout_s: int = _s(0, "close clients idle this long (0: never)")
@@ -126,6 +130,7 @@ _INT_BOUNDS = {
     "r": (1, 16),
     "w": (1, 16),
     "sync_interval_ms": (1, 3_600_000),
+    "max_segment_bytes": (4096, 1 << 40),
     "request_timeout_ms": (10, 600_000),
     "max_connections": (1, 1_000_000),
     "idle_timeout_s": (0, 86_400 * 7),
@@ -147,6 +152,7 @@ _INT_BOUNDS = {
 _FLOAT_BOUNDS = {
     "phi_threshold": (0.5, 100.0),
     "merge_dead_fraction": (0.05, 0.95),
+    "min_free_percent": (0.0, 50.0),
 }
 
 

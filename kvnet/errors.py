@@ -51,6 +51,15 @@ class TooManySiblings(KVNetError):
     resp_prefix = "SIBLINGS"
 
 
+class DiskError(KVNetError):
+    """A node's disk refused a write: no space (ENOSPC, or below min_free_percent), too many
+    open files (EMFILE), an I/O error (EIO), or a partition made read-only by a failed
+    fdatasync. The message names the node, the partition and the cause; reads and the
+    node's other partitions go on (docs/storage.md, "Faults")."""
+
+    resp_prefix = "IOERR"
+
+
 class PeerError(KVNetError):
     """A peer connection failed, was refused, or did not authenticate."""
 

@@ -479,7 +479,7 @@ cdef class LaneReplica:
                     try:
                         done = merge_superseding_c(part.store, part.tree, key, <bytes>raw)
                     except Exception as exc:    # as node._stored would raise it
-                        errors[len(values)] = _item_error(exc)
+                        errors[len(values)] = _item_error(self.replica.write_error(part, exc))
                         values.append(None)
                         continue
                     if done != MISS_C:

@@ -83,7 +83,9 @@ class Node(driver.Cluster, Backend):
         self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
                                     index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
-                                    max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings)
+                                    max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings,
+                                    min_free_percent=cfg.min_free_percent,
+                                    max_segment_bytes=cfg.max_segment_bytes)
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self))
         # the replica's side of the direct lane, its common items in C (kvnet/localdoor.pyx)
         self._lane = None if _LaneReplica is None else _LaneReplica(self, MAX_BATCH, ANSWER_BYTES)
@@ -324,7 +326,7 @@ class Node(driver.Cluster, Backend):
             for p, k, raw in mine:
                 self.replica.merge(p, k, V.decode(raw))
             if mine:
-                await self.replica.after_write()
+                await self.replica.after_write({p for p, _, _ in mine})
             for p, k, raw in mine:
                 self.hints.ack(target, p, k, raw)
             self.hints.reassign(target, lambda p: next(
@@ -507,7 +509,7 @@ class Node(driver.Cluster, Backend):
 
     async def _peer_put(self, m):
         self._stored(m)
-        await self.replica.after_write()
+        await self.replica.after_write(m["p"])
         return True
 
     # batches of the direct lane (PeerConnection.batch_request): each item a put or get payload
@@ -527,7 +529,8 @@ class Node(driver.Cluster, Backend):
 
     async def _peer_mput(self, items):
         answer = self._answer_mput(items)
-        await self.replica.after_write()     # one sync for the batch
+        # one sync for the batch; a partition of it made read-only by that sync fails it all
+        await self.replica.after_write({it.get("p") for it in items if type(it) is dict})
         return answer
 
     async def _peer_mget(self, items):
@@ -1011,6 +1014,7 @@ class Node(driver.Cluster, Backend):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
+                **self.replica.fault_stats(),
                 "hints_pending": sum(self.handoff.pending().values()),
                 **{f"hints_{k}": v for k, v in self.handoff.stats.items()},
                 **{f"ae_{k}": v for k, v in self.antientropy.stats.items() if v is not None},

@@ -8,6 +8,7 @@ each partition has a trusted-from epoch raised whenever its store cannot vouch
 for every dot it minted (docs/replica.md).
 """
 import asyncio
+import errno as E
 import logging
 import os
 import secrets
@@ -19,14 +20,16 @@ import msgpack
 from kvcore import merkle as M
 from kvcore import versions as V
 from kvcore._native import select
+from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
 from kvcore.storage.files import fsync_dir, write_file
-from kvnet.errors import TooManySiblings
+from kvnet.errors import DiskError, TooManySiblings
 from kvnet.executor import ThreadExecutor
 
 EPOCH_BLOCK = 10_000
 EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
 OPEN_WORKERS = 16              # threads opening partitions at start (open_all)
+REBUILD_CHUNK = 2048           # records folded between two yields to the loop (tree rebuild)
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
@@ -104,6 +107,10 @@ class Identity:
         finally:
             self._extending = None
 
+    def issued_since(self, epoch):
+        """Has any epoch been handed out after `epoch` (by any partition)?"""
+        return self._next - 1 > epoch
+
     def actor(self, epoch):
         return (self.node, self.incarnation, epoch)
 
@@ -112,24 +119,68 @@ class Identity:
                 and actor[0] == self.node and actor[1] == self.incarnation)
 
 
-class Partition:
-    """One partition's store, its Merkle tree and its trusted-from epoch."""
+def _cause(exc):
+    """An OSError's cause in words, with its errno's name: "reserving segment space: No space
+    left on device (ENOSPC)"."""
+    what = exc.strerror or str(exc)
+    name = E.errorcode.get(exc.errno) if exc.errno else None
+    if exc.filename:
+        what = f"{exc.filename}: {what}"
+    if name and name not in what:
+        what += f" ({name})"
+    return what
 
-    def __init__(self, path, identity, **store_opts):
+
+class Partition:
+    """One partition's store, its Merkle tree and its trusted-from epoch.
+
+    Faults (docs/storage.md, "Faults"; docs/antientropy.md, "Corrupt records"): a record found
+    corrupt anywhere is dropped by the store and reported here (`_corrupted`): logged once,
+    trusted-from raised before the next write, and the tree marked unbuilt and rebuilt in the
+    background (out of exchanges meanwhile). A failed fdatasync makes the partition read-only
+    (`fail`): every write is refused with an error naming the node, the partition and errno.
+    """
+
+    def __init__(self, path, identity, p=None, **store_opts):
         self.path = path
+        self.p = p if p is not None else int(os.path.basename(path))
+        self.identity = identity
+        self.read_only = None           # why writes are refused (a failed fdatasync), or None
+        self.corrupt_dropped = 0        # records dropped as corrupt since the open (callbacks)
+        self.rebuilds = 0               # background tree rebuilds finished
+        self.on_rebuilt = None          # called (partition) after a rebuild (anti-entropy queues it)
+        self.on_fail = None             # called (partition) when it turns read-only
+        self._opening = True            # the open folds the tree itself: no rebuild then
+        self._folding = False           # the rebuild's own reads: their finds need no rerun
+        self._rebuild_task = None
+        self._rebuild_again = False
         self.store = LogStore(path, **store_opts)
+        self.store.on_corrupt = self._corrupted
         self._trusted_path = os.path.join(path, "TRUSTED")
         self._tree_path = os.path.join(path, "TREE")
         self.trusted_from = _read_msgpack(self._trusted_path) or 0
         rec = self.store.recovery
+        for seg_id, offset in rec.get("corrupt_at", ()):
+            log.warning("node %s: partition %d: the record at offset %d of segment %016x fails "
+                        "its CRC (found at open): dropped as missing (the other replicas repair "
+                        "it)", identity.node, self.p, offset, seg_id)
         clean = rec["clean"] and not rec["corrupt_records"] and not rec["torn_tail_bytes"]
         if not clean and len(self.store):
             # An empty store vouches for nothing: a key not found here gets a fresh epoch anyway.
             self.distrust(identity.new_epoch())
         self.tree = self._load_tree(clean)
+        if self.corrupt_dropped and len(self.store) and (clean or self._distrust_needed()):
+            self.distrust(identity.new_epoch())     # the fold found records bad (no rebuild:
+        self._opening = False                       # it left them out already)
         # The tree is built (loaded or folded) before the partition is used; anti-entropy
-        # leaves out a partition whose tree is not built (ALGORITHMS.md section 4).
+        # leaves out a partition whose tree is not built (ALGORITHMS.md section 4): while a
+        # record found corrupt later is being folded out of it (_rebuild).
         self.tree_built = True
+
+    @property
+    def corrupt_records(self):
+        """Records of this partition found corrupt since its open (at the open's scan too)."""
+        return self.store.recovery["corrupt_records"] + self.corrupt_dropped
 
     def _load_tree(self, clean):
         """The tree saved by a clean close, used once (the file is deleted on load, so a crash
@@ -152,10 +203,20 @@ class Partition:
         return tree
 
     def close(self):
-        """Save the tree for the next clean open, then close the store. An empty partition
-        saves none: its tree is the empty one, which the open's fold rebuilds for nothing."""
-        if len(self.store):
-            write_file(self._tree_path, self.tree.to_bytes())
+        """Save the tree for the next clean open, then close the store. A tree being rebuilt
+        is not saved (it may still hold a dropped record), nor that of a read-only partition
+        (its store closes as after a crash: the next open folds and distrusts it), nor that of
+        an empty partition (the empty tree, which the open's fold rebuilds for nothing)."""
+        task, self._rebuild_task = self._rebuild_task, None
+        if task is not None:
+            task.cancel()
+        if self.tree_built and self.read_only is None and not self.store.failed \
+                and len(self.store):
+            try:
+                write_file(self._tree_path, self.tree.to_bytes())
+            except OSError as exc:          # (no tree: the next open folds one)
+                log.warning("node %s: partition %d: saving its tree failed: %s",
+                            self.identity.node, self.p, _cause(exc))
         self.store.close()
 
     def distrust(self, epoch):
@@ -163,13 +224,150 @@ class Partition:
         self.trusted_from = epoch
         _write_msgpack(self._trusted_path, epoch)
 
+    def _distrust_needed(self):
+        """False when no epoch was handed out since trusted-from was last raised: no dot of
+        this node can then be above it, so raising it again protects nothing."""
+        return self.identity.issued_since(self.trusted_from)
+
+    # ---- faults ----------------------------------------------------------------------------
+
+    def _corrupted(self, seg_id, offset):
+        """The store dropped a record that fails its CRC (LogStore.on_corrupt): log it once,
+        raise trusted-from before the next write, and rebuild the tree without it."""
+        self.corrupt_dropped += 1
+        log.warning("node %s: partition %d: the record at offset %d of segment %016x fails its "
+                    "CRC: dropped as missing (the other replicas repair it)",
+                    self.identity.node, self.p, offset, seg_id)
+        if self._opening:
+            return                  # __init__ distrusts once; its fold left the record out
+        if self._distrust_needed():
+            try:
+                self.distrust(self.identity.new_epoch())
+            except OSError as exc:  # unpersisted, it cannot protect the next write: none then
+                self.fail(exc, "persisting its trusted-from epoch after a corrupt record")
+        self.tree_built = False
+        if not self._folding:
+            self._schedule_rebuild()
+
+    def fail(self, exc, what=None):
+        """Writes are refused from now on: a failed fdatasync (never retried as if it had
+        worked), or a trusted-from epoch that could not be persisted. Trusted-from is raised
+        (best effort: the store closes without CLEAN, so the next open raises it anyway)."""
+        if self.read_only is not None:
+            return
+        err = exc.errno or E.EIO
+        self.read_only = (f"{what or 'fdatasync'} failed: {_cause(exc)}" if what
+                          else exc.strerror or str(exc))
+        if not self.store.failed:
+            self.store._fail(err, what or "a write")
+        log.error("node %s: partition %d is read-only: %s (errno %s); reads go on, writes are "
+                  "refused until the node restarts on a repaired disk", self.identity.node,
+                  self.p, self.read_only, E.errorcode.get(err, err))
+        if self.on_fail is not None:
+            self.on_fail(self)
+        try:
+            self.distrust(self.identity.new_epoch())
+        except Exception as exc2:
+            log.warning("node %s: partition %d: raising its trusted-from epoch failed too: %s",
+                        self.identity.node, self.p, exc2)
+
+    def refused(self, exc):
+        """The DiskError for a write this partition's store refused with `exc` (an OSError)."""
+        node = self.identity.node
+        if isinstance(exc, StoreReadOnly) or self.read_only is not None:
+            if self.read_only is None:
+                self.fail(exc)
+            return DiskError(f"node {node}: partition {self.p} is read-only: {self.read_only}; "
+                             "restart the node once its disk is repaired")
+        return DiskError(f"node {node}: partition {self.p}: write refused: {_cause(exc)}")
+
+    # ---- the tree rebuild ------------------------------------------------------------------
+
+    def _schedule_rebuild(self):
+        if self._rebuild_task is not None:
+            self._rebuild_again = True          # found by another read meanwhile: fold again
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:                    # no loop here (a thread, a test): now
+            self.rebuild_tree_now()
+            return
+        self._rebuild_task = loop.create_task(self._rebuild())
+
+    async def _rebuild(self):
+        try:
+            while not await self._rebuild_once():
+                await asyncio.sleep(0)
+        except (StoreClosed, asyncio.CancelledError):
+            return
+        except Exception:
+            log.exception("node %s: partition %d: rebuilding its tree failed; it stays out of "
+                          "anti-entropy until the node restarts", self.identity.node, self.p)
+        finally:
+            if self._rebuild_task is asyncio.current_task():
+                self._rebuild_task = None
+        if self.tree_built and self.on_rebuilt is not None:
+            self.on_rebuilt(self)
+
+    async def _rebuild_once(self):
+        """Fold the store into a new tree, `chunk` records between two yields to the loop, while
+        writes go on updating the live tree (docs/antientropy.md, "Corrupt records"): a
+        snapshot of the store and a copy of the tree are taken together; the fold reads the
+        records as they were then; `rebase` then replays onto the fold every change made to
+        the live tree since the copy. True when done; False to start again (a merge moved the
+        records, or another read found a record corrupt meanwhile)."""
+        self._rebuild_again = False
+        chunk = REBUILD_CHUNK
+        store = self.store
+        base = self.tree.copy()
+        snap = store.snapshot()
+        built = M.MerkleTree(self.tree.width, self.tree.depth)
+        i, n = 0, len(snap)
+        while i < n:
+            self._folding = True
+            try:
+                i, pairs = store.read_snapshot(snap, i, chunk)
+            except MergeError:
+                return False
+            finally:
+                self._folding = False
+            if pairs:
+                built.update_many([k for k, _ in pairs], None, [v for _, v in pairs])
+            await asyncio.sleep(0)
+            if self._rebuild_again:
+                return False
+        self.tree.rebase(built, base)
+        self.tree_built = True
+        self.rebuilds += 1
+        log.info("node %s: partition %d: tree rebuilt without the corrupt records (%d keys)",
+                 self.identity.node, self.p, n)
+        return True
+
+    def rebuild_tree_now(self):
+        """The rebuild in one step, when there is no loop to yield to (no write can come
+        between the snapshot and the fold: the fold is the tree)."""
+        base = self.tree.copy()
+        snap = self.store.snapshot()
+        built = M.MerkleTree(self.tree.width, self.tree.depth)
+        self._folding = True
+        try:
+            _, pairs = self.store.read_snapshot(snap, 0, len(snap))
+        finally:
+            self._folding = False
+        if pairs:
+            built.update_many([k for k, _ in pairs], None, [v for _, v in pairs])
+        self.tree.rebase(built, base)
+        self.tree_built = True
+        self.rebuilds += 1
+
 
 class LocalReplica:
     """The partitions this node holds, with minting, syncing and group commit."""
 
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
-                 index_skip_bits=0, executor=None):
+                 index_skip_bits=0, min_free_percent=0.0, max_segment_bytes=64 << 20,
+                 executor=None):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
@@ -181,9 +379,14 @@ class LocalReplica:
         # per value; the store takes whatever replication brings.
         # index_skip_bits: the ring's partition bits, which every key of a partition shares;
         # the store's index skips them so a partition's keys spread over its whole table.
+        # min_free_percent: the stores refuse writes below that share of free disk space.
         self._store_opts = dict(fsync="never", max_key_bytes=max_key_bytes,
-                                max_value_bytes=(1 << 31) - 1, index_skip_bits=index_skip_bits)
+                                max_value_bytes=(1 << 31) - 1, index_skip_bits=index_skip_bits,
+                                min_free_percent=min_free_percent,
+                                max_segment_bytes=max_segment_bytes)
         self.partitions = {}
+        self.on_tree_rebuilt = None  # fn(p) after a partition's tree is rebuilt (anti-entropy)
+        self._failures = 0           # partitions made read-only so far (after_write)
         self._dirty = set()
         self._write_gen = 0          # writes stored so far
         self._synced_gen = 0         # writes known durable
@@ -195,12 +398,41 @@ class LocalReplica:
     def partition(self, p):
         part = self.partitions.get(p)
         if part is None:
-            part = self.partitions[p] = self._new_partition(p)
+            try:
+                part = self.partitions[p] = self._new_partition(p)
+            except OSError as exc:
+                raise DiskError(f"node {self.identity.node}: partition {p} cannot be opened: "
+                                f"{_cause(exc)}") from exc
         return part
 
     def _new_partition(self, p):
         path = os.path.join(self.data_dir, "partitions", f"{p:05d}")
-        return Partition(path, self.identity, **self._store_opts)
+        part = Partition(path, self.identity, p=p, **self._store_opts)
+        part.on_rebuilt = self._rebuilt
+        part.on_fail = self._failed
+        return part
+
+    def _failed(self, part):
+        self._failures += 1
+
+    def _rebuilt(self, part):
+        if self.on_tree_rebuilt is not None and self.partitions.get(part.p) is part:
+            self.on_tree_rebuilt(part.p)
+
+    def fault_stats(self):
+        """Counters of disk faults over the open partitions (INFO shows them)."""
+        parts = list(self.partitions.values())
+        return {"corrupt_records": sum(part.corrupt_records for part in parts),
+                "read_only_partitions": sum(1 for part in parts if part.read_only is not None),
+                "trees_rebuilding": sum(1 for part in parts if not part.tree_built),
+                "tree_rebuilds": sum(part.rebuilds for part in parts)}
+
+    def write_error(self, part, exc):
+        """What a write to `part` that raised `exc` reports: a DiskError naming the node, the
+        partition and the cause for a disk fault (an OSError), else `exc` itself."""
+        if isinstance(exc, OSError):
+            return part.refused(exc)
+        return exc
 
     def open_all(self, parts, workers=OPEN_WORKERS):
         """Open (or create) these partitions now, in up to `workers` threads: creating one
@@ -250,7 +482,10 @@ class LocalReplica:
         return raw
 
     def _put(self, part, key, old_raw, raw):
-        part.store.put(key, raw)
+        try:
+            part.store.put(key, raw)
+        except OSError as exc:
+            raise self.write_error(part, exc) from exc
         part.tree.update(key, old_raw, raw)
         self._written(part)
 
@@ -314,8 +549,11 @@ class LocalReplica:
         (kvcore/replicawrite.pyx), the same the general path makes. The stored bytes, or None
         (nothing done: take the general path) for any other clock."""
         ident = self.identity
-        raw = RW.overwrite(part.store, part.tree, key, value, ident.prefix, part.trusted_from, ts,
-                           ident.new_epoch)
+        try:
+            raw = RW.overwrite(part.store, part.tree, key, value, ident.prefix, part.trusted_from,
+                               ts, ident.new_epoch)
+        except OSError as exc:
+            raise self.write_error(part, exc) from exc
         if raw is not None:
             self._written(part)
         return raw
@@ -346,7 +584,10 @@ class LocalReplica:
         and the sync would be it), and is stored as it is; False, having done nothing, for
         anything else (the caller decodes and merges)."""
         part = self.partitions.get(p) or self.partition(p)
-        done = RW.merge_superseding(part.store, part.tree, key, raw)
+        try:
+            done = RW.merge_superseding(part.store, part.tree, key, raw)
+        except OSError as exc:
+            raise self.write_error(part, exc) from exc
         if done == RW.STORED:
             self._written(part)
         return done != RW.MISS
@@ -375,7 +616,10 @@ class LocalReplica:
         cur = part.store.get(key)
         if cur is None or cur != raw:
             return False
-        part.store.delete(key)
+        try:
+            part.store.delete(key)
+        except OSError as exc:
+            raise self.write_error(part, exc) from exc
         part.tree.update(key, cur, None)
         self._dirty.add(part)
         self._write_gen += 1
@@ -388,16 +632,21 @@ class LocalReplica:
             return                  # nothing held, nothing minted here can be lost
         # in chunks of the store's scan order, never the whole key list in memory (a scan
         # cursor is a position in that order: deleting keys behind it moves nothing ahead)
-        cursor = 0
-        while True:
-            cursor, keys = part.store.scan(cursor, EMPTY_CHUNK)
-            for key in keys:
-                old_raw = part.store.get(key)
-                part.store.delete(key)
-                part.tree.update(key, old_raw, None)
-            if cursor == 0:
-                break
-        part.distrust(self.identity.new_epoch())
+        try:
+            cursor = 0
+            while True:
+                cursor, keys = part.store.scan(cursor, EMPTY_CHUNK)
+                for key in keys:
+                    old_raw = part.store.get(key)
+                    if old_raw is None:
+                        continue        # (its record failed its CRC: dropped already)
+                    part.store.delete(key)
+                    part.tree.update(key, old_raw, None)
+                if cursor == 0:
+                    break
+            part.distrust(self.identity.new_epoch())
+        except OSError as exc:
+            raise self.write_error(part, exc) from exc
         self._dirty.add(part)
         self._write_gen += 1
 
@@ -412,10 +661,15 @@ class LocalReplica:
             await asyncio.shield(self._commit_round)
 
     async def _commit_once(self):
+        """One round: sync every dirty store in a worker thread. A store whose sync fails is
+        never synced again as if its writes had reached the disk (the store refuses it): its
+        partition turns read-only and leaves the round; the others are durable."""
         gen, dirty, self._dirty = self._write_gen, self._dirty, set()
         try:
             if dirty:
-                await self.executor.run(_sync_all, [d.store for d in dirty])
+                failed = await self.executor.run(_sync_all, list(dirty))
+                for part, exc in failed:
+                    self.write_error(part, exc)         # read-only, logged, distrusted
             self._synced_gen = max(self._synced_gen, gen)
         except BaseException:
             self._dirty |= dirty
@@ -423,10 +677,26 @@ class LocalReplica:
         finally:
             self._commit_round = None
 
-    async def after_write(self):
-        """What a write awaits before it is acknowledged, by the fsync policy."""
+    async def after_write(self, parts=None):
+        """What a write awaits before it is acknowledged, by the fsync policy. With
+        fsync=always: the group commit, then a DiskError if the partition written (`parts`: a
+        partition number or several; None: any partition) turned read-only meanwhile, its
+        sync having failed: that write is not acknowledged."""
         if self.fsync == "always":
+            failures = self._failures
             await self.commit()
+            if self._failures == failures:
+                return
+            if parts is None:
+                bad = [p for p, part in self.partitions.items() if part.read_only is not None]
+            else:
+                ps = (parts,) if isinstance(parts, int) else parts
+                bad = [p for p in ps if self.partitions.get(p) is not None
+                       and self.partitions[p].read_only is not None]
+            if bad:
+                part = self.partitions[bad[0]]
+                raise DiskError(f"node {self.identity.node}: partition {part.p} is read-only: "
+                                f"{part.read_only}; the write is not acknowledged")
 
     def start(self):
         if self.fsync == "interval" and self._interval_task is None:
@@ -435,7 +705,10 @@ class LocalReplica:
     async def _interval_loop(self):
         while True:
             await asyncio.sleep(self.sync_interval)
-            await self.commit()
+            try:
+                await self.commit()
+            except Exception:
+                log.exception("node %s: an interval commit failed", self.identity.node)
 
     async def close(self):
         if self._interval_task is not None:
@@ -451,18 +724,29 @@ class LocalReplica:
             except Exception:
                 pass
         parts, self.partitions = list(self.partitions.values()), {}
+        for part in parts:          # (a rebuild is a task of this loop: cancelled here)
+            task, part._rebuild_task = part._rebuild_task, None
+            if task is not None:
+                task.cancel()
         if parts:
             # each close syncs a file or two: in threads, as open_all opens them
             await asyncio.to_thread(_close_all, parts)
         self.executor.shutdown()
 
 
+def _close_one(part):
+    try:
+        part.close()
+    except OSError as exc:      # (a failed last sync: read-only, closed as after a crash)
+        log.error("node %s: closing partition %d: %s", part.identity.node, part.p, _cause(exc))
+
+
 def _close_all(parts, workers=OPEN_WORKERS):
     if len(parts) == 1:
-        parts[0].close()
+        _close_one(parts[0])
         return
     with ThreadPoolExecutor(min(workers, len(parts)), thread_name_prefix="ringkv-close") as ex:
-        for _ in ex.map(Partition.close, parts):     # (re-raises the first failure)
+        for _ in ex.map(_close_one, parts):     # (re-raises a failure other than OSError)
             pass
 
 
@@ -473,6 +757,15 @@ def _same(a, b):
                       and all(x is y for x, y in zip(a.entries, b.entries)))
 
 
-def _sync_all(stores):
-    for s in stores:
-        s.sync()
+def _sync_all(parts):
+    """Sync each partition's store (in a worker thread): [(partition, OSError)] of those that
+    failed. A partition dropped meanwhile (its store closed) has nothing left to sync."""
+    failed = []
+    for part in parts:
+        try:
+            part.store.sync()
+        except StoreClosed:
+            pass
+        except OSError as exc:
+            failed.append((part, exc))
+    return failed

@@ -1,7 +1,11 @@
 """LogStore options: defaults, bounds and the checks both twins share."""
+import errno
+import os
 from dataclasses import dataclass
 
 import lz4.block
+
+from kvcore.errors import StoreFull
 
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -15,6 +19,7 @@ class StoreOptions:
     max_value_bytes: int = 32 << 20
     compress_min_bytes: int = 512
     index_skip_bits: int = 0
+    min_free_percent: float = 0.0
 
 
 _BOUNDS = {
@@ -44,7 +49,81 @@ def check_options(**kw):
         v = getattr(opts, name)
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    v = opts.min_free_percent
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 50:
+        raise ValueError(f"min_free_percent must be a number in [0, 50], got {v!r}")
     return opts
+
+
+def space_allowed(path, min_free):
+    """Bytes that may still be taken on the file system of `path` before its free space (for
+    unprivileged use) falls below `min_free` percent; negative when it is below already."""
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize
+    if total <= 0:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize - int(total * min_free / 100.0)
+
+
+def space_refused(path, min_free):
+    """The StoreFull a write below the free-space watermark raises (both twins)."""
+    st = os.statvfs(path)
+    pct = st.f_bavail * 100.0 / st.f_blocks if st.f_blocks else 100.0
+    return StoreFull(errno.ENOSPC, f"write refused: {pct:.1f} % of the file system of {path} "
+                                   f"is free, below min_free_percent={min_free:g} (free some "
+                                   "space: writes resume by themselves)")
+
+
+# Test-only fault injection (LogStore._fail_next): the next call(s) of one kind of system call
+# fail with a chosen errno, in either twin at the same logical steps (docs/storage.md, "Faults").
+FAULT_OPS = {"open": 1, "write": 2, "ftruncate": 3, "fdatasync": 4}
+
+
+def check_fault(op, err, times, after):
+    """(op number, errno, times, after) of a _fail_next() call, checked."""
+    if op not in FAULT_OPS:
+        raise ValueError(f"op must be one of {', '.join(FAULT_OPS)}, got {op!r}")
+    if not isinstance(err, int) or err <= 0 or not isinstance(times, int) or times < 1 \
+            or not isinstance(after, int) or after < 0:
+        raise ValueError("err must be a positive errno, times a positive integer, after >= 0")
+    return FAULT_OPS[op], err, times, after
+
+
+def injected(err, what):
+    return OSError(err, os.strerror(err), f"{what} (injected)")
+
+
+def foreign_segment_version(head, crc32c, seg_magic, version, header_size):
+    """A segment header that is whole (its magic and CRC check out) but of a format version
+    other than `version`: that version; else None (a current header, or a damaged one)."""
+    if len(head) < header_size:
+        return None
+    magic, v = int.from_bytes(head[0:8], "little"), int.from_bytes(head[8:10], "little")
+    if magic != seg_magic or v == version:
+        return None
+    if int.from_bytes(head[28:32], "little") != crc32c(bytes(head[:28])):
+        return None
+    return v
+
+
+def check_format(path, seg_ids, crc32c, layout):
+    """Refuse (StoreFormatError) a store directory holding a segment of another format version,
+    before its open changes anything in it."""
+    for seg_id in seg_ids:
+        seg_path = os.path.join(path, layout.segment_name(seg_id))
+        with open(seg_path, "rb") as f:
+            head = f.read(layout.SEG_HEADER_SIZE)
+        found = foreign_segment_version(head, crc32c, layout.SEG_MAGIC, layout.FORMAT_VERSION,
+                                        layout.SEG_HEADER_SIZE)
+        if found is not None:
+            raise format_refused(seg_path, found, layout.FORMAT_VERSION)
+
+
+def format_refused(path, found, version):
+    from kvcore.errors import StoreFormatError
+    return StoreFormatError(
+        f"{path} is in storage format version {found}; this ringkv reads format version "
+        f"{version} only (run the ringkv release that wrote it, or restore a backup)")
 
 
 def maybe_compress(value, min_bytes):

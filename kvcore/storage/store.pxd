@@ -51,6 +51,14 @@ cdef class LogStore:
     cdef long long merges
     cdef object merge_job
     cdef uint64_t hash_mask             # all ones; tests narrow it to force collisions
+    cdef public object on_corrupt       # called (segment id, offset) per record dropped as corrupt
+    cdef object failed_info             # None, or (errno, what): a failed fdatasync, read-only
+    cdef list corrupt_at                # (segment id, offset) of records the open's scan skipped
+    cdef double min_free                # free-space watermark in percent (0: off)
+    cdef int fault_op                   # _fail_next(): op number (0: none), errno, times left
+    cdef int fault_errno
+    cdef int fault_times
+    cdef int fault_after
     cdef object __weakref__             # the interval syncer holds stores weakly
 
     cdef int _check_open(self) except -1
@@ -70,7 +78,11 @@ cdef class LogStore:
     cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
                     size_t size, int flags, Py_ssize_t i=*) except -1
-    cdef object _value_at(self, uint64_t loc, object key)
+    cdef object _value_at(self, Py_ssize_t slot, object key)   # None: absent or dropped as corrupt
+    cdef int _drop_slot(self, Py_ssize_t slot) except -1
+    cdef int _injected(self, int op) noexcept
+    cdef int _check_writable(self) except -1
+    cdef Py_ssize_t _create_segment(self, uint64_t seg_id) except -1
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1
     cdef int _after_write(self) except -1
     cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,

@@ -14,7 +14,7 @@ import time
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock, WAIT_LOCK)
-from libc.errno cimport ENOSPC, errno
+from libc.errno cimport EIO, ENOSPC, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -23,12 +23,15 @@ from posix.types cimport off_t
 from posix.unistd cimport close as c_close, fdatasync, ftruncate, pwrite, write as c_write
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
-from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
+import errno as E
+
+from kvcore.errors import (KeyTooLarge, MergeError, StoreClosed, StoreReadOnly, ValueTooLarge)
 from kvcore.storage import layout as L
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import check_options, decompress, maybe_compress
+from kvcore.storage.options import (check_fault, check_format, check_options, decompress,
+                                    injected, maybe_compress, space_allowed, space_refused)
 
 from kvcore.hashing cimport kv_crc32c, token_of
 from kvcore.storage.keydir cimport Keydir, Slot, loc_off, loc_seg, make_loc
@@ -41,6 +44,12 @@ cdef extern from "fcntl.h" nogil:
     # Linux/glibc; returns an error number (not -1 and errno). Python.h sets the
     # feature macros that declare it.
     int posix_fallocate(int fd, off_t offset, off_t length)
+
+cdef enum:                          # _fail_next() ops (options.FAULT_OPS)
+    F_OPEN = 1
+    F_WRITE = 2
+    F_FTRUNCATE = 3
+    F_FDATASYNC = 4
 
 cdef size_t PAGE = 4096
 cdef size_t CHUNK = 1 << 20         # put_many copies at most this much per step
@@ -96,6 +105,31 @@ cdef size_t _nonzero_end(const char *p, size_t start, size_t end) noexcept nogil
     while end > start and p[end - 1] == 0:
         end -= 1
     return end
+
+
+def _crc32c(data):
+    cdef bytes b = bytes(data)
+    return kv_crc32c(0, <const char *>b, len(b))
+
+
+cdef inline uint64_t unrotate(uint64_t h, int rot) noexcept nogil:
+    """The token of a keydir order value (Keydir.order rotates it left by rot)."""
+    if rot == 0:
+        return h
+    return (h >> rot) | (h << (64 - rot))
+
+
+class Snapshot:
+    """The store's live records at one moment (LogStore.snapshot): their locations, read back
+    with LogStore.read_snapshot while the store goes on being written."""
+
+    def __init__(self, locs, hashes, merges):
+        self.locs = locs            # numpy uint64 keydir locations, in file order
+        self.hashes = hashes        # their keys' tokens
+        self.merges = merges        # the store's merge count then: a merge since moves records
+
+    def __len__(self):
+        return len(self.locs)
 
 
 def _hint_file(uint64_t seg_id, bytes entries, uint64_t count):
@@ -309,14 +343,18 @@ cdef class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 index_skip_bits=0, _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, min_free_percent=0.0, _hash_mask=0xFFFFFFFFFFFFFFFF):
         # _hash_mask is for tests only: it forces hash collisions, which get and put
         # must survive by comparing the key stored on disk. Reopen with the same mask.
         self.hash_mask = _hash_mask
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
-                                   index_skip_bits=index_skip_bits)
+                                   index_skip_bits=index_skip_bits, min_free_percent=min_free_percent)
+        self.min_free = min_free_percent
+        self.on_corrupt = None
+        self.failed_info = None
+        self.corrupt_at = []
         self.fsync_mode = {"never": 0, "interval": 1, "always": 2}[fsync]
         self.max_segment = max_segment_bytes
         self.max_key = max_key_bytes
@@ -457,6 +495,19 @@ cdef class LogStore:
             target = cap
         if target > seg.map_len:
             target = seg.map_len
+        if self.min_free > 0:
+            # the free-space watermark: reserved space is taken already, so only a step
+            # needs this one statvfs (every 64 KiB .. 4 MiB written, not every put)
+            allowed = space_allowed(self.path, self.min_free)
+            if allowed < <long long>(need - old):
+                raise space_refused(self.path, self.min_free)
+            if <long long>(target - old) > allowed:
+                target = old + (<uint64_t>allowed) // PAGE * PAGE
+                if target < need:
+                    target = need
+        rc = self._injected(F_FTRUNCATE)
+        if rc:
+            raise injected(rc, "reserving segment space")
         with nogil:
             rc = posix_fallocate(seg.fd, <off_t>old, <off_t>(target - old))
             if rc == ENOSPC and target > need:      # no room for a step: try for this write alone
@@ -470,6 +521,7 @@ cdef class LogStore:
     # ---- open and recovery -------------------------------------------------------------
 
     def _open(self):
+        check_format(self.path, L.segment_ids(self.path), _crc32c, L)
         for name in os.listdir(self.path):
             if name.endswith(L.MERGING_SUFFIX):
                 os.unlink(os.path.join(self.path, name))
@@ -484,7 +536,7 @@ cdef class LogStore:
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
                 "torn_tail_bytes": self.torn_tail, "zero_tail_bytes": self.zero_tail,
-                "scanned_segments": self.scanned}
+                "scanned_segments": self.scanned, "corrupt_at": self.corrupt_at}
 
     def _load_segment(self, uint64_t seg_id, bint last):
         cdef Py_ssize_t i = self._open_segment(seg_id, False)
@@ -545,7 +597,7 @@ cdef class LogStore:
                 os.ftruncate(self.segs[i].fd, 0)
                 self.segs[i].size = 0
                 return
-            self.corrupt += 1
+            self._scan_corrupt(i, 0)
         while off < end:
             size = check_record(base + off, end - off)
             if size:
@@ -565,14 +617,20 @@ cdef class LogStore:
                 # segment; elsewhere, one corrupt record).
                 data_end = _nonzero_end(base, off, end)
                 if data_end > off and not last:
-                    self.corrupt += 1
+                    self._scan_corrupt(i, off)
                     return
                 self.torn_tail += data_end - off
                 self.zero_tail += end - data_end
                 self._truncate_recovered(i, off)
                 return
-            self.corrupt += 1
+            self._scan_corrupt(i, off)
             off = nxt
+
+    def _scan_corrupt(self, Py_ssize_t i, uint64_t off):
+        """A bad record the open's scan skips: counted, and listed in recovery["corrupt_at"]."""
+        self.corrupt += 1
+        if len(self.corrupt_at) < 10_000:
+            self.corrupt_at.append((self.segs[i].id, off))
 
     def _truncate_recovered(self, Py_ssize_t i, uint64_t off):
         os.ftruncate(self.segs[i].fd, off)
@@ -586,13 +644,34 @@ cdef class LogStore:
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
         cdef uint64_t count = 0, seg_id = self.segs[i].id
         cdef uint32_t crc
+        cdef int err
         while off < end:
             count += 1
-            off += record_size(base + off)
+            size = record_size(base + off)
+            if size < REC_HEADER_SIZE or off + size > end:
+                return      # the data is not what this store wrote: no hints, the open scans
+            off += size
         head = _HINT_HEAD.pack(L.HINT_MAGIC, FORMAT_VERSION, HINT_HEADER_SIZE, 0, seg_id, count)
         crc = kv_crc32c(0, <const char *>head, len(head))
         path = os.path.join(self.path, L.hint_name(seg_id))
         tmp = path + L.MERGING_SUFFIX
+        # A hint file only saves a scan at the next open: failing to write one (a full disk)
+        # is not an error of the seal or close that writes it.
+        try:
+            err = self._injected(F_OPEN)
+            if err:
+                raise injected(err, "opening a hint file")
+            self._write_hint_file(i, tmp, head, crc)
+            os.rename(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _write_hint_file(self, Py_ssize_t i, tmp, head, uint32_t crc):
+        cdef const char *base = self.segs[i].map
+        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self._pwrite_all(fd, <const char *>head, len(head), 0)
@@ -615,7 +694,6 @@ cdef class LogStore:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
 
     def _write_hints(self, uint64_t seg_id, Py_ssize_t i):
         """Write the hint file of segment i from the hint buffer, then empty the buffer."""
@@ -626,58 +704,182 @@ cdef class LogStore:
             count += 1
         entries = PyBytes_FromStringAndSize(self.hints.data, self.hints.len)
         path = os.path.join(self.path, L.hint_name(seg_id))
-        write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
-        os.rename(path + L.MERGING_SUFFIX, path)
+        try:                        # (best effort: a missing hint file costs a scan, see above)
+            write_file(path + L.MERGING_SUFFIX, _hint_file(seg_id, entries, count))
+            os.rename(path + L.MERGING_SUFFIX, path)
+        except OSError:
+            try:
+                os.unlink(path + L.MERGING_SUFFIX)
+            except OSError:
+                pass
         self.hints.len = 0
         if self.hints.cap > (1 << 20):              # give the memory back between seals
             free(self.hints.data)
             self.hints.data = NULL
             self.hints.cap = 0
 
+    cdef Py_ssize_t _create_segment(self, uint64_t seg_id) except -1:
+        """A new segment file with its header, synced and mapped writable, not yet active. On
+        any failure (EMFILE, ENOSPC, EIO) nothing is left of it and OSError is raised."""
+        cdef Py_ssize_t i
+        cdef int err = self._injected(F_OPEN)
+        path = os.path.join(self.path, L.segment_name(seg_id))
+        if err:
+            raise injected(err, "opening a new segment")
+        i = self._open_segment(seg_id, True)
+        try:
+            err = self._injected(F_WRITE)
+            if err:
+                raise injected(err, "writing a segment header")
+            head = _segment_header(seg_id)
+            if os.write(self.segs[i].fd, head) != len(head):
+                raise OSError(ENOSPC, os.strerror(ENOSPC), "writing a segment header")
+            err = self._injected(F_FDATASYNC)
+            if err:
+                raise injected(err, "fdatasync of a new segment")
+            os.fdatasync(self.segs[i].fd)
+            fsync_dir(self.path)
+            self.segs[i].size = self.segs[i].reserved = SEG_HEADER_SIZE
+            # Writable, and long enough for any size the segment can reach, so it is never
+            # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
+            self._map_segment(i, self.active_reserve, True)
+        except BaseException as exc:
+            self._drop_segment(i, False)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, f"starting segment {seg_id:016x}") from exc
+            raise
+        return i
+
     def _new_active(self, uint64_t seg_id):
-        cdef Py_ssize_t i = self._open_segment(seg_id, True)
-        os.write(self.segs[i].fd, _segment_header(seg_id))
-        os.fdatasync(self.segs[i].fd)
-        fsync_dir(self.path)
-        self.segs[i].size = self.segs[i].reserved = SEG_HEADER_SIZE
-        # Writable, and long enough for any size the segment can reach, so it is never
-        # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
-        self._map_segment(i, self.active_reserve, True)
+        cdef Py_ssize_t i = self._create_segment(seg_id)
         self.active = i
         self.hints.len = 0
         self.synced_offset = SEG_HEADER_SIZE
 
     cdef int _end_active(self, Py_ssize_t i, bint locked) except -1:
         """Give back the reserved space of active segment i (truncate to the data end),
-        make it durable, and make its map read-only. locked: the caller holds _io_lock."""
+        make it durable, and make its map read-only. locked: the caller holds _io_lock.
+        A failed truncate raises OSError with nothing changed (the map stays writable); a
+        failed fdatasync makes the store read-only (StoreReadOnly)."""
         cdef Segment *seg = &self.segs[i]
-        cdef int fd = seg.fd, rc = 0, err = 0
+        cdef int fd = seg.fd, rc = 0, err = 0, synced = 0
         cdef off_t size = seg.size
+        cdef int inj_t = self._injected(F_FTRUNCATE)
+        cdef int inj_s = 0 if inj_t else self._injected(F_FDATASYNC)
         with nogil:
             if not locked:
                 PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
-            if seg.reserved > <uint64_t>size:
+            if inj_t:
+                rc = -1
+                err = inj_t
+            elif seg.reserved > <uint64_t>size:
                 rc = ftruncate(fd, size)
+                if rc != 0:
+                    err = errno
             if rc == 0:
-                rc = fdatasync(fd)
-            if rc != 0:
-                err = errno
+                synced = 1          # (truncated, if it had to be)
+                if inj_s:
+                    rc = -1
+                    err = inj_s
+                else:
+                    rc = fdatasync(fd)
+                    if rc != 0:
+                        err = errno
             if not locked:
                 PyThread_release_lock(self._io_lock)
+        if synced:
+            seg.reserved = seg.size
         if rc != 0:
-            raise OSError(err, os.strerror(err), "truncate and fdatasync of the active segment")
-        seg.reserved = seg.size
+            if not synced:
+                if inj_t:
+                    raise injected(err, "truncating the active segment")
+                raise OSError(err, os.strerror(err), "truncating the active segment")
+            raise self._fail(err, f"fdatasync of segment {seg.id:016x}")
         if seg.map != NULL:
             mprotect(seg.map, seg.map_len, PROT_READ)
         return 0
 
     def _seal_active(self):
-        """Truncate and sync the active segment, write its hints, and start the next one."""
-        cdef Segment *seg = &self.segs[self.active]
-        self._end_active(self.active, False)
-        self._seal_hints(self.active)
-        self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        """Start the next segment, then seal the active one (truncate, sync, read-only map,
+        hints). The next segment is opened first: if that fails (EMFILE, ENOSPC) nothing has
+        changed, and if sealing fails it is removed again, so the active segment is always
+        a writable one (a roll sealed the old one first and left a read-only map active)."""
+        cdef Py_ssize_t old = self.active, new
+        cdef uint64_t seg_id = self.segs[old].id
+        if self.min_free > 0 and space_allowed(self.path, self.min_free) < <long long>PAGE:
+            raise space_refused(self.path, self.min_free)
+        new = self._create_segment(((seg_id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        try:
+            self._end_active(old, False)
+        except BaseException:
+            path = os.path.join(self.path, L.segment_name(self.segs[new].id))
+            self._drop_segment(new, False)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        self.active = new
+        self.hints.len = 0
+        self.synced_offset = SEG_HEADER_SIZE
         self.dirty_since = -1
+        self._seal_hints(old)
+
+    # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
+
+    def _fail_next(self, op, err=0, times=1, after=0):
+        """Tests only: make the next `times` calls of one kind of system call fail with errno
+        `err` (op None: no more faults): "open" (a new segment or hint file), "write" (record
+        bytes, a segment header, a hint file), "ftruncate" (a segment's length: a reservation step, the truncation at
+        a seal or close), "fdatasync" (any sync of a segment). after: that many calls of the
+        kind succeed first."""
+        if op is None:                  # (clears a fault not triggered yet)
+            self.fault_op = 0
+            return
+        self.fault_op, self.fault_errno, self.fault_times, self.fault_after = \
+            check_fault(op, err, times, after)
+
+    cdef int _injected(self, int op) noexcept:
+        """The errno an injected fault of op makes its next call fail with, or 0."""
+        cdef int err
+        if self.fault_op != op:
+            return 0
+        if self.fault_after > 0:
+            self.fault_after -= 1
+            return 0
+        err = self.fault_errno
+        self.fault_times -= 1
+        if self.fault_times <= 0:
+            self.fault_op = 0
+        return err
+
+    def _fail(self, int err, what):
+        """An fdatasync failed: the store is read-only from now on (never synced again as if
+        what it held had reached the disk); the StoreReadOnly to raise."""
+        if self.failed_info is None:
+            self.failed_info = (err, what)
+        self.dirty_since = -1
+        return self._read_only_error()
+
+    def _read_only_error(self):
+        err, what = self.failed_info
+        return StoreReadOnly(err, f"{what} failed ({E.errorcode.get(err, err)}: "
+                                  f"{os.strerror(err)}); store {self.path} is read-only: "
+                                  "writes since its last good sync may be lost")
+
+    @property
+    def failed(self):
+        """None, or the errno of the fdatasync that made the store read-only."""
+        return None if self.failed_info is None else self.failed_info[0]
+
+    cdef int _check_writable(self) except -1:
+        if self.failed_info is not None:
+            raise self._read_only_error()
+        return 0
 
     # ---- index -------------------------------------------------------------------------
 
@@ -692,7 +894,8 @@ cdef class LogStore:
         while i >= 0:
             loc = self.kd.slots[i].loc
             p = self.segs[loc_seg(loc)].map + loc_off(loc)
-            if load16(p + REC_OFF_KEYLEN) == klen and memcmp(p + REC_HEADER_SIZE, key, klen) == 0:
+            if load16(p + REC_OFF_KEYLEN) == klen and memcmp(p + REC_HEADER_SIZE, key, klen) == 0 \
+                    and loc_off(loc) + REC_HEADER_SIZE + klen <= self.segs[loc_seg(loc)].size:
                 return i
             i = self.kd.next_same(i, h)
         return -1
@@ -702,11 +905,14 @@ cdef class LogStore:
         """Point key's slot at the record just written. i: its slot from slot_of() (-1:
         absent), or -2 to look it up."""
         cdef uint64_t loc
+        cdef size_t old
         if i == -2:
             i = self._lookup(h, key, klen)
         if i >= 0:
             loc = self.kd.slots[i].loc
-            self.live_bytes -= record_size(self.segs[loc_seg(loc)].map + loc_off(loc))
+            old = record_size(self.segs[loc_seg(loc)].map + loc_off(loc))
+            if loc_off(loc) + old <= self.segs[loc_seg(loc)].size:    # (not a corrupt header)
+                self.live_bytes -= old
         if flags & FLAG_TOMBSTONE:
             if i >= 0:
                 self.kd.remove_at(i)
@@ -754,6 +960,9 @@ cdef class LogStore:
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1:
         # hint files, and put_many's chunks into the active segment's reserved space
         cdef ssize_t w
+        cdef int err = self._injected(F_WRITE)
+        if err:
+            raise injected(err, "write to segment")
         while n:
             w = pwrite(fd, data, n, off)
             if w < 0:
@@ -764,13 +973,19 @@ cdef class LogStore:
         return 0
 
     cdef int _after_write(self) except -1:
-        cdef int rc = 0, fd
+        cdef int rc = 0, fd, err
         if self.fsync_mode == 2:
             fd = self.segs[self.active].fd
+            err = self._injected(F_FDATASYNC)
             with nogil:
-                rc = fdatasync(fd)
+                if err:
+                    rc = -1
+                else:
+                    rc = fdatasync(fd)
+                    if rc != 0:
+                        err = errno
             if rc != 0:
-                raise OSError(errno, os.strerror(errno), "fdatasync")
+                raise self._fail(err, f"fdatasync of segment {self.segs[self.active].id:016x}")
             self.synced_offset = self.segs[self.active].size
         elif self.dirty_since < 0:
             self.dirty_since = now_mono()
@@ -793,11 +1008,16 @@ cdef class LogStore:
         cdef size_t size = REC_HEADER_SIZE + klen + vlen
         cdef Segment *seg = &self.segs[self.active]
         cdef uint64_t off, h
+        cdef int err
         if seg.size + size > self.max_segment and seg.size > SEG_HEADER_SIZE:
             self._seal_active()
             seg = &self.segs[self.active]
         off = seg.size
         self._reserve(self.active, off + size)
+        if self.fault_op == F_WRITE:
+            err = self._injected(F_WRITE)
+            if err:
+                raise injected(err, "writing a record")
         # encoded in place: the map is the page cache, so once this returns the record
         # survives a kill of the process (CRC written last: a kill mid-copy leaves a torn tail)
         write_record(seg.map + off, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
@@ -818,11 +1038,14 @@ cdef class LogStore:
                             PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
     cdef object value_in(self, Py_ssize_t slot, object key):
-        return self._value_at(self.kd.slots[slot].loc, key)
+        # None when the record failed its CRC and was dropped: the slot is then no longer
+        # the key's, and the caller writes as to an absent key (put_in with slot -1)
+        return self._value_at(slot, key)
 
     cdef int put_in(self, Py_ssize_t slot, object key, object value) except -1:
         cdef int flags
         self._check_value(value)
+        self._check_writable()
         stored = self._stored(value, &flags)
         self._write_one(key, stored, flags, slot)
         self._after_write()
@@ -834,6 +1057,7 @@ cdef class LogStore:
         self._check_open()
         self._check_key(key)
         self._check_value(value)
+        self._check_writable()
         stored = self._stored(value, &flags)
         self._write_one(key, stored, flags)
         self._after_write()
@@ -845,6 +1069,7 @@ cdef class LogStore:
         if self._lookup(self._hash(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)),
                         PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) < 0:
             return False
+        self._check_writable()
         self._write_one(key, b"", FLAG_TOMBSTONE)
         self._after_write()
         return True
@@ -865,6 +1090,8 @@ cdef class LogStore:
             self._check_value(value)
             pairs.append((key, value))
         n = len(pairs)
+        if n:
+            self._check_writable()
         j = 0
         while j < n:
             # encode a chunk of records into self.rec, bounded by CHUNK and the segment size
@@ -909,20 +1136,39 @@ cdef class LogStore:
 
     # ---- reads -------------------------------------------------------------------------
 
-    cdef object _value_at(self, uint64_t loc, object key):
+    cdef object _value_at(self, Py_ssize_t slot, object key):
+        """The value of the record keydir slot `slot` points at; None, having dropped it, when
+        that record fails its CRC (corruption is missing data: docs/storage.md, "Faults")."""
+        cdef uint64_t loc = self.kd.slots[slot].loc
         cdef Segment *seg = &self.segs[loc_seg(loc)]
         cdef uint64_t off = loc_off(loc)
         cdef const char *p = seg.map + off
         cdef size_t size = check_record(p, seg.size - off)
         cdef size_t klen
         if size == 0:
-            self.corrupt += 1
-            raise CorruptRecord(f"record of key {key!r} in segment {seg.id:016x} at {off} fails its CRC")
+            self._drop_slot(slot)
+            return None
         klen = load16(p + REC_OFF_KEYLEN)
         value = PyBytes_FromStringAndSize(p + REC_HEADER_SIZE + klen, size - REC_HEADER_SIZE - klen)
         if (<uint8_t>p[REC_OFF_FLAGS]) & FLAG_COMPRESSED:
             return decompress(value)
         return value
+
+    cdef int _drop_slot(self, Py_ssize_t slot) except -1:
+        """Drop the corrupt record keydir slot `slot` points at: out of the index, counted, and
+        reported once to on_corrupt(segment id, offset)."""
+        cdef uint64_t loc = self.kd.slots[slot].loc
+        cdef Segment *seg = &self.segs[loc_seg(loc)]
+        cdef uint64_t off = loc_off(loc), seg_id = seg.id
+        cdef size_t size = record_size(seg.map + off)       # (its header may be the bad part)
+        if size >= REC_HEADER_SIZE and off + size <= seg.size:
+            self.live_bytes -= size
+        self.kd.remove_at(slot)
+        self.corrupt += 1
+        cb = self.on_corrupt
+        if cb is not None:
+            cb(seg_id, off)
+        return 0
 
     def get(self, key):
         """The value of key, or None."""
@@ -933,7 +1179,7 @@ cdef class LogStore:
         cdef Py_ssize_t i = self._lookup(self._hash(k, klen), k, klen)
         if i < 0:
             return None
-        return self._value_at(self.kd.slots[i].loc, key)
+        return self._value_at(i, key)
 
     def get_many(self, keys):
         """[get(k) for k in keys], in one call."""
@@ -947,7 +1193,7 @@ cdef class LogStore:
             k = PyBytes_AS_STRING(key)
             klen = PyBytes_GET_SIZE(key)
             i = self._lookup(self._hash(k, klen), k, klen)
-            out.append(None if i < 0 else self._value_at(self.kd.slots[i].loc, key))
+            out.append(None if i < 0 else self._value_at(i, key))
         return out
 
     def __contains__(self, key):
@@ -961,8 +1207,14 @@ cdef class LogStore:
         return self.kd.count
 
     cdef object _key_at(self, uint64_t loc):
+        """The key stored at loc, or None when the record's header is visibly damaged (its
+        CRC is checked where its value is read)."""
         cdef const char *p = self.segs[loc_seg(loc)].map + loc_off(loc)
-        return PyBytes_FromStringAndSize(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN))
+        cdef size_t klen = load16(p + REC_OFF_KEYLEN)
+        if load32(p) != REC_MAGIC or klen == 0 \
+                or loc_off(loc) + REC_HEADER_SIZE + klen > self.segs[loc_seg(loc)].size:
+            return None
+        return PyBytes_FromStringAndSize(p + REC_HEADER_SIZE, klen)
 
     def scan(self, cursor=0, count=100):
         """(next cursor, keys): keys in hash order from cursor; 0 when done (docs/storage.md)."""
@@ -973,7 +1225,10 @@ cdef class LogStore:
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         locs = self.kd.scan(cursor, count, &nxt)
-        return nxt, [self._key_at(loc) for loc in locs]
+        return nxt, [k for k in map(self._key_at_py, locs) if k is not None]
+
+    def _key_at_py(self, uint64_t loc):
+        return self._key_at(loc)
 
     def _iter_keys(self):
         cursor = 0
@@ -1005,11 +1260,13 @@ cdef class LogStore:
     # ---- durability --------------------------------------------------------------------
 
     def sync(self):
-        """Make every write so far durable; may be called from a worker thread (GIL released)."""
-        cdef int fd, rc
+        """Make every write so far durable; may be called from a worker thread (GIL released).
+        A failure makes the store read-only (StoreReadOnly), for good: see "Faults"."""
+        cdef int fd, rc, err
         cdef uint64_t size
         cdef Py_ssize_t act
         self._check_open()
+        self._check_writable()          # never "synced" after a failed sync
         with nogil:
             PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
         if self.closed:
@@ -1018,18 +1275,24 @@ cdef class LogStore:
         act = self.active
         fd = self.segs[act].fd
         size = self.segs[act].size
+        err = self._injected(F_FDATASYNC)
         with nogil:
-            rc = fdatasync(fd)
+            if err:
+                rc = -1
+            else:
+                rc = fdatasync(fd)
+                if rc != 0:
+                    err = errno
             PyThread_release_lock(self._io_lock)
         if rc != 0:
-            raise OSError(errno, os.strerror(errno), "fdatasync")
+            raise self._fail(err, f"fdatasync of segment {self.segs[act].id:016x}")
         if act == self.active and size > self.synced_offset:
             self.synced_offset = size
         if act == self.active and size == self.segs[act].size:
             self.dirty_since = -1
 
     def _sync_due(self):
-        if self.closed or self.dirty_since < 0:
+        if self.closed or self.dirty_since < 0 or self.failed_info is not None:
             return None
         return self.dirty_since + self._opts.sync_interval_ms / 1000.0
 
@@ -1048,6 +1311,7 @@ cdef class LogStore:
         self._check_open()
         if self.merge_job is not None:
             raise MergeError("a merge is already in progress on this store")
+        self._check_writable()
         if self.segs[self.active].size > SEG_HEADER_SIZE:
             self._seal_active()
         order = [i for i in self._segment_order() if i != self.active]
@@ -1115,6 +1379,7 @@ cdef class LogStore:
         cdef size_t s = 0, size
         cdef uint64_t loc
         cdef Segment *seg
+        dropped = []
         while s < self.kd.capacity:
             loc = self.kd.slots[s].loc
             if loc != 0 and loc_seg(loc) in gone:
@@ -1123,8 +1388,13 @@ cdef class LogStore:
                 if loc_off(loc) + size <= seg.size:
                     self.live_bytes -= size
                 self.kd.remove_at(s)
+                dropped.append((seg.id, loc_off(loc)))
                 continue                     # the shifted-in entry now sits at s
             s += 1
+        cb = self.on_corrupt
+        if cb is not None:
+            for seg_id, off in dropped:
+                cb(seg_id, off)
 
     def merge(self):
         """Compact every sealed segment now (begin, run and finish on this thread)."""
@@ -1136,6 +1406,66 @@ cdef class LogStore:
             job._discard()
             raise
         self.finish_merge(job)
+
+    # ---- snapshots (a fold over the store while it is written: kvnet/replica.py) ----------
+
+    def snapshot(self):
+        """The live records now, by location: read_snapshot() reads them back later, as they
+        were now, however the store is written meanwhile (until a merge moves them)."""
+        cdef size_t s, n = 0, count = self.kd.count
+        cdef uint64_t[::1] locs, hs
+        self._check_open()
+        import numpy
+        la = numpy.empty(count, dtype=numpy.uint64)
+        ha = numpy.empty(count, dtype=numpy.uint64)
+        if count:
+            locs = la
+            hs = ha
+            for s in range(self.kd.capacity):
+                if self.kd.slots[s].loc != 0 and n < count:
+                    locs[n] = self.kd.slots[s].loc
+                    hs[n] = unrotate(self.kd.slots[s].hash, self.kd.rot)
+                    n += 1
+        order = numpy.argsort(la, kind="stable")
+        return Snapshot(la[order], ha[order], self.merges)
+
+    def read_snapshot(self, snap, Py_ssize_t start, Py_ssize_t count):
+        """(next index, [(key, value)]) of snapshot entries start .. start + count. A record
+        failing its CRC is left out (and, if the index still points at it, dropped as a get
+        would drop it). MergeError once a merge has moved records since the snapshot."""
+        cdef uint64_t[::1] locs, hs
+        cdef Py_ssize_t j, end, n = len(snap.locs), slot
+        cdef uint64_t loc, off
+        cdef Segment *seg
+        cdef const char *p
+        cdef size_t size, klen
+        self._check_open()
+        if snap.merges != self.merges:
+            raise MergeError("a merge moved records since this snapshot: take another")
+        end = min(n, start + count)
+        out = []
+        if start >= end:
+            return max(start, end), out
+        locs = snap.locs
+        hs = snap.hashes
+        for j in range(start, end):
+            loc = locs[j]
+            seg = &self.segs[loc_seg(loc)]
+            off = loc_off(loc)
+            p = seg.map + off
+            size = check_record(p, seg.size - off)
+            if size == 0:
+                slot = self.kd.find_loc(hs[j], loc)
+                if slot >= 0:
+                    self._drop_slot(slot)
+                continue
+            klen = load16(p + REC_OFF_KEYLEN)
+            key = PyBytes_FromStringAndSize(p + REC_HEADER_SIZE, klen)
+            value = PyBytes_FromStringAndSize(p + REC_HEADER_SIZE + klen, size - REC_HEADER_SIZE - klen)
+            if (<uint8_t>p[REC_OFF_FLAGS]) & FLAG_COMPRESSED:
+                value = decompress(value)
+            out.append((key, value))
+        return end, out
 
     # ---- stats and close ---------------------------------------------------------------
 
@@ -1179,6 +1509,7 @@ cdef class LogStore:
             "zero_tail_bytes": self.zero_tail,
             "reserved_bytes": self.segs[self.active].reserved - self.segs[self.active].size,
             "merges": self.merges,
+            "read_only": self.failed_info is not None,
             "fsync": self._opts.fsync,
         }
 
@@ -1209,28 +1540,41 @@ cdef class LogStore:
         self._shutdown(False)
 
     def _shutdown(self, bint clean):
+        """A clean close truncates and syncs the active segment, writes its hints and CLEAN.
+        A read-only store (a failed sync) is closed as a crash leaves it, so the next open
+        recovers (and distrusts) it; a sync failing here does the same and raises
+        StoreReadOnly once the files are released."""
         cdef Segment *seg
         if self.closed:
             return
         syncer.unregister(self)
         self._wait_merge()
+        error = None
         with nogil:
             PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
         try:
             self.closed = True
+            clean = clean and self.failed_info is None
             seg = &self.segs[self.active]
-            if clean and seg.size > SEG_HEADER_SIZE:
-                self._end_active(self.active, True)
-                self._seal_hints(self.active)
-            elif clean:                             # an empty segment is not worth a file
-                self._drop_segment(self.active, True)
-            if clean:
-                write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
-                fsync_dir(self.path)
+            try:
+                if clean and seg.size > SEG_HEADER_SIZE:
+                    self._end_active(self.active, True)
+                    self._seal_hints(self.active)
+                elif clean:                         # an empty segment is not worth a file
+                    self._drop_segment(self.active, True)
+                if clean:
+                    write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+                    fsync_dir(self.path)
+            except StoreReadOnly as exc:
+                error = exc
+            except OSError:
+                pass                                # no CLEAN: the next open recovers
             self._release_files()
         finally:
             PyThread_release_lock(self._io_lock)
         self._lock.release()
+        if error is not None:
+            raise error
 
     def __enter__(self):
         return self

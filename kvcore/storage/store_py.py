@@ -7,14 +7,20 @@ import os
 import threading
 import time
 
-from kvcore.errors import (CorruptRecord, KeyTooLarge, MergeError, StoreClosed, ValueTooLarge)
-from kvcore.hashing_py import token
+import errno as E
+
+from kvcore.errors import (KeyTooLarge, MergeError, StoreClosed, StoreReadOnly, ValueTooLarge)
+from kvcore.hashing_py import crc32c, token
 from kvcore.storage import layout as L
 from kvcore.storage import record_py as R
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import check_options, decompress, maybe_compress, rotate_token
+from kvcore.storage.options import (FAULT_OPS, check_fault, check_format, check_options,
+                                    decompress, injected, maybe_compress, rotate_token,
+                                    space_allowed, space_refused)
+
+SPACE_CHECK_BYTES = 64 << 10    # the free-space watermark is checked at least this often
 
 MERGE_STEP = 1 << 20        # a throttled merge copies this much between its sleeps
 
@@ -25,6 +31,18 @@ class _Segment:
     def __init__(self, seg_id, path, fd, size):
         self.id, self.path, self.fd, self.size = seg_id, path, fd, size
         self.hints = []             # (hash, offset, size, flags, key) of every record
+
+
+class Snapshot:
+    """The store's live records at one moment (LogStore.snapshot): their locations, read back
+    with LogStore.read_snapshot while the store goes on being written."""
+
+    def __init__(self, entries, merges):
+        self.entries = entries      # (seg id, offset, size, key), in file order
+        self.merges = merges        # the store's merge count then: a merge since moves records
+
+    def __len__(self):
+        return len(self.entries)
 
 
 class MergeJob:
@@ -113,14 +131,18 @@ class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 index_skip_bits=0, _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, min_free_percent=0.0, _hash_mask=0xFFFFFFFFFFFFFFFF):
         self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
-                                   index_skip_bits=index_skip_bits)
+                                   index_skip_bits=index_skip_bits, min_free_percent=min_free_percent)
         self.path = os.fspath(path)
         self._closed = True
+        self.on_corrupt = None      # called (segment id, offset) for each record dropped as corrupt
+        self._failed = None         # (errno, what) once an fdatasync failed: read-only
+        self._fault = None          # [op number, errno, times left]: _fail_next()
+        self._unchecked = SPACE_CHECK_BYTES     # bytes appended since free space was checked
         os.makedirs(self.path, exist_ok=True)
         self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
         self._io_lock = threading.Lock()
@@ -128,6 +150,7 @@ class LogStore:
         self._segments = {}         # seg id -> _Segment, oldest first
         self._live_bytes = 0
         self._corrupt = 0
+        self._corrupt_at = []       # (segment id, offset) of records the open's scan skipped
         self._torn_tail_bytes = 0
         self._zero_tail_bytes = 0
         self._scanned = 0
@@ -148,6 +171,7 @@ class LogStore:
     # ---- open and recovery -------------------------------------------------------------
 
     def _open(self):
+        check_format(self.path, L.segment_ids(self.path), crc32c, L)
         for name in os.listdir(self.path):
             if name.endswith(L.MERGING_SUFFIX):
                 os.unlink(os.path.join(self.path, name))
@@ -162,7 +186,7 @@ class LogStore:
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self._corrupt,
                 "torn_tail_bytes": self._torn_tail_bytes, "zero_tail_bytes": self._zero_tail_bytes,
-                "scanned_segments": self._scanned}
+                "scanned_segments": self._scanned, "corrupt_at": self._corrupt_at}
 
     def _load_segment(self, seg_id, last):
         path = os.path.join(self.path, L.segment_name(seg_id))
@@ -179,7 +203,7 @@ class LogStore:
                 entries = None
         if entries is None:
             self._scan_segment(seg, last)
-            self._write_hints(seg)
+            self._write_hints(seg, quiet=True)
         else:
             seg.hints = entries
             for h, off, sz, flags, key in entries:
@@ -195,7 +219,7 @@ class LogStore:
                 os.ftruncate(seg.fd, 0)
                 seg.size = 0
                 return
-            self._corrupt += 1
+            self._scan_corrupt(seg, 0)
         end = len(buf)
         while off < end:
             rec = R.decode_record(buf, off, end)
@@ -213,7 +237,7 @@ class LogStore:
                 # before them: a torn record (newest segment) or one corrupt record.
                 data_end = len(buf[off:end].rstrip(b"\0")) + off
                 if data_end > off and not last:
-                    self._corrupt += 1
+                    self._scan_corrupt(seg, off)
                     break
                 self._torn_tail_bytes += data_end - off
                 self._zero_tail_bytes += end - data_end
@@ -221,8 +245,14 @@ class LogStore:
                 os.fsync(seg.fd)
                 seg.size = off
                 break
-            self._corrupt += 1
+            self._scan_corrupt(seg, off)
             off = nxt
+
+    def _scan_corrupt(self, seg, off):
+        """A bad record the open's scan skips: counted, and listed in recovery["corrupt_at"]."""
+        self._corrupt += 1
+        if len(self._corrupt_at) < 10_000:
+            self._corrupt_at.append((seg.id, off))
 
     def _apply(self, key, h, seg_id, off, size, flags):
         old = self._keydir.get(key)
@@ -235,29 +265,142 @@ class LogStore:
             self._keydir[key] = [h, seg_id, off, size]
             self._live_bytes += size
 
-    def _write_hints(self, seg):
+    def _write_hints(self, seg, quiet=False):
+        """Write a segment's hint file. quiet: a failure (a full disk) is left alone: a hint
+        file only saves a scan at the next open, which writes it then."""
         hint_path = os.path.join(self.path, L.hint_name(seg.id))
-        write_file(hint_path + L.MERGING_SUFFIX, R.encode_hints(seg.id, seg.hints))
-        os.rename(hint_path + L.MERGING_SUFFIX, hint_path)
+        tmp = hint_path + L.MERGING_SUFFIX
+        try:
+            self._inject("open", "hint file")
+            self._inject("write", "hint file")
+            write_file(tmp, R.encode_hints(seg.id, seg.hints))
+            os.rename(tmp, hint_path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if not quiet:
+                raise
+
+    # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
+
+    def _fail_next(self, op, err=0, times=1, after=0):
+        """Tests only: make the next `times` calls of one kind of system call fail with errno
+        `err` (op None: no more faults): "open" (a new segment or hint file), "write" (record
+        bytes, a segment header, a hint file), "ftruncate" (a segment's length: this twin grows its file by writing,
+        so each append counts, as does a seal), "fdatasync" (any sync of a segment). after:
+        that many calls of the kind succeed first."""
+        self._fault = None if op is None else list(check_fault(op, err, times, after))
+
+    def _inject(self, op, what):
+        f = self._fault
+        if f is not None and f[0] == FAULT_OPS[op]:
+            if f[3] > 0:
+                f[3] -= 1
+                return
+            f[2] -= 1
+            if f[2] == 0:
+                self._fault = None
+            raise injected(f[1], what)
+
+    def _fail(self, err, what):
+        """An fdatasync failed: the store is read-only from now on (never synced again as if
+        what it held had reached the disk)."""
+        if self._failed is None:
+            self._failed = (err, what)
+        self._dirty_since = None
+        return self._read_only_error()
+
+    def _read_only_error(self):
+        err, what = self._failed
+        return StoreReadOnly(err, f"{what} failed ({E.errorcode.get(err, err)}: "
+                                  f"{os.strerror(err)}); store {self.path} is read-only: "
+                                  "writes since its last good sync may be lost")
+
+    @property
+    def failed(self):
+        """None, or the errno of the fdatasync that made the store read-only."""
+        return None if self._failed is None else self._failed[0]
+
+    def _check_writable(self):
+        if self._failed is not None:
+            raise self._read_only_error()
+
+    def _check_space(self, extra):
+        """The free-space watermark, checked every SPACE_CHECK_BYTES appended (and at a roll)."""
+        mf = self._opts.min_free_percent
+        if mf <= 0:
+            return
+        self._unchecked += extra
+        if self._unchecked < SPACE_CHECK_BYTES:
+            return
+        if space_allowed(self.path, mf) < extra:
+            raise space_refused(self.path, mf)
+        self._unchecked = 0
+
+    def _sync_fd(self, fd, what):
+        """fdatasync; a failure makes the store read-only (StoreReadOnly)."""
+        try:
+            self._inject("fdatasync", what)
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise self._fail(exc.errno or E.EIO, what) from exc
+
+    # ---- segments ----------------------------------------------------------------------
+
+    def _create_segment(self, seg_id):
+        """A new segment file with its header, synced; on any failure nothing is left."""
+        path = os.path.join(self.path, L.segment_name(seg_id))
+        self._inject("open", "opening a new segment")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            self._inject("write", "writing a segment header")
+            os.write(fd, R.encode_segment_header(seg_id))
+            self._inject("fdatasync", "fdatasync of a new segment")
+            os.fdatasync(fd)
+            fsync_dir(self.path)
+        except BaseException as exc:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and not exc.filename:
+                raise OSError(exc.errno, exc.strerror, f"starting segment {seg_id:016x}") from exc
+            raise
+        return _Segment(seg_id, path, fd, L.SEG_HEADER_SIZE)
 
     def _new_active(self, seg_id):
-        path = os.path.join(self.path, L.segment_name(seg_id))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, R.encode_segment_header(seg_id))
-        os.fdatasync(fd)
-        fsync_dir(self.path)
-        self._active = _Segment(seg_id, path, fd, L.SEG_HEADER_SIZE)
+        self._active = self._create_segment(seg_id)
         self._segments[seg_id] = self._active
         self._synced_offset = L.SEG_HEADER_SIZE
 
     def _seal_active(self):
-        """Make the active segment sealed (synced, with hints) and start a new one."""
+        """Start the next segment, then seal the active one (synced, with hints). The next
+        segment is opened first: if that fails (EMFILE, ENOSPC) nothing has changed, and if
+        sealing fails it is removed again, so the active segment is always writable."""
         seg = self._active
-        with self._io_lock:
-            os.fdatasync(seg.fd)
-        self._write_hints(seg)
-        self._new_active(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        if self._opts.min_free_percent > 0:
+            self._unchecked = SPACE_CHECK_BYTES
+            self._check_space(L.SEG_HEADER_SIZE)
+        new = self._create_segment(((seg.id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        try:
+            self._inject("ftruncate", "truncating the sealed segment")
+            with self._io_lock:
+                self._sync_fd(seg.fd, f"fdatasync of segment {seg.id:016x}")
+        except BaseException:
+            os.close(new.fd)
+            try:
+                os.unlink(new.path)
+            except OSError:
+                pass
+            raise
+        self._active = new
+        self._segments[new.id] = new
+        self._synced_offset = L.SEG_HEADER_SIZE
         self._dirty_since = None
+        self._write_hints(seg, quiet=True)
 
     # ---- checks ------------------------------------------------------------------------
 
@@ -291,7 +434,10 @@ class LogStore:
         return R.encode_record(key, stored, flags, time.time_ns() // 1000), flags
 
     def _append(self, records):
-        """Write encoded (key, record, flags) triples; index them only once they are on disk."""
+        """Write encoded (key, record, flags) triples; index them only once they are on disk.
+        A failure (injected, a full disk, a failed roll) raises with nothing of the failing
+        batch written (a put_many may have stored the batches before it)."""
+        self._check_writable()
         i = 0
         while i < len(records):
             if (self._active.size + len(records[i][1]) > self._opts.max_segment_bytes
@@ -307,10 +453,20 @@ class LogStore:
                 size += rlen
                 i += 1
             data = b"".join(r for _, r, _ in batch)
+            self._check_space(len(data))
+            self._inject("ftruncate", "growing the segment")
+            self._inject("write", "writing records")
             view, pos = memoryview(data), seg.size
-            while view:
-                n = os.pwrite(seg.fd, view, pos)
-                view, pos = view[n:], pos + n
+            try:
+                while view:
+                    n = os.pwrite(seg.fd, view, pos)
+                    view, pos = view[n:], pos + n
+            except OSError:
+                try:
+                    os.ftruncate(seg.fd, seg.size)    # no part of the batch stays behind
+                except OSError:
+                    pass                              # (a later append writes over it)
+                raise
             off = seg.size
             for key, rec, flags in batch:
                 h = token(key) & self._mask
@@ -323,7 +479,7 @@ class LogStore:
     def _after_write(self):
         policy = self._opts.fsync
         if policy == "always":
-            os.fdatasync(self._active.fd)
+            self._sync_fd(self._active.fd, f"fdatasync of segment {self._active.id:016x}")
             self._synced_offset = self._active.size
         elif self._dirty_since is None:
             self._dirty_since = time.monotonic()
@@ -354,6 +510,7 @@ class LogStore:
         self._check_key(key)
         if key not in self._keydir:
             return False
+        self._check_writable()
         rec, flags = self._encode(key, b"", tombstone=True)
         self._append([(key, rec, flags)])
         return True
@@ -366,10 +523,52 @@ class LogStore:
         raw = os.pread(seg.fd, size, off)
         rec = R.decode_record(raw, 0, len(raw))
         if rec is None or rec[2] != key:
-            self._corrupt += 1
-            raise CorruptRecord(f"record of key {key!r} in {seg.path} at {off} fails its CRC")
+            self._drop_corrupt(key, entry)
+            return None
         _, flags, _, stored, _ = rec
         return decompress(stored) if flags & L.FLAG_COMPRESSED else stored
+
+    def _drop_corrupt(self, key, entry):
+        """A record that fails its CRC is missing data: out of the index, counted, reported
+        to on_corrupt(segment id, offset) once (docs/storage.md, "Faults")."""
+        if self._keydir.get(key) is entry:
+            del self._keydir[key]
+            self._live_bytes -= entry[3]
+        self._corrupt += 1
+        cb = self.on_corrupt
+        if cb is not None:
+            cb(entry[1], entry[2])
+
+    # ---- snapshots (a fold over the store while it is written: kvnet/replica.py) ----------
+
+    def snapshot(self):
+        """The live records now, by location: read_snapshot() reads them back later, as they
+        were now, however the store is written meanwhile (until a merge moves them)."""
+        self._check_open()
+        return Snapshot(sorted((e[1], e[2], e[3], k) for k, e in self._keydir.items()),
+                        self._merges)
+
+    def read_snapshot(self, snap, start, count):
+        """(next index, [(key, value)]) of snapshot entries start .. start + count. A record
+        failing its CRC is left out (and, if the index still points at it, dropped as a get
+        would drop it). MergeError once a merge has moved records since the snapshot."""
+        self._check_open()
+        if snap.merges != self._merges:
+            raise MergeError("a merge moved records since this snapshot: take another")
+        out = []
+        end = min(len(snap.entries), start + count)
+        for seg_id, off, size, key in snap.entries[start:end]:
+            seg = self._segments[seg_id]
+            raw = os.pread(seg.fd, size, off)
+            rec = R.decode_record(raw, 0, len(raw))
+            if rec is None or rec[2] != key:
+                entry = self._keydir.get(key)
+                if entry is not None and entry[1] == seg_id and entry[2] == off:
+                    self._drop_corrupt(key, entry)
+                continue
+            _, flags, _, stored, _ = rec
+            out.append((key, decompress(stored) if flags & L.FLAG_COMPRESSED else stored))
+        return end, out
 
     def get(self, key):
         self._check_open()
@@ -432,17 +631,18 @@ class LogStore:
     def sync(self):
         """Make every write so far durable (callable from a worker thread)."""
         self._check_open()
+        self._check_writable()          # never "synced" after a failed sync
         with self._io_lock:
             seg = self._active
             size = seg.size
-            os.fdatasync(seg.fd)
+            self._sync_fd(seg.fd, f"fdatasync of segment {seg.id:016x}")
         if seg is self._active:
             self._synced_offset = max(self._synced_offset, size)
             if size == seg.size:
                 self._dirty_since = None
 
     def _sync_due(self):
-        if self._closed or self._dirty_since is None:
+        if self._closed or self._dirty_since is None or self._failed is not None:
             return None
         return self._dirty_since + self._opts.sync_interval_ms / 1000.0
 
@@ -457,6 +657,7 @@ class LogStore:
         self._check_open()
         if self._merge_job is not None:
             raise MergeError("a merge is already in progress on this store")
+        self._check_writable()
         if self._active.size > L.SEG_HEADER_SIZE:
             self._seal_active()
         inputs = [s for sid, s in sorted(self._segments.items()) if s is not self._active]
@@ -500,8 +701,14 @@ class LogStore:
             if entry is not None and entry[1] == old_id and entry[2] == old_off:
                 entry[1], entry[2] = new_id, new_off
         gone = {seg.id for seg in job.inputs}
-        for key in [k for k, e in self._keydir.items() if e[1] in gone]:
-            self._live_bytes -= self._keydir.pop(key)[3]     # skipped as corrupt: lost here
+        dropped = [(k, e) for k, e in self._keydir.items() if e[1] in gone]
+        for key, entry in dropped:                           # skipped as corrupt: lost here
+            del self._keydir[key]
+            self._live_bytes -= entry[3]
+        cb = self.on_corrupt                                 # (counted by the job already)
+        if cb is not None:
+            for _, entry in dropped:
+                cb(entry[1], entry[2])
         for seg in job.inputs:               # oldest first: see docs/storage.md, "Merge"
             del self._segments[seg.id]
             os.close(seg.fd)
@@ -563,6 +770,7 @@ class LogStore:
             "zero_tail_bytes": self._zero_tail_bytes,
             "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
+            "read_only": self._failed is not None,
             "fsync": self._opts.fsync,
         }
 
@@ -583,25 +791,38 @@ class LogStore:
         self._shutdown(False)
 
     def _shutdown(self, clean):
+        """A clean close syncs, writes hints and CLEAN. A read-only store (a failed sync) is
+        closed as a crash leaves it, so the next open recovers (and distrusts) it; a sync that
+        fails here does the same and raises StoreReadOnly once the files are released."""
         if self._closed:
             return
         syncer.unregister(self)
         self._wait_merge()
+        error = None
         with self._io_lock:
             self._closed = True
+            clean = clean and self._failed is None
             active = self._active
-            if clean and active.size > L.SEG_HEADER_SIZE:
-                os.fdatasync(active.fd)
-                self._write_hints(active)
-            elif clean:                                 # an empty segment is not worth a file
-                del self._segments[active.id]
-                os.close(active.fd)
-                os.unlink(active.path)
-            if clean:
-                write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
-                fsync_dir(self.path)
-            self._release_files()
+            try:
+                if clean and active.size > L.SEG_HEADER_SIZE:
+                    self._sync_fd(active.fd, f"fdatasync of segment {active.id:016x}")
+                    self._write_hints(active, quiet=True)
+                elif clean:                             # an empty segment is not worth a file
+                    del self._segments[active.id]
+                    os.close(active.fd)
+                    os.unlink(active.path)
+                if clean:
+                    write_file(os.path.join(self.path, L.CLEAN_NAME), b"")
+                    fsync_dir(self.path)
+            except StoreReadOnly as exc:
+                error = exc
+            except OSError:
+                pass                                    # no CLEAN: the next open recovers
+            finally:
+                self._release_files()
         self._lock.release()
+        if error is not None:
+            raise error
 
     def __enter__(self):
         return self

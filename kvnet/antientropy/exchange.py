@@ -133,6 +133,8 @@ def clocks_reply(partition, msg, reap_pending=None, max_keys=MAX_BATCH_KEYS,
             entries.append([k, raw])
     for k in only_mine:
         raw = store.get(k)
+        if raw is None:
+            continue                    # gone since the walk (deleted, or dropped as corrupt)
         if reap_pending is not None and reap_pending(k, V.decode(raw)):
             reap.append(k)
         else:

@@ -157,6 +157,9 @@ class AntiEntropy:
             self._next_partition()                  # (fills _mine)
             for p in self._mine:                    # this node may have missed writes while down
                 self._queue(p, None)
+            rep = getattr(self.node, "replica", None)
+            if rep is not None and hasattr(rep, "on_tree_rebuilt"):
+                rep.on_tree_rebuilt = self.tree_rebuilt
             self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self):
@@ -246,6 +249,15 @@ class AntiEntropy:
         if n:
             log.info("anti-entropy on %s: catching up %d partitions with %s",
                      self.node.name, n, peer)
+
+    def tree_rebuilt(self, p):
+        """A partition's tree was rebuilt without records found corrupt here (kvnet/replica.py):
+        queue an exchange of it with each other primary, so the dropped keys come back now."""
+        if self._stopping or self.node.name not in self.node.ring.preference_list(p):
+            return
+        for peer in self.node.ring.preference_list(p):
+            if peer != self.node.name:
+                self._queue(p, peer)
 
     def _queue(self, p, peer, tries=CATCHUP_TRIES):
         if (p, peer) in self._queued:
@@ -606,7 +618,7 @@ class AntiEntropy:
                 continue
             merged += rep.repair(p, k, c)
         self.stats["served_repairs"] += merged
-        await rep.after_write()
+        await rep.after_write(p)
         return {"merged": merged, "reap": refused}
 
     async def _h_done(self, m):

@@ -15,6 +15,7 @@ import time
 from kvnet import limits, logsetup
 from kvnet.cli.devcluster import EXIT_LEFT, DevSupervisor, dev_env, dev_secret
 from kvnet.config import DEV_SECRET, SETTINGS, NodeConfig, env_name, flag_name, load, setting_type
+from kvcore.errors import CorruptStore
 from kvnet.errors import ConfigError
 from kvnet.probe import ping
 
@@ -61,7 +62,7 @@ def _start(args):
         from kvnet.node import run
 
         outcome = asyncio.run(run(cfg, ready))
-    except OSError as exc:
+    except (OSError, CorruptStore) as exc:    # (a data directory of another format version)
         print(f"kvnode: {cfg.name} cannot start: {exc}", file=sys.stderr)
         return 1
     if outcome == "left":

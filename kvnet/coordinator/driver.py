@@ -351,7 +351,7 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
         if node != cluster.name:
             return _send_remote(cluster.call_future, cluster.timeout, node, hint_for, p, key, raw)
         # fsync="always": the group commit (or the hint log's sync)
-        return asyncio.ensure_future(replica.after_write() if hint_for is None
+        return asyncio.ensure_future(replica.after_write(p) if hint_for is None
                                      else cluster.after_hint())
 
     # Stored above; unless every write waits for a sync, the local ack needs no wait.

@@ -151,7 +151,7 @@ class HintReplay:
         items = m.get("items") if isinstance(m, dict) else None
         if not isinstance(items, list) or len(items) > 10 * BATCH_ITEMS:
             raise CommandError("hreplay needs {'items': [[partition, key, clock], ...]}")
-        out = []
+        out, parts = [], set()
         for item in items:
             ok = False
             if isinstance(item, list) and len(item) == 3:
@@ -162,10 +162,11 @@ class HintReplay:
                         node.replica.merge(p, k, V.decode(raw))
                         node.forward_to_new(p, k, raw)
                         ok = True
+                        parts.add(p)
                 except (CommandError, V.InvalidClock, TypeError, ValueError) as exc:
                     log.info("hint replay: refused one hint: %s", exc)
             out.append(ok)
         if any(out):
-            await node.replica.after_write()
+            await node.replica.after_write(parts)
             self.stats["received"] += sum(out)
         return out

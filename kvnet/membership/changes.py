@@ -471,5 +471,5 @@ class ClusterChanges:
         for k, clock in decoded:
             node.replica.merge(p, k, clock)
         self.stats["received_keys"] += len(decoded)
-        await node.replica.after_write()
+        await node.replica.after_write(p)
         return len(decoded)

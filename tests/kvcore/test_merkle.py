@@ -316,3 +316,40 @@ def test_equal_trees_exchange_only_roots(impl):
     t = impl.MerkleTree.from_items([(b"a", b"1")])
     report = impl.exchange(t, t.copy(), lambda s: [], lambda s: [])
     assert (report.segments, report.keys, report.a_to_b, report.b_to_a) == ([], [], 8, 8)
+
+
+# --- rebase: a rebuild while writes go on (kvnet/replica.py, docs/antientropy.md) ---
+
+
+@given(st.data())
+def test_rebase_replays_the_writes_since_the_base_onto_a_rebuilt_tree(data):
+    """A tree that went wrong (entries it never XORed out), a snapshot of the store, writes
+    going on meanwhile: rebase(fold of the snapshot, copy at the snapshot) is the fold of the
+    store now, whatever the writes were."""
+    for mod in both():
+        shape = data.draw(shapes_st, label="shape")
+        store = data.draw(st.dictionaries(keys_st, versions_st, max_size=20), label="store")
+        lost = data.draw(st.dictionaries(keys_st, versions_st, max_size=4), label="lost")
+        live = mod.MerkleTree(*shape).rebuild(list(store.items()) + list(lost.items()))
+        base = live.copy()
+        built = mod.MerkleTree(*shape).rebuild(store.items())   # the snapshot, folded
+        now = dict(store)
+        for k, v in data.draw(st.lists(st.tuples(keys_st, st.none() | versions_st), max_size=20),
+                              label="writes"):
+            old = now.get(k)
+            if old is None and v is None:
+                continue
+            live.update(k, old, v)          # what the store held is XORed out (None if absent)
+            if v is None:
+                now.pop(k)
+            else:
+                now[k] = v
+        live.rebase(built, base)
+        assert live == mod.MerkleTree(*shape).rebuild(now.items())
+        live.check()
+
+
+def test_rebase_refuses_another_shape(impl):
+    t = impl.MerkleTree(4, 3)
+    with pytest.raises(ValueError):
+        t.rebase(impl.MerkleTree(16, 2), impl.MerkleTree(4, 3))

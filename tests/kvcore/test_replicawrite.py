@@ -112,3 +112,33 @@ def test_overwrite_refuses_other_shapes_and_leaves_the_store(tmp_path):
     with pytest.raises(TypeError):
         native.overwrite(s.store, s.tree, "str key", b"v", OWN, 0, 1, s.new_epoch)
     s.store.close()
+
+
+@pytest.mark.parametrize("impl", [native, twin], ids=["cython", "python"])
+def test_a_stored_clock_failing_its_crc_is_written_over_as_absent(tmp_path, impl):
+    """Corruption is missing data: the read finds the record bad, the store drops it, and the
+    write goes on as over an absent key (a fresh epoch for a SET; a replicated clock stored as
+    it came), in a slot of its own (the dropped record's slot is no longer the key's)."""
+    store = LogStore(tmp_path / "s", fsync="never")
+    for i in range(20):
+        store.put(b"k%02d" % i, V.fresh_raw(OWN, 1, b"v%d" % i, 5))
+    store.close()
+    seg = [n for n in os.listdir(tmp_path / "s") if n.endswith(".data")][0]
+    rec = len(V.fresh_raw(OWN, 1, b"v0", 5)) + 24 + 3
+    with open(tmp_path / "s" / seg, "r+b") as f:
+        for i in (4, 9):
+            f.seek(32 + i * rec + rec - 2)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x20]))
+    store = LogStore(tmp_path / "s", fsync="never")
+    seen = []
+    store.on_corrupt = lambda seg_id, off: seen.append(off)
+    tree = M.MerkleTree(width=4, depth=2)
+    raw = impl.overwrite(store, tree, b"k04", b"new", OWN, 0, 9, lambda: 77)
+    assert raw == V.fresh_raw(OWN, 77, b"new", 9) and store.get(b"k04") == raw
+    other = V.fresh_raw(OTHER, 3, b"x", 9)
+    assert impl.merge_superseding(store, tree, b"k09", other) == impl.STORED
+    assert store.get(b"k09") == other and len(seen) == 2 and len(store) == 20
+    assert all(store.get(b"k%02d" % i) is not None for i in range(20))
+    store.close()

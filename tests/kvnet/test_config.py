@@ -81,6 +81,7 @@ SAMPLES = {
     "members": ("a@h:1,b@h:2", (Member("a", "h", 1), Member("b", "h", 2))),
     "zone": ("z1", "z1"), "ring_size": ("64", 64), "n": ("5", 5), "r": ("3", 3), "w": ("1", 1),
     "fsync": ("always", "always"), "sync_interval_ms": ("50", 50),
+    "min_free_percent": ("2.5", 2.5), "max_segment_bytes": ("4096", 4096),
     "request_timeout_ms": ("900", 900), "max_connections": ("77", 77),
     "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
     "max_value_bytes": ("4096", 4096), "warn_siblings": ("5", 5), "max_siblings": ("9", 9),

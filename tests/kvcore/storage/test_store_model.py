@@ -1,21 +1,33 @@
-"""Model-based test: LogStore against a dict, with merge, reopen and crash (STYLE.md 8).
+"""Model-based test: LogStore against a dict, with merge, reopen, crash and injected disk
+faults (STYLE.md 8).
 
 A crash abandons the store (no sync, no hints, no clean marker) and truncates the
 active segment at a random byte after the last synced offset, then may append
 zeros (what a killed compiled store leaves: its reserved space). Every synced
 write must survive; of the unsynced ones, exactly those whose record ends
 before the cut do, and recovery cuts the file back to the last whole record.
+
+A write with an injected fault (LogStore._fail_next: open, write, ftruncate or fdatasync
+failing with ENOSPC, EIO or EMFILE) either succeeds (the fault hit no call) or raises and
+changes nothing; a failed fdatasync makes the store read-only (StoreReadOnly), and a reopen
+after it loses nothing acknowledged.
 """
+import errno
 import importlib
+import random
 import os
 import shutil
 import tempfile
 
-from hypothesis import settings, strategies as st
+from hypothesis import event, settings, strategies as st
 from kvcore.storage.options import maybe_compress
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from kvcore.errors import StoreReadOnly
+
 KEYS = st.sampled_from([b"a", b"b", b"c", b"key-%d" % 7, b"k" * 300, bytes(range(1, 40))])
+FAULT_OPS = st.sampled_from(["open", "write", "ftruncate", "fdatasync"])
+ERRNOS = st.sampled_from([errno.ENOSPC, errno.EIO, errno.EMFILE])
 VALUES = st.one_of(st.binary(max_size=64), st.just(b"z" * 700), st.binary(min_size=200, max_size=900))
 OPTS = dict(fsync="never", max_segment_bytes=4096, compress_min_bytes=128)
 
@@ -109,6 +121,75 @@ def make_machine(module_name, **extra):
             self.store.merge()
             self._settle()
             assert not self.pending
+
+        @rule(k=KEYS, v=VALUES, op=FAULT_OPS, err=ERRNOS, after=st.sampled_from([0, 1]),
+              kind=st.sampled_from(["put", "delete", "put_many"]), roll=st.integers(0, 3))
+        def faulty_write(self, k, v, op, err, after, kind, roll):
+            """A write with a fault injected: it succeeds (no call of that kind was made, or
+            `after` of them were) or raises having changed nothing; a failed fdatasync (the
+            seal of a roll) leaves the store read-only, and a reopen loses nothing. roll 0: a
+            value that does not fit the active segment (incompressible), so the write rolls."""
+            before = self.store.stats()
+            if roll == 0 and kind != "delete" and before["active_offset"] > 32:
+                room = OPTS["max_segment_bytes"] - before["active_offset"]
+                v = random.Random(len(self.pending)).randbytes(max(room, 0) + 1)
+            was = k in self.model()
+            self.store._fail_next(op, err, after=after)
+            try:
+                if kind == "put":
+                    self.store.put(k, v)
+                elif kind == "put_many":
+                    self.store.put_many([(k, v)])
+                else:
+                    assert self.store.delete(k) is was
+            except StoreReadOnly as exc:
+                assert op == "fdatasync" and exc.errno == err
+                event("a failed fdatasync: read-only")
+                self._reopen_failed()
+                return
+            except OSError as exc:
+                assert exc.errno == err
+                event(f"a write refused ({op})")
+                after_ = self.store.stats()
+                assert after_["keys"] == before["keys"] and not after_["read_only"]
+                if after_["active_segment"] == before["active_segment"]:   # (or it rolled)
+                    assert after_["active_offset"] == before["active_offset"]
+                self.store._fail_next(None)
+                return
+            self.store._fail_next(None)
+            if kind == "delete":
+                if was:
+                    self._record(k, None)
+            else:
+                self._record(k, v)
+
+        @rule()
+        def faulty_sync(self):
+            self.store._fail_next("fdatasync", errno.EIO)
+            try:
+                self.store.sync()
+            except StoreReadOnly:
+                assert self.store.stats()["read_only"]
+                self._reopen_failed()
+                return
+            raise AssertionError("an injected fdatasync failure did not fail sync()")
+
+        def _reopen_failed(self):
+            """Close a read-only store (as a crash leaves it: no CLEAN) and open it again: this
+            process's page cache still holds every write, so none is lost."""
+            for write in (lambda: self.store.put(b"a", b"x"), self.store.sync):
+                try:
+                    write()
+                except StoreReadOnly:
+                    pass
+                else:
+                    raise AssertionError("a read-only store took a write or a sync")
+            self.store.close()
+            self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
+            assert not self.store.recovery["clean"]
+            assert self.store.recovery["corrupt_records"] == 0
+            self.durable = self.model()
+            self.pending = []
 
         @rule()
         def reopen(self):

@@ -3,7 +3,6 @@ import os
 
 import pytest
 
-from kvcore.errors import CorruptRecord
 from kvcore.storage import layout as L
 
 
@@ -71,21 +70,29 @@ def test_bit_flip_in_header_of_record_resyncs(open_store):
     assert s.get(b"k0029") == _value(29)
 
 
-def test_bit_flip_in_sealed_segment_read_raises_and_merge_skips(open_store, tmp_path):
+def test_bit_flip_in_sealed_segment_is_dropped_on_read_and_merge_skips(open_store, tmp_path):
     s = open_store()
     _fill(s, 30)
     s.close()
     seg = _segments(str(tmp_path / "store"))[0]
     data = bytearray(open(seg, "rb").read())
     data[32 + 3 * (24 + 5 + 30) + 40] ^= 0x01
+    data[32 + 7 * (24 + 5 + 30) + 40] ^= 0x01
     open(seg, "wb").write(data)
-    s = open_store()                                # opened from hints: the flip is not seen yet
-    with pytest.raises(CorruptRecord):
-        s.get(b"k0003")
+    s = open_store()                                # opened from hints: the flips are not seen yet
+    seen = []
+    s.on_corrupt = lambda seg_id, off: seen.append((seg_id, off))
+    assert len(s) == 30
+    assert s.get(b"k0003") is None                  # corruption is missing data: dropped...
+    assert seen == [(L.segment_ids(str(tmp_path / "store"))[0], 32 + 3 * (24 + 5 + 30))]
+    assert len(s) == 29 and b"k0003" not in s and s.stats()["corrupt_records"] == 1
+    assert s.get(b"k0003") is None and len(seen) == 1     # ...once: reported once
     assert s.get(b"k0004") == _value(4)
-    s.merge()
-    assert s.stats()["corrupt_records"] >= 2        # the read and the merge both counted it
-    assert s.get(b"k0003") is None and s.get(b"k0029") == _value(29)
+    s.merge()                                       # the merge finds k0007's record bad
+    assert s.stats()["corrupt_records"] >= 2 and len(seen) == 2
+    assert s.get(b"k0007") is None and s.get(b"k0029") == _value(29) and len(s) == 28
+    s.put(b"k0003", b"healed")                      # a repair writes it again
+    assert s.get(b"k0003") == b"healed"
 
 
 def test_hint_file_bit_flip_falls_back_to_scan(open_store, tmp_path):

@@ -2,9 +2,6 @@
 crash, torn records before zeros, a full disk, and a real SIGKILL (docs/storage.md)."""
 import errno
 import os
-import shutil
-import subprocess
-import tempfile
 
 import pytest
 
@@ -128,23 +125,6 @@ def test_reservation_never_passes_the_segment_limit(tmp_path):
     s = store.LogStore(dirpath, fsync="never")
     assert s.recovery["clean"] and len(s) == 501
     s.close()
-
-
-@pytest.fixture
-def small_fs():
-    """A 1 MiB tmpfs mounted for the test and removed after it (needs root)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("needs root to mount a small tmpfs")
-    d = tempfile.mkdtemp(prefix="ringkv-full-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", d], capture_output=True)
-    if r.returncode != 0:
-        os.rmdir(d)
-        pytest.skip("cannot mount a tmpfs here: " + r.stderr.decode(errors="replace"))
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", d], check=False)
-        os.rmdir(d)
 
 
 def test_full_disk_gives_oserror_not_sigbus(small_fs, impl):
