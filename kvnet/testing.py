@@ -133,6 +133,19 @@ class OutputReader:
         raise AssertionError(f"{needle!r} not seen: {self.lines[-30:]}")
 
 
+def rewrite_segment_version(path, version):
+    """Rewrite the format version in a segment file's header (and the header's CRC), as a
+    data file of another ringkv version would have it (tests of the format check)."""
+    from kvcore.hashing_py import crc32c
+
+    with open(path, "r+b") as f:
+        head = bytearray(f.read(32))
+        head[8:10] = version.to_bytes(2, "little")
+        head[28:32] = crc32c(bytes(head[:28])).to_bytes(4, "little")
+        f.seek(0)
+        f.write(head)
+
+
 class FaultProxy:
     """A TCP proxy on 127.0.0.1 forwarding to `target_port`, with faults.
 

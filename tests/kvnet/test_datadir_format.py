@@ -19,6 +19,7 @@ from kvcore import versions as V
 from kvcore.errors import StoreFormatError
 from kvcore.storage import layout as L
 from kvnet.replica import LocalReplica
+from kvnet.testing import rewrite_segment_version
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
                        "datadir-v1.tar.gz")
@@ -76,21 +77,10 @@ def test_both_twins_open_it(datadir, twin):
             s._abandon()                            # (leave the fixture copy as it was)
 
 
-def _bump_version(path, version):
-    from kvcore.hashing_py import crc32c
-
-    with open(path, "r+b") as f:
-        head = bytearray(f.read(32))
-        head[8:10] = version.to_bytes(2, "little")
-        head[28:32] = crc32c(bytes(head[:28])).to_bytes(4, "little")
-        f.seek(0)
-        f.write(head)
-
-
 def test_a_segment_of_another_format_version_is_refused_naming_it(datadir):
     pdir = os.path.join(datadir, "partitions", "00003")
     seg = os.path.join(pdir, L.segment_name(L.segment_ids(pdir)[1]))
-    _bump_version(seg, 2)
+    rewrite_segment_version(seg, 2)
     before = sorted(os.listdir(pdir))
     rep = LocalReplica(datadir, "node1", fsync="never")
     with pytest.raises(StoreFormatError) as info:
@@ -102,7 +92,7 @@ def test_a_segment_of_another_format_version_is_refused_naming_it(datadir):
 
 def test_kvnode_refuses_to_start_on_it_with_the_reason(datadir, tmp_path):
     pdir = os.path.join(datadir, "partitions", "00007")
-    _bump_version(os.path.join(pdir, L.segment_name(L.segment_ids(pdir)[0])), 3)
+    rewrite_segment_version(os.path.join(pdir, L.segment_name(L.segment_ids(pdir)[0])), 3)
     from kvnet.testing import free_ports
 
     port, peer = free_ports(2)

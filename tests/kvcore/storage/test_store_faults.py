@@ -13,6 +13,7 @@ import pytest
 
 from kvcore.errors import MergeError, StoreFormatError, StoreFull, StoreReadOnly
 from kvcore.storage import layout as L
+from kvnet.testing import rewrite_segment_version
 
 SEG = 4096                                         # the smallest segment: rolls come often
 
@@ -304,30 +305,19 @@ def test_too_many_open_files_at_a_roll_is_an_error_not_sigsegv(tmp_path, twin):
 
 # ---- another format version ------------------------------------------------------------------
 
-def _set_segment_version(path, version):
-    from kvcore.hashing_py import crc32c
-
-    with open(path, "r+b") as f:
-        head = bytearray(f.read(32))
-        head[8:10] = version.to_bytes(2, "little")
-        head[28:32] = crc32c(bytes(head[:28])).to_bytes(4, "little")
-        f.seek(0)
-        f.write(head)
-
-
 def test_a_segment_of_another_format_version_is_refused_naming_it(open_store, impl, tmp_path):
     s = open_store(max_segment_bytes=SEG)
     _fill_to_roll(s)
     s.put(b"more", b"data")
     s.close()
     first = os.path.join(tmp_path / "store", L.segment_name(L.segment_ids(str(tmp_path / "store"))[0]))
-    _set_segment_version(first, 2)
+    rewrite_segment_version(first, 2)
     with pytest.raises(StoreFormatError) as info:
         impl.LogStore(tmp_path / "store", fsync="never")
     msg = str(info.value)
     assert "format version 2" in msg and "version 1" in msg and first in msg
     assert impl.LogStore is not None
-    _set_segment_version(first, 1)                  # nothing was changed by the refusal
+    rewrite_segment_version(first, 1)                  # nothing was changed by the refusal
     s = open_store(max_segment_bytes=SEG)
     assert s.recovery["clean"] and s.get(b"more") == b"data"
 
