@@ -89,7 +89,7 @@ def test_kv_compact_merges_now_and_reports_what_it_reclaimed(tmp_path):
                 await r.execute_command("KV.COMPACT", "100000")
             with pytest.raises(redis.ResponseError):
                 await r.execute_command("KV.COMPACT", "-1")
-            assert await r.mget([f"k{i}" for i in range(100)]) == [f"v19" * 20] * 100
+            assert await r.mget([f"k{i}" for i in range(100)]) == ["v19" * 20] * 100
             await r.aclose()
         finally:
             await node.stop()

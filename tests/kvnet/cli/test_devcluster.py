@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from kvnet.cli import kvnode
 from kvnet.cli.devcluster import Backoff, describe_exit, dev_env, dev_secret
