@@ -239,3 +239,21 @@ def test_a_chunked_message_holds_a_request_answer_or_notification_only():
     r = reassembly([len(body), body], 1000)
     with pytest.raises(ProtocolError, match="not PING"):
         r.add([len(body), body])
+
+
+@given(payload=st.binary(min_size=0, max_size=5000), frame=st.integers(100, 2000),
+       piece=st.integers(1, 3000), feed=st.integers(1, 700))
+def test_any_message_in_chunks_of_any_size_read_in_any_pieces_is_rebuilt(payload, frame, piece,
+                                                                          feed):
+    msg = (Kind.REQUEST, 77, "put", {"c": payload})
+    out = encode_message(msg, frame, 100_000, chunk_bytes=piece)
+    data = out if type(out) is bytes else b"".join(bytes(p) for p in out)
+    reader, frames = FrameReader(max_frame_size=frame), []
+    for at in range(0, len(data), feed):
+        frames += reader.feed(data[at:at + feed])
+    if type(out) is bytes:
+        assert frames == [Frame(*msg)]
+        return
+    assert {f.kind for f in frames} == {Kind.CHUNK}
+    whole = reassembly(frames[0].payload, 100_000)
+    assert [whole.add(f.payload) for f in frames][-1] == Frame(*msg)
