@@ -155,3 +155,18 @@ def test_no_setting_value_in_repr_that_must_stay_secret():
     text = repr(load(password="hunter22", cluster_secret="s3cret-s3cret"))
     assert "hunter22" not in text and "s3cret" not in text
     assert all(f.metadata.get("help") for f in dataclasses.fields(NodeConfig))
+
+
+def test_a_one_value_object_fits_max_value_bytes_plus_the_overhead():
+    """The rule max_object_bytes >= max_value_bytes + OBJECT_OVERHEAD lets the byte-level SET
+    paths skip the object check: a one-value clock with the longest node id and the largest
+    numbers stays within it, for a value of any size."""
+    from kvcore import versions as V
+    from kvnet.config import OBJECT_OVERHEAD
+    big = (1 << 64) - 1
+    for size in (0, 100, 70_000, 1 << 20):
+        value = b"x" * size
+        clock = V.Clock(((("n" * 64, big, big), big, (V.Sibling(value, (1 << 63) - 1),)),), ())
+        assert len(V.encode(clock)) <= size + OBJECT_OVERHEAD
+        tomb = V.Clock(((("n" * 64, big, big), big, (V.Sibling(None, (1 << 63) - 1),)),), ())
+        assert len(V.encode(tomb)) <= OBJECT_OVERHEAD
