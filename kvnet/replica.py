@@ -366,8 +366,8 @@ class LocalReplica:
 
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
-                 max_object_bytes=64 << 20, index_skip_bits=0, min_free_percent=0.0, max_segment_bytes=64 << 20,
-                 executor=None):
+                 max_object_bytes=64 << 20, index_skip_bits=0, min_free_percent=0.0,
+                 max_segment_bytes=64 << 20, executor=None):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync

@@ -27,8 +27,9 @@ async def _cluster(tmp_path, nodes=3, n=3, proxied=False, **kw):
     out = []
     try:
         for i in range(nodes):
-            members = [f"n{j}@127.0.0.1:{proxies[i, j].port if (i, j) in proxies else ports[nodes + j]}"
-                       for j in range(nodes)]
+            seen = [proxies[i, j].port if (i, j) in proxies else ports[nodes + j]
+                    for j in range(nodes)]
+            members = [f"n{j}@127.0.0.1:{port}" for j, port in enumerate(seen)]
             cfg = load(name=f"n{i}", port=ports[i], peer_port=ports[nodes + i], n=n,
                        data_dir=str(tmp_path / f"n{i}"), members=members, **kw)
             out.append(await Node(cfg).start())
@@ -73,7 +74,7 @@ def test_a_write_leaving_an_object_above_max_object_bytes_is_refused_before_it_i
                     await c.execute_command("KV.PUT", key, b"b" * 3000)
                 msg = str(info.value)
                 # the refusal's own prefix, also through a forward (not a failed peer request)
-                assert msg.startswith("TOOLARGE the write would leave key b'big' an object of "), msg
+                assert msg.startswith("TOOLARGE the write would leave key b'big' an object "), msg
                 assert "above max_object_bytes=5120" in msg and "context" in msg, msg
                 ctx, vals = await c.execute_command("KV.GET", key)
                 assert b"a" * 3000 in vals and b"b" * 3000 not in vals
