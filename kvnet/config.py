@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from kvnet.errors import ConfigError
 
 FSYNC = ("always", "interval", "never")
+# A one-value clock's bytes beside its value, at most (an actor of a 64-byte node id, its
+# counter, the timestamp; about 150): with max_object_bytes >= max_value_bytes + this, a write
+# leaving one value always fits, so the byte-level SET paths need no size check of their own.
+OBJECT_OVERHEAD = 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -77,6 +81,9 @@ class NodeConfig:
     idle_timeout_s: int = _s(0, "close clients idle this long (0: never)")
     max_key_bytes: int = _s(8 << 10, "bigger keys get an error")
     max_value_bytes: int = _s(32 << 20, "bigger values get an error")
+    max_object_bytes: int = _s(64 << 20, "refuse a write whose key's object (its siblings and "
+                                         "clock, encoded) would be bigger; at least "
+                                         "max_value_bytes + 1024")
     warn_siblings: int = _s(25, "log a warning for a write leaving more siblings")
     max_siblings: int = _s(100, "refuse a write that would leave more siblings")
     password: str | None = _s(None, "clients must AUTH with this", repr=False)
@@ -136,6 +143,7 @@ _INT_BOUNDS = {
     "idle_timeout_s": (0, 86_400 * 7),
     "max_key_bytes": (1, 65535),
     "max_value_bytes": (1, (1 << 31) - 1),
+    "max_object_bytes": (4096, (1 << 31) - 1),     # the store's record limit
     "warn_siblings": (1, 10_000),
     "max_siblings": (1, 10_000),
     "gossip_interval_ms": (10, 600_000),
@@ -154,6 +162,11 @@ _FLOAT_BOUNDS = {
     "merge_dead_fraction": (0.05, 0.95),
     "min_free_percent": (0.0, 50.0),
 }
+
+
+def is_node_name(name):
+    """Is `name` a valid node id (1-64 letters, digits, '_', '.' or '-')?"""
+    return isinstance(name, str) and _NAME.match(name) is not None
 
 
 def _check_name(name, setting):
@@ -194,6 +207,10 @@ def validate(cfg):
         raise ConfigError(f"ring_size: {q} must be a power of two")
     if cfg.r > cfg.n or cfg.w > cfg.n:
         raise ConfigError(f"r and w must not exceed n (r={cfg.r}, w={cfg.w}, n={cfg.n})")
+    if cfg.max_object_bytes < cfg.max_value_bytes + OBJECT_OVERHEAD:
+        raise ConfigError(f"max_object_bytes: {cfg.max_object_bytes} must be at least "
+                          f"max_value_bytes + {OBJECT_OVERHEAD} ({cfg.max_value_bytes} + "
+                          f"{OBJECT_OVERHEAD}): a key holding one value always fits")
     if cfg.warn_siblings > cfg.max_siblings:
         raise ConfigError("warn_siblings must not exceed max_siblings")
     if cfg.fsync not in FSYNC:

@@ -51,6 +51,13 @@ class TooManySiblings(KVNetError):
     resp_prefix = "SIBLINGS"
 
 
+class ObjectTooLarge(KVNetError):
+    """A write would leave a key's object (its siblings and clock, encoded) above
+    max_object_bytes: refused by its coordinator before anything is stored."""
+
+    resp_prefix = "TOOLARGE"
+
+
 class DiskError(KVNetError):
     """A node's disk refused a write: no space (ENOSPC, or below min_free_percent), too many
     open files (EMFILE), an I/O error (EIO), or a partition made read-only by a failed

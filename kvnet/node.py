@@ -31,7 +31,7 @@ from kvnet.peer.core import BATCH_VERSION, READY
 from kvnet.peer.pool import PeerPool
 from kvnet.peer.protocol import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.replica import LocalReplica
-from kvnet.payload import clock as _clock
+from kvnet.payload import clock as _clock, context as _client_context
 from kvnet.resp.backend import LATER, Backend, Reply
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.server import serve
@@ -84,6 +84,7 @@ class Node(driver.Cluster, Backend):
                                     index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings,
+                                    max_object_bytes=cfg.max_object_bytes,
                                     min_free_percent=cfg.min_free_percent,
                                     max_segment_bytes=cfg.max_segment_bytes)
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self))
@@ -393,7 +394,7 @@ class Node(driver.Cluster, Backend):
         ident = self.replica.identity
         clock = self.replica.next_clock(local, sibling, context, overwrite,
                                         lambda ctx: ident.actor(ident.new_epoch()))
-        self.hints.add(hint_for, p, key, V.encode(clock))
+        self.hints.add(hint_for, p, key, self.replica.encode_object(key, clock))
         return clock
 
     async def after_hint(self):
@@ -650,12 +651,7 @@ class Node(driver.Cluster, Backend):
 
     @staticmethod
     def _context(context):
-        if not context:
-            return None
-        try:
-            return V.decode_context(bytes(context))
-        except V.InvalidContext as exc:
-            raise CommandError(f"invalid context: {exc}") from None
+        return _client_context(context)      # bounded, actors checked (kvnet/payload.py)
 
     async def _read(self, key, r=None, strict=False):
         p = self._partition(key)

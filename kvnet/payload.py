@@ -1,9 +1,15 @@
 """Peer payload checks shared by the node's handlers and its services: a buggy or hostile peer
 gets an error naming what is wrong, never a crash (docs/peer.md)."""
 from kvcore import versions as V
+from kvnet.config import is_node_name
 from kvnet.errors import CommandError
 
 MAX_ENTRIES = 200_000            # keys, clocks or hashes in one message, at most
+# A client's causal context (what KV.GET returned, sent back with a write): one [actor, counter]
+# per actor of the key's clock, each at most about 100 bytes (docs/versions.md).
+MAX_CONTEXT_ENTRIES = 10_000
+MAX_CONTEXT_BYTES = 1 << 20
+_U64 = (1 << 64) - 1
 
 
 def fields(m, *names):
@@ -53,6 +59,35 @@ def clock(raw, error=CommandError):
         return V.decode(raw)
     except V.InvalidClock as exc:
         raise error(f"bad clock: {exc}") from None
+
+
+def context(raw, error=CommandError):
+    """The decoded causal context of a client's context bytes (None for empty ones), refused
+    with `error` naming what is wrong when it is above MAX_CONTEXT_BYTES or
+    MAX_CONTEXT_ENTRIES, not a context, or holds an actor that is not one this store makes:
+    [node id, incarnation, epoch] (kvnet/replica.py) with a counter from 1 to 2**64-1."""
+    if not raw:
+        return None
+    if type(raw) is not bytes and type(raw) is not bytearray and type(raw) is not memoryview:
+        raise error("invalid context: must be the bytes a read returned")
+    if len(raw) > MAX_CONTEXT_BYTES:
+        raise error(f"invalid context: {len(raw)} bytes, above the limit of {MAX_CONTEXT_BYTES}")
+    try:
+        ctx = V.decode_context(bytes(raw))
+    except V.InvalidContext as exc:
+        raise error(f"invalid context: {exc}") from None
+    if len(ctx) > MAX_CONTEXT_ENTRIES:
+        raise error(f"invalid context: {len(ctx)} actors, above the limit of "
+                    f"{MAX_CONTEXT_ENTRIES}")
+    for actor, counter in ctx:
+        if type(actor) is not tuple or len(actor) != 3 or not is_node_name(actor[0]) \
+                or type(actor[1]) is not int or not 0 <= actor[1] <= _U64 \
+                or type(actor[2]) is not int or not 0 <= actor[2] <= _U64:
+            raise error(f"invalid context: {actor!r} is not an actor (node id, incarnation, "
+                        "epoch)")
+        if not counter <= _U64:
+            raise error(f"invalid context: counter {counter} of {actor!r} is above 2**64-1")
+    return ctx
 
 
 def entries(node, es, p, error=CommandError):

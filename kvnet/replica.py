@@ -23,7 +23,7 @@ from kvcore._native import select
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
 from kvcore.storage.files import fsync_dir, write_file
-from kvnet.errors import DiskError, TooManySiblings
+from kvnet.errors import DiskError, ObjectTooLarge, TooManySiblings
 from kvnet.executor import ThreadExecutor
 
 EPOCH_BLOCK = 10_000
@@ -366,8 +366,8 @@ class LocalReplica:
 
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
-                 index_skip_bits=0, min_free_percent=0.0, max_segment_bytes=64 << 20,
-                 executor=None):
+                 max_object_bytes=64 << 20, index_skip_bits=0, min_free_percent=0.0,
+                 max_segment_bytes=64 << 20, executor=None):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
@@ -375,6 +375,7 @@ class LocalReplica:
         # group commits' fsyncs, off the loop (one at a time: a round covers every dirty store)
         self.executor = executor or ThreadExecutor(1, "ringkv-sync")
         self.max_siblings = max_siblings
+        self.max_object_bytes = max_object_bytes    # what a write minted here may leave
         # A stored clock may hold many siblings: the value limit is the coordinator's,
         # per value; the store takes whatever replication brings.
         # index_skip_bits: the ring's partition bits, which every key of a partition shares;
@@ -541,7 +542,7 @@ class LocalReplica:
             local = V.decode(old_raw)
             actor_for = lambda ctx: self._minting_actor(part, local, ctx)   # noqa: E731
         clock = self.next_clock(local, sibling, context, overwrite, actor_for)
-        return self._store(p, key, clock, old_raw), clock
+        return self._store(p, key, clock, old_raw, self.encode_object(key, clock)), clock
 
     def overwrite_raw(self, part, key, value, ts):
         """A Redis SET/DEL over nothing (minted by a fresh epoch) or over a clock this node
@@ -571,6 +572,19 @@ class LocalReplica:
                 f"key has {V.sibling_count(clock)} siblings (limit {self.max_siblings}): "
                 "read it with KV.GET and write back with its context to resolve them")
         return clock
+
+    def encode_object(self, key, clock):
+        """The bytes of a clock a write minted here, refused (ObjectTooLarge, nothing stored)
+        above max_object_bytes. Only minting refuses: a sync of two objects within the limit
+        may be above it, and replicas take it (docs/storage.md, "Limits")."""
+        raw = V.encode(clock)
+        if len(raw) > self.max_object_bytes:
+            raise ObjectTooLarge(
+                f"the write would leave key {key[:40]!r} an object of {len(raw)} bytes "
+                f"({V.sibling_count(clock)} values and their clock), above max_object_bytes="
+                f"{self.max_object_bytes}: read it with KV.GET and write back with its "
+                "context to resolve its siblings, or write a smaller value")
+        return raw
 
     def merge(self, p, key, clock, raw=None):
         """Sync an incoming clock (replication, repair, handoff) with the local one; never refuses.

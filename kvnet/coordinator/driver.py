@@ -12,8 +12,8 @@ from kvcore import versions as V
 from kvnet.coordinator.preflist import preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
                                       GetResult, PutQuorum)
-from kvnet.errors import Unavailable
-from kvnet.peer.errors import PeerUnavailable
+from kvnet.errors import ObjectTooLarge, TooManySiblings, Unavailable
+from kvnet.peer.errors import PeerUnavailable, RemoteError
 from kvnet.stepping import ReplyFuture, reject, resolve
 
 log = logging.getLogger("kvnet.coordinator")
@@ -284,6 +284,9 @@ def _send_remote(call, timeout, node, hint_for, p, key, raw):
 
 
 FORWARD_ATTEMPTS = 3     # coordinators tried for one write whose forward finds no connection
+# A forwarded write's refusals by its coordinator that the client gets as they are, as if this
+# node had coordinated it (not as a failed peer request).
+_REFUSALS = {"ObjectTooLarge": ObjectTooLarge, "TooManySiblings": TooManySiblings}
 
 
 async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
@@ -313,6 +316,11 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
             # extended list coordinates instead.
             if attempt == FORWARD_ATTEMPTS - 1:
                 raise
+        except RemoteError as exc:
+            refusal = _REFUSALS.get(exc.code)
+            if refusal is None:
+                raise
+            raise refusal(exc.remote_message) from None
 
 
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):

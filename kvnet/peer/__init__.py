@@ -12,7 +12,8 @@ from kvnet.peer.errors import (
     RemoteError,
     VersionMismatch,
 )
-from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, Frame, FrameReader, Kind, encode_frame
+from kvnet.peer.framing import (DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Frame,
+                                 FrameReader, Kind, encode_frame)
 from kvnet.peer.pool import PeerPool
 from kvnet.peer.protocol import PeerConnection, PeerServer, connect, current_peer, serve_peers
 
@@ -20,6 +21,7 @@ __all__ = [
     "AuthenticationError",
     "ConnectionLost",
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "Frame",
     "FrameReader",
     "Kind",

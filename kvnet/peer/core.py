@@ -13,11 +13,13 @@ import msgpack
 
 from kvnet.errors import KVNetError, PeerError, ProtocolError
 from kvnet.peer.errors import AuthenticationError, ConnectionLost, VersionMismatch
-from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, MAX_REQ_ID, FrameReader, Kind, encode_frame
+from kvnet.peer.framing import (DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, MAX_REQ_ID,
+                                 FrameReader, Kind, encode_message, reassembly)
 
-PROTOCOL_VERSION = 2  # newest version this code speaks (2: batch requests, mput / mget)
+PROTOCOL_VERSION = 3  # newest version this code speaks (2: batch requests; 3: chunked messages)
 MIN_PROTOCOL_VERSION = 1  # oldest version this code still speaks
 BATCH_VERSION = 2  # the first version whose nodes answer batch requests
+CHUNK_VERSION = 3  # the first version whose nodes send and take messages above a frame in CHUNKs
 NONCE_SIZE = 32
 MAX_NODE_ID_LEN = 255
 _AUTH_LABEL = b"ringkv-peer-auth"
@@ -34,8 +36,8 @@ class State(enum.Enum):
 # The states and frame kinds the request path compares, as module constants: an Enum member
 # read through its class is a property call (about 160 ns), and these are read for every frame.
 READY, CLOSED = State.READY, State.CLOSED
-_REQUEST, _RESPONSE, _ERROR, _NOTIFY, _PING, _PONG = (
-    Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFY, Kind.PING, Kind.PONG)
+_REQUEST, _RESPONSE, _ERROR, _NOTIFY, _PING, _PONG, _CHUNK = (
+    Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFY, Kind.PING, Kind.PONG, Kind.CHUNK)
 
 
 # ERROR codes sent on req_id 0 when a connection is refused; mapped back on receipt.
@@ -79,6 +81,7 @@ class PeerProtocolCore:
         expected_peer=None,
         max_frame_size=DEFAULT_MAX_FRAME_SIZE,
         versions=(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
     ):
         if not isinstance(node_id, str) or not 0 < len(node_id) <= MAX_NODE_ID_LEN:
             raise ValueError(f"node id must be a string of 1..{MAX_NODE_ID_LEN} characters")
@@ -86,6 +89,8 @@ class PeerProtocolCore:
             secret = secret.encode()
         if not isinstance(secret, (bytes, bytearray)) or not secret:
             raise ValueError("the cluster secret must be a non-empty str or bytes")
+        if type(max_message_size) is not int or not max_frame_size <= max_message_size < 1 << 32:
+            raise ValueError("max_message_size must be an integer from max_frame_size to 2**32-1")
         lo, hi = versions
         if not 0 < lo <= hi:
             raise ValueError(f"bad protocol version range {versions!r}")
@@ -93,6 +98,9 @@ class PeerProtocolCore:
         self.initiator = initiator
         self.expected_peer = expected_peer
         self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
+        self._chunk_limit = 0  # messages up to this size may go in chunks (0: none; version 3)
+        self._partial = None  # the chunked message being received (framing.Reassembly)
         self.state = State.CONNECTING
         self.peer_id = None
         self.version = None  # agreed protocol version
@@ -185,7 +193,17 @@ class PeerProtocolCore:
     # -- sending --------------------------------------------------------------
 
     def _send(self, kind, req_id, type_, payload):
-        self._write(encode_frame((kind, req_id, type_, payload), self.max_frame_size))
+        data = encode_message((kind, req_id, type_, payload), self.max_frame_size,
+                              self._chunk_limit)
+        if type(data) is bytes:
+            self._write(data)
+        else:
+            self._write_parts(data)
+
+    def _write_parts(self, parts):
+        """The buffers of one chunked message, written in order with nothing between them."""
+        for part in parts:
+            self._write(part)
 
     def _check_ready(self):
         if self.state is not READY:
@@ -301,6 +319,7 @@ class PeerProtocolCore:
         if nonce == self._nonce:
             raise AuthenticationError("the peer echoed our nonce")
         self.peer_id, self.version, self._peer_nonce = node, agreed, nonce
+        self._chunk_limit = self.max_message_size if agreed >= CHUNK_VERSION else 0
         self.state = State.AUTH
         if self.initiator:
             # The dialer proves first; the acceptor answers only after checking,
@@ -357,5 +376,21 @@ class PeerProtocolCore:
             self._on_notify(frame.type, frame.payload)
         elif kind is _PING:
             self._send(_PONG, frame.req_id, None, None)
+        elif kind is _CHUNK:
+            self._chunk(frame.payload)
         else:
             raise ProtocolError(f"unexpected {kind.name} frame after authentication")
+
+    def _chunk(self, payload):
+        """A piece of a message above the frame limit: the message is processed once whole.
+        Only one is under way at a time (its sender writes its chunks together), so a peer
+        makes this end hold at most max_message_size bytes of it."""
+        if not self._chunk_limit:
+            raise ProtocolError(f"CHUNK frame on a connection of protocol version {self.version}")
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = reassembly(payload, self.max_message_size)
+        frame = partial.add(payload)
+        if frame is not None:
+            self._partial = None
+            self._process__ready(frame)

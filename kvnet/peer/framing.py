@@ -12,6 +12,13 @@ import msgpack
 from kvnet.errors import ProtocolError
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024  # bytes of body, header excluded
+# A message (a request, answer or notification) whose body is above the frame limit goes as
+# CHUNK frames on a connection of protocol version 3 or later (CHUNK_VERSION). The frame limit
+# bounds what one frame makes a node buffer before the peer has authenticated; this bounds a
+# whole message after it has: the largest object a replica's store takes (2 GiB - 1, the
+# store's record limit) with its envelope. docs/peer.md, "Chunked messages".
+DEFAULT_MAX_MESSAGE_SIZE = (1 << 31) + (1 << 20)
+CHUNK_BYTES = 1 << 20      # the piece of a message one CHUNK frame carries, at most
 MAX_REQ_ID = 2**32 - 1
 
 _HEADER = struct.Struct(">I")
@@ -29,6 +36,7 @@ class Kind(enum.IntEnum):
     NOTIFY = 6  # one-way, req_id 0
     PING = 7  # liveness probe, answered by PONG with the same req_id
     PONG = 8
+    CHUNK = 9  # a piece of a message above the frame limit (version 3): payload [total, piece]
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -45,6 +53,7 @@ class Frame(NamedTuple):
 
 
 _new_tuple = tuple.__new__
+_CHUNKABLE = (Kind.REQUEST, Kind.RESPONSE, Kind.ERROR, Kind.NOTIFY)
 
 
 def encode_frame(msg, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
@@ -60,6 +69,84 @@ def encode_frame(msg, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
             f"peer frame of {len(body)} bytes exceeds the limit of {max_frame_size} bytes"
         )
     return _HEADER.pack(len(body)) + body
+
+
+_CHUNK_PREFIX = bytes([0x94, Kind.CHUNK, 0x00, 0xC0, 0x92, 0xCE])     # [9, 0, nil, [u32 ...
+_CHUNK_HEAD = struct.Struct(">I6sIBI")     # frame length, the prefix, total, bin 32, piece length
+CHUNK_OVERHEAD = _CHUNK_HEAD.size - HEADER_SIZE    # a CHUNK frame's body beside its piece
+
+
+def encode_message(msg, max_frame_size=DEFAULT_MAX_FRAME_SIZE, max_message_size=0,
+                   chunk_bytes=CHUNK_BYTES):
+    """`encode_frame`, but a body above ``max_frame_size`` and at most ``max_message_size``
+    comes back as a list of CHUNK frames' buffers instead (each a small header, then a
+    memoryview of the body: nothing is copied), to be written in this order and with nothing
+    between them. max_message_size 0: no chunks (encode_frame's ProtocolError)."""
+    kind, req_id, type_, payload = msg
+    body = _pack((int(kind), req_id, type_, payload))
+    size = len(body)
+    if size <= max_frame_size:
+        return _HEADER.pack(size) + body
+    if size > max_message_size:
+        if not max_message_size:
+            raise ProtocolError(
+                f"peer frame of {size} bytes exceeds the limit of {max_frame_size} bytes")
+        raise ProtocolError(
+            f"peer message of {size} bytes exceeds the limit of {max_message_size} bytes")
+    step = max(1, min(chunk_bytes, max_frame_size - CHUNK_OVERHEAD))
+    view = memoryview(body)
+    parts = []
+    for at in range(0, size, step):
+        piece = view[at:at + step]
+        parts.append(_CHUNK_HEAD.pack(CHUNK_OVERHEAD + len(piece), _CHUNK_PREFIX, size, 0xC6,
+                                      len(piece)))
+        parts.append(piece)
+    return parts
+
+
+class Reassembly:
+    """The pieces of one chunked message so far (PeerProtocolCore keeps at most one per
+    connection: a sender writes a message's chunks with nothing between them)."""
+
+    __slots__ = ("total", "buf")
+
+    def __init__(self, total):
+        self.total = total
+        self.buf = bytearray()
+
+    def add(self, payload):
+        """Take one CHUNK frame's payload; the message's Frame once it is whole, else None.
+        ProtocolError for a malformed piece, a total unlike the first piece's, or more bytes
+        than the total."""
+        if type(payload) is not list or len(payload) != 2 or type(payload[0]) is not int \
+                or type(payload[1]) is not bytes or not payload[1]:
+            raise ProtocolError("malformed CHUNK frame: want [total, piece]")
+        total, piece = payload
+        if total != self.total:
+            raise ProtocolError(f"CHUNK frame of a {total}-byte message inside one of "
+                                f"{self.total} bytes")
+        if len(self.buf) + len(piece) > total:
+            raise ProtocolError(f"chunked peer message longer than its {total} bytes")
+        self.buf += piece
+        if len(self.buf) < total:
+            return None
+        buf, self.buf = self.buf, None
+        frame = decode_body(buf)
+        if frame.kind not in _CHUNKABLE:
+            raise ProtocolError(f"a chunked peer message must be a request, answer or "
+                                f"notification, not {frame.kind.name}")
+        return frame
+
+
+def reassembly(payload, max_message_size):
+    """A Reassembly for the first piece of a chunked message (payload [total, piece])."""
+    if type(payload) is not list or len(payload) != 2 or type(payload[0]) is not int:
+        raise ProtocolError("malformed CHUNK frame: want [total, piece]")
+    total = payload[0]
+    if not 0 < total <= max_message_size:
+        raise ProtocolError(f"chunked peer message of {total} bytes exceeds the limit of "
+                            f"{max_message_size} bytes")
+    return Reassembly(total)
 
 
 def decode_body(body):

@@ -11,7 +11,7 @@ import logging
 from kvnet.errors import PeerError, ProtocolError
 from kvnet.peer.core import CLOSED, READY, PeerProtocolCore
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, RemoteError
-from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE
+from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from kvnet.stepping import LATER, finish
 
 log = logging.getLogger("kvnet.peer")
@@ -57,10 +57,12 @@ class PeerConnection(PeerProtocolCore):
         max_frame_size=DEFAULT_MAX_FRAME_SIZE,
         handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
         max_inflight=DEFAULT_MAX_INFLIGHT,
+        max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
         loop=None,
     ):
         super().__init__(
-            node_id, secret, initiator=initiator, expected_peer=expected_peer, max_frame_size=max_frame_size
+            node_id, secret, initiator=initiator, expected_peer=expected_peer,
+            max_frame_size=max_frame_size, max_message_size=max_message_size
         )
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -144,6 +146,19 @@ class PeerConnection(PeerProtocolCore):
         buf, self._wbuf = self._wbuf, None
         if buf and self._transport is not None and not self._transport.is_closing():
             self._transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+
+    def _write_parts(self, parts):
+        # A chunked message (PeerProtocolCore._send): the frames queued before it leave first,
+        # then its buffers one by one, each a view of the message's body; the transport keeps
+        # what it cannot send at once (joining them would copy the message once more).
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        buf, self._wbuf = self._wbuf, None
+        if buf:
+            transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        for part in parts:
+            transport.write(part)
 
     def _on_ready(self):
         for timer in self._timers:
@@ -580,7 +595,7 @@ class PeerConnection(PeerProtocolCore):
 
 
 def _opts(kwargs):
-    allowed = {"max_frame_size", "handshake_timeout", "max_inflight"}
+    allowed = {"max_frame_size", "max_message_size", "handshake_timeout", "max_inflight"}
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unknown peer connection options: {sorted(unknown)}")

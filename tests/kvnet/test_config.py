@@ -28,6 +28,9 @@ def test_toml_and_overrides(tmp_path):
     (dict(members=["a@h:1", "a@h:2"]), "members"), (dict(cluster_secret="short"), "cluster_secret"),
     (dict(max_value_bytes=-1), "max_value_bytes"), (dict(bogus=1), "bogus"),
     (dict(host="not a host!"), "host"), (dict(port=True), "port"), (dict(password=""), "password"),
+    (dict(max_object_bytes=1 << 40), "max_object_bytes"),
+    (dict(max_object_bytes=(32 << 20) + 1023), "max_value_bytes + 1024"),
+    (dict(max_value_bytes=(64 << 20) - 1000), "a key holding one value always fits"),
 ])
 def test_bad_settings_name_the_setting(bad, word):
     with pytest.raises(ConfigError) as e:
@@ -84,7 +87,8 @@ SAMPLES = {
     "min_free_percent": ("2.5", 2.5), "max_segment_bytes": ("4096", 4096),
     "request_timeout_ms": ("900", 900), "max_connections": ("77", 77),
     "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
-    "max_value_bytes": ("4096", 4096), "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
+    "max_value_bytes": ("4096", 4096), "max_object_bytes": ("134217728", 128 << 20),
+    "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
     "password": ("hunter22", "hunter22"), "cluster_secret": ("s3cret-s3cret", "s3cret-s3cret"),
     "allow_flush": ("false", False), "join": ("true", True),
     "gossip_interval_ms": ("100", 100), "gossip_fanout": ("3", 3), "phi_threshold": ("4.5", 4.5),
@@ -151,3 +155,18 @@ def test_no_setting_value_in_repr_that_must_stay_secret():
     text = repr(load(password="hunter22", cluster_secret="s3cret-s3cret"))
     assert "hunter22" not in text and "s3cret" not in text
     assert all(f.metadata.get("help") for f in dataclasses.fields(NodeConfig))
+
+
+def test_a_one_value_object_fits_max_value_bytes_plus_the_overhead():
+    """The rule max_object_bytes >= max_value_bytes + OBJECT_OVERHEAD lets the byte-level SET
+    paths skip the object check: a one-value clock with the longest node id and the largest
+    numbers stays within it, for a value of any size."""
+    from kvcore import versions as V
+    from kvnet.config import OBJECT_OVERHEAD
+    big = (1 << 64) - 1
+    for size in (0, 100, 70_000, 1 << 20):
+        value = b"x" * size
+        clock = V.Clock(((("n" * 64, big, big), big, (V.Sibling(value, (1 << 63) - 1),)),), ())
+        assert len(V.encode(clock)) <= size + OBJECT_OVERHEAD
+        tomb = V.Clock(((("n" * 64, big, big), big, (V.Sibling(None, (1 << 63) - 1),)),), ())
+        assert len(V.encode(tomb)) <= OBJECT_OVERHEAD

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kvcore import versions as V
-from kvnet.errors import TooManySiblings
+from kvnet.errors import ObjectTooLarge, TooManySiblings
 from kvnet.replica import EPOCH_BLOCK, Identity, LocalReplica
 
 
@@ -203,6 +203,27 @@ def test_sibling_limit_refuses_before_storing(tmp_path):
     assert r.read(0, b"k") == before
     r.mint(0, b"k", S(b"one"), overwrite=True)    # resolving is always allowed
     asyncio.run(r.close())
+
+
+def test_object_limit_refuses_a_mint_before_storing_but_never_a_merge(tmp_path):
+    """max_object_bytes bounds what a write minted here leaves (siblings and clock, encoded);
+    a sync of two objects within it may be above it, and the replica takes that."""
+    a = LocalReplica(str(tmp_path / "a"), "a", max_object_bytes=5000)
+    b = LocalReplica(str(tmp_path / "b"), "b", max_object_bytes=5000)
+    a.mint(0, b"k", S(b"x" * 3000))
+    before = a.read_raw(0, b"k")
+    with pytest.raises(ObjectTooLarge, match=r"object of \d+ bytes \(2 values and their clock\), "
+                                             r"above max_object_bytes=5000"):
+        a.mint(0, b"k", S(b"y" * 3000))             # a second sibling: 6,000 bytes and more
+    assert a.read_raw(0, b"k") == before
+    c = b.mint(0, b"k", S(b"z" * 3000))             # concurrent, each within the limit
+    merged = a.merge(0, b"k", c)
+    assert vals(merged) == [b"x" * 3000, b"z" * 3000]
+    assert len(V.encode(merged)) > 5000 and a.read(0, b"k") == merged
+    a.mint(0, b"k", S(b"one"), V.join(merged))      # resolving is always allowed
+    assert vals(a.read(0, b"k")) == [b"one"]
+    for r in (a, b):
+        asyncio.run(r.close())
 
 
 def test_group_commit_syncs_every_dirty_partition(tmp_path):

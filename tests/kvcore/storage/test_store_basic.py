@@ -180,3 +180,24 @@ def test_env_selects_twins_and_missing_build_fails_loudly(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import kvcore.storage"], capture_output=True,
                          text=True, env=env, cwd=src, timeout=60)
     assert out.returncode != 0 and "pip install -e ." in out.stderr
+
+
+def test_records_bigger_than_a_segment_as_a_node_opens_its_stores(open_store, tmp_path):
+    """A node's partition stores take any object a replica holds (a sync of siblings may be
+    above every write's own limit): their value limit is the record limit, 2 GiB - 1, and a
+    record bigger than max_segment_bytes goes in a segment of its own. Read back, after a
+    merge and after a reopen (docs/storage.md, "Limits, and how they agree")."""
+    opts = dict(max_segment_bytes=4096, max_value_bytes=(1 << 31) - 1)
+    s = open_store(**opts)
+    big = {b"a": os.urandom(100 << 10), b"b": os.urandom(300 << 10), b"c": b"z" * (200 << 10)}
+    for k, v in big.items():
+        s.put(b"small-" + k, b"v")
+        s.put(k, v)
+    s.put(b"a", big[b"a"])                  # the first copy is dead now
+    assert s.get_many(list(big)) == list(big.values())
+    s.merge()
+    assert s.get_many(list(big)) == list(big.values())
+    s.close()
+    s = open_store(**opts)
+    assert s.get_many(list(big)) == list(big.values())
+    assert s.get(b"small-b") == b"v"

@@ -17,6 +17,7 @@ class Core(PeerProtocolCore):
         super().__init__(*args, **kwargs)
         self.out = []
         self.events = []
+        self.sent = FrameReader(max_frame_size=1 << 30)   # parses what it wrote (pump)
 
     def _write(self, data):
         self.out.append(bytes(data))
@@ -48,7 +49,7 @@ def pump(a, b, limit=100):
         for src, dst in ((a, b), (b, a)):
             while src.out:
                 data = src.out.pop(0)
-                sent[id(src)] += FrameReader().feed(data)
+                sent[id(src)] += src.sent.feed(data)
                 dst.feed_data(data)
                 moved = True
         if not moved:
@@ -288,3 +289,73 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         Core("n", b"", initiator=True)
     assert Core("n", "str secret", initiator=True)._secret == b"str secret"
+
+
+# ---- chunked messages (protocol version 3) ------------------------------------------------------
+
+def small_frames(versions_a=(1, 3), versions_b=(1, 3), frame=256, message=100_000):
+    a = Core("node-a", SECRET, initiator=True, versions=versions_a, max_frame_size=frame,
+             max_message_size=message)
+    b = Core("node-b", SECRET, initiator=False, versions=versions_b, max_frame_size=frame,
+             max_message_size=message)
+    a.start_handshake()
+    b.start_handshake()
+    pump(a, b)
+    assert a.state is State.READY and b.state is State.READY
+    a.events.clear()
+    b.events.clear()
+    return a, b
+
+
+def test_messages_above_the_frame_limit_travel_in_chunks_both_ways():
+    a, b = small_frames()
+    assert a.version == 3
+    big = bytes(range(256)) * 40                      # 10 KiB through 256-byte frames
+    r = a.send_request("put", {"c": big})
+    small = a.send_request("get", b"k")               # after it, whole
+    sent_a, _ = pump(a, b)
+    assert [f.kind for f in sent_a].count(Kind.CHUNK) > 40
+    assert b.events == [("request", "put", r, {"c": big}), ("request", "get", small, b"k")]
+    b.send_response(r, [big, big])
+    b.send_notify("note", big)
+    pump(a, b)
+    assert a.events == [("response", r, [big, big]), ("notify", "note", big)]
+    assert a.state is State.READY and b.state is State.READY
+
+
+def test_a_message_above_the_message_limit_fails_on_its_sender():
+    a, b = small_frames(message=5000)
+    with pytest.raises(ProtocolError, match="message of .* exceeds the limit of 5000"):
+        a.send_request("put", b"x" * 6000)
+    assert a.state is State.READY
+
+
+def test_a_peer_of_version_2_gets_no_chunks():
+    a, b = small_frames(versions_b=(1, 2))
+    assert a.version == 2
+    with pytest.raises(ProtocolError, match="frame of .* exceeds the limit of 256"):
+        a.send_request("put", b"x" * 1000)
+
+
+def test_a_chunk_on_a_version_2_connection_closes_it():
+    a, b = small_frames(versions_b=(1, 2))
+    b.feed_data(encode_frame((Kind.CHUNK, 0, None, [10, b"abc"])))
+    assert b.state is State.CLOSED
+    assert "CHUNK frame on a connection of protocol version 2" in str(closed_with(b))
+
+
+def test_a_chunked_message_above_the_receivers_limit_closes_the_connection():
+    a, b = small_frames(message=100_000)
+    b.max_message_size = 2000           # (as a node configured with a smaller limit)
+    a.send_request("put", b"x" * 5000)
+    pump(a, b)
+    assert b.state is State.CLOSED
+    assert "exceeds the limit of 2000" in str(closed_with(b))
+    assert not [e for e in b.events if e[0] == "request"]
+
+
+def test_a_chunk_before_authentication_is_refused():
+    a, b = pair()
+    b.feed_data(a.out.pop(0))
+    b.feed_data(encode_frame((Kind.CHUNK, 0, None, [10, b"abc"])))
+    assert b.state is State.CLOSED and "before authentication" in str(closed_with(b))

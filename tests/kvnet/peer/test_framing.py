@@ -14,6 +14,8 @@ from kvnet.peer.framing import (
     FrameReader,
     Kind,
     encode_frame,
+    encode_message,
+    reassembly,
 )
 
 MSGS = [
@@ -178,3 +180,80 @@ def test_random_bodies_only_raise_protocol_error(body):
         FrameReader().feed(_frame(body))
     except ProtocolError:
         pass
+
+
+# ---- chunked messages (docs/peer.md, "Chunked messages") -------------------------------------
+
+def _frames_of(parts):
+    return FrameReader(max_frame_size=64).feed(b"".join(bytes(p) for p in parts))
+
+
+def test_a_message_within_the_frame_limit_is_one_frame_as_before():
+    msg = (Kind.REQUEST, 3, "put", {"c": b"x" * 40})
+    assert encode_message(msg, 64, 10_000) == encode_frame(msg, 64)
+
+
+def test_a_message_above_the_frame_limit_goes_in_chunks_that_rebuild_it():
+    msg = (Kind.RESPONSE, 9, None, {"c": bytes(range(256)) * 4})
+    parts = encode_message(msg, 64, 10_000)
+    assert type(parts) is list
+    frames = _frames_of(parts)          # every CHUNK frame within the 64-byte frame limit
+    assert len(frames) > 10 and {f.kind for f in frames} == {Kind.CHUNK}
+    total = frames[0].payload[0]
+    assert total == sum(len(f.payload[1]) for f in frames) > 64
+    whole = reassembly(frames[0].payload, 10_000)
+    got = [whole.add(f.payload) for f in frames]
+    assert got[:-1] == [None] * (len(frames) - 1) and got[-1] == Frame(*msg)
+
+
+def test_a_message_above_the_message_limit_is_refused_by_its_sender():
+    msg = (Kind.REQUEST, 1, "put", b"x" * 1000)
+    with pytest.raises(ProtocolError, match="message of .* exceeds the limit of 500"):
+        encode_message(msg, 64, 500)
+    with pytest.raises(ProtocolError, match="frame of .* exceeds the limit of 64"):
+        encode_message(msg, 64, 0)          # no chunks (a peer of protocol version 2)
+
+
+@pytest.mark.parametrize("payload, error", [
+    ([5000, b"x"], "exceeds the limit of 1000"),
+    ([0, b"x"], "exceeds the limit"),
+    ("x", "malformed CHUNK"),
+    ([10, "x"], "malformed CHUNK"),
+])
+def test_a_bad_first_chunk_is_a_protocol_error(payload, error):
+    with pytest.raises(ProtocolError, match=error):
+        reassembly(payload, 1000).add(payload)
+
+
+def test_pieces_must_keep_to_their_message():
+    r = reassembly([10, b"abcd"], 1000)
+    assert r.add([10, b"abcd"]) is None
+    with pytest.raises(ProtocolError, match="inside one of 10 bytes"):
+        r.add([12, b"ef"])
+    with pytest.raises(ProtocolError, match="longer than its 10 bytes"):
+        r.add([10, b"efghijk"])
+
+
+def test_a_chunked_message_holds_a_request_answer_or_notification_only():
+    body = encode_frame((Kind.PING, 1, None, None))[4:]
+    r = reassembly([len(body), body], 1000)
+    with pytest.raises(ProtocolError, match="not PING"):
+        r.add([len(body), body])
+
+
+@given(payload=st.binary(min_size=0, max_size=5000), frame=st.integers(100, 2000),
+       piece=st.integers(1, 3000), feed=st.integers(1, 700))
+def test_any_message_in_chunks_of_any_size_read_in_any_pieces_is_rebuilt(payload, frame, piece,
+                                                                          feed):
+    msg = (Kind.REQUEST, 77, "put", {"c": payload})
+    out = encode_message(msg, frame, 100_000, chunk_bytes=piece)
+    data = out if type(out) is bytes else b"".join(bytes(p) for p in out)
+    reader, frames = FrameReader(max_frame_size=frame), []
+    for at in range(0, len(data), feed):
+        frames += reader.feed(data[at:at + feed])
+    if type(out) is bytes:
+        assert frames == [Frame(*msg)]
+        return
+    assert {f.kind for f in frames} == {Kind.CHUNK}
+    whole = reassembly(frames[0].payload, 100_000)
+    assert [whole.add(f.payload) for f in frames][-1] == Frame(*msg)

@@ -635,16 +635,18 @@ def test_batch_answers_above_the_budget_are_deferred_and_asked_again_alone():
                                   2: [P.DEFERRED, "answer too big to join the batch's"]}]
 
 
-def test_an_answer_above_the_frame_limit_fails_the_request_not_the_connection():
+def test_an_answer_above_the_message_limit_fails_the_request_not_the_connection():
     async def handler(type, payload):
         return b"z" * payload
 
     async def main():
-        server = await serve_peers(HOST, 0, "b", SECRET, handler, max_frame_size=4096)
-        conn = await connect(HOST, server.port, "a", SECRET, max_frame_size=4096)
+        server = await serve_peers(HOST, 0, "b", SECRET, handler, max_frame_size=4096,
+                                   max_message_size=50_000)
+        conn = await connect(HOST, server.port, "a", SECRET, max_frame_size=4096,
+                             max_message_size=50_000)
         try:
             with pytest.raises(RemoteError) as info:
-                await conn.request("big", 10_000, timeout=5)
+                await conn.request("big", 60_000, timeout=5)
             assert info.value.code == "EncodeError" and "exceeds the limit" in str(info.value)
             assert await conn.request("small", 10, timeout=5) == b"z" * 10
             assert conn.is_ready
@@ -652,6 +654,36 @@ def test_an_answer_above_the_frame_limit_fails_the_request_not_the_connection():
             await close_both(conn, server)
 
     run(main())
+
+
+@pytest.mark.parametrize("uvloop", [False, True])
+def test_requests_and_answers_above_the_frame_limit_go_in_chunks(uvloop):
+    """A 300 KB request and its 600 KB answer through 4 KiB frames, among small requests on
+    the same connection, on asyncio's loop and on uvloop's (memoryviews written)."""
+    async def handler(type, payload):
+        if type == "double":
+            await asyncio.sleep(0)                  # answered from a task
+            return [payload, payload]
+        return payload
+
+    async def main():
+        server = await serve_peers(HOST, 0, "b", SECRET, handler, max_frame_size=4096)
+        conn = await connect(HOST, server.port, "a", SECRET, max_frame_size=4096)
+        try:
+            big = bytes(range(256)) * 1200
+            got = await asyncio.gather(conn.request("double", big, timeout=5),
+                                       *(conn.request("echo", i, timeout=5) for i in range(50)),
+                                       conn.request("echo", big, timeout=5))
+            assert got[0] == [big, big] and got[1:51] == list(range(50)) and got[51] == big
+            assert conn.is_ready and conn.version == 3
+        finally:
+            await close_both(conn, server)
+
+    if not uvloop:
+        run(main())
+        return
+    uv = pytest.importorskip("uvloop")
+    uv.run(asyncio.wait_for(main(), 10))
 
 
 def test_a_callback_that_closes_the_connection_is_not_called_again():
