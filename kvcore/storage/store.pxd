@@ -8,9 +8,11 @@ from kvcore.storage.keydir cimport Keydir
 
 cdef struct Segment:
     uint64_t id             # sequence << 32 | merge output number (file name)
-    int fd                  # read-write descriptor, -1 when the index slot is free
+    int used                # the index slot holds a segment (0: free for reuse)
+    int fd                  # read-write descriptor while active (or being opened), else -1:
+                            # a sealed segment is read through its map, which keeps the file
     char *map               # MAP_SHARED view (NULL if the file is empty); writable while active
-    size_t map_len          # mapped length (the active segment's covers its largest possible size)
+    size_t map_len          # mapped length (the active segment's grows with its reservation)
     uint64_t size           # bytes written so far (the data end)
     uint64_t reserved       # file length: size plus zero space allocated ahead (active segment)
 
@@ -89,6 +91,8 @@ cdef class LogStore:
                           const char *key, size_t klen) except -1
     cdef Py_ssize_t _new_segment_slot(self) except -1
     cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1
+    cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1
+    cdef int _close_fd(self, Py_ssize_t i) except -1
     cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1
     cdef int _end_active(self, Py_ssize_t i, bint locked) except -1
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

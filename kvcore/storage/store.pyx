@@ -40,6 +40,10 @@ from kvcore.storage.record cimport (check_record, load16, load32, load64, record
 
 include "format.pxi"
 
+cdef extern from "sys/mman.h" nogil:
+    void *mremap(void *old_address, size_t old_size, size_t new_size, int flags)
+    int MREMAP_MAYMOVE
+
 cdef extern from "fcntl.h" nogil:
     # Linux/glibc; returns an error number (not -1 and errno). Python.h sets the
     # feature macros that declare it.
@@ -382,10 +386,11 @@ cdef class LogStore:
         cdef Py_ssize_t i
         if self.segs != NULL:
             for i in range(self.nsegs):
-                if self.segs[i].fd >= 0:
+                if self.segs[i].used:
                     if self.segs[i].map != NULL:
                         munmap(self.segs[i].map, self.segs[i].map_len)
-                    c_close(self.segs[i].fd)
+                    if self.segs[i].fd >= 0:
+                        c_close(self.segs[i].fd)
             free(self.segs)
         free(self.rec.data)
         free(self.hints.data)
@@ -405,7 +410,7 @@ cdef class LogStore:
         cdef Py_ssize_t i
         cdef Segment *p
         for i in range(self.nsegs):
-            if self.segs[i].fd < 0:
+            if not self.segs[i].used:
                 return i
         if self.nsegs == self.segs_cap:
             cap = self.segs_cap * 2 if self.segs_cap else 16
@@ -418,6 +423,7 @@ cdef class LogStore:
             raise MergeError("too many segments (over 2**20): run merge()")
         i = self.nsegs
         self.nsegs += 1
+        self.segs[i].used = 0
         self.segs[i].fd = -1
         self.segs[i].map = NULL
         self.segs[i].map_len = 0
@@ -447,7 +453,9 @@ cdef class LogStore:
         if self.segs[i].fd >= 0:
             c_close(self.segs[i].fd)
         self.segs[i].fd = -1
+        self.segs[i].used = 0
         self.segs[i].map = NULL
+        self.segs[i].map_len = 0
         if unlink:
             hint = os.path.join(self.path, L.hint_name(seg_id))
             if os.path.exists(hint):
@@ -458,13 +466,29 @@ cdef class LogStore:
     def _segment_order(self):
         """Indexes of the open segments, oldest first."""
         cdef Py_ssize_t i
-        return sorted((i for i in range(self.nsegs) if self.segs[i].fd >= 0), key=lambda i: self.segs[i].id)
+        return sorted((i for i in range(self.nsegs) if self.segs[i].used), key=lambda i: self.segs[i].id)
+
+    cdef int _close_fd(self, Py_ssize_t i) except -1:
+        """A sealed segment needs no descriptor: its read-only map keeps the file (and is all
+        any read uses), so a store holds one descriptor (its active segment's) besides its
+        lock, however many segments it has (docs/storage.md, "Resources"). Under _io_lock: a
+        sync on another thread may still hold the descriptor of the segment just sealed."""
+        cdef int fd = self.segs[i].fd
+        if fd < 0:
+            return 0
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+            self.segs[i].fd = -1
+            c_close(fd)
+            PyThread_release_lock(self._io_lock)
+        return 0
 
     cdef Py_ssize_t _open_segment(self, uint64_t seg_id, bint create) except -1:
         cdef Py_ssize_t i = self._new_segment_slot()
         path = os.path.join(self.path, L.segment_name(seg_id))
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self.segs[i].fd = os.open(path, flags, 0o644)
+        self.segs[i].used = 1
         self.segs[i].id = seg_id
         self.segs[i].size = os.fstat(self.segs[i].fd).st_size
         self.segs[i].reserved = self.segs[i].size
@@ -482,8 +506,6 @@ cdef class LogStore:
         cdef int rc
         if need <= old:
             return 0
-        if need > seg.map_len:                      # cannot happen: the map covers any segment
-            raise RuntimeError(f"internal: segment write to {need} past its map of {seg.map_len}")
         target = old * 2 if old < RESERVE_DOUBLE_UNTIL else old + RESERVE_DOUBLE_UNTIL
         if target < RESERVE_FIRST:
             target = RESERVE_FIRST
@@ -493,8 +515,6 @@ cdef class LogStore:
         cap = self.max_segment if self.max_segment > need else need
         if target > cap:
             target = cap
-        if target > seg.map_len:
-            target = seg.map_len
         if self.min_free > 0:
             # the free-space watermark: reserved space is taken already, so only a step
             # needs this one statvfs (every 64 KiB .. 4 MiB written, not every put)
@@ -515,7 +535,30 @@ cdef class LogStore:
                 rc = posix_fallocate(seg.fd, <off_t>old, <off_t>(target - old))
         if rc != 0:
             raise OSError(rc, os.strerror(rc), "reserving segment space")
+        self._grow_map(i, target)
         seg.reserved = target
+        return 0
+
+    cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1:
+        """Extend active segment i's writable map to cover length bytes: the map follows the
+        reservation instead of covering the largest size a segment can reach (64 MiB or the
+        value limit) from the start. mremap may move the map, so no pointer into the active
+        map is kept across a write (reads and writes look it up; they run on the owner's
+        thread, and a merge's thread reads sealed segments only). The file is extended
+        before its map, so no mapped page lies past its end."""
+        cdef Segment *seg = &self.segs[i]
+        cdef void *m
+        length = (length + PAGE - 1) // PAGE * PAGE
+        if length <= seg.map_len:
+            return 0
+        if seg.map == NULL:
+            m = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd, 0)
+        else:
+            m = mremap(seg.map, seg.map_len, length, MREMAP_MAYMOVE)
+        if m == MAP_FAILED:
+            raise OSError(errno, os.strerror(errno), "mapping segment space")
+        seg.map = <char *>m
+        seg.map_len = length
         return 0
 
     # ---- open and recovery -------------------------------------------------------------
@@ -532,6 +575,8 @@ cdef class LogStore:
         ids = L.segment_ids(self.path)
         for n, seg_id in enumerate(ids):
             self._load_segment(seg_id, n == len(ids) - 1)
+        for n in range(self.nsegs):                 # (all sealed now: read through their maps)
+            self._close_fd(n)
         next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
@@ -740,9 +785,8 @@ cdef class LogStore:
             os.fdatasync(self.segs[i].fd)
             fsync_dir(self.path)
             self.segs[i].size = self.segs[i].reserved = SEG_HEADER_SIZE
-            # Writable, and long enough for any size the segment can reach, so it is never
-            # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
-            self._map_segment(i, self.active_reserve, True)
+            # writable, as long as the reservation (_grow_map); only [0, reserved) is touched
+            self._grow_map(i, SEG_HEADER_SIZE)
         except BaseException as exc:
             self._drop_segment(i, False)
             try:
@@ -827,6 +871,7 @@ cdef class LogStore:
         self.hints.len = 0
         self.synced_offset = SEG_HEADER_SIZE
         self.dirty_since = -1
+        self._close_fd(old)
         self._seal_hints(old)
 
     # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
@@ -1361,7 +1406,10 @@ cdef class LogStore:
         fsync_dir(self.path)
         for out_id, data_path, hint_path, size in job.outputs:
             s = self._open_segment(out_id, False)
-            self._map_segment(s, self.segs[s].size, False)
+            try:
+                self._map_segment(s, self.segs[s].size, False)
+            finally:
+                self._close_fd(s)
             out_idx.append(s)
         for i in range(job.nmoves):
             m = &job.moves[i]
@@ -1476,7 +1524,7 @@ cdef class LogStore:
         cdef uint64_t data = 0
         self._check_open()
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 data += self.segs[i].size
         return data, self.live_bytes
 
@@ -1486,7 +1534,7 @@ cdef class LogStore:
         self._check_open()
         data = hints = nseg = 0
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 nseg += 1
                 data += self.segs[i].size
                 p = os.path.join(self.path, L.hint_name(self.segs[i].id))
@@ -1516,7 +1564,7 @@ cdef class LogStore:
     def _release_files(self):
         cdef Py_ssize_t i
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 self._drop_segment(i, False)
         self.nsegs = 0
         self.active = -1

@@ -155,6 +155,7 @@ def make_machine(module_name, **extra):
                 if after_["active_segment"] == before["active_segment"]:   # (or it rolled)
                     assert after_["active_offset"] == before["active_offset"]
                 self.store._fail_next(None)
+                self._settle()              # (a roll before the refusal sealed the old segment)
                 return
             self.store._fail_next(None)
             if kind == "delete":
