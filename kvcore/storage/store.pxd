@@ -62,6 +62,10 @@ cdef class LogStore:
     cdef int fault_times
     cdef int fault_after
     cdef object __weakref__             # the interval syncer holds stores weakly
+    cdef bint seal_later                # a roll only switches segments; seal_pending() seals
+    cdef list sealing                   # segment indexes rolled out, not yet sealed (oldest first)
+    cdef bint dir_unsynced              # a segment was created and its directory not yet synced
+    cdef PyThread_type_lock _seal_lock  # one sealer at a time (the syncer, a commit, close)
 
     cdef int _check_open(self) except -1
     cdef int _check_key(self, object key) except -1
@@ -95,4 +99,5 @@ cdef class LogStore:
     cdef int _close_fd(self, Py_ssize_t i) except -1
     cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1
     cdef int _end_active(self, Py_ssize_t i, bint locked) except -1
+    cdef int _seal_one(self, Py_ssize_t i) except -1
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

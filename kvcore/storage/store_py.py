@@ -105,6 +105,12 @@ class MergeJob:
     def cancel(self):
         self.cancelled = True
 
+    def install(self):
+        """(finish_merge does the file work in this twin)"""
+
+    def cleanup(self):
+        """(finish_merge does the file work in this twin)"""
+
     def run(self, max_bytes_per_s=0):
         with self.running:
             if self.done:
@@ -180,7 +186,10 @@ class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 index_skip_bits=0, min_free_percent=0.0, _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, min_free_percent=0.0, seal_later=False,
+                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+        # seal_later is accepted and changes nothing here: this twin always seals a segment
+        # when it rolls (seal_pending() has nothing to do)
         self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
@@ -708,13 +717,23 @@ class LogStore:
 
     # ---- merge -------------------------------------------------------------------------
 
-    def begin_merge(self):
-        """Plan a merge of every sealed segment (the active one is sealed first)."""
+    def roll(self):
+        """Start a new active segment now (if the current one holds any record)."""
+        self._check_open()
+        self._check_writable()
+        if self._active.size > L.SEG_HEADER_SIZE:
+            self._seal_active()
+
+    def seal_pending(self):
+        """Nothing to do: this twin seals when it rolls."""
+
+    def begin_merge(self, roll=True):
+        """Plan a merge of every sealed segment (roll: the active one is sealed first)."""
         self._check_open()
         if self._merge_job is not None:
             raise MergeError("a merge is already in progress on this store")
         self._check_writable()
-        if self._active.size > L.SEG_HEADER_SIZE:
+        if roll and self._active.size > L.SEG_HEADER_SIZE:
             self._seal_active()
         inputs = [s for sid, s in sorted(self._segments.items()) if s is not self._active]
         ids = {s.id for s in inputs}
@@ -728,8 +747,10 @@ class LogStore:
         self._merge_job = MergeJob(self, inputs, live, out_base)
         return self._merge_job
 
-    def finish_merge(self, job):
-        """Swap the merged segments in; a key written during the merge keeps its new record."""
+    def finish_merge(self, job, cleanup=True):
+        """Swap the merged segments in; a key written during the merge keeps its new record.
+        (install() and cleanup() of the job are the compiled store's split of the file work;
+        here it all happens in this call.)"""
         if job is not self._merge_job:
             raise MergeError("this merge job does not belong to this store")
         self._merge_job = None
@@ -826,6 +847,7 @@ class LogStore:
             "zero_tail_bytes": self._zero_tail_bytes,
             "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
+            "sealing_segments": 0,
             "read_only": self._failed is not None,
             "fsync": self._opts.fsync,
         }
