@@ -63,6 +63,7 @@ cdef class LogStore:
     cdef int fault_after
     cdef object __weakref__             # the interval syncer holds stores weakly
     cdef bint seal_later                # a roll only switches segments; seal_pending() seals
+    cdef bint seal_by_syncer            # ... and the syncer thread calls it (seal_later=True)
     cdef list sealing                   # segment indexes rolled out, not yet sealed (oldest first)
     cdef bint dir_unsynced              # a segment was created and its directory not yet synced
     cdef PyThread_type_lock _seal_lock  # one sealer at a time (the syncer, a commit, close)

@@ -184,6 +184,7 @@ cdef class MergeJob:
     cdef uint64_t nflushed          # outputs written so far (len(outputs), readable without the GIL)
     cdef size_t copied              # bytes copied by the current step (run's throttle)
     cdef readonly bint cancelled    # set by cancel(): run() stops at its next step
+    cdef bint oom                   # _copy could not grow the output buffer
     cdef readonly bint installed    # install() renamed the outputs into place and mapped them
     cdef list mapped                # (id, map address, size) of the outputs, until finish_merge
     cdef list garbage               # (id, map address, length) of the inputs, until cleanup()
@@ -224,7 +225,9 @@ cdef class MergeJob:
                 raise MergeError("this merge job already ran")
             if self.store.closed:
                 raise StoreClosed("the store was closed before the merge ran")
-            self.out_cap = self.store.max_segment + self.store.active_reserve
+            # grown as records need (_copy): not sized to the largest segment up front (with
+            # a node's unbounded value limit that was gigabytes of address space per merge)
+            self.out_cap = MERGE_STEP
             self.out = <char *>malloc(self.out_cap)
             if self.out == NULL:
                 raise MemoryError()
@@ -253,6 +256,8 @@ cdef class MergeJob:
                     self.copied = 0
                     with nogil:
                         j = self._copy(base, seg_size, &locs[0], j, n, step)
+                    if self.oom:
+                        raise MemoryError("growing a merge's output buffer")
                     total += self.copied
                     if j < n and self.copied < step:
                         self._flush()
@@ -287,6 +292,8 @@ cdef class MergeJob:
                 return j
             if self.copied >= step:
                 return j
+            if self.out_len + size > self.out_cap and self._grow_out(self.out_len + size) < 0:
+                return j                    # (out of memory: run() raises MemoryError)
             memcpy(self.out + self.out_len, p, size)
             self.copied += size
             h = token_of(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN)) & self.store.hash_mask
@@ -304,6 +311,19 @@ cdef class MergeJob:
             self.out_len += size
             j += 1
         return j
+
+    cdef int _grow_out(self, size_t need) noexcept nogil:
+        cdef size_t cap = self.out_cap * 2
+        cdef char *p
+        if cap < need:
+            cap = need
+        p = <char *>realloc(self.out, cap)
+        if p == NULL:
+            self.oom = 1
+            return -1
+        self.out = p
+        self.out_cap = cap
+        return 0
 
     cdef int _flush(self) except -1:
         out_id = self.out_base + len(self.outputs)
@@ -424,8 +444,12 @@ cdef class LogStore:
         # seal_later: a roll (a full segment, roll(), begin_merge) only opens the next
         # segment, and the old one is sealed by seal_pending() on another thread (the
         # syncer's, a sync(), close()): see docs/storage.md, "Rolling without waiting".
+        # "manual": not the syncer's (tests and simulations seal when they choose).
+        if seal_later not in (False, True, "manual"):
+            raise ValueError(f"seal_later must be False, True or 'manual', not {seal_later!r}")
         self.hash_mask = _hash_mask
-        self.seal_later = seal_later
+        self.seal_later = bool(seal_later)
+        self.seal_by_syncer = seal_later is True
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
@@ -454,7 +478,7 @@ cdef class LogStore:
             self._lock.release()
             raise
         self.closed = False
-        if self.fsync_mode == 1 or self.seal_later:
+        if self.fsync_mode == 1 or self.seal_by_syncer:
             syncer.register(self)
 
     def __dealloc__(self):
@@ -947,7 +971,8 @@ cdef class LogStore:
             self.hints.len = 0
             self.synced_offset = SEG_HEADER_SIZE
             self.sealing.append(old)
-            syncer.poke()                   # (its _sync_due is now: a seal is pending)
+            if self.seal_by_syncer:
+                syncer.poke()               # (its _sync_due is now: a seal is pending)
             return
         try:
             self._end_active(old, False)
@@ -1503,7 +1528,7 @@ cdef class LogStore:
     def _sync_due(self):
         if self.closed or self.failed_info is not None:
             return None
-        if self.sealing or self.dir_unsynced:
+        if (self.sealing or self.dir_unsynced) and self.seal_by_syncer:
             return 0.0                  # a roll left a seal to do: now
         if self.dirty_since < 0 or self.fsync_mode != 1:
             return None
@@ -1767,6 +1792,8 @@ cdef class LogStore:
             "reserved_bytes": self.segs[self.active].reserved - self.segs[self.active].size,
             "merges": self.merges,
             "sealing_segments": len(self.sealing),
+            "sealing_reserved_bytes": sum(self.segs[i].reserved - self.segs[i].size
+                                          for i in self.sealing),
             "read_only": self.failed_info is not None,
             "fsync": self._opts.fsync,
         }

@@ -848,6 +848,7 @@ class LogStore:
             "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
             "sealing_segments": 0,
+            "sealing_reserved_bytes": 0,
             "read_only": self._failed is not None,
             "fsync": self._opts.fsync,
         }
