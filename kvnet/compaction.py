@@ -5,9 +5,11 @@ A partition is merged once its dead bytes (overwritten or deleted records) are a
 `merge_dead_fraction` of its data and at least `merge_min_dead_bytes`; the merge seals the
 active segment first, so a small hot key set cannot pin a full segment. At most
 `merge_concurrency` merges run at once; each copies at most `merge_max_mb_s`. The event
-loop only plans a merge and swaps its result in (LogStore.begin_merge / finish_merge); the
-copy runs in the executor. Writes and reads go on meanwhile: a key written during a merge
-keeps its newer record.
+loop only does a merge's memory work: rolling the active segment out (a new file, no sync),
+planning (one pass over the keydir) and swapping the result in (segment table and keydir);
+every system call that waits for the disk runs in the executor: sealing the rolled-out
+segment, the copy, renaming and mapping the outputs, deleting the inputs. Writes and reads
+go on meanwhile: a key written during a merge keeps its newer record.
 """
 import asyncio
 import logging
@@ -129,16 +131,19 @@ class Compactor:
             return None
         try:
             before, _ = store.sizes()
-            job = store.begin_merge()
+            store.roll()                            # (with seal_later: a new file, no sync)
+            await self.executor.run(store.seal_pending)
+            job = store.begin_merge(roll=False)
         except (MergeError, StoreClosed, StoreReadOnly):
             return None
-        except OSError as exc:          # sealing the active segment failed: nothing changed
+        except OSError as exc:          # rolling or sealing failed: nothing changed
             self.stats["merge_failures"] += 1
             log.warning("node %s: merge of partition %d not begun: %r", self.node.name, p, exc)
             return None
         self._jobs[p] = job
         try:
             await self.executor.run(job.run, self.max_bytes_per_s)
+            await self.executor.run(job.install)
         except BaseException as exc:
             # finish_merge refuses a job that did not run to its end: it discards the outputs
             # and lets the next merge begin
@@ -156,9 +161,14 @@ class Compactor:
         finally:
             self._jobs.pop(p, None)
         try:
-            store.finish_merge(job)
+            store.finish_merge(job, cleanup=False)
         except (MergeError, StoreClosed):
             return None                  # closed or dropped meanwhile: nothing changed
+        try:
+            await self.executor.run(job.cleanup)
+        except OSError as exc:           # (inputs left on disk: the next open reads them too)
+            log.warning("node %s: deleting partition %d's merged segments: %r",
+                        self.node.name, p, exc)
         after, _ = store.sizes()
         reclaimed = max(0, before - after)
         self.stats["merges"] += 1

@@ -1,12 +1,12 @@
 """The process limits a node needs: open files for its partitions' stores, raised at start.
 
-A partition's store keeps a few files open (its lock and its active segment, plus sealed
-segments' until they are mapped); a node also needs descriptors for client and peer
+A partition's store keeps two files open (its lock and its active segment; sealed segments
+are read through their maps, docs/storage.md "Resources"); a node also needs descriptors for client and peer
 connections. `kvnode start` raises RLIMIT_NOFILE's soft limit to the hard limit and refuses
 to start, with a message naming the numbers, when even that cannot serve its partitions."""
 import resource
 
-FDS_PER_PARTITION = 4        # lock, active segment, and room for sealed segments being opened
+FDS_PER_PARTITION = 3        # lock, active segment, and the next one during a roll
 FDS_BASE = 200               # connections, logs, hint logs, the epoch and ring files
 
 

@@ -381,10 +381,12 @@ class LocalReplica:
         # index_skip_bits: the ring's partition bits, which every key of a partition shares;
         # the store's index skips them so a partition's keys spread over its whole table.
         # min_free_percent: the stores refuse writes below that share of free disk space.
+        # seal_later: a roll on the event loop only opens the next segment; the syncer thread
+        # (or the next group commit) seals the old one (docs/storage.md, "Rolling").
         self._store_opts = dict(fsync="never", max_key_bytes=max_key_bytes,
                                 max_value_bytes=(1 << 31) - 1, index_skip_bits=index_skip_bits,
                                 min_free_percent=min_free_percent,
-                                max_segment_bytes=max_segment_bytes)
+                                max_segment_bytes=max_segment_bytes, seal_later=True)
         self.partitions = {}
         self.on_tree_rebuilt = None  # fn(p) after a partition's tree is rebuilt (anti-entropy)
         self._failures = 0           # partitions made read-only so far (after_write)

@@ -8,9 +8,11 @@ from kvcore.storage.keydir cimport Keydir
 
 cdef struct Segment:
     uint64_t id             # sequence << 32 | merge output number (file name)
-    int fd                  # read-write descriptor, -1 when the index slot is free
+    int used                # the index slot holds a segment (0: free for reuse)
+    int fd                  # read-write descriptor while active (or being opened), else -1:
+                            # a sealed segment is read through its map, which keeps the file
     char *map               # MAP_SHARED view (NULL if the file is empty); writable while active
-    size_t map_len          # mapped length (the active segment's covers its largest possible size)
+    size_t map_len          # mapped length (the active segment's grows with its reservation)
     uint64_t size           # bytes written so far (the data end)
     uint64_t reserved       # file length: size plus zero space allocated ahead (active segment)
 
@@ -60,6 +62,11 @@ cdef class LogStore:
     cdef int fault_times
     cdef int fault_after
     cdef object __weakref__             # the interval syncer holds stores weakly
+    cdef bint seal_later                # a roll only switches segments; seal_pending() seals
+    cdef bint seal_by_syncer            # ... and the syncer thread calls it (seal_later=True)
+    cdef list sealing                   # segment indexes rolled out, not yet sealed (oldest first)
+    cdef bint dir_unsynced              # a segment was created and its directory not yet synced
+    cdef PyThread_type_lock _seal_lock  # one sealer at a time (the syncer, a commit, close)
 
     cdef int _check_open(self) except -1
     cdef int _check_key(self, object key) except -1
@@ -89,6 +96,9 @@ cdef class LogStore:
                           const char *key, size_t klen) except -1
     cdef Py_ssize_t _new_segment_slot(self) except -1
     cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1
+    cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1
+    cdef int _close_fd(self, Py_ssize_t i) except -1
     cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1
     cdef int _end_active(self, Py_ssize_t i, bint locked) except -1
+    cdef int _seal_one(self, Py_ssize_t i) except -1
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

@@ -34,11 +34,15 @@ from kvcore.storage.options import (check_fault, check_format, check_options, de
                                     injected, maybe_compress, space_allowed, space_refused)
 
 from kvcore.hashing cimport kv_crc32c, token_of
-from kvcore.storage.keydir cimport Keydir, Slot, loc_off, loc_seg, make_loc
+from kvcore.storage.keydir cimport LOC_SHIFT, Keydir, Slot, loc_off, loc_seg, make_loc
 from kvcore.storage.record cimport (check_record, load16, load32, load64, record_size, resync,
                                     store16, store32, store64, write_record)
 
 include "format.pxi"
+
+cdef extern from "sys/mman.h" nogil:
+    void *mremap(void *old_address, size_t old_size, size_t new_size, int flags)
+    int MREMAP_MAYMOVE
 
 cdef extern from "fcntl.h" nogil:
     # Linux/glibc; returns an error number (not -1 and errno). Python.h sets the
@@ -162,7 +166,8 @@ cdef class MergeJob:
     """The disk work of a merge: run() may go in a worker thread while the owner goes on."""
     cdef LogStore store
     cdef list inputs                # (segment index, id, size), oldest first
-    cdef object live_locs           # list of sorted location lists, one per input
+    cdef object live_locs           # list of sorted location arrays, one per input (run())
+    cdef object live_all            # every live location in the inputs, unsorted (begin_merge)
     cdef uint64_t out_base
     cdef readonly list outputs      # (id, data path, hint path, size)
     cdef Move *moves
@@ -179,17 +184,26 @@ cdef class MergeJob:
     cdef uint64_t nflushed          # outputs written so far (len(outputs), readable without the GIL)
     cdef size_t copied              # bytes copied by the current step (run's throttle)
     cdef readonly bint cancelled    # set by cancel(): run() stops at its next step
+    cdef bint oom                   # _copy could not grow the output buffer
+    cdef readonly bint installed    # install() renamed the outputs into place and mapped them
+    cdef list mapped                # (id, map address, size) of the outputs, until finish_merge
+    cdef list garbage               # (id, map address, length) of the inputs, until cleanup()
 
     def __cinit__(self):
         self.moves = NULL
         self.out = NULL
         self.hints.data = NULL
         self.hints.len = self.hints.cap = 0
+        self.mapped = []
+        self.garbage = []
 
     def __dealloc__(self):
         free(self.moves)
         free(self.out)
         free(self.hints.data)
+        for _, addr, length in self.mapped + self.garbage:
+            if addr:
+                munmap(<void *><size_t>addr, <size_t>length)
 
     def cancel(self):
         """Stop a run() in progress (any thread) at its next step: it raises MergeError, and
@@ -211,10 +225,23 @@ cdef class MergeJob:
                 raise MergeError("this merge job already ran")
             if self.store.closed:
                 raise StoreClosed("the store was closed before the merge ran")
-            self.out_cap = self.store.max_segment + self.store.active_reserve
+            # grown as records need (_copy): not sized to the largest segment up front (with
+            # a node's unbounded value limit that was gigabytes of address space per merge)
+            self.out_cap = MERGE_STEP
             self.out = <char *>malloc(self.out_cap)
             if self.out == NULL:
                 raise MemoryError()
+            import numpy
+            live = self.live_all
+            live.sort()                             # (numpy sorts without the GIL)
+            self.live_locs = []
+            shift = int(LOC_SHIFT)              # (a location is segment index << LOC_SHIFT | ..;
+            for entry in self.inputs:           # Python ints here: no overflow)
+                lo = live.searchsorted(numpy.uint64(entry[0] << shift))
+                hi = live.searchsorted(numpy.uint64(min((entry[0] + 1) << shift, 2 ** 64) - 1),
+                                       side="right")
+                self.live_locs.append(live[lo:hi])
+            self.live_all = None
             for k, (idx, _, seg_size) in enumerate(self.inputs):
                 arr = self.live_locs[k]
                 n = len(arr)
@@ -229,6 +256,8 @@ cdef class MergeJob:
                     self.copied = 0
                     with nogil:
                         j = self._copy(base, seg_size, &locs[0], j, n, step)
+                    if self.oom:
+                        raise MemoryError("growing a merge's output buffer")
                     total += self.copied
                     if j < n and self.copied < step:
                         self._flush()
@@ -263,6 +292,8 @@ cdef class MergeJob:
                 return j
             if self.copied >= step:
                 return j
+            if self.out_len + size > self.out_cap and self._grow_out(self.out_len + size) < 0:
+                return j                    # (out of memory: run() raises MemoryError)
             memcpy(self.out + self.out_len, p, size)
             self.copied += size
             h = token_of(p + REC_HEADER_SIZE, load16(p + REC_OFF_KEYLEN)) & self.store.hash_mask
@@ -280,6 +311,19 @@ cdef class MergeJob:
             self.out_len += size
             j += 1
         return j
+
+    cdef int _grow_out(self, size_t need) noexcept nogil:
+        cdef size_t cap = self.out_cap * 2
+        cdef char *p
+        if cap < need:
+            cap = need
+        p = <char *>realloc(self.out, cap)
+        if p == NULL:
+            self.oom = 1
+            return -1
+        self.out = p
+        self.out_cap = cap
+        return 0
 
     cdef int _flush(self) except -1:
         out_id = self.out_base + len(self.outputs)
@@ -315,13 +359,61 @@ cdef class MergeJob:
         self.nflushed += 1
         return 0
 
-    def _discard(self):
-        for out in self.outputs:
-            for p in out[1:3]:
+    def install(self):
+        """The file work of finish_merge, for the worker thread: rename the outputs into place,
+        sync the directory, and map each output read-only (no descriptor kept). Before it a
+        crash leaves only .merging files (removed at open); after it, outputs and inputs both
+        (an open reads the outputs' copies after the inputs: the same records)."""
+        cdef void *m
+        with self.running:
+            if self.installed:
+                return
+            if not self.done or self.cancelled:
+                raise MergeError("install() of a merge that did not run to its end")
+            path = self.store.path
+            for out_id, data_path, hint_path, size in self.outputs:
+                os.rename(hint_path, os.path.join(path, L.hint_name(out_id)))
+                os.rename(data_path, os.path.join(path, L.segment_name(out_id)))
+            fsync_dir(path)
+            self.installed = True
+            for out_id, data_path, hint_path, size in self.outputs:
+                fd = os.open(os.path.join(path, L.segment_name(out_id)), os.O_RDONLY)
                 try:
-                    os.unlink(p)
+                    m = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
+                    if m == MAP_FAILED:
+                        raise OSError(errno, os.strerror(errno), "mmap of a merge output")
+                finally:
+                    os.close(fd)
+                self.mapped.append((out_id, <size_t>m, size))
+
+    def cleanup(self):
+        """After finish_merge, for the worker thread: unmap the merged inputs and delete their
+        files, oldest first (docs/storage.md, "Merge")."""
+        garbage, self.garbage = self.garbage, []
+        path = self.store.path
+        for seg_id, addr, length in garbage:
+            if addr:
+                munmap(<void *><size_t>addr, <size_t>length)
+            for name in (L.hint_name(seg_id), L.segment_name(seg_id)):
+                try:
+                    os.unlink(os.path.join(path, name))
                 except FileNotFoundError:
                     pass
+
+    def _discard(self):
+        if self.installed:
+            for _, addr, size in self.mapped:
+                munmap(<void *><size_t>addr, <size_t>size)
+            self.mapped = []
+            paths = [os.path.join(self.store.path, n) for out in self.outputs
+                     for n in (L.hint_name(out[0]), L.segment_name(out[0]))]
+        else:
+            paths = [p for out in self.outputs for p in out[1:3]]
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
         self.outputs = []
 
 
@@ -338,15 +430,26 @@ cdef class LogStore:
         self.rec.len = self.rec.cap = self.hints.len = self.hints.cap = 0
         self.closed = True
         self._io_lock = PyThread_allocate_lock()
-        if self._io_lock == NULL:
+        self._seal_lock = PyThread_allocate_lock()
+        if self._io_lock == NULL or self._seal_lock == NULL:
             raise MemoryError()
+        self.sealing = []
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 index_skip_bits=0, min_free_percent=0.0, _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, min_free_percent=0.0, seal_later=False,
+                 _hash_mask=0xFFFFFFFFFFFFFFFF):
         # _hash_mask is for tests only: it forces hash collisions, which get and put
         # must survive by comparing the key stored on disk. Reopen with the same mask.
+        # seal_later: a roll (a full segment, roll(), begin_merge) only opens the next
+        # segment, and the old one is sealed by seal_pending() on another thread (the
+        # syncer's, a sync(), close()): see docs/storage.md, "Rolling without waiting".
+        # "manual": not the syncer's (tests and simulations seal when they choose).
+        if seal_later not in (False, True, "manual"):
+            raise ValueError(f"seal_later must be False, True or 'manual', not {seal_later!r}")
         self.hash_mask = _hash_mask
+        self.seal_later = bool(seal_later)
+        self.seal_by_syncer = seal_later is True
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
@@ -375,22 +478,25 @@ cdef class LogStore:
             self._lock.release()
             raise
         self.closed = False
-        if self.fsync_mode == 1:
+        if self.fsync_mode == 1 or self.seal_by_syncer:
             syncer.register(self)
 
     def __dealloc__(self):
         cdef Py_ssize_t i
         if self.segs != NULL:
             for i in range(self.nsegs):
-                if self.segs[i].fd >= 0:
+                if self.segs[i].used:
                     if self.segs[i].map != NULL:
                         munmap(self.segs[i].map, self.segs[i].map_len)
-                    c_close(self.segs[i].fd)
+                    if self.segs[i].fd >= 0:
+                        c_close(self.segs[i].fd)
             free(self.segs)
         free(self.rec.data)
         free(self.hints.data)
         if self._io_lock != NULL:
             PyThread_free_lock(self._io_lock)
+        if self._seal_lock != NULL:
+            PyThread_free_lock(self._seal_lock)
 
     def __del__(self):
         if not self.closed:
@@ -405,7 +511,7 @@ cdef class LogStore:
         cdef Py_ssize_t i
         cdef Segment *p
         for i in range(self.nsegs):
-            if self.segs[i].fd < 0:
+            if not self.segs[i].used:
                 return i
         if self.nsegs == self.segs_cap:
             cap = self.segs_cap * 2 if self.segs_cap else 16
@@ -418,6 +524,7 @@ cdef class LogStore:
             raise MergeError("too many segments (over 2**20): run merge()")
         i = self.nsegs
         self.nsegs += 1
+        self.segs[i].used = 0
         self.segs[i].fd = -1
         self.segs[i].map = NULL
         self.segs[i].map_len = 0
@@ -447,7 +554,9 @@ cdef class LogStore:
         if self.segs[i].fd >= 0:
             c_close(self.segs[i].fd)
         self.segs[i].fd = -1
+        self.segs[i].used = 0
         self.segs[i].map = NULL
+        self.segs[i].map_len = 0
         if unlink:
             hint = os.path.join(self.path, L.hint_name(seg_id))
             if os.path.exists(hint):
@@ -458,13 +567,29 @@ cdef class LogStore:
     def _segment_order(self):
         """Indexes of the open segments, oldest first."""
         cdef Py_ssize_t i
-        return sorted((i for i in range(self.nsegs) if self.segs[i].fd >= 0), key=lambda i: self.segs[i].id)
+        return sorted((i for i in range(self.nsegs) if self.segs[i].used), key=lambda i: self.segs[i].id)
+
+    cdef int _close_fd(self, Py_ssize_t i) except -1:
+        """A sealed segment needs no descriptor: its read-only map keeps the file (and is all
+        any read uses), so a store holds one descriptor (its active segment's) besides its
+        lock, however many segments it has (docs/storage.md, "Resources"). Under _io_lock: a
+        sync on another thread may still hold the descriptor of the segment just sealed."""
+        cdef int fd = self.segs[i].fd
+        if fd < 0:
+            return 0
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+            self.segs[i].fd = -1
+            c_close(fd)
+            PyThread_release_lock(self._io_lock)
+        return 0
 
     cdef Py_ssize_t _open_segment(self, uint64_t seg_id, bint create) except -1:
         cdef Py_ssize_t i = self._new_segment_slot()
         path = os.path.join(self.path, L.segment_name(seg_id))
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self.segs[i].fd = os.open(path, flags, 0o644)
+        self.segs[i].used = 1
         self.segs[i].id = seg_id
         self.segs[i].size = os.fstat(self.segs[i].fd).st_size
         self.segs[i].reserved = self.segs[i].size
@@ -482,8 +607,6 @@ cdef class LogStore:
         cdef int rc
         if need <= old:
             return 0
-        if need > seg.map_len:                      # cannot happen: the map covers any segment
-            raise RuntimeError(f"internal: segment write to {need} past its map of {seg.map_len}")
         target = old * 2 if old < RESERVE_DOUBLE_UNTIL else old + RESERVE_DOUBLE_UNTIL
         if target < RESERVE_FIRST:
             target = RESERVE_FIRST
@@ -493,8 +616,6 @@ cdef class LogStore:
         cap = self.max_segment if self.max_segment > need else need
         if target > cap:
             target = cap
-        if target > seg.map_len:
-            target = seg.map_len
         if self.min_free > 0:
             # the free-space watermark: reserved space is taken already, so only a step
             # needs this one statvfs (every 64 KiB .. 4 MiB written, not every put)
@@ -515,7 +636,30 @@ cdef class LogStore:
                 rc = posix_fallocate(seg.fd, <off_t>old, <off_t>(target - old))
         if rc != 0:
             raise OSError(rc, os.strerror(rc), "reserving segment space")
+        self._grow_map(i, target)
         seg.reserved = target
+        return 0
+
+    cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1:
+        """Extend active segment i's writable map to cover length bytes: the map follows the
+        reservation instead of covering the largest size a segment can reach (64 MiB or the
+        value limit) from the start. mremap may move the map, so no pointer into the active
+        map is kept across a write (reads and writes look it up; they run on the owner's
+        thread, and a merge's thread reads sealed segments only). The file is extended
+        before its map, so no mapped page lies past its end."""
+        cdef Segment *seg = &self.segs[i]
+        cdef void *m
+        length = (length + PAGE - 1) // PAGE * PAGE
+        if length <= seg.map_len:
+            return 0
+        if seg.map == NULL:
+            m = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd, 0)
+        else:
+            m = mremap(seg.map, seg.map_len, length, MREMAP_MAYMOVE)
+        if m == MAP_FAILED:
+            raise OSError(errno, os.strerror(errno), "mapping segment space")
+        seg.map = <char *>m
+        seg.map_len = length
         return 0
 
     # ---- open and recovery -------------------------------------------------------------
@@ -532,6 +676,8 @@ cdef class LogStore:
         ids = L.segment_ids(self.path)
         for n, seg_id in enumerate(ids):
             self._load_segment(seg_id, n == len(ids) - 1)
+        for n in range(self.nsegs):                 # (all sealed now: read through their maps)
+            self._close_fd(n)
         next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
@@ -670,29 +816,34 @@ cdef class LogStore:
                 pass
 
     def _write_hint_file(self, Py_ssize_t i, tmp, head, uint32_t crc):
+        # (its own buffer: a sealer thread may write one while the owner's thread runs)
         cdef const char *base = self.segs[i].map
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
+        cdef Buffer b
+        b.data = NULL
+        b.len = b.cap = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             self._pwrite_all(fd, <const char *>head, len(head), 0)
             pos = len(head)
-            self.hints.len = 0
             off = SEG_HEADER_SIZE
             while off < end:
                 size = record_size(base + off)
                 klen = load16(base + off + REC_OFF_KEYLEN)
-                self._hint_append(self._hash(base + off + REC_HEADER_SIZE, klen), off, size,
-                                  <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
+                buf_reserve(&b, HINT_ENTRY_SIZE + klen)
+                _put_hint(&b, self._hash(base + off + REC_HEADER_SIZE, klen), off, size,
+                          <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
                 off += size
-                if self.hints.len >= (1 << 20) or off >= end:
-                    crc = kv_crc32c(crc, self.hints.data, self.hints.len)
-                    self._pwrite_all(fd, self.hints.data, self.hints.len, pos)
-                    pos += self.hints.len
-                    self.hints.len = 0
+                if b.len >= (1 << 20) or off >= end:
+                    crc = kv_crc32c(crc, b.data, b.len)
+                    self._pwrite_all(fd, b.data, b.len, pos)
+                    pos += b.len
+                    b.len = 0
             trailer = struct.pack("<II", crc, HINT_TRAILER_MAGIC)
             self._pwrite_all(fd, <const char *>trailer, len(trailer), pos)
             os.fdatasync(fd)
         finally:
+            free(b.data)
             os.close(fd)
 
     def _write_hints(self, uint64_t seg_id, Py_ssize_t i):
@@ -734,15 +885,17 @@ cdef class LogStore:
             head = _segment_header(seg_id)
             if os.write(self.segs[i].fd, head) != len(head):
                 raise OSError(ENOSPC, os.strerror(ENOSPC), "writing a segment header")
-            err = self._injected(F_FDATASYNC)
-            if err:
-                raise injected(err, "fdatasync of a new segment")
-            os.fdatasync(self.segs[i].fd)
-            fsync_dir(self.path)
+            if self.seal_later:
+                self.dir_unsynced = True    # (synced before anything written here is durable)
+            else:
+                err = self._injected(F_FDATASYNC)
+                if err:
+                    raise injected(err, "fdatasync of a new segment")
+                os.fdatasync(self.segs[i].fd)
+                fsync_dir(self.path)
             self.segs[i].size = self.segs[i].reserved = SEG_HEADER_SIZE
-            # Writable, and long enough for any size the segment can reach, so it is never
-            # remapped (no pointer into it goes stale); only [0, reserved) is ever touched.
-            self._map_segment(i, self.active_reserve, True)
+            # writable, as long as the reservation (_grow_map); only [0, reserved) is touched
+            self._grow_map(i, SEG_HEADER_SIZE)
         except BaseException as exc:
             self._drop_segment(i, False)
             try:
@@ -813,6 +966,14 @@ cdef class LogStore:
         if self.min_free > 0 and space_allowed(self.path, self.min_free) < <long long>PAGE:
             raise space_refused(self.path, self.min_free)
         new = self._create_segment(((seg_id >> L.SEQ_SHIFT) + 1) << L.SEQ_SHIFT)
+        if self.seal_later:
+            self.active = new
+            self.hints.len = 0
+            self.synced_offset = SEG_HEADER_SIZE
+            self.sealing.append(old)
+            if self.seal_by_syncer:
+                syncer.poke()               # (its _sync_due is now: a seal is pending)
+            return
         try:
             self._end_active(old, False)
         except BaseException:
@@ -827,7 +988,77 @@ cdef class LogStore:
         self.hints.len = 0
         self.synced_offset = SEG_HEADER_SIZE
         self.dirty_since = -1
+        self._close_fd(old)
         self._seal_hints(old)
+
+    def roll(self):
+        """Start a new active segment now (if the current one holds any record)."""
+        self._check_open()
+        self._check_writable()
+        if self.segs[self.active].size > SEG_HEADER_SIZE:
+            self._seal_active()
+
+    def seal_pending(self):
+        """Seal the segments rolls left unsealed (seal_later), oldest first: truncate each to
+        its data end, fdatasync it, make its map read-only, close its descriptor, write its
+        hint file; then sync the directory of segments created since. Any thread, one at a
+        time; a failed fdatasync makes the store read-only (StoreReadOnly), as in a sync."""
+        if not self.sealing and not self.dir_unsynced:
+            return
+        with nogil:
+            PyThread_acquire_lock(self._seal_lock, WAIT_LOCK)
+        try:
+            while self.sealing and not self.closed:
+                self._check_writable()
+                self._seal_one(self.sealing[0])
+                del self.sealing[0]
+            if self.dir_unsynced and not self.closed:
+                self._check_writable()
+                self.dir_unsynced = False
+                try:
+                    fsync_dir(self.path)
+                except OSError as exc:
+                    self.dir_unsynced = True
+                    raise self._fail(exc.errno or EIO, "fsync of the store's directory")
+        finally:
+            PyThread_release_lock(self._seal_lock)
+
+    cdef int _seal_one(self, Py_ssize_t i) except -1:
+        """Seal rolled-out segment i (seal_pending holds _seal_lock). The owner's thread
+        never writes to it again and only reads its map; a merge leaves it out until sealed,
+        so the slot stays this segment's throughout (segs itself may be reallocated by the
+        owner meanwhile: nothing here keeps a pointer into it while the GIL is released)."""
+        cdef int fd = self.segs[i].fd, rc = 0, err = 0, trunc_rc = 0
+        cdef off_t size = self.segs[i].size
+        cdef uint64_t reserved = self.segs[i].reserved
+        cdef char *m = self.segs[i].map
+        cdef size_t mlen = self.segs[i].map_len
+        cdef int inj_t = self._injected(F_FTRUNCATE)
+        cdef int inj_s = self._injected(F_FDATASYNC)
+        with nogil:
+            PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
+            if reserved > <uint64_t>size:       # (a failed truncate leaves a zero tail, which
+                if inj_t:                       # an open reads as the end of the data)
+                    trunc_rc = -1
+                else:
+                    trunc_rc = ftruncate(fd, size)
+            if inj_s:
+                rc = -1
+                err = inj_s
+            else:
+                rc = fdatasync(fd)
+                if rc != 0:
+                    err = errno
+            if rc == 0 and m != NULL:
+                mprotect(m, mlen, PROT_READ)
+            PyThread_release_lock(self._io_lock)
+        if rc != 0:
+            raise self._fail(err, f"fdatasync of segment {self.segs[i].id:016x}")
+        if trunc_rc == 0:
+            self.segs[i].reserved = size
+        self._close_fd(i)
+        self._seal_hints(i)
+        return 0
 
     # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
 
@@ -975,6 +1206,8 @@ cdef class LogStore:
     cdef int _after_write(self) except -1:
         cdef int rc = 0, fd, err
         if self.fsync_mode == 2:
+            if self.sealing or self.dir_unsynced:
+                self.seal_pending()
             fd = self.segs[self.active].fd
             err = self._injected(F_FDATASYNC)
             with nogil:
@@ -1267,6 +1500,7 @@ cdef class LogStore:
         cdef Py_ssize_t act
         self._check_open()
         self._check_writable()          # never "synced" after a failed sync
+        self.seal_pending()             # (rolled-out segments first, and the directory)
         with nogil:
             PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
         if self.closed:
@@ -1292,45 +1526,74 @@ cdef class LogStore:
             self.dirty_since = -1
 
     def _sync_due(self):
-        if self.closed or self.dirty_since < 0 or self.failed_info is not None:
+        if self.closed or self.failed_info is not None:
+            return None
+        if (self.sealing or self.dir_unsynced) and self.seal_by_syncer:
+            return 0.0                  # a roll left a seal to do: now
+        if self.dirty_since < 0 or self.fsync_mode != 1:
             return None
         return self.dirty_since + self._opts.sync_interval_ms / 1000.0
 
     def _timer_sync(self):
-        if not self.closed:
+        if self.closed:
+            return
+        if self.fsync_mode == 1:
             self.sync()
+        else:
+            self.seal_pending()
 
     # ---- merge -------------------------------------------------------------------------
 
-    def begin_merge(self):
-        """Plan a merge of every sealed segment (the active one is sealed first)."""
+    def begin_merge(self, roll=True):
+        """Plan a merge of every sealed segment (roll: the active one is rolled out first; with
+        seal_later it is then merged only once seal_pending() has sealed it)."""
         cdef Py_ssize_t i, k
         cdef size_t s
         cdef uint64_t loc
         cdef MergeJob job
+        cdef Py_ssize_t *input_of
+        cdef size_t total = 0, pos = 0
+        cdef uint64_t[::1] locs
         self._check_open()
         if self.merge_job is not None:
             raise MergeError("a merge is already in progress on this store")
         self._check_writable()
-        if self.segs[self.active].size > SEG_HEADER_SIZE:
+        if roll and self.segs[self.active].size > SEG_HEADER_SIZE:
             self._seal_active()
-        order = [i for i in self._segment_order() if i != self.active]
-        slot_of = {idx: k for k, idx in enumerate(order)}
-        live = [[] for _ in order]
-        for s in range(self.kd.capacity):
-            loc = self.kd.slots[s].loc
-            if loc != 0:
-                k = slot_of.get(loc_seg(loc), -1)
-                if k >= 0:
-                    live[k].append(loc)
+        unsealed = set(self.sealing)
+        order = [i for i in self._segment_order() if i != self.active and i not in unsealed]
+        # every live location in the inputs, in one C pass (the loop waits for this part
+        # only); run() sorts and splits them by segment in the worker thread
+        input_of = <Py_ssize_t *>malloc(max(self.nsegs, 1) * sizeof(Py_ssize_t))
+        if input_of == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self.nsegs):
+                input_of[i] = -1
+            for k, i in enumerate(order):
+                input_of[i] = k
+            for s in range(self.kd.capacity):
+                loc = self.kd.slots[s].loc
+                if loc != 0 and input_of[loc_seg(loc)] >= 0:
+                    total += 1
+            import numpy
+            live_all = numpy.empty(total, dtype=numpy.uint64)
+            if total:
+                locs = live_all
+                for s in range(self.kd.capacity):
+                    loc = self.kd.slots[s].loc
+                    if loc != 0 and input_of[loc_seg(loc)] >= 0 and pos < total:
+                        locs[pos] = loc
+                        pos += 1
+        finally:
+            free(input_of)
         job = MergeJob()
         job.store = self
         job.inputs = [(idx, self.segs[idx].id, self.segs[idx].size) for idx in order]
-        import numpy
-        job.live_locs = [numpy.sort(numpy.array(l, dtype=numpy.uint64)) for l in live]
+        job.live_all = live_all
         job.out_base = (self.segs[order[len(order) - 1]].id + 1) if order else 0
         job.outputs = []
-        job.moves_cap = sum(len(l) for l in live)
+        job.moves_cap = total
         job.moves = <Move *>malloc(max(job.moves_cap, 1) * sizeof(Move))
         if job.moves == NULL:
             raise MemoryError()
@@ -1338,9 +1601,13 @@ cdef class LogStore:
         self.merge_job = job
         return job
 
-    def finish_merge(self, MergeJob job):
-        """Swap the merged segments in; a key written during the merge keeps its newer record."""
-        cdef Py_ssize_t i, s
+    def finish_merge(self, MergeJob job, cleanup=True):
+        """Swap the merged segments in; a key written during the merge keeps its newer record.
+        The file work is the job's: install() (renames, a directory sync, maps), run here if
+        the worker thread did not, and cleanup() (unmapping and deleting the inputs), run
+        here unless cleanup=False leaves it to the caller's worker thread. What is left here
+        touches memory only: the segment table and the keydir."""
+        cdef Py_ssize_t i, s, idx
         cdef Move *m
         if job is not self.merge_job:
             raise MergeError("this merge job does not belong to this store")
@@ -1353,16 +1620,23 @@ cdef class LogStore:
             raise MergeError("finish_merge() before the job ran")
         if not job.inputs:
             return
+        try:
+            job.install()
+        except BaseException:
+            job._discard()
+            raise
         self.corrupt += job.corrupt
         out_idx = []
-        for out_id, data_path, hint_path, size in job.outputs:
-            os.rename(hint_path, os.path.join(self.path, L.hint_name(out_id)))
-            os.rename(data_path, os.path.join(self.path, L.segment_name(out_id)))
-        fsync_dir(self.path)
-        for out_id, data_path, hint_path, size in job.outputs:
-            s = self._open_segment(out_id, False)
-            self._map_segment(s, self.segs[s].size, False)
+        for out_id, addr, size in job.mapped:
+            s = self._new_segment_slot()
+            self.segs[s].used = 1
+            self.segs[s].fd = -1
+            self.segs[s].id = out_id
+            self.segs[s].map = <char *><size_t>addr
+            self.segs[s].map_len = size
+            self.segs[s].size = self.segs[s].reserved = size
             out_idx.append(s)
+        job.mapped = []
         for i in range(job.nmoves):
             m = &job.moves[i]
             s = self.kd.find_loc(m.hash, m.old_loc)
@@ -1370,8 +1644,16 @@ cdef class LogStore:
                 self.kd.slots[s].loc = make_loc(out_idx[m.out_no], m.off)
         self._forget_segments({idx for idx, _, _ in job.inputs})
         for idx, _, _ in job.inputs:         # oldest first: see docs/storage.md, "Merge"
-            self._drop_segment(idx, True)
+            job.garbage.append((self.segs[idx].id, <size_t>self.segs[idx].map,
+                                self.segs[idx].map_len))
+            if self.segs[idx].fd >= 0:
+                self._close_fd(idx)
+            self.segs[idx].map = NULL
+            self.segs[idx].map_len = 0
+            self.segs[idx].used = 0
         self.merges += 1
+        if cleanup:
+            job.cleanup()
 
     def _forget_segments(self, set gone):
         """Drop index entries still pointing into segments about to go: records the
@@ -1476,7 +1758,7 @@ cdef class LogStore:
         cdef uint64_t data = 0
         self._check_open()
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 data += self.segs[i].size
         return data, self.live_bytes
 
@@ -1486,7 +1768,7 @@ cdef class LogStore:
         self._check_open()
         data = hints = nseg = 0
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 nseg += 1
                 data += self.segs[i].size
                 p = os.path.join(self.path, L.hint_name(self.segs[i].id))
@@ -1509,6 +1791,9 @@ cdef class LogStore:
             "zero_tail_bytes": self.zero_tail,
             "reserved_bytes": self.segs[self.active].reserved - self.segs[self.active].size,
             "merges": self.merges,
+            "sealing_segments": len(self.sealing),
+            "sealing_reserved_bytes": sum(self.segs[i].reserved - self.segs[i].size
+                                          for i in self.sealing),
             "read_only": self.failed_info is not None,
             "fsync": self._opts.fsync,
         }
@@ -1516,7 +1801,7 @@ cdef class LogStore:
     def _release_files(self):
         cdef Py_ssize_t i
         for i in range(self.nsegs):
-            if self.segs[i].fd >= 0:
+            if self.segs[i].used:
                 self._drop_segment(i, False)
         self.nsegs = 0
         self.active = -1
@@ -1550,7 +1835,15 @@ cdef class LogStore:
         syncer.unregister(self)
         self._wait_merge()
         error = None
+        if clean and self.failed_info is None:
+            try:
+                self.seal_pending()
+            except StoreReadOnly as exc:
+                error = exc
+            except OSError:
+                pass
         with nogil:
+            PyThread_acquire_lock(self._seal_lock, WAIT_LOCK)
             PyThread_acquire_lock(self._io_lock, WAIT_LOCK)
         try:
             self.closed = True
@@ -1570,8 +1863,10 @@ cdef class LogStore:
             except OSError:
                 pass                                # no CLEAN: the next open recovers
             self._release_files()
+            self.sealing = []
         finally:
             PyThread_release_lock(self._io_lock)
+            PyThread_release_lock(self._seal_lock)
         self._lock.release()
         if error is not None:
             raise error

@@ -25,12 +25,54 @@ SPACE_CHECK_BYTES = 64 << 10    # the free-space watermark is checked at least t
 MERGE_STEP = 1 << 20        # a throttled merge copies this much between its sleeps
 
 
+FD_CACHE = 4                # descriptors of sealed segments a store keeps open for reads
+
+
 class _Segment:
     __slots__ = ("id", "path", "fd", "size", "hints")
 
     def __init__(self, seg_id, path, fd, size):
+        # fd: read-write descriptor while active (or being opened); None once sealed: reads
+        # then borrow one from the store's _FdCache (the compiled store reads its maps)
         self.id, self.path, self.fd, self.size = seg_id, path, fd, size
         self.hints = []             # (hash, offset, size, flags, key) of every record
+
+
+class _FdCache:
+    """Read-only descriptors of the sealed segments read last, at most `size` of them, so a
+    store holds a bounded number of descriptors however many segments it has."""
+
+    def __init__(self, size=FD_CACHE):
+        self.size = size
+        self._fds = {}              # seg id -> fd, least recently used first
+        self._lock = threading.Lock()
+
+    def fd(self, seg):
+        if seg.fd is not None:
+            return seg.fd
+        with self._lock:
+            fd = self._fds.pop(seg.id, None)
+            if fd is None:
+                fd = os.open(seg.path, os.O_RDONLY)
+                while len(self._fds) >= self.size:
+                    os.close(self._fds.pop(next(iter(self._fds))))
+            self._fds[seg.id] = fd
+            return fd
+
+    def forget(self, seg_id):
+        with self._lock:
+            fd = self._fds.pop(seg_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def clear(self):
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+    def __len__(self):
+        return len(self._fds)
 
 
 class Snapshot:
@@ -62,6 +104,12 @@ class MergeJob:
 
     def cancel(self):
         self.cancelled = True
+
+    def install(self):
+        """(finish_merge does the file work in this twin)"""
+
+    def cleanup(self):
+        """(finish_merge does the file work in this twin)"""
 
     def run(self, max_bytes_per_s=0):
         with self.running:
@@ -95,32 +143,39 @@ class MergeJob:
             self.outputs.append((out_id, data_path, hint_path, size, list(hints)))
 
         for seg in self.inputs:
-            for off in self.live.get(seg.id, ()):
-                if self.cancelled:
-                    raise MergeError("the merge was cancelled")
-                if max_bytes_per_s > 0 and total >= step_end:
-                    step_end = total + MERGE_STEP
-                    ahead = total / max_bytes_per_s - (time.monotonic() - t0)
-                    if ahead > 0:
-                        time.sleep(ahead)
-                head = os.pread(seg.fd, L.REC_HEADER_SIZE, off)
-                klen = int.from_bytes(head[18:20], "little")
-                vlen = int.from_bytes(head[20:24], "little")
-                raw = os.pread(seg.fd, L.REC_HEADER_SIZE + klen + vlen, off)
-                rec = R.decode_record(raw, 0, len(raw))
-                if rec is None:
-                    self.corrupt += 1
-                    continue
-                _, flags, key, _, rsize = rec
-                if size + rsize > opts.max_segment_bytes and size > L.SEG_HEADER_SIZE:
-                    flush()
-                    out_id += 1
-                    buf, hints, size = [], [], L.SEG_HEADER_SIZE
-                buf.append(raw)
-                total += rsize
-                hints.append((token(key) & self._store._mask, size, rsize, flags, key))
-                self.moves.append((key, seg.id, off, out_id, size))
-                size += rsize
+            offsets = self.live.get(seg.id, ())
+            if not offsets:
+                continue
+            fd = os.open(seg.path, os.O_RDONLY)   # (the job's own: the store's may close)
+            try:
+                for off in offsets:
+                    if self.cancelled:
+                        raise MergeError("the merge was cancelled")
+                    if max_bytes_per_s > 0 and total >= step_end:
+                        step_end = total + MERGE_STEP
+                        ahead = total / max_bytes_per_s - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    head = os.pread(fd, L.REC_HEADER_SIZE, off)
+                    klen = int.from_bytes(head[18:20], "little")
+                    vlen = int.from_bytes(head[20:24], "little")
+                    raw = os.pread(fd, L.REC_HEADER_SIZE + klen + vlen, off)
+                    rec = R.decode_record(raw, 0, len(raw))
+                    if rec is None:
+                        self.corrupt += 1
+                        continue
+                    _, flags, key, _, rsize = rec
+                    if size + rsize > opts.max_segment_bytes and size > L.SEG_HEADER_SIZE:
+                        flush()
+                        out_id += 1
+                        buf, hints, size = [], [], L.SEG_HEADER_SIZE
+                    buf.append(raw)
+                    total += rsize
+                    hints.append((token(key) & self._store._mask, size, rsize, flags, key))
+                    self.moves.append((key, seg.id, off, out_id, size))
+                    size += rsize
+            finally:
+                os.close(fd)
         if buf:
             flush()
         self.done = True
@@ -131,7 +186,10 @@ class LogStore:
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
-                 index_skip_bits=0, min_free_percent=0.0, _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 index_skip_bits=0, min_free_percent=0.0, seal_later=False,
+                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+        # seal_later is accepted and changes nothing here: this twin always seals a segment
+        # when it rolls (seal_pending() has nothing to do)
         self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
@@ -146,6 +204,7 @@ class LogStore:
         os.makedirs(self.path, exist_ok=True)
         self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
         self._io_lock = threading.Lock()
+        self._fds = _FdCache()
         self._keydir = {}           # key -> [hash, seg id, offset, size]
         self._segments = {}         # seg id -> _Segment, oldest first
         self._live_bytes = 0
@@ -182,6 +241,9 @@ class LogStore:
         ids = L.segment_ids(self.path)
         for i, seg_id in enumerate(ids):
             self._load_segment(seg_id, last=(i == len(ids) - 1))
+        for seg in self._segments.values():         # all sealed now
+            os.close(seg.fd)
+            seg.fd = None
         next_seq = (ids[-1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self._corrupt,
@@ -398,6 +460,9 @@ class LogStore:
             raise
         self._active = new
         self._segments[new.id] = new
+        with self._io_lock:             # (a sync on another thread may hold it)
+            os.close(seg.fd)
+            seg.fd = None
         self._synced_offset = L.SEG_HEADER_SIZE
         self._dirty_since = None
         self._write_hints(seg, quiet=True)
@@ -520,7 +585,7 @@ class LogStore:
     def _read(self, key, entry):
         _, seg_id, off, size = entry
         seg = self._segments[seg_id]
-        raw = os.pread(seg.fd, size, off)
+        raw = os.pread(self._fds.fd(seg), size, off)
         rec = R.decode_record(raw, 0, len(raw))
         if rec is None or rec[2] != key:
             self._drop_corrupt(key, entry)
@@ -559,7 +624,7 @@ class LogStore:
         end = min(len(snap.entries), start + count)
         for seg_id, off, size, key in snap.entries[start:end]:
             seg = self._segments[seg_id]
-            raw = os.pread(seg.fd, size, off)
+            raw = os.pread(self._fds.fd(seg), size, off)
             rec = R.decode_record(raw, 0, len(raw))
             if rec is None or rec[2] != key:
                 entry = self._keydir.get(key)
@@ -652,13 +717,23 @@ class LogStore:
 
     # ---- merge -------------------------------------------------------------------------
 
-    def begin_merge(self):
-        """Plan a merge of every sealed segment (the active one is sealed first)."""
+    def roll(self):
+        """Start a new active segment now (if the current one holds any record)."""
+        self._check_open()
+        self._check_writable()
+        if self._active.size > L.SEG_HEADER_SIZE:
+            self._seal_active()
+
+    def seal_pending(self):
+        """Nothing to do: this twin seals when it rolls."""
+
+    def begin_merge(self, roll=True):
+        """Plan a merge of every sealed segment (roll: the active one is sealed first)."""
         self._check_open()
         if self._merge_job is not None:
             raise MergeError("a merge is already in progress on this store")
         self._check_writable()
-        if self._active.size > L.SEG_HEADER_SIZE:
+        if roll and self._active.size > L.SEG_HEADER_SIZE:
             self._seal_active()
         inputs = [s for sid, s in sorted(self._segments.items()) if s is not self._active]
         ids = {s.id for s in inputs}
@@ -672,8 +747,10 @@ class LogStore:
         self._merge_job = MergeJob(self, inputs, live, out_base)
         return self._merge_job
 
-    def finish_merge(self, job):
-        """Swap the merged segments in; a key written during the merge keeps its new record."""
+    def finish_merge(self, job, cleanup=True):
+        """Swap the merged segments in; a key written during the merge keeps its new record.
+        (install() and cleanup() of the job are the compiled store's split of the file work;
+        here it all happens in this call.)"""
         if job is not self._merge_job:
             raise MergeError("this merge job does not belong to this store")
         self._merge_job = None
@@ -691,7 +768,7 @@ class LogStore:
             os.rename(hint_path, os.path.join(self.path, L.hint_name(out_id)))
             final = os.path.join(self.path, L.segment_name(out_id))
             os.rename(data_path, final)
-            seg = _Segment(out_id, final, os.open(final, os.O_RDWR), size)
+            seg = _Segment(out_id, final, None, size)
             seg.hints = hints
             new_segments[out_id] = seg
         fsync_dir(self.path)
@@ -711,7 +788,7 @@ class LogStore:
                 cb(entry[1], entry[2])
         for seg in job.inputs:               # oldest first: see docs/storage.md, "Merge"
             del self._segments[seg.id]
-            os.close(seg.fd)
+            self._fds.forget(seg.id)
             hint_path = os.path.join(self.path, L.hint_name(seg.id))
             if os.path.exists(hint_path):
                 os.unlink(hint_path)
@@ -770,16 +847,20 @@ class LogStore:
             "zero_tail_bytes": self._zero_tail_bytes,
             "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
+            "sealing_segments": 0,
+            "sealing_reserved_bytes": 0,
             "read_only": self._failed is not None,
             "fsync": self._opts.fsync,
         }
 
     def _release_files(self):
         for seg in self._segments.values():
-            try:
-                os.close(seg.fd)
-            except OSError:
-                pass
+            if seg.fd is not None:
+                try:
+                    os.close(seg.fd)
+                except OSError:
+                    pass
+        self._fds.clear()
         self._segments = {}
 
     def close(self):

@@ -31,8 +31,8 @@ def test_the_soft_limit_is_raised_to_the_hard_one():
 
 
 def test_a_hard_limit_too_low_for_the_partitions_is_a_clear_error():
-    lim = _Limits(512, 1024)
-    with pytest.raises(OSError, match=r"limit is 1024 \(hard\) but 256 partitions need about 1224"):
+    lim = _Limits(512, 900)
+    with pytest.raises(OSError, match=r"limit is 900 \(hard\) but 256 partitions need about 968"):
         _raise(lim, 256)
     assert lim.set_to is None
 

@@ -59,6 +59,7 @@ def test_a_corrupt_record_in_a_sealed_segment_then_a_crash_still_opens(tmp_path)
     again. Now the fold leaves the record out, trusted-from is raised, and the partition serves."""
     rep = _rep(tmp_path, max_segment_bytes=4096)
     _fill(rep, 3, 200)
+    rep.partition(3).store.seal_pending()   # (the syncer thread's work: every roll sealed)
     old_trusted = rep.partition(3).trusted_from
     _crash(rep)
     hit = corrupt_records(_pdir(tmp_path, 3), per_segment=2)
