@@ -1467,6 +1467,49 @@ cdef class LogStore:
             out.append((key, value))
         return end, out
 
+    # ---- keys by Merkle leaf (anti-entropy's key lists: kvnet/antientropy) -----------------
+
+    def leaf_keys(self, leaves, int leaf_bits=14):
+        """{leaf: [key]} for each of `leaves`, the Merkle leaves of kvcore.merkle (a key's
+        leaf is token(key) & (2**leaf_bits - 1)). Found in the in-memory index, which holds
+        every key's token: only the records of the keys listed are read (for their key bytes),
+        not the rest of the store. A key whose record header is visibly damaged is left out
+        (as scan leaves it out; its CRC is checked where its value is read)."""
+        cdef uint64_t lmask, tok, loc
+        cdef size_t s
+        cdef int rot = self.kd.rot
+        cdef const unsigned char[::1] want
+        self._check_open()
+        if not 1 <= leaf_bits <= 24:
+            raise ValueError(f"leaf_bits must be from 1 to 24, got {leaf_bits}")
+        lmask = ((<uint64_t>1) << leaf_bits) - 1
+        out = {}
+        bitmap = bytearray((lmask >> 3) + 1)
+        for leaf in leaves:
+            if not isinstance(leaf, int) or not 0 <= leaf <= lmask:
+                raise ValueError(f"a leaf must be an integer from 0 to {lmask}, got {leaf!r}")
+            bitmap[leaf >> 3] |= 1 << (leaf & 7)
+            out[leaf] = []
+        if not out or self.kd.count == 0:
+            return out
+        if (self.hash_mask & lmask) != lmask:       # tests' narrowed hashes: tokens from keys
+            for key in self._iter_keys():
+                lst = out.get(token_of(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)) & lmask)
+                if lst is not None:
+                    lst.append(key)
+            return out
+        want = bitmap
+        for s in range(self.kd.capacity):
+            loc = self.kd.slots[s].loc
+            if loc == 0:
+                continue
+            tok = unrotate(self.kd.slots[s].hash, rot) & lmask
+            if want[tok >> 3] & (1 << (tok & 7)):
+                key = self._key_at(loc)
+                if key is not None:
+                    out[tok].append(key)
+        return out
+
     # ---- stats and close ---------------------------------------------------------------
 
     def sizes(self):

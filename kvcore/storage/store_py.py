@@ -570,6 +570,30 @@ class LogStore:
             out.append((key, decompress(stored) if flags & L.FLAG_COMPRESSED else stored))
         return end, out
 
+    # ---- keys by Merkle leaf (anti-entropy's key lists: kvnet/antientropy) -----------------
+
+    def leaf_keys(self, leaves, leaf_bits=14):
+        """{leaf: [key]} for each of `leaves`, the Merkle leaves of kvcore.merkle (a key's
+        leaf is token(key) & (2**leaf_bits - 1)), from the in-memory index alone (this twin's
+        keydir holds the keys; the compiled store reads the listed keys' records)."""
+        self._check_open()
+        if not isinstance(leaf_bits, int) or not 1 <= leaf_bits <= 24:
+            raise ValueError(f"leaf_bits must be from 1 to 24, got {leaf_bits}")
+        lmask = (1 << leaf_bits) - 1
+        out = {}
+        for leaf in leaves:
+            if not isinstance(leaf, int) or not 0 <= leaf <= lmask:
+                raise ValueError(f"a leaf must be an integer from 0 to {lmask}, got {leaf!r}")
+            out[leaf] = []
+        if not out:
+            return out
+        exact = (self._mask & lmask) == lmask       # tests' narrowed hashes: tokens from keys
+        for key, entry in self._keydir.items():
+            lst = out.get((entry[0] if exact else token(key)) & lmask)
+            if lst is not None:
+                lst.append(key)
+        return out
+
     def get(self, key):
         self._check_open()
         self._check_key(key)
