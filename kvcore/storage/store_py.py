@@ -203,7 +203,7 @@ class LogStore:
                 entries = None
         if entries is None:
             self._scan_segment(seg, last)
-            self._write_hints(seg, quiet=True)
+            self._write_hints(seg, quiet=True, sync=False)
         else:
             seg.hints = entries
             for h, off, sz, flags, key in entries:
@@ -265,15 +265,16 @@ class LogStore:
             self._keydir[key] = [h, seg_id, off, size]
             self._live_bytes += size
 
-    def _write_hints(self, seg, quiet=False):
+    def _write_hints(self, seg, quiet=False, sync=True):
         """Write a segment's hint file. quiet: a failure (a full disk) is left alone: a hint
-        file only saves a scan at the next open, which writes it then."""
+        file only saves a scan at the next open, which writes it then. sync=False (an open's
+        rescan): not synced, as the compiled store does: a hint file checks itself."""
         hint_path = os.path.join(self.path, L.hint_name(seg.id))
         tmp = hint_path + L.MERGING_SUFFIX
         try:
             self._inject("open", "hint file")
             self._inject("write", "hint file")
-            write_file(tmp, R.encode_hints(seg.id, seg.hints))
+            write_file(tmp, R.encode_hints(seg.id, seg.hints), sync=sync)
             os.rename(tmp, hint_path)
         except OSError:
             try:
@@ -569,6 +570,14 @@ class LogStore:
             _, flags, _, stored, _ = rec
             out.append((key, decompress(stored) if flags & L.FLAG_COMPRESSED else stored))
         return end, out
+
+    def fold_snapshot(self, snap, start, count, tree):
+        """Fold snapshot entries start .. start + count into `tree` (tree.update(key, None,
+        value) for each pair read_snapshot returns); the next index."""
+        end, pairs = self.read_snapshot(snap, start, count)
+        for key, value in pairs:
+            tree.update(key, None, value)
+        return end
 
     # ---- keys by Merkle leaf (anti-entropy's key lists: kvnet/antientropy) -----------------
 
