@@ -531,8 +531,10 @@ cdef class LogStore:
         if clean:
             os.unlink(clean_path)
         ids = L.segment_ids(self.path)
+        self.kd.bulk = True             # (the index grows in larger steps while it loads)
         for n, seg_id in enumerate(ids):
             self._load_segment(seg_id, n == len(ids) - 1)
+        self.kd.fit()
         next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
@@ -578,18 +580,24 @@ cdef class LogStore:
             pos += HINT_ENTRY_SIZE + klen
         if pos != end:
             return False
-        pos = HINT_HEADER_SIZE
+        with nogil:
+            self._index_hints(i, p, count)
+        return True
+
+    cdef int _index_hints(self, Py_ssize_t i, const char *p, uint64_t count) except -1 nogil:
+        """Index the `count` checked entries of hint file data p (of segment i)."""
+        cdef size_t pos = HINT_HEADER_SIZE, klen
+        cdef uint64_t k
         for k in range(count):
             klen = load16(p + pos + 22)
             self._index(load64(p + pos), p + pos + HINT_ENTRY_SIZE, klen, i, load64(p + pos + 8),
                         load32(p + pos + 16), <uint8_t>p[pos + 20])
             pos += HINT_ENTRY_SIZE + klen
-        return True
+        return 0
 
     def _scan_segment(self, Py_ssize_t i, bint last):
         cdef const char *base = self.segs[i].map
-        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, nxt, klen, data_end
-        cdef uint64_t h
+        cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, nxt, data_end
         self.scanned += 1
         self.hints.len = 0
         if base == NULL or not _segment_header_ok(base, end, self.segs[i].id):
@@ -600,16 +608,10 @@ cdef class LogStore:
                 return
             self._scan_corrupt(i, 0)
         while off < end:
-            size = check_record(base + off, end - off)
-            if size:
-                klen = load16(base + off + REC_OFF_KEYLEN)
-                h = self._hash(base + off + REC_HEADER_SIZE, klen)
-                self._hint_append(h, off, size, <uint8_t>base[off + REC_OFF_FLAGS],
-                                  base + off + REC_HEADER_SIZE, klen)
-                self._index(h, base + off + REC_HEADER_SIZE, klen, i, off, size,
-                            <uint8_t>base[off + REC_OFF_FLAGS])
-                off += size
-                continue
+            with nogil:
+                self._scan_valid(i, &off)
+            if off >= end:
+                break
             nxt = resync(base, off, end)
             if nxt == 0:
                 # No valid record follows. Zeros to the end are space reserved ahead
@@ -626,6 +628,26 @@ cdef class LogStore:
                 return
             self._scan_corrupt(i, off)
             off = nxt
+
+    cdef int _scan_valid(self, Py_ssize_t i, size_t *off) except -1 nogil:
+        """Index the valid records of segment i from off on (and append their hints), up to
+        its end or the first record that fails its check; off is left there."""
+        cdef const char *base = self.segs[i].map
+        cdef size_t end = self.segs[i].size, o = off[0], size, klen
+        cdef uint64_t h
+        while o < end:
+            size = check_record(base + o, end - o)
+            if not size:
+                break
+            klen = load16(base + o + REC_OFF_KEYLEN)
+            h = self._hash(base + o + REC_HEADER_SIZE, klen)
+            self._hint_append(h, o, size, <uint8_t>base[o + REC_OFF_FLAGS],
+                              base + o + REC_HEADER_SIZE, klen)
+            self._index(h, base + o + REC_HEADER_SIZE, klen, i, o, size,
+                        <uint8_t>base[o + REC_OFF_FLAGS])
+            o += size
+        off[0] = o
+        return 0
 
     def _scan_corrupt(self, Py_ssize_t i, uint64_t off):
         """A bad record the open's scan skips: counted, and listed in recovery["corrupt_at"]."""
@@ -905,7 +927,7 @@ cdef class LogStore:
         return -1
 
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
-                    size_t size, int flags, Py_ssize_t i=-2) except -1:
+                    size_t size, int flags, Py_ssize_t i=-2) except -1 nogil:
         """Point key's slot at the record just written. i: its slot from slot_of() (-1:
         absent), or -2 to look it up."""
         cdef uint64_t loc
@@ -929,7 +951,7 @@ cdef class LogStore:
         return 0
 
     cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,
-                          const char *key, size_t klen) except -1:
+                          const char *key, size_t klen) except -1 nogil:
         buf_reserve(&self.hints, HINT_ENTRY_SIZE + klen)
         _put_hint(&self.hints, h, off, size, <uint8_t>flags, key, klen)
         return 0
