@@ -1,6 +1,7 @@
 """Robin Hood keydir in C memory (see keydir.pxd and docs/storage.md)."""
 from libc.stdint cimport uint64_t
-from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.mman cimport (MAP_ANONYMOUS, MAP_FAILED, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
+                         mmap, munmap)
 
 from kvcore.storage.keydir cimport LOC_SHIFT, MIN_CAPACITY, Slot
 
@@ -16,7 +17,11 @@ cdef extern from *:
 cdef Slot *_alloc(size_t n) noexcept nogil:
     # Tables come straight from mmap so that the ones left behind by growth go back
     # to the OS at once (malloc's heap would keep them as resident free memory).
-    cdef void *p = mmap(NULL, n * sizeof(Slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    # Populated at once: a table is touched all over as it fills (hashes spread evenly), and
+    # one populating call costs far less than a fault per page (an open indexing 5M keys in
+    # 16 threads spent a sixth of its time faulting its tables in).
+    cdef void *p = mmap(NULL, n * sizeof(Slot), PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
     return NULL if p == MAP_FAILED else <Slot *>p
 
 
