@@ -13,12 +13,15 @@ timed from the process start:
                partitions: 4 per partition, none missing)
     trees_s    INFO trees_rebuilding back at 0 (every Merkle tree rebuilt in the background)
 
-then the node's own log of its open (partitions opened, seconds) and its RSS. The data is
-deleted at the end of each size. One run; the machine is shared, so figures are noisy:
-compare sizes within one run.
+and the node's RSS then. With --baseline DIR the same crashed data directory (a copy taken
+right after the kill) is also started by the code of another source tree (DIR, built in
+place: the node runs in DIR with PYTHONPATH=DIR), alternating with this tree's, so the two are
+compared side by side in one run (the machine is shared and noisy: compare within a run).
+The data (and its copy) is deleted at the end of each size; at 5M keys it takes about 1 GiB,
+2 GiB with --baseline.
 
     python benchmarks/restart.py                       # 0, 0.5M and 5M keys
-    python benchmarks/restart.py --keys 500000,2000000 --repeat 2
+    python benchmarks/restart.py --keys 500000,2000000 --repeat 2 --baseline ../main
 """
 import argparse
 import os
@@ -29,7 +32,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from kvcore.hashing import partition  # noqa: E402
 from kvnet.testing import LocalCluster, ping, redis_client  # noqa: E402
@@ -103,11 +107,14 @@ def rss_mib(pid):
     return float("nan")
 
 
-def restart_timed(c, keys, n):
-    """Start node 0 again and time PING, the 1,000 GETs and the background rebuilds."""
+def restart_timed(c, keys, n, tree):
+    """Start node 0 again, with the code of source tree `tree` (python -m puts the working
+    directory first on sys.path), and time PING, the 1,000 GETs and the background rebuilds."""
+    env = dict(c.env, PYTHONPATH=tree)
     with open(c.log_of(0), "ab") as log:
         t0 = time.monotonic()
-        c.procs[0] = subprocess.Popen(c.cmds[0], stdout=log, env=c.env, stderr=subprocess.STDOUT)
+        c.procs[0] = subprocess.Popen(c.cmds[0], stdout=log, env=env, stderr=subprocess.STDOUT,
+                                      cwd=tree)
     port = c.ports[0]
     while not ping(port, timeout=0.2):
         if c.procs[0].poll() is not None:
@@ -142,7 +149,12 @@ def du_mib(path):
     return int(out.split()[0]) if out else 0
 
 
-def run_size(n, repeat, base):
+def restore(src, dst):
+    shutil.rmtree(dst)
+    subprocess.run(["cp", "-a", src, dst], check=True)
+
+
+def run_size(n, repeat, base, codes):
     d = tempfile.mkdtemp(prefix=f"ringkv-restart-{n}-", dir=base)
     rows = []
     try:
@@ -151,10 +163,16 @@ def run_size(n, repeat, base):
             c.start(timeout=60)
             t_fill = fill(c.ports[0], n) if n else 0.0
             keys = sample_keys(n)
+            c.kill(0)                                       # SIGKILL right after the fill
+            data = c.data_dir_of(0)
+            disk = du_mib(data)
+            crashed = os.path.join(d, "crashed")
+            subprocess.run(["cp", "-a", data, crashed], check=True)
             for _ in range(repeat):
-                c.kill(0)                                   # SIGKILL
-                disk = du_mib(c.data_dir_of(0))
-                rows.append((n, t_fill, disk) + restart_timed(c, keys, n))
+                for name, tree in codes:
+                    restore(crashed, data)
+                    rows.append((name, n, t_fill, disk) + restart_timed(c, keys, n, tree))
+                    c.kill(0)
         except BaseException:
             with open(c.log_of(0), errors="replace") as f:   # (the data goes: show the log)
                 sys.stderr.write("".join(f.readlines()[-30:]))
@@ -172,14 +190,19 @@ def main(argv=None):
                     help="comma-separated key counts (default 0,500000,5000000)")
     ap.add_argument("--repeat", type=int, default=1, help="kill -9 and restart this often per size")
     ap.add_argument("--dir", default=None, help="where the data directories go (default: TMPDIR)")
+    ap.add_argument("--baseline", default=None, metavar="DIR",
+                    help="also start the crashed node with the code of this source tree")
     args = ap.parse_args(argv)
     sizes = [int(float(x)) for x in args.keys.split(",") if x]
-    print(f"{'keys':>9} {'fill_s':>7} {'disk_MiB':>8} {'ping_s':>7} {'gets_s':>7} "
+    codes = [("this", ROOT)]
+    if args.baseline:
+        codes.insert(0, ("baseline", os.path.abspath(args.baseline)))
+    print(f"{'code':>8} {'keys':>9} {'fill_s':>7} {'disk_MiB':>8} {'ping_s':>7} {'gets_s':>7} "
           f"{'trees_s':>7} {'rss_MiB':>7} {'found':>6}", flush=True)
     for n in sizes:
-        for row in run_size(n, args.repeat, args.dir):
-            n_, fill_s, disk, t_ping, t_gets, t_trees, rss, found = row
-            print(f"{n_:>9} {fill_s:>7.1f} {disk:>8} {t_ping:>7.2f} {t_gets:>7.2f} "
+        for row in run_size(n, args.repeat, args.dir, codes):
+            name, n_, fill_s, disk, t_ping, t_gets, t_trees, rss, found = row
+            print(f"{name:>8} {n_:>9} {fill_s:>7.1f} {disk:>8} {t_ping:>7.2f} {t_gets:>7.2f} "
                   f"{t_trees:>7.2f} {rss:>7.0f} {found:>6}", flush=True)
 
 
