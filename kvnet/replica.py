@@ -171,7 +171,7 @@ class Partition:
         self.on_rebuilt = None          # called (partition) after a rebuild (anti-entropy queues it)
         self.on_fail = None             # called (partition) when it turns read-only
         self.rebuild_gate = None        # a RebuildGate: few tree folds at once (start_rebuild)
-        self._opening = True            # the open folds the tree itself: no rebuild then
+        self._opening = True            # in __init__: distrusted there, no rebuild scheduled
         self._folding = False           # the rebuild's own reads: their finds need no rerun
         self._rebuild_task = None
         self._rebuild_again = False
