@@ -29,7 +29,10 @@ from kvnet.executor import ThreadExecutor
 EPOCH_BLOCK = 10_000
 EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
 OPEN_WORKERS = 16              # threads opening partitions at start (open_all)
-REBUILD_CHUNK = 2048           # records folded between two yields to the loop (tree rebuild)
+REBUILD_CHUNK = 1024           # records folded between two yields to the loop (tree rebuild)
+# Tree folds running at once per node (RebuildGate). They all run on the loop, so more at once
+# build no faster and only make each request wait behind more chunks.
+REBUILD_CONCURRENCY = 1
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
@@ -119,6 +122,23 @@ class Identity:
                 and actor[0] == self.node and actor[1] == self.incarnation)
 
 
+class RebuildGate:
+    """At most `limit` tree folds at once (per LocalReplica, on its loop): after a crash every
+    partition folds its tree in the background, and a fold yields to the loop between chunks;
+    with all of them ready at once a request would wait behind one chunk of each."""
+
+    def __init__(self, limit=REBUILD_CONCURRENCY):
+        self.limit = limit
+        self._loop = self._sem = None
+
+    def slot(self):
+        """The semaphore of the running loop (a new loop, as in tests, gets its own)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._sem = loop, asyncio.Semaphore(self.limit)
+        return self._sem
+
+
 def _cause(exc):
     """An OSError's cause in words, with its errno's name: "reserving segment space: No space
     left on device (ENOSPC)"."""
@@ -150,7 +170,8 @@ class Partition:
         self.rebuilds = 0               # background tree rebuilds finished
         self.on_rebuilt = None          # called (partition) after a rebuild (anti-entropy queues it)
         self.on_fail = None             # called (partition) when it turns read-only
-        self._opening = True            # the open folds the tree itself: no rebuild then
+        self.rebuild_gate = None        # a RebuildGate: few tree folds at once (start_rebuild)
+        self._opening = True            # in __init__: distrusted there, no rebuild scheduled
         self._folding = False           # the rebuild's own reads: their finds need no rerun
         self._rebuild_task = None
         self._rebuild_again = False
@@ -169,13 +190,15 @@ class Partition:
             # An empty store vouches for nothing: a key not found here gets a fresh epoch anyway.
             self.distrust(identity.new_epoch())
         self.tree = self._load_tree(clean)
-        if self.corrupt_dropped and len(self.store) and (clean or self._distrust_needed()):
-            self.distrust(identity.new_epoch())     # the fold found records bad (no rebuild:
-        self._opening = False                       # it left them out already)
-        # The tree is built (loaded or folded) before the partition is used; anti-entropy
-        # leaves out a partition whose tree is not built (ALGORITHMS.md section 4): while a
-        # record found corrupt later is being folded out of it (_rebuild).
-        self.tree_built = True
+        self._opening = False
+        # Anti-entropy leaves out a partition whose tree is not built (ALGORITHMS.md section
+        # 4): one opened without a trusted tree (after a crash) until the fold over its store
+        # is done, in the background (start_rebuild, then _rebuild: requests never wait for
+        # it), and one whose record found corrupt is being folded out of it.
+        self.tree_built = self.tree is not None
+        self._fold_pending = not self.tree_built
+        if not self.tree_built:
+            self.tree = M.MerkleTree()              # the live tree: writes update it meanwhile
 
     @property
     def corrupt_records(self):
@@ -184,7 +207,8 @@ class Partition:
 
     def _load_tree(self, clean):
         """The tree saved by a clean close, used once (the file is deleted on load, so a crash
-        leaves none); otherwise a fold over the store (ALGORITHMS.md section 4)."""
+        leaves none); the empty tree of an empty store; otherwise None: the tree is folded
+        from the store, in the background (ALGORITHMS.md section 4)."""
         tree = None
         try:
             with open(self._tree_path, "rb") as f:
@@ -197,10 +221,20 @@ class Partition:
             pass
         except ValueError:
             tree = None
-        if tree is None:
+        if tree is None and not len(self.store):
             tree = M.MerkleTree()
-            tree.rebuild(self.store.items())
         return tree
+
+    def start_rebuild(self, gate=None):
+        """Start the fold of a partition opened without a trusted tree: a task of the running
+        loop, `gate` (a RebuildGate) letting few run at once; with no loop in this thread (a
+        tool, a test), the fold now. The opener calls it in its own thread once the partition
+        is open (LocalReplica opens partitions in worker threads, which have no loop)."""
+        if gate is not None:
+            self.rebuild_gate = gate
+        if self._fold_pending:
+            self._fold_pending = False
+            self._schedule_rebuild()
 
     def close(self):
         """Save the tree for the next clean open, then close the store. A tree being rebuilt
@@ -296,8 +330,13 @@ class Partition:
 
     async def _rebuild(self):
         try:
-            while not await self._rebuild_once():
-                await asyncio.sleep(0)
+            if self.rebuild_gate is None:
+                while not await self._rebuild_once():
+                    await asyncio.sleep(0)
+            else:
+                async with self.rebuild_gate.slot():
+                    while not await self._rebuild_once():
+                        await asyncio.sleep(0)
         except (StoreClosed, asyncio.CancelledError):
             return
         except Exception:
@@ -326,21 +365,22 @@ class Partition:
         while i < n:
             self._folding = True
             try:
-                i, pairs = store.read_snapshot(snap, i, chunk)
+                i = store.fold_snapshot(snap, i, chunk, built)
             except MergeError:
                 return False
             finally:
                 self._folding = False
-            if pairs:
-                built.update_many([k for k, _ in pairs], None, [v for _, v in pairs])
             await asyncio.sleep(0)
             if self._rebuild_again:
                 return False
         self.tree.rebase(built, base)
         self.tree_built = True
         self.rebuilds += 1
-        log.info("node %s: partition %d: tree rebuilt without the corrupt records (%d keys)",
-                 self.identity.node, self.p, n)
+        if self.corrupt_dropped:
+            log.info("node %s: partition %d: tree rebuilt without the corrupt records (%d keys)",
+                     self.identity.node, self.p, n)
+        else:
+            log.debug("node %s: partition %d: tree folded (%d keys)", self.identity.node, self.p, n)
         return True
 
     def rebuild_tree_now(self):
@@ -351,11 +391,9 @@ class Partition:
         built = M.MerkleTree(self.tree.width, self.tree.depth)
         self._folding = True
         try:
-            _, pairs = self.store.read_snapshot(snap, 0, len(snap))
+            self.store.fold_snapshot(snap, 0, len(snap), built)
         finally:
             self._folding = False
-        if pairs:
-            built.update_many([k for k, _ in pairs], None, [v for _, v in pairs])
         self.tree.rebase(built, base)
         self.tree_built = True
         self.rebuilds += 1
@@ -389,6 +427,7 @@ class LocalReplica:
                                 max_segment_bytes=max_segment_bytes, seal_later=True)
         self.partitions = {}
         self.on_tree_rebuilt = None  # fn(p) after a partition's tree is rebuilt (anti-entropy)
+        self.rebuild_gate = RebuildGate()   # few tree folds at once (after a crash: all)
         self._failures = 0           # partitions made read-only so far (after_write)
         self._dirty = set()
         self._write_gen = 0          # writes stored so far
@@ -406,6 +445,7 @@ class LocalReplica:
             except OSError as exc:
                 raise DiskError(f"node {self.identity.node}: partition {p} cannot be opened: "
                                 f"{_cause(exc)}") from exc
+            part.start_rebuild(self.rebuild_gate)
         return part
 
     def _new_partition(self, p):
@@ -452,6 +492,8 @@ class LocalReplica:
         with ThreadPoolExecutor(min(workers, len(todo)), thread_name_prefix="ringkv-open") as ex:
             for p, part in zip(todo, ex.map(self._new_partition, todo)):
                 self.partitions[p] = part
+        for p in todo:              # (here, in the caller's thread: its loop runs the folds)
+            self.partitions[p].start_rebuild(self.rebuild_gate)
 
     def opened(self, p):
         """The partition if it is open here, else None (never opens or creates one)."""

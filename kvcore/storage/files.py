@@ -11,13 +11,15 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write_file(path, data):
-    """Write a whole file and fdatasync it."""
+def write_file(path, data, sync=True):
+    """Write a whole file and fdatasync it (sync=False: leave it to the OS, for a file that
+    checks itself when read, such as the hint file an open writes after a scan)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fdatasync(fd)
+        if sync:
+            os.fdatasync(fd)
     finally:
         os.close(fd)

@@ -28,6 +28,7 @@ cdef class Keydir:
     cdef size_t count           # occupied slots
     cdef size_t grow_at         # count that triggers growth (90 % of capacity)
     cdef int rot                # index order: token rotated left by rot bits (index_skip_bits)
+    cdef bint bulk              # an open's load: grow 4x (fewer resizes), then fit()
 
     cdef inline uint64_t order(self, uint64_t h) noexcept nogil:
         if self.rot == 0:
@@ -40,8 +41,9 @@ cdef class Keydir:
     # first, next_same, insert and find_loc take tokens; slots and scan cursors hold order(token)
     cdef Py_ssize_t first(self, uint64_t h) noexcept nogil          # first slot with hash h, or -1
     cdef Py_ssize_t next_same(self, Py_ssize_t i, uint64_t h) noexcept nogil   # next slot with h after i, or -1
-    cdef int insert(self, uint64_t h, uint64_t loc) except -1       # a new entry (grows if needed)
+    cdef int insert(self, uint64_t h, uint64_t loc) except -1 nogil # a new entry (grows if needed)
     cdef void remove_at(self, Py_ssize_t i) noexcept nogil          # backward-shift delete
-    cdef int resize(self, size_t capacity) except -1
+    cdef int resize(self, size_t capacity) except -1 nogil          # (MemoryError: takes the GIL)
+    cdef int fit(self) except -1 nogil      # after a bulk load: back to about 75 % full
     cdef Py_ssize_t find_loc(self, uint64_t h, uint64_t loc) noexcept nogil   # slot holding exactly (h, loc)
     cdef list scan(self, uint64_t cursor, Py_ssize_t count, uint64_t *next_cursor)

@@ -84,7 +84,7 @@ cdef class LogStore:
     cdef uint64_t _hash(self, const char *key, size_t klen) noexcept nogil
     cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
-                    size_t size, int flags, Py_ssize_t i=*) except -1
+                    size_t size, int flags, Py_ssize_t i=*) except -1 nogil
     cdef object _value_at(self, Py_ssize_t slot, object key)   # None: absent or dropped as corrupt
     cdef int _drop_slot(self, Py_ssize_t slot) except -1
     cdef int _injected(self, int op) noexcept
@@ -93,7 +93,11 @@ cdef class LogStore:
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1
     cdef int _after_write(self) except -1
     cdef int _hint_append(self, uint64_t h, uint64_t off, size_t size, int flags,
-                          const char *key, size_t klen) except -1
+                          const char *key, size_t klen) except -1 nogil
+    # the open's loops over valid records and hint entries, run without the GIL (partitions
+    # open in threads: kvnet/replica.py)
+    cdef int _scan_valid(self, Py_ssize_t i, size_t *off) except -1 nogil
+    cdef int _index_hints(self, Py_ssize_t i, const char *p, uint64_t count) except -1 nogil
     cdef Py_ssize_t _new_segment_slot(self) except -1
     cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1
     cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1

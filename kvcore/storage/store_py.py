@@ -265,7 +265,7 @@ class LogStore:
                 entries = None
         if entries is None:
             self._scan_segment(seg, last)
-            self._write_hints(seg, quiet=True)
+            self._write_hints(seg, quiet=True, sync=False)
         else:
             seg.hints = entries
             for h, off, sz, flags, key in entries:
@@ -327,15 +327,16 @@ class LogStore:
             self._keydir[key] = [h, seg_id, off, size]
             self._live_bytes += size
 
-    def _write_hints(self, seg, quiet=False):
+    def _write_hints(self, seg, quiet=False, sync=True):
         """Write a segment's hint file. quiet: a failure (a full disk) is left alone: a hint
-        file only saves a scan at the next open, which writes it then."""
+        file only saves a scan at the next open, which writes it then. sync=False (an open's
+        rescan): not synced, as the compiled store does: a hint file checks itself."""
         hint_path = os.path.join(self.path, L.hint_name(seg.id))
         tmp = hint_path + L.MERGING_SUFFIX
         try:
             self._inject("open", "hint file")
             self._inject("write", "hint file")
-            write_file(tmp, R.encode_hints(seg.id, seg.hints))
+            write_file(tmp, R.encode_hints(seg.id, seg.hints), sync=sync)
             os.rename(tmp, hint_path)
         except OSError:
             try:
@@ -634,6 +635,38 @@ class LogStore:
             _, flags, _, stored, _ = rec
             out.append((key, decompress(stored) if flags & L.FLAG_COMPRESSED else stored))
         return end, out
+
+    def fold_snapshot(self, snap, start, count, tree):
+        """Fold snapshot entries start .. start + count into `tree` (tree.update(key, None,
+        value) for each pair read_snapshot returns); the next index."""
+        end, pairs = self.read_snapshot(snap, start, count)
+        for key, value in pairs:
+            tree.update(key, None, value)
+        return end
+
+    # ---- keys by Merkle leaf (anti-entropy's key lists: kvnet/antientropy) -----------------
+
+    def leaf_keys(self, leaves, leaf_bits=14):
+        """{leaf: [key]} for each of `leaves`, the Merkle leaves of kvcore.merkle (a key's
+        leaf is token(key) & (2**leaf_bits - 1)), from the in-memory index alone (this twin's
+        keydir holds the keys; the compiled store reads the listed keys' records)."""
+        self._check_open()
+        if not isinstance(leaf_bits, int) or not 1 <= leaf_bits <= 24:
+            raise ValueError(f"leaf_bits must be from 1 to 24, got {leaf_bits}")
+        lmask = (1 << leaf_bits) - 1
+        out = {}
+        for leaf in leaves:
+            if not isinstance(leaf, int) or not 0 <= leaf <= lmask:
+                raise ValueError(f"a leaf must be an integer from 0 to {lmask}, got {leaf!r}")
+            out[leaf] = []
+        if not out:
+            return out
+        exact = (self._mask & lmask) == lmask       # tests' narrowed hashes: tokens from keys
+        for key, entry in self._keydir.items():
+            lst = out.get((entry[0] if exact else token(key)) & lmask)
+            if lst is not None:
+                lst.append(key)
+        return out
 
     def get(self, key):
         self._check_open()

@@ -55,19 +55,20 @@ def diff_reply(tree, msg):
 # ---- step 4: key lists ------------------------------------------------------------------
 
 def keys_in_segments(partition, segments):
-    """{segment: [(key, entry hash)]} for the requested segments, in one pass over the store.
+    """{segment: [(key, entry hash)]} for the requested segments (Merkle leaves).
 
-    The store has no per-segment index, so this walks every key (hashing it to its segment)
-    and reads the clock only of keys that fall in a requested segment.
+    The keys come from the store's in-memory index (LogStore.leaf_keys: a key's leaf is the
+    low bits of its token, which the index holds); only their records are read, not the rest
+    of the partition.
     """
     wanted = {s: [] for s in segments}
     if not wanted:
         return wanted
     store, tree = partition.store, partition.tree
-    for key in store.keys():
-        lst = wanted.get(tree.segment_of(key))
-        if lst is not None:
-            raw = store.get(key)
+    listed = store.leaf_keys(list(wanted), tree.leaves.bit_length() - 1)
+    for s, keys in listed.items():
+        lst = wanted[s]
+        for key, raw in zip(keys, store.get_many(keys) if keys else ()):
             if raw is not None:
                 lst.append((bytes(key), M.entry_hash(key, raw)))
     return wanted

@@ -9,8 +9,12 @@ time, and the tombstone reaper (ALGORITHMS.md sections 4 and 6; docs/antientropy
     reaper: ae_clocks, ae_hints, ae_mark, ae_cad (reaper.py)
 
 Every message is bounded by `max_bytes` (about; one segment's key list or one key's clock may
-exceed it) and `max_keys`. The responder keeps a small per-exchange cache (the keys of the
-differing segments, found by one walk of its store); losing it costs a walk, never a key.
+exceed it) and `max_keys`. The keys of the differing segments (leaves) come from the store's
+in-memory index (LogStore.leaf_keys): an exchange reads the records of those keys only, about
+d x K / 16,384 of a partition's K keys for d differing leaves, never the whole partition; it
+counts the records and bytes it reads (`records_read`, `bytes_read`; the responder's in
+`served_records_read`, `served_bytes_read`). The responder keeps a small per-exchange cache (the
+keys of the differing segments); losing it costs an index walk, never a key.
 """
 import asyncio
 import logging
@@ -20,6 +24,7 @@ from collections import deque
 
 from kvcore import merkle as M
 from kvcore import versions as V
+from kvcore.storage import layout as L
 from kvnet.antientropy import exchange as X
 from kvnet.antientropy.reaper import Reaper
 from kvnet.payload import entries, fields, integer, key, primary_of, seq
@@ -32,7 +37,7 @@ MAX_BATCH_BYTES = 1 << 20        # about this many bytes per key-list, clocks or
 MAX_SEGMENTS = 1024              # segments per key-list message
 MAX_SESSIONS = 4                 # responder caches kept at once
 SESSION_TTL = 120.0              # seconds a responder cache lives unused
-WALK_CHUNK = 4096                # keys per step of a store walk (the loop runs between steps)
+REC_HEADER = L.REC_HEADER_SIZE   # bytes of a record besides its key and value (reads counted)
 EQUAL_PAUSE = 0.02               # seconds between exchanges while roots keep being equal
 CATCHUP_PAUSE = 0.02             # seconds between the exchanges of a catch-up
 WATCH_PERIOD = 0.5               # seconds between two looks at the peers' restarts
@@ -40,23 +45,42 @@ START_DELAY = 1.0                # seconds before a starting node's first exchan
 CATCHUP_TRIES = 3                # a catch-up exchange that fails is tried this often
 
 
-async def segment_keys(part, segments):
-    """{segment: [key]} for the given segments, by one walk over the partition's store."""
-    wanted = {s: [] for s in segments}
-    if not wanted:
-        return wanted
-    store, tree = part.store, part.tree
-    cursor = 0
-    while True:
-        cursor, ks = store.scan(cursor, WALK_CHUNK)
-        if ks:
-            for k, s in zip(ks, tree.segments_of(ks)):
-                lst = wanted.get(s)
-                if lst is not None:
-                    lst.append(k)
-        if cursor == 0:
-            return wanted
-        await asyncio.sleep(0)
+class Reads:
+    """Records read from a partition's store by one side of an exchange: each key listed (its
+    record's header and key) and each clock read (the whole record), with their bytes."""
+
+    __slots__ = ("records", "bytes")
+
+    def __init__(self):
+        self.records = self.bytes = 0
+
+    def listed(self, keys):
+        self.records += len(keys)
+        self.bytes += sum(REC_HEADER + len(k) for k in keys)
+
+    def read(self, k, raw):
+        if raw is not None:
+            self.records += 1
+            self.bytes += REC_HEADER + len(k) + len(raw)
+        return raw
+
+    def read_many(self, keys, raws):
+        for k, raw in zip(keys, raws):
+            self.read(k, raw)
+        return raws
+
+
+def segment_keys(part, segments, reads=None):
+    """{segment: [key]} for the given segments (Merkle leaves) of a partition, from its store's
+    in-memory index: only those keys' records are read (LogStore.leaf_keys)."""
+    if not segments:
+        return {}
+    bits = part.tree.leaves.bit_length() - 1
+    out = part.store.leaf_keys(segments, bits)
+    if reads is not None:
+        for ks in out.values():
+            reads.listed(ks)
+    return out
 
 
 def _leaf_hashes(tree, segments):
@@ -77,13 +101,14 @@ def _leaf_hashes(tree, segments):
 class _Session:
     """The responder's cache for one exchange: the differing segments and their keys here."""
 
-    __slots__ = ("p", "frontier", "index", "touched")
+    __slots__ = ("p", "frontier", "index", "touched", "reads")
 
     def __init__(self, p):
         self.p = p
         self.frontier = None
         self.index = {}
         self.touched = time.monotonic()
+        self.reads = Reads()
 
 
 class _Run:
@@ -98,12 +123,16 @@ class _Run:
         self.repaired_here = self.repaired_there = 0
         self.reaped = 0
         self.duration = 0.0
+        self.reads = Reads()
+        self.partition_keys = 0          # keys the partition held here when the exchange began
 
     def as_dict(self):
         return dict(partition=self.p, peer=self.peer, equal=self.equal, segments=self.segments,
                     messages=self.messages, bytes_sent=self.sent, bytes_received=self.received,
                     repaired_here=self.repaired_here, repaired_there=self.repaired_there,
-                    reaped=self.reaped, duration_s=self.duration)
+                    reaped=self.reaped, duration_s=self.duration,
+                    records_read=self.reads.records, bytes_read=self.reads.bytes,
+                    partition_keys=self.partition_keys)
 
 
 class AntiEntropy:
@@ -131,7 +160,10 @@ class AntiEntropy:
         self.stats = {"exchanges": 0, "exchanges_equal": 0, "exchanges_failed": 0,
                       "keys_repaired_here": 0, "keys_repaired_there": 0,
                       "bytes_sent": 0, "bytes_received": 0, "last_duration_s": None,
-                      "last_partition": None, "last_peer": None, "served_repairs": 0}
+                      "last_partition": None, "last_peer": None, "served_repairs": 0,
+                      "records_read": 0, "bytes_read": 0, "last_records_read": None,
+                      "last_bytes_read": None, "served_records_read": 0,
+                      "served_bytes_read": 0}
         self._empty = M.MerkleTree()     # the tree of a partition not open here
         self._sessions = {}
         self._task = None
@@ -353,6 +385,7 @@ class AntiEntropy:
             return None
         tree = self._empty if part is None else part.tree
         run = _Run(p, peer)
+        run.partition_keys = 0 if part is None else len(part.store)
         t0 = time.perf_counter()
         sid = random.getrandbits(62)
         began = ok = False
@@ -415,6 +448,9 @@ class AntiEntropy:
         s["bytes_received"] += run.received
         s["last_duration_s"] = run.duration
         s["last_partition"], s["last_peer"] = run.p, run.peer
+        s["records_read"] += run.reads.records
+        s["bytes_read"] += run.reads.bytes
+        s["last_records_read"], s["last_bytes_read"] = run.reads.records, run.reads.bytes
 
     async def _keys_and_repair(self, run, peer, p, sid, tree, frontier, empty_there):
         """Key lists of the differing segments, the peer's clocks, repairs both ways.
@@ -425,12 +461,13 @@ class AntiEntropy:
         mine = _leaf_hashes(tree, frontier)
         part = rep.opened(p)
         walk = [s for s in frontier if mine[s] != 0]
-        index = await segment_keys(part, walk) if part is not None and walk else {}
+        reads = run.reads
+        index = segment_keys(part, walk, reads) if part is not None and walk else {}
         push = _Pusher(self, run, peer, p)
         for s in frontier:
             if s in empty_there and s in index:
                 ks = index[s]
-                for k, raw in zip(ks, part.store.get_many(ks)):
+                for k, raw in zip(ks, reads.read_many(ks, part.store.get_many(ks))):
                     if raw is None:
                         continue
                     if self.reaper.pending and self.reaper.is_pending(p, k, raw):
@@ -444,7 +481,8 @@ class AntiEntropy:
                 s = queue[0]
                 ks = index.get(s, ())
                 lst = [[k, M.entry_hash(k, raw)] for k, raw in
-                       zip(ks, part.store.get_many(ks) if ks else ()) if raw is not None]
+                       zip(ks, reads.read_many(ks, part.store.get_many(ks)) if ks else ())
+                       if raw is not None]
                 n = 4 + sum(len(k) + 12 for k, _ in lst)
                 if chunk and size + n > self.max_bytes:
                     break
@@ -463,7 +501,7 @@ class AntiEntropy:
                 key(self.node, k, p, ProtocolError)
             await self._absorb(run, p, got, push)
             for k in want:
-                raw = _raw(rep, p, k)
+                raw = reads.read(k, _raw(rep, p, k))
                 if raw is None:
                     continue              # gone here since the list was made
                 if self.reaper.pending and self.reaper.is_pending(p, k, raw):
@@ -480,7 +518,7 @@ class AntiEntropy:
         rep = self.node.replica
         pending = self.reaper.pending
         for k, theirs_raw, theirs in got:
-            mine_raw = _raw(rep, p, k)
+            mine_raw = run.reads.read(k, _raw(rep, p, k))
             if mine_raw is None:
                 if pending and self.reaper.is_pending(p, k, theirs_raw):
                     push.cad.append([k, theirs_raw])   # reaped or reaping here: finish there
@@ -571,18 +609,20 @@ class AntiEntropy:
             want = [k for _, hs in theirs for k in hs]
             return {"entries": [], "want": want, "reap": [], "done": len(theirs)}
         sess = self._session(sid, p)
+        reads = sess.reads
+        before = reads.records, reads.bytes
         missing = [s for s, _ in theirs if s not in sess.index]
         if missing:
             wanted = set(missing)
             if sess.frontier and wanted <= sess.frontier:
                 wanted = sess.frontier - set(sess.index)
-            sess.index.update(await segment_keys(part, wanted))
+            sess.index.update(segment_keys(part, sorted(wanted), reads))
             sess.touched = time.monotonic()
         store, pending = part.store, self.reaper.pending
         out, want, reap, size, done = [], [], [], 0, 0
         for s, hs in theirs:
             ks = sess.index.get(s, ())
-            for k, raw in zip(ks, store.get_many(ks) if ks else ()):
+            for k, raw in zip(ks, reads.read_many(ks, store.get_many(ks)) if ks else ()):
                 if raw is None:
                     continue
                 h = hs.pop(k, None)
@@ -593,7 +633,7 @@ class AntiEntropy:
                     out.append([k, raw])
                     size += len(k) + len(raw) + 8
             for k, h in hs.items():                     # not in the cache: written since?
-                raw = store.get(k)
+                raw = reads.read(k, store.get(k))
                 if raw is None:
                     want.append(k)
                     size += len(k) + 3
@@ -603,6 +643,8 @@ class AntiEntropy:
             done += 1
             if size >= self.max_bytes or len(out) >= 8 * self.max_keys:
                 break
+        self.stats["served_records_read"] += reads.records - before[0]
+        self.stats["served_bytes_read"] += reads.bytes - before[1]
         return {"entries": out, "want": want, "reap": reap, "done": done}
 
     async def _h_repair(self, m):

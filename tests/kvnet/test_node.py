@@ -800,3 +800,49 @@ def test_scan_requests_are_checked(tmp_path):
                 await node.stop()
 
     run(main())
+
+
+def test_a_node_started_after_a_crash_serves_while_its_trees_are_folded(tmp_path, monkeypatch):
+    """After a kill -9 (stores abandoned: no TREE, no CLEAN) a node serves reads and writes as
+    soon as it has started, while INFO still shows trees being folded in the background; the
+    folds end, every tree then equals a fold of its store, and INFO counts them."""
+    import kvnet.replica as R
+    from kvcore import merkle as M
+
+    monkeypatch.setattr(R, "REBUILD_CHUNK", 2)      # (a long fold: many loop turns)
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, nodes=1, n=1, r=1, w=1)
+        c = aredis.Redis(port=ports[0])
+        try:
+            for i in range(0, 3000, 500):
+                await c.mset({f"k{j}": f"v{j}" for j in range(i, i + 500)})
+        finally:
+            await c.aclose()
+        node = nodes[0]
+        for part in node.replica.partitions.values():
+            part.store._abandon()                   # the crash
+        node.replica.partitions = {}
+        await node.stop()
+        nodes, ports = await _cluster(tmp_path, nodes=1, n=1, r=1, w=1)
+        node = nodes[0]
+        c = aredis.Redis(port=ports[0])
+        try:
+            info = await node.info_section()
+            assert info["trees_rebuilding"] > 100   # served from here on, folds under way
+            assert await c.get("k7") == b"v7" and await c.set("k7", b"new")
+            assert await c.mget("k0", "k2999", "k7") == [b"v0", b"v2999", b"new"]
+            assert (await node.info_section())["trees_rebuilding"] > 0
+            for _ in range(3000):
+                if (await node.info_section())["trees_rebuilding"] == 0:
+                    break
+                await asyncio.sleep(0.01)
+            info = await node.info_section()
+            assert info["trees_rebuilding"] == 0 and info["tree_rebuilds"] >= 200
+            for part in node.replica.partitions.values():
+                assert part.tree == M.MerkleTree().rebuild(part.store.items())
+        finally:
+            await c.aclose()
+            await node.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

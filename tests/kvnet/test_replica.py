@@ -295,6 +295,75 @@ def test_merkle_tree_follows_every_write_and_survives_clean_restart_only(tmp_pat
     asyncio.run(other.close())
 
 
+def test_after_a_crash_partitions_serve_at_once_and_fold_their_trees_in_the_background(
+        tmp_path, monkeypatch):
+    """A partition opened after a crash (no trusted tree) is open and serving before its tree
+    is built: reads and writes go on at once, the tree is folded by a task of the loop in
+    chunks (through the replica's RebuildGate), and it is then exactly the fold of the store
+    with the writes made meanwhile; anti-entropy is told (on_tree_rebuilt)."""
+    import kvnet.replica as R
+
+    monkeypatch.setattr(R, "REBUILD_CHUNK", 16)
+    r = LocalReplica(str(tmp_path), "n1", index_skip_bits=8)
+    for p in range(6):
+        for i in range(300):
+            r.mint(p, b"k%d-%d" % (p, i), S(b"v%d" % i), overwrite=True)
+    for part in r.partitions.values():
+        part.store._abandon()                     # crash: no TREE, no CLEAN
+    r.partitions.clear()
+
+    async def main():
+        rep = LocalReplica(str(tmp_path), "n1", index_skip_bits=8)
+        rebuilt = []
+        rep.on_tree_rebuilt = rebuilt.append
+        rep.open_existing()                       # in threads, as a starting node opens them
+        parts = [rep.opened(p) for p in range(6)]
+        assert not any(part.tree_built for part in parts)
+        assert rep.fault_stats()["trees_rebuilding"] == 6
+        # requests never wait for a fold: served now, while no tree is built
+        assert vals(rep.read(2, b"k2-7")) == [b"v7"]
+        rep.mint(2, b"k2-7", S(b"during"), overwrite=True)
+        rep.mint(3, b"new", S(b"n"), overwrite=True)
+        while not all(part.tree_built for part in parts):
+            rep.mint(4, b"k4-1", S(b"x%d" % len(rebuilt)), overwrite=True)   # meanwhile
+            await asyncio.sleep(0)
+        assert sorted(rebuilt) == list(range(6))
+        assert rep.fault_stats()["trees_rebuilding"] == 0
+        for part in parts:
+            assert part.tree == _fold(part), part.p
+        assert all(part._rebuild_task is None for part in parts)
+        await rep.close()
+
+    asyncio.run(main())
+    r = LocalReplica(str(tmp_path), "n1", index_skip_bits=8)   # a clean close saved the trees
+    assert all(r.partition(p).tree_built for p in range(6))
+    assert vals(r.read(2, b"k2-7")) == [b"during"]
+    asyncio.run(r.close())
+
+
+def test_the_rebuild_gate_lets_few_folds_run_at_once(tmp_path):
+    import kvnet.replica as R
+
+    gate = R.RebuildGate(2)
+    running, most = [0], [0]
+
+    async def fold():
+        async with gate.slot():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            for _ in range(5):
+                await asyncio.sleep(0)
+            running[0] -= 1
+
+    async def main():
+        await asyncio.gather(*(fold() for _ in range(10)))
+
+    asyncio.run(main())
+    assert most[0] == 2
+    asyncio.run(main())                           # another loop: a semaphore of its own
+    assert R.REBUILD_CONCURRENCY >= 1
+
+
 def test_delete_if_compares_clock_bytes_and_updates_the_tree(tmp_path):
     from kvcore import merkle as M
     r = LocalReplica(str(tmp_path), "n1")

@@ -402,3 +402,34 @@ def test_records_the_open_scan_skips_are_listed_with_their_segment_and_offset(op
     assert s.recovery["corrupt_at"] == [(seg_id, 32 + 4 * (24 + 5 + 30)),
                                         (seg_id, 32 + 11 * (24 + 5 + 30))]
     assert s.recovery["corrupt_records"] == 2 and len(s) == 28
+
+
+@pytest.mark.parametrize("skip", [0, 8])
+def test_fold_snapshot_is_the_tree_of_read_snapshot_and_drops_corrupt_records(open_store, tmp_path,
+                                                                              skip):
+    """fold_snapshot(snap, i, n, tree) folds what read_snapshot(snap, i, n) reads (compressed
+    values decompressed) into a Merkle tree in chunks, leaves out and drops a corrupt record
+    as read_snapshot does, and refuses a snapshot a merge made stale."""
+    from kvcore import merkle as M
+    s = open_store(max_segment_bytes=SEG, index_skip_bits=skip, compress_min_bytes=64)
+    keys = _fill_to_roll(s)
+    for i in range(0, 40):
+        s.put(b"big%d" % i, _value(i) * 10)         # compressed
+    s.close()
+    first = os.path.join(tmp_path / "store", L.segment_name(L.segment_ids(str(tmp_path / "store"))[0]))
+    with open(first, "r+b") as f:                   # record 5's value
+        f.seek(32 + 5 * (24 + 5 + 30) + 40)
+        f.write(b"\xff")
+    s = open_store(max_segment_bytes=SEG, index_skip_bits=skip, compress_min_bytes=64)
+    seen = []
+    s.on_corrupt = lambda seg_id, off: seen.append(off)
+    snap = s.snapshot()
+    tree, i = M.MerkleTree(), 0
+    while i < len(snap):
+        i = s.fold_snapshot(snap, i, 7, tree)
+    assert i == len(snap) and s.fold_snapshot(snap, i, 7, tree) == i
+    assert seen == [32 + 5 * (24 + 5 + 30)] and s.get(keys[5]) is None
+    assert tree == M.MerkleTree().rebuild(s.items()) and tree.count == len(s)
+    s.merge()
+    with pytest.raises(MergeError):
+        s.fold_snapshot(snap, 0, 10, M.MerkleTree())

@@ -1,4 +1,5 @@
 """The keydir: forced hash collisions, SCAN across growth and writes, RAM per key."""
+import os
 import random
 import threading
 import time
@@ -197,3 +198,93 @@ def test_keys_of_one_partition_with_index_skip_bits(open_store):
     assert dict(s.items()) == live
     with pytest.raises(ValueError, match="index_skip_bits"):
         open_store(index_skip_bits=33)
+
+
+# ---- keys by Merkle leaf (anti-entropy's key lists) ---------------------------------------------
+
+@pytest.mark.parametrize("skip_bits", [0, 8])
+@pytest.mark.parametrize("mask", [0xFFFFFFFFFFFFFFFF, 0xFF00000000000000])
+def test_leaf_keys_lists_exactly_the_keys_of_the_leaves_asked(open_store, skip_bits, mask):
+    """leaf_keys(leaves) is {leaf: [key]} with the keys whose Merkle leaf (token & 16,383, as
+    kvcore.merkle maps them) is asked, every asked leaf present; deleted keys are gone, a
+    rewritten key listed once; with the index rotated (index_skip_bits) and with the tests'
+    narrowed hashes (tokens then come from the keys) alike."""
+    from kvcore import merkle as M
+    s = open_store(max_segment_bytes=1 << 14, index_skip_bits=skip_bits, _hash_mask=mask)
+    tree = M.MerkleTree()
+    keys = [b"key-%d" % i for i in range(5000)]
+    s.put_many([(k, b"v") for k in keys])
+    for k in keys[::7]:
+        s.delete(k)
+    s.put(keys[1], b"again")
+    live = set(keys) - set(keys[::7])
+    leaf = {k: tree.segment_of(k) for k in keys}
+    asked = sorted({leaf[k] for k in keys[:40]}) + [16383]
+    got = s.leaf_keys(asked)
+    assert sorted(got) == sorted(set(asked))
+    for lf in asked:
+        assert sorted(got[lf]) == sorted(k for k in live if leaf[k] == lf)
+    assert s.leaf_keys([]) == {}
+    assert sum(len(v) for v in s.leaf_keys(range(16384)).values()) == len(live)
+    wide = s.leaf_keys([leaf[keys[2]] & 255], leaf_bits=8)    # other shapes: fewer bits
+    assert sorted(wide[leaf[keys[2]] & 255]) == sorted(k for k in live if leaf[k] & 255
+                                                        == leaf[keys[2]] & 255)
+
+
+def test_leaf_keys_refuses_bad_leaves_with_a_clear_error(open_store):
+    s = open_store()
+    s.put(b"k", b"v")
+    for bad in ([16384], [-1], ["3"], [1.5]):
+        with pytest.raises(ValueError, match="leaf must be an integer from 0 to 16383"):
+            s.leaf_keys(bad)
+    with pytest.raises(ValueError, match="leaf_bits"):
+        s.leaf_keys([1], leaf_bits=0)
+
+
+def test_leaf_keys_reads_only_the_records_of_the_keys_listed(impl, tmp_path):
+    """The compiled store finds the keys of a leaf in its in-memory index: records of other
+    keys are not read (here: bytes of every other record overwritten on disk, under the
+    store's maps, and the listing still answers, from the index alone)."""
+    if impl.__name__.endswith("_py"):
+        pytest.skip("the twin's keydir holds the keys: it reads no record at all")
+    from kvcore import merkle as M
+    from kvnet.testing import records_of
+    s = impl.LogStore(tmp_path / "s", fsync="never")
+    try:
+        tree = M.MerkleTree()
+        keys = [b"key-%d" % i for i in range(3000)]
+        s.put_many([(k, b"v" * 50) for k in keys])
+        target = keys[17]
+        lf = tree.segment_of(target)
+        mine = sorted(k for k in keys if tree.segment_of(k) == lf)
+        s.sync()
+        seg = [os.path.join(tmp_path / "s", n) for n in os.listdir(tmp_path / "s")
+               if n.endswith(".data")][0]
+        with open(seg, "r+b") as f:                 # every other record's key bytes zeroed
+            for off, _, key, _, _ in records_of(seg):
+                if key not in mine:
+                    f.seek(off)
+                    f.write(b"\0" * 4)              # (its magic: _key_at would refuse it)
+        assert sorted(s.leaf_keys([lf])[lf]) == mine
+        assert s.scan(0, 10_000)[1] != keys         # the scan does see the damage
+    finally:
+        s._abandon()
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_an_open_leaves_the_index_between_60_and_90_percent_full(open_store, impl, crash):
+    """An open indexes its segments growing the table in larger steps (fewer resizes), then
+    fits it: whether it came from hint files or a scan after a crash, the table is back in the
+    60-90 % band a running store keeps."""
+    if impl.__name__.endswith("_py"):
+        pytest.skip("the twin's keydir is a dict")
+    for n in (500, 5000, 70_000):
+        s = open_store(max_segment_bytes=1 << 20)
+        s.put_many([(b"k%d-%d" % (n, i), b"v") for i in range(n)])
+        s._abandon() if crash else s.close()
+        s = open_store(max_segment_bytes=1 << 20)
+        st = s.stats()
+        assert st["keys"] == len(s) and st["keys"] >= n
+        if st["index_capacity"] > 1024:
+            assert 0.6 <= st["keys"] / st["index_capacity"] <= 0.9, st
+        s.close()
