@@ -83,6 +83,7 @@ class Node(driver.Cluster, Backend):
         self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
                                     index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
+                                    sync_method=cfg.sync_method,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings,
                                     min_free_percent=cfg.min_free_percent,
                                     max_segment_bytes=cfg.max_segment_bytes)

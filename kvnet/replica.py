@@ -22,6 +22,7 @@ from kvcore import versions as V
 from kvcore._native import select
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
+from kvcore.storage import syncfs as SF
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import DiskError, TooManySiblings
 from kvnet.executor import ThreadExecutor
@@ -30,6 +31,8 @@ EPOCH_BLOCK = 10_000
 EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
 OPEN_WORKERS = 16              # threads opening partitions at start (open_all)
 REBUILD_CHUNK = 2048           # records folded between two yields to the loop (tree rebuild)
+SYNC_METHODS = ("auto", "syncfs", "fdatasync")   # how a group commit syncs (docs/storage.md)
+COMMIT_ROUNDS = 2             # group commit rounds syncing at once (docs/storage.md, "Durability")
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
@@ -367,13 +370,21 @@ class LocalReplica:
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
                  index_skip_bits=0, min_free_percent=0.0, max_segment_bytes=64 << 20,
-                 executor=None):
+                 executor=None, sync_method="auto"):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
         self.sync_interval = sync_interval_ms / 1000.0
-        # group commits' fsyncs, off the loop (one at a time: a round covers every dirty store)
-        self.executor = executor or ThreadExecutor(1, "ringkv-sync")
+        # group commits' syncs, off the loop: up to COMMIT_ROUNDS rounds at once, each
+        # covering every store dirtied since the round before it started
+        self.executor = executor or ThreadExecutor(COMMIT_ROUNDS, "ringkv-sync")
+        # syncfs: one descriptor per round syncing at once (a writeback error is reported once
+        # per open file: each round's call must see every error since its descriptor's last)
+        self.sync_method = _sync_method(sync_method, node)
+        self._fs = ([SF.FileSystemSync(data_dir) for _ in range(COMMIT_ROUNDS)]
+                    if self.sync_method == "syncfs" else None)
+        self.commits = 0             # group commit rounds that synced something
+        self.commit_syncs = 0        # system calls they made (syncfs: one per round)
         self.max_siblings = max_siblings
         # A stored clock may hold many siblings: the value limit is the coordinator's,
         # per value; the store takes whatever replication brings.
@@ -390,7 +401,7 @@ class LocalReplica:
         self._dirty = set()
         self._write_gen = 0          # writes stored so far
         self._synced_gen = 0         # writes known durable
-        self._commit_round = None
+        self._rounds = []            # [(write gen covered, its task)] syncing, oldest first
         self._interval_task = None
 
     # ---- partitions ----------------------------------------------------------------------
@@ -653,29 +664,70 @@ class LocalReplica:
     # ---- durability ----------------------------------------------------------------------
 
     async def commit(self):
-        """Group commit: make every write so far durable; concurrent callers share rounds."""
+        """Group commit: make every write so far durable; concurrent callers share rounds.
+
+        A round covers the writes stored before it started. Up to COMMIT_ROUNDS rounds sync
+        at once, so a write stored while a round is syncing starts the next round at once
+        instead of waiting for the running one to end first (half a sync less of latency,
+        and the disk sees the two flushes together); rounds still end in the order they
+        started (_commit_once), so a write is reported durable only once every round before
+        its own has ended too."""
         target = self._write_gen
         while self._synced_gen < target:
-            if self._commit_round is None:
-                self._commit_round = asyncio.ensure_future(self._commit_once())
-            await asyncio.shield(self._commit_round)
+            rounds = self._rounds
+            task = next((t for gen, t in rounds if gen >= target), None)
+            if task is None:
+                if len(rounds) < COMMIT_ROUNDS:
+                    task = self._start_round()
+                else:
+                    task = rounds[0][1]         # the oldest frees a slot first
+            await asyncio.shield(task)
 
-    async def _commit_once(self):
-        """One round: sync every dirty store in a worker thread. A store whose sync fails is
-        never synced again as if its writes had reached the disk (the store refuses it): its
-        partition turns read-only and leaves the round; the others are durable."""
+    def _start_round(self):
         gen, dirty, self._dirty = self._write_gen, self._dirty, set()
+        prev = self._rounds[-1][1] if self._rounds else None
+        task = asyncio.ensure_future(self._commit_once(gen, dirty, prev))
+        self._rounds.append((gen, task))
+        return task
+
+    async def _commit_once(self, gen, dirty, prev=None):
+        """One round: make every dirty store durable in a worker thread, by one syncfs of the
+        data directory's file system (sync_method "syncfs") or an fdatasync per store
+        ("fdatasync"). A store whose sync fails is never synced again as if its writes had
+        reached the disk (the store refuses it): its partition turns read-only and leaves
+        the round; the others are durable. A failed syncfs names no file: every partition of
+        the round turns read-only, and so does every one written since the round began (its
+        pages may have been among those the kernel could not write; the error is reported
+        once, so the next syncfs would succeed). `prev`: the round started before this one,
+        whose end this one's report waits for (and whose failure it shares)."""
+        fs = None
         try:
+            result = ([], None)
             if dirty:
-                failed = await self.executor.run(_sync_all, list(dirty))
-                for part, exc in failed:
-                    self.write_error(part, exc)         # read-only, logged, distrusted
+                parts = list(dirty)
+                if self._fs is not None:
+                    fs = self._fs.pop()
+                    result = await self.executor.run(_syncfs_all, fs, parts)
+                else:
+                    result = await self.executor.run(_sync_all, parts), None
+                self.commits += 1
+                self.commit_syncs += 1 if fs is not None else len(parts)
+            if prev is not None:
+                await asyncio.shield(prev)          # (its failure is this round's too)
+            failed, fs_error = result
+            for part, exc in failed:
+                self.write_error(part, exc)         # read-only, logged, distrusted
+            if fs_error is not None:
+                for part in dirty | self._dirty:
+                    part.fail(fs_error, "syncfs")
             self._synced_gen = max(self._synced_gen, gen)
         except BaseException:
             self._dirty |= dirty
             raise
         finally:
-            self._commit_round = None
+            if fs is not None:
+                self._fs.append(fs)
+            self._rounds = [r for r in self._rounds if r[1] is not asyncio.current_task()]
 
     async def after_write(self, parts=None):
         """What a write awaits before it is acknowledged, by the fsync policy. With
@@ -718,9 +770,9 @@ class LocalReplica:
             except asyncio.CancelledError:
                 pass
             self._interval_task = None
-        if self._commit_round is not None:
+        for _, task in list(self._rounds):
             try:
-                await asyncio.shield(self._commit_round)
+                await asyncio.shield(task)
             except Exception:
                 pass
         parts, self.partitions = list(self.partitions.values()), {}
@@ -732,6 +784,8 @@ class LocalReplica:
             # each close syncs a file or two: in threads, as open_all opens them
             await asyncio.to_thread(_close_all, parts)
         self.executor.shutdown()
+        for fs in self._fs or ():
+            fs.close()
 
 
 def _close_one(part):
@@ -755,6 +809,53 @@ def _same(a, b):
     in an actor, and those encode differently.)"""
     return a is b or (a.anonymous is b.anonymous and len(a.entries) == len(b.entries)
                       and all(x is y for x, y in zip(a.entries, b.entries)))
+
+
+def _sync_method(method, node):
+    """The method a group commit uses. "auto" is syncfs where the kernel reports its errors
+    (Linux 5.8 and later), else fdatasync; "syncfs" refuses to start where it cannot be
+    trusted."""
+    if method not in SYNC_METHODS:
+        raise ValueError(f"sync_method: {method!r} must be one of {', '.join(SYNC_METHODS)}")
+    if method == "fdatasync":
+        return method
+    why = SF.unsupported()
+    if why is not None:
+        if method == "syncfs":
+            raise DiskError(f"node {node}: sync_method syncfs cannot be used here: {why}; "
+                            "use sync_method fdatasync (or auto)")
+        log.info("node %s: group commits fdatasync each partition: %s", node, why)
+        return "fdatasync"
+    return "syncfs"
+
+
+def _syncfs_all(fs, parts):
+    """Make each partition's writes durable by one syncfs (in a worker thread): ([(partition,
+    OSError)] of stores that refused or failed, the syncfs's own OSError or None). Each
+    store's extent is taken before the call, so what is recorded synced was written before
+    it; a store closed meanwhile (a dropped partition) has nothing left to sync."""
+    marks, failed = [], []
+    for part in parts:
+        try:
+            marks.append((part, part.store.sync_begin()))
+        except StoreClosed:
+            pass
+        except OSError as exc:
+            failed.append((part, exc))
+    if not marks:
+        return failed, None
+    try:
+        fs.sync()
+    except OSError as exc:
+        return failed, exc
+    for part, mark in marks:
+        try:
+            part.store.sync_end(mark)
+        except StoreClosed:
+            pass
+        except OSError as exc:
+            failed.append((part, exc))
+    return failed, None
 
 
 def _sync_all(parts):
