@@ -733,9 +733,10 @@ class Node(driver.Cluster, Backend):
     def set_overwrite_now(self, key, value):
         p = self._partition(key)
         rep = self.replica
-        if rep.fsync == "always":
-            return LATER              # the ack waits for the group commit
+        always = rep.fsync == "always"
         if p in self._solo:
+            if always:
+                return LATER          # the ack waits for the group commit
             self._check_value(value)
             if self._overwrite_local(rep, p, key, value) is None:
                 return LATER          # a clock of another shape: the general path decides
@@ -750,7 +751,9 @@ class Node(driver.Cluster, Backend):
             raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
         self.stats["puts"] += 1
         conns, pl = lane
-        return driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
+        fut = driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
+        # fsync=always: the replicas ack once durable; the local copy counts once synced too
+        return rep.durable(fut, p) if always else fut
 
     @staticmethod
     def _overwrite_local(rep, p, key, value):

@@ -26,6 +26,7 @@ from kvcore.storage import syncfs as SF
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import DiskError, TooManySiblings
 from kvnet.executor import ThreadExecutor
+from kvnet.stepping import ReplyFuture, reject, resolve
 
 EPOCH_BLOCK = 10_000
 EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
@@ -402,6 +403,8 @@ class LocalReplica:
         self._write_gen = 0          # writes stored so far
         self._synced_gen = 0         # writes known durable
         self._rounds = []            # [(write gen covered, its task)] syncing, oldest first
+        self._waiters = []           # [(write gen, partition, callback)]: when_durable
+        self._drain_task = None
         self._interval_task = None
 
     # ---- partitions ----------------------------------------------------------------------
@@ -737,18 +740,69 @@ class LocalReplica:
         if self.fsync == "always":
             failures = self._failures
             await self.commit()
-            if self._failures == failures:
-                return
-            if parts is None:
-                bad = [p for p, part in self.partitions.items() if part.read_only is not None]
-            else:
-                ps = (parts,) if isinstance(parts, int) else parts
-                bad = [p for p in ps if self.partitions.get(p) is not None
-                       and self.partitions[p].read_only is not None]
-            if bad:
-                part = self.partitions[bad[0]]
-                raise DiskError(f"node {self.identity.node}: partition {part.p} is read-only: "
-                                f"{part.read_only}; the write is not acknowledged")
+            if self._failures != failures:
+                err = self._unacked(parts)
+                if err is not None:
+                    raise err
+
+    def _unacked(self, parts):
+        """The DiskError for a write to `parts` (see after_write) if one of them is read-only."""
+        if parts is None:
+            bad = [p for p, part in self.partitions.items() if part.read_only is not None]
+        else:
+            ps = (parts,) if isinstance(parts, int) else parts
+            bad = [p for p in ps if self.partitions.get(p) is not None
+                   and self.partitions[p].read_only is not None]
+        if not bad:
+            return None
+        part = self.partitions[bad[0]]
+        return DiskError(f"node {self.identity.node}: partition {part.p} is read-only: "
+                         f"{part.read_only}; the write is not acknowledged")
+
+    def when_durable(self, p, callback):
+        """after_write(p) without a coroutine or a task per write: callback(None) once every
+        write stored so far is durable, callback(exc) if it cannot be acknowledged (its
+        partition's sync failed: DiskError; or the commit raised). Called on the loop, from
+        one task that drives the group commit for all such waiters."""
+        self._waiters.append((self._write_gen, p, callback))
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self):
+        try:
+            while self._waiters:
+                failures = self._failures
+                error = None
+                try:
+                    await self.commit()         # covers every waiter there is now
+                except Exception as exc:
+                    error = exc
+                synced = self._synced_gen
+                waiters = self._waiters
+                done = [w for w in waiters if w[0] <= synced or error is not None]
+                self._waiters = [w for w in waiters if w[0] > synced and error is None]
+                for _, p, callback in done:
+                    exc = error
+                    if exc is None and self._failures != failures:
+                        exc = self._unacked(p)
+                    try:
+                        callback(exc)
+                    except Exception:
+                        log.exception("node %s: a durability callback failed", self.identity.node)
+        finally:
+            self._drain_task = None
+
+    def durable(self, fut, p):
+        """A ReplyFuture of `fut`'s result (a direct-lane write's replicas, kvnet/coordinator/
+        driver.py put_direct) settled only once this node's own copy in partition p is durable
+        too (fsync=always): the first error of either rejects it."""
+        out = ReplyFuture(loop=fut.get_loop())
+        both = _Both(out)
+        fut.on_settled = both.remote
+        if fut.done():
+            both.remote(fut)
+        self.when_durable(p, both.local)
+        return out
 
     def start(self):
         if self.fsync == "interval" and self._interval_task is None:
@@ -809,6 +863,41 @@ def _same(a, b):
     in an actor, and those encode differently.)"""
     return a is b or (a.anonymous is b.anonymous and len(a.entries) == len(b.entries)
                       and all(x is y for x, y in zip(a.entries, b.entries)))
+
+
+class _Both:
+    """Settles `out` with the remote future's result once it and the local sync are done."""
+
+    __slots__ = ("out", "left", "value")
+
+    def __init__(self, out):
+        self.out, self.left, self.value = out, 2, None
+
+    def remote(self, fut):
+        if fut.cancelled():
+            exc = asyncio.CancelledError()
+        else:
+            exc = fut.exception()
+        if self.out.done():
+            return
+        if exc is not None:
+            reject(self.out, exc)
+            return
+        self.value = fut.result()
+        self._one()
+
+    def local(self, exc):
+        if self.out.done():
+            return
+        if exc is not None:
+            reject(self.out, exc)
+            return
+        self._one()
+
+    def _one(self):
+        self.left -= 1
+        if self.left == 0:
+            resolve(self.out, self.value)
 
 
 def _sync_method(method, node):
