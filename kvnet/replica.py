@@ -740,13 +740,15 @@ class LocalReplica:
         if self.fsync == "always":
             failures = self._failures
             await self.commit()
-            if self._failures != failures:
+            if self._failures != failures or (self._failures and parts is not None):
                 err = self._unacked(parts)
                 if err is not None:
                     raise err
 
     def _unacked(self, parts):
-        """The DiskError for a write to `parts` (see after_write) if one of them is read-only."""
+        """The DiskError for a write to `parts` (see after_write) if one of them is read-only:
+        a write stored before its partition's sync failed is never acknowledged, whenever
+        its waiter came."""
         if parts is None:
             bad = [p for p, part in self.partitions.items() if part.read_only is not None]
         else:
@@ -783,7 +785,7 @@ class LocalReplica:
                 self._waiters = [w for w in waiters if w[0] > synced and error is None]
                 for _, p, callback in done:
                     exc = error
-                    if exc is None and self._failures != failures:
+                    if exc is None and self._failures:
                         exc = self._unacked(p)
                     try:
                         callback(exc)
