@@ -441,6 +441,12 @@ class LocalReplica:
                 "trees_rebuilding": sum(1 for part in parts if not part.tree_built),
                 "tree_rebuilds": sum(part.rebuilds for part in parts)}
 
+    def commit_stats(self):
+        """Group commit counters (INFO): the sync method, rounds that synced something, and
+        the sync system calls they made (syncfs: one per round)."""
+        return {"sync_method": self.sync_method, "group_commits": self.commits,
+                "group_commit_syncs": self.commit_syncs}
+
     def write_error(self, part, exc):
         """What a write to `part` that raised `exc` reports: a DiskError naming the node, the
         partition and the cause for a disk fault (an OSError), else `exc` itself."""

@@ -49,6 +49,9 @@ def test_a_slow_sync_holds_the_set_reply(tmp_path, held_syncfs):
             gate.set()
             assert await asyncio.wait_for(reply, 10) is True
             assert await client.get("k") == b"v"
+            info = await nodes[0].info_section()       # one syncfs per round, in INFO
+            assert info["sync_method"] == "syncfs" and info["group_commits"] >= 2
+            assert info["group_commit_syncs"] == info["group_commits"]
         finally:
             gate.set()
             await client.aclose()
