@@ -12,7 +12,12 @@ costs to acknowledge a flush, and a virtual disk answers much faster than a real
 
     python benchmarks/durable.py                       # 3 rounds of 100,000 SETs each
     python benchmarks/durable.py --rounds 5 --requests 200000
-    python benchmarks/durable.py --with-fdatasync      # a third cluster: sync_method fdatasync
+    python benchmarks/durable.py --with fdatasync,journal,nosync     # more clusters to compare
+
+--with adds fsync=always clusters to the same rounds: "fdatasync" (sync_method fdatasync: one
+fdatasync per partition a round touched, as before issue 17), "journal" and "nosync" (their
+nodes load benchmarks/durable_hooks/sitecustomize.py: a round fdatasyncs one appended file per
+node, the disk cost of a node-wide journal, or syncs nothing, the request path's own cost).
 
 It also times the ways a group commit could sync a round that touched K partitions, on K
 files of 150-byte writes in the data directory: K fdatasyncs (sync_method fdatasync), one
@@ -125,8 +130,9 @@ def main():
     ap.add_argument("--requests", type=int, default=100_000, help="redis-benchmark -n")
     ap.add_argument("--warmup", type=int, default=20_000,
                     help="unmeasured SETs per cluster before the rounds")
-    ap.add_argument("--with-fdatasync", action="store_true",
-                    help="a third cluster: fsync=always with sync_method fdatasync")
+    ap.add_argument("--with", dest="extra", default="",
+                    help="more fsync=always clusters, comma-separated: fdatasync, journal, "
+                         "nosync (see above)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per benchmark run")
     args = ap.parse_args()
     if shutil.which("redis-benchmark") is None:
@@ -137,10 +143,16 @@ def main():
         options = sync_options(work)
         clusters = {"never": LocalCluster(os.path.join(work, "never"), fsync="never"),
                     "always": LocalCluster(os.path.join(work, "always"), fsync="always")}
-        if args.with_fdatasync:
-            clusters["always-fdatasync"] = LocalCluster(
-                os.path.join(work, "always-fdatasync"), fsync="always",
-                extra=("--sync-method", "fdatasync"))
+        hooks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durable_hooks")
+        for name in filter(None, args.extra.split(",")):
+            if name not in ("fdatasync", "journal", "nosync"):
+                sys.exit(f"--with: unknown cluster {name!r}")
+            c = clusters[f"always-{name}"] = LocalCluster(
+                os.path.join(work, f"always-{name}"), fsync="always",
+                extra=("--sync-method", "fdatasync" if name == "fdatasync" else "syncfs"))
+            if name != "fdatasync":
+                path = os.pathsep.join(filter(None, [hooks, c.env.get("PYTHONPATH")]))
+                c.env = dict(c.env, PYTHONPATH=path, RINGKV_BENCH_SYNC=name)
         rows = []
         try:
             for c in clusters.values():

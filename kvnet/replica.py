@@ -832,8 +832,10 @@ class LocalReplica:
             except asyncio.CancelledError:
                 pass
             self._interval_task = None
-        for _, task in list(self._rounds):
-            try:
+        for task in [t for _, t in self._rounds] + [self._drain_task]:
+            if task is None:
+                continue
+            try:                    # (the drain settles its waiters: none is left hanging)
                 await asyncio.shield(task)
             except Exception:
                 pass
