@@ -779,7 +779,6 @@ class LocalReplica:
     async def _drain(self):
         try:
             while self._waiters:
-                failures = self._failures
                 error = None
                 try:
                     await self.commit()         # covers every waiter there is now
