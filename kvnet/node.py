@@ -83,6 +83,7 @@ class Node(driver.Cluster, Backend):
         self.replica = LocalReplica(cfg.data_dir, cfg.name, fsync=cfg.fsync,
                                     index_skip_bits=self.qbits,
                                     sync_interval_ms=cfg.sync_interval_ms,
+                                    sync_method=cfg.sync_method,
                                     max_key_bytes=cfg.max_key_bytes, max_siblings=cfg.max_siblings,
                                     max_object_bytes=cfg.max_object_bytes,
                                     min_free_percent=cfg.min_free_percent,
@@ -728,9 +729,10 @@ class Node(driver.Cluster, Backend):
     def set_overwrite_now(self, key, value):
         p = self._partition(key)
         rep = self.replica
-        if rep.fsync == "always":
-            return LATER              # the ack waits for the group commit
+        always = rep.fsync == "always"
         if p in self._solo:
+            if always:
+                return LATER          # the ack waits for the group commit
             self._check_value(value)
             if self._overwrite_local(rep, p, key, value) is None:
                 return LATER          # a clock of another shape: the general path decides
@@ -745,7 +747,9 @@ class Node(driver.Cluster, Backend):
             raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
         self.stats["puts"] += 1
         conns, pl = lane
-        return driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
+        fut = driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
+        # fsync=always: the replicas ack once durable; the local copy counts once synced too
+        return rep.durable(fut, p) if always else fut
 
     @staticmethod
     def _overwrite_local(rep, p, key, value):
@@ -1010,6 +1014,7 @@ class Node(driver.Cluster, Backend):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
+                **self.replica.commit_stats(),
                 **self.replica.fault_stats(),
                 "hints_pending": sum(self.handoff.pending().values()),
                 **{f"hints_{k}": v for k, v in self.handoff.stats.items()},

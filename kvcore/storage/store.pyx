@@ -1599,6 +1599,38 @@ cdef class LogStore:
         else:
             self.seal_pending()
 
+    # ---- durability by one file system sync (kvnet/replica.py, kvcore/storage/syncfs.py) ----
+
+    def sync_begin(self):
+        """Before a sync of the whole file system (syncfs) that is to cover this store: what
+        it covers, (active segment id, its size now). Raises as sync() would: StoreClosed,
+        or StoreReadOnly after a failed sync (never "synced" again)."""
+        cdef Py_ssize_t act
+        self._check_open()
+        self._check_writable()
+        act = self.active
+        return (self.segs[act].id, self.segs[act].size)
+
+    def sync_end(self, mark):
+        """After that sync succeeded: every write up to `mark` (sync_begin's) is durable. A
+        fault injected for "fdatasync" (_fail_next) fails here as this store's own sync
+        would (StoreReadOnly); so does a store that turned read-only meanwhile."""
+        cdef uint64_t seg_id = mark[0], size = mark[1]
+        cdef Py_ssize_t act
+        cdef int err
+        if self.closed:
+            return
+        self._check_writable()
+        err = self._injected(F_FDATASYNC)
+        if err:
+            raise self._fail(err, f"sync of segment {seg_id:016x} (syncfs)")
+        act = self.active
+        if self.segs[act].id == seg_id:
+            if size > self.synced_offset:
+                self.synced_offset = size
+            if size == self.segs[act].size:
+                self.dirty_since = -1
+
     # ---- merge -------------------------------------------------------------------------
 
     def begin_merge(self, roll=True):

@@ -748,6 +748,36 @@ class LogStore:
         if not self._closed:
             self.sync()
 
+    # ---- durability by one file system sync (kvnet/replica.py, kvcore/storage/syncfs.py) ----
+
+    def sync_begin(self):
+        """Before a sync of the whole file system (syncfs) that is to cover this store: what
+        it covers, (active segment id, its size now). Raises as sync() would: StoreClosed,
+        or StoreReadOnly after a failed sync (never "synced" again)."""
+        self._check_open()
+        self._check_writable()
+        seg = self._active
+        return (seg.id, seg.size)
+
+    def sync_end(self, mark):
+        """After that sync succeeded: every write up to `mark` (sync_begin's) is durable. A
+        fault injected for "fdatasync" (_fail_next) fails here as this store's own sync
+        would (StoreReadOnly); so does a store that turned read-only meanwhile."""
+        seg_id, size = mark
+        if self._closed:
+            return
+        self._check_writable()
+        what = f"sync of segment {seg_id:016x} (syncfs)"
+        try:
+            self._inject("fdatasync", what)
+        except OSError as exc:
+            raise self._fail(exc.errno or E.EIO, what) from exc
+        seg = self._active
+        if seg.id == seg_id:
+            self._synced_offset = max(self._synced_offset, size)
+            if size == seg.size:
+                self._dirty_since = None
+
     # ---- merge -------------------------------------------------------------------------
 
     def roll(self):

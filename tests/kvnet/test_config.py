@@ -24,6 +24,7 @@ def test_toml_and_overrides(tmp_path):
 @pytest.mark.parametrize("bad, word", [
     (dict(port=0), "port"), (dict(port=70000), "port"), (dict(n=0), "n"),
     (dict(r=4), "r and w"), (dict(ring_size=100), "ring_size"), (dict(fsync="sometimes"), "fsync"),
+    (dict(sync_method="fsync"), "sync_method"),
     (dict(name="bad name"), "name"), (dict(members="x@host"), "members"),
     (dict(members=["a@h:1", "a@h:2"]), "members"), (dict(cluster_secret="short"), "cluster_secret"),
     (dict(max_value_bytes=-1), "max_value_bytes"), (dict(bogus=1), "bogus"),
@@ -84,6 +85,7 @@ SAMPLES = {
     "members": ("a@h:1,b@h:2", (Member("a", "h", 1), Member("b", "h", 2))),
     "zone": ("z1", "z1"), "ring_size": ("64", 64), "n": ("5", 5), "r": ("3", 3), "w": ("1", 1),
     "fsync": ("always", "always"), "sync_interval_ms": ("50", 50),
+    "sync_method": ("fdatasync", "fdatasync"),
     "min_free_percent": ("2.5", 2.5), "max_segment_bytes": ("4096", 4096),
     "request_timeout_ms": ("900", 900), "max_connections": ("77", 77),
     "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
