@@ -20,7 +20,9 @@ its [kind, id, type] envelope, about 10 bytes a message, are not counted: see "m
     python benchmarks/antientropy.py --driver wire            # one driver only
 
 Scenarios: a wiped replica rebuilt (the empty replica starts the exchange, then the full one
-does), and 10 differing 16-byte keys among K (5 changed on each side).
+does), and 10 differing 16-byte keys among K (5 changed on each side). Records read: the
+exchange's own count of the records it read from its partition's store (keys listed from the
+index, clocks read), with their bytes; B's for the few-keys scenario.
 """
 import argparse
 import asyncio
@@ -172,10 +174,13 @@ async def few(make, stop, root, items, differ, timeout_ms):
             k = items[(j * 7919) % len(items)][0]
             nodes[j % 2].replica.mint(0, k, V.sibling(b"changed-%d" % j, 1), overwrite=True)
         t, cpu = time.perf_counter(), time.process_time()
+        served = nodes[1].ae.stats["served_records_read"], nodes[1].ae.stats["served_bytes_read"]
         run = await nodes[0].ae.exchange(0, "n1")
         run["duration_s"] = time.perf_counter() - t
         run["cpu_s"] = time.process_time() - cpu
         run["converged"] = same(*nodes)
+        run["b_records_read"] = nodes[1].ae.stats["served_records_read"] - served[0]
+        run["b_bytes_read"] = nodes[1].ae.stats["served_bytes_read"] - served[1]
         return run
     finally:
         await stop(nodes)
@@ -194,11 +199,16 @@ def store_puts(root, keys, value):
 
 
 def row(driver, name, run, target):
+    """One table row. Records read: of the partition's store, by A's exchange and by B
+    answering it (the few-keys scenario; "-" for the others), and their bytes."""
     both = run["bytes_sent"] + run["bytes_received"]
+    reads_b = (f"{run['b_records_read']:,} / {run['b_bytes_read']:,}" if "b_records_read" in run
+               else "-")
     print(f"| {driver} | {name} | {run['duration_s']:.2f} s | {run['cpu_s']:.2f} s | "
           f"{run['bytes_sent']:,} | "
           f"{run['bytes_received']:,} | {both:,} ({both / 1024:.1f} KiB) | {run['messages']:,} | "
           f"{run['repaired_here']:,} / {run['repaired_there']:,} | "
+          f"{run['records_read']:,} / {run['bytes_read']:,} | {reads_b} | "
           f"{'yes' if run['converged'] else 'NO'} | {target} |", flush=True)
 
 
@@ -210,8 +220,9 @@ async def main(args):
         print(f"# {args.keys:,} keys of 16 bytes, clocks of "
               f"{len(clocks([b'k' * 16])[0][1])} bytes\n")
         print("| driver | scenario | wall time | CPU time | bytes A->B | bytes B->A | both | "
-              "messages | keys repaired A / B | converged | target |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+              "messages | keys repaired A / B | records / bytes read on A | on B | converged | "
+              "target |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for d in chosen:
             make, stop, one = drivers[d]
             items = clocks(make_keys(args.keys, one))
