@@ -105,4 +105,7 @@ cdef class LogStore:
     cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1
     cdef int _end_active(self, Py_ssize_t i, bint locked) except -1
     cdef int _seal_one(self, Py_ssize_t i) except -1
+    cdef Py_ssize_t _snapshot_end(self, object snap, Py_ssize_t start, Py_ssize_t count) except -1
+    cdef int _snapshot_record(self, uint64_t loc, uint64_t h, const char **rec,
+                              size_t *size) except -1
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1

@@ -1800,35 +1800,47 @@ cdef class LogStore:
         order = numpy.argsort(la, kind="stable")
         return Snapshot(la[order], ha[order], self.merges)
 
+    cdef Py_ssize_t _snapshot_end(self, object snap, Py_ssize_t start, Py_ssize_t count) except -1:
+        """Where a read of snapshot entries start .. start + count ends (checks the store is
+        open and no merge moved records since the snapshot)."""
+        self._check_open()
+        if snap.merges != self.merges:
+            raise MergeError("a merge moved records since this snapshot: take another")
+        return min(len(snap.locs), start + count)
+
+    cdef int _snapshot_record(self, uint64_t loc, uint64_t h, const char **rec,
+                              size_t *size) except -1:
+        """The record a snapshot entry points at (rec, size), or rec NULL when it fails its
+        CRC: then dropped from the index, as a get drops it, if the index still points at it."""
+        cdef Segment *seg = &self.segs[loc_seg(loc)]
+        cdef uint64_t off = loc_off(loc)
+        cdef Py_ssize_t slot
+        size[0] = check_record(seg.map + off, seg.size - off)
+        if size[0] == 0:
+            rec[0] = NULL
+            slot = self.kd.find_loc(h, loc)
+            if slot >= 0:
+                self._drop_slot(slot)
+            return 0
+        rec[0] = seg.map + off
+        return 0
+
     def read_snapshot(self, snap, Py_ssize_t start, Py_ssize_t count):
         """(next index, [(key, value)]) of snapshot entries start .. start + count. A record
         failing its CRC is left out (and, if the index still points at it, dropped as a get
         would drop it). MergeError once a merge has moved records since the snapshot."""
         cdef uint64_t[::1] locs, hs
-        cdef Py_ssize_t j, end, n = len(snap.locs), slot
-        cdef uint64_t loc, off
-        cdef Segment *seg
+        cdef Py_ssize_t j, end = self._snapshot_end(snap, start, count)
         cdef const char *p
         cdef size_t size, klen
-        self._check_open()
-        if snap.merges != self.merges:
-            raise MergeError("a merge moved records since this snapshot: take another")
-        end = min(n, start + count)
         out = []
         if start >= end:
             return max(start, end), out
         locs = snap.locs
         hs = snap.hashes
         for j in range(start, end):
-            loc = locs[j]
-            seg = &self.segs[loc_seg(loc)]
-            off = loc_off(loc)
-            p = seg.map + off
-            size = check_record(p, seg.size - off)
-            if size == 0:
-                slot = self.kd.find_loc(hs[j], loc)
-                if slot >= 0:
-                    self._drop_slot(slot)
+            self._snapshot_record(locs[j], hs[j], &p, &size)
+            if p == NULL:
                 continue
             klen = load16(p + REC_OFF_KEYLEN)
             key = PyBytes_FromStringAndSize(p + REC_HEADER_SIZE, klen)
@@ -1845,29 +1857,16 @@ cdef class LogStore:
         replica.py); returns the next index. A record failing its CRC is left out and dropped
         as read_snapshot drops it; MergeError once a merge has moved records since."""
         cdef uint64_t[::1] locs, hs
-        cdef Py_ssize_t j, end, n = len(snap.locs), slot
-        cdef uint64_t loc, off
-        cdef Segment *seg
+        cdef Py_ssize_t j, end = self._snapshot_end(snap, start, count)
         cdef const char *p
         cdef size_t size, klen
-        self._check_open()
-        if snap.merges != self.merges:
-            raise MergeError("a merge moved records since this snapshot: take another")
-        end = min(n, start + count)
         if start >= end:
             return max(start, end)
         locs = snap.locs
         hs = snap.hashes
         for j in range(start, end):
-            loc = locs[j]
-            seg = &self.segs[loc_seg(loc)]
-            off = loc_off(loc)
-            p = seg.map + off
-            size = check_record(p, seg.size - off)
-            if size == 0:
-                slot = self.kd.find_loc(hs[j], loc)
-                if slot >= 0:
-                    self._drop_slot(slot)
+            self._snapshot_record(locs[j], hs[j], &p, &size)
+            if p == NULL:
                 continue
             klen = load16(p + REC_OFF_KEYLEN)
             if (<uint8_t>p[REC_OFF_FLAGS]) & FLAG_COMPRESSED:
