@@ -137,14 +137,25 @@ class Snapshot:
         return len(self.locs)
 
 
-cdef int _pwrite_full(int fd, const char *data, size_t n, uint64_t off) except -1:
+cdef inline int _datasync(int fd, int injected_errno) noexcept nogil:
+    """0, or the errno of fdatasync(fd); an injected fault's errno (_fail_next) instead of
+    the call when there is one."""
+    if injected_errno:
+        return injected_errno
+    if fdatasync(fd) != 0:
+        return errno
+    return 0
+
+
+cdef int _pwrite_full(int fd, const char *data, size_t n, uint64_t off,
+                      str what="writing a hint file") except -1:
     """pwrite all of data at off (a short write goes on; an error raises OSError)."""
     cdef ssize_t w
     while n:
         with nogil:
             w = pwrite(fd, data, n, off)
         if w < 0:
-            raise OSError(errno, os.strerror(errno), "writing a hint file")
+            raise OSError(errno, os.strerror(errno), what)
         data += w
         n -= w
         off += w
@@ -992,13 +1003,8 @@ cdef class LogStore:
                     err = errno
             if rc == 0:
                 synced = 1          # (truncated, if it had to be)
-                if inj_s:
-                    rc = -1
-                    err = inj_s
-                else:
-                    rc = fdatasync(fd)
-                    if rc != 0:
-                        err = errno
+                err = _datasync(fd, inj_s)
+                rc = -1 if err else 0
             if not locked:
                 PyThread_release_lock(self._io_lock)
         if synced:
@@ -1085,7 +1091,7 @@ cdef class LogStore:
         never writes to it again and only reads its map; a merge leaves it out until sealed,
         so the slot stays this segment's throughout (segs itself may be reallocated by the
         owner meanwhile: nothing here keeps a pointer into it while the GIL is released)."""
-        cdef int fd = self.segs[i].fd, rc = 0, err = 0, trunc_rc = 0
+        cdef int fd = self.segs[i].fd, err = 0, trunc_rc = 0
         cdef off_t size = self.segs[i].size
         cdef uint64_t reserved = self.segs[i].reserved
         cdef char *m = self.segs[i].map
@@ -1099,17 +1105,11 @@ cdef class LogStore:
                     trunc_rc = -1
                 else:
                     trunc_rc = ftruncate(fd, size)
-            if inj_s:
-                rc = -1
-                err = inj_s
-            else:
-                rc = fdatasync(fd)
-                if rc != 0:
-                    err = errno
-            if rc == 0 and m != NULL:
+            err = _datasync(fd, inj_s)
+            if err == 0 and m != NULL:
                 mprotect(m, mlen, PROT_READ)
             PyThread_release_lock(self._io_lock)
-        if rc != 0:
+        if err:
             raise self._fail(err, f"fdatasync of segment {self.segs[i].id:016x}")
         if trunc_rc == 0:
             self.segs[i].reserved = size
@@ -1247,34 +1247,21 @@ cdef class LogStore:
 
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1:
         # hint files, and put_many's chunks into the active segment's reserved space
-        cdef ssize_t w
         cdef int err = self._injected(F_WRITE)
         if err:
             raise injected(err, "write to segment")
-        while n:
-            w = pwrite(fd, data, n, off)
-            if w < 0:
-                raise OSError(errno, os.strerror(errno), "write to segment")
-            data += w
-            n -= w
-            off += w
-        return 0
+        return _pwrite_full(fd, data, n, off, "write to segment")
 
     cdef int _after_write(self) except -1:
-        cdef int rc = 0, fd, err
+        cdef int fd, err
         if self.fsync_mode == 2:
             if self.sealing or self.dir_unsynced:
                 self.seal_pending()
             fd = self.segs[self.active].fd
             err = self._injected(F_FDATASYNC)
             with nogil:
-                if err:
-                    rc = -1
-                else:
-                    rc = fdatasync(fd)
-                    if rc != 0:
-                        err = errno
-            if rc != 0:
+                err = _datasync(fd, err)
+            if err:
                 raise self._fail(err, f"fdatasync of segment {self.segs[self.active].id:016x}")
             self.synced_offset = self.segs[self.active].size
         elif self.dirty_since < 0:
@@ -1552,7 +1539,7 @@ cdef class LogStore:
     def sync(self):
         """Make every write so far durable; may be called from a worker thread (GIL released).
         A failure makes the store read-only (StoreReadOnly), for good: see "Faults"."""
-        cdef int fd, rc, err
+        cdef int fd, err
         cdef uint64_t size
         cdef Py_ssize_t act
         self._check_open()
@@ -1568,14 +1555,9 @@ cdef class LogStore:
         size = self.segs[act].size
         err = self._injected(F_FDATASYNC)
         with nogil:
-            if err:
-                rc = -1
-            else:
-                rc = fdatasync(fd)
-                if rc != 0:
-                    err = errno
+            err = _datasync(fd, err)
             PyThread_release_lock(self._io_lock)
-        if rc != 0:
+        if err:
             raise self._fail(err, f"fdatasync of segment {self.segs[act].id:016x}")
         if act == self.active and size > self.synced_offset:
             self.synced_offset = size
