@@ -14,6 +14,7 @@ import os
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import msgpack
 
@@ -334,14 +335,11 @@ class Partition:
         self._rebuild_task = loop.create_task(self._rebuild())
 
     async def _rebuild(self):
+        gate = self.rebuild_gate.slot() if self.rebuild_gate is not None else nullcontext()
         try:
-            if self.rebuild_gate is None:
+            async with gate:
                 while not await self._rebuild_once():
                     await asyncio.sleep(0)
-            else:
-                async with self.rebuild_gate.slot():
-                    while not await self._rebuild_once():
-                        await asyncio.sleep(0)
         except (StoreClosed, asyncio.CancelledError):
             return
         except Exception:
