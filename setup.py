@@ -22,6 +22,8 @@ EXTENSIONS = [
     Extension("kvcore.hashing", ["kvcore/hashing.pyx"]),
     Extension("kvcore.storage.record", ["kvcore/storage/record.pyx"]),
     Extension("kvcore.storage.keydir", ["kvcore/storage/keydir.pyx"]),
+    # the node-wide journal's pending frames, appended by the store in C (twin: jbuffer_py)
+    Extension("kvcore.storage.jbuffer", ["kvcore/storage/jbuffer.pyx"]),
     Extension("kvcore.storage.store", ["kvcore/storage/store.pyx"]),
     # issue 4 modules below (one line each)
     Extension("kvcore.ring", ["kvcore/ring.pyx"]),

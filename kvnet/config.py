@@ -18,7 +18,7 @@ FSYNC = ("always", "interval", "never")
 # counter, the timestamp; about 150): with max_object_bytes >= max_value_bytes + this, a write
 # leaving one value always fits, so the byte-level SET paths need no size check of their own.
 OBJECT_OVERHEAD = 1024
-SYNC_METHODS = ("auto", "syncfs", "fdatasync")
+SYNC_METHODS = ("auto", "journal", "syncfs", "fdatasync")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -73,10 +73,11 @@ class NodeConfig:
     w: int = _s(2, "default write quorum (<= n)")
     fsync: str = _s("interval", "always (group commit before each ack) | interval | never")
     sync_interval_ms: int = _s(1000, "period of fsync=interval")
-    sync_method: str = _s("auto", "how a group commit syncs: syncfs (one flush of the data "
+    sync_method: str = _s("auto", "how a group commit syncs: journal (one fdatasync of the "
+                                  "node's journal per round) | syncfs (one flush of the data "
                                   "directory's whole file system per round, Linux 5.8+) | "
-                                  "fdatasync (one per partition written) | auto (syncfs where "
-                                  "the kernel allows it)")
+                                  "fdatasync (one per partition written) | auto (the journal "
+                                  "with fsync=always, else syncfs where the kernel allows it)")
     min_free_percent: float = _s(5.0, "refuse writes that would leave less free disk space "
                                       "than this (percent of the data directory's file system)")
     max_segment_bytes: int = _s(64 << 20, "a partition store starts a new segment file past "

@@ -8,7 +8,6 @@ import asyncio
 import gc
 import logging
 import os
-import shutil
 import time
 
 from kvcore import versions as V
@@ -305,15 +304,8 @@ class Node(driver.Cluster, Backend):
             if self.ring_state.holds(self.name, p):
                 continue
             await self.compactor.release(p)           # a merge of it stops first
-            part = self.replica.partitions.pop(p, None)
-            if part is None:
-                continue
-            self.replica._dirty.discard(part)
-            part.store.close()
-            gone = f"{part.path}.dropped-{time.monotonic_ns()}"
-            os.rename(part.path, gone)
-            await asyncio.to_thread(shutil.rmtree, gone, True)
-            log.info("node %s: dropped partition %d", self.name, p)
+            if await self.replica.drop(p):
+                log.info("node %s: dropped partition %d", self.name, p)
 
     async def _reassign_hints(self):
         """Hints for nodes no longer in the ring go to their partitions' new replicas: this

@@ -12,7 +12,9 @@ import errno as E
 import logging
 import os
 import secrets
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -24,6 +26,7 @@ from kvcore._native import select
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
 from kvcore.storage import syncfs as SF
+from kvcore.storage.journal import Journal
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import DiskError, ObjectTooLarge, TooManySiblings
 from kvnet.executor import ThreadExecutor
@@ -37,7 +40,9 @@ REBUILD_CHUNK = 256            # records folded between two yields to the loop (
 # Tree folds running at once per node (RebuildGate). They all run on the loop, so more at once
 # build no faster and only make each request wait behind more chunks.
 REBUILD_CONCURRENCY = 1
-SYNC_METHODS = ("auto", "syncfs", "fdatasync")   # how a group commit syncs (docs/storage.md)
+SYNC_METHODS = ("auto", "journal", "syncfs", "fdatasync")   # how a group commit syncs
+# (docs/storage.md); auto: the journal with fsync=always, else syncfs where it reports errors
+JOURNAL_CHECKPOINT_BYTES = 64 << 20    # a checkpoint cuts the journal past this size
 COMMIT_ROUNDS = 2             # group commit rounds syncing at once (docs/storage.md, "Durability")
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
@@ -167,7 +172,7 @@ class Partition:
     (`fail`): every write is refused with an error naming the node, the partition and errno.
     """
 
-    def __init__(self, path, identity, p=None, **store_opts):
+    def __init__(self, path, identity, p=None, replay=None, **store_opts):
         self.path = path
         self.p = p if p is not None else int(os.path.basename(path))
         self.identity = identity
@@ -183,6 +188,20 @@ class Partition:
         self._rebuild_again = False
         self.store = LogStore(path, **store_opts)
         self.store.on_corrupt = self._corrupted
+        self.replayed = 0               # records the journal's replay wrote again at the open
+        if replay:
+            # what the journal holds since its last checkpoint, written again in order (the
+            # store may have lost any of it with the page cache), then made durable here
+            # before the journal files are deleted (LocalReplica.open_existing)
+            try:
+                self.replayed, bad = self.store.apply_records(replay)
+                self.store.sync()
+            except BaseException:
+                self.store.close()
+                raise
+            if bad:
+                log.error("node %s: partition %d: %d journal frames held a record failing its "
+                          "check: their rest not replayed", identity.node, self.p, bad)
         self._trusted_path = os.path.join(path, "TRUSTED")
         self._tree_path = os.path.join(path, "TREE")
         self.trusted_from = _read_msgpack(self._trusted_path) or 0
@@ -191,7 +210,8 @@ class Partition:
             log.warning("node %s: partition %d: the record at offset %d of segment %016x fails "
                         "its CRC (found at open): dropped as missing (the other replicas repair "
                         "it)", identity.node, self.p, offset, seg_id)
-        clean = rec["clean"] and not rec["corrupt_records"] and not rec["torn_tail_bytes"]
+        clean = (rec["clean"] and not rec["corrupt_records"] and not rec["torn_tail_bytes"]
+                 and not replay)
         if not clean and len(self.store):
             # An empty store vouches for nothing: a key not found here gets a fresh epoch anyway.
             self.distrust(identity.new_epoch())
@@ -408,19 +428,32 @@ class LocalReplica:
     def __init__(self, data_dir, node, *, fsync="interval", sync_interval_ms=1000,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, max_siblings=100,
                  max_object_bytes=64 << 20, index_skip_bits=0, min_free_percent=0.0,
-                 max_segment_bytes=64 << 20, executor=None, sync_method="auto"):
+                 max_segment_bytes=64 << 20, executor=None, sync_method="auto",
+                 journal_checkpoint_bytes=JOURNAL_CHECKPOINT_BYTES):
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
         self.sync_interval = sync_interval_ms / 1000.0
         # group commits' syncs, off the loop: up to COMMIT_ROUNDS rounds at once, each
         # covering every store dirtied since the round before it started
-        self.executor = executor or ThreadExecutor(COMMIT_ROUNDS, "ringkv-sync")
+        # (and a journal checkpoint's store syncs beside them)
+        self.executor = executor or ThreadExecutor(COMMIT_ROUNDS + 1, "ringkv-sync")
         # syncfs: one descriptor per round syncing at once (a writeback error is reported once
         # per open file: each round's call must see every error since its descriptor's last)
-        self.sync_method = _sync_method(sync_method, node)
+        self.sync_method = _sync_method(sync_method, node, fsync)
         self._fs = ([SF.FileSystemSync(data_dir) for _ in range(COMMIT_ROUNDS)]
                     if self.sync_method == "syncfs" else None)
+        # journal: every partition store appends a copy of its records to one journal, and a
+        # round fdatasyncs that one file (docs/storage.md, "The journal"); opening it reads
+        # what a crash left, replayed into each partition as it opens
+        self.journal = (Journal(os.path.join(data_dir, "journal"))
+                        if self.sync_method == "journal" else None)
+        self.journal_checkpoint_bytes = journal_checkpoint_bytes
+        self.checkpoints = 0         # journal checkpoints done
+        self.replayed_records = 0    # records the start's replay wrote again
+        self._since_checkpoint = set()   # partitions written since the journal's last cut
+        self._checkpoint_task = None
+        self._journal_keep = False       # a checkpoint's store sync failed: retire nothing
         self.commits = 0             # group commit rounds that synced something
         self.commit_syncs = 0        # system calls they made (syncfs: one per round)
         self.max_siblings = max_siblings
@@ -462,11 +495,40 @@ class LocalReplica:
         return part
 
     def _new_partition(self, p):
-        path = os.path.join(self.data_dir, "partitions", f"{p:05d}")
-        part = Partition(path, self.identity, p=p, **self._store_opts)
+        rel = os.path.join("partitions", f"{p:05d}")
+        path = os.path.join(self.data_dir, rel)
+        journal = self.journal
+        replay = journal.replay.take(rel) if journal is not None else None
+        part = Partition(path, self.identity, p=p, replay=replay, **self._store_opts)
+        if replay:
+            self.replayed_records += part.replayed
+        if journal is not None:
+            part.store.attach_journal(journal.buffer, journal.bind(rel))
         part.on_rebuilt = self._rebuilt
         part.on_fail = self._failed
         return part
+
+    async def drop(self, p):
+        """Delete partition p here (its data handed off: kvnet/node.py _drop_unheld): False
+        if it is not open. The store is closed and its directory renamed at once (a later
+        ring may give the partition back: it then starts afresh at its path), and deleted in
+        a worker thread. With the journal the drop is journaled and made durable first, so a
+        replay never writes what was journaled for it before into a partition of that number
+        created later."""
+        part = self.partitions.pop(p, None)
+        if part is None:
+            return False
+        self._dirty.discard(part)
+        self._since_checkpoint.discard(part)
+        part.store.close()
+        if self.journal is not None:
+            self.journal.drop(os.path.relpath(part.path, self.data_dir))
+            self._write_gen += 1
+            await self.commit()
+        gone = f"{part.path}.dropped-{time.monotonic_ns()}"
+        os.rename(part.path, gone)
+        await asyncio.to_thread(shutil.rmtree, gone, True)
+        return True
 
     def _failed(self, part):
         self._failures += 1
@@ -486,8 +548,12 @@ class LocalReplica:
     def commit_stats(self):
         """Group commit counters (INFO): the sync method, rounds that synced something, and
         the sync system calls they made (syncfs: one per round)."""
-        return {"sync_method": self.sync_method, "group_commits": self.commits,
-                "group_commit_syncs": self.commit_syncs}
+        out = {"sync_method": self.sync_method, "group_commits": self.commits,
+               "group_commit_syncs": self.commit_syncs}
+        if self.journal is not None:
+            out.update(journal_bytes=self.journal.size, journal_checkpoints=self.checkpoints,
+                       journal_replayed_records=self.replayed_records)
+        return out
 
     def write_error(self, part, exc):
         """What a write to `part` that raised `exc` reports: a DiskError naming the node, the
@@ -519,10 +585,27 @@ class LocalReplica:
         return self.partitions.get(p)
 
     def open_existing(self):
-        """Open every partition this node has on disk (a restart must see all of its data)."""
+        """Open every partition this node has on disk (a restart must see all of its data),
+        replaying into each what the journal holds for it; then the journal files a crash
+        left are deleted (the partitions that replayed have synced their stores)."""
         root = os.path.join(self.data_dir, "partitions")
         if os.path.isdir(root):
             self.open_all(int(name) for name in os.listdir(root) if name.isdigit())
+        if self.journal is not None and self.journal.replay.files:
+            replay = self.journal.replay
+            for rel in sorted(replay.records):      # (a partition whose directory is gone)
+                log.warning("node %s: the journal holds %d frames for %s, which is not on "
+                            "disk (dropped): not replayed", self.identity.node,
+                            len(replay.records[rel]), rel)
+            replay.records.clear()      # (nor into a partition of that number created later)
+            log.info("node %s: journal replayed: %d records (%d bytes) into %d partitions "
+                     "from %d files", self.identity.node, self.replayed_records,
+                     replay.record_bytes, sum(1 for p in self.partitions.values() if p.replayed),
+                     len(replay.files))
+            failed = [p for p in self.partitions.values() if p.read_only is not None]
+            if not failed:
+                self.journal.retire(replay.files)
+                replay.files = []
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -751,15 +834,22 @@ class LocalReplica:
 
     def _start_round(self):
         gen, dirty, self._dirty = self._write_gen, self._dirty, set()
+        batch = None
+        if self.journal is not None:
+            batch = self.journal.take()     # (rounds take in the order they start)
+            self._since_checkpoint |= dirty
         prev = self._rounds[-1][1] if self._rounds else None
-        task = asyncio.ensure_future(self._commit_once(gen, dirty, prev))
+        task = asyncio.ensure_future(self._commit_once(gen, dirty, prev, batch))
         self._rounds.append((gen, task))
         return task
 
-    async def _commit_once(self, gen, dirty, prev=None):
-        """One round: make every dirty store durable in a worker thread, by one syncfs of the
-        data directory's file system (sync_method "syncfs") or an fdatasync per store
-        ("fdatasync"). A store whose sync fails is never synced again as if its writes had
+    async def _commit_once(self, gen, dirty, prev=None, batch=None):
+        """One round: make every dirty store durable in a worker thread: by writing the
+        journal frames taken at its start (`batch`) and fdatasyncing the journal (sync_method
+        "journal"), by one syncfs of the data directory's file system ("syncfs") or by an
+        fdatasync per store ("fdatasync"). A failed journal write or fdatasync is the
+        journal's for good (`Journal.failed`): this round's partitions and every one written
+        after turn read-only, as after a failed syncfs. A store whose sync fails is never synced again as if its writes had
         reached the disk (the store refuses it): its partition turns read-only and leaves
         the round; the others are durable. A failed syncfs names no file: every partition of
         the round turns read-only, and so does every one written since the round began (its
@@ -767,9 +857,25 @@ class LocalReplica:
         once, so the next syncfs would succeed). `prev`: the round started before this one,
         whose end this one's report waits for (and whose failure it shares)."""
         fs = None
+        journal = self.journal
+        what = "syncfs" if journal is None else "the journal's write or fdatasync"
         try:
             result = ([], None)
-            if dirty:
+            if journal is not None:
+                if journal.failed is not None:
+                    result = [], journal.failed
+                elif batch is not None:
+                    try:
+                        await self.executor.run(batch.write_sync)
+                    except OSError as exc:
+                        journal.failed = exc    # (never written again as if it had worked)
+                        log.error("node %s: the journal %s: %s: every partition written since "
+                                  "turns read-only", self.identity.node, batch.file.path,
+                                  _cause(exc))
+                        result = [], exc
+                    self.commits += 1
+                    self.commit_syncs += 1
+            elif dirty:
                 parts = list(dirty)
                 if self._fs is not None:
                     fs = self._fs.pop()
@@ -785,15 +891,56 @@ class LocalReplica:
                 self.write_error(part, exc)         # read-only, logged, distrusted
             if fs_error is not None:
                 for part in dirty | self._dirty:
-                    part.fail(fs_error, "syncfs")
+                    part.fail(fs_error, what)
             self._synced_gen = max(self._synced_gen, gen)
+            if (journal is not None and journal.size >= self.journal_checkpoint_bytes
+                    and self._checkpoint_task is None and journal.failed is None):
+                self._checkpoint_task = asyncio.ensure_future(self._checkpoint())
         except BaseException:
             self._dirty |= dirty
+            if batch is not None and journal.failed is None:
+                # its frames are taken and their file space claimed: a later round's frames
+                # would follow a hole the replay stops at
+                journal.failed = OSError(E.EIO, "a journal write was abandoned")
             raise
         finally:
             if fs is not None:
                 self._fs.append(fs)
             self._rounds = [r for r in self._rounds if r[1] is not asyncio.current_task()]
+
+    async def _checkpoint(self):
+        """Cut the journal: later frames go to a new file; once the rounds writing into the
+        old one have ended, every store written since the last cut is synced (in a worker
+        thread) and the old file deleted. A store whose sync fails turns read-only, and the
+        journal then keeps every file until the node restarts and replays them."""
+        journal = self.journal
+        try:
+            old = journal.rotate()
+            parts, self._since_checkpoint = self._since_checkpoint, set()
+            for _, task in list(self._rounds):
+                try:
+                    await asyncio.shield(task)
+                except Exception:
+                    pass
+            live = [part for part in parts if self.partitions.get(part.p) is part]
+            failed = await self.executor.run(_sync_all, live) if live else []
+            for part, exc in failed:
+                self.write_error(part, exc)
+            if failed or journal.failed is not None or self._journal_keep:
+                self._journal_keep = True
+                old.close()
+                log.error("node %s: journal file %s is kept (a partition's sync failed): the "
+                          "journal keeps its files until a restart replays them",
+                          self.identity.node, old.path)
+            else:
+                await self.executor.run(journal.retire, [old])
+            self.checkpoints += 1
+        except Exception as exc:
+            log.error("node %s: a journal checkpoint failed: %s", self.identity.node,
+                      _cause(exc) if isinstance(exc, OSError) else exc)
+            await asyncio.sleep(1.0)            # (not again at once, every round)
+        finally:
+            self._checkpoint_task = None
 
     async def after_write(self, parts=None):
         """What a write awaits before it is acknowledged, by the fsync policy. With
@@ -888,7 +1035,7 @@ class LocalReplica:
             except asyncio.CancelledError:
                 pass
             self._interval_task = None
-        for task in [t for _, t in self._rounds] + [self._drain_task]:
+        for task in [t for _, t in self._rounds] + [self._drain_task, self._checkpoint_task]:
             if task is None:
                 continue
             try:                    # (the drain settles its waiters: none is left hanging)
@@ -900,28 +1047,35 @@ class LocalReplica:
             task, part._rebuild_task = part._rebuild_task, None
             if task is not None:
                 task.cancel()
+        failures = 0
         if parts:
             # each close syncs a file or two: in threads, as open_all opens them
-            await asyncio.to_thread(_close_all, parts)
+            failures = await asyncio.to_thread(_close_all, parts)
+        if self.journal is not None:
+            # every store closed and synced: nothing left to replay (else the files stay)
+            self.journal.close(retire=not failures and self.journal.failed is None
+                               and not self._journal_keep)
         self.executor.shutdown()
         for fs in self._fs or ():
             fs.close()
 
 
 def _close_one(part):
+    """Close a partition: False if its last sync failed or it was read-only already."""
     try:
         part.close()
     except OSError as exc:      # (a failed last sync: read-only, closed as after a crash)
         log.error("node %s: closing partition %d: %s", part.identity.node, part.p, _cause(exc))
+        return False
+    return part.read_only is None
 
 
 def _close_all(parts, workers=OPEN_WORKERS):
+    """Close partitions (in threads): how many did not close cleanly."""
     if len(parts) == 1:
-        _close_one(parts[0])
-        return
+        return 0 if _close_one(parts[0]) else 1
     with ThreadPoolExecutor(min(workers, len(parts)), thread_name_prefix="ringkv-close") as ex:
-        for _ in ex.map(_close_one, parts):     # (re-raises a failure other than OSError)
-            pass
+        return sum(1 for ok in ex.map(_close_one, parts) if not ok)
 
 
 def _same(a, b):
@@ -966,12 +1120,17 @@ class _Both:
             resolve(self.out, self.value)
 
 
-def _sync_method(method, node):
-    """The method a group commit uses. "auto" is syncfs where the kernel reports its errors
-    (Linux 5.8 and later), else fdatasync; "syncfs" refuses to start where it cannot be
-    trusted."""
+def _sync_method(method, node, fsync="always"):
+    """The method a group commit uses. "auto" is the journal with fsync=always (one
+    fdatasync of one file per round), else syncfs where the kernel reports its errors (Linux
+    5.8 and later), else fdatasync; "syncfs" refuses to start where it cannot be trusted.
+    fsync=never syncs nothing: no journal then either."""
     if method not in SYNC_METHODS:
         raise ValueError(f"sync_method: {method!r} must be one of {', '.join(SYNC_METHODS)}")
+    if method == "journal" or (method == "auto" and fsync == "always"):
+        if fsync != "never":
+            return "journal"
+        method = "auto"
     if method == "fdatasync":
         return method
     why = SF.unsupported()

@@ -1,8 +1,9 @@
 # LogStore: one directory of numbered segments, a C keydir, hint files, merge.
 # docs/storage.md explains the design; format.pxi owns the bytes.
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from cpython.pythread cimport PyThread_type_lock
 
+from kvcore.storage.jbuffer cimport JournalBuffer
 from kvcore.storage.keydir cimport Keydir
 
 
@@ -67,6 +68,8 @@ cdef class LogStore:
     cdef list sealing                   # segment indexes rolled out, not yet sealed (oldest first)
     cdef bint dir_unsynced              # a segment was created and its directory not yet synced
     cdef PyThread_type_lock _seal_lock  # one sealer at a time (the syncer, a commit, close)
+    cdef JournalBuffer journal          # the node's journal: a copy of every record written
+    cdef uint32_t journal_id            # ... under this store id (kvcore/storage/journal.py)
 
     cdef int _check_open(self) except -1
     cdef int _check_key(self, object key) except -1

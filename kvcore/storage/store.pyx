@@ -35,6 +35,7 @@ from kvcore.storage.options import (check_fault, check_format, check_options, de
 
 from kvcore.hashing cimport kv_crc32c, token_of
 from kvcore.merkle cimport MerkleTree
+from kvcore.storage.jbuffer cimport JournalBuffer
 from kvcore.storage.keydir cimport LOC_SHIFT, Keydir, Slot, loc_off, loc_seg, make_loc
 from kvcore.storage.record cimport (check_record, load16, load32, load64, record_size, resync,
                                     store16, store32, store64, write_record)
@@ -49,6 +50,9 @@ cdef extern from "fcntl.h" nogil:
     # Linux/glibc; returns an error number (not -1 and errno). Python.h sets the
     # feature macros that declare it.
     int posix_fallocate(int fd, off_t offset, off_t length)
+
+cdef enum:
+    J_RECORDS = 1                   # kvcore/storage/journal.py RECORDS
 
 cdef enum:                          # _fail_next() ops (options.FAULT_OPS)
     F_OPEN = 1
@@ -1302,6 +1306,8 @@ cdef class LogStore:
         seg.size = off + size
         h = self._hash(PyBytes_AS_STRING(key), klen)
         self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags, slot)
+        if self.journal is not None:
+            self.journal.append(self.journal_id, J_RECORDS, seg.map + off, size)
         return 0
 
     # ---- one lookup for a read-modify-write (kvcore/replicawrite.pyx) --------------------
@@ -1408,8 +1414,62 @@ cdef class LogStore:
                 self._index(h, p + REC_HEADER_SIZE, klen, self.active, base_off + pos, size,
                             <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
+            if self.journal is not None:
+                self.journal.append(self.journal_id, J_RECORDS, self.rec.data, self.rec.len)
         if n:
             self._after_write()
+
+    # ---- the node's journal (kvcore/storage/journal.py; docs/storage.md, "The journal") ----
+
+    def attach_journal(self, JournalBuffer journal, uint32_t sid):
+        """Append a copy of every record written from now on to `journal`, as store `sid`
+        (journal None: no more)."""
+        self.journal = journal
+        self.journal_id = sid
+
+    def apply_records(self, payloads):
+        """Write again, in order, the records a journal replay found for this store (the
+        payloads of its RECORDS frames: records as a segment holds them), not journaled
+        again. A tombstone of an absent key writes nothing, as delete(). Returns (records
+        written, payloads cut short by a record failing its check: the frame's CRC makes
+        that a bug, never a torn write)."""
+        cdef const char *p
+        cdef size_t n, pos, size, klen
+        cdef int flags
+        cdef long long written = 0, bad = 0
+        self._check_open()
+        self._check_writable()
+        journal, self.journal = self.journal, None
+        try:
+            for payload in payloads:
+                data = bytes(payload)
+                p = PyBytes_AS_STRING(data)
+                n = PyBytes_GET_SIZE(data)
+                pos = 0
+                while pos < n:
+                    size = check_record(p + pos, n - pos)
+                    if size == 0:
+                        bad += 1
+                        break
+                    klen = load16(p + pos + REC_OFF_KEYLEN)
+                    flags = <uint8_t>p[pos + REC_OFF_FLAGS]
+                    key = PyBytes_FromStringAndSize(p + pos + REC_HEADER_SIZE, klen)
+                    if flags & FLAG_TOMBSTONE:
+                        if self._lookup(self._hash(p + pos + REC_HEADER_SIZE, klen),
+                                        p + pos + REC_HEADER_SIZE, klen) >= 0:
+                            self._write_one(key, b"", FLAG_TOMBSTONE)
+                            written += 1
+                    else:
+                        self._write_one(key, PyBytes_FromStringAndSize(
+                            p + pos + REC_HEADER_SIZE + klen, size - REC_HEADER_SIZE - klen),
+                            flags)
+                        written += 1
+                    pos += size
+        finally:
+            self.journal = journal
+        if written:
+            self._after_write()
+        return written, bad
 
     # ---- reads -------------------------------------------------------------------------
 

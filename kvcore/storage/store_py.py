@@ -20,6 +20,7 @@ from kvcore.storage.options import (FAULT_OPS, check_fault, check_format, check_
                                     decompress, injected, maybe_compress, rotate_token,
                                     space_allowed, space_refused)
 
+JOURNAL_RECORDS = 1            # kvcore/storage/journal.py RECORDS
 SPACE_CHECK_BYTES = 64 << 10    # the free-space watermark is checked at least this often
 
 MERGE_STEP = 1 << 20        # a throttled merge copies this much between its sleeps
@@ -217,6 +218,8 @@ class LogStore:
         self._dirty_since = None
         self._synced_offset = 0
         self._merge_job = None
+        self._journal = None        # the node's journal buffer (attach_journal), and our id
+        self._journal_id = 0
         try:
             self.recovery = self._open()
         except BaseException:
@@ -540,6 +543,8 @@ class LogStore:
                 self._apply(key, h, seg.id, off, len(rec), flags)
                 off += len(rec)
             seg.size = off
+            if self._journal is not None:
+                self._journal.add(self._journal_id, JOURNAL_RECORDS, data)
         self._after_write()
 
     def _after_write(self):
@@ -580,6 +585,34 @@ class LogStore:
         rec, flags = self._encode(key, b"", tombstone=True)
         self._append([(key, rec, flags)])
         return True
+
+    # ---- the node's journal (kvcore/storage/journal.py) ------------------------------------
+
+    def attach_journal(self, journal, sid):
+        self._journal, self._journal_id = journal, sid
+
+    def apply_records(self, payloads):
+        """As the compiled store's: write a replay's records again, not journaled again."""
+        self._check_open()
+        self._check_writable()
+        written = bad = 0
+        journal, self._journal = self._journal, None
+        try:
+            for payload in payloads:
+                data, pos = bytes(payload), 0
+                while pos < len(data):
+                    rec = R.decode_record(data, pos, len(data))
+                    if rec is None:
+                        bad += 1
+                        break
+                    _, flags, key, _, size = rec
+                    if not flags & L.FLAG_TOMBSTONE or key in self._keydir:
+                        self._append([(key, data[pos:pos + size], flags)])
+                        written += 1
+                    pos += size
+        finally:
+            self._journal = journal
+        return written, bad
 
     # ---- reads -------------------------------------------------------------------------
 

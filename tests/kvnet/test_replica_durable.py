@@ -90,8 +90,11 @@ def test_per_partition_fdatasync_is_still_there_and_counted(tmp_path, fake_syncf
 def test_auto_falls_back_and_syncfs_is_refused_where_the_kernel_hides_errors(tmp_path,
                                                                               monkeypatch):
     monkeypatch.setattr(SF, "unsupported", lambda *a: "Linux 5.4 is older than 5.8: ...")
-    rep = _rep(tmp_path, sync_method="auto")
+    rep = _rep(tmp_path, sync_method="auto", fsync="interval")
     assert rep.sync_method == "fdatasync" and rep._fs is None
+    asyncio.run(rep.close())
+    rep = _rep(tmp_path, sync_method="auto")        # fsync=always: the journal, any kernel
+    assert rep.sync_method == "journal" and rep.journal is not None
     asyncio.run(rep.close())
     with pytest.raises(DiskError) as info:
         _rep(tmp_path, sync_method="syncfs")
@@ -101,12 +104,15 @@ def test_auto_falls_back_and_syncfs_is_refused_where_the_kernel_hides_errors(tmp
 
 
 def test_auto_is_syncfs_where_the_kernel_reports_errors(tmp_path, fake_syncfs):
-    rep = _rep(tmp_path, sync_method="auto")
+    rep = _rep(tmp_path, sync_method="auto", fsync="interval")
     assert rep.sync_method == "syncfs" and len(rep._fs) == R.COMMIT_ROUNDS
+    asyncio.run(rep.close())
+    rep = _rep(tmp_path, sync_method="auto", fsync="never")    # (no rounds: no journal)
+    assert rep.sync_method == "syncfs" and rep.journal is None
     asyncio.run(rep.close())
 
 
-@pytest.mark.parametrize("method", ["syncfs", "fdatasync"])
+@pytest.mark.parametrize("method", ["syncfs", "fdatasync", "journal"])
 def test_a_slow_sync_holds_the_acknowledgement(tmp_path, fake_syncfs, method):
     """An acknowledgement waits for its sync: while the sync is held, neither after_write nor
     when_durable nor durable() settles; once it ends, all of them do."""

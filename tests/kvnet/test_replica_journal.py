@@ -1,0 +1,256 @@
+"""The node-wide journal under a replica (issue 17 G; docs/storage.md, "The journal"): one
+fdatasync per round, a crash that lost every unsynced page of the stores loses no
+acknowledged write, a drop or a FLUSHDB is never undone by the replay, checkpoints cut the
+journal, and a failed journal write is never taken for a good one."""
+import asyncio
+import errno
+import glob
+import os
+import threading
+
+import pytest
+
+from kvcore import versions as V
+from kvcore.storage import journal as J
+from kvnet.errors import DiskError
+from kvnet.replica import LocalReplica
+
+
+def S(v, ts=1):
+    return V.sibling(v, ts)
+
+
+def _rep(path, **kw):
+    kw.setdefault("fsync", "always")
+    kw.setdefault("sync_method", "journal")
+    return LocalReplica(str(path), "n1", **kw)
+
+
+def _crash(rep):
+    """Stop as a kill would: no store sync, no hints, no CLEAN, no TREE; the journal's file
+    left as it is."""
+    for part in rep.partitions.values():
+        part.store._abandon()
+    rep.partitions = {}
+    rep.journal.file.close()
+    rep.executor.shutdown()
+
+
+def _lose_unsynced(path):
+    """What a power cut may do to pages the stores never synced, at its worst: every segment
+    back to its header, every hint file gone (no checkpoint ran: all of it was unsynced)."""
+    for seg in glob.glob(os.path.join(str(path), "partitions", "*", "*.data")):
+        os.truncate(seg, 32)
+    for hint in glob.glob(os.path.join(str(path), "partitions", "*", "*.hint")):
+        os.unlink(hint)
+
+
+def _journal_files(path):
+    return sorted(os.listdir(os.path.join(str(path), "journal")))
+
+
+def _write_some(rep, parts=range(8), n=20):
+    for p in parts:
+        for i in range(n):
+            rep.mint(p, b"k%02d-%03d" % (p, i), S(b"v%03d" % i * 30), overwrite=True)
+        rep.mint(p, b"k%02d-%03d" % (p, 0), S(b"again"), overwrite=True)
+        assert rep.delete_if(p, b"k%02d-%03d" % (p, 1), rep.read_raw(p, b"k%02d-%03d" % (p, 1)))
+
+
+def _contents(rep, parts=range(8)):
+    return {p: dict(rep.partition(p).store.items()) for p in parts}
+
+
+def test_a_crash_that_lost_the_stores_pages_loses_no_acknowledged_write(tmp_path):
+    async def main():
+        rep = _rep(tmp_path)
+        rep.open_existing()
+        _write_some(rep)
+        await rep.after_write()
+        want = _contents(rep)
+        info = rep.commit_stats()
+        assert info["sync_method"] == "journal" and info["group_commit_syncs"] == info["group_commits"]
+        _crash(rep)
+        _lose_unsynced(tmp_path)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert _contents(rep2) == want
+            assert rep2.replayed_records > 0
+            assert _journal_files(tmp_path) == [J.file_name(2)]     # the replayed one retired
+            for p in range(8):                                      # an unclean start still
+                assert rep2.partition(p).trusted_from > 0           # raises trusted-from
+                assert not rep2.partition(p).tree_built or p is None
+        finally:
+            await rep2.close()
+        assert _journal_files(tmp_path) == []                       # a clean close: none left
+        rep3 = _rep(tmp_path)
+        rep3.open_existing()
+        assert rep3.replayed_records == 0 and _contents(rep3) == want
+        await rep3.close()
+
+    asyncio.run(main())
+
+
+def test_a_dropped_partition_never_gets_its_old_records_back(tmp_path):
+    """Write, drop (the partition handed off), the same partition created again and written,
+    kill: the replay writes only what came after the drop."""
+    async def main():
+        rep = _rep(tmp_path)
+        rep.mint(3, b"old", S(b"gone"), overwrite=True)
+        rep.mint(4, b"kept", S(b"here"), overwrite=True)
+        await rep.after_write()
+        assert await rep.drop(3) and not os.path.exists(os.path.join(tmp_path, "partitions", "00003"))
+        rep.mint(3, b"new", S(b"fresh"), overwrite=True)
+        await rep.after_write()
+        _crash(rep)
+        _lose_unsynced(tmp_path)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert rep2.read_raw(3, b"old") is None
+            assert V.decode(rep2.read_raw(3, b"new")) is not None
+            assert rep2.read_raw(4, b"kept") is not None
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_drop_then_a_kill_leaves_the_key_absent(tmp_path):
+    async def main():
+        rep = _rep(tmp_path)
+        rep.mint(5, b"k", S(b"v"), overwrite=True)
+        await rep.after_write()
+        assert await rep.drop(5)
+        _crash(rep)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert 5 not in rep2.partitions and rep2.read_raw(5, b"k") is None
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_flushdb_then_a_kill_leaves_the_keys_absent(tmp_path):
+    async def main():
+        rep = _rep(tmp_path)
+        _write_some(rep, parts=[2])
+        await rep.after_write()
+        rep.empty_partition(2)
+        await rep.after_write()
+        _crash(rep)
+        _lose_unsynced(tmp_path)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert _contents(rep2, [2]) == {2: {}}
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_checkpoints_cut_the_journal_and_lose_nothing(tmp_path):
+    async def main():
+        rep = _rep(tmp_path, journal_checkpoint_bytes=8 << 10)
+        rep.open_existing()
+        for round_ in range(12):
+            _write_some(rep, n=10)
+            await rep.after_write()
+            while rep._checkpoint_task is not None:
+                await asyncio.sleep(0.01)
+            assert len(_journal_files(tmp_path)) <= 2
+        assert rep.checkpoints >= 5
+        want = _contents(rep)
+        _crash(rep)                 # (no page lost: the checkpoints synced the stores)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert _contents(rep2) == want
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_store_sync_failing_in_a_checkpoint_keeps_the_journal(tmp_path):
+    async def main():
+        rep = _rep(tmp_path, journal_checkpoint_bytes=4 << 10)
+        rep.open_existing()
+        _write_some(rep, parts=[1, 2])
+        rep.partition(2).store._fail_next("fdatasync", errno.EIO)
+        await rep.after_write()
+        while rep._checkpoint_task is not None:
+            await asyncio.sleep(0.01)
+        assert rep.partition(2).read_only is not None and rep.partition(1).read_only is None
+        kept = _journal_files(tmp_path)
+        assert len(kept) == 2                           # the cut file stays for a replay
+        await rep.close()
+        assert _journal_files(tmp_path) == kept + [] or len(_journal_files(tmp_path)) == 2
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert rep2.replayed_records > 0 and rep2.read_raw(2, b"k02-005") is not None
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("op", ["write", "fdatasync"])
+def test_a_failed_journal_write_is_never_taken_for_a_good_one(tmp_path, op):
+    """The round's partitions turn read-only and their writes are not acknowledged; a write
+    to another partition after it is refused too (the journal failed for good)."""
+    async def main():
+        rep = _rep(tmp_path)
+        rep.mint(1, b"a", S(b"1"), overwrite=True)
+        await rep.after_write(1)
+        rep.journal._fail_next(op, errno.EIO)
+        rep.mint(1, b"b", S(b"2"), overwrite=True)
+        with pytest.raises(DiskError) as info:
+            await rep.after_write(1)
+        assert "partition 1" in str(info.value) and "read-only" in str(info.value)
+        rep.mint(6, b"c", S(b"3"), overwrite=True)      # the journal's failure is for good
+        with pytest.raises(DiskError):
+            await rep.after_write(6)
+        assert rep.partition(6).read_only is not None
+        assert "journal" in rep.partition(6).read_only
+        await rep.close()
+        assert len(_journal_files(tmp_path)) == 1       # kept: the next start replays it
+
+    asyncio.run(main())
+
+
+def test_a_slow_journal_fdatasync_holds_the_acknowledgement(tmp_path):
+    gate = threading.Event()
+    started = threading.Event()
+
+    def held():
+        started.set()
+        assert gate.wait(30)
+
+    async def main():
+        rep = _rep(tmp_path)
+        rep.journal.before_sync = held
+        rep.mint(3, b"k", S(b"v"), overwrite=True)
+        waiter = asyncio.ensure_future(rep.after_write(3))
+        called = []
+        rep.when_durable(3, called.append)
+        for _ in range(300):
+            if started.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert started.is_set() and not waiter.done() and called == []
+        gate.set()
+        await asyncio.wait_for(waiter, 10)
+        assert called == [None]
+        await rep.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
