@@ -12,17 +12,19 @@ costs to acknowledge a flush, and a virtual disk answers much faster than a real
 
     python benchmarks/durable.py                       # 3 rounds of 100,000 SETs each
     python benchmarks/durable.py --rounds 5 --requests 200000
-    python benchmarks/durable.py --with fdatasync,journal,nosync     # more clusters to compare
+    python benchmarks/durable.py --with syncfs,fdatasync,nosync     # more clusters to compare
 
---with adds fsync=always clusters to the same rounds: "fdatasync" (sync_method fdatasync: one
-fdatasync per partition a round touched, as before issue 17), "journal" and "nosync" (their
-nodes load benchmarks/durable_hooks/sitecustomize.py: a round fdatasyncs one appended file per
-node, the disk cost of a node-wide journal, or syncs nothing, the request path's own cost).
+The fsync=always cluster runs the default settings: sync_method auto, which is the node-wide
+journal with fsync=always (docs/storage.md, "The journal"). --with adds fsync=always clusters
+to the same rounds: "syncfs" (sync_method syncfs: one syncfs of the data directory's file
+system per round), "fdatasync" (one fdatasync per partition a round touched, as before issue
+17) and "nosync" (its nodes load benchmarks/durable_hooks/sitecustomize.py: a round syncs
+nothing, the request path's own cost).
 
 It also times the ways a group commit could sync a round that touched K partitions, on K
 files of 150-byte writes in the data directory: K fdatasyncs (sync_method fdatasync), one
-syncfs (sync_method syncfs, the default), and one fdatasync of a journal file the round's
-records are appended to (the node-wide journal design, which the node does not use).
+syncfs (sync_method syncfs), and one fdatasync of a journal file the round's records are
+appended to (sync_method journal).
 
 Goals (docs/performance.md): fsync=always at least 10,000 SET/s, p99 at most 3x its p50, and
 at least 0.35x fsync=never in the same round.
@@ -131,7 +133,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=20_000,
                     help="unmeasured SETs per cluster before the rounds")
     ap.add_argument("--with", dest="extra", default="",
-                    help="more fsync=always clusters, comma-separated: fdatasync, journal, "
+                    help="more fsync=always clusters, comma-separated: syncfs, fdatasync, "
                          "nosync (see above)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per benchmark run")
     args = ap.parse_args()
@@ -145,12 +147,12 @@ def main():
                     "always": LocalCluster(os.path.join(work, "always"), fsync="always")}
         hooks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durable_hooks")
         for name in filter(None, args.extra.split(",")):
-            if name not in ("fdatasync", "journal", "nosync"):
+            if name not in ("syncfs", "fdatasync", "nosync"):
                 sys.exit(f"--with: unknown cluster {name!r}")
             c = clusters[f"always-{name}"] = LocalCluster(
                 os.path.join(work, f"always-{name}"), fsync="always",
                 extra=("--sync-method", "fdatasync" if name == "fdatasync" else "syncfs"))
-            if name != "fdatasync":
+            if name == "nosync":
                 path = os.pathsep.join(filter(None, [hooks, c.env.get("PYTHONPATH")]))
                 c.env = dict(c.env, PYTHONPATH=path, RINGKV_BENCH_SYNC=name)
         rows = []

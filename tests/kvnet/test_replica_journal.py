@@ -80,7 +80,7 @@ def test_a_crash_that_lost_the_stores_pages_loses_no_acknowledged_write(tmp_path
             assert _journal_files(tmp_path) == [J.file_name(2)]     # the replayed one retired
             for p in range(8):                                      # an unclean start still
                 assert rep2.partition(p).trusted_from > 0           # raises trusted-from
-                assert not rep2.partition(p).tree_built or p is None
+                assert not rep2.partition(p).tree_built             # (folded later)
         finally:
             await rep2.close()
         assert _journal_files(tmp_path) == []                       # a clean close: none left
@@ -189,7 +189,7 @@ def test_a_store_sync_failing_in_a_checkpoint_keeps_the_journal(tmp_path):
         kept = _journal_files(tmp_path)
         assert len(kept) == 2                           # the cut file stays for a replay
         await rep.close()
-        assert _journal_files(tmp_path) == kept + [] or len(_journal_files(tmp_path)) == 2
+        assert _journal_files(tmp_path) == kept         # (a close keeps them too)
         rep2 = _rep(tmp_path)
         rep2.open_existing()
         try:
