@@ -26,6 +26,7 @@ from kvcore._native import select
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
 from kvcore.storage import syncfs as SF
+from kvcore.storage import journal as JR
 from kvcore.storage.journal import Journal
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import DiskError, ObjectTooLarge, TooManySiblings
@@ -446,8 +447,11 @@ class LocalReplica:
         # journal: every partition store appends a copy of its records to one journal, and a
         # round fdatasyncs that one file (docs/storage.md, "The journal"); opening it reads
         # what a crash left, replayed into each partition as it opens
-        self.journal = (Journal(os.path.join(data_dir, "journal"))
-                        if self.sync_method == "journal" else None)
+        # (a node started without the journal after a crash with it still replays it)
+        jdir = os.path.join(data_dir, "journal")
+        self.journal = Journal(jdir) if self.sync_method == "journal" else None
+        self.replay = (self.journal.replay if self.journal is not None
+                       else JR.read_journal(jdir) if os.path.isdir(jdir) else JR.Replay())
         self.journal_checkpoint_bytes = journal_checkpoint_bytes
         self.checkpoints = 0         # journal checkpoints done
         self.replayed_records = 0    # records the start's replay wrote again
@@ -498,7 +502,7 @@ class LocalReplica:
         rel = os.path.join("partitions", f"{p:05d}")
         path = os.path.join(self.data_dir, rel)
         journal = self.journal
-        replay = journal.replay.take(rel) if journal is not None else None
+        replay = self.replay.take(rel)
         part = Partition(path, self.identity, p=p, replay=replay, **self._store_opts)
         if replay:
             self.replayed_records += part.replayed
@@ -591,8 +595,8 @@ class LocalReplica:
         root = os.path.join(self.data_dir, "partitions")
         if os.path.isdir(root):
             self.open_all(int(name) for name in os.listdir(root) if name.isdigit())
-        if self.journal is not None and self.journal.replay.files:
-            replay = self.journal.replay
+        if self.replay.files:
+            replay = self.replay
             for rel in sorted(replay.records):      # (a partition whose directory is gone)
                 log.warning("node %s: the journal holds %d frames for %s, which is not on "
                             "disk (dropped): not replayed", self.identity.node,
@@ -604,7 +608,7 @@ class LocalReplica:
                      len(replay.files))
             failed = [p for p in self.partitions.values() if p.read_only is not None]
             if not failed:
-                self.journal.retire(replay.files)
+                JR.retire(os.path.join(self.data_dir, "journal"), replay.files)
                 replay.files = []
 
     # ---- reads ---------------------------------------------------------------------------

@@ -144,6 +144,16 @@ def read_journal(directory):
     return replay
 
 
+def retire(directory, numbers):
+    """Delete these journal files of `directory` (their records are durable in the stores)."""
+    for number in numbers:
+        try:
+            os.unlink(os.path.join(directory, file_name(number)))
+        except FileNotFoundError:
+            pass
+    fsync_dir(directory)
+
+
 class _File:
     """One journal file open for appending."""
 
@@ -257,16 +267,13 @@ class Journal:
     def retire(self, files):
         """Delete journal files (numbers, or _File objects: closed first) whose records the
         stores hold durably."""
+        numbers = []
         for f in files:
-            number = f
             if isinstance(f, _File):
                 f.close()
-                number = f.number
-            try:
-                os.unlink(os.path.join(self.directory, file_name(number)))
-            except FileNotFoundError:
-                pass
-        fsync_dir(self.directory)
+                f = f.number
+            numbers.append(f)
+        retire(self.directory, numbers)
 
     def close(self, retire=True):
         """Close the current file; retire=True (every store closed and synced): delete every

@@ -96,3 +96,44 @@ def test_the_direct_lane_waits_for_the_coordinators_own_sync(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_a_slow_journal_fdatasync_holds_the_set_reply(tmp_path):
+    """fsync=always with the default sync method (the journal): a SET's reply waits for the
+    journal's fdatasync (held just before it is called, on every node)."""
+    gate = threading.Event()
+    calls = []
+
+    def held():
+        calls.append(1)
+        assert gate.wait(30)
+
+    async def main():
+        nodes, ports = await _cluster(tmp_path, fsync="always")
+        client = aredis.Redis(port=ports[0])
+        try:
+            assert all(n.replica.sync_method == "journal" for n in nodes)
+            await asyncio.wait_for(_lane_open(nodes[0], b"k"), 10)
+            assert await client.set("warm", "1")
+            for n in nodes:
+                n.replica.journal.before_sync = held
+            reply = asyncio.ensure_future(client.set("k", "v"))
+            for _ in range(200):
+                if calls:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert calls and not reply.done()         # stored, syncing, not acknowledged
+            gate.set()
+            assert await asyncio.wait_for(reply, 10) is True
+            assert await client.get("k") == b"v"
+            info = await nodes[0].info_section()
+            assert info["sync_method"] == "journal"
+            assert info["group_commit_syncs"] == info["group_commits"] >= 2
+        finally:
+            gate.set()
+            await client.aclose()
+            for n in nodes:
+                await n.stop()
+
+    run(main())

@@ -1,5 +1,6 @@
 """LocalReplica: actor epochs, minting rules, syncing, group commit (ALGORITHMS.md section 1)."""
 import asyncio
+import os
 import shutil
 
 import pytest
@@ -226,15 +227,20 @@ def test_object_limit_refuses_a_mint_before_storing_but_never_a_merge(tmp_path):
         asyncio.run(r.close())
 
 
-def test_group_commit_syncs_every_dirty_partition(tmp_path):
+@pytest.mark.parametrize("method", ["fdatasync", "journal"])
+def test_group_commit_syncs_every_dirty_partition(tmp_path, method):
+    """Each store synced (fdatasync), or the journal holding every write on disk (journal)."""
     async def main():
-        r = LocalReplica(str(tmp_path), "n1", fsync="always")
+        r = LocalReplica(str(tmp_path), "n1", fsync="always", sync_method=method)
         for p in range(4):
             r.mint(p, b"k%d" % p, S(b"v"))
         await asyncio.gather(*(r.after_write() for _ in range(10)))
         for p in range(4):
             st = r.partition(p).store.stats()
-            assert st["synced_offset"] == st["active_offset"]
+            assert (st["synced_offset"] == st["active_offset"]) == (method == "fdatasync")
+        if method == "journal":
+            assert len(r.journal.buffer) == 0 and r.journal.size > 4 * 40
+            assert os.path.getsize(r.journal.file.path) == r.journal.size
         await r.close()
 
     asyncio.run(main())
@@ -242,7 +248,7 @@ def test_group_commit_syncs_every_dirty_partition(tmp_path):
 
 def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
     async def main():
-        r = LocalReplica(str(tmp_path), "n1", fsync="always")
+        r = LocalReplica(str(tmp_path), "n1", fsync="always", sync_method="fdatasync")
 
         async def writer(i):
             r.mint(i % 3, b"k%d" % i, S(b"v"))

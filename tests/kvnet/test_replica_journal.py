@@ -254,3 +254,26 @@ def test_a_slow_journal_fdatasync_holds_the_acknowledgement(tmp_path):
         asyncio.run(main())
     finally:
         gate.set()
+
+
+def test_a_start_without_the_journal_still_replays_what_a_crash_left(tmp_path):
+    """Killed under fsync=always, started again with fsync=interval: the journal's files are
+    replayed all the same (they hold acknowledged writes), then deleted."""
+    async def main():
+        rep = _rep(tmp_path)
+        rep.open_existing()
+        _write_some(rep, parts=[1, 9])
+        await rep.after_write()
+        want = _contents(rep, [1, 9])
+        _crash(rep)
+        _lose_unsynced(tmp_path)
+        rep2 = _rep(tmp_path, fsync="interval", sync_method="fdatasync")
+        rep2.open_existing()
+        try:
+            assert rep2.journal is None and rep2.replayed_records > 0
+            assert _contents(rep2, [1, 9]) == want
+            assert _journal_files(tmp_path) == []
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
