@@ -32,6 +32,7 @@ from kvnet.antientropy import exchange as X
 from kvnet.antientropy.reaper import Reaper
 from kvnet.payload import entries, fields, integer, key, primary_of, seq
 from kvnet.errors import CommandError, ProtocolError
+from kvnet.peer.errors import RemoteError
 
 log = logging.getLogger("kvnet.antientropy")
 
@@ -48,6 +49,19 @@ CATCHUP_PAUSE = 0.02             # seconds between the exchanges of a catch-up
 WATCH_PERIOD = 0.5               # seconds between two looks at the peers' restarts
 START_DELAY = 1.0                # seconds before a starting node's first exchange, at most
 CATCHUP_TRIES = 3                # a catch-up exchange that fails is tried this often
+
+
+class TreeNotBuilt(CommandError):
+    """A handler's refusal of a partition whose tree is not built here yet (folding after a
+    crash, or after a corrupt record): the initiator skips the exchange and retries later."""
+
+
+def refused_unbuilt(exc):
+    """Is `exc` a peer's refusal because its tree of the partition is not built? (Nodes of an
+    earlier version refuse with a CommandError of the same message.)"""
+    return isinstance(exc, RemoteError) and (
+        exc.code == "TreeNotBuilt"
+        or (exc.code == "CommandError" and str(exc.remote_message).endswith("is not built yet")))
 
 
 class Reads:
@@ -182,7 +196,7 @@ class AntiEntropy:
                       "last_partition": None, "last_peer": None, "served_repairs": 0,
                       "records_read": 0, "bytes_read": 0, "last_records_read": None,
                       "last_bytes_read": None, "served_records_read": 0,
-                      "served_bytes_read": 0}
+                      "served_bytes_read": 0, "skipped_unbuilt": 0}
         self._empty = M.MerkleTree()     # the tree of a partition not open here
         self._sessions = {}
         self._task = None
@@ -351,7 +365,7 @@ class AntiEntropy:
                     if tries > 1:
                         self._queue(p, peer, tries - 1)
                     raise
-                if out is None and tries > 1:                   # its tree is not built yet
+                if out is None and tries > 1:       # a tree, here or there, is not built yet
                     self._queue(p, peer, tries - 1)
         if reap:
             await self.reaper.pass_once()
@@ -394,20 +408,23 @@ class AntiEntropy:
     async def exchange(self, p, peer):
         """Exchange partition p with `peer` (both primaries of it) and repair both sides.
 
-        Returns the counters of this exchange (a dict), or None if p's tree is not built here.
-        Raises on a failed or malformed exchange (the scheduler logs it and goes on)."""
+        Returns the counters of this exchange (a dict), or None if p's tree is not built here
+        or there (skipped, not failed: counted in stats["skipped_unbuilt"]; a catch-up tries it
+        again, and the node whose tree is folded queues it once the fold is done). Raises on a
+        failed or malformed exchange (the scheduler logs it and goes on)."""
         prefs = self.node.ring.preference_list(p)
         if self.node.name not in prefs or peer not in prefs or peer == self.node.name:
             raise ValueError(f"{self.node.name} and {peer} are not both primaries of partition {p}")
         part = self.node.replica.opened(p)
         if part is not None and not part.tree_built:
+            self.stats["skipped_unbuilt"] += 1
             return None
         tree = self._empty if part is None else part.tree
         run = _Run(p, peer)
         run.partition_keys = 0 if part is None else len(part.store)
         t0 = time.perf_counter()
         sid = random.getrandbits(62)
-        began = ok = False
+        began = ok = skipped = False
         try:
             r = await self._call(run, peer, "ae_root", {"p": p, "w": tree.width, "d": tree.depth})
             if type(r) is not dict or type(r.get("root")) is not int:
@@ -439,6 +456,13 @@ class AntiEntropy:
                 if frontier:
                     await self._keys_and_repair(run, peer, p, sid, tree, frontier, set(empty))
             ok = True
+        except RemoteError as exc:
+            if not refused_unbuilt(exc):
+                self.stats["exchanges_failed"] += 1
+                raise
+            skipped = True               # its tree is folding: not a failure, retried later
+            self.stats["skipped_unbuilt"] += 1
+            log.debug("anti-entropy on %s: partition %d skipped: %s", self.node.name, p, exc)
         except Exception:
             self.stats["exchanges_failed"] += 1
             raise
@@ -448,8 +472,9 @@ class AntiEntropy:
             elif began:                  # failing or cancelled: do not wait for the peer
                 self.node.spawn(self._done(run, peer, sid))
             run.duration = time.perf_counter() - t0
-            self._account(run)
-        return run.as_dict()
+            if began or not skipped:     # (refused at the root: nothing ran)
+                self._account(run)
+        return None if skipped else run.as_dict()
 
     async def _done(self, run, peer, sid):
         try:
@@ -582,7 +607,7 @@ class AntiEntropy:
         if part is None:
             return None, self._empty
         if not part.tree_built:
-            raise CommandError(f"the tree of partition {p} is not built yet")
+            raise TreeNotBuilt(f"the tree of partition {p} is not built yet")
         return part, part.tree
 
     def _session(self, sid, p):

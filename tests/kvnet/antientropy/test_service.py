@@ -335,9 +335,15 @@ def test_a_partition_whose_tree_is_not_built_takes_no_part(ae):
             put(n1, b"k", b"w")
             p = n0.ring.partition_of(b"k")
             n1.replica.opened(p).tree_built = False
-            with pytest.raises(RemoteError, match="not built"):
-                await c.svc[0].exchange(p, "n1")
+            with pytest.raises(RemoteError, match="TreeNotBuilt: .* not built"):
+                await n0.call("n1", "ae_root", {"p": p, "w": 128, "d": 2}, 5)
+            # skipped, not failed: n1's own exchange, and n0's refused by n1
+            assert await c.svc[0].exchange(p, "n1") is None
             assert await c.svc[1].exchange(p, "n0") is None
+            for s in c.svc:
+                assert s.stats["skipped_unbuilt"] == 1
+                assert s.stats["exchanges_failed"] == s.stats["exchanges"] == 0
+            assert (await n0.info_section())["ae_skipped_unbuilt"] == 1
             assert V.lww_value(V.decode(c.raw(1, b"k"))) == b"w"
             n1.replica.opened(p).tree_built = True
             await c.svc[1].exchange(p, "n0")
@@ -705,3 +711,54 @@ def test_key_list_answers_end_at_segment_ends_for_an_initiator_that_cannot_resum
             await c.stop()
 
     ae.run(main())
+
+
+def test_peers_catching_up_with_a_node_whose_trees_are_folding_skip_quietly(ae, caplog):
+    """n1's trees are all unbuilt (as while it folds them after a crash) when n0 queues a
+    catch-up with it: every refusal is a skipped exchange (ae_skipped_unbuilt), none is a
+    failed one, and nothing is logged above DEBUG about it. Once n1's trees are built, the
+    next exchanges repair."""
+    import logging
+
+    async def main():
+        c = await ae.make(size=2, n=2, q=4, ae_enabled=False)
+        n0, n1 = c.nodes
+        try:
+            for i in range(40):
+                put(n0, b"k%d" % i, b"v")
+            parts = sorted({n0.ring.partition_of(b"k%d" % i) for i in range(40)})
+            for p in range(4):
+                part = n1.replica.opened(p) or n1.replica.partition(p)
+                part.tree_built = False
+            caplog.set_level(logging.DEBUG, logger="kvnet")
+            c.svc[0].catch_up("n1")
+            while c.svc[0].catchup_pending():
+                assert await c.svc[0].tick(reap=False) is None
+            st = c.svc[0].stats
+            assert st["skipped_unbuilt"] >= 4 and st["exchanges_failed"] == 0
+            assert st["exchanges"] == 0
+            noisy = [r for r in caplog.records
+                     if r.levelno > logging.DEBUG and "not built" in r.getMessage()]
+            assert not noisy, [r.getMessage() for r in noisy]
+            assert any("skipped" in r.getMessage() for r in caplog.records)
+            for p in range(4):
+                n1.replica.opened(p).tree_built = True
+            for p in parts:
+                assert (await c.svc[0].exchange(p, "n1"))["repaired_there"] > 0
+            assert all(c.raw(1, b"k%d" % i) == c.raw(0, b"k%d" % i) for i in range(40))
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
+def test_only_an_unbuilt_tree_refusal_counts_as_skipped():
+    """The refusal of this version (code TreeNotBuilt) and of earlier ones (a CommandError of
+    the same message) are skips; any other peer error is a failure."""
+    from kvnet.antientropy.service import refused_unbuilt
+    msg = "the tree of partition 3 is not built yet"
+    assert refused_unbuilt(RemoteError("x", code="TreeNotBuilt", remote_message=msg))
+    assert refused_unbuilt(RemoteError("x", code="CommandError", remote_message=msg))
+    assert not refused_unbuilt(RemoteError("x", code="CommandError", remote_message="bad sid"))
+    assert not refused_unbuilt(RemoteError("x", code="ValueError", remote_message=msg))
+    assert not refused_unbuilt(CommandError(msg))
