@@ -527,10 +527,10 @@ class AntiEntropy:
                 s = queue[0]
                 lst = listed.get(s)
                 if lst is None:          # read once per exchange, however often it is resent
-                    ks = sorted(index.get(s, ()))
+                    ks = sorted(index.get(s, ()))  # (none where the partition is not open here)
                     lst = listed[s] = [[k, M.entry_hash(k, raw)] for k, raw in
                                        read_keys(part.store, ks, reads, budget)
-                                       if raw is not None]
+                                       if raw is not None] if ks else []
                 if not chunk and after is not None:
                     lst = lst[bisect.bisect_right(lst, after, key=_first):]
                 n = 4 + sum(len(k) + 12 for k, _ in lst)

@@ -762,3 +762,24 @@ def test_only_an_unbuilt_tree_refusal_counts_as_skipped():
     assert not refused_unbuilt(RemoteError("x", code="CommandError", remote_message="bad sid"))
     assert not refused_unbuilt(RemoteError("x", code="ValueError", remote_message=msg))
     assert not refused_unbuilt(CommandError(msg))
+
+
+def test_an_initiator_that_never_opened_the_partition_takes_every_key(ae):
+    """The initiator holds no store for the partition (never opened here: an empty tree), so
+    its key lists are empty without a store to read; it gets every key from the peer."""
+    async def main():
+        c = await ae.make(size=2, n=2, q=2, ae_enabled=False, svc_opts=dict(max_bytes=3000))
+        n0, n1 = c.nodes
+        try:
+            keys = [b"w%d" % i for i in range(300)]
+            for k in keys:
+                put(n1, k, b"v" * 50)
+            for p in range(2):
+                n0.replica.partitions.pop(p).close()        # as if never opened here
+                assert n0.replica.opened(p) is None
+                await c.svc[0].exchange(p, "n1")
+            assert all(c.raw(0, k) == c.raw(1, k) is not None for k in keys)
+        finally:
+            await c.stop()
+
+    ae.run(main())
