@@ -12,12 +12,17 @@ import types
 from dataclasses import dataclass, field
 
 from kvnet.errors import ConfigError
+from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 
 FSYNC = ("always", "interval", "never")
 # A one-value clock's bytes beside its value, at most (an actor of a 64-byte node id, its
 # counter, the timestamp; about 150): with max_object_bytes >= max_value_bytes + this, a write
 # leaving one value always fits, so the byte-level SET paths need no size check of their own.
 OBJECT_OVERHEAD = 1024
+# A peer message's bytes beside the one object it carries, at most: the envelope, a key of up to
+# 64 KiB and the payload's other fields. max_peer_message_bytes >= max_object_bytes + this, so
+# any object a node lets a client write travels alone in one message (docs/peer.md, "Limits").
+PEER_MESSAGE_OVERHEAD = 1 << 20
 SYNC_METHODS = ("auto", "journal", "syncfs", "fdatasync")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -90,6 +95,10 @@ class NodeConfig:
     max_object_bytes: int = _s(64 << 20, "refuse a write whose key's object (its siblings and "
                                          "clock, encoded) would be bigger; at least "
                                          "max_value_bytes + 1024")
+    max_peer_message_bytes: int = _s(DEFAULT_MAX_MESSAGE_SIZE,
+                                     "a node-to-node message (sent in 1 MiB chunks) is at "
+                                     "most this big, the same on every node; at least "
+                                     "max_object_bytes + 1 MiB")
     warn_siblings: int = _s(25, "log a warning for a write leaving more siblings")
     max_siblings: int = _s(100, "refuse a write that would leave more siblings")
     password: str | None = _s(None, "clients must AUTH with this", repr=False)
@@ -150,6 +159,7 @@ _INT_BOUNDS = {
     "max_key_bytes": (1, 65535),
     "max_value_bytes": (1, (1 << 31) - 1),
     "max_object_bytes": (4096, (1 << 31) - 1),     # the store's record limit
+    "max_peer_message_bytes": (DEFAULT_MAX_FRAME_SIZE, (1 << 32) - 1),   # kvnet/peer/core.py
     "warn_siblings": (1, 10_000),
     "max_siblings": (1, 10_000),
     "gossip_interval_ms": (10, 600_000),
@@ -217,6 +227,11 @@ def validate(cfg):
         raise ConfigError(f"max_object_bytes: {cfg.max_object_bytes} must be at least "
                           f"max_value_bytes + {OBJECT_OVERHEAD} ({cfg.max_value_bytes} + "
                           f"{OBJECT_OVERHEAD}): a key holding one value always fits")
+    if cfg.max_peer_message_bytes < cfg.max_object_bytes + PEER_MESSAGE_OVERHEAD:
+        raise ConfigError(f"max_peer_message_bytes: {cfg.max_peer_message_bytes} must be at "
+                          f"least max_object_bytes + {PEER_MESSAGE_OVERHEAD} "
+                          f"({cfg.max_object_bytes} + {PEER_MESSAGE_OVERHEAD}): a peer message "
+                          "must carry the largest object a node accepts, with its key")
     if cfg.warn_siblings > cfg.max_siblings:
         raise ConfigError("warn_siblings must not exceed max_siblings")
     if cfg.fsync not in FSYNC:

@@ -87,7 +87,8 @@ class Node(driver.Cluster, Backend):
                                     max_object_bytes=cfg.max_object_bytes,
                                     min_free_percent=cfg.min_free_percent,
                                     max_segment_bytes=cfg.max_segment_bytes)
-        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self))
+        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self),
+                             max_message_size=cfg.max_peer_message_bytes)
         # the replica's side of the direct lane, its common items in C (kvnet/localdoor.pyx)
         self._lane = None if _LaneReplica is None else _LaneReplica(self, MAX_BATCH, ANSWER_BYTES)
         self.hints = None                 # HintLog, opened at start (kvnet/handoff)

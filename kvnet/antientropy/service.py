@@ -3,13 +3,15 @@ time, and the tombstone reaper (ALGORITHMS.md sections 4 and 6; docs/antientropy
 
     A -> B  ae_root   {p, w, d}                       -> {root, count}
     A -> B  ae_diff   {p, sid, level, nodes, hashes}  -> {children, empty}  (per level, chunked)
-    A -> B  ae_keys   {p, sid, segments}              -> {entries, want, reap, done} (chunked)
+    A -> B  ae_keys   {p, sid, segments, after}       -> {entries, want, reap, done, after}
     A -> B  ae_repair {p, entries}                    -> {merged, reap}     (batched)
     A -> B  ae_done   {sid}                           -> True
     reaper: ae_clocks, ae_hints, ae_mark, ae_cad (reaper.py)
 
-Every message is bounded by `max_bytes` (about; one segment's key list or one key's clock may
-exceed it) and `max_keys`. The keys of the differing segments (leaves) come from the store's
+Every message is bounded by a byte budget, `max_bytes` and at most 1/8 of the peer message
+limit (about; one segment's key list or one key's clock may exceed it), and `max_keys`: an
+`ae_keys` answer is cut inside a segment where need be, and `after` (a key) resumes it. The
+keys of the differing segments (leaves) come from the store's
 in-memory index (LogStore.leaf_keys): an exchange reads the records of those keys only, about
 d x K / 16,384 of a partition's K keys for d differing leaves, never the whole partition; it
 counts the records and bytes it reads (`records_read`, `bytes_read`; the responder's in
@@ -17,6 +19,7 @@ counts the records and bytes it reads (`records_read`, `bytes_read`; the respond
 keys of the differing segments); losing it costs an index walk, never a key.
 """
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -29,12 +32,15 @@ from kvnet.antientropy import exchange as X
 from kvnet.antientropy.reaper import Reaper
 from kvnet.payload import entries, fields, integer, key, primary_of, seq
 from kvnet.errors import CommandError, ProtocolError
+from kvnet.peer.errors import RemoteError
 
 log = logging.getLogger("kvnet.antientropy")
 
 MAX_BATCH_KEYS = 2000            # keys per repair message
 MAX_BATCH_BYTES = 1 << 20        # about this many bytes per key-list, clocks or repair message
 MAX_SEGMENTS = 1024              # segments per key-list message
+MESSAGE_SHARE = 8                # a message's objects: at most 1/8 of the peer message limit
+READ_GROUP = 64                  # keys whose records are read at once, while they are small
 MAX_SESSIONS = 4                 # responder caches kept at once
 SESSION_TTL = 120.0              # seconds a responder cache lives unused
 REC_HEADER = L.REC_HEADER_SIZE   # bytes of a record besides its key and value (reads counted)
@@ -43,6 +49,19 @@ CATCHUP_PAUSE = 0.02             # seconds between the exchanges of a catch-up
 WATCH_PERIOD = 0.5               # seconds between two looks at the peers' restarts
 START_DELAY = 1.0                # seconds before a starting node's first exchange, at most
 CATCHUP_TRIES = 3                # a catch-up exchange that fails is tried this often
+
+
+class TreeNotBuilt(CommandError):
+    """A handler's refusal of a partition whose tree is not built here yet (folding after a
+    crash, or after a corrupt record): the initiator skips the exchange and retries later."""
+
+
+def refused_unbuilt(exc):
+    """Is `exc` a peer's refusal because its tree of the partition is not built? (Nodes of an
+    earlier version refuse with a CommandError of the same message.)"""
+    return isinstance(exc, RemoteError) and (
+        exc.code == "TreeNotBuilt"
+        or (exc.code == "CommandError" and str(exc.remote_message).endswith("is not built yet")))
 
 
 class Reads:
@@ -64,10 +83,24 @@ class Reads:
             self.bytes += REC_HEADER + len(k) + len(raw)
         return raw
 
-    def read_many(self, keys, raws):
-        for k, raw in zip(keys, raws):
-            self.read(k, raw)
-        return raws
+
+def read_keys(store, keys, reads, budget):
+    """(key, raw) of each of `keys` in order (raw None: not stored), counted in `reads`. Read in
+    groups (`get_many`) of about budget / 4 bytes, by the sizes read so far: a segment of
+    large objects is read a few objects at a time, never all at once."""
+    i, n, group = 0, len(keys), 8
+    while i < n:
+        ks = keys[i:i + group]
+        raws = store.get_many(ks)
+        got = 0
+        for k, raw in zip(ks, raws):
+            reads.read(k, raw)
+            if raw is not None:
+                got += len(k) + len(raw)
+        i += len(ks)
+        group = max(1, min(READ_GROUP, budget // 4 * len(ks) // max(got, 1)))
+        for pair in zip(ks, raws):
+            yield pair
 
 
 def segment_keys(part, segments, reads=None):
@@ -163,7 +196,7 @@ class AntiEntropy:
                       "last_partition": None, "last_peer": None, "served_repairs": 0,
                       "records_read": 0, "bytes_read": 0, "last_records_read": None,
                       "last_bytes_read": None, "served_records_read": 0,
-                      "served_bytes_read": 0}
+                      "served_bytes_read": 0, "skipped_unbuilt": 0}
         self._empty = M.MerkleTree()     # the tree of a partition not open here
         self._sessions = {}
         self._task = None
@@ -332,7 +365,7 @@ class AntiEntropy:
                     if tries > 1:
                         self._queue(p, peer, tries - 1)
                     raise
-                if out is None and tries > 1:                   # its tree is not built yet
+                if out is None and tries > 1:       # a tree, here or there, is not built yet
                     self._queue(p, peer, tries - 1)
         if reap:
             await self.reaper.pass_once()
@@ -375,20 +408,23 @@ class AntiEntropy:
     async def exchange(self, p, peer):
         """Exchange partition p with `peer` (both primaries of it) and repair both sides.
 
-        Returns the counters of this exchange (a dict), or None if p's tree is not built here.
-        Raises on a failed or malformed exchange (the scheduler logs it and goes on)."""
+        Returns the counters of this exchange (a dict), or None if p's tree is not built here
+        or there (skipped, not failed: counted in stats["skipped_unbuilt"]; a catch-up tries it
+        again, and the node whose tree is folded queues it once the fold is done). Raises on a
+        failed or malformed exchange (the scheduler logs it and goes on)."""
         prefs = self.node.ring.preference_list(p)
         if self.node.name not in prefs or peer not in prefs or peer == self.node.name:
             raise ValueError(f"{self.node.name} and {peer} are not both primaries of partition {p}")
         part = self.node.replica.opened(p)
         if part is not None and not part.tree_built:
+            self.stats["skipped_unbuilt"] += 1
             return None
         tree = self._empty if part is None else part.tree
         run = _Run(p, peer)
         run.partition_keys = 0 if part is None else len(part.store)
         t0 = time.perf_counter()
         sid = random.getrandbits(62)
-        began = ok = False
+        began = ok = skipped = False
         try:
             r = await self._call(run, peer, "ae_root", {"p": p, "w": tree.width, "d": tree.depth})
             if type(r) is not dict or type(r.get("root")) is not int:
@@ -420,6 +456,13 @@ class AntiEntropy:
                 if frontier:
                     await self._keys_and_repair(run, peer, p, sid, tree, frontier, set(empty))
             ok = True
+        except RemoteError as exc:
+            if not refused_unbuilt(exc):
+                self.stats["exchanges_failed"] += 1
+                raise
+            skipped = True               # its tree is folding: not a failure, retried later
+            self.stats["skipped_unbuilt"] += 1
+            log.debug("anti-entropy on %s: partition %d skipped: %s", self.node.name, p, exc)
         except Exception:
             self.stats["exchanges_failed"] += 1
             raise
@@ -429,8 +472,9 @@ class AntiEntropy:
             elif began:                  # failing or cancelled: do not wait for the peer
                 self.node.spawn(self._done(run, peer, sid))
             run.duration = time.perf_counter() - t0
-            self._account(run)
-        return run.as_dict()
+            if began or not skipped:     # (refused at the root: nothing ran)
+                self._account(run)
+        return None if skipped else run.as_dict()
 
     async def _done(self, run, peer, sid):
         try:
@@ -463,11 +507,11 @@ class AntiEntropy:
         walk = [s for s in frontier if mine[s] != 0]
         reads = run.reads
         index = segment_keys(part, walk, reads) if part is not None and walk else {}
-        push = _Pusher(self, run, peer, p)
+        budget = self._budget()
+        push = _Pusher(self, run, peer, p, budget)
         for s in frontier:
             if s in empty_there and s in index:
-                ks = index[s]
-                for k, raw in zip(ks, reads.read_many(ks, part.store.get_many(ks))):
+                for k, raw in read_keys(part.store, index[s], reads, budget):
                     if raw is None:
                         continue
                     if self.reaper.pending and self.reaper.is_pending(p, k, raw):
@@ -475,26 +519,43 @@ class AntiEntropy:
                     else:
                         await push.offer(k, raw)
         queue = deque(s for s in frontier if s not in empty_there)
+        listed = {}                      # segment -> its [[key, entry hash]] here, in key order
+        after = None                     # queue[0] is answered up to this key (cut answers)
         while queue:
             chunk, size = [], 0
             while queue and len(chunk) < MAX_SEGMENTS:
                 s = queue[0]
-                ks = index.get(s, ())
-                lst = [[k, M.entry_hash(k, raw)] for k, raw in
-                       zip(ks, reads.read_many(ks, part.store.get_many(ks)) if ks else ())
-                       if raw is not None]
+                lst = listed.get(s)
+                if lst is None:          # read once per exchange, however often it is resent
+                    ks = sorted(index.get(s, ()))  # (none where the partition is not open here)
+                    lst = listed[s] = [[k, M.entry_hash(k, raw)] for k, raw in
+                                       read_keys(part.store, ks, reads, budget)
+                                       if raw is not None] if ks else []
+                if not chunk and after is not None:
+                    lst = lst[bisect.bisect_right(lst, after, key=_first):]
                 n = 4 + sum(len(k) + 12 for k, _ in lst)
-                if chunk and size + n > self.max_bytes:
+                if chunk and size + n > budget:
                     break
                 queue.popleft()
                 chunk.append([s, lst])
                 size += n
-            r = await self._call(run, peer, "ae_keys", {"p": p, "sid": sid, "segments": chunk})
+            r = await self._call(run, peer, "ae_keys",
+                                 {"p": p, "sid": sid, "segments": chunk, "after": after})
             if type(r) is not dict:
                 raise ProtocolError("malformed ae_keys reply")
-            done = integer(r.get("done"), 1, len(chunk), "done", ProtocolError)
+            done = integer(r.get("done"), 0, len(chunk), "done", ProtocolError)
+            cut = r.get("after")
+            if cut is not None:
+                key(self.node, cut, p, ProtocolError)
+                if done == len(chunk) or (done == 0 and after is not None and cut <= after):
+                    raise ProtocolError("ae_keys reply cut a segment it did not cover")
+            elif done == 0:
+                raise ProtocolError("ae_keys reply covered nothing")
+            for s, _ in chunk[:done]:
+                listed.pop(s, None)
             for s, _ in reversed(chunk[done:]):
                 queue.appendleft(s)
+            after = cut
             got = entries(self.node, r.get("entries"), p, ProtocolError)
             want = seq(r.get("want"), "want", error=ProtocolError)
             for k in want:
@@ -510,8 +571,7 @@ class AntiEntropy:
                     await push.offer(k, raw)
             await asyncio.sleep(0)
         await push.flush()
-        if push.cad:
-            await self._call(run, peer, "ae_cad", {"p": p, "entries": push.cad})
+        await push.flush_cad()
 
     async def _absorb(self, run, p, got, push):
         """Merge the peer's clocks here; queue the merged clock for the peer where it differs."""
@@ -521,7 +581,7 @@ class AntiEntropy:
             mine_raw = run.reads.read(k, _raw(rep, p, k))
             if mine_raw is None:
                 if pending and self.reaper.is_pending(p, k, theirs_raw):
-                    push.cad.append([k, theirs_raw])   # reaped or reaping here: finish there
+                    await push.cad_offer(k, theirs_raw)   # reaped or reaping here: finish there
                     continue
                 run.repaired_here += rep.repair(p, k, theirs)
                 continue
@@ -531,6 +591,14 @@ class AntiEntropy:
             if merged_raw != theirs_raw:
                 await push.offer(k, merged_raw)
 
+    def _budget(self):
+        """About the bytes of keys and objects one message of an exchange carries: max_bytes,
+        and at most 1/MESSAGE_SHARE of the peer message limit (a message holding one object
+        bigger than that carries it alone)."""
+        limit = getattr(getattr(self.node, "pool", None), "max_message_size", None)
+        return self.max_bytes if limit is None else max(1, min(self.max_bytes,
+                                                              limit // MESSAGE_SHARE))
+
     # ---- responder ------------------------------------------------------------------------------
 
     def _tree(self, p):
@@ -539,7 +607,7 @@ class AntiEntropy:
         if part is None:
             return None, self._empty
         if not part.tree_built:
-            raise CommandError(f"the tree of partition {p} is not built yet")
+            raise TreeNotBuilt(f"the tree of partition {p} is not built yet")
         return part, part.tree
 
     def _session(self, sid, p):
@@ -590,6 +658,13 @@ class AntiEntropy:
         sid, segs = fields(m, "sid", "segments")
         part, tree = self._tree(p)
         integer(sid, 0, (1 << 63) - 1, "sid")
+        # An initiator that sends "after" (None or a key) takes an answer cut inside a segment:
+        # "after" in the answer names the last key of segment `done` it covers, and it asks
+        # again from there. Without it (an older node) an answer ends at a segment's end.
+        resume = "after" in m
+        after = m.get("after")
+        if after is not None:
+            key(self.node, after, p)
         theirs, total = [], 0
         for e in seq(segs, "segments", max_len=MAX_SEGMENTS):
             if type(e) is not list or len(e) != 2:
@@ -619,33 +694,49 @@ class AntiEntropy:
             sess.index.update(segment_keys(part, sorted(wanted), reads))
             sess.touched = time.monotonic()
         store, pending = part.store, self.reaper.pending
-        out, want, reap, size, done = [], [], [], 0, 0
-        for s, hs in theirs:
-            ks = sess.index.get(s, ())
-            for k, raw in zip(ks, reads.read_many(ks, store.get_many(ks)) if ks else ()):
+        budget, most = self._budget(), 8 * self.max_keys
+        out, want, reap, size, done, cursor, full = [], [], [], 0, 0, None, False
+        for i, (s, hs) in enumerate(theirs):
+            # its keys here and there, in key order: a cursor that survives a lost cache
+            order = sorted(set(sess.index.get(s, ())).union(hs))
+            if i == 0 and after is not None:
+                order = order[bisect.bisect_right(order, after):]
+            cursor = None
+            for k, raw in read_keys(store, order, reads, budget):
+                h = hs.get(k)
                 if raw is None:
-                    continue
-                h = hs.pop(k, None)
-                if h is None and pending and self.reaper.is_pending(p, k, raw):
-                    self.reaper.finish(p, k, raw)       # never copied back: the reap ends here
-                    reap.append(k)
+                    if h is None:
+                        continue                        # deleted here since the listing
+                    n = len(k) + 3                      # theirs only: want it
                 elif h is None or h != M.entry_hash(k, raw):
-                    out.append([k, raw])
-                    size += len(k) + len(raw) + 8
-            for k, h in hs.items():                     # not in the cache: written since?
-                raw = reads.read(k, store.get(k))
+                    n = len(k) + len(raw) + 8
+                else:
+                    cursor = k                          # equal on both sides
+                    continue
+                if resume and (out or want or reap) and (size + n > budget or len(out) >= most):
+                    full = True                         # the rest in the next answer
+                    break
                 if raw is None:
                     want.append(k)
-                    size += len(k) + 3
-                elif h != M.entry_hash(k, raw):
+                elif h is None and pending and self.reaper.is_pending(p, k, raw):
+                    self.reaper.finish(p, k, raw)       # never copied back: the reap ends here
+                    reap.append(k)
+                    n = len(k) + 3
+                else:
                     out.append([k, raw])
-                    size += len(k) + len(raw) + 8
+                size += n
+                cursor = k
+            if full:
+                break
             done += 1
-            if size >= self.max_bytes or len(out) >= 8 * self.max_keys:
+            if size >= budget or len(out) >= most:
                 break
         self.stats["served_records_read"] += reads.records - before[0]
         self.stats["served_bytes_read"] += reads.bytes - before[1]
-        return {"entries": out, "want": want, "reap": reap, "done": done}
+        reply = {"entries": out, "want": want, "reap": reap, "done": done}
+        if full and cursor is not None:
+            reply["after"] = cursor
+        return reply
 
     async def _h_repair(self, m):
         p = primary_of(self.node, m)
@@ -669,24 +760,45 @@ class AntiEntropy:
         return True
 
 
+def _first(entry):
+    return entry[0]
+
+
 def _raw(rep, p, k):
     part = rep.opened(p)
     return None if part is None else part.store.get(k)
 
 
 class _Pusher:
-    """Batches of merged clocks for the peer (`ae_repair`), sent as they fill."""
+    """Batches of merged clocks for the peer (`ae_repair`), sent as they fill: each at most
+    max_keys keys and `budget` bytes, or one object alone."""
 
-    def __init__(self, svc, run, peer, p):
+    def __init__(self, svc, run, peer, p, budget):
         self.svc, self.run, self.peer, self.p = svc, run, peer, p
+        self.budget = budget
         self.batch, self.size = [], 0
         self.cad = []                    # [key, tombstone] the peer should compare-and-delete
+        self.cad_size = 0
 
     async def offer(self, k, raw):
-        self.batch.append([k, raw])
-        self.size += len(k) + len(raw) + 8
-        if len(self.batch) >= self.svc.max_keys or self.size >= self.svc.max_bytes:
+        n = len(k) + len(raw) + 8
+        if self.batch and self.size + n > self.budget:
             await self.flush()
+        self.batch.append([k, raw])
+        self.size += n
+        if len(self.batch) >= self.svc.max_keys or self.size >= self.budget:
+            await self.flush()
+
+    async def cad_offer(self, k, raw):
+        self.cad.append([k, raw])
+        self.cad_size += len(k) + len(raw) + 8
+        if len(self.cad) >= self.svc.max_keys or self.cad_size >= self.budget:
+            await self.flush_cad()
+
+    async def flush_cad(self):
+        if self.cad:
+            cad, self.cad, self.cad_size = self.cad, [], 0
+            await self.svc._call(self.run, self.peer, "ae_cad", {"p": self.p, "entries": cad})
 
     async def flush(self):
         if not self.batch:

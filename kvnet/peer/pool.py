@@ -9,6 +9,7 @@ import random
 
 from kvnet.errors import PeerError
 from kvnet.peer.errors import PeerTimeout, PeerUnavailable
+from kvnet.peer.framing import DEFAULT_MAX_MESSAGE_SIZE
 from kvnet.peer.protocol import _opts, connect, serve_peers
 
 log = logging.getLogger("kvnet.peer")
@@ -63,6 +64,11 @@ class PeerPool:
         self._sleepers = set()
         self._server = None
         self._closed = False
+
+    @property
+    def max_message_size(self):
+        """The largest message this pool's connections send or take (docs/peer.md, "Limits")."""
+        return self._opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
 
     # -- using peers ----------------------------------------------------------
 

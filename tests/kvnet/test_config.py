@@ -32,6 +32,11 @@ def test_toml_and_overrides(tmp_path):
     (dict(max_object_bytes=1 << 40), "max_object_bytes"),
     (dict(max_object_bytes=(32 << 20) + 1023), "max_value_bytes + 1024"),
     (dict(max_value_bytes=(64 << 20) - 1000), "a key holding one value always fits"),
+    (dict(max_peer_message_bytes=1 << 32), "max_peer_message_bytes"),
+    (dict(max_peer_message_bytes=(32 << 20)), "max_peer_message_bytes"),
+    (dict(max_peer_message_bytes=(65 << 20) - 1), "max_object_bytes + 1048576"),
+    (dict(max_object_bytes=1 << 30, max_peer_message_bytes=1 << 30),
+     "must carry the largest object a node accepts"),
 ])
 def test_bad_settings_name_the_setting(bad, word):
     with pytest.raises(ConfigError) as e:
@@ -90,6 +95,7 @@ SAMPLES = {
     "request_timeout_ms": ("900", 900), "max_connections": ("77", 77),
     "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
     "max_value_bytes": ("4096", 4096), "max_object_bytes": ("134217728", 128 << 20),
+    "max_peer_message_bytes": ("134217728", 128 << 20),
     "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
     "password": ("hunter22", "hunter22"), "cluster_secret": ("s3cret-s3cret", "s3cret-s3cret"),
     "allow_flush": ("false", False), "join": ("true", True),
@@ -172,3 +178,15 @@ def test_a_one_value_object_fits_max_value_bytes_plus_the_overhead():
         assert len(V.encode(clock)) <= size + OBJECT_OVERHEAD
         tomb = V.Clock(((("n" * 64, big, big), big, (V.Sibling(None, (1 << 63) - 1),)),), ())
         assert len(V.encode(tomb)) <= OBJECT_OVERHEAD
+
+
+def test_a_node_gives_its_peer_connections_max_peer_message_bytes(tmp_path):
+    """The setting reaches the node's peer pool (every connection it dials or accepts); the
+    default is the peer protocol's own, and the smallest accepted carries max_object_bytes."""
+    from kvnet.node import Node
+    from kvnet.peer.framing import DEFAULT_MAX_MESSAGE_SIZE
+    assert NodeConfig().max_peer_message_bytes == DEFAULT_MAX_MESSAGE_SIZE
+    cfg = load(data_dir=str(tmp_path / "a"), max_peer_message_bytes=(65 << 20))
+    assert Node(cfg).pool.max_message_size == 65 << 20
+    assert Node(load(data_dir=str(tmp_path / "b"))).pool.max_message_size \
+        == DEFAULT_MAX_MESSAGE_SIZE

@@ -287,3 +287,42 @@ def test_replication_read_repair_hints_and_transfers_carry_objects_above_the_fra
                 await n.stop()
 
     run(main(), limit=150)
+
+
+def test_a_key_whose_clock_has_more_actors_than_a_context_may_hold(tmp_path):
+    """Actors are never pruned: a key whose clock holds more than MAX_CONTEXT_ENTRIES actors
+    (10,000 node incarnations and epochs that wrote it) reads as usual, but the context KV.GET
+    returns is refused when a client sends it back (ERR invalid context: ... actors, above
+    the limit), and nothing is written. The writes that need no client context still go:
+    SET and DEL (the coordinator's own context), and a blind KV.PUT (docs/versions.md)."""
+    from kvnet.payload import MAX_CONTEXT_ENTRIES
+
+    async def main():
+        nodes, ports, _ = await _cluster(tmp_path, n=1, r=1, w=1)
+        key = b"old"
+        p = nodes[0].ring.partition_of(key)
+        owner = nodes[int(nodes[0].ring.preference_list(p)[0][1:])]
+        many = MAX_CONTEXT_ENTRIES + 1
+        entries = tuple(((f"n{e % 3}", 1, e), 1, ()) for e in range(1, many))
+        clock = V.Clock(tuple(sorted(entries + ((("n9", 1, 1), 1, (V.sibling(b"a", 1),)),))),
+                        ())
+        owner.replica.merge(p, key, clock)
+        c = aredis.Redis(port=ports[0])
+        try:
+            ctx, vals = await c.execute_command("KV.GET", key)
+            assert vals == [b"a"] and len(V.decode_context(ctx)) == many
+            with pytest.raises(aredis.ResponseError) as info:
+                await c.execute_command("KV.PUT", key, b"b", "CONTEXT", ctx)
+            assert str(info.value) == (f"invalid context: {many} actors, above the limit of "
+                                       f"{MAX_CONTEXT_ENTRIES}")
+            assert (await c.execute_command("KV.GET", key))[1] == [b"a"]
+            await c.execute_command("SET", key, b"c")                # the coordinator's context
+            assert (await c.execute_command("KV.GET", key))[1] == [b"c"]
+            await c.execute_command("KV.PUT", key, b"d")             # blind: a sibling more
+            assert sorted((await c.execute_command("KV.GET", key))[1]) == [b"c", b"d"]
+            assert await c.execute_command("DEL", key) == 1
+            assert await c.get(key) is None
+        finally:
+            await _stop(nodes, clients=[c])
+
+    run(main())

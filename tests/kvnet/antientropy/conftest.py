@@ -13,13 +13,14 @@ from kvnet.testing import free_ports
 class Cluster:
     """`nodes[i]` is node "n<i>"; `svc[i]` its AntiEntropy; `restart(i, wipe=True)`."""
 
-    def __init__(self, tmp_path, size, svc_opts, **cfg):
+    def __init__(self, tmp_path, size, svc_opts, prepare=None, **cfg):
         ports = free_ports(2 * size)
         members = [f"n{i}@127.0.0.1:{ports[size + i]}" for i in range(size)]
         self.cfgs = [load(name=f"n{i}", port=ports[i], peer_port=ports[size + i],
                           data_dir=str(tmp_path / f"n{i}"), members=members, fsync="never",
                           **cfg) for i in range(size)]
         self.svc_opts = svc_opts
+        self.prepare = prepare           # fn(node) before each start (peer limits, ...)
         self.nodes = [None] * size
         self.svc = [None] * size
 
@@ -27,6 +28,8 @@ class Cluster:
         for j in ([i] if i is not None else range(len(self.cfgs))):
             node = Node(self.cfgs[j])
             self.svc[j] = node.add_service(AntiEntropy(node, **self.svc_opts))
+            if self.prepare is not None:
+                self.prepare(node)
             self.nodes[j] = await node.start()
         return self
 
@@ -75,10 +78,11 @@ class Helpers:
         self.wait_for = wait_for
         self.run = run
 
-    async def make(self, size=3, n=3, q=8, svc_opts=None, **cfg):
-        """A started Cluster of `size` nodes, N=n, Q=q; the caller stops it."""
+    async def make(self, size=3, n=3, q=8, svc_opts=None, prepare=None, **cfg):
+        """A started Cluster of `size` nodes, N=n, Q=q; the caller stops it. prepare(node)
+        runs before each node starts."""
         cfg.setdefault("request_timeout_ms", 2000)
-        c = Cluster(self.tmp_path, size, svc_opts or {}, n=n, ring_size=q, r=min(2, n),
+        c = Cluster(self.tmp_path, size, svc_opts or {}, prepare, n=n, ring_size=q, r=min(2, n),
                     w=min(2, n), **cfg)
         return await c.start()
 
