@@ -56,7 +56,7 @@ class Cluster:
         return [n for n in self.nodes if n is not None]
 
 
-async def wait_for(cond, timeout=5.0, step=0.02):
+async def wait_for(cond, timeout=15.0, step=0.02):
     """Poll cond() until true; False if it never was within timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -44,13 +44,13 @@ def test_reaped_after_grace_not_before_and_stays_gone(ae):
                         out += [v[1] for k, v in cand.items() if k in dead and v[1] is not None]
                 return out
 
-            assert await ae.wait_for(lambda: len(confirmations()) == len(dead), timeout=5)
+            assert await ae.wait_for(lambda: len(confirmations()) == len(dead), timeout=15)
             first = min(confirmations())
             assert first <= time.monotonic()
             while time.monotonic() < first + 1.0 - 0.1:          # grace: 1 s from confirmation
                 assert all(tomb_everywhere(c, k) for k in dead)
                 await asyncio.sleep(0.02)
-            assert await ae.wait_for(lambda: all(gone_everywhere(c, k) for k in dead), timeout=5)
+            assert await ae.wait_for(lambda: all(gone_everywhere(c, k) for k in dead), timeout=15)
             assert sum(s.reaper.stats["reaped"] for s in c.svc) == len(dead)
             # stays gone through many more exchange rounds; live keys untouched
             await asyncio.sleep(0.6)
@@ -93,7 +93,7 @@ def test_not_reaped_while_a_primary_is_down(ae):
                         seen_value.append(i)
                 return all(c.raw(i, k) is None for i in range(3))
 
-            assert await ae.wait_for(check, timeout=6, step=0.005)
+            assert await ae.wait_for(check, timeout=15, step=0.005)
             assert seen_value in ([], [2] * len(seen_value))   # only n2, until repaired
             await asyncio.sleep(0.5)
             assert all(c.raw(i, k) is None for i in range(3))
@@ -124,7 +124,7 @@ def test_not_reaped_while_a_member_holds_a_hint(ae):
             assert await ae.wait_for(lambda: c.svc[0].reaper.stats["blocked_hints"] > blocked + 3)
             assert tomb_everywhere(c, k) and c.svc[0].reaper.stats["reaped"] == 0
             assert n0.hints.ack("n1", p, k, local)
-            assert await ae.wait_for(lambda: gone_everywhere(c, k), timeout=5)
+            assert await ae.wait_for(lambda: gone_everywhere(c, k))
             assert c.svc[0].reaper.stats["reaped"] == 1
         finally:
             await c.stop()
@@ -150,7 +150,7 @@ def test_not_reaped_while_a_member_cannot_be_asked_about_hints(ae):
             assert c.raw(0, k) is not None and c.raw(1, k) is not None
             assert c.svc[0].reaper.stats["reaped"] == 0
             await c.start(other)
-            assert await ae.wait_for(lambda: c.raw(0, k) is None and c.raw(1, k) is None, timeout=6)
+            assert await ae.wait_for(lambda: c.raw(0, k) is None and c.raw(1, k) is None, timeout=15)
         finally:
             await c.stop()
 

@@ -61,7 +61,7 @@ def test_scheduler_repairs_diverged_replicas(ae):
                 keys += [k, k2]
             want = expected_of(c, keys)
             assert not converged(c, want)
-            assert await ae.wait_for(lambda: converged(c, want), timeout=8)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=15)
             for i in range(30):
                 vals = sorted(s.value for s in V.values(V.decode(c.raw(1, b"c%d" % i))))
                 assert vals == [b"x", b"z"]
@@ -90,12 +90,12 @@ def test_wiped_replica_gets_every_key_back(ae):
             for k in keys[:60]:
                 await n0.delete_overwrite(k)             # tombstones come back as tombstones
             want = {k: c.raw(0, k) for k in keys}
-            assert await ae.wait_for(lambda: converged(c, want), timeout=5)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=15)
             old_incarnation = c.nodes[2].replica.identity.incarnation
             await c.restart(2, wipe=True)
             assert c.nodes[2].replica.identity.incarnation != old_incarnation
             assert sum(c.raw(2, k) is not None for k in keys) < len(keys)
-            assert await ae.wait_for(lambda: converged(c, want), timeout=8)
+            assert await ae.wait_for(lambda: converged(c, want), timeout=15)
             assert all(V.is_deleted(V.decode(c.raw(2, k))) for k in keys[:60])
             assert all(V.lww_value(V.decode(c.raw(2, k))) == b"v-" + k for k in keys[60:])
         finally:
@@ -510,7 +510,7 @@ def test_peers_queue_a_catch_up_when_a_member_restarts(ae):
             svc0 = c.svc[0]
             real = svc0.catch_up
             svc0.catch_up = lambda peer: (seen.append(peer), real(peer))
-            await ae.wait_for(lambda: len(svc0._seen) == 2, timeout=5)   # it has looked once
+            await ae.wait_for(lambda: len(svc0._seen) == 2, timeout=15)   # it has looked once
             await c.restart(2)
             assert await ae.wait_for(lambda: "n2" in seen, timeout=10)
             assert seen.count("n1") == 0                # n1 did not restart
