@@ -196,7 +196,7 @@ def test_membership_commands_json_and_transfers_while_they_run(cluster, monkeypa
     push = changes.ClusterChanges._push
 
     async def slow_push(self, *a, **kw):
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)           # (long enough to be seen on a loaded machine)
         return await push(self, *a, **kw)
     monkeypatch.setattr(changes.ClusterChanges, "_push", slow_push)
 
