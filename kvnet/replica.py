@@ -457,7 +457,8 @@ class LocalReplica:
         self.replayed_records = 0    # records the start's replay wrote again
         self._since_checkpoint = set()   # partitions written since the journal's last cut
         self._checkpoint_task = None
-        self._journal_keep = False       # a checkpoint's store sync failed: retire nothing
+        self._journal_keep = False       # a checkpoint failed after its cut: retire nothing
+        self._closing = False
         self.commits = 0             # group commit rounds that synced something
         self.commit_syncs = 0        # system calls they made (syncfs: one per round)
         self.max_siblings = max_siblings
@@ -525,12 +526,14 @@ class LocalReplica:
         self._dirty.discard(part)
         self._since_checkpoint.discard(part)
         part.store.close()
+        gone = f"{part.path}.dropped-{time.monotonic_ns()}"
+        os.rename(part.path, gone)      # (a partition(p) from now on starts afresh)
         if self.journal is not None:
+            # a replay skips what it holds for a directory not on disk, and once this DROP
+            # is durable, what it held before it for a directory of that name
             self.journal.drop(os.path.relpath(part.path, self.data_dir))
             self._write_gen += 1
             await self.commit()
-        gone = f"{part.path}.dropped-{time.monotonic_ns()}"
-        os.rename(part.path, gone)
         await asyncio.to_thread(shutil.rmtree, gone, True)
         return True
 
@@ -610,6 +613,8 @@ class LocalReplica:
             if not failed:
                 JR.retire(os.path.join(self.data_dir, "journal"), replay.files)
                 replay.files = []
+            else:                               # (the next start replays them again)
+                self._journal_keep = True
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -891,6 +896,10 @@ class LocalReplica:
             if prev is not None:
                 await asyncio.shield(prev)          # (its failure is this round's too)
             failed, fs_error = result
+            if fs_error is None and journal is not None and journal.failed is not None:
+                # a round before this one failed: its file range is a hole the replay stops
+                # at, so nothing after it is durable either, this round's frames included
+                fs_error = journal.failed
             for part, exc in failed:
                 self.write_error(part, exc)         # read-only, logged, distrusted
             if fs_error is not None:
@@ -898,7 +907,8 @@ class LocalReplica:
                     part.fail(fs_error, what)
             self._synced_gen = max(self._synced_gen, gen)
             if (journal is not None and journal.size >= self.journal_checkpoint_bytes
-                    and self._checkpoint_task is None and journal.failed is None):
+                    and self._checkpoint_task is None and journal.failed is None
+                    and not self._closing and not self._journal_keep):
                 self._checkpoint_task = asyncio.ensure_future(self._checkpoint())
         except BaseException:
             self._dirty |= dirty
@@ -915,11 +925,21 @@ class LocalReplica:
     async def _checkpoint(self):
         """Cut the journal: later frames go to a new file; once the rounds writing into the
         old one have ended, every store written since the last cut is synced (in a worker
-        thread) and the old file deleted. A store whose sync fails turns read-only, and the
-        journal then keeps every file until the node restarts and replays them."""
+        thread) and the old file deleted. The files left must stay a contiguous run of the
+        newest (a replay applies them in order over the stores): so if anything fails after
+        the cut (a store's sync, the delete), no file is deleted any more until the node
+        restarts and replays them all."""
         journal = self.journal
         try:
-            old = journal.rotate()
+            new = await self.executor.run(journal.new_file)
+        except Exception as exc:
+            log.error("node %s: a journal checkpoint could not start the next file: %s",
+                      self.identity.node, _cause(exc) if isinstance(exc, OSError) else exc)
+            await asyncio.sleep(1.0)            # (not again at once, every round)
+            self._checkpoint_task = None
+            return
+        try:
+            old = journal.switch(new)
             parts, self._since_checkpoint = self._since_checkpoint, set()
             for _, task in list(self._rounds):
                 try:
@@ -931,18 +951,17 @@ class LocalReplica:
             for part, exc in failed:
                 self.write_error(part, exc)
             if failed or journal.failed is not None or self._journal_keep:
-                self._journal_keep = True
-                old.close()
-                log.error("node %s: journal file %s is kept (a partition's sync failed): the "
-                          "journal keeps its files until a restart replays them",
-                          self.identity.node, old.path)
-            else:
-                await self.executor.run(journal.retire, [old])
+                raise OSError(E.EIO, "a partition's sync failed" if failed else
+                              "the journal failed")
+            if self._closing:
+                return                          # (close syncs every store, then deletes all)
+            await self.executor.run(journal.retire, [old])
             self.checkpoints += 1
         except Exception as exc:
-            log.error("node %s: a journal checkpoint failed: %s", self.identity.node,
+            self._journal_keep = True
+            log.error("node %s: a journal checkpoint failed (%s): the journal keeps its files "
+                      "until a restart replays them", self.identity.node,
                       _cause(exc) if isinstance(exc, OSError) else exc)
-            await asyncio.sleep(1.0)            # (not again at once, every round)
         finally:
             self._checkpoint_task = None
 
@@ -1032,6 +1051,7 @@ class LocalReplica:
                 log.exception("node %s: an interval commit failed", self.identity.node)
 
     async def close(self):
+        self._closing = True                # (no new checkpoint: close syncs every store)
         if self._interval_task is not None:
             self._interval_task.cancel()
             try:
@@ -1044,6 +1064,11 @@ class LocalReplica:
                 continue
             try:                    # (the drain settles its waiters: none is left hanging)
                 await asyncio.shield(task)
+            except Exception:
+                pass
+        if self._checkpoint_task is not None:       # (one a last round started meanwhile)
+            try:
+                await asyncio.shield(self._checkpoint_task)
             except Exception:
                 pass
         parts, self.partitions = list(self.partitions.values()), {}

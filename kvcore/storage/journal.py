@@ -29,7 +29,9 @@ import struct
 import threading
 
 from kvcore._native import select
+from kvcore.errors import StoreFormatError
 from kvcore.storage.files import fsync_dir
+from kvcore.storage.lock import DirLock
 
 JournalBuffer = select("kvcore.storage.jbuffer", "kvcore.storage.jbuffer_py").JournalBuffer
 crc32c = select("kvcore.hashing", "kvcore.hashing_py").crc32c
@@ -109,14 +111,25 @@ def read_journal(directory):
         path = os.path.join(directory, file_name(number))
         with open(path, "rb") as f:
             data = f.read()
-        replay.files.append(number)
         head = data[:FILE_HEADER_SIZE]
-        if len(head) < FILE_HEADER_SIZE or head != file_header(number):
-            if any(data):
-                log.error("journal %s: its header is not a ringkv journal's (format %d) or is "
-                          "damaged: %d bytes not replayed", path, FORMAT_VERSION, len(data))
+        if len(head) == FILE_HEADER_SIZE and head[:8] == FILE_MAGIC \
+                and struct.unpack_from("<H", head, 8)[0] != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"journal {path} has format version {struct.unpack_from('<H', head, 8)[0]}; "
+                f"this ringkv reads version {FORMAT_VERSION}: start the release that wrote it "
+                "(a clean stop leaves no journal)")
+        if head != file_header(number):
+            if len(data) > FILE_HEADER_SIZE:
+                # frames behind a damaged header: kept aside for an operator, never deleted
+                os.replace(path, path + ".damaged")
+                fsync_dir(directory)
+                log.error("journal %s: its header is damaged: its %d bytes are not replayed "
+                          "and the file is kept as %s.damaged", path, len(data), path)
                 replay.torn_bytes += len(data)
+            else:
+                replay.files.append(number)     # (created by a crash before its header)
             continue
+        replay.files.append(number)
         frames, end = parse_frames(data)
         if end < len(data):
             replay.torn_bytes += len(data) - end
@@ -207,6 +220,7 @@ class Journal:
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
+        self._dirlock = DirLock(os.path.join(directory, "LOCK"))    # one process at a time
         self.replay = read_journal(directory)
         self.buffer = JournalBuffer()
         self._ids = {}              # relative store directory -> store id
@@ -218,7 +232,6 @@ class Journal:
         self._fault = None          # tests: (op, errno, times left)
         last = self.replay.files[-1] if self.replay.files else 0
         self.file = _File(directory, last + 1)
-        self.old_files = list(self.replay.files)    # files still needed by a replay
 
     @property
     def size(self):
@@ -253,16 +266,23 @@ class Journal:
         self.file.size += len(data)
         return batch
 
-    def rotate(self):
-        """Start the next file (a checkpoint): frames appended from now on go there, with
-        every bound store bound again. Returns the previous file, which the checkpoint
-        retires once the rounds writing into it have ended and the stores are synced."""
-        old = self.file
-        self.file = _File(self.directory, old.number + 1)
+    def new_file(self):
+        """Create the next file (a worker thread: it syncs the file and the directory)."""
+        return _File(self.directory, self.file.number + 1)
+
+    def switch(self, new):
+        """Frames appended from now on go to `new` (from new_file), with every bound store
+        bound again; returns the previous file, which a checkpoint retires once the rounds
+        writing into it have ended and the stores are synced. On the loop."""
+        old, self.file = self.file, new
         with self._lock:
             for relpath, sid in self._ids.items():
                 self.buffer.add(sid, BIND, relpath.encode())
         return old
+
+    def rotate(self):
+        """new_file() and switch() at once."""
+        return self.switch(self.new_file())
 
     def retire(self, files):
         """Delete journal files (numbers, or _File objects: closed first) whose records the
@@ -279,8 +299,11 @@ class Journal:
         """Close the current file; retire=True (every store closed and synced): delete every
         journal file, so a clean start replays nothing."""
         self.file.close()
-        if retire:
-            self.retire(_numbers(self.directory))
+        try:
+            if retire:
+                self.retire(_numbers(self.directory))
+        finally:
+            self._dirlock.release()
 
     def _fail_next(self, op, err, times=1):
         """Tests: the next `times` writes ("write") or fdatasyncs ("fdatasync") fail."""

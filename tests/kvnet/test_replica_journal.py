@@ -33,6 +33,7 @@ def _crash(rep):
         part.store._abandon()
     rep.partitions = {}
     rep.journal.file.close()
+    rep.journal._dirlock.release()      # (a killed process's lock goes with it)
     rep.executor.shutdown()
 
 
@@ -46,7 +47,7 @@ def _lose_unsynced(path):
 
 
 def _journal_files(path):
-    return sorted(os.listdir(os.path.join(str(path), "journal")))
+    return sorted(f for f in os.listdir(os.path.join(str(path), "journal")) if f.endswith(".jnl"))
 
 
 def _write_some(rep, parts=range(8), n=20):
@@ -277,3 +278,150 @@ def test_a_start_without_the_journal_still_replays_what_a_crash_left(tmp_path):
             await rep2.close()
 
     asyncio.run(main())
+
+
+def test_a_round_after_a_failed_one_is_not_acknowledged_either(tmp_path, monkeypatch):
+    """Two rounds in flight; the first one's journal write fails, the second's succeeds: the
+    first's range is a hole the replay stops at, so the second's writes are refused too."""
+    gate = threading.Event()
+    write_sync = J.Batch.write_sync
+    first = []
+
+    def held(batch):
+        first.append(batch.offset) if not first else None
+        assert gate.wait(30)
+        if batch.offset == first[0]:
+            raise OSError(errno.EIO, "injected: the first round's write")
+        write_sync(batch)
+
+    monkeypatch.setattr(J.Batch, "write_sync", held)
+
+    async def main():
+        rep = _rep(tmp_path)
+        rep.mint(1, b"a", S(b"1"), overwrite=True)
+        w1 = asyncio.ensure_future(rep.after_write(1))
+        await asyncio.sleep(0.05)
+        rep.mint(2, b"b", S(b"2"), overwrite=True)
+        w2 = asyncio.ensure_future(rep.after_write(2))
+        await asyncio.sleep(0.05)
+        assert len(rep._rounds) == 2
+        gate.set()
+        for w in (w1, w2):
+            with pytest.raises(DiskError):
+                await w
+        assert rep.partition(2).read_only is not None
+        await rep.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+
+
+def test_a_checkpoint_whose_delete_fails_keeps_every_later_file(tmp_path, monkeypatch):
+    """The files left must be a contiguous run of the newest: one not deleted means none
+    after it is, so a replay never puts an old value over a newer one."""
+    calls = []
+    retire = J.Journal.retire
+
+    def failing_once(journal, files):
+        calls.append(list(files))
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "injected: unlink")
+        retire(journal, files)
+
+    monkeypatch.setattr(J.Journal, "retire", failing_once)
+
+    async def main():
+        rep = _rep(tmp_path, journal_checkpoint_bytes=2 << 10)
+        rep.open_existing()
+
+        async def write(key, value):
+            rep.mint(3, key, S(value + b"x" * 200), overwrite=True)
+            await rep.after_write()
+            while rep._checkpoint_task is not None:
+                await asyncio.sleep(0.01)
+
+        i = 0
+        while not calls:                        # k = A, until the first cut (its delete fails)
+            await write(b"k", b"A")
+            i += 1
+            assert i < 100
+        await write(b"k", b"B")                 # the newest k: in the file after the cut
+        for i in range(40):                     # then only other keys: more cuts would come
+            await write(b"f%d" % i, b"filler")
+        assert len(calls) == 1 and rep._journal_keep
+        assert _journal_files(tmp_path)[0] == J.file_name(1)        # nothing deleted after
+        want = rep.read_raw(3, b"k")
+        _crash(rep)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert rep2.read_raw(3, b"k") == want       # B, not the older A of file 1
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_write_while_a_drop_waits_for_its_sync_goes_to_a_fresh_partition(tmp_path):
+    async def main():
+        rep = _rep(tmp_path)
+        rep.mint(4, b"old", S(b"gone"), overwrite=True)
+        await rep.after_write()
+        dropping = asyncio.ensure_future(rep.drop(4))
+        await asyncio.sleep(0)                  # (the drop waits for its round now)
+        rep.mint(4, b"new", S(b"fresh"), overwrite=True)
+        assert rep.read_raw(4, b"old") is None
+        assert await dropping
+        await rep.after_write()
+        _crash(rep)
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert rep2.read_raw(4, b"old") is None and rep2.read_raw(4, b"new") is not None
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_close_right_after_a_checkpoint_starts_loses_nothing(tmp_path):
+    async def main():
+        rep = _rep(tmp_path, journal_checkpoint_bytes=1 << 10)
+        rep.open_existing()
+        _write_some(rep, parts=[1, 2], n=15)
+        await rep.after_write()
+        want = _contents(rep, [1, 2])
+        await rep.close()                   # (a checkpoint may be under way)
+        assert _journal_files(tmp_path) == []
+        rep2 = _rep(tmp_path)
+        rep2.open_existing()
+        try:
+            assert rep2.replayed_records == 0 and _contents(rep2, [1, 2]) == want
+        finally:
+            await rep2.close()
+
+    asyncio.run(main())
+
+
+def test_a_journal_of_another_format_version_is_refused(tmp_path):
+    from kvcore.errors import StoreFormatError
+    d = tmp_path / "journal"
+    d.mkdir()
+    head = bytearray(J.file_header(1))
+    head[8:10] = (9).to_bytes(2, "little")
+    (d / J.file_name(1)).write_bytes(bytes(head) + b"frames")
+    with pytest.raises(StoreFormatError) as info:
+        _rep(tmp_path)
+    assert "version 9" in str(info.value)
+
+
+def test_a_damaged_header_keeps_the_file_aside(tmp_path):
+    d = tmp_path / "journal"
+    d.mkdir()
+    (d / J.file_name(1)).write_bytes(b"\xff" * 32 + b"frames we cannot trust")
+    rep = _rep(tmp_path)
+    assert os.path.exists(d / (J.file_name(1) + ".damaged"))
+    asyncio.run(rep.close())
+    assert os.path.exists(d / (J.file_name(1) + ".damaged"))

@@ -83,7 +83,8 @@ def test_a_file_of_another_format_is_not_replayed(tmp_path):
     d.mkdir()
     (d / J.file_name(1)).write_bytes(b"something else entirely" * 4)
     replay = J.read_journal(str(d))
-    assert replay.records == {} and replay.torn_bytes > 0 and replay.files == [1]
+    assert replay.records == {} and replay.torn_bytes > 0 and replay.files == []
+    assert os.listdir(d) == [J.file_name(1) + ".damaged"]
 
 
 def test_nothing_from_before_a_drop_is_replayed(tmp_path):
@@ -111,7 +112,7 @@ def test_nothing_from_before_a_drop_is_replayed(tmp_path):
     assert j2.file.number == 3 and j2.replay.files == [1, 2]
     j2.retire(j2.replay.files)
     j2.close()
-    assert os.listdir(d) == []
+    assert [f for f in os.listdir(d) if f.endswith(".jnl")] == []
 
 
 def test_a_failed_write_or_fdatasync_raises(tmp_path):

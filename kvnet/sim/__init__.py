@@ -1,0 +1,1 @@
+"""Deterministic simulation of a ringkv cluster in one process (docs/simulation.md)."""

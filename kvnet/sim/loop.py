@@ -1,0 +1,141 @@
+"""A deterministic asyncio event loop on a simulated clock (docs/simulation.md).
+
+The loop is asyncio's own (BaseEventLoop: the same ready queue, timers and tasks), with three
+things replaced: its clock is a number that jumps to the next timer when nothing is ready
+(no waiting: a simulated minute takes the CPU time its callbacks take); I/O is a simulated
+network (kvnet/sim/net.py) that delivers bytes by timers; and work sent to an executor runs
+inline, so no thread decides an order. `determinism(seed, clock)` replaces, for the run, the
+process's clocks (time.time, monotonic, perf_counter and their _ns forms) with the loop's and
+its sources of randomness (random's global generator, os.urandom, secrets) with generators
+seeded from `seed`, so the code under test runs unchanged.
+"""
+import asyncio
+import contextlib
+import os
+import random
+import time
+
+EPOCH = 1_798_761_600.0        # 2027-01-01 UTC: time.time() of simulated second 0
+
+
+class SimDeadlock(RuntimeError):
+    """Nothing is ready and no timer is set: everything waits for what never comes."""
+
+
+class _Selector:
+    """What BaseEventLoop polls for I/O: here, the place the clock moves forward."""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def select(self, timeout):
+        if timeout is None:
+            raise SimDeadlock("the simulation has nothing left to run")
+        if timeout > 0:
+            self.loop._now += timeout
+        return []
+
+    def close(self):
+        pass
+
+
+class SimLoop(asyncio.BaseEventLoop):
+    """asyncio's loop on simulated time, with `net` (a SimNetwork) for its connections."""
+
+    def __init__(self, net=None):
+        super().__init__()
+        self._now = 0.0
+        self._selector = _Selector(self)
+        self._clock_resolution = 1e-9
+        self.net = net
+
+    def time(self):
+        return self._now
+
+    def _process_events(self, event_list):
+        pass
+
+    def _write_to_self(self):
+        pass
+
+    def run_in_executor(self, executor, func, *args):
+        """Runs `func` now, on the loop: an executor's work is part of the simulated step."""
+        fut = self.create_future()
+        try:
+            fut.set_result(func(*args))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+        return fut
+
+    async def shutdown_default_executor(self, timeout=None):
+        pass
+
+    def add_signal_handler(self, sig, callback, *args):
+        raise NotImplementedError("no signals in a simulation")
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kw):
+        return await self.net.connect(protocol_factory, host, port)
+
+    async def create_server(self, protocol_factory, host=None, port=None, **kw):
+        return self.net.listen(protocol_factory, host, port)
+
+    async def getaddrinfo(self, host, port, *a, **kw):
+        return [(2, 1, 6, "", (host, port))]
+
+
+class _Urandom:
+    """os.urandom from a seeded generator."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def __call__(self, n):
+        return self.rng.getrandbits(8 * n).to_bytes(n, "little") if n else b""
+
+
+def _seeded_random(urandom):
+    class SeededRandom(random.Random):
+        """random.Random() seeded from the simulation's seed, not from the OS."""
+
+        def seed(self, a=None, version=2):
+            if a is None:
+                a = int.from_bytes(urandom(32), "little")
+            super().seed(a, version)
+
+    return SeededRandom
+
+
+@contextlib.contextmanager
+def determinism(seed, clock):
+    """For the `with` block: the process's clocks read `clock()` (simulated seconds) and its
+    randomness comes from `seed`. Restores everything after."""
+    import secrets
+    saved_time = {name: getattr(time, name) for name in
+                  ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter",
+                   "perf_counter_ns")}
+    saved_urandom = os.urandom
+    saved_rand_urandom = random._urandom
+    saved_state = random.getstate()
+    saved_random = random.Random
+    urandom = _Urandom(random.Random(seed ^ 0x5EED))
+    try:
+        time.time = lambda: EPOCH + clock()
+        time.time_ns = lambda: int((EPOCH + clock()) * 1e9)
+        time.monotonic = time.perf_counter = lambda: 1000.0 + clock()
+        time.monotonic_ns = time.perf_counter_ns = lambda: int((1000.0 + clock()) * 1e9)
+        os.urandom = urandom
+        random._urandom = urandom          # SystemRandom, secrets and random.Random()'s seed
+        random.Random = _seeded_random(urandom)
+        random.seed(seed)
+        secrets._sysrand = random.SystemRandom()
+        yield
+    finally:
+        for name, fn in saved_time.items():
+            setattr(time, name, fn)
+        os.urandom = saved_urandom
+        random._urandom = saved_rand_urandom
+        random.Random = saved_random
+        random.setstate(saved_state)
+        secrets._sysrand = random.SystemRandom()
