@@ -44,7 +44,6 @@ cdef class LogStore:
     cdef bytes dir_b                    # path, encoded: the directory a miss opens files in
     cdef const char *dir_c              # (dir_b's bytes, for a miss without the GIL)
     cdef long long map_misses           # sealed segments mapped on demand (stats)
-    cdef list chunk_pins                # segments put_many pinned for the chunk it writes
     cdef Py_ssize_t active              # index of the active segment
     cdef Buffer rec                     # scratch for encoding records
     cdef Buffer hints                   # hint entries of the active segment
@@ -87,6 +86,7 @@ cdef class LogStore:
     cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1    # False: bad file, nothing indexed
     cdef object _stored(self, object value, int *flags)                 # lz4 when it pays
     cdef int _write_one(self, object key, object stored, int flags, Py_ssize_t slot=*) except -1
+    cdef int _index_chunk(self, uint64_t base_off) except -1
     # a read-modify-write with one lookup: slot_of (-1: absent), value_in, then put_in with
     # that slot and no other write between (kvcore/replicawrite.pyx)
     cdef Py_ssize_t slot_of(self, object key) except -2

@@ -18,7 +18,7 @@ from libc.errno cimport EINVAL, EIO, ENOSPC, errno
 from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mprotect, munmap
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY, open as c_open
 from posix.types cimport off_t
@@ -488,7 +488,6 @@ cdef class LogStore:
         if self._io_lock == NULL or self._seal_lock == NULL:
             raise MemoryError()
         self.sealing = []
-        self.chunk_pins = []
         self.map_cache = MAP_CACHE
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
@@ -1535,9 +1534,7 @@ cdef class LogStore:
         cdef Segment *seg
         cdef uint64_t base_off, h
         cdef char *p
-        cdef Py_ssize_t found, sidx, npinned
         self._check_open()
-        self._unpin_chunk()             # (left by a put_many that raised)
         for item in items:
             key, value = item
             self._check_key(key)
@@ -1552,7 +1549,6 @@ cdef class LogStore:
             seg = &self.segs[self.active]
             self.rec.len = 0
             start = j
-            npinned = 0
             while j < n:
                 key, value = <tuple>pairs[j]
                 stored = self._stored(value, &flags)
@@ -1563,19 +1559,8 @@ cdef class LogStore:
                     if seg.size + size > self.max_segment and seg.size > SEG_HEADER_SIZE:
                         self._seal_active()
                         seg = &self.segs[self.active]
-                elif (self.rec.len + size > CHUNK or seg.size + self.rec.len + size > self.max_segment
-                      or npinned >= self.map_cache):
+                elif self.rec.len + size > CHUNK or seg.size + self.rec.len + size > self.max_segment:
                     break
-                # the segment of the key's old record stays mapped (pinned) until the chunk
-                # is indexed, so a failed map refuses the chunk before it is written
-                found = self._lookup(self._hash(PyBytes_AS_STRING(key), klen),
-                                     PyBytes_AS_STRING(key), klen)
-                if found >= 0:
-                    sidx = loc_seg(self.kd.slots[found].loc)
-                    if self.segs[sidx].pins == 0:
-                        npinned += 1
-                    self._pin(sidx)
-                    self.chunk_pins.append(sidx)
                 buf_reserve(&self.rec, size)
                 write_record(self.rec.data + self.rec.len, PyBytes_AS_STRING(key), klen,
                              PyBytes_AS_STRING(stored), vlen, <uint8_t>flags, now_us())
@@ -1588,7 +1573,22 @@ cdef class LogStore:
             self._pwrite_all(seg.fd, self.rec.data, self.rec.len, base_off)
             seg.size = base_off + self.rec.len
             # index the chunk now that it is on disk (a later duplicate wins)
-            pos = 0
+            self._index_chunk(base_off)
+        if n:
+            self._after_write()
+
+    cdef int _index_chunk(self, uint64_t base_off) except -1:
+        """Index the records of put_many's chunk (self.rec), just written at base_off of the
+        active segment. A lookup may need to map a sealed segment (the key's old record):
+        when that fails, the records not indexed yet are taken back (zeroed in the reserved
+        space they were written to, which an open reads as the end of the data, and the
+        segment's data end moved back before them) and the OSError raised: those pairs were
+        not written, the ones before them were."""
+        cdef size_t pos = 0, size, klen
+        cdef uint64_t h
+        cdef const char *p
+        cdef Segment *seg
+        try:
             while pos < self.rec.len:
                 p = self.rec.data + pos
                 klen = load16(p + REC_OFF_KEYLEN)
@@ -1597,17 +1597,12 @@ cdef class LogStore:
                 self._index(h, p + REC_HEADER_SIZE, klen, self.active, base_off + pos, size,
                             <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
-            self._unpin_chunk()
-        self._unpin_chunk()
-        if n:
-            self._after_write()
-
-    def _unpin_chunk(self):
-        """Unpin what put_many pinned for its chunk (at most map_cache segments)."""
-        pins, self.chunk_pins = self.chunk_pins, []
-        for sidx in pins:
-            if self.segs[<Py_ssize_t>sidx].used:
-                self._unpin(sidx)
+        except OSError:
+            seg = &self.segs[self.active]
+            memset(seg.map + base_off + pos, 0, self.rec.len - pos)
+            seg.size = base_off + pos
+            raise
+        return 0
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -1894,7 +1889,6 @@ cdef class LogStore:
             job._discard()
             raise
         self.corrupt += job.corrupt
-        self._unpin_chunk()                 # (input slots are freed below)
         out_idx = []
         for out_id, _, _, size in job.outputs:
             s = self._new_segment_slot()    # (unmapped: the map cache maps it when read)
@@ -1931,14 +1925,19 @@ cdef class LogStore:
         cdef size_t s = 0, size
         cdef uint64_t loc
         cdef Segment *seg
+        cdef const char *base
         dropped = []
         while s < self.kd.capacity:
             loc = self.kd.slots[s].loc
             if loc != 0 and loc_seg(loc) in gone:
+                # (a failed map here only leaves live_bytes counting the record: the swap,
+                # half done, must not stop)
+                base = self._seg_map(loc_seg(loc))
                 seg = &self.segs[loc_seg(loc)]
-                size = record_size(_addr(self, loc_seg(loc)) + loc_off(loc))
-                if loc_off(loc) + size <= seg.size:
-                    self.live_bytes -= size
+                if base != NULL:
+                    size = record_size(base + loc_off(loc))
+                    if loc_off(loc) + size <= seg.size:
+                        self.live_bytes -= size
                 self.kd.remove_at(s)
                 dropped.append((seg.id, loc_off(loc)))
                 continue                     # the shifted-in entry now sits at s
@@ -2168,7 +2167,6 @@ cdef class LogStore:
                 self._drop_segment(i, False)
         self.nsegs = 0
         self.nmapped = 0
-        self.chunk_pins = []
         self.active = -1
 
     def _wait_merge(self):

@@ -302,38 +302,53 @@ def test_a_map_failing_for_lack_of_descriptors(open_store, impl, tmp_path):
     assert dict(s.items()) == vals
 
 
-def test_a_write_whose_old_record_cannot_be_mapped_changes_nothing(tmp_path):
-    """Compiled store: a put or put_many (or a delete) of a key whose old record lies in an
-    unmapped sealed segment maps it before writing: when that fails the write is refused
-    and nothing changed (the twin's writes never read a segment)."""
+def test_a_write_whose_old_record_cannot_be_mapped_is_refused(tmp_path):
+    """Compiled store: a put or a delete of a key whose old record lies in an unmapped sealed
+    segment maps it before writing: when that fails the write is refused and nothing
+    changed. put_many indexes a chunk after writing it: the pairs from the one whose map
+    failed on are taken back (zeroed, so no reopen brings them back), those before it stay.
+    (The twin's writes never read a segment.)"""
     import errno
     from kvcore.storage import store
     vals = _values(300)
-    s = store.LogStore(tmp_path / "store", fsync="never", max_segment_bytes=4096, map_cache=1)
+    path = tmp_path / "store"
+    s = store.LogStore(path, fsync="never", max_segment_bytes=4096, map_cache=1)
     try:
         for k, v in vals.items():
             s.put(k, v)
         first, last = list(vals)[0], list(vals)[-20]
-        s.get(last)                                 # (first's segment is not mapped now)
-        for write in (lambda: s.put(first, b"x"), lambda: s.put_many([(b"n", b"1"), (first, b"x")]),
-                      lambda: s.delete(first)):
+        for write in (lambda: s.put(first, b"x"), lambda: s.delete(first),
+                      lambda: s.put_many([(first, b"x"), (b"n", b"1")])):
+            s.get(last)                             # (first's segment is not mapped now)
             before = s.stats()
             s._fail_next("mmap", errno.ENOMEM)
-            with pytest.raises(OSError):
+            with pytest.raises(OSError) as exc_info:
                 write()
+            assert exc_info.value.errno == errno.ENOMEM
             s._fail_next(None)
             after = s.stats()
             assert (after["keys"], after["active_offset"], after["live_bytes"]) == \
                 (before["keys"], before["active_offset"], before["live_bytes"])
-            s.get(last)
         assert s.get(first) == vals[first] and s.get(b"n") is None
-        s.put_many([(k, v + b"!") for k, v in vals.items()])    # (pins: at most map_cache)
+        s.get(last)
+        s._fail_next("mmap", errno.ENOMEM)
+        with pytest.raises(OSError):
+            s.put_many([(b"n", b"1"), (first, b"x"), (b"m", b"2")])
+        s._fail_next(None)
+        assert (s.get(b"n"), s.get(first), s.get(b"m")) == (b"1", vals[first], None)
+        s.put(b"after", b"3")                       # (written over the taken-back records)
+        s._abandon()                                # a crash: the open scans the active segment
+        s = store.LogStore(path, fsync="never", max_segment_bytes=4096, map_cache=1)
+        assert (s.get(b"n"), s.get(first), s.get(b"m"), s.get(b"after")) == \
+            (b"1", vals[first], None, b"3")
+        assert s.recovery["corrupt_records"] == 0
+        s.put_many([(k, v + b"!") for k, v in vals.items()])
         assert all(s.get(k) == v + b"!" for k, v in vals.items())
         assert _maps_under(s.path)[0] <= 1 + 1
     finally:
         s.close()
-    s = store.LogStore(tmp_path / "store", fsync="never", map_cache=1)
+    s = store.LogStore(path, fsync="never", map_cache=1)
     try:
-        assert all(s.get(k) == v + b"!" for k, v in vals.items()) and len(s) == len(vals)
+        assert all(s.get(k) == v + b"!" for k, v in vals.items()) and len(s) == len(vals) + 2
     finally:
         s.close()
