@@ -1,5 +1,6 @@
 """Descriptors and maps a store holds stay bounded however many segments it has
-(docs/storage.md, "Resources"): a sealed segment is read through its map (compiled) or a
+(docs/storage.md, "Resources"): a sealed segment is read through the map cache (compiled:
+at most map_cache sealed segments mapped, the least recently read unmapped on a miss) or a
 small descriptor cache (twin), and the active segment's map follows its reservation."""
 import os
 
@@ -350,5 +351,30 @@ def test_a_write_whose_old_record_cannot_be_mapped_is_refused(tmp_path):
     s = store.LogStore(path, fsync="never", map_cache=1)
     try:
         assert all(s.get(k) == v + b"!" for k, v in vals.items()) and len(s) == len(vals) + 2
+    finally:
+        s.close()
+
+
+def test_seals_on_the_syncer_thread_while_reads_evict(tmp_path):
+    """Compiled store, seal_later=True: the syncer thread seals each rolled-out segment and
+    hands its map to the cache (which may unmap another) while the owner reads older keys
+    through a cache of 1 and writes: every value right, the cache bounded once sealed."""
+    import random
+    from kvcore.storage import store
+    s = store.LogStore(tmp_path / "store", fsync="interval", sync_interval_ms=1,
+                       max_segment_bytes=4096, map_cache=1, seal_later=True)
+    try:
+        vals = {}
+        rnd = random.Random(4)
+        for i in range(3000):
+            k = b"k%05d" % i
+            vals[k] = rnd.randbytes(100)
+            s.put(k, vals[k])
+            for k2 in rnd.sample(sorted(vals), min(3, len(vals))):
+                assert s.get(k2) == vals[k2]
+        s.seal_pending()
+        assert s.stats()["sealing_segments"] == 0 and s.stats()["segments"] > 50
+        assert _maps_under(s.path)[0] <= 1 + 1
+        assert dict(s.items()) == vals
     finally:
         s.close()
