@@ -1,17 +1,47 @@
-"""The process limits a node needs: open files for its partitions' stores, raised at start.
+"""The process limits a node needs: open files and memory maps for its partitions' stores.
 
 A partition's store keeps two files open (its lock and its active segment; sealed segments
 are read through their maps, docs/storage.md "Resources"); a node also needs descriptors for client and peer
 connections. `kvnode start` raises RLIMIT_NOFILE's soft limit to the hard limit and refuses
-to start, with a message naming the numbers, when even that cannot serve its partitions."""
+to start, with a message naming the numbers, when even that cannot serve its partitions.
+
+Maps: a store maps at most `map_cache` sealed segments (8) besides its active one, one
+rolled out and not yet sealed, and one input of a running merge, whatever its data size;
+`kvnode start` refuses to start when `vm.max_map_count` (Linux) is below what its partitions
+may map at once, plus the interpreter's own."""
 import resource
 
 FDS_PER_PARTITION = 3        # lock, active segment, and the next one during a roll
 FDS_BASE = 200               # connections, logs, hint logs, the epoch and ring files
 
 
+MAPS_PER_PARTITION = 8 + 3  # the store's map cache (LogStore map_cache), active, sealing, merge
+MAPS_BASE = 1000            # the interpreter and its extension modules, hint logs, index tables
+MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
+
+
 def needed_fds(partitions):
     return FDS_BASE + FDS_PER_PARTITION * partitions
+
+
+def needed_maps(partitions):
+    return MAPS_BASE + MAPS_PER_PARTITION * partitions
+
+
+def check_map_count(partitions, path=MAX_MAP_COUNT):
+    """The system's limit on a process's memory maps, and what `partitions` need; OSError
+    naming both when the limit is lower. (None, need) where there is no such file (not
+    Linux)."""
+    need = needed_maps(partitions)
+    try:
+        with open(path) as f:
+            limit = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None, need
+    if limit < need:
+        raise OSError(f"vm.max_map_count is {limit} but {partitions} partitions may map about "
+                      f"{need} segments at once: raise it (sysctl -w vm.max_map_count=...)")
+    return limit, need
 
 
 def raise_nofile(partitions, getrlimit=resource.getrlimit, setrlimit=resource.setrlimit):

@@ -55,6 +55,16 @@ def check_options(**kw):
     return opts
 
 
+MAP_CACHE_MAX = 1 << 16
+
+
+def check_map_cache(v):
+    """A store's map_cache (sealed segments kept mapped, docs/storage.md "Resources"), checked."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAP_CACHE_MAX:
+        raise ValueError(f"map_cache must be an integer in [1, {MAP_CACHE_MAX}], got {v!r}")
+    return v
+
+
 def space_allowed(path, min_free):
     """Bytes that may still be taken on the file system of `path` before its free space (for
     unprivileged use) falls below `min_free` percent; negative when it is below already."""
@@ -76,7 +86,8 @@ def space_refused(path, min_free):
 
 # Test-only fault injection (LogStore._fail_next): the next call(s) of one kind of system call
 # fail with a chosen errno, in either twin at the same logical steps (docs/storage.md, "Faults").
-FAULT_OPS = {"open": 1, "write": 2, "ftruncate": 3, "fdatasync": 4}
+FAULT_OPS = {"open": 1, "write": 2, "ftruncate": 3, "fdatasync": 4, "mmap": 5}
+# ("mmap": the map of a sealed segment on a map cache miss, the twin's descriptor open)
 
 
 def check_fault(op, err, times, after):

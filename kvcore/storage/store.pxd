@@ -12,7 +12,11 @@ cdef struct Segment:
     int used                # the index slot holds a segment (0: free for reuse)
     int fd                  # read-write descriptor while active (or being opened), else -1:
                             # a sealed segment is read through its map, which keeps the file
-    char *map               # MAP_SHARED view (NULL if the file is empty); writable while active
+    char *map               # MAP_SHARED view, writable while active; a sealed segment's is
+                            # made on demand and unmapped by the map cache (NULL: not mapped now)
+    int pins                # > 0: the map cache never unmaps it (active, sealing, being loaded,
+                            # or a reader holding a pointer across calls); 0: a cache entry
+    uint64_t used_at        # map cache clock of its last read (the least recent is unmapped)
     size_t map_len          # mapped length (the active segment's grows with its reservation)
     uint64_t size           # bytes written so far (the data end)
     uint64_t reserved       # file length: size plus zero space allocated ahead (active segment)
@@ -34,6 +38,13 @@ cdef class LogStore:
     cdef Segment *segs                  # segment table, indexed by keydir locations
     cdef Py_ssize_t nsegs               # used length of segs (some slots may be free)
     cdef Py_ssize_t segs_cap
+    cdef Py_ssize_t map_cache           # at most this many unpinned sealed maps (docs/storage.md)
+    cdef Py_ssize_t nmapped             # unpinned segments mapped now (<= map_cache)
+    cdef uint64_t map_clock             # ticks once per read of a segment's map (LRU order)
+    cdef int map_errno                  # errno of the last failed map (_seg_map returned NULL)
+    cdef bytes dir_b                    # path, encoded: the directory a miss opens files in
+    cdef const char *dir_c              # (dir_b's bytes, for a miss without the GIL)
+    cdef long long map_misses           # sealed segments mapped on demand (stats)
     cdef Py_ssize_t active              # index of the active segment
     cdef Buffer rec                     # scratch for encoding records
     cdef Buffer hints                   # hint entries of the active segment
@@ -78,6 +89,7 @@ cdef class LogStore:
     cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1    # False: bad file, nothing indexed
     cdef object _stored(self, object value, int *flags)                 # lz4 when it pays
     cdef int _write_one(self, object key, object stored, int flags, Py_ssize_t slot=*) except -1
+    cdef int _index_chunk(self, uint64_t base_off) except -1
     # a read-modify-write with one lookup: slot_of (-1: absent), value_in, then put_in with
     # that slot and no other write between (kvcore/replicawrite.pyx)
     cdef Py_ssize_t slot_of(self, object key) except -2
@@ -85,12 +97,12 @@ cdef class LogStore:
     cdef int put_in(self, Py_ssize_t slot, object key, object value) except -1
     cdef object _key_at(self, uint64_t loc)
     cdef uint64_t _hash(self, const char *key, size_t klen) noexcept nogil
-    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil
+    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) except -3 nogil
     cdef int _index(self, uint64_t h, const char *key, size_t klen, uint64_t seg, uint64_t off,
                     size_t size, int flags, Py_ssize_t i=*) except -1 nogil
     cdef object _value_at(self, Py_ssize_t slot, object key)   # None: absent or dropped as corrupt
     cdef int _drop_slot(self, Py_ssize_t slot) except -1
-    cdef int _injected(self, int op) noexcept
+    cdef int _injected(self, int op) noexcept nogil
     cdef int _check_writable(self) except -1
     cdef Py_ssize_t _create_segment(self, uint64_t seg_id) except -1
     cdef int _pwrite_all(self, int fd, const char *data, size_t n, uint64_t off) except -1
@@ -103,6 +115,13 @@ cdef class LogStore:
     cdef int _index_hints(self, Py_ssize_t i, const char *p, uint64_t count) except -1 nogil
     cdef Py_ssize_t _new_segment_slot(self) except -1
     cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1
+    # the one accessor of a segment's bytes (NULL, with map_errno set, when a map fails)
+    cdef const char *_seg_map(self, Py_ssize_t i) noexcept nogil
+    cdef const char *_map_miss(self, Py_ssize_t i) noexcept nogil
+    cdef const char *_seg_base(self, Py_ssize_t i) except NULL nogil    # raises OSError instead
+    cdef void _evict_one(self) noexcept nogil
+    cdef const char *_pin(self, Py_ssize_t i) except NULL
+    cdef void _unpin(self, Py_ssize_t i) noexcept nogil
     cdef int _grow_map(self, Py_ssize_t i, size_t length) except -1
     cdef int _close_fd(self, Py_ssize_t i) except -1
     cdef int _reserve(self, Py_ssize_t i, uint64_t need) except -1

@@ -14,11 +14,13 @@ import time
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_release_lock, WAIT_LOCK)
-from libc.errno cimport EIO, ENOSPC, errno
+from libc.errno cimport EINVAL, EIO, ENOSPC, errno
+from libc.stdio cimport snprintf
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from posix.mman cimport MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, mprotect, munmap
+from posix.fcntl cimport O_CLOEXEC, O_RDONLY, open as c_open
 from posix.types cimport off_t
 from posix.unistd cimport close as c_close, fdatasync, ftruncate, pwrite, write as c_write
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
@@ -30,7 +32,8 @@ from kvcore.storage import layout as L
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import (check_fault, check_format, check_options, decompress,
+from kvcore.storage.options import (check_fault, check_format, check_map_cache, check_options,
+                                    decompress,
                                     injected, maybe_compress, space_allowed, space_refused)
 
 from kvcore.hashing cimport kv_crc32c, token_of
@@ -59,8 +62,10 @@ cdef enum:                          # _fail_next() ops (options.FAULT_OPS)
     F_WRITE = 2
     F_FTRUNCATE = 3
     F_FDATASYNC = 4
+    F_MMAP = 5                      # the map of a sealed segment on a cache miss
 
 cdef size_t PAGE = 4096
+MAP_CACHE = 8                       # sealed segments a store keeps mapped (docs/storage.md)
 cdef size_t CHUNK = 1 << 20         # put_many copies at most this much per step
 cdef size_t MERGE_STEP = 1 << 20    # a throttled merge copies this much between its sleeps
 cdef uint64_t RESERVE_FIRST = 64 << 10     # first reservation of an active segment
@@ -185,6 +190,34 @@ cdef inline void _put_hint(Buffer *b, uint64_t h, uint64_t off, size_t size, uin
     b.len += HINT_ENTRY_SIZE + klen
 
 
+cdef void *_map_readonly(str path, size_t size, str what) except NULL:
+    """A read-only shared map of the first `size` bytes of the file at path (its descriptor
+    closed again); OSError when the open or the mmap fails."""
+    cdef void *m
+    cdef int err
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0)
+        err = errno
+    finally:
+        os.close(fd)
+    if m == MAP_FAILED:
+        raise OSError(err, os.strerror(err), f"{what}: {path}")
+    return m
+
+
+cdef inline const char *_addr(LogStore st, Py_ssize_t i) except NULL nogil:
+    """The address of segment i's bytes, through the map cache (LogStore._seg_map): a hit
+    inline (a few instructions: this is every read's hot path), a miss maps the segment or
+    raises OSError (LogStore._seg_base)."""
+    cdef Segment *seg = &st.segs[i]
+    if seg.map != NULL:
+        st.map_clock += 1
+        seg.used_at = st.map_clock
+        return seg.map
+    return st._seg_base(i)
+
+
 cdef struct Move:
     uint64_t hash
     uint64_t old_loc
@@ -215,8 +248,7 @@ cdef class MergeJob:
     cdef size_t copied              # bytes copied by the current step (run's throttle)
     cdef readonly bint cancelled    # set by cancel(): run() stops at its next step
     cdef bint oom                   # _copy could not grow the output buffer
-    cdef readonly bint installed    # install() renamed the outputs into place and mapped them
-    cdef list mapped                # (id, map address, size) of the outputs, until finish_merge
+    cdef readonly bint installed    # install() renamed the outputs into place
     cdef list garbage               # (id, map address, length) of the inputs, until cleanup()
 
     def __cinit__(self):
@@ -224,14 +256,13 @@ cdef class MergeJob:
         self.out = NULL
         self.hints.data = NULL
         self.hints.len = self.hints.cap = 0
-        self.mapped = []
         self.garbage = []
 
     def __dealloc__(self):
         free(self.moves)
         free(self.out)
         free(self.hints.data)
-        for _, addr, length in self.mapped + self.garbage:
+        for _, addr, length in self.garbage:
             if addr:
                 munmap(<void *><size_t>addr, <size_t>length)
 
@@ -243,10 +274,14 @@ cdef class MergeJob:
     def run(self, double max_bytes_per_s=0):
         """Copy the live records of the inputs into new segments (no index changes).
         max_bytes_per_s > 0: copy in steps of MERGE_STEP bytes and sleep between them so the
-        copy averages at most that rate (the sleeps release the GIL)."""
+        copy averages at most that rate (the sleeps release the GIL). Each input is read
+        through a map of its own, made here and unmapped once copied: one map more while a
+        merge runs, and none the store's map cache could unmap under this thread (the input
+        files stay until cleanup() deletes them)."""
         cdef Py_ssize_t k, j, n
         cdef uint64_t idx
         cdef const char *base
+        cdef void *m
         cdef size_t seg_size, step = MERGE_STEP if max_bytes_per_s > 0 else <size_t>-1
         cdef uint64_t[::1] locs
         cdef double t0 = now_mono(), total = 0, ahead
@@ -272,29 +307,34 @@ cdef class MergeJob:
                                        side="right")
                 self.live_locs.append(live[lo:hi])
             self.live_all = None
-            for k, (idx, _, seg_size) in enumerate(self.inputs):
+            for k, (idx, seg_id, seg_size) in enumerate(self.inputs):
                 arr = self.live_locs[k]
                 n = len(arr)
                 if n == 0:
                     continue
                 locs = arr
-                base = self.store.segs[idx].map
-                j = 0
-                while j < n:
-                    if self.cancelled:
-                        raise MergeError("the merge was cancelled")
-                    self.copied = 0
-                    with nogil:
-                        j = self._copy(base, seg_size, &locs[0], j, n, step)
-                    if self.oom:
-                        raise MemoryError("growing a merge's output buffer")
-                    total += self.copied
-                    if j < n and self.copied < step:
-                        self._flush()
-                    if max_bytes_per_s > 0:
-                        ahead = total / max_bytes_per_s - (now_mono() - t0)
-                        if ahead > 0:
-                            time.sleep(ahead)
+                m = _map_readonly(os.path.join(self.store.path, L.segment_name(seg_id)), seg_size,
+                                  "mapping a merge input")
+                base = <const char *>m
+                try:
+                    j = 0
+                    while j < n:
+                        if self.cancelled:
+                            raise MergeError("the merge was cancelled")
+                        self.copied = 0
+                        with nogil:
+                            j = self._copy(base, seg_size, &locs[0], j, n, step)
+                        if self.oom:
+                            raise MemoryError("growing a merge's output buffer")
+                        total += self.copied
+                        if j < n and self.copied < step:
+                            self._flush()
+                        if max_bytes_per_s > 0:
+                            ahead = total / max_bytes_per_s - (now_mono() - t0)
+                            if ahead > 0:
+                                time.sleep(ahead)
+                finally:
+                    munmap(m, seg_size)
             if self.out_len:
                 self._flush()
             free(self.out)
@@ -390,11 +430,11 @@ cdef class MergeJob:
         return 0
 
     def install(self):
-        """The file work of finish_merge, for the worker thread: rename the outputs into place,
-        sync the directory, and map each output read-only (no descriptor kept). Before it a
-        crash leaves only .merging files (removed at open); after it, outputs and inputs both
-        (an open reads the outputs' copies after the inputs: the same records)."""
-        cdef void *m
+        """The file work of finish_merge, for the worker thread: rename the outputs into place
+        and sync the directory (the outputs are mapped when first read, by the store's map
+        cache). Before it a crash leaves only .merging files (removed at open); after it,
+        outputs and inputs both (an open reads the outputs' copies after the inputs: the same
+        records)."""
         with self.running:
             if self.installed:
                 return
@@ -406,15 +446,6 @@ cdef class MergeJob:
                 os.rename(data_path, os.path.join(path, L.segment_name(out_id)))
             fsync_dir(path)
             self.installed = True
-            for out_id, data_path, hint_path, size in self.outputs:
-                fd = os.open(os.path.join(path, L.segment_name(out_id)), os.O_RDONLY)
-                try:
-                    m = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
-                    if m == MAP_FAILED:
-                        raise OSError(errno, os.strerror(errno), "mmap of a merge output")
-                finally:
-                    os.close(fd)
-                self.mapped.append((out_id, <size_t>m, size))
 
     def cleanup(self):
         """After finish_merge, for the worker thread: unmap the merged inputs and delete their
@@ -432,9 +463,6 @@ cdef class MergeJob:
 
     def _discard(self):
         if self.installed:
-            for _, addr, size in self.mapped:
-                munmap(<void *><size_t>addr, <size_t>size)
-            self.mapped = []
             paths = [os.path.join(self.store.path, n) for out in self.outputs
                      for n in (L.hint_name(out[0]), L.segment_name(out[0]))]
         else:
@@ -464,11 +492,14 @@ cdef class LogStore:
         if self._io_lock == NULL or self._seal_lock == NULL:
             raise MemoryError()
         self.sealing = []
+        self.map_cache = MAP_CACHE
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
                  index_skip_bits=0, min_free_percent=0.0, seal_later=False,
-                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 map_cache=MAP_CACHE, _hash_mask=0xFFFFFFFFFFFFFFFF):
+        # map_cache: how many sealed segments stay mapped between reads (the least recently
+        # read is unmapped past it; docs/storage.md, "Resources").
         # _hash_mask is for tests only: it forces hash collisions, which get and put
         # must survive by comparing the key stored on disk. Reopen with the same mask.
         # seal_later: a roll (a full segment, roll(), begin_merge) only opens the next
@@ -485,6 +516,7 @@ cdef class LogStore:
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
                                    index_skip_bits=index_skip_bits, min_free_percent=min_free_percent)
         self.min_free = min_free_percent
+        self.map_cache = check_map_cache(map_cache)
         self.on_corrupt = None
         self.failed_info = None
         self.corrupt_at = []
@@ -496,6 +528,10 @@ cdef class LogStore:
         reserve = max(max_segment_bytes, SEG_HEADER_SIZE + REC_HEADER_SIZE + max_key_bytes + max_value_bytes)
         self.active_reserve = (reserve + PAGE - 1) // PAGE * PAGE
         self.path = os.fspath(path)
+        self.dir_b = os.fsencode(self.path)
+        self.dir_c = self.dir_b
+        if len(self.dir_b) > 4000 or b"\0" in self.dir_b:
+            raise ValueError(f"a store's path must be under 4000 bytes, without NUL: {self.path!r}")
         self.dirty_since = -1
         self.kd = Keydir()
         self.kd.rot = index_skip_bits
@@ -561,6 +597,8 @@ cdef class LogStore:
         self.segs[i].size = 0
         self.segs[i].reserved = 0
         self.segs[i].id = 0
+        self.segs[i].pins = 0
+        self.segs[i].used_at = 0
         return i
 
     cdef int _map_segment(self, Py_ssize_t i, size_t length, bint writable) except -1:
@@ -577,10 +615,122 @@ cdef class LogStore:
         self.segs[i].map_len = length
         return 0
 
+    # ---- the map cache (docs/storage.md, "Resources") -----------------------------------
+    # Every read of a segment's bytes gets its address from _addr() (inline; a miss goes to
+    # _seg_base, which raises) or _seg_map (NULL on failure, without the GIL). A pinned segment (pins > 0: the active one, one rolled out and not yet sealed,
+    # one being loaded by the open, one a reader holds across other calls) keeps its map; of
+    # the others at most map_cache stay mapped, and a miss unmaps the least recently read one
+    # first. A pointer from _seg_map is good until the next _seg_map, _pin or _unpin call of
+    # this store (which may unmap it), unless its segment is pinned. All of this runs with the
+    # GIL held (or in the open, on the one thread that opens the store): the other threads
+    # that read segments read pinned ones (a seal) or their own maps (a merge's run()).
+
+    cdef inline const char *_seg_map(self, Py_ssize_t i) noexcept nogil:
+        cdef Segment *seg = &self.segs[i]
+        if seg.map != NULL:
+            self.map_clock += 1
+            seg.used_at = self.map_clock
+            return seg.map
+        return self._map_miss(i)
+
+    cdef const char *_map_miss(self, Py_ssize_t i) noexcept nogil:
+        """Map sealed segment i read-only (open, mmap, close: no descriptor kept), unmapping
+        the least recently read unpinned map first when map_cache are mapped; NULL with
+        map_errno set when that fails (EMFILE at the open, ENOMEM at the mmap)."""
+        cdef Segment *seg = &self.segs[i]
+        cdef char path[4200]
+        cdef int fd, err
+        cdef void *m
+        if seg.size == 0 or not seg.used:
+            self.map_errno = EINVAL             # (no record lives in an empty segment)
+            return NULL
+        err = self._injected(F_MMAP)
+        if err:
+            self.map_errno = err
+            return NULL
+        snprintf(path, sizeof(path), "%s/%016llx.data", self.dir_c,
+                 <unsigned long long>seg.id)
+        fd = c_open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0:                              # (EMFILE: nothing unmapped, nothing changed)
+            self.map_errno = errno
+            return NULL
+        if seg.pins == 0:                       # room first: never more than map_cache maps
+            while self.nmapped >= self.map_cache and self.nmapped > 0:
+                self._evict_one()
+        m = mmap(NULL, <size_t>seg.size, PROT_READ, MAP_SHARED, fd, 0)
+        err = errno
+        c_close(fd)
+        if m == MAP_FAILED:
+            self.map_errno = err
+            return NULL
+        seg.map = <char *>m
+        seg.map_len = <size_t>seg.size
+        self.map_clock += 1
+        seg.used_at = self.map_clock
+        self.map_misses += 1
+        if seg.pins == 0:
+            self.nmapped += 1
+        return seg.map
+
+    cdef const char *_seg_base(self, Py_ssize_t i) except NULL nogil:
+        """_seg_map, raising OSError (naming the segment) where it returns NULL."""
+        cdef const char *p = self._seg_map(i)
+        if p == NULL:
+            with gil:
+                raise self._map_error(i)
+        return p
+
+    def _map_error(self, Py_ssize_t i):
+        err = self.map_errno or EIO
+        return OSError(err, os.strerror(err),
+                       f"mapping segment {self.segs[i].id:016x} of store {self.path} for a read")
+
+    cdef void _evict_one(self) noexcept nogil:
+        """Unmap the least recently read unpinned map."""
+        cdef Py_ssize_t i, victim = -1
+        cdef uint64_t oldest = <uint64_t>-1
+        for i in range(self.nsegs):
+            if (self.segs[i].used and self.segs[i].map != NULL and self.segs[i].pins == 0
+                    and self.segs[i].used_at <= oldest):
+                oldest = self.segs[i].used_at
+                victim = i
+        if victim < 0:
+            self.nmapped = 0                    # (unreachable: the count is of such maps)
+            return
+        munmap(self.segs[victim].map, self.segs[victim].map_len)
+        self.segs[victim].map = NULL
+        self.segs[victim].map_len = 0
+        self.nmapped -= 1
+
+    cdef const char *_pin(self, Py_ssize_t i) except NULL:
+        """Map segment i (if it is not) and keep it mapped until _unpin(i)."""
+        cdef const char *p = _addr(self, i)
+        if self.segs[i].pins == 0:
+            self.nmapped -= 1
+        self.segs[i].pins += 1
+        return p
+
+    cdef void _unpin(self, Py_ssize_t i) noexcept nogil:
+        """Undo a pin (or the pin a segment is created with): once it has none, its map is
+        one of the cache's, and the least recently read ones past map_cache are unmapped."""
+        cdef Segment *seg = &self.segs[i]
+        if seg.pins <= 0:
+            return
+        seg.pins -= 1
+        if seg.pins == 0 and seg.map != NULL:
+            self.map_clock += 1
+            seg.used_at = self.map_clock
+            self.nmapped += 1
+            while self.nmapped > self.map_cache:
+                self._evict_one()
+
     cdef int _drop_segment(self, Py_ssize_t i, bint unlink) except -1:
         cdef uint64_t seg_id = self.segs[i].id
         if self.segs[i].map != NULL:
             munmap(self.segs[i].map, self.segs[i].map_len)
+            if self.segs[i].pins == 0:
+                self.nmapped -= 1
+        self.segs[i].pins = 0
         if self.segs[i].fd >= 0:
             c_close(self.segs[i].fd)
         self.segs[i].fd = -1
@@ -620,6 +770,7 @@ cdef class LogStore:
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self.segs[i].fd = os.open(path, flags, 0o644)
         self.segs[i].used = 1
+        self.segs[i].pins = 1          # (until loaded, or while active: _unpin at its seal)
         self.segs[i].id = seg_id
         self.segs[i].size = os.fstat(self.segs[i].fd).st_size
         self.segs[i].reserved = self.segs[i].size
@@ -706,10 +857,12 @@ cdef class LogStore:
         ids = L.segment_ids(self.path)
         self.kd.bulk = True             # (the index grows in larger steps while it loads)
         for n, seg_id in enumerate(ids):
-            self._load_segment(seg_id, n == len(ids) - 1)
+            i = self._load_segment(seg_id, n == len(ids) - 1)
+            # sealed now: its descriptor is closed and its map is one of the cache's, so
+            # an open holds map_cache + 1 maps and 1 segment descriptor at any time
+            self._close_fd(i)
+            self._unpin(i)
         self.kd.fit()
-        for n in range(self.nsegs):                 # (all sealed now: read through their maps)
-            self._close_fd(n)
         next_seq = (ids[len(ids) - 1] >> L.SEQ_SHIFT) + 1 if ids else 1
         self._new_active(next_seq << L.SEQ_SHIFT)
         return {"clean": clean, "corrupt_records": self.corrupt,
@@ -717,6 +870,8 @@ cdef class LogStore:
                 "scanned_segments": self.scanned, "corrupt_at": self.corrupt_at}
 
     def _load_segment(self, uint64_t seg_id, bint last):
+        """Index segment i (pinned: created so by _open_segment) from its hints, or by a
+        scan; returns its index."""
         cdef Py_ssize_t i = self._open_segment(seg_id, False)
         self._map_segment(i, self.segs[i].size, False)
         hint_path = os.path.join(self.path, L.hint_name(seg_id))
@@ -724,9 +879,10 @@ cdef class LogStore:
             with open(hint_path, "rb") as f:
                 data = f.read()
             if self._load_hints(i, data):
-                return
+                return i
         self._scan_segment(i, last)
         self._write_hints(seg_id, i)
+        return i
 
     cdef bint _load_hints(self, Py_ssize_t i, bytes data) except -1:
         """Index a segment from its hint file; False (nothing indexed) if the file is bad."""
@@ -771,7 +927,7 @@ cdef class LogStore:
         return 0
 
     def _scan_segment(self, Py_ssize_t i, bint last):
-        cdef const char *base = self.segs[i].map
+        cdef const char *base = self._seg_map(i)       # (pinned while loaded; NULL if empty)
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, nxt, data_end
         self.scanned += 1
         self.hints.len = 0
@@ -810,8 +966,9 @@ cdef class LogStore:
 
     cdef int _scan_valid(self, Py_ssize_t i, size_t *off) except -1 nogil:
         """Index the valid records of segment i from off on (and append their hints), up to
-        its end or the first record that fails its check; off is left there."""
-        cdef const char *base = self.segs[i].map
+        its end or the first record that fails its check; off is left there. Segment i is
+        pinned (being loaded): base stays valid while _index maps other segments."""
+        cdef const char *base = self._seg_map(i)
         cdef size_t end = self.segs[i].size, o = off[0], size, klen
         cdef uint64_t h
         while o < end:
@@ -841,8 +998,9 @@ cdef class LogStore:
 
     def _seal_hints(self, Py_ssize_t i):
         """Write the hint file of a segment this store wrote, read back from its map and
-        streamed out 1 MiB at a time: no per-key hint memory, then or between seals."""
-        cdef const char *base = self.segs[i].map
+        streamed out 1 MiB at a time: no per-key hint memory, then or between seals. Segment
+        i is pinned (active, or rolled out and not yet sealed) until its hints are written."""
+        cdef const char *base = _addr(self, i)
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
         cdef uint64_t count = 0, seg_id = self.segs[i].id
         cdef uint32_t crc
@@ -872,8 +1030,9 @@ cdef class LogStore:
                 pass
 
     def _write_hint_file(self, Py_ssize_t i, tmp, head, uint32_t crc):
-        # (its own buffer: a sealer thread may write one while the owner's thread runs)
-        cdef const char *base = self.segs[i].map
+        # (its own buffer: a sealer thread may write one while the owner's thread runs;
+        # segment i is pinned, so base stays mapped while the GIL is released)
+        cdef const char *base = _addr(self, i)
         cdef size_t end = self.segs[i].size, off = SEG_HEADER_SIZE, size, klen
         cdef Buffer b
         b.data = NULL
@@ -1056,7 +1215,10 @@ cdef class LogStore:
         self.synced_offset = SEG_HEADER_SIZE
         self.dirty_since = -1
         self._close_fd(old)
-        self._seal_hints(old)
+        try:
+            self._seal_hints(old)
+        finally:
+            self._unpin(old)            # (a sealed segment: one of the map cache's)
 
     def roll(self):
         """Start a new active segment now (if the current one holds any record)."""
@@ -1118,7 +1280,10 @@ cdef class LogStore:
         if trunc_rc == 0:
             self.segs[i].reserved = size
         self._close_fd(i)
-        self._seal_hints(i)
+        try:
+            self._seal_hints(i)
+        finally:
+            self._unpin(i)              # (a sealed segment: one of the map cache's)
         return 0
 
     # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
@@ -1135,7 +1300,7 @@ cdef class LogStore:
         self.fault_op, self.fault_errno, self.fault_times, self.fault_after = \
             check_fault(op, err, times, after)
 
-    cdef int _injected(self, int op) noexcept:
+    cdef int _injected(self, int op) noexcept nogil:
         """The errno an injected fault of op makes its next call fail with, or 0."""
         cdef int err
         if self.fault_op != op:
@@ -1178,14 +1343,16 @@ cdef class LogStore:
     cdef uint64_t _hash(self, const char *key, size_t klen) noexcept nogil:
         return token_of(key, klen) & self.hash_mask
 
-    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) noexcept nogil:
-        """The slot of key, or -1: probe by hash, then compare the key stored on disk."""
+    cdef Py_ssize_t _lookup(self, uint64_t h, const char *key, size_t klen) except -3 nogil:
+        """The slot of key, or -1: probe by hash, then compare the key stored on disk (OSError
+        when a segment cannot be mapped). The segment of the slot found is the one mapped
+        last (a candidate after it is not read)."""
         cdef Py_ssize_t i = self.kd.first(h)
         cdef uint64_t loc
         cdef const char *p
         while i >= 0:
             loc = self.kd.slots[i].loc
-            p = self.segs[loc_seg(loc)].map + loc_off(loc)
+            p = _addr(self, loc_seg(loc)) + loc_off(loc)
             if load16(p + REC_OFF_KEYLEN) == klen and memcmp(p + REC_HEADER_SIZE, key, klen) == 0 \
                     and loc_off(loc) + REC_HEADER_SIZE + klen <= self.segs[loc_seg(loc)].size:
                 return i
@@ -1202,7 +1369,7 @@ cdef class LogStore:
             i = self._lookup(h, key, klen)
         if i >= 0:
             loc = self.kd.slots[i].loc
-            old = record_size(self.segs[loc_seg(loc)].map + loc_off(loc))
+            old = record_size(_addr(self, loc_seg(loc)) + loc_off(loc))
             if loc_off(loc) + old <= self.segs[loc_seg(loc)].size:    # (not a corrupt header)
                 self.live_bytes -= old
         if flags & FLAG_TOMBSTONE:
@@ -1299,12 +1466,19 @@ cdef class LogStore:
             err = self._injected(F_WRITE)
             if err:
                 raise injected(err, "writing a record")
+        # the key's slot, and its old record mapped, before anything is written: a failed
+        # map then refuses the write (nothing maps between here and _index)
+        h = self._hash(PyBytes_AS_STRING(key), klen)
+        if slot == -2:
+            slot = self._lookup(h, PyBytes_AS_STRING(key), klen)
+        elif slot >= 0:
+            _addr(self, loc_seg(self.kd.slots[slot].loc))
+        seg = &self.segs[self.active]       # (the same segment, as _reserve left it)
         # encoded in place: the map is the page cache, so once this returns the record
         # survives a kill of the process (CRC written last: a kill mid-copy leaves a torn tail)
         write_record(seg.map + off, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
                      <uint8_t>flags, now_us())
         seg.size = off + size
-        h = self._hash(PyBytes_AS_STRING(key), klen)
         self._index(h, PyBytes_AS_STRING(key), klen, self.active, off, size, flags, slot)
         if self.journal is not None:
             self.journal.append(self.journal_id, J_RECORDS, seg.map + off, size)
@@ -1405,7 +1579,22 @@ cdef class LogStore:
             self._pwrite_all(seg.fd, self.rec.data, self.rec.len, base_off)
             seg.size = base_off + self.rec.len
             # index the chunk now that it is on disk (a later duplicate wins)
-            pos = 0
+            self._index_chunk(base_off)
+        if n:
+            self._after_write()
+
+    cdef int _index_chunk(self, uint64_t base_off) except -1:
+        """Index the records of put_many's chunk (self.rec), just written at base_off of the
+        active segment. A lookup may need to map a sealed segment (the key's old record):
+        when that fails, the records not indexed yet are taken back (zeroed in the reserved
+        space they were written to, which an open reads as the end of the data, and the
+        segment's data end moved back before them) and the OSError raised: those pairs were
+        not written, the ones before them were."""
+        cdef size_t pos = 0, size, klen
+        cdef uint64_t h
+        cdef const char *p
+        cdef Segment *seg
+        try:
             while pos < self.rec.len:
                 p = self.rec.data + pos
                 klen = load16(p + REC_OFF_KEYLEN)
@@ -1414,10 +1603,16 @@ cdef class LogStore:
                 self._index(h, p + REC_HEADER_SIZE, klen, self.active, base_off + pos, size,
                             <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
-            if self.journal is not None:
-                self.journal.append(self.journal_id, J_RECORDS, self.rec.data, self.rec.len)
-        if n:
-            self._after_write()
+        except OSError:
+            seg = &self.segs[self.active]
+            memset(seg.map + base_off + pos, 0, self.rec.len - pos)
+            seg.size = base_off + pos
+            if self.journal is not None and pos:    # (the pairs before it were written)
+                self.journal.append(self.journal_id, J_RECORDS, self.rec.data, pos)
+            raise
+        if self.journal is not None:
+            self.journal.append(self.journal_id, J_RECORDS, self.rec.data, self.rec.len)
+        return 0
 
     # ---- the node's journal (kvcore/storage/journal.py; docs/storage.md, "The journal") ----
 
@@ -1477,10 +1672,9 @@ cdef class LogStore:
         """The value of the record keydir slot `slot` points at; None, having dropped it, when
         that record fails its CRC (corruption is missing data: docs/storage.md, "Faults")."""
         cdef uint64_t loc = self.kd.slots[slot].loc
-        cdef Segment *seg = &self.segs[loc_seg(loc)]
         cdef uint64_t off = loc_off(loc)
-        cdef const char *p = seg.map + off
-        cdef size_t size = check_record(p, seg.size - off)
+        cdef const char *p = _addr(self, loc_seg(loc)) + off
+        cdef size_t size = check_record(p, self.segs[loc_seg(loc)].size - off)
         cdef size_t klen
         if size == 0:
             self._drop_slot(slot)
@@ -1497,8 +1691,8 @@ cdef class LogStore:
         cdef uint64_t loc = self.kd.slots[slot].loc
         cdef Segment *seg = &self.segs[loc_seg(loc)]
         cdef uint64_t off = loc_off(loc), seg_id = seg.id
-        cdef size_t size = record_size(seg.map + off)       # (its header may be the bad part)
-        if size >= REC_HEADER_SIZE and off + size <= seg.size:
+        cdef size_t size = record_size(_addr(self, loc_seg(loc)) + off)   # (its header may
+        if size >= REC_HEADER_SIZE and off + size <= seg.size:              # be the bad part)
             self.live_bytes -= size
         self.kd.remove_at(slot)
         self.corrupt += 1
@@ -1546,7 +1740,7 @@ cdef class LogStore:
     cdef object _key_at(self, uint64_t loc):
         """The key stored at loc, or None when the record's header is visibly damaged (its
         CRC is checked where its value is read)."""
-        cdef const char *p = self.segs[loc_seg(loc)].map + loc_off(loc)
+        cdef const char *p = _addr(self, loc_seg(loc)) + loc_off(loc)
         cdef size_t klen = load16(p + REC_OFF_KEYLEN)
         if load32(p) != REC_MAGIC or klen == 0 \
                 or loc_off(loc) + REC_HEADER_SIZE + klen > self.segs[loc_seg(loc)].size:
@@ -1758,16 +1952,13 @@ cdef class LogStore:
             raise
         self.corrupt += job.corrupt
         out_idx = []
-        for out_id, addr, size in job.mapped:
-            s = self._new_segment_slot()
+        for out_id, _, _, size in job.outputs:
+            s = self._new_segment_slot()    # (unmapped: the map cache maps it when read)
             self.segs[s].used = 1
             self.segs[s].fd = -1
             self.segs[s].id = out_id
-            self.segs[s].map = <char *><size_t>addr
-            self.segs[s].map_len = size
             self.segs[s].size = self.segs[s].reserved = size
             out_idx.append(s)
-        job.mapped = []
         for i in range(job.nmoves):
             m = &job.moves[i]
             s = self.kd.find_loc(m.hash, m.old_loc)
@@ -1775,12 +1966,16 @@ cdef class LogStore:
                 self.kd.slots[s].loc = make_loc(out_idx[m.out_no], m.off)
         self._forget_segments({idx for idx, _, _ in job.inputs})
         for idx, _, _ in job.inputs:         # oldest first: see docs/storage.md, "Merge"
+            # (its map, if the cache holds one, is unmapped by cleanup(): off the loop)
             job.garbage.append((self.segs[idx].id, <size_t>self.segs[idx].map,
                                 self.segs[idx].map_len))
             if self.segs[idx].fd >= 0:
                 self._close_fd(idx)
+            if self.segs[idx].map != NULL and self.segs[idx].pins == 0:
+                self.nmapped -= 1
             self.segs[idx].map = NULL
             self.segs[idx].map_len = 0
+            self.segs[idx].pins = 0
             self.segs[idx].used = 0
         self.merges += 1
         if cleanup:
@@ -1792,14 +1987,19 @@ cdef class LogStore:
         cdef size_t s = 0, size
         cdef uint64_t loc
         cdef Segment *seg
+        cdef const char *base
         dropped = []
         while s < self.kd.capacity:
             loc = self.kd.slots[s].loc
             if loc != 0 and loc_seg(loc) in gone:
+                # (a failed map here only leaves live_bytes counting the record: the swap,
+                # half done, must not stop)
+                base = self._seg_map(loc_seg(loc))
                 seg = &self.segs[loc_seg(loc)]
-                size = record_size(seg.map + loc_off(loc))
-                if loc_off(loc) + size <= seg.size:
-                    self.live_bytes -= size
+                if base != NULL:
+                    size = record_size(base + loc_off(loc))
+                    if loc_off(loc) + size <= seg.size:
+                        self.live_bytes -= size
                 self.kd.remove_at(s)
                 dropped.append((seg.id, loc_off(loc)))
                 continue                     # the shifted-in entry now sits at s
@@ -1854,17 +2054,17 @@ cdef class LogStore:
                               size_t *size) except -1:
         """The record a snapshot entry points at (rec, size), or rec NULL when it fails its
         CRC: then dropped from the index, as a get drops it, if the index still points at it."""
-        cdef Segment *seg = &self.segs[loc_seg(loc)]
+        cdef const char *base = _addr(self, loc_seg(loc))
         cdef uint64_t off = loc_off(loc)
         cdef Py_ssize_t slot
-        size[0] = check_record(seg.map + off, seg.size - off)
+        size[0] = check_record(base + off, self.segs[loc_seg(loc)].size - off)
         if size[0] == 0:
             rec[0] = NULL
             slot = self.kd.find_loc(h, loc)
             if slot >= 0:
                 self._drop_slot(slot)
             return 0
-        rec[0] = seg.map + off
+        rec[0] = base + off
         return 0
 
     def read_snapshot(self, snap, Py_ssize_t start, Py_ssize_t count):
@@ -1899,7 +2099,7 @@ cdef class LogStore:
         replica.py); returns the next index. A record failing its CRC is left out and dropped
         as read_snapshot drops it; MergeError once a merge has moved records since."""
         cdef uint64_t[::1] locs, hs
-        cdef Py_ssize_t j, end = self._snapshot_end(snap, start, count)
+        cdef Py_ssize_t j, end = self._snapshot_end(snap, start, count), seg_i
         cdef const char *p
         cdef size_t size, klen
         if start >= end:
@@ -1912,10 +2112,17 @@ cdef class LogStore:
                 continue
             klen = load16(p + REC_OFF_KEYLEN)
             if (<uint8_t>p[REC_OFF_FLAGS]) & FLAG_COMPRESSED:
-                value = decompress(PyBytes_FromStringAndSize(p + REC_HEADER_SIZE + klen,
-                                                             size - REC_HEADER_SIZE - klen))
-                tree.update_c(p + REC_HEADER_SIZE, klen, NULL, -1, PyBytes_AS_STRING(value),
-                              PyBytes_GET_SIZE(value))
+                # decompress is Python code, which may read this store (and so unmap p's
+                # segment) before the key is read: pinned meanwhile
+                seg_i = loc_seg(locs[j])
+                self._pin(seg_i)
+                try:
+                    value = decompress(PyBytes_FromStringAndSize(p + REC_HEADER_SIZE + klen,
+                                                                 size - REC_HEADER_SIZE - klen))
+                    tree.update_c(p + REC_HEADER_SIZE, klen, NULL, -1, PyBytes_AS_STRING(value),
+                                  PyBytes_GET_SIZE(value))
+                finally:
+                    self._unpin(seg_i)
             else:
                 tree.update_c(p + REC_HEADER_SIZE, klen, NULL, -1, p + REC_HEADER_SIZE + klen,
                               size - REC_HEADER_SIZE - klen)
@@ -2006,6 +2213,8 @@ cdef class LogStore:
             "zero_tail_bytes": self.zero_tail,
             "reserved_bytes": self.segs[self.active].reserved - self.segs[self.active].size,
             "merges": self.merges,
+            "mapped_segments": self.nmapped,
+            "map_misses": self.map_misses,
             "sealing_segments": len(self.sealing),
             "sealing_reserved_bytes": sum(self.segs[i].reserved - self.segs[i].size
                                           for i in self.sealing),
@@ -2019,6 +2228,7 @@ cdef class LogStore:
             if self.segs[i].used:
                 self._drop_segment(i, False)
         self.nsegs = 0
+        self.nmapped = 0
         self.active = -1
 
     def _wait_merge(self):

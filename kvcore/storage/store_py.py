@@ -16,7 +16,8 @@ from kvcore.storage import record_py as R
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import (FAULT_OPS, check_fault, check_format, check_options,
+from kvcore.storage.options import (FAULT_OPS, check_fault, check_format, check_map_cache,
+                                    check_options,
                                     decompress, injected, maybe_compress, rotate_token,
                                     space_allowed, space_refused)
 
@@ -27,6 +28,7 @@ MERGE_STEP = 1 << 20        # a throttled merge copies this much between its sle
 
 
 FD_CACHE = 4                # descriptors of sealed segments a store keeps open for reads
+                            # (map_cache=: the compiled store's maps of them, 8 by default)
 
 
 class _Segment:
@@ -47,16 +49,22 @@ class _FdCache:
         self.size = size
         self._fds = {}              # seg id -> fd, least recently used first
         self._lock = threading.Lock()
+        self.misses = 0
 
-    def fd(self, seg):
+    def fd(self, seg, on_miss=None):
+        """A descriptor to read seg with; on a miss on_miss() runs first (LogStore: an
+        injected "mmap" fault), and an OSError (EMFILE) leaves the cache as it was."""
         if seg.fd is not None:
             return seg.fd
         with self._lock:
             fd = self._fds.pop(seg.id, None)
             if fd is None:
-                fd = os.open(seg.path, os.O_RDONLY)
+                if on_miss is not None:
+                    on_miss()
+                fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)   # (EMFILE: no change)
                 while len(self._fds) >= self.size:
                     os.close(self._fds.pop(next(iter(self._fds))))
+                self.misses += 1
             self._fds[seg.id] = fd
             return fd
 
@@ -188,10 +196,12 @@ class LogStore:
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
                  max_key_bytes=8 << 10, max_value_bytes=32 << 20, compress_min_bytes=512,
                  index_skip_bits=0, min_free_percent=0.0, seal_later=False,
-                 _hash_mask=0xFFFFFFFFFFFFFFFF):
+                 map_cache=FD_CACHE, _hash_mask=0xFFFFFFFFFFFFFFFF):
+        # map_cache: read descriptors of sealed segments kept open (the compiled store: maps)
         # seal_later is accepted and changes nothing here: this twin always seals a segment
         # when it rolls (seal_pending() has nothing to do)
         self._mask = _hash_mask     # tests only: forces hash collisions (same file format)
+        check_map_cache(map_cache)
         self._opts = check_options(fsync=fsync, sync_interval_ms=sync_interval_ms,
                                    max_segment_bytes=max_segment_bytes, max_key_bytes=max_key_bytes,
                                    max_value_bytes=max_value_bytes, compress_min_bytes=compress_min_bytes,
@@ -205,7 +215,7 @@ class LogStore:
         os.makedirs(self.path, exist_ok=True)
         self._lock = DirLock(os.path.join(self.path, L.LOCK_NAME))
         self._io_lock = threading.Lock()
-        self._fds = _FdCache()
+        self._fds = _FdCache(map_cache)
         self._keydir = {}           # key -> [hash, seg id, offset, size]
         self._segments = {}         # seg id -> _Segment, oldest first
         self._live_bytes = 0
@@ -619,13 +629,19 @@ class LogStore:
     def _read(self, key, entry):
         _, seg_id, off, size = entry
         seg = self._segments[seg_id]
-        raw = os.pread(self._fds.fd(seg), size, off)
+        raw = os.pread(self._read_fd(seg), size, off)
         rec = R.decode_record(raw, 0, len(raw))
         if rec is None or rec[2] != key:
             self._drop_corrupt(key, entry)
             return None
         _, flags, _, stored, _ = rec
         return decompress(stored) if flags & L.FLAG_COMPRESSED else stored
+
+    def _read_fd(self, seg):
+        return self._fds.fd(seg, self._on_miss)
+
+    def _on_miss(self):
+        self._inject("mmap", "mapping a segment for a read")
 
     def _drop_corrupt(self, key, entry):
         """A record that fails its CRC is missing data: out of the index, counted, reported
@@ -658,7 +674,7 @@ class LogStore:
         end = min(len(snap.entries), start + count)
         for seg_id, off, size, key in snap.entries[start:end]:
             seg = self._segments[seg_id]
-            raw = os.pread(self._fds.fd(seg), size, off)
+            raw = os.pread(self._read_fd(seg), size, off)
             rec = R.decode_record(raw, 0, len(raw))
             if rec is None or rec[2] != key:
                 entry = self._keydir.get(key)
@@ -943,6 +959,8 @@ class LogStore:
             "zero_tail_bytes": self._zero_tail_bytes,
             "reserved_bytes": 0,                        # this twin writes with pwrite
             "merges": self._merges,
+            "mapped_segments": len(self._fds),          # (read descriptors in this twin)
+            "map_misses": self._fds.misses,
             "sealing_segments": 0,
             "sealing_reserved_bytes": 0,
             "read_only": self._failed is not None,

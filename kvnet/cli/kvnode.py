@@ -59,6 +59,7 @@ def _start(args):
     try:
         # a node may hold every partition (S <= N): leave room for all of them
         limits.raise_nofile(cfg.ring_size)
+        limits.check_map_count(cfg.ring_size)
         from kvnet.node import run
 
         outcome = asyncio.run(run(cfg, ready))

@@ -59,3 +59,19 @@ def test_kvnode_start_reports_a_low_limit_as_a_start_error(tmp_path):
     assert out.returncode == 1, out.stderr
     assert "cannot start: the open-files limit is 300 (hard) but 256 partitions" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_map_count_limit_is_checked(tmp_path):
+    """Maps per node are bounded (docs/storage.md, "Resources"): a vm.max_map_count below what
+    the partitions may map at once is a clear error naming both; no such file: no check."""
+    from kvcore.storage import store
+    assert limits.MAPS_PER_PARTITION >= store.MAP_CACHE + 2
+    f = tmp_path / "max_map_count"
+    f.write_text("65530\n")
+    assert limits.check_map_count(256, path=str(f)) == (65530, limits.needed_maps(256))
+    f.write_text("3000\n")
+    with pytest.raises(OSError, match=r"vm.max_map_count is 3000 but 256 partitions may map "
+                                      rf"about {limits.needed_maps(256)}"):
+        limits.check_map_count(256, path=str(f))
+    assert limits.check_map_count(256, path=str(tmp_path / "absent")) == \
+        (None, limits.needed_maps(256))

@@ -7,6 +7,8 @@ zeros (what a killed compiled store leaves: its reserved space). Every synced
 write must survive; of the unsynced ones, exactly those whose record ends
 before the cut do, and recovery cuts the file back to the last whole record.
 
+The machines with map_cache=1 read older segments through a one-entry map cache.
+
 A write with an injected fault (LogStore._fail_next: open, write, ftruncate or fdatasync
 failing with ENOSPC, EIO or EMFILE) either succeeds (the fault hit no call) or raises and
 changes nothing; a failed fdatasync makes the store read-only (StoreReadOnly), and a reopen
@@ -256,6 +258,11 @@ def make_machine(module_name, **extra):
                 assert self.store.get(k) == m.get(k), k
                 assert (k in self.store) == (k in m)
             assert sorted(self.store.keys()) == sorted(m)
+            if "map_cache" in extra:            # (the cache's maps, or the twin's descriptors)
+                st_ = self.store.stats()
+                assert st_["mapped_segments"] <= extra["map_cache"]
+                if st_["map_misses"] > 2:
+                    event("sealed segments mapped on demand")
 
     StoreMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
     return StoreMachine
@@ -266,3 +273,12 @@ TestPythonStore = make_machine("kvcore.storage.store_py").TestCase
 TestCythonStoreCollisions = make_machine("kvcore.storage.store", _hash_mask=0xC000000000000000).TestCase
 # a roll only opens the next segment; seal_pending() (the rule `seal`, a sync, a close) seals
 TestCythonStoreSealLater = make_machine("kvcore.storage.store", seal_later="manual").TestCase
+# a map cache of one sealed segment: nearly every read of an older segment is a miss that
+# unmaps the one mapped (docs/storage.md, "Resources"); with collisions, lookups compare keys
+# across segments; with seal_later, rolled-out segments are pinned until sealed
+TestCythonStoreTinyMapCache = make_machine("kvcore.storage.store", map_cache=1).TestCase
+TestCythonStoreTinyMapCacheCollisions = make_machine(
+    "kvcore.storage.store", map_cache=1, _hash_mask=0xC000000000000000).TestCase
+TestCythonStoreTinyMapCacheSealLater = make_machine(
+    "kvcore.storage.store", map_cache=1, seal_later="manual").TestCase
+TestPythonStoreTinyMapCache = make_machine("kvcore.storage.store_py", map_cache=1).TestCase
