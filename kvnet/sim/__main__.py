@@ -17,6 +17,8 @@ def main(argv=None):
                     help="steady, partition, loss or churn (docs/simulation.md)")
     ap.add_argument("--duration", type=float, default=20.0, help="simulated seconds of load")
     ap.add_argument("--w", default=None, help="the clients' write quorum (default: the nodes')")
+    ap.add_argument("--mutate", default="none",
+                    help="put a bug in on purpose (no-hint-replay): the checker must see it")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -28,7 +30,7 @@ def main(argv=None):
     wall = time.perf_counter()
     try:
         summary = run(args.scenario, nodes=args.nodes, seed=args.seed, duration=args.duration,
-                      w=args.w)
+                      w=args.w, mutation=args.mutate)
     except ValueError as exc:
         ap.error(str(exc))
     wall = time.perf_counter() - wall

@@ -39,6 +39,7 @@ class SimCluster:
                      for i, nm in enumerate(self.names)]
         self.nodes = {}
         self.crashed = set()
+        self.lost_bytes = 0
 
     # -- running code as a node --
     def as_node(self, name, coro):
@@ -67,15 +68,27 @@ class SimCluster:
         for name in list(self.nodes):
             await self.as_node(name, self.nodes.pop(name).stop())
 
-    async def crash(self, name):
-        """Kill -9 of a node: its connections reset, its stores closed without a sync (what
-        the page cache holds survives, as after a kill of the process)."""
+    async def crash(self, name, lose_unsynced=True):
+        """The node's machine fails: its connections reset, its stores closed without a sync,
+        and (lose_unsynced) each partition's active segment cut back to what its last sync
+        covered, as a power cut loses pages the disk never got (the open finds a torn tail).
+        lose_unsynced=False: a kill of the process only (the page cache keeps everything)."""
         node = self.nodes.pop(name)
         self.crashed.add(name)
         self.net.crash(name)
+        cuts = []
         for part in node.replica.partitions.values():
+            st = part.store.stats()
+            if lose_unsynced and st["synced_offset"] < st["active_offset"]:
+                segs = sorted(f for f in os.listdir(part.path) if f.endswith(".data"))
+                if segs:
+                    cuts.append((os.path.join(part.path, segs[-1]), max(32, st["synced_offset"])))
             part.store._abandon()
         node.replica.partitions = {}
+        for path, size in cuts:
+            if os.path.getsize(path) > size:
+                self.lost_bytes += os.path.getsize(path) - size
+                os.truncate(path, size)
         await self.as_node(name, node.stop())
 
     def up(self):
@@ -109,12 +122,14 @@ class SimCluster:
 
 class History:
     """What clients were told, per key, for the checker: every acknowledged write's unique
-    value, and the values each acknowledged write or delete superseded (its context came
-    from a read that returned them)."""
+    value; the values each acknowledged write or delete superseded (its context came from a
+    read that returned them); and those a write that failed may have superseded (it may
+    have reached a replica all the same)."""
 
     def __init__(self):
         self.acked = {}         # key -> [value]
-        self.superseded = {}    # key -> {value}
+        self.superseded = {}    # key -> {value}: by acknowledged writes and deletes
+        self.maybe = {}         # key -> {value}: by writes and deletes that failed
         self.unacked = 0
         self.acks = 0
         self.reads = 0
@@ -125,16 +140,21 @@ class History:
         self.superseded.setdefault(key, set()).update(read_values)
         self.acks += 1
 
+    def fail(self, key, read_values):
+        self.maybe.setdefault(key, set()).update(read_values)
+        self.unacked += 1
+
     def check(self, final):
-        """Violations of: every acknowledged write is there (a value or a sibling) unless an
-        acknowledged write or delete superseded it; nothing superseded comes back.
+        """Violations of: every acknowledged write is there (a value or a sibling) unless a
+        write or delete superseded it; nothing an acknowledged one superseded comes back.
         `final`: key -> set of values read with R=all after the heal."""
         out = []
         for key in sorted(set(self.acked) | set(self.superseded)):
             got = final.get(key, set())
             gone = self.superseded.get(key, set())
+            may_go = gone | self.maybe.get(key, set())
             for value in self.acked.get(key, []):
-                if value not in got and value not in gone:
+                if value not in got and value not in may_go:
                     out.append(f"lost: {key!r} = {value!r} was acknowledged")
             for value in sorted(got & gone):
                 out.append(f"resurrected: {key!r} = {value!r} was superseded")
@@ -170,7 +190,7 @@ async def client(cluster, history, cid, keys, until, rate, w=None, delete_share=
                 await cluster.put(name, key, value, context=reply.context, w=w)
                 history.ack(key, value, read)
         except Exception:
-            history.unacked += 1
+            history.fail(key, read)
 
 
 async def final_reads(cluster, keys):

@@ -3,9 +3,9 @@ timers, with latency, loss, cut links and crashed hosts (docs/simulation.md).
 
 Every byte written reaches the other end in order, after the link's latency, as TCP would
 deliver it; "loss" is what loss costs TCP, a retransmission delay (200 ms) on the write it
-hits. A cut link holds what is written over it and refuses nothing: connects over it wait,
-and on heal everything held is delivered, in order (a partition shorter than the peers'
-timeouts). A crashed host's connections are reset at once at both ends.
+hits. A cut link is a partition longer than the peers' timeouts: its connections die (both
+ends see them reset, what was in flight is gone) and a connect over it waits for the heal
+or its own timeout. A crashed host's connections are reset at once at both ends.
 
 Which node runs a piece of code is a context variable (`CURRENT`): each node's tasks and
 the callbacks the network schedules for it run in that node's context, so a connect knows
@@ -166,9 +166,8 @@ class SimNetwork:
         self.cut_links = set()       # frozenset({a, b})
         self.down = set()            # crashed hosts: connects to them are refused
         self.transports = set()
-        self._held = []              # (transport, data) written or due over a cut link
         self._healed = None          # a future resolved at the next heal
-        self.stats = {"connects": 0, "writes": 0, "bytes": 0, "held": 0, "lost": 0}
+        self.stats = {"connects": 0, "writes": 0, "bytes": 0, "lost": 0}
 
     def context(self, host):
         ctx = self.contexts.get(host)
@@ -231,17 +230,13 @@ class SimNetwork:
             self.stats["writes"] += 1
             self.stats["bytes"] += len(data)
         if self._is_cut(t.host, t.peer_host):
-            self.stats["held"] += 1
-            self._held.append((t, data))
-            return
+            return                                  # (its connection is being reset)
         when = max(t._next, self.loop.time() + self._delay())
         t._next = when
         self.loop.call_at(when, self._deliver, t, data, context=self.context(t.peer_host))
 
     def _deliver(self, t, data):
-        if self._is_cut(t.host, t.peer_host):       # cut while in flight: held too
-            self.stats["held"] += 1
-            self._held.append((t, data))
+        if self._is_cut(t.host, t.peer_host):       # cut while in flight: gone
             return
         t.peer._receive(data)
 
@@ -254,18 +249,24 @@ class SimNetwork:
 
     # -- faults --
     def cut(self, a, b):
-        """Hold everything between nodes a and b until heal()."""
-        self.cut_links.add(frozenset((a, b)))
+        """Cut the link between nodes a and b until heal(): a partition longer than the
+        peers' timeouts, so its connections are dead (both ends see a reset, and whatever
+        was in flight is gone) and a connect waits for the heal (or its own timeout)."""
+        link = frozenset((a, b))
+        self.cut_links.add(link)
+        for t in list(self.transports):
+            if frozenset((t.host, t.peer_host)) == link and not t._lost:
+                t._closing = True
+                self.loop.call_soon(t._connection_lost, ConnectionResetError(
+                    errno.ETIMEDOUT, "connection timed out (simulated partition)"),
+                    context=self.context(t.host))
 
     def heal(self, a=None, b=None):
-        """Lift one cut (or every cut) and deliver what it held, in order."""
+        """Lift one cut (or every cut): connects waiting on it go on."""
         if a is None:
             self.cut_links.clear()
         else:
             self.cut_links.discard(frozenset((a, b)))
-        held, self._held = self._held, []
-        for t, data in held:
-            self._send(t, data) if not self._is_cut(t.host, t.peer_host) else self._held.append((t, data))
         if self._healed is not None:
             fut, self._healed = self._healed, None
             fut.set_result(None)
@@ -281,9 +282,8 @@ class SimNetwork:
             if t.host == host:
                 t._closing = True
                 self._reset(t)
-                t._lost = True
-                self.transports.discard(t)
-        self._held = [(t, d) for t, d in self._held if t.host != host and t.peer_host != host]
+                self.context(host).run(t._connection_lost, ConnectionResetError(
+                    errno.ECONNRESET, "the process is gone (simulated)"))
 
     def restart(self, host):
         self.down.discard(host)

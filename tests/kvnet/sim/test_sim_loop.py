@@ -1,0 +1,59 @@
+"""The simulation's loop and clock (kvnet/sim/loop.py): time jumps to the next timer,
+executors run inline, randomness and clocks follow the seed and the loop."""
+import asyncio
+import os
+import random
+import time
+
+import pytest
+
+from kvnet.sim.loop import EPOCH, SimDeadlock, SimLoop, determinism
+
+
+def test_an_hour_of_sleeps_takes_no_waiting_and_keeps_timer_order():
+    loop = SimLoop()
+    order = []
+
+    async def sleeper(name, seconds):
+        await asyncio.sleep(seconds)
+        order.append((name, loop.time()))
+
+    async def main():
+        await asyncio.gather(sleeper("b", 3600), sleeper("a", 1.5), sleeper("c", 3600))
+        return loop.time()
+
+    assert loop.run_until_complete(main()) == pytest.approx(3600)
+    assert [n for n, _ in order] == ["a", "b", "c"] and order[0][1] == pytest.approx(1.5)
+
+
+def test_executor_work_runs_inline_and_its_errors_reach_the_caller():
+    loop = SimLoop()
+
+    async def main():
+        assert await loop.run_in_executor(None, lambda x: x * 2, 21) == 42
+        assert await asyncio.to_thread(sum, [1, 2, 3]) == 6
+        with pytest.raises(ZeroDivisionError):
+            await loop.run_in_executor(None, lambda: 1 / 0)
+
+    loop.run_until_complete(main())
+
+
+def test_waiting_for_what_never_comes_is_a_deadlock_not_a_hang():
+    loop = SimLoop()
+    with pytest.raises(SimDeadlock):
+        loop.run_until_complete(loop.create_future())
+
+
+def test_determinism_gives_the_loops_clock_and_the_seeds_randomness():
+    loop = SimLoop()
+    before = time.time()
+    draws = []
+    for _ in range(2):
+        with determinism(5, loop.time):
+            draws.append((os.urandom(8), random.random(), random.Random().random(),
+                          __import__("secrets").randbits(32)))
+            assert time.time() == EPOCH + loop.time() and time.monotonic() == 1000.0
+    assert draws[0] == draws[1]
+    with determinism(6, loop.time):
+        assert os.urandom(8) != draws[0][0]
+    assert time.time() >= before and abs(time.time() - before) < 3600      # restored

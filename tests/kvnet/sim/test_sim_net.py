@@ -1,0 +1,99 @@
+"""The simulated network (kvnet/sim/net.py): ordered streams through asyncio's own stream
+API, cut links that kill connections and hold connects until the heal, crashed hosts."""
+import asyncio
+import random
+
+import pytest
+
+from kvnet.sim.loop import SimLoop
+from kvnet.sim.net import CURRENT, SimNetwork
+
+
+def _setup():
+    loop = SimLoop()
+    net = SimNetwork(loop, random.Random(1), latency=0.01, jitter=0.0)
+    loop.net = net
+    return loop, net
+
+
+def _as(net, loop, host, coro):
+    return loop.create_task(coro, context=net.context(host).copy())
+
+
+async def _echo_server(net, loop):
+    async def handle(reader, writer):
+        while data := await reader.read(100):
+            writer.write(data.upper())
+        writer.close()
+
+    return await _as(net, loop, "b", asyncio.start_server(handle, "127.0.0.1", 7000))
+
+
+def test_bytes_arrive_in_order_after_the_latency():
+    loop, net = _setup()
+
+    async def main():
+        await _echo_server(net, loop)
+
+        async def client():
+            assert CURRENT.get() == "a"
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7000)
+            t0 = loop.time()
+            for part in (b"one ", b"two ", b"three"):
+                writer.write(part)
+            got = b""
+            while len(got) < 13:
+                got += await reader.read(100)
+            return got, loop.time() - t0
+
+        got, took = await _as(net, loop, "a", client())
+        assert got == b"ONE TWO THREE" and took == pytest.approx(0.02, abs=1e-6)
+
+    loop.run_until_complete(main())
+
+
+def test_a_cut_kills_connections_and_holds_connects_until_the_heal():
+    loop, net = _setup()
+
+    async def main():
+        await _echo_server(net, loop)
+
+        async def client():
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7000)
+            net.cut("a", "b")
+            writer.write(b"lost")
+            with pytest.raises(ConnectionResetError):
+                await reader.read(100)
+                await reader.read(100)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.open_connection("127.0.0.1", 7000)
+            loop.call_later(2, net.heal)
+            t0 = loop.time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7000)
+            assert loop.time() - t0 >= 2
+            writer.write(b"back")
+            return await reader.read(100)
+
+        assert await _as(net, loop, "a", client()) == b"BACK"
+
+    loop.run_until_complete(main())
+
+
+def test_a_crashed_host_refuses_connects_and_resets_its_connections():
+    loop, net = _setup()
+
+    async def main():
+        await _echo_server(net, loop)
+
+        async def client():
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7000)
+            net.crash("b")
+            with pytest.raises(ConnectionResetError):
+                await reader.read(100)
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", 7000)
+
+        await _as(net, loop, "a", client())
+
+    loop.run_until_complete(main())
