@@ -62,3 +62,12 @@ def test_a_sweep_of_twenty_seeds_of_twenty_nodes():
         summary = run(("steady", "partition", "loss", "churn")[seed % 4], nodes=20, seed=seed,
                       duration=6)
         assert summary["violations"] == [], (seed, summary["violations"])
+
+
+def test_a_joining_member_is_known_everywhere_and_the_count_repeats():
+    from kvnet.sim.measure import join_rounds
+    a = join_rounds(6, seed=3)
+    b = join_rounds(6, seed=3)
+    assert a["known_after_s"] is not None and a["rounds"] >= 1 and a["messages"] > 0
+    assert {k: v for k, v in a.items() if k != "wall_s"} == \
+        {k: v for k, v in b.items() if k != "wall_s"}
