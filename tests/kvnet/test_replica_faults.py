@@ -258,7 +258,7 @@ def test_a_failed_fdatasync_makes_the_partition_read_only_and_distrusted(tmp_pat
 
 def test_fsync_always_does_not_acknowledge_a_write_whose_sync_failed(tmp_path):
     async def main():
-        rep = _rep(tmp_path, fsync="always")
+        rep = _rep(tmp_path, fsync="always", sync_method="fdatasync")   # (a store's own sync)
         rep.mint(1, b"a", S(b"1"), overwrite=True)
         rep.mint(2, b"a", S(b"1"), overwrite=True)
         await rep.after_write({1, 2})
