@@ -17,7 +17,7 @@ if DEBUG:
     MACROS += [("CYTHON_TRACE_NOGIL", "1")]
 CFLAGS = ["-O3", "-std=c99", "-Wno-unused-function"]
 
-# One extension per concern (STYLE.md): each compiles alone and in parallel.
+# One extension per concern (docs/design.md, habit 4): each compiles alone and in parallel.
 EXTENSIONS = [
     Extension("kvcore.hashing", ["kvcore/hashing.pyx"]),
     Extension("kvcore.storage.record", ["kvcore/storage/record.pyx"]),

@@ -1,7 +1,7 @@
 """pytest-benchmark suites for LogStore: put, get, put_many, reopen, merge.
 
 Each runs on the compiled store and its pure-Python twin side by side, with a
-dict as the floor of any per-key Python call (STYLE.md 14).
+dict as the floor of any per-key Python call (docs/design.md, habit 14).
 
     python -m pytest benchmarks/test_storage.py --benchmark-only
 """

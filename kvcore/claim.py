@@ -1,8 +1,8 @@
 """Claim: which node owns which partition after a join or a leave (docs/ring.md).
 
 Pure Python and not hot: it runs once per membership change, on the claimant. It keeps the
-properties of ALGORITHMS.md section 3 (balance, spacing with wrap-around, minimal movement), in
-the spirit of riak_core's claim modules.
+properties of docs/algorithms.md, section 3 (balance, spacing with wrap-around, minimal
+movement), in the spirit of riak_core's claim modules.
 """
 import itertools
 import random

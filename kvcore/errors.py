@@ -1,4 +1,4 @@
-"""One exception hierarchy for kvcore (STYLE.md)."""
+"""One exception hierarchy for kvcore (docs/design.md, habit 16)."""
 
 
 class KVError(Exception):

@@ -1,6 +1,6 @@
 """Per-partition tictac (XOR) Merkle trees for anti-entropy, updated in O(1) per write.
 
-Follows Riak NextGen's tictac AAE; ALGORITHMS.md section 4 and docs/merkle.md give the
+Follows Riak NextGen's tictac AAE; docs/algorithms.md, section 4 and docs/merkle.md give the
 design, the leaf mapping, the byte layout and the exchange protocol.
 """
 import sys
@@ -458,7 +458,7 @@ HASH_SIZE = 8
 
 
 def exchange(a, b, keys_a, keys_b):
-    """Run the root-down exchange of ALGORITHMS.md section 4 between trees a and b.
+    """Run the root-down exchange of docs/algorithms.md, section 4 between trees a and b.
 
     keys_a(segment) / keys_b(segment) give the (key, version_bytes) pairs each side's store
     holds in a segment. Both sides send what they have at every step (roots, the branches of

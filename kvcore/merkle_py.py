@@ -306,7 +306,7 @@ HASH_SIZE = 8
 
 
 def exchange(a, b, keys_a, keys_b):
-    """Run the root-down exchange of ALGORITHMS.md section 4 between trees a and b.
+    """Run the root-down exchange of docs/algorithms.md, section 4 between trees a and b.
 
     keys_a(segment) / keys_b(segment) give the (key, version_bytes) pairs each side's store
     holds in a segment. Both sides send what they have at every step (roots, the branches of

@@ -228,7 +228,7 @@ cdef class Ring:
 
     def extended_preference_list(self, key_or_partition):
         """Every node that owns a partition, in fallback order: the preference list, then the
-        further distinct nodes met walking clockwise (ALGORITHMS.md section 2)."""
+        further distinct nodes met walking clockwise (docs/algorithms.md, section 2)."""
         cdef Py_ssize_t p = self.partition_arg(key_or_partition), k
         prefs = <object>PyTuple_GET_ITEM(self.prefs, p)
         seen = set(prefs)

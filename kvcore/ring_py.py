@@ -153,7 +153,7 @@ class Ring:
 
     def extended_preference_list(self, key_or_partition):
         """Every node that owns a partition, in fallback order: the preference list, then the
-        further distinct nodes met walking clockwise (ALGORITHMS.md section 2)."""
+        further distinct nodes met walking clockwise (docs/algorithms.md, section 2)."""
         p = self._partition(key_or_partition)
         prefs = self._prefs[p]
         seen = set(prefs)

@@ -1,7 +1,7 @@
 """Dotted version vector sets: the causal history and live siblings of one key.
 
 Follows Almeida et al., "Dotted Version Vectors" (arXiv 1011.5808), as Riak's `dvvset`;
-semantics pinned in ALGORITHMS.md section 1, design and figures in docs/versions.md.
+semantics pinned in docs/algorithms.md, section 1, design and figures in docs/versions.md.
 """
 import time
 from typing import NamedTuple

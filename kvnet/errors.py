@@ -1,7 +1,7 @@
 """Network and quorum errors, and the one table that maps them to RESP errors.
 
 Every error a client can see is a KVNetError subclass with a RESP prefix, so
-the front door never formats an error by hand (STYLE.md: kvnet/errors.py).
+the front door never formats an error by hand (docs/design.md, habit 16).
 """
 
 

@@ -1,5 +1,5 @@
 """Anti-entropy: Merkle-tree exchanges that repair replicas of a partition, and tombstone reaping
-(ALGORITHMS.md sections 4 and 6; docs/antientropy.md).
+(docs/algorithms.md, sections 4 and 6; docs/antientropy.md).
 
 `exchange` holds the message functions of one exchange (no I/O) and `run_exchange`, an
 in-process driver between two LocalReplicas; `service.AntiEntropy` is the node service that runs

@@ -1,7 +1,7 @@
 """One anti-entropy exchange between two replicas of a partition, as pure message functions.
 
 Root down over the tictac trees of kvcore.merkle, then key lists of the differing segments, then
-the repair by `sync` of both clocks, many keys per message (ALGORITHMS.md sections 4 and 6,
+the repair by `sync` of both clocks, many keys per message (docs/algorithms.md, sections 4 and 6,
 docs/merkle.md). No I/O here: a node driver carries the messages over the peer protocol.
 
 Roles: the initiator (A) drives, the responder (B) answers.
@@ -119,7 +119,7 @@ def clocks_reply(partition, msg, reap_pending=None, max_keys=MAX_BATCH_KEYS,
     the keys it lacks itself ("want") and the reap-pending keys it did not send ("reap").
 
     reap_pending(key, clock) -> bool: a reap-pending tombstone is never copied onto a replica
-    that lacks the key (ALGORITHMS.md section 6): the caller finishes the reap instead.
+    that lacks the key (docs/algorithms.md, section 6): the caller finishes the reap instead.
     """
     theirs = {int(s): lst for s, lst in msg["segments"].items()}
     mine = keys_in_segments(partition, theirs)

@@ -1,4 +1,4 @@
-"""Tombstone reaping: deleting a delete for good, exactly as ALGORITHMS.md section 6 says.
+"""Tombstone reaping: deleting a delete for good, exactly as docs/algorithms.md, section 6 says.
 
 A tombstone is reaped only when (a) every primary holds it with an equal clock (asked by the
 partition's first primary), (b) `grace_s` has passed since that confirmation, and (c) every member

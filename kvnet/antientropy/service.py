@@ -1,5 +1,5 @@
 """The anti-entropy service of a node: Merkle exchanges over the peer protocol, one partition at a
-time, and the tombstone reaper (ALGORITHMS.md sections 4 and 6; docs/antientropy.md).
+time, and the tombstone reaper (docs/algorithms.md, sections 4 and 6; docs/antientropy.md).
 
     A -> B  ae_root   {p, w, d}                       -> {root, count}
     A -> B  ae_diff   {p, sid, level, nodes, hashes}  -> {children, empty}  (per level, chunked)

@@ -35,7 +35,7 @@ class Cluster:
 
     def targets(self, p, strict=False):
         """The targets of partition p now: up primaries, and fallbacks for the down ones
-        unless strict (sloppy quorum, ALGORITHMS.md section 2)."""
+        unless strict (sloppy quorum, docs/algorithms.md, section 2)."""
         return preflist_for(self.ring, p, self.is_up, strict=strict)
 
     def coordinator_route(self, p, strict=False):
@@ -66,7 +66,7 @@ class Cluster:
         return ()
 
     def reap_pending(self, p, key, raw):
-        """Is this exact tombstone clock marked for reaping here (ALGORITHMS.md section 6)?"""
+        """Is this exact tombstone clock marked for reaping here (docs/algorithms.md, section 6)?"""
         return False
 
     async def call(self, node, type, payload, timeout):

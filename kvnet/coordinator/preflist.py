@@ -1,7 +1,7 @@
 """Ring preference list + member health -> the nodes a request goes to (riak_core_apl).
 
 Pure values, no I/O: primaries that are up, fallbacks standing in for the ones that are down
-(sloppy quorum, ALGORITHMS.md section 2), and who coordinates a write. See docs/quorum.md.
+(sloppy quorum, docs/algorithms.md, section 2), and who coordinates a write. See docs/quorum.md.
 """
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -60,7 +60,8 @@ class Preflist:
 
 @dataclass(frozen=True)
 class WriteRoute:
-    """Who coordinates (mints the dot for) a write arriving at `local` (ALGORITHMS.md section 1).
+    """Who coordinates (mints the dot for) a write arriving at `local` (docs/algorithms.md,
+    section 1).
 
     `first_reachable` is the first up node of the extended preference list (a primary whenever
     one is up); `coordinator` is `local` when it is a primary, else `first_reachable`; None when no

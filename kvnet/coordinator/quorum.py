@@ -1,7 +1,8 @@
 """Quorum bookkeeping as values: what the replies so far decide (riak_kv_put_core / get_core).
 
-No I/O and no clocks of its own: the driver (coordinator/put.py, get.py) sends, waits, times out
-and feeds every reply to `add_result`. Rules: ALGORITHMS.md section 2; examples: docs/quorum.md.
+No I/O and no clocks of its own: the driver (kvnet/coordinator/driver.py) sends, waits, times
+out and feeds every reply to `add_result`. Rules: docs/algorithms.md, section 2; examples:
+docs/quorum.md.
 """
 from typing import NamedTuple
 
@@ -290,7 +291,8 @@ class ReadRepair(NamedTuple):
     """After every target replied: `clock` merges every found clock; `stale` are the targets that
     answered with a clock not equal to it (not-found ones included) and should receive it;
     `failed` the ones whose state is unknown; `confirmed` says every primary (N, or the Preflist's)
-    answered with a clock equal to `clock` (the first condition for reaping, ALGORITHMS.md 6)."""
+    answered with a clock equal to `clock` (the first condition for reaping, docs/algorithms.md,
+    section 6)."""
 
     clock: versions.Clock
     stale: tuple

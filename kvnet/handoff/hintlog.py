@@ -1,4 +1,4 @@
-"""Durable hints, kept per target node (docs/handoff.md; ALGORITHMS.md section 2).
+"""Durable hints, kept per target node (docs/handoff.md; docs/algorithms.md, section 2).
 
 A fallback node that stores a write for a down primary keeps a *hint*: (partition, key, encoded
 clock) addressed to that primary (the *target*). Hints live in one kvcore ``LogStore`` per target,
@@ -20,7 +20,7 @@ hint is harmless, the target ``sync``s it).
 
 No asyncio and no network here: the manager/sender/receiver (docs/handoff.md) drive it. Every
 read-modify-write (add, ack, reassign) runs under one lock with no ``await`` in between, so it is
-atomic per key as ALGORITHMS.md section 1 requires.
+atomic per key as docs/algorithms.md, section 1 requires.
 """
 import os
 import re
@@ -301,7 +301,7 @@ class HintLog:
 
     def holders(self, partition, key):
         """Sorted targets holding a hint for (partition, key): a tombstone may be reaped only
-        when no member holds one (ALGORITHMS.md section 6 (c))."""
+        when no member holds one (docs/algorithms.md, section 6 (c))."""
         with self._lock:
             self._check_open()
             check_partition(partition)

@@ -6,7 +6,7 @@ offers them back: every `hint_replay_interval_ms`, and at once when gossip sees 
 up, it sends each up target its hints in batches (`hreplay`), at most `hint_replay_rate` hints
 a second across targets. The target `sync`s each clock into its replica (never refusing one)
 and answers which it stored; only those are deleted here, and only if the hint was not merged
-with a newer write meanwhile (compare-and-delete). Rules: ALGORITHMS.md section 2;
+with a newer write meanwhile (compare-and-delete). Rules: docs/algorithms.md, section 2;
 docs/handoff.md.
 """
 import asyncio

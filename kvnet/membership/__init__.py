@@ -1,4 +1,4 @@
-"""Gossip membership and failure detection (ALGORITHMS.md section 5, docs/membership.md).
+"""Gossip membership and failure detection (docs/algorithms.md, section 5, docs/membership.md).
 
 - state.py     the gossiped member table as an immutable value: merge, beat, digests, encoding;
                next_generation (the generation file)

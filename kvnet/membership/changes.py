@@ -9,7 +9,7 @@ it drives the transfers (`xfer` to each up old replica in turn, which streams th
 to the new replica in batches with `xfer_recv`, merged there), a few at a time, retrying the
 transfer when a source fails. When all are confirmed it installs the *settled* state: new
 owners serve, old ones drop what they no longer replicate, a leaving node exits. Rules:
-ALGORITHMS.md sections 3 and 5; docs/operations.md.
+docs/algorithms.md, sections 3 and 5; docs/operations.md.
 
 Progress: the node that streams a partition counts its keys and bytes batch by batch
 (`sending`); the claimant's `transfers` answer adds the count of the copy in flight (asked of
@@ -464,7 +464,8 @@ class ClusterChanges:
         mark = (node.ring_state.epoch, p)
         if mark not in self._distrusted:
             # This node may have held p before and dropped it: dots of its own in what arrives
-            # may be older than ones it minted then. Never extend them (ALGORITHMS.md section 1).
+            # may be older than ones it minted then. Never extend them (docs/algorithms.md,
+            # section 1).
             replica = node.replica
             replica.partition(p).distrust(replica.identity.new_epoch())
             self._distrusted.add(mark)

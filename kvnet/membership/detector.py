@@ -2,7 +2,8 @@
 
 No clocks and no I/O: every call takes `now` (seconds, from a monotonic clock in the driver) and
 the (generation, heartbeat) the arrival carried, so tests run on synthetic timestamps (Cassandra
-`FailureDetector` / `ArrivalWindow`). Rules: ALGORITHMS.md section 5; math: docs/membership.md.
+`FailureDetector` / `ArrivalWindow`). Rules: docs/algorithms.md, section 5; math:
+docs/membership.md.
 
 Phi, exponential model: with m the mean of the last `window` inter-arrival times,
     phi(t) = (t - t_last) / m * log10(e)

@@ -7,7 +7,7 @@ peer calls. Every `gossip_interval_ms` a node bumps its own heartbeat and sends 
 trade the entries each lacks. Every newer (generation, heartbeat) of a peer, whoever relayed it,
 is an arrival for the detector. Each syn and ack carries the sender's suspect list, one of the
 two sources of the liveness rule; for a peer this node suspects with no second source yet, it
-asks another member to ping it (an indirect probe), the other source. Rules: ALGORITHMS.md
+asks another member to ping it (an indirect probe), the other source. Rules: docs/algorithms.md,
 section 5; docs/membership.md.
 """
 import asyncio

@@ -10,7 +10,7 @@ Pure values, no I/O but `load`/`save` of one file. A ring change goes through tw
 - *settled*: when every transfer is confirmed, the claimant installs `next` as `current`. Only
   then may a node drop a partition it no longer replicates.
 
-States are ordered by `(epoch, claimant)` (ALGORITHMS.md section 5): every transition takes
+States are ordered by `(epoch, claimant)` (docs/algorithms.md, section 5): every transition takes
 epoch + 1, so two claimants that both acted in a split brain leave one winner, and a node keeps
 whichever state it sees that is higher.
 """

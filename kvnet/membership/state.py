@@ -1,7 +1,8 @@
 """The gossiped member table as an immutable value, and its merge (Cassandra `gms/`, riak_core).
 
 Pure values: no sockets, no clocks, no tasks. The one file touched here is the generation file
-(`next_generation`, at the bottom, kept apart). Rules: ALGORITHMS.md section 5; docs/membership.md.
+(`next_generation`, at the bottom, kept apart). Rules: docs/algorithms.md, section 5;
+docs/membership.md.
 
 Each entry is two independent parts, merged separately, so the merge is the join of a product of
 two total orders (commutative, associative, idempotent):

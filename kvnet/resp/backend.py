@@ -171,7 +171,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def flush(self) -> None:
-        """Delete every key (cluster-wide under ALGORITHMS.md section 1); raises when refused."""
+        """Delete every key (cluster-wide, docs/algorithms.md, section 1); raises if refused."""
 
     # ---- ringkv introspection ----------------------------------------------------------------
 

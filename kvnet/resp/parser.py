@@ -1,4 +1,4 @@
-"""RESP request parser: feed(bytes) -> commands, no sockets (STYLE.md example 1; docs/resp.md).
+"""RESP request parser: feed(bytes) -> commands, no sockets (docs/design.md, habit 1; docs/resp.md).
 
 hiredis builds the argument lists; a header-only scan in front of it finds where each command
 ends, so limits are enforced as soon as a header names a size (as Redis does) rather than after

@@ -1,4 +1,4 @@
-"""Reply values and their RESP2/RESP3 encodings, free of I/O (docs/resp.md, "Replies").
+"""Reply values and their RESP2/RESP3 encodings, free of I/O (docs/resp.md).
 
 Handlers return plain Python values; `encode(value, proto)` turns them into bytes:
 

@@ -1,4 +1,5 @@
-"""Claim properties of ALGORITHMS.md section 3 over random join/leave sequences (docs/ring.md)."""
+"""Claim properties (docs/algorithms.md, section 3) over random join/leave sequences
+(docs/ring.md)."""
 import os
 from collections import Counter
 

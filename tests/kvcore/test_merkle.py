@@ -305,7 +305,8 @@ def test_exchange_ten_differences_in_a_million(name, n, capsys):
         for step, items, up, down in report.steps:
             print(f"  {step:8} {items:3} node(s)/segment(s)  a->b {up:7,} B  b->a {down:7,} B")
         print(f"  total {total:,} B = {total / 1024:.1f} KiB")
-    # ALGORITHMS.md: about 2 KiB + d x (2 KiB + 2 x (K / 16,384) x 24 B), ~51 KiB at d=10, K=1M
+    # docs/algorithms.md, section 4: about 2 KiB + d x (2 KiB + 2 x (K / 16,384) x 24 B),
+    # ~51 KiB at d=10, K=1M
     per_segment = 2 * (n / 16384) * 24
     assert total <= 16 + 2048 + 10 * (2048 + 1.5 * per_segment)
     if n == 1_000_000:

@@ -1,4 +1,5 @@
-"""DVV sets: the fixed scenarios of ALGORITHMS.md section 1, encodings, and properties over a model."""
+"""DVV sets: the fixed scenarios of docs/algorithms.md, section 1, encodings, and properties
+over a model."""
 import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -13,7 +14,7 @@ def clock(*entries, anonymous=()):
     return Clock(tuple((actor, n, tuple(vals)) for actor, n, vals in entries), tuple(anonymous))
 
 
-# ---- ALGORITHMS.md section 1, fixed scenarios -------------------------------------------------
+# ---- docs/algorithms.md, section 1, fixed scenarios ------------------------------------------
 
 def test_scenario_1_context_replaces_what_it_saw():
     c1 = dvv.update(dvv.new("v1"), None, a)

@@ -1,4 +1,5 @@
-"""LocalReplica: actor epochs, minting rules, syncing, group commit (ALGORITHMS.md section 1)."""
+"""LocalReplica: actor epochs, minting rules, syncing, group commit (docs/algorithms.md,
+section 1)."""
 import asyncio
 import os
 import shutil

@@ -1,5 +1,5 @@
 """Model-based test: LogStore against a dict, with merge, reopen, crash and injected disk
-faults (STYLE.md 8).
+faults (docs/design.md, habit 8).
 
 A crash abandons the store (no sync, no hints, no clean marker) and truncates the
 active segment at a random byte after the last synced offset, then may append

@@ -1,4 +1,4 @@
-"""Anti-entropy exchange between two LocalReplicas (ALGORITHMS.md section 4)."""
+"""Anti-entropy exchange between two LocalReplicas (docs/algorithms.md, section 4)."""
 import asyncio
 import shutil
 import tempfile

@@ -1,4 +1,4 @@
-"""Tombstone reaping between in-process Nodes (ALGORITHMS.md section 6)."""
+"""Tombstone reaping between in-process Nodes (docs/algorithms.md, section 6)."""
 import asyncio
 import time
 

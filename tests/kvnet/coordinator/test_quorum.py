@@ -257,7 +257,8 @@ def qualifies(t, strict):
 
 
 def oracle(kind, need, strict, targets, replies):
-    """'unavailable' / 'ok' / 'fail' once every target replied, stated from ALGORITHMS.md."""
+    """'unavailable' / 'ok' / 'fail' once every target replied, stated from docs/algorithms.md,
+    section 2."""
     if sum(qualifies(t, strict) for t in targets) < need:
         return "unavailable"
     if kind == "put":

@@ -1,4 +1,4 @@
-"""RequestParser and the reply encoder, with bytes alone (STYLE.md example 1)."""
+"""RequestParser and the reply encoder, with bytes alone (docs/design.md, habit 1)."""
 import re
 
 import hiredis
