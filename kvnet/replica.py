@@ -1,7 +1,7 @@
 """The node's local replica: one LogStore per partition, and the rules that keep dots unique.
 
 Every read-modify-write of a key's clock here is synchronous (no await inside),
-so on the event loop it is atomic per key, as ALGORITHMS.md section 1 demands.
+so on the event loop it is atomic per key, as docs/algorithms.md, section 1 demands.
 Actor ids are (node, incarnation, epoch): the incarnation is drawn when the data
 directory is created, epochs come from a node-wide counter leased in blocks, and
 each partition has a trusted-from epoch raised whenever its store cannot vouch
@@ -64,7 +64,7 @@ def _write_msgpack(path, obj):
 
 
 class Identity:
-    """The node's data identity: incarnation and the epoch lease (ALGORITHMS.md section 1)."""
+    """The node's data identity: incarnation and the epoch lease (docs/algorithms.md, section 1)."""
 
     def __init__(self, data_dir, node):
         self.node = node
@@ -218,8 +218,8 @@ class Partition:
             self.distrust(identity.new_epoch())
         self.tree = self._load_tree(clean)
         self._opening = False
-        # Anti-entropy leaves out a partition whose tree is not built (ALGORITHMS.md section
-        # 4): one opened without a trusted tree (after a crash) until the fold over its store
+        # Anti-entropy leaves out a partition whose tree is not built (docs/algorithms.md,
+        # section 4): one opened without a trusted tree (after a crash) until the fold over its store
         # is done, in the background (start_rebuild, then _rebuild: requests never wait for
         # it), and one whose record found corrupt is being folded out of it.
         self.tree_built = self.tree is not None
@@ -235,7 +235,7 @@ class Partition:
     def _load_tree(self, clean):
         """The tree saved by a clean close, used once (the file is deleted on load, so a crash
         leaves none); the empty tree of an empty store; otherwise None: the tree is folded
-        from the store, in the background (ALGORITHMS.md section 4)."""
+        from the store, in the background (docs/algorithms.md, section 4)."""
         tree = None
         try:
             with open(self._tree_path, "rb") as f:
@@ -656,7 +656,7 @@ class LocalReplica:
         return raw, (None if raw is None else V.decode(raw))
 
     def _minting_actor(self, part, local, context):
-        """The actor to mint with under the per-key epoch rules (ALGORITHMS.md section 1)."""
+        """The actor to mint with under the per-key epoch rules (docs/algorithms.md, section 1)."""
         ident = self.identity
         if local is not None:
             mine = [e for e in local.entries if ident.owns(e[0])]
@@ -777,7 +777,7 @@ class LocalReplica:
 
     def delete_if(self, p, key, raw):
         """Compare-and-delete: remove the key for good if its stored clock bytes still equal
-        `raw` (a reaped tombstone, ALGORITHMS.md section 6). True if deleted. Synchronous, so
+        `raw` (a reaped tombstone, docs/algorithms.md, section 6). True if deleted. Synchronous, so
         atomic per key; never opens a partition."""
         part = self.partitions.get(p)
         if part is None:
