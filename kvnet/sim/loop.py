@@ -11,6 +11,7 @@ seeded from `seed`, so the code under test runs unchanged.
 """
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -105,6 +106,18 @@ def _seeded_random(urandom):
             super().seed(a, version)
 
     return SeededRandom
+
+
+@contextlib.contextmanager
+def quiet(name="kvnet", level=logging.CRITICAL):
+    """The nodes' logs off for the `with` block (a run's own output is its summary)."""
+    logger = logging.getLogger(name)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
 
 
 @contextlib.contextmanager

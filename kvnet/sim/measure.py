@@ -2,13 +2,12 @@
 new member takes to be known by every node, against the cluster's size."""
 import asyncio
 import dataclasses
-import logging
 import tempfile
 import time
 
 from kvnet.node import Node
 from kvnet.sim.cluster import SimCluster
-from kvnet.sim.loop import determinism
+from kvnet.sim.loop import determinism, quiet
 
 
 def ring_size_for(nodes):
@@ -27,7 +26,7 @@ def join_rounds(nodes, seed=1, limit=600.0):
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp:
         c = SimCluster(tmp, size=nodes, seed=seed, ring_size=ring_size_for(nodes))
-        with determinism(seed, c.loop.time):
+        with determinism(seed, c.loop.time), quiet():
             out = c.run(_join(c, limit))
     out["wall_s"] = round(time.perf_counter() - wall, 2)
     out["nodes"] = nodes
@@ -35,7 +34,6 @@ def join_rounds(nodes, seed=1, limit=600.0):
 
 
 async def _join(c, limit):
-    logging.getLogger("kvnet").setLevel(logging.CRITICAL)
     await c.start()
     interval = c.cfgs[0].gossip_interval_ms / 1000.0
     await asyncio.sleep(5 * interval)                   # (every node up and gossiping)

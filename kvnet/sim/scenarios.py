@@ -2,11 +2,10 @@
 contexts on a SimCluster while faults happen, then a heal, convergence and the checker."""
 import asyncio
 import contextlib
-import logging
 import tempfile
 
 from kvnet.sim.cluster import History, SimCluster, client, converged, final_reads
-from kvnet.sim.loop import determinism
+from kvnet.sim.loop import determinism, quiet
 
 KEYS = 40                      # keys the clients share
 CLIENTS = 4
@@ -74,7 +73,7 @@ def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mu
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp, _mutated(mutation):
         c = SimCluster(root or tmp, size=nodes, seed=seed)
         c.events = []
-        with determinism(seed, c.loop.time):
+        with determinism(seed, c.loop.time), quiet():
             return c.run(_main(c, scenario, duration, w))
 
 
@@ -93,7 +92,6 @@ def _mutated(mutation):
 
 
 async def _main(c, scenario, duration, w):
-    logging.getLogger("kvnet").setLevel(logging.CRITICAL)
     history = History()
     keys = [b"key-%03d" % i for i in range(KEYS)]
     await c.start()
