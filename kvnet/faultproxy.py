@@ -281,17 +281,25 @@ class FaultProxy:
             self._tasks.discard(asyncio.current_task())
 
     async def _pump(self, reader, writer, direction):
-        """Read one direction into its delay line; _deliver writes it out. A bounded line: a
-        slowed link holds at most 64 chunks, then stops reading (TCP pushes back on the sender)."""
+        """Forward one direction: at once while the link is open, not slowed and nothing waits
+        on its delay line; else through the line, which _deliver writes out. A bounded line:
+        a slowed link holds at most 64 chunks, then stops reading (TCP pushes back)."""
         loop = asyncio.get_running_loop()
         line = asyncio.Queue(64)
-        sender = loop.create_task(self._deliver(line, writer, direction))
+        held = [0]                                # chunks on the line or being written from it
+        sender = loop.create_task(self._deliver(line, writer, direction, held))
         try:
             while True:
                 await self._wait_open()
                 data = await reader.read(65536)
                 if not data:
                     break
+                if not held[0] and not self.delay_ms and self._open.is_set():
+                    self._count(direction, data)  # the common case: no task hop
+                    writer.write(data)
+                    await writer.drain()
+                    continue
+                held[0] += 1
                 await line.put((loop.time(), data))
             await line.put(None)
             await sender                          # what is on the line still goes out
@@ -301,7 +309,13 @@ class FaultProxy:
             sender.cancel()
             writer.close()                        # a close ends both directions (no half-close)
 
-    async def _deliver(self, line, writer, direction):
+    def _count(self, direction, data):
+        if direction == "up":
+            self.bytes_up += len(data)
+        else:
+            self.bytes_down += len(data)
+
+    async def _deliver(self, line, writer, direction, held):
         """Write each chunk once it is due (its read time + delay_ms, the delay as it is now:
         slow(0) or heal() lets held chunks go) and the link is open, in order. After a failed
         write it closes the writer (which ends the other direction, then this one's reader)
@@ -312,22 +326,21 @@ class FaultProxy:
             item = await line.get()
             if item is None:
                 return
-            if broken:
-                continue
             read_at, data = item
             try:
+                if broken:
+                    continue
                 while True:
                     wait = read_at + self.delay_ms / 1000.0 - loop.time()
                     if wait <= 0:
                         break
                     await asyncio.wait([self._retimed], timeout=wait)
                 await self._wait_open()          # cut while held: hold the chunk
-                if direction == "up":
-                    self.bytes_up += len(data)
-                else:
-                    self.bytes_down += len(data)
+                self._count(direction, data)
                 writer.write(data)
                 await writer.drain()
             except OSError:
                 broken = True
                 writer.close()
+            finally:
+                held[0] -= 1
