@@ -263,3 +263,13 @@ def test_pause_refuses_a_killed_node(sup, faults):
     reply = faults.handle(json.dumps({"token": faults._token, "op": "pause",
                                       "node": "node1"}).encode())
     assert reply["ok"] is False and "node1 is not running (state killed)" in reply["error"]
+
+
+def test_kvnode_dev_faults_takes_2_to_16_nodes(tmp_path, capsys):
+    from kvnet.cli import kvnode
+
+    for nodes in ("1", "17"):
+        assert kvnode.main(["dev", "--faults", "--nodes", nodes,
+                            "--data-dir", str(tmp_path)]) == 2
+        assert "--faults takes 2 to 16 nodes" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)               # refused before anything was made
