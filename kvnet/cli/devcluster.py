@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from kvnet.cli.devfaults import FaultError
 from kvnet.config import env_name
 from kvnet.probe import ping
 
@@ -111,6 +112,7 @@ class DevSupervisor:
     say = _say
 
     def _spawn(self, node):
+        node.paused = False
         node.proc = subprocess.Popen(node.cmd, env=self.env)
         node.started = self.clock()
 
@@ -169,6 +171,7 @@ class DevSupervisor:
                 node.awaiting_ready = False
                 self._say(f"kvnode dev: {node.name} is ready again on 127.0.0.1:{node.port}")
             return
+        node.paused = False              # (killed from outside while paused)
         if code == EXIT_LEFT:
             self._say(f"kvnode dev: {node.name} left the cluster")
             node.gone = True
@@ -220,8 +223,6 @@ class DevSupervisor:
         return out
 
     def fault_kill(self, name):
-        from kvnet.cli.devfaults import FaultError
-
         node = self._named(name)
         if node.gone:
             raise FaultError(f"{name} is down for good (it left the ring, or --no-restart)")
@@ -239,8 +240,6 @@ class DevSupervisor:
         return said
 
     def fault_pause(self, name):
-        from kvnet.cli.devfaults import FaultError
-
         node = self._named(name)
         if node.paused:
             return f"{name} is already paused"
@@ -253,8 +252,6 @@ class DevSupervisor:
         return said
 
     def fault_resume(self, name):
-        from kvnet.cli.devfaults import FaultError
-
         node = self._named(name)
         if node.paused:
             node.proc.send_signal(signal.SIGCONT)

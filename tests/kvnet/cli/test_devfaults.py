@@ -273,3 +273,14 @@ def test_kvnode_dev_faults_takes_2_to_16_nodes(tmp_path, capsys):
                             "--data-dir", str(tmp_path)]) == 2
         assert "--faults takes 2 to 16 nodes" in capsys.readouterr().err
     assert not os.listdir(tmp_path)               # refused before anything was made
+
+
+def test_a_paused_node_killed_from_outside_is_restarted_as_a_running_one(sup, faults):
+    faults.apply("pause", "node2")
+    node = sup.nodes[1]
+    node.proc.kill()                              # kill -9 by the user, not kvctl fault
+    node.proc.wait()
+    sup._check(node, sup.clock())
+    assert _state(sup, "node2") == "restarting"
+    sup._check(node, sup.clock() + 60)            # the backoff has passed
+    assert _state(sup, "node2") == "running" and node.proc.poll() is None
