@@ -308,6 +308,7 @@ class FaultProxy:
         finally:
             sender.cancel()
             writer.close()                        # a close ends both directions (no half-close)
+            await asyncio.gather(sender, return_exceptions=True)   # no task left pending
 
     def _count(self, direction, data):
         if direction == "up":
