@@ -105,15 +105,17 @@ def test_runtime_entry_points_import_without_the_test_extra():
         import kvnet
         from kvnet import Client, AsyncClient
         import kvnet.node, kvnet.cli.kvnode, kvnet.cli.kvctl
+        import kvnet.faultproxy, kvnet.cli.devfaults      # kvnode dev --faults, kvctl fault
         for argv in (["dev", "--help"], ["start", "--help"], ["add", "--help"]):
             try:
                 kvnet.cli.kvnode.main(argv)
             except SystemExit as exc:
                 assert exc.code == 0, exc.code
-        try:
-            kvnet.cli.kvctl.main(["--help"])
-        except SystemExit as exc:
-            assert exc.code == 0, exc.code
+        for argv in (["--help"], ["fault", "--help"]):
+            try:
+                kvnet.cli.kvctl.main(argv)
+            except SystemExit as exc:
+                assert exc.code == 0, exc.code
         print("imports ok")
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -4,7 +4,8 @@ A node that exits on its own is reported with its exit status and started again 
 backoff (1 s, doubling to 30 s, back to 1 s once it has run a minute), while the others go on
 serving; `--no-restart` leaves it down. The cluster's secret is random, made once per data
 directory and kept there, so a restarted dev cluster still talks to itself
-(docs/operations.md).
+(docs/operations.md). With `--faults`, `kvctl fault kill|pause|resume NODE` reaches the
+supervisor (kvnet/cli/devfaults.py): a node killed that way stays down until resumed.
 """
 import os
 import secrets
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from kvnet.cli.devfaults import FaultError
 from kvnet.config import env_name
 from kvnet.probe import ping
 
@@ -86,22 +88,31 @@ class _Node:
         self.restart_at = None       # monotonic time of a scheduled restart
         self.awaiting_ready = False
         self.gone = False            # left the ring, or down for good (--no-restart)
+        self.held = False            # killed by `kvctl fault kill`: down until `resume`
+        self.paused = False          # SIGSTOP by `kvctl fault pause`
         self.backoff = Backoff()
 
 
 class DevSupervisor:
     """Starts nodes, waits until each answers PING, then keeps them running until stopping()."""
 
-    def __init__(self, names, cmds, ports, env, restart=True, log=None, err=None, clock=time.monotonic):
+    def __init__(self, names, cmds, ports, env, restart=True, log=None, err=None, clock=time.monotonic,
+                 control=None):
         self.nodes = [_Node(n, c, p) for n, c, p in zip(names, cmds, ports)]
         self.env, self.restart, self.clock = env, restart, clock
         self.out = log or sys.stdout
         self.err = err or sys.stderr
+        self.control = control       # a DevFaults (`kvnode dev --faults`), polled while idle
+        if control is not None:
+            control.supervisor = self
 
     def _say(self, text, err=False):
         print(text, file=self.err if err else self.out, flush=True)
 
+    say = _say
+
     def _spawn(self, node):
+        node.paused = False
         node.proc = subprocess.Popen(node.cmd, env=self.env)
         node.started = self.clock()
 
@@ -139,10 +150,13 @@ class DevSupervisor:
                 self._check(node, now)
             if all(n.gone for n in self.nodes):
                 return
-            time.sleep(idle)
+            if self.control is not None:
+                self.control.poll(idle)
+            else:
+                time.sleep(idle)
 
     def _check(self, node, now):
-        if node.gone:
+        if node.gone or node.held:
             return
         if node.restart_at is not None:
             if now >= node.restart_at:
@@ -157,6 +171,7 @@ class DevSupervisor:
                 node.awaiting_ready = False
                 self._say(f"kvnode dev: {node.name} is ready again on 127.0.0.1:{node.port}")
             return
+        node.paused = False              # (killed from outside while paused)
         if code == EXIT_LEFT:
             self._say(f"kvnode dev: {node.name} left the cluster")
             node.gone = True
@@ -172,9 +187,87 @@ class DevSupervisor:
         self._say(f"{what}; restarting it in {wait:g} s (the other nodes keep serving)", err=True)
 
     def stop(self, grace=15.0):
-        """SIGTERM every running node (each syncs and closes its stores); SIGKILL after grace."""
+        """SIGTERM every running node (each syncs and closes its stores); SIGKILL after grace.
+        A paused node is continued first, or it would not act on SIGTERM."""
+        for n in self.nodes:
+            if n.paused and n.proc is not None and n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+                n.paused = False
         procs = [n.proc for n in self.nodes if n.proc is not None]
         return stop_all(procs, grace)
+
+    # -- `kvctl fault` (kvnet/cli/devfaults.py); each returns the line kvctl prints --
+
+    def _named(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def _running(self, node):
+        return node.proc is not None and node.proc.poll() is None and not node.held
+
+    def node_states(self):
+        """{name: {"state": running|paused|killed|restarting|down, "pid": ...}}."""
+        out = {}
+        for n in self.nodes:
+            if n.paused:
+                state = "paused"
+            elif n.held:
+                state = "killed"
+            elif n.gone:
+                state = "down"
+            elif n.restart_at is not None or n.proc is None or n.proc.poll() is not None:
+                state = "restarting"
+            else:
+                state = "running"
+            out[n.name] = {"state": state, "pid": n.proc.pid if state in ("running", "paused")
+                           else None, "port": n.port}
+        return out
+
+    def fault_kill(self, name):
+        node = self._named(name)
+        if node.gone:
+            raise FaultError(f"{name} is down for good (it left the ring, or --no-restart)")
+        if node.held:
+            raise FaultError(f"{name} is already killed (`kvctl fault resume {name}` starts it)")
+        pid = node.proc.pid
+        if node.proc.poll() is None:
+            node.proc.kill()                    # SIGKILL: works on a paused node too
+            node.proc.wait()
+        node.held, node.paused = True, False
+        node.restart_at, node.awaiting_ready = None, False
+        said = (f"{name} (pid {pid}) killed with SIGKILL; it stays down until "
+                f"`kvctl fault resume {name}`")
+        self._say(f"kvnode dev: {said} (kvctl fault)")
+        return said
+
+    def fault_pause(self, name):
+        node = self._named(name)
+        if node.paused:
+            return f"{name} is already paused"
+        if not self._running(node):
+            raise FaultError(f"{name} is not running (state {self.node_states()[name]['state']})")
+        node.proc.send_signal(signal.SIGSTOP)
+        node.paused = True
+        said = f"{name} (pid {node.proc.pid}) paused with SIGSTOP; `kvctl fault resume {name}`"
+        self._say(f"kvnode dev: {said} (kvctl fault)")
+        return said
+
+    def fault_resume(self, name):
+        node = self._named(name)
+        if node.paused:
+            node.proc.send_signal(signal.SIGCONT)
+            node.paused = False
+            said = f"{name} (pid {node.proc.pid}) resumed with SIGCONT"
+        elif node.held or node.restart_at is not None:
+            node.held, node.restart_at = False, None
+            self._spawn(node)
+            node.awaiting_ready = True
+            said = f"{name} started again (pid {node.proc.pid})"
+        elif node.gone:
+            raise FaultError(f"{name} is down for good (it left the ring, or --no-restart)")
+        else:
+            return f"{name} is running (pid {node.proc.pid}): nothing to resume"
+        self._say(f"kvnode dev: {said} (kvctl fault)")
+        return said
 
 
 def stop_all(procs, grace=15.0):

@@ -11,6 +11,8 @@
     kvctl plan                   staged changes, partitions and bytes that would move
     kvctl commit                 apply the staged changes (partitions move in the background)
     kvctl transfers [--watch]    progress of the partition transfers of a ring change
+    kvctl fault kill|pause|resume NODE, cut|heal NODE [PEER], slow NODE [PEER] --ms D, status
+                                 drive `kvnode dev --faults` (found with --data-dir, not --port)
 
 Tables are drawn with rich; `--json` (before or after the subcommand) prints the data the
 command fetched as one JSON document instead (docs/cluster.md has the shape). Errors (no
@@ -31,7 +33,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
+from kvnet.cli.devfaults import OPS as FAULT_OPS
+from kvnet.cli.devfaults import NoDevCluster, request
 from kvnet.client import Client
+from kvnet.faultproxy import MAX_DELAY_MS
 
 OK, FAILED, USAGE = 0, 1, 2
 NOT_A_TERMINAL_WIDTH = 500     # piped or captured output: rows are never wrapped (greppable)
@@ -119,7 +124,79 @@ def _parser():
                    help="follow them, a progress bar per moving partition, until the ring settles")
     t.add_argument("--interval", type=_seconds, default=1.0,
                    help="seconds between two looks with --watch (default 1)")
+    f = add("fault", "drive the fault injector of `kvnode dev --faults` (docs/operations.md)")
+    f.add_argument("action", choices=FAULT_OPS, metavar="ACTION",
+                   help="kill, pause or resume NODE; cut, heal or slow its links (only those "
+                   "to PEER when given); status")
+    f.add_argument("node", nargs="?", metavar="NODE")
+    f.add_argument("peer", nargs="?", metavar="PEER")
+    f.add_argument("--ms", type=_millis, default=None, help="slow: the delay added each way")
+    f.add_argument("--data-dir", default="./ringkv-data",
+                   help="the data directory of `kvnode dev --faults` (default ./ringkv-data)")
     return ap
+
+
+def _millis(text):
+    try:
+        ms = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    if not 0 <= ms <= MAX_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"--ms is 0 to {MAX_DELAY_MS}, not {text}")
+    return int(ms) if ms == int(ms) else ms
+
+
+def _fault_usage(args):
+    """What is wrong with a `kvctl fault` command line, or None."""
+    if args.action == "status":
+        if args.node is not None:
+            return "status takes no NODE"
+    elif args.node is None:
+        return f"{args.action} needs a NODE (node1, node2, ...)"
+    if args.peer is not None and args.action in ("kill", "pause", "resume"):
+        return f"{args.action} acts on a node: give no PEER"
+    if args.action == "slow" and args.ms is None:
+        return "slow needs --ms, the delay in milliseconds added each way"
+    if args.action != "slow" and args.ms is not None:
+        return "--ms goes with slow only"
+    return None
+
+
+def fault(args, out, err):
+    """`kvctl fault ...`: one request to the dev supervisor (kvnet/cli/devfaults.py)."""
+    bad = _fault_usage(args)
+    if bad:
+        print(f"kvctl fault: {bad}", file=err)
+        return USAGE
+    try:
+        reply = request(args.data_dir, args.action, args.node, args.peer, args.ms,
+                        timeout=args.timeout)
+    except NoDevCluster as exc:
+        print(f"kvctl: {exc}", file=err)
+        return FAILED
+    if not reply["ok"]:
+        print(f"kvctl: fault {args.action}: {reply.get('error')}", file=err)
+        return FAILED
+    if args.json:
+        _print_json({"said": reply.get("said", ""), **reply.get("status", {})}, out)
+        return OK
+    con = _console(out)
+    if reply.get("said"):
+        con.print(reply["said"], soft_wrap=True)
+    if args.action == "status":
+        st = reply.get("status", {})
+        t = _table("node", "state", "pid", "port")
+        for name, row in st.get("nodes", {}).items():
+            t.add_row(name, row["state"], str(row["pid"] or "-"), str(row["port"]))
+        _show(con, t)
+        t = _table("link", "proxy port", "state", "delay ms>", "connections>", "bytes up>",
+                   "bytes down>")
+        for ln in st.get("links", []):
+            t.add_row(f"{ln['from']} -> {ln['to']}", str(ln["port"]), ln["mode"] or "open",
+                      f"{ln['delay_ms']:g}", str(ln["accepted"]), f"{ln['bytes_up']:,}",
+                      f"{ln['bytes_down']:,}")
+        _show(con, t)
+    return OK
 
 
 # ---- output helpers ------------------------------------------------------------------------------
@@ -247,6 +324,11 @@ def main(argv=None, out=None, err=None):
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     args = _parser().parse_args(argv)         # bad arguments: usage on stderr, SystemExit(2)
+    if args.cmd == "fault":                   # the dev supervisor, not a node
+        try:
+            return fault(args, out, err)
+        except BrokenPipeError:
+            return FAILED
     where = f"{args.host}:{args.port}"
     c = Client(args.host, args.port, password=args.password, socket_timeout=args.timeout,
                retries=0)                     # a command line answers now: no retry, no backoff

@@ -1,6 +1,7 @@
 """kvnode: run one ringkv node (`start`) or a local development cluster (`dev`).
 
     kvnode dev                       # 3 nodes on 127.0.0.1:7379-7381, data in ./ringkv-data
+    kvnode dev --faults              # the same, every link through a proxy: `kvctl fault ...`
     kvnode start --config node.toml  # one node from a TOML file and/or flags
     kvnode add                       # one more node next to `kvnode dev`, joined to its ring
 """
@@ -18,6 +19,9 @@ from kvnet.config import DEV_SECRET, SETTINGS, NodeConfig, env_name, flag_name, 
 from kvcore.errors import CorruptStore
 from kvnet.errors import ConfigError
 from kvnet.probe import ping
+
+DEFAULT_DATA_DIR = "./ringkv-data"
+MAX_FAULT_NODES = 16          # kvnet/cli/devfaults.py MAX_NODES (not imported without --faults)
 
 def _add_setting_flags(ap):
     """One flag per setting of NodeConfig (docs/config.md): `--ring-size` for `ring_size`.
@@ -98,16 +102,22 @@ _DEV_PASS = ("password", "ring_size", "ae_interval_ms", "gossip_interval_ms", "l
              "log_format")
 
 
-def dev_commands(nodes, base_port, data_dir, n, fsync, extra=()):
+def dev_names(nodes):
+    return [f"node{i + 1}" for i in range(nodes)]
+
+
+def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None):
     """The `kvnode start` command line of each node of a local dev cluster (the cluster secret
-    comes in the environment: dev_env)."""
-    names = [f"node{i + 1}" for i in range(nodes)]
+    comes in the environment: dev_env). members_of(i): node i's --members, when not the
+    nodes' own peer ports (`--faults`: the proxies')."""
+    names = dev_names(nodes)
     members = ",".join(f"{nm}@127.0.0.1:{base_port + 10000 + i}" for i, nm in enumerate(names))
     cmds = []
     for i, nm in enumerate(names):
         cmds.append([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
                      "--port", str(base_port + i), "--peer-port", str(base_port + 10000 + i),
-                     "--data-dir", os.path.join(data_dir, nm), "--members", members,
+                     "--data-dir", os.path.join(data_dir, nm),
+                     "--members", members if members_of is None else members_of(i),
                      "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
                      "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra])
     return names, cmds
@@ -126,6 +136,10 @@ def _dev(args):
     if not 1 <= args.nodes <= 64:
         print("kvnode dev: --nodes must be from 1 to 64", file=sys.stderr)
         return 2
+    if args.faults and not 2 <= args.nodes <= MAX_FAULT_NODES:
+        print(f"kvnode dev: --faults takes 2 to {MAX_FAULT_NODES} nodes (a proxy per link)",
+              file=sys.stderr)
+        return 2
     ports = [args.base_port + i for i in range(args.nodes)]
     busy = [p for p in ports + [p + 10000 for p in ports] if not _port_free(p)]
     if busy:
@@ -133,11 +147,35 @@ def _dev(args):
               "(another cluster running? choose --base-port)", file=sys.stderr)
         return 1
     os.makedirs(args.data_dir, exist_ok=True)
+    faults = members_of = None
+    if args.faults:
+        from kvnet.cli.devfaults import DevFaults
+
+        peer_ports = [p + 10000 for p in ports]
+        faults = DevFaults(dev_names(args.nodes), peer_ports, taken=ports + peer_ports)
+        members_of = lambda i: faults.members(i, peer_ports)  # noqa: E731
+    try:
+        return _supervise_dev(args, ports, faults, members_of)
+    finally:
+        if faults is not None:
+            faults.close()
+
+
+def _supervise_dev(args, ports, faults, members_of):
     names, cmds = dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync,
-                               _passed_through(args))
+                               _passed_through(args), members_of)
     sup = DevSupervisor(names, cmds, ports, dev_env(dev_secret(args.data_dir)),
-                        restart=not args.no_restart)
+                        restart=not args.no_restart, control=faults)
     stopping = _stop_on_signals()
+    try:
+        _run_dev(args, ports, faults, sup, names, stopping)
+    except BaseException:             # even after an error here, no node is left running
+        sup.stop()
+        raise
+    return sup.stop()
+
+
+def _run_dev(args, ports, faults, sup, names, stopping):
     if sup.start(stopping):
         pids = sup.pids()
         auth = f" -a {args.password}" if args.password else ""
@@ -150,8 +188,13 @@ def _dev(args):
               f"{'' if sup.restart else ' unless --no-restart'}), and watch `kvctl status"
               f"{'' if args.base_port == NodeConfig.port else f' --port {args.base_port}'}`.",
               flush=True)
+        if faults is not None:
+            faults.listen(args.data_dir)
+            dd = "" if args.data_dir == DEFAULT_DATA_DIR else f" --data-dir {args.data_dir}"
+            print(f"Faults: every link between nodes goes through a proxy. Try: kvctl fault cut "
+                  f"{names[-1]}{dd}, then heal, pause, resume, kill, slow --ms 200, status "
+                  "(docs/operations.md).", flush=True)
         sup.supervise(stopping)
-    return sup.stop()
 
 
 class _Flag:
@@ -235,7 +278,7 @@ def _add(args):
 def _dev_flags(ap):
     """The settings `kvnode dev` and `kvnode add` pass through to their nodes."""
     ap.add_argument("--base-port", type=int, default=NodeConfig.port)
-    ap.add_argument("--data-dir", default="./ringkv-data")
+    ap.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     ap.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
     ap.add_argument("--no-restart", action="store_true",
                     help="leave a node that exits down (default: restart it after a backoff)")
@@ -258,6 +301,9 @@ def parser():
     dv = sub.add_parser("dev", help="run a local cluster, one process per node")
     dv.add_argument("--nodes", type=int, default=3)
     dv.add_argument("--n", type=int, default=3)
+    dv.add_argument("--faults", action="store_true",
+                    help="a fault proxy on every link between the nodes, driven by `kvctl fault` "
+                    "(docs/operations.md)")
     _dev_flags(dv)
     ad = sub.add_parser("add", help="start one more node next to `kvnode dev` and join it")
     ad.add_argument("--index", type=int, default=None, help="node number (default: next free)")

@@ -1,5 +1,5 @@
-"""The fault-test toolkit itself (kvnet/testing.py): FaultProxy against an echo server, and the
-checker on synthetic records. Fast: no node processes."""
+"""The fault-test toolkit itself (kvnet/testing.py): FaultProxy (kvnet/faultproxy.py) against an
+echo server, and the checker on synthetic records. Fast: no node processes."""
 import os
 import socket
 import threading
@@ -143,6 +143,68 @@ def test_close_is_idempotent_and_ends_connections(echo):
     s.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", px.port), timeout=1)
+
+
+def test_slow_holds_chunks_in_order_and_heal_lets_them_go(proxy):
+    """slow(ms): what is read waits ms before it goes on (a delay this long holds it within
+    any receive timeout), bytes stay in order; heal() ends the delay and releases them."""
+    assert proxy.stats()["delay_ms"] == 0
+    with _connect(proxy.port) as s:
+        s.sendall(b"warm")
+        assert _recv_exactly(s, 4) == b"warm"
+        proxy.slow(60_000)
+        assert proxy.stats()["delay_ms"] == 60_000
+        for i in range(50):
+            s.sendall(b"%03d" % i)
+        s.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            s.recv(10)
+        proxy.heal()
+        assert proxy.stats()["delay_ms"] == 0
+        s.settimeout(5)
+        assert _recv_exactly(s, 150) == b"".join(b"%03d" % i for i in range(50))
+
+
+def test_a_small_delay_still_delivers_everything(proxy):
+    proxy.slow(20)
+    with _connect(proxy.port) as s:
+        s.settimeout(10)
+        s.sendall(b"y" * 300_000)
+        assert _recv_exactly(s, 300_000) == b"y" * 300_000
+    assert proxy.stats()["delay_ms"] == 20 and proxy.bytes_down == 300_000
+    proxy.slow(0)
+    assert proxy.stats()["delay_ms"] == 0
+
+
+def test_a_cut_holds_what_a_slowed_link_has_on_its_line(proxy):
+    with _connect(proxy.port) as s:
+        proxy.slow(60_000)
+        s.sendall(b"held")
+        s.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            s.recv(10)
+        proxy.cut()
+        proxy.slow(0)                        # due now, but the link is cut
+        with pytest.raises(socket.timeout):
+            s.recv(10)
+        proxy.heal()
+        s.settimeout(5)
+        assert _recv_exactly(s, 4) == b"held"
+
+
+@pytest.mark.parametrize("bad", [-1, 60_001, float("nan"), "10", True])
+def test_slow_refuses_a_bad_delay(proxy, bad):
+    with pytest.raises(ValueError, match="a delay is 0 to 60000 ms"):
+        proxy.slow(bad)
+    assert proxy.stats()["delay_ms"] == 0
+
+
+def test_the_toolkit_imports_the_proxy_from_its_module():
+    import kvnet.faultproxy
+    import kvnet.testing
+
+    assert kvnet.testing.FaultProxy is kvnet.faultproxy.FaultProxy
+    assert kvnet.testing.free_ports is kvnet.faultproxy.free_ports
 
 
 # ---- the checker on synthetic records ------------------------------------------------------
