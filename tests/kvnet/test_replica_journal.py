@@ -46,6 +46,22 @@ def _lose_unsynced(path):
         os.unlink(hint)
 
 
+class _Reopened:
+    """`async with _Reopened(path, **kw) as rep2`: the replica started again on the data a
+    crash left (open_existing: the replay), closed after the block."""
+
+    def __init__(self, path, **kw):
+        self.path, self.kw = path, kw
+
+    async def __aenter__(self):
+        self.rep = _rep(self.path, **self.kw)
+        self.rep.open_existing()
+        return self.rep
+
+    async def __aexit__(self, *exc):
+        await self.rep.close()
+
+
 def _journal_files(path):
     return sorted(f for f in os.listdir(os.path.join(str(path), "journal")) if f.endswith(".jnl"))
 
@@ -73,17 +89,13 @@ def test_a_crash_that_lost_the_stores_pages_loses_no_acknowledged_write(tmp_path
         assert info["sync_method"] == "journal" and info["group_commit_syncs"] == info["group_commits"]
         _crash(rep)
         _lose_unsynced(tmp_path)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert _contents(rep2) == want
             assert rep2.replayed_records > 0
             assert _journal_files(tmp_path) == [J.file_name(2)]     # the replayed one retired
             for p in range(8):                                      # an unclean start still
                 assert rep2.partition(p).trusted_from > 0           # raises trusted-from
                 assert not rep2.partition(p).tree_built             # (folded later)
-        finally:
-            await rep2.close()
         assert _journal_files(tmp_path) == []                       # a clean close: none left
         rep3 = _rep(tmp_path)
         rep3.open_existing()
@@ -106,14 +118,10 @@ def test_a_dropped_partition_never_gets_its_old_records_back(tmp_path):
         await rep.after_write()
         _crash(rep)
         _lose_unsynced(tmp_path)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert rep2.read_raw(3, b"old") is None
             assert V.decode(rep2.read_raw(3, b"new")) is not None
             assert rep2.read_raw(4, b"kept") is not None
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -125,12 +133,8 @@ def test_a_drop_then_a_kill_leaves_the_key_absent(tmp_path):
         await rep.after_write()
         assert await rep.drop(5)
         _crash(rep)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert 5 not in rep2.partitions and rep2.read_raw(5, b"k") is None
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -144,12 +148,8 @@ def test_a_flushdb_then_a_kill_leaves_the_keys_absent(tmp_path):
         await rep.after_write()
         _crash(rep)
         _lose_unsynced(tmp_path)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert _contents(rep2, [2]) == {2: {}}
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -167,12 +167,8 @@ def test_checkpoints_cut_the_journal_and_lose_nothing(tmp_path):
         assert rep.checkpoints >= 5
         want = _contents(rep)
         _crash(rep)                 # (no page lost: the checkpoints synced the stores)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert _contents(rep2) == want
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -191,12 +187,8 @@ def test_a_store_sync_failing_in_a_checkpoint_keeps_the_journal(tmp_path):
         assert len(kept) == 2                           # the cut file stays for a replay
         await rep.close()
         assert _journal_files(tmp_path) == kept         # (a close keeps them too)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert rep2.replayed_records > 0 and rep2.read_raw(2, b"k02-005") is not None
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -268,14 +260,10 @@ def test_a_start_without_the_journal_still_replays_what_a_crash_left(tmp_path):
         want = _contents(rep, [1, 9])
         _crash(rep)
         _lose_unsynced(tmp_path)
-        rep2 = _rep(tmp_path, fsync="interval", sync_method="fdatasync")
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path, fsync="interval", sync_method="fdatasync") as rep2:
             assert rep2.journal is None and rep2.replayed_records > 0
             assert _contents(rep2, [1, 9]) == want
             assert _journal_files(tmp_path) == []
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -354,12 +342,8 @@ def test_a_checkpoint_whose_delete_fails_keeps_every_later_file(tmp_path, monkey
         assert _journal_files(tmp_path)[0] == J.file_name(1)        # nothing deleted after
         want = rep.read_raw(3, b"k")
         _crash(rep)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert rep2.read_raw(3, b"k") == want       # B, not the older A of file 1
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -376,12 +360,8 @@ def test_a_write_while_a_drop_waits_for_its_sync_goes_to_a_fresh_partition(tmp_p
         assert await dropping
         await rep.after_write()
         _crash(rep)
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert rep2.read_raw(4, b"old") is None and rep2.read_raw(4, b"new") is not None
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 
@@ -395,12 +375,8 @@ def test_a_close_right_after_a_checkpoint_starts_loses_nothing(tmp_path):
         want = _contents(rep, [1, 2])
         await rep.close()                   # (a checkpoint may be under way)
         assert _journal_files(tmp_path) == []
-        rep2 = _rep(tmp_path)
-        rep2.open_existing()
-        try:
+        async with _Reopened(tmp_path) as rep2:
             assert rep2.replayed_records == 0 and _contents(rep2, [1, 2]) == want
-        finally:
-            await rep2.close()
 
     asyncio.run(main())
 

@@ -12,8 +12,7 @@ import pytest
 
 from kvnet.cli.devfaults import CONTROL_FILE
 from kvnet.client import Client
-from kvnet.faultproxy import free_ports
-from kvnet.testing import OutputReader, _bindable, wait_until
+from kvnet.testing import OutputReader, dev_base_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -21,19 +20,9 @@ FAST = {"RINGKV_PHI_THRESHOLD": "4", "RINGKV_HINT_REPLAY_INTERVAL_MS": "200",
         "RINGKV_AE_ENABLED": "false"}     # hints, not anti-entropy, bring node3 up to date
 
 
-def _base_port(nodes):
-    """A base port whose client and peer ports are free now (dev_base_port, kept below 55535)."""
-    for _ in range(50):
-        p = free_ports(1)[0]
-        ports = [p + i for i in range(nodes)] + [p + 10000 + i for i in range(nodes)]
-        if p + 10000 + nodes < 65535 and all(_bindable(q) for q in ports):
-            return p
-    raise AssertionError("no block of free ports")
-
-
 class _Dev:
     def __init__(self, tmp_path):
-        self.base = _base_port(3)
+        self.base = dev_base_port(3)
         self.ports = [self.base + i for i in range(3)]
         self.data = str(tmp_path / "data")
         env = {**os.environ, **FAST}
