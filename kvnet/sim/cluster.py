@@ -61,6 +61,9 @@ class SimCluster:
         self.net.restart(name)
         self.crashed.discard(name)
         node = Node(cfg)
+        # (the failure detector's clock is bound when kvnet.membership.gossip is imported:
+        # the process's monotonic clock, not the simulation's)
+        node.gossip.clock = self.loop.time
         self.nodes[name] = node
         await self.as_node(name, node.start())
 
@@ -82,12 +85,13 @@ class SimCluster:
             if lose_unsynced and st["synced_offset"] < st["active_offset"]:
                 segs = sorted(f for f in os.listdir(part.path) if f.endswith(".data"))
                 if segs:
-                    cuts.append((os.path.join(part.path, segs[-1]), max(32, st["synced_offset"])))
-            part.store._abandon()
+                    keep = max(32, st["synced_offset"])
+                    cuts.append((os.path.join(part.path, segs[-1]), keep))
+                    self.lost_bytes += st["active_offset"] - keep     # (records, not the
+            part.store._abandon()                                     # space reserved ahead)
         node.replica.partitions = {}
         for path, size in cuts:
             if os.path.getsize(path) > size:
-                self.lost_bytes += os.path.getsize(path) - size
                 os.truncate(path, size)
         await self.as_node(name, node.stop())
 

@@ -108,6 +108,39 @@ def _seeded_random(urandom):
     return SeededRandom
 
 
+class InlinePool:
+    """A ThreadPoolExecutor that runs each call at once, in order (LocalReplica opens and
+    closes partitions through a pool: in threads, the order they finish in, and so which
+    partition gets which fresh epoch after a crash, would vary from run to run)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, *iterables):
+        return [fn(*args) for args in zip(*iterables)]
+
+    def shutdown(self, wait=True, **kw):
+        pass
+
+
+@contextlib.contextmanager
+def inline_pools():
+    """kvnet.replica's thread pools run inline for the `with` block."""
+    from kvnet import replica
+    saved = replica.ThreadPoolExecutor
+    replica.ThreadPoolExecutor = InlinePool
+    try:
+        yield
+    finally:
+        replica.ThreadPoolExecutor = saved
+
+
 @contextlib.contextmanager
 def quiet(name="kvnet", level=logging.CRITICAL):
     """The nodes' logs off for the `with` block (a run's own output is its summary)."""

@@ -7,7 +7,7 @@ import time
 
 from kvnet.node import Node
 from kvnet.sim.cluster import SimCluster
-from kvnet.sim.loop import determinism, quiet
+from kvnet.sim.loop import determinism, inline_pools, quiet
 
 
 def ring_size_for(nodes):
@@ -26,7 +26,7 @@ def join_rounds(nodes, seed=1, limit=600.0):
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp:
         c = SimCluster(tmp, size=nodes, seed=seed, ring_size=ring_size_for(nodes))
-        with determinism(seed, c.loop.time), quiet():
+        with determinism(seed, c.loop.time), quiet(), inline_pools():
             out = c.run(_join(c, limit))
     out["wall_s"] = round(time.perf_counter() - wall, 2)
     out["nodes"] = nodes
@@ -46,6 +46,7 @@ async def _join(c, limit):
                                                                 peer_port=29999)))
     c.net.restart(name)
     node = Node(cfg)
+    node.gossip.clock = c.loop.time
     c.nodes[name] = node
     t0 = c.loop.time()
     writes0 = c.net.stats["writes"]

@@ -5,7 +5,7 @@ import contextlib
 import tempfile
 
 from kvnet.sim.cluster import History, SimCluster, client, converged, final_reads
-from kvnet.sim.loop import determinism, quiet
+from kvnet.sim.loop import determinism, inline_pools, quiet
 
 KEYS = 40                      # keys the clients share
 CLIENTS = 4
@@ -73,7 +73,7 @@ def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mu
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp, _mutated(mutation):
         c = SimCluster(root or tmp, size=nodes, seed=seed)
         c.events = []
-        with determinism(seed, c.loop.time), quiet():
+        with determinism(seed, c.loop.time), quiet(), inline_pools():
             return c.run(_main(c, scenario, duration, w))
 
 
