@@ -500,7 +500,7 @@ class LocalReplica:
         return part
 
     def _new_partition(self, p):
-        rel = os.path.join("partitions", f"{p:05d}")
+        rel = _relpath(p)
         path = os.path.join(self.data_dir, rel)
         journal = self.journal
         replay = self.replay.take(rel)
@@ -517,9 +517,9 @@ class LocalReplica:
         """Delete partition p here (its data handed off: kvnet/node.py _drop_unheld): False
         if it is not open. The store is closed and its directory renamed at once (a later
         ring may give the partition back: it then starts afresh at its path), and deleted in
-        a worker thread. With the journal the drop is journaled and made durable first, so a
-        replay never writes what was journaled for it before into a partition of that number
-        created later."""
+        a worker thread. With the journal the drop is journaled and made durable before the
+        delete, so a replay never writes what was journaled for it before into a partition of
+        that number created later."""
         part = self.partitions.pop(p, None)
         if part is None:
             return False
@@ -531,7 +531,7 @@ class LocalReplica:
         if self.journal is not None:
             # a replay skips what it holds for a directory not on disk, and once this DROP
             # is durable, what it held before it for a directory of that name
-            self.journal.drop(os.path.relpath(part.path, self.data_dir))
+            self.journal.drop(_relpath(p))
             self._write_gen += 1
             await self.commit()
         await asyncio.to_thread(shutil.rmtree, gone, True)
@@ -1087,6 +1087,11 @@ class LocalReplica:
         self.executor.shutdown()
         for fs in self._fs or ():
             fs.close()
+
+
+def _relpath(p):
+    """Partition p's directory, relative to the data directory (the journal's store name)."""
+    return os.path.join("partitions", f"{p:05d}")
 
 
 def _close_one(part):

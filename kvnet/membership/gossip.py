@@ -35,13 +35,13 @@ PEERS_FILE = "PEERS"     # the peer addresses gossip taught this node, for its n
 class Gossip:
     """One node's membership service (see the module docstring)."""
 
-    def __init__(self, node, clock=time.monotonic, rng=None):
+    def __init__(self, node, clock=None, rng=None):
         cfg = node.cfg
         self.node = node
         self.me = node.name
         self.interval = cfg.gossip_interval_ms / 1000.0
         self.fanout = cfg.gossip_fanout
-        self.clock = clock
+        self.clock = clock or time.monotonic     # (looked up now, not when imported)
         self.rng = rng or random.Random()
         self.detector = PhiDetector(interval=self.interval, threshold=cfg.phi_threshold)
         self.liveness = Liveness(self.me, self.detector)

@@ -56,15 +56,12 @@ class SimCluster:
     async def start(self):
         await asyncio.gather(*(self.start_node(nm) for nm in self.names))
 
-    async def start_node(self, name):
-        cfg = self.cfgs[self.names.index(name)]
+    async def start_node(self, name, cfg=None):
+        """Start node `name` with its configured settings (or `cfg`)."""
+        cfg = cfg or self.cfgs[self.names.index(name)]
         self.net.restart(name)
         self.crashed.discard(name)
-        node = Node(cfg)
-        # (the failure detector's clock is bound when kvnet.membership.gossip is imported:
-        # the process's monotonic clock, not the simulation's)
-        node.gossip.clock = self.loop.time
-        self.nodes[name] = node
+        node = self.nodes[name] = Node(cfg)
         await self.as_node(name, node.start())
 
     async def stop(self):

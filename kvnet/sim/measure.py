@@ -5,7 +5,6 @@ import dataclasses
 import tempfile
 import time
 
-from kvnet.node import Node
 from kvnet.sim.cluster import SimCluster
 from kvnet.sim.loop import determinism, inline_pools, quiet
 
@@ -44,13 +43,9 @@ async def _join(c, limit):
     cfg = dataclasses.replace(cfg, members=(seed_member,
                                             dataclasses.replace(seed_member, name=name,
                                                                 peer_port=29999)))
-    c.net.restart(name)
-    node = Node(cfg)
-    node.gossip.clock = c.loop.time
-    c.nodes[name] = node
     t0 = c.loop.time()
     writes0 = c.net.stats["writes"]
-    c.as_node(name, node.start())
+    asyncio.ensure_future(c.start_node(name, cfg))     # (a joiner's start waits for the ring)
     known = None
     while c.loop.time() - t0 < limit:
         await asyncio.sleep(interval / 4)
