@@ -2,7 +2,7 @@
 
 One proxy forwards one directed link (127.0.0.1:port -> target) and can cut it (blackhole or
 refuse) and slow it (every chunk held `delay_ms` before it is forwarded). The test toolkit's
-`LocalCluster(proxied=True)` puts one on every node-to-node link (kvnet/testing.py), and so
+`LocalCluster(proxied=True)` puts one on every node-to-node link (kvnet/testing/), and so
 does `kvnode dev --faults`, driven from the shell by `kvctl fault` (docs/operations.md).
 Standard library only: `kvnode dev` runs it on an install without the test extras.
 """
