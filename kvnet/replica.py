@@ -562,6 +562,37 @@ class LocalReplica:
                        journal_replayed_records=self.replayed_records)
         return out
 
+    # group commit's state, read-only (tests wait on it; nothing outside changes it)
+
+    @property
+    def write_gen(self):
+        """Writes stored so far (each mint, merge, delete or emptied partition counts one)."""
+        return self._write_gen
+
+    @property
+    def synced_gen(self):
+        """How many of them are known durable (equal to write_gen: nothing waits for a sync)."""
+        return self._synced_gen
+
+    def dirty_partitions(self):
+        """The partitions written since the last group commit round took them, sorted."""
+        return sorted(part.p for part in self._dirty)
+
+    @property
+    def syncing_rounds(self):
+        """Group commit rounds syncing now (at most COMMIT_ROUNDS)."""
+        return len(self._rounds)
+
+    @property
+    def checkpointing(self):
+        """True while a journal checkpoint runs."""
+        return self._checkpoint_task is not None
+
+    @property
+    def journal_kept(self):
+        """True once a checkpoint failed after its cut: no journal file is retired since."""
+        return self._journal_keep
+
     def write_error(self, part, exc):
         """What a write to `part` that raised `exc` reports: a DiskError naming the node, the
         partition and the cause for a disk fault (an OSError), else `exc` itself."""

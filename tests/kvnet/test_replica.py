@@ -254,13 +254,29 @@ def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
         async def writer(i):
             r.mint(i % 3, b"k%d" % i, S(b"v"))
             await r.after_write()
-            return r._synced_gen
+            return r.synced_gen
 
         gens = await asyncio.wait_for(asyncio.gather(*(writer(i) for i in range(200))), 30)
-        assert min(gens) >= 1 and r._synced_gen == 200
+        assert min(gens) >= 1 and r.synced_gen == 200
         for p in range(3):
             st = r.partition(p).store.stats()
             assert st["synced_offset"] == st["active_offset"]
+        await r.close()
+
+    asyncio.run(main())
+
+
+def test_group_commit_state_is_readable_without_private_attributes(tmp_path):
+    async def main():
+        r = LocalReplica(str(tmp_path), "n1", fsync="always", sync_method="fdatasync")
+        assert (r.write_gen, r.synced_gen, r.dirty_partitions()) == (0, 0, [])
+        r.mint(5, b"a", S(b"1"))
+        r.mint(2, b"b", S(b"2"))
+        r.mint(5, b"c", S(b"3"))
+        assert r.write_gen == 3 and r.synced_gen == 0 and r.dirty_partitions() == [2, 5]
+        await r.after_write()
+        assert r.synced_gen == r.write_gen == 3 and r.dirty_partitions() == []
+        assert r.syncing_rounds == 0 and not r.checkpointing and not r.journal_kept
         await r.close()
 
     asyncio.run(main())

@@ -281,10 +281,10 @@ def test_fsync_interval_syncs_by_one_syncfs_too(tmp_path, fake_syncfs):
         for p in range(10):
             rep.mint(p, b"k", S(b"v"), overwrite=True)
         for _ in range(200):
-            if rep._synced_gen == rep._write_gen:
+            if rep.synced_gen == rep.write_gen:
                 break
             await asyncio.sleep(0.01)
-        assert rep._synced_gen == rep._write_gen and fake_syncfs.count == 1
+        assert rep.synced_gen == rep.write_gen and fake_syncfs.count == 1
         await rep.close()
 
     asyncio.run(main())
