@@ -1,7 +1,8 @@
 # Cython's view of protocol.py when the build compiles it (kvnet/compiled.py): the connection
 # and a future's settling callback as extension types, their fields in C (no instance dict to
-# probe); batch_request a C method that kvnet/coordinator/driver.py and kvnet/localdoor.pyx
-# call directly, and the inbound side and the batcher typed, so each call to them is a C call.
+# probe); batch_request a C method that kvnet/coordinator/driver.py calls directly (and
+# kvnet/localdoor.pyx reads state and _write_paused in C); the inbound side and the batcher
+# typed, so each call to them is a C call.
 
 from kvnet.peer.batching cimport Batcher
 from kvnet.peer.core cimport PeerProtocolCore
