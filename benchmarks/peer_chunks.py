@@ -22,7 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kvnet.peer.protocol import connect, serve_peers  # noqa: E402
+from kvnet.peer.protocol import connect  # noqa: E402
+from kvnet.peer.serving import serve_peers  # noqa: E402
 
 SECRET = "bench-secret"
 

@@ -20,6 +20,8 @@ PY_MODULES = (
     "kvnet.resp.server",
     "kvnet.peer.framing",
     "kvnet.peer.core",
+    "kvnet.peer.batching",
+    "kvnet.peer.serving",
     "kvnet.peer.protocol",
     "kvnet.coordinator.driver",
     "kvnet.resp.commands",

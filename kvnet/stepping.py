@@ -7,7 +7,7 @@ and the peer protocol call `coro.send(None)` themselves; a coroutine that yields
 
 The first step runs outside any Task, in the caller's context: a handler must not use
 `asyncio.timeout()` or a TaskGroup before its first suspension (they need a current task),
-nor set a ContextVar other than by a token the caller resets (kvnet/peer/protocol.py does so
+nor set a ContextVar other than by a token the caller resets (kvnet/peer/serving.py does so
 for `current_peer`).
 """
 import asyncio

@@ -1,7 +1,8 @@
 """kvnet.peer: the node-to-node transport (docs/peer.md).
 
 framing (bytes <-> frames), core (PeerProtocolCore: states, handshake, auth),
-protocol (asyncio PeerConnection, connect, serve_peers), pool (PeerPool).
+protocol (asyncio PeerConnection: sending, completing requests; connect), batching (batched
+requests and their answers), serving (inbound requests, serve_peers), pool (PeerPool).
 """
 from kvnet.peer.core import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, PeerProtocolCore, State
 from kvnet.peer.errors import (
@@ -15,7 +16,8 @@ from kvnet.peer.errors import (
 from kvnet.peer.framing import (DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Frame,
                                  FrameReader, Kind, encode_frame)
 from kvnet.peer.pool import PeerPool
-from kvnet.peer.protocol import PeerConnection, PeerServer, connect, current_peer, serve_peers
+from kvnet.peer.protocol import PeerConnection, connect
+from kvnet.peer.serving import PeerServer, current_peer, serve_peers
 
 __all__ = [
     "AuthenticationError",

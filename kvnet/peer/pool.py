@@ -10,7 +10,8 @@ import random
 from kvnet.errors import PeerError
 from kvnet.peer.errors import PeerTimeout, PeerUnavailable
 from kvnet.peer.framing import DEFAULT_MAX_MESSAGE_SIZE
-from kvnet.peer.protocol import _opts, connect, serve_peers
+from kvnet.peer.protocol import check_options, connect
+from kvnet.peer.serving import serve_peers
 
 log = logging.getLogger("kvnet.peer")
 
@@ -59,7 +60,7 @@ class PeerPool:
         self._connect_timeout = connect_timeout
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._opts = _opts(opts)
+        self._opts = check_options(opts)
         self._peers = {}
         self._sleepers = set()
         self._server = None

@@ -35,7 +35,7 @@ def test_every_listed_module_runs_compiled():
             assert cls.__dictoffset__ == 0, (name, cls_name)
             declared += 1
     assert declared >= 10
-    from kvnet.peer.protocol import _Batch
+    from kvnet.peer.batching import _Batch
     with pytest.raises(AttributeError):
         _Batch(1.0).other = 1
 

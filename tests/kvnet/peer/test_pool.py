@@ -6,7 +6,7 @@ import pytest
 from kvnet.errors import PeerError
 from kvnet.peer.errors import AuthenticationError, ConnectionLost, PeerUnavailable
 from kvnet.peer.pool import PeerPool
-from kvnet.peer.protocol import serve_peers
+from kvnet.peer.serving import serve_peers
 
 SECRET = b"pool-secret"
 HOST = "127.0.0.1"

@@ -14,7 +14,9 @@ from kvnet.peer.errors import (
     RemoteError,
 )
 from kvnet.peer.framing import Kind, encode_frame
-from kvnet.peer.protocol import connect, current_peer, serve_peers
+from kvnet.peer import batching as B
+from kvnet.peer.protocol import connect
+from kvnet.peer.serving import current_peer, serve_peers
 
 SECRET = "s3cret"
 HOST = "127.0.0.1"
@@ -267,13 +269,13 @@ def test_inbound_backpressure_pauses_reading():
             conn = await connect(HOST, server.port, "a", SECRET)
             try:
                 reqs = [asyncio.ensure_future(conn.request("x", i, timeout=5)) for i in range(10)]
-                await until(lambda: server.connections and next(iter(server.connections))._read_paused)
+                await until(lambda: server.connections and next(iter(server.connections))._inbound.read_paused)
                 (inbound,) = server.connections
                 await asyncio.sleep(0.05)
-                assert inbound._read_paused and len(inbound._tasks) == 4  # the rest wait unread
+                assert inbound._inbound.read_paused and len(inbound._inbound.tasks) == 4  # the rest unread
                 release.set()
                 assert await asyncio.gather(*reqs) == list(range(10))
-                assert not inbound._read_paused
+                assert not inbound._inbound.read_paused
             finally:
                 conn.close()
                 await conn.wait_closed()
@@ -319,7 +321,8 @@ def test_handlers_answered_inline_are_bounded_per_flush():
             conn._on_request("x", i, i)
             feeding[0] = False
         assert ran == ["inline"] * 4        # the budget; the rest wait for slots
-        assert len(conn._tasks) == 4 and len(conn._backlog) == 2 and conn._transport.paused
+        assert len(conn._inbound.tasks) == 4 and len(conn._inbound.backlog) == 2
+        assert conn._transport.paused
         for _ in range(10):
             await asyncio.sleep(0)
         assert ran == ["inline"] * 4 + ["task"] * 6 and not conn._transport.paused
@@ -464,7 +467,7 @@ def test_request_callback_answers_errors_timeouts_and_loss():
             await until(lambda: "slow" in calls)
             assert calls["slow"] == ("b", None, 0.2)
             await until(lambda: conn.late_responses == 1)
-            assert conn.pending == 0 and not conn._callbacks
+            assert conn.pending == 0 and not conn._slots
             # a full write buffer: nothing is sent, the caller is told
             conn.pause_writing()
             assert conn.write_paused
@@ -515,15 +518,13 @@ def test_request_callback_timer_survives_answered_deadlines():
 def test_batch_request_joins_one_iterations_items_into_one_request():
     """Items joined in one loop iteration leave as one request; each item's callback gets its
     own value or its own error; a big batch leaves early; loss and timeouts reach every item."""
-    from kvnet.peer import protocol as P
-
     seen = []
 
     async def handler(type, items):
         seen.append((type, len(items)))
-        if type == "slow":
+        if type == "mget":                                 # the slow one
             await asyncio.sleep(1)
-        return P.answer_batch(lambda x: 1 // x["n"], items)     # n=0: ZeroDivisionError
+        return B.answer_batch(lambda x: 1 // x["n"], items)     # n=0: ZeroDivisionError
 
     async def main():
         server = await serve_peers(HOST, 0, "b", SECRET, handler)
@@ -534,86 +535,75 @@ def test_batch_request_joins_one_iterations_items_into_one_request():
             return lambda peer, exc, value: got.setdefault(i, (peer, exc, value))
         try:
             for i in range(5):
-                assert conn.batch_request("inv", {"n": i}, cb(i), 5)
+                assert conn.batch_request("mput", {"n": i}, cb(i), 5)
             await until(lambda: len(got) == 5)
-            assert seen == [("inv", 5)]                         # one request for the five
+            assert seen == [("mput", 5)]                         # one request for the five
             assert [got[i][2] for i in range(1, 5)] == [1, 0, 0, 0]
             peer, exc, value = got[0]
             assert peer == "b" and value is None and isinstance(exc, RemoteError)
-            assert exc.code == "ZeroDivisionError" and "failed request 'inv'" in str(exc)
+            assert exc.code == "ZeroDivisionError" and "failed request 'mput'" in str(exc)
             # items above BATCH_BYTES leave at once, in more than one request
             seen.clear()
             got.clear()
-            third = b"x" * (P.BATCH_BYTES // 3)
+            third = b"x" * (B.BATCH_BYTES // 3)
             for i in range(4):
-                assert conn.batch_request("inv", {"n": 1, "c": third}, cb(i), 5)
+                assert conn.batch_request("mput", {"n": 1, "c": third}, cb(i), 5)
             await until(lambda: len(got) == 4)
-            assert seen == [("inv", 3), ("inv", 1)]
+            assert seen == [("mput", 3), ("mput", 1)]
             # an item of BATCH_BYTES goes alone, the batch before it first
             seen.clear()
             got.clear()
-            assert conn.batch_request("inv", {"n": 1}, cb(0), 5)
-            assert conn.batch_request("inv", {"n": 1, "c": b"x" * P.BATCH_BYTES}, cb(1), 5)
-            assert conn.batch_request("inv", {"n": 1}, cb(2), 5)
+            assert conn.batch_request("mput", {"n": 1}, cb(0), 5)
+            assert conn.batch_request("mput", {"n": 1, "c": b"x" * B.BATCH_BYTES}, cb(1), 5)
+            assert conn.batch_request("mput", {"n": 1}, cb(2), 5)
             await until(lambda: len(got) == 3)
-            assert seen == [("inv", 1), ("inv", 1), ("inv", 1)]
+            assert seen == [("mput", 1), ("mput", 1), ("mput", 1)]
             # a timeout reaches every item of the batch
             got.clear()
             for i in range(3):
-                assert conn.batch_request("slow", {"n": 1}, cb(i), 0.1)
+                assert conn.batch_request("mget", {"n": 1}, cb(i), 0.1)
             await until(lambda: len(got) == 3)
             assert all(isinstance(got[i][1], PeerTimeout) for i in range(3))
             # a malformed answer is an error for each item, not a crash
             assert conn.request_callback("x", None, lambda *a: None, 1)
             got.clear()
-            batch = P._Batch(1)
+            batch = B._Batch(1)
             batch.callbacks += [cb(0), cb(1)]
             batch.items += [{}, {}]
-            P._Fanout(conn, "t", batch)("b", None, [[1], {}])
+            B.Fanout(conn, "mput", batch)("b", None, [[1], {}])
             assert all(isinstance(got[i][1], RemoteError) for i in range(2))
             # paused writes: refused; but a batch accepted before the pause still leaves
             conn.pause_writing()
-            assert not conn.batch_request("inv", {"n": 1}, cb(9), 5)
+            assert not conn.batch_request("mput", {"n": 1}, cb(9), 5)
             conn.resume_writing()
             got.clear()
-            assert conn.batch_request("inv", {"n": 2}, cb(0), 5)
+            assert conn.batch_request("mput", {"n": 2}, cb(0), 5)
             conn.pause_writing()
             await until(lambda: 0 in got)
             assert got[0] == ("b", None, 0)
             conn.resume_writing()
             # a connection lost before the batch leaves: every item
             got.clear()
-            assert conn.batch_request("inv", {"n": 1}, cb(0), 5)
+            assert conn.batch_request("mput", {"n": 1}, cb(0), 5)
             conn.close()
             await until(lambda: 0 in got)
             assert isinstance(got[0][1], ConnectionLost)
             with pytest.raises(ConnectionLost):
-                conn.batch_request("inv", {"n": 1}, cb(1), 5)
+                conn.batch_request("mput", {"n": 1}, cb(1), 5)
         finally:
             await close_both(conn, server)
 
     run(main())
 
 
-def test_answer_batch_refuses_what_is_not_a_list():
-    from kvnet.peer.protocol import answer_batch
-    assert answer_batch(lambda x: x * 2, [1, 2]) == [[2, 4], {}]
-    with pytest.raises(PeerError):
-        answer_batch(lambda x: x, {"a": 1})
-    with pytest.raises(PeerError):
-        answer_batch(lambda x: x, [1, 2, 3], max_items=2)
-
-
 def test_batch_answers_above_the_budget_are_deferred_and_asked_again_alone():
-    from kvnet.peer import protocol as P
-
     seen = []
 
     async def handler(type, payload):
         seen.append(type)
-        if type == "mbig":
-            return P.answer_batch(lambda it: b"x" * it["n"], payload, budget=1000)
-        return b"x" * payload["n"]          # "big": one item, alone
+        if type == "mget":
+            return B.answer_batch(lambda it: b"x" * it["n"], payload, budget=1000)
+        return b"x" * payload["n"]          # "get": one item, alone
 
     async def main():
         server = await serve_peers(HOST, 0, "b", SECRET, handler)
@@ -621,18 +611,15 @@ def test_batch_answers_above_the_budget_are_deferred_and_asked_again_alone():
         got = {}
         try:
             for i in range(4):
-                assert conn.batch_request("mbig", {"n": 600}, lambda p, e, v, i=i: got.setdefault(
+                assert conn.batch_request("mget", {"n": 600}, lambda p, e, v, i=i: got.setdefault(
                     i, (e, v)), 5)
             await until(lambda: len(got) == 4)
             assert all(e is None and v == b"x" * 600 for e, v in got.values())
-            assert seen == ["mbig", "big", "big", "big"]     # the first fits, the rest alone
+            assert seen == ["mget", "get", "get", "get"]     # the first fits, the rest alone
         finally:
             await close_both(conn, server)
 
     run(main())
-    assert P.answer_batch(lambda n: b"y" * n, [5, 5, 5], budget=6) == [
-        [b"yyyyy", None, None], {1: [P.DEFERRED, "answer too big to join the batch's"],
-                                  2: [P.DEFERRED, "answer too big to join the batch's"]}]
 
 
 def test_an_answer_above_the_message_limit_fails_the_request_not_the_connection():
@@ -706,7 +693,7 @@ def test_a_callback_that_closes_the_connection_is_not_called_again():
             await until(lambda: len(calls) >= 2)
             await asyncio.sleep(0.1)
             assert calls == [("first", "PeerTimeout"), ("second", "ConnectionLost")]
-            assert not conn._callbacks
+            assert not conn._slots
         finally:
             await close_both(conn, server)
 
