@@ -5,16 +5,8 @@ import dataclasses
 import tempfile
 import time
 
-from kvnet.sim.cluster import SimCluster
+from kvnet.sim.cluster import SimCluster, ring_size_for  # noqa: F401 (measure's users)
 from kvnet.sim.loop import determinism, inline_pools, quiet
-
-
-def ring_size_for(nodes):
-    """Q for a cluster of this size: a power of two, at least 64 and 8 per node."""
-    q = 64
-    while q < 8 * nodes:
-        q *= 2
-    return q
 
 
 def join_rounds(nodes, seed=1, limit=600.0):
