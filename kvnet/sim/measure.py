@@ -86,20 +86,22 @@ async def _join(c, limit, t):
     return out
 
 
-def false_positives(nodes, seed=1, duration=300.0, loss=0.01, **settings):
+def false_positives(nodes, seed=1, duration=300.0, loss=0.01, cut=None, **settings):
     """`nodes` nodes gossip for `duration` simulated seconds with `loss` of the writes on
     every link delayed 200 ms (a TCP retransmission; net.py), none failing: every peer a
     node marks DOWN is a false positive. Returns the DOWN marks, the node-hours observed and
-    the marks per node-hour (a node-hour: one node watching the others for an hour)."""
+    the marks per node-hour (a node-hour: one node watching the others for an hour).
+    cut: a node cut from every other when the count starts (its marks are true ones: the
+    count's own test)."""
     t = _clock()
     with _cluster(nodes, seed, **{**SCALE_SETTINGS, **settings}) as c:
-        out = c.run(_false_positives(c, duration, loss))
+        out = c.run(_false_positives(c, duration, loss, cut))
     out["wall_s"], out["cpu_s"] = _since(t)
     out.update(nodes=nodes, duration_s=duration, loss=loss)
     return out
 
 
-async def _false_positives(c, duration, loss):
+async def _false_positives(c, duration, loss, cut):
     await c.start()
     interval = c.cfgs[0].gossip_interval_ms / 1000.0
     await asyncio.sleep(10 * interval)                  # (every detector has its windows)
@@ -115,12 +117,16 @@ async def _false_positives(c, duration, loss):
         liveness.update = counted
     suspected = 0
     c.net.loss = loss
+    for other in c.names if cut is not None else ():
+        if other != cut:
+            c.net.cut(cut, other)
     t0 = c.loop.time()
     while c.loop.time() - t0 < duration:
         await asyncio.sleep(interval)
         now = c.loop.time()
         suspected += sum(len(n.gossip.liveness.my_suspects(now)) for n in c.nodes.values())
     c.net.loss = 0.0
+    c.net.heal()
     hours = len(c.nodes) * duration / 3600.0
     await c.stop()
     return {"down_marks": len(marks), "node_hours": round(hours, 3),
