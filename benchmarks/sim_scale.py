@@ -11,13 +11,14 @@ Four measurements (kvnet/sim/measure.py), each seeded:
   link delayed 200 ms (a TCP retransmission), nobody failing: DOWN marks per node-hour.
 - claim: the ring of N nodes, then one join and one leave (kvcore.claim): partitions per
   node (min, max) and partitions moved against the fewest possible.
-- repair: clients write while one node of N is cut off for --cut seconds; after the heal,
+- repair: clients write --keys keys while one node of N is cut off for --cut seconds; after the heal,
   the hint backlog over time and the seconds until every hint is handed back and every
   replica agrees.
 
     python benchmarks/sim_scale.py                           # the defaults below
     python benchmarks/sim_scale.py --sizes 10,30,100,300 --json scale.json
     python benchmarks/sim_scale.py --only join --sizes 1000 --no-plots
+    python benchmarks/sim_scale.py --only repair --load scale.json   # plots with both
 
 Plots (matplotlib, `pip install -e '.[bench]'`): docs/sim-convergence.png (rounds and
 bytes per message against N), docs/sim-repair.png (hint backlog after the heal).
@@ -103,16 +104,16 @@ def run_claim(sizes, seed):
     return rows
 
 
-def run_repair(sizes, seed, cut):
+def run_repair(sizes, seed, cut, keys):
     rows = []
-    print(f"| N | cut s | writes acknowledged | hints at the heal | repaired after s | "
+    print(f"| N | cut s | keys | writes acknowledged | hints at the heal | repaired after s | "
           f"wall s (CPU s) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for n in sizes:
-        r = M.repair_after_heal(n, seed=seed, cut_s=cut)
+        r = M.repair_after_heal(n, seed=seed, cut_s=cut, keys=keys)
         rows.append(r)
-        print(f"| {n} | {cut:g} | {r['acked']} | {r['hints_at_heal']} | {r['repair_s']} | "
-              f"{r['wall_s']} ({r['cpu_s']}) |", flush=True)
+        print(f"| {n} | {cut:g} | {keys} | {r['acked']} | {r['hints_at_heal']} | "
+              f"{r['repair_s']} | {r['wall_s']} ({r['cpu_s']}) |", flush=True)
     print()
     return rows
 
@@ -161,7 +162,8 @@ def plot(results, outdir):
                           f"{r['repair_s']} s")
         ax.set_xlabel("simulated seconds after the heal")
         ax.set_ylabel("hints pending (all nodes)")
-        ax.set_title(f"Repair after a {repair[0]['cut_s']:g} s partition heals (kvnet.sim)")
+        ax.set_title(f"Repair after a {repair[0]['cut_s']:g} s cut of one node heals "
+                     f"({repair[0].get('keys', 40)} keys)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = os.path.join(outdir, "sim-repair.png")
@@ -180,8 +182,11 @@ def main(argv=None):
     ap.add_argument("--claim-sizes", default="10,30,100,300,1000", help="claim: ring sizes")
     ap.add_argument("--repair-sizes", default="5,10,20", help="repair: cluster sizes")
     ap.add_argument("--cut", type=float, default=10.0, help="repair: seconds cut off")
+    ap.add_argument("--keys", type=int, default=400, help="repair: keys the clients write")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write every result to this file")
+    ap.add_argument("--load", help="results of an earlier --json to plot with (parts run "
+                                   "now replace theirs)")
     ap.add_argument("--plots", default=os.path.join(ROOT, "docs"), help="PNG directory")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
@@ -190,6 +195,9 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown part {', '.join(bad)}: one of {', '.join(PARTS)}")
     results = {}
+    if args.load:
+        with open(args.load) as f:
+            results = json.load(f)
     if "join" in parts:
         results["join"] = run_join(_ints(args.sizes), args.seed)
     if "fp" in parts:
@@ -197,7 +205,7 @@ def main(argv=None):
     if "claim" in parts:
         results["claim"] = run_claim(_ints(args.claim_sizes), args.seed)
     if "repair" in parts:
-        results["repair"] = run_repair(_ints(args.repair_sizes), args.seed, args.cut)
+        results["repair"] = run_repair(_ints(args.repair_sizes), args.seed, args.cut, args.keys)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, sort_keys=True, indent=1)

@@ -135,17 +135,17 @@ async def _false_positives(c, duration, loss, cut):
             "suspicion_samples": suspected, "first_marks": marks[:5]}
 
 
-def repair_after_heal(nodes, seed=1, cut_s=10.0, limit=120.0, step=0.1):
-    """Clients write (as the `partition` scenario's) while one node is cut from every other
+def repair_after_heal(nodes, seed=1, cut_s=10.0, limit=120.0, step=0.1, keys=40):
+    """Clients write (as the `partition` scenario's, on `keys` keys) while one node is cut from every other
     for `cut_s` simulated seconds; then the heal. Returns the hints pending at the heal, the
     simulated seconds until every hint was handed back and every replica of every key
     agreed (repair_s), and the backlog's series [[seconds after the heal, hints pending]]
     sampled every `step`."""
     t = _clock()
     with _cluster(nodes, seed) as c:
-        out = c.run(_repair(c, cut_s, limit, step))
+        out = c.run(_repair(c, cut_s, limit, step, keys))
     out["wall_s"], out["cpu_s"] = _since(t)
-    out.update(nodes=nodes, cut_s=cut_s)
+    out.update(nodes=nodes, cut_s=cut_s, keys=keys)
     return out
 
 
@@ -153,8 +153,8 @@ def _pending(c):
     return sum(sum(n.handoff.pending().values()) for n in c.nodes.values())
 
 
-async def _repair(c, cut_s, limit, step):
-    keys = [b"key-%03d" % i for i in range(40)]
+async def _repair(c, cut_s, limit, step, nkeys):
+    keys = [b"key-%05d" % i for i in range(nkeys)]
     history = History()
     await c.start()
     victim = random.Random(c.seed).choice(c.names)
