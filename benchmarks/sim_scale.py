@@ -52,7 +52,7 @@ def run_join(sizes, seed):
           "run wall s (CPU s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
-        r = M.join_rounds(n, seed=seed)
+        r = M.join_rounds(n, seed=seed, costs=True)
         rows.append(r)
         per = r["bytes"] / r["messages"] if r["messages"] else 0
         print(f"| {n:,} | {r['q']:,} | {r['rounds']} | {r['known_after_s']} | "

@@ -52,6 +52,8 @@ class SimCluster:
         settings.setdefault("ae_interval_ms", 1000)
         settings.setdefault("hint_replay_interval_ms", 200)
         settings.setdefault("request_timeout_ms", 1000)
+        if storage == "memory":         # (a group commit syncs each store: in memory, no syncfs)
+            settings.setdefault("sync_method", "fdatasync")
         self.cfgs = [load(name=nm, port=10000 + i, peer_port=20000 + i, n=n,
                           ring_size=ring_size, members=members, cluster_secret=SECRET,
                           data_dir=os.path.join(root, nm), fsync="interval", **settings)

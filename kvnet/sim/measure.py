@@ -35,16 +35,23 @@ def _since(t):
     return round(_perf() - t[0], 2), round(time.process_time() - t[1], 2)
 
 
-def join_rounds(nodes, seed=1, limit=600.0, **settings):
+def join_rounds(nodes, seed=1, limit=600.0, costs=False, **settings):
     """Start `nodes` nodes (anti-entropy off: SCALE_SETTINGS), let gossip settle, then start
     one more as a joining member (its members: one seed and itself). Returns a dict: the
     gossip rounds (interval) until every node's member table holds the newcomer, the
     simulated seconds that took, the network's messages and bytes meanwhile, and the wall
-    and CPU seconds of the start and of the whole run."""
+    seconds of the whole run; with costs=True also what varies from run to run: the CPU
+    seconds of the run, the wall and CPU seconds of the start, and the CPU seconds per node
+    per simulated second while the news spread."""
     t = _clock()
     with _cluster(nodes, seed, **{**SCALE_SETTINGS, **settings}) as c:
         out = c.run(_join(c, limit, t))
-    out["wall_s"], out["cpu_s"] = _since(t)
+    out["wall_s"], cpu = _since(t)
+    if costs:
+        out["cpu_s"] = cpu
+    else:
+        for key in ("start_wall_s", "start_cpu_s", "cpu_per_node_s"):
+            del out[key]
     out["nodes"] = nodes
     out["q"] = c.cfgs[0].ring_size
     return out

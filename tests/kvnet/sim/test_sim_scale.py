@@ -13,11 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)
 
 
 def test_a_joining_member_becomes_known_everywhere():
-    r = M.join_rounds(8, seed=2)
+    r = M.join_rounds(8, seed=2, costs=True)
     assert r["nodes"] == 8 and r["q"] == 64
     assert r["rounds"] is not None and 1 <= r["rounds"] <= 10
     assert r["messages"] > 0 and r["bytes"] > r["messages"]
     assert r["cpu_per_node_s"] > 0 and r["wall_s"] >= r["start_wall_s"] >= 0
+    plain = M.join_rounds(8, seed=2)            # (without what varies from run to run)
+    assert "cpu_s" not in plain and "start_wall_s" not in plain
+    assert plain["rounds"] == r["rounds"] and plain["bytes"] == r["bytes"]
 
 
 def test_false_positives_are_counted_and_none_without_faults():

@@ -173,6 +173,11 @@ def test_a_simulated_cluster_on_memory_loses_unsynced_bytes_in_a_crash(tmp_path)
     assert not any(f.endswith(".data") for _, _, fs in os.walk(tmp_path) for f in fs)
 
 
+def test_memory_runs_sync_each_store_not_the_file_system(tmp_path):
+    assert SimCluster(str(tmp_path), size=3).cfgs[0].sync_method == "fdatasync"
+    assert SimCluster(str(tmp_path), size=3, storage="disk").cfgs[0].sync_method == "auto"
+
+
 def test_storage_is_checked():
     with pytest.raises(ValueError, match="storage"):
         SimCluster("/nonexistent", size=3, storage="tape")
