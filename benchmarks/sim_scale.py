@@ -11,9 +11,9 @@ Four measurements (kvnet/sim/measure.py), each seeded:
   link delayed 200 ms (a TCP retransmission), nobody failing: DOWN marks per node-hour.
 - claim: the ring of N nodes, then one join and one leave (kvcore.claim): partitions per
   node (min, max) and partitions moved against the fewest possible.
-- repair: clients write --keys keys while one node of N is cut off for --cut seconds; after the heal,
-  the hint backlog over time and the seconds until every hint is handed back and every
-  replica agrees.
+- repair: clients write --keys keys while one node of N is cut off for --cut seconds; after
+  the heal, the hint backlog over time and the seconds until every hint is handed back and
+  every replica agrees.
 
     python benchmarks/sim_scale.py                           # the defaults below
     python benchmarks/sim_scale.py --sizes 10,30,100,300 --json scale.json
@@ -75,8 +75,8 @@ def run_join(sizes, seed):
 
 def run_fp(sizes, seed, duration):
     rows = []
-    print(f"| N | simulated s | node-hours | DOWN marks (false positives) | per node-hour | "
-          f"suspicion samples | wall s (CPU s) |")
+    print("| N | simulated s | node-hours | DOWN marks (false positives) | per node-hour | "
+          "suspicion samples | wall s (CPU s) |")
     print("|---|---|---|---|---|---|---|")
     for n in sizes:
         r = M.false_positives(n, seed=seed, duration=duration)
@@ -106,8 +106,8 @@ def run_claim(sizes, seed):
 
 def run_repair(sizes, seed, cut, keys):
     rows = []
-    print(f"| N | cut s | keys | writes acknowledged | hints at the heal | repaired after s | "
-          f"wall s (CPU s) |")
+    print("| N | cut s | keys | writes acknowledged | hints at the heal | repaired after s | "
+          "wall s (CPU s) |")
     print("|---|---|---|---|---|---|---|")
     for n in sizes:
         r = M.repair_after_heal(n, seed=seed, cut_s=cut, keys=keys)

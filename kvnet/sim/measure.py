@@ -143,8 +143,8 @@ async def _false_positives(c, duration, loss, cut):
 
 
 def repair_after_heal(nodes, seed=1, cut_s=10.0, limit=120.0, step=0.1, keys=40):
-    """Clients write (as the `partition` scenario's, on `keys` keys) while one node is cut from every other
-    for `cut_s` simulated seconds; then the heal. Returns the hints pending at the heal, the
+    """Clients write `keys` keys (as the `partition` scenario's clients) while one node is
+    cut from every other for `cut_s` simulated seconds; then the heal. Returns the hints pending at the heal, the
     simulated seconds until every hint was handed back and every replica of every key
     agreed (repair_s), and the backlog's series [[seconds after the heal, hints pending]]
     sampled every `step`."""
