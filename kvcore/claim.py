@@ -1,9 +1,12 @@
 """Claim: which node owns which partition after a join or a leave (docs/ring.md).
 
-Pure Python and not hot: it runs once per membership change, on the claimant. It keeps the
+Pure Python and not hot: it runs once per membership change, on the claimant (the initial
+layout, which every node of a new cluster computes for itself, is remembered for its input:
+a process running many nodes, as the simulator does, computes it once). It keeps the
 properties of docs/algorithms.md, section 3 (balance, spacing with wrap-around, minimal
 movement), in the spirit of riak_core's claim modules.
 """
+import functools
 import itertools
 import random
 from collections import Counter, namedtuple
@@ -75,7 +78,14 @@ def diff(old, new):
 def initial(nodes, q, n):
     """Owner table for a new cluster of `nodes` (sorted ids): the first n + 1 striped, the rest
     joined one by one. A plain striping of all S nodes would be valid too, but its regularity
-    makes later leaves expensive (every gap a leaver leaves has the same blocked neighbours)."""
+    makes later leaves expensive (every gap a leaver leaves has the same blocked neighbours).
+    A pure function of its input (join's randomness is seeded by it), so its results are
+    remembered per (nodes, q, n): a tuple, never changed by its callers."""
+    return _initial(tuple(nodes), q, n)
+
+
+@functools.lru_cache(maxsize=32, typed=True)
+def _initial(nodes, q, n):
     nodes = list(nodes)
     if not nodes:
         raise RingError("a ring needs at least one node")
@@ -85,7 +95,7 @@ def initial(nodes, q, n):
     owners = restripe(None, nodes[:k], q, n)
     for i in range(k, len(nodes)):
         owners = join(_Table(owners, n, nodes[:i]), nodes[i]).owners
-    return owners
+    return tuple(owners)
 
 
 class _Table:

@@ -208,6 +208,7 @@ class AntiEntropy:
         self._urgent = deque()           # (partition, peer or None, tries left): catch-up first
         self._queued = set()             # (partition, peer) in _urgent
         self._seen = {}                  # peer -> (generation, up) at the last look
+        self._watched_at = float("-inf")  # loop time of the last look (_sleep)
 
     def handlers(self):
         h = {"ae_root": self._h_root, "ae_diff": self._h_diff, "ae_keys": self._h_keys,
@@ -219,6 +220,7 @@ class AntiEntropy:
         if self.node.cfg.ae_enabled and self._task is None:
             self._stopping = False
             self._seen = {}
+            self._watched_at = float("-inf")
             self._next_partition()                  # (fills _mine)
             for p in self._mine:                    # this node may have missed writes while down
                 self._queue(p, None)
@@ -275,10 +277,14 @@ class AntiEntropy:
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
         while not self._stopping:
-            try:
-                self._watch_peers()
-            except Exception as exc:                 # never let the scheduler die of it
-                log.info("anti-entropy on %s: watching peers: %r", self.node.name, exc)
+            # (not at every short pause between exchanges: a look costs O(ring nodes); half
+            # a period, so that a wake-up after a whole one always looks)
+            if loop.time() - self._watched_at >= WATCH_PERIOD / 2:
+                self._watched_at = loop.time()
+                try:
+                    self._watch_peers()
+                except Exception as exc:             # never let the scheduler die of it
+                    log.info("anti-entropy on %s: watching peers: %r", self.node.name, exc)
             left = end - loop.time()
             if left <= 0 or (self._urgent and delay > CATCHUP_PAUSE):
                 return

@@ -19,6 +19,8 @@ def main(argv=None):
     ap.add_argument("--w", default=None, help="the clients' write quorum (default: the nodes')")
     ap.add_argument("--mutate", default="none",
                     help="put a bug in on purpose (no-hint-replay): the checker must see it")
+    ap.add_argument("--storage", default="memory", choices=("memory", "disk"),
+                    help="the stores: in memory (kvnet/sim/storage.py) or real LogStores")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
@@ -30,7 +32,7 @@ def main(argv=None):
     wall = time.perf_counter()
     try:
         summary = run(args.scenario, nodes=args.nodes, seed=args.seed, duration=args.duration,
-                      w=args.w, mutation=args.mutate)
+                      w=args.w, mutation=args.mutate, storage=args.storage)
     except ValueError as exc:
         ap.error(str(exc))
     wall = time.perf_counter() - wall

@@ -3,6 +3,7 @@ checker (docs/simulation.md). kvnet's node, membership, coordinator, handoff and
 anti-entropy code runs as it is; only the clock, the network, randomness and executors are
 the simulation's."""
 import asyncio
+import contextlib
 import os
 import random
 
@@ -11,16 +12,34 @@ from kvnet.config import load
 from kvnet.node import Node
 from kvnet.sim.loop import SimLoop
 from kvnet.sim.net import CURRENT, SimNetwork
+from kvnet.sim.storage import MemoryDisk
+
+STORAGES = ("memory", "disk")
 
 SECRET = "simulation-secret-" + "s" * 32
 
 
+def ring_size_for(nodes):
+    """Q for a cluster of this size: a power of two, at least 64 and 8 per node."""
+    q = 64
+    while q < 8 * nodes:
+        q *= 2
+    return q
+
+
 class SimCluster:
     """`size` nodes n0..n{size-1} (N=n, R=W=2 by default) with their data directories under
-    `root`; `settings` go to every node's config."""
+    `root`; `settings` go to every node's config. ring_size: Q, by default ring_size_for(size).
+    storage: "memory" (the stores are kvnet/sim/storage.py's twin on one MemoryDisk) or
+    "disk" (real LogStores under `root`)."""
 
-    def __init__(self, root, size=5, seed=1, n=3, ring_size=64, latency=0.0005, loss=0.0,
-                 **settings):
+    def __init__(self, root, size=5, seed=1, n=3, ring_size=None, latency=0.0005, loss=0.0,
+                 storage="memory", **settings):
+        if storage not in STORAGES:
+            raise ValueError(f"unknown storage {storage!r}: one of {', '.join(STORAGES)}")
+        ring_size = ring_size or ring_size_for(size)
+        self.storage = storage
+        self.disk = MemoryDisk() if storage == "memory" else None
         self.root, self.size, self.seed = root, size, seed
         self.rng = random.Random(seed)          # the scenario's own choices
         self.loop = SimLoop()
@@ -33,6 +52,8 @@ class SimCluster:
         settings.setdefault("ae_interval_ms", 1000)
         settings.setdefault("hint_replay_interval_ms", 200)
         settings.setdefault("request_timeout_ms", 1000)
+        if storage == "memory":         # (a group commit syncs each store: in memory, no syncfs)
+            settings.setdefault("sync_method", "fdatasync")
         self.cfgs = [load(name=nm, port=10000 + i, peer_port=20000 + i, n=n,
                           ring_size=ring_size, members=members, cluster_secret=SECRET,
                           data_dir=os.path.join(root, nm), fsync="interval", **settings)
@@ -47,7 +68,34 @@ class SimCluster:
         return self.loop.create_task(coro, context=self.net.context(name).copy())
 
     def run(self, coro):
-        return self.loop.run_until_complete(coro)
+        with self.stores():
+            return self.loop.run_until_complete(coro)
+
+    @contextlib.contextmanager
+    def stores(self):
+        """While the cluster runs: with storage="memory", the replica's and the hint log's
+        stores are opened on this cluster's MemoryDisk, and the byte-level writes that take
+        the compiled LogStore (kvcore/replicawrite.pyx, the replica side of the direct lane
+        in kvnet/localdoor.pyx) run their pure-Python twins, which use the public API."""
+        if self.disk is None:
+            yield
+            return
+        import kvcore.replicawrite_py
+        import kvnet.handoff.hintlog
+        import kvnet.node
+        import kvnet.replica
+        patches = [(kvnet.replica, "LogStore", self.disk), (kvnet.handoff.hintlog, "LogStore",
+                                                             self.disk),
+                   (kvnet.replica, "RW", kvcore.replicawrite_py),
+                   (kvnet.node, "_LaneReplica", None)]
+        saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+        try:
+            for mod, name, value in patches:
+                setattr(mod, name, value)
+            yield
+        finally:
+            for mod, name, value in saved:
+                setattr(mod, name, value)
 
     async def sleep(self, seconds):
         await asyncio.sleep(seconds)
@@ -76,6 +124,11 @@ class SimCluster:
         node = self.nodes.pop(name)
         self.crashed.add(name)
         self.net.crash(name)
+        if self.disk is not None:
+            self.lost_bytes += self.disk.crash(node.cfg.data_dir, lose_unsynced)
+            node.replica.partitions = {}
+            await self.as_node(name, node.stop())
+            return
         cuts = []
         for part in node.replica.partitions.values():
             st = part.store.stats()

@@ -62,7 +62,8 @@ def _hints_pending(c):
 SCENARIOS = {"steady": _steady, "partition": _partition, "loss": _loss, "churn": _churn}
 
 
-def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mutation="none"):
+def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mutation="none",
+        storage="memory"):
     """Run one seeded scenario; its summary (a dict of plain values). `mutation`: a bug put
     in on purpose ("no-hint-replay": hints are never handed back), which the checker must
     report (CI runs it: a checker that misses it is broken)."""
@@ -71,7 +72,7 @@ def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mu
     if mutation not in MUTATIONS:
         raise ValueError(f"unknown mutation {mutation!r}: one of {', '.join(MUTATIONS)}")
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp, _mutated(mutation):
-        c = SimCluster(root or tmp, size=nodes, seed=seed)
+        c = SimCluster(root or tmp, size=nodes, seed=seed, storage=storage)
         c.events = []
         with determinism(seed, c.loop.time), quiet(), inline_pools():
             return c.run(_main(c, scenario, duration, w))

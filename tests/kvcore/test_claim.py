@@ -159,3 +159,22 @@ def test_simulated_sequence_meets_the_movement_target():
     assert totals["moved"] <= 1.1 * totals["ideal"], totals
     assert all(r["violations"] == 0 for r in rows if r["nodes"] > 3)
     assert all(r["max"] - r["min"] <= 1 for r in rows)
+
+
+def test_initial_is_remembered_for_its_input():
+    """Every node of a new cluster computes the initial layout for itself; in one process
+    (the simulator's hundreds of nodes) it is computed once per (nodes, q, n)."""
+    ids = [f"n{i:02d}" for i in range(40)]
+    claim._initial.cache_clear()
+    first = claim.initial(ids, 512, 3)
+    again = claim.initial(list(ids), 512, 3)
+    info = claim._initial.cache_info()
+    assert (info.misses, info.hits) == (1, 1) and again is first
+    assert type(first) is tuple and first == claim._initial.__wrapped__(tuple(ids), 512, 3)
+    ids.append("n40")                                  # (the caller's list is not the key)
+    assert claim.initial(ids[:40], 512, 3) is first
+    assert claim.initial(ids, 512, 3) != first         # another input: its own layout
+    assert claim.initial(ids[:40], 512, 2) == claim._initial.__wrapped__(tuple(ids[:40]), 512, 2)
+    for _ in range(2):                                 # (a refusal is not remembered)
+        with pytest.raises(RingError):
+            claim.initial(ids, 16, 3)

@@ -9,6 +9,10 @@ before the cut do, and recovery cuts the file back to the last whole record.
 
 The machines with map_cache=1 read older segments through a one-entry map cache.
 
+The simulator's storage twin (kvnet/sim/storage.py, records in memory) runs the same machine:
+only its crash differs, being file-specific (no segment file to truncate and no zeros left
+behind): the twin's disk is cut at the drawn offset, and the next open counts the torn tail.
+
 A write with an injected fault (LogStore._fail_next: open, write, ftruncate or fdatasync
 failing with ENOSPC, EIO or EMFILE) either succeeds (the fault hit no call) or raises and
 changes nothing; a failed fdatasync makes the store read-only (StoreReadOnly), and a reopen
@@ -39,6 +43,7 @@ def make_machine(module_name, **extra):
         def __init__(self):
             super().__init__()
             self.mod = importlib.import_module(module_name)
+            self.memory = module_name == "kvnet.sim.storage"   # (the twin: no files)
             self.dir = tempfile.mkdtemp(prefix="ringkv-model-")
             self.durable = {}           # what a crash cannot lose
             self.pending = []           # (segment path, end offset, key, value or None) not yet synced
@@ -51,6 +56,8 @@ def make_machine(module_name, **extra):
         def teardown(self):
             if self.store is not None:
                 self.store.close()
+            if self.memory:
+                self.mod.DISK.forget(self.dir)
             shutil.rmtree(self.dir, ignore_errors=True)
 
         def model(self):
@@ -218,8 +225,29 @@ def make_machine(module_name, **extra):
             self.durable = self.model()
             self.pending = []
 
+        def _crash_memory(self, data):
+            """The crash of the twin: its disk cut at a drawn offset after the last sync."""
+            st_ = self.store.stats()
+            path = st_["active_segment"]
+            cut = data.draw(st.integers(st_["synced_offset"], st_["active_offset"]), label="cut")
+            self.store = None
+            self.mod.DISK.crash(self.dir, at=cut)
+            data_end = max([st_["synced_offset"]] + [end for seg, end, _, _ in self.pending
+                                                     if seg == path and end <= cut])
+            for seg, end, k, v in self.pending:
+                if seg != path or end <= cut:
+                    self._apply(self.durable, k, v)
+            self.pending = []
+            self.store = self.mod.LogStore(self.dir, **OPTS, **extra)
+            rec = self.store.recovery
+            assert not rec["clean"]
+            assert rec["corrupt_records"] == 0
+            assert rec["torn_tail_bytes"] == cut - data_end
+
         @rule(data=st.data())
         def crash(self, data):
+            if self.memory:
+                return self._crash_memory(data)
             st_ = self.store.stats()
             self.store._abandon()
             self.store = None
@@ -282,3 +310,7 @@ TestCythonStoreTinyMapCacheCollisions = make_machine(
 TestCythonStoreTinyMapCacheSealLater = make_machine(
     "kvcore.storage.store", map_cache=1, seal_later="manual").TestCase
 TestPythonStoreTinyMapCache = make_machine("kvcore.storage.store_py", map_cache=1).TestCase
+# the simulator's storage twin (kvnet/sim/storage.py), with and without narrowed hashes
+TestMemoryStore = make_machine("kvnet.sim.storage").TestCase
+TestMemoryStoreCollisions = make_machine("kvnet.sim.storage",
+                                         _hash_mask=0xC000000000000000).TestCase
