@@ -20,6 +20,8 @@ def main(argv=None):
     ap.add_argument("--mutate", default="none",
                     help="put a bug in on purpose (no-hint-replay): the checker must see it")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--trace", metavar="FILE", default=None,
+                    help="write every message the network delivers to FILE (- for stderr)")
     args = ap.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -27,12 +29,24 @@ def main(argv=None):
     from kvnet.sim.scenarios import run
     if args.nodes < 1:
         ap.error("--nodes must be at least 1")
+    trace_file = None
+    if args.trace == "-":
+        trace_file = sys.stderr
+    elif args.trace is not None:
+        try:
+            trace_file = open(args.trace, "w")
+        except OSError as exc:
+            ap.error(f"--trace {args.trace}: {exc.strerror}")
+    trace = None if trace_file is None else (lambda line: print(line, file=trace_file))
     wall = time.perf_counter()
     try:
         summary = run(args.scenario, nodes=args.nodes, seed=args.seed, duration=args.duration,
-                      w=args.w, mutation=args.mutate)
+                      w=args.w, mutation=args.mutate, trace=trace)
     except ValueError as exc:
         ap.error(str(exc))
+    finally:
+        if trace_file is not None and trace_file is not sys.stderr:
+            trace_file.close()
     wall = time.perf_counter() - wall
     if args.json:
         print(json.dumps(summary, sort_keys=True))

@@ -40,6 +40,15 @@ class SimCluster:
         self.nodes = {}
         self.crashed = set()
         self.lost_bytes = 0
+        self.events = []        # [(seconds since t0, what)]: the faults of a run
+        self.t0 = 0.0
+
+    def event(self, what):
+        """Note a fault (or a heal) in the run's events, and in the trace if one is kept."""
+        at = round(self.loop.time() - self.t0, 3)
+        self.events.append((at, what))
+        if self.net.trace is not None:
+            self.net.trace(f"{self.loop.time():.6f} EVENT {what}")
 
     # -- running code as a node --
     def as_node(self, name, coro):

@@ -15,6 +15,8 @@ import logging
 import os
 import random
 import time
+import types
+import weakref
 
 EPOCH = 1_798_761_600.0        # 2027-01-01 UTC: time.time() of simulated second 0
 
@@ -129,16 +131,88 @@ class InlinePool:
         pass
 
 
+class InlineThread:
+    """A threading.Thread whose start() runs its target at once, on the caller's thread (the
+    replica's epoch lease ahead: in a thread, whether its file write lands before a crash
+    would decide the epochs a restart hands out)."""
+
+    def __init__(self, group=None, target=None, name=None, args=(), kwargs=None, daemon=None):
+        self._target, self._args, self._kwargs = target, args, kwargs or {}
+        self.name, self.daemon = name, daemon
+
+    def start(self):
+        if self._target is not None:
+            self._target(*self._args, **self._kwargs)
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return False
+
+
+class LoopSyncer:
+    """kvcore.storage.syncer on the running event loop instead of its daemon thread: a poke
+    (a store's roll left a segment to seal) seals it in the next loop step, so a seal happens
+    at a simulated moment, not whenever the thread wakes. Stores are visited in the order
+    they registered. (The replica's stores use fsync="never" and are synced by its group
+    commits on the loop; a store's own fsync="interval" timer is not simulated.)"""
+
+    def __init__(self):
+        self.stores = weakref.WeakKeyDictionary()      # (insertion ordered)
+        self._scheduled = False
+
+    def register(self, store):
+        self.stores[store] = None
+        self.poke()
+
+    def unregister(self, store):
+        self.stores.pop(store, None)
+
+    def poke(self):
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return                  # (no loop: a later poke, a sync or the close seals it)
+        self._scheduled = True
+        loop.call_soon(self._pass)
+
+    def _pass(self):
+        self._scheduled = False
+        for store in list(self.stores):
+            try:
+                if store._sync_due() == 0.0:        # a seal pending: now
+                    store._timer_sync()
+            except Exception:       # a closed or failing store must not stop the others
+                pass
+
+
 @contextlib.contextmanager
 def inline_pools():
-    """kvnet.replica's thread pools run inline for the `with` block."""
+    """For the `with` block, no thread decides an order: kvnet.replica's thread pools and
+    threads run inline, and the stores' syncer (which seals rolled segments) runs on the
+    event loop."""
+    import threading as real_threading
+
+    from kvcore.storage import syncer
     from kvnet import replica
-    saved = replica.ThreadPoolExecutor
+    shim = types.ModuleType("threading")
+    shim.__dict__.update(real_threading.__dict__)
+    shim.Thread = InlineThread
+    loop_syncer = LoopSyncer()
+    saved = (replica.ThreadPoolExecutor, replica.threading,
+             syncer.register, syncer.poke, syncer.unregister)
     replica.ThreadPoolExecutor = InlinePool
+    replica.threading = shim
+    syncer.register, syncer.poke, syncer.unregister = (
+        loop_syncer.register, loop_syncer.poke, loop_syncer.unregister)
     try:
         yield
     finally:
-        replica.ThreadPoolExecutor = saved
+        (replica.ThreadPoolExecutor, replica.threading,
+         syncer.register, syncer.poke, syncer.unregister) = saved
 
 
 @contextlib.contextmanager

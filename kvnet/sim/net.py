@@ -145,7 +145,7 @@ class SimTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
-        self.net.transports.discard(self)
+        self.net.transports.pop(self, None)
         try:
             self.protocol.connection_lost(exc)
         except Exception:
@@ -165,9 +165,12 @@ class SimNetwork:
         self.contexts = {}           # node name -> its contextvars.Context
         self.cut_links = set()       # frozenset({a, b})
         self.down = set()            # crashed hosts: connects to them are refused
-        self.transports = set()
+        # in creation order (a dict): a crash or cut walks them, drawing a delay from the
+        # seeded generator for each, so their order must not be their addresses'
+        self.transports = {}
         self._healed = None          # a future resolved at the next heal
         self.stats = {"connects": 0, "writes": 0, "bytes": 0, "lost": 0}
+        self.trace = None            # fn(line) told of every delivery and reset (--trace)
 
     def context(self, host):
         ctx = self.contexts.get(host)
@@ -206,7 +209,7 @@ class SimNetwork:
         a.peer, b.peer = b, a
         a.protocol = factory()
         b.protocol = self.context(dst).run(srv.factory)
-        self.transports.update((a, b))
+        self.transports[a] = self.transports[b] = None
         self.context(dst).run(b.protocol.connection_made, b)
         a.protocol.connection_made(a)
         return a, a.protocol
@@ -238,10 +241,15 @@ class SimNetwork:
     def _deliver(self, t, data):
         if self._is_cut(t.host, t.peer_host):       # cut while in flight: gone
             return
+        if self.trace is not None:
+            self.trace(f"{self.loop.time():.6f} {t.host}>{t.peer_host} {t.sockname[1]} "
+                       + ("FIN" if data is None else f"{len(data)} {data.hex()}"))
         t.peer._receive(data)
 
     def _reset(self, t):
         peer = t.peer
+        if self.trace is not None:
+            self.trace(f"{self.loop.time():.6f} {t.host}>{t.peer_host} {t.sockname[1]} RST")
         if peer is not None and not peer._lost:
             self.loop.call_at(self.loop.time() + self._delay(), peer._connection_lost,
                               ConnectionResetError(errno.ECONNRESET, "connection reset (simulated)"),

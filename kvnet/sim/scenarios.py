@@ -31,7 +31,7 @@ async def _partition(c, until):
     for other in c.names:
         if other != victim:
             c.net.cut(victim, other)
-    c.events.append((round(c.loop.time() - start, 3), f"cut {victim}"))
+    c.event(f"cut {victim}")
     await asyncio.sleep(until - c.loop.time())
 
 
@@ -48,10 +48,10 @@ async def _churn(c, until):
         await asyncio.sleep(c.rng.uniform(1.0, 3.0))
         victim = c.rng.choice(c.up())
         await c.crash(victim)
-        c.events.append((round(c.loop.time() - start, 3), f"crash {victim}"))
+        c.event(f"crash {victim}")
         await asyncio.sleep(c.rng.uniform(0.5, 2.0))
         await c.start_node(victim)
-        c.events.append((round(c.loop.time() - start, 3), f"restart {victim}"))
+        c.event(f"restart {victim}")
     await asyncio.sleep(max(0.0, until - c.loop.time()))
 
 
@@ -62,17 +62,19 @@ def _hints_pending(c):
 SCENARIOS = {"steady": _steady, "partition": _partition, "loss": _loss, "churn": _churn}
 
 
-def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mutation="none"):
+def run(scenario="steady", nodes=5, seed=1, duration=20.0, root=None, w=None, mutation="none",
+        trace=None):
     """Run one seeded scenario; its summary (a dict of plain values). `mutation`: a bug put
     in on purpose ("no-hint-replay": hints are never handed back), which the checker must
-    report (CI runs it: a checker that misses it is broken)."""
+    report (CI runs it: a checker that misses it is broken). `trace`: fn(line), told of
+    every message the network delivers and every event (to find where two runs part)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
     if mutation not in MUTATIONS:
         raise ValueError(f"unknown mutation {mutation!r}: one of {', '.join(MUTATIONS)}")
     with tempfile.TemporaryDirectory(prefix="ringkv-sim-") as tmp, _mutated(mutation):
         c = SimCluster(root or tmp, size=nodes, seed=seed)
-        c.events = []
+        c.net.trace = trace
         with determinism(seed, c.loop.time), quiet(), inline_pools():
             return c.run(_main(c, scenario, duration, w))
 
@@ -95,14 +97,14 @@ async def _main(c, scenario, duration, w):
     history = History()
     keys = [b"key-%03d" % i for i in range(KEYS)]
     await c.start()
-    t0 = c.loop.time()
+    t0 = c.t0 = c.loop.time()
     until = t0 + duration
     fault = asyncio.ensure_future(SCENARIOS[scenario](c, until))
     clients = [asyncio.ensure_future(client(c, history, i, keys, until, RATE, w=w))
                for i in range(CLIENTS)]
     await asyncio.gather(fault, *clients)
     if c.net.cut_links:
-        c.events.append((round(c.loop.time() - t0, 3), "heal"))
+        c.event("heal")
     c.net.heal()
     for name in [nm for nm in c.names if nm not in c.nodes]:
         await c.start_node(name)
