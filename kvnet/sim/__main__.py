@@ -14,11 +14,11 @@ def main(argv=None):
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scenario", default="steady",
-                    help="steady, partition, loss or churn (docs/simulation.md)")
+                    help="steady, partition, loss, churn or lag (docs/simulation.md)")
     ap.add_argument("--duration", type=float, default=20.0, help="simulated seconds of load")
     ap.add_argument("--w", default=None, help="the clients' write quorum (default: the nodes')")
     ap.add_argument("--mutate", default="none",
-                    help="put a bug in on purpose (no-hint-replay): the checker must see it")
+                    help="put a bug in on purpose (no-hint-replay, w-minus-one): the checker must see it")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--trace", metavar="FILE", default=None,
                     help="write every message the network delivers to FILE (- for stderr)")

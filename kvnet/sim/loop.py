@@ -10,6 +10,7 @@ its sources of randomness (random's global generator, os.urandom, secrets) with 
 seeded from `seed`, so the code under test runs unchanged.
 """
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -42,15 +43,55 @@ class _Selector:
         pass
 
 
-class SimLoop(asyncio.BaseEventLoop):
-    """asyncio's loop on simulated time, with `net` (a SimNetwork) for its connections."""
+class _Ready(collections.deque):
+    """The loop's ready queue, which holds back the callbacks of paused hosts: popleft() sets
+    aside a callback whose context is a paused host's (it gets a cancelled stand-in, which
+    the loop skips) until resume() puts it back, in order."""
 
-    def __init__(self, net=None):
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def popleft(self):
+        handle = super().popleft()
+        paused = self.loop.paused
+        if paused and not handle._cancelled:
+            ctx = handle._context
+            host = None if ctx is None else ctx.get(self.loop.host_var)
+            if host in paused:
+                paused[host].append(handle)
+                return self.loop._skip
+        return handle
+
+
+class SimLoop(asyncio.BaseEventLoop):
+    """asyncio's loop on simulated time, with `net` (a SimNetwork) for its connections.
+
+    pause(host) stops a host's process (SIGSTOP): every callback that would run in its
+    context (its tasks, timers and the network's deliveries to it) waits, in order, until
+    resume(host) runs them; the clock goes on meanwhile. A host is the value of `host_var`
+    (a ContextVar: kvnet/sim/net.py's CURRENT) in a callback's context."""
+
+    def __init__(self, net=None, host_var=None):
         super().__init__()
         self._now = 0.0
         self._selector = _Selector(self)
         self._clock_resolution = 1e-9
+        self._ready = _Ready(self)
+        self._skip = asyncio.Handle(lambda: None, (), self)       # (what a held one leaves)
+        self._skip.cancel()
         self.net = net
+        self.host_var = host_var
+        self.paused = {}            # host -> [handles held back], in the order they came
+
+    def pause(self, host):
+        if self.host_var is None:
+            raise RuntimeError("pause needs the loop's host_var")
+        self.paused.setdefault(host, [])
+
+    def resume(self, host):
+        held = self.paused.pop(host, [])
+        self._ready.extend(held)
 
     def time(self):
         return self._now

@@ -164,6 +164,7 @@ class SimNetwork:
         self.owners = {}             # (host, port) -> node name, from listen()
         self.contexts = {}           # node name -> its contextvars.Context
         self.cut_links = set()       # frozenset({a, b})
+        self.slow_links = {}         # frozenset({a, b}) -> seconds more per write, each way
         self.down = set()            # crashed hosts: connects to them are refused
         # in creation order (a dict): a crash or cut walks them, drawing a delay from the
         # seeded generator for each, so their order must not be their addresses'
@@ -197,7 +198,7 @@ class SimNetwork:
             if self._healed is None:
                 self._healed = self.loop.create_future()
             await asyncio.shield(self._healed)
-        await asyncio.sleep(self._delay())
+        await asyncio.sleep(self._delay(src, dst))
         srv = self.listeners.get((host, port))
         if srv is None or srv.closed or dst in self.down or src in self.down:
             raise ConnectionRefusedError(errno.ECONNREFUSED,
@@ -215,8 +216,10 @@ class SimNetwork:
         return a, a.protocol
 
     # -- delivery --
-    def _delay(self):
+    def _delay(self, a=None, b=None):
         d = self.latency + self.jitter * self.rng.random()
+        if self.slow_links and a != b:
+            d += self.slow_links.get(frozenset((a, b)), 0.0)
         if self.loss and self.rng.random() < self.loss:
             self.stats["lost"] += 1
             d += RETRANSMIT
@@ -234,7 +237,7 @@ class SimNetwork:
             self.stats["bytes"] += len(data)
         if self._is_cut(t.host, t.peer_host):
             return                                  # (its connection is being reset)
-        when = max(t._next, self.loop.time() + self._delay())
+        when = max(t._next, self.loop.time() + self._delay(t.host, t.peer_host))
         t._next = when
         self.loop.call_at(when, self._deliver, t, data, context=self.context(t.peer_host))
 
@@ -243,7 +246,8 @@ class SimNetwork:
             return
         if self.trace is not None:
             self.trace(f"{self.loop.time():.6f} {t.host}>{t.peer_host} {t.sockname[1]} "
-                       + ("FIN" if data is None else f"{len(data)} {data.hex()}"))
+                       + ("FIN" if data is None else f"{len(data)} {data.hex()}")
+                       + (" DROPPED" if t.peer._lost else ""))     # (its end is gone)
         t.peer._receive(data)
 
     def _reset(self, t):
@@ -269,10 +273,20 @@ class SimNetwork:
                     errno.ETIMEDOUT, "connection timed out (simulated partition)"),
                     context=self.context(t.host))
 
+    def slow(self, a, b, seconds):
+        """Every write between nodes a and b takes `seconds` more, each way, until
+        slow(a, b, 0) or heal(): a congested or overloaded link (still in order)."""
+        link = frozenset((a, b))
+        if seconds:
+            self.slow_links[link] = seconds
+        else:
+            self.slow_links.pop(link, None)
+
     def heal(self, a=None, b=None):
-        """Lift one cut (or every cut): connects waiting on it go on."""
+        """Lift one cut (or every cut and every slow link): connects waiting on it go on."""
         if a is None:
             self.cut_links.clear()
+            self.slow_links.clear()
         else:
             self.cut_links.discard(frozenset((a, b)))
         if self._healed is not None:

@@ -1,6 +1,7 @@
 """The simulation's loop and clock (kvnet/sim/loop.py): time jumps to the next timer,
 executors run inline, randomness and clocks follow the seed and the loop."""
 import asyncio
+import contextvars
 import os
 import random
 import threading
@@ -93,3 +94,30 @@ def test_the_replicas_epoch_lease_ahead_runs_inline(tmp_path):
         assert ident._extending is None
         assert ident._leased == 2 * replica.EPOCH_BLOCK
     assert replica.threading.Thread is threading.Thread                    # restored
+
+
+def test_a_paused_host_runs_nothing_until_resumed_then_all_in_order():
+    """SimLoop.pause: a host's timers (and anything else in its context) wait; the others
+    run on; resume runs what waited, in the order it came."""
+    host = contextvars.ContextVar("host", default=None)
+    loop = SimLoop(host_var=host)
+    ticks = []
+
+    async def ticker(name):
+        host.set(name)
+        for _ in range(5):
+            await asyncio.sleep(1)
+            ticks.append((name, loop.time()))
+
+    async def main():
+        tasks = [loop.create_task(ticker(n)) for n in "ab"]
+        await asyncio.sleep(1.5)
+        loop.pause("a")
+        await asyncio.sleep(3)
+        assert [t for n, t in ticks if n == "a"] == [1.0]
+        loop.resume("a")
+        await asyncio.gather(*tasks)
+
+    loop.run_until_complete(main())
+    assert [t for n, t in ticks if n == "a"] == [1.0, 4.5, 5.5, 6.5, 7.5]
+    assert [t for n, t in ticks if n == "b"] == [1.0, 2.0, 3.0, 4.0, 5.0]
