@@ -3,6 +3,7 @@ checker (docs/simulation.md). kvnet's node, membership, coordinator, handoff and
 anti-entropy code runs as it is; only the clock, the network, randomness and executors are
 the simulation's."""
 import asyncio
+import dataclasses
 import os
 import random
 
@@ -48,6 +49,7 @@ class SimCluster:
         self.paused = set()
         self.disk_faulty = set()
         self.reaped = 0                 # tombstones reaped by nodes since stopped
+        self.gone = set()               # nodes that left the ring (never started again)
 
     def event(self, what):
         """Note a fault (or a heal) in the run's events, and in the trace if one is kept."""
@@ -77,12 +79,66 @@ class SimCluster:
         self.net.restart(name)
         self.crashed.discard(name)
         node = self.nodes[name] = Node(cfg)
+        node.on_left = lambda: self._left(name, node)
         await self.as_node(name, node.start())
         before = self._held_at_crash.pop(name, None)
         if before is not None:          # what the crash took: held then, not after the open
             for key, values in before.items():
                 for value in values - self.held(name, key):
                     self.lost_in_crash.add((name, key, value))
+
+    # -- ring changes, through the real membership code (what kvctl join/leave/commit ask) --
+    def add_member(self, name):
+        """A new node `name`, configured to join through n0 (kvnode start --join): start it
+        with start_node, then stage its join and commit (change_ring)."""
+        i = len(self.names)
+        base = self.cfgs[0]
+        seed = base.members[0]
+        cfg = dataclasses.replace(base, name=name, port=10000 + i, peer_port=20000 + i,
+                                  join=True, data_dir=os.path.join(self.root, name))
+        cfg = dataclasses.replace(cfg, members=(seed, dataclasses.replace(
+            seed, name=name, peer_port=20000 + i)))
+        self.names.append(name)
+        self.cfgs.append(cfg)
+
+    async def admin(self, via, op, who=None):
+        """KV.CLUSTER op [who] through node `via` (answered by the claimant)."""
+        return await self.as_node(via, self.nodes[via].cluster_admin(op, who))
+
+    async def change_ring(self, op, who, timeout=30.0):
+        """Stage `op` (join or leave) of node `who`, commit, and wait until every node has
+        the settled ring. Retries the staging and the commit while they are refused (a
+        joiner not seen up yet, a commit while a node is down). Returns the settled epoch,
+        or None if it did not settle within `timeout` simulated seconds."""
+        deadline = self.loop.time() + timeout
+        for step in ((op, who), ("commit", None)):
+            while True:
+                via = self.serving()[0]
+                try:
+                    res = await self.admin(via, *step)
+                    break
+                except Exception:
+                    if self.loop.time() > deadline:
+                        return None
+                    await asyncio.sleep(0.2)
+        epoch = res["epoch"]
+        while self.loop.time() < deadline:
+            states = [n.ring_state for nm, n in self.nodes.items() if nm != who or op != "leave"]
+            if all(st.epoch > epoch and not st.moving for st in states):
+                return max(st.epoch for st in states)
+            await asyncio.sleep(0.2)
+        return None
+
+    def _left(self, name, node):
+        """Node `name` is out of a settled ring: it exits (as kvnode does) a second later."""
+        async def leave():
+            await asyncio.sleep(1.0)
+            if self.nodes.get(name) is node:
+                del self.nodes[name]
+                self.gone.add(name)
+                self._count(node)
+                await node.stop()
+        self.as_node(name, leave())
 
     async def restart(self, name):
         """Stop node `name` cleanly (its stores synced and closed, as far as its disk lets

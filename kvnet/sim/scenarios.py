@@ -52,12 +52,33 @@ async def _churn(c, until):
     (a machine's failure: unsynced writes lost) and restarted after 0.5-2 s; a node paused
     (its process stopped) for 0.5-3 s, longer than the peers' request timeout; or a node's
     disk failing for 1-3 s (every write EIO or ENOSPC; or one sync EIO, which leaves its
-    stores read-only until the node is restarted at the window's end)."""
+    stores read-only until the node is restarted at the window's end). Once in a run, a
+    ring change instead: a new node joins (staged and committed through the claimant, as
+    kvctl does), or, with more than N+1 members, one leaves; the next fault waits until
+    every node has the settled ring."""
+    changed = False
     while c.loop.time() < until - 4:
         await asyncio.sleep(c.rng.uniform(1.0, 3.0))
         victim = c.rng.choice(c.up())
-        kind = c.rng.choice(("crash", "crash", "pause", "disk"))
-        if kind == "crash":
+        kind = c.rng.choice(("crash", "crash", "pause", "disk", "ring"))
+        if kind == "ring" and changed:
+            kind = "crash"
+        if kind == "ring":
+            changed = True
+            n = c.cfgs[0].n
+            if len(c.up()) > n + 1 and c.rng.random() < 0.5:
+                c.event(f"leave {victim}")
+                epoch = await c.change_ring("leave", victim)
+            else:
+                victim = f"j{len(c.names)}"
+                c.add_member(victim)
+                start = asyncio.ensure_future(c.start_node(victim))
+                c.event(f"join {victim}")
+                epoch = await c.change_ring("join", victim)
+                await start
+            c.event(f"ring settled at epoch {epoch}" if epoch is not None
+                    else "ring not settled within 30 s")
+        elif kind == "crash":
             await c.crash(victim)
             c.event(f"crash {victim}")
             await asyncio.sleep(c.rng.uniform(0.5, 2.0))
@@ -180,7 +201,7 @@ async def _main(c, scenario, duration, w):
     for name in sorted(c.disk_faulty):
         c.disk_errors(name, None)
     c.net.heal()
-    for name in [nm for nm in c.names if nm not in c.nodes]:
+    for name in [nm for nm in c.names if nm not in c.nodes and nm not in c.gone]:
         await c.start_node(name)
     end = c.loop.time()
     hints_at_heal = _hints_pending(c)
@@ -206,6 +227,7 @@ async def _main(c, scenario, duration, w):
         "violations": violations, "events": c.events, "lost_bytes": c.lost_bytes,
         "hints_pending_at_heal": hints_at_heal,
         "lost_in_crash": len(c.lost_in_crash), "reaped": c.reaped_total(),
+        "ring_members": sorted(c.nodes[c.up()[0]].ring.nodes), "left": sorted(c.gone),
         "net": dict(c.net.stats), "sim_time_s": round(c.loop.time() - t0, 3),
     }
     await c.stop()

@@ -39,11 +39,11 @@ def test_the_same_seed_prints_the_same_bytes_whatever_the_hash_seed(scenario, se
 
 def test_a_trace_names_every_delivery_and_event(tmp_path):
     path = tmp_path / "trace.txt"
-    out = _cli("--nodes", "3", "--seed", "3", "--scenario", "churn", "--duration", "5",
+    out = _cli("--nodes", "3", "--seed", "1", "--scenario", "lag", "--duration", "6",
                "--trace", str(path))
     assert out.returncode == 0, out.stderr
     lines = path.read_text().splitlines()
-    assert any(" EVENT crash " in ln for ln in lines)
+    assert any(" EVENT crash " in ln for ln in lines) and any(" EVENT slow " in ln for ln in lines)
     assert any(" RST" in ln for ln in lines)
     assert sum(1 for ln in lines if ln.split()[1].count(">") == 1) > 100
     times = [float(ln.split()[0]) for ln in lines]
@@ -85,14 +85,28 @@ def test_acknowledging_after_w_minus_one_copies_is_reported_with_the_seed():
 
 
 def test_churn_crashes_pauses_fails_disks_and_reaps_tombstones():
-    """Seed 4: pauses, crashes and a failed sync (13 partitions read-only until the node
-    restarts); no violation, and tombstones are reaped (a grace of 1 s)."""
-    summary = run("churn", nodes=5, seed=4, duration=30)
+    """Seed 9: crashes, pauses, a join, disk errors and a failed sync (partitions
+    read-only until the node restarts); no violation, and tombstones are reaped (a grace
+    of 1 s)."""
+    summary = run("churn", nodes=5, seed=9, duration=30)
     kinds = {what.split()[0] for _, what in summary["events"]}
-    assert {"crash", "restart", "pause", "resume", "disk"} <= kinds, summary["events"]
+    assert {"crash", "restart", "pause", "resume", "disk", "join"} <= kinds, summary["events"]
     assert any("partitions read-only" in what for _, what in summary["events"])
     assert summary["violations"] == [] and summary["reaped"] > 0
     assert summary["acked"] > 500
+
+
+@pytest.mark.parametrize("seed,change", [(4, "join j5"), (3, "leave n0")])
+def test_churn_joins_or_leaves_through_the_claimant_and_keeps_every_write(seed, change):
+    """A ring change in a churn run (seed 4: a new node joins; seed 3: n0, the claimant,
+    leaves): staged and committed as kvctl does, settled on every node, no violation."""
+    summary = run("churn", nodes=5, seed=seed, duration=20)
+    events = [what for _, what in summary["events"]]
+    assert change in events and "ring settled at epoch 3" in events, events
+    who = change.split()[1]
+    assert (who in summary["ring_members"]) == (change.startswith("join"))
+    assert summary["left"] == ([] if change.startswith("join") else [who])
+    assert summary["violations"] == [] and summary["acked"] > 500
 
 
 def test_bad_arguments_are_refused_clearly():
