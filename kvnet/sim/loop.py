@@ -4,7 +4,9 @@ The loop is asyncio's own (BaseEventLoop: the same ready queue, timers and tasks
 things replaced: its clock is a number that jumps to the next timer when nothing is ready
 (no waiting: a simulated minute takes the CPU time its callbacks take); I/O is a simulated
 network (kvnet/sim/net.py) that delivers bytes by timers; and work sent to an executor runs
-inline, so no thread decides an order. `determinism(seed, clock)` replaces, for the run, the
+inline, so no thread decides an order (inline_pools() does the same for the replica's
+threads and the stores' syncer). Its ready queue can hold back one host's callbacks
+(pause/resume: a stopped process). `determinism(seed, clock)` replaces, for the run, the
 process's clocks (time.time, monotonic, perf_counter and their _ns forms) with the loop's and
 its sources of randomness (random's global generator, os.urandom, secrets) with generators
 seeded from `seed`, so the code under test runs unchanged.
