@@ -92,3 +92,21 @@ def test_a_paused_node_answers_nothing_until_resumed_and_then_catches_up(tmp_pat
         return True
 
     assert _run(tmp_path, body)
+
+
+def test_a_restart_whose_stop_fails_lets_the_stores_go_and_starts_the_node_again(tmp_path):
+    async def body(c):
+        await asyncio.sleep(1)
+        await c.put("n0", b"k", b"v")
+
+        async def failing_close():
+            raise OSError(errno.EIO, "the stores could not be closed")
+        c.nodes["n1"].replica.close = failing_close
+        error = await c.restart("n1")
+        assert isinstance(error, OSError) and "n1" in c.up()
+        await asyncio.sleep(1)
+        reply = await c.get("n1", b"k", r="all")
+        assert [s.value for s in reply.siblings] == [b"v"]
+        return True
+
+    assert _run(tmp_path, body)
