@@ -14,14 +14,16 @@ def main(argv=None):
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--scenario", default="steady",
-                    help="steady, partition, loss or churn (docs/simulation.md)")
+                    help="steady, partition, loss, churn or lag (docs/simulation.md)")
     ap.add_argument("--duration", type=float, default=20.0, help="simulated seconds of load")
     ap.add_argument("--w", default=None, help="the clients' write quorum (default: the nodes')")
     ap.add_argument("--mutate", default="none",
-                    help="put a bug in on purpose (no-hint-replay): the checker must see it")
+                    help="put a bug in on purpose (no-hint-replay, w-minus-one): the checker must see it")
     ap.add_argument("--storage", default="memory", choices=("memory", "disk"),
                     help="the stores: in memory (kvnet/sim/storage.py) or real LogStores")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--trace", metavar="FILE", default=None,
+                    help="write every message the network delivers to FILE (- for stderr)")
     args = ap.parse_args(argv)
     if os.environ.get("PYTHONHASHSEED") != "0":
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -29,12 +31,24 @@ def main(argv=None):
     from kvnet.sim.scenarios import run
     if args.nodes < 1:
         ap.error("--nodes must be at least 1")
+    trace_file = None
+    if args.trace == "-":
+        trace_file = sys.stderr
+    elif args.trace is not None:
+        try:
+            trace_file = open(args.trace, "w")
+        except OSError as exc:
+            ap.error(f"--trace {args.trace}: {exc.strerror}")
+    trace = None if trace_file is None else (lambda line: print(line, file=trace_file))
     wall = time.perf_counter()
     try:
         summary = run(args.scenario, nodes=args.nodes, seed=args.seed, duration=args.duration,
-                      w=args.w, mutation=args.mutate, storage=args.storage)
+                      w=args.w, mutation=args.mutate, storage=args.storage, trace=trace)
     except ValueError as exc:
         ap.error(str(exc))
+    finally:
+        if trace_file is not None and trace_file is not sys.stderr:
+            trace_file.close()
     wall = time.perf_counter() - wall
     if args.json:
         print(json.dumps(summary, sort_keys=True))

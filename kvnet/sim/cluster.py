@@ -4,6 +4,7 @@ anti-entropy code runs as it is; only the clock, the network, randomness and exe
 the simulation's."""
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 
@@ -42,7 +43,7 @@ class SimCluster:
         self.disk = MemoryDisk() if storage == "memory" else None
         self.root, self.size, self.seed = root, size, seed
         self.rng = random.Random(seed)          # the scenario's own choices
-        self.loop = SimLoop()
+        self.loop = SimLoop(host_var=CURRENT)
         self.net = SimNetwork(self.loop, random.Random(seed * 7919 + 1), latency=latency,
                               loss=loss)
         self.loop.net = self.net
@@ -61,6 +62,22 @@ class SimCluster:
         self.nodes = {}
         self.crashed = set()
         self.lost_bytes = 0
+        self.events = []        # [(seconds since t0, what)]: the faults of a run
+        self.t0 = 0.0
+        self.watch = []         # keys whose values a crash may lose (lost_in_crash)
+        self.lost_in_crash = set()      # (node, key, value) a crash took from node's store
+        self._held_at_crash = {}        # node -> {key: values} when it crashed
+        self.paused = set()
+        self.disk_faulty = set()
+        self.reaped = 0                 # tombstones reaped by nodes since stopped
+        self.gone = set()               # nodes that left the ring (never started again)
+
+    def event(self, what):
+        """Note a fault (or a heal) in the run's events, and in the trace if one is kept."""
+        at = round(self.loop.time() - self.t0, 3)
+        self.events.append((at, what))
+        if self.net.trace is not None:
+            self.net.trace(f"{self.loop.time():.6f} EVENT {what}")
 
     # -- running code as a node --
     def as_node(self, name, coro):
@@ -110,9 +127,99 @@ class SimCluster:
         self.net.restart(name)
         self.crashed.discard(name)
         node = self.nodes[name] = Node(cfg)
+        node.on_left = lambda: self._left(name, node)
         await self.as_node(name, node.start())
+        before = self._held_at_crash.pop(name, None)
+        if before is not None:          # what the crash took: held then, not after the open
+            for key, values in before.items():
+                for value in values - self.held(name, key):
+                    self.lost_in_crash.add((name, key, value))
+
+    # -- ring changes, through the real membership code (what kvctl join/leave/commit ask) --
+    def add_member(self, name):
+        """A new node `name`, configured to join through n0 (kvnode start --join): start it
+        with start_node, then stage its join and commit (change_ring)."""
+        i = len(self.names)
+        base = self.cfgs[0]
+        seed = base.members[0]
+        cfg = dataclasses.replace(base, name=name, port=10000 + i, peer_port=20000 + i,
+                                  join=True, data_dir=os.path.join(self.root, name))
+        cfg = dataclasses.replace(cfg, members=(seed, dataclasses.replace(
+            seed, name=name, peer_port=20000 + i)))
+        self.names.append(name)
+        self.cfgs.append(cfg)
+
+    async def admin(self, via, op, who=None):
+        """KV.CLUSTER op [who] through node `via` (answered by the claimant)."""
+        return await self.as_node(via, self.nodes[via].cluster_admin(op, who))
+
+    async def change_ring(self, op, who, timeout=30.0):
+        """Stage `op` (join or leave) of node `who`, commit, and wait until every node has
+        the settled ring. Retries the staging and the commit while they are refused (a
+        joiner not seen up yet, a commit while a node is down). Returns the settled epoch,
+        or None if it did not settle within `timeout` simulated seconds."""
+        deadline = self.loop.time() + timeout
+        for step in ((op, who), ("commit", None)):
+            while True:
+                via = self.serving()[0]
+                try:
+                    res = await self.admin(via, *step)
+                    break
+                except Exception:
+                    if self.loop.time() > deadline:
+                        return None
+                    await asyncio.sleep(0.2)
+        epoch = res["epoch"]
+        while self.loop.time() < deadline:
+            states = [n.ring_state for nm, n in self.nodes.items() if nm != who or op != "leave"]
+            if all(st.epoch > epoch and not st.moving for st in states):
+                return max(st.epoch for st in states)
+            await asyncio.sleep(0.2)
+        return None
+
+    def _left(self, name, node):
+        """Node `name` is out of a settled ring: it exits (as kvnode does) a second later."""
+        async def leave():
+            await asyncio.sleep(1.0)
+            if self.nodes.get(name) is node:
+                del self.nodes[name]
+                self.gone.add(name)
+                self._count(node)
+                await node.stop()
+        self.as_node(name, leave())
+
+    async def restart(self, name):
+        """Stop node `name` cleanly (its stores synced and closed, as far as its disk lets
+        it) and start it again. Returns the error its stop raised, or None."""
+        node = self.nodes.pop(name)
+        self.disk_faulty.discard(name)
+        self._count(node)
+        error = None
+        try:
+            await self.as_node(name, node.stop())
+        except Exception as exc:        # (a store that cannot sync closes as after a crash)
+            error = exc
+            # its stop may have ended before closing some stores: let them go as a crash
+            # would (a store closed already is left as it is)
+            for p in sorted(node.replica.partitions):
+                node.replica.partitions[p].store._abandon()
+        await self.start_node(name)
+        return error
+
+    def _count(self, node):
+        """Keep a leaving node's counters (a restart starts them again)."""
+        ae = getattr(node, "antientropy", None)
+        if ae is not None:
+            self.reaped += ae.reaper.stats["reaped"]
+
+    def reaped_total(self):
+        return self.reaped + sum(n.antientropy.reaper.stats["reaped"]
+                                 for n in self.nodes.values()
+                                 if getattr(n, "antientropy", None) is not None)
 
     async def stop(self):
+        for name in sorted(self.paused):
+            self.resume(name)
         for name in list(self.nodes):
             await self.as_node(name, self.nodes.pop(name).stop())
 
@@ -121,8 +228,13 @@ class SimCluster:
         and (lose_unsynced) each partition's active segment cut back to what its last sync
         covered, as a power cut loses pages the disk never got (the open finds a torn tail).
         lose_unsynced=False: a kill of the process only (the page cache keeps everything)."""
+        if name in self.paused:
+            raise ValueError(f"{name} is paused: resume it first")
+        self._held_at_crash[name] = {k: self.held(name, k) for k in self.watch}
         node = self.nodes.pop(name)
         self.crashed.add(name)
+        self.disk_faulty.discard(name)
+        self._count(node)
         self.net.crash(name)
         if self.disk is not None:
             self.lost_bytes += self.disk.crash(node.cfg.data_dir, lose_unsynced)
@@ -145,8 +257,42 @@ class SimCluster:
                 os.truncate(path, size)
         await self.as_node(name, node.stop())
 
+    def pause(self, name):
+        """Stop node `name`'s process (SIGSTOP): it neither reads nor sends nor runs a timer
+        until resume(name); its peers' requests to it time out meanwhile."""
+        self.paused.add(name)
+        self.loop.pause(name)
+
+    def resume(self, name):
+        self.paused.discard(name)
+        self.loop.resume(name)
+
+    def disk_errors(self, name, err=None, fsync=False):
+        """From now on every write to a store node `name` has open fails with OSError(err)
+        (EIO, ENOSPC); fsync: its next store sync fails too (that store turns read-only for
+        good, until a restart). err None: the disk works again."""
+        node = self.nodes[name]
+        for p in sorted(node.replica.partitions):
+            store = node.replica.partitions[p].store
+            if err is None:
+                store._fail_next(None)
+            elif fsync:
+                store._fail_next("fdatasync", err, times=1)
+            else:
+                store._fail_next("write", err, times=1 << 30)
+        (self.disk_faulty.discard if err is None else self.disk_faulty.add)(name)
+
+    def read_only_partitions(self, name):
+        """How many of node `name`'s partitions turned read-only (a failed sync)."""
+        parts = self.nodes[name].replica.partitions
+        return sum(1 for p in sorted(parts) if parts[p].store.stats()["read_only"])
+
     def up(self):
         return [nm for nm in self.names if nm in self.nodes]
+
+    def serving(self):
+        """Nodes up and not paused (where a client's request gets an answer)."""
+        return [nm for nm in self.names if nm in self.nodes and nm not in self.paused]
 
     # -- client calls, as the node that coordinates them --
     async def get(self, name, key, r=None):
@@ -164,6 +310,26 @@ class SimCluster:
         p = node.ring.partition_of(key)
         return p, list(node.ring.preference_list(p))
 
+    def held(self, name, key):
+        """The values node `name` holds for key: its store's siblings, nothing if it holds
+        none or the partition is not open there (never opens one)."""
+        node = self.nodes.get(name)
+        if node is None:
+            return set()
+        part = node.replica.opened(node.ring.partition_of(key))
+        return set() if part is None else decoded_values(part.store.get(key))
+
+    def hinted(self, name, key):
+        """The values node `name` holds for key as hints (for whichever nodes)."""
+        node = self.nodes.get(name)
+        if node is None or node.hints is None:
+            return set()
+        p = node.ring.partition_of(key)
+        out = set()
+        for target in node.hints.holders(p, key):
+            out |= decoded_values(node.hints.get(target, p, key))
+        return out
+
     def stored(self, name, key):
         """The clock node `name` holds for key (None if none), read from its store."""
         node = self.nodes.get(name)
@@ -176,21 +342,25 @@ class SimCluster:
 
 class History:
     """What clients were told, per key, for the checker: every acknowledged write's unique
-    value; the values each acknowledged write or delete superseded (its context came from a
+    value and the nodes that held it (in their store, or as a hint) when the client was
+    told; the values each acknowledged write or delete superseded (its context came from a
     read that returned them); and those a write that failed may have superseded (it may
-    have reached a replica all the same)."""
+    have reached a replica all the same). `w`: the write quorum the clients asked for."""
 
-    def __init__(self):
+    def __init__(self, w=2):
+        self.w = w
         self.acked = {}         # key -> [value]
+        self.holders = {}       # (key, value) -> {node}: held it when acknowledged
         self.superseded = {}    # key -> {value}: by acknowledged writes and deletes
         self.maybe = {}         # key -> {value}: by writes and deletes that failed
         self.unacked = 0
         self.acks = 0
         self.reads = 0
 
-    def ack(self, key, value, read_values):
+    def ack(self, key, value, read_values, holders=()):
         if value is not None:
             self.acked.setdefault(key, []).append(value)
+            self.holders[(key, value)] = set(holders)
         self.superseded.setdefault(key, set()).update(read_values)
         self.acks += 1
 
@@ -198,51 +368,78 @@ class History:
         self.maybe.setdefault(key, set()).update(read_values)
         self.unacked += 1
 
-    def check(self, final):
+    def check(self, final, lost_in_crash=frozenset()):
         """Violations of: every acknowledged write is there (a value or a sibling) unless a
-        write or delete superseded it; nothing an acknowledged one superseded comes back.
-        `final`: key -> set of values read with R=all after the heal."""
+        write or delete superseded it, or at least W nodes held it when it was acknowledged
+        and a crash took it from every one of them before they synced it; nothing an
+        acknowledged one superseded comes back. `final`: key -> set of values read with
+        R=all after the heal; `lost_in_crash`: (node, key, value) a crash took."""
         out = []
         for key in sorted(set(self.acked) | set(self.superseded)):
             got = final.get(key, set())
             gone = self.superseded.get(key, set())
             may_go = gone | self.maybe.get(key, set())
             for value in self.acked.get(key, []):
-                if value not in got and value not in may_go:
-                    out.append(f"lost: {key!r} = {value!r} was acknowledged")
+                if value in got or value in may_go:
+                    continue
+                held = self.holders.get((key, value), set())
+                if len(held) >= self.w and all((n, key, value) in lost_in_crash for n in held):
+                    continue            # every node that acknowledged it crashed unsynced
+                crashed = sorted(n for n in held if (n, key, value) in lost_in_crash)
+                out.append(f"lost: {key!r} = {value!r} was acknowledged (held by "
+                           f"{', '.join(sorted(held)) or 'no node'} then, W={self.w}"
+                           + (f"; a crash took it from {', '.join(crashed)}" if crashed else "")
+                           + ")")
             for value in sorted(got & gone):
                 out.append(f"resurrected: {key!r} = {value!r} was superseded")
         return out
 
 
-async def client(cluster, history, cid, keys, until, rate, w=None, delete_share=0.1):
+async def client(cluster, history, cid, keys, until, rate, w=None, delete_share=0.1,
+                 timeout=5.0, window=None, slide=0.0):
     """One client: read-modify-write of random keys (a read, then a write or a delete with
-    the read's context, through a random live node) at `rate` operations per second."""
+    the read's context, through a random live node) at `rate` operations per second. The
+    keys: any of `keys`, or (window) `window` of them that slide on by `slide` keys a
+    second, so keys left behind keep their last value or tombstone (a reaper's work). When
+    the read fails, a write without a context (a new sibling; never a blind delete, which
+    would supersede what it never saw). A request not answered within `timeout` (a paused
+    node) fails."""
     rng = random.Random(cluster.rng.getrandbits(64))
     seq = 0
     loop = cluster.loop
+    t0 = loop.time()
     while loop.time() < until:
         await asyncio.sleep(rng.expovariate(rate))
         up = cluster.up()
         if not up:
             continue
         name = rng.choice(up)
-        key = rng.choice(keys)
+        if window is None:
+            key = rng.choice(keys)
+        else:
+            first = min(int((loop.time() - t0) * slide), len(keys) - window)
+            key = keys[first + rng.randrange(window)]
+        context, read = None, set()
         try:
-            reply = await cluster.get(name, key)
+            reply = await asyncio.wait_for(asyncio.shield(cluster.get(name, key)), timeout)
             history.reads += 1
+            context = reply.context
+            read = {s.value for s in reply.siblings if s.value is not None}
         except Exception:
-            continue
-        read = {s.value for s in reply.siblings if s.value is not None}
+            pass
         seq += 1
         try:
-            if rng.random() < delete_share:
-                await cluster.delete(name, key, context=reply.context, w=w)
+            if context is not None and rng.random() < delete_share:
+                await asyncio.wait_for(asyncio.shield(
+                    cluster.delete(name, key, context=context, w=w)), timeout)
                 history.ack(key, None, read)
             else:
                 value = b"c%d-%d" % (cid, seq)
-                await cluster.put(name, key, value, context=reply.context, w=w)
-                history.ack(key, value, read)
+                await asyncio.wait_for(asyncio.shield(
+                    cluster.put(name, key, value, context=context, w=w)), timeout)
+                history.ack(key, value, read, [nm for nm in cluster.up()
+                                               if value in cluster.held(nm, key)
+                                               or value in cluster.hinted(nm, key)])
         except Exception:
             history.fail(key, read)
 
@@ -268,4 +465,7 @@ def converged(cluster, keys):
 
 
 def decoded_values(raw):
-    return set() if raw is None else set(V.values(V.decode(raw)))
+    """The sibling values (not tombstones) of stored clock bytes."""
+    if raw is None:
+        return set()
+    return {s.value for s in V.values(V.decode(raw)) if s.value is not None}

@@ -4,17 +4,22 @@ The loop is asyncio's own (BaseEventLoop: the same ready queue, timers and tasks
 things replaced: its clock is a number that jumps to the next timer when nothing is ready
 (no waiting: a simulated minute takes the CPU time its callbacks take); I/O is a simulated
 network (kvnet/sim/net.py) that delivers bytes by timers; and work sent to an executor runs
-inline, so no thread decides an order. `determinism(seed, clock)` replaces, for the run, the
+inline, so no thread decides an order (inline_pools() does the same for the replica's
+threads and the stores' syncer). Its ready queue can hold back one host's callbacks
+(pause/resume: a stopped process). `determinism(seed, clock)` replaces, for the run, the
 process's clocks (time.time, monotonic, perf_counter and their _ns forms) with the loop's and
 its sources of randomness (random's global generator, os.urandom, secrets) with generators
 seeded from `seed`, so the code under test runs unchanged.
 """
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import random
 import time
+import types
+import weakref
 
 EPOCH = 1_798_761_600.0        # 2027-01-01 UTC: time.time() of simulated second 0
 
@@ -40,15 +45,55 @@ class _Selector:
         pass
 
 
-class SimLoop(asyncio.BaseEventLoop):
-    """asyncio's loop on simulated time, with `net` (a SimNetwork) for its connections."""
+class _Ready(collections.deque):
+    """The loop's ready queue, which holds back the callbacks of paused hosts: popleft() sets
+    aside a callback whose context is a paused host's (it gets a cancelled stand-in, which
+    the loop skips) until resume() puts it back, in order."""
 
-    def __init__(self, net=None):
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def popleft(self):
+        handle = super().popleft()
+        paused = self.loop.paused
+        if paused and not handle._cancelled:
+            ctx = handle._context
+            host = None if ctx is None else ctx.get(self.loop.host_var)
+            if host in paused:
+                paused[host].append(handle)
+                return self.loop._skip
+        return handle
+
+
+class SimLoop(asyncio.BaseEventLoop):
+    """asyncio's loop on simulated time, with `net` (a SimNetwork) for its connections.
+
+    pause(host) stops a host's process (SIGSTOP): every callback that would run in its
+    context (its tasks, timers and the network's deliveries to it) waits, in order, until
+    resume(host) runs them; the clock goes on meanwhile. A host is the value of `host_var`
+    (a ContextVar: kvnet/sim/net.py's CURRENT) in a callback's context."""
+
+    def __init__(self, net=None, host_var=None):
         super().__init__()
         self._now = 0.0
         self._selector = _Selector(self)
         self._clock_resolution = 1e-9
+        self._ready = _Ready(self)
+        self._skip = asyncio.Handle(lambda: None, (), self)       # (what a held one leaves)
+        self._skip.cancel()
         self.net = net
+        self.host_var = host_var
+        self.paused = {}            # host -> [handles held back], in the order they came
+
+    def pause(self, host):
+        if self.host_var is None:
+            raise RuntimeError("pause needs the loop's host_var")
+        self.paused.setdefault(host, [])
+
+    def resume(self, host):
+        held = self.paused.pop(host, [])
+        self._ready.extend(held)
 
     def time(self):
         return self._now
@@ -129,16 +174,88 @@ class InlinePool:
         pass
 
 
+class InlineThread:
+    """A threading.Thread whose start() runs its target at once, on the caller's thread (the
+    replica's epoch lease ahead: in a thread, whether its file write lands before a crash
+    would decide the epochs a restart hands out)."""
+
+    def __init__(self, group=None, target=None, name=None, args=(), kwargs=None, daemon=None):
+        self._target, self._args, self._kwargs = target, args, kwargs or {}
+        self.name, self.daemon = name, daemon
+
+    def start(self):
+        if self._target is not None:
+            self._target(*self._args, **self._kwargs)
+
+    def join(self, timeout=None):
+        pass
+
+    def is_alive(self):
+        return False
+
+
+class LoopSyncer:
+    """kvcore.storage.syncer on the running event loop instead of its daemon thread: a poke
+    (a store's roll left a segment to seal) seals it in the next loop step, so a seal happens
+    at a simulated moment, not whenever the thread wakes. Stores are visited in the order
+    they registered. (The replica's stores use fsync="never" and are synced by its group
+    commits on the loop; a store's own fsync="interval" timer is not simulated.)"""
+
+    def __init__(self):
+        self.stores = weakref.WeakKeyDictionary()      # (insertion ordered)
+        self._scheduled = False
+
+    def register(self, store):
+        self.stores[store] = None
+        self.poke()
+
+    def unregister(self, store):
+        self.stores.pop(store, None)
+
+    def poke(self):
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return                  # (no loop: a later poke, a sync or the close seals it)
+        self._scheduled = True
+        loop.call_soon(self._pass)
+
+    def _pass(self):
+        self._scheduled = False
+        for store in list(self.stores):
+            try:
+                if store._sync_due() == 0.0:        # a seal pending: now
+                    store._timer_sync()
+            except Exception:       # a closed or failing store must not stop the others
+                pass
+
+
 @contextlib.contextmanager
 def inline_pools():
-    """kvnet.replica's thread pools run inline for the `with` block."""
+    """For the `with` block, no thread decides an order: kvnet.replica's thread pools and
+    threads run inline, and the stores' syncer (which seals rolled segments) runs on the
+    event loop."""
+    import threading as real_threading
+
+    from kvcore.storage import syncer
     from kvnet import replica
-    saved = replica.ThreadPoolExecutor
+    shim = types.ModuleType("threading")
+    shim.__dict__.update(real_threading.__dict__)
+    shim.Thread = InlineThread
+    loop_syncer = LoopSyncer()
+    saved = (replica.ThreadPoolExecutor, replica.threading,
+             syncer.register, syncer.poke, syncer.unregister)
     replica.ThreadPoolExecutor = InlinePool
+    replica.threading = shim
+    syncer.register, syncer.poke, syncer.unregister = (
+        loop_syncer.register, loop_syncer.poke, loop_syncer.unregister)
     try:
         yield
     finally:
-        replica.ThreadPoolExecutor = saved
+        (replica.ThreadPoolExecutor, replica.threading,
+         syncer.register, syncer.poke, syncer.unregister) = saved
 
 
 @contextlib.contextmanager

@@ -145,7 +145,7 @@ class SimTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
-        self.net.transports.discard(self)
+        self.net.transports.pop(self, None)
         try:
             self.protocol.connection_lost(exc)
         except Exception:
@@ -164,10 +164,14 @@ class SimNetwork:
         self.owners = {}             # (host, port) -> node name, from listen()
         self.contexts = {}           # node name -> its contextvars.Context
         self.cut_links = set()       # frozenset({a, b})
+        self.slow_links = {}         # frozenset({a, b}) -> seconds more per write, each way
         self.down = set()            # crashed hosts: connects to them are refused
-        self.transports = set()
+        # in creation order (a dict): a crash or cut walks them, drawing a delay from the
+        # seeded generator for each, so their order must not be their addresses'
+        self.transports = {}
         self._healed = None          # a future resolved at the next heal
         self.stats = {"connects": 0, "writes": 0, "bytes": 0, "lost": 0}
+        self.trace = None            # fn(line) told of every delivery and reset (--trace)
 
     def context(self, host):
         ctx = self.contexts.get(host)
@@ -194,7 +198,7 @@ class SimNetwork:
             if self._healed is None:
                 self._healed = self.loop.create_future()
             await asyncio.shield(self._healed)
-        await asyncio.sleep(self._delay())
+        await asyncio.sleep(self._delay(src, dst))
         srv = self.listeners.get((host, port))
         if srv is None or srv.closed or dst in self.down or src in self.down:
             raise ConnectionRefusedError(errno.ECONNREFUSED,
@@ -206,14 +210,16 @@ class SimNetwork:
         a.peer, b.peer = b, a
         a.protocol = factory()
         b.protocol = self.context(dst).run(srv.factory)
-        self.transports.update((a, b))
+        self.transports[a] = self.transports[b] = None
         self.context(dst).run(b.protocol.connection_made, b)
         a.protocol.connection_made(a)
         return a, a.protocol
 
     # -- delivery --
-    def _delay(self):
+    def _delay(self, a=None, b=None):
         d = self.latency + self.jitter * self.rng.random()
+        if self.slow_links and a != b:
+            d += self.slow_links.get(frozenset((a, b)), 0.0)
         if self.loss and self.rng.random() < self.loss:
             self.stats["lost"] += 1
             d += RETRANSMIT
@@ -231,17 +237,23 @@ class SimNetwork:
             self.stats["bytes"] += len(data)
         if self._is_cut(t.host, t.peer_host):
             return                                  # (its connection is being reset)
-        when = max(t._next, self.loop.time() + self._delay())
+        when = max(t._next, self.loop.time() + self._delay(t.host, t.peer_host))
         t._next = when
         self.loop.call_at(when, self._deliver, t, data, context=self.context(t.peer_host))
 
     def _deliver(self, t, data):
         if self._is_cut(t.host, t.peer_host):       # cut while in flight: gone
             return
+        if self.trace is not None:
+            self.trace(f"{self.loop.time():.6f} {t.host}>{t.peer_host} {t.sockname[1]} "
+                       + ("FIN" if data is None else f"{len(data)} {data.hex()}")
+                       + (" DROPPED" if t.peer._lost else ""))     # (its end is gone)
         t.peer._receive(data)
 
     def _reset(self, t):
         peer = t.peer
+        if self.trace is not None:
+            self.trace(f"{self.loop.time():.6f} {t.host}>{t.peer_host} {t.sockname[1]} RST")
         if peer is not None and not peer._lost:
             self.loop.call_at(self.loop.time() + self._delay(), peer._connection_lost,
                               ConnectionResetError(errno.ECONNRESET, "connection reset (simulated)"),
@@ -261,10 +273,20 @@ class SimNetwork:
                     errno.ETIMEDOUT, "connection timed out (simulated partition)"),
                     context=self.context(t.host))
 
+    def slow(self, a, b, seconds):
+        """Every write between nodes a and b takes `seconds` more, each way, until
+        slow(a, b, 0) or heal(): a congested or overloaded link (still in order)."""
+        link = frozenset((a, b))
+        if seconds:
+            self.slow_links[link] = seconds
+        else:
+            self.slow_links.pop(link, None)
+
     def heal(self, a=None, b=None):
-        """Lift one cut (or every cut): connects waiting on it go on."""
+        """Lift one cut (or every cut and every slow link): connects waiting on it go on."""
         if a is None:
             self.cut_links.clear()
+            self.slow_links.clear()
         else:
             self.cut_links.discard(frozenset((a, b)))
         if self._healed is not None:

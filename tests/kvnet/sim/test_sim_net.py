@@ -97,3 +97,32 @@ def test_a_crashed_host_refuses_connects_and_resets_its_connections():
         await _as(net, loop, "a", client())
 
     loop.run_until_complete(main())
+
+
+def test_a_slow_link_delays_every_write_in_order_until_it_is_fast_again():
+    loop, net = _setup()
+
+    async def main():
+        await _echo_server(net, loop)
+
+        async def client():
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7000)
+            net.slow("a", "b", 2.0)
+            t0 = loop.time()
+            writer.write(b"one ")
+            writer.write(b"two")
+            got = b""
+            while len(got) < 7:
+                got += await reader.read(100)
+            took = loop.time() - t0
+            net.slow("a", "b", 0)
+            t0 = loop.time()
+            writer.write(b"x")
+            assert await reader.read(100) == b"X"
+            return got, took, loop.time() - t0
+
+        got, slow, fast = await _as(net, loop, "a", client())
+        assert got == b"ONE TWO" and slow == pytest.approx(4.02, abs=1e-6)
+        assert fast == pytest.approx(0.02, abs=1e-6)
+
+    loop.run_until_complete(main())
