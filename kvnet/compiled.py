@@ -22,7 +22,10 @@ PY_MODULES = (
     "kvnet.peer.core",
     "kvnet.peer.protocol",
     "kvnet.coordinator.driver",
+    "kvnet.routes",
     "kvnet.resp.commands",
+    "kvnet.handlers",
+    "kvnet.replicahandlers",
     "kvnet.node",
 )
 

@@ -272,12 +272,12 @@ def test_bad_replies_to_the_reaper_never_reap(ae):
             tomb = n0.replica.mint(p, k, V.tombstone(1))
             n1.replica.merge(p, k, tomb)
             reaper = c.svc[0].reaper
-            real = dict(n1._handlers)
+            real = {t: n1.handlers.get(t) for t in ("ae_clocks", "ae_hints", "ae_mark")}
             for type_ in ("ae_clocks", "ae_hints", "ae_mark"):
                 for junk in ([{"a": 1}], "x", [1], None, {"k": k}):
                     async def liar(m, junk=junk):
                         return junk
-                    n1._handlers[type_] = liar
+                    n1.handlers.replace(type_, liar)
                     for _ in range(3):
                         try:
                             await reaper.pass_once()
@@ -287,7 +287,8 @@ def test_bad_replies_to_the_reaper_never_reap(ae):
                     reaper.candidates.clear()
                     reaper.pending.clear()
                     c.svc[1].reaper.pending.clear()
-                n1._handlers.update(real)
+                for type_, handler in real.items():
+                    n1.handlers.replace(type_, handler)
             assert reaper.stats["reaped"] == 0
             for _ in range(3):
                 await reaper.pass_once()

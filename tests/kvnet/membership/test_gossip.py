@@ -180,7 +180,7 @@ def test_malformed_gossip_messages_get_errors(tmp_path):
                                    ("gack2", {"from": "x", "entries": [[1, 2]]}),
                                    ("gprobe", {"target": 5}), ("gprobe", {"target": "nobody"})]:
                 with pytest.raises(Exception) as info:
-                    await node._handle(mtype, payload)
+                    await node.handlers(mtype, payload)
                 assert "gossip" in str(info.value) or "probe" in str(info.value) \
                     or "digest" in str(info.value)
             assert len(node.gossip.table) == 1           # nothing malformed got in
