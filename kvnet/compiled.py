@@ -26,6 +26,7 @@ PY_MODULES = (
     "kvnet.resp.commands",
     "kvnet.handlers",
     "kvnet.replicahandlers",
+    "kvnet.frontdoor",
     "kvnet.node",
 )
 

@@ -11,7 +11,7 @@ replica, the store). `LocalDoor.take` runs the leading commands of a connection'
 exactly such a GET or SET; it stops, having left the command in the queue, at the first one it
 does not take, and the general path runs that one with every check and error message. So the
 door changes speed, never results: it takes a command only when the general path would take the
-same fast path (Node.get_lww_now / set_overwrite_now), with the same store calls, reply,
+same fast path (FrontDoor.get_lww_now / set_overwrite_now), with the same store calls, reply,
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

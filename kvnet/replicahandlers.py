@@ -191,7 +191,7 @@ class ReplicaHandlers:
     # ---- scans, counts, INFO, FLUSH ---------------------------------------------------------
 
     async def _mscan(self, m):
-        """SCAN: scan a coordinator's list of partitions (Node.scan, kvnet/coordinator/scan.py).
+        """SCAN: scan a coordinator's list of partitions (FrontDoor.scan, coordinator/scan.py).
         {"ps": rising partitions, "c": the cursor in the first, "n": COUNT, "m": MATCH or None}
         -> [[p, live keys, examined, next cursor or 0], ...], refused for a partition this node
         does not hold by its ring."""

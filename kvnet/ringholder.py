@@ -66,9 +66,10 @@ class RingHolder:
         routes = self.routes
         if routes.ring is None:
             return routes
-        new = routes.with_down(self.down_now() if down is None else down)
-        if new is not routes:
-            self.routes = new
+        down = self.down_now() if down is None else down
+        if down == routes.down:         # (the common case: no allocation beyond down_now's)
+            return routes
+        new = self.routes = routes.with_down(down)
         return new
 
     # ---- installing ------------------------------------------------------------------------

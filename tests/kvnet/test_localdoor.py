@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kvcore import versions as V
 from kvnet.config import load
 from kvnet.coordinator import driver
-from kvnet.node import Node, _LocalDoor
+from kvnet.frontdoor import _LocalDoor
+from kvnet.node import Node
 from kvnet.peer.protocol import PeerConnection
 from kvnet.resp.server import RespProtocol
 from kvnet.routes import Lanes, Routes
@@ -178,7 +179,7 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
             assert sorted(os.path.basename(p.path) for p in fast.replica._dirty) == \
                 sorted(os.path.basename(p.path) for p in slow.replica._dirty)
             for key in KEYS:
-                a, b = (n.replica.read_raw(n._partition(key), key) if len(key) <= 32 else None
+                a, b = (n.replica.read_raw(n.ring.partition_of(key), key) if len(key) <= 32 else None
                         for n in (fast, slow))
                 assert (a is None) == (b is None), key
                 if a is not None:
@@ -279,7 +280,7 @@ def test_nothing_is_taken_before_auth_or_for_another_nodes_partition(tmp_path):
                 b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in mine + theirs)
             assert door.taken == 10         # this node's five SETs and five GETs
             for k in theirs:                # the others were routed to n1, which holds them
-                assert nodes[1].replica.read_raw(nodes[1]._partition(k), k) is not None
+                assert nodes[1].replica.read_raw(nodes[1].ring.partition_of(k), k) is not None
         finally:
             for node in nodes:
                 await node.stop()
@@ -293,7 +294,7 @@ def _held(nodes, key):
     """Each node's sibling values of key (None: not held)."""
     out = []
     for node in nodes:
-        raw = node.replica.read_raw(node._partition(key), key)
+        raw = node.replica.read_raw(node.ring.partition_of(key), key)
         out.append(None if raw is None else _values(raw))
     return out
 
@@ -409,7 +410,7 @@ def test_the_door_reads_the_lane_as_lanes_pick_decides_it(tmp_path):
         async with _lane_cluster(tmp_path) as nodes:
             node, door = nodes[0], nodes[0].resp.door
             await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
-            p = node._partition(b"a")
+            p = node.ring.partition_of(b"a")
             peer = node.rings.routes.lane(p)[0][0]
             session = node.resp.commands.open_session("t", "t")
 
@@ -465,7 +466,7 @@ def test_a_lane_send_that_raises_is_that_replicas_failed_reply(tmp_path):
         async with _lane_cluster(tmp_path) as nodes:
             node = nodes[0]
             await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
-            p = node._partition(b"a")
+            p = node.ring.partition_of(b"a")
             conns, pl = node.direct_lane(p)
 
             def not_ready(peer):
@@ -473,14 +474,14 @@ def test_a_lane_send_that_raises_is_that_replicas_failed_reply(tmp_path):
                 conn.peer_id = peer
                 return conn
 
-            raw = node._overwrite_local(node.replica, p, b"a", b"1")
+            raw = node.front._overwrite_local(node.replica, p, b"a", b"1")
             fut = driver.put_direct(node, p, b"a", raw, 2, pl, [not_ready(conns[0].peer_id),
                                                                 conns[1]])
             assert await asyncio.wait_for(fut, 10) == raw          # W=2: here and conns[1]
             await asyncio.sleep(0.2)
             held = [h for h in _held(nodes, b"a") if h]
             assert held == [[(True, b"1")]] * 2                      # one write, two copies
-            raw = node._overwrite_local(node.replica, p, b"a", b"2")
+            raw = node.front._overwrite_local(node.replica, p, b"a", b"2")
             fut = driver.put_direct(node, p, b"a", raw, 2, pl,
                                     [not_ready(c.peer_id) for c in conns])
             with pytest.raises(Exception, match="quorum not met: 1 of 2") as err:

@@ -333,14 +333,14 @@ def test_only_partitions_this_node_alone_replicates_take_the_fast_lane(tmp_path)
         nodes, _ = await _cluster(tmp_path / "three", nodes=3, n=3)
         try:
             assert len(solo.rings.routes.solo) == solo.ring.q
-            assert solo.set_overwrite_now(b"k", b"v") is None
-            assert solo.get_lww_now(b"k") == b"v" and solo.get_lww_now(b"nope") is None
-            assert await solo.get_lww(b"k") == b"v"
+            assert solo.front.set_overwrite_now(b"k", b"v") is None
+            assert solo.front.get_lww_now(b"k") == b"v" and solo.front.get_lww_now(b"nope") is None
+            assert await solo.front.get_lww(b"k") == b"v"
             with pytest.raises(CommandError):
-                solo.set_overwrite_now(b"k", b"x" * (solo.cfg.max_value_bytes + 1))
+                solo.front.set_overwrite_now(b"k", b"x" * (solo.cfg.max_value_bytes + 1))
             assert nodes[0].rings.routes.solo == frozenset()     # (the cluster's lane: the test below)
-            await nodes[0].set_overwrite(b"k", b"v")
-            assert [await n.get_lww(b"k") for n in nodes] == [b"v"] * 3
+            await nodes[0].front.set_overwrite(b"k", b"v")
+            assert [await n.front.get_lww(b"k") for n in nodes] == [b"v"] * 3
         finally:
             for n in [solo, *nodes]:
                 await n.stop()
@@ -365,24 +365,24 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
             assert set(a.rings.routes.direct) == set(range(a.ring.q))     # N=3 of 3: a holds every one
-            fut = a.set_overwrite_now(b"k", b"v1")
+            fut = a.front.set_overwrite_now(b"k", b"v1")
             assert isinstance(fut, asyncio.Future)
             raw = await fut
             assert a.replica.read_raw(p, b"k") == raw
             for n in (b, c):
                 while n.replica.read_raw(p, b"k") != raw:    # W=2: the third may come later
                     await asyncio.sleep(0.01)
-            assert [await n.get_lww(b"k") for n in nodes] == [b"v1"] * 3
-            await a.set_overwrite(b"k", b"v2")                 # the coroutine takes the lane too
-            assert await c.get_lww(b"k") == b"v2"
+            assert [await n.front.get_lww(b"k") for n in nodes] == [b"v1"] * 3
+            await a.front.set_overwrite(b"k", b"v2")                 # the coroutine takes the lane too
+            assert await c.front.get_lww(b"k") == b"v2"
             with pytest.raises(CommandError):
-                a.set_overwrite_now(b"k", b"x" * (a.cfg.max_value_bytes + 1))
+                a.front.set_overwrite_now(b"k", b"x" * (a.cfg.max_value_bytes + 1))
 
             # replicas that do not answer in time: the general path's error, named
             async def stuck(m):
                 await asyncio.sleep(5)
             saved = [n.handlers.replace("mput", stuck, lambda m: LATER) for n in (b, c)]
-            fut = a.set_overwrite_now(b"k", b"v3")
+            fut = a.front.set_overwrite_now(b"k", b"v3")
             with pytest.raises(QuorumError) as info:
                 await fut
             assert "timeout" in str(info.value)
@@ -390,24 +390,24 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
                 n.handlers.replace("mput", *old)
 
             # reads: the future of the value at R; a stale replica is repaired afterwards
-            fut = a.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
+            fut = a.front.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
             assert isinstance(fut, asyncio.Future) and await fut == b"v3"
             old = b.replica.read_raw(p, b"k")
-            await a.set_overwrite(b"k", b"v5")
+            await a.front.set_overwrite(b"k", b"v5")
             while c.replica.read_raw(p, b"k") == old or b.replica.read_raw(p, b"k") == old:
                 await asyncio.sleep(0.01)
             b.replica.partition(p).store.put(b"k", old)        # b loses the last write
-            assert await a.get_lww_now(b"k") == b"v5"
+            assert await a.front.get_lww_now(b"k") == b"v5"
             while b.replica.read_raw(p, b"k") == old:
                 await asyncio.sleep(0.01)
-            assert await b.get_lww(b"k") == b"v5"
-            assert await a.get_lww_now(b"nope") is None
+            assert await b.front.get_lww(b"k") == b"v5"
+            assert await a.front.get_lww_now(b"nope") is None
 
             # a primary marked down: the lane is closed, the general path writes with a hint
             a.gossip.liveness._down.add("n2")      # as the two-source rule marks it
             assert a.gossip.is_down("n2")
-            assert a.set_overwrite_now(b"k", b"v4") is LATER
-            assert a.get_lww_now(b"k") is LATER
+            assert a.front.set_overwrite_now(b"k", b"v4") is LATER
+            assert a.front.get_lww_now(b"k") is LATER
             a.gossip.liveness._down.discard("n2")
             await asyncio.wait_for(_lane_open(a, b"k"), 10)
             # a closed connection is never used again: the pool's best, or no lane until redialed
@@ -472,8 +472,8 @@ def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
         two, _ = await _cluster(tmp_path / "two", nodes=2, n=3, r=2, w=2)
         try:
             assert two[0].rings.routes.direct == {}
-            await two[0].set_overwrite(b"k", b"v")            # the general path
-            assert await two[1].get_lww(b"k") == b"v"
+            await two[0].front.set_overwrite(b"k", b"v")            # the general path
+            assert await two[1].front.get_lww(b"k") == b"v"
         finally:
             for n in two:
                 await n.stop()
@@ -481,17 +481,17 @@ def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
         a = nodes[0]
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
-            fut = a.set_overwrite_now(b"k", b"v1")
+            fut = a.front.set_overwrite_now(b"k", b"v1")
             assert isinstance(fut, asyncio.Future)
             await fut
-            assert await nodes[2].get_lww(b"k") == b"v1"
+            assert await nodes[2].front.get_lww(b"k") == b"v1"
             old = a.pool.get("n1")
             a.lanes.forget()
             old.version = 1                                  # as an older node agrees
             assert a.direct_lane(p) is None
-            assert a.set_overwrite_now(b"k", b"v2") is LATER
-            await a.set_overwrite(b"k", b"v2")
-            assert await nodes[1].get_lww(b"k") == b"v2"
+            assert a.front.set_overwrite_now(b"k", b"v2") is LATER
+            await a.front.set_overwrite(b"k", b"v2")
+            assert await nodes[1].front.get_lww(b"k") == b"v2"
             old.version = 2
             assert a.direct_lane(p) is not None
         finally:
@@ -671,7 +671,7 @@ def test_scan_count_counts_keys_examined(tmp_path):
                 seen, cursor, calls = [], 0, 0
                 while True:
                     del asked[:]
-                    nxt, got = await nodes[2].scan(cursor, match, count)
+                    nxt, got = await nodes[2].front.scan(cursor, match, count)
                     examined = len(between(cursor, nxt))
                     assert examined >= count or nxt == 0
                     assert examined <= 2 * count
@@ -827,16 +827,16 @@ def test_a_node_started_after_a_crash_serves_while_its_trees_are_folded(tmp_path
         node = nodes[0]
         c = aredis.Redis(port=ports[0])
         try:
-            info = await node.info_section()
+            info = await node.front.info_section()
             assert info["trees_rebuilding"] > 100   # served from here on, folds under way
             assert await c.get("k7") == b"v7" and await c.set("k7", b"new")
             assert await c.mget("k0", "k2999", "k7") == [b"v0", b"v2999", b"new"]
-            assert (await node.info_section())["trees_rebuilding"] > 0
+            assert (await node.front.info_section())["trees_rebuilding"] > 0
             for _ in range(3000):
-                if (await node.info_section())["trees_rebuilding"] == 0:
+                if (await node.front.info_section())["trees_rebuilding"] == 0:
                     break
                 await asyncio.sleep(0.01)
-            info = await node.info_section()
+            info = await node.front.info_section()
             assert info["trees_rebuilding"] == 0 and info["tree_rebuilds"] >= 200
             for part in node.replica.partitions.values():
                 assert part.tree == M.MerkleTree().rebuild(part.store.items())

@@ -441,7 +441,7 @@ async def _scan_calls(node, cursor, count, calls):
     """Up to `calls` SCAN calls from cursor on node: (cursor, keys)."""
     keys = []
     for _ in range(calls):
-        cursor, got = await node.scan(cursor, None, count)
+        cursor, got = await node.front.scan(cursor, None, count)
         keys += got
         if cursor == 0:
             break
