@@ -24,7 +24,11 @@ PY_MODULES = (
     "kvnet.peer.serving",
     "kvnet.peer.protocol",
     "kvnet.coordinator.driver",
+    "kvnet.routes",
     "kvnet.resp.commands",
+    "kvnet.handlers",
+    "kvnet.replicahandlers",
+    "kvnet.frontdoor",
     "kvnet.node",
 )
 

@@ -11,7 +11,7 @@ replica, the store). `LocalDoor.take` runs the leading commands of a connection'
 exactly such a GET or SET; it stops, having left the command in the queue, at the first one it
 does not take, and the general path runs that one with every check and error message. So the
 door changes speed, never results: it takes a command only when the general path would take the
-same fast path (Node.get_lww_now / set_overwrite_now), with the same store calls, reply,
+same fast path (FrontDoor.get_lww_now / set_overwrite_now), with the same store calls, reply,
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -27,6 +27,7 @@ from kvnet.resp.respscan cimport resp_number as _number
 
 from kvnet.coordinator.driver cimport get_direct, put_direct
 from kvnet.peer.protocol cimport PeerConnection
+from kvnet.routes cimport Lanes, Routes
 from kvnet.resp.commands cimport Session
 
 from kvcore import clockcodec as _codec
@@ -39,7 +40,6 @@ cdef object _MISS = _codec.MISS
 cdef object _READY = _PEER_READY
 
 cdef bytes _OK = b"+OK\r\n"
-cdef object STARTED = object()    # _one: the command is in flight (LocalDoor.started)
 cdef dict _NULL = {2: b"$-1\r\n", 3: b"_\r\n"}
 
 # what take() runs
@@ -98,7 +98,9 @@ cdef class LocalDoor:
     """The fast path of one node's front door (kvnet/resp/server.py calls `take` and
     `receive`)."""
 
-    cdef object node
+    cdef object cluster
+    cdef object rings
+    cdef Lanes lanes
     cdef object replica
     cdef object identity
     cdef dict node_stats
@@ -108,15 +110,13 @@ cdef class LocalDoor:
     cdef Py_ssize_t max_value
     cdef bint sets              # False under fsync=always: a SET's ack waits for the commit
     cdef Py_ssize_t r, w        # the node's default R and W
-    cdef dict lane_conns        # Node._lane_conns: peer -> its connection
-    cdef set down               # the peers marked down (Gossip.down_peers)
+    cdef dict lane_conns        # Lanes.conns: peer -> its connection
+    cdef object down            # the peers marked down (Lanes.down: Gossip.down_peers)
     cdef bytes own              # this node's actor prefix, and the minting of new epochs
     cdef object new_epoch
-    cdef public object started  # (future, key) of the command take() left in flight, or None
     # what one call of take() or receive() reads once (_begin) and counts (_end)
+    cdef Routes routes
     cdef Ring ring
-    cdef frozenset solo
-    cdef dict direct
     cdef dict parts
     cdef bytes null
     cdef set dirty
@@ -124,24 +124,29 @@ cdef class LocalDoor:
     cdef int last
     cdef bint busy              # within take(), one() or receive(): a nested call takes nothing
 
-    def __init__(self, node, commands):
-        self.node = node
-        self.replica = node.replica
-        self.identity = node.replica.identity
-        self.node_stats = node.stats
+    def __init__(self, commands, cluster, rings, Lanes lanes, replica, dict stats, cfg):
+        """`commands`: the front door's Commands; `cluster`: the coordinator's
+        driver.Cluster (the lane's put_direct / get_direct); `rings`: the node's RingHolder
+        (its `routes`, kvnet/routes.py); `lanes`: the lane's connections; `replica`: the
+        LocalReplica; `stats`: the node's counters ("gets", "puts"); `cfg`: its NodeConfig."""
+        self.cluster = cluster
+        self.rings = rings
+        self.lanes = lanes
+        self.replica = replica
+        self.identity = replica.identity
+        self.node_stats = stats
         self.command_stats = commands.stats
         self.get_cmd = commands.table[b"get"]
         self.set_cmd = commands.table[b"set"]
-        self.max_key = node.cfg.max_key_bytes
-        self.max_value = node.cfg.max_value_bytes
-        self.sets = node.replica.fsync != "always"
-        self.r = node.cfg.r
-        self.w = node.cfg.w
-        self.lane_conns = node._lane_conns      # (both live for the node's life, never replaced)
-        self.down = node.gossip.down_peers
+        self.max_key = cfg.max_key_bytes
+        self.max_value = cfg.max_value_bytes
+        self.sets = replica.fsync != "always"
+        self.r = cfg.r
+        self.w = cfg.w
+        self.lane_conns = lanes.conns           # (both live for the node's life, never replaced)
+        self.down = lanes.down
         self.own = self.identity.prefix         # (the identity's, fixed at its start)
         self.new_epoch = self.identity.new_epoch
-        self.started = None
 
     cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing. A
@@ -150,12 +155,11 @@ cdef class LocalDoor:
         in holds the counts."""
         if self.busy or not session.authenticated:
             return False
-        node = self.node
-        if type(node.ring) is not Ring:
+        routes = self.rings.routes
+        if type(routes) is not Routes or type((<Routes>routes).ring) is not Ring:
             return False
-        self.ring = node.ring
-        self.solo = node._solo
-        self.direct = node._direct
+        self.routes = <Routes>routes
+        self.ring = <Ring>self.routes.ring
         self.parts = self.replica.partitions
         self.null = _NULL[session.protocol]
         self.dirty = self.replica._dirty      # LocalReplica._written, inlined
@@ -179,33 +183,31 @@ cdef class LocalDoor:
             session.last_active = now.tv_sec + now.tv_nsec * 1e-9
         self.dirty = None
         self.parts = None
+        self.routes = None
         self.busy = False
         return 0
 
-    cdef object _lane(self, Py_ssize_t p):
-        """Node._direct_lane(p) read in C while its cache of connections holds: (the ready
-        connections to p's other primaries, p's Preflist), or None. When a cached entry is
-        not a ready PeerConnection, Node._direct_lane decides (it asks the pool again)."""
-        cdef tuple lane = self.direct.get(p)
+    cdef object _lane(self, tuple lane):
+        """Lanes.pick(lane) read in C while its cache of connections holds: (the ready
+        connections to the lane's other primaries, its Preflist), or None. When a cached
+        entry is not a ready PeerConnection, Lanes.pick decides (it asks the pool again)."""
         cdef list conns = []
         cdef object conn
-        if lane is None:
-            return None
         for x in <tuple>lane[0]:
             conn = self.lane_conns.get(x)
             if type(conn) is not PeerConnection or (<PeerConnection>conn).state is not _READY:
-                return self.node._direct_lane(p)
+                return self.lanes.pick(lane)
             if (<PeerConnection>conn)._write_paused or x in self.down:
                 return None
             conns.append(conn)
         return conns, lane[1]
 
     cdef object _one(self, Session session, int kind, bytes key, object value, bint lane_ok):
-        """One GET (value None) or SET: its reply; None, having done nothing, when the door
-        does not take it (nor a partition of the direct lane unless lane_ok); STARTED when it
-        is in flight on the lane (self.started)."""
+        """One GET (value None) or SET: its reply (bytes); None, having done nothing, when the
+        door does not take it (nor a partition of the direct lane unless lane_ok); its
+        ReplyFuture when it is in flight on the lane (`session.pending` its command)."""
         cdef Py_ssize_t slot, p
-        cdef object raw, part, lane = None
+        cdef object raw, part, lane = None, direct
         cdef LogStore store
         cdef timespec now
         if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
@@ -215,11 +217,14 @@ cdef class LocalDoor:
                     or PyBytes_GET_SIZE(value) > self.max_value:
                 return None
         p = partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-        if p not in self.solo:
-            if not lane_ok or p not in self.direct:
+        if p not in self.routes.solo:
+            if not lane_ok:
+                return None
+            direct = self.routes._direct.get(p)
+            if direct is None:
                 return None
             try:
-                lane = self._lane(p)
+                lane = self._lane(<tuple>direct)
             except Exception:
                 return None
             if lane is None:
@@ -262,17 +267,18 @@ cdef class LocalDoor:
     def take(self, Session session, queue, list out, Py_ssize_t budget):
         """Run the leading GETs and SETs of `queue` (a deque of argv lists) that the node
         answers from its own store, appending each reply to `out`, until `budget` bytes are
-        appended or a command is not one of those; the bytes appended. A GET or SET of a
-        partition on the direct lane (Node._direct_lane: this node one of N primaries, all up
-        and connected) is stored or read here and sent to the other primaries: take() stops
-        after it, with `started` = (its ReplyFuture, its key) and `session.pending` = its
-        command, for the caller to wait on as on Commands.dispatch's future."""
+        appended or a command is not one of those: (the bytes appended, None). A GET or SET
+        of a partition on the direct lane (Routes.lane and Lanes.pick: this node one of N
+        primaries, all up and connected) is stored or read here and sent to the other
+        primaries: take() stops after it and returns (the bytes appended, (its ReplyFuture,
+        its key)), with `session.pending` = its command, for the caller to wait on as on
+        Commands.dispatch's future."""
         if not queue or not self._begin(session):
-            return 0
+            return 0, None
         cdef Py_ssize_t added = 0
         cdef int kind
         cdef list argv
-        cdef object reply
+        cdef object reply, started = None
         try:
             while queue and added < budget:
                 argv = queue[0] if type(queue[0]) is list else None
@@ -287,13 +293,14 @@ cdef class LocalDoor:
                     break
                 queue.popleft()
                 self.last = kind
-                if reply is STARTED:    # in flight: the caller waits for it
+                if type(reply) is not bytes:    # in flight: the caller waits for it
+                    started = (reply, argv[1])
                     break
                 out.append(reply)
                 added += PyBytes_GET_SIZE(reply)
         finally:
             self._end(session)
-        return added
+        return added, started
 
     def one(self, Session session, list argv):
         """take() for one command that runs beside earlier ones of its connection still in
@@ -311,9 +318,6 @@ cdef class LocalDoor:
             if reply is None:
                 return None
             self.last = kind
-            if reply is STARTED:
-                reply = self.started[0]
-                self.started = None
             return reply
         finally:
             self._end(session)
@@ -336,7 +340,7 @@ cdef class LocalDoor:
         cdef int kind
         cdef bytes key
         cdef object value, reply
-        if n == 0 or p[0] != 42 or not self.node._solo:
+        if n == 0 or p[0] != 42 or not (<Routes>self.rings.routes).solo:
             return 0, 0                 # (a cluster with N > 1 has no partition of its own)
         max_bulk, max_args, max_command = limits
         if max_args < 2 or not self._begin(session):
@@ -385,48 +389,52 @@ cdef class LocalDoor:
 
     cdef object _start(self, Session session, int kind, Py_ssize_t p, bytes key, object raw,
                        tuple lane):
-        """Send a lane GET or SET (its local copy read or stored) to the other primaries; the
-        caller waits on its future (self.started) as on Commands.dispatch's."""
+        """Send a lane GET or SET (its local copy read or stored) to the other primaries: its
+        future, for the caller to wait on as on Commands.dispatch's."""
         cdef list conns = lane[0]
         pl = lane[1]
         cdef Py_ssize_t targets = len(pl.targets)
         if kind == GET:
-            fut = get_direct(self.node, p, key, raw, min(self.r, targets), pl, conns)
+            fut = get_direct(self.cluster, p, key, raw, min(self.r, targets), pl, conns)
             session.pending = self.get_cmd
         else:
-            fut = put_direct(self.node, p, key, raw, min(self.w, targets), pl, conns)
+            fut = put_direct(self.cluster, p, key, raw, min(self.w, targets), pl, conns)
             session.pending = self.set_cmd
-        self.started = (fut, key)
-        return STARTED
+        return fut
 
 
 cdef class LaneReplica:
     """The other end of the direct lane: a replica's answer to a batch of replicated writes
-    ("mput") or reads ("mget"), as answer_batch(node._stored or node._peer_get_now, items)
-    gives it (kvnet/node.py), with the common item checked and stored or read here in C: a
+    ("mput") or reads ("mget"), as answer_batch(store or read, items) gives it (the replica's
+    handlers, kvnet/replicahandlers.py), with the common item checked and stored or read
+    here in C: a
     map of an int partition on the ring that this node is a primary of and already holds,
     a key of that partition within the key limit, and (a write) clock bytes that are the
     stored ones or supersede them (kvcore/replicawrite.pyx merge_superseding). Any other
     item, and every item while the ring moves (its writes also go to the replicas being
-    added), goes to the node's own function, errors and all."""
+    added), goes to `store` or `read`, errors and all. `rings` is the node's RingHolder,
+    `replica` its LocalReplica."""
 
-    cdef object node
+    cdef object rings
     cdef object replica
+    cdef object store, read
     cdef Py_ssize_t max_key
     cdef Py_ssize_t max_items
     cdef Py_ssize_t budget
 
-    def __init__(self, node, max_items, budget):
-        self.node = node
-        self.replica = node.replica
-        self.max_key = node.cfg.max_key_bytes
+    def __init__(self, rings, replica, store, read, max_key, max_items, budget):
+        self.rings = rings
+        self.replica = replica
+        self.store = store
+        self.read = read
+        self.max_key = max_key
         self.max_items = max_items
         self.budget = budget
 
     cdef int _me(self, Ring ring) except -2:
         """This node's member index in ring, or -1."""
         cdef Py_ssize_t i
-        name = self.node.name
+        name = self.rings.me
         for i in range(len(ring.nodes)):
             if ring.nodes[i] == name:
                 return <int>i
@@ -456,11 +464,10 @@ cdef class LaneReplica:
 
     def mput(self, items):
         """[values, {index: [code, message]}] of the replicated writes `items`."""
-        node = self.node
-        ring = node.ring
+        ring = self.rings.ring
         if type(items) is not list or len(items) > self.max_items or type(ring) is not Ring \
-                or node.ring_state.next is not None:
-            return _answer_batch(node._stored, items, self.max_items, self.budget)
+                or self.rings.state.next is not None:
+            return _answer_batch(self.store, items, self.max_items, self.budget)
         cdef int me = self._me(<Ring>ring)
         cdef dict parts = self.replica.partitions
         cdef set dirty = self.replica._dirty
@@ -478,7 +485,7 @@ cdef class LaneReplica:
                 if type(raw) is bytes:
                     try:
                         done = merge_superseding_c(part.store, part.tree, key, <bytes>raw)
-                    except Exception as exc:    # as node._stored would raise it
+                    except Exception as exc:    # as self.store would raise it
                         errors[len(values)] = _item_error(self.replica.write_error(part, exc))
                         values.append(None)
                         continue
@@ -492,7 +499,7 @@ cdef class LaneReplica:
                 self.replica._write_gen += stored
                 stored = 0
             try:
-                values.append(node._stored(item))
+                values.append(self.store(item))
             except Exception as exc:
                 errors[len(values)] = _item_error(exc)
                 values.append(None)
@@ -503,10 +510,9 @@ cdef class LaneReplica:
     def mget(self, items):
         """[values, {index: [code, message]}] of the replica reads `items` (stored clock
         bytes or None each; past `budget` bytes, an item with bytes is deferred)."""
-        node = self.node
-        ring = node.ring
+        ring = self.rings.ring
         if type(items) is not list or len(items) > self.max_items or type(ring) is not Ring:
-            return _answer_batch(node._peer_get_now, items, self.max_items, self.budget)
+            return _answer_batch(self.read, items, self.max_items, self.budget)
         cdef int me = self._me(<Ring>ring)
         cdef dict parts = self.replica.partitions
         cdef list values = []
@@ -524,7 +530,7 @@ cdef class LaneReplica:
                     slot = store.slot_of(key)
                     value = None if slot < 0 else store.value_in(slot, key)
                 else:
-                    value = node._peer_get_now(item)
+                    value = self.read(item)
             except Exception as exc:
                 errors[len(values)] = _item_error(exc)
                 values.append(None)

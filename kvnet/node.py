@@ -1,24 +1,23 @@
-"""A ringkv node: builds and starts/stops everything (riak_core_sup's role).
+"""A ringkv node: builds its parts, wires them and starts/stops them (riak_core_sup's role).
 
-The node holds the ring (static membership from the config until gossip
-arrives), the local replica, the peer pool and the RESP front door, and
-implements the front door's Backend by running the coordinator drivers.
+The parts, each against a declared interface this node implements: the ring holder
+(kvnet/ringholder.py, the node its RingListener) with its routes value (kvnet/routes.py); the
+local replica (kvnet/replica.py) and its peer handlers (kvnet/replicahandlers.py, ReplicaHost)
+in the node's handler table (kvnet/handlers.py); the coordinator's driver.Cluster (routing,
+hints as a fallback, calls to peers); the front door's backend (kvnet/frontdoor.py, FrontHost)
+served by kvnet/resp; and the services (gossip, ring changes, hint replay, anti-entropy,
+compaction). Static membership comes from the config until gossip brings a ring.
 """
 import asyncio
 import gc
 import logging
 import os
-import time
 
 from kvcore import versions as V
-from kvcore._native import select
 from kvcore.ring import Ring
-from kvcore.storage.options import rotate_token
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
-from kvnet.coordinator import scan as S
-from kvnet.coordinator.quorum import resolve_quorum
-from kvnet.errors import CommandError, Unavailable
+from kvnet.errors import Unavailable
 from kvnet.antientropy.service import AntiEntropy
 from kvnet.compaction import Compactor
 from kvnet.handoff.hintlog import HintLog, dvv_merge
@@ -26,37 +25,21 @@ from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
-from kvnet.peer.core import BATCH_VERSION, READY
 from kvnet.peer.pool import PeerPool
-from kvnet.peer.protocol import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.replica import LocalReplica
-from kvnet.payload import clock as _clock, context as _client_context
-from kvnet.resp.backend import LATER, Backend, Reply
-from kvnet.resp.glob import compile_glob
+from kvnet.frontdoor import FrontDoor, FrontHost
 from kvnet.resp.server import serve
+from kvnet.handlers import HandlerTable
+from kvnet.replicahandlers import ReplicaHandlers
+from kvnet.ringholder import RingHolder, RingListener
+from kvnet.routes import Lanes
 
-_doors = select("kvnet.localdoor", "kvnet.localdoor_py")
-_LocalDoor, _LaneReplica = _doors.LocalDoor, _doors.LaneReplica
 log = logging.getLogger("kvnet.node")
 
 GREET_TIMEOUT = 1.0     # seconds a starting node waits for its members' connections (_greet_peers)
 
 
-class _PeerHandler:
-    """The node's peer handler: the coroutine for any request, and `now` for the ones that
-    need no wait (kvnet/peer/protocol.py asks it first)."""
-
-    __slots__ = ("node", "now")
-
-    def __init__(self, node):
-        self.node = node
-        self.now = node._handle_now
-
-    def __call__(self, mtype, payload):
-        return self.node._handle(mtype, payload)
-
-
-class Node(driver.Cluster, Backend):
+class Node(FrontHost, RingListener):
     """One node of the cluster; `await start()`, then `await stop()`."""
 
     def __init__(self, cfg: NodeConfig):
@@ -66,16 +49,12 @@ class Node(driver.Cluster, Backend):
         self.addrs = {m.name: (m.host, m.peer_port) for m in members}
         # The first ring comes from the configured members; a ring kept in the data directory
         # (a restart) or a newer one from gossip replaces it. A joining node waits for gossip's.
-        self.ring_state = None
-        self.ring = None
         self.on_left = None               # called once this node is out of a settled ring
-        self._preflists = {}
-        self._routes = {}
-        self._solo = frozenset()          # partitions whose one replica is this node (install_ring)
-        self._direct = {}                 # p -> (other primaries, Preflist): _direct_lane
-        self._lane_conns = {}             # peer -> the ready connection _direct_lane last used
+        self.lanes = None                 # the direct lane's connections (kvnet/routes.py)
+        self.hints = None                 # HintLog, opened at start (kvnet/handoff)
+        self.rings = RingHolder(cfg.name, cfg.data_dir, self.is_up, self)
         if not cfg.join:
-            self.install_ring(RS.RingState(
+            self.rings.install_ring(RS.RingState(
                 Ring.create([m.name for m in members], q=cfg.ring_size, n=cfg.n)), save=False)
         self.qbits = cfg.ring_size.bit_length() - 1
         self.timeout = cfg.request_timeout_ms / 1000.0
@@ -87,24 +66,25 @@ class Node(driver.Cluster, Backend):
                                     max_object_bytes=cfg.max_object_bytes,
                                     min_free_percent=cfg.min_free_percent,
                                     max_segment_bytes=cfg.max_segment_bytes)
-        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), _PeerHandler(self),
+        # every peer request's handler, by message type (kvnet/handlers.py): the replica's
+        # and each service's
+        self.handlers = HandlerTable()
+        self.answers = ReplicaHandlers(self, self.rings, self.replica, cfg)
+        self.answers.register(self.handlers)
+        self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self.handlers,
                              max_message_size=cfg.max_peer_message_bytes)
-        # the replica's side of the direct lane, its common items in C (kvnet/localdoor.pyx)
-        self._lane = None if _LaneReplica is None else _LaneReplica(self, MAX_BATCH, ANSWER_BYTES)
-        self.hints = None                 # HintLog, opened at start (kvnet/handoff)
         self.services = []                # background parts: start(), stop(), handlers()
-        self._handlers = {}
         self.gossip = self.add_service(Gossip(self))
+        self.lanes = Lanes(self.pool, self.gossip.down_peers)
         self.handoff = self.add_service(HintReplay(self))
         self.changes = self.add_service(ClusterChanges(self))
         # Handlers always answer; exchanges are scheduled only with cfg.ae_enabled.
-        self.antientropy = self.add_service(AntiEntropy(self))
-        self.compactor = self.add_service(Compactor(self))
+        self.add_service(AntiEntropy(self))
+        self.add_service(Compactor(self))
         self.resp = None
-        self.started = time.time()
         self._tasks = set()
-        self._client_addrs = {cfg.name: (cfg.host, cfg.port)}
         self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
+        self.front = FrontDoor(self)          # the front door's backend
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -114,7 +94,7 @@ class Node(driver.Cluster, Backend):
         host, port = self.cfg.peer_address
         kept = RS.load(self.cfg.data_dir)
         if kept is not None:
-            self.install_ring(kept, save=False)
+            self.rings.install_ring(kept, save=False)
         self.replica.open_existing()
         if self.ring is not None:
             # every partition this node is a primary of, created now rather than by its first
@@ -133,13 +113,12 @@ class Node(driver.Cluster, Backend):
             await svc.start()
         await self._greet_peers()
         if self.ring_state is None:                 # joining: the seeds' gossip brings the ring
-            self._ring_ready = asyncio.Event()
             try:
-                await asyncio.wait_for(self._ring_ready.wait(), ring_timeout)
+                await self.rings.wait_ready(ring_timeout)
             except asyncio.TimeoutError:
                 await self.stop()
                 raise OSError(f"no ring from the seeds in {ring_timeout:g} s: are they up?") from None
-        self.resp = await serve(self, self.cfg.host, self.cfg.port, password=self.cfg.password,
+        self.resp = await serve(self.front, self.cfg.host, self.cfg.port, password=self.cfg.password,
                                 allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
                                 idle_timeout=self.cfg.idle_timeout_s)
         log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
@@ -181,61 +160,52 @@ class Node(driver.Cluster, Backend):
 
     def add_service(self, svc):
         """Register a background part before start(): its peer handlers (message type ->
-        async fn(payload)) join the node's, and it is started and stopped with the node. A
-        service of the same class replaces the one registered (tests pass other options)."""
+        async fn(payload)) join the node's table, and it is started and stopped with the node.
+        A service of the same class replaces the one registered (tests pass other options)."""
         for old in [x for x in self.services if type(x) is type(svc)]:
             self.remove_service(old)
-        for type_, fn in svc.handlers().items():
-            if type_ in self._handlers or hasattr(self, "_peer_" + type_):
-                raise ValueError(f"peer message type {type_!r} is taken")
-            self._handlers[type_] = fn
+        self.handlers.add_all(svc.handlers())
         self.services.append(svc)
-        if type(svc) is AntiEntropy:
-            self.antientropy = svc
-        elif type(svc) is Compactor:
-            self.compactor = svc
         return svc
 
     def remove_service(self, svc):
         """Unregister a service and its handlers (before start)."""
         self.services.remove(svc)
-        for type_ in svc.handlers():
-            self._handlers.pop(type_, None)
+        self.handlers.remove(svc.handlers())
 
-    # ---- the ring ------------------------------------------------------------------------
+    def service(self, cls):
+        """The registered service of class `cls` (or a subclass), or None."""
+        return next((x for x in self.services if isinstance(x, cls)), None)
+
+    @property
+    def antientropy(self):
+        return self.service(AntiEntropy)
+
+    @property
+    def compactor(self):
+        return self.service(Compactor)
+
+    # ---- the ring (kvnet/ringholder.py holds it; this node is its RingListener) ----------
+
+    @property
+    def ring_state(self):
+        return self.rings.state
+
+    @property
+    def ring(self):
+        return self.rings.ring
 
     def ring_order(self):
-        return (0, "") if self.ring_state is None else self.ring_state.order
+        return self.rings.ring_order()
 
     def offer_ring(self, state):
-        """A ring state from gossip or the claimant: installed if newer than ours (never one
-        of another shape: Q and N are fixed for the cluster's life)."""
-        mine = self.ring
-        if mine is not None and (state.current.q, state.current.n) != (mine.q, mine.n):
-            log.warning("node %s: refused a ring of Q=%d N=%d from gossip (ours: Q=%d N=%d)",
-                        self.name, state.current.q, state.current.n, mine.q, mine.n)
-            return False
-        if state.newer_than(self.ring_state):
-            log.info("node %s: ring epoch %d from %s%s", self.name, state.epoch,
-                     state.claimant or "config", " (moving)" if state.moving else "")
-            self.install_ring(state)
-            return True
-        return False
+        return self.rings.offer_ring(state)
 
-    def install_ring(self, state, save=True):
-        old = self.ring_state
-        self.ring_state = state
-        self.ring = state.current
-        self._preflists.clear()
-        self._routes.clear()
-        self._solo = self._solo_partitions(state)
-        self._direct = self._direct_partitions(state)
-        self._lane_conns.clear()          # (no connection kept to a node that left)
-        if save:
-            RS.save(self.cfg.data_dir, state)
-        ready = getattr(self, "_ring_ready", None)
-        if ready is not None:
-            ready.set()
+    def ring_installed(self, old, state):
+        """RingListener: after a settled ring, drop the partitions no longer held, move the
+        hints of removed members, and leave when this node is out of the ring."""
+        if self.lanes is not None:
+            self.lanes.forget()           # (no connection kept to a node that left)
         if not state.moving and old is not None:
             if self.hints is not None:
                 self.spawn(self._reassign_hints())
@@ -245,56 +215,10 @@ class Node(driver.Cluster, Backend):
                 if self.on_left is not None:
                     self.on_left()
 
-    def _solo_partitions(self, state):
-        """The partitions this node alone replicates (N=1, or a one-node ring) while the ring is
-        not moving: their plain GET and SET need no routing, quorum or peer, so they take the
-        local replica directly (the driver would come to the same answer, more slowly)."""
-        if state.next is not None:
-            return frozenset()
-        ring = state.current
-        me = [self.name]
-        return frozenset(p for p in range(ring.q) if list(ring.preference_list(p)) == me)
-
-    def _direct_partitions(self, state):
-        """{p: (p's other primaries, p's Preflist with every primary up)} for the partitions of
-        which this node is one of N distinct primaries, while the ring is not moving: a plain
-        GET or SET there goes straight to the other primaries when all are up (_direct_lane)."""
-        if state.next is not None:
-            return {}
-        ring = state.current
-        out = {}
-        for p in range(ring.q):
-            prefs = list(ring.preference_list(p))
-            if len(prefs) == ring.n > 1 and self.name in prefs:
-                out[p] = (tuple(x for x in prefs if x != self.name),
-                          driver.preflist_for(ring, p, lambda x: True))
-        return out
-
-    def _direct_lane(self, p):
-        """(ready connections to p's other primaries, p's Preflist) when a write to p can skip
-        routing, the Preflist and the coroutines: p is in _direct, every other primary is up
-        (is_up's view) and its connection takes writes now. Else None: the driver's path,
-        which decides the same way from the same facts, more slowly."""
-        lane = self._direct.get(p)
-        if lane is None:
-            return None
-        conns = []
-        down = self.gossip.down_peers
-        cache = self._lane_conns
-        # (the attributes behind PeerConnection.is_ready and .write_paused: this runs once per
-        # GET and SET, and a property is a Python call each)
-        for x in lane[0]:
-            conn = cache.get(x)
-            if conn is None or conn.state is not READY:   # closed: ask the pool for its best
-                cache.pop(x, None)
-                conn = self.pool.get(x)
-                if conn is None or conn.version < BATCH_VERSION:   # an older node: no mput
-                    return None
-                cache[x] = conn
-            if conn._write_paused or x in down:
-                return None
-            conns.append(conn)
-        return conns, lane[1]
+    def direct_lane(self, p):
+        """(ready connections to p's other primaries, p's Preflist) when a GET or SET of p
+        takes the direct lane now (Routes.lane, Lanes.pick), else None."""
+        return self.lanes.pick(self.rings.routes.lane(p))
 
     async def _drop_unheld(self):
         """A settled ring: drop the partitions this node no longer replicates (their new
@@ -329,16 +253,13 @@ class Node(driver.Cluster, Backend):
             log.info("node %s: hints for removed node %s reassigned", self.name, target)
 
     def holds(self, p):
-        return self.ring_state is not None and self.ring_state.holds(self.name, p)
+        return self.rings.holds(p)
 
     def reap_pending(self, p, key, raw):
         return self.antientropy.reaper.is_pending(p, key, raw)
 
     def extra_targets(self, p):
-        state = self.ring_state
-        if state is None or state.next is None:
-            return ()
-        return state.extra_targets(p)       # a down one gets a hint (driver.store_extra)
+        return self.rings.extra_targets(p)
 
     # ---- driver.Cluster ------------------------------------------------------------------
 
@@ -347,30 +268,16 @@ class Node(driver.Cluster, Backend):
         not in dial backoff (a refused connection needs no second opinion to route around)."""
         return node == self.name or (not self.gossip.is_down(node) and self.pool.reachable(node))
 
-    def _down(self):
-        is_up = self.is_up
-        return frozenset(n for n in self.ring.nodes if not is_up(n))
-
     def targets(self, p, strict=False):
-        """Cached per (partition, down nodes): computing it is a good part of a request."""
-        return self._cached(self._preflists, p, strict, driver.Cluster.targets)
+        """From the routes value of the down set now (kvnet/routes.py: computed once each)."""
+        return self.rings.routes_now().targets(p, strict)
 
     def coordinator_route(self, p, strict=False):
-        return self._cached(self._routes, p, strict, driver.Cluster.coordinator_route)
+        return self.rings.routes_now().coordinator_route(p, strict)
 
     def route_and_targets(self, p, strict=False):
-        down = self._down()               # once for both: it is most of a cache lookup
-        return (self._cached(self._routes, p, strict, driver.Cluster.coordinator_route, down),
-                self._cached(self._preflists, p, strict, driver.Cluster.targets, down))
-
-    def _cached(self, cache, p, strict, compute, down=None):
-        key = (p, strict, self._down() if down is None else down)
-        value = cache.get(key)
-        if value is None:
-            if len(cache) > 8 * self.ring.q:
-                cache.clear()
-            value = cache[key] = compute(self, p, strict)
-        return value
+        routes = self.rings.routes_now()  # once for both: it is most of the lookup
+        return routes.coordinator_route(p, strict), routes.targets(p, strict)
 
     # ---- driver.Cluster: this node as a fallback (hints, kvnet/handoff) --------------------
 
@@ -417,624 +324,21 @@ class Node(driver.Cluster, Backend):
     def call_future(self, node, type, payload, timeout):
         return self.pool.request_future(node, self._addr(node), type, payload, timeout)
 
+    def forward_to_new(self, p, key, raw):
+        """ReplicaHandlers.forward_to_new (a write stored here while the ring moves)."""
+        self.answers.forward_to_new(p, key, raw)
+
+    def client_port(self):
+        return self.resp.port if self.resp else 0
+
+    def hints_pending(self):
+        return sum(self.handoff.pending().values())
+
     def spawn(self, coro):
         t = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
         return t
-
-    # ---- peer requests: one handler per message type ---------------------------------------
-
-    async def _handle(self, mtype, payload):
-        if not isinstance(mtype, str):
-            raise CommandError(f"unknown peer request {mtype!r}")
-        handler = self._handlers.get(mtype) or getattr(self, "_peer_" + mtype, None)
-        if handler is None:
-            raise CommandError(f"unknown peer request {mtype!r}")
-        return await handler(payload)
-
-    def _checked(self, m, key=True):
-        """(partition, key) of a peer request, refused unless the partition is on the ring
-        and is the key's: a peer must never make a node open or write outside its ring."""
-        if type(m) is not dict:        # (msgpack decodes a map to a plain dict)
-            raise CommandError("peer request payload must be a map")
-        ring = self.ring
-        if ring is None:
-            raise CommandError(f"node {self.name} has no ring yet (joining)")
-        p = m.get("p")
-        if type(p) is not int or not 0 <= p < ring.q:
-            raise CommandError(f"partition {p!r} is not on the ring (Q={ring.q})")
-        if not key:
-            return p, None
-        k = m.get("k")
-        if type(k) is not bytes or not k or len(k) > self.cfg.max_key_bytes:
-            raise CommandError("peer request needs a non-empty bytes key within the key limit")
-        if ring.partition_of(k) != p:
-            raise CommandError(f"key is in partition {ring.partition_of(k)}, not {p}")
-        return p, k
-
-    def _replica_of(self, p):
-        """Refuse replica reads and writes for a partition this node does not hold by its ring
-        (a coordinator with an older ring): an error counts as no reply, never a false one."""
-        if not self.ring_state.holds(self.name, p):
-            raise CommandError(f"node {self.name} is not a replica of partition {p} "
-                               f"at ring epoch {self.ring_state.epoch}")
-
-    def _handle_now(self, mtype, m):
-        """The replica reads and writes, answered without a coroutine (PeerConnection asks
-        here first); LATER for every other request, and for a write that must wait for a
-        sync. Raises as the handlers do."""
-        if mtype == "mput":
-            return self._peer_mput_now(m)
-        if mtype == "mget":
-            return self._answer_mget(m)
-        if mtype == "put":
-            return self._peer_put_now(m)
-        if mtype == "get":
-            return self._peer_get_now(m)
-        return LATER
-
-    def _peer_get_now(self, m):
-        p, k = self._checked(m)
-        if self.name not in self.ring.preference_list(p):   # (the common case without a call)
-            self._replica_of(p)
-        return self.replica.read_raw(p, k)     # stored canonical bytes: what encode() gives
-
-    async def _peer_get(self, m):
-        return self._peer_get_now(m)
-
-    def _peer_put_now(self, m):
-        if self.replica.fsync == "always":
-            return LATER                # the acknowledgement waits for the group commit
-        return self._stored(m)
-
-    def _stored(self, m):
-        """Store one replicated write; its acknowledgement (no wait for a sync). Once per
-        replica per replicated write: the common case makes no call it can skip."""
-        p, k = self._checked(m)
-        if self.name not in self.ring.preference_list(p):
-            self._replica_of(p)                 # held only in the next ring, or refused
-        raw = m.get("c")
-        rep = self.replica
-        if type(raw) is not bytes or not rep.merge_superseding(p, k, raw):
-            rep.merge(p, k, _clock(raw), raw)     # decoded: checked canonical bytes
-        if self.ring_state.next is not None:
-            self.forward_to_new(p, k, raw)
-        return True
-
-    async def _peer_put(self, m):
-        self._stored(m)
-        await self.replica.after_write(m["p"])
-        return True
-
-    # batches of the direct lane (PeerConnection.batch_request): each item a put or get payload
-
-    def _answer_mput(self, items):
-        lane = self._lane
-        return answer_batch(self._stored, items) if lane is None else lane.mput(items)
-
-    def _answer_mget(self, items):
-        lane = self._lane
-        return answer_batch(self._peer_get_now, items) if lane is None else lane.mget(items)
-
-    def _peer_mput_now(self, items):
-        if self.replica.fsync == "always":
-            return LATER
-        return self._answer_mput(items)
-
-    async def _peer_mput(self, items):
-        answer = self._answer_mput(items)
-        # one sync for the batch; a partition of it made read-only by that sync fails it all
-        await self.replica.after_write({it.get("p") for it in items if type(it) is dict})
-        return answer
-
-    async def _peer_mget(self, items):
-        return self._answer_mget(items)
-
-    def forward_to_new(self, p, key, raw):
-        """While the ring moves, a write stored here also goes to the replicas being added
-        (a hint when that fails): its coordinator may not know of the move yet, and this
-        replica's transfer may be done or under way (docs/membership.md, "Ring changes")."""
-        state = self.ring_state
-        if state is not None and state.next is not None:
-            for x in state.extra_targets(p):
-                if x != self.name:
-                    self.spawn(driver.store_extra(self, x, p, key, raw))
-
-    async def _peer_coord_put(self, m):
-        p, k = self._checked(m)
-        v, ts, ow, w, st = m.get("v"), m.get("ts"), m.get("ow"), m.get("w"), m.get("st", False)
-        if (v is not None and type(v) is not bytes) or type(ts) is not int or type(ow) is not bool \
-                or type(w) is not int or not 1 <= w <= self._n() or type(st) is not bool:
-            raise CommandError("malformed coord_put request")
-        self._check_value(v or b"")
-        if m.get("ctx") is not None and type(m["ctx"]) is not bytes:
-            raise CommandError("coord_put: ctx must be encoded context bytes")
-        ctx = None if m.get("ctx") is None else self._context(m["ctx"])
-        return await driver.coordinate_put_raw(self, p, k, V.Sibling(v, ts), ctx, ow, w, st)
-
-    def _hint_target(self, m, p):
-        """The primary a hint request names: a primary of p other than this node."""
-        h = m.get("h")
-        if type(h) is not str or h == self.name or h not in self.ring.preference_list(p):
-            raise CommandError(f"hint target {h!r} is not another primary of partition {p}")
-        return h
-
-    async def _peer_hput(self, m):
-        p, k = self._checked(m)
-        h = self._hint_target(m, p)
-        raw = m.get("c")
-        _clock(raw)                        # validated before it is kept
-        self.hints.add(h, p, k, raw)
-        await self.after_hint()
-        return True
-
-    async def _peer_hget(self, m):
-        p, k = self._checked(m)
-        return self.hints.get(self._hint_target(m, p), p, k)
-
-    async def _peer_mscan(self, m):
-        """SCAN: scan a coordinator's list of partitions (Node.scan, kvnet/coordinator/scan.py).
-        {"ps": rising partitions, "c": the cursor in the first, "n": COUNT, "m": MATCH or None}
-        -> [[p, live keys, examined, next cursor or 0], ...], refused for a partition this node
-        does not hold by its ring."""
-        if type(m) is not dict:
-            raise CommandError("peer request payload must be a map")
-        ring = self.ring
-        if ring is None:
-            raise CommandError(f"node {self.name} has no ring yet (joining)")
-        ps, c, n, pattern = m.get("ps"), m.get("c"), m.get("n"), m.get("m")
-        if type(ps) is not list or not 1 <= len(ps) <= ring.q \
-                or not all(type(p) is int and 0 <= p < ring.q for p in ps) \
-                or not all(a < b for a, b in zip(ps, ps[1:])):
-            raise CommandError(f"mscan: 'ps' must be a rising list of partitions (Q={ring.q})")
-        if type(c) is not int or not 0 <= c < (1 << 64) or S.partition_of(c, self.qbits) != ps[0]:
-            raise CommandError("mscan: 'c' must be a cursor in the first partition of 'ps'")
-        if type(n) is not int or not 1 <= n <= S.MAX_COUNT:
-            raise CommandError(f"mscan: 'n' must be a count in [1, {S.MAX_COUNT}]")
-        if pattern is not None and (type(pattern) is not bytes or len(pattern) > S.MAX_MATCH):
-            raise CommandError(f"mscan: 'm' must be a pattern of at most {S.MAX_MATCH} bytes")
-        return self._scan_partitions(ps, c, n, pattern)
-
-    async def _peer_scan(self, m):
-        """One partition from a cursor: the request of coordinators from before `mscan`,
-        answered for them during a rolling upgrade."""
-        p, _ = self._checked(m, key=False)
-        c, n = m.get("c"), m.get("n")
-        if type(c) is not int or not 0 <= c < (1 << 64) or S.partition_of(c, self.qbits) != p \
-                or type(n) is not int or not 1 <= n <= 10_000:
-            raise CommandError("malformed scan request")
-        self._replica_of(p)
-        keys, _, nxt = self._scan_one(p, c, n, S.REPLY_BYTES, None)
-        return [nxt, keys]
-
-    async def _peer_count(self, m):
-        return self._owned_count()
-
-    async def _peer_info(self, m):
-        return {"name": self.name, "host": self.cfg.host, "port": self.resp.port if self.resp else 0,
-                "hints_pending": sum(self.handoff.pending().values())}
-
-    async def _peer_flush(self, m):
-        if m != {"all": True}:               # never emptied by a stray or malformed message
-            raise CommandError("flush needs {'all': True}")
-        self._flush_local()
-        return True
-
-    # ---- helpers -------------------------------------------------------------------------
-
-    def _partition(self, key):
-        if type(key) is not bytes or not key:
-            raise CommandError("keys must be non-empty")
-        if len(key) > self.cfg.max_key_bytes:
-            raise CommandError(f"key is {len(key)} bytes, above the limit of {self.cfg.max_key_bytes}")
-        return self.ring.partition_of(key)
-
-    def _check_value(self, value):
-        if len(value) > self.cfg.max_value_bytes:
-            raise CommandError(f"value is {len(value)} bytes, above the limit of {self.cfg.max_value_bytes}")
-
-    def _n(self):
-        return min(self.ring.n, len(self.ring.nodes))
-
-    def _r(self, r):
-        return self.cfg.r if r is None else resolve_quorum(r, self._n(), "R")
-
-    def _w(self, w):
-        return self.cfg.w if w is None else resolve_quorum(w, self._n(), "W")
-
-    @staticmethod
-    def _context(context):
-        return _client_context(context)      # bounded, actors checked (kvnet/payload.py)
-
-    async def _read(self, key, r=None, strict=False):
-        p = self._partition(key)
-        self.stats["gets"] += 1
-        return await driver.get(self, p, key, min(self._r(r), self._n()), strict)
-
-    async def _write(self, key, sibling, context, overwrite, w=None, strict=False):
-        """The new clock's bytes once W replicas have it."""
-        p = self._partition(key)
-        return await driver.put_raw(self, p, key, sibling, context, overwrite,
-                                    min(self._w(w), self._n()), strict)
-
-    # ---- Backend: versioned API ----------------------------------------------------------
-
-    async def get(self, key, r=None, strict=False):
-        res = await self._read(key, r, strict)
-        clock = res.clock
-        return Reply(V.encode_context(V.join(clock)), V.values(clock))
-
-    async def put(self, key, value, context=None, w=None, strict=False):
-        self._check_value(value)
-        ctx = self._context(context)
-        self.stats["puts"] += 1
-        raw = await self._write(key, V.sibling(bytes(value)), ctx, False, w, strict)
-        return V.encode_context(V.join(V.decode(raw)))
-
-    async def delete(self, key, context=None, w=None, strict=False):
-        ctx = self._context(context)
-        self.stats["deletes"] += 1
-        raw = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict)
-        return V.encode_context(V.join(V.decode(raw)))
-
-    # ---- Backend: Redis-compatible API ---------------------------------------------------
-
-    def local_door(self, commands):
-        """The compiled door for plain GETs and SETs of the partitions in _solo or on the
-        direct lane (their get_lww_now / set_overwrite_now path, without the Python calls);
-        None without it."""
-        return None if _LocalDoor is None else _LocalDoor(self, commands)
-
-    def get_lww_now(self, key):
-        p = self._partition(key)
-        lane = None
-        if p not in self._solo:
-            lane = self._direct_lane(p)
-            if lane is None:
-                return LATER
-        try:
-            raw = self.replica.read_raw(p, key)
-            if lane is None:          # this node alone replicates p: its copy is the answer
-                value = None if raw is None else V.lww_value_raw(raw)
-        except Exception:
-            return LATER              # the driver's path reports the failure
-        self.stats["gets"] += 1
-        if lane is None:
-            return value
-        conns, pl = lane
-        return driver.get_direct(self, p, key, raw, min(self.cfg.r, len(pl.targets)), pl, conns)
-
-    async def get_lww(self, key):
-        value = self.get_lww_now(key)
-        if value is not LATER:
-            return await value if isinstance(value, asyncio.Future) else value
-        res = await self._read(key)
-        return None if res.not_found else V.lww_value(res.clock)
-
-    async def mget(self, keys):
-        return list(await asyncio.gather(*(self.get_lww(k) for k in keys)))
-
-    async def exists(self, keys):
-        vals = await asyncio.gather(*(self.get_lww(k) for k in keys))
-        return sum(1 for v in vals if v is not None)
-
-    def set_overwrite_now(self, key, value):
-        p = self._partition(key)
-        rep = self.replica
-        always = rep.fsync == "always"
-        if p in self._solo:
-            if always:
-                return LATER          # the ack waits for the group commit
-            self._check_value(value)
-            if self._overwrite_local(rep, p, key, value) is None:
-                return LATER          # a clock of another shape: the general path decides
-            self.stats["puts"] += 1
-            return None
-        lane = self._direct_lane(p)
-        if lane is None:
-            return LATER
-        self._check_value(value)
-        raw = self._overwrite_local(rep, p, key, value)
-        if raw is None:               # a clock of another shape: mint it the general way
-            raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
-        self.stats["puts"] += 1
-        conns, pl = lane
-        fut = driver.put_direct(self, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
-        # fsync=always: the replicas ack once durable; the local copy counts once synced too
-        return rep.durable(fut, p) if always else fut
-
-    @staticmethod
-    def _overwrite_local(rep, p, key, value):
-        """A plain SET's new clock made and stored as bytes here (LocalReplica.overwrite_raw),
-        or None, having done nothing, for a stored clock of another shape."""
-        return rep.overwrite_raw(rep.partition(p), key, bytes(value), time.time_ns() // 1000)
-
-    async def set_overwrite(self, key, value):
-        done = self.set_overwrite_now(key, value)
-        if done is None:
-            return
-        if done is not LATER:
-            await done
-            return
-        self._check_value(value)
-        self.stats["puts"] += 1
-        await self._write(key, V.sibling(bytes(value)), None, True)
-
-    async def mset(self, pairs):
-        for k, v in pairs:
-            self._check_value(v)
-        await asyncio.gather(*(self.set_overwrite(k, v) for k, v in pairs))
-
-    async def delete_overwrite(self, key):
-        if await self.get_lww(key) is None:
-            return False
-        self.stats["deletes"] += 1
-        await self._write(key, V.tombstone(), None, True)
-        return True
-
-    # ---- Backend: whole-keyspace operations ------------------------------------------------
-
-    def _owned_count(self):
-        n = 0
-        for p, part in list(self.replica.partitions.items()):
-            if self.ring.owner(p) == self.name:
-                n += len(part.store)
-        return n
-
-    async def dbsize_estimate(self):
-        """Keys in the stores of each partition's owner (tombstones included): an estimate."""
-        others = [n for n in self.ring.nodes if n != self.name and self.is_up(n)]
-        counts = await asyncio.gather(*(self.call(n, "count", {}, self.timeout) for n in others),
-                                      return_exceptions=True)
-        total = self._owned_count() if self.name in self.ring.nodes else 0
-        for node, c in zip(others, counts):
-            if isinstance(c, int):
-                total += c
-            else:
-                log.info("dbsize: %s did not answer: %s", node, c)
-        return total
-
-    def _scan_partitions(self, ps, cursor, count, pattern):
-        """This node's answer to scanning partitions `ps` (kvnet/coordinator/scan.py,
-        scan_partitions), refused unless it holds each of them by its ring: a partition it
-        does not have here must never read as empty. Synchronous: no ring change comes
-        between the check and the reads."""
-        for p in ps:
-            self._replica_of(p)
-        matcher = None if pattern is None else compile_glob(pattern)
-        return S.scan_partitions(
-            ps, cursor, count,
-            lambda p, c, budget, room: self._scan_one(p, c, budget, room, matcher), self.qbits)
-
-    def _scan_one(self, p, cursor, budget, room, matcher):
-        """(live keys matching, keys examined, next cursor or 0 at its end) of partition p
-        from cursor (a token), stopping once `budget` keys are examined (tombstones
-        included) or the keys' bytes reach `room`."""
-        part = self.replica.opened(p)
-        if part is None:
-            return [], 0, 0
-        # The store orders a partition's keys by the token rotated left by qbits (its index
-        # skips the partition's bits, docs/storage.md): token cursor <-> store cursor.
-        q = self.qbits
-        store = part.store
-        at = rotate_token(cursor, q)
-        chunk = max(1, min(1024, (4 << 20) // self.cfg.max_key_bytes))   # room passed by <= 4 MiB
-        live, examined, size = [], 0, 0
-        get, deleted = store.get, V.is_deleted_raw
-        while True:
-            nxt, keys = store.scan(at, min(budget - examined, chunk))
-            examined += len(keys)
-            for k in keys:
-                raw = get(k)
-                if raw is not None and not deleted(raw) and (matcher is None or matcher(k)):
-                    live.append(k)
-                    size += len(k)
-            if not nxt:
-                return live, examined, 0
-            at = nxt
-            if examined >= budget or size >= room:
-                break
-        after = ((nxt - 1) >> q) + 1                      # the free bits after the last key
-        return live, examined, 0 if after >> (64 - q) else S.first_token(p, q) | after
-
-    def _scan_choices(self, p):
-        """The nodes that may scan partition p for SCAN, best first: this node when it is one
-        of p's replicas in the current ring; else p's reachable replicas in the current ring,
-        those a ring change keeps first. A current replica holds all of p and keeps it until
-        the next ring is settled (which waits for every transfer); a replica the change adds
-        may still be receiving p, so it is never asked before it is in the current ring."""
-        state = self.ring_state
-        prefs = state.current.preference_list(p)
-        if self.name in prefs:
-            return (self.name,)
-        up = [n for n in prefs if self.is_up(n)]
-        if state.next is not None and len(up) > 1:
-            keep = state.next.preference_list(p)
-            up.sort(key=lambda n: n not in keep)
-        return up
-
-    def _ask_scan(self, node, payload):
-        try:
-            return self.call_future(node, "mscan", payload, self.timeout)
-        except Exception as exc:              # (no address known)
-            fut = self.loop.create_future()
-            fut.set_exception(exc)
-            return fut
-
-    async def scan(self, cursor, match=None, count=10):
-        """SCAN (docs/cluster.md): the partitions from the cursor's to the ring's end are
-        divided among reachable replicas, each node asked once for its list (this one scans
-        its own), and the answers merged in ring order until COUNT keys were examined
-        (kvnet/coordinator/scan.py, which argues why no key is skipped)."""
-        ring, qbits = self.ring, self.qbits
-        count = max(1, min(int(count), S.MAX_COUNT))
-        p0 = S.partition_of(cursor, qbits)
-        if p0 >= ring.q:
-            return 0, []
-        walk = range(p0, ring.q)
-        plan, _ = S.assign(walk, self._scan_choices)
-        here = match is not None and len(match) > S.MAX_MATCH     # applied below, not sent
-        pattern = None if here else match
-
-        def start(ps):
-            return cursor if ps[0] == p0 else S.first_token(ps[0], qbits)
-
-        others = [n for n in plan if n != self.name]
-        futures = [self._ask_scan(n, {"ps": plan[n], "c": start(plan[n]), "n": count,
-                                      "m": pattern}) for n in others]
-        answers = {}
-        mine = plan.get(self.name)
-        if mine is not None:
-            try:
-                answers[self.name] = S.check_answer(
-                    self._scan_partitions(mine, start(mine), count, pattern), mine,
-                    start(mine), qbits)
-            except Exception as exc:          # raised if the walk gets there
-                answers[self.name] = exc
-        for n, got in zip(others, await asyncio.gather(*futures, return_exceptions=True)):
-            if not isinstance(got, BaseException):
-                try:
-                    got = S.check_answer(got, plan[n], start(plan[n]), qbits)
-                except CommandError as exc:
-                    got = CommandError(f"{exc} (from {n})")
-            answers[n] = got
-        nxt, keys = S.merge(walk, plan, answers, count, ring.q, qbits)
-        if here:
-            matcher = compile_glob(match)
-            keys = [k for k in keys if matcher(k)]
-        return nxt, keys
-
-    def _flush_local(self):
-        for p in list(self.replica.partitions):
-            self.replica.empty_partition(p)
-
-    async def flush(self):
-        """FLUSHDB/FLUSHALL: only with every member up; every node empties every partition."""
-        down = [n for n in self.ring.nodes if not self.is_up(n)]
-        if down:
-            raise Unavailable(f"FLUSHDB needs every member up; down: {', '.join(down)}")
-        results = await asyncio.gather(*(self.call(n, "info", {}, self.timeout)
-                                         for n in self.ring.nodes if n != self.name),
-                                       return_exceptions=True)
-        bad = [str(r) for r in results if isinstance(r, Exception)]
-        if bad:
-            raise Unavailable(f"FLUSHDB needs every member up: {'; '.join(bad)}")
-        hinted = sum(self.handoff.pending().values()) + sum(
-            r.get("hints_pending", 0) for r in results if isinstance(r, dict))
-        if hinted:
-            raise Unavailable(f"FLUSHDB is refused while {hinted} hints are pending; "
-                              "retry once they are delivered (INFO hints_pending)")
-        self._flush_local()
-        await asyncio.gather(*(self.call(n, "flush", {"all": True}, self.timeout)
-                               for n in self.ring.nodes if n != self.name))
-
-    # ---- Backend: introspection ------------------------------------------------------------
-
-    async def _client_addr(self, node):
-        addr = self.gossip.client_address(node)
-        if addr is not None:
-            return addr
-        if node not in self._client_addrs:
-            try:
-                info = await self.call(node, "info", {}, self.timeout)
-                self._client_addrs[node] = (info["host"], info["port"])
-            except Exception:
-                return None
-        return self._client_addrs[node]
-
-    async def ring_info(self):
-        nodes = []
-        for n in self.ring.nodes:
-            addr = await self._client_addr(n)
-            nodes.append({"name": n, "host": addr[0] if addr else None,
-                          "port": addr[1] if addr else None, "up": self.is_up(n)})
-        return {"epoch": self.ring.epoch, "q": self.ring.q, "n": self.ring.n,
-                "nodes": nodes, "owners": list(self.ring.owners)}
-
-    async def preflist(self, key):
-        p = self._partition(key)
-        return [{"node": n, "partition": p, "primary": True, "up": self.is_up(n)}
-                for n in self.ring.preference_list(p)]
-
-    async def status(self):
-        counts = {n: 0 for n in self.ring.nodes}
-        for o in self.ring.owners:
-            counts[o] += 1
-        view = self.gossip.view()
-        members = []
-        for n in sorted(set(self.ring.nodes) | set(view)):
-            row = {"name": n, "up": self.is_up(n), "partitions": counts.get(n, 0)}
-            entry = self.gossip.table.get(n)
-            row["status"] = entry.status if entry is not None else None   # joining, valid, ...
-            if n == self.name:
-                row.update(state="up", heartbeat_age_s=0.0, suspected_by=[],
-                           generation=self.gossip.generation)
-            else:
-                v = view.get(n, {})
-                row.update(state=v.get("state", "unknown"), heartbeat_age_s=v.get("heartbeat_age_s"),
-                           suspected_by=v.get("suspected_by", []), generation=v.get("generation"))
-            members.append(row)
-        ae = self.antientropy
-        st = ae.stats
-        return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members,
-                "antientropy": {"catchup_pending": ae.catchup_pending(),
-                                "exchanges": st["exchanges"],
-                                # keys this node's store took from a peer, in either's exchange
-                                "keys_repaired": st["keys_repaired_here"] + st["served_repairs"]}}
-
-    async def cluster_admin(self, op, node=None):
-        """KV.CLUSTER: join/leave/remove/clear NODE stage a change; plan, commit, transfers.
-        Answered by the claimant (kvnet/membership/changes.py, docs/operations.md)."""
-        op = op.lower()
-        if op in ("join", "leave", "remove", "clear"):
-            if not node:
-                raise CommandError(f"KV.CLUSTER {op.upper()} needs a node id")
-            return {"staged": await self.changes.request("stage", {"op": op, "node": node})}
-        if op in ("plan", "commit", "transfers"):
-            return await self.changes.request(op)
-        raise CommandError(f"unknown KV.CLUSTER subcommand {op!r}: "
-                           "JOIN|LEAVE|REMOVE|CLEAR node, PLAN, COMMIT, TRANSFERS")
-
-    async def compact(self, partition=None):
-        """KV.COMPACT [P]: merge every partition this node holds (or P) now."""
-        if partition is not None and partition not in self.replica.partitions:
-            raise CommandError(f"{self.name} holds no partition {partition}")
-        out = await self.compactor.compact(None if partition is None else [partition])
-        return {"node": self.name, **out}
-
-    async def info_section(self):
-        return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
-                "n_val": self.ring.n, "members": len(self.ring.nodes),
-                "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
-                **self.replica.commit_stats(),
-                **self.replica.fault_stats(),
-                "hints_pending": sum(self.handoff.pending().values()),
-                **{f"hints_{k}": v for k, v in self.handoff.stats.items()},
-                **{f"ae_{k}": v for k, v in self.antientropy.stats.items() if v is not None},
-                **{f"reaper_{k}": v for k, v in self.antientropy.reaper.stats.items()},
-                **{f"transfer_{k}": v for k, v in self.changes.stats.items()},
-                **{f"coord_{k}": v for k, v in self.stats.items()},
-                **self._storage_info()}
-
-    def _storage_info(self):
-        """Live and dead bytes over the partitions held, and the compactor's counters."""
-        data = live = 0
-        for part in list(self.replica.partitions.values()):
-            try:
-                d, lv = part.store.sizes()
-            except Exception:                 # closed under us
-                continue
-            data, live = data + d, live + lv
-        out = {"storage_data_bytes": data, "storage_live_bytes": live,
-               "storage_dead_bytes": max(0, data - live)}
-        st = self.compactor.stats
-        out.update(merges=st["merges"], merge_failures=st["merge_failures"],
-                   merge_bytes_reclaimed=st["bytes_reclaimed"],
-                   merge_seconds=round(st["merge_seconds"], 3),
-                   hint_compactions=st["hint_compactions"])
-        return out
-
 
 
 async def run(cfg, ready=None):

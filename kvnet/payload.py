@@ -101,15 +101,40 @@ def entries(node, es, p, error=CommandError):
     return out
 
 
+def ring_of(node):
+    """The node's ring, refused while it has none (a joining node before gossip brings it)."""
+    ring = node.ring
+    if ring is None:
+        raise CommandError(f"node {node.name} has no ring yet (joining)")
+    return ring
+
+
 def on_ring(node, m):
     """The partition named by a payload, refused unless it is on the ring."""
-    (p,) = fields(m, "p")
-    return integer(p, 0, node.ring.q - 1, f"partition (Q={node.ring.q})")
+    if type(m) is not dict:            # (msgpack decodes a map to a plain dict)
+        raise CommandError("peer payload must be a map")
+    ring = ring_of(node)
+    return partition(ring, m.get("p"))
+
+
+def partition(ring, p):
+    """p, refused unless it is a partition of `ring`."""
+    if type(p) is not int or not 0 <= p < ring.q:
+        raise CommandError(f"partition {p!r} is not on the ring (Q={ring.q})")
+    return p
+
+
+def partition_key(node, m):
+    """(partition, key) of a replica request {"p": p, "k": key}, refused unless the partition is
+    on the ring and is the key's: a peer must never make a node open or write outside its
+    ring."""
+    p = on_ring(node, m)
+    return p, key(node, m.get("k"), p)
 
 
 def primary_of(node, m):
     """The partition of a payload, refused unless this node is one of its primaries: a peer must
-    never make a node open or write a partition it does not hold (as node._checked)."""
+    never make a node open or write a partition it does not hold."""
     p = on_ring(node, m)
     if node.name not in node.ring.preference_list(p):
         raise CommandError(f"{node.name} is not a primary of partition {p}")

@@ -412,7 +412,7 @@ class DirectWrite:
 def put_direct(cluster, p, key, raw, w, pl, conns):
     """Replicate `raw` (stored here already) to the connections of p's other primaries; the
     future of the new clock's bytes at W. The node decides when the lane is open
-    (Node._direct_lane); nothing here waits, so the caller needs no coroutine."""
+    (Node.direct_lane); nothing here waits, so the caller needs no coroutine."""
     future = ReplyFuture(loop=cluster.loop or asyncio.get_running_loop())
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
     _batch_to(conns, "mput", {"p": p, "k": key, "c": raw}, write, cluster.timeout)

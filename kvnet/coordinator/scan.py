@@ -1,6 +1,6 @@
 """SCAN across the ring, as pure functions: which replica scans which partitions, a node's scan
-of its partitions, and the coordinator's merge of the answers. Node.scan does the I/O; the
-rules are docs/cluster.md's (SCAN).
+of its partitions, and the coordinator's merge of the answers. FrontDoor.scan
+(kvnet/frontdoor.py) does the I/O; the rules are docs/cluster.md's (SCAN).
 
 The cursor is a 64-bit token whose top log2(Q) bits name a partition: the partition's keys are
 walked in token order from it, then the next partitions' from their first token, and 0 ends the
@@ -51,9 +51,9 @@ def after(p, q, qbits):
 def assign(partitions, choices):
     """({node: [partitions in ring order]}, [partitions with no replica to ask]).
 
-    `choices(p)` lists the nodes that may scan p, best first (Node._scan_choices). A node that
-    already has a partition is taken over a better one that has none, so that one call asks as
-    few nodes as it can: each node asked scans up to COUNT keys."""
+    `choices(p)` lists the nodes that may scan p, best first (FrontDoor._scan_choices). A node
+    that already has a partition is taken over a better one that has none, so that one call asks
+    as few nodes as it can: each node asked scans up to COUNT keys."""
     plan, none = {}, []
     for p in partitions:
         nodes = choices(p)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
+from kvnet import payload as P
 from kvnet.errors import CommandError
 
 log = logging.getLogger("kvnet.handoff")
@@ -157,7 +158,7 @@ class HintReplay:
             if isinstance(item, list) and len(item) == 3:
                 p, k, raw = item
                 try:
-                    node._checked({"p": p, "k": k})
+                    P.key(node, k, P.partition(P.ring_of(node), p))
                     if node.holds(p):
                         node.replica.merge(p, k, V.decode(raw))
                         node.forward_to_new(p, k, raw)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
+from kvnet import payload as P
 from kvnet.errors import CommandError, Unavailable
 from kvnet.membership import ringstate as RS
 from kvnet.membership import state as S
@@ -456,7 +457,7 @@ class ClusterChanges:
             if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is bytes
                     and type(item[1]) is bytes):
                 raise CommandError("xfer_recv items must be [key bytes, clock bytes]")
-            node._checked({"p": p, "k": item[0]})
+            P.key(node, item[0], p)
         try:
             decoded = [(k, V.decode(raw)) for k, raw in items]
         except V.InvalidClock as exc:

@@ -117,10 +117,10 @@ class Backend(abc.ABC):
     def local_door(self, commands):
         """None, or an object whose `take(session, queue, out, budget)` runs the leading
         commands of a connection's queue that it answers exactly as the general path would,
-        appending their replies to `out`, and returns the bytes appended; when it leaves one
-        in flight instead, its `started` is (the future, the key) and `session.pending` the
-        command, as Commands.dispatch leaves them (kvnet/localdoor.pyx; `commands` is the
-        front door's Commands). Its `one(session, argv)` takes one command that may run
+        appending their replies to `out`, and returns (the bytes appended, None); when it
+        leaves one in flight instead, it returns (the bytes appended, (the future, the key))
+        with `session.pending` the command, as Commands.dispatch leaves them
+        (kvnet/localdoor.pyx; `commands` is the front door's Commands). Its `one(session, argv)` takes one command that may run
         beside others of its connection still in flight: the encoded reply (bytes), the
         future (`session.pending` the command), or None, having done nothing. Its
         `receive(session, data, out, budget, limits)` takes complete commands from a

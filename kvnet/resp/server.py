@@ -172,8 +172,7 @@ class RespProtocol:
                 break
             started = data = None
             if door is not None and not self._running:
-                added = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
-                started = door.started
+                added, started = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
                 if added:
                     self._out_size += added
                     if self._out_size >= FLUSH_SIZE and started is None:
@@ -182,7 +181,6 @@ class RespProtocol:
                 if started is None and not queue:
                     break
             if started is not None:  # the door popped a command and left it in flight
-                door.started = None
                 reply, key = started
                 argv = None
             else:

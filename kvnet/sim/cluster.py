@@ -296,13 +296,13 @@ class SimCluster:
 
     # -- client calls, as the node that coordinates them --
     async def get(self, name, key, r=None):
-        return await self.as_node(name, self.nodes[name].get(key, r=r))
+        return await self.as_node(name, self.nodes[name].front.get(key, r=r))
 
     async def put(self, name, key, value, context=None, w=None):
-        return await self.as_node(name, self.nodes[name].put(key, value, context=context, w=w))
+        return await self.as_node(name, self.nodes[name].front.put(key, value, context=context, w=w))
 
     async def delete(self, name, key, context=None, w=None):
-        return await self.as_node(name, self.nodes[name].delete(key, context=context, w=w))
+        return await self.as_node(name, self.nodes[name].front.delete(key, context=context, w=w))
 
     # -- looking at replicas directly --
     def replicas_of(self, key):

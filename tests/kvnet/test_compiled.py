@@ -29,7 +29,7 @@ def test_every_listed_module_runs_compiled():
         text = open(pxd).read()
         for cls_name, body in re.findall(r"^cdef class (\w+)[^:]*:\n((?:    .*\n|\n)*)", text,
                                          re.M):
-            field = re.search(r"cdef public \w+ (\w+)", body).group(1)
+            field = re.search(r"cdef (?:public|readonly) \w+ (\w+)", body).group(1)
             cls = getattr(module, cls_name)
             assert type(cls.__dict__[field]).__name__ == "getset_descriptor", (name, cls_name)
             assert cls.__dictoffset__ == 0, (name, cls_name)

@@ -385,7 +385,7 @@ clock = V.encode(V.new(V.sibling(b"v", 1)))
 context = V.encode_context(V.join(V.new(V.sibling(b"v", 1))))
 blobs = (st.binary(max_size=40) | st.sampled_from([clock, clock[:-1], clock + b"\x00", context])
          | msgpack_values)
-# Every handler's fields (kvnet/node.py `_peer_*`), each from a mix of good values and junk.
+# Every handler's fields (kvnet/replicahandlers.py), each from a mix of good values and junk.
 request_fields = {
     "p": partitions,
     "k": keys_or_junk,

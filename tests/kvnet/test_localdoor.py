@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from kvcore import versions as V
 from kvnet.config import load
 from kvnet.coordinator import driver
-from kvnet.node import Node, _LocalDoor
+from kvnet.frontdoor import _LocalDoor
+from kvnet.node import Node
 from kvnet.peer.protocol import PeerConnection
 from kvnet.resp.server import RespProtocol
+from kvnet.routes import Lanes, Routes
 from kvnet.testing import free_ports
 
 from tests.kvnet.resp.test_server import RecordingTransport
@@ -55,7 +57,7 @@ async def _lanes_open(nodes):
     """Until node0's direct lane is open for every partition (peer connections up)."""
     ring = nodes[0].ring
     for _ in range(500):
-        if all(nodes[0]._direct_lane(p) is not None for p in range(ring.q)):
+        if all(nodes[0].direct_lane(p) is not None for p in range(ring.q)):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the direct lane did not open")
@@ -69,9 +71,9 @@ class Counting:
 
     def take(self, session, queue, out, budget):
         before = len(queue)
-        added = self.door.take(session, queue, out, budget)
+        added, started = self.door.take(session, queue, out, budget)
         self.taken += before - len(queue)
-        return added
+        return added, started
 
     def receive(self, session, data, out, budget, limits):
         before = len(out)
@@ -84,14 +86,6 @@ class Counting:
         self.taken += reply is not None
         self.beside += reply is not None
         return reply
-
-    @property
-    def started(self):
-        return self.door.started
-
-    @started.setter
-    def started(self, value):
-        self.door.started = value
 
 
 async def _feed(node, chunks, door):
@@ -185,7 +179,7 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
             assert sorted(os.path.basename(p.path) for p in fast.replica._dirty) == \
                 sorted(os.path.basename(p.path) for p in slow.replica._dirty)
             for key in KEYS:
-                a, b = (n.replica.read_raw(n._partition(key), key) if len(key) <= 32 else None
+                a, b = (n.replica.read_raw(n.ring.partition_of(key), key) if len(key) <= 32 else None
                         for n in (fast, slow))
                 assert (a is None) == (b is None), key
                 if a is not None:
@@ -254,7 +248,7 @@ def test_sets_wait_for_the_group_commit_under_fsync_always(tmp_path):
             session = node.resp.commands.open_session("t", "t")
             queue = collections.deque([[b"SET", b"a", b"1"]])
             out = []
-            assert door.take(session, queue, out, 1 << 16) == 0 and len(queue) == 1
+            assert door.take(session, queue, out, 1 << 16) == (0, None) and len(queue) == 1
             assert await _feed(node, [resp(b"SET", b"a", b"1"), resp(b"GET", b"a")],
                                Counting(door)) == b"+OK\r\n$1\r\n1\r\n"
         finally:
@@ -286,7 +280,7 @@ def test_nothing_is_taken_before_auth_or_for_another_nodes_partition(tmp_path):
                 b"".join(b"$%d\r\n%b\r\n" % (len(k), k) for k in mine + theirs)
             assert door.taken == 10         # this node's five SETs and five GETs
             for k in theirs:                # the others were routed to n1, which holds them
-                assert nodes[1].replica.read_raw(nodes[1]._partition(k), k) is not None
+                assert nodes[1].replica.read_raw(nodes[1].ring.partition_of(k), k) is not None
         finally:
             for node in nodes:
                 await node.stop()
@@ -300,7 +294,7 @@ def _held(nodes, key):
     """Each node's sibling values of key (None: not held)."""
     out = []
     for node in nodes:
-        raw = node.replica.read_raw(node._partition(key), key)
+        raw = node.replica.read_raw(node.ring.partition_of(key), key)
         out.append(None if raw is None else _values(raw))
     return out
 
@@ -368,7 +362,8 @@ def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
                                          resp(b"SET", b"b", b"3")], door)
             assert out == b"+OK\r\n$1\r\n2\r\n+OK\r\n" and door.taken == 3
             # a lane that is not open (a primary down, say): the general path
-            nodes[0]._direct = {}
+            nodes[0].rings.routes = Routes(nodes[0].ring_state, nodes[0].name, frozenset(),
+                                           frozenset(), {})     # (routes without a lane)
             door.taken = 0
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"4"), resp(b"GET", b"a")], door)
             assert out == b"+OK\r\n$1\r\n4\r\n" and door.taken == 0
@@ -410,52 +405,53 @@ def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
     asyncio.run(main())
 
 
-def test_the_door_reads_the_lane_as_node_direct_lane_decides_it(tmp_path):
+def test_the_door_reads_the_lane_as_lanes_pick_decides_it(tmp_path):
     async def main():
         async with _lane_cluster(tmp_path) as nodes:
             node, door = nodes[0], nodes[0].resp.door
             await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
-            p = node._partition(b"a")
-            peer = node._direct[p][0][0]
+            p = node.ring.partition_of(b"a")
+            peer = node.rings.routes.lane(p)[0][0]
             session = node.resp.commands.open_session("t", "t")
 
             def taken():
                 queue, out = collections.deque([[b"SET", b"a", b"1"]]), []
-                door.take(session, queue, out, 1 << 16)
-                started, door.started = door.started, None
-                return started
+                return door.take(session, queue, out, 1 << 16)[1]
 
             # a primary marked down, or its connection's write buffer full: neither the
             # door nor the node's own decision takes the lane
             node.gossip.down_peers.add(peer)
-            assert taken() is None and node._direct_lane(p) is None
+            assert taken() is None and node.direct_lane(p) is None
             node.gossip.down_peers.discard(peer)
-            conn = node._lane_conns[peer]
+            conn = node.lanes.conns[peer]
             conn._write_paused = True
-            assert taken() is None and node._direct_lane(p) is None
+            assert taken() is None and node.direct_lane(p) is None
             conn._write_paused = False
             # a cached connection that is not ready (one never connected, here): the door
-            # asks the node, which asks the pool again, and the lane is taken
-            node._lane_conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
+            # asks Lanes.pick, which asks the pool again, and the lane is taken
+            node.lanes.conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
             started = taken()
             assert started is not None and started[1] == b"a"
-            assert node._lane_conns[peer] is conn
+            assert node.lanes.conns[peer] is conn
             assert await asyncio.wait_for(started[0], 10) is not None
             # a call of the door made while one runs (a completion it caused, running the
             # next command of another connection) takes nothing: the outer call's counts hold
             nested = []
-            real = node._direct_lane
 
-            def reentering(p):
-                queue, out = collections.deque([[b"GET", b"a"]]), []
-                nested.append((door.take(session, queue, out, 1 << 16), len(queue)))
-                return real(p)
+            class Reentering:
+                def get(self, peer):
+                    queue, out = collections.deque([[b"GET", b"a"]]), []
+                    nested.append((door.take(session, queue, out, 1 << 16), len(queue)))
+                    return node.pool.get(peer)
 
-            node._direct_lane = reentering
-            node._lane_conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
+            lanes = Lanes(Reentering(), node.gossip.down_peers)
+            door = _LocalDoor(node.resp.commands, node, node.rings, lanes, node.replica,
+                              node.stats, node.cfg)
+            lanes.conns.update(node.lanes.conns)
+            lanes.conns[peer] = PeerConnection(node.name, b"secret", initiator=True)
             puts = node.stats["puts"]
             started = taken()
-            assert nested == [(0, 1)] and started is not None
+            assert nested == [((0, None), 1)] and started is not None
             assert node.stats["puts"] == puts + 1
             await asyncio.wait_for(started[0], 10)
 
@@ -470,22 +466,22 @@ def test_a_lane_send_that_raises_is_that_replicas_failed_reply(tmp_path):
         async with _lane_cluster(tmp_path) as nodes:
             node = nodes[0]
             await _feed(node, [resp(b"GET", b"a")], None)          # opens the partition
-            p = node._partition(b"a")
-            conns, pl = node._direct_lane(p)
+            p = node.ring.partition_of(b"a")
+            conns, pl = node.direct_lane(p)
 
             def not_ready(peer):
                 conn = PeerConnection(node.name, b"secret", initiator=True)   # never connected
                 conn.peer_id = peer
                 return conn
 
-            raw = node._overwrite_local(node.replica, p, b"a", b"1")
+            raw = node.front._overwrite_local(node.replica, p, b"a", b"1")
             fut = driver.put_direct(node, p, b"a", raw, 2, pl, [not_ready(conns[0].peer_id),
                                                                 conns[1]])
             assert await asyncio.wait_for(fut, 10) == raw          # W=2: here and conns[1]
             await asyncio.sleep(0.2)
             held = [h for h in _held(nodes, b"a") if h]
             assert held == [[(True, b"1")]] * 2                      # one write, two copies
-            raw = node._overwrite_local(node.replica, p, b"a", b"2")
+            raw = node.front._overwrite_local(node.replica, p, b"a", b"2")
             fut = driver.put_direct(node, p, b"a", raw, 2, pl,
                                     [not_ready(c.peer_id) for c in conns])
             with pytest.raises(Exception, match="quorum not met: 1 of 2") as err:
@@ -599,7 +595,7 @@ def _replica_state(node):
 @given(batches=st.lists(st.lists(lane_item, max_size=10), min_size=1, max_size=6),
        budget=st.sampled_from([1, 40, 1 << 20]))
 def test_lane_replica_answers_as_answer_batch_does(tmp_path_factory, batches, budget):
-    from kvnet.node import _LaneReplica
+    from kvnet.replicahandlers import _LaneReplica
     from kvnet.peer.protocol import answer_batch
     base = tmp_path_factory.mktemp("lanereplica")
 
@@ -607,7 +603,8 @@ def test_lane_replica_answers_as_answer_batch_does(tmp_path_factory, batches, bu
         fast = await _replica_node(base / "fast", free_ports(9))
         slow = await _replica_node(base / "slow", free_ports(9))
         try:
-            lane = _LaneReplica(fast, 10, budget)
+            lane = _LaneReplica(fast.rings, fast.replica, fast.answers.stored,
+                                fast.answers.read_now, fast.cfg.max_key_bytes, 10, budget)
             for node in (fast, slow):   # held, but not by the ring: the writes are refused
                 node.replica.partition(node.ring.partition_of(b"b"))
             assert "n1" not in fast.ring.preference_list(fast.ring.partition_of(b"b"))
@@ -619,17 +616,17 @@ def test_lane_replica_answers_as_answer_batch_does(tmp_path_factory, batches, bu
                     items.append(_lane_item(slow, spec, seen, n))
                     n += 1
                 got = lane.mput(items)
-                want = answer_batch(slow._stored, items, 10, budget)
+                want = answer_batch(slow.answers.stored, items, 10, budget)
                 assert got == want
                 assert _replica_state(fast) == _replica_state(slow)
                 reads = [{"p": it["p"], "k": it["k"]} if type(it) is dict and "k" in it else it
                          for it in items]
-                assert lane.mget(reads) == answer_batch(slow._peer_get_now, reads, 10, budget)
+                assert lane.mget(reads) == answer_batch(slow.answers.read_now, reads, 10, budget)
             # over max_items: refused whole, the same way
             with pytest.raises(Exception) as fast_err:
                 lane.mput([{}] * 11)
             with pytest.raises(Exception) as slow_err:
-                answer_batch(slow._stored, [{}] * 11, 10, budget)
+                answer_batch(slow.answers.stored, [{}] * 11, 10, budget)
             assert str(fast_err.value) == str(slow_err.value)
         finally:
             await fast.stop()

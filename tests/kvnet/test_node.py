@@ -10,6 +10,7 @@ from kvnet.errors import CommandError, QuorumError
 from kvnet.node import Node
 from kvnet.peer.protocol import answer_batch
 from kvnet.resp.backend import LATER
+from kvnet.routes import Routes
 from kvnet.testing import free_ports
 
 
@@ -331,15 +332,15 @@ def test_only_partitions_this_node_alone_replicates_take_the_fast_lane(tmp_path)
         (solo,), _ = await _cluster(tmp_path / "one", nodes=1, n=1, r=1, w=1)
         nodes, _ = await _cluster(tmp_path / "three", nodes=3, n=3)
         try:
-            assert len(solo._solo) == solo.ring.q
-            assert solo.set_overwrite_now(b"k", b"v") is None
-            assert solo.get_lww_now(b"k") == b"v" and solo.get_lww_now(b"nope") is None
-            assert await solo.get_lww(b"k") == b"v"
+            assert len(solo.rings.routes.solo) == solo.ring.q
+            assert solo.front.set_overwrite_now(b"k", b"v") is None
+            assert solo.front.get_lww_now(b"k") == b"v" and solo.front.get_lww_now(b"nope") is None
+            assert await solo.front.get_lww(b"k") == b"v"
             with pytest.raises(CommandError):
-                solo.set_overwrite_now(b"k", b"x" * (solo.cfg.max_value_bytes + 1))
-            assert nodes[0]._solo == frozenset()     # (the cluster's lane: the test below)
-            await nodes[0].set_overwrite(b"k", b"v")
-            assert [await n.get_lww(b"k") for n in nodes] == [b"v"] * 3
+                solo.front.set_overwrite_now(b"k", b"x" * (solo.cfg.max_value_bytes + 1))
+            assert nodes[0].rings.routes.solo == frozenset()     # (the cluster's lane: the test below)
+            await nodes[0].front.set_overwrite(b"k", b"v")
+            assert [await n.front.get_lww(b"k") for n in nodes] == [b"v"] * 3
         finally:
             for n in [solo, *nodes]:
                 await n.stop()
@@ -350,7 +351,7 @@ def test_only_partitions_this_node_alone_replicates_take_the_fast_lane(tmp_path)
 async def _lane_open(node, key):
     """Wait until node's connections to the key's other primaries are up (gossip dials them)."""
     p = node.ring.partition_of(key)
-    while node._direct_lane(p) is None:
+    while node.direct_lane(p) is None:
         await asyncio.sleep(0.01)
     return p
 
@@ -363,62 +364,62 @@ def test_a_plain_set_goes_straight_to_the_other_primaries(tmp_path):
         a, b, c = nodes
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
-            assert set(a._direct) == set(range(a.ring.q))     # N=3 of 3: a holds every one
-            fut = a.set_overwrite_now(b"k", b"v1")
+            assert set(a.rings.routes.direct) == set(range(a.ring.q))     # N=3 of 3: a holds every one
+            fut = a.front.set_overwrite_now(b"k", b"v1")
             assert isinstance(fut, asyncio.Future)
             raw = await fut
             assert a.replica.read_raw(p, b"k") == raw
             for n in (b, c):
                 while n.replica.read_raw(p, b"k") != raw:    # W=2: the third may come later
                     await asyncio.sleep(0.01)
-            assert [await n.get_lww(b"k") for n in nodes] == [b"v1"] * 3
-            await a.set_overwrite(b"k", b"v2")                 # the coroutine takes the lane too
-            assert await c.get_lww(b"k") == b"v2"
+            assert [await n.front.get_lww(b"k") for n in nodes] == [b"v1"] * 3
+            await a.front.set_overwrite(b"k", b"v2")                 # the coroutine takes the lane too
+            assert await c.front.get_lww(b"k") == b"v2"
             with pytest.raises(CommandError):
-                a.set_overwrite_now(b"k", b"x" * (a.cfg.max_value_bytes + 1))
+                a.front.set_overwrite_now(b"k", b"x" * (a.cfg.max_value_bytes + 1))
 
             # replicas that do not answer in time: the general path's error, named
             async def stuck(m):
                 await asyncio.sleep(5)
-            b._peer_mput = c._peer_mput = stuck
-            b._peer_mput_now = c._peer_mput_now = lambda m: LATER
-            fut = a.set_overwrite_now(b"k", b"v3")
+            saved = [n.handlers.replace("mput", stuck, lambda m: LATER) for n in (b, c)]
+            fut = a.front.set_overwrite_now(b"k", b"v3")
             with pytest.raises(QuorumError) as info:
                 await fut
             assert "timeout" in str(info.value)
-            del b._peer_mput, c._peer_mput, b._peer_mput_now, c._peer_mput_now
+            for n, old in zip((b, c), saved):
+                n.handlers.replace("mput", *old)
 
             # reads: the future of the value at R; a stale replica is repaired afterwards
-            fut = a.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
+            fut = a.front.get_lww_now(b"k")       # v3 stayed on a (a failed quorum is no rollback)
             assert isinstance(fut, asyncio.Future) and await fut == b"v3"
             old = b.replica.read_raw(p, b"k")
-            await a.set_overwrite(b"k", b"v5")
+            await a.front.set_overwrite(b"k", b"v5")
             while c.replica.read_raw(p, b"k") == old or b.replica.read_raw(p, b"k") == old:
                 await asyncio.sleep(0.01)
             b.replica.partition(p).store.put(b"k", old)        # b loses the last write
-            assert await a.get_lww_now(b"k") == b"v5"
+            assert await a.front.get_lww_now(b"k") == b"v5"
             while b.replica.read_raw(p, b"k") == old:
                 await asyncio.sleep(0.01)
-            assert await b.get_lww(b"k") == b"v5"
-            assert await a.get_lww_now(b"nope") is None
+            assert await b.front.get_lww(b"k") == b"v5"
+            assert await a.front.get_lww_now(b"nope") is None
 
             # a primary marked down: the lane is closed, the general path writes with a hint
             a.gossip.liveness._down.add("n2")      # as the two-source rule marks it
             assert a.gossip.is_down("n2")
-            assert a.set_overwrite_now(b"k", b"v4") is LATER
-            assert a.get_lww_now(b"k") is LATER
+            assert a.front.set_overwrite_now(b"k", b"v4") is LATER
+            assert a.front.get_lww_now(b"k") is LATER
             a.gossip.liveness._down.discard("n2")
             await asyncio.wait_for(_lane_open(a, b"k"), 10)
             # a closed connection is never used again: the pool's best, or no lane until redialed
-            closed = a._lane_conns["n1"]
+            closed = a.lanes.conns["n1"]
             closed.close()
-            lane = a._direct_lane(p)
+            lane = a.direct_lane(p)
             assert lane is None or closed not in lane[0]
             await asyncio.wait_for(_lane_open(a, b"k"), 10)
-            assert closed not in a._direct_lane(p)[0]
+            assert closed not in a.direct_lane(p)[0]
             # a ring that moves closes it (writes go to the replicas being added too)
-            assert a._direct_partitions(a.ring_state) == a._direct
-            assert a._direct_partitions(SimpleNamespace(next=a.ring, current=a.ring)) == {}
+            assert Routes.of(a.ring_state, a.name).direct == a.rings.routes.direct
+            assert Routes.of(SimpleNamespace(next=a.ring, current=a.ring), a.name).direct == {}
         finally:
             for n in nodes:
                 await n.stop()
@@ -444,16 +445,16 @@ def test_replica_batches_answer_each_item(tmp_path, fsync):
             raw = V.encode(V.update(V.new(V.sibling(b"v", 5)), None, ("n0", 1, 1)))
             items = [{"p": p, "k": b"k", "c": raw}, {"p": other, "k": b"k", "c": raw},
                      {"p": p, "k": k2, "c": b"\xc1"}]
-            answer = b._handle_now("mput", items)
+            answer = b.handlers.now("mput", items)
             if fsync == "always":
                 assert answer is LATER
-                answer = await b._handle("mput", items)
+                answer = await b.handlers("mput", items)
             values, errors = answer
             assert values == [True, None, None] and sorted(errors) == [1, 2]
             assert errors[1][0] == "CommandError" and "not" in errors[1][1]
             assert errors[2][0] == "CommandError" and "bad clock" in errors[2][1]
             assert b.replica.read_raw(p, b"k") == raw and b.replica.read_raw(p, k2) is None
-            values, errors = b._handle_now("mget", [{"p": p, "k": b"k"}, {"p": p, "k": k2},
+            values, errors = b.handlers.now("mget", [{"p": p, "k": b"k"}, {"p": p, "k": k2},
                                                     {"p": -1, "k": b"k"}])
             assert values == [raw, None, None] and list(errors) == [2]
         finally:
@@ -470,9 +471,9 @@ def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
     async def main():
         two, _ = await _cluster(tmp_path / "two", nodes=2, n=3, r=2, w=2)
         try:
-            assert two[0]._direct == {}
-            await two[0].set_overwrite(b"k", b"v")            # the general path
-            assert await two[1].get_lww(b"k") == b"v"
+            assert two[0].rings.routes.direct == {}
+            await two[0].front.set_overwrite(b"k", b"v")            # the general path
+            assert await two[1].front.get_lww(b"k") == b"v"
         finally:
             for n in two:
                 await n.stop()
@@ -480,19 +481,19 @@ def test_the_lane_needs_n_distinct_primaries_and_peers_that_batch(tmp_path):
         a = nodes[0]
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
-            fut = a.set_overwrite_now(b"k", b"v1")
+            fut = a.front.set_overwrite_now(b"k", b"v1")
             assert isinstance(fut, asyncio.Future)
             await fut
-            assert await nodes[2].get_lww(b"k") == b"v1"
+            assert await nodes[2].front.get_lww(b"k") == b"v1"
             old = a.pool.get("n1")
-            a._lane_conns.clear()
+            a.lanes.forget()
             old.version = 1                                  # as an older node agrees
-            assert a._direct_lane(p) is None
-            assert a.set_overwrite_now(b"k", b"v2") is LATER
-            await a.set_overwrite(b"k", b"v2")
-            assert await nodes[1].get_lww(b"k") == b"v2"
+            assert a.direct_lane(p) is None
+            assert a.front.set_overwrite_now(b"k", b"v2") is LATER
+            await a.front.set_overwrite(b"k", b"v2")
+            assert await nodes[1].front.get_lww(b"k") == b"v2"
             old.version = 2
-            assert a._direct_lane(p) is not None
+            assert a.direct_lane(p) is not None
         finally:
             for n in nodes:
                 await n.stop()
@@ -512,10 +513,8 @@ def test_a_client_that_leaves_while_its_set_is_in_flight(tmp_path, caplog):
 
             async def held(items):
                 await release.wait()
-                return answer_batch(b._stored, items)
-            for n in (b, c):
-                n._peer_mput_now = lambda m: LATER
-                n._peer_mput = held
+                return answer_batch(b.answers.stored, items)
+            saved = [n.handlers.replace("mput", held, lambda m: LATER) for n in (b, c)]
             reader, writer = await asyncio.open_connection("127.0.0.1", ports[0])
             writer.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n")
             await writer.drain()
@@ -526,8 +525,8 @@ def test_a_client_that_leaves_while_its_set_is_in_flight(tmp_path, caplog):
             await asyncio.sleep(0.1)
             release.set()                                    # late answers, after the close
             await asyncio.sleep(0.5)                         # and past the timeout
-            for n in (b, c):
-                del n._peer_mput_now, n._peer_mput
+            for n, old in zip((b, c), saved):
+                n.handlers.replace("mput", *old)
             client = aredis.Redis(port=ports[0])
             assert await client.set(b"k", b"v2") and await client.get(b"k") == b"v2"
             await client.aclose()
@@ -672,7 +671,7 @@ def test_scan_count_counts_keys_examined(tmp_path):
                 seen, cursor, calls = [], 0, 0
                 while True:
                     del asked[:]
-                    nxt, got = await nodes[2].scan(cursor, match, count)
+                    nxt, got = await nodes[2].front.scan(cursor, match, count)
                     examined = len(between(cursor, nxt))
                     assert examined >= count or nxt == 0
                     assert examined <= 2 * count
@@ -762,12 +761,12 @@ def test_scan_requests_are_checked(tmp_path):
             other = next(p for p in range(16) if ring.owner(p) != "n0")
             await c.mset({b"k%d" % i: b"v" for i in range(100)})
             good = {"ps": mine, "c": S.first_token(mine[0], 4), "n": 1000, "m": None}
-            answer = await node._peer_mscan(good)
+            answer = await node.handlers("mscan", good)
             held = sum(len(node.replica.partitions[p].store) for p in mine
                        if p in node.replica.partitions)
             assert [e[0] for e in answer] == mine and sum(e[2] for e in answer) == held
             # MATCH filters on the node, after counting: the same keys examined, none returned
-            assert await node._peer_mscan(dict(good, m=b"nothing*")) == \
+            assert await node.handlers("mscan", dict(good, m=b"nothing*")) == \
                 [[p, [], examined, nxt] for p, _, examined, nxt in answer]
             bad = [None, [], {}, dict(good, ps=[]), dict(good, ps=mine[::-1]),
                    dict(good, ps=[mine[0], mine[0]]), dict(good, ps=[16]), dict(good, ps=[-1]),
@@ -779,9 +778,9 @@ def test_scan_requests_are_checked(tmp_path):
                    dict(good, ps=[other], c=S.first_token(other, 4))]
             for payload in bad:
                 with pytest.raises(CommandError):
-                    await node._peer_mscan(payload)
+                    await node.handlers("mscan", payload)
             with pytest.raises(CommandError, match="not a replica of partition"):
-                await node._peer_mscan({"ps": [other], "c": S.first_token(other, 4), "n": 5})
+                await node.handlers("mscan", {"ps": [other], "c": S.first_token(other, 4), "n": 5})
             # the same through the peer protocol: errors, and the node goes on answering
             host, peer_port = node.cfg.peer_address
             conn = await connect(host, peer_port, "n1", node.cfg.cluster_secret.encode())
@@ -828,16 +827,16 @@ def test_a_node_started_after_a_crash_serves_while_its_trees_are_folded(tmp_path
         node = nodes[0]
         c = aredis.Redis(port=ports[0])
         try:
-            info = await node.info_section()
+            info = await node.front.info_section()
             assert info["trees_rebuilding"] > 100   # served from here on, folds under way
             assert await c.get("k7") == b"v7" and await c.set("k7", b"new")
             assert await c.mget("k0", "k2999", "k7") == [b"v0", b"v2999", b"new"]
-            assert (await node.info_section())["trees_rebuilding"] > 0
+            assert (await node.front.info_section())["trees_rebuilding"] > 0
             for _ in range(3000):
-                if (await node.info_section())["trees_rebuilding"] == 0:
+                if (await node.front.info_section())["trees_rebuilding"] == 0:
                     break
                 await asyncio.sleep(0.01)
-            info = await node.info_section()
+            info = await node.front.info_section()
             assert info["trees_rebuilding"] == 0 and info["tree_rebuilds"] >= 200
             for part in node.replica.partitions.values():
                 assert part.tree == M.MerkleTree().rebuild(part.store.items())

@@ -49,7 +49,7 @@ def test_a_slow_sync_holds_the_set_reply(tmp_path, held_syncfs):
             gate.set()
             assert await asyncio.wait_for(reply, 10) is True
             assert await client.get("k") == b"v"
-            info = await nodes[0].info_section()       # one syncfs per round, in INFO
+            info = await nodes[0].front.info_section()       # one syncfs per round, in INFO
             assert info["sync_method"] == "syncfs" and info["group_commits"] >= 2
             assert info["group_commit_syncs"] == info["group_commits"]
         finally:
@@ -77,7 +77,7 @@ def test_the_direct_lane_waits_for_the_coordinators_own_sync(tmp_path):
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
             a.replica.executor = Held()
-            fut = a.set_overwrite_now(b"k", b"v1")
+            fut = a.front.set_overwrite_now(b"k", b"v1")
             assert fut is not LATER and isinstance(fut, asyncio.Future)
             raw = a.replica.read_raw(p, b"k")
             for _ in range(500):                  # both replicas synced and stored it
@@ -127,7 +127,7 @@ def test_a_slow_journal_fdatasync_holds_the_set_reply(tmp_path):
             gate.set()
             assert await asyncio.wait_for(reply, 10) is True
             assert await client.get("k") == b"v"
-            info = await nodes[0].info_section()
+            info = await nodes[0].front.info_section()
             assert info["sync_method"] == "journal"
             assert info["group_commit_syncs"] == info["group_commits"] >= 2
         finally:

@@ -32,9 +32,9 @@ def test_reaped_after_grace_not_before_and_stays_gone(ae):
             dead = [b"dead%d" % i for i in range(6)]
             live = [b"live%d" % i for i in range(6)]
             for k in dead + live:
-                await n0.set_overwrite(k, b"v")
+                await n0.front.set_overwrite(k, b"v")
             for k in dead:
-                assert await n0.delete_overwrite(k)
+                assert await n0.front.delete_overwrite(k)
             assert await ae.wait_for(lambda: all(tomb_everywhere(c, k) for k in dead))
 
             def confirmations():
@@ -57,7 +57,7 @@ def test_reaped_after_grace_not_before_and_stays_gone(ae):
             assert all(gone_everywhere(c, k) for k in dead)
             assert all(V.lww_value(V.decode(c.raw(i, k))) == b"v" for k in live for i in range(3))
             for k in dead:
-                assert await n0.get_lww(k) is None
+                assert await n0.front.get_lww(k) is None
             roots = [[n.replica.opened(p).tree.root() if n.replica.opened(p) else 0
                       for p in range(8)] for n in c.nodes]
             assert roots[0] == roots[1] == roots[2]
@@ -73,9 +73,9 @@ def test_not_reaped_while_a_primary_is_down(ae):
         n0 = c.nodes[0]
         try:
             k = key_coordinated_by(n0, "n0")
-            await n0.set_overwrite(k, b"v")
+            await n0.front.set_overwrite(k, b"v")
             await c.stop(2)                        # n2 holds the value, misses the delete
-            assert await n0.delete_overwrite(k)
+            assert await n0.front.delete_overwrite(k)
             tomb = c.raw(0, k)
             assert V.is_deleted(V.decode(tomb)) and c.raw(1, k) == tomb
             await asyncio.sleep(1.0)
@@ -97,7 +97,7 @@ def test_not_reaped_while_a_primary_is_down(ae):
             assert seen_value in ([], [2] * len(seen_value))   # only n2, until repaired
             await asyncio.sleep(0.5)
             assert all(c.raw(i, k) is None for i in range(3))
-            assert await c.nodes[2].get_lww(k) is None
+            assert await c.nodes[2].front.get_lww(k) is None
         finally:
             await c.stop()
 
@@ -111,10 +111,10 @@ def test_not_reaped_while_a_member_holds_a_hint(ae):
         try:
             k = key_coordinated_by(n0, "n0")
             p = n0.ring.partition_of(k)
-            await n0.set_overwrite(k, b"v")
+            await n0.front.set_overwrite(k, b"v")
             hint = n1.hints.add("n2", p, k, c.raw(1, k))
             assert n1.hints.holders(p, k) == ["n2"]
-            assert await n0.delete_overwrite(k)
+            assert await n0.front.delete_overwrite(k)
             assert await ae.wait_for(lambda: tomb_everywhere(c, k))
             assert await ae.wait_for(lambda: c.svc[0].reaper.stats["blocked_hints"] > 3)
             assert tomb_everywhere(c, k) and c.svc[0].reaper.stats["reaped"] == 0
@@ -143,8 +143,8 @@ def test_not_reaped_while_a_member_cannot_be_asked_about_hints(ae):
                      if list(ring.preference_list(ring.partition_of(b"h%d" % i))) == ["n0", "n1"])
             other = 2
             await c.stop(other)
-            await n0.set_overwrite(k, b"v")
-            assert await n0.delete_overwrite(k)
+            await n0.front.set_overwrite(k, b"v")
+            assert await n0.front.delete_overwrite(k)
             assert await ae.wait_for(lambda: c.raw(0, k) is not None and c.raw(0, k) == c.raw(1, k))
             await asyncio.sleep(0.8)
             assert c.raw(0, k) is not None and c.raw(1, k) is not None
@@ -166,7 +166,7 @@ def test_reap_pending_tombstone_is_never_copied_back(ae):
             p = n0.ring.partition_of(k)
             live = [key_coordinated_by(n0, "n0", b"live%d-" % i) for i in range(3)]
             for x in live:
-                await n0.set_overwrite(x, b"v")
+                await n0.front.set_overwrite(x, b"v")
             tomb = V.encode(n0.replica.mint(p, k, V.tombstone(1)))
 
             def spread():
@@ -272,12 +272,12 @@ def test_bad_replies_to_the_reaper_never_reap(ae):
             tomb = n0.replica.mint(p, k, V.tombstone(1))
             n1.replica.merge(p, k, tomb)
             reaper = c.svc[0].reaper
-            real = dict(n1._handlers)
+            real = {t: n1.handlers.get(t) for t in ("ae_clocks", "ae_hints", "ae_mark")}
             for type_ in ("ae_clocks", "ae_hints", "ae_mark"):
                 for junk in ([{"a": 1}], "x", [1], None, {"k": k}):
                     async def liar(m, junk=junk):
                         return junk
-                    n1._handlers[type_] = liar
+                    n1.handlers.replace(type_, liar)
                     for _ in range(3):
                         try:
                             await reaper.pass_once()
@@ -287,7 +287,8 @@ def test_bad_replies_to_the_reaper_never_reap(ae):
                     reaper.candidates.clear()
                     reaper.pending.clear()
                     c.svc[1].reaper.pending.clear()
-                n1._handlers.update(real)
+                for type_, handler in real.items():
+                    n1.handlers.replace(type_, handler)
             assert reaper.stats["reaped"] == 0
             for _ in range(3):
                 await reaper.pass_once()
@@ -313,10 +314,10 @@ def test_scan_finds_every_tombstone_and_yields_between_chunks(ae):
                     if ring.partition_of(k) == p][:int(2.5 * SCAN_CHUNK)]
             assert len(keys) > 2 * SCAN_CHUNK
             for k in keys:
-                await n0.set_overwrite(k, b"v")
+                await n0.front.set_overwrite(k, b"v")
             dead = set(keys[::3])
             for k in dead:
-                assert await n0.delete_overwrite(k)
+                assert await n0.front.delete_overwrite(k)
             svc = c.svc[0]          # n0's: the key's first primary, holding every delete
             ticks = 0
 

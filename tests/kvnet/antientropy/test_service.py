@@ -86,9 +86,9 @@ def test_wiped_replica_gets_every_key_back(ae):
             n0 = c.nodes[0]
             keys = [b"key:%d" % i for i in range(600)]
             for k in keys:
-                await n0.set_overwrite(k, b"v-" + k)
+                await n0.front.set_overwrite(k, b"v-" + k)
             for k in keys[:60]:
-                await n0.delete_overwrite(k)             # tombstones come back as tombstones
+                await n0.front.delete_overwrite(k)             # tombstones come back as tombstones
             want = {k: c.raw(0, k) for k in keys}
             assert await ae.wait_for(lambda: converged(c, want), timeout=15)
             old_incarnation = c.nodes[2].replica.identity.incarnation
@@ -343,7 +343,7 @@ def test_a_partition_whose_tree_is_not_built_takes_no_part(ae):
             for s in c.svc:
                 assert s.stats["skipped_unbuilt"] == 1
                 assert s.stats["exchanges_failed"] == s.stats["exchanges"] == 0
-            assert (await n0.info_section())["ae_skipped_unbuilt"] == 1
+            assert (await n0.front.info_section())["ae_skipped_unbuilt"] == 1
             assert V.lww_value(V.decode(c.raw(1, b"k"))) == b"w"
             n1.replica.opened(p).tree_built = True
             await c.svc[1].exchange(p, "n0")
@@ -488,13 +488,13 @@ def test_a_restarted_node_is_caught_up_first_not_after_a_round_of_intervals(ae):
             n0 = c.nodes[0]
             keys = [b"k%d" % i for i in range(400)]
             for k in keys:
-                await n0.set_overwrite(k, b"v-" + k)
+                await n0.front.set_overwrite(k, b"v-" + k)
             want = {k: c.raw(0, k) for k in keys}
             assert converged(c, want)                  # replicated by the writes themselves
             await c.restart(2, wipe=True)
             assert sum(c.raw(2, k) is not None for k in keys) == 0
             assert await ae.wait_for(lambda: converged(c, want), timeout=15, step=0.1)
-            st = (await c.nodes[2].status())["antientropy"]      # what kvctl status shows
+            st = (await c.nodes[2].front.status())["antientropy"]      # what kvctl status shows
             assert st["keys_repaired"] == len(keys) and st["exchanges"] > 0
         finally:
             await c.stop()
@@ -527,13 +527,13 @@ def test_a_node_out_of_the_ring_keeps_its_scheduler_alive(ae):
         c = await ae.make(q=8, ae_interval_ms=50)
         try:
             svc = c.svc[0]
-            ring, c.nodes[0].ring = c.nodes[0].ring, None
+            ring, c.nodes[0].rings.ring = c.nodes[0].ring, None
             try:
                 await asyncio.sleep(0.8)                 # several looks at the peers
                 assert svc._task is not None and not svc._task.done()
                 assert svc._next_partition() is None
             finally:
-                c.nodes[0].ring = ring
+                c.nodes[0].rings.ring = ring
         finally:
             await c.stop()
 
@@ -569,7 +569,7 @@ def test_an_exchange_reads_only_the_records_of_the_differing_leaves(ae):
             st0, st1 = c.svc[0].stats, c.svc[1].stats
             assert st0["records_read"] == out["records_read"] and st0["last_bytes_read"] > 0
             assert 1 <= st1["served_records_read"] <= 30
-            info = await n0.info_section()
+            info = await n0.front.info_section()
             assert info["ae_records_read"] == out["records_read"]
             assert info["ae_last_bytes_read"] == out["bytes_read"]
         finally:

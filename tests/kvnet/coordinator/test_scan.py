@@ -31,7 +31,7 @@ class Keyspace:
         return [k for _, k, live in rows if live], len(rows)
 
     def scan_one(self, p, cursor, budget, room):
-        """What Node._scan_one does, one key at a time."""
+        """What ReplicaHandlers.scan_one does, one key at a time."""
         assert S.partition_of(cursor, self.qbits) == p and budget >= 1 and room >= 1
         rows = self.rows.get(p, [])
         i = bisect.bisect_left(rows, (cursor,))

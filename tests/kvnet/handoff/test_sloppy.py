@@ -185,12 +185,12 @@ def test_bad_hint_requests_are_refused(tmp_path):
                             {"p": p, "k": k, "c": b"junk", "h": "s1"},
                             {"p": p + 1, "k": k, "c": raw, "h": "s1"}]:
                 with pytest.raises(Exception):
-                    await n0._handle("hput", payload)
+                    await n0.handlers("hput", payload)
             assert n0.hints.targets() == []
-            reply = await n0._handle("hreplay", {"items": [[p, k, b"junk"], [p, b"", raw], 7]})
+            reply = await n0.handlers("hreplay", {"items": [[p, k, b"junk"], [p, b"", raw], 7]})
             assert reply == [False, False, False]
             with pytest.raises(Exception):
-                await n0._handle("hreplay", {"items": "nope"})
+                await n0.handlers("hreplay", {"items": "nope"})
         finally:
             for n in nodes:
                 await n.stop()

@@ -405,7 +405,7 @@ def test_a_replica_that_knows_of_the_move_forwards_writes_to_the_new_replica(tmp
             p = next(p for p in range(ring.q) if "c3" in state.extra_targets(p))
             k = next(b"f%d" % i for i in range(100_000) if ring.partition_of(b"f%d" % i) == p)
             raw = V.encode(V.new(V.sibling(b"moved-along")))
-            assert await c1._handle("put", {"p": p, "k": k, "c": raw}) is True
+            assert await c1.handlers("put", {"p": p, "k": k, "c": raw}) is True
             assert await _wait(lambda: c3.replica.opened(p) is not None
                                and c3.replica.read(p, k) is not None)
         finally:
@@ -441,7 +441,7 @@ async def _scan_calls(node, cursor, count, calls):
     """Up to `calls` SCAN calls from cursor on node: (cursor, keys)."""
     keys = []
     for _ in range(calls):
-        cursor, got = await node.scan(cursor, None, count)
+        cursor, got = await node.front.scan(cursor, None, count)
         keys += got
         if cursor == 0:
             break

@@ -42,7 +42,7 @@ def test_tables_spread_and_heartbeats_advance(tmp_path):
             assert await _wait(lambda: nodes[1].gossip.table["g0"].heartbeat > hb)
             for n in nodes:
                 assert all(n.gossip.liveness.state(p) == UP for p in names - {n.name})
-            st = await nodes[0].status()
+            st = await nodes[0].front.status()
             rows = {m["name"]: m for m in st["members"]}
             assert rows["g1"]["state"] == "up" and rows["g1"]["heartbeat_age_s"] is not None
             assert rows["g1"]["generation"] == nodes[1].gossip.generation
@@ -180,7 +180,7 @@ def test_malformed_gossip_messages_get_errors(tmp_path):
                                    ("gack2", {"from": "x", "entries": [[1, 2]]}),
                                    ("gprobe", {"target": 5}), ("gprobe", {"target": "nobody"})]:
                 with pytest.raises(Exception) as info:
-                    await node._handle(mtype, payload)
+                    await node.handlers(mtype, payload)
                 assert "gossip" in str(info.value) or "probe" in str(info.value) \
                     or "digest" in str(info.value)
             assert len(node.gossip.table) == 1           # nothing malformed got in

@@ -38,7 +38,7 @@ def test_running_transfers_report_keys_and_bytes_before_they_end(tmp_path, monke
         nodes = [await Node(c).start() for c in cfgs[:3]]
         try:
             for i in range(600):
-                await nodes[0].put(f"k{i}".encode(), f"value {i}".encode())
+                await nodes[0].front.put(f"k{i}".encode(), f"value {i}".encode())
             joiner = await Node(cfgs[3]).start()
             nodes.append(joiner)
             assert await eventually(lambda: all(n.is_up("c3") for n in nodes[:3]), 20)
@@ -96,7 +96,7 @@ def test_progress_and_size_requests_are_validated(tmp_path):
                                        2.0) == {}
             with pytest.raises(Exception, match="'keys' is true or false"):
                 await nodes[0].call("c1", "cl_sizes", {"partitions": [1], "keys": 1}, 2.0)
-            await nodes[0].put(b"x", b"y")
+            await nodes[0].front.put(b"x", b"y")
             p = nodes[0].ring.partition_of(b"x")
             got = await nodes[0].call("c1", "cl_sizes", {"partitions": [p], "keys": True}, 2.0)
             got = got.get(p, got.get(str(p)))

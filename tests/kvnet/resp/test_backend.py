@@ -10,9 +10,9 @@ from kvnet.resp.backend import MemoryBackend
 
 
 def test_memory_backend_uses_the_nodes_context_check():
-    from kvnet.node import Node
+    from kvnet.frontdoor import FrontDoor
     assert MemoryBackend._context is payload.context
-    assert Node._context(b"") is None and MemoryBackend._context(b"") is None
+    assert FrontDoor._context(b"") is None and MemoryBackend._context(b"") is None
 
 
 @pytest.mark.parametrize("ctx, error", [
