@@ -32,7 +32,7 @@ from kvnet.resp.commands cimport Session
 
 from kvcore import clockcodec as _codec
 from kvnet.peer.core import READY as _PEER_READY
-from kvnet.peer.protocol import DEFERRED as _DEFERRED, DEFERRED_MESSAGE as _DEFERRED_MESSAGE, \
+from kvnet.peer.batching import DEFERRED as _DEFERRED, DEFERRED_MESSAGE as _DEFERRED_MESSAGE, \
     answer_batch as _answer_batch, item_error as _item_error
 
 cdef object _lww_common = _codec.lww_common

@@ -15,7 +15,7 @@ from kvnet import payload as P
 from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
 from kvnet.errors import CommandError
-from kvnet.peer.protocol import ANSWER_BYTES, MAX_BATCH, answer_batch
+from kvnet.peer.batching import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.resp.backend import LATER
 from kvnet.resp.glob import compile_glob
 

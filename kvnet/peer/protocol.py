@@ -18,11 +18,6 @@ from kvnet.peer.errors import ConnectionLost, PeerTimeout, PeerUnavailable, Remo
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from kvnet.peer.serving import DEFAULT_MAX_INFLIGHT
 
-# The names kvnet/node.py and kvnet/localdoor.pyx import from here, now batching's (kept
-# until they import them from kvnet.peer.batching).
-from kvnet.peer.batching import (ANSWER_BYTES, DEFERRED, DEFERRED_MESSAGE,  # noqa: F401
-                                 MAX_BATCH, answer_batch, item_error)
-
 log = logging.getLogger("kvnet.peer")
 
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0

@@ -10,6 +10,7 @@ import random
 
 from kvcore import versions as V
 from kvnet.config import load
+from kvnet.errors import KVNetError
 from kvnet.node import Node
 from kvnet.sim.loop import SimLoop
 from kvnet.sim.net import CURRENT, SimNetwork
@@ -99,12 +100,12 @@ class SimCluster:
             return
         import kvcore.replicawrite_py
         import kvnet.handoff.hintlog
-        import kvnet.node
         import kvnet.replica
+        import kvnet.replicahandlers
         patches = [(kvnet.replica, "LogStore", self.disk), (kvnet.handoff.hintlog, "LogStore",
                                                              self.disk),
                    (kvnet.replica, "RW", kvcore.replicawrite_py),
-                   (kvnet.node, "_LaneReplica", None)]
+                   (kvnet.replicahandlers, "_LaneReplica", None)]
         saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
         try:
             for mod, name, value in patches:
@@ -151,7 +152,7 @@ class SimCluster:
 
     async def admin(self, via, op, who=None):
         """KV.CLUSTER op [who] through node `via` (answered by the claimant)."""
-        return await self.as_node(via, self.nodes[via].cluster_admin(op, who))
+        return await self.as_node(via, self.nodes[via].front.cluster_admin(op, who))
 
     async def change_ring(self, op, who, timeout=30.0):
         """Stage `op` (join or leave) of node `who`, commit, and wait until every node has
@@ -165,7 +166,7 @@ class SimCluster:
                 try:
                     res = await self.admin(via, *step)
                     break
-                except Exception:
+                except (KVNetError, OSError):     # refused or not answered: again
                     if self.loop.time() > deadline:
                         return None
                     await asyncio.sleep(0.2)

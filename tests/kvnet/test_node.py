@@ -8,7 +8,7 @@ import redis.asyncio as aredis
 from kvnet.config import load
 from kvnet.errors import CommandError, QuorumError
 from kvnet.node import Node
-from kvnet.peer.protocol import answer_batch
+from kvnet.peer.batching import answer_batch
 from kvnet.resp.backend import LATER
 from kvnet.routes import Routes
 from kvnet.testing import free_ports
