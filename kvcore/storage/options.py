@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import lz4.block
 
-from kvcore.errors import StoreFull
+from kvcore.errors import StoreFull, StoreReadOnly
 
 FSYNC_POLICIES = ("always", "interval", "never")
 
@@ -102,6 +102,52 @@ def check_fault(op, err, times, after):
 
 def injected(err, what):
     return OSError(err, os.strerror(err), f"{what} (injected)")
+
+
+class FaultState:
+    """What the pure-Python stores (kvcore/storage/store_py.py and the simulator's twin in
+    kvnet/sim/storage.py) share of injected faults and of turning read-only after a failed
+    sync; the compiled store keeps the same rules in C. Needs `_fault`, `_failed` (None or
+    (errno, what)) and `path` on the instance."""
+
+    def _fail_next(self, op, err=0, times=1, after=0):
+        """Tests only: make the next `times` calls of one kind of system call fail with errno
+        `err` (op None: no more faults); after: that many calls of the kind succeed first.
+        The kinds are FAULT_OPS' (docs/storage.md, "Faults")."""
+        self._fault = None if op is None else list(check_fault(op, err, times, after))
+
+    def _inject(self, op, what):
+        f = self._fault
+        if f is not None and f[0] == FAULT_OPS[op]:
+            if f[3] > 0:
+                f[3] -= 1
+                return
+            f[2] -= 1
+            if f[2] == 0:
+                self._fault = None
+            raise injected(f[1], what)
+
+    def _fail(self, err, what):
+        """A sync failed: read-only from now on (never synced again as if what the store held
+        had reached the disk)."""
+        if self._failed is None:
+            self._failed = (err, what)
+        return self._read_only_error()
+
+    def _read_only_error(self):
+        err, what = self._failed
+        return StoreReadOnly(err, f"{what} failed ({errno.errorcode.get(err, err)}: "
+                                  f"{os.strerror(err)}); store {self.path} is read-only: "
+                                  "writes since its last good sync may be lost")
+
+    @property
+    def failed(self):
+        """None, or the errno of the sync that made the store read-only."""
+        return None if self._failed is None else self._failed[0]
+
+    def _check_writable(self):
+        if self._failed is not None:
+            raise self._read_only_error()
 
 
 def foreign_segment_version(head, crc32c, seg_magic, version, header_size):

@@ -16,9 +16,8 @@ from kvcore.storage import record_py as R
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
-from kvcore.storage.options import (FAULT_OPS, check_fault, check_format, check_map_cache,
-                                    check_options,
-                                    decompress, injected, maybe_compress, rotate_token,
+from kvcore.storage.options import (FaultState, check_format, check_map_cache, check_options,
+                                    decompress, maybe_compress, rotate_token,
                                     space_allowed, space_refused)
 
 JOURNAL_RECORDS = 1            # kvcore/storage/journal.py RECORDS
@@ -190,7 +189,7 @@ class MergeJob:
         self.done = True
 
 
-class LogStore:
+class LogStore(FaultState):
     """A Bitcask-shaped log store in one directory; see docs/storage.md."""
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
@@ -361,47 +360,11 @@ class LogStore:
 
     # ---- faults (docs/storage.md, "Faults") ---------------------------------------------
 
-    def _fail_next(self, op, err=0, times=1, after=0):
-        """Tests only: make the next `times` calls of one kind of system call fail with errno
-        `err` (op None: no more faults): "open" (a new segment or hint file), "write" (record
-        bytes, a segment header, a hint file), "ftruncate" (a segment's length: this twin grows its file by writing,
-        so each append counts, as does a seal), "fdatasync" (any sync of a segment). after:
-        that many calls of the kind succeed first."""
-        self._fault = None if op is None else list(check_fault(op, err, times, after))
-
-    def _inject(self, op, what):
-        f = self._fault
-        if f is not None and f[0] == FAULT_OPS[op]:
-            if f[3] > 0:
-                f[3] -= 1
-                return
-            f[2] -= 1
-            if f[2] == 0:
-                self._fault = None
-            raise injected(f[1], what)
+    # (_fail_next, _inject, failed, _check_writable: FaultState in kvcore/storage/options.py)
 
     def _fail(self, err, what):
-        """An fdatasync failed: the store is read-only from now on (never synced again as if
-        what it held had reached the disk)."""
-        if self._failed is None:
-            self._failed = (err, what)
         self._dirty_since = None
-        return self._read_only_error()
-
-    def _read_only_error(self):
-        err, what = self._failed
-        return StoreReadOnly(err, f"{what} failed ({E.errorcode.get(err, err)}: "
-                                  f"{os.strerror(err)}); store {self.path} is read-only: "
-                                  "writes since its last good sync may be lost")
-
-    @property
-    def failed(self):
-        """None, or the errno of the fdatasync that made the store read-only."""
-        return None if self._failed is None else self._failed[0]
-
-    def _check_writable(self):
-        if self._failed is not None:
-            raise self._read_only_error()
+        return FaultState._fail(self, err, what)
 
     def _check_space(self, extra):
         """The free-space watermark, checked every SPACE_CHECK_BYTES appended (and at a roll)."""

@@ -29,12 +29,11 @@ import errno as E
 import os
 
 from kvcore._native import select
-from kvcore.errors import (KeyTooLarge, MergeError, StoreClosed, StoreLocked, StoreReadOnly,
-                           ValueTooLarge)
+from kvcore.errors import KeyTooLarge, MergeError, StoreClosed, StoreLocked, ValueTooLarge
 from kvcore.storage import layout as L
 from kvcore.storage import record_py as R
-from kvcore.storage.options import (FAULT_OPS, check_fault, check_map_cache, check_options,
-                                    decompress, injected, maybe_compress, rotate_token)
+from kvcore.storage.options import (FaultState, check_map_cache, check_options, decompress,
+                                    maybe_compress, rotate_token)
 
 _token = select("kvcore.hashing", "kvcore.hashing_py").token
 
@@ -182,7 +181,7 @@ class MergeJob:
         """(nothing: finish_merge does it)"""
 
 
-class MemoryStore:
+class MemoryStore(FaultState):
     """kvcore's LogStore in memory, on a MemoryDisk image (see the module's docstring)."""
 
     def __init__(self, path, fsync="interval", *, disk, sync_interval_ms=1000,
@@ -249,41 +248,8 @@ class MemoryStore:
             raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of "
                                 f"{self._opts.max_value_bytes}")
 
-    def _fail_next(self, op, err=0, times=1, after=0):
-        """Tests only: the next `times` calls of kind `op` fail with errno `err` (see the
-        module's docstring for the kinds this twin makes)."""
-        self._fault = None if op is None else list(check_fault(op, err, times, after))
-
-    def _inject(self, op, what):
-        f = self._fault
-        if f is not None and f[0] == FAULT_OPS[op]:
-            if f[3] > 0:
-                f[3] -= 1
-                return
-            f[2] -= 1
-            if f[2] == 0:
-                self._fault = None
-            raise injected(f[1], what)
-
-    def _fail(self, err, what):
-        """A sync failed: read-only from now on (never "synced" again)."""
-        if self._failed is None:
-            self._failed = (err, what)
-        return self._read_only_error()
-
-    def _read_only_error(self):
-        err, what = self._failed
-        return StoreReadOnly(err, f"{what} failed ({E.errorcode.get(err, err)}: "
-                                  f"{os.strerror(err)}); store {self.path} is read-only: "
-                                  "writes since its last good sync may be lost")
-
-    @property
-    def failed(self):
-        return None if self._failed is None else self._failed[0]
-
-    def _check_writable(self):
-        if self._failed is not None:
-            raise self._read_only_error()
+    # (_fail_next, _inject, _fail, failed, _check_writable: FaultState, shared with
+    # kvcore/storage/store_py.py)
 
     # ---- writes --------------------------------------------------------------------------
 
