@@ -8,7 +8,11 @@ import threading
 import time
 import weakref
 
-_lock = threading.Lock()
+# Reentrant: the garbage collector may run in this module's thread while it holds the lock
+# (any allocation can trigger it), and finalize a store nobody closed, whose close() calls
+# unregister(): with a plain Lock the syncer then waited for itself, and every store opened
+# after it (register) for the syncer.
+_lock = threading.RLock()
 _wake = threading.Condition(_lock)
 _stores = weakref.WeakSet()
 _thread = None
