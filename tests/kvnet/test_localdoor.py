@@ -596,7 +596,7 @@ def _replica_state(node):
        budget=st.sampled_from([1, 40, 1 << 20]))
 def test_lane_replica_answers_as_answer_batch_does(tmp_path_factory, batches, budget):
     from kvnet.replicahandlers import _LaneReplica
-    from kvnet.peer.protocol import answer_batch
+    from kvnet.peer.batching import answer_batch
     base = tmp_path_factory.mktemp("lanereplica")
 
     async def main():

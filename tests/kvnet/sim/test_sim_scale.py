@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from kvnet.sim import measure as M
 
@@ -50,7 +49,6 @@ def test_hints_are_handed_back_after_the_heal():
 
 
 def test_the_benchmark_prints_tables_and_writes_json_and_plots(tmp_path):
-    pytest.importorskip("matplotlib")
     out = tmp_path / "scale.json"
     r = subprocess.run([sys.executable, "benchmarks/sim_scale.py", "--only", "join,claim,repair",
                         "--sizes", "5,8", "--claim-sizes", "10", "--repair-sizes", "4",
