@@ -70,7 +70,7 @@ def _identities(base, count):
         shutil.copytree(base / "template", base / mode)
 
 
-async def _cluster(base, mode, clock, count, n, rw):
+async def _cluster(base, mode, clock, count, n, rw, fsync="never"):
     ports = free_ports(2 * count)
     members = [f"n{i}@127.0.0.1:{ports[count + i]}" for i in range(count)]
     nodes = []
@@ -78,7 +78,7 @@ async def _cluster(base, mode, clock, count, n, rw):
         for i in range(count):
             nodes.append(await Node(load(
                 name=f"n{i}", port=ports[i], peer_port=ports[count + i], n=n, r=rw, w=rw,
-                data_dir=str(base / mode / f"n{i}"), members=members, fsync="never",
+                data_dir=str(base / mode / f"n{i}"), members=members, fsync=fsync,
                 request_timeout_ms=10000, **LIMITS)).start())
         await _ready(nodes)
     except BaseException:
@@ -184,7 +184,7 @@ def _cut(chunks, cuts):
     return out
 
 
-def _run_modes(base, batches, cuts, count, n, rw):
+def _run_modes(base, batches, cuts, count, n, rw, fsync="never"):
     """{mode: (reply bytes, node0's counters, settled state)} for the commands."""
     _identities(base, count)
     chunks = _cut([b"".join(resp(*c) for c in batch) for batch in batches], cuts)
@@ -192,7 +192,7 @@ def _run_modes(base, batches, cuts, count, n, rw):
     async def one(mode):
         clock = Clock()
         with clock.pinned():
-            nodes = await _cluster(base, mode, clock, count, n, rw)
+            nodes = await _cluster(base, mode, clock, count, n, rw, fsync)
             try:
                 replies = await _feed(nodes[0], chunks, clock)
                 stats = (dict(nodes[0].stats), nodes[0].resp.commands.stats["total_commands_processed"],
@@ -235,6 +235,16 @@ def test_one_node_the_paths_agree_byte_for_byte(tmp_path_factory, batches, cuts)
 @given(batches=batches_st, cuts=cuts_st)
 def test_three_nodes_the_paths_agree_byte_for_byte(tmp_path_factory, batches, cuts):
     _agree(_run_modes(tmp_path_factory.mktemp("three"), batches, cuts, 3, 3, 2))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batches=batches_st, cuts=cuts_st, count=st.sampled_from([1, 3]))
+def test_under_fsync_always_the_paths_agree_byte_for_byte(tmp_path_factory, batches, cuts,
+                                                          count):
+    """The door leaves SETs to the front door, whose acknowledgement waits for the group
+    commit (FrontDoor.set_overwrite_now: LATER alone, LocalReplica.durable on the lane)."""
+    _agree(_run_modes(tmp_path_factory.mktemp("always"), batches, cuts, count, count,
+                      min(count, 2), "always"))
 
 
 # ---- the switches themselves -----------------------------------------------------------------
