@@ -13,6 +13,8 @@ def overwrite(store, tree, key, value, own, trusted_from, ts, new_epoch):
     old = store.get(key)
     if old is not None:
         raw = _codec.bump_own(old, own, trusted_from, value, ts)
+    elif _codec.fresh(own, 0, value, ts) is None:
+        return None     # (the twin codec mints nothing: no epoch is taken for no clock)
     else:
         raw = _codec.fresh(own, new_epoch(), value, ts)
     if raw is None:

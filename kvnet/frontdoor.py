@@ -56,6 +56,9 @@ class FrontDoor(Backend):
         self.stats = host.stats
         self.timeout = host.timeout
         self.qbits = self.cfg.ring_size.bit_length() - 1
+        # False: get_lww_now / set_overwrite_now check the key, then leave every plain GET and
+        # SET to the coordinator's general path (tests/kvnet/test_set_paths.py compares them)
+        self.fast_lanes = True
         self._client_addrs = {host.name: (self.cfg.host, self.cfg.port)}
 
     # ---- helpers -------------------------------------------------------------------------
@@ -93,9 +96,12 @@ class FrontDoor(Backend):
         self.stats["gets"] += 1
         return await driver.get(self.host, p, key, min(self._r(r), self._n()), strict)
 
-    async def _write(self, key, sibling, context, overwrite, w=None, strict=False):
-        """The new clock's bytes once W replicas have it."""
+    async def _write(self, key, sibling, context, overwrite, w=None, strict=False,
+                     count="puts"):
+        """The new clock's bytes once W replicas have it; counted in stats[count] once its key
+        is accepted (as _read counts a GET)."""
         p = self._partition(key)
+        self.stats[count] += 1
         return await driver.put_raw(self.host, p, key, sibling, context, overwrite,
                                     min(self._w(w), self._n()), strict)
 
@@ -109,14 +115,12 @@ class FrontDoor(Backend):
     async def put(self, key, value, context=None, w=None, strict=False):
         self._check_value(value)
         ctx = self._context(context)
-        self.stats["puts"] += 1
         raw = await self._write(key, V.sibling(bytes(value)), ctx, False, w, strict)
         return V.encode_context(V.join(V.decode(raw)))
 
     async def delete(self, key, context=None, w=None, strict=False):
         ctx = self._context(context)
-        self.stats["deletes"] += 1
-        raw = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict)
+        raw = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict, "deletes")
         return V.encode_context(V.join(V.decode(raw)))
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------
@@ -130,6 +134,8 @@ class FrontDoor(Backend):
 
     def get_lww_now(self, key):
         p = self._partition(key)
+        if not self.fast_lanes:
+            return LATER
         lane = None
         routes = self.rings.routes
         if p not in routes.solo:
@@ -164,6 +170,8 @@ class FrontDoor(Backend):
 
     def set_overwrite_now(self, key, value):
         p = self._partition(key)
+        if not self.fast_lanes:
+            return LATER
         rep = self.replica
         always = rep.fsync == "always"
         routes = self.rings.routes
@@ -202,7 +210,6 @@ class FrontDoor(Backend):
             await done
             return
         self._check_value(value)
-        self.stats["puts"] += 1
         await self._write(key, V.sibling(bytes(value)), None, True)
 
     async def mset(self, pairs):
@@ -213,8 +220,7 @@ class FrontDoor(Backend):
     async def delete_overwrite(self, key):
         if await self.get_lww(key) is None:
             return False
-        self.stats["deletes"] += 1
-        await self._write(key, V.tombstone(), None, True)
+        await self._write(key, V.tombstone(), None, True, count="deletes")
         return True
 
     # ---- Backend: whole-keyspace operations ------------------------------------------------

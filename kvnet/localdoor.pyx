@@ -114,6 +114,9 @@ cdef class LocalDoor:
     cdef object down            # the peers marked down (Lanes.down: Gossip.down_peers)
     cdef bytes own              # this node's actor prefix, and the minting of new epochs
     cdef object new_epoch
+    cdef public object clock    # None: a SET's value is stamped with the wall clock read in C;
+                                # else clock() gives the microseconds (tests pin it with the
+                                # general path's time.time_ns, tests/kvnet/test_set_paths.py)
     # what one call of take() or receive() reads once (_begin) and counts (_end)
     cdef Routes routes
     cdef Ring ring
@@ -207,7 +210,7 @@ cdef class LocalDoor:
         door does not take it (nor a partition of the direct lane unless lane_ok); its
         ReplyFuture when it is in flight on the lane (`session.pending` its command)."""
         cdef Py_ssize_t slot, p
-        cdef object raw, part, lane = None, direct
+        cdef object raw, part, lane = None, direct, ts
         cdef LogStore store
         cdef timespec now
         if PyBytes_GET_SIZE(key) == 0 or PyBytes_GET_SIZE(key) > self.max_key:
@@ -249,9 +252,13 @@ cdef class LocalDoor:
                     return None
                 self.gets += 1
                 return self.null if value is None else _bulk(<bytes>value)
-            clock_gettime(CLOCK_REALTIME, &now)
-            raw = overwrite_c(store, part.tree, key, value, self.own, part.trusted_from,
-                              now.tv_sec * 1000000 + now.tv_nsec // 1000, self.new_epoch)
+            if self.clock is None:
+                clock_gettime(CLOCK_REALTIME, &now)
+                ts = now.tv_sec * 1000000 + now.tv_nsec // 1000
+            else:
+                ts = self.clock()
+            raw = overwrite_c(store, part.tree, key, value, self.own, part.trusted_from, ts,
+                              self.new_epoch)
             if raw is None:             # a clock of another shape: minted there
                 return None
             self.dirty.add(part)

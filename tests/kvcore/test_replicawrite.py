@@ -142,3 +142,17 @@ def test_a_stored_clock_failing_its_crc_is_written_over_as_absent(tmp_path, impl
     assert store.get(b"k09") == other and len(seen) == 2 and len(store) == 20
     assert all(store.get(b"k%02d" % i) is not None for i in range(20))
     store.close()
+
+
+def test_the_twin_takes_no_epoch_for_a_clock_its_codec_does_not_make(tmp_path, monkeypatch):
+    """With the pure codec (RINGKV_NO_EXTENSIONS=1), which makes no clock as bytes, a SET over
+    nothing is left to the general path without using up an epoch: the general path's mint then
+    takes the same epoch whichever lane tried first (tests/kvnet/test_set_paths.py)."""
+    from kvcore import clockcodec_py
+    monkeypatch.setattr(twin, "_codec", clockcodec_py)
+    s = Side(str(tmp_path / "s"), twin)
+    try:
+        assert twin.overwrite(s.store, s.tree, b"k", b"v", OWN, 0, 5, s.new_epoch) is None
+        assert s.new_epoch() == 1 and s.store.get(b"k") is None
+    finally:
+        s.store.close()
