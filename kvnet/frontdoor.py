@@ -9,7 +9,6 @@ node alike.
 """
 import asyncio
 import logging
-import time
 
 from kvcore import versions as V
 from kvcore._native import select
@@ -169,7 +168,14 @@ class FrontDoor(Backend):
         return sum(1 for v in vals if v is not None)
 
     def set_overwrite_now(self, key, value):
+        """The one SET path. Its fast lane (the compiled door takes the same one in C, with
+        the same mint and replication, kvnet/localdoor.pyx): a partition this node serves
+        alone, or one on the direct lane (Routes.lane, Lanes.pick: this node one of its
+        primaries, every one up and connected), is minted and stored here with the
+        coordinator's own mint (LocalReplica.mint_raw) and replicated by put_direct; else
+        LATER, having done nothing, and set_overwrite takes the coordinator's general path."""
         p = self._partition(key)
+        self._check_value(value)
         if not self.fast_lanes:
             return LATER
         rep = self.replica
@@ -178,39 +184,26 @@ class FrontDoor(Backend):
         if p in routes.solo:
             if always:
                 return LATER          # the ack waits for the group commit
-            self._check_value(value)
-            if self._overwrite_local(rep, p, key, value) is None:
-                return LATER          # a clock of another shape: the general path decides
-            self.stats["puts"] += 1
-            return None
-        lane = self.lanes.pick(routes.lane(p))
-        if lane is None:
-            return LATER
-        self._check_value(value)
-        raw = self._overwrite_local(rep, p, key, value)
-        if raw is None:               # a clock of another shape: mint it the general way
-            raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
+            lane = None
+        else:
+            lane = self.lanes.pick(routes.lane(p))
+            if lane is None:
+                return LATER
+        raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
         self.stats["puts"] += 1
+        if lane is None:
+            return None
         conns, pl = lane
         fut = driver.put_direct(self.host, p, key, raw, min(self.cfg.w, len(pl.targets)), pl, conns)
         # fsync=always: the replicas ack once durable; the local copy counts once synced too
         return rep.durable(fut, p) if always else fut
 
-    @staticmethod
-    def _overwrite_local(rep, p, key, value):
-        """A plain SET's new clock made and stored as bytes here (LocalReplica.overwrite_raw),
-        or None, having done nothing, for a stored clock of another shape."""
-        return rep.overwrite_raw(rep.partition(p), key, bytes(value), time.time_ns() // 1000)
-
     async def set_overwrite(self, key, value):
         done = self.set_overwrite_now(key, value)
-        if done is None:
-            return
-        if done is not LATER:
+        if done is LATER:
+            await self._write(key, V.sibling(bytes(value)), None, True)
+        elif done is not None:
             await done
-            return
-        self._check_value(value)
-        await self._write(key, V.sibling(bytes(value)), None, True)
 
     async def mset(self, pairs):
         for k, v in pairs:

@@ -122,7 +122,7 @@ cdef class LocalDoor:
     cdef Ring ring
     cdef dict parts
     cdef bytes null
-    cdef set dirty
+    cdef object written         # LocalReplica.written: a SET stored here, for the next sync
     cdef Py_ssize_t gets, set_count
     cdef int last
     cdef bint busy              # within take(), one() or receive(): a nested call takes nothing
@@ -150,6 +150,7 @@ cdef class LocalDoor:
         self.down = lanes.down
         self.own = self.identity.prefix         # (the identity's, fixed at its start)
         self.new_epoch = self.identity.new_epoch
+        self.written = replica.written
 
     cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing. A
@@ -165,7 +166,6 @@ cdef class LocalDoor:
         self.ring = <Ring>self.routes.ring
         self.parts = self.replica.partitions
         self.null = _NULL[session.protocol]
-        self.dirty = self.replica._dirty      # LocalReplica._written, inlined
         self.gets = self.set_count = 0
         self.last = OTHER
         self.busy = True
@@ -173,8 +173,6 @@ cdef class LocalDoor:
 
     cdef int _end(self, Session session) except -1:
         cdef timespec now
-        if self.set_count:
-            self.replica._write_gen += self.set_count
         if self.last != OTHER:
             self.command_stats["total_commands_processed"] += self.gets + self.set_count
             if self.gets:
@@ -184,7 +182,6 @@ cdef class LocalDoor:
             session.last_command = "get" if self.last == GET else "set"
             clock_gettime(CLOCK_REALTIME, &now)
             session.last_active = now.tv_sec + now.tv_nsec * 1e-9
-        self.dirty = None
         self.parts = None
         self.routes = None
         self.busy = False
@@ -261,7 +258,7 @@ cdef class LocalDoor:
                               self.new_epoch)
             if raw is None:             # a clock of another shape: minted there
                 return None
-            self.dirty.add(part)
+            self.written(part)
             self.set_count += 1
             # (were the sending below to raise, the general path would write it again: one
             # more event of the same value, as a client's retry makes)
@@ -424,7 +421,7 @@ cdef class LaneReplica:
 
     cdef object rings
     cdef object replica
-    cdef object store, read
+    cdef object store, read, written
     cdef Py_ssize_t max_key
     cdef Py_ssize_t max_items
     cdef Py_ssize_t budget
@@ -434,6 +431,7 @@ cdef class LaneReplica:
         self.replica = replica
         self.store = store
         self.read = read
+        self.written = replica.written
         self.max_key = max_key
         self.max_items = max_items
         self.budget = budget
@@ -477,10 +475,8 @@ cdef class LaneReplica:
             return _answer_batch(self.store, items, self.max_items, self.budget)
         cdef int me = self._me(<Ring>ring)
         cdef dict parts = self.replica.partitions
-        cdef set dirty = self.replica._dirty
         cdef list values = []
         cdef dict errors = {}
-        cdef Py_ssize_t stored = 0
         cdef bytes key = None
         cdef int done
         cdef object part, raw
@@ -498,20 +494,14 @@ cdef class LaneReplica:
                         continue
                     if done != MISS_C:
                         if done == STORED_C:
-                            dirty.add(part)     # LocalReplica._written, inlined
-                            stored += 1
+                            self.written(part)
                         values.append(True)
                         continue
-            if stored:                          # the general path's writes count in order
-                self.replica._write_gen += stored
-                stored = 0
             try:
                 values.append(self.store(item))
             except Exception as exc:
                 errors[len(values)] = _item_error(exc)
                 values.append(None)
-        if stored:
-            self.replica._write_gen += stored
         return [values, errors]
 
     def mget(self, items):

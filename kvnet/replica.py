@@ -674,13 +674,14 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         part.tree.update(key, old_raw, raw)
-        self._written(part)
+        self.written(part)
 
-    def _written(self, part):
-        """A write stored in part: the next sync covers it (kvnet/localdoor.pyx does the same
-        for the SETs it takes)."""
+    def written(self, part, count=1):
+        """`count` writes stored in part: the next sync covers them. The write methods here
+        call it, and so do the compiled door and lane (kvnet/localdoor.pyx), which store
+        through kvcore/replicawrite.pyx themselves."""
         self._dirty.add(part)
-        self._write_gen += 1
+        self._write_gen += count
 
     def _local(self, p, key):
         raw = self.partition(p).store.get(key)
@@ -742,7 +743,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         if raw is not None:
-            self._written(part)
+            self.written(part)
         return raw
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
@@ -789,7 +790,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         if done == RW.STORED:
-            self._written(part)
+            self.written(part)
         return done != RW.MISS
 
     def repair(self, p, key, clock):
@@ -821,8 +822,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         part.tree.update(key, cur, None)
-        self._dirty.add(part)
-        self._write_gen += 1
+        self.written(part)
         return True
 
     def empty_partition(self, p):
@@ -847,8 +847,7 @@ class LocalReplica:
             part.distrust(self.identity.new_epoch())
         except OSError as exc:
             raise self.write_error(part, exc) from exc
-        self._dirty.add(part)
-        self._write_gen += 1
+        self.written(part)
 
     # ---- durability ----------------------------------------------------------------------
 

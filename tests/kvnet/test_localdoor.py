@@ -474,14 +474,14 @@ def test_a_lane_send_that_raises_is_that_replicas_failed_reply(tmp_path):
                 conn.peer_id = peer
                 return conn
 
-            raw = node.front._overwrite_local(node.replica, p, b"a", b"1")
+            raw = node.replica.mint_raw(p, b"a", V.sibling(b"1"), None, True)
             fut = driver.put_direct(node, p, b"a", raw, 2, pl, [not_ready(conns[0].peer_id),
                                                                 conns[1]])
             assert await asyncio.wait_for(fut, 10) == raw          # W=2: here and conns[1]
             await asyncio.sleep(0.2)
             held = [h for h in _held(nodes, b"a") if h]
             assert held == [[(True, b"1")]] * 2                      # one write, two copies
-            raw = node.front._overwrite_local(node.replica, p, b"a", b"2")
+            raw = node.replica.mint_raw(p, b"a", V.sibling(b"2"), None, True)
             fut = driver.put_direct(node, p, b"a", raw, 2, pl,
                                     [not_ready(c.peer_id) for c in conns])
             with pytest.raises(Exception, match="quorum not met: 1 of 2") as err:
