@@ -2,6 +2,8 @@
 
     python benchmarks/ab_node.py --requests 50000 ../before . ../proposal
     python benchmarks/ab_node.py --rounds 3 --config both --nodes 3 ../before .
+    python benchmarks/ab_node.py --rounds 4 --nodes 3 --tests set --pipelines 16 \
+        --requests 200000 ../before .        # one test, longer runs: a closer look
 
 Each checkout's nodes run from its own directory (`python -m kvnet.cli.kvnode` with that
 directory as the working directory, so its kvnet/kvcore are the ones imported; compiled
@@ -59,11 +61,12 @@ def cpu_split(pids):
     return out
 
 
-def bench(port, requests, pipeline, pids=(), prefix=(), split=None):
+def bench(port, requests, pipeline, pids=(), prefix=(), split=None, ops=None):
     """{'SET': (rps, p50, p99, cpu us per request, benchmark sleeps per request), 'GET': ...},
     one test at a time; split[op]: each process's (user, system) us per request."""
     out = {}
-    for test in ("set", "get"):
+    ops = OPS if ops is None else ops
+    for test in ops:
         before = cpu_split(pids)
         sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
         res = subprocess.run([*prefix, "redis-benchmark", "-h", "127.0.0.1", "-p", str(port),
@@ -79,7 +82,7 @@ def bench(port, requests, pipeline, pids=(), prefix=(), split=None):
                               float(r["p99_latency_ms"]), cpu, sleeps)
             if split is not None:
                 split[r["test"]] = used
-    missing = [op for op in OPS if op not in out]
+    missing = [op for op in ops if op not in out]
     if missing:
         raise RuntimeError(f"redis-benchmark on port {port} gave no {'/'.join(missing)} result: "
                            f"{(res.stdout + res.stderr)[-500:]!r}")
@@ -131,7 +134,7 @@ class Tuned:
         return self.cl.ports[0], [p.pid for p in self.cl.procs]
 
     def warm(self, port, prefix):
-        bench(port, self.warmup, 1, prefix=prefix)
+        bench(port, self.warmup, 1, prefix=prefix, ops=("SET",))
 
     def stop(self):
         self.cl.stop()
@@ -252,6 +255,8 @@ def main(argv=None):
                     help="tuned: LocalCluster, fsync=never, warm-up (the default); default: a "
                     "fresh `kvnode dev`, fsync=interval, no warm-up; both: each in every round")
     ap.add_argument("--pipelines", default="1,16")
+    ap.add_argument("--tests", default="set,get",
+                    help="the redis-benchmark tests to run: set, get or both (set,get)")
     ap.add_argument("--split", action="store_true",
                     help="also print each node's user + system CPU per request")
     ap.add_argument("--pin", action="store_true",
@@ -263,6 +268,10 @@ def main(argv=None):
         pipelines = [int(p) for p in args.pipelines.split(",")]
     except ValueError:
         ap.error(f"--pipelines takes numbers separated by commas, not {args.pipelines!r}")
+    global OPS
+    OPS = tuple(t.strip().upper() for t in args.tests.split(","))
+    if not OPS or any(op not in ("SET", "GET") for op in OPS):
+        ap.error(f"--tests takes set, get or set,get, not {args.tests!r}")
     missing = [co for co in args.checkouts if not os.path.isdir(os.path.join(co, "kvnet"))]
     if missing:
         ap.error(f"not a ringkv checkout (no kvnet/ inside): {', '.join(missing)}")
@@ -278,7 +287,7 @@ def main(argv=None):
                 if rs.poll() is not None:
                     raise RuntimeError(f"redis-server exited with {rs.returncode}")
                 time.sleep(0.05)
-            bench(port, args.warmup, 1)
+            bench(port, args.warmup, 1, ops=("SET",))
             print(f"ringkv: {args.nodes} node(s); benchmark on node1; cpu = node CPU per "
                   f"request, all node processes; zz = redis-benchmark's sleeps per request",
                   flush=True)
