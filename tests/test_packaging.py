@@ -92,7 +92,7 @@ def test_runtime_entry_points_import_without_the_test_extra():
     blocked = _test_only_modules()
     assert "pytest" in blocked and "hypothesis" in blocked
     code = textwrap.dedent(f"""
-        import importlib.abc, sys
+        import importlib, importlib.abc, sys
         BLOCKED = set({blocked!r})
 
         class Refuse(importlib.abc.MetaPathFinder):
@@ -106,6 +106,9 @@ def test_runtime_entry_points_import_without_the_test_extra():
         from kvnet import Client, AsyncClient
         import kvnet.node, kvnet.cli.kvnode, kvnet.cli.kvctl
         import kvnet.faultproxy, kvnet.cli.devfaults      # kvnode dev --faults, kvctl fault
+        import pkgutil, kvnet.testing                     # the benchmarks' and kvnode's toolkit
+        for m in pkgutil.iter_modules(kvnet.testing.__path__, "kvnet.testing."):
+            importlib.import_module(m.name)
         for argv in (["dev", "--help"], ["start", "--help"], ["add", "--help"]):
             try:
                 kvnet.cli.kvnode.main(argv)

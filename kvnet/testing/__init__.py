@@ -14,6 +14,8 @@ works for each of them:
   `missing_replicas()` and `replica_clocks()` open the stopped nodes' data directories;
   `read_back_and_compare()` is the end every fault test shares.
 - `corruption`: `records_of`, `corrupt_records`, `rewrite_segment_version`.
+- `fakes` (imported by name, not re-exported): `PeerTransport`, `CountingDoor`, stand-ins for
+  a peer connection's transport and a node's compiled door.
 
 It ships with the package (benchmarks and `kvnode` tests use it from an installed tree) and
 imports nothing the base install lacks: no pytest, no hypothesis. docs/testing.md explains

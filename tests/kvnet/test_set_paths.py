@@ -28,6 +28,7 @@ from kvnet.node import Node
 from kvnet.replica import Identity
 from kvnet.resp.server import RespProtocol
 from kvnet.testing import free_ports
+from kvnet.testing.fakes import CountingDoor
 
 from tests.kvnet.resp.test_server import RecordingTransport
 
@@ -249,30 +250,6 @@ def test_under_fsync_always_the_paths_agree_byte_for_byte(tmp_path_factory, batc
 
 # ---- the switches themselves -----------------------------------------------------------------
 
-class Counting:
-    """A node's door, counting the commands it took."""
-
-    def __init__(self, door):
-        self.door, self.taken = door, 0
-
-    def take(self, session, queue, out, budget):
-        before = len(queue)
-        added, started = self.door.take(session, queue, out, budget)
-        self.taken += before - len(queue)
-        return added, started
-
-    def receive(self, session, data, out, budget, limits):
-        before = len(out)
-        pos, added = self.door.receive(session, data, out, budget, limits)
-        self.taken += len(out) - before
-        return pos, added
-
-    def one(self, session, argv):
-        reply = self.door.one(session, argv)
-        self.taken += reply is not None
-        return reply
-
-
 PLAIN = [resp(b"SET", b"k1", b"a"), resp(b"SET", b"k1", b"b"), resp(b"GET", b"k1"),
          resp(b"SET", b"k2", b"c"), resp(b"GET", b"k2"), resp(b"GET", b"k3")]
 
@@ -304,7 +281,7 @@ def test_each_mode_takes_its_own_path(tmp_path, monkeypatch, count, n, rw):
                 try:
                     door = None
                     if mode == "door":
-                        door = nodes[0].resp.door = Counting(nodes[0].resp.door)
+                        door = nodes[0].resp.door = CountingDoor(nodes[0].resp.door)
                     calls.clear()
                     got[mode] = (await _feed(nodes[0], [b"".join(PLAIN)], clock),
                                  await _settled(nodes))

@@ -9,31 +9,9 @@ from kvnet.peer.core import State
 from kvnet.peer.errors import ConnectionLost, PeerTimeout, RemoteError
 from kvnet.peer.framing import FrameReader, Kind, encode_frame
 from kvnet.peer.protocol import PeerConnection
+from kvnet.testing.fakes import PeerTransport
 
 SECRET = "s3cret"
-
-
-class Transport:
-    def __init__(self):
-        self.out, self.closing = b"", False
-
-    def write(self, data):
-        self.out += bytes(data)
-
-    def is_closing(self):
-        return self.closing
-
-    def close(self):
-        self.closing = True
-
-    def abort(self):
-        self.closing = True
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
 
 
 def run(coro, limit=10):
@@ -52,7 +30,7 @@ async def until(cond):
 def ready_conn():
     """A READY connection from a to b on a recording transport (no socket, no handshake)."""
     conn = PeerConnection("a", SECRET, initiator=True)
-    conn._transport = Transport()
+    conn._transport = PeerTransport()
     conn.state, conn.peer_id, conn.version = State.READY, "b", 3
     return conn
 

@@ -289,22 +289,7 @@ def test_handlers_answered_inline_are_bounded_per_flush():
     from kvnet.peer.core import State
     from kvnet.peer.framing import FrameReader
     from kvnet.peer.protocol import PeerConnection
-
-    class Transport:
-        def __init__(self):
-            self.out, self.paused = b"", False
-
-        def write(self, data):
-            self.out += data
-
-        def pause_reading(self):
-            self.paused = True
-
-        def resume_reading(self):
-            self.paused = False
-
-        def is_closing(self):
-            return False
+    from kvnet.testing.fakes import PeerTransport
 
     async def main():
         ran, feeding = [], [False]
@@ -314,7 +299,7 @@ def test_handlers_answered_inline_are_bounded_per_flush():
             return payload
 
         conn = PeerConnection("b", SECRET, quick, initiator=False, max_inflight=4)
-        conn._transport = Transport()
+        conn._transport = PeerTransport()
         conn.state, conn.peer_id = State.READY, "a"
         for i in range(1, 11):              # ten requests of one read, before any flush
             feeding[0] = True

@@ -1,14 +1,10 @@
 """kvnet/testing/__init__.py: the toolkit as one import, as it was a single module (other
-branches, benchmarks and older checkouts' tests say `from kvnet.testing import X`), importable
-with the runtime dependencies alone."""
+branches, benchmarks and older checkouts' tests say `from kvnet.testing import X`). That each
+of its modules imports with the runtime dependencies alone is checked with the entry points
+(tests/test_packaging.py)."""
 import os
 import pkgutil
-import re
-import subprocess
-import sys
-import textwrap
 import tomllib
-from importlib import metadata
 
 import kvnet.testing
 
@@ -48,42 +44,7 @@ def _submodules():
 
 def test_the_package_is_split_by_concern_and_shipped():
     assert _submodules() == [f"kvnet.testing.{m}" for m in (
-        "checks", "clients", "cluster", "corruption", "ports", "waiting", "writers")]
+        "checks", "clients", "cluster", "corruption", "fakes", "ports", "waiting", "writers")]
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
     assert "kvnet.testing" in packages
-
-
-def _dist(requirement):
-    return re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0).lower().replace("_", "-")
-
-
-def test_no_module_of_the_toolkit_needs_the_test_extra():
-    """`kvnode dev` and the benchmarks import it from a base install (no pytest, no hypothesis)."""
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        project = tomllib.load(f)["project"]
-    test_only = ({_dist(r) for r in project["optional-dependencies"]["test"]}
-                 - {_dist(r) for r in project["dependencies"]})
-    blocked = sorted(mod for mod, dists in metadata.packages_distributions().items()
-                     if {d.lower().replace("_", "-") for d in dists} & test_only
-                     and not mod.startswith("_")) + ["_pytest"]
-    assert "pytest" in blocked and "hypothesis" in blocked
-    code = textwrap.dedent(f"""
-        import importlib, importlib.abc, sys
-        BLOCKED = set({blocked!r})
-
-        class Refuse(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in BLOCKED:
-                    raise ImportError(f"{{name}} comes only with the test extra")
-                return None
-
-        sys.meta_path.insert(0, Refuse())
-        for name in {_submodules()!r} + ["kvnet.testing"]:
-            importlib.import_module(name)
-        print("imports ok")
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "imports ok" in proc.stdout
