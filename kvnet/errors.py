@@ -3,6 +3,7 @@
 Every error a client can see is a KVNetError subclass with a RESP prefix, so
 the front door never formats an error by hand (docs/design.md, habit 16).
 """
+import errno as _errno
 
 
 class KVNetError(Exception):
@@ -65,6 +66,18 @@ class DiskError(KVNetError):
     node's other partitions go on (docs/storage.md, "Faults")."""
 
     resp_prefix = "IOERR"
+
+
+def os_cause(exc):
+    """An OSError's cause in words, with its errno's name, as a DiskError says it:
+    "reserving segment space: No space left on device (ENOSPC)"."""
+    what = exc.strerror or str(exc)
+    name = _errno.errorcode.get(exc.errno) if exc.errno else None
+    if exc.filename:
+        what = f"{exc.filename}: {what}"
+    if name and name not in what:
+        what += f" ({name})"
+    return what
 
 
 class PeerError(KVNetError):

@@ -396,7 +396,7 @@ class FrontDoor(Backend):
         return {"ringkv_node": self.name, "ring_epoch": self.ring.epoch, "ring_size": self.ring.q,
                 "n_val": self.ring.n, "members": len(self.ring.nodes),
                 "partitions_open": len(self.replica.partitions), "fsync": self.cfg.fsync,
-                **self.replica.commit_stats(),
+                **self.replica.group.stats(),
                 **self.replica.fault_stats(),
                 "hints_pending": sum(self.host.handoff.pending().values()),
                 **{f"hints_{k}": v for k, v in self.host.handoff.stats.items()},

@@ -150,7 +150,7 @@ cdef class LocalDoor:
         self.down = lanes.down
         self.own = self.identity.prefix         # (the identity's, fixed at its start)
         self.new_epoch = self.identity.new_epoch
-        self.written = replica.written
+        self.written = replica.group.written
 
     cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing. A
@@ -431,7 +431,7 @@ cdef class LaneReplica:
         self.replica = replica
         self.store = store
         self.read = read
-        self.written = replica.written
+        self.written = replica.group.written
         self.max_key = max_key
         self.max_items = max_items
         self.budget = budget

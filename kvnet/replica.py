@@ -25,13 +25,11 @@ from kvcore import versions as V
 from kvcore._native import select
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvcore.storage import LogStore
-from kvcore.storage import syncfs as SF
 from kvcore.storage import journal as JR
-from kvcore.storage.journal import Journal
 from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import DiskError, ObjectTooLarge, TooManySiblings
-from kvnet.executor import ThreadExecutor
-from kvnet.stepping import ReplyFuture, reject, resolve
+from kvnet.errors import os_cause as _cause
+from kvnet.groupcommit import JOURNAL_CHECKPOINT_BYTES, GroupCommit
 
 EPOCH_BLOCK = 10_000
 EMPTY_CHUNK = 4096             # keys per scan step of empty_partition (FLUSHDB)
@@ -41,10 +39,6 @@ REBUILD_CHUNK = 256            # records folded between two yields to the loop (
 # Tree folds running at once per node (RebuildGate). They all run on the loop, so more at once
 # build no faster and only make each request wait behind more chunks.
 REBUILD_CONCURRENCY = 1
-SYNC_METHODS = ("auto", "journal", "syncfs", "fdatasync")   # how a group commit syncs
-# (docs/storage.md); auto: the journal with fsync=always, else syncfs where it reports errors
-JOURNAL_CHECKPOINT_BYTES = 64 << 20    # a checkpoint cuts the journal past this size
-COMMIT_ROUNDS = 2             # group commit rounds syncing at once (docs/storage.md, "Durability")
 log = logging.getLogger("kvnet.replica")
 RW = select("kvcore.replicawrite", "kvcore.replicawrite_py")
 
@@ -149,18 +143,6 @@ class RebuildGate:
         if self._loop is not loop:
             self._loop, self._sem = loop, asyncio.Semaphore(self.limit)
         return self._sem
-
-
-def _cause(exc):
-    """An OSError's cause in words, with its errno's name: "reserving segment space: No space
-    left on device (ENOSPC)"."""
-    what = exc.strerror or str(exc)
-    name = E.errorcode.get(exc.errno) if exc.errno else None
-    if exc.filename:
-        what = f"{exc.filename}: {what}"
-    if name and name not in what:
-        what += f" ({name})"
-    return what
 
 
 class Partition:
@@ -434,33 +416,15 @@ class LocalReplica:
         self.data_dir = data_dir
         self.identity = Identity(data_dir, node)
         self.fsync = fsync
-        self.sync_interval = sync_interval_ms / 1000.0
-        # group commits' syncs, off the loop: up to COMMIT_ROUNDS rounds at once, each
-        # covering every store dirtied since the round before it started
-        # (and a journal checkpoint's store syncs beside them)
-        self.executor = executor or ThreadExecutor(COMMIT_ROUNDS + 1, "ringkv-sync")
-        # syncfs: one descriptor per round syncing at once (a writeback error is reported once
-        # per open file: each round's call must see every error since its descriptor's last)
-        self.sync_method = _sync_method(sync_method, node, fsync)
-        self._fs = ([SF.FileSystemSync(data_dir) for _ in range(COMMIT_ROUNDS)]
-                    if self.sync_method == "syncfs" else None)
-        # journal: every partition store appends a copy of its records to one journal, and a
-        # round fdatasyncs that one file (docs/storage.md, "The journal"); opening it reads
-        # what a crash left, replayed into each partition as it opens
-        # (a node started without the journal after a crash with it still replays it)
-        jdir = os.path.join(data_dir, "journal")
-        self.journal = Journal(jdir) if self.sync_method == "journal" else None
-        self.replay = (self.journal.replay if self.journal is not None
-                       else JR.read_journal(jdir) if os.path.isdir(jdir) else JR.Replay())
-        self.journal_checkpoint_bytes = journal_checkpoint_bytes
-        self.checkpoints = 0         # journal checkpoints done
+        # when writes become durable, and what waits for that (kvnet/groupcommit.py)
+        self.group = GroupCommit(self, data_dir, node, fsync=fsync,
+                                 sync_interval_ms=sync_interval_ms, executor=executor,
+                                 sync_method=sync_method,
+                                 journal_checkpoint_bytes=journal_checkpoint_bytes)
+        self.sync_method = self.group.sync_method
+        self.journal = self.group.journal
+        self.replay = self.group.replay
         self.replayed_records = 0    # records the start's replay wrote again
-        self._since_checkpoint = set()   # partitions written since the journal's last cut
-        self._checkpoint_task = None
-        self._journal_keep = False       # a checkpoint failed after its cut: retire nothing
-        self._closing = False
-        self.commits = 0             # group commit rounds that synced something
-        self.commit_syncs = 0        # system calls they made (syncfs: one per round)
         self.max_siblings = max_siblings
         self.max_object_bytes = max_object_bytes    # what a write minted here may leave
         # A stored clock may hold many siblings: the value limit is the coordinator's,
@@ -477,14 +441,6 @@ class LocalReplica:
         self.partitions = {}
         self.on_tree_rebuilt = None  # fn(p) after a partition's tree is rebuilt (anti-entropy)
         self.rebuild_gate = RebuildGate()   # few tree folds at once (after a crash: all)
-        self._failures = 0           # partitions made read-only so far (after_write)
-        self._dirty = set()
-        self._write_gen = 0          # writes stored so far
-        self._synced_gen = 0         # writes known durable
-        self._rounds = []            # [(write gen covered, its task)] syncing, oldest first
-        self._waiters = []           # [(write gen, partition, callback)]: when_durable
-        self._drain_task = None
-        self._interval_task = None
 
     # ---- partitions ----------------------------------------------------------------------
 
@@ -510,7 +466,7 @@ class LocalReplica:
         if journal is not None:
             part.store.attach_journal(journal.buffer, journal.bind(rel))
         part.on_rebuilt = self._rebuilt
-        part.on_fail = self._failed
+        part.on_fail = self.group.failed
         return part
 
     async def drop(self, p):
@@ -523,8 +479,7 @@ class LocalReplica:
         part = self.partitions.pop(p, None)
         if part is None:
             return False
-        self._dirty.discard(part)
-        self._since_checkpoint.discard(part)
+        self.group.forget(part)
         part.store.close()
         gone = f"{part.path}.dropped-{time.monotonic_ns()}"
         os.rename(part.path, gone)      # (a partition(p) from now on starts afresh)
@@ -532,13 +487,9 @@ class LocalReplica:
             # a replay skips what it holds for a directory not on disk, and once this DROP
             # is durable, what it held before it for a directory of that name
             self.journal.drop(_relpath(p))
-            self._write_gen += 1
-            await self.commit()
+            await self.group.commit_all()
         await asyncio.to_thread(shutil.rmtree, gone, True)
         return True
-
-    def _failed(self, part):
-        self._failures += 1
 
     def _rebuilt(self, part):
         if self.on_tree_rebuilt is not None and self.partitions.get(part.p) is part:
@@ -551,47 +502,6 @@ class LocalReplica:
                 "read_only_partitions": sum(1 for part in parts if part.read_only is not None),
                 "trees_rebuilding": sum(1 for part in parts if not part.tree_built),
                 "tree_rebuilds": sum(part.rebuilds for part in parts)}
-
-    def commit_stats(self):
-        """Group commit counters (INFO): the sync method, rounds that synced something, and
-        the sync system calls they made (syncfs: one per round)."""
-        out = {"sync_method": self.sync_method, "group_commits": self.commits,
-               "group_commit_syncs": self.commit_syncs}
-        if self.journal is not None:
-            out.update(journal_bytes=self.journal.size, journal_checkpoints=self.checkpoints,
-                       journal_replayed_records=self.replayed_records)
-        return out
-
-    # group commit's state, read-only (tests wait on it; nothing outside changes it)
-
-    @property
-    def write_gen(self):
-        """Writes stored so far (each mint, merge, delete or emptied partition counts one)."""
-        return self._write_gen
-
-    @property
-    def synced_gen(self):
-        """How many of them are known durable (equal to write_gen: nothing waits for a sync)."""
-        return self._synced_gen
-
-    def dirty_partitions(self):
-        """The partitions written since the last group commit round took them, sorted."""
-        return sorted(part.p for part in self._dirty)
-
-    @property
-    def syncing_rounds(self):
-        """Group commit rounds syncing now (at most COMMIT_ROUNDS)."""
-        return len(self._rounds)
-
-    @property
-    def checkpointing(self):
-        """True while a journal checkpoint runs."""
-        return self._checkpoint_task is not None
-
-    @property
-    def journal_kept(self):
-        """True once a checkpoint failed after its cut: no journal file is retired since."""
-        return self._journal_keep
 
     def write_error(self, part, exc):
         """What a write to `part` that raised `exc` reports: a DiskError naming the node, the
@@ -674,14 +584,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         part.tree.update(key, old_raw, raw)
-        self.written(part)
-
-    def written(self, part, count=1):
-        """`count` writes stored in part: the next sync covers them. The write methods here
-        call it, and so do the compiled door and lane (kvnet/localdoor.pyx), which store
-        through kvcore/replicawrite.pyx themselves."""
-        self._dirty.add(part)
-        self._write_gen += count
+        self.group.written(part)
 
     def _local(self, p, key):
         raw = self.partition(p).store.get(key)
@@ -743,7 +646,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         if raw is not None:
-            self.written(part)
+            self.group.written(part)
         return raw
 
     def next_clock(self, local, sibling, context, overwrite, actor_for):
@@ -790,7 +693,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         if done == RW.STORED:
-            self.written(part)
+            self.group.written(part)
         return done != RW.MISS
 
     def repair(self, p, key, clock):
@@ -822,7 +725,7 @@ class LocalReplica:
         except OSError as exc:
             raise self.write_error(part, exc) from exc
         part.tree.update(key, cur, None)
-        self.written(part)
+        self.group.written(part)
         return True
 
     def empty_partition(self, p):
@@ -847,260 +750,26 @@ class LocalReplica:
             part.distrust(self.identity.new_epoch())
         except OSError as exc:
             raise self.write_error(part, exc) from exc
-        self.written(part)
+        self.group.written(part)
 
-    # ---- durability ----------------------------------------------------------------------
+    # ---- durability (kvnet/groupcommit.py) -----------------------------------------------
 
-    async def commit(self):
-        """Group commit: make every write so far durable; concurrent callers share rounds.
-
-        A round covers the writes stored before it started. Up to COMMIT_ROUNDS rounds sync
-        at once, so a write stored while a round is syncing starts the next round at once
-        instead of waiting for the running one to end first (half a sync less of latency,
-        and the disk sees the two flushes together); rounds still end in the order they
-        started (_commit_once), so a write is reported durable only once every round before
-        its own has ended too."""
-        target = self._write_gen
-        while self._synced_gen < target:
-            rounds = self._rounds
-            task = next((t for gen, t in rounds if gen >= target), None)
-            if task is None:
-                if len(rounds) < COMMIT_ROUNDS:
-                    task = self._start_round()
-                else:
-                    task = rounds[0][1]         # the oldest frees a slot first
-            await asyncio.shield(task)
-
-    def _start_round(self):
-        gen, dirty, self._dirty = self._write_gen, self._dirty, set()
-        batch = None
-        if self.journal is not None:
-            batch = self.journal.take()     # (rounds take in the order they start)
-            self._since_checkpoint |= dirty
-        prev = self._rounds[-1][1] if self._rounds else None
-        task = asyncio.ensure_future(self._commit_once(gen, dirty, prev, batch))
-        self._rounds.append((gen, task))
-        return task
-
-    async def _commit_once(self, gen, dirty, prev=None, batch=None):
-        """One round: make every dirty store durable in a worker thread: by writing the
-        journal frames taken at its start (`batch`) and fdatasyncing the journal (sync_method
-        "journal"), by one syncfs of the data directory's file system ("syncfs") or by an
-        fdatasync per store ("fdatasync"). A failed journal write or fdatasync is the
-        journal's for good (`Journal.failed`): this round's partitions and every one written
-        after turn read-only, as after a failed syncfs. A store whose sync fails is never synced again as if its writes had
-        reached the disk (the store refuses it): its partition turns read-only and leaves
-        the round; the others are durable. A failed syncfs names no file: every partition of
-        the round turns read-only, and so does every one written since the round began (its
-        pages may have been among those the kernel could not write; the error is reported
-        once, so the next syncfs would succeed). `prev`: the round started before this one,
-        whose end this one's report waits for (and whose failure it shares)."""
-        fs = None
-        journal = self.journal
-        what = "syncfs" if journal is None else "the journal's write or fdatasync"
-        try:
-            result = ([], None)
-            if journal is not None:
-                if journal.failed is not None:
-                    result = [], journal.failed
-                elif batch is not None:
-                    try:
-                        await self.executor.run(batch.write_sync)
-                    except OSError as exc:
-                        journal.failed = exc    # (never written again as if it had worked)
-                        log.error("node %s: the journal %s: %s: every partition written since "
-                                  "turns read-only", self.identity.node, batch.file.path,
-                                  _cause(exc))
-                        result = [], exc
-                    self.commits += 1
-                    self.commit_syncs += 1
-            elif dirty:
-                parts = list(dirty)
-                if self._fs is not None:
-                    fs = self._fs.pop()
-                    result = await self.executor.run(_syncfs_all, fs, parts)
-                else:
-                    result = await self.executor.run(_sync_all, parts), None
-                self.commits += 1
-                self.commit_syncs += 1 if fs is not None else len(parts)
-            if prev is not None:
-                await asyncio.shield(prev)          # (its failure is this round's too)
-            failed, fs_error = result
-            if fs_error is None and journal is not None and journal.failed is not None:
-                # a round before this one failed: its file range is a hole the replay stops
-                # at, so nothing after it is durable either, this round's frames included
-                fs_error = journal.failed
-            for part, exc in failed:
-                self.write_error(part, exc)         # read-only, logged, distrusted
-            if fs_error is not None:
-                for part in dirty | self._dirty:
-                    part.fail(fs_error, what)
-            self._synced_gen = max(self._synced_gen, gen)
-            if (journal is not None and journal.size >= self.journal_checkpoint_bytes
-                    and self._checkpoint_task is None and journal.failed is None
-                    and not self._closing and not self._journal_keep):
-                self._checkpoint_task = asyncio.ensure_future(self._checkpoint())
-        except BaseException:
-            self._dirty |= dirty
-            if batch is not None and journal.failed is None:
-                # its frames are taken and their file space claimed: a later round's frames
-                # would follow a hole the replay stops at
-                journal.failed = OSError(E.EIO, "a journal write was abandoned")
-            raise
-        finally:
-            if fs is not None:
-                self._fs.append(fs)
-            self._rounds = [r for r in self._rounds if r[1] is not asyncio.current_task()]
-
-    async def _checkpoint(self):
-        """Cut the journal: later frames go to a new file; once the rounds writing into the
-        old one have ended, every store written since the last cut is synced (in a worker
-        thread) and the old file deleted. The files left must stay a contiguous run of the
-        newest (a replay applies them in order over the stores): so if anything fails after
-        the cut (a store's sync, the delete), no file is deleted any more until the node
-        restarts and replays them all."""
-        journal = self.journal
-        try:
-            new = await self.executor.run(journal.new_file)
-        except Exception as exc:
-            log.error("node %s: a journal checkpoint could not start the next file: %s",
-                      self.identity.node, _cause(exc) if isinstance(exc, OSError) else exc)
-            await asyncio.sleep(1.0)            # (not again at once, every round)
-            self._checkpoint_task = None
-            return
-        try:
-            old = journal.switch(new)
-            parts, self._since_checkpoint = self._since_checkpoint, set()
-            for _, task in list(self._rounds):
-                try:
-                    await asyncio.shield(task)
-                except Exception:
-                    pass
-            live = [part for part in parts if self.partitions.get(part.p) is part]
-            failed = await self.executor.run(_sync_all, live) if live else []
-            for part, exc in failed:
-                self.write_error(part, exc)
-            if failed or journal.failed is not None or self._journal_keep:
-                raise OSError(E.EIO, "a partition's sync failed" if failed else
-                              "the journal failed")
-            if self._closing:
-                return                          # (close syncs every store, then deletes all)
-            await self.executor.run(journal.retire, [old])
-            self.checkpoints += 1
-        except Exception as exc:
-            self._journal_keep = True
-            log.error("node %s: a journal checkpoint failed (%s): the journal keeps its files "
-                      "until a restart replays them", self.identity.node,
-                      _cause(exc) if isinstance(exc, OSError) else exc)
-        finally:
-            self._checkpoint_task = None
-
-    async def after_write(self, parts=None):
-        """What a write awaits before it is acknowledged, by the fsync policy. With
-        fsync=always: the group commit, then a DiskError if the partition written (`parts`: a
-        partition number or several; None: any partition) turned read-only meanwhile, its
-        sync having failed: that write is not acknowledged."""
-        if self.fsync == "always":
-            failures = self._failures
-            await self.commit()
-            if self._failures != failures or (self._failures and parts is not None):
-                err = self._unacked(parts)
-                if err is not None:
-                    raise err
-
-    def _unacked(self, parts):
-        """The DiskError for a write to `parts` (see after_write) if one of them is read-only:
-        a write stored before its partition's sync failed is never acknowledged, whenever
-        its waiter came."""
-        if parts is None:
-            bad = [p for p, part in self.partitions.items() if part.read_only is not None]
-        else:
-            ps = (parts,) if isinstance(parts, int) else parts
-            bad = [p for p in ps if self.partitions.get(p) is not None
-                   and self.partitions[p].read_only is not None]
-        if not bad:
-            return None
-        part = self.partitions[bad[0]]
-        return DiskError(f"node {self.identity.node}: partition {part.p} is read-only: "
-                         f"{part.read_only}; the write is not acknowledged")
-
-    def when_durable(self, p, callback):
-        """after_write(p) without a coroutine or a task per write: callback(None) once every
-        write stored so far is durable, callback(exc) if it cannot be acknowledged (its
-        partition's sync failed: DiskError; or the commit raised). Called on the loop, from
-        one task that drives the group commit for all such waiters."""
-        self._waiters.append((self._write_gen, p, callback))
-        if self._drain_task is None:
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self):
-        try:
-            while self._waiters:
-                error = None
-                try:
-                    await self.commit()         # covers every waiter there is now
-                except Exception as exc:
-                    error = exc
-                synced = self._synced_gen
-                waiters = self._waiters
-                done = [w for w in waiters if w[0] <= synced or error is not None]
-                self._waiters = [w for w in waiters if w[0] > synced and error is None]
-                for _, p, callback in done:
-                    exc = error
-                    if exc is None and self._failures:
-                        exc = self._unacked(p)
-                    try:
-                        callback(exc)
-                    except Exception:
-                        log.exception("node %s: a durability callback failed", self.identity.node)
-        finally:
-            self._drain_task = None
+    def after_write(self, parts=None):
+        """What a write awaits before it is acknowledged (GroupCommit.after_write): with
+        fsync=always the group commit, and a DiskError if a partition written (`parts`)
+        turned read-only meanwhile."""
+        return self.group.after_write(parts)
 
     def durable(self, fut, p):
-        """A ReplyFuture of `fut`'s result (a direct-lane write's replicas, kvnet/coordinator/
-        driver.py put_direct) settled only once this node's own copy in partition p is durable
-        too (fsync=always): the first error of either rejects it."""
-        out = ReplyFuture(loop=fut.get_loop())
-        both = _Both(out)
-        fut.on_settled = both.remote
-        if fut.done():
-            both.remote(fut)
-        self.when_durable(p, both.local)
-        return out
+        """A direct-lane write's future settled only once this node's copy in partition p is
+        durable too (GroupCommit.durable)."""
+        return self.group.durable(fut, p)
 
     def start(self):
-        if self.fsync == "interval" and self._interval_task is None:
-            self._interval_task = asyncio.get_running_loop().create_task(self._interval_loop())
-
-    async def _interval_loop(self):
-        while True:
-            await asyncio.sleep(self.sync_interval)
-            try:
-                await self.commit()
-            except Exception:
-                log.exception("node %s: an interval commit failed", self.identity.node)
+        self.group.start()
 
     async def close(self):
-        self._closing = True                # (no new checkpoint: close syncs every store)
-        if self._interval_task is not None:
-            self._interval_task.cancel()
-            try:
-                await self._interval_task
-            except asyncio.CancelledError:
-                pass
-            self._interval_task = None
-        for task in [t for _, t in self._rounds] + [self._drain_task, self._checkpoint_task]:
-            if task is None:
-                continue
-            try:                    # (the drain settles its waiters: none is left hanging)
-                await asyncio.shield(task)
-            except Exception:
-                pass
-        if self._checkpoint_task is not None:       # (one a last round started meanwhile)
-            try:
-                await asyncio.shield(self._checkpoint_task)
-            except Exception:
-                pass
+        await self.group.close()
         parts, self.partitions = list(self.partitions.values()), {}
         for part in parts:          # (a rebuild is a task of this loop: cancelled here)
             task, part._rebuild_task = part._rebuild_task, None
@@ -1113,10 +782,8 @@ class LocalReplica:
         if self.journal is not None:
             # every store closed and synced: nothing left to replay (else the files stay)
             self.journal.close(retire=not failures and self.journal.failed is None
-                               and not self._journal_keep)
-        self.executor.shutdown()
-        for fs in self._fs or ():
-            fs.close()
+                               and not self.group.journal_kept)
+        self.group.shutdown()
 
 
 def _relpath(p):
@@ -1147,104 +814,3 @@ def _same(a, b):
     in an actor, and those encode differently.)"""
     return a is b or (a.anonymous is b.anonymous and len(a.entries) == len(b.entries)
                       and all(x is y for x, y in zip(a.entries, b.entries)))
-
-
-class _Both:
-    """Settles `out` with the remote future's result once it and the local sync are done."""
-
-    __slots__ = ("out", "left", "value")
-
-    def __init__(self, out):
-        self.out, self.left, self.value = out, 2, None
-
-    def remote(self, fut):
-        if fut.cancelled():
-            exc = asyncio.CancelledError()
-        else:
-            exc = fut.exception()
-        if self.out.done():
-            return
-        if exc is not None:
-            reject(self.out, exc)
-            return
-        self.value = fut.result()
-        self._one()
-
-    def local(self, exc):
-        if self.out.done():
-            return
-        if exc is not None:
-            reject(self.out, exc)
-            return
-        self._one()
-
-    def _one(self):
-        self.left -= 1
-        if self.left == 0:
-            resolve(self.out, self.value)
-
-
-def _sync_method(method, node, fsync="always"):
-    """The method a group commit uses. "auto" is the journal with fsync=always (one
-    fdatasync of one file per round), else syncfs where the kernel reports its errors (Linux
-    5.8 and later), else fdatasync; "syncfs" refuses to start where it cannot be trusted.
-    fsync=never syncs nothing: no journal then either."""
-    if method not in SYNC_METHODS:
-        raise ValueError(f"sync_method: {method!r} must be one of {', '.join(SYNC_METHODS)}")
-    if method == "journal" or (method == "auto" and fsync == "always"):
-        if fsync != "never":
-            return "journal"
-        method = "auto"
-    if method == "fdatasync":
-        return method
-    why = SF.unsupported()
-    if why is not None:
-        if method == "syncfs":
-            raise DiskError(f"node {node}: sync_method syncfs cannot be used here: {why}; "
-                            "use sync_method fdatasync (or auto)")
-        log.info("node %s: group commits fdatasync each partition: %s", node, why)
-        return "fdatasync"
-    return "syncfs"
-
-
-def _syncfs_all(fs, parts):
-    """Make each partition's writes durable by one syncfs (in a worker thread): ([(partition,
-    OSError)] of stores that refused or failed, the syncfs's own OSError or None). Each
-    store's extent is taken before the call, so what is recorded synced was written before
-    it; a store closed meanwhile (a dropped partition) has nothing left to sync."""
-    marks, failed = [], []
-    for part in parts:
-        try:
-            marks.append((part, part.store.sync_begin()))
-        except StoreClosed:
-            pass
-        except OSError as exc:
-            failed.append((part, exc))
-    if not marks:
-        return failed, None
-    try:
-        fs.sync()
-    except OSError as exc:
-        return failed, exc
-    for part, mark in marks:
-        try:
-            part.store.sync_end(mark)
-        except StoreClosed:
-            pass
-        except OSError as exc:
-            failed.append((part, exc))
-    return failed, None
-
-
-def _sync_all(parts):
-    """Sync each partition's store (in a worker thread): [(partition, OSError)] of those that
-    failed. A partition dropped meanwhile (its store closed) has nothing left to sync."""
-    failed = []
-    for part in parts:
-        try:
-            part.store.sync()
-        except StoreClosed:
-            pass
-        except OSError as exc:
-            failed.append((part, exc))
-    return failed

@@ -7,9 +7,9 @@ fsync=always request path costs without its disk).
 import os
 
 if os.environ.get("RINGKV_BENCH_SYNC") == "nosync":
-    import kvnet.replica as _R
+    import kvnet.groupcommit as _G
 
     def _nosync(fs, parts):
         return [], None
 
-    _R._syncfs_all = _nosync
+    _G._syncfs_all = _nosync

@@ -19,6 +19,7 @@ from kvnet.peer.protocol import PeerConnection
 from kvnet.resp.server import RespProtocol
 from kvnet.routes import Lanes, Routes
 from kvnet.testing import free_ports
+from kvnet.testing.fakes import CountingDoor
 
 from tests.kvnet.resp.test_server import RecordingTransport
 
@@ -61,31 +62,6 @@ async def _lanes_open(nodes):
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the direct lane did not open")
-
-
-class Counting:
-    """The node's door, counting the commands it took."""
-
-    def __init__(self, door):
-        self.door, self.taken, self.beside = door, 0, 0
-
-    def take(self, session, queue, out, budget):
-        before = len(queue)
-        added, started = self.door.take(session, queue, out, budget)
-        self.taken += before - len(queue)
-        return added, started
-
-    def receive(self, session, data, out, budget, limits):
-        before = len(out)
-        pos, added = self.door.receive(session, data, out, budget, limits)
-        self.taken += len(out) - before
-        return pos, added
-
-    def one(self, session, argv):
-        reply = self.door.one(session, argv)
-        self.taken += reply is not None
-        self.beside += reply is not None
-        return reply
 
 
 async def _feed(node, chunks, door):
@@ -163,7 +139,7 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
             await _nodes(base / "slow", max_key_bytes=32, max_value_bytes=64)
         try:
             chunks = _cut([b"".join(resp(*c) for c in batch) for batch in batches], cuts)
-            door = Counting(fast.resp.door)
+            door = CountingDoor(fast.resp.door)
             got = _replies(await _feed(fast, chunks, door))
             want = _replies(await _feed(slow, chunks, None))
             assert len(got) == len(want) == sum(map(len, batches))
@@ -175,9 +151,9 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
                 assert fast.resp.commands.stats[k] == slow.resp.commands.stats[k], k
             assert fast.stats == slow.stats
             # the next sync covers every write the door stored
-            assert fast.replica._write_gen == slow.replica._write_gen
-            assert sorted(os.path.basename(p.path) for p in fast.replica._dirty) == \
-                sorted(os.path.basename(p.path) for p in slow.replica._dirty)
+            assert fast.replica.group._write_gen == slow.replica.group._write_gen
+            assert sorted(os.path.basename(p.path) for p in fast.replica.group._dirty) == \
+                sorted(os.path.basename(p.path) for p in slow.replica.group._dirty)
             for key in KEYS:
                 a, b = (n.replica.read_raw(n.ring.partition_of(key), key) if len(key) <= 32 else None
                         for n in (fast, slow))
@@ -200,7 +176,7 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
 def test_it_takes_plain_gets_and_sets_and_stops_at_anything_else(tmp_path):
     async def main():
         (node,) = await _nodes(tmp_path)
-        door = Counting(node.resp.door)
+        door = CountingDoor(node.resp.door)
         try:   # the general path opens the partitions; the door takes open ones only
             await _feed(node, [resp(b"GET", b"a") + resp(b"GET", b"none") + resp(b"GET", b"b")],
                         None)
@@ -223,7 +199,7 @@ def test_it_takes_plain_gets_and_sets_and_stops_at_anything_else(tmp_path):
 def test_a_key_with_siblings_is_read_and_written_by_the_general_path(tmp_path):
     async def main():
         (node,) = await _nodes(tmp_path)
-        door = Counting(node.resp.door)
+        door = CountingDoor(node.resp.door)
         try:
             await _feed(node, [resp(b"KV.PUT", b"s", b"one") + resp(b"KV.PUT", b"s", b"two")],
                         None)
@@ -250,7 +226,7 @@ def test_sets_wait_for_the_group_commit_under_fsync_always(tmp_path):
             out = []
             assert door.take(session, queue, out, 1 << 16) == (0, None) and len(queue) == 1
             assert await _feed(node, [resp(b"SET", b"a", b"1"), resp(b"GET", b"a")],
-                               Counting(door)) == b"+OK\r\n$1\r\n1\r\n"
+                               CountingDoor(door)) == b"+OK\r\n$1\r\n1\r\n"
         finally:
             await node.stop()
 
@@ -261,7 +237,7 @@ def test_nothing_is_taken_before_auth_or_for_another_nodes_partition(tmp_path):
     async def main():
         nodes = await _nodes(tmp_path, count=2, n=1, password="pw")
         try:
-            door = Counting(nodes[0].resp.door)
+            door = CountingDoor(nodes[0].resp.door)
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"1")], door)
             assert out.startswith(b"-NOAUTH") and door.taken == 0
             ring = nodes[0].ring
@@ -322,7 +298,7 @@ def test_the_lane_agrees_with_the_general_path(tmp_path_factory, batches):
             await _lanes_open(fast)
             await _lanes_open(slow)
             chunks = [b"".join(resp(*c) for c in batch) for batch in batches]
-            door = Counting(fast[0].resp.door)
+            door = CountingDoor(fast[0].resp.door)
             got = _replies(await _feed(fast[0], chunks, door))
             want = _replies(await _feed(slow[0], chunks, None))
             cmds = [c for batch in batches for c in batch]
@@ -347,7 +323,7 @@ def test_the_lane_agrees_with_the_general_path(tmp_path_factory, batches):
 def test_the_lane_takes_one_command_then_waits_for_its_replicas(tmp_path):
     async def main():
         async with _lane_cluster(tmp_path) as nodes:
-            door = Counting(nodes[0].resp.door)
+            door = CountingDoor(nodes[0].resp.door)
             out = await _feed(nodes[0], [resp(b"SET", b"a", b"1"), resp(b"GET", b"a"),
                                          resp(b"GET", b"nothing")], door)
             assert out == b"+OK\r\n$1\r\n1\r\n$-1\r\n"
@@ -376,7 +352,7 @@ def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
         async with _lane_cluster(tmp_path) as nodes:
             keys = [b"p%d" % i for i in range(16)]
             await _feed(nodes[0], [b"".join(resp(b"GET", k) for k in keys)], None)   # open
-            door = Counting(nodes[0].resp.door)
+            door = CountingDoor(nodes[0].resp.door)
             out = await _feed(nodes[0], [b"".join(resp(b"SET", k, k) for k in keys) +
                                          b"".join(resp(b"GET", k) for k in keys)], door)
             assert out == b"+OK\r\n" * 16 + b"".join(b"$%d\r\n%b\r\n" % (len(k), k)
@@ -587,8 +563,8 @@ def _replica_state(node):
     held = {}
     for p, part in rep.partitions.items():
         held[p] = (sorted(part.store.items()), part.tree.to_bytes())
-    dirty = sorted(p for p, part in rep.partitions.items() if part in rep._dirty)
-    return held, rep._write_gen, dirty
+    dirty = sorted(p for p, part in rep.partitions.items() if part in rep.group._dirty)
+    return held, rep.group._write_gen, dirty
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -76,14 +76,14 @@ def test_the_direct_lane_waits_for_the_coordinators_own_sync(tmp_path):
         a, b, c = nodes
         try:
             p = await asyncio.wait_for(_lane_open(a, b"k"), 10)
-            a.replica.executor = Held()
+            a.replica.group.executor = Held()
             fut = a.front.set_overwrite_now(b"k", b"v1")
             assert fut is not LATER and isinstance(fut, asyncio.Future)
             raw = a.replica.read_raw(p, b"k")
             for _ in range(500):                  # both replicas synced and stored it
                 if b.replica.read_raw(p, b"k") == raw and c.replica.read_raw(p, b"k") == raw \
-                        and b.replica._synced_gen == b.replica._write_gen \
-                        and c.replica._synced_gen == c.replica._write_gen:
+                        and b.replica.group._synced_gen == b.replica.group._write_gen \
+                        and c.replica.group._synced_gen == c.replica.group._write_gen:
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)

@@ -254,10 +254,10 @@ def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
         async def writer(i):
             r.mint(i % 3, b"k%d" % i, S(b"v"))
             await r.after_write()
-            return r.synced_gen
+            return r.group.synced_gen
 
         gens = await asyncio.wait_for(asyncio.gather(*(writer(i) for i in range(200))), 30)
-        assert min(gens) >= 1 and r.synced_gen == 200
+        assert min(gens) >= 1 and r.group.synced_gen == 200
         for p in range(3):
             st = r.partition(p).store.stats()
             assert st["synced_offset"] == st["active_offset"]
@@ -269,14 +269,14 @@ def test_group_commit_waiters_never_spin_and_all_get_synced(tmp_path):
 def test_group_commit_state_is_readable_without_private_attributes(tmp_path):
     async def main():
         r = LocalReplica(str(tmp_path), "n1", fsync="always", sync_method="fdatasync")
-        assert (r.write_gen, r.synced_gen, r.dirty_partitions()) == (0, 0, [])
+        assert (r.group.write_gen, r.group.synced_gen, r.group.dirty_partitions()) == (0, 0, [])
         r.mint(5, b"a", S(b"1"))
         r.mint(2, b"b", S(b"2"))
         r.mint(5, b"c", S(b"3"))
-        assert r.write_gen == 3 and r.synced_gen == 0 and r.dirty_partitions() == [2, 5]
+        assert r.group.write_gen == 3 and r.group.synced_gen == 0 and r.group.dirty_partitions() == [2, 5]
         await r.after_write()
-        assert r.synced_gen == r.write_gen == 3 and r.dirty_partitions() == []
-        assert r.syncing_rounds == 0 and not r.checkpointing and not r.journal_kept
+        assert r.group.synced_gen == r.group.write_gen == 3 and r.group.dirty_partitions() == []
+        assert r.group.syncing_rounds == 0 and not r.group.checkpointing and not r.group.journal_kept
         await r.close()
 
     asyncio.run(main())
@@ -527,7 +527,7 @@ def test_open_all_opens_partitions_in_threads_and_unclean_ones_get_distinct_epoc
     assert sorted(r.partitions) == list(range(40))
     for p in range(40):
         r.merge(p, b"k%d" % p, V.new(S(b"v")))
-    asyncio.run(r.commit())
+    asyncio.run(r.group.commit())
     r2_dir = tmp_path / "copy"                   # a crash: the files of stores still open (no
     shutil.copytree(tmp_path, r2_dir, ignore=shutil.ignore_patterns("copy"))   # clean marker)
     r2 = LocalReplica(str(r2_dir), "n1", fsync="never")

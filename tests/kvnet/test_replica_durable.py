@@ -9,7 +9,7 @@ import pytest
 
 from kvcore import versions as V
 from kvcore.storage import syncfs as SF
-from kvnet import replica as R
+from kvnet import groupcommit as R
 from kvnet.errors import DiskError
 from kvnet.executor import Executor, InlineExecutor
 from kvnet.replica import LocalReplica
@@ -66,7 +66,7 @@ def test_one_syncfs_per_round_however_many_partitions(tmp_path, fake_syncfs):
         for p in range(20):
             rep.mint(p, b"k", S(b"v"), overwrite=True)
         await asyncio.gather(*(rep.after_write(p) for p in range(20)))
-        assert fake_syncfs.count == 1 and rep.commits == 1 and rep.commit_syncs == 1
+        assert fake_syncfs.count == 1 and rep.group.commits == 1 and rep.group.commit_syncs == 1
         for p in range(20):                 # each store knows what the sync covered
             st = rep.partition(p).store.stats()
             assert st["synced_offset"] == st["active_offset"]
@@ -81,7 +81,7 @@ def test_per_partition_fdatasync_is_still_there_and_counted(tmp_path, fake_syncf
         for p in range(5):
             rep.mint(p, b"k", S(b"v"), overwrite=True)
         await rep.after_write()
-        assert fake_syncfs.count == 0 and rep.commits == 1 and rep.commit_syncs == 5
+        assert fake_syncfs.count == 0 and rep.group.commits == 1 and rep.group.commit_syncs == 5
         await rep.close()
 
     asyncio.run(main())
@@ -91,7 +91,7 @@ def test_auto_falls_back_and_syncfs_is_refused_where_the_kernel_hides_errors(tmp
                                                                               monkeypatch):
     monkeypatch.setattr(SF, "unsupported", lambda *a: "Linux 5.4 is older than 5.8: ...")
     rep = _rep(tmp_path, sync_method="auto", fsync="interval")
-    assert rep.sync_method == "fdatasync" and rep._fs is None
+    assert rep.sync_method == "fdatasync" and rep.group._fs is None
     asyncio.run(rep.close())
     rep = _rep(tmp_path, sync_method="auto")        # fsync=always: the journal, any kernel
     assert rep.sync_method == "journal" and rep.journal is not None
@@ -105,7 +105,7 @@ def test_auto_falls_back_and_syncfs_is_refused_where_the_kernel_hides_errors(tmp
 
 def test_auto_is_syncfs_where_the_kernel_reports_errors(tmp_path, fake_syncfs):
     rep = _rep(tmp_path, sync_method="auto", fsync="interval")
-    assert rep.sync_method == "syncfs" and len(rep._fs) == R.COMMIT_ROUNDS
+    assert rep.sync_method == "syncfs" and len(rep.group._fs) == R.COMMIT_ROUNDS
     asyncio.run(rep.close())
     rep = _rep(tmp_path, sync_method="auto", fsync="never")    # (no rounds: no journal)
     assert rep.sync_method == "syncfs" and rep.journal is None
@@ -129,7 +129,7 @@ def test_a_slow_sync_holds_the_acknowledgement(tmp_path, fake_syncfs, method):
         rep.mint(3, b"k", S(b"v"), overwrite=True)
         waiter = asyncio.ensure_future(rep.after_write(3))
         called = []
-        rep.when_durable(3, called.append)
+        rep.group.when_durable(3, called.append)
         remote = ReplyFuture()
         out = rep.durable(remote, 3)
         resolve(remote, b"raw")                 # the replicas have acked
@@ -252,7 +252,7 @@ def test_overlapping_rounds_end_in_order(tmp_path, fake_syncfs, monkeypatch):
 
     async def main():
         rep = _rep(tmp_path)
-        fds = {fs.fd for fs in rep._fs}
+        fds = {fs.fd for fs in rep.group._fs}
         monkeypatch.setattr(SF, "syncfs", held)
         rep.mint(1, b"a", S(b"1"), overwrite=True)
         first = asyncio.ensure_future(rep.after_write(1))
@@ -281,10 +281,10 @@ def test_fsync_interval_syncs_by_one_syncfs_too(tmp_path, fake_syncfs):
         for p in range(10):
             rep.mint(p, b"k", S(b"v"), overwrite=True)
         for _ in range(200):
-            if rep.synced_gen == rep.write_gen:
+            if rep.group.synced_gen == rep.group.write_gen:
                 break
             await asyncio.sleep(0.01)
-        assert rep.synced_gen == rep.write_gen and fake_syncfs.count == 1
+        assert rep.group.synced_gen == rep.group.write_gen and fake_syncfs.count == 1
         await rep.close()
 
     asyncio.run(main())

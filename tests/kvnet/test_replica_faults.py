@@ -226,13 +226,13 @@ def test_a_failed_fdatasync_makes_the_partition_read_only_and_distrusted(tmp_pat
         rep.start()
         for p in (1, 2):
             rep.mint(p, b"a", S(b"1"), overwrite=True)
-        await rep.commit()
+        await rep.group.commit()
         bad = rep.partition(1)
         trusted = bad.trusted_from
         rep.mint(1, b"b", S(b"2"), overwrite=True)
         rep.mint(2, b"b", S(b"2"), overwrite=True)
         bad.store._fail_next("fdatasync", errno.EIO)
-        await rep.commit()                          # the round goes on: partition 2 is synced
+        await rep.group.commit()                          # the round goes on: partition 2 is synced
         assert bad.read_only is not None and bad.trusted_from > trusted
         assert rep.partition(2).read_only is None and rep.fault_stats()["read_only_partitions"] == 1
         with pytest.raises(DiskError) as info:
@@ -243,7 +243,7 @@ def test_a_failed_fdatasync_makes_the_partition_read_only_and_distrusted(tmp_pat
             rep.merge(1, b"c", _theirs())
         assert V.values(rep.read(1, b"b"))[0].value == b"2"     # reads go on
         rep.mint(2, b"c", S(b"3"), overwrite=True)  # other partitions too
-        await rep.commit()
+        await rep.group.commit()
         await asyncio.sleep(0.12)                   # the interval loop: never retried
         assert bad.store.failed == errno.EIO
         await rep.close()

@@ -34,7 +34,7 @@ def _crash(rep):
     rep.partitions = {}
     rep.journal.file.close()
     rep.journal._dirlock.release()      # (a killed process's lock goes with it)
-    rep.executor.shutdown()
+    rep.group.executor.shutdown()
 
 
 def _lose_unsynced(path):
@@ -85,7 +85,7 @@ def test_a_crash_that_lost_the_stores_pages_loses_no_acknowledged_write(tmp_path
         _write_some(rep)
         await rep.after_write()
         want = _contents(rep)
-        info = rep.commit_stats()
+        info = rep.group.stats()
         assert info["sync_method"] == "journal" and info["group_commit_syncs"] == info["group_commits"]
         _crash(rep)
         _lose_unsynced(tmp_path)
@@ -161,10 +161,10 @@ def test_checkpoints_cut_the_journal_and_lose_nothing(tmp_path):
         for round_ in range(12):
             _write_some(rep, n=10)
             await rep.after_write()
-            while rep.checkpointing:
+            while rep.group.checkpointing:
                 await asyncio.sleep(0.01)
             assert len(_journal_files(tmp_path)) <= 2
-        assert rep.checkpoints >= 5
+        assert rep.group.checkpoints >= 5
         want = _contents(rep)
         _crash(rep)                 # (no page lost: the checkpoints synced the stores)
         async with _Reopened(tmp_path) as rep2:
@@ -180,7 +180,7 @@ def test_a_store_sync_failing_in_a_checkpoint_keeps_the_journal(tmp_path):
         _write_some(rep, parts=[1, 2])
         rep.partition(2).store._fail_next("fdatasync", errno.EIO)
         await rep.after_write()
-        while rep.checkpointing:
+        while rep.group.checkpointing:
             await asyncio.sleep(0.01)
         assert rep.partition(2).read_only is not None and rep.partition(1).read_only is None
         kept = _journal_files(tmp_path)
@@ -231,7 +231,7 @@ def test_a_slow_journal_fdatasync_holds_the_acknowledgement(tmp_path):
         rep.mint(3, b"k", S(b"v"), overwrite=True)
         waiter = asyncio.ensure_future(rep.after_write(3))
         called = []
-        rep.when_durable(3, called.append)
+        rep.group.when_durable(3, called.append)
         for _ in range(300):
             if started.is_set():
                 break
@@ -292,7 +292,7 @@ def test_a_round_after_a_failed_one_is_not_acknowledged_either(tmp_path, monkeyp
         rep.mint(2, b"b", S(b"2"), overwrite=True)
         w2 = asyncio.ensure_future(rep.after_write(2))
         await asyncio.sleep(0.05)
-        assert rep.syncing_rounds == 2
+        assert rep.group.syncing_rounds == 2
         gate.set()
         for w in (w1, w2):
             with pytest.raises(DiskError):
@@ -327,7 +327,7 @@ def test_a_checkpoint_whose_delete_fails_keeps_every_later_file(tmp_path, monkey
         async def write(key, value):
             rep.mint(3, key, S(value + b"x" * 200), overwrite=True)
             await rep.after_write()
-            while rep.checkpointing:
+            while rep.group.checkpointing:
                 await asyncio.sleep(0.01)
 
         i = 0
@@ -338,7 +338,7 @@ def test_a_checkpoint_whose_delete_fails_keeps_every_later_file(tmp_path, monkey
         await write(b"k", b"B")                 # the newest k: in the file after the cut
         for i in range(40):                     # then only other keys: more cuts would come
             await write(b"f%d" % i, b"filler")
-        assert len(calls) == 1 and rep.journal_kept
+        assert len(calls) == 1 and rep.group.journal_kept
         assert _journal_files(tmp_path)[0] == J.file_name(1)        # nothing deleted after
         want = rep.read_raw(3, b"k")
         _crash(rep)
