@@ -16,6 +16,7 @@ from kvcore.storage import record_py as R
 from kvcore.storage import syncer
 from kvcore.storage.files import fsync_dir, write_file
 from kvcore.storage.lock import DirLock
+from kvcore.storage.twin import SnapshotFold, check_scan, leaf_table, replay_records, scan_page
 from kvcore.storage.options import (FaultState, check_format, check_map_cache, check_options,
                                     decompress, maybe_compress, rotate_token,
                                     space_allowed, space_refused)
@@ -189,7 +190,7 @@ class MergeJob:
         self.done = True
 
 
-class LogStore(FaultState):
+class LogStore(SnapshotFold, FaultState):
     """A Bitcask-shaped log store in one directory; see docs/storage.md."""
 
     def __init__(self, path, fsync="interval", *, sync_interval_ms=1000, max_segment_bytes=64 << 20,
@@ -568,21 +569,14 @@ class LogStore(FaultState):
         """As the compiled store's: write a replay's records again, not journaled again."""
         self._check_open()
         self._check_writable()
-        written = bad = 0
+        written = 0
+        records, bad = replay_records(payloads)
         journal, self._journal = self._journal, None
         try:
-            for payload in payloads:
-                data, pos = bytes(payload), 0
-                while pos < len(data):
-                    rec = R.decode_record(data, pos, len(data))
-                    if rec is None:
-                        bad += 1
-                        break
-                    _, flags, key, _, size = rec
-                    if not flags & L.FLAG_TOMBSTONE or key in self._keydir:
-                        self._append([(key, data[pos:pos + size], flags)])
-                        written += 1
-                    pos += size
+            for flags, key, _, record in records:
+                if not flags & L.FLAG_TOMBSTONE or key in self._keydir:
+                    self._append([(key, record, flags)])
+                    written += 1
         finally:
             self._journal = journal
         return written, bad
@@ -648,14 +642,6 @@ class LogStore(FaultState):
             out.append((key, decompress(stored) if flags & L.FLAG_COMPRESSED else stored))
         return end, out
 
-    def fold_snapshot(self, snap, start, count, tree):
-        """Fold snapshot entries start .. start + count into `tree` (tree.update(key, None,
-        value) for each pair read_snapshot returns); the next index."""
-        end, pairs = self.read_snapshot(snap, start, count)
-        for key, value in pairs:
-            tree.update(key, None, value)
-        return end
-
     # ---- keys by Merkle leaf (anti-entropy's key lists: kvnet/antientropy) -----------------
 
     def leaf_keys(self, leaves, leaf_bits=14):
@@ -663,14 +649,7 @@ class LogStore(FaultState):
         leaf is token(key) & (2**leaf_bits - 1)), from the in-memory index alone (this twin's
         keydir holds the keys; the compiled store reads the listed keys' records)."""
         self._check_open()
-        if not isinstance(leaf_bits, int) or not 1 <= leaf_bits <= 24:
-            raise ValueError(f"leaf_bits must be from 1 to 24, got {leaf_bits}")
-        lmask = (1 << leaf_bits) - 1
-        out = {}
-        for leaf in leaves:
-            if not isinstance(leaf, int) or not 0 <= leaf <= lmask:
-                raise ValueError(f"a leaf must be an integer from 0 to {lmask}, got {leaf!r}")
-            out[leaf] = []
+        lmask, out = leaf_table(leaves, leaf_bits)
         if not out:
             return out
         exact = (self._mask & lmask) == lmask       # tests' narrowed hashes: tokens from keys
@@ -701,19 +680,11 @@ class LogStore(FaultState):
     def scan(self, cursor=0, count=100):
         """(next cursor, keys): keys in hash order from cursor; 0 when done (docs/storage.md)."""
         self._check_open()
-        if not isinstance(cursor, int) or not 0 <= cursor < (1 << 64):
-            raise ValueError(f"cursor must be an integer in [0, 2**64), got {cursor!r}")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a positive integer, got {count!r}")
+        check_scan(cursor, count)
         rot = self._opts.index_skip_bits
-        ordered = sorted((o, k) for o, k in ((rotate_token(e[0], rot), k)
-                                              for k, e in self._keydir.items()) if o >= cursor)
-        out = [k for _, k in ordered[:count]]
-        if len(ordered) < count:
-            return 0, out
-        last = ordered[count - 1][0]
-        out.extend(k for h, k in ordered[count:] if h == last)
-        return (last + 1) & ((1 << 64) - 1), out
+        return scan_page(sorted((o, k) for o, k in ((rotate_token(e[0], rot), k)
+                                                     for k, e in self._keydir.items())
+                                if o >= cursor), count)
 
     def _iter_keys(self):
         cursor = 0

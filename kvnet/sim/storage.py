@@ -34,6 +34,7 @@ from kvcore.storage import layout as L
 from kvcore.storage import record_py as R
 from kvcore.storage.options import (FaultState, check_map_cache, check_options, decompress,
                                     maybe_compress, rotate_token)
+from kvcore.storage.twin import SnapshotFold, check_scan, leaf_table, replay_records, scan_page
 
 _token = select("kvcore.hashing", "kvcore.hashing_py").token
 
@@ -181,7 +182,7 @@ class MergeJob:
         """(nothing: finish_merge does it)"""
 
 
-class MemoryStore(FaultState):
+class MemoryStore(SnapshotFold, FaultState):
     """kvcore's LogStore in memory, on a MemoryDisk image (see the module's docstring)."""
 
     def __init__(self, path, fsync="interval", *, disk, sync_interval_ms=1000,
@@ -333,26 +334,19 @@ class MemoryStore(FaultState):
         """Write a journal replay's records again (not journaled again): (written, bad)."""
         self._check_open()
         self._check_writable()
-        written = bad = 0
+        written = 0
+        records, bad = replay_records(payloads)
         journal, self._journal = self._journal, None
         try:
-            for payload in payloads:
-                data, pos = bytes(payload), 0
-                while pos < len(data):
-                    rec = R.decode_record(data, pos, len(data))
-                    if rec is None:
-                        bad += 1
-                        break
-                    _, flags, key, stored, size = rec
-                    if flags & L.FLAG_TOMBSTONE:
-                        if key in self._kd:
-                            self._append([(key, None)])
-                            written += 1
-                    else:
-                        value = decompress(stored) if flags & L.FLAG_COMPRESSED else stored
-                        self._append([(key, self._entry(key, value))])
+            for flags, key, stored, _ in records:
+                if flags & L.FLAG_TOMBSTONE:
+                    if key in self._kd:
+                        self._append([(key, None)])
                         written += 1
-                    pos += size
+                else:
+                    value = decompress(stored) if flags & L.FLAG_COMPRESSED else stored
+                    self._append([(key, self._entry(key, value))])
+                    written += 1
         finally:
             self._journal = journal
         return written, bad
@@ -385,17 +379,8 @@ class MemoryStore(FaultState):
     def scan(self, cursor=0, count=100):
         """(next cursor, keys): keys in hash order from cursor; 0 when done (as LogStore)."""
         self._check_open()
-        if not isinstance(cursor, int) or not 0 <= cursor < (1 << 64):
-            raise ValueError(f"cursor must be an integer in [0, 2**64), got {cursor!r}")
-        if not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a positive integer, got {count!r}")
-        ordered = self._ordered(cursor)
-        out = [k for _, k in ordered[:count]]
-        if len(ordered) < count:
-            return 0, out
-        last = ordered[count - 1][0]
-        out.extend(k for h, k in ordered[count:] if h == last)
-        return (last + 1) & MASK64, out
+        check_scan(cursor, count)
+        return scan_page(self._ordered(cursor), count)
 
     def keys(self):
         self._check_open()
@@ -418,22 +403,9 @@ class MemoryStore(FaultState):
         end = min(len(snap.entries), start + count)
         return end, snap.entries[start:end]
 
-    def fold_snapshot(self, snap, start, count, tree):
-        end, pairs = self.read_snapshot(snap, start, count)
-        for key, value in pairs:
-            tree.update(key, None, value)
-        return end
-
     def leaf_keys(self, leaves, leaf_bits=14):
         self._check_open()
-        if not isinstance(leaf_bits, int) or not 1 <= leaf_bits <= 24:
-            raise ValueError(f"leaf_bits must be from 1 to 24, got {leaf_bits}")
-        lmask = (1 << leaf_bits) - 1
-        out = {}
-        for leaf in leaves:
-            if not isinstance(leaf, int) or not 0 <= leaf <= lmask:
-                raise ValueError(f"a leaf must be an integer from 0 to {lmask}, got {leaf!r}")
-            out[leaf] = []
+        lmask, out = leaf_table(leaves, leaf_bits)
         if not out:
             return out
         exact = (self._mask & lmask) == lmask
