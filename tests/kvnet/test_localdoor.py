@@ -4,7 +4,6 @@ it takes only plain GETs and SETs of the partitions the node alone replicates.""
 import asyncio
 import collections
 import contextlib
-import os
 
 import hiredis
 import pytest
@@ -151,9 +150,8 @@ def test_replies_counters_and_values_agree_with_the_general_path(tmp_path_factor
                 assert fast.resp.commands.stats[k] == slow.resp.commands.stats[k], k
             assert fast.stats == slow.stats
             # the next sync covers every write the door stored
-            assert fast.replica.group._write_gen == slow.replica.group._write_gen
-            assert sorted(os.path.basename(p.path) for p in fast.replica.group._dirty) == \
-                sorted(os.path.basename(p.path) for p in slow.replica.group._dirty)
+            assert fast.replica.group.write_gen == slow.replica.group.write_gen
+            assert fast.replica.group.dirty_partitions() == slow.replica.group.dirty_partitions()
             for key in KEYS:
                 a, b = (n.replica.read_raw(n.ring.partition_of(key), key) if len(key) <= 32 else None
                         for n in (fast, slow))
@@ -563,8 +561,8 @@ def _replica_state(node):
     held = {}
     for p, part in rep.partitions.items():
         held[p] = (sorted(part.store.items()), part.tree.to_bytes())
-    dirty = sorted(p for p, part in rep.partitions.items() if part in rep.group._dirty)
-    return held, rep.group._write_gen, dirty
+    dirty = rep.group.dirty_partitions()
+    return held, rep.group.write_gen, dirty
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

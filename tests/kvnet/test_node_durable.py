@@ -82,8 +82,8 @@ def test_the_direct_lane_waits_for_the_coordinators_own_sync(tmp_path):
             raw = a.replica.read_raw(p, b"k")
             for _ in range(500):                  # both replicas synced and stored it
                 if b.replica.read_raw(p, b"k") == raw and c.replica.read_raw(p, b"k") == raw \
-                        and b.replica.group._synced_gen == b.replica.group._write_gen \
-                        and c.replica.group._synced_gen == c.replica.group._write_gen:
+                        and b.replica.group.synced_gen == b.replica.group.write_gen \
+                        and c.replica.group.synced_gen == c.replica.group.write_gen:
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)
