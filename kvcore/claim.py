@@ -362,7 +362,7 @@ def join(ring, node_id, zone=None):
         got = _join_tries(owners, node_id, nodes, n, lab)
         if got is not None:
             return Claim(tuple(got), False)
-    got = _join_tries(owners, node_id, nodes, n, None)
+    got = _join_tries(owners, node_id, nodes, n, None, _soft(zones))
     if got is not None:
         return Claim(tuple(got), False)
     w = n if s1 >= n else 1
@@ -375,20 +375,35 @@ def join(ring, node_id, zone=None):
     return Claim(striped, True)
 
 
-def _join_tries(owners, node_id, nodes, n, lab):
-    """The minimal-movement ways to join (spaced by `lab`, or by node when None): the first
-    valid owner table found, or None."""
+def _soft(zones):
+    """{node: zone key} when any member has a zone, else None: the node-spaced methods then
+    prefer, among their valid choices, those that put a zone's partitions further apart (a
+    preference only: what they move is unchanged)."""
+    if all(z is None for z in zones.values()):
+        return None
+    return {x: zone_key(x, z) for x, z in zones.items()}
+
+
+def _conflicts(out, p, label, w, soft):
+    """Partitions within w-1 of p (not p) whose owner's zone is `label`."""
+    q = len(out)
+    return sum(soft.get(out[(p + d) % q]) == label for d in range(-(w - 1), w) if d)
+
+
+def _join_tries(owners, node_id, nodes, n, lab, soft=None):
+    """The minimal-movement ways to join (spaced by `lab`, or by node when None; `soft`: see
+    _soft): the first valid owner table found, or None."""
     q, s1 = len(owners), len(nodes)
     w = n if s1 >= n else 1
     rng = random.Random(f"{q}/{n}/{','.join(nodes)}")
     # With S+1 = n only a striping is valid (but for the wrap): one cheap try, then restripe.
-    tries = [lambda: _take(owners, node_id, s1, w, None, lab)]
+    tries = [lambda: _take(owners, node_id, s1, w, None, lab, soft)]
     if s1 > n:
         step = max(1, q // max(1, q // s1))
-        arcs = [lambda o=o: _take_arcs(owners, node_id, s1, w, o, lab) for o in range(step)]
+        arcs = [lambda o=o: _take_arcs(owners, node_id, s1, w, o, lab, soft) for o in range(step)]
         # Large Q: the arcs first (linear time; the greedy is quadratic in Q/S).
         tries = arcs[:1] + tries + arcs[1:] if q > _GREEDY_MAX_Q else tries + arcs
-        tries += [lambda: _take(owners, node_id, s1, w, rng, lab)] * _RETRIES
+        tries += [lambda: _take(owners, node_id, s1, w, rng, lab, soft)] * _RETRIES
     for attempt in tries:
         got = attempt()
         if got is not None and not check(got, nodes, n, lab):
@@ -410,7 +425,7 @@ def _near_label(owners, new, w, lab):
     return out
 
 
-def _take_arcs(owners, new, s1, w, offset, lab=None):
+def _take_arcs(owners, new, s1, w, offset, lab=None, soft=None):
     """Second way to join: cut the ring into m equal arcs from `offset`; the new node takes one
     partition in the first len - (w-1) of each arc (so its partitions are >= w apart, wrap
     included); which donor gives in which arc is a b-matching (each donor between what balance
@@ -429,6 +444,10 @@ def _take_arcs(owners, new, s1, w, offset, lab=None):
         for p in range(bounds[j], bounds[j + 1] - w + 1):
             if p % q not in near:
                 here.setdefault(owners[p % q], p % q)
+                if soft is not None:  # the spot with fewest of new's zone near it
+                    x, r = owners[p % q], here[owners[p % q]]
+                    if _conflicts(owners, p % q, soft[new], w, soft) < _conflicts(owners, r, soft[new], w, soft):
+                        here[x] = p % q
         spot[j] = here
         if lab is None:
             options[j] = sorted(here, key=lambda x: (-counts[x], x))
@@ -500,7 +519,7 @@ def _bmatch(items, options, low, high):
     return holder
 
 
-def _take(owners, new, s1, w, rng, lab=None):
+def _take(owners, new, s1, w, rng, lab=None, soft=None):
     q = len(owners)
     lo, hi = balance_bounds(q, s1)
     counts = Counter(owners)
@@ -568,12 +587,20 @@ def _take(owners, new, s1, w, rng, lab=None):
                 return None
             may[x] = taken[x]
             continue
+        if soft is not None:  # fewest of new's zone near it first
+            cands = _fewest(cands, lambda p: _conflicts(out, p, soft[new], w, soft))
         if rng is None:
             p = max(cands, key=lambda p: (spread[p], -p))
         else:
             p = max(cands, key=lambda p: (spread[p] + rng.random() * w, -p))
         take(p)
     return out
+
+
+def _fewest(items, cost):
+    costs = [cost(x) for x in items]
+    low = min(costs)
+    return [x for x, c in zip(items, costs) if c == low]
 
 
 def _repeats(owners, w):
@@ -611,7 +638,7 @@ def leave(ring, node_id):
         got = _give(owners, node_id, nodes, w, lab=lab)
         if got is not None and not check(got, nodes, n, lab):
             return Claim(tuple(got), False)
-    got = _give(owners, node_id, nodes, w)
+    got = _give(owners, node_id, nodes, w, soft=_soft(zones))
     if got is not None and not check(got, nodes, n):
         return Claim(tuple(got), False)
     striped = restripe([x if x != node_id else None for x in owners], nodes, q, n, lab)
@@ -631,7 +658,7 @@ def _moves(a, b):
     return sum(x != y for x, y in zip(a, b))
 
 
-def _give(owners, leaver, nodes, w, extra_moves=False, lab=None):
+def _give(owners, leaver, nodes, w, extra_moves=False, lab=None, soft=None):
     q = len(owners)
     key = (lambda x: x) if lab is None else (lambda x: lab.get(x, x))
     lo, hi = balance_bounds(q, len(nodes))
@@ -642,7 +669,11 @@ def _give(owners, leaver, nodes, w, extra_moves=False, lab=None):
 
     def allowed(p):
         near = {key(holder[(p + d) % q]) for d in range(-(w - 1), w) if d}
-        return [x for x in order if key(x) not in near and x != holder[p]]
+        ok = [x for x in order if key(x) not in near and x != holder[p]]
+        if soft is not None:  # nodes of a zone not near p first (a stable sort keeps the order)
+            zones_near = {soft.get(holder[(p + d) % q]) for d in range(-(w - 1), w) if d}
+            ok.sort(key=lambda x: soft[x] in zones_near)
+        return ok
 
     def augment(p, cap):
         # BFS over nodes: p -> x (allowed at p); if x is full, pass on one of the leaver's

@@ -306,3 +306,20 @@ def test_with_zones_respaces_a_names_only_ring(mod):
         plain.with_zones({"stranger": "z1"})
     with pytest.raises(RingError):
         plain.with_zones({"n0": 5})
+
+
+def test_node_spaced_changes_prefer_spreading_zones(monkeypatch):
+    """Where a join or leave cannot keep zone spacing with minimal moves, its node-spaced
+    choices still prefer partitions away from the zone's others (claim._soft): fewer windows
+    repeat a zone than when it ignores zones, and every list spans min(N, Z) zones either way
+    (claim_sim --zones: 3 -> 15 -> 3 nodes in 3 zones, leaves newest first)."""
+    def run():
+        rows, totals = claim_sim.simulate(claim_sim.grow_then_shrink(3, 15, 1, "newest"), 256, 3, 3)
+        assert totals["short"] == 0 and totals["violations"] == 0
+        asked = [r for r in rows if r["zviol"] is not None]
+        return sum(r["zviol"] for r in asked), max(r["skew"] for r in asked)
+
+    zviol, skew = run()
+    monkeypatch.setattr(claim, "_soft", lambda zones: None)
+    zviol_blind, skew_blind = run()
+    assert zviol < 0.75 * zviol_blind and skew < skew_blind, (zviol, zviol_blind, skew, skew_blind)
