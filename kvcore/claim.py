@@ -233,10 +233,13 @@ def restripe(owners, nodes, q, n, lab=None):
 
 
 def zone_stripe(owners, nodes, q, n, lab):
-    """Z = n zones of k >= 2 nodes each: partition p goes to zone p mod Z, and each zone's
-    partitions to its nodes in turn; the permutations keep most current `owners`. Where a zone's
-    last partition and its first meet across the wrap their nodes differ (the last two of the
-    zone's turns are swapped when they would not). None when the labels are not that shape."""
+    """Z = n zones of k >= 2 nodes each: partition p goes to zone p mod Z (the permutation that
+    keeps most current `owners`' zones). Within a zone any balanced assignment is node-spaced
+    (its partitions are n apart), so each keeps its current owner where that node has quota
+    left and the rest go in a seeded random order: a regular alternation would leave a later
+    leave no node to give a partition to (its neighbours covering every other node). Where a
+    zone's last partition and its first meet across the wrap their nodes differ. None when the
+    labels are not that shape."""
     zones = sorted(set(lab[x] for x in nodes), key=repr)
     by_zone = {z: sorted(x for x in nodes if lab[x] == z) for z in zones}
     sizes = {len(v) for v in by_zone.values()}
@@ -244,16 +247,28 @@ def zone_stripe(owners, nodes, q, n, lab):
         return None
     zone_owners = None if owners is None else [lab.get(x) for x in owners]
     zone_at = _best_stripe(zone_owners, zones, q)
+    rng = random.Random(f"{q}/{n}/{','.join(sorted(nodes))}")
     out = [None] * q
     for z in zones:
         places = [p for p in range(q) if zone_at[p] == z]
-        mine = _best_stripe(None if owners is None else [owners[p] for p in places], by_zone[z],
-                            len(places))
-        mine = list(mine)
-        c = len(mine)
-        if c >= 2 and mine[-1] == mine[0] and q - places[-1] + places[0] < n:
-            mine[-1], mine[-2] = mine[-2], mine[-1]
-        for p, x in zip(places, mine):
+        mine, k = by_zone[z], len(by_zone[z])
+        c = len(places)
+        quota = {x: c // k + (i < c % k) for i, x in enumerate(mine)}
+        got = [None] * c
+        if owners is not None:
+            for i, p in enumerate(places):
+                x = owners[p]
+                if x in quota and quota[x] > 0:
+                    got[i] = x
+                    quota[x] -= 1
+        rest = [x for x in mine for _ in range(quota[x])]
+        rng.shuffle(rest)
+        it = iter(rest)
+        got = [x if x is not None else next(it) for x in got]
+        if c >= 2 and got[-1] == got[0] and q - places[-1] + places[0] < n:
+            j = next(j for j in range(c - 2, 0, -1) if got[j] != got[0])
+            got[-1], got[j] = got[j], got[-1]
+        for p, x in zip(places, got):
             out[p] = x
     return tuple(out)
 
