@@ -9,10 +9,11 @@ movement), in the spirit of riak_core's claim modules.
 Zones: when members carry zone labels and the zones allow it (`zone_labels`), spacing is asked
 of zones instead of nodes (no window of n partitions repeats a zone, which implies it of nodes),
 so a preference list is n consecutive owners in n zones and every node's replica load follows
-its ownership. Every function below takes that label map as `lab` (node -> label); None means
-each node is its own label, the behaviour without zones, unchanged. A join or leave that cannot
-keep the zones spaced with minimal moves keeps the node spacing instead (minimal moves first);
-the ring's walk still puts replicas in distinct zones first (docs/ring.md).
+its ownership (kvcore/zones.py decides when). The functions below take that label map as
+`lab` (node -> label); None means each node is its own label, the behaviour without zones,
+unchanged. A join or leave that cannot keep the zones spaced with minimal moves keeps the node
+spacing instead (minimal moves first); the ring's walk still puts replicas in distinct zones
+first (docs/ring.md).
 """
 import functools
 import itertools
@@ -20,6 +21,9 @@ import random
 from collections import Counter, namedtuple
 
 from kvcore.errors import RingError
+from kvcore.zones import (conflicts as _conflicts, fewest as _fewest, members_of,  # noqa: F401
+                          near_label as _near_label, soft_labels as _soft, tight, zone_extras,
+                          zone_key, zone_labels)
 
 #: owners: tuple of node ids, one per partition; fallback: True when the minimal-movement claim
 #: found no valid choice and the ring was re-striped (its extra moves show in claim_sim).
@@ -49,54 +53,6 @@ def violations(owners, n, lab=None):
     if lab is not None:
         owners = [lab.get(x, x) for x in owners]
     return [i for i in range(q) if len({owners[(i + j) % q] for j in range(w)}) < w]
-
-
-def zone_key(node, zone):
-    """The label a member is spaced by: its zone, or for a member without one the node itself
-    (a zone of its own, as the ring's walk counts it)."""
-    return zone if zone is not None else ("", node)
-
-
-def zone_labels(members, q, n):
-    """{node: label} when spacing should be asked of zones for these members ((id, zone) pairs
-    or a {id: zone} map), else None: no member has a zone, or the zones are too few or too
-    unequal for every window of n partitions to span n zones with balanced ownership.
-
-    Zone spacing is asked when Z > n zones can each hold at most floor(Q/n) partitions with
-    balanced nodes (the nodes given ceil(Q/S) spread over the zones: zone_extras), or when
-    Z = n zones hold S > n nodes in equal numbers (then only a striping of the zones does it,
-    with the node-spacing rule for S = n at the wrap: see tight)."""
-    zones = dict(members)
-    if not zones or all(z is None for z in zones.values()):
-        return None
-    lab = {x: zone_key(x, z) for x, z in zones.items()}
-    sizes = Counter(lab.values())
-    s, nz = len(lab), len(sizes)
-    if s > q or s <= n:
-        return None
-    if nz > n and zone_extras(sizes, q, s, n) is not None:
-        return lab
-    if nz == n and len(set(sizes.values())) == 1:
-        return lab
-    return None
-
-
-def zone_extras(sizes, q, s, n):
-    """{zone: how many of its nodes may own ceil(Q/S)} so that no zone owns more than
-    floor(Q/n) partitions and the Q - S x floor(Q/S) ceil shares all have a place (most room
-    first); None when there is no such spread."""
-    lo = q // s
-    extra, cap = q - lo * s, q // n
-    room = {z: min(k, cap - k * lo) for z, k in sizes.items()}
-    if min(room.values()) < 0 or sum(room.values()) < extra:
-        return None
-    return room
-
-
-def tight(lab, n):
-    """Z = n zones (zone_labels' second case): the zones are striped and, as for S = n nodes,
-    the n - 1 windows at the wrap may repeat a zone when n does not divide Q."""
-    return lab is not None and len(set(lab.values())) == n
 
 
 def check(owners, nodes, n, lab=None):
@@ -132,12 +88,6 @@ def check(owners, nodes, n, lab=None):
         if away:
             problems.append(f"spacing violations at windows {away[:8]}")
     return problems
-
-
-def members_of(ring):
-    """{node: zone} of a ring (or of anything with `nodes`, which then have no zones)."""
-    members = getattr(ring, "members", None)
-    return dict(members) if members else {x: None for x in ring.nodes}
 
 
 def diff(old, new):
@@ -390,21 +340,6 @@ def join(ring, node_id, zone=None):
     return Claim(striped, True)
 
 
-def _soft(zones):
-    """{node: zone key} when any member has a zone, else None: the node-spaced methods then
-    prefer, among their valid choices, those that put a zone's partitions further apart (a
-    preference only: what they move is unchanged)."""
-    if all(z is None for z in zones.values()):
-        return None
-    return {x: zone_key(x, z) for x, z in zones.items()}
-
-
-def _conflicts(out, p, label, w, soft):
-    """Partitions within w-1 of p (not p) whose owner's zone is `label`."""
-    q = len(out)
-    return sum(soft.get(out[(p + d) % q]) == label for d in range(-(w - 1), w) if d)
-
-
 def _join_tries(owners, node_id, nodes, n, lab, soft=None):
     """The minimal-movement ways to join (spaced by `lab`, or by node when None; `soft`: see
     _soft): the first valid owner table found, or None."""
@@ -424,20 +359,6 @@ def _join_tries(owners, node_id, nodes, n, lab, soft=None):
         if got is not None and not check(got, nodes, n, lab):
             return got
     return None
-
-
-def _near_label(owners, new, w, lab):
-    """Partitions within w-1 of a partition of new's label (not counting that partition
-    itself): where the new node may not go. Empty without labels."""
-    q = len(owners)
-    if lab is None:
-        return set()
-    mine = lab[new]
-    out = set()
-    for r, x in enumerate(owners):
-        if lab.get(x, x) == mine:
-            out.update((r + d) % q for d in range(-(w - 1), w) if d)
-    return out
 
 
 def _take_arcs(owners, new, s1, w, offset, lab=None, soft=None):
@@ -610,12 +531,6 @@ def _take(owners, new, s1, w, rng, lab=None, soft=None):
             p = max(cands, key=lambda p: (spread[p] + rng.random() * w, -p))
         take(p)
     return out
-
-
-def _fewest(items, cost):
-    costs = [cost(x) for x in items]
-    low = min(costs)
-    return [x for x, c in zip(items, costs) if c == low]
 
 
 def _repeats(owners, w):
