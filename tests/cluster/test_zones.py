@@ -38,7 +38,7 @@ def test_six_nodes_three_zones_survive_a_zone_in_strict_mode(cluster):
     for p in range(Q):
         assert {zones[x] for x in ring.preference_list(p)} == {"zone0", "zone1", "zone2"}, p
 
-    c = cluster.client(1, timeout=10)
+    c = cluster.client(1, timeout=5)      # a request that hangs fails the test in 5 s
     try:
         for k in range(KEYS):
             assert c.set(f"key{k}", f"v{k}")
