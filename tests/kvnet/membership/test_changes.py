@@ -592,6 +592,13 @@ def test_the_claimant_takes_the_zones_members_announce(tmp_path):
             assert await _wait(lambda: all(
                 n.ring_state is not None and not n.ring_state.moving
                 and dict(n.ring.members) == want for n in nodes))
+            # a member restarted with another zone: the claimant takes it in the same way
+            await nodes[2].stop()
+            nodes[2] = await Node(dataclasses.replace(cfgs[2], zone="zone-9")).start()
+            want["c2"] = "zone-9"
+            assert await _wait(lambda: all(
+                n.ring_state is not None and not n.ring_state.moving
+                and dict(n.ring.members) == want for n in nodes), 30)
         finally:
             for n in nodes:
                 await n.stop()
