@@ -173,11 +173,12 @@ cdef class Ring:
 
     @classmethod
     def create(cls, nodes, q=256, n=3, epoch=1):
-        """A first ring for `nodes` (ids or (id, zone) pairs), striped as claim.initial does."""
+        """A first ring for `nodes` (ids or (id, zone) pairs), laid out by claim.initial (spaced
+        by zone when the zones allow it)."""
         members = normalize_members(nodes)
         qbits_of(q)
         check_n(n)
-        return cls(members, claim.initial([x for x, _ in members], q, n), n, epoch)
+        return cls(members, claim.initial(members, q, n), n, epoch)
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -288,8 +289,16 @@ cdef class Ring:
         (new_id, zone), = normalize_members([node])
         if new_id in self.zone:
             raise RingError(f"{new_id!r} is already a member")
-        got = claim.join(self, new_id)
+        got = claim.join(self, new_id, zone)
         return type(self)(self.members + ((new_id, zone),), got.owners, self.n, self.epoch + 1)
+
+    def with_zones(self, zones):
+        """A new ring with the members' zones from `zones` ({node id: zone or None}; a member
+        left out keeps its zone) and epoch + 1; its owners by claim.rezone."""
+        zones = dict(zones)
+        members = normalize_members([(x, zones.get(x, z)) for x, z in self.members])
+        got = claim.rezone(self, zones)
+        return type(self)(members, got.owners, self.n, self.epoch + 1)
 
     def without_node(self, node_id):
         """A new ring without `node_id` and epoch + 1."""

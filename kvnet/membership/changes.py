@@ -11,6 +11,13 @@ transfer when a source fails. When all are confirmed it installs the *settled* s
 owners serve, old ones drop what they no longer replicate, a leaving node exits. Rules:
 docs/algorithms.md, sections 3 and 5; docs/operations.md.
 
+Zones: the claimant gives the claim each member's zone as gossip carries it from the member's
+config (`zone`): a joiner's, and, when the ring's zones differ from what every member of it
+announces (a new cluster's first ring is made from names alone; a member restarted with another
+zone), it commits a ring change that only sets the zones (Ring.with_zones: owners move only when
+the zones ask for spacing the layout lacks), once the ring is settled, nothing is staged and
+every member is up (docs/cluster.md, "Zones").
+
 Progress: the node that streams a partition counts its keys and bytes batch by batch
 (`sending`); the claimant's `transfers` answer adds the count of the copy in flight (asked of
 its source with `xfer_progress`) to the totals of the copies already done, beside an estimate
@@ -20,6 +27,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
+from kvcore.errors import RingError
 from kvnet import payload as P
 from kvnet.errors import CommandError, Unavailable
 from kvnet.membership import ringstate as RS
@@ -48,6 +56,7 @@ class ClusterChanges:
         self._task = None
         self._running = {}
         self._distrusted = set()     # (ring epoch, partition) filled by a transfer here
+        self._bad_zones = None       # (ring epoch, zones) a rezone failed for: not tried again
 
     def handlers(self):
         return {"cl_stage": self._on_stage, "cl_plan": self._on_plan,
@@ -119,12 +128,16 @@ class ClusterChanges:
         self.staged[who] = op
         return dict(self.staged)
 
+    def _zones(self):
+        """{member: zone} for every member gossip knows (its config's `zone`, None when unset)."""
+        return {who: e.zone for who, e in self.node.gossip.table.items()}
+
     def _next_ring(self):
         ring = self.node.ring
         join = [n for n, op in self.staged.items() if op == "join"]
         out = [n for n, op in self.staged.items() if op in ("leave", "remove")]
         try:
-            return RS.plan_ring(ring, join, out)
+            return RS.plan_ring(ring, join, out, self._zones())
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 
@@ -314,7 +327,10 @@ class ClusterChanges:
         """Start the transfers not yet done; settle the ring once all are confirmed."""
         node = self.node
         state = node.ring_state
-        if state is None or not state.moving or self.claimant() != node.name:
+        if state is None or self.claimant() != node.name:
+            return
+        if not state.moving:
+            self.rezone(state)
             return
         pending = []
         for x in RS.transfers(state.current, state.next):
@@ -348,6 +364,35 @@ class ClusterChanges:
             tries = self.progress.get(key, {}).get("tries", 0)
             self.progress[key] = {"state": "running", "from": ",".join(sources), "tries": tries + 1}
             self._running[key] = node.spawn(self._transfer(key, x, sources))
+
+    def rezone(self, state):
+        """On the claimant of a settled ring: when the zones every member announces differ from
+        the ring's, commit a ring change that sets them (see the module docstring). Returns the
+        new state, or None."""
+        node = self.node
+        if self.staged:
+            return None                          # an operator's change goes first
+        table, ring = node.gossip.table, state.current
+        zones = {}
+        for who in ring.nodes:
+            entry = table.get(who)
+            if entry is None or not node.is_up(who) or entry.status not in ("valid", "joining"):
+                return None
+            zones[who] = entry.zone
+        changed = RS.zones_differ(ring, zones)
+        if not changed or self._bad_zones == (state.epoch, changed):
+            return None
+        try:
+            nxt = ring.with_zones(changed)
+        except RingError as exc:
+            self._bad_zones = (state.epoch, changed)
+            log.warning("zones %s not taken into the ring: %s", changed, exc)
+            return None
+        new = RS.RingState(ring, nxt, state.epoch + 1, node.name)
+        node.offer_ring(new)
+        log.warning("ring epoch %d committed: zones %s, %d transfers", new.epoch, changed,
+                    len(RS.transfers(ring, nxt)))
+        return new
 
     async def _transfer(self, key, x, sources):
         """Copy partition x.partition to x.to from every up old replica in turn: with W < N a

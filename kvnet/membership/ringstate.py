@@ -19,11 +19,12 @@ from typing import NamedTuple
 
 import msgpack
 
+from kvcore.errors import RingError
 from kvcore.ring import Ring
 from kvcore.storage.files import fsync_dir, write_file
 
-__all__ = ["RingState", "Transfer", "transfers", "plan_ring", "encode", "decode", "load", "save",
-           "RING_FILE"]
+__all__ = ["RingState", "Transfer", "transfers", "plan_ring", "zones_differ", "encode", "decode",
+           "load", "save", "RING_FILE"]
 
 RING_FILE = "RING"
 
@@ -85,21 +86,36 @@ def transfers(current, nxt):
     return out
 
 
-def plan_ring(current, join=(), leave=()):
+def plan_ring(current, join=(), leave=(), zones=None):
     """The ring after adding `join` and removing `leave` (each a node id), by kvcore's claim,
-    one node at a time; the epoch is left to the caller."""
+    one node at a time; the epoch is left to the caller. `zones` ({node id: zone or None}, what
+    gossip says each member's config has): a joiner's zone, and when a member's zone differs
+    from the ring's, the ring takes it (Ring.with_zones) after the joins and leaves."""
+    zones = zones or {}
     ring = current
-    for node in sorted(set(join)):
-        if node in ring.nodes:
-            raise ValueError(f"{node} is already a member of the ring")
-        ring = ring.with_node(node)
-    for node in sorted(set(leave)):
-        if node not in ring.nodes:
-            raise ValueError(f"{node} is not a member of the ring")
-        if len(ring.nodes) == 1:
-            raise ValueError("the last member cannot leave")
-        ring = ring.without_node(node)
+    try:
+        for node in sorted(set(join)):
+            if node in ring.nodes:
+                raise ValueError(f"{node} is already a member of the ring")
+            ring = ring.with_node((node, zones.get(node)))
+        for node in sorted(set(leave)):
+            if node not in ring.nodes:
+                raise ValueError(f"{node} is not a member of the ring")
+            if len(ring.nodes) == 1:
+                raise ValueError("the last member cannot leave")
+            ring = ring.without_node(node)
+        changed = zones_differ(ring, zones)
+        if changed:
+            ring = ring.with_zones(changed)
+    except RingError as exc:
+        raise ValueError(str(exc)) from None
     return ring
+
+
+def zones_differ(ring, zones):
+    """{member: zone} of the ring's members whose zone in `zones` differs from the ring's (a
+    member `zones` does not name is left as it is)."""
+    return {x: zones[x] for x, z in ring.members if x in zones and zones[x] != z}
 
 
 def encode(state):

@@ -178,3 +178,154 @@ def test_initial_is_remembered_for_its_input():
     for _ in range(2):                                 # (a refusal is not remembered)
         with pytest.raises(RingError):
             claim.initial(ids, 16, 3)
+
+
+# -- zones (docs/algorithms.md, section 3, "Zones") ---------------------------------------------
+
+ZONE_IMPLS = [pytest.param("kvcore.ring", id="cython"), pytest.param("kvcore.ring_py", id="python")]
+
+
+def zone_span_problems(ring):
+    """Partitions whose preference list spans fewer than min(N, Z) zones (Z: zones of the
+    members owning partitions; a member without a zone is a zone of its own)."""
+    key = {x: claim.zone_key(x, z) for x, z in ring.members}
+    z = len({key[x] for x in set(ring.owners)})
+    return [p for p in range(ring.q)
+            if len({key[x] for x in ring.preference_list(p)}) != min(ring.n, z)]
+
+
+def assert_zone_properties(ring):
+    """Balance and zone-distinct preference lists always; zone spacing (every window of N
+    partitions in N zones, the wrap's N - 1 windows excepted for Z = N) when the claim asks it
+    and says it kept it."""
+    q, s = ring.q, len(ring.nodes)
+    counts = Counter(ring.owners)
+    assert set(counts) == set(ring.nodes)
+    assert min(counts.values()) >= q // s and max(counts.values()) <= -(-q // s), counts
+    assert zone_span_problems(ring) == []
+    for p in range(q):
+        pl = ring.preference_list(p)
+        assert len(pl) == len(set(pl)) == min(ring.n, s)
+
+
+members_st = st.lists(st.sampled_from([None, "za", "zb", "zc", "zd", "ze"]), min_size=1, max_size=24)
+
+
+@pytest.mark.parametrize("mod", ZONE_IMPLS)
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(zones=members_st, q=st.sampled_from([32, 64, 256]), n=st.integers(1, 4),
+       ops=st.lists(st.tuples(st.booleans(), st.integers(0, 63),
+                              st.sampled_from([None, "za", "zb", "zc", "zd"])), max_size=6))
+def test_preference_lists_span_min_n_zones(mod, zones, q, n, ops):
+    """The property: for random member sets with zones (and joins and leaves after), every
+    preference list spans min(N, Z) distinct zones, ownership stays balanced, and where the
+    zones allow it the initial layout is zone-spaced."""
+    impl = __import__(mod, fromlist=["Ring"])
+    members = [(f"m{i:02d}", z) for i, z in enumerate(zones)]
+    ring = impl.Ring.create(members, q=q, n=n)
+    assert_zone_properties(ring)
+    lab = claim.zone_labels(ring.members, q, n)
+    if lab is not None:
+        assert claim.check(ring.owners, ring.nodes, n, lab) == []
+    for i, (join, pick, zone) in enumerate(ops):
+        s = len(ring.nodes)
+        if (join and s < 24) or s == 1:
+            ring = ring.with_node((f"j{i:02d}", zone))
+        else:
+            ring = ring.without_node(ring.nodes[pick % s])
+        assert_zone_properties(ring)
+
+
+def test_zone_labels_when_spacing_is_asked():
+    six = [(f"n{i}", f"z{i % 3}") for i in range(6)]
+    assert claim.zone_labels(six, 256, 3) is not None and claim.tight(claim.zone_labels(six, 256, 3), 3)
+    assert claim.zone_labels([(x, None) for x, _ in six], 256, 3) is None      # no zones
+    assert claim.zone_labels(six[:5], 256, 3) is None                          # 2 + 2 + 1 nodes: unequal
+    eight = [(f"n{i}", f"z{i % 4}") for i in range(8)]
+    assert claim.zone_labels(eight, 64, 3) is not None and not claim.tight(claim.zone_labels(eight, 64, 3), 3)
+    lopsided = [(f"n{i}", "big" if i < 5 else f"z{i}") for i in range(9)]
+    assert claim.zone_labels(lopsided, 256, 3) is None                         # 'big' owns > Q/3
+
+
+@pytest.mark.parametrize("q", [64, 256])
+def test_six_nodes_three_zones_layout(q):
+    members = [(f"n{i}", f"z{i % 3}") for i in range(6)]
+    ring = Ring.create(members, q=q, n=3)
+    zone = dict(members)
+    # every window of 3 partitions holds 3 zones but for the 2 at the wrap (3 does not divide Q)
+    bad = windows_with_repeats([zone[x] for x in ring.owners], 3)
+    assert all(i > q - 3 for i in bad) and windows_with_repeats(ring.owners, 3) == []
+    assert zone_span_problems(ring) == []
+    # each node then holds a replica of 3 x its share of the partitions
+    held = Counter(x for p in range(q) for x in ring.preference_list(p))
+    assert all(abs(held[x] - 3 * ring.owners.count(x)) <= 2 for x in ring.nodes), held
+    # the names-only layout with the same zones: lists skip ahead, replica load is uneven
+    plain = Ring(members, claim.initial([x for x, _ in members], q, 3), 3)
+    assert windows_with_repeats([zone[x] for x in plain.owners], 3)
+    held_plain = Counter(x for p in range(q) for x in plain.preference_list(p))
+    assert max(held_plain.values()) - min(held_plain.values()) > max(held.values()) - min(held.values()) + 4
+    # a zone's nodes are not strictly alternated, so a leave finds room for (nearly) only the
+    # leaver's partitions (with a regular alternation their neighbours cover every other node)
+    for gone in ring.nodes:
+        moves = claim.diff(ring, ring.without_node(gone))
+        assert {p for p, _, _ in moves} >= set(ring.partitions_of(gone))
+        assert len(moves) - ring.owners.count(gone) <= q // 16, (gone, len(moves))
+
+
+def test_zone_spacing_and_minimal_moves_on_joins_and_leaves():
+    """A join of a new zone keeps zone spacing with minimal moves; a join into a zone already
+    there, or a leave, of a ring packed with zones cannot keep it without extra moves, and keeps
+    minimal movement instead (node spacing, balance, lists in 3 zones: properties 1-4)."""
+    members = [(f"n{i}", f"z{i % 4}") for i in range(8)]
+    ring = Ring.create(members, q=256, n=3)
+    assert claim.check(ring.owners, ring.nodes, 3, claim.zone_labels(ring.members, 256, 3)) == []
+    bigger = ring.with_node(("n8", "z4"))
+    assert claim.check(bigger.owners, bigger.nodes, 3, claim.zone_labels(bigger.members, 256, 3)) == []
+    moves = claim.diff(ring, bigger)
+    assert {to for _, _, to in moves} == {"n8"} and len(moves) == 256 // 9
+    same_zone = ring.with_node(("n8", "z0"))
+    moves = claim.diff(ring, same_zone)
+    assert {to for _, _, to in moves} == {"n8"} and len(moves) == 256 // 9
+    assert claim.check(same_zone.owners, same_zone.nodes, 3) == [] and zone_span_problems(same_zone) == []
+    smaller = bigger.without_node("n3")
+    assert {p for p, _, _ in claim.diff(bigger, smaller)} >= set(bigger.partitions_of("n3"))
+    assert claim.check(smaller.owners, smaller.nodes, 3) == [] and zone_span_problems(smaller) == []
+
+
+@pytest.mark.parametrize("mod", ZONE_IMPLS)
+def test_with_zones_respaces_a_names_only_ring(mod):
+    impl = __import__(mod, fromlist=["Ring"])
+    names = [f"n{i}" for i in range(6)]
+    plain = impl.Ring.create(names, q=64, n=3)
+    zones = {x: f"z{i % 3}" for i, x in enumerate(names)}
+    zoned = plain.with_zones(zones)
+    assert zoned.epoch == plain.epoch + 1 and dict(zoned.members) == zones
+    assert zone_span_problems(zoned) == []
+    assert claim.check(zoned.owners, zoned.nodes, 3, claim.zone_labels(zoned.members, 64, 3)) == []
+    assert zoned.owners == impl.Ring.create(list(zones.items()), q=64, n=3).owners or \
+        claim.diff(plain, zoned)                                  # (some owners move)
+    # labels that ask no spacing (two zones for N = 3) change no owner, only the walk
+    two = plain.with_zones({x: "a" if i < 3 else "b" for i, x in enumerate(names)})
+    assert two.owners == plain.owners and zone_span_problems(two) == []
+    assert zoned.with_zones(zones).owners == zoned.owners           # unchanged zones: no move
+    with pytest.raises(RingError):
+        plain.with_zones({"stranger": "z1"})
+    with pytest.raises(RingError):
+        plain.with_zones({"n0": 5})
+
+
+def test_node_spaced_changes_prefer_spreading_zones(monkeypatch):
+    """Where a join or leave cannot keep zone spacing with minimal moves, its node-spaced
+    choices still prefer partitions away from the zone's others (claim._soft): fewer windows
+    repeat a zone than when it ignores zones, and every list spans min(N, Z) zones either way
+    (claim_sim --zones: 3 -> 15 -> 3 nodes in 3 zones, leaves newest first)."""
+    def run():
+        rows, totals = claim_sim.simulate(claim_sim.grow_then_shrink(3, 15, 1, "newest"), 256, 3, 3)
+        assert totals["short"] == 0 and totals["violations"] == 0
+        asked = [r for r in rows if r["zviol"] is not None]
+        return sum(r["zviol"] for r in asked), max(r["skew"] for r in asked)
+
+    zviol, skew = run()
+    monkeypatch.setattr(claim, "_soft", lambda zones: None)
+    zviol_blind, skew_blind = run()
+    assert zviol < 0.75 * zviol_blind and skew < skew_blind, (zviol, zviol_blind, skew, skew_blind)

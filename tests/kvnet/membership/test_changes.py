@@ -550,3 +550,57 @@ def test_scan_iterated_through_redis_py_while_a_node_joins(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_plan_ring_takes_zones_and_old_zoneless_states_load():
+    from kvcore.ring import Ring
+    names = [f"n{i}" for i in range(6)]
+    old = Ring.create(names, q=64, n=3)                 # what a version without zones kept
+    state = RS.decode(RS.encode(RS.RingState(old, None, 5, "n0")))
+    assert dict(state.current.members) == {x: None for x in names}
+    zones = {x: f"z{i % 3}" for i, x in enumerate(names)}
+    zoned = RS.plan_ring(state.current, zones=zones)
+    assert dict(zoned.members) == zones
+    assert RS.zones_differ(state.current, zones) == zones and RS.zones_differ(zoned, zones) == {}
+    for p in range(64):
+        assert {zones[x] for x in zoned.preference_list(p)} == {"z0", "z1", "z2"}
+    bigger = RS.plan_ring(zoned, join=["n6"], zones={**zones, "n6": "z3"})
+    assert dict(bigger.members)["n6"] == "z3"
+    assert RS.plan_ring(zoned, zones={"stranger": "z9"}) == zoned       # non-members: ignored
+    with pytest.raises(ValueError):
+        RS.plan_ring(zoned, zones={"n0": "z" * 300})                   # a clear error, not a crash
+
+
+def test_the_claimant_takes_the_zones_members_announce(tmp_path):
+    """A new cluster's first ring has names only; once gossip has every member's zone the
+    claimant commits a ring change that sets them, and a joiner's zone comes with its join."""
+    async def main():
+        cfgs = [dataclasses.replace(c, zone=f"zone-{i}") for i, c in enumerate(_configs(tmp_path))]
+        nodes = [await Node(c).start() for c in cfgs[:3]]
+        try:
+            want = {f"c{i}": f"zone-{i}" for i in range(3)}
+            assert await _wait(lambda: all(
+                n.ring_state is not None and not n.ring_state.moving
+                and dict(n.ring.members) == want for n in nodes))
+            epoch = nodes[0].ring_state.epoch
+            assert epoch >= 3                                   # committed (moving), settled
+            nodes.append(await Node(cfgs[3]).start())
+            assert await _wait(lambda: all(n.is_up("c3") for n in nodes[:3]))
+            await nodes[0].changes.request("stage", {"op": "join", "node": "c3"})
+            await nodes[0].changes.request("commit")
+            want["c3"] = "zone-3"
+            assert await _wait(lambda: all(
+                n.ring_state is not None and not n.ring_state.moving
+                and dict(n.ring.members) == want for n in nodes))
+            # a member restarted with another zone: the claimant takes it in the same way
+            await nodes[2].stop()
+            nodes[2] = await Node(dataclasses.replace(cfgs[2], zone="zone-9")).start()
+            want["c2"] = "zone-9"
+            assert await _wait(lambda: all(
+                n.ring_state is not None and not n.ring_state.moving
+                and dict(n.ring.members) == want for n in nodes), 30)
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    run(main())
