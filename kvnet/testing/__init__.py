@@ -15,6 +15,10 @@ works for each of them:
   `read_back_and_compare()` is the end every fault test shares.
 - `corruption`: `records_of`, `corrupt_records`, `rewrite_segment_version`.
 
+`kvnet.testing.tls` (imported by itself, not re-exported here) makes a CA and certificates
+(`DevPKI`, for `LocalCluster(tls=True)` and `kvnode dev --tls`) with the `cryptography`
+package, which the test extra installs.
+
 It ships with the package (benchmarks and `kvnode` tests use it from an installed tree) and
 imports nothing the base install lacks: no pytest, no hypothesis. docs/testing.md explains
 the rules.
