@@ -129,10 +129,11 @@ class Node(FrontHost, RingListener):
                                 max_clients=self.cfg.max_connections,
                                 idle_timeout=self.cfg.idle_timeout_s,
                                 tls_port=self.cfg.tls_port, ssl=tls)
-        log.info("node %s: clients on %s:%s%s, peers on %s:%d%s", self.name, self.cfg.host,
-                 self.cfg.port and self.resp.port or "-",
-                 f" (TLS on {self.resp.tls_port})" if tls is not None else "", host, port,
-                 " (mutual TLS)" if self.cfg.tls_cluster else "")
+        clients = [f"{self.cfg.host}:{self.resp.port}"] if self.cfg.port else []
+        if tls is not None:
+            clients.append(f"TLS {self.cfg.host}:{self.resp.tls_port}")
+        log.info("node %s: clients on %s, peers on %s:%d%s", self.name, " and ".join(clients),
+                 host, port, " (mutual TLS)" if self.cfg.tls_cluster else "")
         return self
 
     def reload_tls(self):

@@ -14,6 +14,10 @@
     kvctl fault kill|pause|resume NODE, cut|heal NODE [PEER], slow NODE [PEER] --ms D, status
                                  drive `kvnode dev --faults` (found with --data-dir, not --port)
 
+A node's TLS port: `kvctl --port 6380 --tls --cacert ca.crt [--cert client.crt --key
+client.key] status` (or RINGKV_TLS=1, RINGKV_TLS_CACERT, RINGKV_TLS_CERT, RINGKV_TLS_KEY;
+docs/security.md).
+
 Tables are drawn with rich; `--json` (before or after the subcommand) prints the data the
 command fetched as one JSON document instead (docs/cluster.md has the shape). Errors (no
 answer in time, a refused connection, a missing or wrong password, the node's own error
@@ -90,9 +94,9 @@ def _env_flag(name):
 
 def tls_options(args):
     """Client's TLS keywords from kvctl's flags: {} without TLS."""
-    if not (args.tls or args.cacert or args.cert or args.key):
+    if not (args.tls or args.tls_cacert or args.tls_cert or args.tls_key):
         return {}
-    return dict(tls=True, cacert=args.cacert, cert=args.cert, key=args.key)
+    return dict(tls=True, cacert=args.tls_cacert, cert=args.tls_cert, key=args.tls_key)
 
 
 def _parser():
@@ -106,12 +110,12 @@ def _parser():
     tls = ap.add_argument_group("TLS (a node's tls_port; docs/security.md); each also a variable")
     tls.add_argument("--tls", action="store_true", default=_env_flag(TLS_ENV["tls"]),
                      help=f"speak TLS ({TLS_ENV['tls']}=1; implied by --cacert, --cert, --key)")
-    tls.add_argument("--cacert", default=os.environ.get(TLS_ENV["cacert"]),
+    tls.add_argument("--cacert", dest="tls_cacert", default=os.environ.get(TLS_ENV["cacert"]),
                      help=f"CA certificate file the node's certificate is verified against "
                      f"(default: the system's; {TLS_ENV['cacert']})")
-    tls.add_argument("--cert", default=os.environ.get(TLS_ENV["cert"]),
+    tls.add_argument("--cert", dest="tls_cert", default=os.environ.get(TLS_ENV["cert"]),
                      help=f"client certificate file, for tls_auth_clients yes ({TLS_ENV['cert']})")
-    tls.add_argument("--key", default=os.environ.get(TLS_ENV["key"]),
+    tls.add_argument("--key", dest="tls_key", default=os.environ.get(TLS_ENV["key"]),
                      help=f"the client certificate's private key file ({TLS_ENV['key']})")
     # --json after the subcommand too: SUPPRESS keeps the global value when it is not given
     common = argparse.ArgumentParser(add_help=False)

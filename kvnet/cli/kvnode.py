@@ -231,9 +231,8 @@ def _run_dev(args, ports, faults, sup, names, stopping):
         some = pids[names[-1]]
         print(f"Try: kill -9 {some} (a node dies; the others keep serving and it is restarted"
               f"{'' if sup.restart else ' unless --no-restart'}), and watch `kvctl "
-              f"{tls + ' ' if tls else ''}status"
-              f"{'' if args.base_port == NodeConfig.port else f' --port {args.base_port}'}`.",
-              flush=True)
+              f"{'' if args.base_port == NodeConfig.port else f'--port {args.base_port} '}"
+              f"{tls + ' ' if tls else ''}status`.", flush=True)
         if faults is not None:
             faults.listen(args.data_dir)
             dd = "" if args.data_dir == DEFAULT_DATA_DIR else f" --data-dir {args.data_dir}"
