@@ -369,8 +369,8 @@ class Node(FrontHost, RingListener):
 
 async def run(cfg, ready=None):
     """Run a node until cancelled, signalled (SIGINT/SIGTERM) or out of the ring (after a
-    leave), then stop it cleanly; returns "left" in the last case. SIGHUP reloads its TLS
-    certificates (Node.reload_tls)."""
+    leave), then stop it cleanly; returns "left" in the last case. With TLS, SIGHUP reloads
+    its certificates (Node.reload_tls)."""
     import signal
 
     node = Node(cfg)
@@ -397,10 +397,11 @@ async def run(cfg, ready=None):
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
-    try:
-        loop.add_signal_handler(signal.SIGHUP, node.reload_tls)
-    except (NotImplementedError, RuntimeError, AttributeError):
-        pass
+    if node.tls is not None:    # (without TLS, SIGHUP ends the process as it always did)
+        try:
+            loop.add_signal_handler(signal.SIGHUP, node.reload_tls)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
     try:
         await stop.wait()
     finally:

@@ -256,9 +256,12 @@ class _Flag:
 
 
 def _stop_on_signals():
+    """SIGINT, SIGTERM and SIGHUP (its terminal closed) stop a dev cluster: the supervisor
+    stops its nodes (a TLS node takes SIGHUP as a reload, and would outlive its terminal)."""
     flag = _Flag()
     signal.signal(signal.SIGINT, flag.set)
     signal.signal(signal.SIGTERM, flag.set)
+    signal.signal(signal.SIGHUP, flag.set)
     return flag
 
 

@@ -1,6 +1,6 @@
 """`kvnode dev --tls`: a CA and certificates made in the data directory on first start, nodes
 serving clients on TLS only and talking over mutual TLS, the redis-cli line it prints; and
-`kvnode add --tls` joining a node to it."""
+`kvnode add --tls` joining a node to it; SIGHUP stops the dev cluster."""
 import os
 import signal
 import subprocess
@@ -64,7 +64,11 @@ def test_dev_tls_then_add_tls(tmp_path):
             assert all(c3.get(f"k{i}", r=2).value == f"v{i}".encode() for i in range(50))
         # the CA is kept: a second start uses the same one
         before = open(os.path.join(tls_dir, "ca.crt")).read()
-        _stop(add, dev)
+        _stop(add)
+        # SIGHUP (a closed terminal) stops the dev cluster: its nodes, which take SIGHUP as a
+        # certificate reload, do not outlive it
+        dev.send_signal(signal.SIGHUP)
+        assert dev.wait(60) == 0
         assert DevPKI(tls_dir) and open(os.path.join(tls_dir, "ca.crt")).read() == before
     finally:
         _stop(add, dev)
