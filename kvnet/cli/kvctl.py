@@ -110,12 +110,15 @@ def _parser():
     tls = ap.add_argument_group("TLS (a node's tls_port; docs/security.md); each also a variable")
     tls.add_argument("--tls", action="store_true", default=_env_flag(TLS_ENV["tls"]),
                      help=f"speak TLS ({TLS_ENV['tls']}=1; implied by --cacert, --cert, --key)")
-    tls.add_argument("--cacert", dest="tls_cacert", default=os.environ.get(TLS_ENV["cacert"]),
+    tls.add_argument("--cacert", dest="tls_cacert", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["cacert"]),
                      help=f"CA certificate file the node's certificate is verified against "
                      f"(default: the system's; {TLS_ENV['cacert']})")
-    tls.add_argument("--cert", dest="tls_cert", default=os.environ.get(TLS_ENV["cert"]),
+    tls.add_argument("--cert", dest="tls_cert", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["cert"]),
                      help=f"client certificate file, for tls_auth_clients yes ({TLS_ENV['cert']})")
-    tls.add_argument("--key", dest="tls_key", default=os.environ.get(TLS_ENV["key"]),
+    tls.add_argument("--key", dest="tls_key", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["key"]),
                      help=f"the client certificate's private key file ({TLS_ENV['key']})")
     # --json after the subcommand too: SUPPRESS keeps the global value when it is not given
     common = argparse.ArgumentParser(add_help=False)

@@ -4,7 +4,7 @@
     kvnode dev --faults              # the same, every link through a proxy: `kvctl fault ...`
     kvnode start --config node.toml  # one node from a TOML file and/or flags
     kvnode add                       # one more node next to `kvnode dev`, joined to its ring
-    kvnode dev --tls                 # TLS only (clients and peers), certificates in ./ringkv-data/tls
+    kvnode dev --tls                 # TLS only (clients, peers), certificates in ./ringkv-data/tls
 """
 import argparse
 import asyncio
@@ -60,9 +60,10 @@ def _start(args):
 
     def ready(node):
         tls = "" if not cfg.tls_port else f", TLS {node.resp.tls_port}" if cfg.port else " TLS"
+        mutual = " mutual TLS" if cfg.tls_cluster else ""
         print(f"{cfg.name}: ready on {cfg.host}:{node.resp.port}{tls} (peers "
-              f"{cfg.peer_address[0]}:{cfg.peer_address[1]}{' mutual TLS' if cfg.tls_cluster else ''}"
-              f", data in {cfg.data_dir})", flush=True)
+              f"{cfg.peer_address[0]}:{cfg.peer_address[1]}{mutual}, data in {cfg.data_dir})",
+              flush=True)
 
     try:
         # a node may hold every partition (S <= N): leave room for all of them
