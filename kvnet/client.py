@@ -9,8 +9,14 @@ request to a node of the key's preference list, saving the forwarding hop.
     c.put(b"k", b"v")
     obj = c.get(b"k")          # obj.values, obj.context, obj.value (newest)
     c.put(b"k", b"v2", context=obj.context)
+
+Over TLS (a node's tls_port, docs/security.md): `Client(host, tls_port, tls=True,
+cacert="ca.crt", cert="client.crt", key="client.key")`. Routing is then off unless
+`route=True` (the nodes announce their plaintext port when they have one; give route=True
+when they serve clients on TLS only, port 0).
 """
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -63,8 +69,9 @@ class _Routing:
     `ring_ttl` seconds (membership changes move partitions; a stale ring costs only a
     forwarding hop, since any node accepts any request)."""
 
-    def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=True,
-                 socket_timeout=10.0, ring_ttl=5.0, retries=None):
+    def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=None,
+                 socket_timeout=10.0, ring_ttl=5.0, retries=None, tls=False, cacert=None,
+                 cert=None, key=None, check_hostname=True):
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a host name or address (str), not {host!r}")
         if type(port) is not int or not 0 < port < 65536:
@@ -72,6 +79,12 @@ class _Routing:
         if retries is not None and (type(retries) is not int or retries < 0):
             raise ValueError(f"retries must be an int >= 0 or None, not {retries!r}")
         self._opts = dict(password=password, socket_timeout=socket_timeout)
+        if tls:
+            self._opts.update(_tls_options(cacert, cert, key, check_hostname))
+        elif cacert is not None or cert is not None or key is not None:
+            raise ValueError("cacert, cert and key are for tls=True")
+        if route is None:   # a node announces its plaintext port when it has one (KV.RING)
+            route = not tls
         self._retries = retries      # None: redis-py's own retry policy (a few, with backoff)
         self._seed = (host, port)
         self._conns = {}
@@ -269,6 +282,18 @@ class AsyncClient(_Routing):
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def _tls_options(cacert, cert, key, check_hostname):
+    """redis-py's options for a TLS port: the server verified against `cacert` (None: the
+    system's CAs), `cert`/`key` presented when given (tls_auth_clients yes)."""
+    for name, path in (("cacert", cacert), ("cert", cert), ("key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise FileNotFoundError(f"{name}: no such file: {path}")
+    if key is not None and cert is None:
+        raise ValueError("key needs cert (the client certificate it belongs to)")
+    return dict(ssl=True, ssl_ca_certs=cacert, ssl_certfile=cert, ssl_keyfile=key,
+                ssl_cert_reqs="required", ssl_check_hostname=check_hostname)
 
 
 def _bytes(x):

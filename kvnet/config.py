@@ -59,15 +59,17 @@ def _s(default, help, **kw):
 DEV_SECRET = "ringkv-dev-secret"     # the built-in cluster secret: kvnode start refuses it alone
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+TLS_AUTH_CLIENTS = ("yes", "optional", "no")
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     name: str = _s("node1", "node id on the ring: 1-64 letters, digits, '_', '.' or '-'")
     host: str = _s("127.0.0.1", "client (RESP) address")
-    port: int = _s(7379, "client (RESP) port")
+    port: int = _s(7379, "client (RESP) port, plaintext (0: none; then tls_port serves clients)")
     peer_host: str = _s("127.0.0.1", "node-to-node address")
-    peer_port: int = _s(0, "node-to-node port (0: port + 10000)")
+    peer_port: int = _s(0, "node-to-node port (0: port + 10000, or tls_port + 10000 when port "
+                           "is 0)")
     data_dir: str = _s("./ringkv-data/node1", "data directory (IDENTITY, EPOCH, partitions/)")
     members: tuple = _s((), "every member as name@host:peer_port, comma-separated (the same "
                             "list on every node); empty: a cluster of this node alone")
@@ -105,6 +107,20 @@ class NodeConfig:
     cluster_secret: str = _s(DEV_SECRET, "shared secret nodes prove to each other (HMAC "
                                          "challenge-response); the built-in one needs "
                                          "--insecure-dev-secret", repr=False)
+    # TLS (docs/security.md), named after Redis's tls-* settings
+    tls_port: int = _s(0, "client (RESP) port speaking TLS (0: none); a plaintext connection "
+                          "to it is closed")
+    tls_cert_file: str | None = _s(None, "this node's certificate (PEM, with its chain): served "
+                                         "on tls_port and, with tls_cluster, to peers")
+    tls_key_file: str | None = _s(None, "the private key of tls_cert_file (PEM, unencrypted)")
+    tls_ca_cert_file: str | None = _s(None, "CA certificates (PEM) that client certificates "
+                                            "and, with tls_cluster, peers' are verified against")
+    tls_auth_clients: str = _s("yes", "yes (clients on tls_port must present a certificate "
+                                      "signed by tls_ca_cert_file) | optional (verified when "
+                                      "presented) | no")
+    tls_cluster: bool = _s(False, "mutual TLS between nodes (each verifies the other's "
+                                  "certificate against tls_ca_cert_file); plaintext peers are "
+                                  "refused")
     allow_flush: bool = _s(True, "accept FLUSHDB/FLUSHALL (--no-flush refuses them)")
     join: bool = _s(False, "start as a joining member: take the ring from the seeds in members")
     # Failure handling (issue 6): every interval is configurable so tests run at 50-100 ms.
@@ -131,8 +147,14 @@ class NodeConfig:
                                  "fields)")
 
     @property
+    def client_port(self):
+        """The client port a node announces (gossip, KV.RING): the plaintext one, else the TLS
+        one."""
+        return self.port or self.tls_port
+
+    @property
     def peer_address(self):
-        return self.peer_host, self.peer_port or self.port + 10000
+        return self.peer_host, self.peer_port or self.client_port + 10000
 
     def member(self):
         return Member(self.name, self.peer_host, self.peer_address[1])
@@ -145,7 +167,8 @@ class NodeConfig:
 
 
 _INT_BOUNDS = {
-    "port": (1, 65535),
+    "port": (0, 65535),
+    "tls_port": (0, 65535),
     "peer_port": (0, 65535),
     "ring_size": (1, 1 << 16),
     "n": (1, 16),
@@ -251,13 +274,44 @@ def validate(cfg):
         raise ConfigError(f"log_level: {cfg.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format: {cfg.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
-    for name in ("allow_flush", "ae_enabled", "join", "insecure_dev_secret"):
+    _check_tls(cfg)
+    for name in ("allow_flush", "ae_enabled", "join", "insecure_dev_secret", "tls_cluster"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}: must be true or false")
     names = [m.name for m in cfg.members]
     if len(set(names)) != len(names):
         raise ConfigError("members: a name appears twice")
     return cfg
+
+
+def _check_tls(cfg):
+    """The tls_* settings are consistent (the files are read at start: kvnet/tlsconfig.py)."""
+    if not cfg.port and not cfg.tls_port:
+        raise ConfigError("port: 0 (no plaintext client port) needs tls_port")
+    if cfg.port and cfg.port == cfg.tls_port:
+        raise ConfigError(f"tls_port: {cfg.tls_port} is port too")
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError(f"{name}: must be a file path when set")
+    if cfg.tls_auth_clients not in TLS_AUTH_CLIENTS:
+        raise ConfigError(f"tls_auth_clients: {cfg.tls_auth_clients!r} must be one of "
+                          f"{', '.join(TLS_AUTH_CLIENTS)}")
+    if not isinstance(cfg.tls_cluster, bool):
+        raise ConfigError("tls_cluster: must be true or false")
+    uses = [w for w, on in (("tls_port", cfg.tls_port), ("tls_cluster", cfg.tls_cluster)) if on]
+    if not uses:
+        return
+    for name in ("tls_cert_file", "tls_key_file"):
+        if getattr(cfg, name) is None:
+            raise ConfigError(f"{name}: needed with {' and '.join(uses)}")
+    if cfg.tls_ca_cert_file is None:
+        if cfg.tls_cluster:
+            raise ConfigError("tls_ca_cert_file: needed with tls_cluster (peers' certificates "
+                              "are verified against it)")
+        if cfg.tls_auth_clients != "no":
+            raise ConfigError(f"tls_ca_cert_file: needed with tls_auth_clients "
+                              f"{cfg.tls_auth_clients} (or set tls_auth_clients no)")
 
 
 SETTINGS = dataclasses.fields(NodeConfig)
@@ -335,6 +389,7 @@ def load(path=None, environ=None, **overrides):
         if not isinstance(ms, (list, tuple)):
             raise ConfigError("members: must be a list of name@host:port")
         values["members"] = tuple(m if isinstance(m, Member) else Member.parse(str(m).strip()) for m in ms)
-    if "data_dir" in values and isinstance(values["data_dir"], os.PathLike):
-        values["data_dir"] = os.fspath(values["data_dir"])
+    for name in ("data_dir", "tls_cert_file", "tls_key_file", "tls_ca_cert_file"):
+        if isinstance(values.get(name), os.PathLike):
+            values[name] = os.fspath(values[name])
     return validate(NodeConfig(**values))

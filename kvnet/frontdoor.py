@@ -58,7 +58,7 @@ class FrontDoor(Backend):
         # False: get_lww_now / set_overwrite_now check the key, then leave every plain GET and
         # SET to the coordinator's general path (tests/kvnet/test_set_paths.py compares them)
         self.fast_lanes = True
-        self._client_addrs = {host.name: (self.cfg.host, self.cfg.port)}
+        self._client_addrs = {host.name: (self.cfg.host, self.cfg.client_port)}
 
     # ---- helpers -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from kvcore import versions as V
 from kvcore.ring import Ring
 from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
-from kvnet.errors import Unavailable
+from kvnet.errors import ConfigError, Unavailable
 from kvnet.antientropy.service import AntiEntropy
 from kvnet.compaction import Compactor
 from kvnet.handoff.hintlog import HintLog, dvv_merge
@@ -33,6 +33,7 @@ from kvnet.handlers import HandlerTable
 from kvnet.replicahandlers import ReplicaHandlers
 from kvnet.ringholder import RingHolder, RingListener
 from kvnet.routes import Lanes
+from kvnet.tlsconfig import NodeTLS
 
 log = logging.getLogger("kvnet.node")
 
@@ -71,8 +72,12 @@ class Node(FrontHost, RingListener):
         self.handlers = HandlerTable()
         self.answers = ReplicaHandlers(self, self.rings, self.replica, cfg)
         self.answers.register(self.handlers)
+        # TLS contexts (kvnet/tlsconfig.py): built here, so a bad file fails before anything
+        # starts; reloaded on SIGHUP (reload_tls)
+        self.tls = NodeTLS(cfg) if NodeTLS.wanted(cfg) else None
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self.handlers,
-                             max_message_size=cfg.max_peer_message_bytes)
+                             max_message_size=cfg.max_peer_message_bytes,
+                             tls=self.tls if cfg.tls_cluster else None)
         self.services = []                # background parts: start(), stop(), handlers()
         self.gossip = self.add_service(Gossip(self))
         self.lanes = Lanes(self.pool, self.gossip.down_peers)
@@ -118,12 +123,33 @@ class Node(FrontHost, RingListener):
             except asyncio.TimeoutError:
                 await self.stop()
                 raise OSError(f"no ring from the seeds in {ring_timeout:g} s: are they up?") from None
-        self.resp = await serve(self.front, self.cfg.host, self.cfg.port, password=self.cfg.password,
-                                allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
-                                idle_timeout=self.cfg.idle_timeout_s)
-        log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
-                 self.resp.port, host, port)
+        tls = self.tls.clients if self.tls is not None else None
+        self.resp = await serve(self.front, self.cfg.host, self.cfg.port or None,
+                                password=self.cfg.password, allow_flush=self.cfg.allow_flush,
+                                max_clients=self.cfg.max_connections,
+                                idle_timeout=self.cfg.idle_timeout_s,
+                                tls_port=self.cfg.tls_port, ssl=tls)
+        clients = [f"{self.cfg.host}:{self.resp.port}"] if self.cfg.port else []
+        if tls is not None:
+            clients.append(f"TLS {self.cfg.host}:{self.resp.tls_port}")
+        log.info("node %s: clients on %s, peers on %s:%d%s", self.name, " and ".join(clients),
+                 host, port, " (mutual TLS)" if self.cfg.tls_cluster else "")
         return self
+
+    def reload_tls(self):
+        """SIGHUP: re-read the TLS certificate, key and CA files; connections made from now on
+        use them (kvnet/tlsconfig.py). A file that cannot be loaded is logged and changes
+        nothing. Returns whether it reloaded."""
+        if self.tls is None:
+            log.info("node %s: SIGHUP: no TLS configured, nothing to reload", self.name)
+            return False
+        try:
+            self.tls.reload()
+        except ConfigError as exc:
+            log.error("node %s: TLS reload failed, keeping the certificates in use: %s",
+                      self.name, exc)
+            return False
+        return True
 
     async def _greet_peers(self, timeout=GREET_TIMEOUT):
         """Dial every member before the client port opens. A member that dialed this node while
@@ -343,7 +369,8 @@ class Node(FrontHost, RingListener):
 
 async def run(cfg, ready=None):
     """Run a node until cancelled, signalled (SIGINT/SIGTERM) or out of the ring (after a
-    leave), then stop it cleanly; returns "left" in the last case."""
+    leave), then stop it cleanly; returns "left" in the last case. With TLS, SIGHUP reloads
+    its certificates (Node.reload_tls)."""
     import signal
 
     node = Node(cfg)
@@ -369,6 +396,11 @@ async def run(cfg, ready=None):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
+            pass
+    if node.tls is not None:    # (without TLS, SIGHUP ends the process as it always did)
+        try:
+            loop.add_signal_handler(signal.SIGHUP, node.reload_tls)
+        except (NotImplementedError, RuntimeError, AttributeError):
             pass
     try:
         await stop.wait()

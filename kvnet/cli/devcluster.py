@@ -97,8 +97,9 @@ class DevSupervisor:
     """Starts nodes, waits until each answers PING, then keeps them running until stopping()."""
 
     def __init__(self, names, cmds, ports, env, restart=True, log=None, err=None, clock=time.monotonic,
-                 control=None):
+                 control=None, ssl=None):
         self.nodes = [_Node(n, c, p) for n, c, p in zip(names, cmds, ports)]
+        self.ssl = ssl               # the client context of TLS ports (`kvnode dev --tls`)
         self.env, self.restart, self.clock = env, restart, clock
         self.out = log or sys.stdout
         self.err = err or sys.stderr
@@ -128,7 +129,7 @@ class DevSupervisor:
                     self._say(f"kvnode dev: {node.name} exited with "
                               f"{describe_exit(node.proc.returncode)} while starting", err=True)
                     return False
-                if ping(node.port):
+                if ping(node.port, ssl=self.ssl):
                     waiting.remove(node)
             if self.clock() > deadline:
                 self._say(f"kvnode dev: nodes did not become ready in {timeout:.0f} s", err=True)
@@ -167,7 +168,7 @@ class DevSupervisor:
             return
         code = node.proc.poll()
         if code is None:
-            if node.awaiting_ready and ping(node.port):
+            if node.awaiting_ready and ping(node.port, ssl=self.ssl):
                 node.awaiting_ready = False
                 self._say(f"kvnode dev: {node.name} is ready again on 127.0.0.1:{node.port}")
             return

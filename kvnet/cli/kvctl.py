@@ -14,6 +14,10 @@
     kvctl fault kill|pause|resume NODE, cut|heal NODE [PEER], slow NODE [PEER] --ms D, status
                                  drive `kvnode dev --faults` (found with --data-dir, not --port)
 
+A node's TLS port: `kvctl --port 6380 --tls --cacert ca.crt [--cert client.crt --key
+client.key] status` (or RINGKV_TLS=1, RINGKV_TLS_CACERT, RINGKV_TLS_CERT, RINGKV_TLS_KEY;
+docs/security.md).
+
 Tables are drawn with rich; `--json` (before or after the subcommand) prints the data the
 command fetched as one JSON document instead (docs/cluster.md has the shape). Errors (no
 answer in time, a refused connection, a missing or wrong password, the node's own error
@@ -78,6 +82,23 @@ def _hex(text):
             f"a context is the hex string `kvctl get` prints, not {text!r}") from None
 
 
+# kvctl's TLS flags as environment variables (the RINGKV_* prefix of the node's settings)
+TLS_ENV = {"tls": "RINGKV_TLS", "cacert": "RINGKV_TLS_CACERT", "cert": "RINGKV_TLS_CERT",
+           "key": "RINGKV_TLS_KEY"}
+
+
+def _env_flag(name):
+    v = os.environ.get(name, "").strip().lower()
+    return v in ("1", "true", "yes", "on")
+
+
+def tls_options(args):
+    """Client's TLS keywords from kvctl's flags: {} without TLS."""
+    if not (args.tls or args.tls_cacert or args.tls_cert or args.tls_key):
+        return {}
+    return dict(tls=True, cacert=args.tls_cacert, cert=args.tls_cert, key=args.tls_key)
+
+
 def _parser():
     ap = argparse.ArgumentParser(prog="kvctl", description="Inspect and use a ringkv cluster.")
     ap.add_argument("--host", type=_host, default="127.0.0.1", help="a node's client address (default 127.0.0.1)")
@@ -86,6 +107,19 @@ def _parser():
     ap.add_argument("--timeout", type=_seconds, default=10.0,
                     help="seconds to wait for a connection or an answer (default 10)")
     ap.add_argument("--json", action="store_true", help="print the data as JSON, no table")
+    tls = ap.add_argument_group("TLS (a node's tls_port; docs/security.md); each also a variable")
+    tls.add_argument("--tls", action="store_true", default=_env_flag(TLS_ENV["tls"]),
+                     help=f"speak TLS ({TLS_ENV['tls']}=1; implied by --cacert, --cert, --key)")
+    tls.add_argument("--cacert", dest="tls_cacert", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["cacert"]),
+                     help=f"CA certificate file the node's certificate is verified against "
+                     f"(default: the system's; {TLS_ENV['cacert']})")
+    tls.add_argument("--cert", dest="tls_cert", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["cert"]),
+                     help=f"client certificate file, for tls_auth_clients yes ({TLS_ENV['cert']})")
+    tls.add_argument("--key", dest="tls_key", metavar="FILE",
+                     default=os.environ.get(TLS_ENV["key"]),
+                     help=f"the client certificate's private key file ({TLS_ENV['key']})")
     # --json after the subcommand too: SUPPRESS keeps the global value when it is not given
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -330,8 +364,12 @@ def main(argv=None, out=None, err=None):
         except BrokenPipeError:
             return FAILED
     where = f"{args.host}:{args.port}"
-    c = Client(args.host, args.port, password=args.password, socket_timeout=args.timeout,
-               retries=0)                     # a command line answers now: no retry, no backoff
+    try:
+        c = Client(args.host, args.port, password=args.password, socket_timeout=args.timeout,
+                   retries=0, **tls_options(args))  # a command line: no retry, no backoff
+    except (OSError, ValueError) as exc:      # a TLS file missing
+        print(f"kvctl: {exc}", file=err)
+        return FAILED
     try:
         if args.cmd == "transfers" and args.watch:
             return watch_transfers(c, out, interval=args.interval, as_json=args.json)
@@ -425,7 +463,8 @@ def _compact(c, args):
     out = []
     for host, port in nodes:          # a merge of a big node takes a while: wait for it
         one = Client(host, port, password=args.password, route=False,
-                     socket_timeout=max(args.timeout, COMPACT_TIMEOUT), retries=0)
+                     socket_timeout=max(args.timeout, COMPACT_TIMEOUT), retries=0,
+                     **tls_options(args))
         try:
             out.append(one.compact(args.partition))
         finally:

@@ -4,6 +4,7 @@
     kvnode dev --faults              # the same, every link through a proxy: `kvctl fault ...`
     kvnode start --config node.toml  # one node from a TOML file and/or flags
     kvnode add                       # one more node next to `kvnode dev`, joined to its ring
+    kvnode dev --tls                 # TLS only (clients, peers), certificates in ./ringkv-data/tls
 """
 import argparse
 import asyncio
@@ -21,6 +22,7 @@ from kvnet.errors import ConfigError
 from kvnet.probe import ping
 
 DEFAULT_DATA_DIR = "./ringkv-data"
+TLS_DIR = "tls"               # `kvnode dev --tls`: the CA and certificates, in the data directory
 MAX_FAULT_NODES = 16          # kvnet/cli/devfaults.py MAX_NODES (not imported without --faults)
 
 def _add_setting_flags(ap):
@@ -57,8 +59,11 @@ def _start(args):
     _use_uvloop()
 
     def ready(node):
-        print(f"{cfg.name}: ready on {cfg.host}:{node.resp.port} (peers {cfg.peer_address[0]}:"
-              f"{cfg.peer_address[1]}, data in {cfg.data_dir})", flush=True)
+        tls = "" if not cfg.tls_port else f", TLS {node.resp.tls_port}" if cfg.port else " TLS"
+        mutual = " mutual TLS" if cfg.tls_cluster else ""
+        print(f"{cfg.name}: ready on {cfg.host}:{node.resp.port}{tls} (peers "
+              f"{cfg.peer_address[0]}:{cfg.peer_address[1]}{mutual}, data in {cfg.data_dir})",
+              flush=True)
 
     try:
         # a node may hold every partition (S <= N): leave room for all of them
@@ -67,6 +72,9 @@ def _start(args):
         from kvnet.node import run
 
         outcome = asyncio.run(run(cfg, ready))
+    except ConfigError as exc:                # a TLS file that cannot be loaded
+        print(f"kvnode: bad configuration: {exc}", file=sys.stderr)
+        return 2
     except (OSError, CorruptStore) as exc:    # (a data directory of another format version)
         print(f"kvnode: {cfg.name} cannot start: {exc}", file=sys.stderr)
         return 1
@@ -106,21 +114,47 @@ def dev_names(nodes):
     return [f"node{i + 1}" for i in range(nodes)]
 
 
-def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None):
+def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None, pki=None):
     """The `kvnode start` command line of each node of a local dev cluster (the cluster secret
     comes in the environment: dev_env). members_of(i): node i's --members, when not the
-    nodes' own peer ports (`--faults`: the proxies')."""
+    nodes' own peer ports (`--faults`: the proxies'). pki (`--tls`, a DevPKI): clients on
+    TLS only, at the same ports, and mutual TLS between the nodes."""
     names = dev_names(nodes)
     members = ",".join(f"{nm}@127.0.0.1:{base_port + 10000 + i}" for i, nm in enumerate(names))
     cmds = []
     for i, nm in enumerate(names):
         cmds.append([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
-                     "--port", str(base_port + i), "--peer-port", str(base_port + 10000 + i),
+                     *_client_port_flags(base_port + i, pki, nm),
+                     "--peer-port", str(base_port + 10000 + i),
                      "--data-dir", os.path.join(data_dir, nm),
                      "--members", members if members_of is None else members_of(i),
                      "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
                      "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra])
     return names, cmds
+
+
+def _client_port_flags(port, pki, name):
+    if pki is None:
+        return ["--port", str(port)]
+    return ["--port", "0", "--tls-port", str(port), *pki.node_flags(name)]
+
+
+def _dev_pki(args):
+    """`--tls`: the dev cluster's CA and certificates in <data-dir>/tls (made on first use,
+    kept), or None; raises RuntimeError without the cryptography package."""
+    if not args.tls:
+        return None
+    from kvnet.testing.tls import DevPKI
+
+    return DevPKI(os.path.join(args.data_dir, TLS_DIR))
+
+
+def _connect_hint(args, pki):
+    """How to reach a dev node: redis-cli's and kvctl's TLS flags ('' without --tls)."""
+    if pki is None:
+        return ""
+    c = pki.client()
+    return f"--tls --cacert {c['cacert']} --cert {c['cert']} --key {c['key']}"
 
 
 def _passed_through(args):
@@ -162,10 +196,17 @@ def _dev(args):
 
 
 def _supervise_dev(args, ports, faults, members_of):
+    try:
+        pki = _dev_pki(args)
+    except RuntimeError as exc:
+        print(f"kvnode dev: --tls: {exc}", file=sys.stderr)
+        return 1
     names, cmds = dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync,
-                               _passed_through(args), members_of)
+                               _passed_through(args), members_of, pki)
     sup = DevSupervisor(names, cmds, ports, dev_env(dev_secret(args.data_dir)),
-                        restart=not args.no_restart, control=faults)
+                        restart=not args.no_restart, control=faults,
+                        ssl=None if pki is None else pki.context())
+    args.pki = pki
     stopping = _stop_on_signals()
     try:
         _run_dev(args, ports, faults, sup, names, stopping)
@@ -179,15 +220,20 @@ def _run_dev(args, ports, faults, sup, names, stopping):
     if sup.start(stopping):
         pids = sup.pids()
         auth = f" -a {args.password}" if args.password else ""
+        tls = _connect_hint(args, args.pki)
         for i, p in enumerate(ports):
-            print(f"{names[i]}: 127.0.0.1:{p}  pid {pids[names[i]]}  (redis-cli -p {p}{auth})  "
-                  f"data in {os.path.join(args.data_dir, names[i])}", flush=True)
+            cli = f"redis-cli -p {p}{auth}{' --tls ...' if tls else ''}"
+            print(f"{names[i]}: 127.0.0.1:{p}{' (TLS)' if tls else ''}  pid {pids[names[i]]}  "
+                  f"({cli})  data in {os.path.join(args.data_dir, names[i])}", flush=True)
         print(f"ringkv dev cluster of {args.nodes} nodes is up; Ctrl-C stops it.", flush=True)
+        if tls:
+            print(f"TLS only, clients and peers, with the CA and certificates in "
+                  f"{args.pki.dir}. Connect with: redis-cli -p {ports[0]}{auth} {tls}", flush=True)
         some = pids[names[-1]]
         print(f"Try: kill -9 {some} (a node dies; the others keep serving and it is restarted"
-              f"{'' if sup.restart else ' unless --no-restart'}), and watch `kvctl status"
-              f"{'' if args.base_port == NodeConfig.port else f' --port {args.base_port}'}`.",
-              flush=True)
+              f"{'' if sup.restart else ' unless --no-restart'}), and watch `kvctl "
+              f"{'' if args.base_port == NodeConfig.port else f'--port {args.base_port} '}"
+              f"{tls + ' ' if tls else ''}status`.", flush=True)
         if faults is not None:
             faults.listen(args.data_dir)
             dd = "" if args.data_dir == DEFAULT_DATA_DIR else f" --data-dir {args.data_dir}"
@@ -211,9 +257,12 @@ class _Flag:
 
 
 def _stop_on_signals():
+    """SIGINT, SIGTERM and SIGHUP (its terminal closed) stop a dev cluster: the supervisor
+    stops its nodes (a TLS node takes SIGHUP as a reload, and would outlive its terminal)."""
     flag = _Flag()
     signal.signal(signal.SIGINT, flag.set)
     signal.signal(signal.SIGTERM, flag.set)
+    signal.signal(signal.SIGHUP, flag.set)
     return flag
 
 
@@ -227,11 +276,20 @@ def _add(args):
         print(f"kvnode add: no dev cluster secret in {args.data_dir}; start `kvnode dev` with "
               "this --data-dir first", file=sys.stderr)
         return 1
-    if not ping(seed_port):
-        print(f"kvnode add: no node answers on 127.0.0.1:{seed_port}; start `kvnode dev` first",
-              file=sys.stderr)
+    try:
+        pki = _dev_pki(args)
+    except RuntimeError as exc:
+        print(f"kvnode add: --tls: {exc}", file=sys.stderr)
         return 1
-    c = Client("127.0.0.1", seed_port, password=args.password)
+    ssl = None if pki is None else pki.context()
+    if not ping(seed_port, ssl=ssl):
+        hint = "" if pki is not None or not os.path.isdir(os.path.join(args.data_dir, TLS_DIR)) \
+            else " (a `kvnode dev --tls` cluster? give --tls)"
+        print(f"kvnode add: no node answers on 127.0.0.1:{seed_port}{hint}; start `kvnode dev` "
+              "first", file=sys.stderr)
+        return 1
+    c = Client("127.0.0.1", seed_port, password=args.password,
+               **({} if pki is None else pki.client()))
     try:
         ring_nodes = [n["name"] for n in c.ring()["nodes"]]
         index = args.index or 1 + max(int(n[4:]) for n in ring_nodes
@@ -242,10 +300,12 @@ def _add(args):
             print(f"kvnode add: port {port} or {peer} is in use", file=sys.stderr)
             return 1
         members = f"node1@127.0.0.1:{seed_port + 10000},{name}@127.0.0.1:{peer}"
-        cmd = [sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name, "--port", str(port),
+        cmd = [sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name,
+               *_client_port_flags(port, pki, name),
                "--peer-port", str(peer), "--data-dir", os.path.join(args.data_dir, name),
                "--members", members, "--fsync", args.fsync, "--join", *_passed_through(args)]
-        sup = DevSupervisor([name], [cmd], [port], dev_env(secret), restart=not args.no_restart)
+        sup = DevSupervisor([name], [cmd], [port], dev_env(secret), restart=not args.no_restart,
+                            ssl=ssl)
         stopping = _stop_on_signals()
         if not sup.start(stopping):
             print(f"kvnode add: {name} did not start", file=sys.stderr)
@@ -262,7 +322,8 @@ def _add(args):
                         return sup.stop()
                     time.sleep(0.3)
             res = c.cluster("commit")
-            print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}), pid "
+            print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}"
+                  f"{' ' + _connect_hint(args, pki) if pki else ''}), pid "
                   f"{sup.pids()[name]}; ring epoch {res['epoch']}, {res['transfers']} partition "
                   "transfers (`kvctl transfers --watch`)", flush=True)
         else:
@@ -282,6 +343,9 @@ def _dev_flags(ap):
     ap.add_argument("--fsync", default="interval", choices=["always", "interval", "never"])
     ap.add_argument("--no-restart", action="store_true",
                     help="leave a node that exits down (default: restart it after a backoff)")
+    ap.add_argument("--tls", action="store_true",
+                    help="clients and peers over TLS only, with a CA and certificates made in "
+                    "<data-dir>/tls on first use (docs/security.md)")
     helps = {f.name: f.metadata["help"] for f in SETTINGS}
     for dest in _DEV_PASS:
         ap.add_argument(flag_name(dest), dest=dest, default=None,

@@ -71,7 +71,7 @@ class Gossip:
         host, peer_port = cfg.peer_address
         resp = self.node.resp
         me = S.MemberState(node=self.me, host=host, peer_port=peer_port, client_host=cfg.host,
-                           client_port=resp.port if resp is not None else cfg.port,
+                           client_port=resp.port if resp is not None else cfg.client_port,
                            generation=self.generation, heartbeat=0,
                            status="joining" if cfg.join and not self._in_ring() else "valid",
                            ring_epoch=0, zone=cfg.zone)

@@ -50,10 +50,14 @@ class PeerPool:
         connect_timeout=DEFAULT_CONNECT_TIMEOUT,
         backoff_base=DEFAULT_BACKOFF_BASE,
         backoff_max=DEFAULT_BACKOFF_MAX,
+        tls=None,
         **opts,
     ):
+        """``tls`` (tls_cluster): a kvnet.tlsconfig.NodeTLS, whose ``peers`` context the
+        listener uses and whose ``peer_client()`` each dial uses (the newest after a reload)."""
         if not 0 < backoff_base <= backoff_max:
             raise ValueError("need 0 < backoff_base <= backoff_max")
+        self._tls = tls
         self.node_id = node_id
         self._secret = secret
         self._handler = handler
@@ -170,7 +174,8 @@ class PeerPool:
         if self._server is not None:
             raise PeerError("this pool already serves")
         self._server = await serve_peers(
-            host, port, self.node_id, self._secret, self._handler, pool=self, **{**self._opts, **kwargs}
+            host, port, self.node_id, self._secret, self._handler, pool=self,
+            ssl=None if self._tls is None else self._tls.peers, **{**self._opts, **kwargs}
         )
         return self._server
 
@@ -281,6 +286,7 @@ class PeerPool:
                 self._handler,
                 expected_peer=peer_id,
                 timeout=self._connect_timeout,
+                ssl=None if self._tls is None else self._tls.peer_client(),
                 **self._opts,
             )
         except PeerError as exc:

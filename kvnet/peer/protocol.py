@@ -430,8 +430,11 @@ def check_options(kwargs):
     return kwargs
 
 
-async def connect(host, port, node_id, secret, handler=None, *, expected_peer=None, timeout=5.0, **opts):
-    """Dial a peer and complete the handshake; returns a ready PeerConnection.
+async def connect(host, port, node_id, secret, handler=None, *, expected_peer=None, timeout=5.0,
+                  ssl=None, **opts):
+    """Dial a peer and complete the handshake; returns a ready PeerConnection. With `ssl` (an
+    SSLContext: tls_cluster, kvnet/tlsconfig.py) the connection is TLS first, and the
+    handshake runs over it as over plain TCP.
 
     Raises PeerUnavailable (cannot connect), PeerTimeout, AuthenticationError,
     VersionMismatch or another PeerError naming the cause.
@@ -444,14 +447,14 @@ async def connect(host, port, node_id, secret, handler=None, *, expected_peer=No
     )
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: conn, host, port)
+            await loop.create_connection(lambda: conn, host, port, ssl=ssl)
             await conn.wait_ready()
     except TimeoutError as exc:
         conn.close()
         if isinstance(exc, PeerTimeout):
             raise
         raise PeerTimeout(f"connecting to peer at {host}:{port} took more than {timeout:g} s") from None
-    except OSError as exc:
+    except OSError as exc:   # (ssl.SSLError too: a TLS handshake refused)
         conn.close()
         raise PeerUnavailable(f"cannot connect to peer at {host}:{port}: {exc.strerror or exc}") from exc
     except BaseException:

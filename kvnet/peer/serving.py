@@ -199,9 +199,11 @@ class PeerServer:
 
 
 async def serve_peers(
-    host, port, node_id, secret, handler, *, pool=None, max_connections=DEFAULT_MAX_CONNECTIONS, **opts
+    host, port, node_id, secret, handler, *, pool=None, max_connections=DEFAULT_MAX_CONNECTIONS,
+    ssl=None, **opts
 ):
-    """Accept peer connections on host:port (port 0: any free port, see ``.port``).
+    """Accept peer connections on host:port (port 0: any free port, see ``.port``); with `ssl`
+    (tls_cluster: a context requiring the peer's certificate) only over TLS.
 
     Inbound connections serve ``handler``; with ``pool`` (a PeerPool) they are
     also offered to it, so this node's requests to that peer reuse them.
@@ -226,5 +228,5 @@ async def serve_peers(
             conn.add_ready_callback(pool.adopt)
         return conn
 
-    server = await loop.create_server(factory, host, port)
+    server = await loop.create_server(factory, host, port, ssl=ssl)
     return PeerServer(server, conns)

@@ -32,7 +32,7 @@ cdef class _Waiting:
 
 cdef class RespServer:
     cdef public object loop, backend, idle_timeout, write_high_water, parser_limits, commands
-    cdef public object door, server
+    cdef public object door, server, tls_server
     cdef public Py_ssize_t max_run_ahead, run_ahead, max_clients, max_pending
     cdef public tuple door_limits
     cdef public set connections

@@ -39,6 +39,7 @@ FLUSH_SIZE = 64 << 10        # write replies out at least this often within one 
 MAX_IN_FLIGHT = 128          # suspended commands running at once, per connection
 MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their connection,
                              # server-wide: a saturated node keeps its queue (and latency) short
+TLS_HANDSHAKE_TIMEOUT = 10.0 # seconds a TLS client has to finish its handshake
 
 
 class RespProtocol:
@@ -398,6 +399,7 @@ class RespServer:
         self.connections = set()
         self.unflushed = []         # connections whose replies wait for the iteration's end
         self.server = None
+        self.tls_server = None      # the TLS listener (tls_port), when there is one
 
     def flush_later(self, conn):
         """Queue `conn`'s replies for one write after this iteration's callbacks (call_soon runs
@@ -420,29 +422,53 @@ class RespServer:
                 log.exception("writing replies failed")
                 conn.transport.abort()
 
-    async def start(self, host="127.0.0.1", port=0, **kwargs):
-        self.server = await self.loop.create_server(lambda: RespProtocol(self), host, port,
-                                                    **kwargs)
+    async def start(self, host="127.0.0.1", port=0, *, tls_port=0, ssl=None, **kwargs):
+        """Listen on host:port (None: no plaintext listener) and, with `ssl` (an SSLContext,
+        kvnet/tlsconfig.py), on host:tls_port speaking TLS; both serve the same commands. A
+        TLS connection is the same RespProtocol over asyncio's TLS transport: the plaintext
+        listener's connections run no TLS code."""
+        if port is None and ssl is None:
+            raise ValueError("no listener: give a port, or ssl and tls_port")
+        if port is not None:
+            self.server = await self.loop.create_server(lambda: RespProtocol(self), host, port,
+                                                        **kwargs)
+        if ssl is not None:
+            try:
+                self.tls_server = await self.loop.create_server(
+                    lambda: RespProtocol(self), host, tls_port, ssl=ssl,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT, **kwargs)
+            except BaseException:
+                await self.close()
+                raise
         self.commands.tcp_port = self.port
         return self
 
     @property
     def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
+        """The plaintext port (the TLS one when there is no plaintext listener)."""
+        server = self.server if self.server is not None else self.tls_server
+        return server.sockets[0].getsockname()[1]
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS port, or 0."""
+        return 0 if self.tls_server is None else self.tls_server.sockets[0].getsockname()[1]
 
     @property
     def sockets(self):
-        return self.server.sockets
+        return [s for srv in (self.server, self.tls_server) if srv is not None
+                for s in srv.sockets]
 
     async def close(self):
-        """Stop listening, close every connection, wait until the listener is gone."""
-        if self.server is not None:
-            self.server.close()
+        """Stop listening, close every connection, wait until the listeners are gone."""
+        listeners = [srv for srv in (self.server, self.tls_server) if srv is not None]
+        for srv in listeners:
+            srv.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for srv in listeners:
+            await srv.wait_closed()
 
     async def __aenter__(self):
         return self
@@ -451,7 +477,9 @@ class RespServer:
         await self.close()
 
 
-async def serve(backend, host="127.0.0.1", port=0, password=None, **options) -> RespServer:
-    """Start a RESP server for `backend` on host:port (port 0: any free port; see `.port`)."""
+async def serve(backend, host="127.0.0.1", port=0, password=None, *, tls_port=0, ssl=None,
+                **options) -> RespServer:
+    """Start a RESP server for `backend` on host:port (port 0: any free port; see `.port`;
+    None: no plaintext port) and, with `ssl`, on host:tls_port over TLS (see `.tls_port`)."""
     server = RespServer(backend, password=password, **options)
-    return await server.start(host, port)
+    return await server.start(host, port, tls_port=tls_port, ssl=ssl)

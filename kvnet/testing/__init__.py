@@ -17,6 +17,10 @@ works for each of them:
 - `fakes` (imported by name, not re-exported): `PeerTransport`, `CountingDoor`, stand-ins for
   a peer connection's transport and a node's compiled door.
 
+`kvnet.testing.tls` (imported by itself, not re-exported here) makes a CA and certificates
+(`DevPKI`, for `LocalCluster(tls=True)` and `kvnode dev --tls`) with the `cryptography`
+package, which the test extra installs.
+
 It ships with the package (benchmarks and `kvnode` tests use it from an installed tree) and
 imports nothing the base install lacks: no pytest, no hypothesis. docs/testing.md explains
 the rules.

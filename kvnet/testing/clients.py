@@ -3,14 +3,20 @@ RESP replies as str (`_plain`), PING (`ping`, from kvnet/probe.py)."""
 from kvnet.probe import ping  # noqa: F401  (re-exported for tests)
 
 
-def redis_client(port, timeout=5.0):
-    """A redis-py client that never retries (a retried KV.PUT would be a second write)."""
+def redis_client(port, timeout=5.0, tls=None):
+    """A redis-py client that never retries (a retried KV.PUT would be a second write).
+    tls: to a TLS port, the Client keywords of a kvnet.testing.tls.DevPKI (`.client()`)."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    opts = {}
+    if tls:
+        from kvnet.client import _tls_options
+
+        opts = _tls_options(tls.get("cacert"), tls.get("cert"), tls.get("key"), True)
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=timeout,
-                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **opts)
 
 
 def _plain(x):

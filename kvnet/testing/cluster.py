@@ -38,18 +38,30 @@ class LocalCluster:
     extra: flags for every node; node_extra: {i: flags} (or a list) for some nodes, after
     `extra` (argparse: the last occurrence wins). proxied=True: node i reaches node j through
     `proxies[i, j]` (its --members names the proxy's port for every other member).
+    tls=True: each node also serves TLS on `tls_ports[i]` (`tls_client(i)`), and nodes talk
+    over mutual TLS (tls_cluster) with certificates of a CA in <data_dir>/tls (`pki`).
     """
 
     def __init__(self, data_dir, nodes=3, n=3, r=2, w=2, fsync="never", extra=(),
-                 node_extra=None, proxied=False, request_timeout_ms=1000, ring_size=256):
+                 node_extra=None, proxied=False, request_timeout_ms=1000, ring_size=256,
+                 tls=False):
         self.data_dir = data_dir
         self.n, self.r, self.w, self.ring_size = n, r, w, ring_size
         # every port of the cluster from one call, the proxies' too: a later call could hand a
         # proxy a port chosen here for a node that has not bound it yet
         links = list(itertools.permutations(range(nodes), 2)) if proxied else []
-        ports = free_ports(2 * nodes + len(links))
+        ports = free_ports((3 if tls else 2) * nodes + len(links))
         self.ports, self.peer_ports = ports[:nodes], ports[nodes:2 * nodes]
-        proxy_ports = dict(zip(links, ports[2 * nodes:]))
+        # tls=True: every node also serves clients over TLS on tls_ports[i] and talks to its
+        # peers over mutual TLS (tls_cluster), with certificates of a CA made in
+        # <data_dir>/tls (kvnet/testing/tls.py; `pki.client()` are a client's keywords)
+        self.tls_ports = ports[2 * nodes:3 * nodes] if tls else []
+        self.pki = None
+        if tls:
+            from kvnet.testing.tls import DevPKI
+
+            self.pki = DevPKI(os.path.join(data_dir, "tls"))
+        proxy_ports = dict(zip(links, ports[(3 if tls else 2) * nodes:]))
         self.names = [f"node{i + 1}" for i in range(nodes)]
         self.proxies = {}
         self.paused = set()
@@ -75,11 +87,16 @@ class LocalCluster:
                     sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
                     "--port", str(cp), "--peer-port", str(self.peer_ports[i]),
                     "--data-dir", self.data_dir_of(i), "--members", members,
-                    *self._common, *node_extra[i]])
+                    *self._common, *self._tls_flags(i), *node_extra[i]])
         except BaseException:
             self._close_proxies()
             raise
         _live_clusters.add(self)
+
+    def _tls_flags(self, i):
+        if self.pki is None:
+            return []
+        return ["--tls-port", str(self.tls_ports[i]), *self.pki.node_flags(self.names[i])]
 
     def _proxy(self, i, j, port, taken, attempts=20):
         """The proxy of link i -> j on `port`, or, when another process bound that port since
@@ -184,10 +201,10 @@ class LocalCluster:
         new directed link is not implemented)."""
         if self.proxies:
             raise NotImplementedError("add_node is not implemented for proxied clusters")
-        taken = set(self.ports) | set(self.peer_ports)
-        port = peer = None
-        while port is None or port in taken or peer in taken:
-            port, peer = free_ports(2)
+        taken = set(self.ports) | set(self.peer_ports) | set(self.tls_ports)
+        port = peer = tport = None
+        while port is None or {port, peer, tport} & taken:
+            port, peer, tport = free_ports(3)
         i = len(self.names)
         name = f"node{i + 1}"
         while name in self.names:
@@ -195,6 +212,8 @@ class LocalCluster:
         self.names.append(name)
         self.ports.append(port)
         self.peer_ports.append(peer)
+        if self.pki is not None:
+            self.tls_ports.append(tport)
         self.procs.append(None)
         if join:
             if seed is None:
@@ -205,7 +224,8 @@ class LocalCluster:
         self.cmds.append([
             sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name,
             "--port", str(port), "--peer-port", str(peer), "--data-dir", self.data_dir_of(i),
-            "--members", members, *self._common, *node_extra, *(["--join"] if join else [])])
+            "--members", members, *self._common, *self._tls_flags(i), *node_extra,
+            *(["--join"] if join else [])])
         if start:
             self.start(i, timeout)          # a joining node answers PING once it has the ring
         return i
@@ -321,6 +341,10 @@ class LocalCluster:
 
     def client(self, i, timeout=5.0):
         return redis_client(self.ports[i], timeout)
+
+    def tls_client(self, i, timeout=5.0):
+        """A redis-py client to node i's TLS port (tls=True), with the client certificate."""
+        return redis_client(self.tls_ports[i], timeout, tls=self.pki.client())
 
     def _ask(self, i, *cmd, timeout=2.0):
         c = self.client(i, timeout)

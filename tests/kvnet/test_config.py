@@ -106,7 +106,13 @@ SAMPLES = {
     "merge_concurrency": ("2", 2), "merge_max_mb_s": ("10", 10),
     "insecure_dev_secret": ("yes", True), "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),
+    "tls_port": ("7443", 7443), "tls_cert_file": ("/etc/kv/n.crt", "/etc/kv/n.crt"),
+    "tls_key_file": ("/etc/kv/n.key", "/etc/kv/n.key"),
+    "tls_ca_cert_file": ("/etc/kv/ca.crt", "/etc/kv/ca.crt"),
+    "tls_auth_clients": ("optional", "optional"), "tls_cluster": ("yes", True),
 }
+# what a TLS setting needs beside it (kvnet/config.py _check_tls; the files are read at start)
+TLS_FILES = {"tls_cert_file": "c.crt", "tls_key_file": "c.key", "tls_ca_cert_file": "ca.crt"}
 
 
 def test_the_samples_cover_every_setting_with_a_non_default_value():
@@ -132,7 +138,8 @@ def test_every_setting_is_listed_in_docs_config_md():
 def test_every_setting_loads_from_its_flag_and_its_variable(name):
     text, want = SAMPLES[name]
     # r and w must not exceed n; max_siblings at least warn_siblings: give the others room
-    base = {"n": 5} if name in ("r", "w") else {"warn_siblings": 1} if name == "max_siblings" else {}
+    base = {"n": 5} if name in ("r", "w") else {"warn_siblings": 1} if name == "max_siblings" \
+        else TLS_FILES if name in ("tls_port", "tls_cluster") else {}
     assert getattr(load(environ={env_name(name): text}, **base), name) == want
     f = next(f for f in SETTINGS if f.name == name)
     argv = ["start", f"{flag_name(name)}={text}" if f.type is not bool else flag_name(name)

@@ -44,7 +44,8 @@ def _submodules():
 
 def test_the_package_is_split_by_concern_and_shipped():
     assert _submodules() == [f"kvnet.testing.{m}" for m in (
-        "checks", "clients", "cluster", "corruption", "fakes", "ports", "waiting", "writers")]
+        "checks", "clients", "cluster", "corruption", "fakes", "ports", "tls", "waiting",
+        "writers")]
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
     assert "kvnet.testing" in packages
