@@ -15,7 +15,7 @@ same fast path (FrontDoor.get_lww_now / set_overwrite_now), with the same store 
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint16_t
+from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from libc.stdio cimport snprintf
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
@@ -29,6 +29,7 @@ from kvnet.coordinator.driver cimport get_direct, put_direct
 from kvnet.peer.protocol cimport PeerConnection
 from kvnet.routes cimport Lanes, Routes
 from kvnet.resp.commands cimport Session
+from kvnet.reqstats cimport ReqStats, now_ns
 
 from kvcore import clockcodec as _codec
 from kvnet.peer.core import READY as _PEER_READY
@@ -126,6 +127,11 @@ cdef class LocalDoor:
     cdef Py_ssize_t gets, set_count
     cdef int last
     cdef bint busy              # within take(), one() or receive(): a nested call takes nothing
+    # the request counts and latency histograms (kvnet/reqstats.pyx, Commands.reqstats): one
+    # clock read per command taken, ending it and starting the next; t0 = 0: none read yet
+    cdef ReqStats reqstats
+    cdef int get_slot, set_slot
+    cdef uint64_t t0
 
     def __init__(self, commands, cluster, rings, Lanes lanes, replica, dict stats, cfg):
         """`commands`: the front door's Commands; `cluster`: the coordinator's
@@ -151,6 +157,9 @@ cdef class LocalDoor:
         self.own = self.identity.prefix         # (the identity's, fixed at its start)
         self.new_epoch = self.identity.new_epoch
         self.written = replica.written
+        self.reqstats = commands.reqstats
+        self.get_slot = commands.slot_of(self.get_cmd)
+        self.set_slot = commands.slot_of(self.set_cmd)
 
     cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing. A
@@ -168,6 +177,7 @@ cdef class LocalDoor:
         self.null = _NULL[session.protocol]
         self.gets = self.set_count = 0
         self.last = OTHER
+        self.t0 = 0
         self.busy = True
         return True
 
@@ -186,6 +196,13 @@ cdef class LocalDoor:
         self.routes = None
         self.busy = False
         return 0
+
+    cdef inline void _count(self, int kind) noexcept:
+        """A command taken and answered: its latency since self.t0, which it moves on."""
+        cdef uint64_t t = now_ns()
+        self.reqstats.add(self.get_slot if kind == GET else self.set_slot,
+                          t - self.t0 if t > self.t0 else 0)
+        self.t0 = t
 
     cdef object _lane(self, tuple lane):
         """Lanes.pick(lane) read in C while its cache of connections holds: (the ready
@@ -291,6 +308,8 @@ cdef class LocalDoor:
                 kind = _kind(argv)
                 if kind == OTHER or type(argv[1]) is not bytes:
                     break
+                if self.t0 == 0:
+                    self.t0 = now_ns()
                 reply = self._one(session, kind, <bytes>argv[1],
                                   argv[2] if kind == SET else None, True)
                 if reply is None:
@@ -300,6 +319,7 @@ cdef class LocalDoor:
                 if type(reply) is not bytes:    # in flight: the caller waits for it
                     started = (reply, argv[1])
                     break
+                self._count(kind)
                 out.append(reply)
                 added += PyBytes_GET_SIZE(reply)
         finally:
@@ -317,11 +337,14 @@ cdef class LocalDoor:
         if kind == OTHER or type(argv[1]) is not bytes or not self._begin(session):
             return None
         try:
+            self.t0 = now_ns()
             reply = self._one(session, kind, <bytes>argv[1], argv[2] if kind == SET else None,
                               True)
             if reply is None:
                 return None
             self.last = kind
+            if type(reply) is bytes:
+                self._count(kind)
             return reply
         finally:
             self._end(session)
@@ -380,11 +403,14 @@ cdef class LocalDoor:
                 key = PyBytes_FromStringAndSize(p + key_at, key_len)
                 if kind == SET:
                     value = PyBytes_FromStringAndSize(p + val_at, val_len)
+                if self.t0 == 0:
+                    self.t0 = now_ns()
                 reply = self._one(session, kind, key, value, False)
                 if reply is None:
                     break
                 pos = end
                 self.last = kind
+                self._count(kind)
                 out.append(reply)
                 added += PyBytes_GET_SIZE(reply)
         finally:
@@ -401,9 +427,12 @@ cdef class LocalDoor:
         if kind == GET:
             fut = get_direct(self.cluster, p, key, raw, min(self.r, targets), pl, conns)
             session.pending = self.get_cmd
+            session.slot = self.get_slot
         else:
             fut = put_direct(self.cluster, p, key, raw, min(self.w, targets), pl, conns)
             session.pending = self.set_cmd
+            session.slot = self.set_slot
+        session.started = self.t0     # counted when it is answered (kvnet/resp/server.py)
         return fut
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 
 from kvnet.errors import CommandError, NoAuth, WrongPass
+from kvnet.metrics import latency_percentiles
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.replies import OK, ErrorReply, Simple, Verbatim
 
@@ -278,7 +279,7 @@ async def cmd_config_help(ctx, s, argv):
 # ---- INFO -------------------------------------------------------------------------------------
 
 _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
-                     "cpu", "cluster", "keyspace", "ringkv")
+                     "cpu", "latencystats", "cluster", "keyspace", "ringkv")
 
 
 async def info_sections(ctx, s) -> dict:
@@ -330,6 +331,9 @@ async def info_sections(ctx, s) -> dict:
         "cpu": [
             ("used_cpu_sys", f"{usage.ru_stime:.6f}"), ("used_cpu_user", f"{usage.ru_utime:.6f}"),
             ("used_cpu_sys_children", "0.000000"), ("used_cpu_user_children", "0.000000")],
+        # Redis 7's latency percentiles per command, from the front door's histograms
+        # (kvnet/reqstats.pyx; docs/observability.md)
+        "latencystats": latency_percentiles(ctx.reqstats),
         "cluster": [("cluster_enabled", 0)],
         "keyspace": [("db0", f"keys={keys},expires=0,avg_ttl=0")] if keys else [],
         "ringkv": list(ringkv.items()),

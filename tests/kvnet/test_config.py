@@ -106,6 +106,7 @@ SAMPLES = {
     "merge_concurrency": ("2", 2), "merge_max_mb_s": ("10", 10),
     "insecure_dev_secret": ("yes", True), "log_level": ("debug", "debug"),
     "log_format": ("json", "json"),
+    "metrics_port": ("9121", 9121), "metrics_host": ("0.0.0.0", "0.0.0.0"),
 }
 
 
