@@ -148,9 +148,6 @@ class NodeCollector:
         for op, key in (("get", "gets"), ("put", "puts"), ("delete", "deletes")):
             ops.add_metric([op], st.get(key, 0))
         yield ops
-        yield CounterMetricFamily("ringkv_forwarded_writes",
-                                  "Writes forwarded to another coordinator",
-                                  value=st.get("forwarded", 0))
         coord = node.coord_stats
         out = CounterMetricFamily("ringkv_coordinator_requests",
                                   "Reads and writes coordinated here, per R/W asked for and "
