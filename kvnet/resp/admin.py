@@ -279,7 +279,9 @@ async def cmd_config_help(ctx, s, argv):
 # ---- INFO -------------------------------------------------------------------------------------
 
 _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
-                     "cpu", "latencystats", "cluster", "keyspace", "ringkv")
+                     "cpu", "cluster", "keyspace", "ringkv")
+# as Redis 7: latencystats only when asked for by name, or with all / everything
+_ALL_SECTIONS = _DEFAULT_SECTIONS[:7] + ("latencystats",) + _DEFAULT_SECTIONS[7:]
 
 
 async def info_sections(ctx, s) -> dict:
@@ -351,10 +353,12 @@ def _human(n: int) -> str:
 async def cmd_info(ctx, s, argv):
     wanted = [a.decode("ascii", "replace").lower() for a in argv[1:]]
     sections = await info_sections(ctx, s)
-    if not wanted or any(w in ("default", "all", "everything") for w in wanted):
+    if any(w in ("all", "everything") for w in wanted):
+        names = list(_ALL_SECTIONS)
+    elif not wanted or "default" in wanted:
         names = list(_DEFAULT_SECTIONS)
     else:
-        names = [n for n in _DEFAULT_SECTIONS if n in wanted]
+        names = [n for n in _ALL_SECTIONS if n in wanted]
     parts = []
     for name in names:
         lines = ["# CPU" if name == "cpu" else f"# {name.capitalize()}"]
