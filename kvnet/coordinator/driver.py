@@ -29,8 +29,8 @@ class Cluster:
     # the running loop, when known: asyncio.get_running_loop() makes a getpid() system call
     # each time (its fork check), a few percent of a request on the hot path
     loop = None
-    # counters of outcomes and read repairs (new_coord_stats(); None: not counted), read by
-    # kvnet/metrics.py and INFO
+    # counters of outcomes and read repairs (new_coord_stats(); None or absent: not
+    # counted), read by kvnet/metrics.py
     coord_stats = None
 
     def is_up(self, node):
@@ -143,7 +143,7 @@ def new_coord_stats():
 
 def _count(cluster, op, needed, result, quorum=None):
     """One coordinated request's outcome: `result` its answer or the exception it ends with."""
-    stats = cluster.coord_stats
+    stats = getattr(cluster, "coord_stats", None)
     if stats is not None:
         _tally(stats, op, needed, result, quorum)
 
@@ -275,7 +275,7 @@ def _repair_now(cluster, p, key, quorum):
     """Every target already answered: repair only when some replica was stale."""
     repair = quorum.final()
     if repair is not None and repair.clock is not None and repair.stale:
-        stats = cluster.coord_stats
+        stats = getattr(cluster, "coord_stats", None)
         if stats is not None:
             stats["divergent_reads"] += 1
         cluster.spawn(_send_repairs(cluster, p, key, repair))
@@ -285,7 +285,7 @@ async def _send_repairs(cluster, p, key, repair):
     raw = V.encode(repair.clock)
     if cluster.reap_pending(p, key, raw):
         return       # a reap of this tombstone is under way: never copy it back (section 6)
-    stats = cluster.coord_stats
+    stats = getattr(cluster, "coord_stats", None)
     for target in repair.stale:
         if stats is not None:
             stats["read_repairs"] += 1
@@ -469,7 +469,7 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
     (Node.direct_lane); nothing here waits, so the caller needs no coroutine."""
     future = ReplyFuture(loop=cluster.loop or asyncio.get_running_loop())
     write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns),
-                        cluster.coord_stats)
+                        getattr(cluster, "coord_stats", None))
     _batch_to(conns, "mput", {"p": p, "k": key, "c": raw}, write, cluster.timeout)
     return future
 
