@@ -23,3 +23,4 @@ cdef class ReqStats:
     cdef readonly list keys                 # slot -> (command, quorum)
 
     cdef void add(self, int slot, uint64_t ns) noexcept nogil
+    cdef void add_n(self, int slot, uint64_t n, uint64_t ns_each) noexcept nogil

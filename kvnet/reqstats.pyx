@@ -6,7 +6,7 @@ One slot per (command, quorum) pair: a uint64 count per latency bucket and the s
 latencies, nothing else. The compiled door (kvnet/localdoor.pyx) adds to them with a cdef call
 and the general path (kvnet/resp/commands.py, kvnet/resp/server.py) through `record`; the
 metrics collector (kvnet/metrics.py) and INFO's latencystats read them at scrape time. So a
-command costs an array increment and the clock read that ends it, no Python object.
+command costs an array increment and its share of two clock reads, no Python object.
 
 The buckets are log-spaced with four steps per power of two (HdrHistogram's idea, 2 bits of
 mantissa): a latency of v ns falls in the bucket whose upper bound is the least
@@ -87,6 +87,12 @@ cdef class ReqStats:
     cdef void add(self, int slot, uint64_t ns) noexcept nogil:
         self.counts[slot][_bucket(ns)] += 1
         self.sums[slot] += ns
+
+    cdef void add_n(self, int slot, uint64_t n, uint64_t ns_each) noexcept nogil:
+        """n commands of `slot` that took ns_each nanoseconds each (the door's commands of one
+        call, which share its clock reads)."""
+        self.counts[slot][_bucket(ns_each)] += n
+        self.sums[slot] += ns_each * n
 
     def record(self, int slot, start_ns):
         """One command of `slot` that started at `start_ns` (time.monotonic_ns()) ended now."""
