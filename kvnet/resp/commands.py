@@ -12,7 +12,6 @@ import time
 from time import monotonic_ns as _clock
 
 from kvcore._native import select
-
 from kvcore.versions import InvalidContext
 from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
@@ -134,6 +133,9 @@ class Commands:
         self._defaults = {"r": f"r={cfg.r}" if cfg is not None else "r=default",
                           "w": f"w={cfg.w}" if cfg is not None else "w=default"}
         self._slots = {}        # Command -> slot, for the commands whose quorum is fixed
+        # bound once: dispatch() calls them on every command (an attribute lookup less each)
+        self._slot_get = self._slots.get
+        self._record = self.reqstats.record
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Commands:
         session.last_command = cmd.name
         session.last_active = time.time()
         started = _clock()
-        slot = self._slots.get(cmd)
+        slot = self._slot_get(cmd)
         if slot is None:
             slot = self.slot_of(cmd, argv)
         now = cmd.now
@@ -248,7 +250,7 @@ class Commands:
             try:
                 reply = now(self, session, argv)
             except Exception as exc:
-                self.reqstats.record(slot, started)
+                self._record(slot, started)
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
                 if type(reply) in FUTURE_TYPES:
@@ -256,7 +258,7 @@ class Commands:
                     session.slot = slot
                     session.started = started
                 else:
-                    self.reqstats.record(slot, started)
+                    self._record(slot, started)
                 return reply
         session.slot = slot
         session.started = started
