@@ -36,6 +36,8 @@ EXTENSIONS = [
     Extension("kvcore.replicawrite", ["kvcore/replicawrite.pyx"]),
     # a node's plain GET/SET of keys it alone replicates, in C (twin: kvnet/localdoor_py)
     Extension("kvnet.localdoor", ["kvnet/localdoor.pyx"]),
+    # the front door's request counts and latency histograms in C arrays (twin: reqstats_py)
+    Extension("kvnet.reqstats", ["kvnet/reqstats.pyx"]),
 ]
 # Plain Python modules of the request path, compiled as they are (Cython's pure-Python mode):
 # the same source, run without the interpreter's bytecode loop (docs/performance.md). Their

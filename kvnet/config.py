@@ -145,6 +145,10 @@ class NodeConfig:
     log_level: str = _s("info", "debug | info | warning | error")
     log_format: str = _s("text", "text | json (JSON lines: time, level, node, logger, message, "
                                  "fields)")
+    # Metrics (docs/observability.md)
+    metrics_port: int = _s(0, "serve Prometheus metrics on http://metrics_host:port/metrics "
+                              "(0: off)")
+    metrics_host: str = _s("127.0.0.1", "address of the metrics port")
 
     @property
     def client_port(self):
@@ -194,6 +198,7 @@ _INT_BOUNDS = {
     "merge_min_dead_bytes": (0, 1 << 40),
     "merge_concurrency": (0, 64),
     "merge_max_mb_s": (1, 100_000),
+    "metrics_port": (0, 65535),
 }
 
 _FLOAT_BOUNDS = {
@@ -233,6 +238,7 @@ def validate(cfg):
     _check_name(cfg.name, "name")
     _check_host(cfg.host, "host")
     _check_host(cfg.peer_host, "peer_host")
+    _check_host(cfg.metrics_host, "metrics_host")
     for name, (lo, hi) in _INT_BOUNDS.items():
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

@@ -16,6 +16,7 @@ from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
+from kvnet.metrics import SIBLING_BUCKETS, count_siblings
 from kvnet.payload import context as _client_context
 from kvnet.replicahandlers import ReplicaHost
 from kvnet.resp.backend import LATER, Backend, Reply
@@ -59,6 +60,10 @@ class FrontDoor(Backend):
         # SET to the coordinator's general path (tests/kvnet/test_set_paths.py compares them)
         self.fast_lanes = True
         self._client_addrs = {host.name: (self.cfg.host, self.cfg.client_port)}
+        # KV.GETs by siblings returned (kvnet/metrics.py SIBLING_BUCKETS, then more), and the
+        # siblings they returned in all
+        self.sibling_counts = [0] * (len(SIBLING_BUCKETS) + 1)
+        self.siblings_returned = 0
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -109,7 +114,11 @@ class FrontDoor(Backend):
     async def get(self, key, r=None, strict=False):
         res = await self._read(key, r, strict)
         clock = res.clock
-        return Reply(V.encode_context(V.join(clock)), V.values(clock))
+        siblings = V.values(clock)
+        if res.found:
+            count_siblings(self.sibling_counts, len(siblings))
+            self.siblings_returned += len(siblings)
+        return Reply(V.encode_context(V.join(clock)), siblings)
 
     async def put(self, key, value, context=None, w=None, strict=False):
         self._check_value(value)

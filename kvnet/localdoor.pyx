@@ -15,7 +15,7 @@ same fast path (FrontDoor.get_lww_now / set_overwrite_now), with the same store 
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint16_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from libc.stdio cimport snprintf
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
@@ -29,6 +29,7 @@ from kvnet.coordinator.driver cimport get_direct, put_direct
 from kvnet.peer.protocol cimport PeerConnection
 from kvnet.routes cimport Lanes, Routes
 from kvnet.resp.commands cimport Session
+from kvnet.reqstats cimport ReqStats, now_ns
 
 from kvcore import clockcodec as _codec
 from kvnet.peer.core import READY as _PEER_READY
@@ -46,6 +47,7 @@ cdef dict _NULL = {2: b"$-1\r\n", 3: b"_\r\n"}
 DEF OTHER = 0
 DEF GET = 1
 DEF SET = 2
+DEF WALL_EVERY = 1024           # calls between two reads of the wall clock's offset
 
 
 cdef inline int _kind(list argv):
@@ -126,6 +128,15 @@ cdef class LocalDoor:
     cdef Py_ssize_t gets, set_count
     cdef int last
     cdef bint busy              # within take(), one() or receive(): a nested call takes nothing
+    # the request counts and latency histograms (kvnet/reqstats.pyx, Commands.reqstats): the
+    # commands one call answers share its two clock reads (t0 at the first one taken, 0 until
+    # then; the other in _end), each counted with the call's time over their number
+    cdef ReqStats reqstats
+    cdef int get_slot, set_slot
+    cdef uint64_t t0
+    cdef Py_ssize_t answered_gets, answered_sets
+    cdef int64_t wall_offset    # CLOCK_REALTIME - CLOCK_MONOTONIC, ns (session.last_active)
+    cdef int wall_left          # calls until it is read again
 
     def __init__(self, commands, cluster, rings, Lanes lanes, replica, dict stats, cfg):
         """`commands`: the front door's Commands; `cluster`: the coordinator's
@@ -151,6 +162,9 @@ cdef class LocalDoor:
         self.own = self.identity.prefix         # (the identity's, fixed at its start)
         self.new_epoch = self.identity.new_epoch
         self.written = replica.group.written
+        self.reqstats = commands.reqstats
+        self.get_slot = commands.slot_of(self.get_cmd)
+        self.set_slot = commands.slot_of(self.set_cmd)
 
     cdef bint _begin(self, Session session) except -1:
         """Read what the commands of one call share; False when the door takes nothing. A
@@ -168,24 +182,48 @@ cdef class LocalDoor:
         self.null = _NULL[session.protocol]
         self.gets = self.set_count = 0
         self.last = OTHER
+        self.t0 = 0
+        self.answered_gets = self.answered_sets = 0
         self.busy = True
         return True
 
     cdef int _end(self, Session session) except -1:
         cdef timespec now
+        cdef Py_ssize_t answered = self.answered_gets + self.answered_sets
+        cdef uint64_t t, each
         if self.last != OTHER:
+            # one read of the monotonic clock ends the call's commands and, with the wall
+            # clock's offset to it (read again every WALL_EVERY calls), dates the session
+            t = now_ns()
+            if answered:
+                each = (t - self.t0) // <uint64_t>answered if t > self.t0 else 0
+                if self.answered_gets:
+                    self.reqstats.add_n(self.get_slot, self.answered_gets, each)
+                if self.answered_sets:
+                    self.reqstats.add_n(self.set_slot, self.answered_sets, each)
             self.command_stats["total_commands_processed"] += self.gets + self.set_count
             if self.gets:
                 self.node_stats["gets"] += self.gets
             if self.set_count:
                 self.node_stats["puts"] += self.set_count
             session.last_command = "get" if self.last == GET else "set"
-            clock_gettime(CLOCK_REALTIME, &now)
-            session.last_active = now.tv_sec + now.tv_nsec * 1e-9
+            if self.wall_left <= 0:
+                clock_gettime(CLOCK_REALTIME, &now)
+                self.wall_offset = (<int64_t>now.tv_sec * 1000000000 + now.tv_nsec) - <int64_t>t
+                self.wall_left = WALL_EVERY
+            self.wall_left -= 1
+            session.last_active = (<int64_t>t + self.wall_offset) * 1e-9
         self.parts = None
         self.routes = None
         self.busy = False
         return 0
+
+    cdef inline void _count(self, int kind) noexcept:
+        """A command taken and answered here (counted in _end)."""
+        if kind == GET:
+            self.answered_gets += 1
+        else:
+            self.answered_sets += 1
 
     cdef object _lane(self, tuple lane):
         """Lanes.pick(lane) read in C while its cache of connections holds: (the ready
@@ -291,6 +329,8 @@ cdef class LocalDoor:
                 kind = _kind(argv)
                 if kind == OTHER or type(argv[1]) is not bytes:
                     break
+                if self.t0 == 0:
+                    self.t0 = now_ns()
                 reply = self._one(session, kind, <bytes>argv[1],
                                   argv[2] if kind == SET else None, True)
                 if reply is None:
@@ -300,6 +340,7 @@ cdef class LocalDoor:
                 if type(reply) is not bytes:    # in flight: the caller waits for it
                     started = (reply, argv[1])
                     break
+                self._count(kind)
                 out.append(reply)
                 added += PyBytes_GET_SIZE(reply)
         finally:
@@ -317,11 +358,14 @@ cdef class LocalDoor:
         if kind == OTHER or type(argv[1]) is not bytes or not self._begin(session):
             return None
         try:
+            self.t0 = now_ns()
             reply = self._one(session, kind, <bytes>argv[1], argv[2] if kind == SET else None,
                               True)
             if reply is None:
                 return None
             self.last = kind
+            if type(reply) is bytes:
+                self._count(kind)
             return reply
         finally:
             self._end(session)
@@ -380,11 +424,14 @@ cdef class LocalDoor:
                 key = PyBytes_FromStringAndSize(p + key_at, key_len)
                 if kind == SET:
                     value = PyBytes_FromStringAndSize(p + val_at, val_len)
+                if self.t0 == 0:
+                    self.t0 = now_ns()
                 reply = self._one(session, kind, key, value, False)
                 if reply is None:
                     break
                 pos = end
                 self.last = kind
+                self._count(kind)
                 out.append(reply)
                 added += PyBytes_GET_SIZE(reply)
         finally:
@@ -401,9 +448,12 @@ cdef class LocalDoor:
         if kind == GET:
             fut = get_direct(self.cluster, p, key, raw, min(self.r, targets), pl, conns)
             session.pending = self.get_cmd
+            session.slot = self.get_slot
         else:
             fut = put_direct(self.cluster, p, key, raw, min(self.w, targets), pl, conns)
             session.pending = self.set_cmd
+            session.slot = self.set_slot
+        session.started = self.t0     # counted when it is answered (kvnet/resp/server.py)
         return fut
 
 

@@ -25,6 +25,7 @@ from kvnet.handoff.replay import HintReplay
 from kvnet.membership import ringstate as RS
 from kvnet.membership.changes import ClusterChanges
 from kvnet.membership.gossip import Gossip
+from kvnet.metrics import MetricsServer
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.frontdoor import FrontDoor, FrontHost
@@ -89,7 +90,9 @@ class Node(FrontHost, RingListener):
         self.resp = None
         self._tasks = set()
         self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
+        self.coord_stats = driver.new_coord_stats()  # the coordinator's outcomes and read repairs
         self.front = FrontDoor(self)          # the front door's backend
+        self.metrics = None                   # /metrics (kvnet/metrics.py), when configured
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -134,6 +137,15 @@ class Node(FrontHost, RingListener):
             clients.append(f"TLS {self.cfg.host}:{self.resp.tls_port}")
         log.info("node %s: clients on %s, peers on %s:%d%s", self.name, " and ".join(clients),
                  host, port, " (mutual TLS)" if self.cfg.tls_cluster else "")
+        if self.cfg.metrics_port:
+            try:
+                self.metrics = MetricsServer(self, self.cfg.metrics_host, self.cfg.metrics_port)
+            except OSError as exc:
+                await self.stop()
+                raise OSError(f"metrics_port: cannot listen on {self.cfg.metrics_host}:"
+                              f"{self.cfg.metrics_port}: {exc}") from exc
+            log.info("node %s: metrics on http://%s:%d/metrics", self.name,
+                     self.cfg.metrics_host, self.metrics.port)
         return self
 
     def reload_tls(self):
@@ -170,6 +182,9 @@ class Node(FrontHost, RingListener):
 
     async def stop(self):
         """Stop serving, finish background work, sync and close every store."""
+        if self.metrics is not None:
+            metrics, self.metrics = self.metrics, None
+            await asyncio.to_thread(metrics.close)     # (shutdown() polls: off the loop)
         if self.resp is not None:
             await self.resp.close()
             self.resp = None

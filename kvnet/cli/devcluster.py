@@ -19,6 +19,12 @@ from kvnet.config import env_name
 from kvnet.probe import ping
 
 SECRET_FILE = "cluster-secret"
+METRICS_OFFSET = 2000   # a dev node's metrics port: its client port + this (7379 -> 9379)
+
+
+def dev_metrics_port(port):
+    """The /metrics port `kvnode dev` and `kvnode add` give the node of client port `port`."""
+    return port + METRICS_OFFSET
 EXIT_LEFT = 3           # `kvnode start`'s exit status after the node left the ring (kvctl leave)
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 from kvnet import limits, logsetup
-from kvnet.cli.devcluster import EXIT_LEFT, DevSupervisor, dev_env, dev_secret
+from kvnet.cli.devcluster import EXIT_LEFT, DevSupervisor, dev_env, dev_metrics_port, dev_secret
 from kvnet.config import DEV_SECRET, SETTINGS, NodeConfig, env_name, flag_name, load, setting_type
 from kvcore.errors import CorruptStore
 from kvnet.errors import ConfigError
@@ -126,6 +126,7 @@ def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None
         cmds.append([sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", nm,
                      *_client_port_flags(base_port + i, pki, nm),
                      "--peer-port", str(base_port + 10000 + i),
+                     "--metrics-port", str(dev_metrics_port(base_port + i)),
                      "--data-dir", os.path.join(data_dir, nm),
                      "--members", members if members_of is None else members_of(i),
                      "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
@@ -175,7 +176,8 @@ def _dev(args):
               file=sys.stderr)
         return 2
     ports = [args.base_port + i for i in range(args.nodes)]
-    busy = [p for p in ports + [p + 10000 for p in ports] if not _port_free(p)]
+    busy = [p for p in ports + [p + 10000 for p in ports] + [dev_metrics_port(p) for p in ports]
+            if not _port_free(p)]
     if busy:
         print(f"kvnode dev: port{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} in use "
               "(another cluster running? choose --base-port)", file=sys.stderr)
@@ -224,7 +226,8 @@ def _run_dev(args, ports, faults, sup, names, stopping):
         for i, p in enumerate(ports):
             cli = f"redis-cli -p {p}{auth}{' --tls ...' if tls else ''}"
             print(f"{names[i]}: 127.0.0.1:{p}{' (TLS)' if tls else ''}  pid {pids[names[i]]}  "
-                  f"({cli})  data in {os.path.join(args.data_dir, names[i])}", flush=True)
+                  f"({cli})  metrics http://127.0.0.1:{dev_metrics_port(p)}/metrics  "
+                  f"data in {os.path.join(args.data_dir, names[i])}", flush=True)
         print(f"ringkv dev cluster of {args.nodes} nodes is up; Ctrl-C stops it.", flush=True)
         if tls:
             print(f"TLS only, clients and peers, with the CA and certificates in "
@@ -296,13 +299,15 @@ def _add(args):
                                       if n.startswith("node") and n[4:].isdigit())
         name = f"node{index}"
         port, peer = args.base_port + index - 1, args.base_port + 10000 + index - 1
-        if not (_port_free(port) and _port_free(peer)):
-            print(f"kvnode add: port {port} or {peer} is in use", file=sys.stderr)
+        metrics = dev_metrics_port(port)
+        if not (_port_free(port) and _port_free(peer) and _port_free(metrics)):
+            print(f"kvnode add: port {port}, {peer} or {metrics} is in use", file=sys.stderr)
             return 1
         members = f"node1@127.0.0.1:{seed_port + 10000},{name}@127.0.0.1:{peer}"
         cmd = [sys.executable, "-m", "kvnet.cli.kvnode", "start", "--name", name,
                *_client_port_flags(port, pki, name),
-               "--peer-port", str(peer), "--data-dir", os.path.join(args.data_dir, name),
+               "--peer-port", str(peer), "--metrics-port", str(metrics),
+               "--data-dir", os.path.join(args.data_dir, name),
                "--members", members, "--fsync", args.fsync, "--join", *_passed_through(args)]
         sup = DevSupervisor([name], [cmd], [port], dev_env(secret), restart=not args.no_restart,
                             ssl=ssl)
@@ -323,7 +328,8 @@ def _add(args):
                     time.sleep(0.3)
             res = c.cluster("commit")
             print(f"{name}: joining on 127.0.0.1:{port} (redis-cli -p {port}"
-                  f"{' ' + _connect_hint(args, pki) if pki else ''}), pid "
+                  f"{' ' + _connect_hint(args, pki) if pki else ''}, metrics "
+                  f"http://127.0.0.1:{metrics}/metrics), pid "
                   f"{sup.pids()[name]}; ring epoch {res['epoch']}, {res['transfers']} partition "
                   "transfers (`kvctl transfers --watch`)", flush=True)
         else:

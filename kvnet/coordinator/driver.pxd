@@ -5,7 +5,7 @@ cimport cython
 from kvnet.peer.protocol cimport PeerConnection
 
 cdef class DirectWrite:
-    cdef public object future, raw, replies, pl, me
+    cdef public object future, raw, replies, pl, me, stats
     cdef public Py_ssize_t left, pending, n, w
 
 

@@ -12,7 +12,7 @@ from kvcore import versions as V
 from kvnet.coordinator.preflist import preflist_for, write_route
 from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
                                       GetResult, PutQuorum)
-from kvnet.errors import ObjectTooLarge, TooManySiblings, Unavailable
+from kvnet.errors import ObjectTooLarge, QuorumError, TooManySiblings, Unavailable
 from kvnet.peer.errors import PeerUnavailable, RemoteError
 from kvnet.stepping import ReplyFuture, reject, resolve
 
@@ -29,6 +29,9 @@ class Cluster:
     # the running loop, when known: asyncio.get_running_loop() makes a getpid() system call
     # each time (its fork check), a few percent of a request on the hot path
     loop = None
+    # counters of outcomes and read repairs (new_coord_stats(); None or absent: not
+    # counted), read by kvnet/metrics.py
+    coord_stats = None
 
     def is_up(self, node):
         raise NotImplementedError
@@ -129,6 +132,36 @@ async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
     return pending
 
 
+def new_coord_stats():
+    """The coordinator's counters: (op, quorum, outcome) -> requests, with op "get" or "put",
+    quorum "r=2" / "w=3" (the R or W asked for) and outcome ok, unavailable, timeout (a quorum
+    not met with a replica timed out) or failed (not met otherwise); and "divergent_reads"
+    (reads whose replicas' replies disagreed once all had answered), "read_repairs" (replicas
+    sent the merged clock) (docs/observability.md)."""
+    return {"divergent_reads": 0, "read_repairs": 0}
+
+
+def _count(cluster, op, needed, result, quorum=None):
+    """One coordinated request's outcome: `result` its answer or the exception it ends with."""
+    stats = getattr(cluster, "coord_stats", None)
+    if stats is not None:
+        _tally(stats, op, needed, result, quorum)
+
+
+def _tally(stats, op, needed, result, quorum):
+    if not isinstance(result, BaseException):
+        outcome = "ok"
+    elif isinstance(result, Unavailable):
+        outcome = "unavailable"
+    elif isinstance(result, QuorumError) and quorum is not None \
+            and TIMEOUT in quorum.replies().values():
+        outcome = "timeout"
+    else:
+        outcome = "failed"
+    key = (op, f"{'r' if op == 'get' else 'w'}={needed}", outcome)
+    stats[key] = stats.get(key, 0) + 1
+
+
 def _reply_of(exc):
     return TIMEOUT if isinstance(exc, TimeoutError) else Failed(f"{type(exc).__name__}: {exc}")
 
@@ -181,11 +214,13 @@ async def get(cluster, p, key, r, strict=False):
         except Exception:
             pass                          # the general path below reports the failure
         else:
+            _count(cluster, "get", r, None)
             if clock is None:
                 return GetResult(V.EMPTY, False, 1, 1)
             return GetResult(clock, True, 1, 1)
     quorum = GetQuorum(ring.n, r, pl)
     if quorum.enough():
+        _count(cluster, "get", r, quorum.response(), quorum)
         raise quorum.response()
 
     def ask_local():
@@ -208,6 +243,7 @@ async def get(cluster, p, key, r, strict=False):
 
     rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, _found, cluster.timeout)
     result = quorum.response()
+    _count(cluster, "get", r, result, quorum)
     if isinstance(result, Exception):
         raise result
     if rest:
@@ -239,6 +275,9 @@ def _repair_now(cluster, p, key, quorum):
     """Every target already answered: repair only when some replica was stale."""
     repair = quorum.final()
     if repair is not None and repair.clock is not None and repair.stale:
+        stats = getattr(cluster, "coord_stats", None)
+        if stats is not None:
+            stats["divergent_reads"] += 1
         cluster.spawn(_send_repairs(cluster, p, key, repair))
 
 
@@ -246,7 +285,10 @@ async def _send_repairs(cluster, p, key, repair):
     raw = V.encode(repair.clock)
     if cluster.reap_pending(p, key, raw):
         return       # a reap of this tombstone is under way: never copy it back (section 6)
+    stats = getattr(cluster, "coord_stats", None)
     for target in repair.stale:
+        if stats is not None:
+            stats["read_repairs"] += 1
         await _store_on(cluster, target, p, key, repair.clock, raw, "read repair")
 
 
@@ -340,9 +382,12 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
     replica = cluster.replica
     if replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
             and not cluster.extra_targets(p):
-        return replica.mint_raw(p, key, sibling, context, overwrite)
+        raw = replica.mint_raw(p, key, sibling, context, overwrite)
+        _count(cluster, "put", w, None)
+        return raw
     quorum = PutQuorum(ring.n, w, pl)
     if quorum.enough():
+        _count(cluster, "put", w, quorum.response(), quorum)
         raise quorum.response()
     me = pl.target(cluster.name)
     if me is None:
@@ -366,6 +411,7 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
     local = None if replica.fsync == "always" else (lambda: OK)
     await _ask_all(cluster, pl.nodes, quorum, local, send, _ok, cluster.timeout)
     result = quorum.response()
+    _count(cluster, "put", w, result, quorum)
     if isinstance(result, Exception):
         raise result
     return raw
@@ -380,17 +426,23 @@ class DirectWrite:
     they come and settles `future` with `raw` at W (the local store counts as one), or with
     the general path's error (a PutQuorum fed the same replies) once W cannot be reached."""
 
-    __slots__ = ("future", "raw", "left", "pending", "replies", "n", "w", "pl", "me")
+    __slots__ = ("future", "raw", "left", "pending", "replies", "n", "w", "pl", "me", "stats")
 
-    def __init__(self, future, raw, n, w, pl, me, remote):
+    def __init__(self, future, raw, n, w, pl, me, remote, stats=None):
         self.future = future
         self.raw = raw
         self.left = w - 1           # acknowledgements still needed
         self.pending = remote       # replicas yet to answer
         self.replies = []
         self.n, self.w, self.pl, self.me = n, w, pl, me
+        self.stats = stats          # the cluster's coord_stats (_count), or None
         if self.left <= 0:
+            self._outcome(None, None)
             resolve(future, raw)
+
+    def _outcome(self, result, quorum):
+        if self.stats is not None:
+            _tally(self.stats, "put", self.w, result, quorum)
 
     def __call__(self, node, exc, payload):
         self.pending -= 1
@@ -398,6 +450,7 @@ class DirectWrite:
             self.replies.append((node, OK))
             self.left -= 1
             if self.left == 0 and not self.future.done():
+                self._outcome(None, None)
                 resolve(self.future, self.raw)
             return
         self.replies.append((node, _reply_of(exc)))
@@ -406,6 +459,7 @@ class DirectWrite:
             quorum.add_result(self.me, OK)
             for node, reply in self.replies:
                 quorum.add_result(node, reply)
+            self._outcome(quorum.response(), quorum)
             reject(self.future, quorum.response())
 
 
@@ -414,7 +468,8 @@ def put_direct(cluster, p, key, raw, w, pl, conns):
     future of the new clock's bytes at W. The node decides when the lane is open
     (Node.direct_lane); nothing here waits, so the caller needs no coroutine."""
     future = ReplyFuture(loop=cluster.loop or asyncio.get_running_loop())
-    write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns))
+    write = DirectWrite(future, raw, cluster.ring.n, w, pl, cluster.name, len(conns),
+                        getattr(cluster, "coord_stats", None))
     _batch_to(conns, "mput", {"p": p, "k": key, "c": raw}, write, cluster.timeout)
     return future
 
@@ -460,6 +515,7 @@ class DirectRead:
             return
         self.replies = [(cluster.name, raw)]
         if r == 1:
+            _count(cluster, "get", r, None)
             resolve(future, self.value)
 
     def _to_quorum(self):
@@ -480,6 +536,7 @@ class DirectRead:
                 log.exception("read repair of %r failed", self.key)
         if result is None:
             return
+        _count(self.cluster, "get", self.needed, result, quorum)
         if isinstance(result, Exception):
             reject(self.future, result)
         else:
@@ -493,6 +550,7 @@ class DirectRead:
             if exc is None and payload == self.replies[0][1]:
                 self.same += 1
                 if self.same == self.needed and not self.future.done():
+                    _count(self.cluster, "get", self.needed, None)
                     resolve(self.future, self.value)
                 return
             self._to_quorum()

@@ -11,6 +11,7 @@ import sys
 import time
 
 from kvnet.errors import CommandError, NoAuth, WrongPass
+from kvnet.metrics import latency_percentiles
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.replies import OK, ErrorReply, Simple, Verbatim
 
@@ -279,6 +280,8 @@ async def cmd_config_help(ctx, s, argv):
 
 _DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication",
                      "cpu", "cluster", "keyspace", "ringkv")
+# as Redis 7: latencystats only when asked for by name, or with all / everything
+_ALL_SECTIONS = _DEFAULT_SECTIONS[:7] + ("latencystats",) + _DEFAULT_SECTIONS[7:]
 
 
 async def info_sections(ctx, s) -> dict:
@@ -330,6 +333,9 @@ async def info_sections(ctx, s) -> dict:
         "cpu": [
             ("used_cpu_sys", f"{usage.ru_stime:.6f}"), ("used_cpu_user", f"{usage.ru_utime:.6f}"),
             ("used_cpu_sys_children", "0.000000"), ("used_cpu_user_children", "0.000000")],
+        # Redis 7's latency percentiles per command, from the front door's histograms
+        # (kvnet/reqstats.pyx; docs/observability.md)
+        "latencystats": latency_percentiles(ctx.reqstats),
         "cluster": [("cluster_enabled", 0)],
         "keyspace": [("db0", f"keys={keys},expires=0,avg_ttl=0")] if keys else [],
         "ringkv": list(ringkv.items()),
@@ -347,10 +353,12 @@ def _human(n: int) -> str:
 async def cmd_info(ctx, s, argv):
     wanted = [a.decode("ascii", "replace").lower() for a in argv[1:]]
     sections = await info_sections(ctx, s)
-    if not wanted or any(w in ("default", "all", "everything") for w in wanted):
+    if any(w in ("all", "everything") for w in wanted):
+        names = list(_ALL_SECTIONS)
+    elif not wanted or "default" in wanted:
         names = list(_DEFAULT_SECTIONS)
     else:
-        names = [n for n in _DEFAULT_SECTIONS if n in wanted]
+        names = [n for n in _ALL_SECTIONS if n in wanted]
     parts = []
     for name in names:
         lines = ["# CPU" if name == "cpu" else f"# {name.capitalize()}"]

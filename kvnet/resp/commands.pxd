@@ -10,3 +10,4 @@ cdef class Command:
 cdef class Session:
     cdef public object id, addr, laddr, protocol, name, authenticated, db, created
     cdef public object last_active, last_command, closing, lib_name, lib_ver, pending
+    cdef public object slot, started    # the request counts' slot and start of `pending`

@@ -9,7 +9,9 @@ CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 import itertools
 import logging
 import time
+from time import monotonic_ns as _clock
 
+from kvcore._native import select
 from kvcore.versions import InvalidContext
 from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
 from kvnet.resp import admin
@@ -18,6 +20,8 @@ from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
 from kvnet.stepping import COROUTINE_TYPES, FUTURE_TYPES
 
 __all__ = ["Command", "Commands", "Session", "REDIS_VERSION", "unknown_command"]
+
+_ReqStats = select("kvnet.reqstats", "kvnet.reqstats_py").ReqStats
 
 log = logging.getLogger("kvnet.resp")
 
@@ -61,7 +65,8 @@ class Session:
     """Per-connection state: protocol, name, id, authentication, database, closing."""
 
     __slots__ = ("id", "addr", "laddr", "protocol", "name", "authenticated", "db", "created",
-                 "last_active", "last_command", "closing", "lib_name", "lib_ver", "pending")
+                 "last_active", "last_command", "closing", "lib_name", "lib_ver", "pending",
+                 "slot", "started")
 
     def __init__(self, id, addr="", laddr="", authenticated=True):
         self.id = id
@@ -77,6 +82,10 @@ class Session:
         self.lib_name = b""
         self.lib_ver = b""
         self.pending = None    # the command of the backend future dispatch() returned last
+        # the request counts' slot and start (time.monotonic_ns) of the command dispatch()
+        # returned last unfinished (a future or coroutine): the server counts it once answered
+        self.slot = -1
+        self.started = 0
 
 
 def unknown_command(argv) -> ErrorReply:
@@ -117,6 +126,16 @@ class Commands:
         self._names.update((k.upper(), v) for k, v in self.table.items())
         self._key_pos = dict(_KEY_POSITION)
         self._key_pos.update((k.upper(), v) for k, v in _KEY_POSITION.items())
+        # request counts and latency histograms per (command, quorum), in C arrays
+        # (kvnet/reqstats.pyx; the compiled door adds to the same ones, kvnet/localdoor.pyx)
+        self.reqstats = _ReqStats()
+        cfg = getattr(backend, "cfg", None)
+        self._defaults = {"r": f"r={cfg.r}" if cfg is not None else "r=default",
+                          "w": f"w={cfg.w}" if cfg is not None else "w=default"}
+        self._slots = {}        # Command -> slot, for the commands whose quorum is fixed
+        # bound once: dispatch() calls them on every command (an attribute lookup less each)
+        self._slot_get = self._slots.get
+        self._record = self.reqstats.record
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -170,15 +189,37 @@ class Commands:
         """The reply value for one command (errors are returned, not raised)."""
         reply = self.dispatch(session, argv)
         if type(reply) in COROUTINE_TYPES:
-            return await reply
+            slot, started = session.slot, session.started
+            reply = await reply
+            self.reqstats.record(slot, started)
+            return reply
         if type(reply) in FUTURE_TYPES:
-            cmd = session.pending
+            cmd, slot, started = session.pending, session.slot, session.started
             try:
                 await reply
             except Exception:
                 pass                # settle() makes it the error reply
+            self.reqstats.record(slot, started)
             return self.settle(cmd, reply)
         return reply
+
+    def slot_of(self, cmd, argv=None):
+        """The request counts' slot of `cmd` (of argv: a KV.* command's R or W option)."""
+        slot = self._slots.get(cmd)
+        if slot is not None:
+            return slot
+        rw = _QUORUM_OF.get(cmd.name)
+        label = "none" if rw is None else self._defaults[rw]
+        if cmd.name in _QUORUM_OPTION:
+            if argv is not None:
+                label = _quorum_label(argv, rw, label)
+            return self.reqstats.slot(cmd.name, label)
+        slot = self._slots[cmd] = self.reqstats.slot(cmd.name, label)
+        return slot
+
+    def count(self, slot, started):
+        """A command of `slot` dispatched at `started` (time.monotonic_ns) is answered."""
+        self.reqstats.record(slot, started)
 
     def dispatch(self, session: Session, argv: list):
         """execute() without a coroutine where it can: the reply value when the command
@@ -200,16 +241,27 @@ class Commands:
             return NoAuth("Authentication required.")
         session.last_command = cmd.name
         session.last_active = time.time()
+        started = _clock()
+        slot = self._slot_get(cmd)
+        if slot is None:
+            slot = self.slot_of(cmd, argv)
         now = cmd.now
         if now is not None:
             try:
                 reply = now(self, session, argv)
             except Exception as exc:
+                self._record(slot, started)
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
                 if type(reply) in FUTURE_TYPES:
                     session.pending = cmd
+                    session.slot = slot
+                    session.started = started
+                else:
+                    self._record(slot, started)
                 return reply
+        session.slot = slot
+        session.started = started
         return self._handle(cmd, session, argv)
 
     def settle(self, cmd, fut):
@@ -247,6 +299,27 @@ _KEY_POSITION = {
     b"del": -1, b"exists": -1,
     b"ping": 0, b"echo": 0,
 }
+
+
+# The request counts' quorum label (kvnet/reqstats.pyx): the R or W a command reads or writes
+# with; the KV.* commands' R or W option, when given, instead of the node's default.
+_QUORUM_OF = {"get": "r", "mget": "r", "exists": "r", "type": "r", "ttl": "r", "pttl": "r",
+              "kv.get": "r", "set": "w", "del": "w", "mset": "w", "kv.put": "w", "kv.del": "w"}
+_QUORUM_OPTION = frozenset(("kv.get", "kv.put", "kv.del"))
+
+
+def _quorum_label(argv, rw, default):
+    """`r=<R>` / `w=<W>` of a KV.* command's option (ONE, QUORUM, ALL or 1 to 99), else
+    `default` (labels stay few whatever a client sends)."""
+    opt = rw.encode()
+    for i in range(len(argv) - 2, 1, -1):
+        if argv[i].lower() == opt:
+            val = argv[i + 1].lower()
+            if val in (b"one", b"quorum", b"all") or (val.isdigit() and 0 < len(val) < 3
+                                                      and int(val) > 0):
+                return f"{rw}={val.decode()}"
+            break
+    return default
 
 
 # ---- argument helpers -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ cdef class RespProtocol:
 
 cdef class _Waiting:
     cdef public RespProtocol conn
-    cdef public object key, cmd, data
+    cdef public object key, cmd, data, slot, started
     cdef public bint ahead
 
 

@@ -217,6 +217,7 @@ class RespProtocol:
                     yielded = reply.send(None)
                 except StopIteration as stop:
                     reply = stop.value
+                    self.commands.count(session.slot, session.started)
                 else:
                     if not self._running:
                         key = self._key_of(argv)
@@ -228,6 +229,7 @@ class RespProtocol:
                         key = self._key_of(argv)
                     self._track(reply, key, session.pending)
                     continue
+                self.commands.count(session.slot, session.started)
                 reply = self.commands.settle(session.pending, reply)
             if data is None:
                 data = encode(reply, session.protocol)
@@ -257,6 +259,8 @@ class RespProtocol:
         if ahead:
             self.server.run_ahead += 1
         waiting = _Waiting(self, key, ahead, cmd)
+        waiting.slot = self.session.slot        # counted once answered (Commands.count)
+        waiting.started = self.session.started
         self._slots.append(waiting)
         self._running[task] = waiting
         if key is None:
@@ -283,6 +287,7 @@ class RespProtocol:
         if self._closed or task.cancelled():
             return
         session = self.session
+        self.commands.count(waiting.slot, waiting.started)
         if waiting.cmd is not None:     # a backend's future: its errors are replies
             reply = self.commands.settle(waiting.cmd, task)
         else:
@@ -359,7 +364,7 @@ class _Waiting:
     or ReplyFuture.on_settled): one object per command instead of a slot list, an entry tuple
     and a bound method."""
 
-    __slots__ = ("conn", "key", "ahead", "cmd", "data")
+    __slots__ = ("conn", "key", "ahead", "cmd", "data", "slot", "started")
 
     def __init__(self, conn, key, ahead, cmd):
         self.conn = conn
@@ -367,6 +372,8 @@ class _Waiting:
         self.ahead = ahead
         self.cmd = cmd
         self.data = None
+        self.slot = -1
+        self.started = 0
 
     def __call__(self, task):
         self.conn._task_done(task, self)

@@ -9,7 +9,7 @@ import time
 
 
 from kvnet.cli import kvnode
-from kvnet.cli.devcluster import Backoff, describe_exit, dev_env, dev_secret
+from kvnet.cli.devcluster import Backoff, describe_exit, dev_env, dev_metrics_port, dev_secret
 from kvnet.config import DEV_SECRET
 from kvnet.probe import ping
 from kvnet.testing import free_ports
@@ -81,3 +81,9 @@ def test_dev_passes_password_and_ring_size_through_to_every_node(tmp_path):
         start = kvnode.parser().parse_args(cmd[3:])
         assert (start.password, start.ring_size, start.ae_interval_ms) == ("pw123456", 16, 50)
         assert start.cluster_secret is None          # the secret travels in the environment
+
+
+def test_dev_gives_every_node_a_metrics_port_next_to_its_client_port(tmp_path):
+    names, cmds = kvnode.dev_commands(3, 7379, str(tmp_path), 3, "interval")
+    ports = [kvnode.parser().parse_args(cmd[3:]).metrics_port for cmd in cmds]
+    assert ports == [9379, 9380, 9381] == [dev_metrics_port(7379 + i) for i in range(3)]

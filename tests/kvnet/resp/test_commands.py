@@ -1,5 +1,6 @@
 """The command table against MemoryBackend, bytes in and bytes out, no sockets."""
 import asyncio
+import re
 
 import hiredis
 import pytest
@@ -314,6 +315,16 @@ def test_info(c):
     one = c.call("INFO", "cluster")
     one = one.decode() if isinstance(one, bytes) else one
     assert one == "# Cluster\r\ncluster_enabled:0\r\n"
+    # Redis 7's latencystats: asked for by name (or all), from the request histograms
+    lat = c.call("INFO", "latencystats")
+    lat = lat.decode() if isinstance(lat, bytes) else lat
+    lines = lat.split("\r\n")
+    assert lines[0] == "# Latencystats"
+    assert any(re.fullmatch(r"latency_percentiles_usec_set:p50=[\d.]+,p99=[\d.]+,p99\.9=[\d.]+",
+                            x) for x in lines)
+    everything = c.call("INFO", "all")
+    everything = everything.decode() if isinstance(everything, bytes) else everything
+    assert "# Latencystats" in everything
 
 
 def test_glob():
