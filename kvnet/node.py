@@ -28,7 +28,7 @@ from kvnet.membership.gossip import Gossip
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.frontdoor import FrontDoor, FrontHost
-from kvnet.resp.server import serve
+from kvnet.resp.server import options_from, serve
 from kvnet.handlers import HandlerTable
 from kvnet.replicahandlers import ReplicaHandlers
 from kvnet.ringholder import RingHolder, RingListener
@@ -118,9 +118,8 @@ class Node(FrontHost, RingListener):
             except asyncio.TimeoutError:
                 await self.stop()
                 raise OSError(f"no ring from the seeds in {ring_timeout:g} s: are they up?") from None
-        self.resp = await serve(self.front, self.cfg.host, self.cfg.port, password=self.cfg.password,
-                                allow_flush=self.cfg.allow_flush, max_clients=self.cfg.max_connections,
-                                idle_timeout=self.cfg.idle_timeout_s)
+        self.resp = await serve(self.front, self.cfg.host, self.cfg.port,
+                                **options_from(self.cfg))
         log.info("node %s: clients on %s:%d, peers on %s:%d", self.name, self.cfg.host,
                  self.resp.port, host, port)
         return self
