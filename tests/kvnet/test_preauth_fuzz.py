@@ -11,7 +11,7 @@ password and one without (every connection authenticated at once: only the limit
 apply, a bulk up to max_value_bytes + 64 KiB and no auth timeout), side by side.
 """
 import asyncio
-import os
+import logging
 import random
 import threading
 import time
@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 FRAMES = 100_000
 CONCURRENCY = 64
 AUTH_TIMEOUT_S = 1
-RSS_GROWTH_BOUND = 48 << 20     # without the limits one connection could hold 1 GiB
+RSS_GROWTH_BOUND = 16 << 20     # the same frames to a node without a password (only the
+                                # limits after AUTH): peak +24.5 MiB for 10,000 of them
 NAMES = [b"PING", b"GET", b"SET", b"AUTH", b"HELLO", b"ECHO", b"KV.CLUSTER", b"FLUSHALL",
          b"CONFIG", b"CLIENT", b"QUIT", b"ACL", b"MSET", b"KV.PUT", b"DEL", b"x" * 40]
 
@@ -49,8 +50,8 @@ def frame(rnd):
         n = rnd.choice([11, 100, 1024 * 1024, 2 ** 31 - 1, 10 ** 18])
         return b"*%d\r\n" % n + _bulk(b"PING") * rnd.randrange(0, 20), 0
     if k < 0.75:                       # a huge declared bulk, and some of its body
-        size = rnd.choice([16385, 1 << 20, 512 << 20, 2 ** 31, 2 ** 62])
-        body = rnd.choice([0, 100, 20_000]) if rnd.random() < 0.97 else 4 << 20
+        size = rnd.choice([16385, 1 << 20, 8 << 20, 30 << 20, 512 << 20, 2 ** 31, 2 ** 62])
+        body = rnd.choice([0, 100, 20_000]) if rnd.random() < 0.7 else 4 << 20
         return b"*2\r\n$3\r\nSET\r\n$%d\r\n" % size, body
     if k < 0.90:                       # broken framing
         return rnd.choice([
@@ -102,6 +103,8 @@ async def one_connection(port, rnd, count, stats):
 
 
 async def fuzz(port, frames, seed=19):
+    # (asyncio warns of every write to a connection the node has closed: thousands here)
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     rnd = random.Random(seed)
     stats = dict.fromkeys(("answered", "closed", "reset", "hung", "refused", "unanswered"), 0)
     sent = 0
