@@ -69,16 +69,19 @@ class _Routing:
     `ring_ttl` seconds (membership changes move partitions; a stale ring costs only a
     forwarding hop, since any node accepts any request)."""
 
-    def __init__(self, host="127.0.0.1", port=7379, *, password=None, route=None,
-                 socket_timeout=10.0, ring_ttl=5.0, retries=None, tls=False, cacert=None,
-                 cert=None, key=None, check_hostname=True):
+    def __init__(self, host="127.0.0.1", port=7379, *, password=None, username=None,
+                 route=None, socket_timeout=10.0, ring_ttl=5.0, retries=None, tls=False,
+                 cacert=None, cert=None, key=None, check_hostname=True):
         if not isinstance(host, str) or not host:
             raise TypeError(f"host must be a host name or address (str), not {host!r}")
         if type(port) is not int or not 0 < port < 65536:
             raise ValueError(f"port must be an int from 1 to 65535, not {port!r}")
         if retries is not None and (type(retries) is not int or retries < 0):
             raise ValueError(f"retries must be an int >= 0 or None, not {retries!r}")
-        self._opts = dict(password=password, socket_timeout=socket_timeout)
+        if username is not None and (not isinstance(username, str) or not username):
+            raise ValueError(f"username must be a non-empty str or None, not {username!r}")
+        # username: a named user of the nodes (AUTH username password, docs/security.md)
+        self._opts = dict(password=password, username=username, socket_timeout=socket_timeout)
         if tls:
             self._opts.update(_tls_options(cacert, cert, key, check_hostname))
         elif cacert is not None or cert is not None or key is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from kvnet.errors import ConfigError
 from kvnet.peer.framing import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+from kvnet.acl import parse_users
 
 FSYNC = ("always", "interval", "never")
 # A one-value clock's bytes beside its value, at most (an actor of a 64-byte node id, its
@@ -23,6 +24,9 @@ OBJECT_OVERHEAD = 1024
 # 64 KiB and the payload's other fields. max_peer_message_bytes >= max_object_bytes + this, so
 # any object a node lets a client write travels alone in one message (docs/peer.md, "Limits").
 PEER_MESSAGE_OVERHEAD = 1 << 20
+# A client command's bytes beside its largest value, at most: a key (< 64 KiB), a context
+# (kvnet/payload.py: 1 MiB) and the framing. max_client_input_bytes >= max_value_bytes + this.
+INPUT_ROOM = 2 << 20
 SYNC_METHODS = ("auto", "journal", "syncfs", "fdatasync")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -92,6 +96,12 @@ class NodeConfig:
     request_timeout_ms: int = _s(2000, "how long a coordinator waits for replicas")
     max_connections: int = _s(10_000, "client connections at most")
     idle_timeout_s: int = _s(0, "close clients idle this long (0: never)")
+    auth_timeout_s: int = _s(10, "close a connection that has not authenticated this long "
+                                 "after connecting, when AUTH is needed (0: never)")
+    max_client_input_bytes: int = _s(256 << 20, "client input buffers (commands partly "
+                                                "received) of all connections together at "
+                                                "most this; a connection that would pass it "
+                                                "is closed with an error")
     max_key_bytes: int = _s(8 << 10, "bigger keys get an error")
     max_value_bytes: int = _s(32 << 20, "bigger values get an error")
     max_object_bytes: int = _s(64 << 20, "refuse a write whose key's object (its siblings and "
@@ -103,7 +113,12 @@ class NodeConfig:
                                      "max_object_bytes + 1 MiB")
     warn_siblings: int = _s(25, "log a warning for a write leaving more siblings")
     max_siblings: int = _s(100, "refuse a write that would leave more siblings")
-    password: str | None = _s(None, "clients must AUTH with this", repr=False)
+    requirepass: str | None = _s(None, "the default user's password: clients must AUTH "
+                                       "with it (clear text or #<sha256 hex>)", repr=False)
+    password: str | None = _s(None, "older name of requirepass", repr=False)
+    users: tuple = _s((), "named users, each name:role:password (role read, write or admin; "
+                          "password clear text or #<sha256 hex>), comma-separated; in TOML a "
+                          "[users.NAME] table of role and password", repr=False)
     cluster_secret: str = _s(DEV_SECRET, "shared secret nodes prove to each other (HMAC "
                                          "challenge-response); the built-in one needs "
                                          "--insecure-dev-secret", repr=False)
@@ -169,6 +184,11 @@ class NodeConfig:
         out.setdefault(self.name, self.member())
         return tuple(sorted(out.values(), key=lambda m: m.name))
 
+    @property
+    def default_password(self):
+        """The default user's password: requirepass, or its older name password."""
+        return self.requirepass if self.requirepass is not None else self.password
+
 
 _INT_BOUNDS = {
     "port": (0, 65535),
@@ -183,6 +203,8 @@ _INT_BOUNDS = {
     "request_timeout_ms": (10, 600_000),
     "max_connections": (1, 1_000_000),
     "idle_timeout_s": (0, 86_400 * 7),
+    "auth_timeout_s": (0, 86_400),
+    "max_client_input_bytes": (1 << 20, 1 << 40),
     "max_key_bytes": (1, 65535),
     "max_value_bytes": (1, (1 << 31) - 1),
     "max_object_bytes": (4096, (1 << 31) - 1),     # the store's record limit
@@ -272,8 +294,21 @@ def validate(cfg):
         raise ConfigError("data_dir: must be a directory path")
     if cfg.zone is not None and (not isinstance(cfg.zone, str) or not cfg.zone):
         raise ConfigError("zone: must be a non-empty string when set")
-    if cfg.password is not None and (not isinstance(cfg.password, str) or not cfg.password):
-        raise ConfigError("password: must be a non-empty string when set")
+    for name in ("requirepass", "password"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError(f"{name}: must be a non-empty string when set")
+    if cfg.password is not None and cfg.requirepass is not None \
+            and cfg.password != cfg.requirepass:
+        raise ConfigError("requirepass and password (its older name) are both set, to "
+                          "different values")
+    if not isinstance(cfg.users, tuple):
+        raise ConfigError("users: must be a table of users")
+    if cfg.max_client_input_bytes < cfg.max_value_bytes + INPUT_ROOM:
+        raise ConfigError(f"max_client_input_bytes: {cfg.max_client_input_bytes} must be at "
+                          f"least max_value_bytes + {INPUT_ROOM} ({cfg.max_value_bytes} + "
+                          f"{INPUT_ROOM}): a write of the largest value, its key and context "
+                          "must fit")
     if not isinstance(cfg.cluster_secret, str) or len(cfg.cluster_secret) < 8:
         raise ConfigError("cluster_secret: must be a string of at least 8 characters")
     if cfg.log_level not in LOG_LEVELS:
@@ -335,8 +370,8 @@ def flag_name(setting):
 
 def setting_type(f):
     """The type a setting's text (a flag or an environment variable) converts to."""
-    if f.name == "members":
-        return str                            # comma-separated name@host:port
+    if f.name in ("members", "users"):
+        return str                            # comma-separated name@host:port, or users
     t = f.type
     if isinstance(t, types.UnionType):        # str | None
         t = next(a for a in t.__args__ if a is not type(None))
@@ -395,6 +430,8 @@ def load(path=None, environ=None, **overrides):
         if not isinstance(ms, (list, tuple)):
             raise ConfigError("members: must be a list of name@host:port")
         values["members"] = tuple(m if isinstance(m, Member) else Member.parse(str(m).strip()) for m in ms)
+    if "users" in values:
+        values["users"] = parse_users(values["users"])
     for name in ("data_dir", "tls_cert_file", "tls_key_file", "tls_ca_cert_file"):
         if isinstance(values.get(name), os.PathLike):
             values[name] = os.fspath(values[name])

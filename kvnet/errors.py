@@ -36,6 +36,12 @@ class WrongPass(KVNetError):
     resp_prefix = "WRONGPASS"
 
 
+class NoPerm(KVNetError):
+    """The session's user lacks the role a command needs (docs/security.md)."""
+
+    resp_prefix = "NOPERM"
+
+
 class QuorumError(KVNetError):
     """Too few replicas answered in time; the message says how many did."""
 

@@ -8,8 +8,8 @@ one up and connected) the local copy is read or written and the request goes str
 other primaries (kvnet/coordinator/driver.py put_direct / get_direct). The general path passes
 through five layers of Python calls for either (dispatch, the command's `now`, the node, the
 replica, the store). `LocalDoor.take` runs the leading commands of a connection's queue that are
-exactly such a GET or SET; it stops, having left the command in the queue, at the first one it
-does not take, and the general path runs that one with every check and error message. So the
+exactly such a GET or SET of a session whose role allows it (kvnet/acl.py); it stops, having
+left the command in the queue, at the first one it does not take, and the general path runs that one with every check and error message. So the
 door changes speed, never results: it takes a command only when the general path would take the
 same fast path (FrontDoor.get_lww_now / set_overwrite_now), with the same store calls, reply,
 statistics, session bookkeeping and sync accounting (tests/kvnet/test_localdoor.py).
@@ -42,6 +42,10 @@ cdef object _READY = _PEER_READY
 
 cdef bytes _OK = b"+OK\r\n"
 cdef dict _NULL = {2: b"$-1\r\n", 3: b"_\r\n"}
+
+# the levels of kvnet/acl.py a session's role must reach: READ for a GET, WRITE for a SET
+DEF LEVEL_READ = 1
+DEF LEVEL_WRITE = 2
 
 # what take() runs
 DEF OTHER = 0
@@ -171,7 +175,7 @@ cdef class LocalDoor:
         call made while another runs (a send failing at once settles other connections'
         futures, whose completion runs their commands) takes nothing: the call it is nested
         in holds the counts."""
-        if self.busy or not session.authenticated:
+        if self.busy or not session.authenticated or session.level < LEVEL_READ:
             return False
         routes = self.rings.routes
         if type(routes) is not Routes or type((<Routes>routes).ring) is not Ring:
@@ -252,7 +256,7 @@ cdef class LocalDoor:
             return None
         if kind == SET:
             if not self.sets or type(value) is not bytes \
-                    or PyBytes_GET_SIZE(value) > self.max_value:
+                    or PyBytes_GET_SIZE(value) > self.max_value or session.level < LEVEL_WRITE:
                 return None
         p = partition_c(self.ring, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
         if p not in self.routes.solo:

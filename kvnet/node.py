@@ -29,7 +29,7 @@ from kvnet.metrics import MetricsServer
 from kvnet.peer.pool import PeerPool
 from kvnet.replica import LocalReplica
 from kvnet.frontdoor import FrontDoor, FrontHost
-from kvnet.resp.server import serve
+from kvnet.resp.server import options_from, serve
 from kvnet.handlers import HandlerTable
 from kvnet.replicahandlers import ReplicaHandlers
 from kvnet.ringholder import RingHolder, RingListener
@@ -128,10 +128,7 @@ class Node(FrontHost, RingListener):
                 raise OSError(f"no ring from the seeds in {ring_timeout:g} s: are they up?") from None
         tls = self.tls.clients if self.tls is not None else None
         self.resp = await serve(self.front, self.cfg.host, self.cfg.port or None,
-                                password=self.cfg.password, allow_flush=self.cfg.allow_flush,
-                                max_clients=self.cfg.max_connections,
-                                idle_timeout=self.cfg.idle_timeout_s,
-                                tls_port=self.cfg.tls_port, ssl=tls)
+                                tls_port=self.cfg.tls_port, ssl=tls, **options_from(self.cfg))
         clients = [f"{self.cfg.host}:{self.resp.port}"] if self.cfg.port else []
         if tls is not None:
             clients.append(f"TLS {self.cfg.host}:{self.resp.tls_port}")

@@ -103,6 +103,9 @@ def _parser():
     ap = argparse.ArgumentParser(prog="kvctl", description="Inspect and use a ringkv cluster.")
     ap.add_argument("--host", type=_host, default="127.0.0.1", help="a node's client address (default 127.0.0.1)")
     ap.add_argument("--port", type=_port, default=7379, help="its client port (default 7379)")
+    ap.add_argument("--user", default=os.environ.get("RINGKV_USER") or None,
+                    help="a user name of the nodes (AUTH user password; default: "
+                         "RINGKV_USER, else the default user)")
     ap.add_argument("--password", default=None, help="the nodes' client password (AUTH)")
     ap.add_argument("--timeout", type=_seconds, default=10.0,
                     help="seconds to wait for a connection or an answer (default 10)")
@@ -325,7 +328,7 @@ def _one_line(text):
     return " ".join(str(text).split()).rstrip(".") or "no message"
 
 
-def error_line(exc, where, password=None, timeout=None):
+def error_line(exc, where, password=None, timeout=None, user=None):
     """The one line kvctl prints for an error talking to `where` (host:port)."""
     msg = _one_line(exc)
     if isinstance(exc, redis.AuthenticationError) or (
@@ -334,7 +337,11 @@ def error_line(exc, where, password=None, timeout=None):
             return f"{where} has no password set; leave out --password ({msg})"
         if password is None:
             return f"{where} needs a password (NOAUTH: {msg}); give it with --password"
+        if user is not None:
+            return f"{where} refused user {user} with this password (WRONGPASS: {msg})"
         return f"{where} refused the password (WRONGPASS: {msg})"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"{where} refused the command (NOPERM: {msg}); a user with another role may run it"
     if isinstance(exc, redis.TimeoutError):
         after = f" within {timeout:g} s" if timeout else ""
         return f"{where} did not answer{after} (timed out: {msg})"
@@ -365,7 +372,8 @@ def main(argv=None, out=None, err=None):
             return FAILED
     where = f"{args.host}:{args.port}"
     try:
-        c = Client(args.host, args.port, password=args.password, socket_timeout=args.timeout,
+        c = Client(args.host, args.port, password=args.password, username=args.user,
+                   socket_timeout=args.timeout,
                    retries=0, **tls_options(args))  # a command line: no retry, no backoff
     except (OSError, ValueError) as exc:      # a TLS file missing
         print(f"kvctl: {exc}", file=err)
@@ -381,7 +389,8 @@ def main(argv=None, out=None, err=None):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return FAILED
     except Exception as exc:
-        print(f"kvctl: {error_line(exc, where, args.password, args.timeout)}", file=err)
+        print(f"kvctl: {error_line(exc, where, args.password, args.timeout, args.user)}",
+              file=err)
         return FAILED
     finally:
         try:
@@ -462,7 +471,7 @@ def _compact(c, args):
              else [(args.host, args.port)])
     out = []
     for host, port in nodes:          # a merge of a big node takes a while: wait for it
-        one = Client(host, port, password=args.password, route=False,
+        one = Client(host, port, password=args.password, username=args.user, route=False,
                      socket_timeout=max(args.timeout, COMPACT_TIMEOUT), retries=0,
                      **tls_options(args))
         try:

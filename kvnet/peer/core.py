@@ -21,6 +21,9 @@ MIN_PROTOCOL_VERSION = 1  # oldest version this code still speaks
 BATCH_VERSION = 2  # the first version whose nodes answer batch requests
 CHUNK_VERSION = 3  # the first version whose nodes send and take messages above a frame in CHUNKs
 NONCE_SIZE = 32
+# Frames a listening end takes before the dialer has authenticated (HELLO, AUTH, ERROR: a few
+# hundred bytes): a stranger cannot make it buffer a 64 MiB frame (docs/security.md).
+HANDSHAKE_MAX_FRAME = 16 * 1024
 MAX_NODE_ID_LEN = 255
 _AUTH_LABEL = b"ringkv-peer-auth"
 
@@ -110,7 +113,10 @@ class PeerProtocolCore:
         self._versions = (lo, hi)
         self._nonce = os.urandom(NONCE_SIZE)
         self._peer_nonce = None
-        self._reader = FrameReader(max_frame_size)
+        # the listening end reads the dialer's frames within HANDSHAKE_MAX_FRAME until READY
+        # (the dialer sends nothing more before the listener's AUTH, which comes after READY)
+        self._reader = FrameReader(max_frame_size if initiator
+                                   else min(max_frame_size, HANDSHAKE_MAX_FRAME))
         self._pending = set()  # our request ids awaiting an answer
         self._next_id = 0
         self._dispatch = {
@@ -338,6 +344,7 @@ class PeerProtocolCore:
             )
         if not self.initiator:
             self._send(Kind.AUTH, 0, None, self._proof(mine=True))
+            self._reader.max_frame_size = self.max_frame_size
         self.state = READY
         self._on_ready()
 

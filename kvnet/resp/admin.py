@@ -3,14 +3,14 @@
 Their replies follow Redis 7 field by field, because clients read them at connect time
 (redis-py's HELLO and CLIENT SETINFO, redis-cli's COMMAND DOCS, redis-benchmark's CONFIG GET).
 """
-import hmac
 import os
 import platform
 import resource
 import sys
 import time
 
-from kvnet.errors import CommandError, NoAuth, WrongPass
+from kvnet.acl import acl_rules
+from kvnet.errors import CommandError, NoAuth
 from kvnet.metrics import latency_percentiles
 from kvnet.resp.glob import compile_glob
 from kvnet.resp.replies import OK, ErrorReply, Simple, Verbatim
@@ -27,25 +27,16 @@ def _text(b: bytes) -> str:
 
 # ---- AUTH and HELLO ---------------------------------------------------------------------------
 
-def _check_password(ctx, user: bytes, password: bytes) -> None:
-    if user != b"default" or ctx.password is None or not hmac.compare_digest(password, ctx.password):
-        raise WrongPass("invalid username-password pair or user is disabled.")
-
-
 async def cmd_auth(ctx, s, argv):
     if len(argv) > 3:
         raise CommandError("syntax error")
     if len(argv) == 2:
-        if ctx.password is None:
+        if ctx.open:
             raise CommandError("AUTH <password> called without any password configured for the "
                                "default user. Are you sure your configuration is correct?")
-        _check_password(ctx, b"default", argv[1])
-    elif ctx.password is None:
-        if argv[1] != b"default":  # the default user has no password: any password works
-            raise WrongPass("invalid username-password pair or user is disabled.")
+        ctx.authenticate(s, b"default", argv[1])
     else:
-        _check_password(ctx, argv[1], argv[2])
-    s.authenticated = True
+        ctx.authenticate(s, argv[1], argv[2])
     return OK
 
 
@@ -71,12 +62,7 @@ async def cmd_hello(ctx, s, argv):
         else:
             raise CommandError(f"Syntax error in HELLO option '{_text(argv[i])}'")
     if auth is not None:
-        if ctx.password is None:
-            if auth[0] != b"default":
-                raise WrongPass("invalid username-password pair or user is disabled.")
-        else:
-            _check_password(ctx, *auth)
-        s.authenticated = True
+        ctx.authenticate(s, *auth)
     if not s.authenticated:
         raise NoAuth("HELLO must be called with the client already authenticated, otherwise the "
                      "HELLO <proto> AUTH <user> <pass> option can be used to authenticate the "
@@ -130,7 +116,7 @@ def client_line(s, now=None) -> str:
             f"age={int(now - s.created)} idle={int(now - s.last_active)} flags=N db={s.db} "
             "sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 "
             "rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r "
-            f"cmd={s.last_command} user=default redir=-1 resp={s.protocol} "
+            f"cmd={s.last_command} user={_text(s.user)} redir=-1 resp={s.protocol} "
             f"lib-name={_text(s.lib_name)} lib-ver={_text(s.lib_ver)}")
 
 
@@ -176,6 +162,38 @@ async def cmd_client_help(ctx, s, argv):
         "SETNAME <name>", "    Assign the name <name> to the current connection.",
         "NO-EVICT|NO-TOUCH (ON|OFF)", "    Accepted and ignored.",
         "HELP", "    Print this help.")]
+
+
+# ---- ACL (the read-only part: users are configured, docs/security.md) --------------------
+
+async def cmd_acl_whoami(ctx, s, argv):
+    return s.user
+
+
+async def cmd_acl_users(ctx, s, argv):
+    return [b"default"] + sorted(ctx.users)
+
+
+async def cmd_acl_list(ctx, s, argv):
+    lines = []
+    if ctx.default_digest is not None or ctx.open:
+        lines.append(acl_rules("default", ctx.default_digest, 3))
+    else:
+        lines.append("user default off nopass resetchannels -@all")
+    for name in sorted(ctx.users):
+        u = ctx.users[name]
+        lines.append(acl_rules(u.name, u.digest, u.level))
+    return lines
+
+
+async def cmd_acl_help(ctx, s, argv):
+    return [Simple(line) for line in (
+        "ACL <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "WHOAMI", "    Return the current connection username.",
+        "USERS", "    List all the configured usernames.",
+        "LIST", "    Show users details in config file format.",
+        "HELP", "    Print this help.",
+        "Users and their roles come from the node's configuration (docs/security.md).")]
 
 
 # ---- COMMAND ----------------------------------------------------------------------------------
@@ -398,7 +416,14 @@ def commands(Command) -> list:
         b"resetstat": C("config|resetstat", 2, admin, 0, 0, 0, cmd_config_resetstat, "server", ["@admin", "@slow", "@dangerous"]),
         b"help": C("config|help", 2, ["loading", "stale"], 0, 0, 0, cmd_config_help, "server", ["@slow"]),
     }
+    acl_subs = {
+        b"whoami": C("acl|whoami", 2, ["noscript", "loading", "stale"], 0, 0, 0, cmd_acl_whoami, "server", ["@slow"]),
+        b"users": C("acl|users", 2, admin, 0, 0, 0, cmd_acl_users, "server", ["@admin", "@slow", "@dangerous"]),
+        b"list": C("acl|list", 2, admin, 0, 0, 0, cmd_acl_list, "server", ["@admin", "@slow", "@dangerous"]),
+        b"help": C("acl|help", 2, ["loading", "stale"], 0, 0, 0, cmd_acl_help, "server", ["@slow"]),
+    }
     return [
+        C("acl", -2, [], 0, 0, 0, None, "server", [], acl_subs),
         C("auth", -2, ["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], 0, 0, 0,
           cmd_auth, "connection", ["@fast", "@connection"]),
         C("hello", -1, ["noscript", "loading", "stale", "fast", "no_auth", "allow_busy"], 0, 0, 0,

@@ -4,10 +4,11 @@
 
 cdef class Command:
     cdef public object name, arity, flags, first, last, step, handler, group, categories
-    cdef public object subcommands, now, then
+    cdef public object subcommands, now, then, level
 
 
 cdef class Session:
     cdef public object id, addr, laddr, protocol, name, authenticated, db, created
-    cdef public object last_active, last_command, closing, lib_name, lib_ver, pending
+    cdef public object last_active, last_command, closing, lib_name, lib_ver, pending, user
     cdef public object slot, started    # the request counts' slot and start of `pending`
+    cdef public int level       # of its user's role (kvnet/acl.py): the door reads it

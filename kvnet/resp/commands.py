@@ -6,6 +6,7 @@ kvnet.resp.replies.encode; errors come back as values too (KVNetError or ErrorRe
 bad command never breaks the connection. Server-side commands (INFO, CLIENT, COMMAND,
 CONFIG, HELLO, AUTH) live in kvnet/resp/admin.py.
 """
+import hmac
 import itertools
 import logging
 import time
@@ -13,8 +14,9 @@ from time import monotonic_ns as _clock
 
 from kvcore._native import select
 from kvcore.versions import InvalidContext
-from kvnet.errors import CommandError, KVNetError, NoAuth, WrongArity
+from kvnet.errors import CommandError, KVNetError, NoAuth, NoPerm, WrongArity, WrongPass
 from kvnet.resp import admin
+from kvnet.acl import ADMIN, NONE, digest_of, required_level
 from kvnet.resp.backend import LATER
 from kvnet.resp.replies import OK, PONG, ErrorReply, Simple
 from kvnet.stepping import COROUTINE_TYPES, FUTURE_TYPES
@@ -35,7 +37,7 @@ class Command:
     """One table entry, in the shape COMMAND INFO reports (Redis 7)."""
 
     __slots__ = ("name", "arity", "flags", "first", "last", "step", "handler", "group",
-                 "categories", "subcommands", "now", "then")
+                 "categories", "subcommands", "now", "then", "level")
 
     def __init__(self, name, arity, flags, first, last, step, handler, group="generic",
                  categories=(), subcommands=None, now=None, then=None):
@@ -52,6 +54,7 @@ class Command:
         self.group = group
         self.categories = tuple(categories)
         self.subcommands = subcommands  # {b"setname": Command(name="client|setname"), ...}
+        self.level = required_level(self)   # the role it needs (kvnet/acl.py)
 
     def arity_ok(self, argc: int) -> bool:
         a = self.arity
@@ -62,11 +65,12 @@ class Command:
 
 
 class Session:
-    """Per-connection state: protocol, name, id, authentication, database, closing."""
+    """Per-connection state: protocol, name, id, authentication (its user and the level of
+    its role, kvnet/acl.py), database, closing."""
 
     __slots__ = ("id", "addr", "laddr", "protocol", "name", "authenticated", "db", "created",
                  "last_active", "last_command", "closing", "lib_name", "lib_ver", "pending",
-                 "slot", "started")
+                 "slot", "started", "user", "level")
 
     def __init__(self, id, addr="", laddr="", authenticated=True):
         self.id = id
@@ -75,6 +79,8 @@ class Session:
         self.protocol = 2
         self.name = b""
         self.authenticated = authenticated
+        self.user = b"default"
+        self.level = ADMIN if authenticated else NONE
         self.db = 0
         self.created = self.last_active = time.time()
         self.last_command = "NULL"
@@ -105,10 +111,16 @@ def _text(b: bytes) -> str:
 class Commands:
     """The command table bound to a backend and this server's settings."""
 
-    def __init__(self, backend, *, password=None, allow_flush=True, tcp_port=0,
+    def __init__(self, backend, *, password=None, users=(), allow_flush=True, tcp_port=0,
                  max_clients=10000, idle_timeout=0, config=None, node_name="ringkv"):
         self.backend = backend
         self.password = password.encode() if isinstance(password, str) else password
+        # the default user's password digest (None: no password); the named users
+        self.default_digest = None if password is None else digest_of(password)
+        self.users = {u.name.encode(): u for u in users}
+        # without a password the default user needs none, unless named users exist: then it
+        # is off, and every connection must AUTH as one of them (docs/security.md)
+        self.open = password is None and not self.users
         self.allow_flush = allow_flush
         self.tcp_port = tcp_port
         self.max_clients = max_clients
@@ -140,13 +152,33 @@ class Commands:
     # ---- sessions ----------------------------------------------------------------------------
 
     def open_session(self, addr="", laddr="") -> Session:
-        s = Session(next(self._ids), addr, laddr, authenticated=self.password is None)
+        s = Session(next(self._ids), addr, laddr, authenticated=self.open)
         self.sessions[s.id] = s
         self.stats["total_connections_received"] += 1
         return s
 
     def close_session(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+
+    def authenticate(self, session: Session, user: bytes, password: bytes) -> None:
+        """AUTH and HELLO AUTH: log `session` in as `user` with its role, or raise WrongPass
+        (Redis' words; a failed attempt leaves the session as it was)."""
+        if user == b"default":
+            digest = self.default_digest
+            if digest is None and self.open:
+                level = ADMIN           # no password: any password works, as in Redis
+            elif digest is None or not hmac.compare_digest(digest_of(password), digest):
+                raise WrongPass("invalid username-password pair or user is disabled.")
+            else:
+                level = ADMIN
+        else:
+            u = self.users.get(user)
+            if u is None or not u.check(password):
+                raise WrongPass("invalid username-password pair or user is disabled.")
+            level = u.level
+        session.authenticated = True
+        session.user = user
+        session.level = level
 
     # ---- dispatch ----------------------------------------------------------------------------
 
@@ -236,9 +268,15 @@ class Commands:
             if cmd is None:
                 self.stats["total_error_replies"] += 1
                 return err
-        if not session.authenticated and "no_auth" not in cmd.flags:
-            self.stats["total_error_replies"] += 1
-            return NoAuth("Authentication required.")
+        if cmd.level > session.level or not session.authenticated:
+            if not session.authenticated:
+                if "no_auth" not in cmd.flags:
+                    self.stats["total_error_replies"] += 1
+                    return NoAuth("Authentication required.")
+            else:
+                self.stats["total_error_replies"] += 1
+                return NoPerm(f"User {_text(session.user)} has no permissions to run the "
+                              f"'{cmd.name}' command")
         session.last_command = cmd.name
         session.last_active = time.time()
         started = _clock()

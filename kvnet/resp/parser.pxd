@@ -2,5 +2,5 @@
 # extension type, its fields in C (untyped: Python's semantics kept).
 
 cdef class RequestParser:
-    cdef public object max_bulk, max_args, max_inline, max_command
+    cdef public object max_bulk, max_args, max_inline, max_command, preauth
     cdef public object _buf, _pos, _reader, _need, _scan, _failed

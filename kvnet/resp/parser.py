@@ -13,12 +13,16 @@ from kvnet.errors import ProtocolError
 # rest (inline commands, incomplete ones, errors) with the same results (fastparse.pyx).
 _take_commands = select("kvnet.resp.fastparse", "kvnet.resp.fastparse_py").take_commands
 
-__all__ = ["RequestParser", "split_inline", "MAX_BULK", "MAX_ARGS", "MAX_INLINE", "MAX_COMMAND"]
+__all__ = ["RequestParser", "split_inline", "MAX_BULK", "MAX_ARGS", "MAX_INLINE", "MAX_COMMAND",
+           "PREAUTH_LIMITS"]
 
 MAX_BULK = 512 * 1024 * 1024      # proto-max-bulk-len
 MAX_ARGS = 1024 * 1024            # Redis' multibulk length limit
 MAX_INLINE = 64 * 1024            # PROTO_INLINE_MAX_SIZE: inline lines and header lines
 MAX_COMMAND = 1024 * 1024 * 1024  # client-query-buffer-limit: bytes of one command
+# Before AUTH, as Redis 6.2 and later: 10 arguments of 16 KiB at most (CVE-2021-32675).
+PREAUTH_LIMITS = {"max_bulk": 16 * 1024, "max_args": 10, "max_inline": MAX_INLINE,
+                  "max_command": 10 * (16 * 1024 + 32) + 32}
 
 _STAR = 42    # b"*"
 _DOLLAR = 36  # b"$"
@@ -31,9 +35,13 @@ class RequestParser:
     commands are dropped, as Redis does). On malformed or oversized input it raises
     ProtocolError with `.commands` set to the commands completed before the bad bytes; the
     framing is lost then, and the parser refuses further input.
+
+    With `preauth` set (a connection not yet authenticated), feed() returns at most one
+    command and keeps the rest: the server runs it (an AUTH may raise the limits) before
+    `feed(b"")` parses the next; a limit then fails with Redis' "unauthenticated" wording.
     """
 
-    __slots__ = ("max_bulk", "max_args", "max_inline", "max_command",
+    __slots__ = ("max_bulk", "max_args", "max_inline", "max_command", "preauth",
                  "_buf", "_pos", "_reader", "_need", "_scan", "_failed")
 
     def __init__(self, max_bulk=MAX_BULK, max_args=MAX_ARGS, max_inline=MAX_INLINE,
@@ -42,6 +50,7 @@ class RequestParser:
         self.max_args = max_args
         self.max_inline = max_inline
         self.max_command = max_command
+        self.preauth = False
         self._buf = bytearray()
         self._reader = hiredis.Reader()
         # Scan state of the command at the start of the buffer, kept across feeds so a large
@@ -64,10 +73,13 @@ class RequestParser:
         commands = []
         pos = 0
         n = len(buf)
+        single = self.preauth
         try:
             while pos < n:
+                if single and commands:
+                    break
                 if buf[pos] == _STAR:
-                    if self._scan is None:
+                    if self._scan is None and not single:
                         end = _take_commands(buf, pos, n, self.max_bulk, self.max_args,
                                              self.max_inline, self.max_command, commands)
                         if end != pos:
@@ -137,7 +149,8 @@ class RequestParser:
                 return -1
             count, off = head
             if count > self.max_args:
-                raise ProtocolError("Protocol error: invalid multibulk length")
+                raise ProtocolError("Protocol error: unauthenticated multibulk length"
+                                    if self.preauth else "Protocol error: invalid multibulk length")
             if count <= 0:
                 return off
             left = count
@@ -164,7 +177,9 @@ class RequestParser:
                     raise ProtocolError("Protocol error: invalid bulk length")
                 size, body = int(digits), eol + 2
             if size > max_bulk or size < 0:
-                raise ProtocolError("Protocol error: invalid bulk length")
+                raise ProtocolError("Protocol error: unauthenticated bulk length"
+                                    if self.preauth and size > max_bulk
+                                    else "Protocol error: invalid bulk length")
             end = body + size + 2
             if end > limit:
                 raise ProtocolError(f"Protocol error: command exceeds {self.max_command} bytes")

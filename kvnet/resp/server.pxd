@@ -14,10 +14,10 @@ cdef class RespProtocol:
     cdef public RespServer server       # their fields read in C on every command
     cdef public Session session
     cdef public object commands, loop, parser, transport
-    cdef public object _queue, _slots, _key_of, _idle_handle
+    cdef public object _queue, _slots, _key_of, _idle_handle, _auth_handle
     cdef public dict _running, _keys
     cdef public list _out
-    cdef public Py_ssize_t _out_size
+    cdef public Py_ssize_t _out_size, _in_buf
     cdef public bint _barrier, _flush_queued, _in_run, _write_paused, _reading, _closed
     cdef public double _last_read
 
@@ -32,8 +32,9 @@ cdef class _Waiting:
 
 cdef class RespServer:
     cdef public object loop, backend, idle_timeout, write_high_water, parser_limits, commands
-    cdef public object door, server, tls_server
+    cdef public object door, server, tls_server, auth_timeout, preauth_limits
     cdef public Py_ssize_t max_run_ahead, run_ahead, max_clients, max_pending
+    cdef public Py_ssize_t max_input, input_bytes
     cdef public tuple door_limits
     cdef public set connections
     cdef public list unflushed

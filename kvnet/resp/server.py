@@ -11,6 +11,10 @@ capped server-wide (MAX_RUN_AHEAD), so a saturated node does not pile up work th
 wait (and time out): each connection still always has its first command running.
 Reading pauses while the transport's write buffer is above its high-water mark or too many
 commands wait, so a client that does not read its replies cannot grow the server's memory.
+Until a connection authenticates, its commands are parsed one at a time within Redis' limits
+before AUTH (10 arguments of 16 KiB) and it must authenticate within `auth_timeout` seconds;
+the commands partly received on all connections together stay within `max_input` bytes
+(docs/security.md).
 
 Replies are written once per loop iteration, after every connection that became readable in it
 has run its commands (as Redis writes in `beforeSleep`): a client such as redis-benchmark,
@@ -23,11 +27,12 @@ import logging
 
 from kvnet.errors import ProtocolError
 from kvnet.resp.commands import Commands
-from kvnet.resp.parser import MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, RequestParser
+from kvnet.resp.parser import (MAX_ARGS, MAX_BULK, MAX_COMMAND, MAX_INLINE, PREAUTH_LIMITS,
+                               RequestParser)
 from kvnet.resp.replies import encode, encode_error
 from kvnet.stepping import COROUTINE_TYPES, FUTURE_TYPES, ReplyFuture, finish
 
-__all__ = ["RespServer", "RespProtocol", "serve"]
+__all__ = ["RespServer", "RespProtocol", "serve", "options_from"]
 
 log = logging.getLogger("kvnet.resp")
 
@@ -40,6 +45,9 @@ MAX_IN_FLIGHT = 128          # suspended commands running at once, per connectio
 MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their connection,
                              # server-wide: a saturated node keeps its queue (and latency) short
 TLS_HANDSHAKE_TIMEOUT = 10.0 # seconds a TLS client has to finish its handshake
+AUTH_TIMEOUT = 10.0          # seconds a connection has to authenticate, when it must; 0: any
+MAX_INPUT = 256 << 20        # bytes of commands partly received, all connections together
+BULK_ROOM = 64 << 10         # a bulk may pass the largest value, key or context by this much
 
 
 class RespProtocol:
@@ -68,7 +76,9 @@ class RespProtocol:
         self._reading = True
         self._closed = False
         self._idle_handle = None
+        self._auth_handle = None
         self._last_read = 0.0
+        self._in_buf = 0                    # this connection's share of server.input_bytes
 
     # ---- transport callbacks -----------------------------------------------------------------
 
@@ -88,6 +98,13 @@ class RespProtocol:
         self._last_read = self.loop.time()
         if server.idle_timeout:
             self._idle_handle = self.loop.call_later(server.idle_timeout, self._check_idle)
+        if not self.session.authenticated:
+            parser = self.parser
+            for name, value in server.preauth_limits.items():
+                setattr(parser, name, value)
+            parser.preauth = True
+            if server.auth_timeout:
+                self._auth_handle = self.loop.call_later(server.auth_timeout, self._auth_expired)
 
     def connection_lost(self, exc):
         self._closed = True
@@ -96,6 +113,11 @@ class RespProtocol:
             self.commands.close_session(self.session)
         if self._idle_handle is not None:
             self._idle_handle.cancel()
+        if self._auth_handle is not None:
+            self._auth_handle.cancel()
+        if self._in_buf:
+            self.server.input_bytes -= self._in_buf
+            self._in_buf = 0
         for task in list(self._running):
             task.cancel()
             if type(task) is ReplyFuture:   # no done callback: its bookkeeping now
@@ -114,6 +136,8 @@ class RespProtocol:
         self._write_paused = False
         if self._queue:
             self.loop.call_soon(self._run)
+        if self.parser.preauth:
+            self.loop.call_soon(self._next_preauth)
         self._update_reading()
 
     def data_received(self, data):
@@ -136,15 +160,66 @@ class RespProtocol:
                 if pos == len(data):
                     return
                 data = data[pos:]
+        self._feed(data)
+        if self.parser.preauth:
+            self._next_preauth()
+
+    def _feed(self, data):
+        """Parse `data` and run the commands it completes; count the bytes left in the parser
+        against the server's input budget. Whether it completed any."""
+        parser = self.parser
         try:
-            cmds = self.parser.feed(data)
+            cmds = parser.feed(data)
         except ProtocolError as exc:
             cmds = list(exc.commands)
             cmds.append(exc)
+        size = len(parser._buf)
+        if size != self._in_buf:
+            server = self.server
+            server.input_bytes += size - self._in_buf
+            self._in_buf = size
+            if size and server.input_bytes > server.max_input:
+                self._over_budget()
+                return False
         if not cmds:
-            return
+            return False
         self._queue.extend(cmds)
         self._run()
+        return True
+
+    def _next_preauth(self):
+        """Commands of a connection not yet authenticated come from the parser one by one
+        (RequestParser.preauth): run the next ones, with an authenticated connection's limits
+        as soon as it is (AUTH or HELLO ... AUTH ran). Every command before AUTH answers at
+        once (NOAUTH, or AUTH itself): the queue is empty between two unless writing paused,
+        and resume_writing() comes back here."""
+        parser = self.parser
+        while parser.preauth and not self._closed and not self._queue:
+            if self.session.authenticated:
+                for name, value in self.server.parser_limits.items():
+                    setattr(parser, name, value)
+                parser.preauth = False
+                if self._auth_handle is not None:
+                    self._auth_handle.cancel()
+                    self._auth_handle = None
+            if not parser._buf or not self._feed(b""):  # the next command, or all of
+                return                                  # them once authenticated
+
+    def _over_budget(self):
+        self.commands.stats["rejected_input"] = self.commands.stats.get("rejected_input", 0) + 1
+        log.warning("client %s closed: client input buffers over max_client_input_bytes (%d)",
+                    self.session.addr, self.server.max_input)
+        self._out.append(b"-ERR client input buffers are over this node's budget "
+                         b"(max_client_input_bytes): connection closed\r\n")
+        self._close_after_flush()
+
+    def _auth_expired(self):
+        self._auth_handle = None
+        if self._closed or self.session.authenticated:
+            return
+        self._out.append(b"-ERR authentication timeout: the connection did not authenticate "
+                         b"in time (auth_timeout_s)\r\n")
+        self._close_after_flush()
 
     # ---- running commands --------------------------------------------------------------------
 
@@ -382,8 +457,9 @@ class _Waiting:
 class RespServer:
     """A listening RESP server bound to one backend; `close()` stops it and its connections."""
 
-    def __init__(self, backend, *, password=None, allow_flush=True, max_clients=MAX_CLIENTS,
-                 idle_timeout=IDLE_TIMEOUT, max_pending=MAX_PENDING,
+    def __init__(self, backend, *, password=None, users=(), allow_flush=True,
+                 max_clients=MAX_CLIENTS, idle_timeout=IDLE_TIMEOUT, auth_timeout=AUTH_TIMEOUT,
+                 max_input=MAX_INPUT, max_pending=MAX_PENDING,
                  write_high_water=WRITE_HIGH_WATER, max_bulk=MAX_BULK, max_args=MAX_ARGS,
                  max_inline=MAX_INLINE, max_command=MAX_COMMAND, max_run_ahead=MAX_RUN_AHEAD,
                  config=None, loop=None):
@@ -397,9 +473,14 @@ class RespServer:
         self.write_high_water = write_high_water
         self.parser_limits = {"max_bulk": max_bulk, "max_args": max_args,
                               "max_inline": max_inline, "max_command": max_command}
-        self.commands = Commands(backend, password=password, allow_flush=allow_flush,
-                                 max_clients=max_clients, idle_timeout=self.idle_timeout,
-                                 config=config)
+        # before AUTH: Redis' limits, or the ones above where they are smaller
+        self.preauth_limits = {k: min(v, self.parser_limits[k]) for k, v in PREAUTH_LIMITS.items()}
+        self.auth_timeout = auth_timeout or 0
+        self.max_input = max_input
+        self.input_bytes = 0        # bytes of commands partly received, all connections
+        self.commands = Commands(backend, password=password, users=users,
+                                 allow_flush=allow_flush, max_clients=max_clients,
+                                 idle_timeout=self.idle_timeout, config=config)
         self.commands.parser_limits = self.parser_limits
         self.door_limits = (max_bulk, max_args, max_command)    # LocalDoor.receive's
         self.door = backend.local_door(self.commands)
@@ -482,6 +563,19 @@ class RespServer:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+def options_from(cfg) -> dict:
+    """RespServer's options from a node's settings (kvnet/config.py, docs/security.md): its
+    users, timeouts and limits; a bulk may be a value, key or context (kvnet/payload.py) and a
+    little more, a command as big as the input budget."""
+    from kvnet.payload import MAX_CONTEXT_BYTES
+    return {"password": cfg.default_password, "users": cfg.users,
+            "allow_flush": cfg.allow_flush, "max_clients": cfg.max_connections,
+            "idle_timeout": cfg.idle_timeout_s, "auth_timeout": cfg.auth_timeout_s,
+            "max_input": cfg.max_client_input_bytes,
+            "max_bulk": max(cfg.max_value_bytes, cfg.max_key_bytes, MAX_CONTEXT_BYTES) + BULK_ROOM,
+            "max_command": min(MAX_COMMAND, cfg.max_client_input_bytes)}
 
 
 async def serve(backend, host="127.0.0.1", port=0, password=None, *, tls_port=0, ssl=None,

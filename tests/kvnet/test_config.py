@@ -79,6 +79,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 
 from kvnet.cli import kvnode  # noqa: E402
+from kvnet.acl import User, digest_of  # noqa: E402
 from kvnet.config import SETTINGS, env_name, flag_name, from_environ  # noqa: E402
 
 # a valid value other than the default for every setting, as its text (flag / variable) and
@@ -97,7 +98,10 @@ SAMPLES = {
     "max_value_bytes": ("4096", 4096), "max_object_bytes": ("134217728", 128 << 20),
     "max_peer_message_bytes": ("134217728", 128 << 20),
     "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
-    "password": ("hunter22", "hunter22"), "cluster_secret": ("s3cret-s3cret", "s3cret-s3cret"),
+    "password": ("hunter22", "hunter22"), "requirepass": ("hunter23", "hunter23"),
+    "users": ("ro:read:pw1,ops:admin:#" + "ab" * 32,
+              (User("ro", "read", digest_of("pw1")), User("ops", "admin", "ab" * 32))),
+    "auth_timeout_s": ("3", 3), "max_client_input_bytes": ("134217728", 128 << 20), "cluster_secret": ("s3cret-s3cret", "s3cret-s3cret"),
     "allow_flush": ("false", False), "join": ("true", True),
     "gossip_interval_ms": ("100", 100), "gossip_fanout": ("3", 3), "phi_threshold": ("4.5", 4.5),
     "hint_replay_interval_ms": ("200", 200), "hint_replay_rate": ("10", 10),

@@ -40,7 +40,8 @@ class _Cluster:
         self.locked_port = ports[8]
         self.locked_cfg = load(name="lone", port=ports[8], peer_port=ports[9], n=1, r=1, w=1,
                                ring_size=8, data_dir=str(tmp / "lone"),
-                               members=[f"lone@127.0.0.1:{ports[9]}"], password=PASSWORD, **FAST)
+                               members=[f"lone@127.0.0.1:{ports[9]}"], password=PASSWORD,
+                               users="ro:read:ro-pw", **FAST)
         self.nodes = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -315,6 +316,22 @@ def test_noauth_and_a_wrong_password(cluster):
     assert ok.returncode == 0 and json.loads(ok.stdout)["context"], ok.stderr
     rc, text, err = _run(cluster, "--password", PASSWORD, "get", "k", port=cluster.locked_port)
     assert rc == 0 and "v" in text.splitlines()[1:]
+
+
+def test_a_named_user_from_the_flag_or_ringkv_user(cluster, monkeypatch):
+    port = cluster.locked_port
+    assert _run(cluster, "--password", PASSWORD, "put", "ku", "v", port=port)[0] == 0
+    rc, text, err = _run(cluster, "--user", "ro", "--password", "ro-pw", "get", "ku", port=port)
+    assert rc == 0 and "v" in text.splitlines()[1:], err
+    rc, text, err = _run(cluster, "--user", "ro", "--password", "ro-pw", "put", "ku", "w",
+                         port=port)
+    assert rc == 1 and "refused the command (NOPERM: User ro has no permissions to run the " \
+        "'kv.put' command)" in err
+    rc, text, err = _run(cluster, "--user", "ro", "--password", "nope", "get", "ku", port=port)
+    assert rc == 1 and "refused user ro with this password (WRONGPASS" in err
+    monkeypatch.setenv("RINGKV_USER", "ro")
+    rc, text, err = _run(cluster, "--password", "ro-pw", "del", "ku", port=port)
+    assert rc == 1 and "NOPERM: User ro " in err
 
 
 def test_the_nodes_error_replies_are_one_line(cluster):

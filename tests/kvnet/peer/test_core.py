@@ -359,3 +359,23 @@ def test_a_chunk_before_authentication_is_refused():
     b.feed_data(a.out.pop(0))
     b.feed_data(encode_frame((Kind.CHUNK, 0, None, [10, b"abc"])))
     assert b.state is State.CLOSED and "before authentication" in str(closed_with(b))
+
+
+def test_a_listener_takes_only_small_frames_before_the_dialer_authenticated():
+    """A stranger dialing the peer port cannot announce a big frame (docs/security.md): the
+    listening end refuses a header above HANDSHAKE_MAX_FRAME until READY, then takes frames
+    up to max_frame_size as before."""
+    from kvnet.peer.core import HANDSHAKE_MAX_FRAME
+    big = HANDSHAKE_MAX_FRAME + 1
+    b = Core("node-b", SECRET, initiator=False)
+    b.start_handshake()
+    b.feed_data(big.to_bytes(4, "big"))
+    assert b.state is State.CLOSED and "exceeds the limit of 16384" in str(closed_with(b))
+    a, b = connected()                  # after the handshake: big frames again
+    payload = b"x" * (2 * HANDSHAKE_MAX_FRAME)
+    req = a.send_request("put", payload)
+    pump(a, b)
+    assert b.events == [("request", "put", req, payload)]
+    # the dialer reads the listener's frames at full size from the start
+    d = Core("node-a", SECRET, initiator=True)
+    assert d._reader.max_frame_size == d.max_frame_size
