@@ -1,5 +1,6 @@
 """The simulator's scale measurements (kvnet/sim/measure.py) and benchmarks/sim_scale.py, on
 small clusters (docs/simulation.md, "Scale")."""
+import asyncio
 import json
 import os
 import subprocess
@@ -66,3 +67,34 @@ def test_the_benchmark_refuses_an_unknown_part():
     r = subprocess.run([sys.executable, "benchmarks/sim_scale.py", "--only", "speed"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "speed" in r.stderr
+
+
+def test_connections_follow_whom_a_node_talks_to_not_the_cluster_size(tmp_path):
+    """40 nodes (Q 512): a node greets at start only the members it shares a preference list
+    with, and with no traffic at all (no gossip round within the test, no anti-entropy, no
+    clients) every connection is closed once idle for peer_idle_timeout_s."""
+    from kvnet.sim.cluster import SimCluster
+    from kvnet.sim.loop import determinism, inline_pools, quiet
+    c = SimCluster(str(tmp_path), size=40, seed=3, gossip_interval_ms=600_000, ae_enabled=False,
+                   peer_idle_timeout_s=2)
+
+    def conns():
+        return {nm: {peer for peer, p in n.pool.status().items() if p["connections"]}
+                for nm, n in c.nodes.items()}
+
+    async def main():
+        await c.start()
+        try:
+            started = conns()
+            ring = c.nodes["n0"].ring
+            near = {x for p in range(ring.q) for x in ring.preference_list(p)
+                    if "n0" in ring.preference_list(p)} - {"n0"}
+            await asyncio.sleep(4)
+            return started, near, conns()
+        finally:
+            await c.stop()
+
+    with determinism(3, c.loop.time), quiet(), inline_pools():
+        started, near, idle = c.run(main())
+    assert started["n0"] == near and len(near) < 39
+    assert set(map(len, idle.values())) == {0}
