@@ -18,6 +18,7 @@ def test_a_joining_member_becomes_known_everywhere():
     assert r["rounds"] is not None and 1 <= r["rounds"] <= 10
     assert r["messages"] > 0 and r["bytes"] > r["messages"]
     assert r["cpu_per_node_s"] > 0 and r["wall_s"] >= r["start_wall_s"] >= 0
+    assert 0 < r["conns_per_node"] <= 2 * 8
     plain = M.join_rounds(8, seed=2)            # (without what varies from run to run)
     assert "cpu_s" not in plain and "start_wall_s" not in plain
     assert plain["rounds"] == r["rounds"] and plain["bytes"] == r["bytes"]
@@ -98,3 +99,23 @@ def test_connections_follow_whom_a_node_talks_to_not_the_cluster_size(tmp_path):
         started, near, idle = c.run(main())
     assert started["n0"] == near and len(near) < 39
     assert set(map(len, idle.values())) == {0}
+
+
+def test_a_run_on_memory_storage_makes_no_real_syncs(tmp_path):
+    from kvnet.sim.cluster import SimCluster
+    real = os.fsync
+    c = SimCluster(str(tmp_path / "m"), size=1)
+    with c.stores():
+        assert os.fsync is not real and os.fdatasync is not real
+        with open(tmp_path / "f", "wb") as f:
+            os.fsync(f.fileno())
+            os.fdatasync(f.fileno())
+        try:
+            os.fsync(10_000)
+        except OSError:
+            pass
+        else:
+            raise AssertionError("a bad descriptor must still be an error")
+    assert os.fsync is real
+    with SimCluster(str(tmp_path / "d"), size=1, storage="disk").stores():
+        assert os.fsync is real
