@@ -30,6 +30,7 @@ log = logging.getLogger("kvnet.membership")
 __all__ = ["Gossip", "PEERS_FILE"]
 
 PEERS_FILE = "PEERS"     # the peer addresses gossip taught this node, for its next start
+SAVE_EVERY = 10          # rounds between two writes of PEERS_FILE at most (and one at stop)
 
 
 class Gossip:
@@ -56,6 +57,8 @@ class Gossip:
         self._probing = set()
         self._peers_of = (None, None)  # (roster, seeds) -> the sorted peers _peers gave for it
         self._kept_for = None          # the roster _keep_peers last looked at
+        self._unsaved = False          # _known has changes PEERS_FILE lacks
+        self._saved_at = -SAVE_EVERY   # the round PEERS_FILE was last written
 
     # ---- service -------------------------------------------------------------------------
 
@@ -89,6 +92,8 @@ class Gossip:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._unsaved:
+            self._save()
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -171,23 +176,31 @@ class Gossip:
         return peers
 
     def _keep_peers(self):
-        """Write PEERS_FILE when the peers' addresses changed (members that left are dropped)."""
+        """Keep PEERS_FILE up to date with the peers' addresses (members that left dropped):
+        derived again only when the roster changed, written at most every SAVE_EVERY rounds
+        (a starting node learns its members over a few rounds) and at stop. It is a hint for
+        the next start, so a crash loses at most the last few rounds' news of it."""
         roster = self.table.roster
-        if roster is self._kept_for:                # only heartbeats moved since the last look
-            return
-        self._kept_for = roster
-        known = dict(self._known)
-        for n, m in self.table.items():
-            if n == self.me or m.status in ("exiting", "removed"):
-                known.pop(n, None)
-            else:
-                known[n] = (m.host, m.peer_port)
-        if known != self._known:
-            self._known = known
-            try:
-                _save_peers(self.node.cfg.data_dir, known)
-            except OSError as exc:
-                log.info("cannot keep the peer list: %s", exc)
+        if roster is not self._kept_for:        # (only heartbeats moved: nothing to derive)
+            self._kept_for = roster
+            known = dict(self._known)
+            for n, m in self.table.items():
+                if n == self.me or m.status in ("exiting", "removed"):
+                    known.pop(n, None)
+                else:
+                    known[n] = (m.host, m.peer_port)
+            if known != self._known:
+                self._known = known
+                self._unsaved = True
+        if self._unsaved and self.rounds >= self._saved_at + SAVE_EVERY:
+            self._save()
+
+    def _save(self):
+        self._saved_at, self._unsaved = self.rounds, False
+        try:
+            _save_peers(self.node.cfg.data_dir, self._known)
+        except OSError as exc:
+            log.info("cannot keep the peer list: %s", exc)
 
     def _timeout(self):
         return max(2 * self.interval, 0.05)

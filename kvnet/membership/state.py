@@ -306,27 +306,42 @@ def diff_beats(table, their_digest):
     it is replacing their heartbeat (apply_beats). Likewise a node whose newer version on
     their side has our generation and no membership part ahead of ours is in want_beats: only
     its heartbeat is needed. The rest is diff's send and want."""
+    # (the fields compared one by one, not through the version and membership properties:
+    # this runs for every member at every exchange)
     theirs = {}
     for d in their_digest:
-        theirs[d.node] = d
+        theirs[d[0]] = d
+    rank = _RANK
     send, beats, want, want_beats = [], [], [], []
-    for node, e in table._m.items():
+    m = table._m
+    for node, e in m.items():
         d = theirs.get(node)
         if d is None:
             send.append(e)
-        elif e.membership > d.membership:
+            continue
+        _, dg, dh, de, ds = d
+        ee = e.ring_epoch
+        if ee > de or (ee == de and e.status != ds and rank[e.status] > rank[ds]):
+            send.append(e)                                  # membership part ahead
+        elif e.generation == dg:
+            if e.heartbeat > dh:
+                beats.append((node, dg, e.heartbeat))
+        elif e.generation > dg:
             send.append(e)
-        elif e.version > d.version:
-            if e.generation == d.generation:
-                beats.append((node, e.generation, e.heartbeat))
-            else:
-                send.append(e)
-    for node, d in sorted(theirs.items()):
-        e = table._m.get(node)
-        if e is None or d.membership > e.membership:
+    for node in sorted(theirs):
+        _, dg, dh, de, ds = theirs[node]
+        e = m.get(node)
+        if e is None:
             want.append(node)
-        elif d.version > e.version:
-            (want_beats if d.generation == e.generation else want).append(node)
+            continue
+        ee = e.ring_epoch
+        if de > ee or (de == ee and ds != e.status and rank[ds] > rank[e.status]):
+            want.append(node)
+        elif dg == e.generation:
+            if dh > e.heartbeat:
+                want_beats.append(node)
+        elif dg > e.generation:
+            want.append(node)
     return send, beats, want, want_beats
 
 
@@ -491,6 +506,7 @@ def decode_digest(data, known=()):
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"digest: expected a list, got {type(data).__name__}")
     out, seen = [], set()
+    make = tuple.__new__
     for i, item in enumerate(data):
         if type(item) is list and len(item) == 5:
             node, gen, hb, epoch, status = item
@@ -499,7 +515,7 @@ def decode_digest(data, known=()):
                     and 0 <= epoch <= _MAX_U64 and status in _RANK and type(status) is str \
                     and node not in seen:
                 seen.add(node)
-                out.append(Digest(node, gen, hb, epoch, status))
+                out.append(make(Digest, item))      # (Digest(*item) without its Python __new__)
                 continue
         where = f"digest[{i}]"
         if not isinstance(item, (list, tuple)) or len(item) != 5:

@@ -12,7 +12,7 @@ from kvcore import versions as V
 from kvnet.config import load
 from kvnet.errors import KVNetError
 from kvnet.node import Node
-from kvnet.sim.loop import SimLoop
+from kvnet.sim.loop import SimLoop, collect_less
 from kvnet.sim.net import CURRENT, SimNetwork
 from kvnet.sim.storage import MemoryDisk
 
@@ -91,7 +91,7 @@ class SimCluster:
         return self.loop.create_task(coro, context=self.net.context(name).copy())
 
     def run(self, coro):
-        with self.stores():
+        with self.stores(), collect_less():
             return self.loop.run_until_complete(coro)
 
     @contextlib.contextmanager

@@ -237,6 +237,7 @@ def test_a_round_derives_peers_and_addresses_again_only_when_the_roster_changes(
     g._keep_peers()
     assert len(saves) == 1 and saves[0]["g3"] == ("127.0.0.1", 13)
     for hb in range(1, 5):                      # rounds of heartbeats: nothing derived again
+        g.rounds += 10
         g.table = S.apply(S.beat(g.table, "g0"), [others[0]._replace(heartbeat=hb)])
         assert g._sorted_peers() is peers
         g._keep_peers()
@@ -247,4 +248,14 @@ def test_a_round_derives_peers_and_addresses_again_only_when_the_roster_changes(
     assert len(saves) == 2 and "g3" not in saves[1]
     g.table = S.apply(g.table, [others[1]._replace(heartbeat=9, peer_port=99)])   # g2 moved
     g._keep_peers()
+    g.rounds += G.SAVE_EVERY - 1                # written SAVE_EVERY rounds after the last
+    g._keep_peers()
+    assert len(saves) == 2
+    g.rounds += 1
+    g._keep_peers()
     assert len(saves) == 3 and saves[2]["g2"] == ("127.0.0.1", 99)
+    g.table = S.apply(g.table, [others[1]._replace(heartbeat=10, peer_port=98)])
+    g._keep_peers()
+    assert len(saves) == 3
+    asyncio.run(g.stop())                       # and at stop
+    assert len(saves) == 4 and saves[3]["g2"] == ("127.0.0.1", 98)

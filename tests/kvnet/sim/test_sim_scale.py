@@ -119,3 +119,17 @@ def test_a_run_on_memory_storage_makes_no_real_syncs(tmp_path):
     assert os.fsync is real
     with SimCluster(str(tmp_path / "d"), size=1, storage="disk").stores():
         assert os.fsync is real
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector(tmp_path):
+    import gc
+
+    from kvnet.sim.cluster import SimCluster
+    from kvnet.sim.loop import GC_THRESHOLDS
+    before = gc.get_threshold()
+    c = SimCluster(str(tmp_path), size=1)
+
+    async def seen():
+        return gc.get_threshold()
+    assert c.run(seen()) == GC_THRESHOLDS != before
+    assert gc.get_threshold() == before
