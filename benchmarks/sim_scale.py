@@ -48,15 +48,16 @@ def _ints(text):
 def run_join(sizes, seed):
     rows = []
     print("| N | Q | rounds until all know the new member | simulated s | messages | "
-          "bytes per message | CPU ms per node per simulated s | start wall s (CPU s) | "
-          "run wall s (CPU s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "bytes per message | CPU ms per node per simulated s | peer connections per node | "
+          "start wall s (CPU s) | run wall s (CPU s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         r = M.join_rounds(n, seed=seed, costs=True)
         rows.append(r)
         per = r["bytes"] / r["messages"] if r["messages"] else 0
         print(f"| {n:,} | {r['q']:,} | {r['rounds']} | {r['known_after_s']} | "
               f"{r['messages']:,} | {per:,.0f} | {r['cpu_per_node_s'] * 1000:.1f} | "
+              f"{r['conns_per_node']} | "
               f"{r['start_wall_s']} ({r['start_cpu_s']}) | {r['wall_s']} ({r['cpu_s']}) |",
               flush=True)
     base = rows[0] if rows and rows[0]["rounds"] else None

@@ -111,6 +111,8 @@ class NodeConfig:
                                      "a node-to-node message (sent in 1 MiB chunks) is at "
                                      "most this big, the same on every node; at least "
                                      "max_object_bytes + 1 MiB")
+    peer_idle_timeout_s: int = _s(60, "close a connection to a peer idle this long either way "
+                                      "(0: never); the next request dials again")
     warn_siblings: int = _s(25, "log a warning for a write leaving more siblings")
     max_siblings: int = _s(100, "refuse a write that would leave more siblings")
     requirepass: str | None = _s(None, "the default user's password: clients must AUTH "
@@ -209,6 +211,7 @@ _INT_BOUNDS = {
     "max_value_bytes": (1, (1 << 31) - 1),
     "max_object_bytes": (4096, (1 << 31) - 1),     # the store's record limit
     "max_peer_message_bytes": (DEFAULT_MAX_FRAME_SIZE, (1 << 32) - 1),   # kvnet/peer/core.py
+    "peer_idle_timeout_s": (0, 86_400),
     "warn_siblings": (1, 10_000),
     "max_siblings": (1, 10_000),
     "gossip_interval_ms": (10, 600_000),

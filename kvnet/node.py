@@ -78,7 +78,8 @@ class Node(FrontHost, RingListener):
         self.tls = NodeTLS(cfg) if NodeTLS.wanted(cfg) else None
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self.handlers,
                              max_message_size=cfg.max_peer_message_bytes,
-                             tls=self.tls if cfg.tls_cluster else None)
+                             tls=self.tls if cfg.tls_cluster else None,
+                             idle_timeout=cfg.peer_idle_timeout_s)
         self.services = []                # background parts: start(), stop(), handlers()
         self.gossip = self.add_service(Gossip(self))
         self.lanes = Lanes(self.pool, self.gossip.down_peers)
@@ -161,13 +162,23 @@ class Node(FrontHost, RingListener):
         return True
 
     async def _greet_peers(self, timeout=GREET_TIMEOUT):
-        """Dial every member before the client port opens. A member that dialed this node while
-        it was not listening routes around it until a connection is up (PeerPool.reachable);
-        this connection, adopted there, is that one. Without it a cluster whose nodes start
-        together refuses writes for a while after every node answers PING. Members that do not
-        answer within `timeout` are left to gossip."""
+        """Dial the members this node shares a preference list with before the client port
+        opens. A member that dialed this node while it was not listening routes around it until
+        a connection is up (PeerPool.reachable); this connection, adopted there, is that one.
+        Without it a cluster whose nodes start together refuses writes for a while after every
+        node answers PING. Only these neighbours (all members in a small cluster), not every
+        member: connections stay bounded by whom a node talks to (docs/peer.md, "Idle
+        connections"); any other member that tried this node is told by gossip
+        (heard_from). Members that do not answer within `timeout` are left to gossip."""
         if self.ring is None:                       # joining: the members come with the ring
             return
+        ring, me = self.ring, self.name
+        near = set()
+        for p in range(ring.q):
+            prefs = ring.preference_list(p)
+            if me in prefs:
+                near.update(prefs)
+        near.discard(me)
 
         async def greet(peer):
             try:
@@ -175,7 +186,7 @@ class Node(FrontHost, RingListener):
             except Exception as exc:
                 log.debug("greeting %s at start failed: %s", peer, exc)
 
-        await asyncio.gather(*(greet(n) for n in self.ring.nodes if n != self.name))
+        await asyncio.gather(*(greet(n) for n in ring.nodes if n in near))
 
     async def stop(self):
         """Stop serving, finish background work, sync and close every store."""

@@ -16,6 +16,7 @@ suspects it AND a second source agrees (another member's fresh report that it su
 or a failed indirect probe through another member), and UP again as soon as a newer
 (generation, heartbeat) of it arrives, by whatever route.
 """
+import heapq
 import math
 from collections import deque
 from typing import NamedTuple
@@ -42,13 +43,14 @@ def detection_time(threshold, mean):
 class ArrivalWindow:
     """The last `size` inter-arrival times of one peer, with the last arrival and its version."""
 
-    __slots__ = ("intervals", "total", "last", "version")
+    __slots__ = ("intervals", "total", "last", "version", "queued")
 
     def __init__(self, size, initial_interval, now, version):
         self.intervals = deque((initial_interval,), maxlen=size)
         self.total = initial_interval
         self.last = now
         self.version = version
+        self.queued = None      # the earliest time this window waits at in the detector's heap
 
     def add(self, interval):
         iv = self.intervals
@@ -97,6 +99,14 @@ class PhiDetector:
         self.max_interval = max_interval
         self._w = {}
         self._arrivals = 0
+        # Suspicion kept up to date incrementally rather than by computing every peer's phi at
+        # every call: a heap of (time at which a peer's phi would reach the threshold, peer),
+        # one live entry per window at most (`ArrivalWindow.queued`), and the peers whose time
+        # has come and who sent no news since. A peer's phi only grows between its arrivals,
+        # so a window whose time has not come is not suspected.
+        self._due = []
+        self._suspected = set()
+        self._polled = None     # the latest `now` the heap was polled at
 
     def heartbeat(self, peer, now, version):
         """Record news of peer at `now` if `version` = (generation, heartbeat) is newer than the
@@ -105,7 +115,9 @@ class PhiDetector:
         version = tuple(version)
         w = self._w.get(peer)
         if w is None or version[0] > w.version[0]:
-            self._w[peer] = ArrivalWindow(self.window, self.initial_interval, now, version)
+            self._w[peer] = w = ArrivalWindow(self.window, self.initial_interval, now, version)
+            self._suspected.discard(peer)
+            self._queue(peer, w)
             return True
         if version <= w.version:
             return False
@@ -120,7 +132,38 @@ class PhiDetector:
                 w.resum()
         w.last = max(w.last, now)
         w.version = version
+        self._suspected.discard(peer)
+        self._queue(peer, w)
         return True
+
+    def _when(self, w):
+        """When w's phi reaches the threshold (rounding aside: `_poll` checks phi itself)."""
+        return w.last + detection_time(self.threshold, w.mean())
+
+    def _queue(self, peer, w):
+        """Keep w in the heap at its time, unless an earlier entry of it is there already."""
+        due = self._when(w)
+        if w.queued is None or due < w.queued:
+            w.queued = due
+            heapq.heappush(self._due, (due, peer))
+
+    def _poll(self, now):
+        """Move the windows whose time has come by `now` to the suspected set; O(log n) per
+        window that comes due, none for the others."""
+        self._polled = now
+        due, suspected = self._due, self._suspected
+        while due and due[0][0] <= now:
+            at, peer = heapq.heappop(due)
+            w = self._w.get(peer)
+            if w is None or w.queued != at:          # forgotten, or an entry replaced since
+                continue
+            w.queued = None
+            if phi_of(now - w.last, w.mean()) >= self.threshold:
+                suspected.add(peer)
+            else:                                     # not yet (news came, or rounding)
+                again = self._when(w)
+                w.queued = again if again > now else math.nextafter(now, math.inf)
+                heapq.heappush(due, (w.queued, peer))
 
     def phi(self, peer, now):
         """Phi of peer at now; 0.0 for a peer never heard of (unknown is not suspected here)."""
@@ -131,6 +174,10 @@ class PhiDetector:
 
     def suspects(self, now, threshold=None):
         """Sorted peers whose phi at now is >= threshold (default: the configured one)."""
+        if threshold is None and (self._polled is None or now >= self._polled):
+            self._poll(now)
+            return sorted(self._suspected)
+        # another threshold, or a time earlier than one asked before: every window's phi
         t = self.threshold if threshold is None else threshold
         return sorted(p for p, w in self._w.items() if phi_of(now - w.last, w.mean()) >= t)
 
@@ -140,6 +187,7 @@ class PhiDetector:
     def forget(self, peer):
         """Drop a peer's window (a removed member)."""
         self._w.pop(peer, None)
+        self._suspected.discard(peer)
 
     def peers(self):
         return sorted(self._w)
@@ -199,15 +247,20 @@ class Liveness:
 
     def heartbeat(self, peer, now, generation, heartbeat):
         """News of peer; -> [Transition(peer, up=True)] if it brings a DOWN peer back, else []."""
-        if peer == self.me:
-            return []
-        if not self.detector.heartbeat(peer, now, (generation, heartbeat)):
-            return []
-        self._probes.pop(peer, None)
+        news, back = self.arrival(peer, now, generation, heartbeat)
+        return [Transition(peer, True)] if back else []
+
+    def arrival(self, peer, now, generation, heartbeat):
+        """heartbeat's work, told as (whether it was news, whether it brought a DOWN peer
+        back): gossip's per-entry path, without building lists."""
+        if peer == self.me or not self.detector.heartbeat(peer, now, (generation, heartbeat)):
+            return False, False
+        if self._probes:
+            self._probes.pop(peer, None)
         if peer in self._down:
             self._down.discard(peer)
-            return [Transition(peer, True)]
-        return []
+            return True, True
+        return True, False
 
     def report(self, reporter, suspects, now):
         """reporter's current suspect list (replaces its previous one)."""

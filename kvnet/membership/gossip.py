@@ -23,13 +23,14 @@ from kvcore.storage.files import fsync_dir, write_file
 from kvnet.errors import CommandError
 from kvnet.membership import ringstate as RS
 from kvnet.membership import state as S
-from kvnet.membership.detector import DOWN, Liveness, PhiDetector
+from kvnet.membership.detector import DOWN, Liveness, PhiDetector, Transition
 
 log = logging.getLogger("kvnet.membership")
 
 __all__ = ["Gossip", "PEERS_FILE"]
 
 PEERS_FILE = "PEERS"     # the peer addresses gossip taught this node, for its next start
+SAVE_EVERY = 10          # rounds between two writes of PEERS_FILE at most (and one at stop)
 
 
 class Gossip:
@@ -54,6 +55,10 @@ class Gossip:
         self._task = None
         self._inflight = set()         # peers with a gossip exchange still running
         self._probing = set()
+        self._peers_of = (None, None)  # (roster, seeds) -> the sorted peers _peers gave for it
+        self._kept_for = None          # the roster _keep_peers last looked at
+        self._unsaved = False          # _known has changes PEERS_FILE lacks
+        self._saved_at = -SAVE_EVERY   # the round PEERS_FILE was last written
 
     # ---- service -------------------------------------------------------------------------
 
@@ -87,6 +92,8 @@ class Gossip:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._unsaved:
+            self._save()
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -140,7 +147,8 @@ class Gossip:
         """Beat, gossip to a few peers (in the background), apply the liveness rule."""
         self.rounds += 1
         self.table = S.beat(self.table, self.me)
-        peers = sorted(self._peers() - self._inflight)
+        inflight = self._inflight
+        peers = [p for p in self._sorted_peers() if p not in inflight]
         for peer in self.rng.sample(peers, min(self.fanout, len(peers))):
             self._inflight.add(peer)
             self.node.spawn(self._exchange(peer))
@@ -157,20 +165,42 @@ class Gossip:
         gone = {n for n, m in self.table.items() if m.status in ("exiting", "removed")}
         return (set(self.table) | set(self.seeds)) - gone - {self.me}
 
+    def _sorted_peers(self):
+        """sorted(_peers()), computed again only when the table's roster (members, statuses,
+        addresses: not heartbeats) or the seeds changed."""
+        key = (self.table.roster, self.seeds)
+        cached_key, peers = self._peers_of
+        if cached_key is None or cached_key[0] is not key[0] or cached_key[1] != key[1]:
+            peers = sorted(self._peers())
+            self._peers_of = (key, peers)
+        return peers
+
     def _keep_peers(self):
-        """Write PEERS_FILE when the peers' addresses changed (members that left are dropped)."""
-        known = dict(self._known)
-        for n, m in self.table.items():
-            if n == self.me or m.status in ("exiting", "removed"):
-                known.pop(n, None)
-            else:
-                known[n] = (m.host, m.peer_port)
-        if known != self._known:
-            self._known = known
-            try:
-                _save_peers(self.node.cfg.data_dir, known)
-            except OSError as exc:
-                log.info("cannot keep the peer list: %s", exc)
+        """Keep PEERS_FILE up to date with the peers' addresses (members that left dropped):
+        derived again only when the roster changed, written at most every SAVE_EVERY rounds
+        (a starting node learns its members over a few rounds) and at stop. It is a hint for
+        the next start, so a crash loses at most the last few rounds' news of it."""
+        roster = self.table.roster
+        if roster is not self._kept_for:        # (only heartbeats moved: nothing to derive)
+            self._kept_for = roster
+            known = dict(self._known)
+            for n, m in self.table.items():
+                if n == self.me or m.status in ("exiting", "removed"):
+                    known.pop(n, None)
+                else:
+                    known[n] = (m.host, m.peer_port)
+            if known != self._known:
+                self._known = known
+                self._unsaved = True
+        if self._unsaved and self.rounds >= self._saved_at + SAVE_EVERY:
+            self._save()
+
+    def _save(self):
+        self._saved_at, self._unsaved = self.rounds, False
+        try:
+            _save_peers(self.node.cfg.data_dir, self._known)
+        except OSError as exc:
+            log.info("cannot keep the peer list: %s", exc)
 
     def _timeout(self):
         return max(2 * self.interval, 0.05)
@@ -178,20 +208,27 @@ class Gossip:
     async def _exchange(self, peer):
         try:
             now = self.clock()
-            syn = {"from": self.me, "digest": S.encode_digest(S.digest(self.table)),
-                   "suspects": self.liveness.my_suspects(now), "ring": list(self.node.ring_order())}
+            # "beats": this node takes heartbeats alone in the ack (docs/membership.md)
+            syn = {"from": self.me, "digest": S.table_digest(self.table),
+                   "suspects": self.liveness.my_suspects(now), "ring": list(self.node.ring_order()),
+                   "beats": True}
             ack = await self.node.call(peer, "gsyn", syn, self._timeout())
             if not isinstance(ack, dict):
                 raise CommandError("gossip ack must be a map")
-            self._absorb(S.decode_entries(ack.get("entries", [])))
+            self._absorb(S.decode_entries(ack.get("entries", []), known=self.table),
+                         S.decode_beats(ack.get("beats", []), known=self.table))
             self._reported(peer, ack.get("suspects"))
             if ack.get("ring_state") is not None:
                 self._ring_from(peer, ack["ring_state"])
             want = ack.get("want") or []
-            if not isinstance(want, list) or not all(isinstance(n, str) for n in want):
-                raise CommandError("gossip ack: want must be a list of node ids")
-            if want or ack.get("ring_want") is True:
+            want_beats = ack.get("want_beats") or []
+            for what, nodes in (("want", want), ("want_beats", want_beats)):
+                if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+                    raise CommandError(f"gossip ack: {what} must be a list of node ids")
+            if want or want_beats or ack.get("ring_want") is True:
                 ack2 = {"from": self.me, "entries": S.encode_entries(S.entries(self.table, want))}
+                if want_beats:
+                    ack2["beats"] = S.encode_beats(S.beats_of(self.table, want_beats))
                 if ack.get("ring_want") is True and self.node.ring_state is not None:
                     ack2["ring_state"] = RS.encode(self.node.ring_state)
                 await self.node.call(peer, "gack2", ack2, self._timeout())
@@ -221,21 +258,29 @@ class Gossip:
 
     # ---- applying what arrives -----------------------------------------------------------
 
-    def _absorb(self, received):
-        """Merge received entries; every newer heartbeat is an arrival for the detector."""
+    def _absorb(self, received, beats=()):
+        """Merge received entries and beats; every newer heartbeat is an arrival for the
+        detector."""
+        if received:
+            self.table = S.apply(self.table, received)
+        if beats:
+            self.table, changed = S.apply_beats(self.table, beats)
+            received = list(received) + changed
         if not received:
             return
-        self.table = S.apply(self.table, received)
         now = self.clock()
         changes = []
+        table, me, arrival = self.table, self.me, self.liveness.arrival
         for m in received:
-            if m.node == self.me:
+            node = m.node
+            if node == me:
                 continue
-            cur = self.table[m.node]
-            seen = self.detector.version(m.node)
-            changes += self.liveness.heartbeat(m.node, now, cur.generation, cur.heartbeat)
-            if self.detector.version(m.node) != seen:
-                self.node.heard_from(m.node)
+            cur = table[node]
+            news, back = arrival(node, now, cur.generation, cur.heartbeat)
+            if back:
+                changes.append(Transition(node, True))
+            if news:
+                self.node.heard_from(node)
         self._changed(changes)
 
     def _ring_from(self, sender, raw):
@@ -274,13 +319,18 @@ class Gossip:
     async def _on_syn(self, m):
         sender = self._sender(m)
         try:
-            theirs = S.decode_digest(m.get("digest"))
+            theirs = S.decode_digest(m.get("digest"), known=self.table)
         except ValueError as exc:
             raise CommandError(f"bad gossip digest: {exc}") from None
         self._reported(sender, m.get("suspects"))
-        send, want = S.diff(self.table, theirs)
-        reply = {"entries": S.encode_entries(send), "want": list(want),
-                 "suspects": self.liveness.my_suspects(self.clock())}
+        if m.get("beats") is True:              # the sender takes heartbeats alone
+            send, beats, want, want_beats = S.diff_beats(self.table, theirs)
+            reply = {"entries": S.encode_entries(send), "beats": S.encode_beats(beats),
+                     "want": want, "want_beats": want_beats}
+        else:
+            send, want = S.diff(self.table, theirs)
+            reply = {"entries": S.encode_entries(send), "want": list(want)}
+        reply["suspects"] = self.liveness.my_suspects(self.clock())
         ring = m.get("ring")
         if isinstance(ring, list) and len(ring) == 2 and type(ring[0]) is int \
                 and type(ring[1]) is str:
@@ -294,10 +344,11 @@ class Gossip:
     async def _on_ack2(self, m):
         self._sender(m)
         try:
-            received = S.decode_entries(m.get("entries"))
+            received = S.decode_entries(m.get("entries"), known=self.table)
+            beats = S.decode_beats(m.get("beats", []), known=self.table)
         except ValueError as exc:
             raise CommandError(f"bad gossip entries: {exc}") from None
-        self._absorb(received)
+        self._absorb(received, beats)
         if m.get("ring_state") is not None:
             self._ring_from(m["from"], m["ring_state"])
         return True

@@ -29,7 +29,8 @@ __all__ = [
     "STATUSES", "MemberState", "MemberTable", "Digest", "merge", "merge_member", "beat",
     "set_status", "with_member", "digest", "diff", "entries", "apply",
     "encode_member", "decode_member", "encode_table", "decode_table", "encode_entries",
-    "decode_entries", "encode_digest", "decode_digest", "next_generation", "GENERATION_FILE",
+    "decode_entries", "encode_digest", "decode_digest", "table_digest", "diff_beats",
+    "beats_of", "apply_beats", "encode_beats", "decode_beats", "next_generation", "GENERATION_FILE",
 ]
 
 STATUSES = ("joining", "valid", "leaving", "exiting", "removed")
@@ -86,7 +87,7 @@ def merge_member(x, y):
 class MemberTable(collections.abc.Mapping):
     """node id -> MemberState, immutable and hashable. Build with MemberTable(entries)."""
 
-    __slots__ = ("_m", "_hash")
+    __slots__ = ("_m", "_hash", "_roster")
 
     def __init__(self, members=()):
         m = {}
@@ -96,9 +97,35 @@ class MemberTable(collections.abc.Mapping):
             m[e.node] = merge_member(m[e.node], e) if e.node in m else e
         self._m = dict(sorted(m.items()))
         self._hash = None
+        self._roster = None
+
+    @classmethod
+    def _of(cls, m, roster=None):
+        """A table over `m`, a dict of checked entries sorted by node (no copy, no checks);
+        `roster`: the roster of a table with the same one (see `roster`)."""
+        t = cls.__new__(cls)
+        t._m, t._hash, t._roster = m, None, roster
+        return t
+
+    @property
+    def roster(self):
+        """The table's members and where they are, without their heartbeats: a tuple of
+        (node, status, ring_epoch, host, peer_port, client_host, client_port, zone), sorted.
+        A table that differs from another only in heartbeats (a beat, most merges) shares
+        the other's roster object, so `a.roster is b.roster` tells a caller cheaply that what
+        it derived from the roster (whom to gossip with, the peers' addresses) still holds."""
+        if self._roster is None:
+            self._roster = tuple(_roster_entry(e) for e in self._m.values())
+        return self._roster
 
     def __getitem__(self, node):
         return self._m[node]
+
+    def get(self, node, default=None):
+        return self._m.get(node, default)
+
+    def __contains__(self, node):
+        return node in self._m
 
     def __iter__(self):
         return iter(self._m)
@@ -124,21 +151,53 @@ class MemberTable(collections.abc.Mapping):
         return tuple(self._m.values())
 
 
+def _roster_entry(e):
+    return (e.node, e.status, e.ring_epoch, e.host, e.peer_port, e.client_host, e.client_port,
+            e.zone)
+
+
+def _same_place(x, y):
+    """x and y differ at most in (generation, heartbeat): the same roster entry."""
+    return (x.status == y.status and x.ring_epoch == y.ring_epoch and x.host == y.host
+            and x.peer_port == y.peer_port and x.client_host == y.client_host
+            and x.client_port == y.client_port and x.zone == y.zone)
+
+
 def merge(a, b):
     """The join of two tables: the union of nodes, each present in both merged by merge_member."""
     if len(a) < len(b):
         a, b = b, a
-    out = dict(a._m)
-    changed = False
-    for node, e in b._m.items():
-        mine = out.get(node)
-        new = e if mine is None else merge_member(mine, e)
-        if new is not mine:
-            out[node] = new
-            changed = True
-    if not changed:
+    return _merged(a, b._m.values())
+
+
+def _merged(a, received):
+    """a merged with entries of distinct nodes (checked MemberStates); a itself if none is news.
+    The result keeps a's roster object when only heartbeats moved."""
+    am = a._m
+    out = None
+    added = False
+    same_roster = True
+    for e in received:
+        mine = am.get(e.node)
+        if mine is None:
+            new = e
+            added = True
+        elif mine == e:
+            continue
+        else:
+            new = merge_member(mine, e)
+            if new is mine:
+                continue
+            if same_roster and not _same_place(new, mine):
+                same_roster = False
+        if out is None:
+            out = dict(am)
+        out[e.node] = new
+    if out is None:
         return a
-    return MemberTable(out.values())
+    if added:
+        return MemberTable._of(dict(sorted(out.items())))
+    return MemberTable._of(out, a.roster if same_roster else None)
 
 
 def with_member(table, entry):
@@ -148,7 +207,13 @@ def with_member(table, entry):
 
 def apply(table, received):
     """table merged with received entries (an ack's or ack2's payload)."""
-    return merge(table, MemberTable(received))
+    received = list(received)
+    if len({e.node for e in received}) != len(received):     # a node twice: join them first
+        return merge(table, MemberTable(received))
+    for e in received:
+        if not isinstance(e, MemberState):
+            raise TypeError(f"MemberTable holds MemberState values, got {type(e).__name__}")
+    return _merged(table, received)
 
 
 def beat(table, me):
@@ -160,7 +225,7 @@ def beat(table, me):
         raise ValueError(f"heartbeat of {me!r} is at its maximum; restart for a new generation")
     out = dict(table._m)
     out[me] = e._replace(heartbeat=e.heartbeat + 1)
-    return MemberTable(out.values())
+    return MemberTable._of(out, table.roster)
 
 
 def set_status(table, node, status, ring_epoch):
@@ -232,6 +297,106 @@ def diff(table, their_digest):
     return send, want
 
 
+def diff_beats(table, their_digest):
+    """diff, with what only a heartbeat tells split off: -> (send, beats, want, want_beats).
+
+    An entry the other side holds with the same generation, whose membership part is not ahead
+    of theirs, differs from theirs only in its heartbeat (one process announces one set of
+    addresses): it goes as a beat (node, generation, heartbeat) rather than whole, and merging
+    it is replacing their heartbeat (apply_beats). Likewise a node whose newer version on
+    their side has our generation and no membership part ahead of ours is in want_beats: only
+    its heartbeat is needed. The rest is diff's send and want."""
+    # (the fields compared one by one, not through the version and membership properties:
+    # this runs for every member at every exchange)
+    theirs = {}
+    for d in their_digest:
+        theirs[d[0]] = d
+    rank = _RANK
+    send, beats, want, want_beats = [], [], [], []
+    m = table._m
+    for node, e in m.items():
+        d = theirs.get(node)
+        if d is None:
+            send.append(e)
+            continue
+        _, dg, dh, de, ds = d
+        ee = e.ring_epoch
+        if ee > de or (ee == de and e.status != ds and rank[e.status] > rank[ds]):
+            send.append(e)                                  # membership part ahead
+        elif e.generation == dg:
+            if e.heartbeat > dh:
+                beats.append((node, dg, e.heartbeat))
+        elif e.generation > dg:
+            send.append(e)
+    for node in sorted(theirs):
+        _, dg, dh, de, ds = theirs[node]
+        e = m.get(node)
+        if e is None:
+            want.append(node)
+            continue
+        ee = e.ring_epoch
+        if de > ee or (de == ee and ds != e.status and rank[ds] > rank[e.status]):
+            want.append(node)
+        elif dg == e.generation:
+            if dh > e.heartbeat:
+                want_beats.append(node)
+        elif dg > e.generation:
+            want.append(node)
+    return send, beats, want, want_beats
+
+
+def beats_of(table, nodes):
+    """(node, generation, heartbeat) of our entries for the requested nodes (unknown skipped)."""
+    m = table._m
+    return [(n, m[n].generation, m[n].heartbeat) for n in nodes if n in m]
+
+
+def apply_beats(table, beats):
+    """-> (table with the beats that are news, [the entries they changed]). A beat is news when
+    the table holds its node with its generation and a lower heartbeat; the others (unknown
+    node, another generation, old news) are left out: they only delay news, which the next
+    exchange brings whole. The roster stays the same object (only heartbeats move)."""
+    m = table._m
+    out = None
+    changed = []
+    for node, gen, hb in beats:
+        e = m.get(node)
+        if e is None or e.generation != gen or hb <= e.heartbeat:
+            continue
+        if out is None:
+            out = dict(m)
+        new = out[node] = MemberState(e.node, e.host, e.peer_port, e.client_host,
+                                      e.client_port, gen, hb, e.status, e.ring_epoch, e.zone)
+        changed.append(new)
+    if out is None:
+        return table, changed
+    return MemberTable._of(out, table.roster), changed
+
+
+def encode_beats(beats):
+    """[(node, generation, heartbeat)] -> one flat list [node, generation, heartbeat, ...]."""
+    out = []
+    for b in beats:
+        out += b
+    return out
+
+
+def decode_beats(data, known=()):
+    """A flat list from encode_beats -> [(node, generation, heartbeat)]; garbage -> ValueError.
+    `known`: as decode_digest's."""
+    if not isinstance(data, (list, tuple)) or len(data) % 3:
+        raise ValueError("beats: expected a flat list of [node, generation, heartbeat, ...]")
+    out = []
+    for i in range(0, len(data), 3):
+        node, gen, hb = data[i], data[i + 1], data[i + 2]
+        if not (type(node) is str and node in known):
+            _str(node, f"beats[{i // 3}]: node", _NAME)
+        _int(gen, f"beats[{i // 3}] ({node}): generation")
+        _int(hb, f"beats[{i // 3}] ({node}): heartbeat")
+        out.append((node, gen, hb))
+    return out
+
+
 def entries(table, nodes):
     """Our entries for the requested nodes (unknown ones skipped): an ack2's payload."""
     return [table._m[n] for n in sorted(set(nodes)) if n in table._m]
@@ -259,8 +424,23 @@ def _str(value, what, pattern):
     return value
 
 
-def decode_member(data, where="member"):
-    """A list from encode_member -> MemberState; garbage -> ValueError naming the problem."""
+def decode_member(data, where="member", known=None):
+    """A list from encode_member -> MemberState; garbage -> ValueError naming the problem.
+    `known`: node id -> MemberState already checked (the receiver's table): an entry whose
+    names and addresses are those of the known one needs only its numbers checked."""
+    if type(data) is list and len(data) == 10 and known is not None:
+        k = known.get(data[0]) if type(data[0]) is str else None
+        if k is not None:
+            node, host, pport, chost, cport, gen, hb, status, epoch, zone = data
+            if host == k.host and pport == k.peer_port and chost == k.client_host \
+                    and cport == k.client_port and zone == k.zone and type(zone) is type(k.zone) \
+                    and type(gen) is int and type(hb) is int and type(epoch) is int \
+                    and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64 \
+                    and 0 <= epoch <= _MAX_U64 and type(status) is str and status in _RANK \
+                    and type(host) is str and type(chost) is str \
+                    and type(pport) is int and type(cport) is int:
+                return MemberState(k.node, k.host, k.peer_port, k.client_host,
+                                   k.client_port, gen, hb, status, epoch, k.zone)
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{where}: expected a list of {len(_FIELDS)} fields, "
                          f"got {type(data).__name__}")
@@ -287,13 +467,14 @@ def encode_entries(members):
     return [encode_member(m) for m in members]
 
 
-def decode_entries(data, what="entries"):
-    """A list of encoded members -> list of MemberState; a node twice -> ValueError."""
+def decode_entries(data, what="entries", known=None):
+    """A list of encoded members -> list of MemberState; a node twice -> ValueError.
+    `known`: as decode_member's."""
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{what}: expected a list, got {type(data).__name__}")
     out, seen = [], set()
     for i, item in enumerate(data):
-        m = decode_member(item, f"{what}[{i}]")
+        m = decode_member(item, f"{what}[{i}]", known)
         if m.node in seen:
             raise ValueError(f"{what}[{i}]: node {m.node!r} appears twice")
         seen.add(m.node)
@@ -313,12 +494,29 @@ def encode_digest(dig):
     return [list(d) for d in dig]
 
 
-def decode_digest(data):
-    """A list of [node, generation, heartbeat, ring_epoch, status] -> [Digest]."""
+def table_digest(table):
+    """encode_digest(digest(table)), without the Digest tuples: a syn's payload."""
+    return [[e.node, e.generation, e.heartbeat, e.ring_epoch, e.status]
+            for e in table._m.values()]
+
+
+def decode_digest(data, known=()):
+    """A list of [node, generation, heartbeat, ring_epoch, status] -> [Digest]. `known`: node
+    ids already checked (the receiver's member table), whose names need no second look."""
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"digest: expected a list, got {type(data).__name__}")
     out, seen = [], set()
+    make = tuple.__new__
     for i, item in enumerate(data):
+        if type(item) is list and len(item) == 5:
+            node, gen, hb, epoch, status = item
+            if node in known and type(gen) is int and type(hb) is int and type(epoch) is int \
+                    and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64 \
+                    and 0 <= epoch <= _MAX_U64 and status in _RANK and type(status) is str \
+                    and node not in seen:
+                seen.add(node)
+                out.append(make(Digest, item))      # (Digest(*item) without its Python __new__)
+                continue
         where = f"digest[{i}]"
         if not isinstance(item, (list, tuple)) or len(item) != 5:
             raise ValueError(f"{where}: expected [node, generation, heartbeat, ring_epoch, "

@@ -1,7 +1,11 @@
-"""PeerPool: one multiplexed connection per peer, dialed lazily, redialed with backoff.
+"""PeerPool: one multiplexed connection per peer, dialed lazily, redialed with backoff, closed
+when idle.
 
 A pair of nodes shares one connection whichever side dialed it; see
-docs/peer.md ("Connections per pair") for how simultaneous dials resolve.
+docs/peer.md ("Connections per pair") for how simultaneous dials resolve. With an
+`idle_timeout`, a connection that carried nothing either way for that long, with no request
+of either side waiting on it, is closed, so a node holds connections to the peers it talks
+to, not to every member (docs/peer.md, "Idle connections").
 """
 import asyncio
 import logging
@@ -22,7 +26,8 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 
 
 class _Peer:
-    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error", "news_mark")
+    __slots__ = ("conns", "connecting", "failures", "next_attempt", "last_error", "news_mark",
+                 "marks")
 
     def __init__(self):
         self.conns = []  # ready connections, dialed or accepted
@@ -31,6 +36,7 @@ class _Peer:
         self.next_attempt = 0.0  # loop time before which no dial is tried
         self.last_error = None
         self.news_mark = None  # `failures` when `redial` last dialed (None: not since a success)
+        self.marks = {}  # conn -> (its use counters at a sweep, loop time they last changed)
 
 
 def _retrieve(task):
@@ -51,6 +57,7 @@ class PeerPool:
         backoff_base=DEFAULT_BACKOFF_BASE,
         backoff_max=DEFAULT_BACKOFF_MAX,
         tls=None,
+        idle_timeout=0.0,
         **opts,
     ):
         """``tls`` (tls_cluster): a kvnet.tlsconfig.NodeTLS, whose ``peers`` context the
@@ -58,6 +65,8 @@ class PeerPool:
         if not 0 < backoff_base <= backoff_max:
             raise ValueError("need 0 < backoff_base <= backoff_max")
         self._tls = tls
+        if not idle_timeout >= 0:
+            raise ValueError("need idle_timeout >= 0 (0: never close idle connections)")
         self.node_id = node_id
         self._secret = secret
         self._handler = handler
@@ -65,6 +74,8 @@ class PeerPool:
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._opts = check_options(opts)
+        self._idle_timeout = float(idle_timeout)
+        self._sweeper = None  # the timer of the next idle sweep (None: none due)
         self._peers = {}
         self._sleepers = set()
         self._server = None
@@ -168,6 +179,9 @@ class PeerPool:
         peer.failures, peer.next_attempt, peer.last_error = 0, 0.0, None
         peer.news_mark = None
         conn.add_close_callback(self._drop)
+        if self._idle_timeout and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self._idle_timeout / 2,
+                                                                  self._sweep)
 
     async def serve(self, host, port, **kwargs):
         """Accept peers on host:port, sharing their connections with this pool; closed with it."""
@@ -226,6 +240,9 @@ class PeerPool:
     async def close(self):
         """Close every connection and the server; pending requests and dials fail."""
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         tasks, conns = [], []
         if self._server is not None:
             self._server.close()
@@ -269,6 +286,41 @@ class PeerPool:
         peer = self._peers.get(conn.peer_id)
         if peer is not None and conn in peer.conns:
             peer.conns.remove(conn)
+        if peer is not None:
+            peer.marks.pop(conn, None)
+
+    def _sweep(self):
+        """Close the connections idle for idle_timeout: nothing received (requests, answers,
+        notifications: `received` counts them) and no request sent since the sweep that saw
+        them so, none of ours awaiting an answer and none of the peer's being served. Runs
+        every idle_timeout / 2 while the pool holds a connection, so a connection closes
+        after one to one and a half idle_timeouts of silence."""
+        self._sweeper = None
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        idle = []
+        left = False
+        for peer in self._peers.values():
+            marks = peer.marks
+            for conn in peer.conns:
+                left = True
+                inbound = conn._inbound
+                if conn._pending or (inbound is not None and (inbound.tasks or inbound.backlog)):
+                    marks.pop(conn, None)                   # busy: not idle from now on
+                    continue
+                mark = (conn.received, conn._next_id)
+                seen = marks.get(conn)
+                if seen is None or seen[0] != mark:
+                    marks[conn] = (mark, now)
+                elif now - seen[1] >= self._idle_timeout:
+                    idle.append(conn)
+        for conn in idle:
+            log.debug("closing the idle connection to %s", conn.peer_id)
+            conn.close()
+        if left:
+            self._sweeper = asyncio.get_running_loop().call_later(self._idle_timeout / 2,
+                                                                  self._sweep)
 
     def backoff(self, failures):
         """Delay before the next dial after ``failures`` consecutive failures: exponential, capped, jittered."""

@@ -23,6 +23,7 @@ cdef class PeerConnection(PeerProtocolCore):
     cdef public double _deadline_at         # ... due then (inf: none)
     cdef public object _ready_fut, _closed_fut, _drain_waiters, refuse_reason
     cdef public bint _write_paused          # the transport's write buffer is full
+    cdef public Py_ssize_t received         # data_received calls (PeerPool's idle sweep)
     cdef public list _timers, _ready_callbacks, _close_callbacks
 
     cpdef bint batch_request(self, rtype, item, callback, timeout) except -1

@@ -93,6 +93,7 @@ class PeerConnection(PeerProtocolCore):
         self._ready_callbacks = []
         self._close_callbacks = []
         self.refuse_reason = None  # set before connection_made to turn the peer away
+        self.received = 0  # data_received calls: PeerPool's idle sweep sees use by it
 
     def __repr__(self):
         role = "dialed" if self.initiator else "accepted"
@@ -110,6 +111,7 @@ class PeerConnection(PeerProtocolCore):
         self.start_handshake()
 
     def data_received(self, data):
+        self.received += 1
         self.feed_data(data)
 
     def eof_received(self):

@@ -81,7 +81,11 @@ async def _join(c, limit, t):
             break
     cpu = time.process_time() - cpu0
     sim = c.loop.time() - t0
+    open_conns = sum(p["connections"] for n in c.nodes.values()
+                     for p in n.pool.status().values())
     out = {"known_after_s": None if known is None else round(known, 3),
+           # peer connections open at each end when every node knew the joiner, per node
+           "conns_per_node": round(open_conns / len(c.nodes), 1),
            "rounds": None if known is None else round(known / interval, 1),
            "messages": c.net.stats["writes"] - writes0,
            "bytes": c.net.stats["bytes"] - bytes0,

@@ -97,6 +97,7 @@ SAMPLES = {
     "idle_timeout_s": ("30", 30), "max_key_bytes": ("512", 512),
     "max_value_bytes": ("4096", 4096), "max_object_bytes": ("134217728", 128 << 20),
     "max_peer_message_bytes": ("134217728", 128 << 20),
+    "peer_idle_timeout_s": ("5", 5),
     "warn_siblings": ("5", 5), "max_siblings": ("9", 9),
     "password": ("hunter22", "hunter22"), "requirepass": ("hunter23", "hunter23"),
     "users": ("ro:read:pw1,ops:admin:#" + "ab" * 32,

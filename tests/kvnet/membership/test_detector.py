@@ -303,3 +303,46 @@ def test_cluster_of_five_detects_a_silent_node_within_detection_time_plus_a_roun
                 down_at[n] = t - stop
     assert sorted(down_at) == nodes
     assert all(LIMIT - 0.05 < d <= LIMIT + 3 * I for d in down_at.values()), down_at
+
+
+# ---- suspicion kept incrementally --------------------------------------------------------------
+
+def _brute(det, now):
+    return sorted(p for p in det.peers() if det.phi(p, now) >= det.threshold)
+
+
+def test_suspects_are_every_window_over_the_threshold_as_time_and_news_go_on():
+    rng = random.Random(11)
+    det = PhiDetector(interval=I)
+    peers = [f"p{i}" for i in range(30)]
+    hb = {p: 0 for p in peers}
+    gen = {p: 1 for p in peers}
+    t = 0.0
+    for step in range(3000):
+        t += rng.uniform(0, 0.05)
+        for p in rng.sample(peers, 3):
+            if p in ("p1", "p2") and 50 < t < 120:        # silent for a while
+                continue
+            if rng.random() < 0.002:
+                gen[p] += 1                                # restarted: a fresh window
+            hb[p] += 1
+            det.heartbeat(p, t, (gen[p], hb[p]))
+        if rng.random() < 0.001:
+            det.forget(rng.choice(peers))
+        assert det.suspects(t) == _brute(det, t), (step, t)
+    assert det.suspects(t - 30) == _brute(det, t - 30)    # an earlier time: asked afresh
+
+
+def test_suspects_looks_only_at_windows_whose_time_has_come(monkeypatch):
+    import kvnet.membership.detector as D
+    det = PhiDetector(interval=I)
+    for i in range(1000):
+        det.heartbeat(f"p{i}", 0.0, (1, 0))
+    calls = []
+    real = D.phi_of
+    monkeypatch.setattr(D, "phi_of", lambda s, m: calls.append(1) or real(s, m))
+    for k in range(100):                       # 100 rounds in which no window comes due
+        assert det.suspects(k * 0.01) == []
+    assert len(calls) < 10                     # (a scan of every window would make 100,000)
+    assert det.suspects(10.0) == [f"p{i}" for i in sorted(range(1000), key=str)]
+    assert len(calls) <= 1100

@@ -217,3 +217,45 @@ def test_peers_learned_by_gossip_are_seeds_after_a_restart(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_a_round_derives_peers_and_addresses_again_only_when_the_roster_changes(tmp_path,
+                                                                                 monkeypatch):
+    import types
+
+    from kvnet.membership import gossip as G
+    from kvnet.membership import state as S
+    cfg = _configs(tmp_path, nodes=3)[0]
+    g = G.Gossip(types.SimpleNamespace(cfg=cfg, name="g0"))
+    me = S.MemberState("g0", "127.0.0.1", 1, "127.0.0.1", 2, 5, 0, "valid", 1)
+    others = [me._replace(node=f"g{i}", peer_port=10 + i) for i in (1, 2, 3)]
+    g.table = S.MemberTable([me, *others])
+    saves = []
+    monkeypatch.setattr(G, "_save_peers", lambda d, known: saves.append(dict(known)))
+    peers = g._sorted_peers()
+    assert peers == ["g1", "g2", "g3"]
+    g._keep_peers()
+    assert len(saves) == 1 and saves[0]["g3"] == ("127.0.0.1", 13)
+    for hb in range(1, 5):                      # rounds of heartbeats: nothing derived again
+        g.rounds += 10
+        g.table = S.apply(S.beat(g.table, "g0"), [others[0]._replace(heartbeat=hb)])
+        assert g._sorted_peers() is peers
+        g._keep_peers()
+    assert len(saves) == 1
+    g.table = S.set_status(g.table, "g3", "exiting", 2)         # g3 leaves
+    assert g._sorted_peers() == ["g1", "g2"]
+    g._keep_peers()
+    assert len(saves) == 2 and "g3" not in saves[1]
+    g.table = S.apply(g.table, [others[1]._replace(heartbeat=9, peer_port=99)])   # g2 moved
+    g._keep_peers()
+    g.rounds += G.SAVE_EVERY - 1                # written SAVE_EVERY rounds after the last
+    g._keep_peers()
+    assert len(saves) == 2
+    g.rounds += 1
+    g._keep_peers()
+    assert len(saves) == 3 and saves[2]["g2"] == ("127.0.0.1", 99)
+    g.table = S.apply(g.table, [others[1]._replace(heartbeat=10, peer_port=98)])
+    g._keep_peers()
+    assert len(saves) == 3
+    asyncio.run(g.stop())                       # and at stop
+    assert len(saves) == 4 and saves[3]["g2"] == ("127.0.0.1", 98)

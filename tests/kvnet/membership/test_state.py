@@ -253,6 +253,135 @@ def test_decode_member_garbage_is_value_error_only(fields):
         pass
 
 
+# ---- the fast paths: what a known table spares, and the roster -------------------------------
+
+KNOWN = MemberTable([member("a", gen=1, hb=0, zone="z1"), member("b", gen=1, hb=0)])
+
+
+@pytest.mark.parametrize("index,value,message", [
+    (0, "", "node is not a valid name"),
+    (1, "", "host is not a valid name"),
+    (2, 0, "peer_port must be an integer from 1 to 65535"),
+    (5, -1, "generation must be an integer"),
+    (5, 1 << 64, "generation must be an integer"),
+    (6, True, "heartbeat must be an integer"),
+    (6, 1.5, "heartbeat must be an integer"),
+    (7, "alive", "status must be one of"),
+    (8, None, "ring_epoch must be an integer"),
+    (9, "", "zone is not a valid name"),
+])
+def test_a_known_table_spares_no_check(index, value, message):
+    bad = list(GOOD)
+    bad[index] = value
+    with pytest.raises(ValueError, match=message):
+        decode_member(bad, known=KNOWN)
+    with pytest.raises(ValueError, match=message):
+        decode_entries([GOOD, bad], known=KNOWN)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=3), st.binary(max_size=2),
+                          st.booleans(), st.lists(st.integers(), max_size=2)),
+                min_size=10, max_size=10), st.sampled_from(["a", "b", "x"]))
+def test_decoding_with_a_known_table_is_decoding_without(fields, node):
+    fields[0] = node
+    for item in (fields, GOOD, encode_member(member("b", gen=3, hb=9, status="valid"))):
+        try:
+            plain = decode_member(item)
+        except ValueError:
+            plain = None
+        try:
+            fast = decode_member(item, known=KNOWN)
+        except ValueError:
+            fast = None
+        assert plain == fast
+    dig = [[node, 1, 2, 0, "valid"], fields[:5]]
+    try:
+        plain = decode_digest(dig)
+    except ValueError:
+        plain = None
+    try:
+        fast = decode_digest(dig, known=KNOWN)
+    except ValueError:
+        fast = None
+    assert plain == fast
+
+
+def test_the_digest_of_a_table_is_its_encoded_digest():
+    t = MemberTable([member("a", gen=1, hb=5), member("c", gen=2, hb=1, status="valid", epoch=3)])
+    assert state.table_digest(t) == encode_digest(digest(t))
+    assert decode_digest(state.table_digest(t), known=t) == digest(t)
+
+
+def test_heartbeats_keep_the_roster_and_nothing_else_does():
+    t = MemberTable([member("a", gen=1, hb=0), member("b", gen=1, hb=0)])
+    r = t.roster
+    assert [x[0] for x in r] == ["a", "b"]
+    assert beat(t, "a").roster is r                                     # a beat
+    newer = apply(t, [member("b", gen=1, hb=7)])
+    assert newer["b"].heartbeat == 7 and newer.roster is r              # news of heartbeats
+    assert apply(newer, [member("b", gen=1, hb=3)]) is newer            # old news: no change
+    moved = apply(t, [member("b", gen=1, hb=8, host="10.0.0.9")])
+    assert moved.roster is not r and ("b", "joining", 0, "10.0.0.9") == moved.roster[1][:4]
+    assert set_status(t, "b", "valid", 1).roster is not r               # a status
+    grown = apply(t, [member("c", gen=1, hb=0)])
+    assert list(grown) == ["a", "b", "c"] and grown.roster is not r     # a member
+    # the fast apply is the plain merge
+    for got in (newer, moved, grown):
+        assert got == merge(t, MemberTable(got.members()))
+
+
+@fast
+@given(honest_tables, st.lists(members.map(_honest), max_size=6))
+def test_apply_is_the_merge_with_the_received_table(a, received):
+    assert apply(a, received) == merge(a, MemberTable(received))
+    assert apply(a, received).roster == MemberTable(apply(a, received).members()).roster
+
+
+@fast
+@given(honest_tables, honest_tables)
+def test_an_exchange_with_beats_makes_both_sides_the_merge(a, b):
+    # A -> B syn: digest(A); B -> A ack: send whole, beats, want, want_beats;
+    # A -> B ack2: A's entries for want, A's beats for want_beats
+    send, beats, want, want_beats = state.diff_beats(b, digest(a))
+    a2, changed = state.apply_beats(apply(a, send), beats)
+    assert a2.roster == MemberTable(a2.members()).roster
+    assert set(changed) <= set(a2.members())
+    b2, _ = state.apply_beats(apply(b, entries(a2, want)), state.beats_of(a2, want_beats))
+    assert a2 == b2 == merge(a, b)
+    # beats are what diff would have sent whole, and nothing is sent twice
+    plain_send, plain_want = diff(b, digest(a))
+    assert sorted([e.node for e in send] + [x[0] for x in beats]) == [e.node for e in plain_send]
+    assert sorted(want + want_beats) == plain_want
+    assert state.diff_beats(b2, digest(a2)) == ([], [], [], [])
+
+
+def test_beats_only_replace_a_lower_heartbeat_of_the_same_generation():
+    t = MemberTable([member("a", gen=2, hb=5, status="valid", epoch=1), member("b", gen=1, hb=1)])
+    got, changed = state.apply_beats(t, [("a", 2, 9), ("a", 1, 99), ("b", 1, 1), ("x", 1, 3)])
+    assert got["a"] == t["a"]._replace(heartbeat=9) and got["b"] == t["b"]
+    assert changed == [got["a"]] and got.roster is t.roster
+    assert state.apply_beats(t, [("b", 1, 0)]) == (t, [])
+    flat = state.encode_beats([("a", 2, 9), ("b", 1, 1)])
+    assert flat == ["a", 2, 9, "b", 1, 1]
+    assert state.decode_beats(flat) == state.decode_beats(flat, known=t) == [("a", 2, 9),
+                                                                            ("b", 1, 1)]
+
+
+@pytest.mark.parametrize("data,message", [
+    (None, "flat list"),
+    (["a", 1], "flat list"),
+    (["", 1, 2], r"beats\[0\]: node is not a valid name"),
+    (["a", 1, 2, "b", -1, 2], r"beats\[1\] \(b\): generation"),
+    (["a", 1, True], "heartbeat must be an integer"),
+])
+def test_decode_beats_garbage(data, message):
+    with pytest.raises(ValueError, match=message):
+        state.decode_beats(data)
+    with pytest.raises(ValueError, match=message):
+        state.decode_beats(data, known=KNOWN)
+
+
 # ---- the generation file ----------------------------------------------------------------------
 
 def test_next_generation(tmp_path):

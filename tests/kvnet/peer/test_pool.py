@@ -246,3 +246,62 @@ def test_redial_on_news_skips_the_backoff_but_not_twice_in_a_row():
                 assert await pool.request("b", (HOST, port), "x", 2, timeout=1) == 2
 
     run(main())
+
+
+def test_idle_connections_close_and_the_next_request_dials_again():
+    async def main():
+        async with PeerPool("a", SECRET, echo, idle_timeout=0.2) as a, \
+                PeerPool("b", SECRET, echo) as b:
+            server_b = await b.serve(HOST, 0)
+            addr = (HOST, server_b.port)
+            assert await a.request("b", addr, "x", 1) == 1
+            conn = a.get("b")
+            # in use (a request every 0.05 s, one of 0.5 s running across sweeps): kept open
+            for i in range(6):
+                assert await a.request("b", addr, "x", i) == i
+                await asyncio.sleep(0.05)
+            assert await a.request("b", addr, "sleep", 0.5) == 0.5
+            assert a.get("b") is conn and conn.is_ready
+            # then idle: closed within 1.5 timeouts at both ends, with no failure noted
+            await asyncio.sleep(0.35)
+            for _ in range(100):                    # (b hears of the close a moment later)
+                if a.get("b") is None and b.get("a") is None and not server_b.connections:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.get("b") is None and b.get("a") is None and not server_b.connections
+            assert a.reachable("b") and a.status()["b"]["failures"] == 0
+            assert await a.request("b", addr, "x", "again") == "again"     # dials again
+            assert a.get("b") is not conn and a.get("b").is_ready
+
+    run(main())
+
+
+def test_a_connection_the_peer_uses_is_not_idle():
+    async def main():
+        # only b sends (over the connection a dialed): a sees the traffic and keeps it open
+        async with PeerPool("a", SECRET, echo, idle_timeout=0.2) as a, \
+                PeerPool("b", SECRET, echo) as b:
+            server_a = await a.serve(HOST, 0)
+            server_b = await b.serve(HOST, 0)
+            assert await a.request("b", (HOST, server_b.port), "x", 0) == 0
+            conn = a.get("b")
+            for i in range(10):
+                assert await b.request("a", (HOST, server_a.port), "x", i) == i
+                await asyncio.sleep(0.05)
+            assert a.get("b") is conn and conn.is_ready
+
+    run(main())
+
+
+def test_no_idle_timeout_keeps_connections_and_bad_values_are_refused():
+    async def main():
+        async with PeerPool("a", SECRET, echo) as a, PeerPool("b", SECRET, echo) as b:
+            server_b = await b.serve(HOST, 0)
+            assert await a.request("b", (HOST, server_b.port), "x", 1) == 1
+            conn = a.get("b")
+            await asyncio.sleep(0.3)
+            assert a.get("b") is conn
+
+    run(main())
+    with pytest.raises(ValueError, match="idle_timeout"):
+        PeerPool("a", SECRET, idle_timeout=-1)
