@@ -106,7 +106,9 @@ def _parser():
     ap.add_argument("--user", default=os.environ.get("RINGKV_USER") or None,
                     help="a user name of the nodes (AUTH user password; default: "
                          "RINGKV_USER, else the default user)")
-    ap.add_argument("--password", default=None, help="the nodes' client password (AUTH)")
+    ap.add_argument("--password", default=os.environ.get("RINGKV_PASSWORD") or None,
+                    help="the nodes' client password (AUTH; default: RINGKV_PASSWORD, the "
+                         "variable a node reads its own from)")
     ap.add_argument("--timeout", type=_seconds, default=10.0,
                     help="seconds to wait for a connection or an answer (default 10)")
     ap.add_argument("--json", action="store_true", help="print the data as JSON, no table")

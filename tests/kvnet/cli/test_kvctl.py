@@ -318,7 +318,7 @@ def test_noauth_and_a_wrong_password(cluster):
     assert rc == 0 and "v" in text.splitlines()[1:]
 
 
-def test_a_named_user_from_the_flag_or_ringkv_user(cluster, monkeypatch):
+def test_a_named_user_from_the_flags_or_ringkv_user_and_password(cluster, monkeypatch):
     port = cluster.locked_port
     assert _run(cluster, "--password", PASSWORD, "put", "ku", "v", port=port)[0] == 0
     rc, text, err = _run(cluster, "--user", "ro", "--password", "ro-pw", "get", "ku", port=port)
@@ -332,6 +332,11 @@ def test_a_named_user_from_the_flag_or_ringkv_user(cluster, monkeypatch):
     monkeypatch.setenv("RINGKV_USER", "ro")
     rc, text, err = _run(cluster, "--password", "ro-pw", "del", "ku", port=port)
     assert rc == 1 and "NOPERM: User ro " in err
+    monkeypatch.setenv("RINGKV_PASSWORD", "ro-pw")         # the password from it too
+    rc, text, err = _run(cluster, "del", "ku", port=port)
+    assert rc == 1 and "NOPERM: User ro " in err
+    rc, text, err = _run(cluster, "get", "ku", port=port)
+    assert rc == 0, err
 
 
 def test_the_nodes_error_replies_are_one_line(cluster):
