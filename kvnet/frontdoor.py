@@ -140,16 +140,22 @@ class FrontDoor(Backend):
         return None if _LocalDoor is None else _LocalDoor(
             commands, self.host, self.rings, self.lanes, self.replica, self.stats, self.cfg)
 
-    def get_lww_now(self, key):
-        p = self._partition(key)
+    def _fast_lane(self, p):
+        """Partition p's fast lane now: None when this node serves it alone, (the ready
+        connections to its other primaries, its Preflist) on the direct lane, else LATER."""
         if not self.fast_lanes:
             return LATER
-        lane = None
         routes = self.rings.routes
-        if p not in routes.solo:
-            lane = self.lanes.pick(routes.lane(p))
-            if lane is None:
-                return LATER
+        if p in routes.solo:
+            return None
+        lane = self.lanes.pick(routes.lane(p))
+        return LATER if lane is None else lane
+
+    def get_lww_now(self, key):
+        p = self._partition(key)
+        lane = self._fast_lane(p)
+        if lane is LATER:
+            return LATER
         try:
             raw = self.replica.read_raw(p, key)
             if lane is None:          # this node alone replicates p: its copy is the answer
@@ -185,19 +191,11 @@ class FrontDoor(Backend):
         LATER, having done nothing, and set_overwrite takes the coordinator's general path."""
         p = self._partition(key)
         self._check_value(value)
-        if not self.fast_lanes:
-            return LATER
+        lane = self._fast_lane(p)
         rep = self.replica
         always = rep.fsync == "always"
-        routes = self.rings.routes
-        if p in routes.solo:
-            if always:
-                return LATER          # the ack waits for the group commit
-            lane = None
-        else:
-            lane = self.lanes.pick(routes.lane(p))
-            if lane is None:
-                return LATER
+        if lane is LATER or (lane is None and always):
+            return LATER              # (alone under fsync=always: the ack waits for the commit)
         raw = rep.mint_raw(p, key, V.sibling(bytes(value)), None, True)
         self.stats["puts"] += 1
         if lane is None:
