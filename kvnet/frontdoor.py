@@ -34,7 +34,7 @@ class FrontHost(ReplicaHost):
     rings: object          # the RingHolder (kvnet/ringholder.py)
     lanes: object          # the direct lane's connections (kvnet/routes.py Lanes)
     answers: object        # the replica's handlers (kvnet/replicahandlers.py)
-    stats: dict            # counters: gets, puts, deletes, forwarded
+    stats: dict            # counters: gets, puts, deletes
     gossip: object         # client_address, view, table, generation
     handoff: object        # pending(), stats
     changes: object        # request(op, payload), stats

@@ -163,6 +163,10 @@ class NodeCollector:
         yield CounterMetricFamily("ringkv_read_repairs",
                                   "Replicas sent the merged value by read repair",
                                   value=coord["read_repairs"])
+        yield CounterMetricFamily("ringkv_forwarded_writes",
+                                  "Writes sent to another node to coordinate (this node holds "
+                                  "no replica of their partition)",
+                                  value=coord["forwarded_writes"])
         counts = list(node.front.sibling_counts)
         buckets, total = [], 0
         for bound, c in zip(SIBLING_BUCKETS, counts):

@@ -90,7 +90,7 @@ class Node(FrontHost, RingListener):
         self.add_service(Compactor(self))
         self.resp = None
         self._tasks = set()
-        self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
+        self.stats = {"gets": 0, "puts": 0, "deletes": 0}
         self.coord_stats = driver.new_coord_stats()  # the coordinator's outcomes and read repairs
         self.front = FrontDoor(self)          # the front door's backend
         self.metrics = None                   # /metrics (kvnet/metrics.py), when configured

@@ -137,8 +137,9 @@ def new_coord_stats():
     quorum "r=2" / "w=3" (the R or W asked for) and outcome ok, unavailable, timeout (a quorum
     not met with a replica timed out) or failed (not met otherwise); and "divergent_reads"
     (reads whose replicas' replies disagreed once all had answered), "read_repairs" (replicas
-    sent the merged clock) (docs/observability.md)."""
-    return {"divergent_reads": 0, "read_repairs": 0}
+    sent the merged clock) and "forwarded_writes" (writes this node sent to another node to
+    coordinate, not being a replica of their partition) (docs/observability.md)."""
+    return {"divergent_reads": 0, "read_repairs": 0, "forwarded_writes": 0}
 
 
 def _count(cluster, op, needed, result, quorum=None):
@@ -346,6 +347,10 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
         if route.coordinate_locally:
             return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
                                             strict, pl)
+        if attempt == 0:
+            stats = getattr(cluster, "coord_stats", None)
+            if stats is not None:
+                stats["forwarded_writes"] += 1
         try:
             return await cluster.call(route.coordinator, "coord_put", {
                 "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,

@@ -249,13 +249,17 @@ def config_values(ctx) -> dict:
         "appendonly": "no", "appendfsync": "everysec", "maxmemory": "0",
         "maxmemory-policy": "noeviction", "maxclients": str(ctx.max_clients),
         "timeout": str(int(ctx.idle_timeout or 0)), "cluster-enabled": "no",
-        "protected-mode": "no", "requirepass": "", "io-threads": "1", "tcp-keepalive": "300",
+        "protected-mode": "no", "io-threads": "1", "tcp-keepalive": "300",
         "proto-max-bulk-len": str(parser_limits.get("max_bulk", 512 * 1024 * 1024)),
         "client-query-buffer-limit": str(parser_limits.get("max_command", 1024 * 1024 * 1024)),
         "slowlog-log-slower-than": "10000", "notify-keyspace-events": "", "lua-time-limit": "5000",
         "busy-reply-threshold": "5000", "replica-read-only": "yes", "daemonize": "no",
         "loglevel": "notice", "hz": "10",
     }
+    # Redis answers the password itself; ringkv keeps only its SHA-256 digest, so it answers
+    # that in ACL's `#<hex>` form (which requirepass also accepts), or "" for no password.
+    digest = getattr(ctx, "default_digest", None)
+    values["requirepass"] = "" if digest is None else f"#{digest}"
     values.update(ctx.extra_config)
     return values
 

@@ -30,7 +30,7 @@ class _Alone(FrontHost):
         self.replica.open_existing()
         self.answers = ReplicaHandlers(self, self.rings, self.replica, cfg)
         self.lanes = Lanes(None, set())
-        self.stats = {"gets": 0, "puts": 0, "deletes": 0, "forwarded": 0}
+        self.stats = {"gets": 0, "puts": 0, "deletes": 0}
 
     @property
     def ring(self):

@@ -337,9 +337,11 @@ def test_a_forward_that_cannot_connect_goes_to_the_next_reachable_node(tmp_path)
     p = next(p for p in range(c.ring.q) if "a" not in c.ring.preference_list(p))
     first, second = c.ring.preference_list(p)[:2]
     c.refuse = {first}
+    c.coord_stats = driver.new_coord_stats()
     got = run(driver.put(c, p, b"k", V.sibling(b"v"), None, True, w=1))
     assert V.lww_value(got) == b"v"
     assert c.calls == [(first, "coord_put"), (second, "coord_put")]
+    assert c.coord_stats["forwarded_writes"] == 1      # one write forwarded, tried twice
 
 
 def test_a_forward_gives_up_after_a_bounded_number_of_refusals(tmp_path):

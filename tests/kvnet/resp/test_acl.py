@@ -97,6 +97,17 @@ def test_auth_with_user_names_and_roles():
     assert execute(cmds, s, "AUTH", "default", "def-pw") is OK
 
 
+def test_config_get_requirepass_answers_the_digest_never_the_password():
+    cmds = Commands(MemoryBackend(), password="def-pw")
+    s = cmds.open_session()
+    assert execute(cmds, s, "AUTH", "def-pw") is OK
+    assert execute(cmds, s, "CONFIG", "GET", "requirepass") == \
+        {"requirepass": "#" + hashlib.sha256(b"def-pw").hexdigest()}
+    open_cmds = Commands(MemoryBackend())
+    s = open_cmds.open_session()
+    assert execute(open_cmds, s, "CONFIG", "GET", "requirepass") == {"requirepass": ""}
+
+
 def test_hello_auth_with_a_user_name():
     cmds = Commands(MemoryBackend(), users=USERS)
     s = cmds.open_session()
