@@ -16,8 +16,9 @@ from kvnet.testing import LocalCluster, corrupt_records
 
 pytestmark = pytest.mark.slow
 
+REQUEST_TIMEOUT_S = 2.0        # the default request_timeout_ms
 FLAGS = ["--ring-size", "16", "--ae-interval-ms", "50", "--max-segment-bytes", "4096",
-         "--gossip-interval-ms", "100"]
+         "--gossip-interval-ms", "100", "--request-timeout-ms", str(int(REQUEST_TIMEOUT_S * 1000))]
 KEYS = {f"key{i:04d}": (f"value-{i}-" + "x" * 120).encode() for i in range(600)}
 
 
@@ -32,24 +33,29 @@ def _values(reply):
 
 def _missing_on_alone(cluster, i, keys):
     """Keys that node i does not hold, read from it alone (R=1) with the other nodes stopped
-    (SIGSTOP) for the read."""
+    (SIGSTOP) for the read. They stay stopped until node i's requests to them have timed out
+    (REQUEST_TIMEOUT_S), so that their late replies start no read repair: what node i holds
+    afterwards, anti-entropy gave it."""
     others = [j for j in range(len(cluster.names)) if j != i]
     r = cluster.client(i, timeout=10)
     for j in others:
         cluster.pause(j)
     try:
-        return [k for k in keys if KEYS[k] not in _values(r.execute_command("KV.GET", k, "R", "1"))]
+        missing = [k for k in keys
+                   if KEYS[k] not in _values(r.execute_command("KV.GET", k, "R", "1"))]
+        time.sleep(REQUEST_TIMEOUT_S + 1.0)
+        return missing
     finally:
         for j in others:
             cluster.resume(j)
         r.close()
 
 
-def _wait_held_alone(cluster, i, timeout=25):
+def _wait_held_alone(cluster, i, timeout=40):
     deadline = time.monotonic() + timeout
     missing = list(KEYS)
     while missing and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(1.0)
         missing = _missing_on_alone(cluster, i, missing)
     assert not missing, f"{len(missing)} keys not held by {cluster.names[i]} alone: {missing[:5]}"
 
@@ -81,7 +87,14 @@ def test_corrupt_records_are_healed_from_the_other_replicas(tmp_path, stop):
             # The open found them (the scan of the last segment, the fold of the sealed
             # ones): anti-entropy alone brings them back, before any client reads them.
             _wait_held_alone(cluster, 2)
-            repaired = cluster.status(2)["antientropy"]["keys_repaired"]
+            # (an exchange adds its repairs to the counts when it ends, which may be a moment
+            # after the keys it repaired are readable)
+            deadline = time.monotonic() + 15
+            while True:
+                repaired = cluster.status(2)["antientropy"]["keys_repaired"]
+                if repaired >= len(hit) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             assert repaired >= len(hit), (repaired, len(hit))
 
         c = cluster.client(2, timeout=10)
