@@ -1,0 +1,151 @@
+"""The status page's JSON and files (kvnet/status, served by kvnet/metrics.py) from one node
+in this process, over HTTP: fields, throughput and latency buckets, ring and members; the
+browser test is tests/kvnet/test_status_page.py."""
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+import redis.asyncio as aredis
+
+from kvnet.config import load
+from kvnet.node import Node
+from kvnet.status import StatusSampler
+from kvnet.testing import free_ports
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+async def _node(tmp_path, **kw):
+    port, peer, metrics = free_ports(3)
+    cfg = load(name="n0", port=port, peer_port=peer, metrics_port=metrics, n=1, r=1, w=1,
+               fsync="never", ring_size=16, ae_enabled=False, zone="z1",
+               data_dir=str(tmp_path / "n0"), members=[f"n0@127.0.0.1:{peer}"], **kw)
+    return await Node(cfg).start()
+
+
+async def fetch(node, path):
+    """(status, content type, body bytes) of GET path on the node's metrics port."""
+    url = f"http://127.0.0.1:{node.metrics.port}{path}"
+
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=10) as f:
+                return f.status, f.headers["Content-Type"], f.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers["Content-Type"], exc.read()
+
+    return await asyncio.to_thread(get)
+
+
+def test_status_json_has_members_ring_transfers_and_a_throughput_bucket(tmp_path):
+    async def main():
+        node = await _node(tmp_path)
+        c = aredis.Redis(port=node.cfg.port)
+        try:
+            sampler = node.metrics.status
+            sampler.sample()                 # the baseline: counts before the SETs
+            for i in range(200):
+                await c.set(f"k{i}", b"v")
+            sampler.sample()                 # (the node's own task samples too; any is fine)
+            code, ctype, body = await fetch(node, "/status.json")
+            assert code == 200 and ctype == "application/json"
+            s = json.loads(body)
+            assert s["node"] == "n0" and s["interval_s"] == 1.0 and s["time"] > 0
+            [me] = s["members"]
+            assert me["name"] == "n0" and me["self"] and me["state"] == "up"
+            assert me["zone"] == "z1" and me["routable"] and me["partitions"] == 16
+            ring = s["ring"]
+            assert ring["q"] == 16 and ring["n"] == 1 and ring["nodes"] == ["n0"]
+            assert ring["owners"] == [0] * 16 and ring["preflists"] == [[0]] * 16
+            assert ring["epoch"] == s["ring_epoch"]
+            x = s["transfers"]
+            assert x == {"moving": False, "epoch": x["epoch"], "pending": [], "sending": [],
+                         "hints_pending": {}, "hints_total": 0}
+            t = s["throughput"]
+            assert set(t) == {"t", "rps", "p50_us", "p99_us"}
+            assert len(t["t"]) == len(t["rps"]) == len(t["p50_us"]) == len(t["p99_us"]) >= 1
+            # the 200 SETs are in the buckets since the baseline, whichever sample took them
+            assert max(t["rps"]) > 0
+            busy = [i for i, r in enumerate(t["rps"]) if r > 0]
+            assert all(0 < t["p50_us"][i] <= t["p99_us"][i] for i in busy)
+            assert t["t"] == sorted(t["t"])
+        finally:
+            await c.aclose()
+            await node.stop()
+
+    run(main())
+
+
+def test_the_page_its_files_and_metrics_share_the_port_and_others_are_404(tmp_path):
+    async def main():
+        node = await _node(tmp_path)
+        try:
+            for path in ("/", "/status"):
+                code, ctype, body = await fetch(node, path)
+                assert code == 200 and ctype.startswith("text/html")
+                assert b'src="status.js"' in body and b"http" not in body.replace(
+                    b"http-equiv", b"")     # nothing fetched from elsewhere
+            code, ctype, body = await fetch(node, "/status.js")
+            assert code == 200 and "javascript" in ctype and b"status.json" in body
+            code, ctype, _ = await fetch(node, "/status.css")
+            assert code == 200 and ctype.startswith("text/css")
+            code, _, body = await fetch(node, "/metrics")
+            assert code == 200 and b"ringkv_ring_epoch" in body
+            code, _, body = await fetch(node, "/nothing-here")
+            assert code == 404 and b"/status.json" in body
+        finally:
+            await node.stop()
+
+    run(main())
+
+
+class _FakeStats:
+    def __init__(self):
+        self.buckets = [0] * 94
+
+    def snapshot(self):
+        return [("set", "w=1", list(self.buckets), 0)] if any(self.buckets) else []
+
+
+def test_each_sample_keeps_the_rate_and_percentiles_of_its_second_only():
+    """A fake node and clock: the second bucket holds only the commands counted since the
+    first, whatever the totals; the ring buffer keeps the last `history` samples."""
+    from types import SimpleNamespace
+
+    from kvnet.reqstats_py import BOUNDS_NS
+
+    stats = _FakeStats()
+    now = [100.0]
+    node = SimpleNamespace(
+        name="a", ring=None, ring_state=None,
+        resp=SimpleNamespace(commands=SimpleNamespace(reqstats=stats)),
+        gossip=SimpleNamespace(view=dict, table={}), cfg=SimpleNamespace(zone=None),
+        is_up=lambda n: True, changes=SimpleNamespace(progress={}, sending={}),
+        handoff=SimpleNamespace(pending=dict))
+    fast = BOUNDS_NS.index(16384)       # a 16.384 us bucket
+    slow = BOUNDS_NS.index(1 << 20)     # a 1.048576 ms bucket
+    stats.buckets[slow] = 1000          # all before the sampler's first look: in no bucket
+    s = StatusSampler(node, history=3, clock=lambda: now[0], wall=lambda: now[0])
+    assert not s.series
+    now[0] += 2.0
+    stats.buckets[fast] += 90
+    stats.buckets[slow] += 10
+    s.sample()                          # the first bucket: 100 commands in 2 s
+    assert list(s.series) == [(102.0, 50.0, 16.384, 1048.576)]
+    now[0] += 1.0
+    s.sample()                          # nothing since: a bucket of 0, no latency
+    assert s.series[-1] == (103.0, 0.0, None, None)
+    for _ in range(3):
+        now[0] += 1.0
+        s.sample()
+    assert len(s.series) == 3 and s.series[0][0] == 104.0
+    body = json.loads(s.body)
+    assert body["throughput"]["t"] == [104.0, 105.0, 106.0]
+    assert body["members"] == [{"name": "a", "self": True, "state": "up", "phi": 0.0,
+                                "heartbeat_age_s": 0.0, "suspected_by": [], "routable": True,
+                                "zone": None, "status": None, "in_ring": False,
+                                "partitions": 0}]
+    assert body["ring"] is None and body["ring_epoch"] is None
