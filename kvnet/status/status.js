@@ -152,8 +152,10 @@ function drawTraffic(s) {
   $("p50").textContent = last >= 0 ? fmtUs(t.p50_us[last]) : "–";
   $("p99").textContent = last >= 0 ? fmtUs(t.p99_us[last]) : "–";
   $("span").textContent = n ? Math.round(t.t[last] - t.t[0]) : 0;
-  const t0 = n ? t.t[last] - 300 : 0;
-  const xOf = (ti) => Math.max(0, (ti - t0) / 300 * 600);
+  // the window: the history kept, at least a minute (the first points do not fill it all)
+  const span = n ? Math.min(300, Math.max(60, t.t[last] - t.t[0])) : 60;
+  const t0 = n ? t.t[last] - span : 0;
+  const xOf = (ti) => Math.max(0, (ti - t0) / span * 600);
 
   const chart = $("rps-chart");
   chart.replaceChildren();
