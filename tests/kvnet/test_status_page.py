@@ -130,6 +130,17 @@ def _browser():
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
 
+def test_a_missing_browser_skips_outside_ci_and_fails_under_it(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "isfile", lambda path: False)
+    monkeypatch.delenv("RINGKV_CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium, chromedriver"):
+        _browser()
+    monkeypatch.setenv("RINGKV_CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="RINGKV_CI=1"):
+        _browser()
+
+
 def _page(drv):
     """What the page shows now: {member: state}, the requests/s shown, whether it loaded."""
     return drv.execute_script("""
