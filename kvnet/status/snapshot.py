@@ -40,7 +40,7 @@ class StatusSampler:
         # one row per sample: (unix time, requests per second, p50 us, p99 us)
         self.series = collections.deque(maxlen=max(1, int(history)))
         self._last = None            # (clock, merged cumulative buckets) of the last sample
-        self._ring = (None, None)    # (ring, its "ring" part): rebuilt when the ring changes
+        self._ring = (None, None)    # (ring, its part's JSON): rebuilt when the ring changes
         self.body = b"{}"
         self.sample()
 
@@ -56,17 +56,19 @@ class StatusSampler:
     # ---- one sample ----------------------------------------------------------------------
 
     def sample(self):
-        """Read the node now (on its loop), add a throughput bucket, rebuild `body`."""
+        """Read the node now (on its loop), add a throughput bucket, rebuild `body`. The ring's
+        part is encoded once per ring (Q preference lists: most of the JSON) and spliced in."""
         self._requests()
-        self.body = json.dumps(self.snapshot(), separators=(",", ":")).encode()
+        ring = self.node.ring
+        rest = json.dumps(self.snapshot(ring), separators=(",", ":"))
+        self.body = (rest[:-1] + ',"ring":' + self._ring_json(ring) + "}").encode()
 
-    def snapshot(self):
+    def snapshot(self, ring):
+        """Everything but the ring's part, as a dict."""
         node = self.node
-        ring = node.ring
         return {"node": node.name, "time": round(self.wall(), 3), "interval_s": self.interval,
                 "ring_epoch": None if ring is None else ring.epoch,
                 "members": self._members(ring),
-                "ring": self._ring_part(ring),
                 "transfers": self._transfers(),
                 "throughput": self._series()}
 
@@ -126,19 +128,23 @@ class StatusSampler:
                         "partitions": owned.get(name, 0)})
         return out
 
-    def _ring_part(self, ring):
+    def _ring_json(self, ring):
+        """The ring's part in JSON (null while joining), kept until the ring changes."""
+        kept, text = self._ring
+        if kept is ring and text is not None:
+            return text
         if ring is None:
-            return None
-        kept, part = self._ring
-        if kept is ring:
-            return part
-        nodes = list(ring.nodes)
-        index = {n: i for i, n in enumerate(nodes)}
-        part = {"epoch": ring.epoch, "q": ring.q, "n": ring.n, "nodes": nodes,
+            text = "null"
+        else:
+            nodes = list(ring.nodes)
+            index = {n: i for i, n in enumerate(nodes)}
+            text = json.dumps({
+                "epoch": ring.epoch, "q": ring.q, "n": ring.n, "nodes": nodes,
                 "owners": [index[o] for o in ring.owners],
-                "preflists": [[index[x] for x in ring.preference_list(p)] for p in range(ring.q)]}
-        self._ring = (ring, part)
-        return part
+                "preflists": [[index[x] for x in ring.preference_list(p)]
+                              for p in range(ring.q)]}, separators=(",", ":"))
+        self._ring = (ring, text)
+        return text
 
     def _transfers(self):
         """The moving ring's transfers as this node knows them (the claimant drives them and

@@ -102,6 +102,69 @@ def test_the_page_its_files_and_metrics_share_the_port_and_others_are_404(tmp_pa
     run(main())
 
 
+def _fake_node(stats=None, state=None, view=None, table=None, progress=None, sending=None,
+               pending=None, up=lambda n: True):
+    """What StatusSampler reads of a Node, as plain values."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        name="a", ring=None if state is None else state.current, ring_state=state,
+        resp=SimpleNamespace(commands=SimpleNamespace(reqstats=stats or _FakeStats())),
+        gossip=SimpleNamespace(view=lambda: dict(view or {}), table=table or {}),
+        cfg=SimpleNamespace(zone=None), is_up=up,
+        changes=SimpleNamespace(progress=progress or {}, sending=sending or {}),
+        handoff=SimpleNamespace(pending=lambda: dict(pending or {})))
+
+
+def test_members_show_liveness_zones_and_a_moving_ring_its_transfers():
+    from types import SimpleNamespace
+
+    from kvcore.ring import Ring
+    from kvnet.membership.ringstate import RingState, transfers
+
+    current = Ring.create([("a", "z1"), ("b", "z2"), ("c", "z1")], q=8, n=2)
+    nxt = Ring.create([("a", "z1"), ("b", "z2"), ("c", "z1"), ("d", "z2")], q=8, n=2, epoch=2)
+    state = RingState(current, nxt, epoch=2, claimant="a")
+    moves = transfers(current, nxt)
+    assert moves
+    first = moves[0]
+    view = {"b": {"state": "up", "phi": 0.5, "heartbeat_age_s": 0.1, "suspected_by": []},
+            "c": {"state": "up", "phi": 9.0, "heartbeat_age_s": 4.0, "suspected_by": ["a"]},
+            "d": {"state": "down", "phi": 20.0, "heartbeat_age_s": 9.0,
+                  "suspected_by": ["a", "b"]},
+            "e": {"state": "unknown", "phi": 0.0, "heartbeat_age_s": None, "suspected_by": []}}
+    table = {"d": SimpleNamespace(zone="z2", status="joining"),
+             "b": SimpleNamespace(zone=None, status="valid")}
+    node = _fake_node(
+        state=state, view=view, table=table, up=lambda n: n not in ("d", "e"),
+        progress={(2, first.partition, first.to): {"state": "running", "source": "b",
+                                                   "keys": 10, "bytes": 999}},
+        sending={(first.partition, first.to): {"epoch": 2, "keys": 3, "bytes": 30}},
+        pending={"d": 7, "c": 0})
+    body = json.loads(StatusSampler(node).body)
+    members = {m["name"]: m for m in body["members"]}
+    assert {n: m["state"] for n, m in members.items()} == {
+        "a": "up", "b": "up", "c": "suspect", "d": "down", "e": "unknown"}
+    assert {n: m["zone"] for n, m in members.items()} == {
+        "a": "z1", "b": "z2", "c": "z1", "d": "z2", "e": None}     # gossip's, else the ring's
+    assert [n for n, m in members.items() if m["in_ring"]] == ["a", "b", "c"]
+    assert members["d"]["status"] == "joining" and not members["d"]["routable"]
+    assert sum(m["partitions"] for m in members.values()) == 8
+    assert members["c"]["suspected_by"] == ["a"] and members["d"]["phi"] == 20.0
+    ring = body["ring"]
+    assert ring["nodes"] == ["a", "b", "c"] and ring["epoch"] == current.epoch
+    assert [[ring["nodes"][i] for i in pl] for pl in ring["preflists"]] \
+        == [list(current.preference_list(p)) for p in range(8)]
+    x = body["transfers"]
+    assert x["moving"] and x["epoch"] == 2 and len(x["pending"]) == len(moves)
+    assert x["pending"][0] == {"partition": first.partition, "to": first.to,
+                               "state": "running", "source": "b", "keys": 10, "bytes": 999}
+    assert all(r["state"] == "waiting" for r in x["pending"][1:])
+    assert x["sending"] == [{"partition": first.partition, "to": first.to, "keys": 3,
+                             "bytes": 30}]
+    assert x["hints_pending"] == {"d": 7} and x["hints_total"] == 7
+
+
 class _FakeStats:
     def __init__(self):
         self.buckets = [0] * 94
@@ -113,18 +176,11 @@ class _FakeStats:
 def test_each_sample_keeps_the_rate_and_percentiles_of_its_second_only():
     """A fake node and clock: the second bucket holds only the commands counted since the
     first, whatever the totals; the ring buffer keeps the last `history` samples."""
-    from types import SimpleNamespace
-
     from kvnet.reqstats_py import BOUNDS_NS
 
     stats = _FakeStats()
     now = [100.0]
-    node = SimpleNamespace(
-        name="a", ring=None, ring_state=None,
-        resp=SimpleNamespace(commands=SimpleNamespace(reqstats=stats)),
-        gossip=SimpleNamespace(view=dict, table={}), cfg=SimpleNamespace(zone=None),
-        is_up=lambda n: True, changes=SimpleNamespace(progress={}, sending={}),
-        handoff=SimpleNamespace(pending=dict))
+    node = _fake_node(stats)
     fast = BOUNDS_NS.index(16384)       # a 16.384 us bucket
     slow = BOUNDS_NS.index(1 << 20)     # a 1.048576 ms bucket
     stats.buckets[slow] = 1000          # all before the sampler's first look: in no bucket
