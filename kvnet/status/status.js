@@ -128,6 +128,7 @@ function drawRing(s) {
 
 function polyline(svg, pts, colour, fill) {
   if (!pts.length) return;
+  if (pts.length === 1) pts = [[pts[0][0] - 1.5, pts[0][1]], [pts[0][0] + 1.5, pts[0][1]]];
   const d = pts.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" ");
   if (fill) {
     const first = pts[0][0].toFixed(1), last = pts[pts.length - 1][0].toFixed(1);
