@@ -205,3 +205,33 @@ def test_each_sample_keeps_the_rate_and_percentiles_of_its_second_only():
                                 "zone": None, "status": None, "in_ring": False,
                                 "partitions": 0}]
     assert body["ring"] is None and body["ring_epoch"] is None
+
+
+def test_status_json_and_metrics_answer_while_the_loop_is_blocked(tmp_path):
+    """The HTTP thread sends the last snapshot without the loop: fetched while the loop is
+    blocked waiting for that very fetch (it would never finish if serving needed the loop)."""
+    import threading
+
+    async def main():
+        node = await _node(tmp_path)
+        try:
+            got = {}
+            done = threading.Event()
+
+            def fetch_all():
+                for path in ("/status.json", "/metrics", "/"):
+                    url = f"http://127.0.0.1:{node.metrics.port}{path}"
+                    with urllib.request.urlopen(url, timeout=10) as f:
+                        got[path] = f.read()
+                done.set()
+
+            t = threading.Thread(target=fetch_all, daemon=True)
+            t.start()
+            assert done.wait(30)             # the loop blocked here, in this very call
+            t.join(10)
+            assert json.loads(got["/status.json"])["node"] == "n0"
+            assert b"ringkv_ring_epoch" in got["/metrics"] and b"<html" in got["/"]
+        finally:
+            await node.stop()
+
+    run(main())
