@@ -3,7 +3,8 @@
 "use strict";
 
 const POLL_MS = 1000;
-const STALE_S = 3;          // a snapshot older than this is flagged (the node's loop is stuck)
+const FETCH_MS = 4000;      // a poll that has no answer by then counts as failed
+const STALE_S = 3;          // a snapshot unchanged this long is flagged (the node's loop is stuck)
 const SVGNS = "http://www.w3.org/2000/svg";
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f", "#d62728", "#393b79", "#637939", "#8c6d31", "#843c39"];
@@ -224,11 +225,13 @@ function drawTransfers(s) {
 // ---- polling ----------------------------------------------------------------------------
 
 let lastGood = null;
+let changedAt = 0;          // this browser's clock when the snapshot's time last moved on
 
 function freshness(error) {
   const fresh = $("fresh");
   if (!lastGood) { fresh.textContent = error || "waiting for /status.json"; return; }
-  const age = Math.max(0, Date.now() / 1000 - lastGood.time);
+  // measured on one clock (the browser's), so a skew between it and the node's is no matter
+  const age = Math.max(0, (Date.now() - changedAt) / 1000);
   fresh.dataset.age = age.toFixed(1);
   const stale = error || age > STALE_S;
   fresh.className = stale ? "stale" : "";
@@ -250,9 +253,11 @@ function draw(s) {
 async function poll() {
   let error = null;
   try {
-    const r = await fetch("status.json", { cache: "no-store" });
+    // a stopped node accepts the connection and never answers: give up after a while
+    const r = await fetch("status.json", { cache: "no-store", signal: AbortSignal.timeout(FETCH_MS) });
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
+    if (!lastGood || s.time !== lastGood.time) changedAt = Date.now();
     lastGood = s;
     draw(s);
   } catch (e) {

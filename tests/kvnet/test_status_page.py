@@ -149,6 +149,7 @@ def _page(drv):
         rows.forEach((r) => { members[r.dataset.member] = r.dataset.state; });
         return {loaded: document.body.dataset.loaded === '1', members: members,
                 rps: Number(document.getElementById('rps').dataset.rps),
+                stale: document.getElementById('fresh').classList.contains('stale'),
                 arcs: document.querySelectorAll('#ring path').length};
     """)
 
@@ -194,6 +195,14 @@ def test_the_page_shows_three_members_throughput_and_a_stopped_node_down(cluster
             shot("status-down.png")
         print(f"{names[2]} shown down {took:.1f} s after it stopped")
         assert seen["members"][names[0]] == seen["members"][names[1]] == "up"
+        assert not seen["stale"]
+        # the node serving the page stopped (SIGSTOP): its polls go unanswered, the page says so
+        cluster.pause(0)
+        try:
+            wait_until(shows(lambda s: s["stale"]), 20, interval=0.2, what="the page stale")
+        finally:
+            cluster.resume(0)
+        wait_until(shows(lambda s: not s["stale"]), 20, interval=0.2, what="the page fresh again")
         assert all(os.path.getsize(p) > 0 for p in shots)
     finally:
         writer.stop()
