@@ -12,10 +12,10 @@ metric families (prometheus_client's custom collector API).
 kvnet/status), not in the node's asyncio loop: a scrape then never waits for the loop, so it
 still answers while the loop is saturated or stuck (when metrics matter most), and the loop
 never waits for a scrape's formatting either. The status page's JSON is bytes the loop
-rebuilds once a second (kvnet/status/snapshot.py); the thread only sends them. The collector only reads:
-dict lookups, list copies and C arrays, each done atomically under the GIL, and the hint
-log's reads take its own lock; a histogram read while a command is counted may be one
-command apart between its buckets and its sum, never torn.
+rebuilds once a second (kvnet/status/snapshot.py); the thread only sends them. The collector
+only reads: dict lookups, list copies and C arrays, each done atomically under the GIL, and
+the hint log's reads take its own lock; a histogram read while a command is counted may be
+one command apart between its buckets and its sum, never torn.
 """
 import bisect
 import logging
@@ -298,14 +298,11 @@ class _Handler(MetricsHandler):
             return super().do_GET()
         server = self.server
         if path == "/status.json":
-            body, ctype = server.status.body, "application/json"
+            self._send(200, server.status.body, "application/json")
         elif path in server.files:
-            body, ctype = server.files[path]
+            self._send(*server.files[path])
         else:
-            body, ctype = b"not found: try /metrics, / or /status.json\n", "text/plain"
-            self._send(404, body, ctype)
-            return
-        self._send(200, body, ctype)
+            self._send(404, b"not found: try /metrics, / or /status.json\n", "text/plain")
 
     def _send(self, code, body, ctype):
         self.send_response(code)
@@ -319,6 +316,10 @@ class _Handler(MetricsHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        # a browser or scraper that went away mid-reply: not worth a traceback on stderr
+        log.debug("metrics port: request from %s failed", client_address, exc_info=True)
+
     def __init__(self, address, registry, status, files):
         # an IPv6 metrics_host binds an IPv6 socket (as start_http_server does)
         self.address_family = socket.getaddrinfo(address[0], address[1],
@@ -328,9 +329,19 @@ class _Server(ThreadingHTTPServer):
 
 
 def _status_files():
+    """{path: (HTTP status, bytes, content type)} of the page's files, read once. An install that lacks
+    them (package data left out) still serves /metrics; the page's paths then say why."""
     pkg = resources.files("kvnet.status")
-    return {path: (pkg.joinpath(name).read_bytes(), ctype)
-            for path, (name, ctype) in STATUS_FILES.items()}
+    out = {}
+    for path, (name, ctype) in STATUS_FILES.items():
+        try:
+            out[path] = (200, pkg.joinpath(name).read_bytes(), ctype)
+        except OSError as exc:
+            log.warning("status page: %s missing from this install of ringkv: %s", name, exc)
+            out[path] = (500, f"the status page's {name} is missing from this install of ringkv "
+                         f"(package data of kvnet/status): {exc}\n".encode(),
+                         "text/plain; charset=utf-8")
+    return out
 
 
 class MetricsServer:

@@ -235,3 +235,25 @@ def test_status_json_and_metrics_answer_while_the_loop_is_blocked(tmp_path):
             await node.stop()
 
     run(main())
+
+
+def test_an_install_without_the_page_files_serves_metrics_and_says_what_is_missing(
+        monkeypatch, tmp_path):
+    from kvnet import metrics
+
+    monkeypatch.setitem(metrics.STATUS_FILES, "/status.js", ("gone.js", "text/javascript"))
+
+    async def main():
+        node = await _node(tmp_path)
+        try:
+            code, ctype, body = await fetch(node, "/status.js")
+            assert code == 500 and ctype.startswith("text/plain")
+            assert b"gone.js is missing from this install" in body
+            code, _, body = await fetch(node, "/metrics")
+            assert code == 200 and b"ringkv_ring_epoch" in body
+            code, _, body = await fetch(node, "/")
+            assert code == 200 and b"status.js" in body
+        finally:
+            await node.stop()
+
+    run(main())
