@@ -329,8 +329,9 @@ class _Server(ThreadingHTTPServer):
 
 
 def _status_files():
-    """{path: (HTTP status, bytes, content type)} of the page's files, read once. An install that lacks
-    them (package data left out) still serves /metrics; the page's paths then say why."""
+    """{path: (HTTP status, bytes, content type)} of the page's files, read once. An install
+    that lacks them (package data left out) still serves /metrics; the page's paths then say
+    why (500)."""
     pkg = resources.files("kvnet.status")
     out = {}
     for path, (name, ctype) in STATUS_FILES.items():

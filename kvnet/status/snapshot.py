@@ -16,6 +16,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import time
 
 from kvnet.membership.detector import DOWN, UNKNOWN
@@ -118,7 +119,9 @@ class StatusSampler:
                 row = {"state": "up", "phi": 0.0, "heartbeat_age_s": 0.0, "suspected_by": []}
             else:
                 v = view.get(name, {})
-                row = {"state": _liveness(v), "phi": v.get("phi"),
+                phi = v.get("phi")
+                row = {"state": _liveness(v),
+                       "phi": phi if phi is None or math.isfinite(phi) else None,
                        "heartbeat_age_s": v.get("heartbeat_age_s"),
                        "suspected_by": v.get("suspected_by", [])}
             out.append({"name": name, "self": name == node.name, **row,

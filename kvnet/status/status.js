@@ -55,7 +55,9 @@ function drawMembers(s) {
     cell(tr, m.name + (m.self ? " (this node)" : ""));
     const st = cell(tr, "");
     st.appendChild(el("span", { class: "badge " + m.state }, m.state));
-    if (!m.routable && m.state === "up") st.appendChild(el("span", { class: "note" }, " not routable"));
+    if (!m.routable && m.state === "up") {
+      st.appendChild(el("span", { class: "note" }, " not routable"));
+    }
     cell(tr, m.zone === null ? "–" : m.zone);
     cell(tr, m.status === null ? "–" : m.status + (m.in_ring ? "" : " (not in ring)"));
     cell(tr, m.partitions, "num");
@@ -136,8 +138,8 @@ function polyline(svg, pts, colour, fill) {
     svg.appendChild(el("svg:polygon", { points: first + ",120 " + d + " " + last + ",120",
                                         fill: colour, "fill-opacity": 0.2, stroke: "none" }));
   }
-  svg.appendChild(el("svg:polyline", { points: d, fill: "none", stroke: colour,
-                                       "stroke-width": 1.5, "vector-effect": "non-scaling-stroke" }));
+  svg.appendChild(el("svg:polyline", { points: d, fill: "none", stroke: colour, "stroke-width": 1.5,
+                                       "vector-effect": "non-scaling-stroke" }));
 }
 
 function label(svg, x, y, text) {
@@ -254,7 +256,8 @@ async function poll() {
   let error = null;
   try {
     // a stopped node accepts the connection and never answers: give up after a while
-    const r = await fetch("status.json", { cache: "no-store", signal: AbortSignal.timeout(FETCH_MS) });
+    const r = await fetch("status.json",
+                          { cache: "no-store", signal: AbortSignal.timeout(FETCH_MS) });
     if (!r.ok) throw new Error("HTTP " + r.status);
     const s = await r.json();
     if (!lastGood || s.time !== lastGood.time) changedAt = Date.now();

@@ -132,7 +132,8 @@ def test_members_show_liveness_zones_and_a_moving_ring_its_transfers():
             "c": {"state": "up", "phi": 9.0, "heartbeat_age_s": 4.0, "suspected_by": ["a"]},
             "d": {"state": "down", "phi": 20.0, "heartbeat_age_s": 9.0,
                   "suspected_by": ["a", "b"]},
-            "e": {"state": "unknown", "phi": 0.0, "heartbeat_age_s": None, "suspected_by": []}}
+            "e": {"state": "unknown", "phi": float("inf"), "heartbeat_age_s": None,
+                  "suspected_by": []}}
     table = {"d": SimpleNamespace(zone="z2", status="joining"),
              "b": SimpleNamespace(zone=None, status="valid")}
     node = _fake_node(
@@ -151,6 +152,7 @@ def test_members_show_liveness_zones_and_a_moving_ring_its_transfers():
     assert members["d"]["status"] == "joining" and not members["d"]["routable"]
     assert sum(m["partitions"] for m in members.values()) == 8
     assert members["c"]["suspected_by"] == ["a"] and members["d"]["phi"] == 20.0
+    assert members["e"]["phi"] is None          # (JSON has no infinity)
     ring = body["ring"]
     assert ring["nodes"] == ["a", "b", "c"] and ring["epoch"] == current.epoch
     assert [[ring["nodes"][i] for i in pl] for pl in ring["preflists"]] \
