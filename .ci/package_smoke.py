@@ -1,18 +1,22 @@
 """CI's package smoke: start `kvnode dev` from an installed ringkv (a venv with no extras), on
 free ports and a temporary data directory; PING every node, SET through one node and GET
-through another with the installed kvctl, then SIGINT: exit status 0 and no node left.
+through another with the installed kvctl, load the status page and its JSON from a metrics
+port (its files are package data), then SIGINT: exit status 0 and no node left.
 
 Run it with the venv's python, from a directory outside the source tree (so `-m kvnet...`
 imports the installed package). Usage: python package_smoke.py BIN_DIR WORK_DIR
 """
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 # the installed package's own helpers (this script runs with the venv's python)
+from kvnet.cli.devcluster import dev_metrics_port
 from kvnet.cli.kvnode import _port_free as port_free
 from kvnet.probe import ping
 
@@ -22,9 +26,23 @@ NODES = 3
 def _base_port():
     for _ in range(200):
         base = random.randrange(20000, 29000)
-        if all(port_free(base + i) and port_free(base + 10000 + i) for i in range(NODES)):
+        if all(port_free(base + i) and port_free(base + 10000 + i)
+               and port_free(dev_metrics_port(base + i)) for i in range(NODES)):
             return base
     raise SystemExit("smoke: no free ports")
+
+
+def _get(url, timeout=30):
+    """The body of url, retried until `timeout` (the metrics port opens just after PING does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as f:
+                return f.read()
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"smoke: GET {url}: {exc}")
+            time.sleep(0.2)
 
 
 def _children(pid):
@@ -76,6 +94,12 @@ def main(bin_dir, work):
         print("smoke: kvctl get ->", got.returncode, got.stdout.strip(), got.stderr.strip())
         if put.returncode or got.returncode or "smoke-value" not in got.stdout:
             raise SystemExit("smoke: SET through one node was not read back through another")
+        status = f"http://127.0.0.1:{dev_metrics_port(ports[0])}"
+        page = _get(status + "/")
+        members = json.loads(_get(status + "/status.json"))["members"]
+        print(f"smoke: status page {len(page)} bytes, /status.json lists {len(members)} members")
+        if b"status.js" not in page or len(members) != NODES:
+            raise SystemExit("smoke: the status page or its JSON is not served as it should be")
         dev.send_signal(signal.SIGINT)
         code = dev.wait(60)
         if code != 0:

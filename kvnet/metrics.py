@@ -7,19 +7,26 @@ plain counters (the coordinator's coord_stats, the hint replay's, anti-entropy's
 compactor's...). `NodeCollector.collect()` reads them when Prometheus scrapes and yields
 metric families (prometheus_client's custom collector API).
 
-`/metrics` is served by prometheus_client's own HTTP server (`start_http_server`: a daemon
-thread of a ThreadingHTTPServer), not in the node's asyncio loop: a scrape then never waits
-for the loop, so it still answers while the loop is saturated or stuck (when metrics matter
-most), and the loop never waits for a scrape's formatting either. The collector only reads:
-dict lookups, list copies and C arrays, each done atomically under the GIL, and the hint
-log's reads take its own lock; a histogram read while a command is counted may be one
-command apart between its buckets and its sum, never torn.
+`/metrics` is served by a ThreadingHTTPServer in a daemon thread (prometheus_client's
+`MetricsHandler` answers it; the same server serves the status page, `/` and `/status.json`,
+kvnet/status), not in the node's asyncio loop: a scrape then never waits for the loop, so it
+still answers while the loop is saturated or stuck (when metrics matter most), and the loop
+never waits for a scrape's formatting either. The status page's JSON is bytes the loop
+rebuilds once a second (kvnet/status/snapshot.py); the thread only sends them. The collector
+only reads: dict lookups, list copies and C arrays, each done atomically under the GIL, and
+the hint log's reads take its own lock; a histogram read while a command is counted may be
+one command apart between its buckets and its sum, never torn.
 """
 import bisect
 import logging
 import math
+import socket
+import threading
+from http.server import ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollector
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
@@ -277,18 +284,90 @@ class NodeCollector:
                                 value=len(node.replica.partitions))
 
 
+# the status page's files (package data of kvnet/status), by path: (file, content type)
+STATUS_FILES = {
+    "/": ("page.html", "text/html; charset=utf-8"),
+    "/status": ("page.html", "text/html; charset=utf-8"),
+    "/status.js": ("status.js", "text/javascript; charset=utf-8"),
+    "/status.css": ("status.css", "text/css; charset=utf-8"),
+}
+
+
+class _Handler(MetricsHandler):
+    """/metrics: prometheus_client's handler; the status page's paths: ours; others: 404."""
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            return super().do_GET()
+        server = self.server
+        if path == "/status.json":
+            self._send(200, server.status.body, "application/json")
+        elif path in server.files:
+            self._send(*server.files[path])
+        else:
+            self._send(404, b"not found: try /metrics, / or /status.json\n", "text/plain")
+
+    def _send(self, code, body, ctype):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # a browser or scraper that went away mid-reply: not worth a traceback on stderr
+        log.debug("metrics port: request from %s failed", client_address, exc_info=True)
+
+    def __init__(self, address, registry, status, files):
+        # an IPv6 metrics_host binds an IPv6 socket (as start_http_server does)
+        self.address_family = socket.getaddrinfo(address[0], address[1],
+                                                 type=socket.SOCK_STREAM)[0][0]
+        self.status, self.files = status, files
+        super().__init__(address, type("Handler", (_Handler,), {"registry": registry}))
+
+
+def _status_files():
+    """{path: (HTTP status, bytes, content type)} of the page's files, read once. An install
+    that lacks them (package data left out) still serves /metrics; the page's paths then say
+    why (500)."""
+    pkg = resources.files("kvnet.status")
+    out = {}
+    for path, (name, ctype) in STATUS_FILES.items():
+        try:
+            out[path] = (200, pkg.joinpath(name).read_bytes(), ctype)
+        except OSError as exc:
+            log.warning("status page: %s missing from this install of ringkv: %s", name, exc)
+            out[path] = (500, f"the status page's {name} is missing from this install of ringkv "
+                         f"(package data of kvnet/status): {exc}\n".encode(),
+                         "text/plain; charset=utf-8")
+    return out
+
+
 class MetricsServer:
-    """`/metrics` of one node on host:port (port 0: a free one), served by prometheus_client's
-    thread server from the node's own registry (the node's collector and the process's
-    `process_*` metrics: CPU, memory, open_fds)."""
+    """`/metrics` of one node on host:port (port 0: a free one), served in a thread from the
+    node's own registry (the node's collector and the process's `process_*` metrics: CPU,
+    memory, open_fds), beside the status page (`/`, `/status.json`: kvnet/status). Made on
+    the node's loop; the node spawns `status.run()`, which refreshes the page's snapshot."""
 
     def __init__(self, node, host="127.0.0.1", port=0):
+        from kvnet.status import StatusSampler      # (it imports this module)
+
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node))
         ProcessCollector(registry=self.registry)
         self.host = host
-        self._httpd, self._thread = start_http_server(port, host, registry=self.registry)
+        self.status = StatusSampler(node)
+        self._httpd = _Server((host, port), self.registry, self.status, _status_files())
         self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        name=f"metrics-{self.port}")
+        self._thread.start()
 
     def close(self):
         if self._httpd is not None:

@@ -142,7 +142,8 @@ class Node(FrontHost, RingListener):
                 await self.stop()
                 raise OSError(f"metrics_port: cannot listen on {self.cfg.metrics_host}:"
                               f"{self.cfg.metrics_port}: {exc}") from exc
-            log.info("node %s: metrics on http://%s:%d/metrics", self.name,
+            self.spawn(self.metrics.status.run())   # the status page's snapshot, each second
+            log.info("node %s: metrics on http://%s:%d/metrics, status page on /", self.name,
                      self.cfg.metrics_host, self.metrics.port)
         return self
 

@@ -121,34 +121,8 @@ def test_1000_sets_raise_the_set_count_and_histogram_by_exactly_1000(tmp_path, m
     run(main())
 
 
-@pytest.mark.slow
-def test_sets_on_the_direct_lane_and_forwarded_are_counted_once_each(tmp_path):
-    """3 nodes, N=2: a node's SETs of its partitions go to the direct lane (the door's
-    future, answered at W), the others are forwarded to a primary (a coroutine)."""
-    async def main():
-        nodes = await _cluster(tmp_path, nodes=3, n=2, w=2, r=2)
-        try:
-            node = nodes[0]
-            before = await scrape(node)
-            await _sets(node.cfg.port, "lane", pipelined=False)
-            after = await scrape(node)
-            _check_sets(before, after, quorum="w=2")
-            # each SET was coordinated once: by n0 (the lane, or its general path) or, forwarded,
-            # by a primary of its key; every one an ok at W=2
-            coordinated = [total(await scrape(x), "ringkv_coordinator_requests_total", op="put",
-                                 quorum="w=2", outcome="ok") for x in nodes]
-            assert sum(coordinated) == SETS
-            assert 0 < coordinated[0] < SETS
-            assert total(after, "ringkv_coordinator_requests_total", op="put") \
-                == coordinated[0]
-            before = after
-            await _sets(node.cfg.port, "pipe", pipelined=True)
-            _check_sets(before, await scrape(node), quorum="w=2")
-        finally:
-            for node in nodes:
-                await node.stop()
-
-    run(main())
+# The 3-node test of SETs on the direct lane and forwarded is in tests/kvnet/test_status_page.py:
+# it shares that module's cluster of processes with the status page's browser test.
 
 
 @pytest.mark.slow
