@@ -359,14 +359,15 @@ def apply_beats(table, beats):
     m = table._m
     out = None
     changed = []
+    make = tuple.__new__                # (MemberState(...) without its Python __new__)
     for node, gen, hb in beats:
         e = m.get(node)
-        if e is None or e.generation != gen or hb <= e.heartbeat:
+        if e is None or e[5] != gen or hb <= e[6]:      # (generation, heartbeat)
             continue
         if out is None:
             out = dict(m)
-        new = out[node] = MemberState(e.node, e.host, e.peer_port, e.client_host,
-                                      e.client_port, gen, hb, e.status, e.ring_epoch, e.zone)
+        new = out[node] = make(MemberState, (e[0], e[1], e[2], e[3], e[4], gen, hb, e[7],
+                                             e[8], e[9]))
         changed.append(new)
     if out is None:
         return table, changed
@@ -389,8 +390,11 @@ def decode_beats(data, known=()):
     out = []
     for i in range(0, len(data), 3):
         node, gen, hb = data[i], data[i + 1], data[i + 2]
-        if not (type(node) is str and node in known):
-            _str(node, f"beats[{i // 3}]: node", _NAME)
+        if type(node) is str and node in known and type(gen) is int and type(hb) is int \
+                and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64:
+            out.append((node, gen, hb))         # (the common case: no message built)
+            continue
+        _str(node, f"beats[{i // 3}]: node", _NAME)
         _int(gen, f"beats[{i // 3}] ({node}): generation")
         _int(hb, f"beats[{i // 3}] ({node}): heartbeat")
         out.append((node, gen, hb))
