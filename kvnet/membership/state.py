@@ -388,6 +388,7 @@ def decode_beats(data, known=()):
     if not isinstance(data, (list, tuple)) or len(data) % 3:
         raise ValueError("beats: expected a flat list of [node, generation, heartbeat, ...]")
     out = []
+    known = _names(known)
     for i in range(0, len(data), 3):
         node, gen, hb = data[i], data[i + 1], data[i + 2]
         if type(node) is str and node in known and type(gen) is int and type(hb) is int \
@@ -467,6 +468,11 @@ def decode_member(data, where="member", known=None):
     return MemberState(node, host, pport, chost, cport, gen, hb, status, epoch, zone)
 
 
+def _names(known):
+    """`known` for a membership test: a MemberTable's own dict (its `in` is a Python call)."""
+    return known._m if type(known) is MemberTable else known
+
+
 def encode_entries(members):
     return [encode_member(m) for m in members]
 
@@ -477,6 +483,7 @@ def decode_entries(data, what="entries", known=None):
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{what}: expected a list, got {type(data).__name__}")
     out, seen = [], set()
+    known = _names(known)
     for i, item in enumerate(data):
         m = decode_member(item, f"{what}[{i}]", known)
         if m.node in seen:
@@ -511,6 +518,7 @@ def decode_digest(data, known=()):
         raise ValueError(f"digest: expected a list, got {type(data).__name__}")
     out, seen = [], set()
     make = tuple.__new__
+    known = _names(known)
     for i, item in enumerate(data):
         if type(item) is list and len(item) == 5:
             node, gen, hb, epoch, status = item
