@@ -203,6 +203,8 @@ class AntiEntropy:
         self._stopping = False
         self._ring = None
         self._mine = []
+        self._sharing_of = None          # the ring _sharing was derived from
+        self._sharing = []
         self._turn = 0
         self._peer_turn = {}
         self._urgent = deque()           # (partition, peer or None, tries left): catch-up first
@@ -292,14 +294,13 @@ class AntiEntropy:
 
     def _watch_peers(self):
         """Queue a catch-up with every peer that restarted (a newer generation) or came back
-        up since the last look."""
+        up since the last look. Only the peers this node shares a partition with are looked
+        at (a catch-up with another has nothing to exchange): a handful, not every member."""
         node = self.node
         gossip = getattr(node, "gossip", None)
         if node.ring is None:                        # out of the ring (left): nothing to do
             return
-        for peer in node.ring.nodes:
-            if peer == node.name:
-                continue
+        for peer in self._sharing_peers():
             m = None if gossip is None else gossip.table.get(peer)
             now = (None if m is None else m.generation, node.is_up(peer))
             before = self._seen.get(peer)
@@ -377,14 +378,31 @@ class AntiEntropy:
             await self.reaper.pass_once()
         return out
 
-    def _next_partition(self):
+    def _sharing_peers(self):
+        """The ring's other members that are primaries of a partition this node is a primary
+        of, in the ring's order; derived again only when node.ring is a new object."""
         ring = self.node.ring
+        if ring is not self._sharing_of:
+            self._mine_of(ring)
+            me = self.node.name
+            sharing = {n for p in self._mine for n in ring.preference_list(p)}
+            self._sharing = [n for n in ring.nodes if n in sharing and n != me]
+            self._sharing_of = ring
+        return self._sharing
+
+    def _mine_of(self, ring):
+        """Fill _mine (the partitions this node is a primary of) for `ring`, if not done."""
         if ring is None:
             self._ring, self._mine = None, []
-            return None
-        if ring is not self._ring:
+        elif ring is not self._ring:
             self._ring = ring
             self._mine = [p for p in range(ring.q) if self.node.name in ring.preference_list(p)]
+
+    def _next_partition(self):
+        ring = self.node.ring
+        self._mine_of(ring)
+        if ring is None:
+            return None
         if not self._mine:
             return None
         p = self._mine[self._turn % len(self._mine)]

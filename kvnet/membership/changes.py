@@ -82,10 +82,12 @@ class ClusterChanges:
         node = self.node
         if node.ring is None:
             raise Unavailable(f"node {node.name} has no ring yet")
-        up = [n for n in node.ring.nodes if node.is_up(n)]
-        if not up:
-            raise Unavailable("no member of the ring is up")
-        return min(up)
+        # ring.nodes is sorted by id: the first one up is the lowest (every node asks this
+        # every interval; asking about every member was O(N) each time)
+        for n in node.ring.nodes:
+            if node.is_up(n):
+                return n
+        raise Unavailable("no member of the ring is up")
 
     async def request(self, op, payload=None):
         """An admin request (stage/plan/commit/transfers), answered by the claimant."""

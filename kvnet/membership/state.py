@@ -359,14 +359,15 @@ def apply_beats(table, beats):
     m = table._m
     out = None
     changed = []
+    make = tuple.__new__                # (MemberState(...) without its Python __new__)
     for node, gen, hb in beats:
         e = m.get(node)
-        if e is None or e.generation != gen or hb <= e.heartbeat:
+        if e is None or e[5] != gen or hb <= e[6]:      # (generation, heartbeat)
             continue
         if out is None:
             out = dict(m)
-        new = out[node] = MemberState(e.node, e.host, e.peer_port, e.client_host,
-                                      e.client_port, gen, hb, e.status, e.ring_epoch, e.zone)
+        new = out[node] = make(MemberState, (e[0], e[1], e[2], e[3], e[4], gen, hb, e[7],
+                                             e[8], e[9]))
         changed.append(new)
     if out is None:
         return table, changed
@@ -387,10 +388,14 @@ def decode_beats(data, known=()):
     if not isinstance(data, (list, tuple)) or len(data) % 3:
         raise ValueError("beats: expected a flat list of [node, generation, heartbeat, ...]")
     out = []
+    known = _names(known)
     for i in range(0, len(data), 3):
         node, gen, hb = data[i], data[i + 1], data[i + 2]
-        if not (type(node) is str and node in known):
-            _str(node, f"beats[{i // 3}]: node", _NAME)
+        if type(node) is str and node in known and type(gen) is int and type(hb) is int \
+                and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64:
+            out.append((node, gen, hb))         # (the common case: no message built)
+            continue
+        _str(node, f"beats[{i // 3}]: node", _NAME)
         _int(gen, f"beats[{i // 3}] ({node}): generation")
         _int(hb, f"beats[{i // 3}] ({node}): heartbeat")
         out.append((node, gen, hb))
@@ -463,6 +468,11 @@ def decode_member(data, where="member", known=None):
     return MemberState(node, host, pport, chost, cport, gen, hb, status, epoch, zone)
 
 
+def _names(known):
+    """`known` for a membership test: a MemberTable's own dict (its `in` is a Python call)."""
+    return known._m if type(known) is MemberTable else known
+
+
 def encode_entries(members):
     return [encode_member(m) for m in members]
 
@@ -473,6 +483,7 @@ def decode_entries(data, what="entries", known=None):
     if not isinstance(data, (list, tuple)):
         raise ValueError(f"{what}: expected a list, got {type(data).__name__}")
     out, seen = [], set()
+    known = _names(known)
     for i, item in enumerate(data):
         m = decode_member(item, f"{what}[{i}]", known)
         if m.node in seen:
@@ -507,6 +518,7 @@ def decode_digest(data, known=()):
         raise ValueError(f"digest: expected a list, got {type(data).__name__}")
     out, seen = [], set()
     make = tuple.__new__
+    known = _names(known)
     for i, item in enumerate(data):
         if type(item) is list and len(item) == 5:
             node, gen, hb, epoch, status = item

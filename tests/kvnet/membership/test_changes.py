@@ -604,3 +604,26 @@ def test_the_claimant_takes_the_zones_members_announce(tmp_path):
                 await n.stop()
 
     run(main())
+
+
+def test_the_claimant_is_the_lowest_member_up_found_without_asking_about_the_rest():
+    """Every node asks who the claimant is every interval: the ring's members are sorted, so
+    the first one up is the answer, and the members after it are not looked at."""
+    from types import SimpleNamespace
+
+    from kvcore.ring import Ring
+    from kvnet.membership.changes import ClusterChanges
+    names = [f"n{i:02d}" for i in range(40)]
+    down, asked = {"n00", "n01"}, []
+
+    def is_up(n):
+        asked.append(n)
+        return n not in down
+    node = SimpleNamespace(ring=Ring.create(list(reversed(names)), q=64, n=3), is_up=is_up,
+                           cfg=SimpleNamespace(gossip_interval_ms=1000))
+    changes = ClusterChanges(node)
+    assert changes.claimant() == "n02"
+    assert asked == ["n00", "n01", "n02"]
+    down.update(names)
+    with pytest.raises(Unavailable):
+        changes.claimant()

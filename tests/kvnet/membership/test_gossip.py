@@ -259,3 +259,25 @@ def test_a_round_derives_peers_and_addresses_again_only_when_the_roster_changes(
     assert len(saves) == 3
     asyncio.run(g.stop())                       # and at stop
     assert len(saves) == 4 and saves[3]["g2"] == ("127.0.0.1", 98)
+
+
+def test_is_down_is_the_liveness_rules_down_state(tmp_path):
+    """Routing asks is_down millions of times: it reads the DOWN set directly, and agrees with
+    the liveness rule's state through a DOWN mark and the newer heartbeat that ends it."""
+    import types
+
+    from kvnet.membership import gossip as G
+    g = G.Gossip(types.SimpleNamespace(cfg=_configs(tmp_path, nodes=3)[0], name="g0"))
+    lv = g.liveness
+
+    def agrees():
+        return all(g.is_down(p) == (lv.state(p) == DOWN) for p in ("g1", "g2", "g9"))
+    for t in range(10):
+        lv.heartbeat("g1", t * 0.05, 1, t)
+        lv.heartbeat("g2", t * 0.05, 1, t)
+    assert agrees() and not g.is_down("g1") and not g.is_down("g9")
+    lv.report("g2", ["g1"], 5.0)                 # a second source, and g1 silent for 5 s
+    assert [t.peer for t in lv.update(5.0)] == ["g1"]
+    assert agrees() and g.is_down("g1") and "g1" in g.down_peers
+    lv.heartbeat("g1", 5.1, 1, 10)                # a newer heartbeat: up again
+    assert agrees() and not g.is_down("g1")
