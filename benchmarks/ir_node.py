@@ -12,6 +12,15 @@ fake transport (benchmarks/inproc_cpu.py's) and counts only inside
 `RespProtocol.data_received` (--toggle-collect); time.sleep(0) between workloads cuts the
 counts into one dump per workload. It leaves out the event loop and the kernel, so a whole
 request's share of a difference is smaller. Needs valgrind.
+
+    python benchmarks/ir_node.py --nodes 3 ../before .     # the direct lane, pipelined
+
+--nodes 3 counts a cluster instead: three nodes (N=3, R=W=2) in the child's one process and
+event loop, their peer connections over 127.0.0.1, and --clients fake clients on node1, each
+sending its next pipeline of 1 or 16 commands (one data_received) once the previous one is
+answered. Everything the process runs between the workload's two marks is counted (the
+three nodes, the event loop; not the kernel): what a change of how often the loop turns, or
+of how many commands share a batch, saves shows up here too.
 """
 import argparse
 import asyncio
@@ -52,12 +61,75 @@ async def child(keys, door):
         await node.stop()
 
 
-def measure(checkout, keys, door, out_dir):
+async def pipelined(node, op, clients, depth, rounds):
+    """`clients` fake clients of node's front door, each sending `rounds` pipelines of
+    `depth` commands, the next once every reply of the previous one is in; the keys are
+    key:<n> for n below clients * rounds * depth, the same for SET and GET."""
+    import hiredis
+    import inproc_cpu as B
+    from kvnet.resp.server import RespProtocol
+    loop = asyncio.get_running_loop()
+    started = []
+    for c in range(clients):
+        chunks = [b"".join(B._cmd(op, b"key:%012d" % ((c * rounds + r) * depth + j))
+                           for j in range(depth)) for r in range(rounds)]
+        proto = RespProtocol(node.resp)
+        fut = loop.create_future()
+        state = {"replies": 0, "sent": 1, "reader": hiredis.Reader()}
+
+        def on_write(data, proto=proto, chunks=chunks, fut=fut, state=state):
+            reader = state["reader"]
+            reader.feed(data)
+            while reader.gets() is not False:
+                state["replies"] += 1
+            if state["replies"] < state["sent"] * depth:
+                return
+            if state["sent"] < len(chunks):
+                loop.call_soon(proto.data_received, chunks[state["sent"]])
+                state["sent"] += 1
+            elif not fut.done():
+                fut.set_result(None)
+        proto.connection_made(B.FakeTransport(on_write))
+        started.append((proto, chunks[0], fut))
+    for proto, first, _ in started:
+        proto.data_received(first)
+    await asyncio.gather(*(f for _, _, f in started))
+    for proto, _, _ in started:
+        proto.connection_lost(None)
+
+
+async def child_cluster(requests, clients):
+    sys.path.insert(0, os.getcwd())
+    sys.path.insert(0, HERE)
+    import inproc_cpu as B
+    with tempfile.TemporaryDirectory(prefix="ringkv-ir-") as base:
+        nodes = await B._nodes(base, 3, 3, 2)
+        ring = nodes[0].ring
+        for _ in range(12000):          # until node1's direct lane is open (peers connected)
+            if all(nodes[0].direct_lane(p) is not None for p in range(ring.q)):
+                break
+            await asyncio.sleep(0.01)
+        await pipelined(nodes[0], "SET", clients, 16, 2)        # every partition open
+        for pipeline, op in WORKLOADS:
+            time.sleep(0)               # a dump: what came before
+            await pipelined(nodes[0], op, clients, pipeline,
+                            max(1, requests // (clients * pipeline)))
+            time.sleep(0)               # a dump: this workload
+        for node in nodes:
+            await node.stop()
+
+
+def measure(checkout, keys, door, out_dir, nodes=1, clients=50):
     out = os.path.join(out_dir, os.path.basename(os.path.abspath(checkout)) or "root")
-    cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={TOGGLE}",
-           "--dump-before=time_sleep", f"--callgrind-out-file={out}", sys.executable,
-           os.path.abspath(__file__), "--child", "--keys", str(keys)] + ([] if door else
-                                                                          ["--no-door"])
+    if nodes == 1:
+        collect = ["--collect-atstart=no", f"--toggle-collect={TOGGLE}"]
+        child = ["--child", "--keys", str(keys)] + ([] if door else ["--no-door"])
+    else:                               # everything between the marks
+        collect = ["--collect-atstart=yes"]
+        child = ["--child", "--keys", str(keys), "--nodes", "3", "--clients", str(clients)]
+        keys = [max(1, keys // (clients * p)) * clients * p for p, _ in WORKLOADS]
+    cmd = ["valgrind", "--tool=callgrind", *collect, "--dump-before=time_sleep",
+           f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__), *child]
     subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=1800)
     counts = []
@@ -66,7 +138,11 @@ def measure(checkout, keys, door, out_dir):
             m = re.search(r"^summary: (\d+)", f.read(), re.M)
         counts.append(int(m.group(1)) if m else 0)
     # dumps: 1 the warm-up, then per workload one of it and one (empty) between
-    return [counts[1 + 2 * i] / keys for i in range(len(WORKLOADS))]
+    if len(counts) < 2 * len(WORKLOADS):
+        raise RuntimeError(f"{checkout}: {len(counts)} callgrind dumps, "
+                           f"{2 * len(WORKLOADS)} expected at least")
+    per = keys if type(keys) is list else [keys] * len(WORKLOADS)
+    return [counts[1 + 2 * i] / per[i] for i in range(len(WORKLOADS))]
 
 
 def main(argv=None):
@@ -74,16 +150,28 @@ def main(argv=None):
     ap.add_argument("checkouts", nargs="*", default=[os.path.dirname(HERE)])
     ap.add_argument("--keys", type=int, default=3200, help="commands per workload")
     ap.add_argument("--no-door", action="store_true", help="the general path: no LocalDoor")
+    ap.add_argument("--nodes", type=int, default=1, choices=(1, 3),
+                    help="3: a 3-node cluster in one process, everything counted (above)")
+    ap.add_argument("--clients", type=int, default=50, help="--nodes 3: fake clients")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        asyncio.run(child(args.keys, not args.no_door))
+        if args.nodes == 3:
+            asyncio.run(child_cluster(args.keys, args.clients))
+        else:
+            asyncio.run(child(args.keys, not args.no_door))
         return
     with tempfile.TemporaryDirectory(prefix="ringkv-callgrind-") as tmp:
-        rows = [(c, measure(c, args.keys, not args.no_door, tmp)) for c in args.checkouts]
+        rows = [(c, measure(c, args.keys, not args.no_door, tmp, args.nodes, args.clients))
+                for c in args.checkouts]
     head = "  ".join(f"-P{p} {op:>4}" for p, op in WORKLOADS)
-    print(f"instructions per command in data_received ({'general path' if args.no_door else 'door'}"
-          f", {args.keys} commands per workload)")
+    if args.nodes == 3:
+        print(f"instructions per command, the whole process: 3 nodes (N=3, R=W=2), "
+              f"{args.clients} clients on node1, about {args.keys} commands per workload")
+    else:
+        print(f"instructions per command in data_received "
+              f"({'general path' if args.no_door else 'door'}, {args.keys} commands per "
+              "workload)")
     print(f"{'checkout':40} {head}")
     first = rows[0][1]
     for c, vals in rows:

@@ -27,13 +27,14 @@ cdef class RespProtocol:
 cdef class _Waiting:
     cdef public RespProtocol conn
     cdef public object key, cmd, data, slot, started
-    cdef public bint ahead
+    cdef public int ahead              # 0, AHEAD or AHEAD_LANE
 
 
 cdef class RespServer:
     cdef public object loop, backend, idle_timeout, write_high_water, parser_limits, commands
     cdef public object door, server, tls_server, auth_timeout, preauth_limits
-    cdef public Py_ssize_t max_run_ahead, run_ahead, max_clients, max_pending
+    cdef public Py_ssize_t max_run_ahead, run_ahead, max_lane_ahead, lane_ahead
+    cdef public Py_ssize_t max_clients, max_pending
     cdef public Py_ssize_t max_input, input_bytes
     cdef public tuple door_limits
     cdef public set connections

@@ -8,7 +8,10 @@ GET still sees the SET of the same key before it. Any other command (multi-key, 
 connection state) is a barrier: it starts when everything before it is done, and nothing
 starts before it is done. Commands running beside an earlier one of their connection are
 capped server-wide (MAX_RUN_AHEAD), so a saturated node does not pile up work that would only
-wait (and time out): each connection still always has its first command running.
+wait (and time out): each connection still always has its first command running. The door's
+plain GETs and SETs on the direct lane (kvnet/localdoor.pyx) count apart, up to MAX_LANE_AHEAD:
+each is one item of a batch to the replicas, settled from its answer, so a pipeline's lane
+commands are in flight together, answered by one batch and their replies written at once.
 Reading pauses while the transport's write buffer is above its high-water mark or too many
 commands wait, so a client that does not read its replies cannot grow the server's memory.
 Until a connection authenticates, its commands are parsed one at a time within Redis' limits
@@ -44,6 +47,8 @@ FLUSH_SIZE = 64 << 10        # write replies out at least this often within one 
 MAX_IN_FLIGHT = 128          # suspended commands running at once, per connection
 MAX_RUN_AHEAD = 64           # commands running beside an earlier one of their connection,
                              # server-wide: a saturated node keeps its queue (and latency) short
+MAX_LANE_AHEAD = 4096        # ... of them the door's direct-lane GETs and SETs, server-wide,
+                             # counted apart: each is a peer batch's item, not a Task
 TLS_HANDSHAKE_TIMEOUT = 10.0 # seconds a TLS client has to finish its handshake
 AUTH_TIMEOUT = 10.0          # seconds a connection has to authenticate, when it must; 0: any
 MAX_INPUT = 256 << 20        # bytes of commands partly received, all connections together
@@ -246,7 +251,7 @@ class RespProtocol:
         while queue and not self._closed:
             if self._write_paused:  # resume_writing() continues
                 break
-            started = data = None
+            started = data = on_lane = None
             if door is not None and not self._running:
                 added, started = door.take(session, queue, out, FLUSH_SIZE - self._out_size)
                 if added:
@@ -269,20 +274,30 @@ class RespProtocol:
                     self._close_after_flush()
                     return
                 if self._running:
-                    if self._barrier or len(self._running) >= MAX_IN_FLIGHT \
-                            or self.server.run_ahead >= self.server.max_run_ahead:
+                    if self._barrier or len(self._running) >= MAX_IN_FLIGHT:
+                        break
+                    server = self.server
+                    general = server.run_ahead < server.max_run_ahead
+                    lane = door is not None and server.lane_ahead < server.max_lane_ahead
+                    if not (general or lane):
                         break
                     key = self._key_of(argv)
                     if key is None or key in self._keys:
                         break           # a barrier, or the same key as a command in flight
-                    queue.popleft()
                     # beside a command in flight (a pipeline behind a lane command): the
                     # door's plain GET or SET, else the general path
-                    reply = None if door is None else door.one(session, argv)
-                    if type(reply) is bytes:    # encoded already: in order below
-                        data = reply
-                    elif reply is None:
+                    reply = door.one(session, argv) if lane else None
+                    if reply is None:
+                        if not general:     # only the door's commands pass the cap
+                            break
+                        queue.popleft()
                         reply = dispatch(session, argv)
+                    else:
+                        queue.popleft()
+                        if type(reply) is bytes:    # encoded already: in order below
+                            data = reply
+                        else:               # on the lane: counted in lane_ahead
+                            on_lane = reply
                 else:
                     key = None          # computed only when the command suspends
                     queue.popleft()
@@ -302,7 +317,7 @@ class RespProtocol:
                 if not reply.done():
                     if key is None and argv is not None:
                         key = self._key_of(argv)
-                    self._track(reply, key, session.pending)
+                    self._track(reply, key, session.pending, on_lane is reply)
                     continue
                 self.commands.count(session.slot, session.started)
                 reply = self.commands.settle(session.pending, reply)
@@ -327,12 +342,18 @@ class RespProtocol:
     def _start_task(self, coro, yielded, key):
         self._track(self.loop.create_task(finish(coro, yielded)), key)
 
-    def _track(self, task, key, cmd=None):
+    def _track(self, task, key, cmd=None, lane=False):
         """Hold a place in reply order for a command still running (its Task, or the backend
-        future of `cmd`); its reply is written when it and every one ahead of it are done."""
-        ahead = bool(self._running)     # beside an earlier command of this connection
-        if ahead:
-            self.server.run_ahead += 1
+        future of `cmd`; `lane`: the door's, on the direct lane); its reply is written when it
+        and every one ahead of it are done."""
+        ahead = 0
+        if self._running:               # beside an earlier command of this connection
+            if lane:
+                ahead = AHEAD_LANE
+                self.server.lane_ahead += 1
+            else:
+                ahead = AHEAD
+                self.server.run_ahead += 1
         waiting = _Waiting(self, key, ahead, cmd)
         waiting.slot = self.session.slot        # counted once answered (Commands.count)
         waiting.started = self.session.started
@@ -350,8 +371,10 @@ class RespProtocol:
     def _task_done(self, task, waiting):
         if self._running.pop(task, None) is None:   # released already
             return
-        if waiting.ahead:
+        if waiting.ahead == AHEAD:
             self.server.run_ahead -= 1
+        elif waiting.ahead == AHEAD_LANE:
+            self.server.lane_ahead -= 1
         key = waiting.key
         if key is None:
             self._barrier = False
@@ -431,13 +454,17 @@ def _addr(name):
     return str(name or "")
 
 
+AHEAD = 1           # _Waiting.ahead: beside an earlier command, counted in run_ahead;
+AHEAD_LANE = 2      # ... a direct-lane command of the door, counted in lane_ahead (0: neither)
+
+
 class _Waiting:
     """A command of a connection still running: its place in reply order (`data`, its
     encoded reply once it is done), the key it holds (None: a barrier), whether it runs
-    beside an earlier command (the server's run_ahead counts it) and, when it is a backend's
-    future, its Command. Called with its Task or future once that is done (a done callback,
-    or ReplyFuture.on_settled): one object per command instead of a slot list, an entry tuple
-    and a bound method."""
+    beside an earlier command (AHEAD or AHEAD_LANE: the server's run_ahead or lane_ahead
+    counts it) and, when it is a backend's future, its Command. Called with its Task or future
+    once that is done (a done callback, or ReplyFuture.on_settled): one object per command
+    instead of a slot list, an entry tuple and a bound method."""
 
     __slots__ = ("conn", "key", "ahead", "cmd", "data", "slot", "started")
 
@@ -462,10 +489,12 @@ class RespServer:
                  max_input=MAX_INPUT, max_pending=MAX_PENDING,
                  write_high_water=WRITE_HIGH_WATER, max_bulk=MAX_BULK, max_args=MAX_ARGS,
                  max_inline=MAX_INLINE, max_command=MAX_COMMAND, max_run_ahead=MAX_RUN_AHEAD,
-                 config=None, loop=None):
+                 max_lane_ahead=MAX_LANE_AHEAD, config=None, loop=None):
         self.loop = loop or asyncio.get_running_loop()
         self.max_run_ahead = max_run_ahead
         self.run_ahead = 0          # commands running beside an earlier one of their connection
+        self.max_lane_ahead = max_lane_ahead
+        self.lane_ahead = 0         # ... of them the door's on the direct lane (not in run_ahead)
         self.backend = backend
         self.max_clients = max_clients
         self.idle_timeout = idle_timeout or 0

@@ -362,19 +362,63 @@ def test_a_pipeline_of_lane_commands_is_in_flight_at_once(tmp_path):
             for k in keys:
                 assert _held(nodes, k) == [[(True, k)]] * 3
             assert nodes[0].stats["puts"] == 16
-            assert nodes[0].resp.run_ahead == 0     # every one ahead released
+            assert nodes[0].resp.run_ahead == nodes[0].resp.lane_ahead == 0   # all released
             # the connection lost with a pipeline in flight: its bookkeeping released too
             saved, nodes[0].resp.door = nodes[0].resp.door, door
             try:
                 proto = RespProtocol(nodes[0].resp)
                 proto.connection_made(RecordingTransport([], "c"))
                 proto.data_received(b"".join(resp(b"SET", k, b"x") for k in keys))
-                assert len(proto._running) == 16 and nodes[0].resp.run_ahead == 15
+                # (lane commands ahead of the first count in lane_ahead, not run_ahead)
+                assert len(proto._running) == 16 and nodes[0].resp.lane_ahead == 15
+                assert nodes[0].resp.run_ahead == 0
                 proto.connection_lost(None)
                 assert not proto._running and not proto._keys and not proto._slots
-                assert nodes[0].resp.run_ahead == 0
+                assert nodes[0].resp.lane_ahead == 0
             finally:
                 nodes[0].resp.door = saved
+
+    asyncio.run(main())
+
+
+def test_pipelines_past_the_run_ahead_cap_are_in_flight_at_once_and_answered_in_one_write(
+        tmp_path):
+    """Eight clients pipelining 16 lane SETs each (120 commands beside their connection's
+    first: max_run_ahead is 64): every one is in flight at once (counted in lane_ahead), and
+    each connection's 16 replies leave in one or two writes (one per batch answer that settles
+    them), not one per command."""
+    async def main():
+        async with _lane_cluster(tmp_path) as nodes:
+            server = nodes[0].resp
+            keys = [[b"c%d-%d" % (c, i) for i in range(16)] for c in range(8)]
+            await _feed(nodes[0], [b"".join(resp(b"GET", k) for ks in keys for k in ks)],
+                        None)           # every partition open
+            assert server.max_run_ahead < 8 * 15
+            log = []
+            conns = []
+            for c in range(8):
+                conns.append(RespProtocol(server))
+                conns[c].connection_made(RecordingTransport(log, c))
+            try:
+                for conn, ks in zip(conns, keys):
+                    conn.data_received(b"".join(resp(b"SET", k, k) for k in ks))
+                assert server.lane_ahead == 8 * 15 and server.run_ahead == 0
+                for _ in range(5000):
+                    if not any(conn._running for conn in conns):
+                        break
+                    await asyncio.sleep(0.001)
+                await asyncio.sleep(0)  # the round's flush
+                for c in range(8):
+                    writes = [data for who, data in log if who == c and type(data) is bytes]
+                    assert b"".join(writes) == b"+OK\r\n" * 16
+                    assert len(writes) <= 2
+                assert server.lane_ahead == 0 and server.run_ahead == 0
+                await _settled(nodes, [k for ks in keys for k in ks])
+                for k in (keys[0][0], keys[7][15]):
+                    assert _held(nodes, k) == [[(True, k)]] * 3
+            finally:
+                for conn in conns:
+                    conn.connection_lost(None)
 
     asyncio.run(main())
 

@@ -10,6 +10,7 @@ from kvnet.resp.backend import MemoryBackend
 from kvnet.resp.commands import Commands
 from kvnet.resp.server import RespProtocol, RespServer, serve
 from kvnet.stepping import ReplyFuture, reject, resolve
+from kvnet.testing.fakes import LaneDoor
 
 from tests.kvnet.resp.test_server import RecordingTransport, raw_connection, read_until_eof, run
 
@@ -377,4 +378,76 @@ def test_one_failing_write_does_not_hold_the_other_connections_replies():
         assert log == [("broken", "aborted"), ("fine", b"+PONG\r\n")]
         for c in (broken, fine):
             c.connection_lost(None)
+    run(main())
+
+
+def _lane_server(max_run_ahead, max_lane_ahead, names):
+    """A server whose door (kvnet.testing.fakes.LaneDoor) keeps every SET in flight until the
+    test settles it, and a connection per name, writing to one log."""
+    backend = FutureBackend(reply=True)
+    server = RespServer(backend, idle_timeout=0, max_run_ahead=max_run_ahead,
+                        max_lane_ahead=max_lane_ahead)
+    server.door = LaneDoor(server.commands)
+    log = []
+    conns = {}
+    for name in names:
+        conns[name] = RespProtocol(server)
+        conns[name].connection_made(RecordingTransport(log, name))
+    return backend, server, conns, log
+
+
+def _writes(log, name):
+    return [data for who, data in log if who == name and type(data) is bytes]
+
+
+def test_lane_commands_pass_the_run_ahead_cap_and_each_pipeline_answers_in_one_write():
+    """The door's commands on the direct lane count apart from max_run_ahead: with a cap of 2,
+    three connections' pipelines of 16 SETs are all in flight at once. Settled in reverse
+    order (a batch's acknowledgements come in any order), each connection's replies still
+    leave in command order, a failed one's error in its place, in one write per connection;
+    none leaves while the connection's first command is still out."""
+    async def main():
+        backend, server, conns, log = _lane_server(2, 4096, "abc")
+        keys = {name: [b"%s%d" % (name.encode(), i) for i in range(16)] for name in "abc"}
+        keys["b"][5] = b"fail:b5"
+        for name, conn in conns.items():
+            conn.data_received(b"".join(resp(b"SET", k, b"v") for k in keys[name]))
+        assert len(backend.futures) == 48
+        assert server.lane_ahead == 45 and server.run_ahead == 0
+        for key in reversed(list(backend.futures)):
+            if key != b"a0":
+                backend.settle(key)
+        await asyncio.sleep(0)
+        assert _writes(log, "a") == []          # a0 is still out: nothing of a's may leave
+        assert _writes(log, "b") == [b"+OK\r\n" * 5 + b"-ERR cannot write fail:b5\r\n"
+                                     + b"+OK\r\n" * 10]
+        assert _writes(log, "c") == [b"+OK\r\n" * 16]
+        backend.settle(b"a0")
+        await asyncio.sleep(0)
+        assert _writes(log, "a") == [b"+OK\r\n" * 16]
+        assert server.lane_ahead == 0 and server.run_ahead == 0
+        assert server.door.started == 48
+        for conn in conns.values():
+            conn.connection_lost(None)
+    run(main())
+
+
+def test_past_max_lane_ahead_the_general_path_and_its_cap_take_over():
+    """With 4 lane commands ahead, the next ones run by the general path while max_run_ahead
+    (2) lets them; the rest wait in the queue, in order, and start as those before finish."""
+    async def main():
+        backend, server, conns, log = _lane_server(2, 4, "a")
+        keys = [b"k%d" % i for i in range(16)]
+        conns["a"].data_received(b"".join(resp(b"SET", k, b"v") for k in keys))
+        assert list(backend.futures) == keys[:7]    # the first, 4 on the lane, 2 general
+        assert server.door.started == 5 and server.lane_ahead == 4 and server.run_ahead == 2
+        for _ in range(16):
+            for key in list(backend.futures):
+                backend.settle(key)
+            await asyncio.sleep(0)
+            if not backend.futures:
+                break
+        assert b"".join(_writes(log, "a")) == b"+OK\r\n" * 16
+        assert server.lane_ahead == 0 and server.run_ahead == 0
+        conns["a"].connection_lost(None)
     run(main())
