@@ -271,6 +271,9 @@ class NodeCollector:
                                 value=len(ring.nodes))
         yield GaugeMetricFamily("ringkv_partitions_open", "Partitions open here",
                                 value=len(node.replica.partitions))
+        yield CounterMetricFamily("ringkv_peer_frame_mac_failures",
+                                  "Peer connections closed on a frame that failed its MAC "
+                                  "check (docs/security.md)", value=node.pool.mac_failures)
 
 
 class MetricsServer:
