@@ -165,7 +165,7 @@ class ClusterChanges:
         if node.ring_state.moving:
             raise CommandError("a ring change is still moving partitions; see `kvctl transfers`")
         if not self.staged and not self.relayout:
-            return {"staged": {}, "transfers": [], "bytes": 0, "moves": {}, "relayout": False}
+            return {"staged": {}, "transfers": [], "bytes": 0, "moves": {}}
         nxt = self._next_ring()
         xfers = RS.transfers(node.ring, nxt)
         sizes = await self._sizes({x.partition for x in xfers}, xfers)
