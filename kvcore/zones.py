@@ -92,3 +92,21 @@ def fewest(items, cost):
     costs = [cost(x) for x in items]
     low = min(costs)
     return [x for x, c in zip(items, costs) if c == low]
+
+
+def zone_table(ring):
+    """Per zone of a ring (members without one together under None), in zone order: {"zone",
+    "nodes", "partitions" (owned), "replicas" (places in preference lists)} (KV.RING,
+    KV.STATUS, kvctl ring and status)."""
+    zones = members_of(ring)
+    rows = {}
+    for x in sorted(zones):
+        rows.setdefault(zones[x], {"zone": zones[x], "nodes": [], "partitions": 0,
+                                   "replicas": 0})["nodes"].append(x)
+    for x in ring.owners:
+        rows[zones[x]]["partitions"] += 1
+    for p in range(ring.q):
+        for x in ring.preference_list(p):
+            rows[zones[x]]["replicas"] += 1
+    return [rows[z] for z in sorted(rows, key=lambda z: (z is None, z or ""))]
+

@@ -138,6 +138,9 @@ class NodeConfig:
     tls_cluster: bool = _s(False, "mutual TLS between nodes (each verifies the other's "
                                   "certificate against tls_ca_cert_file); plaintext peers are "
                                   "refused")
+    peer_frame_mac: bool = _s(True, "a MAC on every node-to-node frame after the handshake "
+                                    "(keyed by the cluster secret; none inside tls_cluster); "
+                                    "nodes without it (protocol version 3 or older) are refused")
     allow_flush: bool = _s(True, "accept FLUSHDB/FLUSHALL (--no-flush refuses them)")
     join: bool = _s(False, "start as a joining member: take the ring from the seeds in members")
     # Failure handling (issue 6): every interval is configurable so tests run at 50-100 ms.
@@ -319,7 +322,8 @@ def validate(cfg):
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format: {cfg.log_format!r} must be one of {', '.join(LOG_FORMATS)}")
     _check_tls(cfg)
-    for name in ("allow_flush", "ae_enabled", "join", "insecure_dev_secret", "tls_cluster"):
+    for name in ("allow_flush", "ae_enabled", "join", "insecure_dev_secret", "tls_cluster",
+                 "peer_frame_mac"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"{name}: must be true or false")
     names = [m.name for m in cfg.members]

@@ -12,6 +12,7 @@ import logging
 
 from kvcore import versions as V
 from kvcore._native import select
+from kvcore.zones import zone_table
 from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
 from kvnet.coordinator.quorum import resolve_quorum
@@ -341,12 +342,15 @@ class FrontDoor(Backend):
 
     async def ring_info(self):
         nodes = []
-        for n in self.ring.nodes:
+        ring = self.ring
+        zone = dict(ring.members)
+        for n in ring.nodes:
             addr = await self._client_addr(n)
             nodes.append({"name": n, "host": addr[0] if addr else None,
-                          "port": addr[1] if addr else None, "up": self.host.is_up(n)})
-        return {"epoch": self.ring.epoch, "q": self.ring.q, "n": self.ring.n,
-                "nodes": nodes, "owners": list(self.ring.owners)}
+                          "port": addr[1] if addr else None, "up": self.host.is_up(n),
+                          "zone": zone[n]})
+        return {"epoch": ring.epoch, "q": ring.q, "n": ring.n,
+                "nodes": nodes, "owners": list(ring.owners), "zones": zone_table(ring)}
 
     async def preflist(self, key):
         p = self._partition(key)
@@ -355,6 +359,7 @@ class FrontDoor(Backend):
 
     async def status(self):
         counts = {n: 0 for n in self.ring.nodes}
+        zones = dict(self.ring.members)
         for o in self.ring.owners:
             counts[o] += 1
         view = self.host.gossip.view()
@@ -362,6 +367,7 @@ class FrontDoor(Backend):
         for n in sorted(set(self.ring.nodes) | set(view)):
             row = {"name": n, "up": self.host.is_up(n), "partitions": counts.get(n, 0)}
             entry = self.host.gossip.table.get(n)
+            row["zone"] = zones[n] if n in zones else getattr(entry, "zone", None)
             row["status"] = entry.status if entry is not None else None   # joining, valid, ...
             if n == self.name:
                 row.update(state="up", heartbeat_age_s=0.0, suspected_by=[],
@@ -374,6 +380,7 @@ class FrontDoor(Backend):
         ae = self.host.antientropy
         st = ae.stats
         return {"node": self.name, "ring_epoch": self.ring.epoch, "members": members,
+                "zones": zone_table(self.ring),
                 "antientropy": {"catchup_pending": ae.catchup_pending(),
                                 "exchanges": st["exchanges"],
                                 # keys this node's store took from a peer, in either's exchange
@@ -387,10 +394,15 @@ class FrontDoor(Backend):
             if not node:
                 raise CommandError(f"KV.CLUSTER {op.upper()} needs a node id")
             return {"staged": await self.host.changes.request("stage", {"op": op, "node": node})}
+        if op == "relayout":                # stage a zone relayout (CANCEL: unstage it)
+            staged = await self.host.changes.request(
+                "stage", {"op": op, "node": (node or "").lower()})
+            return {"staged": staged, "relayout": (node or "").lower() != "cancel"}
         if op in ("plan", "commit", "transfers"):
             return await self.host.changes.request(op)
         raise CommandError(f"unknown KV.CLUSTER subcommand {op!r}: "
-                           "JOIN|LEAVE|REMOVE|CLEAR node, PLAN, COMMIT, TRANSFERS")
+                           "JOIN|LEAVE|REMOVE|CLEAR node, RELAYOUT [CANCEL], PLAN, COMMIT, "
+                           "TRANSFERS")
 
     async def compact(self, partition=None):
         """KV.COMPACT [P]: merge every partition this node holds (or P) now."""

@@ -282,6 +282,9 @@ class NodeCollector:
                                 value=len(ring.nodes))
         yield GaugeMetricFamily("ringkv_partitions_open", "Partitions open here",
                                 value=len(node.replica.partitions))
+        yield CounterMetricFamily("ringkv_peer_frame_mac_failures",
+                                  "Peer connections closed on a frame that failed its MAC "
+                                  "check (docs/security.md)", value=node.pool.mac_failures)
 
 
 # the status page's files (package data of kvnet/status), by path: (file, content type)

@@ -79,7 +79,8 @@ class Node(FrontHost, RingListener):
         self.pool = PeerPool(cfg.name, cfg.cluster_secret.encode(), self.handlers,
                              max_message_size=cfg.max_peer_message_bytes,
                              tls=self.tls if cfg.tls_cluster else None,
-                             idle_timeout=cfg.peer_idle_timeout_s)
+                             idle_timeout=cfg.peer_idle_timeout_s,
+                             frame_mac=cfg.peer_frame_mac)
         self.services = []                # background parts: start(), stop(), handlers()
         self.gossip = self.add_service(Gossip(self))
         self.lanes = Lanes(self.pool, self.gossip.down_peers)

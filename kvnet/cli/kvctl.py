@@ -153,6 +153,9 @@ def _parser():
                       ("remove", "stage the removal of a dead node"),
                       ("clear", "unstage a node's change")):
         add(op, help_).add_argument("node")
+    rl = add("relayout", "stage a zone relayout: every preference list in N zones again after "
+             "joins and leaves wore the zone spacing off (then plan, commit)")
+    rl.add_argument("--cancel", action="store_true", help="unstage it")
     add("plan", "what the staged changes would move")
     add("commit", "apply the staged changes")
     cp = add("compact", "merge the node's partitions now (the node at --port; see --all)")
@@ -446,6 +449,14 @@ def _run(c, args, out):
             con.print("staged: " + (", ".join(f"{op} {n}" for n, op in sorted(staged.items()))
                                     or "nothing"), soft_wrap=True)
             con.print("next: `kvctl plan`, then `kvctl commit`")
+    elif args.cmd == "relayout":
+        res = c.cluster("relayout", "cancel" if args.cancel else None)
+        if as_json:
+            _print_json(res, out)
+        elif args.cancel:
+            con.print("relayout unstaged")
+        else:
+            con.print("staged: a zone relayout; next: `kvctl plan`, then `kvctl commit`")
     elif args.cmd == "compact":
         res = _compact(c, args)
         if as_json:
@@ -488,14 +499,15 @@ def _compact(c, args):
 def _show_status(st, con):
     con.print(f"node {st['node']}, ring epoch {st['ring_epoch']}")
     t = _table("member", "status", "route", "liveness", "heartbeat age>", "partitions>",
-               "suspected by")
+               "zone", "suspected by")
     for m in st["members"]:
         age = m.get("heartbeat_age_s")
         age = "-" if age is None else f"{float(age):.2f} s"
         t.add_row(m["name"], m.get("status") or "-", "up" if m["up"] else "down",
-                  m.get("state") or "?", age, str(m["partitions"]),
+                  m.get("state") or "?", age, str(m["partitions"]), m.get("zone") or "-",
                   ", ".join(m.get("suspected_by") or []) or "-")
     _show(con, t)
+    _show_zones(st.get("zones"), con)
     ae = st.get("antientropy")
     if ae:                  # what a node that was down is catching up (docs/operations.md)
         con.print(f"anti-entropy on {st['node']}: {ae['catchup_pending']} catch-up exchanges "
@@ -506,12 +518,26 @@ def _show_status(st, con):
 def _show_ring(ring, con):
     owned = Counter(ring["owners"])
     con.print(f"epoch {ring['epoch']}, Q={ring['q']}, N={ring['n']}")
-    t = _table("node", "address", "route", "partitions>", "share>")
+    t = _table("node", "address", "route", "partitions>", "share>", "zone")
     for n in ring["nodes"]:
         where = f"{n['host']}:{n['port']}" if n.get("port") else "?"
         up = n.get("up")
         t.add_row(n["name"], where, "-" if up is None else ("up" if up else "down"),
-                  str(owned[n["name"]]), f"{100.0 * owned[n['name']] / max(1, ring['q']):.1f}%")
+                  str(owned[n["name"]]), f"{100.0 * owned[n['name']] / max(1, ring['q']):.1f}%",
+                  n.get("zone") or "-")
+    _show(con, t)
+    _show_zones(ring.get("zones"), con)
+
+
+def _show_zones(zones, con):
+    """Per zone: its nodes, the partitions they own and their places in preference lists (a
+    node without a zone counts under "-"); nothing when no member has a zone."""
+    if not zones or all(z.get("zone") is None for z in zones):
+        return
+    t = _table("zone", "nodes", "partitions>", "replicas>")
+    for z in zones:
+        t.add_row(z.get("zone") or "-", ", ".join(z["nodes"]), str(z["partitions"]),
+                  str(z["replicas"]))
     _show(con, t)
 
 
@@ -526,11 +552,15 @@ def _show_preflist(key, pl, con):
 
 def _show_plan(plan, con):
     staged = plan["staged"]
-    if not staged:
+    if not staged and not plan.get("relayout"):
         con.print("nothing staged")
         return
-    con.print("staged: " + ", ".join(f"{op} {n}" for n, op in sorted(staged.items())),
+    con.print("staged: " + ", ".join([f"{op} {n}" for n, op in sorted(staged.items())]
+                                     + (["zone relayout"] if plan.get("relayout") else [])),
               soft_wrap=True)
+    if plan.get("zone_problems"):
+        con.print("after it, zone spacing still lacks: " + "; ".join(plan["zone_problems"]),
+                  soft_wrap=True)
     con.print(f"{len(plan['transfers'])} partition transfers, about {plan['bytes']:,} bytes")
     received = Counter()
     for tr in plan["transfers"]:

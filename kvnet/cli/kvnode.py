@@ -114,11 +114,33 @@ def dev_names(nodes):
     return [f"node{i + 1}" for i in range(nodes)]
 
 
-def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None, pki=None):
+def dev_zones(spec, nodes):
+    """`kvnode dev --zones`: the zone of each of `nodes` nodes, round-robin over the zones
+    given as names (a,b,c) or as a count (3: z1, z2, z3); None without it. ValueError on a bad
+    spec."""
+    if spec is None:
+        return None
+    spec = spec.strip()
+    if spec.isdigit():
+        count = int(spec)
+        if not 1 <= count <= 64:
+            raise ValueError(f"a zone count is from 1 to 64, got {count}")
+        zones = [f"z{k + 1}" for k in range(count)]
+    else:
+        zones = [z.strip() for z in spec.split(",")]
+        if not all(zones) or len(set(zones)) != len(zones):
+            raise ValueError(f"zones are distinct non-empty names, comma-separated, or a "
+                             f"count, got {spec!r}")
+    return [zones[i % len(zones)] for i in range(nodes)]
+
+
+def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None, pki=None,
+                 zones=None):
     """The `kvnode start` command line of each node of a local dev cluster (the cluster secret
     comes in the environment: dev_env). members_of(i): node i's --members, when not the
     nodes' own peer ports (`--faults`: the proxies'). pki (`--tls`, a DevPKI): clients on
-    TLS only, at the same ports, and mutual TLS between the nodes."""
+    TLS only, at the same ports, and mutual TLS between the nodes. zones (dev_zones): each
+    node's --zone."""
     names = dev_names(nodes)
     members = ",".join(f"{nm}@127.0.0.1:{base_port + 10000 + i}" for i, nm in enumerate(names))
     cmds = []
@@ -130,7 +152,8 @@ def dev_commands(nodes, base_port, data_dir, n, fsync, extra=(), members_of=None
                      "--data-dir", os.path.join(data_dir, nm),
                      "--members", members if members_of is None else members_of(i),
                      "--n", str(min(n, nodes)), "--r", str(min(2, n, nodes)),
-                     "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra])
+                     "--w", str(min(2, n, nodes)), "--fsync", fsync, *extra,
+                     *(["--zone", zones[i]] if zones else [])])
     return names, cmds
 
 
@@ -175,6 +198,11 @@ def _dev(args):
         print(f"kvnode dev: --faults takes 2 to {MAX_FAULT_NODES} nodes (a proxy per link)",
               file=sys.stderr)
         return 2
+    try:
+        args.zone_of = dev_zones(args.zones, args.nodes)
+    except ValueError as exc:
+        print(f"kvnode dev: --zones: {exc}", file=sys.stderr)
+        return 2
     ports = [args.base_port + i for i in range(args.nodes)]
     busy = [p for p in ports + [p + 10000 for p in ports] + [dev_metrics_port(p) for p in ports]
             if not _port_free(p)]
@@ -204,7 +232,7 @@ def _supervise_dev(args, ports, faults, members_of):
         print(f"kvnode dev: --tls: {exc}", file=sys.stderr)
         return 1
     names, cmds = dev_commands(args.nodes, args.base_port, args.data_dir, args.n, args.fsync,
-                               _passed_through(args), members_of, pki)
+                               _passed_through(args), members_of, pki, args.zone_of)
     sup = DevSupervisor(names, cmds, ports, dev_env(dev_secret(args.data_dir)),
                         restart=not args.no_restart, control=faults,
                         ssl=None if pki is None else pki.context())
@@ -308,7 +336,8 @@ def _add(args):
                *_client_port_flags(port, pki, name),
                "--peer-port", str(peer), "--metrics-port", str(metrics),
                "--data-dir", os.path.join(args.data_dir, name),
-               "--members", members, "--fsync", args.fsync, "--join", *_passed_through(args)]
+               "--members", members, "--fsync", args.fsync, "--join", *_passed_through(args),
+               *(["--zone", args.zone] if args.zone else [])]
         sup = DevSupervisor([name], [cmd], [port], dev_env(secret), restart=not args.no_restart,
                             ssl=ssl)
         stopping = _stop_on_signals()
@@ -374,9 +403,13 @@ def parser():
     dv.add_argument("--faults", action="store_true",
                     help="a fault proxy on every link between the nodes, driven by `kvctl fault` "
                     "(docs/operations.md)")
+    dv.add_argument("--zones", default=None,
+                    help="give the nodes zones round-robin: names (a,b,c) or a count (3: z1, "
+                    "z2, z3); the ring is spaced by zone (docs/cluster.md, \"Zones\")")
     _dev_flags(dv)
     ad = sub.add_parser("add", help="start one more node next to `kvnode dev` and join it")
     ad.add_argument("--index", type=int, default=None, help="node number (default: next free)")
+    ad.add_argument("--zone", default=None, help="the new node's zone")
     _dev_flags(ad)
     return ap
 

@@ -50,6 +50,7 @@ class ClusterChanges:
         self.node = node
         self.interval = interval or max(0.05, node.cfg.gossip_interval_ms / 1000.0)
         self.staged = {}             # node id -> op (on the claimant)
+        self.relayout = False        # a zone relayout staged (on the claimant)
         self.progress = {}           # (epoch, partition, to) -> {"state", "keys", "bytes", ...}
         self.sending = {}            # (partition, to) -> {"epoch", "keys", "bytes"}: streams from here
         self.stats = {"sent_keys": 0, "sent_bytes": 0, "received_keys": 0}
@@ -105,11 +106,23 @@ class ClusterChanges:
 
     async def _on_stage(self, m):
         self._claimant_only()
-        if not isinstance(m, dict) or m.get("op") not in OPS + ("clear",) \
+        if not isinstance(m, dict) or m.get("op") not in OPS + ("clear", "relayout") \
                 or not isinstance(m.get("node"), str):
             raise CommandError("stage needs {'op': join|leave|remove|clear, 'node': id}")
         op, who = m["op"], m["node"]
         node, ring = self.node, self.node.ring
+        if op == "relayout":
+            if who not in ("", "cancel"):
+                raise CommandError("KV.CLUSTER RELAYOUT takes no node (CANCEL unstages it)")
+            if who == "cancel":
+                self.relayout = False
+            else:
+                try:          # refused now when there is nothing to do (plan shows the moves)
+                    RS.relayout(self._next_ring(relayout=False))
+                except ValueError as exc:
+                    raise CommandError(f"relayout: {exc}") from None
+                self.relayout = True
+            return dict(self.staged)
         if op == "clear":
             self.staged.pop(who, None)
             return dict(self.staged)
@@ -134,12 +147,17 @@ class ClusterChanges:
         """{member: zone} for every member gossip knows (its config's `zone`, None when unset)."""
         return {who: e.zone for who, e in self.node.gossip.table.items()}
 
-    def _next_ring(self):
+    def _next_ring(self, relayout=None):
+        """The ring after the staged changes: the joins and leaves, then (staged, or
+        `relayout`) a zone relayout when the ring they leave needs one."""
         ring = self.node.ring
         join = [n for n, op in self.staged.items() if op == "join"]
         out = [n for n, op in self.staged.items() if op in ("leave", "remove")]
         try:
-            return RS.plan_ring(ring, join, out, self._zones())
+            nxt = RS.plan_ring(ring, join, out, self._zones())
+            if (self.relayout if relayout is None else relayout) and RS.zone_problems(nxt):
+                nxt = RS.relayout(nxt)
+            return nxt
         except ValueError as exc:
             raise CommandError(str(exc)) from None
 
@@ -148,7 +166,7 @@ class ClusterChanges:
         node = self.node
         if node.ring_state.moving:
             raise CommandError("a ring change is still moving partitions; see `kvctl transfers`")
-        if not self.staged:
+        if not self.staged and not self.relayout:
             return {"staged": {}, "transfers": [], "bytes": 0, "moves": {}}
         nxt = self._next_ring()
         xfers = RS.transfers(node.ring, nxt)
@@ -156,7 +174,8 @@ class ClusterChanges:
         moves = {}
         for x in xfers:
             moves[x.to] = moves.get(x.to, 0) + 1
-        return {"staged": dict(self.staged),
+        return {"staged": dict(self.staged), "relayout": self.relayout,
+                "zone_problems": RS.zone_problems(nxt),
                 "transfers": [[x.partition, x.to, list(x.sources), sizes.get(x.partition)]
                               for x in xfers],
                 "bytes": sum(sizes.get(x.partition) or 0 for x in xfers),
@@ -227,8 +246,8 @@ class ClusterChanges:
         state = node.ring_state
         if state.moving:
             raise CommandError("a ring change is still moving partitions; see `kvctl transfers`")
-        if not self.staged:
-            raise CommandError("nothing staged: use `kvctl join|leave|remove` first")
+        if not self.staged and not self.relayout:
+            raise CommandError("nothing staged: use `kvctl join|leave|remove|relayout` first")
         removing = {n for n, op in self.staged.items() if op == "remove"}
         down = [n for n in node.ring.nodes if n not in removing and not node.is_up(n)]
         down += [n for n, op in self.staged.items() if op == "join" and not node.is_up(n)]
@@ -246,6 +265,7 @@ class ClusterChanges:
                     log.info("status of %s: %s", who, exc)
         node.gossip.table = table
         self.staged.clear()
+        self.relayout = False
         node.offer_ring(new)
         log.warning("ring epoch %d committed: %d transfers", new.epoch,
                     len(RS.transfers(state.current, nxt)))
@@ -372,7 +392,7 @@ class ClusterChanges:
         the ring's, commit a ring change that sets them (see the module docstring). Returns the
         new state, or None."""
         node = self.node
-        if self.staged:
+        if self.staged or self.relayout:
             return None                          # an operator's change goes first
         table, ring = node.gossip.table, state.current
         zones = {}

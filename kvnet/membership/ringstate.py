@@ -19,12 +19,14 @@ from typing import NamedTuple
 
 import msgpack
 
+from kvcore import claim
 from kvcore.errors import RingError
 from kvcore.ring import Ring
+from kvcore.zones import members_of, zone_labels
 from kvcore.storage.files import fsync_dir, write_file
 
-__all__ = ["RingState", "Transfer", "transfers", "plan_ring", "zones_differ", "encode", "decode",
-           "load", "save", "RING_FILE"]
+__all__ = ["RingState", "Transfer", "transfers", "plan_ring", "relayout", "zone_problems",
+           "zones_differ", "encode", "decode", "load", "save", "RING_FILE"]
 
 RING_FILE = "RING"
 
@@ -110,6 +112,42 @@ def plan_ring(current, join=(), leave=(), zones=None):
     except RingError as exc:
         raise ValueError(str(exc)) from None
     return ring
+
+
+def zone_problems(ring):
+    """Why the ring's preference lists are not each n consecutive owners in n distinct zones
+    (claim.check with the zones' labels: the windows of n partitions that repeat a zone), or []
+    when they are, or when the zones do not ask for spacing (zone_labels: none, too few, or too
+    unequal)."""
+    lab = zone_labels(members_of(ring), ring.q, ring.n)
+    if lab is None:
+        return []
+    return claim.check(ring.owners, sorted(ring.nodes), ring.n, lab)
+
+
+def relayout(ring):
+    """The ring with a zone-spaced layout again (`KV.CLUSTER RELAYOUT`): joins and leaves move
+    as few partitions as they can, so after many of them the zones' spacing wears off (each
+    keeps the node spacing instead); this lays the owners out anew by zone (claim.restripe
+    with the labels, keeping the owners it finds a way to: more than minimal moves, far fewer
+    than a fresh layout), epoch + 1. ValueError naming why when there is nothing to do."""
+    members = members_of(ring)
+    if all(z is None for z in members.values()):
+        raise ValueError("no member of the ring has a zone: nothing to lay out by zone")
+    if zone_labels(members, ring.q, ring.n) is None:
+        raise ValueError(f"the zones of the {len(members)} members cannot each hold a "
+                         f"balanced share with every window of N={ring.n} partitions in N "
+                         f"zones (too few zones, or too unequal); see docs/cluster.md, "
+                         f"\"Zones\"")
+    if not zone_problems(ring):
+        raise ValueError("every preference list already spans N zones: nothing to relayout")
+    try:
+        nxt = ring.with_zones({})
+    except RingError as exc:
+        raise ValueError(str(exc)) from None
+    if zone_problems(nxt):
+        raise ValueError("no zone-spaced layout found for these members")
+    return nxt
 
 
 def zones_differ(ring, zones):

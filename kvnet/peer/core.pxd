@@ -5,7 +5,7 @@
 cdef class PeerProtocolCore:
     cdef public object node_id, initiator, expected_peer, max_frame_size, state, peer_id
     cdef public object max_message_size, _chunk_limit, _partial
-    cdef public object version, close_exc, late_responses
+    cdef public object version, close_exc, late_responses, frame_mac, mac, _send_mac
     cdef public object _secret, _versions, _nonce, _peer_nonce, _reader, _next_id
     cdef public set _pending
     cdef public dict _dispatch

@@ -14,18 +14,22 @@ import msgpack
 from kvnet.errors import KVNetError, PeerError, ProtocolError
 from kvnet.peer.errors import AuthenticationError, ConnectionLost, VersionMismatch
 from kvnet.peer.framing import (DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, MAX_REQ_ID,
-                                 FrameReader, Kind, encode_message, reassembly)
+                                 FrameMac, FrameMacError, FrameReader, Kind, encode_message,
+                                 reassembly)
 
-PROTOCOL_VERSION = 3  # newest version this code speaks (2: batch requests; 3: chunked messages)
-MIN_PROTOCOL_VERSION = 1  # oldest version this code still speaks
+# newest version this code speaks (2: batch requests; 3: chunked messages; 4: frame MACs)
+PROTOCOL_VERSION = 4
+MIN_PROTOCOL_VERSION = 1  # oldest version this code still speaks (without frame MACs)
 BATCH_VERSION = 2  # the first version whose nodes answer batch requests
 CHUNK_VERSION = 3  # the first version whose nodes send and take messages above a frame in CHUNKs
+MAC_VERSION = 4  # the first version with per-frame MACs; a node that wants them speaks no older
 NONCE_SIZE = 32
 # Frames a listening end takes before the dialer has authenticated (HELLO, AUTH, ERROR: a few
 # hundred bytes): a stranger cannot make it buffer a 64 MiB frame (docs/security.md).
 HANDSHAKE_MAX_FRAME = 16 * 1024
 MAX_NODE_ID_LEN = 255
 _AUTH_LABEL = b"ringkv-peer-auth"
+_MAC_LABEL = b"ringkv-frame-mac"
 
 
 class State(enum.Enum):
@@ -44,19 +48,32 @@ _REQUEST, _RESPONSE, _ERROR, _NOTIFY, _PING, _PONG, _CHUNK = (
 
 
 # ERROR codes sent on req_id 0 when a connection is refused; mapped back on receipt.
-_REFUSAL_CODES = {AuthenticationError: "auth", VersionMismatch: "version", ProtocolError: "protocol"}
-_REFUSAL_ERRORS = {"auth": AuthenticationError, "version": VersionMismatch, "closing": ConnectionLost}
+_REFUSAL_CODES = {AuthenticationError: "auth", VersionMismatch: "version", FrameMacError: "mac",
+                  ProtocolError: "protocol"}
+_REFUSAL_ERRORS = {"auth": AuthenticationError, "version": VersionMismatch, "closing": ConnectionLost,
+                   "mac": AuthenticationError}     # (the end that found it counts it: pool.py)
 
 
-def auth_proof(secret, version, prover, verifier, prover_nonce, verifier_nonce):
+def auth_proof(secret, version, prover, verifier, prover_nonce, verifier_nonce, mac=None):
     """HMAC-SHA256 with the cluster secret over both node ids and both nonces.
 
     The fields are msgpack-encoded (length-prefixed, so unambiguous) in the
     prover's order; each side's proof therefore differs and cannot be reflected.
+    From version 4 (``mac`` not None) it covers whether the frames after it carry MACs, so a
+    HELLO altered to drop them fails authentication.
     """
-    msg = msgpack.packb(
-        [_AUTH_LABEL, version, prover, verifier, prover_nonce, verifier_nonce], use_bin_type=True
-    )
+    fields = [_AUTH_LABEL, version, prover, verifier, prover_nonce, verifier_nonce]
+    if mac is not None:
+        fields.append(bool(mac))
+    return hmac.new(secret, msgpack.packb(fields, use_bin_type=True), hashlib.sha256).digest()
+
+
+def session_key(secret, version, sender, receiver, sender_nonce, receiver_nonce):
+    """The key of one direction's frame MACs (sender to receiver) of one connection: HMAC-SHA256
+    with the cluster secret over both node ids and both nonces of its handshake, in the
+    sender's order (so the two directions' keys differ, and every connection's are new)."""
+    msg = msgpack.packb([_MAC_LABEL, version, sender, receiver, sender_nonce, receiver_nonce],
+                        use_bin_type=True)
     return hmac.new(secret, msg, hashlib.sha256).digest()
 
 
@@ -85,6 +102,7 @@ class PeerProtocolCore:
         max_frame_size=DEFAULT_MAX_FRAME_SIZE,
         versions=(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
         max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+        frame_mac=True,
     ):
         if not isinstance(node_id, str) or not 0 < len(node_id) <= MAX_NODE_ID_LEN:
             raise ValueError(f"node id must be a string of 1..{MAX_NODE_ID_LEN} characters")
@@ -97,6 +115,14 @@ class PeerProtocolCore:
         lo, hi = versions
         if not 0 < lo <= hi:
             raise ValueError(f"bad protocol version range {versions!r}")
+        # frame_mac: this end wants a MAC on every frame after the handshake (not inside mutual
+        # TLS: the pool and server pass False there), so it speaks no version without them (a
+        # range below MAC_VERSION, as tests give to play an older node, has none to want)
+        self.frame_mac = bool(frame_mac) and hi >= MAC_VERSION
+        if self.frame_mac:
+            lo = max(lo, MAC_VERSION)
+        self.mac = False  # the frames after the handshake carry MACs (agreed in it)
+        self._send_mac = None  # our direction's FrameMac once READY with MACs
         self.node_id = node_id
         self.initiator = initiator
         self.expected_peer = expected_peer
@@ -115,8 +141,9 @@ class PeerProtocolCore:
         self._peer_nonce = None
         # the listening end reads the dialer's frames within HANDSHAKE_MAX_FRAME until READY
         # (the dialer sends nothing more before the listener's AUTH, which comes after READY)
+        # (one frame at a time until READY: the frames after the handshake may carry MACs)
         self._reader = FrameReader(max_frame_size if initiator
-                                   else min(max_frame_size, HANDSHAKE_MAX_FRAME))
+                                   else min(max_frame_size, HANDSHAKE_MAX_FRAME), hold=True)
         self._pending = set()  # our request ids awaiting an answer
         self._next_id = 0
         self._dispatch = {
@@ -157,12 +184,16 @@ class PeerProtocolCore:
             raise PeerError(f"handshake already started (state {self.state.value})")
         self.state = State.HELLO
         lo, hi = self._versions
-        self._send(Kind.HELLO, 0, None, {"versions": [lo, hi], "node": self.node_id, "nonce": self._nonce})
+        hello = {"versions": [lo, hi], "node": self.node_id, "nonce": self._nonce}
+        if hi >= MAC_VERSION:
+            hello["mac"] = self.frame_mac
+        self._send(Kind.HELLO, 0, None, hello)
 
     def feed_data(self, data):
         if self.state is CLOSED:
             return
         try:
+            held = self._reader.hold
             frames = self._reader.feed(data)
             for frame in frames:
                 state = self.state
@@ -172,6 +203,8 @@ class PeerProtocolCore:
                     self._dispatch[state](frame)
                 if self.state is CLOSED:
                     break
+            if held and frames and self.state is not CLOSED and self._reader.buffered:
+                self.feed_data(b"")    # the handshake's next frame (read with what it set up)
         except KVNetError as exc:
             self._fail(exc)
 
@@ -201,6 +234,8 @@ class PeerProtocolCore:
     def _send(self, kind, req_id, type_, payload):
         data = encode_message((kind, req_id, type_, payload), self.max_frame_size,
                               self._chunk_limit)
+        if self._send_mac is not None:
+            data = self._send_mac.seal(data)
         if type(data) is bytes:
             self._write(data)
         else:
@@ -314,9 +349,13 @@ class PeerProtocolCore:
         (lo, hi), (peer_lo, peer_hi) = self._versions, versions
         agreed = min(hi, peer_hi)
         if agreed < max(lo, peer_lo):
+            why = ""
+            if self.frame_mac and peer_hi < MAC_VERSION:
+                why = (f" (node {self.node_id} wants per-frame MACs, version {MAC_VERSION}: "
+                       f"upgrade node {node}, or set peer_frame_mac off during the upgrade)")
             raise VersionMismatch(
                 f"incompatible peer protocol: node {self.node_id} speaks versions {lo}..{hi}, "
-                f"node {node} speaks {peer_lo}..{peer_hi}"
+                f"node {node} speaks {peer_lo}..{peer_hi}{why}"
             )
         if node == self.node_id:
             raise PeerError(f"the peer claims our own node id {node!r} (connected to ourselves?)")
@@ -325,6 +364,11 @@ class PeerProtocolCore:
         if nonce == self._nonce:
             raise AuthenticationError("the peer echoed our nonce")
         self.peer_id, self.version, self._peer_nonce = node, agreed, nonce
+        if agreed >= MAC_VERSION:
+            peer_mac = p.get("mac", False)
+            if type(peer_mac) is not bool:
+                raise ProtocolError(f"malformed HELLO: mac {peer_mac!r}")
+            self.mac = self.frame_mac or peer_mac     # either end asking for them is enough
         self._chunk_limit = self.max_message_size if agreed >= CHUNK_VERSION else 0
         self.state = State.AUTH
         if self.initiator:
@@ -345,16 +389,26 @@ class PeerProtocolCore:
         if not self.initiator:
             self._send(Kind.AUTH, 0, None, self._proof(mine=True))
             self._reader.max_frame_size = self.max_frame_size
+        if self.mac:
+            # from here on every frame either way carries its MAC (the AUTHs did not)
+            self._send_mac = FrameMac(session_key(self._secret, self.version, self.node_id,
+                                                  self.peer_id, self._nonce, self._peer_nonce))
+            self._reader.mac = FrameMac(session_key(self._secret, self.version, self.peer_id,
+                                                    self.node_id, self._peer_nonce, self._nonce))
+        self._reader.hold = False
         self.state = READY
         self._on_ready()
 
     def _proof(self, mine):
+        mac = self.mac if self.version >= MAC_VERSION else None
         if mine:
             return auth_proof(
-                self._secret, self.version, self.node_id, self.peer_id, self._nonce, self._peer_nonce
+                self._secret, self.version, self.node_id, self.peer_id, self._nonce,
+                self._peer_nonce, mac
             )
         return auth_proof(
-            self._secret, self.version, self.peer_id, self.node_id, self._peer_nonce, self._nonce
+            self._secret, self.version, self.peer_id, self.node_id, self._peer_nonce, self._nonce,
+            mac
         )
 
     def _process__ready(self, frame):

@@ -2,4 +2,4 @@
 # as an extension type, its fields in C (untyped: Python's semantics kept).
 
 cdef class FrameReader:
-    cdef public object max_frame_size, _buf, _error
+    cdef public object max_frame_size, _buf, _error, mac, hold

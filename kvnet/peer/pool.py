@@ -13,7 +13,7 @@ import random
 
 from kvnet.errors import PeerError
 from kvnet.peer.errors import PeerTimeout, PeerUnavailable
-from kvnet.peer.framing import DEFAULT_MAX_MESSAGE_SIZE
+from kvnet.peer.framing import DEFAULT_MAX_MESSAGE_SIZE, FrameMacError
 from kvnet.peer.protocol import check_options, connect
 from kvnet.peer.serving import serve_peers
 
@@ -80,6 +80,7 @@ class PeerPool:
         self._sleepers = set()
         self._server = None
         self._closed = False
+        self.mac_failures = 0  # connections closed on a frame that failed its MAC check
 
     @property
     def max_message_size(self):
@@ -283,6 +284,9 @@ class PeerPool:
         return best
 
     def _drop(self, conn, exc):
+        if isinstance(exc, FrameMacError):
+            self.mac_failures += 1
+            log.error("peer %s (%s): connection closed: %s", conn.peer_id, conn.peername, exc)
         peer = self._peers.get(conn.peer_id)
         if peer is not None and conn in peer.conns:
             peer.conns.remove(conn)

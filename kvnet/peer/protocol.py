@@ -67,11 +67,13 @@ class PeerConnection(PeerProtocolCore):
         handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
         max_inflight=DEFAULT_MAX_INFLIGHT,
         max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+        frame_mac=True,
         loop=None,
     ):
         super().__init__(
             node_id, secret, initiator=initiator, expected_peer=expected_peer,
-            max_frame_size=max_frame_size, max_message_size=max_message_size
+            max_frame_size=max_frame_size, max_message_size=max_message_size,
+            frame_mac=frame_mac
         )
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -425,7 +427,8 @@ class PeerConnection(PeerProtocolCore):
 
 def check_options(kwargs):
     """The connection options a pool or server passes on, refusing unknown ones."""
-    allowed = {"max_frame_size", "max_message_size", "handshake_timeout", "max_inflight"}
+    allowed = {"max_frame_size", "max_message_size", "handshake_timeout", "max_inflight",
+               "frame_mac"}
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unknown peer connection options: {sorted(unknown)}")
@@ -436,7 +439,8 @@ async def connect(host, port, node_id, secret, handler=None, *, expected_peer=No
                   ssl=None, **opts):
     """Dial a peer and complete the handshake; returns a ready PeerConnection. With `ssl` (an
     SSLContext: tls_cluster, kvnet/tlsconfig.py) the connection is TLS first, and the
-    handshake runs over it as over plain TCP.
+    handshake runs over it as over plain TCP; its frames then carry no MAC of ours (TLS
+    authenticates them), whatever ``frame_mac`` says.
 
     Raises PeerUnavailable (cannot connect), PeerTimeout, AuthenticationError,
     VersionMismatch or another PeerError naming the cause.
@@ -444,6 +448,8 @@ async def connect(host, port, node_id, secret, handler=None, *, expected_peer=No
     loop = asyncio.get_running_loop()
     opts = check_options(opts)
     opts.setdefault("handshake_timeout", timeout)
+    if ssl is not None:
+        opts["frame_mac"] = False
     conn = PeerConnection(
         node_id, secret, handler, initiator=True, expected_peer=expected_peer, loop=loop, **opts
     )

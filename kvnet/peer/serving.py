@@ -213,6 +213,8 @@ async def serve_peers(
 
     loop = asyncio.get_running_loop()
     opts = check_options(opts)
+    if ssl is not None:
+        opts["frame_mac"] = False           # TLS authenticates the frames (no MAC of ours)
     conns = set()
     PeerConnection(node_id, secret, initiator=False, loop=loop)  # validate arguments now
 

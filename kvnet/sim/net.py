@@ -12,6 +12,7 @@ the callbacks the network schedules for it run in that node's context, so a conn
 its source and a cut knows which writes it holds.
 """
 import asyncio
+import collections
 import contextvars
 import errno
 
@@ -66,6 +67,7 @@ class SimTransport(asyncio.Transport):
         self._paused = False
         self._inbox = []             # delivered while reading was paused
         self._next = 0.0             # this direction's last delivery time (in order)
+        self._flight = collections.deque()   # written, not yet delivered, in order
 
     # -- asyncio.Transport --
     def get_extra_info(self, name, default=None):
@@ -239,9 +241,14 @@ class SimNetwork:
             return                                  # (its connection is being reset)
         when = max(t._next, self.loop.time() + self._delay(t.host, t.peer_host))
         t._next = when
-        self.loop.call_at(when, self._deliver, t, data, context=self.context(t.peer_host))
+        # Writes due at the same time may run in any order (the loop's timer heap keeps no
+        # order among equal times): each delivery takes the oldest write still in flight, so
+        # the bytes arrive in the order they were written, as TCP's do.
+        t._flight.append(data)
+        self.loop.call_at(when, self._deliver, t, context=self.context(t.peer_host))
 
-    def _deliver(self, t, data):
+    def _deliver(self, t):
+        data = t._flight.popleft()
         if self._is_cut(t.host, t.peer_host):       # cut while in flight: gone
             return
         if self.trace is not None:

@@ -115,6 +115,7 @@ SAMPLES = {
     "tls_key_file": ("/etc/kv/n.key", "/etc/kv/n.key"),
     "tls_ca_cert_file": ("/etc/kv/ca.crt", "/etc/kv/ca.crt"),
     "tls_auth_clients": ("optional", "optional"), "tls_cluster": ("yes", True),
+    "peer_frame_mac": ("no", False),
     "metrics_port": ("9121", 9121), "metrics_host": ("0.0.0.0", "0.0.0.0"),
 }
 # what a TLS setting needs beside it (kvnet/config.py _check_tls; the files are read at start)

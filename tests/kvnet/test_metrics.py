@@ -175,6 +175,7 @@ def test_the_other_families_are_there_and_info_has_latency_percentiles(tmp_path)
                          "ringkv_corrupt_records", "ringkv_hints_replayed_total",
                          "ringkv_transfer_sent_keys_total", "ringkv_antientropy_exchanges_total",
                          "ringkv_antientropy_repairs_total", "ringkv_connected_clients",
+                         "ringkv_peer_frame_mac_failures_total",
                          "ringkv_divergent_reads_total", "ringkv_read_repairs_total",
                          "process_open_fds"):
                 assert any(n == name for n, _ in s), name

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from kvnet.cli import kvnode
 from kvnet.cli.devcluster import Backoff, describe_exit, dev_env, dev_metrics_port, dev_secret
@@ -87,3 +89,24 @@ def test_dev_gives_every_node_a_metrics_port_next_to_its_client_port(tmp_path):
     names, cmds = kvnode.dev_commands(3, 7379, str(tmp_path), 3, "interval")
     ports = [kvnode.parser().parse_args(cmd[3:]).metrics_port for cmd in cmds]
     assert ports == [9379, 9380, 9381] == [dev_metrics_port(7379 + i) for i in range(3)]
+
+
+def test_dev_zones_round_robin_by_name_or_count(tmp_path, capsys):
+    assert kvnode.dev_zones(None, 3) is None
+    assert kvnode.dev_zones("a,b,c", 5) == ["a", "b", "c", "a", "b"]
+    assert kvnode.dev_zones("2", 3) == ["z1", "z2", "z1"]
+    for bad in ("a,,b", "a,a", "0", "65"):
+        with pytest.raises(ValueError):
+            kvnode.dev_zones(bad, 3)
+    args = kvnode.parser().parse_args(["dev", "--nodes", "6", "--zones", "east,west,north"])
+    assert args.zones == "east,west,north"
+    names, cmds = kvnode.dev_commands(6, 7379, str(tmp_path), 3, "interval",
+                                      zones=kvnode.dev_zones(args.zones, 6))
+    got = [kvnode.parser().parse_args(cmd[3:]).zone for cmd in cmds]
+    assert got == ["east", "west", "north"] * 2
+    names, cmds = kvnode.dev_commands(3, 7379, str(tmp_path), 3, "interval")
+    assert all(kvnode.parser().parse_args(cmd[3:]).zone is None for cmd in cmds)
+    # a bad --zones is a usage error before anything starts
+    assert kvnode.main(["dev", "--zones", "a,,b", "--data-dir", str(tmp_path / "d")]) == 2
+    assert "--zones" in capsys.readouterr().err
+    assert kvnode.parser().parse_args(["add", "--zone", "west"]).zone == "west"

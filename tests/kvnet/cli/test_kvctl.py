@@ -370,3 +370,34 @@ def test_compact_merges_one_node_or_every_member(cluster):
     assert rc == 0 and "c1: 1 partitions merged" in text
     rc, _, err = _run(cluster, "compact", "--partition", "999")
     assert rc == 1 and "holds no partition 999" in err and "Traceback" not in err
+
+
+# ---- zones: shown, and the relayout command ----------------------------------------------------
+
+def test_ring_and_status_carry_zones_and_relayout_says_why_it_is_refused(cluster):
+    ring = _json(cluster, "ring")
+    assert all(n["zone"] is None for n in ring["nodes"])
+    (row,) = ring["zones"]                                  # no zones: one row, zone None
+    assert row["zone"] is None and row["partitions"] == 16 and row["replicas"] == 16 * 3
+    status = _json(cluster, "status")
+    assert all("zone" in m for m in status["members"]) and status["zones"]
+    rc, text, _ = _run(cluster, "ring")
+    assert rc == 0 and "zone" in text.splitlines()[1] and "replicas" not in text
+    rc, _, err = _run(cluster, "relayout")
+    assert rc == 1 and "relayout: no member of the ring has a zone" in err
+    rc, text, _ = _run(cluster, "relayout", "--cancel")
+    assert rc == 0 and "relayout unstaged" in text
+
+
+def test_the_zone_tables(monkeypatch):
+    ring = {"epoch": 3, "q": 8, "n": 2, "owners": ["a", "b", "c", "d"] * 2,
+            "nodes": [{"name": x, "host": "h", "port": 1, "up": True, "zone": z}
+                      for x, z in (("a", "east"), ("b", "west"), ("c", "east"), ("d", "west"))],
+            "zones": [{"zone": "east", "nodes": ["a", "c"], "partitions": 4, "replicas": 8},
+                      {"zone": "west", "nodes": ["b", "d"], "partitions": 4, "replicas": 8}]}
+    out = io.StringIO()
+    kvctl._show_ring(ring, kvctl._console(out))
+    lines = out.getvalue().splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.split()}
+    assert rows["a"][-1] == "east" and rows["b"][-1] == "west"
+    assert rows["east"][1:] == ["a,", "c", "4", "8"] and rows["west"][1:] == ["b,", "d", "4", "8"]

@@ -627,3 +627,110 @@ def test_the_claimant_is_the_lowest_member_up_found_without_asking_about_the_res
     down.update(names)
     with pytest.raises(Unavailable):
         changes.claimant()
+# ---- zone relayout (KV.CLUSTER RELAYOUT; docs/algorithms.md, section 3) ----------------------
+
+def _zone_spread(ring):
+    """Partitions whose n consecutive owners (the preference list when the layout is zone
+    spaced) span fewer than min(n, zones) zones."""
+    zones = dict(ring.members)
+    want = min(ring.n, len({zones[x] for x in set(ring.owners)}))
+    owners = ring.owners + ring.owners
+    return [p for p in range(ring.q) if len({zones[x] for x in owners[p:p + ring.n]}) < want]
+
+
+def _worn_ring():
+    """6 nodes in 3 zones, then joins and leaves (one per zone each time, so the zones stay
+    equal and ask for spacing) until the minimal-move claim has worn the spacing off."""
+    from kvcore.ring import Ring
+    ring = Ring.create([(f"n{i}", f"z{i % 3}") for i in range(6)], q=64, n=3)
+    assert RS.zone_problems(ring) == []
+    for op in (("join", "n6", "z0"), ("join", "n7", "z1"), ("join", "n8", "z2")):
+        ring = ring.with_node(op[1:])
+    return ring
+
+
+def test_relayout_restores_zone_spread_after_joins_and_leaves():
+    ring = _worn_ring()
+    assert RS.zone_problems(ring), "the joins kept the zone spacing: no test"
+    worn = _zone_spread(ring)
+    fixed = RS.relayout(ring)
+    assert RS.zone_problems(fixed) == []
+    assert dict(fixed.members) == dict(ring.members) and fixed.epoch == ring.epoch + 1
+    # with Z = N = 3 and N not dividing Q, only the N - 1 windows at the wrap may repeat a zone
+    assert set(_zone_spread(fixed)) <= {ring.q - 2, ring.q - 1} and len(worn) > 2
+    for p in range(ring.q - 2):               # preference lists: N consecutive owners, N zones
+        assert list(fixed.preference_list(p)) == [fixed.owners[(p + d) % 64] for d in range(3)]
+        assert len({dict(fixed.members)[x] for x in fixed.preference_list(p)}) == 3
+    counts = [fixed.owners.count(x) for x in fixed.nodes]
+    assert max(counts) - min(counts) <= 1                  # balanced still
+    moved = sum(a != b for a, b in zip(ring.owners, fixed.owners))
+    assert 0 < moved < ring.q                              # not a fresh layout of everything
+    # then leaves: worn again, and a relayout fixes them again
+    ring = fixed.without_node("n0").without_node("n4").without_node("n8")
+    if RS.zone_problems(ring):
+        assert RS.zone_problems(RS.relayout(ring)) == []
+
+
+def test_relayout_refuses_when_there_is_nothing_to_do():
+    from kvcore.ring import Ring
+    with pytest.raises(ValueError, match="no member of the ring has a zone"):
+        RS.relayout(Ring.create([f"n{i}" for i in range(6)], q=64, n=3))
+    with pytest.raises(ValueError, match="already spans N zones"):
+        RS.relayout(Ring.create([(f"n{i}", f"z{i % 3}") for i in range(6)], q=64, n=3))
+    with pytest.raises(ValueError, match="too few zones, or too unequal"):
+        RS.relayout(Ring.create([(f"n{i}", "z0" if i < 4 else "z1") for i in range(6)],
+                                q=64, n=3))
+
+
+class _StubNode:
+    """What ClusterChanges reads of a node, for staging, plan and commit on the claimant."""
+
+    def __init__(self, ring):
+        from types import SimpleNamespace
+        self.name = min(ring.nodes)
+        self.ring_state = RS.RingState(ring, None, 7, self.name)
+        self.cfg = SimpleNamespace(gossip_interval_ms=100)
+        self.gossip = SimpleNamespace(table={})
+        self.replica = SimpleNamespace(partitions={})
+        self.timeout = 1.0
+        self.offered = []
+
+    @property
+    def ring(self):
+        return self.ring_state.current
+
+    def is_up(self, who):
+        return True
+
+    async def call(self, *a):
+        raise Unavailable("no peers in this test")
+
+    def offer_ring(self, state):
+        self.offered.append(state)
+
+
+def test_relayout_is_staged_planned_and_committed_like_other_changes():
+    from kvnet.membership.changes import ClusterChanges
+
+    async def main():
+        node = _StubNode(_worn_ring())
+        ch = ClusterChanges(node)
+        assert await ch.request("stage", {"op": "relayout", "node": ""}) == {}
+        assert ch.relayout
+        plan = await ch.request("plan")
+        assert plan["relayout"] is True and plan["zone_problems"] == [] and plan["transfers"]
+        assert await ch.request("stage", {"op": "relayout", "node": "cancel"}) == {}
+        assert (await ch.request("plan"))["transfers"] == []
+        with pytest.raises(CommandError, match="nothing staged"):
+            await ch.request("commit")
+        await ch.request("stage", {"op": "relayout", "node": ""})
+        got = await ch.request("commit")
+        assert got["epoch"] == 8 and got["transfers"] == len(plan["transfers"])
+        (new,) = node.offered
+        assert new.moving and RS.zone_problems(new.next) == [] and not ch.relayout
+        # a ring already spread by zone: refused at once, with the reason
+        node.ring_state = RS.RingState(new.next, None, 9, node.name)
+        with pytest.raises(CommandError, match="relayout: every preference list already"):
+            await ch.request("stage", {"op": "relayout", "node": ""})
+
+    run(main())

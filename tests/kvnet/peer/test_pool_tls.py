@@ -57,6 +57,9 @@ def test_mutual_tls_between_two_pools(pki):
             (inbound,) = server_b.connections
             theirs = inbound._transport.get_extra_info("ssl_object").getpeercert()
             assert dict(x[0] for x in theirs["subject"])["commonName"] == "a"
+            # inside mutual TLS the frames carry no MAC of ours (TLS authenticates them),
+            # though the pools want MACs (frame_mac's default)
+            assert conn.frame_mac is False and conn.mac is False and inbound.mac is False
             assert await b.request("a", (HOST, server_a.port), "x", 2) == 2
             big = b"y" * (3 << 20)                  # a chunked message over TLS
             assert await a.request("b", (HOST, server_b.port), "x", big, timeout=20) == big

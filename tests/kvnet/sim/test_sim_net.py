@@ -52,6 +52,35 @@ def test_bytes_arrive_in_order_after_the_latency():
     loop.run_until_complete(main())
 
 
+def test_writes_due_at_the_same_time_arrive_in_the_order_written():
+    """A slowed link: every write after the first is due at the same time (the first's, so as
+    not to overtake it); the loop's timers keep no order among equal times, the stream must."""
+    loop, net = _setup()
+
+    async def main():
+        got = []
+
+        async def handle(reader, writer):
+            while data := await reader.read(100_000):
+                got.append(data)
+
+        await _as(net, loop, "b", asyncio.start_server(handle, "127.0.0.1", 7001))
+
+        async def client():
+            reader, writer = await asyncio.open_connection("127.0.0.1", 7001)
+            net.slow("a", "b", 3.0)
+            for i in range(200):
+                writer.write(b"%04d," % i)
+                if i % 7 == 0:
+                    await asyncio.sleep(0.001)      # some writes later, all due together
+            await asyncio.sleep(5)
+
+        await _as(net, loop, "a", client())
+        assert b"".join(got) == b"".join(b"%04d," % i for i in range(200))
+
+    loop.run_until_complete(main())
+
+
 def test_a_cut_kills_connections_and_holds_connects_until_the_heal():
     loop, net = _setup()
 
