@@ -627,6 +627,8 @@ def test_the_claimant_is_the_lowest_member_up_found_without_asking_about_the_res
     down.update(names)
     with pytest.raises(Unavailable):
         changes.claimant()
+
+
 # ---- zone relayout (KV.CLUSTER RELAYOUT; docs/algorithms.md, section 3) ----------------------
 
 def _zone_spread(ring):
