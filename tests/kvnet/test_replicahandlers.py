@@ -123,3 +123,24 @@ def test_a_durable_hint_is_answered_once_the_hint_log_synced(tmp_path):
         assert len(added) == 2
     finally:
         asyncio.run(replica.close())
+
+
+def test_a_failed_fsync_is_never_confirmed(tmp_path, held_syncfs):
+    import errno
+
+    from kvnet.errors import DiskError
+
+    rings, replica, table = _replica_side(tmp_path)
+    p, k = _key(rings)
+    held_syncfs.gate.set()
+    held_syncfs.fail = errno.EIO
+
+    async def main():
+        m = {"p": p, "k": k, "c": V.encode(V.new(V.sibling(b"v", 1))), "d": True}
+        with pytest.raises(DiskError, match="read-only"):
+            await table("put", m)           # stored, but its sync failed: no DURABLE_ACK
+
+    try:
+        asyncio.run(main())
+    finally:
+        asyncio.run(replica.close())
