@@ -108,8 +108,13 @@ class FrontDoor(Backend):
         p = self._partition(key)
         k = 0 if durable is None else resolve_quorum(durable, self._n(), "DURABLE")
         self.stats[count] += 1
+        if k:
+            return await driver.put_raw(self.host, p, key, sibling, context, overwrite,
+                                        min(self._w(w), self._n()), strict, k)
+        # (without DURABLE, put_raw's arguments as before it: the simulator's mutations wrap
+        # put_raw with that signature, kvnet/sim/scenarios.py)
         return await driver.put_raw(self.host, p, key, sibling, context, overwrite,
-                                    min(self._w(w), self._n()), strict, k)
+                                    min(self._w(w), self._n()), strict)
 
     # ---- Backend: versioned API ----------------------------------------------------------
 
