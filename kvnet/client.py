@@ -116,18 +116,20 @@ class _Routing:
         return ["KV.GET", _bytes(key), *_quorum_args("R", r)] + (["STRICT"] if strict else [])
 
     @staticmethod
-    def _put_args(key, value, context, w, strict):
+    def _put_args(key, value, context, w, strict, durable=None):
         args = ["KV.PUT", _bytes(key), _bytes(value)]
         if context:
             args += ["CONTEXT", context]
-        return args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+        return (args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+                + _quorum_args("DURABLE", durable))
 
     @staticmethod
-    def _del_args(key, context, w, strict):
+    def _del_args(key, context, w, strict, durable=None):
         args = ["KV.DEL", _bytes(key)]
         if context:
             args += ["CONTEXT", context]
-        return args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+        return (args + _quorum_args("W", w) + (["STRICT"] if strict else [])
+                + _quorum_args("DURABLE", durable))
 
 
 class Client(_Routing):
@@ -169,13 +171,14 @@ class Client(_Routing):
         context, values = self._call(_bytes(key), *self._get_args(key, r, strict))
         return Object(_bytes(key), context, list(values))
 
-    def put(self, key, value, context=None, w=None, strict=False):
-        """Write value superseding what context saw (a new sibling without one); new context."""
-        return self._call(_bytes(key), *self._put_args(key, value, context, w, strict))
+    def put(self, key, value, context=None, w=None, strict=False, durable=None):
+        """Write value superseding what context saw (a new sibling without one); new context.
+        durable=k: acknowledged only once k distinct nodes have fsynced it (DURABLE k)."""
+        return self._call(_bytes(key), *self._put_args(key, value, context, w, strict, durable))
 
-    def delete(self, key, context=None, w=None, strict=False):
+    def delete(self, key, context=None, w=None, strict=False, durable=None):
         """Delete what context saw (without one: what the coordinating replica has seen)."""
-        return self._call(_bytes(key), *self._del_args(key, context, w, strict))
+        return self._call(_bytes(key), *self._del_args(key, context, w, strict, durable))
 
     def mget(self, keys, r=None):
         """[get(k) for k in keys]."""
@@ -252,11 +255,13 @@ class AsyncClient(_Routing):
         context, values = await self._call(_bytes(key), *self._get_args(key, r, strict))
         return Object(_bytes(key), context, list(values))
 
-    async def put(self, key, value, context=None, w=None, strict=False):
-        return await self._call(_bytes(key), *self._put_args(key, value, context, w, strict))
+    async def put(self, key, value, context=None, w=None, strict=False, durable=None):
+        return await self._call(_bytes(key), *self._put_args(key, value, context, w, strict,
+                                                             durable))
 
-    async def delete(self, key, context=None, w=None, strict=False):
-        return await self._call(_bytes(key), *self._del_args(key, context, w, strict))
+    async def delete(self, key, context=None, w=None, strict=False, durable=None):
+        return await self._call(_bytes(key), *self._del_args(key, context, w, strict,
+                                                             durable))
 
     async def mget(self, keys, r=None):
         return list(await asyncio.gather(*(self.get(k, r=r) for k in keys)))

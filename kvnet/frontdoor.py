@@ -102,11 +102,18 @@ class FrontDoor(Backend):
         return await driver.get(self.host, p, key, min(self._r(r), self._n()), strict)
 
     async def _write(self, key, sibling, context, overwrite, w=None, strict=False,
-                     count="puts"):
-        """The new clock's bytes once W replicas have it; counted in stats[count] once its key
-        is accepted (as _read counts a GET)."""
+                     count="puts", durable=None):
+        """The new clock's bytes once W replicas have it (and `durable` (DURABLE k) nodes have
+        fsynced it); counted in stats[count] once its key is accepted (as _read counts a
+        GET)."""
         p = self._partition(key)
+        k = 0 if durable is None else resolve_quorum(durable, self._n(), "DURABLE")
         self.stats[count] += 1
+        if k:
+            return await driver.put_raw(self.host, p, key, sibling, context, overwrite,
+                                        min(self._w(w), self._n()), strict, k)
+        # (without DURABLE, put_raw's arguments as before it: the simulator's mutations wrap
+        # put_raw with that signature, kvnet/sim/scenarios.py)
         return await driver.put_raw(self.host, p, key, sibling, context, overwrite,
                                     min(self._w(w), self._n()), strict)
 
@@ -121,15 +128,17 @@ class FrontDoor(Backend):
             self.siblings_returned += len(siblings)
         return Reply(V.encode_context(V.join(clock)), siblings)
 
-    async def put(self, key, value, context=None, w=None, strict=False):
+    async def put(self, key, value, context=None, w=None, strict=False, durable=None):
         self._check_value(value)
         ctx = self._context(context)
-        raw = await self._write(key, V.sibling(bytes(value)), ctx, False, w, strict)
+        raw = await self._write(key, V.sibling(bytes(value)), ctx, False, w, strict,
+                                durable=durable)
         return V.encode_context(V.join(V.decode(raw)))
 
-    async def delete(self, key, context=None, w=None, strict=False):
+    async def delete(self, key, context=None, w=None, strict=False, durable=None):
         ctx = self._context(context)
-        raw = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict, "deletes")
+        raw = await self._write(key, V.tombstone(), ctx, ctx is None, w, strict, "deletes",
+                                durable)
         return V.encode_context(V.join(V.decode(raw)))
 
     # ---- Backend: Redis-compatible API ---------------------------------------------------

@@ -64,6 +64,7 @@ class GroupCommit:
         self._closing = False
         self.commits = 0             # rounds that synced something
         self.commit_syncs = 0        # system calls they made (syncfs: one per round)
+        self.durable_writes = 0      # writes that asked to be durable (durable_write)
         self._failures = 0           # partitions made read-only so far (after_write)
         self._dirty = set()
         self._write_gen = 0          # writes stored so far
@@ -96,10 +97,12 @@ class GroupCommit:
         self._failures += 1
 
     def stats(self):
-        """Group commit counters (INFO): the sync method, rounds that synced something, and
-        the sync system calls they made (syncfs: one per round)."""
+        """Group commit counters (INFO): the sync method, rounds that synced something, the
+        sync system calls they made (syncfs: one per round), and the writes that asked to be
+        durable (DURABLE k) and waited for a round here."""
         out = {"sync_method": self.sync_method, "group_commits": self.commits,
-               "group_commit_syncs": self.commit_syncs}
+               "group_commit_syncs": self.commit_syncs,
+               "durable_write_waits": self.durable_writes}
         if self.journal is not None:
             out.update(journal_bytes=self.journal.size, journal_checkpoints=self.checkpoints,
                        journal_replayed_records=self.replica.replayed_records)
@@ -288,12 +291,24 @@ class GroupCommit:
         partition number or several; None: any partition) turned read-only meanwhile, its
         sync having failed: that write is not acknowledged."""
         if self.fsync == "always":
-            failures = self._failures
-            await self.commit()
-            if self._failures != failures or (self._failures and parts is not None):
-                err = self._unacked(parts)
-                if err is not None:
-                    raise err
+            await self._commit_acked(parts)
+
+    async def durable_write(self, parts=None):
+        """What a write asked to be durable (`KV.PUT ... DURABLE k`, docs/storage.md, "A
+        durable write") awaits before it is acknowledged, whatever the fsync policy: the
+        group commit that covers it, then after_write's DiskError if a partition written
+        turned read-only meanwhile. With fsync=never no round runs on its own: such a write
+        starts one; writes waiting at once share it, as under fsync=always."""
+        self.durable_writes += 1
+        await self._commit_acked(parts)
+
+    async def _commit_acked(self, parts):
+        failures = self._failures
+        await self.commit()
+        if self._failures != failures or (self._failures and parts is not None):
+            err = self._unacked(parts)
+            if err is not None:
+                raise err
 
     def _unacked(self, parts):
         """The DiskError for a write to `parts` (see after_write) if one of them is read-only:

@@ -349,8 +349,8 @@ class Node(FrontHost, RingListener):
         self.hints.add(hint_for, p, key, self.replica.encode_object(key, clock))
         return clock
 
-    async def after_hint(self):
-        if self.cfg.fsync == "always":
+    async def after_hint(self, durable=False):
+        if durable or self.cfg.fsync == "always":
             await asyncio.to_thread(self.hints.sync)
 
     def _addr(self, node):

@@ -10,6 +10,10 @@ MAX_ENTRIES = 200_000            # keys, clocks or hashes in one message, at mos
 MAX_CONTEXT_ENTRIES = 10_000
 MAX_CONTEXT_BYTES = 1 << 20
 _U64 = (1 << 64) - 1
+# A replica's answer to a put or hput that asked for durability ("d": true): the write is
+# stored and fsynced there. A node from before DURABLE ignores "d" and answers true, which a
+# coordinator counts toward W but never toward DURABLE k (docs/peer.md, "Durable writes").
+DURABLE_ACK = "fsynced"
 
 
 def fields(m, *names):
@@ -99,6 +103,24 @@ def entries(node, es, p, error=CommandError):
         k, raw = e
         out.append((key(node, k, p, error), raw, clock(raw, error)))
     return out
+
+
+def durable(m, error=CommandError):
+    """The durability request of a put or hput payload (a map): its "d", true when the write
+    is to be answered only once fsynced; absent (a coordinator from before DURABLE) is
+    false."""
+    d = m.get("d", False)
+    if type(d) is not bool:
+        raise error(f"'d' (durable) must be true or false, not {d!r}")
+    return d
+
+
+def durable_count(m, n, error=CommandError):
+    """The DURABLE k of a forwarded write (coord_put's "d"): 0 when absent, else 1 to n."""
+    d = m.get("d", 0)
+    if type(d) is not int or not 0 <= d <= n:
+        raise error(f"'d' (DURABLE) must be an integer from 0 to N={n}, not {d!r}")
+    return d
 
 
 def ring_of(node):

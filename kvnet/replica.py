@@ -760,6 +760,12 @@ class LocalReplica:
         turned read-only meanwhile."""
         return self.group.after_write(parts)
 
+    def durable_write(self, parts=None):
+        """What a write asked to be durable (DURABLE k) awaits, whatever the fsync policy
+        (GroupCommit.durable_write): the group commit covering it, and a DiskError if a
+        partition written turned read-only meanwhile."""
+        return self.group.durable_write(parts)
+
     def durable(self, fut, p):
         """A direct-lane write's future settled only once this node's copy in partition p is
         durable too (GroupCommit.durable)."""

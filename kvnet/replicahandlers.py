@@ -105,12 +105,18 @@ class ReplicaHandlers:
         return True
 
     def _put_now(self, m):
-        if self.replica.fsync == "always":
+        if self.replica.fsync == "always" or (type(m) is dict and "d" in m):
             return LATER                # the acknowledgement waits for the group commit
         return self.stored(m)
 
     async def _put(self, m):
+        """A replicated write answered once as durable as the fsync policy asks, or, asked
+        with "d" (DURABLE k), once fsynced whatever the policy: DURABLE_ACK then."""
+        durable = type(m) is dict and P.durable(m)      # (checked before anything is stored)
         self.stored(m)
+        if durable:
+            await self.replica.durable_write(m["p"])
+            return P.DURABLE_ACK
         await self.replica.after_write(m["p"])
         return True
 
@@ -158,13 +164,22 @@ class ReplicaHandlers:
         if (v is not None and type(v) is not bytes) or type(ts) is not int or type(ow) is not bool \
                 or type(w) is not int or not 1 <= w <= n or type(st) is not bool:
             raise CommandError("malformed coord_put request")
+        durable = P.durable_count(m, n)
         if v is not None and len(v) > self.cfg.max_value_bytes:
             raise CommandError(f"value is {len(v)} bytes, above the limit of "
                                f"{self.cfg.max_value_bytes}")
         if m.get("ctx") is not None and type(m["ctx"]) is not bytes:
             raise CommandError("coord_put: ctx must be encoded context bytes")
         ctx = P.context(m.get("ctx"))
-        return await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w, st)
+        if not durable:
+            return await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w,
+                                                   st)
+        # DURABLE k: the answer says how many fsyncs were confirmed (a coordinator from before
+        # DURABLE answers the clock bytes alone, which the forwarding node refuses)
+        results = []
+        raw = await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w, st,
+                                              None, durable, results)
+        return {"c": raw, "d": len(results[0].durable)}
 
     # ---- hints kept for a down primary ------------------------------------------------------
 
@@ -180,7 +195,11 @@ class ReplicaHandlers:
         h = self._hint_target(m, p)
         raw = m.get("c")
         P.clock(raw)                       # validated before it is kept
+        durable = P.durable(m)
         self.host.hints.add(h, p, k, raw)
+        if durable:                        # DURABLE k: fsynced whatever the policy
+            await self.host.after_hint(True)
+            return P.DURABLE_ACK
         await self.host.after_hint()
         return True
 

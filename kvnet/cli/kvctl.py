@@ -4,8 +4,8 @@
     kvctl ring                   ring epoch, Q, N and ownership counts
     kvctl preflist KEY           the replicas of a key
     kvctl get KEY                context and every sibling
-    kvctl put KEY VALUE [--context HEX]
-    kvctl del KEY [--context HEX]
+    kvctl put KEY VALUE [--context HEX] [--w W] [--durable K]
+    kvctl del KEY [--context HEX] [--durable K]
     kvctl join|leave|remove NODE stage a membership change (docs/operations.md)
     kvctl clear NODE             unstage it
     kvctl plan                   staged changes, partitions and bytes that would move
@@ -145,9 +145,13 @@ def _parser():
     pt.add_argument("value")
     pt.add_argument("--context", type=_hex, default=None, help="hex context from `kvctl get`")
     pt.add_argument("--w", default=None, help="write quorum: a number, one, quorum or all")
+    durable_help = ("acknowledged only once K distinct nodes have fsynced the write, whatever "
+                    "their fsync setting (DURABLE K): a number, one, quorum or all")
+    pt.add_argument("--durable", default=None, metavar="K", help=durable_help)
     d = add("del", "delete a key")
     d.add_argument("key")
     d.add_argument("--context", type=_hex, default=None, help="hex context from `kvctl get`")
+    d.add_argument("--durable", default=None, metavar="K", help=durable_help)
     for op, help_ in (("join", "stage the join of a node started with `kvnode start --join`"),
                       ("leave", "stage a live node's leave (it hands off, then exits)"),
                       ("remove", "stage the removal of a dead node"),
@@ -433,9 +437,10 @@ def _run(c, args, out):
                 con.print(_show_value(v), soft_wrap=True)
     elif args.cmd in ("put", "del"):
         if args.cmd == "put":
-            ctx = c.put(args.key, args.value, context=args.context, w=args.w)
+            ctx = c.put(args.key, args.value, context=args.context, w=args.w,
+                        durable=args.durable)
         else:
-            ctx = c.delete(args.key, context=args.context)
+            ctx = c.delete(args.key, context=args.context, durable=args.durable)
         if as_json:
             _print_json({"key": args.key, "context": ctx.hex()}, out)
         else:

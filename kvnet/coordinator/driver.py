@@ -10,8 +10,9 @@ import logging
 
 from kvcore import versions as V
 from kvnet.coordinator.preflist import preflist_for, write_route
-from kvnet.coordinator.quorum import (NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum,
-                                      GetResult, PutQuorum)
+from kvnet.coordinator.quorum import (DURABLE, NOT_FOUND, OK, TIMEOUT, Failed, Found,
+                                      GetQuorum, GetResult, PutQuorum)
+from kvnet.payload import DURABLE_ACK
 from kvnet.errors import ObjectTooLarge, QuorumError, TooManySiblings, Unavailable
 from kvnet.peer.errors import PeerUnavailable, RemoteError
 from kvnet.stepping import ReplyFuture, reject, resolve
@@ -61,8 +62,9 @@ class Cluster:
         """Coordinate a write as a fallback: mint from the hint copy under a fresh epoch."""
         raise NotImplementedError
 
-    async def after_hint(self):
-        """Wait until stored hints are as durable as the fsync policy asks."""
+    async def after_hint(self, durable=False):
+        """Wait until stored hints are as durable as the fsync policy asks (durable: fsynced,
+        whatever the policy: a write asking for DURABLE k)."""
 
     def extra_targets(self, p):
         """Nodes a ring change is adding to p's replicas: writes go to them too, uncounted."""
@@ -173,6 +175,23 @@ def _ok(fut):
         return Failed("cancelled")
     exc = fut.exception()
     return OK if exc is None else _reply_of(exc)
+
+
+def _durable_ok(fut):
+    """The acknowledgement of a write asking for durability -> DURABLE (its replica confirmed
+    the fsync), OK (stored: a node from before DURABLE answers so) or the failure."""
+    if fut.cancelled():
+        return Failed("cancelled")
+    exc = fut.exception()
+    if exc is not None:
+        return _reply_of(exc)
+    return DURABLE if fut.result() == DURABLE_ACK else OK
+
+
+async def _fsynced(aw):
+    """The local replica's (or hint log's) DURABLE_ACK once `aw`, its durability wait, ends."""
+    await aw
+    return DURABLE_ACK
 
 
 def _found(fut):
@@ -318,12 +337,17 @@ async def store_extra(cluster, node, p, key, raw):
         cluster.hint_store(p, key, node, raw)
 
 
-def _send_remote(call, timeout, node, hint_for, p, key, raw):
+def _send_remote(call, timeout, node, hint_for, p, key, raw, durable=False):
     """A clock to another node through `call` (cluster.call or call_future): `put` into its
-    replica, or `hput` into its hints for hint_for."""
+    replica, or `hput` into its hints for hint_for; durable: answered once fsynced there
+    ("d", docs/peer.md)."""
     if hint_for is None:
-        return call(node, "put", {"p": p, "k": key, "c": raw}, timeout)
-    return call(node, "hput", {"p": p, "k": key, "c": raw, "h": hint_for}, timeout)
+        m = {"p": p, "k": key, "c": raw}
+    else:
+        m = {"p": p, "k": key, "c": raw, "h": hint_for}
+    if durable:
+        m["d"] = True
+    return call(node, "put" if hint_for is None else "hput", m, timeout)
 
 
 FORWARD_ATTEMPTS = 3     # coordinators tried for one write whose forward finds no connection
@@ -332,12 +356,17 @@ FORWARD_ATTEMPTS = 3     # coordinators tried for one write whose forward finds 
 _REFUSALS = {"ObjectTooLarge": ObjectTooLarge, "TooManySiblings": TooManySiblings}
 
 
-async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
-    """Write through the coordinating replica; returns the new clock once W replicas have it."""
-    return V.decode(await put_raw(cluster, p, key, sibling, context, overwrite, w, strict))
+async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False,
+              durable=0):
+    """Write through the coordinating replica; returns the new clock once W replicas have it
+    (and, durable=k, once k distinct nodes have fsynced it: docs/quorum.md, "Durable
+    writes")."""
+    return V.decode(await put_raw(cluster, p, key, sibling, context, overwrite, w, strict,
+                                  durable))
 
 
-async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False):
+async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False,
+                  durable=0):
     """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock)."""
     for attempt in range(FORWARD_ATTEMPTS):
         route, pl = cluster.route_and_targets(p, strict)
@@ -346,17 +375,20 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
             raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
         if route.coordinate_locally:
             return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
-                                            strict, pl)
+                                            strict, pl, durable)
         if attempt == 0:
             stats = getattr(cluster, "coord_stats", None)
             if stats is not None:
                 stats["forwarded_writes"] += 1
+        m = {"p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
+             "ctx": None if context is None else V.encode_context(context),
+             "ow": overwrite, "w": w, "st": strict}
+        if durable:
+            m["d"] = durable
         try:
-            return await cluster.call(route.coordinator, "coord_put", {
-                "p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
-                "ctx": None if context is None else V.encode_context(context),
-                "ow": overwrite, "w": w, "st": strict}, 2 * cluster.timeout)
             # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
+            reply = await cluster.call(route.coordinator, "coord_put", m, 2 * cluster.timeout)
+            return reply if not durable else _forwarded_durable(route.coordinator, reply)
         except PeerUnavailable:
             # No connection could be made, so nothing was sent: the failed dial now routes
             # around that node (a node killed a moment ago), and the next reachable one of the
@@ -370,27 +402,45 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
             raise refusal(exc.remote_message) from None
 
 
-async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False):
+def _forwarded_durable(node, reply):
+    """A forwarded durable write's answer (coord_put with "d"): {"c": clock bytes, "d": fsync
+    confirmations}. A coordinator from before DURABLE ignores "d" and answers the clock bytes
+    alone, having acknowledged the write without the fsyncs asked: refused here."""
+    if type(reply) is dict and type(reply.get("c")) is bytes and type(reply.get("d")) is int:
+        return reply["c"]
+    raise QuorumError(f"write not acknowledged as durable: its coordinator {node} does not "
+                      "support DURABLE (an older version); it stored the write without the "
+                      "fsync confirmations asked: not acknowledged is not the same as not "
+                      "written")
+
+
+async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False,
+                         durable=0):
     """Mint the new version here (a primary, or the fallback standing in when every primary is
-    down), store it, replicate it, await W acks; the new clock."""
+    down), store it, replicate it, await W acks (and durable=k fsync confirmations); the new
+    clock."""
     return V.decode(await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
-                                             strict))
+                                             strict, None, durable))
 
 
 async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict=False,
-                             pl=None):
+                             pl=None, durable=0, results=None):
     """`coordinate_put`, returning the new clock's bytes (what replication sends). pl: the
-    targets, when the caller has them from the same look at who is up."""
+    targets, when the caller has them from the same look at who is up. durable (k): every
+    target is asked to answer once the write is fsynced there, whatever its fsync policy,
+    and the write is acknowledged once k of them did and W acknowledged (docs/quorum.md,
+    "Durable writes"). results: a list the PutResult is appended to (none when the local
+    replica alone decided)."""
     ring = cluster.ring
     if pl is None:
         pl = cluster.targets(p, strict)
     replica = cluster.replica
-    if replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
+    if not durable and replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
             and not cluster.extra_targets(p):
         raw = replica.mint_raw(p, key, sibling, context, overwrite)
         _count(cluster, "put", w, None)
         return raw
-    quorum = PutQuorum(ring.n, w, pl)
+    quorum = PutQuorum(ring.n, w, pl, durable=durable)
     if quorum.enough():
         _count(cluster, "put", w, quorum.response(), quorum)
         raise quorum.response()
@@ -407,18 +457,25 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
     def send(node):
         hint_for = pl.target(node).hint_for
         if node != cluster.name:
-            return _send_remote(cluster.call_future, cluster.timeout, node, hint_for, p, key, raw)
+            return _send_remote(cluster.call_future, cluster.timeout, node, hint_for, p, key, raw,
+                                durable)
+        if durable:             # the group commit (or the hint log's sync), whatever the policy
+            return asyncio.ensure_future(_fsynced(
+                replica.durable_write(p) if hint_for is None else cluster.after_hint(True)))
         # fsync="always": the group commit (or the hint log's sync)
         return asyncio.ensure_future(replica.after_write(p) if hint_for is None
                                      else cluster.after_hint())
 
     # Stored above; unless every write waits for a sync, the local ack needs no wait.
-    local = None if replica.fsync == "always" else (lambda: OK)
-    await _ask_all(cluster, pl.nodes, quorum, local, send, _ok, cluster.timeout)
+    local = None if durable or replica.fsync == "always" else (lambda: OK)
+    await _ask_all(cluster, pl.nodes, quorum, local, send, _durable_ok if durable else _ok,
+                   cluster.timeout)
     result = quorum.response()
     _count(cluster, "put", w, result, quorum)
     if isinstance(result, Exception):
         raise result
+    if results is not None:
+        results.append(result)
     return raw
 
 

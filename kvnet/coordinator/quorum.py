@@ -11,7 +11,7 @@ from kvnet.coordinator.preflist import Preflist, Target
 from kvnet.errors import CommandError, QuorumError, Unavailable
 
 __all__ = [
-    "OK", "NOT_FOUND", "TIMEOUT", "Found", "Failed", "Ok", "NotFound",
+    "OK", "DURABLE", "NOT_FOUND", "TIMEOUT", "Found", "Failed", "Ok", "Durable", "NotFound",
     "resolve_quorum", "PutQuorum", "GetQuorum", "PutResult", "GetResult", "ReadRepair",
 ]
 
@@ -49,6 +49,14 @@ class Ok(NamedTuple):
     """A replica stored the write."""
 
 
+class Durable(NamedTuple):
+    """A replica stored the write and fsynced it (its answer to a write asking for DURABLE k):
+    an acknowledgement that also counts toward k. (Its field keeps it unequal to OK: two
+    empty NamedTuples compare equal.)"""
+
+    fsynced: bool = True
+
+
 class NotFound(NamedTuple):
     """A replica holds no clock for the key."""
 
@@ -66,6 +74,7 @@ class Failed(NamedTuple):
 
 
 OK = Ok()
+DURABLE = Durable()
 NOT_FOUND = NotFound()
 TIMEOUT = Failed("timeout")
 
@@ -206,6 +215,11 @@ class _Quorum:
         msg = (f"{self.kind} quorum not met: {self.counted} of {self.needed} needed "
                f"{self._unit()} ({self.letter}={self.needed}, N={self.n}, {len(self.targets)} targets"
                f"{', strict: primaries only' if self.strict else ''})")
+        return QuorumError(msg + self._details())
+
+    def _details(self):
+        """The failed, uncounted and silent targets, for a failure's message."""
+        msg = ""
         # One line: the message becomes a RESP error line, and reasons come from peers.
         failed = [f"{self._who(self._by_node[x])}: {' '.join(str(r.reason).split())}"
                   for x, r in self._replies.items() if isinstance(r, Failed)]
@@ -217,7 +231,7 @@ class _Quorum:
             msg += f"; not counted: {_names(ignored)}"
         if self.pending:
             msg += f"; no reply yet: {_names(self.pending)}"
-        return QuorumError(msg)
+        return msg
 
     def replies(self) -> dict:
         """{node: reply} in arrival order."""
@@ -231,10 +245,12 @@ class _Quorum:
 # ---- writes -----------------------------------------------------------------------------------
 
 class PutResult(NamedTuple):
-    """A write that reached its quorum: the acknowledging targets, in arrival order."""
+    """A write that reached its quorum: the acknowledging targets, in arrival order (and of
+    them, those that confirmed an fsync, for a write asking for DURABLE k)."""
 
     acked: tuple
     needed: int
+    durable: tuple = ()
 
     @property
     def count(self) -> int:
@@ -244,14 +260,41 @@ class PutResult(NamedTuple):
 class PutQuorum(_Quorum):
     """W acknowledgements out of the targets, the coordinator's own store included (it is a target
     and adds its own OK). Strict mode counts primaries only. A failure is definite as soon as the
-    targets still to reply cannot bring the count up to W."""
+    targets still to reply cannot bring the count up to W.
+
+    `durable` (k, DURABLE k; 0: none) asks besides for k fsync confirmations (DURABLE replies)
+    from distinct targets: a fallback's fsynced hint counts as a primary's fsync does, unless
+    strict (Riak's DW; docs/quorum.md, "Durable writes"). A Durable reply is an acknowledgement
+    too, so such a write waits for max(W, k) replies."""
 
     kind = "write"
     letter = "W"
-    allowed = (Ok, Failed)
+    allowed = (Ok, Durable, Failed)
 
-    def __init__(self, n, w, targets, strict=None):
+    def __init__(self, n, w, targets, strict=None, durable=0):
         super().__init__(n, w, targets, strict)
+        self.durable_needed = 0 if not durable else resolve_quorum(durable, n, "DURABLE")
+        self.durable = 0            # Durable replies that count toward k
+        if self._pending_qualifying < self.durable_needed:
+            self.unavailable = True
+
+    def add_result(self, node, result) -> bool:
+        if not super().add_result(node, result):
+            return False
+        if type(self._replies[node]) is Durable and self._qualifies(self._by_node[node]):
+            self.durable += 1
+        return True
+
+    def _outcome(self):
+        k = self.durable_needed
+        if not k or self.unavailable:
+            return super()._outcome()
+        if self.counted >= self.needed and self.durable >= k:
+            return True
+        if self.counted + self._pending_qualifying < self.needed \
+                or self.durable + self._pending_qualifying < k:
+            return False
+        return None
 
     def _counts(self, target, result):
         return self._qualifies(target)
@@ -259,10 +302,39 @@ class PutQuorum(_Quorum):
     def _unit(self):
         return "acknowledgements"
 
+    def _unavailable(self):
+        have = sum(1 for t in self.targets if self._qualifies(t))
+        if have >= self.needed:         # W could be met: k cannot
+            what = "primaries" if self.strict else "nodes"
+            msg = (f"write needs DURABLE={self.durable_needed} {what} to fsync it but only "
+                   f"{have} {'is' if have == 1 else 'are'} reachable (N={self.n}")
+            if self.strict:
+                msg += ", strict: primaries only"
+            if self._down:
+                msg += f"; down: {_names(self._down)}"
+            return Unavailable(msg + "); nothing was written")
+        return super()._unavailable()
+
+    def _failure(self):
+        if not self.durable_needed:
+            return super()._failure()
+        msg = (f"write not acknowledged: {self.counted} of {self.needed} needed "
+               f"acknowledgements and {self.durable} of {self.durable_needed} needed fsync "
+               f"confirmations (W={self.needed}, DURABLE={self.durable_needed}, N={self.n}, "
+               f"{len(self.targets)} targets{', strict: primaries only' if self.strict else ''})")
+        unsynced = [self._who(self._by_node[x]) for x, r in self._replies.items()
+                    if type(r) is Ok]
+        if unsynced:
+            msg += f"; stored without an fsync confirmation: {_names(unsynced)}"
+        return QuorumError(msg + self._details() + "; the write may still be stored (and "
+                           "fsynced) where it reached: not acknowledged is not the same as "
+                           "not written")
+
     def _success(self):
         acked = tuple(x for x, r in self._replies.items()
-                      if isinstance(r, Ok) and self._qualifies(self._by_node[x]))
-        return PutResult(acked, self.needed)
+                      if not isinstance(r, Failed) and self._qualifies(self._by_node[x]))
+        durable = tuple(x for x in acked if type(self._replies[x]) is Durable)
+        return PutResult(acked, self.needed, durable)
 
 
 # ---- reads ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from kvcore import token
 from kvcore import versions as dvv
-from kvnet.errors import CommandError, TooManySiblings
+from kvnet.errors import CommandError, TooManySiblings, Unavailable
 from kvnet.payload import context as client_context
 from kvnet.resp.glob import compile_glob
 from kvnet.stepping import LATER
@@ -93,12 +93,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, key: bytes, value: bytes, context: bytes | None = None,
-                  w: Quorum = None, strict: bool = False) -> bytes:
-        """Write `value` superseding what `context` saw (a new sibling without one); new context."""
+                  w: Quorum = None, strict: bool = False, durable: Quorum = None) -> bytes:
+        """Write `value` superseding what `context` saw (a new sibling without one); new context.
+        `durable` (DURABLE k): acknowledged only once k distinct nodes have fsynced it."""
 
     @abc.abstractmethod
     async def delete(self, key: bytes, context: bytes | None = None,
-                     w: Quorum = None, strict: bool = False) -> bytes:
+                     w: Quorum = None, strict: bool = False, durable: Quorum = None) -> bytes:
         """Write a tombstone superseding what `context` saw (without one: what the coordinating
         replica has seen); the new context."""
 
@@ -274,16 +275,24 @@ class MemoryBackend(Backend):
             return Reply(dvv.encode_context(()), [])
         return Reply(dvv.encode_context(dvv.join(clock)), dvv.values(clock))
 
-    async def put(self, key, value, context=None, w=None, strict=False):
+    def _durable(self, durable):
+        """DURABLE k: refused, this backend keeping nothing on disk (nothing is written)."""
+        if durable is not None and parse_quorum(durable, 1, "DURABLE"):
+            raise Unavailable("DURABLE cannot be met: MemoryBackend keeps nothing on disk; "
+                              "nothing was written")
+
+    async def put(self, key, value, context=None, w=None, strict=False, durable=None):
         self._quorum(w, "W")
+        self._durable(durable)
         self._check_value(value)
         ctx = self._context(context) if context else None
         self.stats["puts"] += 1
         clock = self._write(key, dvv.sibling(bytes(value)), ctx)
         return dvv.encode_context(dvv.join(clock))
 
-    async def delete(self, key, context=None, w=None, strict=False):
+    async def delete(self, key, context=None, w=None, strict=False, durable=None):
         self._quorum(w, "W")
+        self._durable(durable)
         if context:
             ctx = self._context(context)
         else:

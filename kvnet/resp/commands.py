@@ -382,7 +382,8 @@ def _quorum(opt: str, b: bytes):
 
 
 def _kv_options(argv, start, allowed):
-    """KEYWORD [value] options of the KV.* commands -> dict; STRICT takes no value."""
+    """KEYWORD [value] options of the KV.* commands -> dict; STRICT takes no value; R, W and
+    DURABLE take a number or ONE, QUORUM or ALL."""
     out = {}
     i = start
     while i < len(argv):
@@ -397,7 +398,7 @@ def _kv_options(argv, start, allowed):
         if i + 1 >= len(argv):
             raise CommandError(f"syntax error: {opt} needs a value")
         val = argv[i + 1]
-        if opt in ("R", "W"):
+        if opt in ("R", "W", "DURABLE"):
             out[opt.lower()] = _quorum(opt, val)
         else:
             out[opt.lower()] = val
@@ -561,15 +562,17 @@ def kv_values(siblings) -> list:
 
 
 async def cmd_kv_put(ctx, s, argv):
-    opts = _kv_options(argv, 3, {"CONTEXT", "W", "STRICT"})
+    opts = _kv_options(argv, 3, {"CONTEXT", "W", "STRICT", "DURABLE"})
     return await ctx.backend.put(argv[1], argv[2], context=opts.get("context") or None,
-                                 w=opts.get("w"), strict=opts.get("strict", False))
+                                 w=opts.get("w"), strict=opts.get("strict", False),
+                                 durable=opts.get("durable"))
 
 
 async def cmd_kv_del(ctx, s, argv):
-    opts = _kv_options(argv, 2, {"CONTEXT", "W", "STRICT"})
+    opts = _kv_options(argv, 2, {"CONTEXT", "W", "STRICT", "DURABLE"})
     return await ctx.backend.delete(argv[1], context=opts.get("context") or None,
-                                    w=opts.get("w"), strict=opts.get("strict", False))
+                                    w=opts.get("w"), strict=opts.get("strict", False),
+                                    durable=opts.get("durable"))
 
 
 async def cmd_kv_ring(ctx, s, argv):

@@ -159,3 +159,45 @@ def test_retries_zero_fails_at_once_and_bad_retries_are_refused():
     for bad in (-1, 1.5, "2"):
         with pytest.raises(ValueError, match="retries"):
             Client("127.0.0.1", 7379, retries=bad)
+
+
+def test_durable_writes_through_the_client_kvctl_and_redis_cli_syntax(cluster, capsys):
+    import redis
+
+    def waits():
+        return [redis.Redis(port=p).info()["durable_write_waits"] for p in cluster]
+
+    assert waits() == [0, 0, 0]
+    with Client("127.0.0.1", cluster[0]) as c:
+        ctx = c.put("dk", "v1", durable=3)              # every replica fsynced it (fsync=never)
+        assert c.get("dk").values == [b"v1"] and waits() == [1, 1, 1]
+        c.put("dk", "v2", context=ctx, w=1, durable="all")
+        c.delete("dk", context=c.get("dk").context, durable=1)
+        assert not c.get("dk").found
+        with pytest.raises(redis.ResponseError, match="DURABLE must be from 1 to N=3, got 4"):
+            c.put("dk", "v", durable=4)                 # refused: nothing written
+        assert not c.get("dk").found
+    r = redis.Redis(port=cluster[1])                    # as from redis-cli
+    assert r.execute_command("KV.PUT", "rk", "v", "DURABLE", "2")
+    r.close()
+
+    async def main():
+        from kvnet import AsyncClient
+
+        async with AsyncClient("127.0.0.1", cluster[2]) as c:
+            await c.put("ak", "v", durable=2)
+            await c.delete("ak", durable=2)
+
+    asyncio.run(main())
+
+    def run(*args):
+        out = io.StringIO()
+        rc = kvctl.main(["--port", str(cluster[2]), *args], out=out)
+        return rc, out.getvalue()
+
+    rc, text = run("put", "ck", "v", "--durable", "3")
+    assert rc == 0 and text.startswith("context ")
+    rc, text = run("del", "ck", "--durable", "quorum")
+    assert rc == 0 and text.startswith("context ")
+    rc, _ = run("put", "ck", "v", "--durable", "4")
+    assert rc == 1 and "DURABLE must be from 1 to N=3, got 4" in capsys.readouterr().err

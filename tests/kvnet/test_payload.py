@@ -34,3 +34,18 @@ def test_a_malformed_or_oversized_context_is_refused_naming_why(raw, error):
     with pytest.raises(CommandError, match="invalid context") as info:
         context(raw)
     assert error in str(info.value)
+
+
+def test_the_durable_flags_of_put_hput_and_coord_put():
+    from kvnet.payload import durable, durable_count
+
+    assert durable({}) is False and durable({"d": False}) is False      # absent: as before
+    assert durable({"d": True}) is True
+    for bad in (1, 0, "true", None, [True]):
+        with pytest.raises(CommandError, match="'d' \\(durable\\) must be true or false"):
+            durable({"d": bad})
+    assert durable_count({}, 3) == 0 and durable_count({"d": 3}, 3) == 3
+    for bad in (4, -1, True, "2", 2.0, None):
+        with pytest.raises(CommandError, match="'d' \\(DURABLE\\) must be an integer from 0 "
+                                               "to N=3"):
+            durable_count({"d": bad}, 3)

@@ -6,7 +6,7 @@ from kvcore import versions as v
 from kvcore import ring as ring_native
 from kvnet.coordinator.preflist import Target, preflist_for
 from kvnet.coordinator.quorum import (
-    NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum, GetResult, PutQuorum, PutResult, ReadRepair,
+    DURABLE, NOT_FOUND, OK, TIMEOUT, Failed, Found, GetQuorum, GetResult, PutQuorum, PutResult, ReadRepair,
     resolve_quorum,
 )
 from kvnet.errors import CommandError, ConfigError, QuorumError, Unavailable
@@ -398,3 +398,95 @@ def test_strict_outcome_ignores_fallback_replies(s, data):
     assert q1.enough() and q2.enough()
     r1, r2 = q1.response(), q2.response()
     assert kind_of(r1) == kind_of(r2)
+
+
+# ---- durable writes (DURABLE k) ---------------------------------------------------------------
+
+def test_durable_put_waits_for_k_fsync_confirmations_besides_w():
+    q = PutQuorum(3, 1, P3, durable=2)
+    q.add_result("a", DURABLE)
+    assert q.counted == 1 and q.durable == 1 and not q.enough()    # W=1 met, k=2 not yet
+    q.add_result("b", OK)                     # stored, no fsync confirmed (a node before DURABLE)
+    assert not q.enough()
+    q.add_result("c", DURABLE)
+    assert q.enough() and q.response() == PutResult(("a", "b", "c"), 1, ("a", "c"))
+    assert PutQuorum(3, 2, P3).durable_needed == 0                # none asked: as before
+    assert feed(PutQuorum(3, 2, P3), [("a", OK), ("b", DURABLE)]).response() \
+        == PutResult(("a", "b"), 2, ("b",))
+
+
+def test_durable_put_fails_once_k_is_out_of_reach_and_says_it_may_be_stored():
+    q = feed(PutQuorum(3, 2, P3, durable=3), [("a", DURABLE), ("b", OK)])
+    assert q.enough() and not q.done          # W met, but b answered without an fsync
+    err = q.response()
+    assert isinstance(err, QuorumError) and err.resp().startswith("QUORUM ")
+    msg = str(err)
+    assert msg.startswith("write not acknowledged: 2 of 2 needed acknowledgements and 1 of 3 "
+                          "needed fsync confirmations (W=2, DURABLE=3, N=3, 3 targets)")
+    assert "stored without an fsync confirmation: b" in msg and "no reply yet: c" in msg
+    assert "not acknowledged is not the same as not written" in msg
+    q = feed(PutQuorum(3, 1, P3, durable=2), [("a", DURABLE), ("b", TIMEOUT), ("c", Failed("x"))])
+    assert "b: timeout" in str(q.response()) and "c: x" in str(q.response())
+
+
+def test_a_fallbacks_fsynced_hint_counts_toward_k_unless_strict():
+    targets = ["a", Target("d", "b"), "c"]
+    q = feed(PutQuorum(3, 2, targets, durable=3), [("a", DURABLE), ("d", DURABLE), ("c", DURABLE)])
+    assert q.response() == PutResult(("a", "d", "c"), 2, ("a", "d", "c"))
+    q = PutQuorum(3, 2, targets, strict=True, durable=2)
+    feed(q, [("d", DURABLE), ("a", DURABLE)])
+    assert not q.enough() and q.durable == 1
+    q.add_result("c", DURABLE)
+    assert q.response() == PutResult(("a", "c"), 2, ("a", "c"))
+
+
+def test_durable_above_the_reachable_nodes_is_unavailable_up_front():
+    ring = ring_native.Ring.create(["n1", "n2", "n3", "n4", "n5"], q=64, n=3)
+    prefs = ring.preference_list(0)
+    pl = preflist_for(ring, 0, lambda x: x != prefs[0], strict=True)
+    q = PutQuorum(3, 2, pl, durable=3)
+    assert q.unavailable and q.enough()
+    err = q.response()
+    assert isinstance(err, Unavailable) and err.resp().startswith("UNAVAILABLE ")
+    assert str(err) == ("write needs DURABLE=3 primaries to fsync it but only 2 are reachable "
+                        f"(N=3, strict: primaries only; down: {prefs[0]}); nothing was written")
+    with pytest.raises(CommandError, match="DURABLE must be from 1 to N=3, got 4"):
+        PutQuorum(3, 2, P3, durable=4)
+    assert PutQuorum(3, 1, P3, durable="all").durable_needed == 3
+
+
+@given(st.data())
+def test_durable_put_properties(data):
+    """Over random replies and orders: success exactly when W acknowledgements and k fsync
+    confirmations count; enough() holds exactly when the replies still to come cannot change
+    the outcome, and a decided outcome never changes."""
+    nodes = ["a", "b", "c", "d", "e"][:data.draw(st.integers(1, 5))]
+    n = len(nodes)
+    fallbacks = data.draw(st.sets(st.sampled_from(nodes)))
+    targets = [Target(x, "z") if x in fallbacks else Target(x) for x in nodes]
+    strict = data.draw(st.booleans())
+    w, k = data.draw(st.integers(1, n)), data.draw(st.integers(1, n))
+    replies = {x: data.draw(st.sampled_from([OK, DURABLE, TIMEOUT])) for x in nodes}
+    order = data.draw(st.permutations(nodes))
+
+    def counts(t):
+        return not strict or t.hint_for is None
+
+    def outcome(got):
+        acks = sum(1 for t in targets if counts(t) and got.get(t.node) in (OK, DURABLE))
+        fsyncs = sum(1 for t in targets if counts(t) and got.get(t.node) == DURABLE)
+        return acks >= w and fsyncs >= k
+
+    q = PutQuorum(n, w, targets, strict=strict, durable=k)
+    seen, decided = {}, None
+    for x in order:
+        best = outcome({**seen, **{y: DURABLE for y in nodes if y not in seen}})
+        worst = outcome(seen)
+        assert q.enough() == (best == worst)
+        if q.enough():
+            now = not isinstance(q.response(), Exception)
+            assert decided in (None, now) and now == worst
+            decided = now
+        q.add_result(x, replies[x])
+        seen[x] = replies[x]
+    assert q.enough() and (not isinstance(q.response(), Exception)) == outcome(replies)

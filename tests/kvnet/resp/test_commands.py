@@ -118,6 +118,38 @@ def test_kv_errors(c):
     assert c.call("KV.PUT", "k", "v", "NOPE", "1").args[0].startswith("ERR syntax error")
 
 
+def test_kv_put_and_del_take_durable_and_pass_it_on(c):
+    assert c.call("KV.PUT", "k", "v", "DURABLE").args[0] == "ERR syntax error: DURABLE needs a value"
+    assert c.call("KV.PUT", "k", "v", "DURABLE", "x").args[0].startswith(
+        "ERR DURABLE must be a number >= 1 or ONE, QUORUM or ALL")
+    assert c.call("KV.PUT", "k", "v", "DURABLE", "0").args[0].startswith("ERR DURABLE must be")
+    assert c.call("KV.PUT", "k", "v", "DURABLE", "2").args[0] \
+        == "ERR DURABLE=2 is more than the 1 replicas of a key (N=1)"
+    # MemoryBackend keeps nothing on disk: refused, and nothing written
+    err = c.call("KV.PUT", "k", "v", "W", "1", "durable", "1", "STRICT").args[0]
+    assert err.startswith("UNAVAILABLE DURABLE cannot be met") and "nothing was written" in err
+    assert c.call("KV.GET", "k")[1] == []
+    assert c.call("KV.DEL", "k", "DURABLE", "ALL").args[0].startswith("UNAVAILABLE DURABLE")
+    seen = []
+
+    class Recording(MemoryBackend):
+        async def put(self, key, value, context=None, w=None, strict=False, durable=None):
+            seen.append(("put", w, strict, durable))
+            return await super().put(key, value, context, w, strict)
+
+        async def delete(self, key, context=None, w=None, strict=False, durable=None):
+            seen.append(("del", w, strict, durable))
+            return await super().delete(key, context, w, strict)
+
+    r = Client(Commands(Recording()))
+    r.call("KV.PUT", "k", "v", "DURABLE", "3", "W", "1")
+    r.call("KV.PUT", "k", "v", "DURABLE", "quorum")
+    r.call("KV.PUT", "k", "v")
+    r.call("KV.DEL", "k", "durable", "ALL", "STRICT")
+    assert seen == [("put", 1, False, 3), ("put", None, False, "quorum"),
+                    ("put", None, False, None), ("del", None, True, "all")]
+
+
 def test_too_many_siblings():
     c = Client(Commands(MemoryBackend(siblings_max=3)))
     for i in range(3):
