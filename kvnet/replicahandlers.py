@@ -14,6 +14,7 @@ from kvcore.storage.options import rotate_token
 from kvnet import payload as P
 from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
+from kvnet.coordinator.trace import Trace
 from kvnet.errors import CommandError
 from kvnet.peer.batching import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.resp.backend import LATER
@@ -164,7 +165,16 @@ class ReplicaHandlers:
         if m.get("ctx") is not None and type(m["ctx"]) is not bytes:
             raise CommandError("coord_put: ctx must be encoded context bytes")
         ctx = P.context(m.get("ctx"))
-        return await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w, st)
+        if not m.get("tr"):
+            return await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow,
+                                                   w, st)
+        # KV.TRACE on the forwarding node: this coordinator's own trace comes back with the
+        # clock (kvnet/coordinator/trace.py)
+        trace = Trace(self.name)
+        raw = await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w,
+                                              st, trace=trace)
+        await trace.settle(self.host.timeout)
+        return {"c": raw, "t": [s.data() for s in trace.steps]}
 
     # ---- hints kept for a down primary ------------------------------------------------------
 
