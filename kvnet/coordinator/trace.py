@@ -26,7 +26,10 @@ def _now_ms(start_ns):
 
 
 def _actor(a):
-    """An actor id as text: (node, incarnation, epoch) -> node.incarnation.epoch."""
+    """An actor id as text: (node, incarnation, epoch) -> node.iiii.epoch, iiii the
+    incarnation's last four digits (a random 64-bit number: enough to tell two apart)."""
+    if isinstance(a, (tuple, list)) and len(a) == 3:
+        return f"{a[0]}.{str(a[1])[-4:]}.{a[2]}"
     if isinstance(a, (tuple, list)):
         return ".".join(str(x) for x in a)
     return a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)
