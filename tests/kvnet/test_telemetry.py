@@ -241,3 +241,17 @@ def test_kvctl_stats_shows_stale_shares_and_convergence(cluster):
     assert [x["node"] for x in got] == ["t0"]
     [r1] = [x for x in got[0]["reads"] if x["r"] == 1]
     assert r1["stale"] >= 1 and r1["checked"] >= r1["stale"]
+
+
+def test_a_coordinator_asked_for_its_trace_sends_it_with_the_clock(cluster):
+    """The peer side of a traced forward (kvnet/replicahandlers.py coord_put with "tr")."""
+    t1 = cluster.nodes[1]
+    p = t1.ring.partition_of(b"forwarded")
+    m = {"p": p, "k": b"forwarded", "v": b"v", "ts": 1, "ctx": None, "ow": True, "w": 3,
+         "st": False}
+    got = cluster.call(t1.handlers("coord_put", dict(m, tr=True)))
+    assert V.lww_value(V.decode(got["c"])) == b"v"
+    [step] = got["t"]
+    assert step["op"] == "put" and step["coordinator"] == "t1" and step["w"] == 3
+    assert sorted(x["node"] for x in step["replies"]) == ["t0", "t1", "t2"]
+    assert type(cluster.call(t1.handlers("coord_put", m))) is bytes      # untraced: the clock

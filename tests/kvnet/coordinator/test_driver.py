@@ -441,3 +441,32 @@ def test_a_forward_gives_up_after_a_bounded_number_of_refusals(tmp_path):
     with pytest.raises(PeerUnavailable):
         run(driver.put(c, p, b"k", V.sibling(b"v"), None, True, w=1))
     assert len(c.calls) == driver.FORWARD_ATTEMPTS
+
+
+def test_a_traced_forward_carries_the_coordinators_own_trace(tmp_path):
+    """KV.TRACE of a write this node does not coordinate: coord_put asks for the
+    coordinator's trace ("tr"), which becomes the forward step's; a coordinator that answers
+    the clock's bytes alone (not knowing "tr") leaves the step without one."""
+    from kvnet.coordinator.trace import Trace
+
+    class Tracing(_ForwardingCluster):
+        async def call(self, node, type, payload, timeout):
+            raw = await super().call(node, type, payload, timeout)
+            self.payloads.append(payload)
+            return {"c": raw, "t": [{"op": "put", "coordinator": node}]} if self.new else raw
+
+    c = Tracing(tmp_path, refuse=())
+    c.payloads, c.new = [], True
+    p = next(p for p in range(c.ring.q) if "a" not in c.ring.preference_list(p))
+    coordinator = c.ring.preference_list(p)[0]
+    for new in (True, False):
+        c.new = new
+        trace = Trace("a", "SET k v")
+        raw = run(driver.put_raw(c, p, b"k", V.sibling(b"v"), None, True, 1, trace=trace))
+        assert V.lww_value(V.decode(raw)) == b"v"
+        assert c.payloads[-1]["tr"] is True
+        [step] = trace.reply()["steps"]
+        assert step["op"] == "forward" and step["to"] == coordinator and step["outcome"] == "ok"
+        assert step["steps"] == ([{"op": "put", "coordinator": coordinator}] if new else [])
+    run(driver.put_raw(c, p, b"k", V.sibling(b"v"), None, True, 1))       # untraced: no "tr"
+    assert "tr" not in c.payloads[-1]
