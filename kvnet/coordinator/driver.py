@@ -296,15 +296,21 @@ def _repair_when_answered(cluster, p, key, quorum, rest, answer=None, r=None, st
 
 
 def _repair_now(cluster, p, key, quorum, answer=None, r=None, step=None):
-    """Every target already answered: count whether `answer` (the clock the read returned,
-    None: none was) was stale (staleness.py), and repair only when some replica was."""
+    """Every target already answered: count whether `answer` (the clock the read returned;
+    _LOCAL: this node's replica's; None: none was) was stale (staleness.py), and repair only
+    when some replica was."""
     repair = quorum.final()
     stats = getattr(cluster, "coord_stats", None)
     stale = None
     if answer is not None and repair is not None:
-        stale = S.is_stale(answer, repair.clock)
+        if not repair.stale:
+            stale = False       # every reply equals their merge: so does a merge of some
+        elif answer is _LOCAL:
+            stale = _is_stale_target(cluster.name, repair.stale)
+        else:
+            stale = S.is_stale(answer, repair.clock)
         if stats is not None:
-            S.count(stats["staleness"], r, stale)
+            _read_checked(stats, r, stale)
     task = None
     if repair is not None and repair.clock is not None and repair.stale:
         if stats is not None:
@@ -621,17 +627,12 @@ class DirectRead:
             resolve(self.future, None if result.not_found else V.lww_value(result.clock))
 
     def _answered(self):
-        """The clock the client was answered with, None when it was not (an error)."""
+        """The clock the client was answered with (_LOCAL: the local replica's, read in
+        place), None when it was not (an error)."""
         answer = self.answer
         if answer is _NO_ANSWER or (answer is None and not self.future.done()):
             return None
-        if answer is None:          # answered in place, from the local copy
-            raw = self.replies[0][1]
-            try:
-                return V.EMPTY if raw is None else V.decode(raw)
-            except Exception:
-                return None
-        return answer
+        return _LOCAL if answer is None else answer
 
     def __call__(self, node, exc, payload):
         self.pending -= 1
@@ -653,13 +654,32 @@ class DirectRead:
 
 
 _NO_ANSWER = object()
+_LOCAL = object()       # DirectRead's answer: the local replica's copy, read in place
 
 
 def _fresh(cluster, r):
     """A direct read whose replicas all answered the same bytes: checked, and not stale."""
     stats = getattr(cluster, "coord_stats", None)
     if stats is not None:
-        S.count(stats["staleness"], r, False)
+        _read_checked(stats, r, False)
+
+
+def _read_checked(stats, r, stale):
+    """staleness.count into coord_stats, compiled with the driver (a read's hot path)."""
+    counts = stats["staleness"]
+    c = counts.get(r)
+    if c is None:
+        c = counts[r] = [0, 0]
+    c[0] += 1
+    if stale:
+        c[1] += 1
+
+
+def _is_stale_target(node, targets):
+    for t in targets:
+        if t.node == node:
+            return True
+    return False
 
 
 def get_direct(cluster, p, key, raw, r, pl, conns):
