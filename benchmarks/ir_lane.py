@@ -9,11 +9,13 @@ peer connection's batch callbacks would, with no sockets and no event loop runni
 workloads: every reply equal (the common case), at R=1 and R=2; and R=1 with the other two
 replicas newer (a stale read: the quorum, read repair's final() and, with staleness
 telemetry, the comparison). The count includes the Python loop driving each read (the same
-in every checkout), so compare the differences. For each checkout a child process run from
+in every checkout), so compare the differences; the garbage collector is off while counting
+(a collection falling in one workload moved it by 60 %). For each checkout a child process run from
 its directory (its kvnet and compiled extensions) under `valgrind --tool=callgrind`;
 time.sleep(0) between workloads cuts the counts into one dump each. Needs valgrind.
 """
 import argparse
+import gc
 import glob
 import os
 import re
@@ -65,6 +67,8 @@ def child(reads):
             read("n2", None, other)
 
     run("equal", 1)                     # warm-up
+    gc.collect()
+    gc.disable()                        # a collection's share would land in one workload
     for kind, r in WORKLOADS:
         time.sleep(0)                   # a dump: what came before
         run(kind, r)

@@ -23,7 +23,8 @@ cpdef object get_direct(object cluster, object p, object key, object raw, Py_ssi
 
 # a direct read whose replies were all equal: counted fresh (a C call from DirectRead)
 cdef object _fresh(object cluster, Py_ssize_t r)
-cdef object _read_checked(object stats, object r, bint stale)
+@cython.locals(counts=dict, c=list)
+cdef object _read_checked(dict stats, object r, bint stale)
 
 @cython.locals(conn=PeerConnection)
 cdef object _batch_to(list conns, object rtype, object item, object callback, object timeout)
