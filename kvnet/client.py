@@ -210,6 +210,17 @@ class Client(_Routing):
         args = ["KV.COMPACT"] + ([str(partition)] if partition is not None else [])
         return _decode(self._conn(self._seed).execute_command(*args))
 
+    def trace(self, *command):
+        """KV.TRACE of one command, sent where the command would go (a replica of its key):
+        `c.trace("GET", "k")`, `c.trace("KV.PUT", "k", "v", "W", 3)`. What the coordinator
+        did, replica by replica, as a dict (docs/observability.md, "KV.TRACE")."""
+        args = _trace_args(command)
+        return _decode(self._call(args[1], "KV.TRACE", *args))
+
+    def stats(self):
+        """KV.STATS of the seed node: its read staleness per R, canary convergence per W."""
+        return _decode(self._conn(self._seed).execute_command("KV.STATS"))
+
     def close(self):
         for c in self._conns.values():
             c.close()
@@ -280,6 +291,13 @@ class AsyncClient(_Routing):
         args = ["KV.CLUSTER", op] + ([node] if node is not None else [])
         return _decode(await self._conn(self._seed).execute_command(*args))
 
+    async def trace(self, *command):
+        args = _trace_args(command)
+        return _decode(await self._call(args[1], "KV.TRACE", *args))
+
+    async def stats(self):
+        return _decode(await self._conn(self._seed).execute_command("KV.STATS"))
+
     async def close(self):
         for c in self._conns.values():
             await c.aclose()
@@ -302,6 +320,13 @@ def _tls_options(cacert, cert, key, check_hostname):
         raise ValueError("key needs cert (the client certificate it belongs to)")
     return dict(ssl=True, ssl_ca_certs=cacert, ssl_certfile=cert, ssl_keyfile=key,
                 ssl_cert_reqs="required", ssl_check_hostname=check_hostname)
+
+
+def _trace_args(command):
+    """KV.TRACE's arguments: a command name and its key at least; ints as their digits."""
+    if len(command) < 2:
+        raise TypeError("trace() takes a command and its arguments: trace(\"GET\", key)")
+    return [str(a).encode() if type(a) is int else _bytes(a) for a in command]
 
 
 def _bytes(x):

@@ -169,6 +169,8 @@ class NodeConfig:
     metrics_port: int = _s(0, "serve Prometheus metrics on http://metrics_host:port/metrics "
                               "(0: off)")
     metrics_host: str = _s("127.0.0.1", "address of the metrics port")
+    canary_interval_ms: int = _s(0, "write this node's canary key once per interval and time "
+                                    "until every replica holds it (0: off)")
 
     @property
     def client_port(self):
@@ -227,6 +229,7 @@ _INT_BOUNDS = {
     "merge_concurrency": (0, 64),
     "merge_max_mb_s": (1, 100_000),
     "metrics_port": (0, 65535),
+    "canary_interval_ms": (0, 86_400_000),
 }
 
 _FLOAT_BOUNDS = {

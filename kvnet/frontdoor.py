@@ -15,9 +15,10 @@ from kvcore._native import select
 from kvcore.zones import zone_table
 from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
+from kvnet.coordinator import trace as _trace
 from kvnet.coordinator.quorum import resolve_quorum
 from kvnet.errors import CommandError, Unavailable
-from kvnet.metrics import SIBLING_BUCKETS, count_siblings
+from kvnet.metrics import SIBLING_BUCKETS, count_siblings, telemetry
 from kvnet.payload import context as _client_context
 from kvnet.replicahandlers import ReplicaHost
 from kvnet.resp.backend import LATER, Backend, Reply
@@ -451,3 +452,15 @@ class FrontDoor(Backend):
                    merge_seconds=round(st["merge_seconds"], 3),
                    hint_compactions=st["hint_compactions"])
         return out
+
+    # ---- KV.TRACE ----------------------------------------------------------------------------
+
+    async def trace(self, op, key, value=None, context=None, quorum=None, strict=False,
+                    command=""):
+        """KV.TRACE: run one GET, SET, DEL, KV.GET, KV.PUT or KV.DEL through the coordinator's
+        general path with a trace, and return what it did (kvnet/coordinator/trace.py)."""
+        return await _trace.run(self, op, key, value, context, quorum, strict, command)
+
+    async def telemetry(self):
+        """KV.STATS: read staleness per R and canary convergence per W (kvnet/metrics.py)."""
+        return telemetry(self.host)

@@ -30,9 +30,13 @@ from prometheus_client import CollectorRegistry, MetricsHandler, ProcessCollecto
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
-from kvcore._native import select
+from kvnet import canary as _canary
 
-__all__ = ["NodeCollector", "MetricsServer", "latency_percentiles", "SIBLING_BUCKETS"]
+from kvcore._native import select
+from kvnet.coordinator.staleness import fractions
+
+__all__ = ["NodeCollector", "MetricsServer", "latency_percentiles", "SIBLING_BUCKETS",
+           "telemetry"]
 
 log = logging.getLogger("kvnet.metrics")
 
@@ -110,8 +114,8 @@ class NodeCollector:
         return []           # no description pass at registration (collect() reads live state)
 
     def collect(self):
-        for part in (self._requests, self._coordinator, self._handoff, self._antientropy,
-                     self._storage, self._node):
+        for part in (self._requests, self._coordinator, self._staleness, self._handoff,
+                     self._antientropy, self._storage, self._node):
             try:
                 yield from part()
             except Exception:   # a part closing under a scrape: the others still report
@@ -187,6 +191,43 @@ class NodeCollector:
         yield CounterMetricFamily("ringkv_sibling_reads",
                                   "KV.GETs that returned more than one sibling",
                                   value=total - counts[0])
+
+    def _staleness(self):
+        node = self.node
+        counts = node.coord_stats["staleness"]
+        checked = CounterMetricFamily("ringkv_reads_checked",
+                                      "Reads coordinated here whose answer was compared with "
+                                      "every reply once all were in, per R", labels=["r"])
+        stale = CounterMetricFamily("ringkv_stale_reads",
+                                    "Of those, reads whose answer was older than the sync of "
+                                    "every reply (stale), per R", labels=["r"])
+        for r, (n_checked, n_stale) in sorted(list(counts.items())):
+            checked.add_metric([str(r)], n_checked)
+            stale.add_metric([str(r)], n_stale)
+        yield checked
+        yield stale
+        canary = getattr(node, "canary", None)
+        if canary is None:
+            return
+        hist = HistogramMetricFamily("ringkv_convergence_seconds",
+                                     "Time from a canary write's acknowledgement until every "
+                                     "replica held it, per W", labels=["w"])
+        never = CounterMetricFamily("ringkv_canary_unconverged",
+                                    "Canary writes some replica did not hold in time, per W",
+                                    labels=["w"])
+        for w, conv in sorted(list(canary.by_w.items())):
+            buckets, total = [], 0
+            for bound, c in zip(_canary.BUCKETS, conv.buckets):
+                total += c
+                buckets.append((repr(float(bound)), total))
+            buckets.append(("+Inf", total + conv.buckets[-1]))
+            hist.add_metric([str(w)], buckets, conv.sum)
+            never.add_metric([str(w)], conv.unconverged)
+        yield hist
+        yield never
+        yield CounterMetricFamily("ringkv_canary_failures",
+                                  "Canary writes that failed (no quorum, refused)",
+                                  value=canary.stats["failures"])
 
     def _handoff(self):
         node = self.node
@@ -349,6 +390,22 @@ def _status_files():
             out[path] = (500, f"the status page's {name} is missing from this install of ringkv "
                          f"(package data of kvnet/status): {exc}\n".encode(),
                          "text/plain; charset=utf-8")
+    return out
+
+
+def telemetry(node):
+    """KV.STATS: this node's read staleness per R and canary convergence per W, as plain data
+    (kvctl stats shows it; docs/observability.md)."""
+    reads = fractions(node.coord_stats["staleness"])
+    canary = getattr(node, "canary", None)
+    out = {"node": node.name,
+           "reads": [{"r": r, **v} for r, v in reads.items()],
+           "canary_interval_ms": node.cfg.canary_interval_ms,
+           "convergence": [], "canary_rounds": 0, "canary_failures": 0}
+    if canary is not None:
+        out["convergence"] = [{"w": w, **conv.data()} for w, conv in sorted(canary.by_w.items())]
+        out["canary_rounds"] = canary.stats["rounds"]
+        out["canary_failures"] = canary.stats["failures"]
     return out
 
 

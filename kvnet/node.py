@@ -19,6 +19,7 @@ from kvnet.config import NodeConfig
 from kvnet.coordinator import driver
 from kvnet.errors import ConfigError, Unavailable
 from kvnet.antientropy.service import AntiEntropy
+from kvnet.canary import Canary
 from kvnet.compaction import Compactor
 from kvnet.handoff.hintlog import HintLog, dvv_merge
 from kvnet.handoff.replay import HintReplay
@@ -89,6 +90,7 @@ class Node(FrontHost, RingListener):
         # Handlers always answer; exchanges are scheduled only with cfg.ae_enabled.
         self.add_service(AntiEntropy(self))
         self.add_service(Compactor(self))
+        self.canary = self.add_service(Canary(self))   # canary_interval_ms (docs/observability.md)
         self.resp = None
         self._tasks = set()
         self.stats = {"gets": 0, "puts": 0, "deletes": 0}

@@ -14,6 +14,7 @@ from kvcore.storage.options import rotate_token
 from kvnet import payload as P
 from kvnet.coordinator import driver
 from kvnet.coordinator import scan as S
+from kvnet.coordinator.trace import Trace
 from kvnet.errors import CommandError
 from kvnet.peer.batching import ANSWER_BYTES, MAX_BATCH, answer_batch
 from kvnet.resp.backend import LATER
@@ -171,15 +172,25 @@ class ReplicaHandlers:
         if m.get("ctx") is not None and type(m["ctx"]) is not bytes:
             raise CommandError("coord_put: ctx must be encoded context bytes")
         ctx = P.context(m.get("ctx"))
-        if not durable:
+        traced = bool(m.get("tr"))
+        if not durable and not traced:
             return await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w,
                                                    st)
         # DURABLE k: the answer says how many fsyncs were confirmed (a coordinator from before
-        # DURABLE answers the clock bytes alone, which the forwarding node refuses)
+        # DURABLE answers the clock bytes alone, which the forwarding node refuses). KV.TRACE
+        # on the forwarding node: this coordinator's own trace comes back with the clock
+        # (kvnet/coordinator/trace.py).
+        trace = Trace(self.name) if traced else None
         results = []
         raw = await driver.coordinate_put_raw(self.host, p, k, V.Sibling(v, ts), ctx, ow, w, st,
-                                              None, durable, results)
-        return {"c": raw, "d": len(results[0].durable)}
+                                              None, durable, results, trace=trace)
+        answer = {"c": raw}
+        if durable:
+            answer["d"] = len(results[0].durable)
+        if trace is not None:
+            await trace.settle(self.host.timeout)
+            answer["t"] = [s.data() for s in trace.steps]
+        return answer
 
     # ---- hints kept for a down primary ------------------------------------------------------
 

@@ -11,6 +11,10 @@
     kvctl plan                   staged changes, partitions and bytes that would move
     kvctl commit                 apply the staged changes (partitions move in the background)
     kvctl transfers [--watch]    progress of the partition transfers of a ring change
+    kvctl trace get|put|del KEY [VALUE] [--r R] [--w W] [--context HEX] [--strict]
+                                 what the coordinator did, replica by replica (KV.TRACE)
+    kvctl stats [--here]         stale reads per R, canary convergence per W (every member,
+                                 or only the node at --port)
     kvctl fault kill|pause|resume NODE, cut|heal NODE [PEER], slow NODE [PEER] --ms D, status
                                  drive `kvnode dev --faults` (found with --data-dir, not --port)
 
@@ -170,6 +174,18 @@ def _parser():
                    help="follow them, a progress bar per moving partition, until the ring settles")
     t.add_argument("--interval", type=_seconds, default=1.0,
                    help="seconds between two looks with --watch (default 1)")
+    tr = add("trace", "run a read or write with KV.TRACE: who was asked, what each replied")
+    tr.add_argument("op", choices=("get", "put", "del"), metavar="OP",
+                    help="get (KV.GET), put (KV.PUT) or del (KV.DEL)")
+    tr.add_argument("key")
+    tr.add_argument("value", nargs="?", default=None, help="put: the value")
+    tr.add_argument("--r", default=None, help="get: read quorum (a number, one, quorum, all)")
+    tr.add_argument("--w", default=None, help="put, del: write quorum")
+    tr.add_argument("--context", type=_hex, default=None, help="put, del: hex context")
+    tr.add_argument("--strict", action="store_true", help="primaries only")
+    st = add("stats", "stale reads per R and canary convergence per W (docs/observability.md)")
+    st.add_argument("--here", action="store_true",
+                    help="only the node at --port (default: every member of the ring)")
     f = add("fault", "drive the fault injector of `kvnode dev --faults` (docs/operations.md)")
     f.add_argument("action", choices=FAULT_OPS, metavar="ACTION",
                    help="kill, pause or resume NODE; cut, heal or slow its links (only those "
@@ -190,6 +206,31 @@ def _millis(text):
     if not 0 <= ms <= MAX_DELAY_MS:
         raise argparse.ArgumentTypeError(f"--ms is 0 to {MAX_DELAY_MS}, not {text}")
     return int(ms) if ms == int(ms) else ms
+
+
+def _trace_usage(args):
+    """What is wrong with a `kvctl trace` command line, or None."""
+    if args.op == "put" and args.value is None:
+        return "put needs a VALUE"
+    if args.op != "put" and args.value is not None:
+        return f"{args.op} takes no VALUE"
+    if args.op == "get" and (args.w is not None or args.context is not None):
+        return "get takes --r, not --w or --context"
+    if args.op != "get" and args.r is not None:
+        return f"{args.op} takes --w, not --r"
+    return None
+
+
+def trace_command(args):
+    """The KV.TRACE arguments of `kvctl trace`."""
+    cmd = ["KV." + args.op.upper(), args.key] + ([args.value] if args.op == "put" else [])
+    if args.context:
+        cmd += ["CONTEXT", args.context]
+    if args.r is not None:
+        cmd += ["R", args.r]
+    if args.w is not None:
+        cmd += ["W", args.w]
+    return cmd + (["STRICT"] if args.strict else [])
 
 
 def _fault_usage(args):
@@ -379,6 +420,9 @@ def main(argv=None, out=None, err=None):
             return fault(args, out, err)
         except BrokenPipeError:
             return FAILED
+    if args.cmd == "trace" and _trace_usage(args):
+        print(f"kvctl trace: {_trace_usage(args)}", file=err)
+        return USAGE
     where = f"{args.host}:{args.port}"
     try:
         c = Client(args.host, args.port, password=args.password, username=args.user,
@@ -470,6 +514,18 @@ def _run(c, args, out):
             for r in res:
                 con.print(f"{r['node']}: {r['partitions']} partitions merged, "
                           f"{r['bytes_reclaimed']:,} bytes reclaimed", soft_wrap=True)
+    elif args.cmd == "trace":
+        t = c.trace(*trace_command(args))
+        if as_json:
+            _print_json(t, out)
+        else:
+            show_trace(t, con)
+    elif args.cmd == "stats":
+        res = _stats(c, args)
+        if as_json:
+            _print_json(res, out)
+        else:
+            show_stats(res, con)
     elif args.cmd == "commit":
         res = c.cluster("commit")
         if as_json:
@@ -480,6 +536,27 @@ def _run(c, args, out):
 
 
 COMPACT_TIMEOUT = 3600.0     # seconds `kvctl compact` waits for a node's merges
+
+
+def _stats(c, args):
+    """KV.STATS of the node at --port, or of every ring member (a member that does not
+    answer is a row with its error)."""
+    if args.here:
+        return [c.stats()]
+    out = []
+    for n in c.ring()["nodes"]:
+        if not n.get("port"):
+            out.append({"node": n["name"], "error": "no client address known"})
+            continue
+        one = Client(n["host"], n["port"], password=args.password, username=args.user,
+                     route=False, socket_timeout=args.timeout, retries=0, **tls_options(args))
+        try:
+            out.append(one.stats())
+        except Exception as exc:
+            out.append({"node": n["name"], "error": _one_line(exc)})
+        finally:
+            one.close()
+    return out
 
 
 def _compact(c, args):
@@ -603,6 +680,120 @@ def _show_transfers(t, con):
     for r in failed:
         con.print(f"partition {r['partition']} to {r['to']} failed (retried): {r['error']}",
                   soft_wrap=True)
+
+
+def _ms(x):
+    return "-" if x is None else f"{float(x):.3f}"
+
+
+def _pct(part, whole):
+    return "-" if not whole else f"{100.0 * part / whole:.2f}%"
+
+
+def show_stats(rows, con):
+    """kvctl stats: stale reads per R (each node's, then the cluster's), then convergence."""
+    t = _table("node", "R>", "reads checked>", "stale>", "stale share>")
+    totals = {}
+    for row in rows:
+        if "error" in row:
+            con.print(f"{row['node']}: {row['error']}", soft_wrap=True)
+            continue
+        for r in row["reads"]:
+            t.add_row(row["node"], str(r["r"]), f"{r['checked']:,}", f"{r['stale']:,}",
+                      _pct(r["stale"], r["checked"]))
+            tot = totals.setdefault(r["r"], [0, 0])
+            tot[0] += r["checked"]
+            tot[1] += r["stale"]
+    if len(rows) > 1:
+        for r, (checked, stale) in sorted(totals.items()):
+            t.add_row("all", str(r), f"{checked:,}", f"{stale:,}", _pct(stale, checked))
+    if totals:
+        _show(con, t)
+    else:
+        con.print("no reads checked yet (reads coordinated by the general path and the "
+                  "direct lane are; docs/observability.md)")
+    t = _table("node", "W>", "canary writes>", "p50 ms>", "p99 ms>", "max ms>",
+               "not converged>")
+    conv = 0
+    for row in rows:
+        for c in row.get("convergence", []):
+            conv += 1
+            t.add_row(row["node"], str(c["w"]), f"{c['samples']:,}", _ms(c["p50_ms"]),
+                      _ms(c["p99_ms"]), _ms(c["max_ms"]), str(c["unconverged"]))
+    if conv:
+        con.print("time from a canary write's acknowledgement until every replica held it:")
+        _show(con, t)
+    else:
+        con.print("no canary writes (canary_interval_ms is 0: off)")
+
+
+def show_trace(t, con):
+    """kvctl trace: the command's outcome, then per step who was asked and what each said."""
+    head = f"{t['command']} on {t['node']}: "
+    head += f"error {t['error']}" if t.get("error") else "ok"
+    con.print(f"{head} in {_ms(t['ms'])} ms", soft_wrap=True)
+    if not t.get("error"):
+        con.print(f"result: {_result_text(t['result'])}", soft_wrap=True)
+    for i, s in enumerate(t["steps"], 1):
+        _show_step(con, s, f"step {i}")
+
+
+def _result_text(x):
+    """A traced command's reply in a line: nil, text, 0x<hex> for bytes that are not UTF-8
+    (a context), [a, b] for arrays."""
+    if x is None:
+        return "(nil)"
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            return bytes(x).decode()
+        except UnicodeDecodeError:
+            return "0x" + bytes(x).hex()
+    if isinstance(x, list):
+        return "[" + ", ".join(_result_text(v) for v in x) + "]"
+    return str(x)
+
+
+def _show_step(con, s, label):
+    if s["op"] == "forward":
+        con.print(f"{label}: forwarded to {s['to']} (it coordinates partition "
+                  f"{s['partition']}): {s['outcome']} in {_ms(s['ms'])} ms", soft_wrap=True)
+        for j, sub in enumerate(s.get("steps") or [], 1):
+            _show_step(con, sub, f"{label}.{j} on {s['to']}")
+        return
+    letter = "R" if s["op"] == "get" else "W"
+    need = s.get(letter.lower())
+    con.print(f"{label}: {s['op']} of partition {s['partition']} by {s['coordinator']}, "
+              f"{letter}={need} of N={s['n']}{' strict' if s.get('strict') else ''}: "
+              f"{s['outcome']}, decided at {_ms(s['decided_ms'])} ms", soft_wrap=True)
+    pl = ", ".join(p["node"] if p["role"] == "primary" else f"{p['node']} ({p['role']})"
+                   for p in s["preflist"])
+    con.print(f"  preference list: {pl}" + (f"; down: {', '.join(s['down'])}"
+                                            if s.get("down") else ""), soft_wrap=True)
+    tab = _table("replica", "role", "outcome", "version", "siblings>", "ms>",
+                 f"counted to {letter}")
+    for r in s["replies"]:
+        tab.add_row(r["node"], r["role"], r["outcome"] + (f" (then {r['late']})"
+                                                          if r.get("late") else ""),
+                    r.get("clock", "-"), str(r.get("siblings", "-")), _ms(r["ms"]),
+                    r["counted"])
+    for node in s["asked"]:
+        if not any(r["node"] == node for r in s["replies"]):
+            tab.add_row(node, "-", "no reply yet", "-", "-", "-", "no")
+    _show(con, tab)
+    v = s.get("version") or {}
+    if s["op"] == "get":
+        m = s.get("merged") or {}
+        con.print(f"  answer: {v.get('clock', '-')}; every reply merged: {m.get('clock', '-')}"
+                  f"; stale answer: {s.get('stale', '-')}", soft_wrap=True)
+        reps = s.get("repairs") or []
+        con.print("  read repairs: " + (", ".join(
+            f"{x['node']}{'' if x['for'] == '-' else ' for ' + x['for']} ({x['outcome']})"
+            for x in reps) or "none"), soft_wrap=True)
+    else:
+        con.print(f"  new version: {v.get('clock', '-')}", soft_wrap=True)
+        hints = s.get("hints") or []
+        con.print("  hints written: " + (", ".join(f"{h['node']} for {h['for']}"
+                                                  for h in hints) or "none"), soft_wrap=True)
 
 
 # ---- transfers --watch ---------------------------------------------------------------------------

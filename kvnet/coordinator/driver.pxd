@@ -10,7 +10,7 @@ cdef class DirectWrite:
 
 
 cdef class DirectRead:
-    cdef public object cluster, future, p, key, replies, value, quorum, pl
+    cdef public object cluster, future, p, key, replies, value, quorum, pl, answer
     cdef public Py_ssize_t same, needed, pending, n
 
 
@@ -20,6 +20,11 @@ cpdef object put_direct(object cluster, object p, object key, object raw, Py_ssi
                         object pl, list conns)
 cpdef object get_direct(object cluster, object p, object key, object raw, Py_ssize_t r,
                         object pl, list conns)
+
+# a direct read whose replies were all equal: counted fresh (a C call from DirectRead)
+cdef object _fresh(object cluster, Py_ssize_t r)
+@cython.locals(counts=dict, c=list)
+cdef object _read_checked(dict stats, object r, bint stale)
 
 @cython.locals(conn=PeerConnection)
 cdef object _batch_to(list conns, object rtype, object item, object callback, object timeout)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from kvcore import versions as V
+from kvnet.coordinator import staleness as S
 from kvnet.coordinator.preflist import preflist_for, write_route
 from kvnet.coordinator.quorum import (DURABLE, NOT_FOUND, OK, TIMEOUT, Failed, Found,
                                       GetQuorum, GetResult, PutQuorum)
@@ -85,19 +86,25 @@ class Cluster:
         raise NotImplementedError
 
 
-async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
+async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout, step=None):
     """Feed every target's reply into quorum until it has enough, or `timeout` passes.
 
     The local replica answers first, inline: when that is enough (N=1, R=1, W=1) nothing waits
     on the network. `ask(node)` returns a future of the raw answer (no Task per replica: a
     callback converts it with `convert(future)` and feeds the quorum, first reply wins).
     Returns {future: node} of the requests still running; their replies keep going to quorum
-    as they come (read repair waits for them)."""
+    as they come (read repair waits for them). `step`: a KV.TRACE step told every reply, or
+    None."""
     pending = {}
     remote = []
+    if step is not None:
+        step.ask(nodes)
     for n in nodes:
         if n == cluster.name and ask_local is not None:
-            quorum.add_result(n, ask_local())
+            reply = ask_local()
+            quorum.add_result(n, reply)
+            if step is not None:
+                step.reply(n, reply, quorum)
         else:
             remote.append(n)
     if not remote:
@@ -109,7 +116,10 @@ async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
         node = pending.pop(fut, None)
         if node is None:
             return
-        quorum.add_result(node, convert(fut))
+        reply = convert(fut)
+        quorum.add_result(node, reply)
+        if step is not None:
+            step.reply(node, reply, quorum)
         if not wake.done() and (not pending or quorum.enough()):
             wake.set_result(None)
 
@@ -118,6 +128,8 @@ async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
             fut = ask(n)
         except Exception as exc:
             quorum.add_result(n, _reply_of(exc))
+            if step is not None:
+                step.reply(n, _reply_of(exc), quorum)
             continue
         pending[fut] = n
         fut.add_done_callback(settled)
@@ -131,6 +143,8 @@ async def _ask_all(cluster, nodes, quorum, ask_local, ask, convert, timeout):
     if not quorum.enough():
         for n in list(pending.values()):
             quorum.add_result(n, TIMEOUT)
+            if step is not None:
+                step.reply(n, TIMEOUT, quorum)
     return pending
 
 
@@ -139,9 +153,11 @@ def new_coord_stats():
     quorum "r=2" / "w=3" (the R or W asked for) and outcome ok, unavailable, timeout (a quorum
     not met with a replica timed out) or failed (not met otherwise); and "divergent_reads"
     (reads whose replicas' replies disagreed once all had answered), "read_repairs" (replicas
-    sent the merged clock) and "forwarded_writes" (writes this node sent to another node to
-    coordinate, not being a replica of their partition) (docs/observability.md)."""
-    return {"divergent_reads": 0, "read_repairs": 0, "forwarded_writes": 0}
+    sent the merged clock), "forwarded_writes" (writes this node sent to another node to
+    coordinate, not being a replica of their partition) and "staleness" (reads checked and
+    stale, per R: staleness.py) (docs/observability.md)."""
+    return {"divergent_reads": 0, "read_repairs": 0, "forwarded_writes": 0,
+            "staleness": S.new_counts()}
 
 
 def _count(cluster, op, needed, result, quorum=None):
@@ -224,11 +240,12 @@ def _only_local_primary(cluster, pl, needed):
     return len(targets) == 1 and targets[0].node == cluster.name and targets[0].hint_for is None
 
 
-async def get(cluster, p, key, r, strict=False):
-    """(merged clock or None, GetResult) from R replicas; repairs stale ones afterwards."""
+async def get(cluster, p, key, r, strict=False, trace=None):
+    """(merged clock or None, GetResult) from R replicas; repairs stale ones afterwards.
+    `trace`: a KV.TRACE Trace (kvnet/coordinator/trace.py) told what happens, or None."""
     ring = cluster.ring
     pl = cluster.targets(p, strict)
-    if _only_local_primary(cluster, pl, r):
+    if trace is None and _only_local_primary(cluster, pl, r):
         try:
             clock = cluster.replica.read(p, key)
         except Exception:
@@ -239,8 +256,11 @@ async def get(cluster, p, key, r, strict=False):
                 return GetResult(V.EMPTY, False, 1, 1)
             return GetResult(clock, True, 1, 1)
     quorum = GetQuorum(ring.n, r, pl)
+    step = None if trace is None else trace.step("get", p, quorum, pl)
     if quorum.enough():
         _count(cluster, "get", r, quorum.response(), quorum)
+        if step is not None:
+            step.answered(quorum.response())
         raise quorum.response()
 
     def ask_local():
@@ -261,19 +281,24 @@ async def get(cluster, p, key, r, strict=False):
             return cluster.call_future(node, "get", {"p": p, "k": key}, cluster.timeout)
         return cluster.call_future(node, "hget", {"p": p, "k": key, "h": hint_for}, cluster.timeout)
 
-    rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, _found, cluster.timeout)
+    rest = await _ask_all(cluster, pl.nodes, quorum, ask_local, ask, _found, cluster.timeout,
+                          step)
     result = quorum.response()
     _count(cluster, "get", r, result, quorum)
     if isinstance(result, Exception):
+        if step is not None:
+            step.answered(result)
         raise result
+    if step is not None:
+        step.answered(result, result.clock)
     if rest:
-        _repair_when_answered(cluster, p, key, quorum, list(rest))
+        _repair_when_answered(cluster, p, key, quorum, list(rest), result.clock, r, step)
     else:
-        _repair_now(cluster, p, key, quorum)
+        _repair_now(cluster, p, key, quorum, result.clock, r, step)
     return result
 
 
-def _repair_when_answered(cluster, p, key, quorum, rest):
+def _repair_when_answered(cluster, p, key, quorum, rest, answer=None, r=None, step=None):
     """Once the stragglers have answered (or timed out: each request has its timeout), repair
     the replicas that were stale. Callbacks, not a Task per read: the callbacks _ask_all put on
     each future first feed the quorum, this one then sees every reply."""
@@ -283,7 +308,7 @@ def _repair_when_answered(cluster, p, key, quorum, rest):
         left[0] -= 1
         if left[0] == 0:
             try:
-                _repair_now(cluster, p, key, quorum)
+                _repair_now(cluster, p, key, quorum, answer, r, step)
             except Exception:
                 log.exception("read repair of %r failed", key)
 
@@ -291,17 +316,33 @@ def _repair_when_answered(cluster, p, key, quorum, rest):
         fut.add_done_callback(answered)
 
 
-def _repair_now(cluster, p, key, quorum):
-    """Every target already answered: repair only when some replica was stale."""
+def _repair_now(cluster, p, key, quorum, answer=None, r=None, step=None):
+    """Every target already answered: count whether `answer` (the clock the read returned;
+    _LOCAL: this node's replica's; None: none was) was stale (staleness.py), and repair only
+    when some replica was."""
     repair = quorum.final()
+    stats = getattr(cluster, "coord_stats", None)
+    stale = None
+    if answer is not None and repair is not None:
+        if not repair.stale:
+            stale = False       # every reply equals their merge: so does a merge of some
+        elif answer is _LOCAL:
+            stale = _is_stale_target(cluster.name, repair.stale)
+        else:
+            stale = S.is_stale(answer, repair.clock)
+        if stats is not None:
+            _read_checked(stats, r, stale)
+    task = None
     if repair is not None and repair.clock is not None and repair.stale:
-        stats = getattr(cluster, "coord_stats", None)
         if stats is not None:
             stats["divergent_reads"] += 1
-        cluster.spawn(_send_repairs(cluster, p, key, repair))
+        task = cluster.spawn(_send_repairs(cluster, p, key, repair, step))
+    if step is not None:
+        step.final(repair, stale)
+        step.repair_task = task
 
 
-async def _send_repairs(cluster, p, key, repair):
+async def _send_repairs(cluster, p, key, repair, step=None):
     raw = V.encode(repair.clock)
     if cluster.reap_pending(p, key, raw):
         return       # a reap of this tombstone is under way: never copy it back (section 6)
@@ -309,11 +350,14 @@ async def _send_repairs(cluster, p, key, repair):
     for target in repair.stale:
         if stats is not None:
             stats["read_repairs"] += 1
-        await _store_on(cluster, target, p, key, repair.clock, raw, "read repair")
+        error = await _store_on(cluster, target, p, key, repair.clock, raw, "read repair")
+        if step is not None:
+            step.repaired(target, error)
 
 
 async def _store_on(cluster, target, p, key, clock, raw, why):
-    """Sync clock onto one target: a primary's replica, or a fallback's hint for its primary."""
+    """Sync clock onto one target: a primary's replica, or a fallback's hint for its primary.
+    Returns None, or the failure's text (logged)."""
     node, hint_for = target.node, target.hint_for
     try:
         if node != cluster.name:
@@ -324,6 +368,8 @@ async def _store_on(cluster, target, p, key, clock, raw, why):
             cluster.hint_store(p, key, hint_for, raw)
     except Exception as exc:
         log.info("%s of %r on %s failed: %s", why, key, node, exc)
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 async def store_extra(cluster, node, p, key, raw):
@@ -366,8 +412,9 @@ async def put(cluster, p, key, sibling, context=None, overwrite=False, w=2, stri
 
 
 async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, strict=False,
-                  durable=0):
-    """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock)."""
+                  durable=0, trace=None):
+    """`put`, returning the new clock's bytes (a Redis SET needs no decoded clock). `trace`:
+    a KV.TRACE Trace (kvnet/coordinator/trace.py), or None."""
     for attempt in range(FORWARD_ATTEMPTS):
         route, pl = cluster.route_and_targets(p, strict)
         if route.coordinator is None:
@@ -375,19 +422,24 @@ async def put_raw(cluster, p, key, sibling, context=None, overwrite=False, w=2, 
             raise Unavailable(f"no {what} of partition {p} is reachable to coordinate the write")
         if route.coordinate_locally:
             return await coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w,
-                                            strict, pl, durable)
+                                            strict, pl, durable, trace=trace)
         if attempt == 0:
             stats = getattr(cluster, "coord_stats", None)
             if stats is not None:
                 stats["forwarded_writes"] += 1
-        m = {"p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
-             "ctx": None if context is None else V.encode_context(context),
-             "ow": overwrite, "w": w, "st": strict}
+        payload = {"p": p, "k": key, "v": sibling.value, "ts": sibling.timestamp,
+                   "ctx": None if context is None else V.encode_context(context),
+                   "ow": overwrite, "w": w, "st": strict}
         if durable:
-            m["d"] = durable
+            payload["d"] = durable
         try:
-            # (the coordinator waits up to `timeout` for its replicas: give it that, and the hop)
-            reply = await cluster.call(route.coordinator, "coord_put", m, 2 * cluster.timeout)
+            if trace is not None:
+                reply = await _forward_traced(cluster, route.coordinator, payload, trace)
+            else:
+                # (the coordinator waits up to `timeout` for its replicas: give it that, and
+                # the hop)
+                reply = await cluster.call(route.coordinator, "coord_put", payload,
+                                           2 * cluster.timeout)
             return reply if not durable else _forwarded_durable(route.coordinator, reply)
         except PeerUnavailable:
             # No connection could be made, so nothing was sent: the failed dial now routes
@@ -414,6 +466,25 @@ def _forwarded_durable(node, reply):
                       "written")
 
 
+async def _forward_traced(cluster, coordinator, payload, trace):
+    """put_raw's forward to `coordinator` under KV.TRACE: "tr" asks it for its own trace
+    (kvnet/replicahandlers.py), which becomes this step's; a node that does not know "tr"
+    answers the clock's bytes alone."""
+    step = trace.forward(payload["p"], coordinator)
+    try:
+        answer = await cluster.call(coordinator, "coord_put", dict(payload, tr=True),
+                                    2 * cluster.timeout)
+    except Exception as exc:
+        step.answered(exc)
+        raise
+    if type(answer) is dict:
+        step.remote = answer.pop("t", None)
+        if not payload.get("d"):
+            answer = answer.get("c")        # (a durable write's answer: _forwarded_durable)
+    step.answered(None)
+    return answer
+
+
 async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict=False,
                          durable=0):
     """Mint the new version here (a primary, or the fallback standing in when every primary is
@@ -424,29 +495,36 @@ async def coordinate_put(cluster, p, key, sibling, context, overwrite, w, strict
 
 
 async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, strict=False,
-                             pl=None, durable=0, results=None):
+                             pl=None, durable=0, results=None, trace=None):
     """`coordinate_put`, returning the new clock's bytes (what replication sends). pl: the
     targets, when the caller has them from the same look at who is up. durable (k): every
     target is asked to answer once the write is fsynced there, whatever its fsync policy,
     and the write is acknowledged once k of them did and W acknowledged (docs/quorum.md,
     "Durable writes"). results: a list the PutResult is appended to (none when the local
-    replica alone decided)."""
+    replica alone decided). trace: a KV.TRACE Trace, or None."""
     ring = cluster.ring
     if pl is None:
         pl = cluster.targets(p, strict)
     replica = cluster.replica
-    if not durable and replica.fsync != "always" and _only_local_primary(cluster, pl, w) \
+    if not durable and trace is None and replica.fsync != "always" \
+            and _only_local_primary(cluster, pl, w) \
             and not cluster.extra_targets(p):
         raw = replica.mint_raw(p, key, sibling, context, overwrite)
         _count(cluster, "put", w, None)
         return raw
     quorum = PutQuorum(ring.n, w, pl, durable=durable)
+    step = None if trace is None else trace.step("put", p, quorum, pl)
     if quorum.enough():
         _count(cluster, "put", w, quorum.response(), quorum)
+        if step is not None:
+            step.answered(quorum.response())
         raise quorum.response()
     me = pl.target(cluster.name)
     if me is None:
-        raise Unavailable(f"{cluster.name} is not a target of partition {p} now; retry")
+        exc = Unavailable(f"{cluster.name} is not a target of partition {p} now; retry")
+        if step is not None:
+            step.answered(exc)
+        raise exc
     if me.hint_for is None:
         raw = replica.mint_raw(p, key, sibling, context, overwrite)
     else:
@@ -469,9 +547,11 @@ async def coordinate_put_raw(cluster, p, key, sibling, context, overwrite, w, st
     # Stored above; unless every write waits for a sync, the local ack needs no wait.
     local = None if durable or replica.fsync == "always" else (lambda: OK)
     await _ask_all(cluster, pl.nodes, quorum, local, send, _durable_ok if durable else _ok,
-                   cluster.timeout)
+                   cluster.timeout, step)
     result = quorum.response()
     _count(cluster, "put", w, result, quorum)
+    if step is not None:
+        step.answered(result, None if isinstance(result, Exception) else V.decode(raw))
     if isinstance(result, Exception):
         raise result
     if results is not None:
@@ -557,10 +637,12 @@ class DirectRead:
     lane). In the common case every replica answers the same stored bytes: the value is read
     from them in place at R, and nothing needs repair. At the first reply that differs or
     fails, every reply so far goes to a GetQuorum, which then decides exactly as the general
-    path does (answer, error) and, once all have answered, drives the same read repair."""
+    path does (answer, error) and, once all have answered, drives the same read repair. Once
+    all have answered, the read's staleness is counted too (kvnet/coordinator/staleness.py):
+    replies all equal are a fresh read at no cost but a counter."""
 
     __slots__ = ("cluster", "future", "p", "key", "replies", "same", "value", "needed",
-                 "pending", "quorum", "n", "pl")
+                 "pending", "quorum", "n", "pl", "answer")
 
     def __init__(self, cluster, future, p, key, raw, n, r, pl, remote):
         self.cluster, self.future, self.p, self.key = cluster, future, p, key
@@ -569,6 +651,9 @@ class DirectRead:
         self.pending = remote
         self.quorum = None
         self.n, self.pl = n, pl
+        # the clock answered when the quorum answered; None: the local copy's (answered in
+        # place) or, the future not done, none yet; _NO_ANSWER: an error was
+        self.answer = None
         try:                        # read in place now: a local clock that does not decode
             self.value = None if raw is None else V.lww_value_raw(raw)
         except Exception as exc:    # is a failed reply, as the general path's local read
@@ -591,9 +676,11 @@ class DirectRead:
         result = None
         if not self.future.done() and quorum.enough():
             result = quorum.response()
+            self.answer = _NO_ANSWER if isinstance(result, Exception) else result.clock
         if self.pending == 0:   # spawned first: the answer's completion cannot skip it
             try:
-                _repair_now(self.cluster, self.p, self.key, quorum)
+                _repair_now(self.cluster, self.p, self.key, quorum, self._answered(),
+                            self.needed)
             except Exception:
                 log.exception("read repair of %r failed", self.key)
         if result is None:
@@ -603,6 +690,14 @@ class DirectRead:
             reject(self.future, result)
         else:
             resolve(self.future, None if result.not_found else V.lww_value(result.clock))
+
+    def _answered(self):
+        """The clock the client was answered with (_LOCAL: the local replica's, read in
+        place), None when it was not (an error)."""
+        answer = self.answer
+        if answer is _NO_ANSWER or (answer is None and not self.future.done()):
+            return None
+        return _LOCAL if answer is None else answer
 
     def __call__(self, node, exc, payload):
         self.pending -= 1
@@ -614,11 +709,42 @@ class DirectRead:
                 if self.same == self.needed and not self.future.done():
                     _count(self.cluster, "get", self.needed, None)
                     resolve(self.future, self.value)
+                if self.pending == 0:
+                    _fresh(self.cluster, self.needed)
                 return
             self._to_quorum()
             return
         self.quorum.add_result(node, reply if exc is not None else _found_raw(payload))
         self._decide()
+
+
+_NO_ANSWER = object()
+_LOCAL = object()       # DirectRead's answer: the local replica's copy, read in place
+
+
+def _fresh(cluster, r):
+    """A direct read whose replicas all answered the same bytes: checked, and not stale."""
+    stats = getattr(cluster, "coord_stats", None)
+    if stats is not None:
+        _read_checked(stats, r, False)
+
+
+def _read_checked(stats, r, stale):
+    """staleness.count into coord_stats, compiled with the driver (a read's hot path)."""
+    counts = stats["staleness"]
+    c = counts.get(r)
+    if c is None:
+        c = counts[r] = [0, 0]
+    c[0] += 1
+    if stale:
+        c[1] += 1
+
+
+def _is_stale_target(node, targets):
+    for t in targets:
+        if t.node == node:
+            return True
+    return False
 
 
 def get_direct(cluster, p, key, raw, r, pl, conns):

@@ -159,6 +159,17 @@ class _Quorum:
             self.counted += 1
         return True
 
+    def target(self, node):
+        """The Target of `node`, or None when it is not one of this quorum's."""
+        return self._by_node.get(node)
+
+    def counts(self, node, result) -> bool:
+        """Does this reply of `node` count toward R/W (KV.TRACE)? Failures never do; a
+        not-found only from a primary; in strict mode only primaries."""
+        target = self._by_node.get(node)
+        return target is not None and not isinstance(result, (Failed, BaseException)) \
+            and self._counts(target, result)
+
     @property
     def pending(self) -> tuple:
         """Targets that have not replied yet."""

@@ -575,6 +575,54 @@ async def cmd_kv_del(ctx, s, argv):
                                     durable=opts.get("durable"))
 
 
+# KV.TRACE's commands, and the options each takes after its key (and value)
+_TRACED = {"get": None, "set": None, "del": None, "kv.get": (2, {"R", "STRICT"}),
+           "kv.put": (3, {"CONTEXT", "W", "STRICT"}), "kv.del": (2, {"CONTEXT", "W", "STRICT"})}
+
+
+async def cmd_kv_trace(ctx, s, argv):
+    """KV.TRACE command [args ...]: run one GET, SET, DEL, KV.GET, KV.PUT or KV.DEL through
+    the coordinator's general path and reply what it did, replica by replica (the backend's
+    trace(); docs/observability.md, "KV.TRACE"). It needs the role of the command it runs."""
+    args = argv[1:]
+    inner = ctx.table.get(args[0].lower())
+    if inner is None or inner.name not in _TRACED:
+        raise CommandError(f"KV.TRACE runs GET, SET, DEL, KV.GET, KV.PUT or KV.DEL, not "
+                           f"'{_text(args[0])[:128]}'")
+    if not inner.arity_ok(len(args)):
+        raise WrongArity(f"wrong number of arguments for '{inner.name}' command")
+    if inner.level > s.level:
+        raise NoPerm(f"User {_text(s.user)} has no permissions to run the '{inner.name}' "
+                     "command")
+    trace = getattr(ctx.backend, "trace", None)
+    if trace is None:
+        raise CommandError("KV.TRACE needs a ringkv node: this backend has no coordinator")
+    name = inner.name
+    value = args[2] if name in ("set", "kv.put") else None
+    opts = {}
+    if name == "set" and len(args) > 3:
+        _set_options(args)
+    elif name == "del" and len(args) > 2:
+        raise CommandError("KV.TRACE DEL takes one key")
+    elif _TRACED[name] is not None:
+        start, allowed = _TRACED[name]
+        opts = _kv_options(args, start, allowed)
+    shown = [name.upper(), _text(args[1])[:128]]
+    if value is not None:
+        shown.append(f"<{len(value)} bytes>")
+    shown.extend(_text(a)[:64] for a in args[3 if value is not None else 2:])
+    return await trace(name, args[1], value, opts.get("context") or None,
+                       opts.get("r", opts.get("w")), opts.get("strict", False), " ".join(shown))
+
+
+async def cmd_kv_stats(ctx, s, argv):
+    """KV.STATS: this node's read staleness per R and canary convergence per W."""
+    telemetry = getattr(ctx.backend, "telemetry", None)
+    if telemetry is None:
+        raise CommandError("KV.STATS needs a ringkv node: this backend keeps no such counts")
+    return await telemetry()
+
+
 async def cmd_kv_ring(ctx, s, argv):
     return await ctx.backend.ring_info()
 
@@ -641,6 +689,10 @@ def build_table() -> dict:
         C("kv.cluster", -2, ["admin", "stale"], 0, 0, 0, cmd_kv_cluster, "ringkv",
           ["@admin", "@slow", "@dangerous"]),
         C("kv.compact", -1, ["admin"], 0, 0, 0, cmd_kv_compact, "ringkv", ["@admin", "@slow"]),
+        # readonly: KV.TRACE itself needs the read role; its handler asks the traced
+        # command's role on top (write for SET, DEL, KV.PUT, KV.DEL)
+        C("kv.trace", -3, [R], 2, 2, 1, cmd_kv_trace, "ringkv", ["@read", "@slow"]),
+        C("kv.stats", 1, [R, "stale"], 0, 0, 0, cmd_kv_stats, "ringkv", ["@read", "@slow"]),
     ]
     cmds.extend(admin.commands(Command))
     return {c.name.encode(): c for c in cmds}

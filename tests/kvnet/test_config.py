@@ -117,6 +117,7 @@ SAMPLES = {
     "tls_auth_clients": ("optional", "optional"), "tls_cluster": ("yes", True),
     "peer_frame_mac": ("no", False),
     "metrics_port": ("9121", 9121), "metrics_host": ("0.0.0.0", "0.0.0.0"),
+    "canary_interval_ms": ("250", 250),
 }
 # what a TLS setting needs beside it (kvnet/config.py _check_tls; the files are read at start)
 TLS_FILES = {"tls_cert_file": "c.crt", "tls_key_file": "c.key", "tls_ca_cert_file": "ca.crt"}

@@ -143,6 +143,88 @@ def test_read_repair_never_copies_a_reap_pending_tombstone(tmp_path):
     run(main())
 
 
+def test_a_read_answered_before_a_newer_reply_came_is_counted_stale(tmp_path):
+    """The general path: R=1 answers with a's own old copy; b and c's newer one comes after,
+    so once every reply is in the read counts stale for r=1. R=3 waits for them all: fresh."""
+    async def main():
+        c = FakeCluster(tmp_path, delays={"b": 0.05, "c": 0.05})
+        c.coord_stats = driver.new_coord_stats()
+        k = b"k-stale"
+        old = await driver.put(c, _p(c, k), k, V.sibling(b"old"), None, True, w=3)
+        new = V.update(V.new(V.sibling(b"new")), old, ("b", 1, 1))
+        c.remote["b"][k] = c.remote["c"][k] = new      # a missed the newer write
+        got = await driver.get(c, _p(c, k), k, r=1)
+        assert V.lww_value(got.clock) == b"old"
+        assert c.coord_stats["staleness"] == {}        # not counted before every reply is in
+        await c.settle()
+        assert c.coord_stats["staleness"] == {1: [1, 1]}
+        assert c.coord_stats["divergent_reads"] == 1   # and a was repaired
+        got = await driver.get(c, _p(c, k), k, r=3)
+        await c.settle()
+        assert V.lww_value(got.clock) == b"new"
+        assert c.coord_stats["staleness"] == {1: [1, 1], 3: [1, 0]}
+        await c.replica.close()
+
+    run(main())
+
+
+def test_a_traced_read_names_each_reply_what_counted_and_the_repair(tmp_path):
+    from kvnet.coordinator.trace import Trace
+
+    async def main():
+        c = FakeCluster(tmp_path, delays={"b": 0.0, "c": 0.1})
+        k = b"k-traced"
+        await driver.put(c, _p(c, k), k, V.sibling(b"v1"), None, True, w=3)
+        c.remote["c"].pop(k)                            # c lost it
+        trace = Trace("a", "KV.GET k-traced")
+        got = await driver.get(c, _p(c, k), k, r=2, trace=trace)
+        assert V.lww_value(got.clock) == b"v1"
+        await trace.settle(2.0)                         # waits for c, and the repair
+        [step] = trace.reply()["steps"]
+        assert step["op"] == "get" and step["r"] == 2 and step["n"] == 3
+        assert sorted(step["asked"]) == ["a", "b", "c"]
+        rows = {x["node"]: x for x in step["replies"]}
+        assert rows["a"]["outcome"] == rows["b"]["outcome"] == "found"
+        assert rows["a"]["counted"] == rows["b"]["counted"] == "yes"
+        assert rows["c"]["outcome"] == "not found" and rows["c"]["counted"] == "after"
+        assert rows["a"]["siblings"] == 1 and rows["a"]["clock"].startswith("a.")
+        assert step["stale"] == "no"                    # the answer had the newest version
+        assert step["repairs"] == [{"node": "c", "for": "-", "outcome": "ok"}]
+        assert step["outcome"] == "ok" and step["decided_ms"] <= rows["c"]["ms"]
+        assert c.remote["c"][k] == c.remote["b"][k]
+        await c.settle()
+        await c.replica.close()
+
+    run(main())
+
+
+def test_a_traced_write_names_the_acks_and_a_failing_replica(tmp_path):
+    from kvnet.coordinator.trace import Trace
+
+    async def main():
+        c = FakeCluster(tmp_path, fail={"c"})
+        k = b"k-traced-w"
+        trace = Trace("a", "KV.PUT k")
+        raw = await driver.put_raw(c, _p(c, k), k, V.sibling(b"v"), None, True, 2, trace=trace)
+        await trace.settle(2.0)
+        [step] = trace.reply()["steps"]
+        assert step["op"] == "put" and step["w"] == 2 and step["outcome"] == "ok"
+        rows = {x["node"]: x for x in step["replies"]}
+        assert rows["a"]["outcome"] == rows["b"]["outcome"] == "ok"
+        assert rows["c"]["outcome"].startswith("failed:") and rows["c"]["counted"] == "no"
+        assert step["version"] == trace_summary(V.decode(raw))
+        assert step["hints"] == []
+        trace = Trace("a", "KV.PUT k W 3")
+        with pytest.raises(QuorumError):
+            await driver.put_raw(c, _p(c, k), k, V.sibling(b"w"), None, True, 3, trace=trace)
+        assert trace.reply()["steps"][0]["outcome"].startswith("QUORUM write quorum not met")
+        await c.settle()
+        await c.replica.close()
+
+    from kvnet.coordinator.trace import summary as trace_summary
+    run(main())
+
+
 def test_a_failed_write_to_a_replica_being_added_is_kept_as_a_hint(tmp_path):
     async def main():
         c = FakeCluster(tmp_path)
@@ -233,6 +315,7 @@ def test_direct_write_failure_names_the_replies():
 # ---- the direct lane's read ---------------------------------------------------------------------
 
 from kvnet.coordinator.quorum import GetQuorum  # noqa: E402
+from kvnet.coordinator.staleness import is_stale  # noqa: E402
 
 
 def _clocks():
@@ -250,6 +333,7 @@ class _Spawns:
     def __init__(self, name):
         self.name = name
         self.spawned = []
+        self.coord_stats = driver.new_coord_stats()
 
     def spawn(self, coro):
         self.spawned.append(coro)
@@ -305,6 +389,13 @@ def test_direct_read_answers_and_repairs_as_the_get_quorum_does(case):
         repair = quorum.final()
         assert bool(cluster.spawned) == bool(repair is not None and repair.clock is not None
                                              and repair.stale)
+        # every reply in: the read's staleness was counted, as staleness.is_stale says of
+        # the answer and the merge of every reply (an error answers nothing: not counted)
+        counts = cluster.coord_stats["staleness"]
+        if isinstance(expected, Exception):
+            assert counts == {}
+        else:
+            assert counts == {r: [1, int(is_stale(expected.clock, repair.clock))]}
 
     asyncio.run(main())
 
@@ -352,3 +443,32 @@ def test_a_forward_gives_up_after_a_bounded_number_of_refusals(tmp_path):
     with pytest.raises(PeerUnavailable):
         run(driver.put(c, p, b"k", V.sibling(b"v"), None, True, w=1))
     assert len(c.calls) == driver.FORWARD_ATTEMPTS
+
+
+def test_a_traced_forward_carries_the_coordinators_own_trace(tmp_path):
+    """KV.TRACE of a write this node does not coordinate: coord_put asks for the
+    coordinator's trace ("tr"), which becomes the forward step's; a coordinator that answers
+    the clock's bytes alone (not knowing "tr") leaves the step without one."""
+    from kvnet.coordinator.trace import Trace
+
+    class Tracing(_ForwardingCluster):
+        async def call(self, node, type, payload, timeout):
+            raw = await super().call(node, type, payload, timeout)
+            self.payloads.append(payload)
+            return {"c": raw, "t": [{"op": "put", "coordinator": node}]} if self.new else raw
+
+    c = Tracing(tmp_path, refuse=())
+    c.payloads, c.new = [], True
+    p = next(p for p in range(c.ring.q) if "a" not in c.ring.preference_list(p))
+    coordinator = c.ring.preference_list(p)[0]
+    for new in (True, False):
+        c.new = new
+        trace = Trace("a", "SET k v")
+        raw = run(driver.put_raw(c, p, b"k", V.sibling(b"v"), None, True, 1, trace=trace))
+        assert V.lww_value(V.decode(raw)) == b"v"
+        assert c.payloads[-1]["tr"] is True
+        [step] = trace.reply()["steps"]
+        assert step["op"] == "forward" and step["to"] == coordinator and step["outcome"] == "ok"
+        assert step["steps"] == ([{"op": "put", "coordinator": coordinator}] if new else [])
+    run(driver.put_raw(c, p, b"k", V.sibling(b"v"), None, True, 1))       # untraced: no "tr"
+    assert "tr" not in c.payloads[-1]

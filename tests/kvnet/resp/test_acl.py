@@ -108,6 +108,32 @@ def test_config_get_requirepass_answers_the_digest_never_the_password():
     assert execute(open_cmds, s, "CONFIG", "GET", "requirepass") == {"requirepass": ""}
 
 
+def test_kv_trace_needs_the_role_of_the_command_it_runs():
+    class Traced(MemoryBackend):
+        async def trace(self, op, key, *args):
+            return {"op": op, "key": key}
+
+    cmds = Commands(Traced(), users=USERS)
+    s = cmds.open_session()
+    assert execute(cmds, s, "AUTH", "ro", "ro-pw") is OK
+    assert execute(cmds, s, "KV.TRACE", "GET", "k") == {"op": "get", "key": b"k"}
+    assert execute(cmds, s, "KV.TRACE", "kv.get", "k", "R", "1")["op"] == "kv.get"
+    for argv in (("SET", "k", "v"), ("DEL", "k"), ("KV.PUT", "k", "v"), ("KV.DEL", "k")):
+        assert resp(execute(cmds, s, "KV.TRACE", *argv)) == \
+            f"NOPERM User ro has no permissions to run the '{argv[0].lower()}' command"
+    assert execute(cmds, s, "AUTH", "rw", "rw-pw") is OK
+    assert execute(cmds, s, "KV.TRACE", "SET", "k", "v")["op"] == "set"
+    assert resp(execute(cmds, s, "KV.TRACE", "FLUSHDB", "x")).startswith(
+        "ERR KV.TRACE runs GET, SET, DEL")
+    assert resp(execute(cmds, s, "KV.TRACE", "DEL", "a", "b")) == "ERR KV.TRACE DEL takes one key"
+    assert resp(execute(cmds, s, "KV.TRACE", "KV.GET", "k", "W", "1")).startswith(
+        "ERR syntax error: unknown option 'W'")
+    # a backend without a coordinator (MemoryBackend) says so
+    plain = Commands(MemoryBackend())
+    assert resp(execute(plain, plain.open_session(), "KV.TRACE", "GET", "k")) == \
+        "ERR KV.TRACE needs a ringkv node: this backend has no coordinator"
+
+
 def test_hello_auth_with_a_user_name():
     cmds = Commands(MemoryBackend(), users=USERS)
     s = cmds.open_session()
