@@ -275,7 +275,7 @@ async def run(front, op, key, value=None, context=None, quorum=None, strict=Fals
             front.stats["deletes" if op.endswith("del") else "puts"] += 1
             raw = await driver.put_raw(host, p, key, sibling, ctx, overwrite,
                                        min(front._w(quorum if op != "del" else None),
-                                           front._n()), strict, trace)
+                                           front._n()), strict, trace=trace)
             result = ("OK" if op == "set" else 1 if op == "del"
                       else V.encode_context(V.join(V.decode(raw))))
     except Exception as exc:

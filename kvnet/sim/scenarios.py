@@ -174,9 +174,9 @@ def _mutated(mutation):
             put_raw = driver.put_raw
 
             async def short_put_raw(cluster, p, key, sibling, context=None, overwrite=False,
-                                    w=2, strict=False):
+                                    w=2, strict=False, *rest, **options):
                 return await put_raw(cluster, p, key, sibling, context, overwrite,
-                                     max(1, w - 1), strict)
+                                     max(1, w - 1), strict, *rest, **options)
             driver.put_raw = short_put_raw
         yield
     finally:
