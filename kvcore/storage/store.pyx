@@ -343,6 +343,11 @@ cdef class LogStore:
         """None, or the errno of the fdatasync that made the store read-only."""
         return None if self.dur.failed_info is None else self.dur.failed_info[0]
 
+    def _fail(self, int err, what):
+        """Make the store read-only as a failed fdatasync does (kvnet/replica.py: a write the
+        replica could not make durable); the StoreReadOnly to raise."""
+        return self.dur.fail(err, what)
+
     def _fail_next(self, op, err=0, times=1, after=0):
         """Tests only: make the next `times` calls of one kind of system call fail with errno
         `err` (op None: no more faults): "open" (a new segment or hint file), "write" (record

@@ -19,4 +19,5 @@ cdef class Writer:
 
     cdef object stored(self, object value, int *flags)                  # lz4 when it pays
     cdef int write_one(self, object key, object stored, int flags, Py_ssize_t slot=*) except -1
+    cdef int put_many(self, list pairs) except -1                       # checked pairs
     cdef int index_chunk(self, uint64_t base_off) except -1

@@ -54,14 +54,16 @@ cdef class Writer:
         cdef SegmentTable tab = self.tab
         cdef size_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(stored)
         cdef size_t size = REC_HEADER_SIZE + klen + vlen
-        cdef Segment *seg = &tab.segs[self.dur.active]
+        cdef Py_ssize_t act = self.dur.active
+        cdef Segment *seg = &tab.segs[act]
         cdef uint64_t off, h
         cdef int err
         if seg.size + size > tab.max_segment and seg.size > SEG_HEADER_SIZE:
             self.dur.seal_active()
-            seg = &tab.segs[self.dur.active]
+            act = self.dur.active
+            seg = &tab.segs[act]
         off = seg.size
-        tab.reserve(self.dur.active, off + size)
+        tab.reserve(act, off + size)
         if tab.fault_op == F_WRITE:
             err = tab.injected(F_WRITE)
             if err:
@@ -73,18 +75,18 @@ cdef class Writer:
             slot = self.ix.lookup(h, PyBytes_AS_STRING(key), klen)
         elif slot >= 0:
             seg_addr(tab, loc_seg(self.ix.kd.slots[slot].loc))
-        seg = &tab.segs[self.dur.active]    # (the same segment, as reserve left it)
+        seg = &tab.segs[act]                # (the same segment, as reserve left it)
         # encoded in place: the map is the page cache, so once this returns the record
         # survives a kill of the process (CRC written last: a kill mid-copy leaves a torn tail)
         write_record(seg.map + off, PyBytes_AS_STRING(key), klen, PyBytes_AS_STRING(stored), vlen,
                      <uint8_t>flags, now_us())
         seg.size = off + size
-        self.ix.index(h, PyBytes_AS_STRING(key), klen, self.dur.active, off, size, flags, slot)
+        self.ix.index(h, PyBytes_AS_STRING(key), klen, act, off, size, flags, slot)
         if self.journal is not None:
             self.journal.append(self.journal_id, J_RECORDS, seg.map + off, size)
         return 0
 
-    def put_many(self, list pairs):
+    cdef int put_many(self, list pairs) except -1:
         """Write checked (key, value) pairs, a chunk of records at a time."""
         cdef SegmentTable tab = self.tab
         cdef Py_ssize_t n = len(pairs), j = 0, start
@@ -122,6 +124,7 @@ cdef class Writer:
             seg.size = base_off + self.rec.len
             # index the chunk now that it is on disk (a later duplicate wins)
             self.index_chunk(base_off)
+        return 0
 
     cdef int index_chunk(self, uint64_t base_off) except -1:
         """Index the records of put_many's chunk (self.rec), just written at base_off of the
@@ -134,14 +137,15 @@ cdef class Writer:
         cdef uint64_t h
         cdef const char *p
         cdef Segment *seg
+        cdef Py_ssize_t act = self.dur.active
         try:
             while pos < self.rec.len:
                 p = self.rec.data + pos
                 klen = load16(p + REC_OFF_KEYLEN)
                 size = record_size(p)
                 h = self.ix.hash(p + REC_HEADER_SIZE, klen)
-                self.ix.index(h, p + REC_HEADER_SIZE, klen, self.dur.active, base_off + pos,
-                              size, <uint8_t>p[REC_OFF_FLAGS])
+                self.ix.index(h, p + REC_HEADER_SIZE, klen, act, base_off + pos, size,
+                              <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
         except OSError:
             seg = &self.tab.segs[self.dur.active]
