@@ -7,7 +7,6 @@ from libc.string cimport memcmp
 
 from kvcore.storage.options import decompress
 
-from kvcore.hashing cimport token_of
 from kvcore.storage.keydir cimport Keydir, loc_off, loc_seg, make_loc
 from kvcore.storage.record cimport check_record, load16, load32, record_size
 from kvcore.storage.segments cimport Segment, SegmentTable, seg_addr
@@ -24,9 +23,6 @@ cdef class Index:
         self.kd.rot = rot
         self.hash_mask = hash_mask
         self.owner = owner
-
-    cdef uint64_t hash(self, const char *key, size_t klen) noexcept nogil:
-        return token_of(key, klen) & self.hash_mask
 
     cdef Py_ssize_t lookup(self, uint64_t h, const char *key, size_t klen) except -3 nogil:
         """The slot of key, or -1: probe by hash, then compare the key stored on disk (OSError

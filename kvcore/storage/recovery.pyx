@@ -12,7 +12,7 @@ from kvcore.storage import layout as L
 from kvcore.storage.options import check_format, injected
 
 from kvcore.hashing cimport kv_crc32c
-from kvcore.storage.index cimport Index
+from kvcore.storage.index cimport Index, key_hash
 from kvcore.storage.record cimport check_record, load16, load32, load64, record_size, resync
 from kvcore.storage.segments cimport (F_OPEN, Buffer, SegmentTable, buf_reserve, pwrite_full,
                                       seg_addr)
@@ -101,7 +101,7 @@ cdef int _write_hint_file(SegmentTable tab, Index ix, Py_ssize_t i, tmp, bytes h
             size = record_size(base + off)
             klen = load16(base + off + REC_OFF_KEYLEN)
             buf_reserve(&b, HINT_ENTRY_SIZE + klen)
-            put_hint(&b, ix.hash(base + off + REC_HEADER_SIZE, klen), off, size,
+            put_hint(&b, key_hash(ix, base + off + REC_HEADER_SIZE, klen), off, size,
                      <uint8_t>base[off + REC_OFF_FLAGS], base + off + REC_HEADER_SIZE, klen)
             off += size
             if b.len >= (1 << 20) or off >= end:
@@ -271,7 +271,7 @@ cdef class Recovery:
             if not size:
                 break
             klen = load16(base + o + REC_OFF_KEYLEN)
-            h = self.ix.hash(base + o + REC_HEADER_SIZE, klen)
+            h = key_hash(self.ix, base + o + REC_HEADER_SIZE, klen)
             buf_reserve(&self.hints, HINT_ENTRY_SIZE + klen)
             put_hint(&self.hints, h, o, size, <uint8_t>base[o + REC_OFF_FLAGS],
                      base + o + REC_HEADER_SIZE, klen)

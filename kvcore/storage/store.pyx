@@ -33,7 +33,7 @@ from kvcore.storage.recovery import Recovery
 from kvcore.merkle cimport MerkleTree
 from kvcore.storage cimport merge as M
 from kvcore.storage.durability cimport Durability
-from kvcore.storage.index cimport Index
+from kvcore.storage.index cimport Index, key_hash
 from kvcore.storage.jbuffer cimport JournalBuffer
 from kvcore.storage.segments cimport SegmentTable
 from kvcore.storage.writes cimport Writer
@@ -75,7 +75,7 @@ cdef inline Py_ssize_t _slot(LogStore s, object key) except -3:
     """The keydir slot of a checked key, or -1."""
     cdef const char *k = PyBytes_AS_STRING(key)
     cdef size_t klen = PyBytes_GET_SIZE(key)
-    return s.ix.lookup(s.ix.hash(k, klen), k, klen)
+    return s.ix.lookup(key_hash(s.ix, k, klen), k, klen)
 
 
 cdef int _shutdown(LogStore s, bint clean) except -1:

@@ -11,7 +11,7 @@ from libc.string cimport memset
 from kvcore.storage.options import injected, maybe_compress
 
 from kvcore.storage.durability cimport Durability
-from kvcore.storage.index cimport Index
+from kvcore.storage.index cimport Index, key_hash
 from kvcore.storage.keydir cimport loc_seg
 from kvcore.storage.record cimport check_record, load16, record_size, write_record
 from kvcore.storage.segments cimport (F_WRITE, Segment, SegmentTable, buf_reserve, now_us,
@@ -70,7 +70,7 @@ cdef class Writer:
                 raise injected(err, "writing a record")
         # the key's slot, and its old record mapped, before anything is written: a failed
         # map then refuses the write (nothing maps between here and index())
-        h = self.ix.hash(PyBytes_AS_STRING(key), klen)
+        h = key_hash(self.ix, PyBytes_AS_STRING(key), klen)
         if slot == -2:
             slot = self.ix.lookup(h, PyBytes_AS_STRING(key), klen)
         elif slot >= 0:
@@ -143,7 +143,7 @@ cdef class Writer:
                 p = self.rec.data + pos
                 klen = load16(p + REC_OFF_KEYLEN)
                 size = record_size(p)
-                h = self.ix.hash(p + REC_HEADER_SIZE, klen)
+                h = key_hash(self.ix, p + REC_HEADER_SIZE, klen)
                 self.ix.index(h, p + REC_HEADER_SIZE, klen, act, base_off + pos, size,
                               <uint8_t>p[REC_OFF_FLAGS])
                 pos += size
@@ -180,7 +180,7 @@ cdef class Writer:
                     flags = <uint8_t>p[pos + REC_OFF_FLAGS]
                     key = PyBytes_FromStringAndSize(p + pos + REC_HEADER_SIZE, klen)
                     if flags & FLAG_TOMBSTONE:
-                        if self.ix.lookup(self.ix.hash(p + pos + REC_HEADER_SIZE, klen),
+                        if self.ix.lookup(key_hash(self.ix, p + pos + REC_HEADER_SIZE, klen),
                                           p + pos + REC_HEADER_SIZE, klen) >= 0:
                             self.write_one(key, b"", FLAG_TOMBSTONE)
                             written += 1
