@@ -22,7 +22,6 @@ cdef class Durability:
     cdef list sealing                   # segment indexes rolled out, not yet sealed (oldest first)
     cdef bint dir_unsynced              # a segment was created and its directory not yet synced
     cdef PyThread_type_lock seal_lock   # one sealer at a time (the syncer, a commit, close)
-    cdef object __weakref__             # the interval syncer holds this part weakly
 
     cdef Py_ssize_t create_segment(self, uint64_t seg_id) except -1
     cdef int end_active(self, Py_ssize_t i, bint locked) except -1

@@ -286,8 +286,8 @@ cdef class Durability:
             self.dirty_since = -1
 
     def _sync_due(self):
-        """When the syncer (kvcore/storage/syncer.py, which holds this part of each store it
-        syncs) is to call _timer_sync: monotonic seconds, or None (not now)."""
+        """LogStore._sync_due: when the syncer (syncer.py) is to call _timer_sync, monotonic
+        seconds, or None (not now)."""
         if self.tab.closed or self.failed_info is not None:
             return None
         if (self.sealing or self.dir_unsynced) and self.seal_by_syncer:

@@ -84,7 +84,7 @@ cdef int _shutdown(LogStore s, bint clean) except -1:
     raised once the store is unlocked."""
     if s.tab is None or s.tab.closed:
         return 0
-    syncer.unregister(s.dur)
+    syncer.unregister(s)
     job = s.merge_job
     if job is not None:
         s.merge_job = None
@@ -136,7 +136,7 @@ cdef class LogStore:
             raise
         self.tab.closed = False
         if self.dur.fsync_mode == 1 or self.dur.seal_by_syncer:
-            syncer.register(self.dur)
+            syncer.register(self)
 
     def __del__(self):
         if self.tab is not None and not self.tab.closed:
@@ -323,8 +323,15 @@ cdef class LogStore:
         self.dur.sync()
 
     def _sync_due(self):
-        """When the interval syncer syncs this store next (it drives the durability part)."""
+        """When the interval syncer (syncer.py) is to call _timer_sync: monotonic seconds, or
+        None (not now)."""
         return self.dur._sync_due()
+
+    def _timer_sync(self):
+        # The syncer holds the store itself, not its durability part: while its thread works
+        # here the store cannot be finalized, whose close would wait for the locks that
+        # thread holds (at interpreter exit a daemon thread never comes back to release them)
+        self.dur._timer_sync()
 
     def sync_begin(self):
         """Before a sync of the whole file system (syncfs) that is to cover this store: what

@@ -823,7 +823,7 @@ class LogStore(SnapshotFold):
             raise
         self._tab.closed = False
         if self._opts.fsync == "interval":
-            syncer.register(self._dur)
+            syncer.register(self)
 
     def _check_open(self):
         if self._tab.closed:
@@ -932,6 +932,10 @@ class LogStore(SnapshotFold):
 
     def _sync_due(self):
         return self._dur._sync_due()
+
+    def _timer_sync(self):
+        # (the syncer holds the store, as the compiled store's _timer_sync says why)
+        self._dur._timer_sync()
 
     def sync_begin(self):
         """Before a sync of the whole file system (syncfs) that is to cover this store: what
@@ -1063,7 +1067,7 @@ class LogStore(SnapshotFold):
         tab = getattr(self, "_tab", None)
         if tab is None or tab.closed:
             return
-        syncer.unregister(self._dur)
+        syncer.unregister(self)
         job, self._merge_job = self._merge_job, None
         if job is not None:
             job._wait()
