@@ -24,6 +24,14 @@ EXTENSIONS = [
     Extension("kvcore.storage.keydir", ["kvcore/storage/keydir.pyx"]),
     # the node-wide journal's pending frames, appended by the store in C (twin: jbuffer_py)
     Extension("kvcore.storage.jbuffer", ["kvcore/storage/jbuffer.pyx"]),
+    # LogStore's parts, cut by concern (docs/storage.md, "Code layout"); store is their API
+    Extension("kvcore.storage.segments", ["kvcore/storage/segments.pyx"]),
+    Extension("kvcore.storage.index", ["kvcore/storage/index.pyx"]),
+    Extension("kvcore.storage.recovery", ["kvcore/storage/recovery.pyx"]),
+    Extension("kvcore.storage.durability", ["kvcore/storage/durability.pyx"]),
+    Extension("kvcore.storage.writes", ["kvcore/storage/writes.pyx"]),
+    Extension("kvcore.storage.merge", ["kvcore/storage/merge.pyx"]),
+    Extension("kvcore.storage.folds", ["kvcore/storage/folds.pyx"]),
     Extension("kvcore.storage.store", ["kvcore/storage/store.pyx"]),
     # issue 4 modules below (one line each)
     Extension("kvcore.ring", ["kvcore/ring.pyx"]),

@@ -104,11 +104,10 @@ def injected(err, what):
     return OSError(err, os.strerror(err), f"{what} (injected)")
 
 
-class FaultState:
-    """What the pure-Python stores (kvcore/storage/store_py.py and the simulator's twin in
-    kvnet/sim/storage.py) share of injected faults and of turning read-only after a failed
-    sync; the compiled store keeps the same rules in C. Needs `_fault`, `_failed` (None or
-    (errno, what)) and `path` on the instance."""
+class FaultInjection:
+    """Injected faults of the pure-Python stores (kvcore/storage/store_py.py's SegmentTable,
+    the simulator's twin in kvnet/sim/storage.py); the compiled store's are segments.pyx's.
+    Needs `_fault` on the instance."""
 
     def _fail_next(self, op, err=0, times=1, after=0):
         """Tests only: make the next `times` calls of one kind of system call fail with errno
@@ -126,6 +125,12 @@ class FaultState:
             if f[2] == 0:
                 self._fault = None
             raise injected(f[1], what)
+
+
+class ReadOnlyState:
+    """Turning read-only after a failed sync, in the pure-Python stores (store_py.py's
+    Durability, the simulator's twin); the compiled store's is durability.pyx's. Needs
+    `_failed` (None or (errno, what)) and `path` on the instance."""
 
     def _fail(self, err, what):
         """A sync failed: read-only from now on (never synced again as if what the store held
@@ -148,6 +153,10 @@ class FaultState:
     def _check_writable(self):
         if self._failed is not None:
             raise self._read_only_error()
+
+
+class FaultState(FaultInjection, ReadOnlyState):
+    """Both, on one object (the simulator's MemoryStore)."""
 
 
 def foreign_segment_version(head, crc32c, seg_magic, version, header_size):

@@ -1,9 +1,30 @@
 """What the pure-Python store (kvcore/storage/store_py.py) and the simulator's memory store
-(kvnet/sim/storage.py) share: a journal replay's records, a scan's page, anti-entropy's leaf
-table and a snapshot's fold. The compiled store (store.pyx) does each in C."""
+(kvnet/sim/storage.py) share: the checks of a key and a value, a journal replay's records, a
+scan's page, anti-entropy's leaf table and a snapshot's fold. The compiled store (store.pyx
+and its parts) does each in C."""
+from kvcore.errors import KeyTooLarge, ValueTooLarge
 from kvcore.storage import record_py as R
 
 MASK64 = (1 << 64) - 1
+
+
+def check_key(key, opts):
+    """A key as a store takes it (bytes, not empty, within opts.max_key_bytes), or raise."""
+    if type(key) is not bytes:
+        raise TypeError(f"keys must be bytes, not {type(key).__name__}")
+    if not key:
+        raise KeyTooLarge("keys must not be empty")
+    if len(key) > opts.max_key_bytes:
+        raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of {opts.max_key_bytes}")
+
+
+def check_value(value, opts):
+    """A value as a store takes it (bytes within opts.max_value_bytes), or raise."""
+    if type(value) is not bytes:
+        raise TypeError(f"values must be bytes, not {type(value).__name__}")
+    if len(value) > opts.max_value_bytes:
+        raise ValueTooLarge(
+            f"value of {len(value)} bytes is over the limit of {opts.max_value_bytes}")
 
 
 def replay_records(payloads):

@@ -29,12 +29,13 @@ import errno as E
 import os
 
 from kvcore._native import select
-from kvcore.errors import KeyTooLarge, MergeError, StoreClosed, StoreLocked, ValueTooLarge
+from kvcore.errors import MergeError, StoreClosed, StoreLocked
 from kvcore.storage import layout as L
 from kvcore.storage import record_py as R
 from kvcore.storage.options import (FaultState, check_map_cache, check_options, decompress,
                                     maybe_compress, rotate_token)
-from kvcore.storage.twin import SnapshotFold, check_scan, leaf_table, replay_records, scan_page
+from kvcore.storage.twin import (SnapshotFold, check_key, check_scan, check_value, leaf_table,
+                                 replay_records, scan_page)
 
 _token = select("kvcore.hashing", "kvcore.hashing_py").token
 
@@ -228,26 +229,12 @@ class MemoryStore(SnapshotFold, FaultState):
         self._closed = False
 
     # ---- checks and faults ---------------------------------------------------------------
+    # (a key's and a value's: check_key, check_value in kvcore/storage/twin.py, shared with
+    # kvcore/storage/store_py.py)
 
     def _check_open(self):
         if self._closed:
             raise StoreClosed(f"LogStore {self.path} is closed")
-
-    def _check_key(self, key):
-        if type(key) is not bytes:
-            raise TypeError(f"keys must be bytes, not {type(key).__name__}")
-        if not key:
-            raise KeyTooLarge("keys must not be empty")
-        if len(key) > self._opts.max_key_bytes:
-            raise KeyTooLarge(f"key of {len(key)} bytes is over the limit of "
-                              f"{self._opts.max_key_bytes}")
-
-    def _check_value(self, value):
-        if type(value) is not bytes:
-            raise TypeError(f"values must be bytes, not {type(value).__name__}")
-        if len(value) > self._opts.max_value_bytes:
-            raise ValueTooLarge(f"value of {len(value)} bytes is over the limit of "
-                                f"{self._opts.max_value_bytes}")
 
     # (_fail_next, _inject, _fail, failed, _check_writable: FaultState, shared with
     # kvcore/storage/store_py.py)
@@ -305,23 +292,23 @@ class MemoryStore(SnapshotFold, FaultState):
 
     def put(self, key, value):
         self._check_open()
-        self._check_key(key)
-        self._check_value(value)
+        check_key(key, self._opts)
+        check_value(value, self._opts)
         self._append([(key, self._entry(key, value))])
 
     def put_many(self, items):
         self._check_open()
         batch = []
         for key, value in items:
-            self._check_key(key)
-            self._check_value(value)
+            check_key(key, self._opts)
+            check_value(value, self._opts)
             batch.append((key, self._entry(key, value)))
         if batch:
             self._append(batch)
 
     def delete(self, key):
         self._check_open()
-        self._check_key(key)
+        check_key(key, self._opts)
         if key not in self._kd:
             return False
         self._append([(key, None)])
@@ -355,7 +342,7 @@ class MemoryStore(SnapshotFold, FaultState):
 
     def get(self, key):
         self._check_open()
-        self._check_key(key)
+        check_key(key, self._opts)
         entry = self._kd.get(key)
         return None if entry is None else entry[0]
 
@@ -364,7 +351,7 @@ class MemoryStore(SnapshotFold, FaultState):
 
     def __contains__(self, key):
         self._check_open()
-        self._check_key(key)
+        check_key(key, self._opts)
         return key in self._kd
 
     def __len__(self):
