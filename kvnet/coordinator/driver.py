@@ -167,7 +167,13 @@ def _count(cluster, op, needed, result, quorum=None):
         _tally(stats, op, needed, result, quorum)
 
 
+_LABELS = {}       # (op, R or W) -> its label "r=2" / "w=3", formatted once
+
+
 def _tally(stats, op, needed, result, quorum):
+    label = _LABELS.get((op, needed))
+    if label is None:
+        label = _LABELS[op, needed] = f"{'r' if op == 'get' else 'w'}={needed}"
     if not isinstance(result, BaseException):
         outcome = "ok"
     elif isinstance(result, Unavailable):
@@ -177,7 +183,7 @@ def _tally(stats, op, needed, result, quorum):
         outcome = "timeout"
     else:
         outcome = "failed"
-    key = (op, f"{'r' if op == 'get' else 'w'}={needed}", outcome)
+    key = (op, label, outcome)
     stats[key] = stats.get(key, 0) + 1
 
 
