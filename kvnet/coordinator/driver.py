@@ -736,7 +736,9 @@ def _fresh(cluster, r):
 
 
 def _read_checked(stats, r, stale):
-    """staleness.count into coord_stats, compiled with the driver (a read's hot path)."""
+    """One read with R=r checked, stale or not, into coord_stats["staleness"] (the
+    {r: [checked, stale]} of staleness.new_counts(); compiled with the driver: a read's hot
+    path)."""
     counts = stats["staleness"]
     c = counts.get(r)
     if c is None:

@@ -8,7 +8,7 @@ stale when its answer neither equals nor dominates that sync (docs/observability
 """
 from kvcore import versions as V
 
-__all__ = ["is_stale", "count", "new_counts", "fractions"]
+__all__ = ["is_stale", "new_counts", "fractions"]
 
 
 def is_stale(answer, merged):
@@ -20,16 +20,6 @@ def is_stale(answer, merged):
 def new_counts():
     """{r: [reads checked, stale reads]}: one list per R value seen."""
     return {}
-
-
-def count(counts, r, stale):
-    """One read with R=r checked, stale or not, into `counts` (new_counts())."""
-    c = counts.get(r)
-    if c is None:
-        c = counts[r] = [0, 0]
-    c[0] += 1
-    if stale:
-        c[1] += 1
 
 
 def fractions(counts):
