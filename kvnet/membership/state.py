@@ -522,9 +522,9 @@ def decode_digest(data, known=()):
     for i, item in enumerate(data):
         if type(item) is list and len(item) == 5:
             node, gen, hb, epoch, status = item
-            if node in known and type(gen) is int and type(hb) is int and type(epoch) is int \
-                    and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64 \
-                    and 0 <= epoch <= _MAX_U64 and status in _RANK and type(status) is str \
+            if type(node) is str and node in known and type(gen) is int and type(hb) is int \
+                    and type(epoch) is int and 0 <= gen <= _MAX_U64 and 0 <= hb <= _MAX_U64 \
+                    and 0 <= epoch <= _MAX_U64 and type(status) is str and status in _RANK \
                     and node not in seen:
                 seen.add(node)
                 out.append(make(Digest, item))      # (Digest(*item) without its Python __new__)
