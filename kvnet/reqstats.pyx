@@ -94,19 +94,18 @@ cdef class ReqStats:
         self.counts[slot][_bucket(ns_each)] += n
         self.sums[slot] += ns_each * n
 
-    def record(self, int slot, start_ns):
+    cpdef record(self, int slot, uint64_t start_ns):
         """One command of `slot` that started at `start_ns` (time.monotonic_ns()) ended now."""
         cdef uint64_t end = now_ns()
-        cdef uint64_t start = start_ns
         if 0 <= slot < len(self.keys):
-            self.add(slot, end - start if end > start else 0)
+            self.add(slot, end - start_ns if end > start_ns else 0)
 
     def add_ns(self, int slot, ns):
         """One command of `slot` that took `ns` nanoseconds (tests)."""
         if 0 <= slot < len(self.keys):
             self.add(slot, ns)
 
-    def now(self):
+    cpdef uint64_t now(self) noexcept:
         return now_ns()
 
     def buckets(self, int slot):

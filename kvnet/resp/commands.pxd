@@ -2,6 +2,10 @@
 # and a connection's session as extension types, their fields in C (untyped: Python's
 # semantics kept).
 
+cimport cython
+from kvnet.reqstats cimport ReqStats
+
+
 cdef class Command:
     cdef public object name, arity, flags, first, last, step, handler, group, categories
     cdef public object subcommands, now, then, level
@@ -12,3 +16,10 @@ cdef class Session:
     cdef public object last_active, last_command, closing, lib_name, lib_ver, pending, user
     cdef public object slot, started    # the request counts' slot and start of `pending`
     cdef public int level       # of its user's role (kvnet/acl.py): the door reads it
+
+
+# the general path's timing (Commands.dispatch, execute, count): C calls into ReqStats
+@cython.locals(rs=ReqStats)
+cdef object _now(object reqstats)
+@cython.locals(rs=ReqStats)
+cdef object _count(object reqstats, int slot, object started)

@@ -10,9 +10,8 @@ import hmac
 import itertools
 import logging
 import time
-from time import monotonic_ns as _clock
 
-from kvcore._native import select
+from kvcore._native import NO_EXTENSIONS, select
 from kvcore.versions import InvalidContext
 from kvnet.errors import CommandError, KVNetError, NoAuth, NoPerm, WrongArity, WrongPass
 from kvnet.resp import admin
@@ -145,9 +144,8 @@ class Commands:
         self._defaults = {"r": f"r={cfg.r}" if cfg is not None else "r=default",
                           "w": f"w={cfg.w}" if cfg is not None else "w=default"}
         self._slots = {}        # Command -> slot, for the commands whose quorum is fixed
-        # bound once: dispatch() calls them on every command (an attribute lookup less each)
+        # bound once: dispatch() calls it on every command (an attribute lookup less)
         self._slot_get = self._slots.get
-        self._record = self.reqstats.record
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -223,7 +221,7 @@ class Commands:
         if type(reply) in COROUTINE_TYPES:
             slot, started = session.slot, session.started
             reply = await reply
-            self.reqstats.record(slot, started)
+            _count(self.reqstats, slot, started)
             return reply
         if type(reply) in FUTURE_TYPES:
             cmd, slot, started = session.pending, session.slot, session.started
@@ -231,7 +229,7 @@ class Commands:
                 await reply
             except Exception:
                 pass                # settle() makes it the error reply
-            self.reqstats.record(slot, started)
+            _count(self.reqstats, slot, started)
             return self.settle(cmd, reply)
         return reply
 
@@ -251,7 +249,7 @@ class Commands:
 
     def count(self, slot, started):
         """A command of `slot` dispatched at `started` (time.monotonic_ns) is answered."""
-        self.reqstats.record(slot, started)
+        _count(self.reqstats, slot, started)
 
     def dispatch(self, session: Session, argv: list):
         """execute() without a coroutine where it can: the reply value when the command
@@ -279,7 +277,8 @@ class Commands:
                               f"'{cmd.name}' command")
         session.last_command = cmd.name
         session.last_active = time.time()
-        started = _clock()
+        reqstats = self.reqstats
+        started = _now(reqstats)
         slot = self._slot_get(cmd)
         if slot is None:
             slot = self.slot_of(cmd, argv)
@@ -288,7 +287,7 @@ class Commands:
             try:
                 reply = now(self, session, argv)
             except Exception as exc:
-                self._record(slot, started)
+                _count(reqstats, slot, started)
                 return self._error_reply(cmd, exc)
             if reply is not LATER:
                 if type(reply) in FUTURE_TYPES:
@@ -296,7 +295,7 @@ class Commands:
                     session.slot = slot
                     session.started = started
                 else:
-                    self._record(slot, started)
+                    _count(reqstats, slot, started)
                 return reply
         session.slot = slot
         session.started = started
@@ -344,6 +343,30 @@ _KEY_POSITION = {
 _QUORUM_OF = {"get": "r", "mget": "r", "exists": "r", "type": "r", "ttl": "r", "pttl": "r",
               "kv.get": "r", "set": "w", "del": "w", "mset": "w", "kv.put": "w", "kv.del": "w"}
 _QUORUM_OPTION = frozenset(("kv.get", "kv.put", "kv.del"))
+
+
+# The compiled ReqStats, whose methods the compiled module calls in C (commands.pxd types
+# `rs`); None with RINGKV_NO_EXTENSIONS=1, where Commands holds the Python twin (which this
+# module, compiled or not, calls as Python).
+_TYPED = None if NO_EXTENSIONS else _ReqStats
+
+
+def _now(reqstats):
+    """The request counts' clock, time.monotonic_ns's (one C call compiled, where
+    time.monotonic_ns() is a Python call)."""
+    if type(reqstats) is _TYPED:
+        rs = reqstats
+        return rs.now()
+    return reqstats.now()
+
+
+def _count(reqstats, slot, started):
+    """One command of `slot` dispatched at `started` (_now) is answered."""
+    if type(reqstats) is _TYPED:
+        rs = reqstats
+        rs.record(slot, started)
+    else:
+        reqstats.record(slot, started)
 
 
 def _quorum_label(argv, rw, default):
