@@ -2,7 +2,9 @@
 that their compiled copies are not older than their source.
 
 They are the request path's glue: the front door, the peer protocol, the coordinator's lane
-and the node (only what each plain GET or SET runs: each module adds to the build's time).
+and the node (only what each plain GET or SET runs: each module adds to the build's time),
+and gossip's per-member work (its digests, beats and failure detector: every node does it for
+every member every round, so it grows with the cluster, docs/simulation.md "Speed").
 Compiled, the same code runs without the bytecode loop, about a fifth of a node's CPU under
 load (docs/performance.md). Python imports a module's compiled copy before its .py, so an
 edited .py whose build was not redone would silently run the old code: `check()` (called by
@@ -30,6 +32,9 @@ PY_MODULES = (
     "kvnet.replicahandlers",
     "kvnet.frontdoor",
     "kvnet.node",
+    "kvnet.membership.state",
+    "kvnet.membership.detector",
+    "kvnet.membership.gossip",
 )
 
 REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"

@@ -252,7 +252,7 @@ class AntiEntropy:
         # greeted are still connecting, and their own catch-up with it starts as they see it
         await asyncio.sleep(min(self.interval, START_DELAY))
         while not self._stopping:
-            await self._sleep(delay)
+            await self._sleep(delay, loop)
             out = None
             reap = loop.time() - last_reap >= self.interval      # the reaper: once an interval
             if reap:
@@ -273,10 +273,10 @@ class AntiEntropy:
             else:
                 delay, quick = self.interval, 0
 
-    async def _sleep(self, delay):
+    async def _sleep(self, delay, loop):
         """Sleep up to `delay`, looking at the peers every WATCH_PERIOD: a catch-up to run
-        ends the sleep."""
-        loop = asyncio.get_running_loop()
+        ends the sleep. (`loop`: the running one, which asyncio.get_running_loop() finds with a
+        getpid() system call.)"""
         end = loop.time() + delay
         while not self._stopping:
             # (not at every short pause between exchanges: a look costs O(ring nodes); half

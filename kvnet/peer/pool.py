@@ -76,6 +76,7 @@ class PeerPool:
         self._opts = check_options(opts)
         self._idle_timeout = float(idle_timeout)
         self._sweeper = None  # the timer of the next idle sweep (None: none due)
+        self._loop = None     # the loop it runs on (_running_loop)
         self._peers = {}
         self._sleepers = set()
         self._server = None
@@ -87,6 +88,14 @@ class PeerPool:
         """The largest message this pool's connections send or take (docs/peer.md, "Limits")."""
         return self._opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
 
+    def _running_loop(self):
+        """The running loop, asked for once while it runs: asyncio.get_running_loop() makes a
+        getpid() system call at each call (Python 3.11), a share of every request."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     # -- using peers ----------------------------------------------------------
 
     async def request(self, peer_id, addr, type, payload=None, timeout=DEFAULT_REQUEST_TIMEOUT):
@@ -95,7 +104,7 @@ class PeerPool:
         ``timeout`` bounds connecting and answering together. A request is
         never resent: on ConnectionLost the caller cannot know if it ran.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         start = loop.time()
         conn = await self.connection(peer_id, addr, timeout)
         left = None if timeout is None else max(timeout - (loop.time() - start), 0.0)
@@ -129,7 +138,7 @@ class PeerPool:
         """
         if peer_id == self.node_id:
             raise PeerError(f"node {peer_id} does not send peer requests to itself")
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         peer = self._peers.get(peer_id)
         if peer is None:
@@ -181,7 +190,7 @@ class PeerPool:
         peer.news_mark = None
         conn.add_close_callback(self._drop)
         if self._idle_timeout and self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self._idle_timeout / 2,
+            self._sweeper = self._running_loop().call_later(self._idle_timeout / 2,
                                                                   self._sweep)
 
     async def serve(self, host, port, **kwargs):
@@ -207,13 +216,13 @@ class PeerPool:
             return False
         if peer.news_mark is not None and peer.failures < peer.news_mark + 2:
             return False
-        peer.news_mark, peer.next_attempt = peer.failures, asyncio.get_running_loop().time()
+        peer.news_mark, peer.next_attempt = peer.failures, self._running_loop().time()
         self._start_dial(peer_id, addr, peer)
         return True
 
     def _start_dial(self, peer_id, addr, peer):
         """The one dial of peer (peer.connecting) that every waiter shares."""
-        peer.connecting = asyncio.get_running_loop().create_task(self._dial(peer_id, addr, peer))
+        peer.connecting = self._running_loop().create_task(self._dial(peer_id, addr, peer))
         peer.connecting.add_done_callback(_retrieve)
 
     def reachable(self, peer_id):
@@ -226,7 +235,7 @@ class PeerPool:
 
     def status(self):
         """Per known peer: connections, consecutive failures, seconds to the next dial, last error."""
-        now = asyncio.get_running_loop().time()
+        now = self._running_loop().time()
         return {
             peer_id: {
                 "connections": len(peer.conns),
@@ -302,7 +311,7 @@ class PeerPool:
         self._sweeper = None
         if self._closed:
             return
-        now = asyncio.get_running_loop().time()
+        now = self._running_loop().time()
         idle = []
         left = False
         for peer in self._peers.values():
@@ -323,7 +332,7 @@ class PeerPool:
             log.debug("closing the idle connection to %s", conn.peer_id)
             conn.close()
         if left:
-            self._sweeper = asyncio.get_running_loop().call_later(self._idle_timeout / 2,
+            self._sweeper = self._running_loop().call_later(self._idle_timeout / 2,
                                                                   self._sweep)
 
     def backoff(self, failures):
@@ -347,7 +356,7 @@ class PeerPool:
             )
         except PeerError as exc:
             peer.failures += 1
-            peer.next_attempt = asyncio.get_running_loop().time() + self.backoff(peer.failures)
+            peer.next_attempt = self._running_loop().time() + self.backoff(peer.failures)
             peer.last_error = exc
             # one refused dial is routine while a cluster starts (members greet each other
             # before all listen); a second in a row is worth an operator's eye
@@ -359,7 +368,7 @@ class PeerPool:
         self.adopt(conn)
 
     async def _sleep(self, delay):
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         fut = loop.create_future()
         self._sleepers.add(fut)
         timer = loop.call_later(delay, lambda: fut.done() or fut.set_result(None))

@@ -1,8 +1,10 @@
 """A deterministic asyncio event loop on a simulated clock (docs/simulation.md).
 
-The loop is asyncio's own (BaseEventLoop: the same ready queue, timers and tasks), with three
-things replaced: its clock is a number that jumps to the next timer when nothing is ready
-(no waiting: a simulated minute takes the CPU time its callbacks take); I/O is a simulated
+The loop is asyncio's BaseEventLoop (its tasks, futures and handles), with its step
+(_run_once) and timer heap written for simulation and three things replaced: its clock is a
+number that jumps to the next timer when nothing is ready (no waiting: a simulated minute
+takes the CPU time its callbacks take; timers due at the same moment run in the order they
+were set); I/O is a simulated
 network (kvnet/sim/net.py) that delivers bytes by timers; and work sent to an executor runs
 inline, so no thread decides an order (inline_pools() does the same for the replica's
 threads and the stores' syncer). Its ready queue can hold back one host's callbacks
@@ -12,59 +14,25 @@ its sources of randomness (random's global generator, os.urandom, secrets) with 
 seeded from `seed`, so the code under test runs unchanged.
 """
 import asyncio
-import collections
 import contextlib
 import gc
+import heapq
+import itertools
 import logging
 import os
 import random
 import time
 import types
 import weakref
+from asyncio import events, format_helpers
 
 EPOCH = 1_798_761_600.0        # 2027-01-01 UTC: time.time() of simulated second 0
+_MAX_STEP = 24 * 3600.0         # the furthest the clock jumps in one step (asyncio's
+                                # MAXIMUM_SELECT_TIMEOUT)
 
 
 class SimDeadlock(RuntimeError):
     """Nothing is ready and no timer is set: everything waits for what never comes."""
-
-
-class _Selector:
-    """What BaseEventLoop polls for I/O: here, the place the clock moves forward."""
-
-    def __init__(self, loop):
-        self.loop = loop
-
-    def select(self, timeout):
-        if timeout is None:
-            raise SimDeadlock("the simulation has nothing left to run")
-        if timeout > 0:
-            self.loop._now += timeout
-        return []
-
-    def close(self):
-        pass
-
-
-class _Ready(collections.deque):
-    """The loop's ready queue, which holds back the callbacks of paused hosts: popleft() sets
-    aside a callback whose context is a paused host's (it gets a cancelled stand-in, which
-    the loop skips) until resume() puts it back, in order."""
-
-    def __init__(self, loop):
-        super().__init__()
-        self.loop = loop
-
-    def popleft(self):
-        handle = super().popleft()
-        paused = self.loop.paused
-        if paused and not handle._cancelled:
-            ctx = handle._context
-            host = None if ctx is None else ctx.get(self.loop.host_var)
-            if host in paused:
-                paused[host].append(handle)
-                return self.loop._skip
-        return handle
 
 
 class SimLoop(asyncio.BaseEventLoop):
@@ -78,11 +46,12 @@ class SimLoop(asyncio.BaseEventLoop):
     def __init__(self, net=None, host_var=None):
         super().__init__()
         self._now = 0.0
-        self._selector = _Selector(self)
         self._clock_resolution = 1e-9
-        self._ready = _Ready(self)
-        self._skip = asyncio.Handle(lambda: None, (), self)       # (what a held one leaves)
-        self._skip.cancel()
+        # Timers as (when, sequence, TimerHandle) in a heap: ordered by C comparisons of
+        # tuples (asyncio's heap of TimerHandles calls their Python __lt__, a tenth of a
+        # large run's CPU), and equal times run in the order they were set.
+        self._timers = []
+        self._sequence = itertools.count()
         self.net = net
         self.host_var = host_var
         self.paused = {}            # host -> [handles held back], in the order they came
@@ -98,6 +67,82 @@ class SimLoop(asyncio.BaseEventLoop):
 
     def time(self):
         return self._now
+
+    # -- asyncio's call_soon, call_at and _run_once, less what a simulation never needs
+    # (debug mode, a selector, other threads): the loop runs every callback of every node,
+    # so its own Python calls are a large share of a run (docs/simulation.md, "Speed") --
+
+    def call_soon(self, callback, *args, context=None):
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle = events.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_at(self, when, callback, *args, context=None):
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        timer = events.TimerHandle(when, callback, args, self, context)
+        heapq.heappush(self._timers, (when, next(self._sequence), timer))
+        timer._scheduled = True
+        return timer
+
+    def close(self):
+        super().close()
+        self._timers.clear()
+
+    def _run_once(self):
+        """asyncio's step (BaseEventLoop._run_once) on the simulated clock: drop cancelled
+        timers, move the clock to the next timer when nothing is ready, make the timers due
+        ready, run what is ready (holding back a paused host's callbacks, in order)."""
+        timers = self._timers
+        cancelled = self._timer_cancelled_count
+        if cancelled > 100 and cancelled * 2 > len(timers):    # asyncio's rule
+            kept = []
+            for entry in timers:
+                if entry[2]._cancelled:
+                    entry[2]._scheduled = False
+                else:
+                    kept.append(entry)
+            heapq.heapify(kept)
+            self._timers = timers = kept
+            self._timer_cancelled_count = 0
+        else:
+            while timers and timers[0][2]._cancelled:
+                self._timer_cancelled_count -= 1
+                heapq.heappop(timers)[2]._scheduled = False
+        ready = self._ready
+        if not ready and not self._stopping:
+            if not timers:
+                raise SimDeadlock("the simulation has nothing left to run")
+            timeout = min(timers[0][0] - self._now, _MAX_STEP)
+            if timeout > 0:
+                self._now += timeout
+        end = self._now + self._clock_resolution
+        while timers and timers[0][0] < end:
+            timer = heapq.heappop(timers)[2]
+            timer._scheduled = False
+            ready.append(timer)
+        paused, host_var, popleft = self.paused, self.host_var, ready.popleft
+        for _ in range(len(ready)):
+            handle = popleft()
+            if handle._cancelled:
+                continue
+            if paused and handle._context.get(host_var) in paused:
+                paused[handle._context.get(host_var)].append(handle)
+                continue
+            try:
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:        # as Handle._run reports it
+                cb = format_helpers._format_callback_source(handle._callback, handle._args)
+                context = {"message": f"Exception in callback {cb}", "exception": exc,
+                           "handle": handle}
+                if handle._source_traceback:
+                    context["source_traceback"] = handle._source_traceback
+                self.call_exception_handler(context)
+        handle = None
 
     def _process_events(self, event_list):
         pass

@@ -241,9 +241,9 @@ class SimNetwork:
             return                                  # (its connection is being reset)
         when = max(t._next, self.loop.time() + self._delay(t.host, t.peer_host))
         t._next = when
-        # Writes due at the same time may run in any order (the loop's timer heap keeps no
-        # order among equal times): each delivery takes the oldest write still in flight, so
-        # the bytes arrive in the order they were written, as TCP's do.
+        # Each delivery takes the oldest write still in flight, so the bytes arrive in the
+        # order they were written, as TCP's do, whatever order the loop runs deliveries due
+        # at the same moment in (its own: the order they were set).
         t._flight.append(data)
         self.loop.call_at(when, self._deliver, t, context=self.context(t.peer_host))
 
