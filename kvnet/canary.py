@@ -15,6 +15,7 @@ import time
 
 from kvcore import versions as V
 from kvnet.coordinator import driver
+from kvnet.periodic import Periodic
 
 __all__ = ["Canary", "Convergence", "BUCKETS", "canary_key"]
 
@@ -64,41 +65,24 @@ class Convergence:
                 "max_ms": None if not self.recent else round(1000 * max(self.recent), 3)}
 
 
-class Canary:
-    """A node's canary writer (a service of kvnet/node.py: start, stop, handlers)."""
+class Canary(Periodic):
+    """A node's canary writer (a service of kvnet/node.py: start, stop, handlers): one
+    round every `canary_interval_ms`."""
 
     def __init__(self, node):
         self.node = node
-        self.interval = node.cfg.canary_interval_ms / 1000.0
+        self.period = node.cfg.canary_interval_ms / 1000.0
         self.key = canary_key(node.name)
         self.by_w = {}                  # W -> Convergence
         self.stats = {"rounds": 0, "failures": 0}
         self._next = 0
-        self._task = None
 
-    def handlers(self):
-        return {}
+    def tick(self):
+        return self.round()
 
-    async def start(self):
-        if self.interval > 0 and self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
-
-    async def stop(self):
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _loop(self):
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:            # a write refused, no quorum: next round
-                self.stats["failures"] += 1
-                log.debug("canary write of %s failed: %s", self.node.name, exc)
+    def failed(self, exc):              # a write refused, no quorum: next round
+        self.stats["failures"] += 1
+        log.debug("canary write of %s failed: %s", self.node.name, exc)
 
     def convergence(self, w):
         c = self.by_w.get(w)

@@ -17,6 +17,7 @@ import time
 
 from kvcore.errors import MergeError, StoreClosed, StoreReadOnly
 from kvnet.executor import ThreadExecutor
+from kvnet.periodic import Periodic
 
 log = logging.getLogger("kvnet.compaction")
 
@@ -29,7 +30,7 @@ def due(data_bytes, live_bytes, dead_fraction, min_dead_bytes):
     return dead > 0 and dead >= min_dead_bytes and dead >= dead_fraction * data_bytes
 
 
-class Compactor:
+class Compactor(Periodic):
     """`node.add_service(Compactor(node))`: merges the node's partitions by the policy, and
     on demand (`compact`, for `kvctl compact`). `stats` counts merges and bytes reclaimed."""
 
@@ -41,25 +42,17 @@ class Compactor:
         self.concurrency = cfg.merge_concurrency
         self.max_bytes_per_s = cfg.merge_max_mb_s * 1_000_000
         self.executor = executor or ThreadExecutor(max(1, self.concurrency), "ringkv-merge")
-        self.check_interval = check_interval
+        self.period = check_interval
         self.stats = {"merges": 0, "merge_failures": 0, "bytes_reclaimed": 0,
                       "merge_seconds": 0.0, "hint_compactions": 0}
         self._running = {}           # partition -> its merge task
         self._jobs = {}              # partition -> its MergeJob while the copy runs
-        self._task = None
 
-    def handlers(self):
-        return {}
-
-    async def start(self):
-        if self.concurrency > 0 and self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+    def runs(self):
+        return self.concurrency > 0
 
     async def stop(self):
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await super().stop()
         for p in list(self._running):
             await self.release(p)
         self.executor.shutdown()
@@ -74,13 +67,11 @@ class Compactor:
             job.cancel()
         await asyncio.gather(t, return_exceptions=True)
 
-    async def _loop(self):
-        while True:
-            await asyncio.sleep(self.check_interval)
-            try:
-                self.check()
-            except Exception as exc:                        # never let the loop die
-                log.warning("node %s: merge policy check failed: %r", self.node.name, exc)
+    def tick(self):
+        self.check()
+
+    def failed(self, exc):                                  # never let the loop die
+        log.warning("node %s: merge policy check failed: %r", self.node.name, exc)
 
     def check(self):
         """Start merges of the partitions due, fullest dead bytes first, up to concurrency."""
@@ -117,7 +108,7 @@ class Compactor:
             try:
                 self.check()
             except Exception as exc:
-                log.warning("node %s: merge policy check failed: %r", self.node.name, exc)
+                self.failed(exc)
 
     async def merge(self, p):
         """Merge partition p now (whatever the policy says); bytes reclaimed, or None if it

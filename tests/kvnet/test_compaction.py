@@ -39,7 +39,7 @@ def _run(coro):
 def test_hot_overwrites_are_merged_by_the_policy_while_writes_go_on(tmp_path):
     async def main():
         node, port = await _node(tmp_path)
-        node.compactor.check_interval = 0.05
+        node.compactor.period = 0.05
         try:
             r = redis.asyncio.Redis(port=port)
             for rnd in range(40):                      # 50 hot keys overwritten 40 times
