@@ -13,15 +13,15 @@ instruction counts (--callgrind: counted only inside LogStore.get and LogStore.p
 --toggle-collect) do not move with the load. Needs valgrind for --callgrind.
 """
 import argparse
-import glob
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import _callgrind   # benchmarks/_callgrind.py (this script's folder is on sys.path)
 
 OPS = ("put", "get", "get_miss", "put_many")
 _M = "*kvcore_7storage_5store_8LogStore_"      # (Cython's names of LogStore's methods)
@@ -80,17 +80,9 @@ def run_callgrind(checkout, keys, tmp):
     out = {}
     for n, (toggle, ops) in enumerate(TOGGLES):
         path = os.path.join(tmp, f"{abs(hash(os.path.abspath(checkout)))}-{n}")
-        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
-               f"--toggle-collect={toggle}", "--dump-before=time_sleep",
-               f"--callgrind-out-file={path}", sys.executable, os.path.abspath(__file__),
-               "--child", "--callgrind", "--keys", str(keys), "--loops", "1"]
-        subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=1800)
-        counts = []
-        for f in sorted(glob.glob(path + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
-            with open(f) as fh:
-                m = re.search(r"^summary: (\d+)", fh.read(), re.M)
-            counts.append(int(m.group(1)) if m else 0)
+        counts = _callgrind.run([os.path.abspath(__file__), "--child", "--callgrind", "--keys",
+                                 str(keys), "--loops", "1"], path, checkout,
+                                ("--collect-atstart=no", f"--toggle-collect={toggle}"))
         # dumps: the setup, then per op one of it and one (empty) between
         for op in ops:
             out[op] = counts[1 + 2 * OPS.index(op)] / keys

@@ -16,13 +16,12 @@ time.sleep(0) between workloads cuts the counts into one dump each. Needs valgri
 """
 import argparse
 import gc
-import glob
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
+
+import _callgrind   # benchmarks/_callgrind.py (this script's folder is on sys.path)
 
 WORKLOADS = [("equal", 1), ("equal", 2), ("stale", 1)]
 
@@ -78,18 +77,10 @@ def child(reads):
 
 def measure(checkout, reads, out_dir):
     out = os.path.join(out_dir, os.path.basename(os.path.abspath(checkout)) or "root")
-    cmd = ["valgrind", "--tool=callgrind", "--dump-before=time_sleep",
-           f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__), "--child",
-           "--reads", str(reads)]
-    subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=1800)
-    counts = []
-    for path in sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
-        with open(path) as f:
-            m = re.search(r"^summary: (\d+)", f.read(), re.M)
-        counts.append(int(m.group(1)) if m else 0)
+    counts = _callgrind.run([os.path.abspath(__file__), "--child", "--reads", str(reads)],
+                            out, checkout)
     # dumps: 1 start-up and warm-up, then per workload one of it and one (empty) between
-    return [counts[1 + 2 * i] / reads for i in range(len(WORKLOADS))]
+    return _callgrind.workloads(counts, len(WORKLOADS), reads)
 
 
 def main(argv=None):
@@ -107,13 +98,7 @@ def main(argv=None):
     head = "  ".join(f"{kind:>6} R={r}" for kind, r in WORKLOADS)
     print(f"instructions per DirectRead (N=3, two remote replies; {args.reads} per workload)")
     print(f"{'checkout':40} {head}")
-    first = rows[0][1]
-    for c, vals in rows:
-        print(f"{c:40} " + "  ".join(f"{v:10,.0f}" for v in vals))
-        if vals is not first:
-            print(f"{'  vs first':40} " + "  ".join(f"{(v / b - 1) * 100:+9.2f}%"
-                                                   for v, b in zip(vals, first)))
-
+    _callgrind.print_rows(rows, cell=10)
 
 if __name__ == "__main__":
     main()

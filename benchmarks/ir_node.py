@@ -24,13 +24,12 @@ of how many commands share a batch, saves shows up here too.
 """
 import argparse
 import asyncio
-import glob
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
+
+import _callgrind   # benchmarks/_callgrind.py (this script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = [(1, "SET"), (1, "GET"), (16, "SET"), (16, "GET")]
@@ -128,21 +127,9 @@ def measure(checkout, keys, door, out_dir, nodes=1, clients=50):
         collect = ["--collect-atstart=yes"]
         child = ["--child", "--keys", str(keys), "--nodes", "3", "--clients", str(clients)]
         keys = [max(1, keys // (clients * p)) * clients * p for p, _ in WORKLOADS]
-    cmd = ["valgrind", "--tool=callgrind", *collect, "--dump-before=time_sleep",
-           f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__), *child]
-    subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=1800)
-    counts = []
-    for path in sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
-        with open(path) as f:
-            m = re.search(r"^summary: (\d+)", f.read(), re.M)
-        counts.append(int(m.group(1)) if m else 0)
+    counts = _callgrind.run([os.path.abspath(__file__), *child], out, checkout, collect)
     # dumps: 1 the warm-up, then per workload one of it and one (empty) between
-    if len(counts) < 2 * len(WORKLOADS):
-        raise RuntimeError(f"{checkout}: {len(counts)} callgrind dumps, "
-                           f"{2 * len(WORKLOADS)} expected at least")
-    per = keys if type(keys) is list else [keys] * len(WORKLOADS)
-    return [counts[1 + 2 * i] / per[i] for i in range(len(WORKLOADS))]
+    return _callgrind.workloads(counts, len(WORKLOADS), keys)
 
 
 def main(argv=None):
@@ -173,13 +160,7 @@ def main(argv=None):
               f"({'general path' if args.no_door else 'door'}, {args.keys} commands per "
               "workload)")
     print(f"{'checkout':40} {head}")
-    first = rows[0][1]
-    for c, vals in rows:
-        print(f"{c:40} " + "  ".join(f"{v:9,.0f}" for v in vals))
-        if vals is not first:
-            print(f"{'  vs first':40} " + "  ".join(f"{(v / b - 1) * 100:+8.2f}%"
-                                                   for v, b in zip(vals, first)))
-
+    _callgrind.print_rows(rows)
 
 if __name__ == "__main__":
     main()

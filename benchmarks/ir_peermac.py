@@ -16,13 +16,12 @@ shared machine's timings do (docs/performance.md). Needs valgrind.
 """
 import argparse
 import asyncio
-import glob
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
+
+import _callgrind   # benchmarks/_callgrind.py (this script's folder is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = ("SET", "GET")
@@ -59,19 +58,11 @@ async def child(requests, mac, clients=50):
 
 def measure(requests, mac, out_dir):
     out = os.path.join(out_dir, "mac" if mac else "plain")
-    cmd = ["valgrind", "--tool=callgrind", "--dump-before=time_sleep",
-           f"--callgrind-out-file={out}", sys.executable, os.path.abspath(__file__), "--child",
-           "--requests", str(requests)] + (["--mac"] if mac else [])
-    subprocess.run(cmd, cwd=os.path.dirname(HERE), check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=3600)
-    counts = []
-    for path in sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
-        with open(path) as f:
-            m = re.search(r"^summary: (\d+)", f.read(), re.M)
-        counts.append(int(m.group(1)) if m else 0)
+    counts = _callgrind.run([os.path.abspath(__file__), "--child", "--requests", str(requests)]
+                            + (["--mac"] if mac else []), out, os.path.dirname(HERE),
+                            timeout=3600)
     # dumps: 1 the start and warm-up, then per workload one of it and one (empty) between
-    total = requests // 50 * 50
-    return [counts[1 + 2 * i] / total for i in range(len(OPS))]
+    return _callgrind.workloads(counts, len(OPS), requests // 50 * 50)
 
 
 def micro():
