@@ -21,7 +21,6 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kvcore._native import NO_EXTENSIONS
 from kvnet.config import load
 from kvnet.frontdoor import _LocalDoor
 from kvnet.node import Node
@@ -286,9 +285,7 @@ def test_each_mode_takes_its_own_path(tmp_path, monkeypatch, count, n, rw):
                     got[mode] = (await _feed(nodes[0], [b"".join(PLAIN)], clock),
                                  await _settled(nodes))
                     assert got[mode][0] == b"+OK\r\n+OK\r\n$1\r\nb\r\n+OK\r\n$1\r\nc\r\n$-1\r\n"
-                    # (without the extensions no SET is minted as bytes: a partition served
-                    # alone leaves it to put_raw, the direct lane mints it the general way)
-                    general = mode == "general" or (NO_EXTENSIONS and count == 1)
+                    general = mode == "general"
                     assert calls == ([b"k1", b"k1", b"k2"] if general else []), mode
                     if door is not None:
                         assert door.taken == len(PLAIN)
