@@ -8,6 +8,8 @@ cdef class DirectWrite:
     cdef public object future, raw, replies, pl, me, stats
     cdef public Py_ssize_t left, pending, n, w
 
+    cdef object _outcome(self, object result, object quorum)
+
 
 cdef class DirectRead:
     cdef public object cluster, future, p, key, replies, value, quorum, pl, answer
@@ -28,3 +30,7 @@ cdef object _read_checked(dict stats, object r, bint stale)
 
 @cython.locals(conn=PeerConnection)
 cdef object _batch_to(list conns, object rtype, object item, object callback, object timeout)
+
+# the coordinator's outcome counts (_count): dict calls in C, once per coordinated request
+cdef dict _LABELS
+cdef object _tally(dict stats, object op, object needed, object result, object quorum)
