@@ -46,6 +46,8 @@ EXTENSIONS = [
     Extension("kvnet.localdoor", ["kvnet/localdoor.pyx"]),
     # the front door's request counts and latency histograms in C arrays (twin: reqstats_py)
     Extension("kvnet.reqstats", ["kvnet/reqstats.pyx"]),
+    # the peer frame MAC's BLAKE2b in C, a struct copy per frame (twin: kvnet/peer/mac_py)
+    Extension("kvnet.peer.mac", ["kvnet/peer/mac.pyx"]),
 ]
 # Plain Python modules of the request path, compiled as they are (Cython's pure-Python mode):
 # the same source, run without the interpreter's bytecode loop (docs/performance.md). Their

@@ -5,13 +5,13 @@ envelope ``[kind, req_id, type, payload]``; after the handshake of a version 4 c
 agreed on it, a 16-byte MAC trails each frame (FrameMac). docs/peer.md has the layout.
 """
 import enum
-import hashlib
 import hmac
 import struct
 from typing import Any, NamedTuple
 
 import msgpack
 
+from kvcore._native import select
 from kvnet.errors import ProtocolError
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024  # bytes of body, header excluded
@@ -26,55 +26,15 @@ MAX_REQ_ID = 2**32 - 1
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
-MAC_SIZE = 16               # bytes of the tag after each frame of a MAC'd connection
-_SEQ = struct.Struct(">Q")
-_MAC_PERSON = b"ringkv-frame"
+# the frame MAC (FrameMac: one direction's tags), in C (kvnet/peer/mac.pyx) or its twin
+_mac = select("kvnet.peer.mac", "kvnet.peer.mac_py")
+FrameMac = _mac.FrameMac
+MAC_SIZE = _mac.MAC_SIZE    # bytes of the tag after each frame of a MAC'd connection
+MAC_SHA256_FROM = _mac.MAC_SHA256_FROM    # from this frame size on: HMAC-SHA256, not BLAKE2b
 
 
 class FrameMacError(ProtocolError):
     """A frame's MAC did not match (altered, replayed, reordered, or a wrong session key)."""
-
-
-MAC_SHA256_FROM = 4096      # frames of this many bytes or more: HMAC-SHA256, not BLAKE2b
-
-
-class FrameMac:
-    """One direction's frame MAC of a connection: a 16-byte tag over (this direction's
-    sequence number as a u64, the frame's header and body), the number going up by one per
-    frame. It is not sent: both ends count, so a replayed, dropped or reordered frame fails
-    the check like an altered one (docs/security.md, "Frame MACs"). The tag is keyed
-    BLAKE2b-128 for a frame below MAC_SHA256_FROM bytes (the common, small, frame: less set-up
-    than an HMAC), else HMAC-SHA256 cut to 16 bytes (SHA-256 runs on the CPU's SHA
-    instructions: faster per byte on big frames); both ends choose by the frame's length."""
-
-    __slots__ = ("_small", "_big", "seq")
-
-    def __init__(self, key):
-        self._small = hashlib.blake2b(key=key, digest_size=MAC_SIZE, person=_MAC_PERSON)
-        self._big = hmac.new(key, _MAC_PERSON, hashlib.sha256)
-        self.seq = 0
-
-    def tag(self, frame, piece=None):
-        """The tag of the next frame (bytes-like; a CHUNK frame as its head and its piece)."""
-        size = len(frame) if piece is None else len(frame) + len(piece)
-        h = (self._small if size < MAC_SHA256_FROM else self._big).copy()
-        h.update(_SEQ.pack(self.seq))
-        h.update(frame)
-        if piece is not None:
-            h.update(piece)
-        self.seq += 1
-        return h.digest()[:MAC_SIZE]
-
-    def seal(self, data):
-        """`encode_message`'s output with a tag after each frame: bytes, or a list of buffers
-        (a chunked message's, a tag after each head and piece)."""
-        if type(data) is bytes:
-            return data + self.tag(data)
-        out = []
-        for i in range(0, len(data), 2):
-            head, piece = data[i], data[i + 1]
-            out += (head, piece, self.tag(head, piece))
-        return out
 
 
 class Kind(enum.IntEnum):
