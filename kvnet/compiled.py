@@ -2,9 +2,7 @@
 that their compiled copies are not older than their source.
 
 They are the request path's glue: the front door, the peer protocol, the coordinator's lane
-and the node (only what each plain GET or SET runs: each module adds to the build's time),
-and gossip's per-member work (its digests, beats and failure detector: every node does it for
-every member every round, so it grows with the cluster, docs/simulation.md "Speed").
+and the node (only what each plain GET or SET runs: each module adds to the build's time).
 Compiled, the same code runs without the bytecode loop, about a fifth of a node's CPU under
 load (docs/performance.md). Python imports a module's compiled copy before its .py, so an
 edited .py whose build was not redone would silently run the old code: `check()` (called by
@@ -32,9 +30,6 @@ PY_MODULES = (
     "kvnet.replicahandlers",
     "kvnet.frontdoor",
     "kvnet.node",
-    "kvnet.membership.state",
-    "kvnet.membership.detector",
-    "kvnet.membership.gossip",
 )
 
 REBUILD = "pip install -e . (or python setup.py build_ext --inplace)"
