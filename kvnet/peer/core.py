@@ -15,7 +15,7 @@ from kvnet.errors import KVNetError, PeerError, ProtocolError
 from kvnet.peer.errors import AuthenticationError, ConnectionLost, VersionMismatch
 from kvnet.peer.framing import (DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE, MAX_REQ_ID,
                                  FrameMac, FrameMacError, FrameReader, Kind, encode_message,
-                                 reassembly)
+                                 reassembly, seal)
 
 # newest version this code speaks (2: batch requests; 3: chunked messages; 4: frame MACs)
 PROTOCOL_VERSION = 4
@@ -235,7 +235,7 @@ class PeerProtocolCore:
         data = encode_message((kind, req_id, type_, payload), self.max_frame_size,
                               self._chunk_limit)
         if self._send_mac is not None:
-            data = self._send_mac.seal(data)
+            data = seal(self._send_mac, data)
         if type(data) is bytes:
             self._write(data)
         else:

@@ -33,6 +33,18 @@ MAC_SIZE = _mac.MAC_SIZE    # bytes of the tag after each frame of a MAC'd conne
 MAC_SHA256_FROM = _mac.MAC_SHA256_FROM    # from this frame size on: HMAC-SHA256, not BLAKE2b
 
 
+def seal(mac, data):
+    """`encode_message`'s output with `mac`'s tag (a FrameMac's) after each frame: bytes, or
+    a list of buffers (a chunked message's, a tag after each head and piece)."""
+    if type(data) is bytes:
+        return data + mac.tag(data)
+    out = []
+    for i in range(0, len(data), 2):
+        head, piece = data[i], data[i + 1]
+        out += (head, piece, mac.tag(head, piece))
+    return out
+
+
 class FrameMacError(ProtocolError):
     """A frame's MAC did not match (altered, replayed, reordered, or a wrong session key)."""
 

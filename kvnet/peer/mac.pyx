@@ -88,14 +88,3 @@ cdef class FrameMac:
         kv_blake2b_final(&ctx, out)
         self.seq = s + 1
         return PyBytes_FromStringAndSize(<char *>out, TAG)
-
-    def seal(self, data):
-        """`encode_message`'s output with a tag after each frame: bytes, or a list of buffers
-        (a chunked message's, a tag after each head and piece)."""
-        if type(data) is bytes:
-            return data + self.tag(data)
-        out = []
-        for i in range(0, len(data), 2):
-            head, piece = data[i], data[i + 1]
-            out += (head, piece, self.tag(head, piece))
-        return out

@@ -37,14 +37,3 @@ class FrameMac:
             h.update(piece)
         self.seq += 1
         return h.digest()[:MAC_SIZE]
-
-    def seal(self, data):
-        """`encode_message`'s output with a tag after each frame: bytes, or a list of buffers
-        (a chunked message's, a tag after each head and piece)."""
-        if type(data) is bytes:
-            return data + self.tag(data)
-        out = []
-        for i in range(0, len(data), 2):
-            head, piece = data[i], data[i + 1]
-            out += (head, piece, self.tag(head, piece))
-        return out

@@ -11,7 +11,7 @@ import pytest
 from kvnet.peer.core import MAC_VERSION, PROTOCOL_VERSION, PeerProtocolCore, State
 from kvnet.peer.errors import AuthenticationError, VersionMismatch
 from kvnet.peer.framing import (HEADER_SIZE, MAC_SHA256_FROM, MAC_SIZE, FrameMac, FrameMacError,
-                                 FrameReader, Kind, encode_frame)
+                                 FrameReader, Kind, encode_frame, seal)
 from kvnet.peer.pool import PeerPool
 
 SECRET = b"cluster-secret-for-tests"
@@ -226,7 +226,7 @@ def test_frame_mac_unit():
     frames.append(encode_frame((Kind.NOTIFY, 0, "n", b"x" * MAC_SHA256_FROM)))
     assert len(frames[1]) < MAC_SHA256_FROM < len(frames[2])
     send = FrameMac(key)
-    sealed = [send.seal(f) for f in frames]
+    sealed = [seal(send, f) for f in frames]
     assert [len(x) - len(f) for x, f in zip(sealed, frames)] == [MAC_SIZE] * 3
     reader = FrameReader(mac=FrameMac(key))
     got = reader.feed(b"".join(sealed))

@@ -38,11 +38,12 @@ def test_tags_equal_the_twins(key, frames_, start, kind):
 
 @given(key=keys, data=st.lists(st.binary(max_size=400), max_size=4))
 def test_seal_equals_the_twins(key, data):
+    from kvnet.peer.framing import seal
     c, py = _mac().FrameMac(key), mac_py.FrameMac(key)
     whole = b"".join(data)
-    assert c.seal(whole) == py.seal(whole)
+    assert seal(c, whole) == seal(py, whole)
     chunked = [x for d in data for x in (d[:7], d[7:])]
-    assert c.seal(chunked) == py.seal(chunked)
+    assert seal(c, chunked) == seal(py, chunked)
 
 
 @pytest.mark.parametrize("n", [0, 1, 111, 112, 127, 128, 129, 255, 256, 257, 1000])
