@@ -223,7 +223,7 @@ class AntiEntropy:
             self._stopping = False
             self._seen = {}
             self._watched_at = float("-inf")
-            self._next_partition()                  # (fills _mine)
+            self._mine_of(self.node.ring)
             for p in self._mine:                    # this node may have missed writes while down
                 self._queue(p, None)
             rep = getattr(self.node, "replica", None)
@@ -311,9 +311,10 @@ class AntiEntropy:
                 self.catch_up(peer)
 
     def catch_up(self, peer):
-        """Queue an exchange with `peer` of every partition both hold (primaries of it)."""
-        self._next_partition()
+        """Queue an exchange with `peer` of every partition both hold (primaries of it). The
+        paced round's place is kept (its next partition is the same after as before)."""
         ring = self.node.ring
+        self._mine_of(ring)
         n = 0
         for p in self._mine:
             if peer in ring.preference_list(p) and self._queue(p, peer):

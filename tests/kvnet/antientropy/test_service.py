@@ -520,6 +520,26 @@ def test_peers_queue_a_catch_up_when_a_member_restarts(ae):
     ae.run(main(), timeout=60)
 
 
+def test_a_catch_up_keeps_the_paced_rounds_place(ae):
+    """Queueing a catch-up (a peer restarted) leaves the paced round where it was: it used to
+    move it on by one partition each time, so a node skipped one of its partitions per
+    catch-up queued."""
+    async def main():
+        c = await ae.make(size=3, n=3, q=8, ae_enabled=False)
+        try:
+            svc = c.svc[0]
+            first = [svc._next_partition() for _ in range(3)]
+            svc._turn -= 3                              # back to where the round was
+            svc.catch_up("n1")
+            svc.catch_up("n2")
+            assert svc.catchup_pending() > 0
+            assert [svc._next_partition() for _ in range(3)] == first
+        finally:
+            await c.stop()
+
+    ae.run(main())
+
+
 def test_a_node_out_of_the_ring_keeps_its_scheduler_alive(ae):
     """After a leave a node's ring is None until it exits: the scheduler's look at its peers
     must not end the scheduler task (it did, with an AttributeError, on every leave)."""
