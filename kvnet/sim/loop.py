@@ -128,9 +128,11 @@ class SimLoop(asyncio.BaseEventLoop):
             handle = popleft()
             if handle._cancelled:
                 continue
-            if paused and handle._context.get(host_var) in paused:
-                paused[handle._context.get(host_var)].append(handle)
-                continue
+            if paused:
+                held = paused.get(handle._context.get(host_var))
+                if held is not None:                # a paused host's: it waits, in order
+                    held.append(handle)
+                    continue
             try:
                 handle._context.run(handle._callback, *handle._args)
             except (SystemExit, KeyboardInterrupt):
